@@ -1,0 +1,46 @@
+/// \file output_curvature.h
+/// \brief H_n for every sample of a batch — exact, Monte-Carlo or empirical — ready to multiply.
+///
+/// Built once per batch from the cached outputs; apply() is then a cheap C × n product per call:
+///   - exact:      categorical keeps p = softmax(z) and computes H u = p ∘ u − p (pᵀu) in O(C);
+///                 bernoulli keeps σ(1 − σ); gaussian keeps nothing (H = I);
+///   - mc:         keeps S sampled scores s per sample and computes H u = 1/S Σ_s s (sᵀu);
+///   - empirical:  keeps the true-label score s and computes H u = s (sᵀu).
+///
+/// \code
+/// natgrad::OutputCurvature<double> H(LikelihoodKind::categorical, FisherKind::exact, 1, 0, logits, data);
+/// H.apply(0, U, HU);
+/// \endcode
+#pragma once
+
+#include <natgrad/likelihood/likelihood.h>
+
+namespace natgrad {
+
+template <typename Scalar>
+class OutputCurvature {
+ public:
+  OutputCurvature() = default;
+  /// Z is C × N (the outputs of the whole batch); `data` supplies the true labels for `empirical`.
+  OutputCurvature(LikelihoodKind likelihood, FisherKind kind, int mc_samples, uint64_t seed, ConstMatMap<Scalar> Z,
+                  const Dataset<Scalar>& data);
+
+  /// HU_j = H_{col0 + j} U_j for the columns of U.
+  void apply(Index col0, ConstMatMap<Scalar> U, MatMap<Scalar> HU) const;
+
+  /// H_n as a dense C × C matrix (for references and tests).
+  Mat<Scalar> dense(Index n) const;
+
+  /// Scalars held per sample (memory accounting).
+  Index stored_per_sample() const { return stat_.cols() == 0 ? 0 : stat_.size() / num_samples_; }
+
+ private:
+  LikelihoodKind likelihood_ = LikelihoodKind::categorical;
+  FisherKind kind_ = FisherKind::exact;
+  int draws_ = 1;
+  Index num_outputs_ = 0;
+  Index num_samples_ = 0;
+  Mat<Scalar> stat_;  // exact: p (categorical) or σ(1 − σ) (bernoulli); mc/empirical: scores, C × (draws·N)
+};
+
+}  // namespace natgrad

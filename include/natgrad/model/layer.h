@@ -1,0 +1,83 @@
+/// \file layer.h
+/// \brief The interface every network layer implements: forward, forward-mode (R-op) and reverse-mode products.
+///
+/// All three passes work on a chunk of samples at once, **samples as columns**, so linear and convolutional
+/// layers reduce to GEMMs. A layer holds no parameters: it receives a pointer to its slice of the model's one
+/// flat parameter vector (PyTorch `state_dict` order, each tensor row-major).
+///
+/// For a layer y = f(x; θ):
+///   - forward:  Y = f(X; θ), storing in `aux` whatever the other passes need beyond X and Y
+///               (the argmax of a max-pool);
+///   - jvp:      dY = ∂f/∂x · dX + ∂f/∂θ · dθ           (the R-operator; `dX == nullptr` means dX = 0);
+///   - vjp:      gX = (∂f/∂x)ᵀ gY,  gθ += (∂f/∂θ)ᵀ gY   (`gX == nullptr` skips the input cotangent, `gtheta == nullptr` the parameter one).
+///
+/// Layers are immutable after construction; every method is const and thread-safe as long as each thread
+/// passes its own output and scratch buffers.
+///
+/// \code
+/// const natgrad::Layer<double>& l = model.layer(0);
+/// std::cout << l.name() << " " << natgrad::shape_to_string(l.output_shape()) << "\n";
+/// \endcode
+#pragma once
+
+#include <natgrad/core/types.h>
+#include <natgrad/model/layer_spec.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace natgrad {
+
+/// A named parameter tensor of a layer: ("weight", {out, in}), ("bias", {out}).
+struct ParamTensor {
+  std::string name;
+  Shape shape;
+};
+
+template <typename Scalar>
+class Layer {
+ public:
+  Layer(const Shape& input_shape, const Shape& output_shape) : input_shape_(input_shape), output_shape_(output_shape) {}
+  virtual ~Layer() = default;
+
+  virtual LayerType type() const = 0;
+  const char* name() const { return to_string(type()); }
+  const Shape& input_shape() const { return input_shape_; }
+  const Shape& output_shape() const { return output_shape_; }
+  Index input_size() const { return shape_size(input_shape_); }
+  Index output_size() const { return shape_size(output_shape_); }
+
+  /// Number of parameters (the sum of the tensors' sizes).
+  virtual Index num_params() const { return 0; }
+  /// Parameter tensors in `state_dict` order (weight, then bias).
+  virtual std::vector<ParamTensor> param_tensors() const { return {}; }
+  /// int32 values per sample that forward keeps for the other passes.
+  virtual Index aux_per_sample() const { return 0; }
+  /// Scalars of scratch the jvp/vjp/squared-gradient passes need for a chunk of `ncols` samples.
+  virtual Index scratch_size(Index /*ncols*/) const { return 0; }
+
+  virtual void forward(const Scalar* theta, ConstMatMap<Scalar> X, MatMap<Scalar> Y, int32_t* aux) const = 0;
+  virtual void jvp(const Scalar* theta, const Scalar* dtheta, ConstMatMap<Scalar> X, ConstMatMap<Scalar> Y,
+                   const int32_t* aux, const Scalar* dX, MatMap<Scalar> dY, Scalar* scratch) const = 0;
+  virtual void vjp(const Scalar* theta, ConstMatMap<Scalar> X, ConstMatMap<Scalar> Y, const int32_t* aux,
+                   ConstMatMap<Scalar> gY, Scalar* gX, Scalar* gtheta, Scalar* scratch) const = 0;
+
+  /// gsq += Σ_n (∂ℓ_n/∂θ)², the per-sample parameter gradients squared, where column n of gY is ∂ℓ_n/∂y_n.
+  /// Layers without parameters do nothing.
+  virtual void accumulate_squared_grads(const Scalar* /*theta*/, ConstMatMap<Scalar> /*X*/,
+                                        ConstMatMap<Scalar> /*gY*/, Scalar* /*gsq*/, Scalar* /*scratch*/) const {}
+
+ private:
+  Shape input_shape_;
+  Shape output_shape_;
+};
+
+/// Builds the layer for `spec` receiving samples of `input_shape`; throws std::invalid_argument (prefixed
+/// with `where`) if the spec is invalid or does not accept that shape.
+template <typename Scalar>
+std::unique_ptr<Layer<Scalar>> make_layer(const LayerSpec& spec, const Shape& input_shape, const std::string& where);
+
+}  // namespace natgrad

@@ -1,0 +1,85 @@
+#include <natgrad/likelihood/output_curvature.h>
+
+#include <cmath>
+#include <stdexcept>
+
+namespace natgrad {
+
+template <typename Scalar>
+OutputCurvature<Scalar>::OutputCurvature(LikelihoodKind likelihood, FisherKind kind, int mc_samples, uint64_t seed,
+                                         ConstMatMap<Scalar> Z, const Dataset<Scalar>& data)
+    : likelihood_(likelihood), kind_(kind), draws_(kind == FisherKind::mc ? mc_samples : 1),
+      num_outputs_(Z.rows()), num_samples_(Z.cols()) {
+  if (kind == FisherKind::mc && mc_samples < 1)
+    throw std::invalid_argument("mc_samples must be at least 1, got " + std::to_string(mc_samples));
+  const Index C = num_outputs_, N = num_samples_;
+  switch (kind) {
+    case FisherKind::exact:
+      if (likelihood == LikelihoodKind::categorical) {
+        // p = softmax(z) = ∇_z logsumexp: the gradient at a fake label 0, plus onehot(0).
+        Dataset<Scalar> zero;
+        zero.labels.assign(static_cast<std::size_t>(N), 0);
+        stat_.resize(C, N);
+        nll_gradient<Scalar>(likelihood, Z, zero, 0, MatMap<Scalar>(stat_.data(), C, N));
+        stat_.row(0).array() += Scalar(1);
+      } else if (likelihood == LikelihoodKind::bernoulli) {
+        stat_ = Z.unaryExpr([](Scalar z) {
+          const Scalar s = Scalar(1) / (Scalar(1) + std::exp(-z));
+          return s * (Scalar(1) - s);
+        });
+      }
+      break;
+    case FisherKind::mc:
+      stat_.resize(C, N * draws_);
+      sample_scores<Scalar>(likelihood, Z, seed, 0, draws_, MatMap<Scalar>(stat_.data(), C, N * draws_));
+      break;
+    case FisherKind::empirical:
+      check_targets(likelihood, data, C);
+      stat_.resize(C, N);
+      nll_gradient<Scalar>(likelihood, Z, data, 0, MatMap<Scalar>(stat_.data(), C, N));
+      break;
+  }
+}
+
+template <typename Scalar>
+void OutputCurvature<Scalar>::apply(Index col0, ConstMatMap<Scalar> U, MatMap<Scalar> HU) const {
+  const Index n = U.cols();
+  if (kind_ == FisherKind::exact) {
+    switch (likelihood_) {
+      case LikelihoodKind::categorical:
+        // H u = p ∘ u − p (pᵀu)
+        for (Index j = 0; j < n; ++j) {
+          const auto p = stat_.col(col0 + j);
+          HU.col(j) = p.cwiseProduct(U.col(j)) - p.dot(U.col(j)) * p;
+        }
+        return;
+      case LikelihoodKind::gaussian:
+        HU = U;
+        return;
+      case LikelihoodKind::bernoulli:
+        HU = stat_.middleCols(col0, n).cwiseProduct(U);
+        return;
+    }
+  }
+  // H u = 1/S Σ_s s_s (s_sᵀ u)
+  const Scalar inv = Scalar(1) / Scalar(draws_);
+  for (Index j = 0; j < n; ++j) {
+    const auto scores = stat_.middleCols((col0 + j) * draws_, draws_);
+    HU.col(j).noalias() = scores * (scores.transpose() * U.col(j));
+    HU.col(j) *= inv;
+  }
+}
+
+template <typename Scalar>
+Mat<Scalar> OutputCurvature<Scalar>::dense(Index n) const {
+  const Index C = num_outputs_;
+  Mat<Scalar> eye = Mat<Scalar>::Identity(C, C), H(C, C);
+  for (Index c = 0; c < C; ++c)
+    apply(n, ConstMatMap<Scalar>(eye.col(c).data(), C, 1), MatMap<Scalar>(H.col(c).data(), C, 1));
+  return H;
+}
+
+template class OutputCurvature<float>;
+template class OutputCurvature<double>;
+
+}  // namespace natgrad

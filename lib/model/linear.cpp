@@ -1,0 +1,84 @@
+// Fully connected layer y = W x + b, W of shape [out, in] stored row-major (PyTorch's nn.Linear).
+#include "model/layers.h"
+
+namespace natgrad {
+namespace detail {
+namespace {
+
+template <typename Scalar>
+class Linear final : public Layer<Scalar> {
+  using RowMat = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using ConstW = Eigen::Map<const RowMat>;
+  using MutW = Eigen::Map<RowMat>;
+  using ConstB = Eigen::Map<const Vec<Scalar>>;
+  using MutB = Eigen::Map<Vec<Scalar>>;
+
+ public:
+  Linear(Index in, Index out, bool bias) : Layer<Scalar>({in}, {out}), in_(in), out_(out), bias_(bias) {}
+
+  LayerType type() const override { return LayerType::linear; }
+  Index num_params() const override { return out_ * in_ + (bias_ ? out_ : 0); }
+  std::vector<ParamTensor> param_tensors() const override {
+    std::vector<ParamTensor> t{{"weight", {out_, in_}}};
+    if (bias_) t.push_back({"bias", {out_}});
+    return t;
+  }
+  Index scratch_size(Index ncols) const override { return (in_ + out_) * ncols; }
+
+  void forward(const Scalar* theta, ConstMatMap<Scalar> X, MatMap<Scalar> Y, int32_t*) const override {
+    Y.noalias() = ConstW(theta, out_, in_) * X;
+    if (bias_) Y.colwise() += ConstB(theta + out_ * in_, out_);
+  }
+
+  // dY = dW X + W dX + db
+  void jvp(const Scalar* theta, const Scalar* dtheta, ConstMatMap<Scalar> X, ConstMatMap<Scalar>, const int32_t*,
+           const Scalar* dX, MatMap<Scalar> dY, Scalar*) const override {
+    dY.noalias() = ConstW(dtheta, out_, in_) * X;
+    if (dX) dY.noalias() += ConstW(theta, out_, in_) * ConstMatMap<Scalar>(dX, in_, X.cols());
+    if (bias_) dY.colwise() += ConstB(dtheta + out_ * in_, out_);
+  }
+
+  // gX = Wᵀ gY;  gW += gY Xᵀ;  gb += Σ_n gY_n
+  void vjp(const Scalar* theta, ConstMatMap<Scalar> X, ConstMatMap<Scalar>, const int32_t*, ConstMatMap<Scalar> gY,
+           Scalar* gX, Scalar* gtheta, Scalar*) const override {
+    if (gX) MatMap<Scalar>(gX, in_, X.cols()).noalias() = ConstW(theta, out_, in_).transpose() * gY;
+    if (!gtheta) return;
+    MutW(gtheta, out_, in_).noalias() += gY * X.transpose();
+    if (bias_) MutB(gtheta + out_ * in_, out_) += gY.rowwise().sum();
+  }
+
+  // The per-sample weight gradient is the outer product gY_n X_nᵀ, so Σ_n (gY_n X_nᵀ)² = (gY∘gY)(X∘X)ᵀ:
+  // one GEMM instead of a loop over samples.
+  void accumulate_squared_grads(const Scalar*, ConstMatMap<Scalar> X, ConstMatMap<Scalar> gY, Scalar* gsq,
+                                Scalar* scratch) const override {
+    const Index n = X.cols();
+    MatMap<Scalar> X2(scratch, in_, n), G2(scratch + in_ * n, out_, n);
+    X2 = X.array().square();
+    G2 = gY.array().square();
+    MutW(gsq, out_, in_).noalias() += G2 * X2.transpose();
+    if (bias_) MutB(gsq + out_ * in_, out_) += G2.rowwise().sum();
+  }
+
+ private:
+  Index in_, out_;
+  bool bias_;
+};
+
+}  // namespace
+
+template <typename Scalar>
+std::unique_ptr<Layer<Scalar>> make_linear(const LayerSpec& spec, const Shape& in, const std::string& where) {
+  if (spec.in_features <= 0 || spec.out_features <= 0)
+    fail(where, "linear needs positive in_features and out_features (got " + std::to_string(spec.in_features) +
+                    ", " + std::to_string(spec.out_features) + ")");
+  if (in.size() != 1 || in[0] != spec.in_features)
+    fail(where, "linear expects input shape [" + std::to_string(spec.in_features) + "] but receives " +
+                    shape_to_string(in) + (in.size() > 1 ? " (add a flatten layer before it)" : ""));
+  return std::make_unique<Linear<Scalar>>(spec.in_features, spec.out_features, spec.bias);
+}
+
+template std::unique_ptr<Layer<float>> make_linear<float>(const LayerSpec&, const Shape&, const std::string&);
+template std::unique_ptr<Layer<double>> make_linear<double>(const LayerSpec&, const Shape&, const std::string&);
+
+}  // namespace detail
+}  // namespace natgrad

@@ -1,0 +1,187 @@
+#include <natgrad/model/sequential.h>
+
+#include "model/layers.h"
+
+#include <algorithm>
+#include <stdexcept>
+
+namespace natgrad {
+
+template <typename Scalar>
+std::unique_ptr<Layer<Scalar>> make_layer(const LayerSpec& spec, const Shape& in, const std::string& where) {
+  switch (spec.type) {
+    case LayerType::linear:
+      return detail::make_linear<Scalar>(spec, in, where);
+    case LayerType::conv2d:
+      return detail::make_conv2d<Scalar>(spec, in, where);
+    case LayerType::flatten:
+      return detail::make_flatten<Scalar>(spec, in, where);
+    case LayerType::maxpool2d:
+    case LayerType::avgpool2d:
+      return detail::make_pool2d<Scalar>(spec, in, where);
+    default:
+      return detail::make_elementwise<Scalar>(spec, in, where);
+  }
+}
+
+template <typename Scalar>
+Sequential<Scalar>::Sequential(const ModelSpec& spec) : spec_(spec) {
+  if (spec.input_shape.empty())
+    throw std::invalid_argument("model: input_shape is empty");
+  for (Index d : spec.input_shape)
+    if (d <= 0) throw std::invalid_argument("model: input_shape " + shape_to_string(spec.input_shape) + " has a non-positive dimension");
+  Shape shape = spec.input_shape;
+  max_width_ = shape_size(shape);
+  bool seen_params = false;
+  for (std::size_t i = 0; i < spec.layers.size(); ++i) {
+    const std::string where = "layer " + std::to_string(i) + " (" + to_string(spec.layers[i].type) + ")";
+    layers_.push_back(make_layer<Scalar>(spec.layers[i], shape, where));
+    const Layer<Scalar>& l = *layers_.back();
+    offsets_.push_back(num_params_);
+    Index off = num_params_;
+    for (const ParamTensor& t : l.param_tensors()) {
+      const Index size = shape_size(t.shape);
+      named_params_.push_back({std::to_string(i) + "." + t.name, t.shape, off, size});
+      off += size;
+    }
+    num_params_ += l.num_params();
+    if (!seen_params && l.num_params() > 0) {
+      first_param_layer_ = i;
+      seen_params = true;
+    }
+    shape = l.output_shape();
+    max_width_ = std::max(max_width_, shape_size(shape));
+  }
+  if (!seen_params) first_param_layer_ = layers_.size();
+}
+
+template <typename Scalar>
+void Sequential<Scalar>::check_params(Index size) const {
+  if (size != num_params_)
+    throw std::invalid_argument("parameter vector has " + std::to_string(size) + " entries but the model has " +
+                                std::to_string(num_params_) + " parameters");
+}
+
+template <typename Scalar>
+ForwardCache<Scalar> Sequential<Scalar>::make_cache(const Mat<Scalar>& inputs) const {
+  if (inputs.rows() != input_size())
+    throw std::invalid_argument("inputs have " + std::to_string(inputs.rows()) + " features per sample but the model's input_shape " +
+                                shape_to_string(input_shape()) + " has " + std::to_string(input_size()));
+  ForwardCache<Scalar> cache;
+  const Index n = inputs.cols();
+  cache.acts.reserve(layers_.size() + 1);
+  cache.acts.push_back(inputs);
+  for (const auto& l : layers_) {
+    cache.acts.emplace_back(l->output_size(), n);
+    cache.aux.emplace_back(static_cast<std::size_t>(l->aux_per_sample() * n));
+  }
+  return cache;
+}
+
+template <typename Scalar>
+Workspace<Scalar> Sequential<Scalar>::make_workspace(Index max_cols) const {
+  Workspace<Scalar> ws;
+  ws.max_cols = max_cols;
+  ws.a.resize(static_cast<std::size_t>(max_width_ * max_cols));
+  ws.b.resize(ws.a.size());
+  Index scratch = 0;
+  for (const auto& l : layers_) scratch = std::max(scratch, l->scratch_size(max_cols));
+  ws.scratch.resize(static_cast<std::size_t>(scratch));
+  return ws;
+}
+
+template <typename Scalar>
+void Sequential<Scalar>::forward(const Scalar* theta, ForwardCache<Scalar>& cache, Index col0, Index n) const {
+  for (std::size_t l = 0; l < layers_.size(); ++l) {
+    const Layer<Scalar>& layer = *layers_[l];
+    ConstMatMap<Scalar> X(cache.acts[l].data() + col0 * layer.input_size(), layer.input_size(), n);
+    MatMap<Scalar> Y(cache.acts[l + 1].data() + col0 * layer.output_size(), layer.output_size(), n);
+    int32_t* aux = layer.aux_per_sample() ? cache.aux[l].data() + col0 * layer.aux_per_sample() : nullptr;
+    layer.forward(theta + offsets_[l], X, Y, aux);
+  }
+}
+
+template <typename Scalar>
+void Sequential<Scalar>::jvp(const Scalar* theta, const Scalar* v, const ForwardCache<Scalar>& cache, Index col0,
+                             Index n, Workspace<Scalar>& ws) const {
+  Scalar* bufs[2] = {ws.a.data(), ws.b.data()};
+  int cur = 0;
+  const Scalar* tangent = nullptr;  // nullptr: the tangent is exactly zero (before the first parameter)
+  for (std::size_t l = first_param_layer_; l < layers_.size(); ++l) {
+    const Layer<Scalar>& layer = *layers_[l];
+    ConstMatMap<Scalar> X(cache.acts[l].data() + col0 * layer.input_size(), layer.input_size(), n);
+    ConstMatMap<Scalar> Y(cache.acts[l + 1].data() + col0 * layer.output_size(), layer.output_size(), n);
+    const int32_t* aux = layer.aux_per_sample() ? cache.aux[l].data() + col0 * layer.aux_per_sample() : nullptr;
+    MatMap<Scalar> out(bufs[cur], layer.output_size(), n);
+    layer.jvp(theta + offsets_[l], v + offsets_[l], X, Y, aux, tangent, out, ws.scratch.data());
+    tangent = bufs[cur];
+    cur ^= 1;
+  }
+  if (!tangent) {  // a model without parameters: J = 0
+    std::fill(bufs[cur], bufs[cur] + output_size() * n, Scalar(0));
+    tangent = bufs[cur];
+  }
+  ws.result = tangent;
+}
+
+namespace {
+// Shared by vjp and squared_vjp: backpropagate gZ from the output to the first layer with parameters,
+// calling `at_layer(l, X, gY, gX)` at each layer with the layer's output cotangent.
+template <typename Scalar, typename Layers, typename AtLayer>
+void backprop(const Layers& layers, std::size_t first, const ForwardCache<Scalar>& cache, Index col0, Index n,
+              ConstMatMap<Scalar> gZ, Workspace<Scalar>& ws, AtLayer at_layer) {
+  Scalar* bufs[2] = {ws.a.data(), ws.b.data()};
+  int cur = 0;
+  const Scalar* g = gZ.data();
+  for (std::size_t l = layers.size(); l-- > first;) {
+    const auto& layer = *layers[l];
+    ConstMatMap<Scalar> X(cache.acts[l].data() + col0 * layer.input_size(), layer.input_size(), n);
+    ConstMatMap<Scalar> Y(cache.acts[l + 1].data() + col0 * layer.output_size(), layer.output_size(), n);
+    ConstMatMap<Scalar> gY(g, layer.output_size(), n);
+    const int32_t* aux = layer.aux_per_sample() ? cache.aux[l].data() + col0 * layer.aux_per_sample() : nullptr;
+    Scalar* gX = l > first ? bufs[cur] : nullptr;  // nothing below the first parameter needs a cotangent
+    at_layer(l, X, Y, aux, gY, gX);
+    g = gX;
+    cur ^= 1;
+  }
+}
+}  // namespace
+
+template <typename Scalar>
+void Sequential<Scalar>::vjp(const Scalar* theta, const ForwardCache<Scalar>& cache, Index col0, Index n,
+                             ConstMatMap<Scalar> gZ, Scalar* gtheta, Workspace<Scalar>& ws) const {
+  backprop<Scalar>(layers_, first_param_layer_, cache, col0, n, gZ, ws,
+                   [&](std::size_t l, ConstMatMap<Scalar> X, ConstMatMap<Scalar> Y, const int32_t* aux,
+                       ConstMatMap<Scalar> gY, Scalar* gX) {
+                     const Layer<Scalar>& layer = *layers_[l];
+                     layer.vjp(theta + offsets_[l], X, Y, aux, gY, gX,
+                               layer.num_params() ? gtheta + offsets_[l] : nullptr, ws.scratch.data());
+                   });
+}
+
+template <typename Scalar>
+void Sequential<Scalar>::squared_vjp(const Scalar* theta, const ForwardCache<Scalar>& cache, Index col0, Index n,
+                                     ConstMatMap<Scalar> gZ, Scalar* gsq, Workspace<Scalar>& ws) const {
+  backprop<Scalar>(layers_, first_param_layer_, cache, col0, n, gZ, ws,
+                   [&](std::size_t l, ConstMatMap<Scalar> X, ConstMatMap<Scalar> Y, const int32_t* aux,
+                       ConstMatMap<Scalar> gY, Scalar* gX) {
+                     const Layer<Scalar>& layer = *layers_[l];
+                     if (layer.num_params())
+                       layer.accumulate_squared_grads(theta + offsets_[l], X, gY, gsq + offsets_[l], ws.scratch.data());
+                     layer.vjp(theta + offsets_[l], X, Y, aux, gY, gX, nullptr, ws.scratch.data());
+                   });
+}
+
+template <typename Scalar>
+Mat<Scalar> Sequential<Scalar>::predict(const Scalar* theta, const Mat<Scalar>& inputs) const {
+  ForwardCache<Scalar> cache = make_cache(inputs);
+  forward(theta, cache, 0, inputs.cols());
+  return cache.acts.back();
+}
+
+template class Sequential<float>;
+template class Sequential<double>;
+template std::unique_ptr<Layer<float>> make_layer<float>(const LayerSpec&, const Shape&, const std::string&);
+template std::unique_ptr<Layer<double>> make_layer<double>(const LayerSpec&, const Shape&, const std::string&);
+
+}  // namespace natgrad

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs natgrad's build and run dependencies from Debian's archive, only those that are missing.
+# Needs root (apt-get). Usage: bash scripts/install-deps.sh
+set -euo pipefail
+packages=(build-essential cmake libeigen3-dev libspectra-dev librandom123-dev nlohmann-json3-dev libcli11-dev
+          zlib1g-dev libgtest-dev libbenchmark-dev dataset-fashion-mnist)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

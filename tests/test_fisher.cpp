@@ -1,0 +1,274 @@
+// The matrix-free Fisher-vector product against a dense F = 1/N Σ J_nᵀ H_n J_n whose Jacobian comes from
+// backprop and whose H_n comes from the likelihood formulas; its symmetry and semi-definiteness; the
+// Monte-Carlo estimate's 1/√S convergence; the loss gradient against finite differences; float against
+// double; and bit-identical results for 1 and 2 threads.
+#include "test_helpers.h"
+
+#include <Eigen/Eigenvalues>
+
+using namespace natgrad;
+using namespace natgrad::test;
+
+namespace {
+struct ModelCase {
+  std::string label;
+  ModelSpec spec;
+};
+std::vector<ModelCase> model_cases(Index C) {
+  return {{"mlp", mlp_spec(5, 6, C)}, {"mlp_relu", mlp_spec(4, 5, C, LayerType::relu)}, {"cnn", cnn_spec(C)}};
+}
+const LikelihoodKind kLikelihoods[] = {LikelihoodKind::categorical, LikelihoodKind::gaussian, LikelihoodKind::bernoulli};
+}  // namespace
+
+template <typename Scalar>
+class FisherProduct : public ::testing::Test {};
+using ScalarTypes = ::testing::Types<float, double>;
+TYPED_TEST_SUITE(FisherProduct, ScalarTypes);
+
+TYPED_TEST(FisherProduct, JacobianFromRopEqualsJacobianFromBackprop) {
+  using Scalar = TypeParam;
+  for (const auto& mc : model_cases(3)) {
+    SCOPED_TRACE(mc.label);
+    Sequential<Scalar> model(mc.spec);
+    const Vec<Scalar> theta = init_parameters(model, 1);
+    const Mat<Scalar> X = random_mat<Scalar>(model.input_size(), 4, 2);
+    EXPECT_LT(rel_err_vec(jacobian_by_rop(model, theta, X), jacobian_by_backprop(model, theta, X)),
+              Tol<Scalar>::dense);
+  }
+}
+
+TYPED_TEST(FisherProduct, ExactAndEmpiricalMatchTheDenseFisher) {
+  using Scalar = TypeParam;
+  for (const auto& mc : model_cases(3))
+    for (LikelihoodKind lk : kLikelihoods)
+      for (FisherKind fk : {FisherKind::exact, FisherKind::empirical}) {
+        SCOPED_TRACE(mc.label + " " + to_string(lk) + " " + to_string(fk));
+        Sequential<Scalar> model(mc.spec);
+        const Vec<Scalar> theta = init_parameters(model, 3);
+        const Dataset<Scalar> data = random_dataset(model, 7, lk, 4);
+        FisherOptions opt;
+        opt.kind = fk;
+        opt.chunk_size = 3;  // several chunks and slots
+        opt.num_slots = 2;
+        FisherOperator<Scalar> F(model, theta, lk, data, opt);
+        const Mat<double> Fd = dense_fisher(model, theta, data, lk, fk);
+        for (uint64_t s = 0; s < 3; ++s) {
+          const Vec<Scalar> v = random_vec<Scalar>(model.num_params(), 10 + s);
+          EXPECT_LT(rel_err_vec(apply(F, v), Fd * v.template cast<double>()), Tol<Scalar>::dense);
+        }
+        // Damping adds λ v.
+        F.set_damping(0.25);
+        const Vec<Scalar> v = random_vec<Scalar>(model.num_params(), 20);
+        const Vec<double> ref = Fd * v.template cast<double>() + 0.25 * v.template cast<double>();
+        EXPECT_LT(rel_err_vec(apply(F, v), ref), Tol<Scalar>::dense);
+        EXPECT_EQ(F.num_products(), 4);
+      }
+}
+
+TYPED_TEST(FisherProduct, SymmetricAndPositiveSemidefinite) {
+  using Scalar = TypeParam;
+  for (const auto& mc : model_cases(4))
+    for (FisherKind fk : {FisherKind::exact, FisherKind::mc, FisherKind::empirical}) {
+      SCOPED_TRACE(mc.label + " " + to_string(fk));
+      Sequential<Scalar> model(mc.spec);
+      const Vec<Scalar> theta = init_parameters(model, 5);
+      const Dataset<Scalar> data = random_dataset(model, 6, LikelihoodKind::categorical, 6);
+      FisherOptions opt;
+      opt.kind = fk;
+      opt.mc_samples = 3;
+      FisherOperator<Scalar> F(model, theta, LikelihoodKind::categorical, data, opt);
+      for (uint64_t s = 0; s < 4; ++s) {
+        const Vec<Scalar> u = random_vec<Scalar>(model.num_params(), 30 + s), v = random_vec<Scalar>(model.num_params(), 40 + s);
+        const Vec<Scalar> Fu = apply(F, u), Fv = apply(F, v);
+        EXPECT_LT(rel_err(u.template cast<double>().dot(Fv.template cast<double>()),
+                          Fu.template cast<double>().dot(v.template cast<double>())),
+                  Tol<Scalar>::dense);
+        const double vFv = v.template cast<double>().dot(Fv.template cast<double>());
+        EXPECT_GE(vFv, -Tol<Scalar>::dense * Fv.template cast<double>().norm() * v.template cast<double>().norm());
+      }
+    }
+}
+
+TEST(MonteCarloFisher, ErrorFallsLikeOneOverSqrtS) {
+  // E‖F̂_S v − F v‖² = σ²/S for the average of S independent label draws, so the RMS error over seeds times
+  // √S estimates the same σ for every S. With 24 seeds the RMS estimate has a relative spread of about
+  // 1/√48 ≈ 15%, so a band of [0.6, 1.6] around the S = 1 value is a ~3σ bound.
+  Sequential<double> model(mlp_spec(4, 5, 4));
+  const Vec<double> theta = init_parameters(model, 7);
+  const Dataset<double> data = random_dataset(model, 10, LikelihoodKind::categorical, 8);
+  const Vec<double> v = random_vec<double>(model.num_params(), 9);
+  FisherOperator<double> exact(model, theta, LikelihoodKind::categorical, data);
+  const Vec<double> Fv = apply(exact, v);
+  const int seeds = 24;
+  std::vector<double> scaled;
+  for (int S : {1, 16, 256, 4096}) {
+    double sq = 0;
+    Vec<double> mean = Vec<double>::Zero(v.size());
+    for (int k = 0; k < seeds; ++k) {
+      FisherOptions opt;
+      opt.kind = FisherKind::mc;
+      opt.mc_samples = S;
+      opt.seed = 1000 + static_cast<uint64_t>(k);
+      FisherOperator<double> F(model, theta, LikelihoodKind::categorical, data, opt);
+      const Vec<double> y = apply(F, v);
+      sq += (y - Fv).squaredNorm();
+      mean += y / seeds;
+    }
+    const double rms = std::sqrt(sq / seeds);
+    scaled.push_back(rms * std::sqrt(double(S)));
+    // The seed average is an S·seeds-sample estimate: it converges to the exact product too.
+    EXPECT_LT((mean - Fv).norm(), 4 * rms / std::sqrt(double(seeds))) << "S = " << S;
+    if (S == 4096) EXPECT_LT(rms / Fv.norm(), 0.05);
+  }
+  for (std::size_t i = 1; i < scaled.size(); ++i) {
+    EXPECT_GT(scaled[i] / scaled[0], 0.6) << "S index " << i;
+    EXPECT_LT(scaled[i] / scaled[0], 1.6) << "S index " << i;
+  }
+  // One S = 1 product is not the exact one.
+  FisherOptions opt;
+  opt.kind = FisherKind::mc;
+  FisherOperator<double> one(model, theta, LikelihoodKind::categorical, data, opt);
+  EXPECT_GT(rel_err_vec(apply(one, v), Fv), 1e-2);
+}
+
+TEST(MonteCarloFisher, GaussianAndBernoulliAreUnbiased) {
+  for (LikelihoodKind lk : {LikelihoodKind::gaussian, LikelihoodKind::bernoulli}) {
+    SCOPED_TRACE(to_string(lk));
+    Sequential<double> model(mlp_spec(3, 4, 3));
+    const Vec<double> theta = init_parameters(model, 11);
+    const Dataset<double> data = random_dataset(model, 5, lk, 12);
+    const Vec<double> v = random_vec<double>(model.num_params(), 13);
+    const Vec<double> Fv = apply(FisherOperator<double>(model, theta, lk, data), v);
+    FisherOptions opt;
+    opt.kind = FisherKind::mc;
+    opt.mc_samples = 1 << 16;
+    const Vec<double> y = apply(FisherOperator<double>(model, theta, lk, data, opt), v);
+    // Relative error of a 65536-draw average: ~1/256 times the per-draw spread (≈ 1–2 here).
+    EXPECT_LT(rel_err_vec(y, Fv), 0.02);
+  }
+}
+
+TYPED_TEST(FisherProduct, LossGradientMatchesFiniteDifferences) {
+  // The reference is always central differences of the loss in double precision at the same parameters
+  // (float differences are dominated by rounding); the tolerance is the type's.
+  using Scalar = TypeParam;
+  const double tol = std::is_same<Scalar, float>::value ? 1e-4 : 1e-6;
+  for (const auto& mc : model_cases(3))
+    for (LikelihoodKind lk : kLikelihoods) {
+      SCOPED_TRACE(mc.label + " " + to_string(lk));
+      Sequential<Scalar> model(mc.spec);
+      Sequential<double> md(mc.spec);
+      const Vec<Scalar> theta = init_parameters(model, 14);
+      const Dataset<Scalar> data = random_dataset(model, 5, lk, 15);
+      const Dataset<double> dd = data.template cast<double>();
+      FisherOperator<Scalar> F(model, theta, lk, data);
+      auto loss_at = [&](const Vec<double>& th) {
+        const Mat<double> Z = md.predict(th.data(), dd.inputs);
+        return nll_sum<double>(lk, ConstMatMap<double>(Z.data(), Z.rows(), Z.cols()), dd, 0) / dd.size();
+      };
+      const Vec<double> th = theta.template cast<double>();
+      EXPECT_LT(rel_err(F.loss(), loss_at(th)), tol);
+      const double h = 1e-6;
+      Vec<double> fd(model.num_params());
+      for (Index k = 0; k < model.num_params(); ++k) {
+        Vec<double> tp = th, tm = th;
+        tp[k] += h;
+        tm[k] -= h;
+        fd[k] = (loss_at(tp) - loss_at(tm)) / (2 * h);
+      }
+      EXPECT_LT(rel_err_vec(F.gradient(), fd), tol);
+    }
+}
+
+TEST(FisherPrecision, FloatAgreesWithDouble) {
+  for (const auto& mc : model_cases(4))
+    for (FisherKind fk : {FisherKind::exact, FisherKind::mc, FisherKind::empirical}) {
+      SCOPED_TRACE(mc.label + " " + to_string(fk));
+      Sequential<double> md(mc.spec);
+      Sequential<float> mf(mc.spec);
+      const Vec<double> theta = init_parameters(md, 16);
+      const Dataset<double> data = random_dataset(md, 9, LikelihoodKind::categorical, 17);
+      FisherOptions opt;
+      opt.kind = fk;
+      opt.mc_samples = 2;
+      FisherOperator<double> Fd(md, theta, LikelihoodKind::categorical, data, opt);
+      FisherOperator<float> Ff(mf, theta.cast<float>(), LikelihoodKind::categorical, data.cast<float>(), opt);
+      const Vec<double> v = random_vec<double>(md.num_params(), 18);
+      EXPECT_LT(rel_err_vec(apply(Ff, Vec<float>(v.cast<float>())), apply(Fd, v)), 1e-4);
+      EXPECT_LT(rel_err_vec(Ff.gradient(), Fd.gradient()), 1e-4);
+    }
+}
+
+TYPED_TEST(FisherProduct, OneAndTwoThreadsAreBitIdentical) {
+  using Scalar = TypeParam;
+  for (const auto& mc : model_cases(5))
+    for (FisherKind fk : {FisherKind::exact, FisherKind::mc, FisherKind::empirical}) {
+      SCOPED_TRACE(mc.label + " " + to_string(fk));
+      Sequential<Scalar> model(mc.spec);
+      const Vec<Scalar> theta = init_parameters(model, 19);
+      const Dataset<Scalar> data = random_dataset(model, 61, LikelihoodKind::categorical, 20);
+      FisherOptions opt;
+      opt.kind = fk;
+      opt.mc_samples = 3;
+      opt.chunk_size = 4;  // 16 chunks over 8 slots
+      opt.damping = 1e-3;
+      opt.num_threads = 1;
+      FisherOperator<Scalar> F1(model, theta, LikelihoodKind::categorical, data, opt);
+      opt.num_threads = 2;
+      FisherOperator<Scalar> F2(model, theta, LikelihoodKind::categorical, data, opt);
+      const Vec<Scalar> v = random_vec<Scalar>(model.num_params(), 21);
+      const Vec<Scalar> y1 = apply(F1, v), y2 = apply(F2, v);
+      EXPECT_EQ(0, std::memcmp(y1.data(), y2.data(), sizeof(Scalar) * y1.size()));
+      EXPECT_EQ(0, std::memcmp(F1.gradient().data(), F2.gradient().data(), sizeof(Scalar) * y1.size()));
+      EXPECT_EQ(F1.loss(), F2.loss());
+      const Vec<Scalar> d1 = F1.empirical_fisher_diagonal(), d2 = F2.empirical_fisher_diagonal();
+      EXPECT_EQ(0, std::memcmp(d1.data(), d2.data(), sizeof(Scalar) * d1.size()));
+    }
+}
+
+TEST(FisherDiagonal, EmpiricalDiagonalMatchesDenseEmpiricalFisher) {
+  for (const auto& mc : model_cases(3)) {
+    SCOPED_TRACE(mc.label);
+    Sequential<double> model(mc.spec);
+    const Vec<double> theta = init_parameters(model, 22);
+    const Dataset<double> data = random_dataset(model, 7, LikelihoodKind::categorical, 23);
+    FisherOperator<double> F(model, theta, LikelihoodKind::categorical, data);
+    const Mat<double> Fe = dense_fisher(model, theta, data, LikelihoodKind::categorical, FisherKind::empirical);
+    EXPECT_LT(rel_err_vec(F.empirical_fisher_diagonal(), Vec<double>(Fe.diagonal())), 1e-10);
+  }
+}
+
+TEST(FisherOperatorErrors, RejectsBadInput) {
+  Sequential<double> model(mlp_spec(3, 4, 2));
+  const Vec<double> theta = init_parameters(model, 1);
+  const Dataset<double> data = random_dataset(model, 4, LikelihoodKind::categorical, 2);
+  auto message = [&](auto f) {
+    try {
+      f();
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string("no exception");
+  };
+  EXPECT_NE(message([&] { FisherOperator<double>(model, Vec<double>(theta.head(5)), LikelihoodKind::categorical, data); })
+                .find("parameter vector has 5 entries but the model has " + std::to_string(model.num_params())),
+            std::string::npos);
+  FisherOptions opt;
+  opt.damping = -1;
+  EXPECT_NE(message([&] { FisherOperator<double>(model, theta, LikelihoodKind::categorical, data, opt); }).find("damping"),
+            std::string::npos);
+  opt = FisherOptions();
+  opt.kind = FisherKind::mc;
+  opt.mc_samples = 0;
+  EXPECT_NE(message([&] { FisherOperator<double>(model, theta, LikelihoodKind::categorical, data, opt); }).find("mc_samples"),
+            std::string::npos);
+  Dataset<double> bad = data;
+  bad.labels[2] = 7;
+  EXPECT_NE(message([&] { FisherOperator<double>(model, theta, LikelihoodKind::categorical, bad); })
+                .find("class label 7 of sample 2 is outside [0, 2)"),
+            std::string::npos);
+  Dataset<double> wrong = data;
+  wrong.inputs = Mat<double>::Zero(5, 4);
+  EXPECT_NE(message([&] { FisherOperator<double>(model, theta, LikelihoodKind::categorical, wrong); }).find("5 features"),
+            std::string::npos);
+}

@@ -1,0 +1,187 @@
+// Shared test utilities: small models, tolerances per scalar type, and the dense references
+// (Jacobian from backprop or R-op, H_n from the likelihood formulas, F = 1/N Σ J_nᵀ H_n J_n).
+#pragma once
+
+#include <natgrad/core/random.h>
+#include <natgrad/curvature/fisher_operator.h>
+#include <natgrad/likelihood/likelihood.h>
+#include <natgrad/model/initialization.h>
+#include <natgrad/model/sequential.h>
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+
+namespace natgrad {
+namespace test {
+
+template <typename Scalar>
+struct Tol;
+template <>
+struct Tol<double> {
+  static constexpr double fd = 1e-6;        // finite differences, relative
+  static constexpr double adjoint = 1e-12;  // ⟨u, Jv⟩ = ⟨Jᵀu, v⟩, relative
+  static constexpr double dense = 1e-10;    // against a dense reference, relative
+  static constexpr double fd_step = 1e-5;
+};
+template <>
+struct Tol<float> {
+  static constexpr double fd = 2e-2;
+  static constexpr double adjoint = 1e-5;
+  static constexpr double dense = 1e-4;
+  static constexpr double fd_step = 1e-2;
+};
+
+inline double rel_err(double a, double b) { return std::abs(a - b) / std::max({std::abs(a), std::abs(b), 1e-300}); }
+template <typename A, typename B>
+double rel_err_vec(const A& a, const B& b) {
+  const double d = (a.template cast<double>() - b.template cast<double>()).norm();
+  return d / std::max({a.template cast<double>().norm(), b.template cast<double>().norm(), 1e-300});
+}
+
+/// Reproducible "random" matrix with entries uniform in [lo, hi).
+template <typename Scalar>
+Mat<Scalar> random_mat(Index rows, Index cols, uint64_t seed, double lo = -1, double hi = 1) {
+  const CounterRng rng(seed, 99);
+  Mat<Scalar> m(rows, cols);
+  for (Index k = 0; k < m.size(); ++k) m.data()[k] = static_cast<Scalar>(lo + (hi - lo) * rng.uniform(k));
+  return m;
+}
+template <typename Scalar>
+Vec<Scalar> random_vec(Index n, uint64_t seed) {
+  return random_mat<Scalar>(n, 1, seed);
+}
+
+inline ModelSpec mlp_spec(Index in, Index hidden, Index out, LayerType act = LayerType::tanh) {
+  ModelSpec s;
+  s.input_shape = {in};
+  s.layers = {LayerSpec::linear(in, hidden), LayerSpec::activation(act), LayerSpec::linear(hidden, hidden, false),
+              LayerSpec::activation(act), LayerSpec::linear(hidden, out)};
+  return s;
+}
+
+inline ModelSpec cnn_spec(Index out) {
+  ModelSpec s;
+  s.input_shape = {2, 6, 6};
+  s.layers = {LayerSpec::conv2d(2, 3, 3, 1, 1), LayerSpec::activation(LayerType::tanh), LayerSpec::maxpool2d(2),
+              LayerSpec::conv2d(3, 4, 2, 1, 0, false), LayerSpec::activation(LayerType::gelu), LayerSpec::flatten(),
+              LayerSpec::linear(4 * 2 * 2, out)};
+  return s;
+}
+
+/// Targets of the right kind for C outputs and N samples.
+template <typename Scalar>
+void fill_targets(Dataset<Scalar>& d, LikelihoodKind kind, Index C, uint64_t seed) {
+  const Index N = d.size();
+  const CounterRng rng(seed, 7);
+  if (kind == LikelihoodKind::categorical) {
+    d.labels.resize(static_cast<std::size_t>(N));
+    for (Index n = 0; n < N; ++n) d.labels[static_cast<std::size_t>(n)] = static_cast<int64_t>(rng.bits(n) % C);
+  } else if (kind == LikelihoodKind::gaussian) {
+    d.targets = random_mat<Scalar>(C, N, seed + 1);
+  } else {
+    d.targets = random_mat<Scalar>(C, N, seed + 1, 0, 1).array().round().matrix();
+  }
+}
+
+template <typename Scalar>
+Dataset<Scalar> random_dataset(const Sequential<Scalar>& model, Index N, LikelihoodKind kind, uint64_t seed) {
+  Dataset<Scalar> d;
+  d.inputs = random_mat<Scalar>(model.input_size(), N, seed);
+  fill_targets(d, kind, model.output_size(), seed);
+  return d;
+}
+
+/// The full Jacobian of all outputs (C·N × P, row n·C + c is ∂z_{c,n}/∂θ), each row by one backprop.
+template <typename Scalar>
+Mat<Scalar> jacobian_by_backprop(const Sequential<Scalar>& model, const Vec<Scalar>& theta, const Mat<Scalar>& X) {
+  const Index C = model.output_size(), N = X.cols(), P = model.num_params();
+  auto cache = model.make_cache(X);
+  model.forward(theta.data(), cache, 0, N);
+  auto ws = model.make_workspace(1);
+  Mat<Scalar> J(C * N, P);
+  Vec<Scalar> e(C), row(P);
+  for (Index n = 0; n < N; ++n)
+    for (Index c = 0; c < C; ++c) {
+      e.setZero();
+      e[c] = 1;
+      row.setZero();
+      model.vjp(theta.data(), cache, n, 1, ConstMatMap<Scalar>(e.data(), C, 1), row.data(), ws);
+      J.row(n * C + c) = row.transpose();
+    }
+  return J;
+}
+
+/// The same Jacobian, each column by one R-op (forward-mode) pass with a unit parameter tangent.
+template <typename Scalar>
+Mat<Scalar> jacobian_by_rop(const Sequential<Scalar>& model, const Vec<Scalar>& theta, const Mat<Scalar>& X) {
+  const Index C = model.output_size(), N = X.cols(), P = model.num_params();
+  auto cache = model.make_cache(X);
+  model.forward(theta.data(), cache, 0, N);
+  auto ws = model.make_workspace(N);
+  Mat<Scalar> J(C * N, P);
+  Vec<Scalar> e = Vec<Scalar>::Zero(P);
+  for (Index p = 0; p < P; ++p) {
+    e[p] = 1;
+    model.jvp(theta.data(), e.data(), cache, 0, N, ws);
+    J.col(p) = ConstVecMap<Scalar>(ws.result, C * N);
+    e[p] = 0;
+  }
+  return J;
+}
+
+/// H_n written out from the table in DESIGN.md §1 (not from the library's code path).
+template <typename Scalar>
+Mat<double> dense_output_fisher(LikelihoodKind kind, FisherKind fk, const Vec<Scalar>& z_in,
+                                const Dataset<Scalar>& data, Index n) {
+  const Vec<double> z = z_in.template cast<double>();
+  const Index C = z.size();
+  if (fk == FisherKind::empirical) {
+    Vec<double> s(C);
+    if (kind == LikelihoodKind::categorical) {
+      s = (z.array() - z.maxCoeff()).exp();
+      s /= s.sum();
+      s[data.labels[static_cast<std::size_t>(n)]] -= 1;
+    } else if (kind == LikelihoodKind::gaussian) {
+      s = z - data.targets.col(n).template cast<double>();
+    } else {
+      s = (1.0 / (1.0 + (-z.array()).exp())).matrix() - data.targets.col(n).template cast<double>();
+    }
+    return s * s.transpose();
+  }
+  if (kind == LikelihoodKind::categorical) {
+    Vec<double> p = (z.array() - z.maxCoeff()).exp();
+    p /= p.sum();
+    return Mat<double>(p.asDiagonal()) - p * p.transpose();
+  }
+  if (kind == LikelihoodKind::gaussian) return Mat<double>::Identity(C, C);
+  Vec<double> s = 1.0 / (1.0 + (-z.array()).exp());
+  return Mat<double>((s.array() * (1 - s.array())).matrix().asDiagonal());
+}
+
+/// F = 1/N Σ_n J_nᵀ H_n J_n in double, from the backprop Jacobian and the formula H_n.
+template <typename Scalar>
+Mat<double> dense_fisher(const Sequential<Scalar>& model, const Vec<Scalar>& theta, const Dataset<Scalar>& data,
+                         LikelihoodKind kind, FisherKind fk) {
+  const Index C = model.output_size(), N = data.size(), P = model.num_params();
+  const Mat<double> J = jacobian_by_backprop(model, theta, data.inputs).template cast<double>();
+  const Mat<Scalar> Z = model.predict(theta.data(), data.inputs);
+  Mat<double> F = Mat<double>::Zero(P, P);
+  for (Index n = 0; n < N; ++n) {
+    const Mat<double> Jn = J.middleRows(n * C, C);
+    const Vec<Scalar> zn = Z.col(n);
+    F.noalias() += Jn.transpose() * dense_output_fisher(kind, fk, zn, data, n) * Jn;
+  }
+  return F / static_cast<double>(N);
+}
+
+template <typename Scalar>
+Vec<Scalar> apply(const FisherOperator<Scalar>& F, const Vec<Scalar>& v) {
+  Vec<Scalar> y(F.rows());
+  F.perform_op(v.data(), y.data());
+  return y;
+}
+
+}  // namespace test
+}  // namespace natgrad

@@ -1,0 +1,156 @@
+// Every layer type: the R-op and backprop against central finite differences of the forward pass, and the
+// adjoint identity ⟨gY, J·(dX, dθ)⟩ = ⟨Jᵀ gY, (dX, dθ)⟩.
+#include "test_helpers.h"
+
+#include <algorithm>
+#include <numeric>
+
+using namespace natgrad;
+using namespace natgrad::test;
+
+namespace {
+
+struct LayerCase {
+  std::string label;
+  LayerSpec spec;
+  Shape input;
+};
+
+std::vector<LayerCase> layer_cases() {
+  LayerSpec strided = LayerSpec::conv2d(2, 3, 3, 2, 0, false);
+  strided.kernel_w = 2;  // a rectangular kernel
+  LayerSpec pool3 = LayerSpec::maxpool2d(3, 2);
+  return {
+      {"linear", LayerSpec::linear(5, 4), {5}},
+      {"linear_nobias", LayerSpec::linear(6, 3, false), {6}},
+      {"conv2d_pad", LayerSpec::conv2d(2, 3, 3, 1, 1), {2, 5, 5}},
+      {"conv2d_stride_nobias", strided, {2, 6, 5}},
+      {"relu", LayerSpec::activation(LayerType::relu), {2, 3, 3}},
+      {"tanh", LayerSpec::activation(LayerType::tanh), {7}},
+      {"sigmoid", LayerSpec::activation(LayerType::sigmoid), {7}},
+      {"gelu", LayerSpec::activation(LayerType::gelu), {7}},
+      {"softplus", LayerSpec::activation(LayerType::softplus), {7}},
+      {"leaky_relu", LayerSpec::leaky_relu(0.2), {2, 3, 3}},
+      {"flatten", LayerSpec::flatten(), {2, 3, 3}},
+      {"maxpool2d", LayerSpec::maxpool2d(2), {2, 4, 4}},
+      {"maxpool2d_k3s2", pool3, {2, 7, 7}},
+      {"avgpool2d", LayerSpec::avgpool2d(2), {2, 4, 6}},
+  };
+}
+
+// Inputs on a shuffled grid with spacing 2/K: no two entries are within a finite-difference step of each
+// other or of zero, so relu, leaky_relu and max-pool are differentiable along the whole stencil.
+template <typename Scalar>
+Mat<Scalar> grid_inputs(Index rows, Index cols, uint64_t seed) {
+  const Index K = rows * cols;
+  std::vector<Index> perm(static_cast<std::size_t>(K));
+  std::iota(perm.begin(), perm.end(), 0);
+  const CounterRng rng(seed, 5);
+  std::sort(perm.begin(), perm.end(), [&](Index a, Index b) { return rng.bits(a) < rng.bits(b); });
+  Mat<Scalar> X(rows, cols);
+  for (Index k = 0; k < K; ++k) X.data()[k] = static_cast<Scalar>(-2.0 + 4.0 * (perm[k] + 0.5) / K);
+  return X;
+}
+
+template <typename Scalar>
+Mat<Scalar> run_forward(const Layer<Scalar>& l, const Vec<Scalar>& theta, const Mat<Scalar>& X) {
+  Mat<Scalar> Y(l.output_size(), X.cols());
+  std::vector<int32_t> aux(static_cast<std::size_t>(l.aux_per_sample() * X.cols()));
+  l.forward(theta.data(), ConstMatMap<Scalar>(X.data(), X.rows(), X.cols()), MatMap<Scalar>(Y.data(), Y.rows(), Y.cols()),
+            aux.data());
+  return Y;
+}
+
+}  // namespace
+
+template <typename Scalar>
+class LayerDerivatives : public ::testing::Test {};
+using ScalarTypes = ::testing::Types<float, double>;
+TYPED_TEST_SUITE(LayerDerivatives, ScalarTypes);
+
+TYPED_TEST(LayerDerivatives, RopBackpropAndAdjointAgainstFiniteDifferences) {
+  using Scalar = TypeParam;
+  using T = Tol<Scalar>;
+  // Finite differences in float need a larger step than the cancellation-free double default.
+  const double h = std::is_same<Scalar, float>::value ? 1e-3 : T::fd_step;
+  uint64_t seed = 1;
+  for (const LayerCase& lc : layer_cases()) {
+    SCOPED_TRACE(lc.label);
+    auto layer = make_layer<Scalar>(lc.spec, lc.input, lc.label);
+    const Index n = 3, in = layer->input_size(), out = layer->output_size(), P = layer->num_params();
+    const Mat<Scalar> X = grid_inputs<Scalar>(in, n, ++seed);
+    const Vec<Scalar> theta = random_vec<Scalar>(P, ++seed) * Scalar(0.5);
+    const Mat<Scalar> dX = random_mat<Scalar>(in, n, ++seed);
+    const Vec<Scalar> dtheta = random_vec<Scalar>(P, ++seed);
+    const Mat<Scalar> gY = random_mat<Scalar>(out, n, ++seed);
+
+    Mat<Scalar> Y(out, n);
+    std::vector<int32_t> aux(static_cast<std::size_t>(layer->aux_per_sample() * n));
+    layer->forward(theta.data(), ConstMatMap<Scalar>(X.data(), in, n), MatMap<Scalar>(Y.data(), out, n), aux.data());
+    std::vector<Scalar> scratch(static_cast<std::size_t>(layer->scratch_size(n)) + 1);
+
+    // R-op
+    Mat<Scalar> dY(out, n);
+    layer->jvp(theta.data(), dtheta.data(), ConstMatMap<Scalar>(X.data(), in, n), ConstMatMap<Scalar>(Y.data(), out, n),
+               aux.data(), dX.data(), MatMap<Scalar>(dY.data(), out, n), scratch.data());
+    const Mat<Scalar> fd = (run_forward<Scalar>(*layer, theta + Scalar(h) * dtheta, X + Scalar(h) * dX) -
+                            run_forward<Scalar>(*layer, theta - Scalar(h) * dtheta, X - Scalar(h) * dX)) /
+                           Scalar(2 * h);
+    EXPECT_LT(rel_err_vec(dY, fd), T::fd) << "R-op vs finite differences";
+
+    // Backprop: the gradient of φ(X, θ) = ⟨gY, f(X; θ)⟩, coordinate by coordinate.
+    Mat<Scalar> gX(in, n);
+    Vec<Scalar> gtheta = Vec<Scalar>::Zero(P);
+    layer->vjp(theta.data(), ConstMatMap<Scalar>(X.data(), in, n), ConstMatMap<Scalar>(Y.data(), out, n), aux.data(),
+               ConstMatMap<Scalar>(gY.data(), out, n), gX.data(), P ? gtheta.data() : nullptr, scratch.data());
+    auto phi = [&](const Vec<Scalar>& th, const Mat<Scalar>& x) {
+      return double((gY.array() * run_forward<Scalar>(*layer, th, x).array()).sum());
+    };
+    Mat<Scalar> fd_gX(in, n);
+    for (Index k = 0; k < X.size(); ++k) {
+      Mat<Scalar> xp = X, xm = X;
+      xp.data()[k] += Scalar(h);
+      xm.data()[k] -= Scalar(h);
+      fd_gX.data()[k] = Scalar((phi(theta, xp) - phi(theta, xm)) / (2 * h));
+    }
+    EXPECT_LT(rel_err_vec(gX, fd_gX), T::fd) << "input cotangent vs finite differences";
+    if (P > 0) {
+      Vec<Scalar> fd_gtheta(P);
+      for (Index k = 0; k < P; ++k) {
+        Vec<Scalar> tp = theta, tm = theta;
+        tp[k] += Scalar(h);
+        tm[k] -= Scalar(h);
+        fd_gtheta[k] = Scalar((phi(tp, X) - phi(tm, X)) / (2 * h));
+      }
+      EXPECT_LT(rel_err_vec(gtheta, fd_gtheta), T::fd) << "parameter cotangent vs finite differences";
+    }
+
+    // Adjoint identity ⟨gY, dY⟩ = ⟨gX, dX⟩ + ⟨gθ, dθ⟩.
+    const double lhs = (gY.template cast<double>().array() * dY.template cast<double>().array()).sum();
+    const double rhs = (gX.template cast<double>().array() * dX.template cast<double>().array()).sum() +
+                       (P ? gtheta.template cast<double>().dot(dtheta.template cast<double>()) : 0.0);
+    EXPECT_LT(rel_err(lhs, rhs), T::adjoint) << lhs << " vs " << rhs;
+  }
+}
+
+TYPED_TEST(LayerDerivatives, ZeroInputTangentIsTheSameAsAnExplicitZero) {
+  using Scalar = TypeParam;
+  for (const LayerCase& lc : layer_cases()) {
+    SCOPED_TRACE(lc.label);
+    auto layer = make_layer<Scalar>(lc.spec, lc.input, lc.label);
+    const Index n = 2, in = layer->input_size(), out = layer->output_size(), P = layer->num_params();
+    const Mat<Scalar> X = grid_inputs<Scalar>(in, n, 3), zero = Mat<Scalar>::Zero(in, n);
+    const Vec<Scalar> theta = random_vec<Scalar>(P, 4), dtheta = random_vec<Scalar>(P, 5);
+    const Mat<Scalar> Y = run_forward<Scalar>(*layer, theta, X);
+    std::vector<int32_t> aux(static_cast<std::size_t>(layer->aux_per_sample() * n));
+    Mat<Scalar> Y2(out, n);
+    layer->forward(theta.data(), ConstMatMap<Scalar>(X.data(), in, n), MatMap<Scalar>(Y2.data(), out, n), aux.data());
+    std::vector<Scalar> scratch(static_cast<std::size_t>(layer->scratch_size(n)) + 1);
+    Mat<Scalar> a(out, n), b(out, n);
+    layer->jvp(theta.data(), dtheta.data(), ConstMatMap<Scalar>(X.data(), in, n), ConstMatMap<Scalar>(Y.data(), out, n),
+               aux.data(), nullptr, MatMap<Scalar>(a.data(), out, n), scratch.data());
+    layer->jvp(theta.data(), dtheta.data(), ConstMatMap<Scalar>(X.data(), in, n), ConstMatMap<Scalar>(Y.data(), out, n),
+               aux.data(), zero.data(), MatMap<Scalar>(b.data(), out, n), scratch.data());
+    EXPECT_EQ(a, b);
+  }
+}

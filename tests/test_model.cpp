@@ -1,0 +1,126 @@
+// Model construction: chaining checks with readable messages, PyTorch state_dict naming and layout, and
+// PyTorch-style initialization bounds.
+#include "test_helpers.h"
+
+using namespace natgrad;
+using namespace natgrad::test;
+
+namespace {
+std::string construction_error(const ModelSpec& spec) {
+  try {
+    Sequential<double> m(spec);
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+  return "no exception";
+}
+}  // namespace
+
+TEST(Sequential, RejectsLayersThatDoNotChain) {
+  ModelSpec s;
+  s.input_shape = {784};
+  s.layers = {LayerSpec::linear(784, 32), LayerSpec::activation(LayerType::relu), LayerSpec::linear(16, 10)};
+  EXPECT_EQ(construction_error(s), "layer 2 (linear): linear expects input shape [16] but receives [32]");
+
+  ModelSpec c;
+  c.input_shape = {1, 28, 28};
+  c.layers = {LayerSpec::conv2d(3, 8, 3)};
+  EXPECT_EQ(construction_error(c), "layer 0 (conv2d): conv2d expects input shape [3, H, W] but receives [1, 28, 28]");
+
+  ModelSpec f;
+  f.input_shape = {1, 28, 28};
+  f.layers = {LayerSpec::linear(784, 10)};
+  EXPECT_NE(construction_error(f).find("add a flatten layer"), std::string::npos);
+
+  ModelSpec p;
+  p.input_shape = {4, 3, 3};
+  p.layers = {LayerSpec::maxpool2d(5)};
+  EXPECT_EQ(construction_error(p), "layer 0 (maxpool2d): maxpool2d kernel 5x5 is larger than its input [4, 3, 3]");
+}
+
+TEST(Sequential, ShapesAndParameterOrderFollowPyTorch) {
+  Sequential<float> m(cnn_spec(10));
+  // conv 2→3 k3 p1 on 6×6 → [3,6,6]; pool → [3,3,3]; conv 3→4 k2 → [4,2,2]; flatten → [16]; linear → [10]
+  EXPECT_EQ(m.layer(0).output_shape(), (Shape{3, 6, 6}));
+  EXPECT_EQ(m.layer(2).output_shape(), (Shape{3, 3, 3}));
+  EXPECT_EQ(m.layer(3).output_shape(), (Shape{4, 2, 2}));
+  EXPECT_EQ(m.layer(5).output_shape(), (Shape{16}));
+  const auto& p = m.named_params();
+  ASSERT_EQ(p.size(), 5u);
+  EXPECT_EQ(p[0].name, "0.weight");
+  EXPECT_EQ(p[0].shape, (Shape{3, 2, 3, 3}));
+  EXPECT_EQ(p[1].name, "0.bias");
+  EXPECT_EQ(p[1].offset, 54);
+  EXPECT_EQ(p[2].name, "3.weight");  // no bias on layer 3
+  EXPECT_EQ(p[3].name, "6.weight");
+  EXPECT_EQ(p[4].name, "6.bias");
+  EXPECT_EQ(m.num_params(), 54 + 3 + 48 + 160 + 10);
+}
+
+TEST(Sequential, LinearWeightIsRowMajorOutByIn) {
+  // y = W x + b with W[o][i] at offset o·in + i, as torch.nn.Linear's weight.flatten().
+  ModelSpec s;
+  s.input_shape = {3};
+  s.layers = {LayerSpec::linear(3, 2)};
+  Sequential<double> m(s);
+  Vec<double> theta(8);
+  theta << 1, 2, 3, 4, 5, 6, 10, 20;
+  Mat<double> x(3, 1);
+  x << 1, 0, -1;
+  const Mat<double> y = m.predict(theta.data(), x);
+  EXPECT_EQ(y(0, 0), 1 - 3 + 10);
+  EXPECT_EQ(y(1, 0), 4 - 6 + 20);
+}
+
+TEST(Sequential, ConvolutionMatchesADirectSum) {
+  // A direct 4-loop convolution as the reference for im2col + GEMM.
+  ModelSpec s;
+  s.input_shape = {2, 5, 4};
+  LayerSpec c = LayerSpec::conv2d(2, 3, 3, 2, 1);
+  c.kernel_w = 2;
+  s.layers = {c};
+  Sequential<double> m(s);
+  const Vec<double> theta = random_vec<double>(m.num_params(), 3);
+  const Mat<double> x = random_mat<double>(40, 1, 4);
+  const Mat<double> y = m.predict(theta.data(), x);
+  const Index Ho = (5 + 2 - 3) / 2 + 1, Wo = (4 + 2 - 2) / 2 + 1;
+  ASSERT_EQ(y.rows(), 3 * Ho * Wo);
+  for (Index o = 0; o < 3; ++o)
+    for (Index oh = 0; oh < Ho; ++oh)
+      for (Index ow = 0; ow < Wo; ++ow) {
+        double acc = theta[3 * 2 * 3 * 2 + o];
+        for (Index ci = 0; ci < 2; ++ci)
+          for (Index i = 0; i < 3; ++i)
+            for (Index j = 0; j < 2; ++j) {
+              const Index ih = oh * 2 - 1 + i, iw = ow * 2 - 1 + j;
+              if (ih < 0 || ih >= 5 || iw < 0 || iw >= 4) continue;
+              acc += theta[((o * 2 + ci) * 3 + i) * 2 + j] * x((ci * 5 + ih) * 4 + iw, 0);
+            }
+        EXPECT_NEAR(y((o * Ho + oh) * Wo + ow, 0), acc, 1e-12);
+      }
+}
+
+TEST(Sequential, WrongParameterVectorSizeIsRejected) {
+  Sequential<double> m(mlp_spec(3, 4, 2));
+  try {
+    m.check_params(7);
+    FAIL() << "no exception";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_EQ(std::string(e.what()), "parameter vector has 7 entries but the model has " + std::to_string(m.num_params()) +
+                                         " parameters");
+  }
+}
+
+TEST(Initialization, UniformWithinOneOverSqrtFanIn) {
+  Sequential<double> m(cnn_spec(10));
+  const Vec<double> a = init_parameters(m, 0), b = init_parameters(m, 0), c = init_parameters(m, 1);
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, c);
+  for (const NamedParam& p : m.named_params()) {
+    const Index fan_in = p.name == "0.weight" || p.name == "0.bias" ? 18 : p.name[0] == '3' ? 12 : 16;
+    const double bound = 1.0 / std::sqrt(double(fan_in));
+    const auto seg = a.segment(p.offset, p.size);
+    EXPECT_LE(seg.cwiseAbs().maxCoeff(), bound) << p.name;
+    if (p.size >= 40) EXPECT_GT(seg.cwiseAbs().maxCoeff(), 0.8 * bound) << p.name;  // spans the range
+  }
+}
