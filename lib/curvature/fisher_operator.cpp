@@ -144,6 +144,8 @@ void FisherOperator<Scalar>::perform_op(const Scalar* x, Scalar* y) const {
 template <typename Scalar>
 const Vec<Scalar>& FisherOperator<Scalar>::gradient() const {
   if (have_gradient_) return gradient_;
+  if (data_.labels.empty() && data_.targets.size() == 0)
+    throw std::invalid_argument("the loss and its gradient need targets, and this batch has none");
   const Index C = model_.output_size();
   const Mat<Scalar>& Z = cache_.acts.back();
   std::vector<double> chunk_loss(static_cast<std::size_t>(num_chunks_), 0.0);
@@ -171,6 +173,8 @@ double FisherOperator<Scalar>::loss() const {
 
 template <typename Scalar>
 Vec<Scalar> FisherOperator<Scalar>::empirical_fisher_diagonal() const {
+  if (data_.labels.empty() && data_.targets.size() == 0)
+    throw std::invalid_argument("the empirical Fisher diagonal needs targets, and this batch has none");
   const Index C = model_.output_size();
   const Mat<Scalar>& Z = cache_.acts.back();
   for_each_chunk([&](Index c0, Index n, Scalar* acc, Workspace<Scalar>& ws, Mat<Scalar>& gbuf) {

@@ -1,1 +1,121 @@
-// placeholder
+#include <natgrad/natural_gradient/solve_natural_gradient.h>
+
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <stdexcept>
+
+namespace natgrad {
+
+bool NaturalGradientOptions::is_valid(std::string* why) const {
+  auto bad = [&](const std::string& m) {
+    if (why) *why = m;
+    return false;
+  };
+  if (!fisher.is_valid(why)) return false;
+  if (!cg.is_valid(why)) return false;
+  if (batch < 0) return bad("batch must be >= 0, got " + std::to_string(batch));
+  if (curvature_batch < 0) return bad("curvature_batch must be >= 0, got " + std::to_string(curvature_batch));
+  if (batch > 0 && curvature_batch > batch)
+    return bad("curvature_batch (" + std::to_string(curvature_batch) + ") exceeds batch (" + std::to_string(batch) + ")");
+  if (!(preconditioner_exponent >= 0 && preconditioner_exponent <= 1))
+    return bad("preconditioner_exponent must be in [0, 1], got " + std::to_string(preconditioner_exponent));
+  if (spectrum_top_k < 0) return bad("spectrum_top_k must be >= 0");
+  return true;
+}
+
+template <typename Scalar>
+NaturalGradientResult<Scalar> solve_natural_gradient(const Sequential<Scalar>& model, const Vec<Scalar>& theta,
+                                                     LikelihoodKind likelihood, const Dataset<Scalar>& data,
+                                                     const NaturalGradientOptions& options) {
+  using clock = std::chrono::steady_clock;
+  auto seconds = [](clock::time_point a) { return std::chrono::duration<double>(clock::now() - a).count(); };
+  const auto t0 = clock::now();
+  std::string why;
+  if (!options.is_valid(&why)) throw std::invalid_argument("NaturalGradientOptions: " + why);
+  const Index N = options.batch > 0 ? options.batch : data.size();
+  if (N == 0) throw std::invalid_argument("the batch is empty");
+  if (N > data.size())
+    throw std::invalid_argument("batch " + std::to_string(N) + " exceeds the " + std::to_string(data.size()) +
+                                " samples in the data");
+  const Index Nc = options.curvature_batch > 0 ? options.curvature_batch : N;
+  if (Nc > N)
+    throw std::invalid_argument("curvature_batch " + std::to_string(Nc) + " exceeds the batch " + std::to_string(N));
+
+  NaturalGradientResult<Scalar> r;
+  r.samples = N;
+  r.curvature_samples = Nc;
+  const Dataset<Scalar> batch = N == data.size() ? data : data.head(N);
+
+  // The curvature operator; when the curvature batch is the whole batch it also gives the gradient.
+  auto t = clock::now();
+  FisherOperator<Scalar> F(model, theta, likelihood, Nc == N ? batch : batch.head(Nc), options.fisher);
+  std::unique_ptr<FisherOperator<Scalar>> full;
+  if (Nc < N) full = std::make_unique<FisherOperator<Scalar>>(model, theta, likelihood, batch, options.fisher);
+  r.time_forward_s = seconds(t);
+  t = clock::now();
+  const FisherOperator<Scalar>& G = full ? *full : F;
+  r.gradient = G.gradient();
+  r.loss = G.loss();
+  r.gradient_norm = double(r.gradient.norm());
+  r.time_gradient_s = seconds(t);
+
+  t = clock::now();
+  CgWorkspace<Scalar> ws(F.rows());
+  r.direction = Vec<Scalar>::Zero(F.rows());
+  if (options.preconditioner == PreconditionerKind::diagonal) {
+    DiagonalPreconditioner<Scalar> M(F.empirical_fisher_diagonal(), options.fisher.damping,
+                                     options.preconditioner_exponent);
+    r.cg = conjugate_gradient(F, M, r.gradient.data(), r.direction.data(), options.cg, ws);
+  } else {
+    r.cg = conjugate_gradient(F, IdentityPreconditioner<Scalar>(F.rows()), r.gradient.data(), r.direction.data(),
+                              options.cg, ws);
+  }
+  r.time_cg_s = seconds(t);
+
+  if (options.spectrum_top_k > 0 || options.condition_number) {
+    t = clock::now();
+    const double lambda = F.damping();
+    F.set_damping(0);  // the spectrum of F itself
+    if (options.spectrum_top_k > 0) {
+      SpectrumOptions so = options.spectrum;
+      so.num_eigenvalues = options.spectrum_top_k;
+      r.spectrum = top_eigenvalues(F, so);
+    }
+    if (options.condition_number) {
+      // λ_min(F) = 0 is known without Lanczos when F is provably singular: softmax ignores a common shift
+      // of the logits, so for a categorical likelihood behind a final linear layer the directions
+      // ΔW = 1 aᵀ, Δb = 1 c change no prediction; and rank F ≤ N·C in general.
+      const Index C = model.output_size();
+      const bool shift_null = likelihood == LikelihoodKind::categorical && model.num_layers() > 0 &&
+                              model.layer(model.num_layers() - 1).type() == LayerType::linear;
+      ConditionEstimate c = condition_number(F, shift_null ? 0 : Nc * C);
+      if (shift_null && c.exact_min)
+        c.method = "softmax shift invariance: the final linear layer's common-logit directions are in F's null space";
+      c.lambda_max += lambda;
+      c.lambda_min += lambda;
+      if (!c.exact_min && !std::isnan(c.lambda_max) && lambda > 0) {
+        // λ_min(F + λI) ≥ λ always, so (λ_max + λ)/λ bounds the condition number from above.
+        c.lambda_min = lambda;
+        c.method += "; reporting the upper bound (lambda_max + damping) / damping";
+      }
+      c.condition_number = c.lambda_min > 0 ? c.lambda_max / c.lambda_min : std::numeric_limits<double>::infinity();
+      r.condition = c;
+      r.has_condition = true;
+    }
+    F.set_damping(lambda);
+    r.time_spectrum_s = seconds(t);
+  }
+  r.time_total_s = seconds(t0);
+  return r;
+}
+
+template NaturalGradientResult<float> solve_natural_gradient<float>(const Sequential<float>&, const Vec<float>&,
+                                                                    LikelihoodKind, const Dataset<float>&,
+                                                                    const NaturalGradientOptions&);
+template NaturalGradientResult<double> solve_natural_gradient<double>(const Sequential<double>&, const Vec<double>&,
+                                                                      LikelihoodKind, const Dataset<double>&,
+                                                                      const NaturalGradientOptions&);
+
+}  // namespace natgrad

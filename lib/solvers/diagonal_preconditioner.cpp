@@ -1,1 +1,45 @@
-// placeholder
+#include <natgrad/solvers/preconditioner.h>
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+namespace natgrad {
+
+const char* to_string(PreconditionerKind kind) { return kind == PreconditionerKind::none ? "none" : "diagonal"; }
+
+PreconditionerKind preconditioner_from_string(const std::string& name) {
+  if (name == "none") return PreconditionerKind::none;
+  if (name == "diagonal") return PreconditionerKind::diagonal;
+  throw std::invalid_argument("unknown preconditioner \"" + name + "\" (known: none, diagonal)");
+}
+
+template <typename Scalar>
+DiagonalPreconditioner<Scalar>::DiagonalPreconditioner(const Vec<Scalar>& d, double damping, double alpha) {
+  if (!(damping >= 0) || !std::isfinite(damping))
+    throw std::invalid_argument("diagonal preconditioner: damping must be finite and >= 0, got " + std::to_string(damping));
+  if (!(alpha >= 0 && alpha <= 1))
+    throw std::invalid_argument("diagonal preconditioner: exponent must be in [0, 1], got " + std::to_string(alpha));
+  inv_.resize(d.size());
+  for (Index i = 0; i < d.size(); ++i) {
+    const double v = double(d[i]);
+    if (!(v >= 0) || !std::isfinite(v))
+      throw std::invalid_argument("diagonal preconditioner: entry " + std::to_string(i) + " is " + std::to_string(v) +
+                                  " (must be finite and >= 0)");
+    const double m = std::pow(v + damping, alpha);
+    if (!(m > 0))
+      throw std::invalid_argument("diagonal preconditioner: entry " + std::to_string(i) +
+                                  " of diag + damping is 0; add damping");
+    inv_[i] = static_cast<Scalar>(1.0 / m);
+  }
+}
+
+template <typename Scalar>
+void DiagonalPreconditioner<Scalar>::apply(const Scalar* r, Scalar* z) const {
+  VecMap<Scalar>(z, inv_.size()) = inv_.cwiseProduct(ConstVecMap<Scalar>(r, inv_.size()));
+}
+
+template class DiagonalPreconditioner<float>;
+template class DiagonalPreconditioner<double>;
+
+}  // namespace natgrad

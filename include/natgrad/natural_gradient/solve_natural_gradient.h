@@ -1,0 +1,73 @@
+/// \file solve_natural_gradient.h
+/// \brief One call from (model, parameters, data) to the natural gradient d = (F + λI)⁻¹ g with diagnostics.
+///
+/// The gradient g and the loss use the first `batch` samples; the curvature F uses the first
+/// `curvature_batch` of those (Martens 2010: curvature on fewer samples than the gradient). CG solves the
+/// damped system, optionally preconditioned with (diag(F̂_emp) + λ)^α, and the top-k spectrum of F (without
+/// damping) and the condition number of F + λI are computed on request.
+///
+/// \code
+/// natgrad::NaturalGradientOptions opt;
+/// opt.fisher.damping = 1e-3;
+/// opt.spectrum_top_k = 10;
+/// auto r = natgrad::solve_natural_gradient(model, theta, natgrad::LikelihoodKind::categorical, data, opt);
+/// theta -= 0.1f * r.direction;
+/// std::cout << r.cg.brief_report() << "\n";
+/// \endcode
+#pragma once
+
+#include <natgrad/curvature/fisher_operator.h>
+#include <natgrad/solvers/conjugate_gradient.h>
+#include <natgrad/solvers/preconditioner.h>
+#include <natgrad/solvers/spectrum.h>
+
+#include <string>
+
+namespace natgrad {
+
+struct NaturalGradientOptions {
+  /// Fisher kind, Monte-Carlo samples, damping λ, seed, chunking, threads.
+  FisherOptions fisher;
+  /// Samples for the gradient and loss: the first `batch` (0 = all). Default 0.
+  Index batch = 0;
+  /// Samples for the curvature: the first `curvature_batch` of the batch (0 = the whole batch). Default 0.
+  Index curvature_batch = 0;
+  /// CG settings (tolerance, iterations, warm start, relative-progress stop, callback). Default: CgOptions().
+  CgOptions cg;
+  /// none (default) or diagonal (Martens).
+  PreconditionerKind preconditioner = PreconditionerKind::none;
+  /// α of the diagonal preconditioner, in [0, 1]. Default 0.75.
+  double preconditioner_exponent = 0.75;
+  /// Top-k eigenvalues of F to report (0 = none). Default 0.
+  Index spectrum_top_k = 0;
+  /// Lanczos settings for the spectrum (num_eigenvalues is taken from spectrum_top_k).
+  SpectrumOptions spectrum;
+  /// Also estimate the condition number of F + λI. Default false.
+  bool condition_number = false;
+
+  bool is_valid(std::string* why) const;
+};
+
+template <typename Scalar>
+struct NaturalGradientResult {
+  Vec<Scalar> direction;   ///< d = (F + λI)⁻¹ g
+  Vec<Scalar> gradient;    ///< g, mean over the batch
+  double loss = 0;         ///< mean negative log-likelihood over the batch
+  double gradient_norm = 0;
+  Index samples = 0;       ///< gradient batch size
+  Index curvature_samples = 0;
+  CgSummary cg;
+  SpectrumResult spectrum;          ///< empty unless spectrum_top_k > 0
+  bool has_condition = false;
+  ConditionEstimate condition;      ///< of F + λI, if asked
+  double time_forward_s = 0, time_gradient_s = 0, time_cg_s = 0, time_spectrum_s = 0, time_total_s = 0;
+};
+
+/// Throws std::invalid_argument for invalid options, sizes or targets; numerical trouble in CG is reported
+/// in result.cg (termination breakdown) rather than thrown.
+template <typename Scalar>
+NaturalGradientResult<Scalar> solve_natural_gradient(const Sequential<Scalar>& model, const Vec<Scalar>& theta,
+                                                     LikelihoodKind likelihood, const Dataset<Scalar>& data,
+                                                     const NaturalGradientOptions& options);
+
+}  // namespace natgrad

@@ -1,0 +1,236 @@
+/// \file conjugate_gradient.h
+/// \brief Damped, preconditioned conjugate gradient for A x = b with A symmetric positive (semi)definite.
+///
+/// A free function template over (operator, preconditioner) with caller-provided workspace: it allocates
+/// nothing but the Summary's histories. It minimizes the quadratic model
+/// \f[ \varphi(x) = \tfrac12 x^\top A x - b^\top x, \f]
+/// whose value is tracked for free as φ(x) = −½ xᵀ(b + r) with r = b − A x.
+///
+/// Stopping (whichever comes first):
+///   - converged:          ‖r‖ ≤ relative_tolerance · ‖b‖;
+///   - relative_progress:  Martens' rule (2010, §4.4), on when `use_relative_progress`: with
+///                         k = max(10, ⌈0.1 i⌉), stop when i > k, φ_i < 0 and (φ_i − φ_{i−k}) / φ_i < k ε;
+///   - max_iterations;
+///   - breakdown:          pᵀAp ≤ 0 or not finite (A indefinite, singular along p, or NaN): the last good
+///                         iterate is kept and the Summary says why — never thrown, never silent;
+///   - user_stop:          the iteration callback returned CallbackResult::stop.
+///
+/// \code
+/// natgrad::CgOptions opt;
+/// opt.relative_tolerance = 1e-4;
+/// natgrad::CgWorkspace<float> ws(F.rows());
+/// natgrad::Vec<float> x(F.rows());
+/// natgrad::CgSummary s = natgrad::conjugate_gradient(F, natgrad::IdentityPreconditioner<float>(F.rows()),
+///                                                    g.data(), x.data(), opt, ws);
+/// std::cout << s.brief_report() << "\n";
+/// \endcode
+#pragma once
+
+#include <natgrad/core/types.h>
+#include <natgrad/solvers/operator_concept.h>
+
+#include <chrono>
+#include <cmath>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace natgrad {
+
+enum class CgTermination { converged, relative_progress, max_iterations, breakdown, user_stop };
+const char* to_string(CgTermination t);
+
+enum class CallbackResult { keep_going, stop };
+
+/// What the callback sees after each iteration.
+struct CgIterationInfo {
+  Index iteration = 0;             ///< 1-based
+  double relative_residual = 0;    ///< ‖r‖ / ‖b‖
+  double quadratic_model = 0;      ///< φ(x)
+  double step_size = 0;            ///< α
+  double elapsed_s = 0;
+};
+
+struct CgOptions {
+  /// Stop when ‖b − A x‖ ≤ relative_tolerance · ‖b‖. Range (0, 1). Default 1e-6.
+  double relative_tolerance = 1e-6;
+  /// Maximum iterations (one operator application each). Range ≥ 1. Default 250.
+  Index max_iterations = 250;
+  /// Start from the x passed in (warm start) instead of 0. Default false.
+  bool warm_start = false;
+  /// Martens' relative-progress stop on φ. Default off.
+  bool use_relative_progress = false;
+  /// ε of that rule. Range > 0. Default 5e-4 (Martens).
+  double progress_epsilon = 5e-4;
+  /// Called after every iteration; returning CallbackResult::stop ends the solve (user_stop). Optional.
+  std::function<CallbackResult(const CgIterationInfo&)> callback;
+
+  bool is_valid(std::string* why) const;
+};
+
+struct CgSummary {
+  CgTermination termination = CgTermination::max_iterations;
+  std::string message;                  ///< why it stopped, with the numbers
+  Index iterations = 0;
+  Index operator_applications = 0;
+  Index preconditioner_applications = 0;
+  double rhs_norm = 0;                  ///< ‖b‖
+  double relative_residual = 0;         ///< final ‖r‖ / ‖b‖ (recursively updated residual)
+  std::vector<double> residual_history;  ///< ‖r_i‖ / ‖b‖, i = 0 … iterations
+  std::vector<double> quadratic_history; ///< φ(x_i), i = 0 … iterations
+  double time_s = 0;
+
+  /// converged or relative_progress: the solution is usable as asked.
+  bool is_converged() const {
+    return termination == CgTermination::converged || termination == CgTermination::relative_progress;
+  }
+  std::string brief_report() const;
+  std::string full_report() const;
+};
+
+/// Vectors CG needs, sized once for n unknowns and reused across solves.
+template <typename Scalar>
+struct CgWorkspace {
+  explicit CgWorkspace(Index n = 0) { resize(n); }
+  void resize(Index n) {
+    r.resize(n);
+    z.resize(n);
+    p.resize(n);
+    Ap.resize(n);
+  }
+  Vec<Scalar> r, z, p, Ap;
+};
+
+/// Solves A x = b. `b` and `x` hold A.rows() scalars; x is the initial guess when options.warm_start,
+/// and the result on return. Throws std::invalid_argument only for invalid options or a workspace of the
+/// wrong size.
+template <typename Op, typename Preconditioner>
+CgSummary conjugate_gradient(const Op& A, const Preconditioner& M, const typename Op::Scalar* b_in,
+                             typename Op::Scalar* x_out, const CgOptions& options,
+                             CgWorkspace<typename Op::Scalar>& ws) {
+  NATGRAD_CHECK_OPERATOR(Op);
+  using Scalar = typename Op::Scalar;
+  NATGRAD_CHECK_PRECONDITIONER(Preconditioner, Scalar);
+  std::string why;
+  if (!options.is_valid(&why)) throw std::invalid_argument("CgOptions: " + why);
+  const Index n = A.rows();
+  if (ws.r.size() != n) throw std::invalid_argument("CgWorkspace has size " + std::to_string(ws.r.size()) +
+                                                    " but the operator has " + std::to_string(n) + " rows");
+  const auto start = std::chrono::steady_clock::now();
+  auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
+
+  ConstVecMap<Scalar> b(b_in, n);
+  VecMap<Scalar> x(x_out, n);
+  CgSummary s;
+  s.rhs_norm = double(b.norm());
+  if (!std::isfinite(s.rhs_norm)) {
+    x.setZero();
+    s.termination = CgTermination::breakdown;
+    s.message = "the right-hand side contains NaN or Inf";
+    s.time_s = elapsed();
+    return s;
+  }
+  if (s.rhs_norm == 0) {
+    x.setZero();
+    s.termination = CgTermination::converged;
+    s.message = "b = 0, so x = 0";
+    s.residual_history.push_back(0);
+    s.quadratic_history.push_back(0);
+    s.time_s = elapsed();
+    return s;
+  }
+
+  // r = b − A x
+  if (options.warm_start) {
+    A.perform_op(x.data(), ws.Ap.data());
+    ++s.operator_applications;
+    ws.r = b - ws.Ap;
+  } else {
+    x.setZero();
+    ws.r = b;
+  }
+  auto phi = [&] { return -0.5 * double(x.dot(b + ws.r)); };  // φ = ½xᵀAx − bᵀx with Ax = b − r
+  double rel = double(ws.r.norm()) / s.rhs_norm;
+  s.residual_history.push_back(rel);
+  s.quadratic_history.push_back(phi());
+  s.relative_residual = rel;
+  if (!std::isfinite(rel)) {
+    s.termination = CgTermination::breakdown;
+    s.message = "the initial residual b - A x0 is not finite (NaN or Inf in the operator or x0)";
+    s.time_s = elapsed();
+    return s;
+  }
+  if (rel <= options.relative_tolerance) {
+    s.termination = CgTermination::converged;
+    s.message = "the initial guess already meets the tolerance: |r|/|b| = " + std::to_string(rel);
+    s.time_s = elapsed();
+    return s;
+  }
+
+  M.apply(ws.r.data(), ws.z.data());
+  ++s.preconditioner_applications;
+  ws.p = ws.z;
+  double rz = double(ws.r.dot(ws.z));
+  s.termination = CgTermination::max_iterations;
+  for (Index i = 1; i <= options.max_iterations; ++i) {
+    A.perform_op(ws.p.data(), ws.Ap.data());
+    ++s.operator_applications;
+    const double pAp = double(ws.p.dot(ws.Ap));
+    if (!(pAp > 0) || !std::isfinite(pAp) || !std::isfinite(rz)) {
+      s.termination = CgTermination::breakdown;
+      s.message = "breakdown at iteration " + std::to_string(i) + ": p^T A p = " + std::to_string(pAp) +
+                  (std::isfinite(pAp) ? " <= 0 (the operator is indefinite or singular along p; add damping)"
+                                      : " is not finite (NaN or Inf in the operator)") +
+                  "; kept the iterate of iteration " + std::to_string(i - 1);
+      break;
+    }
+    const double alpha = rz / pAp;
+    x += Scalar(alpha) * ws.p;
+    ws.r -= Scalar(alpha) * ws.Ap;
+    rel = double(ws.r.norm()) / s.rhs_norm;
+    const double phi_i = phi();
+    s.iterations = i;
+    s.relative_residual = rel;
+    s.residual_history.push_back(rel);
+    s.quadratic_history.push_back(phi_i);
+    if (options.callback) {
+      CgIterationInfo info{i, rel, phi_i, alpha, elapsed()};
+      if (options.callback(info) == CallbackResult::stop) {
+        s.termination = CgTermination::user_stop;
+        s.message = "stopped by the callback at iteration " + std::to_string(i) + ", |r|/|b| = " + std::to_string(rel);
+        break;
+      }
+    }
+    if (rel <= options.relative_tolerance) {
+      s.termination = CgTermination::converged;
+      s.message = "|r|/|b| = " + std::to_string(rel) + " <= " + std::to_string(options.relative_tolerance) +
+                  " after " + std::to_string(i) + " iterations";
+      break;
+    }
+    if (options.use_relative_progress) {
+      const Index k = std::max<Index>(10, static_cast<Index>(std::ceil(0.1 * double(i))));
+      if (i > k && phi_i < 0) {
+        const double progress = (phi_i - s.quadratic_history[static_cast<std::size_t>(i - k)]) / phi_i;
+        if (progress < double(k) * options.progress_epsilon) {
+          s.termination = CgTermination::relative_progress;
+          s.message = "relative progress of phi over the last " + std::to_string(k) + " iterations is " +
+                      std::to_string(progress) + " < k*eps = " + std::to_string(double(k) * options.progress_epsilon) +
+                      " at iteration " + std::to_string(i) + ", |r|/|b| = " + std::to_string(rel);
+          break;
+        }
+      }
+    }
+    M.apply(ws.r.data(), ws.z.data());
+    ++s.preconditioner_applications;
+    const double rz_new = double(ws.r.dot(ws.z));
+    ws.p = ws.z + Scalar(rz_new / rz) * ws.p;
+    rz = rz_new;
+  }
+  if (s.termination == CgTermination::max_iterations)
+    s.message = "reached max_iterations = " + std::to_string(options.max_iterations) +
+                " with |r|/|b| = " + std::to_string(rel) + " > " + std::to_string(options.relative_tolerance);
+  s.time_s = elapsed();
+  return s;
+}
+
+}  // namespace natgrad

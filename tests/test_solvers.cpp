@@ -1,0 +1,438 @@
+// Conjugate gradient against Eigen's LLT on the dense F + λI, hand-solvable and breakdown cases, warm
+// starts and preconditioning; the spectrum against SelfAdjointEigenSolver; Hutchinson and SLQ against the
+// dense trace; solve_natural_gradient against the dense solve for every Fisher kind.
+#include "test_helpers.h"
+
+#include <natgrad/natural_gradient/solve_natural_gradient.h>
+#include <natgrad/solvers/conjugate_gradient.h>
+#include <natgrad/solvers/preconditioner.h>
+#include <natgrad/solvers/spectrum.h>
+
+#include <Eigen/Cholesky>
+#include <Eigen/Eigenvalues>
+
+#include <limits>
+
+using namespace natgrad;
+using namespace natgrad::test;
+
+namespace {
+
+// A dense symmetric matrix as an operator (test-only), counting its products.
+template <typename S>
+struct DenseOp {
+  using Scalar = S;
+  Mat<S> A;
+  mutable Index calls = 0;
+  Index rows() const { return A.rows(); }
+  Index cols() const { return A.cols(); }
+  void perform_op(const S* x, S* y) const {
+    VecMap<S>(y, A.rows()).noalias() = A * ConstVecMap<S>(x, A.cols());
+    ++calls;
+  }
+};
+
+template <typename Op>
+CgSummary solve(const Op& A, const Vec<typename Op::Scalar>& b, Vec<typename Op::Scalar>& x, CgOptions opt) {
+  using S = typename Op::Scalar;
+  CgWorkspace<S> ws(A.rows());
+  if (x.size() != A.rows()) x = Vec<S>::Zero(A.rows());
+  return conjugate_gradient(A, IdentityPreconditioner<S>(A.rows()), b.data(), x.data(), opt, ws);
+}
+
+struct Problem {
+  Sequential<double> model;
+  Vec<double> theta;
+  Dataset<double> data;
+  Problem(const ModelSpec& spec, Index N, uint64_t seed)
+      : model(spec), theta(init_parameters(model, seed)),
+        data(random_dataset(model, N, LikelihoodKind::categorical, seed + 1)) {}
+};
+
+}  // namespace
+
+TEST(ConjugateGradient, MatchesCholeskyOnTheDenseDampedFisher) {
+  Problem p(mlp_spec(4, 6, 3), 8, 1);
+  const Mat<double> Fd = dense_fisher(p.model, p.theta, p.data, LikelihoodKind::categorical, FisherKind::exact);
+  for (double lambda : {1e-1, 1e-3}) {
+    FisherOptions fo;
+    fo.damping = lambda;
+    FisherOperator<double> F(p.model, p.theta, LikelihoodKind::categorical, p.data, fo);
+    const Vec<double> b = F.gradient();
+    const Mat<double> A = Fd + lambda * Mat<double>::Identity(Fd.rows(), Fd.cols());
+    const Vec<double> ref = A.llt().solve(b);
+    CgOptions opt;
+    opt.relative_tolerance = 1e-14;
+    opt.max_iterations = 20 * F.rows();
+    Vec<double> x;
+    const CgSummary s = solve(F, b, x, opt);
+    EXPECT_TRUE(s.is_converged()) << s.full_report();
+    EXPECT_LT(rel_err_vec(x, ref), 1e-8) << "lambda " << lambda << ", " << s.brief_report();
+    EXPECT_EQ(s.operator_applications, s.iterations);
+    EXPECT_EQ(F.num_products(), s.operator_applications);
+    std::cout << "[ info ] lambda = " << lambda << ": " << s.brief_report() << " (P = " << F.rows() << ")\n";
+  }
+}
+
+TEST(ConjugateGradient, FloatMatchesCholesky) {
+  Problem p(mlp_spec(4, 6, 3), 8, 2);
+  const Mat<double> Fd = dense_fisher(p.model, p.theta, p.data, LikelihoodKind::categorical, FisherKind::exact);
+  Sequential<float> mf(p.model.spec());
+  FisherOptions fo;
+  fo.damping = 1e-1;
+  FisherOperator<float> F(mf, p.theta.cast<float>(), LikelihoodKind::categorical, p.data.cast<float>(), fo);
+  const Vec<float> b = F.gradient();
+  const Vec<double> ref = (Fd + 1e-1 * Mat<double>::Identity(Fd.rows(), Fd.cols())).llt().solve(b.cast<double>());
+  CgOptions opt;
+  opt.relative_tolerance = 1e-6;
+  opt.max_iterations = 10 * F.rows();
+  Vec<float> x;
+  const CgSummary s = solve(F, b, x, opt);
+  EXPECT_TRUE(s.is_converged()) << s.full_report();
+  EXPECT_LT(rel_err_vec(x, ref), 1e-4);
+}
+
+TEST(ConjugateGradient, HandSolvedThreeByThree) {
+  // [4 1 0; 1 3 1; 0 1 2] x = [1 2 3]  has  x = [2/9, 1/9, 13/9].
+  DenseOp<double> A;
+  A.A.resize(3, 3);
+  A.A << 4, 1, 0, 1, 3, 1, 0, 1, 2;
+  Vec<double> b(3), x;
+  b << 1, 2, 3;
+  CgOptions opt;
+  opt.relative_tolerance = 1e-15;
+  const CgSummary s = solve(A, b, x, opt);
+  EXPECT_TRUE(s.is_converged());
+  EXPECT_LE(s.iterations, 3);
+  EXPECT_NEAR(x[0], 2.0 / 9, 1e-14);
+  EXPECT_NEAR(x[1], 1.0 / 9, 1e-14);
+  EXPECT_NEAR(x[2], 13.0 / 9, 1e-14);
+}
+
+TEST(ConjugateGradient, ConvergesInAtMostNIterations) {
+  const Index n = 40;
+  const Mat<double> R = random_mat<double>(n, n, 3);
+  DenseOp<double> A;
+  A.A = R * R.transpose() / double(n) + Mat<double>::Identity(n, n);  // eigenvalues in [1, ~5]
+  const Vec<double> b = random_vec<double>(n, 4);
+  CgOptions opt;
+  opt.relative_tolerance = 1e-12;
+  Vec<double> x;
+  const CgSummary s = solve(A, b, x, opt);
+  EXPECT_TRUE(s.is_converged());
+  EXPECT_LE(s.iterations, n);
+  EXPECT_LT((A.A * x - b).norm() / b.norm(), 1e-11);
+  EXPECT_EQ(A.calls, s.operator_applications);
+  EXPECT_EQ(s.residual_history.size(), static_cast<std::size_t>(s.iterations + 1));
+  // φ decreases monotonically for SPD A.
+  for (std::size_t i = 1; i < s.quadratic_history.size(); ++i)
+    EXPECT_LE(s.quadratic_history[i], s.quadratic_history[i - 1] + 1e-12);
+}
+
+TEST(ConjugateGradient, IndefiniteOperatorIsABreakdownWithAMessage) {
+  DenseOp<double> A;
+  A.A = Mat<double>::Identity(4, 4);
+  A.A(2, 2) = -3;
+  Vec<double> b = Vec<double>::Ones(4), x;
+  const CgSummary s = solve(A, b, x, CgOptions());
+  EXPECT_EQ(s.termination, CgTermination::breakdown);
+  EXPECT_NE(s.message.find("<= 0"), std::string::npos) << s.message;
+  EXPECT_TRUE(x.allFinite());
+}
+
+TEST(ConjugateGradient, NaNOperatorIsABreakdownAndKeepsTheLastGoodIterate) {
+  struct NanAfterTwo {
+    using Scalar = double;
+    mutable int calls = 0;
+    Index rows() const { return 5; }
+    void perform_op(const double* x, double* y) const {
+      for (int i = 0; i < 5; ++i) y[i] = (i + 1.0) * x[i];
+      if (++calls >= 3) y[1] = std::numeric_limits<double>::quiet_NaN();
+    }
+  } A;
+  Vec<double> b = Vec<double>::Ones(5), x;
+  const CgSummary s = solve(A, b, x, CgOptions());
+  EXPECT_EQ(s.termination, CgTermination::breakdown);
+  EXPECT_EQ(s.iterations, 2);
+  EXPECT_NE(s.message.find("not finite"), std::string::npos) << s.message;
+  EXPECT_TRUE(x.allFinite());
+  EXPECT_LT(s.relative_residual, 1.0);  // two good iterations made progress
+}
+
+TEST(ConjugateGradient, SingularOperatorWithoutDampingStopsWithItsBestIterate) {
+  // F of 2 samples × 3 classes has rank ≤ 4 but P ≫ 4; with λ = 0 and b outside the range, CG must stop
+  // (breakdown or max iterations) with a finite iterate rather than dividing by zero.
+  Problem p(mlp_spec(4, 6, 3), 2, 5);
+  FisherOperator<double> F(p.model, p.theta, LikelihoodKind::categorical, p.data);
+  const Vec<double> b = random_vec<double>(F.rows(), 6);
+  CgOptions opt;
+  opt.relative_tolerance = 1e-10;
+  opt.max_iterations = 200;
+  Vec<double> x;
+  const CgSummary s = solve(F, b, x, opt);
+  EXPECT_FALSE(s.is_converged());
+  EXPECT_TRUE(x.allFinite());
+  EXPECT_FALSE(s.message.empty());
+}
+
+TEST(ConjugateGradient, WarmStartNeedsFewerIterations) {
+  Problem p(mlp_spec(6, 10, 4), 20, 7);
+  FisherOptions fo;
+  fo.damping = 1e-2;
+  FisherOperator<double> F(p.model, p.theta, LikelihoodKind::categorical, p.data, fo);
+  const Vec<double> b = F.gradient();
+  CgOptions opt;
+  opt.relative_tolerance = 1e-8;
+  opt.max_iterations = 1000;
+  Vec<double> x;
+  solve(F, b, x, opt);
+  // A nearby system: slightly more damping and a slightly different right-hand side.
+  F.set_damping(1.1e-2);
+  const Vec<double> b2 = b + 1e-3 * b.norm() / std::sqrt(double(b.size())) * random_vec<double>(b.size(), 8);
+  Vec<double> cold;
+  const CgSummary sc = solve(F, b2, cold, opt);
+  CgOptions warm_opt = opt;
+  warm_opt.warm_start = true;
+  Vec<double> warm = x;
+  const CgSummary sw = solve(F, b2, warm, warm_opt);
+  EXPECT_TRUE(sc.is_converged());
+  EXPECT_TRUE(sw.is_converged());
+  EXPECT_LT(sw.iterations, sc.iterations);
+  EXPECT_LT(rel_err_vec(warm, cold), 1e-6);
+  std::cout << "[ info ] cold start " << sc.iterations << " iterations, warm start " << sw.iterations << "\n";
+}
+
+TEST(ConjugateGradient, DiagonalPreconditionerHelpsABadlyScaledNetwork) {
+  // Badly scaled parameters: the first layer's weights ×30 and the last layer's ×0.03, so the Fisher's
+  // diagonal spans many orders of magnitude across blocks, the case a diagonal preconditioner is for.
+  // (When ill-conditioning comes from input features of very different scales, a diagonal — even the
+  // exact Fisher's — does not help CG; see docs/solvers.md.)
+  Sequential<double> model(mlp_spec(6, 8, 4, LayerType::relu));
+  Vec<double> theta = init_parameters(model, 9);
+  const Dataset<double> data = random_dataset(model, 400, LikelihoodKind::gaussian, 10);
+  const auto& np = model.named_params();
+  theta.segment(np.front().offset, np.front().size) *= 30;
+  theta.segment(np[np.size() - 2].offset, np[np.size() - 2].size) *= 0.03;
+  FisherOptions fo;
+  fo.damping = 1e-4;
+  FisherOperator<double> F(model, theta, LikelihoodKind::gaussian, data, fo);
+  const Vec<double> b = F.gradient();
+  CgOptions opt;
+  opt.relative_tolerance = 1e-6;
+  opt.max_iterations = 5000;
+  CgWorkspace<double> ws(F.rows());
+  Vec<double> x1(F.rows()), x2(F.rows());
+  const CgSummary plain = conjugate_gradient(F, IdentityPreconditioner<double>(F.rows()), b.data(), x1.data(), opt, ws);
+  const DiagonalPreconditioner<double> M(F.empirical_fisher_diagonal(), fo.damping, 0.75);
+  const CgSummary pre = conjugate_gradient(F, M, b.data(), x2.data(), opt, ws);
+  EXPECT_TRUE(plain.is_converged()) << plain.full_report();
+  EXPECT_TRUE(pre.is_converged()) << pre.full_report();
+  EXPECT_LT(pre.iterations, plain.iterations * 3 / 4);
+  // Both solve the same system: check the true residuals.
+  for (const Vec<double>* x : {&x1, &x2}) EXPECT_LT((apply(F, *x) - b).norm() / b.norm(), 2e-6);
+  std::cout << "[ info ] badly scaled MLP (P = " << F.rows() << "): no preconditioner " << plain.iterations
+            << " iterations, diagonal (alpha 0.75) " << pre.iterations << "\n";
+}
+
+TEST(ConjugateGradient, RelativeProgressRuleAndCallbackStop) {
+  Problem p(mlp_spec(6, 10, 4), 20, 10);
+  FisherOptions fo;
+  fo.damping = 1e-6;
+  FisherOperator<double> F(p.model, p.theta, LikelihoodKind::categorical, p.data, fo);
+  const Vec<double> b = F.gradient();
+  CgOptions opt;
+  opt.relative_tolerance = 1e-15;
+  opt.max_iterations = 2000;
+  opt.use_relative_progress = true;
+  opt.progress_epsilon = 1e-2;
+  Vec<double> x;
+  const CgSummary s = solve(F, b, x, opt);
+  EXPECT_EQ(s.termination, CgTermination::relative_progress) << s.full_report();
+  EXPECT_GT(s.iterations, 10);
+
+  CgOptions stop;
+  int seen = 0;
+  stop.callback = [&](const CgIterationInfo& info) {
+    ++seen;
+    EXPECT_EQ(info.iteration, seen);
+    return info.iteration == 3 ? CallbackResult::stop : CallbackResult::keep_going;
+  };
+  Vec<double> y;
+  const CgSummary s2 = solve(F, b, y, stop);
+  EXPECT_EQ(s2.termination, CgTermination::user_stop);
+  EXPECT_EQ(s2.iterations, 3);
+  EXPECT_NE(s2.brief_report().find("user_stop"), std::string::npos);
+}
+
+TEST(ConjugateGradient, InvalidOptionsAreRejected) {
+  CgOptions opt;
+  std::string why;
+  opt.relative_tolerance = 0;
+  EXPECT_FALSE(opt.is_valid(&why));
+  EXPECT_NE(why.find("relative_tolerance"), std::string::npos);
+  opt = CgOptions();
+  opt.max_iterations = 0;
+  EXPECT_FALSE(opt.is_valid(&why));
+  DenseOp<double> A;
+  A.A = Mat<double>::Identity(2, 2);
+  Vec<double> b = Vec<double>::Ones(2), x;
+  EXPECT_THROW(solve(A, b, x, opt), std::invalid_argument);
+}
+
+TEST(Spectrum, TopEigenvaluesMatchTheDenseFisher) {
+  for (const ModelSpec& spec : {mlp_spec(5, 7, 4), cnn_spec(3)}) {
+    Problem p(spec, 12, 11);
+    FisherOperator<double> F(p.model, p.theta, LikelihoodKind::categorical, p.data);
+    const Mat<double> Fd = dense_fisher(p.model, p.theta, p.data, LikelihoodKind::categorical, FisherKind::exact);
+    Eigen::SelfAdjointEigenSolver<Mat<double>> es(Fd);
+    SpectrumOptions opt;
+    opt.num_eigenvalues = 5;
+    opt.compute_eigenvectors = true;
+    const Index before = F.num_products();
+    const SpectrumResult r = top_eigenvalues(F, opt);
+    ASSERT_TRUE(r.converged) << r.status;
+    EXPECT_EQ(r.matvecs, F.num_products() - before);
+    for (Index i = 0; i < 5; ++i) {
+      const double ref = es.eigenvalues()[Fd.rows() - 1 - i];
+      EXPECT_LT(rel_err(r.eigenvalues[i], ref), 1e-8) << i;
+      // (F − θ) u ≈ 0 for the returned eigenvector.
+      EXPECT_LT((Fd * r.eigenvectors.col(i) - r.eigenvalues[i] * r.eigenvectors.col(i)).norm(), 1e-7 * ref);
+    }
+    std::cout << "[ info ] top-5 of P = " << F.rows() << ": " << r.matvecs << " products, " << r.restarts
+              << " restarts\n";
+  }
+}
+
+TEST(Spectrum, FloatOperatorThroughTheDoubleAdapter) {
+  Problem p(mlp_spec(5, 7, 4), 12, 12);
+  Sequential<float> mf(p.model.spec());
+  FisherOperator<float> F(mf, p.theta.cast<float>(), LikelihoodKind::categorical, p.data.cast<float>());
+  const Mat<double> Fd = dense_fisher(p.model, p.theta, p.data, LikelihoodKind::categorical, FisherKind::exact);
+  Eigen::SelfAdjointEigenSolver<Mat<double>> es(Fd);
+  SpectrumOptions opt;
+  opt.num_eigenvalues = 3;
+  opt.tolerance = 1e-6;
+  const SpectrumResult r = top_eigenvalues(F, opt);
+  ASSERT_TRUE(r.converged) << r.status;
+  for (Index i = 0; i < 3; ++i) EXPECT_LT(rel_err(r.eigenvalues[i], es.eigenvalues()[Fd.rows() - 1 - i]), 1e-4);
+}
+
+TEST(Spectrum, ConditionNumberOfTheDampedFisher) {
+  // A full-rank Fisher with a well-separated bottom of the spectrum (a categorical Fisher is never full
+  // rank: softmax ignores a common shift of the logits): a linear-softplus-linear regression network on
+  // more samples than parameters. λ_min comes from Lanczos on the shifted operator λ_max·I − F.
+  ModelSpec spec;
+  spec.input_shape = {3};
+  spec.layers = {LayerSpec::linear(3, 2), LayerSpec::activation(LayerType::softplus), LayerSpec::linear(2, 2)};
+  Sequential<double> model(spec);
+  const Vec<double> theta = init_parameters(model, 13);
+  const Dataset<double> data = random_dataset(model, 40, LikelihoodKind::gaussian, 14);
+  FisherOptions fo;
+  fo.damping = 1e-2;
+  FisherOperator<double> F(model, theta, LikelihoodKind::gaussian, data, fo);
+  const Mat<double> Fd = dense_fisher(model, theta, data, LikelihoodKind::gaussian, FisherKind::exact) +
+                         1e-2 * Mat<double>::Identity(F.rows(), F.rows());
+  Eigen::SelfAdjointEigenSolver<Mat<double>> es(Fd);
+  const ConditionEstimate c = condition_number(F, -1, 1e-10, 2000);
+  ASSERT_TRUE(c.exact_min) << c.method;
+  EXPECT_LT(rel_err(c.lambda_max, es.eigenvalues().maxCoeff()), 1e-8);
+  EXPECT_LT(rel_err(c.lambda_min, es.eigenvalues().minCoeff()), 1e-6);
+  EXPECT_LT(rel_err(c.condition_number, es.eigenvalues().maxCoeff() / es.eigenvalues().minCoeff()), 1e-6);
+}
+
+TEST(Spectrum, HutchinsonTraceWithinThreeStandardErrors) {
+  Problem p(cnn_spec(4), 10, 14);
+  FisherOperator<double> F(p.model, p.theta, LikelihoodKind::categorical, p.data);
+  const double tr = dense_fisher(p.model, p.theta, p.data, LikelihoodKind::categorical, FisherKind::exact).trace();
+  const TraceEstimate t = hutchinson_trace(F, 200, 15);
+  EXPECT_GT(t.standard_error, 0);
+  EXPECT_LT(std::abs(t.trace - tr), 3 * t.standard_error) << t.trace << " vs " << tr << " ± " << t.standard_error;
+  EXPECT_LT(t.standard_error, 0.2 * tr);  // the estimate is informative
+}
+
+TEST(Spectrum, SlqDensityIntegratesToOneWithTheRightMean) {
+  Problem p(mlp_spec(5, 7, 4), 12, 16);
+  FisherOperator<double> F(p.model, p.theta, LikelihoodKind::categorical, p.data);
+  const Mat<double> Fd = dense_fisher(p.model, p.theta, p.data, LikelihoodKind::categorical, FisherKind::exact);
+  const SpectralDensity d = slq_density(F, 30, 20, 17, 2000);
+  double integral = 0, weights = 0;
+  for (std::size_t i = 1; i < d.grid.size(); ++i)
+    integral += 0.5 * (d.density[i] + d.density[i - 1]) * (d.grid[i] - d.grid[i - 1]);
+  for (double w : d.weights) weights += w;
+  EXPECT_NEAR(integral, 1.0, 1e-6);
+  EXPECT_NEAR(weights, 1.0, 1e-12);
+  const double mean = Fd.trace() / double(Fd.rows());
+  EXPECT_LT(std::abs(d.first_moment - mean), 3 * d.first_moment_standard_error + 1e-12)
+      << d.first_moment << " vs " << mean << " ± " << d.first_moment_standard_error;
+  // The quadrature nodes lie within the spectrum.
+  Eigen::SelfAdjointEigenSolver<Mat<double>> es(Fd);
+  for (double node : d.nodes) {
+    EXPECT_GE(node, es.eigenvalues().minCoeff() - 1e-8);
+    EXPECT_LE(node, es.eigenvalues().maxCoeff() + 1e-8);
+  }
+}
+
+TEST(SolveNaturalGradient, MatchesTheDenseSolveForEveryFisherKind) {
+  Problem p(mlp_spec(4, 6, 3), 16, 18);
+  for (FisherKind fk : {FisherKind::exact, FisherKind::mc, FisherKind::empirical}) {
+    SCOPED_TRACE(to_string(fk));
+    NaturalGradientOptions opt;
+    opt.fisher.kind = fk;
+    opt.fisher.mc_samples = 4;
+    opt.fisher.damping = 1e-2;
+    opt.cg.relative_tolerance = 1e-13;
+    opt.cg.max_iterations = 2000;
+    opt.curvature_batch = 10;  // curvature on fewer samples than the gradient
+    const auto r = solve_natural_gradient(p.model, p.theta, LikelihoodKind::categorical, p.data, opt);
+    EXPECT_TRUE(r.cg.is_converged()) << r.cg.full_report();
+    // Dense reference: the gradient on all 16 samples, the Fisher on the first 10. For mc the H_n are the
+    // operator's sampled ones (labels are drawn by sample index, so a fresh operator reproduces them).
+    const Dataset<double> sub = p.data.head(10);
+    Mat<double> Fd;
+    if (fk == FisherKind::mc) {
+      FisherOperator<double> Fmc(p.model, p.theta, LikelihoodKind::categorical, sub, opt.fisher);
+      const Mat<double> J = jacobian_by_backprop(p.model, p.theta, sub.inputs);
+      Fd = Mat<double>::Zero(p.model.num_params(), p.model.num_params());
+      for (Index n = 0; n < 10; ++n) Fd += J.middleRows(n * 3, 3).transpose() * Fmc.output_fisher(n) * J.middleRows(n * 3, 3);
+      Fd /= 10.0;
+    } else {
+      Fd = dense_fisher(p.model, p.theta, sub, LikelihoodKind::categorical, fk);
+    }
+    FisherOperator<double> full(p.model, p.theta, LikelihoodKind::categorical, p.data);
+    const Vec<double> g = full.gradient();
+    const Vec<double> ref = (Fd + 1e-2 * Mat<double>::Identity(Fd.rows(), Fd.cols())).llt().solve(g);
+    EXPECT_LT(rel_err_vec(r.direction, ref), 1e-8);
+    EXPECT_LT(rel_err_vec(r.gradient, g), 1e-14);
+    EXPECT_NEAR(r.loss, full.loss(), 1e-14);
+    EXPECT_EQ(r.samples, 16);
+    EXPECT_EQ(r.curvature_samples, 10);
+  }
+}
+
+TEST(SolveNaturalGradient, SpectrumConditionAndPreconditionerOptions) {
+  Problem p(mlp_spec(4, 6, 3), 16, 19);
+  NaturalGradientOptions opt;
+  opt.fisher.damping = 1e-3;
+  opt.spectrum_top_k = 3;
+  opt.condition_number = true;
+  opt.preconditioner = PreconditionerKind::diagonal;
+  opt.cg.relative_tolerance = 1e-10;
+  opt.cg.max_iterations = 1000;
+  const auto r = solve_natural_gradient(p.model, p.theta, LikelihoodKind::categorical, p.data, opt);
+  EXPECT_TRUE(r.cg.is_converged());
+  const Mat<double> Fd = dense_fisher(p.model, p.theta, p.data, LikelihoodKind::categorical, FisherKind::exact);
+  Eigen::SelfAdjointEigenSolver<Mat<double>> es(Fd);
+  ASSERT_TRUE(r.spectrum.converged);
+  EXPECT_LT(rel_err(r.spectrum.eigenvalues[0], es.eigenvalues().maxCoeff()), 1e-8);
+  ASSERT_TRUE(r.has_condition);
+  // A categorical Fisher behind a final linear layer is singular (softmax shift invariance), so
+  // λ_min(F) = 0 and κ = (λ_max + λ) / λ.
+  EXPECT_LT(rel_err(r.condition.condition_number, (es.eigenvalues().maxCoeff() + 1e-3) / 1e-3), 1e-8);
+  const Vec<double> ref = (Fd + 1e-3 * Mat<double>::Identity(Fd.rows(), Fd.cols())).llt().solve(r.gradient);
+  EXPECT_LT(rel_err_vec(r.direction, ref), 1e-6);
+
+  NaturalGradientOptions bad;
+  bad.batch = 4;
+  bad.curvature_batch = 8;
+  EXPECT_THROW(solve_natural_gradient(p.model, p.theta, LikelihoodKind::categorical, p.data, bad), std::invalid_argument);
+}
