@@ -1,1 +1,248 @@
-// placeholder
+#include <natgrad/io/dataset_io.h>
+#include <natgrad/io/safetensors.h>
+
+#include <zlib.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <sys/stat.h>
+
+namespace natgrad {
+
+namespace {
+
+[[noreturn]] void fail(const std::string& where, const std::string& what) {
+  throw std::invalid_argument(where + ": " + what);
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+bool is_directory(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+bool exists(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0;
+}
+
+// The whole (possibly gzip-compressed) file; zlib reads plain files transparently. Capped at 1 GiB.
+std::vector<uint8_t> read_maybe_gzip(const std::string& path) {
+  gzFile f = gzopen(path.c_str(), "rb");
+  if (!f) fail(path, std::string("cannot open file (") + std::strerror(errno) + ")");
+  std::vector<uint8_t> out;
+  uint8_t buf[1 << 16];
+  int n;
+  while ((n = gzread(f, buf, sizeof buf)) > 0) {
+    out.insert(out.end(), buf, buf + n);
+    if (out.size() > (1ull << 30)) {
+      gzclose(f);
+      fail(path, "larger than 1 GiB uncompressed");
+    }
+  }
+  int err = 0;
+  const char* msg = gzerror(f, &err);
+  const bool bad = n < 0 || (err != Z_OK && err != Z_STREAM_END);
+  const std::string m = msg ? msg : "";
+  gzclose(f);
+  if (bad) fail(path, "corrupt or truncated gzip data (" + m + ")");
+  return out;
+}
+
+uint32_t be32(const std::vector<uint8_t>& b, std::size_t at) {
+  return (uint32_t(b[at]) << 24) | (uint32_t(b[at + 1]) << 16) | (uint32_t(b[at + 2]) << 8) | uint32_t(b[at + 3]);
+}
+
+// An IDX file of unsigned bytes: returns the dimensions, and the data in `data`.
+std::vector<uint32_t> read_idx(const std::string& path, std::vector<uint8_t>& data, int expect_dims) {
+  std::vector<uint8_t> b = read_maybe_gzip(path);
+  if (b.size() < 4) fail(path, "too short for an IDX header");
+  if (b[0] != 0 || b[1] != 0) fail(path, "not an IDX file (bad magic number)");
+  if (b[2] != 0x08) fail(path, "IDX element type 0x" + std::to_string(b[2]) + " is not unsigned byte (0x08)");
+  const int dims = b[3];
+  if (dims != expect_dims) fail(path, "IDX file has " + std::to_string(dims) + " dimensions, expected " + std::to_string(expect_dims));
+  if (b.size() < 4 + 4 * std::size_t(dims)) fail(path, "truncated IDX header");
+  std::vector<uint32_t> shape;
+  uint64_t count = 1;
+  for (int d = 0; d < dims; ++d) {
+    shape.push_back(be32(b, 4 + 4 * std::size_t(d)));
+    count *= shape.back();
+  }
+  const std::size_t start = 4 + 4 * std::size_t(dims);
+  if (b.size() - start != count)
+    fail(path, "IDX header promises " + std::to_string(count) + " bytes of data but the file holds " +
+                   std::to_string(b.size() - start) + " (truncated?)");
+  data.assign(b.begin() + static_cast<std::ptrdiff_t>(start), b.end());
+  return shape;
+}
+
+std::string find_idx(const std::string& dir, const std::string& base) {
+  for (const std::string& candidate : {dir + "/" + base + ".gz", dir + "/" + base})
+    if (exists(candidate)) return candidate;
+  fail(dir, "missing " + base + "[.gz] (expected the four MNIST-format IDX files)");
+}
+
+template <typename Scalar>
+Dataset<Scalar> load_idx(const std::string& dir, const Shape& input_shape, Split split) {
+  const std::string prefix = split == Split::train ? "train" : "t10k";
+  const std::string ipath = find_idx(dir, prefix + "-images-idx3-ubyte");
+  const std::string lpath = find_idx(dir, prefix + "-labels-idx1-ubyte");
+  std::vector<uint8_t> pixels, labels;
+  const auto ishape = read_idx(ipath, pixels, 3);
+  const auto lshape = read_idx(lpath, labels, 1);
+  if (ishape[0] != lshape[0])
+    fail(lpath, std::to_string(lshape[0]) + " labels for " + std::to_string(ishape[0]) + " images");
+  const Index per = Index(ishape[1]) * Index(ishape[2]);
+  if (per != shape_size(input_shape))
+    fail(ipath, "images of " + std::to_string(ishape[1]) + "x" + std::to_string(ishape[2]) + " do not match the model's input_shape " +
+                    shape_to_string(input_shape));
+  Dataset<Scalar> d;
+  d.inputs.resize(per, ishape[0]);
+  for (Index k = 0; k < d.inputs.size(); ++k) d.inputs.data()[k] = Scalar(pixels[static_cast<std::size_t>(k)]) / Scalar(255);
+  d.labels.assign(labels.begin(), labels.end());
+  return d;
+}
+
+template <typename Scalar>
+Dataset<Scalar> load_safetensors_data(const std::string& path, const Shape& input_shape, LikelihoodKind likelihood,
+                                      Index C) {
+  const SafetensorsFile f = SafetensorsFile::read(path);
+  if (!f.contains("inputs")) fail(path, "missing tensor \"inputs\"");
+  if (!f.contains("targets")) fail(path, "missing tensor \"targets\" (data without targets)");
+  const TensorInfo& in = f.info("inputs");
+  if (in.dtype != DType::F32 && in.dtype != DType::F64 && in.dtype != DType::U8 && in.dtype != DType::F16 &&
+      in.dtype != DType::BF16)
+    fail(path, std::string("\"inputs\" has dtype ") + to_string(in.dtype) + "; expected F32, F64 or U8");
+  if (in.shape.empty()) fail(path, "\"inputs\" needs a leading sample dimension");
+  const Shape sample(in.shape.begin() + 1, in.shape.end());
+  if (shape_size(sample) != shape_size(input_shape) || (sample.size() > 1 && sample != input_shape))
+    fail(path, "\"inputs\" samples have shape " + shape_to_string(sample) + " but the model's input_shape is " +
+                   shape_to_string(input_shape));
+  const Index N = in.shape[0];
+  Dataset<Scalar> d;
+  std::vector<Scalar> x = f.get<Scalar>("inputs");
+  d.inputs = Eigen::Map<Mat<Scalar>>(x.data(), shape_size(input_shape), N);
+  if (in.dtype == DType::U8) d.inputs /= Scalar(255);
+  const TensorInfo& t = f.info("targets");
+  if (likelihood == LikelihoodKind::categorical) {
+    if (t.dtype != DType::I64 && t.dtype != DType::I32 && t.dtype != DType::U8)
+      fail(path, std::string("\"targets\" has dtype ") + to_string(t.dtype) + "; a categorical likelihood needs I64 class indices");
+    if (t.shape.size() != 1 || t.shape[0] != N)
+      fail(path, "\"targets\" must have shape [" + std::to_string(N) + "] (one class index per sample)");
+    d.labels = f.get<int64_t>("targets");
+  } else {
+    if (t.dtype != DType::F32 && t.dtype != DType::F64)
+      fail(path, std::string("\"targets\" has dtype ") + to_string(t.dtype) + "; a " + to_string(likelihood) +
+                     " likelihood needs F32 or F64 targets");
+    if (t.shape.size() != 2 || t.shape[0] != N || t.shape[1] != C)
+      fail(path, "\"targets\" must have shape [" + std::to_string(N) + ", " + std::to_string(C) + "]");
+    std::vector<Scalar> y = f.get<Scalar>("targets");
+    d.targets = Eigen::Map<Mat<Scalar>>(y.data(), C, N);
+  }
+  return d;
+}
+
+template <typename Scalar>
+Dataset<Scalar> load_csv(const std::string& path, const Shape& input_shape, LikelihoodKind likelihood, Index C) {
+  std::ifstream in(path);
+  if (!in) fail(path, std::string("cannot open file (") + std::strerror(errno) + ")");
+  const Index F = shape_size(input_shape);
+  const Index T = likelihood == LikelihoodKind::categorical ? 1 : C;
+  std::vector<Scalar> xs;
+  std::vector<int64_t> labels;
+  std::vector<Scalar> ys;
+  std::string line;
+  Index row = 0, N = 0;
+  while (std::getline(in, line)) {
+    ++row;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.empty()) continue;
+    std::vector<double> vals;
+    std::stringstream ss(line);
+    std::string cell;
+    bool numeric = true;
+    while (std::getline(ss, cell, ',')) {
+      char* end = nullptr;
+      const double v = std::strtod(cell.c_str(), &end);
+      if (end == cell.c_str() || (*end != '\0' && *end != ' ')) numeric = false;
+      vals.push_back(v);
+    }
+    if (!numeric) {
+      if (row == 1) continue;  // a header line
+      fail(path, "line " + std::to_string(row) + " has a non-numeric value");
+    }
+    if (Index(vals.size()) != F + T)
+      fail(path, "line " + std::to_string(row) + " has " + std::to_string(vals.size()) + " values; expected " +
+                     std::to_string(F) + " inputs and " + std::to_string(T) + " target" + (T > 1 ? "s" : ""));
+    for (Index k = 0; k < F; ++k) xs.push_back(Scalar(vals[std::size_t(k)]));
+    if (likelihood == LikelihoodKind::categorical) {
+      const double y = vals.back();
+      if (y != std::floor(y)) fail(path, "line " + std::to_string(row) + ": class index " + std::to_string(y) + " is not an integer");
+      labels.push_back(static_cast<int64_t>(y));
+    } else {
+      for (Index k = 0; k < T; ++k) ys.push_back(Scalar(vals[std::size_t(F + k)]));
+    }
+    ++N;
+  }
+  Dataset<Scalar> d;
+  d.inputs = Eigen::Map<Mat<Scalar>>(xs.data(), F, N);
+  d.labels = labels;
+  if (!ys.empty()) d.targets = Eigen::Map<Mat<Scalar>>(ys.data(), T, N);
+  return d;
+}
+
+}  // namespace
+
+template <typename Scalar>
+Dataset<Scalar> load_dataset(const std::string& path, const Shape& input_shape, LikelihoodKind likelihood, Index C,
+                             Split split, Index max_samples) {
+  if (!exists(path)) fail(path, "no such file or directory");
+  Dataset<Scalar> d;
+  if (is_directory(path))
+    d = load_idx<Scalar>(path, input_shape, split);
+  else if (ends_with(path, ".safetensors"))
+    d = load_safetensors_data<Scalar>(path, input_shape, likelihood, C);
+  else if (ends_with(path, ".csv"))
+    d = load_csv<Scalar>(path, input_shape, likelihood, C);
+  else
+    fail(path, "unknown data format (expected a directory of IDX files, a .safetensors or a .csv file)");
+  if (d.size() == 0) fail(path, "holds no samples");
+  if (max_samples > 0) {
+    if (max_samples > d.size())
+      fail(path, "batch " + std::to_string(max_samples) + " exceeds the " + std::to_string(d.size()) + " samples in the data");
+    if (max_samples < d.size()) d = d.head(max_samples);
+  }
+  for (Index n = 0; n < d.size(); ++n)
+    if (!d.inputs.col(n).allFinite()) fail(path, "inputs of sample " + std::to_string(n) + " contain NaN or Inf");
+  try {
+    check_targets(likelihood, d, C);
+  } catch (const std::invalid_argument& e) {
+    fail(path, e.what());
+  }
+  return d;
+}
+
+template <typename Scalar>
+void save_dataset(const std::string& path, const Dataset<Scalar>& data, const Shape& input_shape) {
+  std::vector<int64_t> shape{data.size()};
+  shape.insert(shape.end(), input_shape.begin(), input_shape.end());
+  const DType dt = sizeof(Scalar) == 4 ? DType::F32 : DType::F64;
+  std::vector<TensorView> views{{"inputs", dt, shape, data.inputs.data()}};
+  if (!data.labels.empty())
+    views.push_back({"targets", DType::I64, {data.size()}, data.labels.data()});
+  else
+    views.push_back({"targets", dt, {data.size(), data.targets.rows()}, data.targets.data()});
+  write_safetensors(path, views);
+}
+
+template Dataset<float> load_dataset<float>(const std::string&, const Shape&, LikelihoodKind, Index, Split, Index);
+template Dataset<double> load_dataset<double>(const std::string&, const Shape&, LikelihoodKind, Index, Split, Index);
+template void save_dataset<float>(const std::string&, const Dataset<float>&, const Shape&);
+template void save_dataset<double>(const std::string&, const Dataset<double>&, const Shape&);
+
+}  // namespace natgrad

@@ -1,1 +1,266 @@
-// placeholder
+#include <natgrad/io/safetensors.h>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <stdexcept>
+#include <unistd.h>
+
+namespace natgrad {
+
+namespace {
+constexpr uint64_t kMaxHeader = 100ull << 20;
+
+[[noreturn]] void fail(const std::string& where, const std::string& what) {
+  throw std::invalid_argument(where + ": " + what);
+}
+
+const struct {
+  DType t;
+  const char* name;
+  std::size_t size;
+} kDTypes[] = {{DType::F64, "F64", 8}, {DType::F32, "F32", 4}, {DType::F16, "F16", 2}, {DType::BF16, "BF16", 2},
+               {DType::I64, "I64", 8}, {DType::I32, "I32", 4}, {DType::U8, "U8", 1}};
+
+float half_to_float(uint16_t h) {
+  const uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
+  uint32_t bits;
+  if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal: normalize
+      int e = -1;
+      uint32_t m = mant;
+      do {
+        ++e;
+        m <<= 1;
+      } while ((m & 0x400) == 0);
+      bits = sign | ((127 - 15 - e) << 23) | ((m & 0x3ff) << 13);
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000u | (mant << 13);
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+template <typename T, typename Src>
+void convert(const uint8_t* p, int64_t n, T* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    Src v;
+    std::memcpy(&v, p + i * sizeof(Src), sizeof(Src));
+    out[i] = static_cast<T>(v);
+  }
+}
+}  // namespace
+
+const char* to_string(DType t) {
+  for (const auto& d : kDTypes)
+    if (d.t == t) return d.name;
+  return "?";
+}
+std::size_t dtype_size(DType t) {
+  for (const auto& d : kDTypes)
+    if (d.t == t) return d.size;
+  return 0;
+}
+
+int64_t TensorInfo::numel() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+SafetensorsFile SafetensorsFile::read(const std::string& path) {
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  if (!in) fail(path, std::string("cannot open file (") + std::strerror(errno) + ")");
+  const std::streamoff size = in.tellg();
+  if (size < 0) fail(path, "cannot determine the file size");
+  std::vector<uint8_t> bytes(static_cast<std::size_t>(size));
+  in.seekg(0);
+  if (size > 0 && !in.read(reinterpret_cast<char*>(bytes.data()), size)) fail(path, "read error");
+  return parse(std::move(bytes), path);
+}
+
+SafetensorsFile SafetensorsFile::parse(std::vector<uint8_t> bytes, const std::string& label) {
+  SafetensorsFile f;
+  f.path_ = label;
+  if (bytes.size() < 8) fail(label, "file is " + std::to_string(bytes.size()) + " bytes, too short for a safetensors header");
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | bytes[static_cast<std::size_t>(i)];
+  if (n > kMaxHeader) fail(label, "header length " + std::to_string(n) + " exceeds the 100 MiB limit");
+  if (n > bytes.size() - 8)
+    fail(label, "header length " + std::to_string(n) + " runs past the end of the " + std::to_string(bytes.size()) +
+                    "-byte file (truncated?)");
+  nlohmann::json header;
+  try {
+    header = nlohmann::json::parse(bytes.begin() + 8, bytes.begin() + 8 + static_cast<std::ptrdiff_t>(n));
+  } catch (const nlohmann::json::exception& e) {
+    fail(label, std::string("header is not valid JSON: ") + e.what());
+  }
+  if (!header.is_object()) fail(label, "header is not a JSON object");
+  f.data_start_ = 8 + static_cast<std::size_t>(n);
+  const std::size_t data_size = bytes.size() - f.data_start_;
+  for (auto it = header.begin(); it != header.end(); ++it) {
+    const std::string& name = it.key();
+    const auto& v = it.value();
+    if (name == "__metadata__") {
+      if (!v.is_object()) fail(label, "__metadata__ is not an object");
+      for (auto m = v.begin(); m != v.end(); ++m) {
+        if (!m.value().is_string()) fail(label, "__metadata__ value \"" + m.key() + "\" is not a string");
+        f.metadata_[m.key()] = m.value().get<std::string>();
+      }
+      continue;
+    }
+    const std::string where = "tensor \"" + name + "\"";
+    if (!v.is_object() || !v.contains("dtype") || !v.contains("shape") || !v.contains("data_offsets"))
+      fail(label, where + " needs dtype, shape and data_offsets");
+    TensorInfo t;
+    t.name = name;
+    if (!v["dtype"].is_string()) fail(label, where + ": dtype is not a string");
+    const std::string dt = v["dtype"].get<std::string>();
+    bool known = false;
+    for (const auto& d : kDTypes)
+      if (dt == d.name) {
+        t.dtype = d.t;
+        known = true;
+      }
+    if (!known) fail(label, where + ": unsupported dtype \"" + dt + "\" (supported: F64, F32, F16, BF16, I64, I32, U8)");
+    if (!v["shape"].is_array()) fail(label, where + ": shape is not an array");
+    uint64_t numel = 1;
+    for (const auto& d : v["shape"]) {
+      if (!d.is_number_unsigned()) fail(label, where + ": shape has a dimension that is not a non-negative integer");
+      const uint64_t dim = d.get<uint64_t>();
+      if (dim != 0 && numel > std::numeric_limits<uint64_t>::max() / 16 / dim)
+        fail(label, where + ": shape is absurdly large");
+      numel *= dim;
+      t.shape.push_back(static_cast<int64_t>(dim));
+    }
+    const auto& off = v["data_offsets"];
+    if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned())
+      fail(label, where + ": data_offsets must be two non-negative integers");
+    const uint64_t b = off[0].get<uint64_t>(), e = off[1].get<uint64_t>();
+    if (b > e || e > data_size)
+      fail(label, where + ": data_offsets [" + std::to_string(b) + ", " + std::to_string(e) +
+                      "] lie outside the data section of " + std::to_string(data_size) + " bytes");
+    if (e - b != numel * dtype_size(t.dtype))
+      fail(label, where + ": shape and dtype need " + std::to_string(numel * dtype_size(t.dtype)) +
+                      " bytes but data_offsets span " + std::to_string(e - b));
+    t.begin = static_cast<std::size_t>(b);
+    t.end = static_cast<std::size_t>(e);
+    f.tensors_.push_back(t);
+  }
+  std::sort(f.tensors_.begin(), f.tensors_.end(), [](const TensorInfo& a, const TensorInfo& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  });
+  for (std::size_t i = 0; i < f.tensors_.size(); ++i) {
+    if (i > 0 && f.tensors_[i].begin < f.tensors_[i - 1].end)
+      fail(label, "tensors \"" + f.tensors_[i - 1].name + "\" and \"" + f.tensors_[i].name + "\" overlap");
+    f.index_[f.tensors_[i].name] = i;
+  }
+  f.bytes_ = std::move(bytes);
+  return f;
+}
+
+std::vector<std::string> SafetensorsFile::names() const {
+  std::vector<std::string> out;
+  for (const auto& t : tensors_) out.push_back(t.name);
+  return out;
+}
+
+const TensorInfo& SafetensorsFile::info(const std::string& name) const {
+  auto it = index_.find(name);
+  if (it == index_.end()) fail(path_, "missing tensor \"" + name + "\"");
+  return tensors_[it->second];
+}
+
+template <typename T>
+std::vector<T> SafetensorsFile::get(const std::string& name) const {
+  const TensorInfo& t = info(name);
+  const int64_t n = t.numel();
+  std::vector<T> out(static_cast<std::size_t>(n));
+  const uint8_t* p = bytes_.data() + data_start_ + t.begin;
+  switch (t.dtype) {
+    case DType::F64: convert<T, double>(p, n, out.data()); break;
+    case DType::F32: convert<T, float>(p, n, out.data()); break;
+    case DType::I64: convert<T, int64_t>(p, n, out.data()); break;
+    case DType::I32: convert<T, int32_t>(p, n, out.data()); break;
+    case DType::U8: convert<T, uint8_t>(p, n, out.data()); break;
+    case DType::F16:
+    case DType::BF16:
+      for (int64_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, p + 2 * i, 2);
+        float v;
+        if (t.dtype == DType::F16) {
+          v = half_to_float(h);
+        } else {
+          const uint32_t bits = static_cast<uint32_t>(h) << 16;
+          std::memcpy(&v, &bits, 4);
+        }
+        out[static_cast<std::size_t>(i)] = static_cast<T>(v);
+      }
+      break;
+  }
+  return out;
+}
+
+template std::vector<float> SafetensorsFile::get<float>(const std::string&) const;
+template std::vector<double> SafetensorsFile::get<double>(const std::string&) const;
+template std::vector<int64_t> SafetensorsFile::get<int64_t>(const std::string&) const;
+
+void write_file_atomically(const std::string& path, const std::string& bytes) {
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) fail(path, std::string("cannot create the output file (") + std::strerror(errno) + ")");
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    out.flush();
+    if (!out) {
+      std::remove(tmp.c_str());
+      fail(path, "write error (disk full?)");
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    std::remove(tmp.c_str());
+    fail(path, std::string("cannot move the output into place (") + std::strerror(err) + ")");
+  }
+}
+
+void write_safetensors(const std::string& path, const std::vector<TensorView>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  nlohmann::ordered_json header = nlohmann::ordered_json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  std::size_t offset = 0;
+  for (const auto& t : tensors) {
+    int64_t numel = 1;
+    for (int64_t d : t.shape) numel *= d;
+    const std::size_t bytes = static_cast<std::size_t>(numel) * dtype_size(t.dtype);
+    header[t.name] = {{"dtype", to_string(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
+  }
+  std::string h = header.dump();
+  while ((8 + h.size()) % 8 != 0) h.push_back(' ');  // align the data section to 8 bytes, as the reference writer
+  std::string out;
+  out.reserve(8 + h.size() + offset);
+  const uint64_t n = h.size();
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((n >> (8 * i)) & 0xff));
+  out += h;
+  for (const auto& t : tensors) {
+    int64_t numel = 1;
+    for (int64_t d : t.shape) numel *= d;
+    out.append(static_cast<const char*>(t.data), static_cast<std::size_t>(numel) * dtype_size(t.dtype));
+  }
+  write_file_atomically(path, out);
+}
+
+}  // namespace natgrad

@@ -23,6 +23,7 @@
 #include <Spectra/SymEigsSolver.h>
 
 #include <algorithm>
+#include <functional>
 #include <chrono>
 #include <limits>
 #include <stdexcept>
@@ -43,6 +44,8 @@ struct SpectrumOptions {
   double tolerance = 1e-10;
   /// Also return the eigenvectors. Default false.
   bool compute_eigenvectors = false;
+  /// Called after every operator application with the count so far (progress reporting). Optional.
+  std::function<void(Index)> on_product;
 
   bool is_valid(Index n, std::string* why) const;
 };
@@ -90,8 +93,9 @@ template <typename Op>
 class DoubleOperator {
  public:
   using Scalar = double;
-  explicit DoubleOperator(const Op& op, double shift = 0, double scale = 1)
-      : op_(op), shift_(shift), scale_(scale), x_(op.rows()), y_(op.rows()) {}
+  explicit DoubleOperator(const Op& op, double shift = 0, double scale = 1,
+                          std::function<void(Index)> on_product = nullptr)
+      : op_(op), shift_(shift), scale_(scale), on_product_(std::move(on_product)), x_(op.rows()), y_(op.rows()) {}
   Index rows() const { return op_.rows(); }
   Index cols() const { return op_.rows(); }
   /// y = shift·x + scale·(A x)
@@ -102,12 +106,14 @@ class DoubleOperator {
     op_.perform_op(x_.data(), y_.data());
     VecMap<double>(y, n) = scale_ * y_.template cast<double>() + shift_ * ConstVecMap<double>(x, n);
     ++count_;
+    if (on_product_) on_product_(count_);
   }
   Index count() const { return count_; }
 
  private:
   const Op& op_;
   double shift_, scale_;
+  std::function<void(Index)> on_product_;
   mutable Vec<typename Op::Scalar> x_, y_;
   mutable Index count_ = 0;
 };
@@ -129,7 +135,7 @@ SpectrumResult top_eigenvalues(const Op& op, const SpectrumOptions& options) {
   const auto start = std::chrono::steady_clock::now();
   const Index n = op.rows(), k = options.num_eigenvalues;
   const Index ncv = options.ncv > 0 ? options.ncv : std::min(n, std::max<Index>(2 * k + 1, 20));
-  detail::DoubleOperator<Op> dop(op);
+  detail::DoubleOperator<Op> dop(op, 0, 1, options.on_product);
   Spectra::SymEigsSolver<detail::DoubleOperator<Op>> solver(dop, k, ncv);
   solver.init();
   SpectrumResult r;

@@ -1,0 +1,32 @@
+/// \file dataset_io.h
+/// \brief Datasets from safetensors (`inputs`, `targets`), MNIST-format IDX directories (gzip or plain), or CSV.
+///
+/// U8 pixels are scaled to [0, 1]. Every loader validates what it reads against the model: sample shape,
+/// target kind and range, finiteness, and reports problems as std::invalid_argument("<path>: <problem>").
+///
+/// \code
+/// auto data = natgrad::load_dataset<float>("/usr/share/datasets/fashion-mnist", {1, 28, 28},
+///                                          natgrad::LikelihoodKind::categorical, 10);
+/// \endcode
+#pragma once
+
+#include <natgrad/core/dataset.h>
+#include <natgrad/likelihood/likelihood.h>
+
+#include <string>
+
+namespace natgrad {
+
+enum class Split { train, test };
+
+/// Loads `path` (a directory of IDX files, a .safetensors file or a .csv file). `max_samples` > 0 keeps
+/// the first max_samples and is an error if the file has fewer.
+template <typename Scalar>
+Dataset<Scalar> load_dataset(const std::string& path, const Shape& input_shape, LikelihoodKind likelihood,
+                             Index num_outputs, Split split = Split::train, Index max_samples = 0);
+
+/// Writes a dataset as safetensors (`inputs` [N, ...input_shape], `targets` I64 [N] or [N, C]).
+template <typename Scalar>
+void save_dataset(const std::string& path, const Dataset<Scalar>& data, const Shape& input_shape);
+
+}  // namespace natgrad

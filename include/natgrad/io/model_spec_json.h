@@ -1,0 +1,29 @@
+/// \file model_spec_json.h
+/// \brief The model spec file (JSON): PyTorch module names and constructor keys (DESIGN.md §3).
+///
+/// \code
+/// natgrad::ModelFile m = natgrad::read_model_spec("model.json");
+/// natgrad::Sequential<float> model(m.spec);
+/// \endcode
+#pragma once
+
+#include <natgrad/likelihood/likelihood.h>
+#include <natgrad/model/layer_spec.h>
+
+#include <string>
+
+namespace natgrad {
+
+struct ModelFile {
+  ModelSpec spec;
+  LikelihoodKind likelihood = LikelihoodKind::categorical;
+};
+
+/// Parses and validates a spec; unknown keys, types or likelihoods are errors. Also checks that the
+/// layers chain from input_shape. Throws std::invalid_argument("<label>: <problem>").
+ModelFile parse_model_spec(const std::string& json_text, const std::string& label);
+ModelFile read_model_spec(const std::string& path);
+/// The JSON text of a spec (inverse of parse_model_spec).
+std::string model_spec_to_json(const ModelFile& m);
+
+}  // namespace natgrad

@@ -1,0 +1,28 @@
+/// \file parameters_io.h
+/// \brief Parameter vectors as safetensors files with PyTorch state_dict names ("0.weight", "0.bias", …).
+///
+/// \code
+/// natgrad::Vec<float> theta = natgrad::load_parameters<float>("weights.safetensors", model);
+/// natgrad::save_parameters("direction.safetensors", model, direction, natgrad::DType::F32);
+/// \endcode
+#pragma once
+
+#include <natgrad/io/safetensors.h>
+#include <natgrad/model/sequential.h>
+
+#include <map>
+#include <string>
+
+namespace natgrad {
+
+/// Reads every parameter tensor of the model; missing, extra, wrongly shaped, non-float or non-finite
+/// tensors are errors naming the file and the tensor.
+template <typename Scalar>
+Vec<Scalar> load_parameters(const std::string& path, const Sequential<Scalar>& model);
+
+/// Writes v (num_params entries) under the model's tensor names and shapes as F32 or F64.
+template <typename Scalar>
+void save_parameters(const std::string& path, const Sequential<Scalar>& model, const Vec<Scalar>& v, DType dtype,
+                     const std::map<std::string, std::string>& metadata = {});
+
+}  // namespace natgrad

@@ -1,0 +1,68 @@
+#include <natgrad/io/parameters_io.h>
+
+#include <cmath>
+#include <stdexcept>
+
+namespace natgrad {
+
+namespace {
+std::string shape_str(const std::vector<int64_t>& s) {
+  Shape t(s.begin(), s.end());
+  return shape_to_string(t);
+}
+}  // namespace
+
+template <typename Scalar>
+Vec<Scalar> load_parameters(const std::string& path, const Sequential<Scalar>& model) {
+  const SafetensorsFile f = SafetensorsFile::read(path);
+  Vec<Scalar> theta(model.num_params());
+  for (const NamedParam& p : model.named_params()) {
+    if (!f.contains(p.name)) throw std::invalid_argument(path + ": missing tensor \"" + p.name + "\" of shape " + shape_to_string(p.shape));
+    const TensorInfo& t = f.info(p.name);
+    if (t.dtype == DType::I64 || t.dtype == DType::I32 || t.dtype == DType::U8)
+      throw std::invalid_argument(path + ": tensor \"" + p.name + "\" has dtype " + to_string(t.dtype) +
+                                  "; parameters must be F32, F64, F16 or BF16");
+    if (Shape(t.shape.begin(), t.shape.end()) != p.shape)
+      throw std::invalid_argument(path + ": tensor \"" + p.name + "\" has shape " + shape_str(t.shape) +
+                                  " but the model expects " + shape_to_string(p.shape));
+    const std::vector<Scalar> v = f.get<Scalar>(p.name);
+    for (std::size_t i = 0; i < v.size(); ++i)
+      if (!std::isfinite(v[i]))
+        throw std::invalid_argument(path + ": tensor \"" + p.name + "\" has a non-finite value (" + std::to_string(double(v[i])) +
+                                    ") at flat index " + std::to_string(i));
+    std::copy(v.begin(), v.end(), theta.data() + p.offset);
+  }
+  for (const std::string& name : f.names()) {
+    bool known = false;
+    for (const NamedParam& p : model.named_params()) known = known || p.name == name;
+    if (!known)
+      throw std::invalid_argument(path + ": unexpected tensor \"" + name + "\" (the model's parameters are " +
+                                  std::to_string(model.named_params().size()) + " tensors named {i}.weight / {i}.bias)");
+  }
+  return theta;
+}
+
+template <typename Scalar>
+void save_parameters(const std::string& path, const Sequential<Scalar>& model, const Vec<Scalar>& v, DType dtype,
+                     const std::map<std::string, std::string>& metadata) {
+  model.check_params(v.size());
+  if (dtype != DType::F32 && dtype != DType::F64) throw std::invalid_argument(path + ": can only write F32 or F64");
+  const Vec<float> vf = v.template cast<float>();
+  const Vec<double> vd = v.template cast<double>();
+  std::vector<TensorView> views;
+  for (const NamedParam& p : model.named_params()) {
+    const void* data = dtype == DType::F32 ? static_cast<const void*>(vf.data() + p.offset)
+                                           : static_cast<const void*>(vd.data() + p.offset);
+    views.push_back({p.name, dtype, std::vector<int64_t>(p.shape.begin(), p.shape.end()), data});
+  }
+  write_safetensors(path, views, metadata);
+}
+
+template Vec<float> load_parameters<float>(const std::string&, const Sequential<float>&);
+template Vec<double> load_parameters<double>(const std::string&, const Sequential<double>&);
+template void save_parameters<float>(const std::string&, const Sequential<float>&, const Vec<float>&, DType,
+                                     const std::map<std::string, std::string>&);
+template void save_parameters<double>(const std::string&, const Sequential<double>&, const Vec<double>&, DType,
+                                      const std::map<std::string, std::string>&);
+
+}  // namespace natgrad

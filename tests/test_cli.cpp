@@ -1,0 +1,222 @@
+// The command line end to end on small generated problems: fvp / solve / spectrum outputs equal the library
+// calls bit for bit; every bad input gives one line on stderr naming the problem, a non-zero exit, and no
+// output file.
+#include "test_helpers.h"
+
+#include <natgrad/io/dataset_io.h>
+#include <natgrad/io/model_spec_json.h>
+#include <natgrad/io/parameters_io.h>
+#include <natgrad/natural_gradient/solve_natural_gradient.h>
+
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <fstream>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+using namespace natgrad;
+using namespace natgrad::test;
+
+namespace {
+
+struct Result {
+  int code;
+  std::string out, err;
+};
+
+std::string dir() {
+  static std::string d = [] {
+    char tmpl[] = "/tmp/natgrad_cli_XXXXXX";
+    return std::string(mkdtemp(tmpl));
+  }();
+  return d;
+}
+std::string p(const std::string& name) { return dir() + "/" + name; }
+std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+bool exists(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+Result run(const std::string& args, const char* binary = NATGRAD_CLI) {
+  const std::string cmd = std::string(binary) + " " + args + " --quiet > " + p("stdout") + " 2> " + p("stderr");
+  const int status = std::system(cmd.c_str());
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(p("stdout")), slurp(p("stderr"))};
+}
+
+const char* kModel = R"({"input_shape": [1, 5, 5], "likelihood": "categorical", "layers": [
+  {"type": "conv2d", "in_channels": 1, "out_channels": 3, "kernel_size": 3, "padding": 1},
+  {"type": "tanh"}, {"type": "avgpool2d", "kernel_size": 2}, {"type": "flatten"},
+  {"type": "linear", "in_features": 12, "out_features": 6}, {"type": "gelu"},
+  {"type": "linear", "in_features": 6, "out_features": 4}]})";
+
+class Cli : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    std::ofstream(p("model.json")) << kModel;
+    const ModelFile m = read_model_spec(p("model.json"));
+    Sequential<float> model(m.spec);
+    save_parameters(p("w.safetensors"), model, init_parameters(model, 4), DType::F32);
+    save_parameters(p("v.safetensors"), model, Vec<float>(random_vec<float>(model.num_params(), 5)), DType::F32);
+    Dataset<float> d = random_dataset(model, 40, LikelihoodKind::categorical, 6);
+    save_dataset(p("d.safetensors"), d, m.spec.input_shape);
+  }
+  const std::string base = "--model " + p("model.json") + " --weights " + p("w.safetensors") + " --data " + p("d.safetensors");
+
+  struct Loaded {
+    ModelFile m;
+    std::unique_ptr<Sequential<float>> model;
+    Vec<float> theta;
+    Dataset<float> data;
+  };
+  Loaded load() {
+    Loaded l;
+    l.m = read_model_spec(p("model.json"));
+    l.model = std::make_unique<Sequential<float>>(l.m.spec);
+    l.theta = load_parameters<float>(p("w.safetensors"), *l.model);
+    l.data = load_dataset<float>(p("d.safetensors"), l.m.spec.input_shape, l.m.likelihood, l.model->output_size());
+    return l;
+  }
+};
+
+}  // namespace
+
+TEST_F(Cli, FvpEqualsTheLibraryCall) {
+  for (const std::string kind : {"exact", "mc", "empirical"}) {
+    const Result r = run("fvp " + base + " --fisher " + kind + " --mc-samples 3 --seed 9 --damping 0.5 --vector " +
+                         p("v.safetensors") + " --output " + p("fv.safetensors"));
+    ASSERT_EQ(r.code, 0) << r.err;
+    Loaded l = load();
+    FisherOptions fo;
+    fo.kind = fisher_kind_from_string(kind);
+    fo.mc_samples = 3;
+    fo.seed = 9;
+    fo.damping = 0.5;
+    FisherOperator<float> F(*l.model, l.theta, l.m.likelihood, l.data, fo);
+    const Vec<float> v = load_parameters<float>(p("v.safetensors"), *l.model);
+    const Vec<float> ref = apply(F, v);
+    EXPECT_EQ(load_parameters<float>(p("fv.safetensors"), *l.model), ref) << kind;
+  }
+}
+
+TEST_F(Cli, SolveEqualsTheLibraryCallAndWritesTheReport) {
+  const Result r = run("solve " + base + " --damping 0.01 --cg-tol 1e-5 --curvature-batch 20 --spectrum 3 --output " +
+                       p("d.safetensors.out") + " --save-gradient " + p("g.safetensors") + " --report " + p("report.json"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("CG converged"), std::string::npos) << r.out;
+  Loaded l = load();
+  NaturalGradientOptions opt;
+  opt.fisher.damping = 0.01;
+  opt.cg.relative_tolerance = 1e-5;
+  opt.cg.max_iterations = 500;
+  opt.curvature_batch = 20;
+  opt.spectrum_top_k = 3;
+  opt.spectrum.tolerance = 1e-8;
+  opt.condition_number = true;
+  const auto ref = solve_natural_gradient(*l.model, l.theta, l.m.likelihood, l.data, opt);
+  EXPECT_EQ(load_parameters<float>(p("d.safetensors.out"), *l.model), ref.direction);
+  EXPECT_EQ(load_parameters<float>(p("g.safetensors"), *l.model), ref.gradient);
+  const auto j = nlohmann::json::parse(slurp(p("report.json")));
+  for (const char* key : {"loss", "gradient_norm", "params", "samples", "cg", "spectrum", "timing_s"})
+    EXPECT_TRUE(j.contains(key)) << key;
+  EXPECT_EQ(j["params"].get<Index>(), l.model->num_params());
+  EXPECT_EQ(j["samples"].get<Index>(), 40);
+  EXPECT_EQ(j["cg"]["iterations"].get<Index>(), ref.cg.iterations);
+  EXPECT_TRUE(j["cg"]["converged"].get<bool>());
+  EXPECT_EQ(j["cg"]["termination"].get<std::string>(), "converged");
+  EXPECT_EQ(j["cg"]["residual_history"].size(), ref.cg.residual_history.size());
+  EXPECT_DOUBLE_EQ(j["loss"].get<double>(), ref.loss);
+  ASSERT_EQ(j["spectrum"]["eigenvalues"].size(), 3u);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(j["spectrum"]["eigenvalues"][i].get<double>(), ref.spectrum.eigenvalues[i]);
+  EXPECT_GT(j["spectrum"]["matvecs"].get<Index>(), 0);
+}
+
+TEST_F(Cli, SpectrumAndInfo) {
+  const Result r = run("spectrum " + base + " --top 4 --report " + p("spec.json"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  Loaded l = load();
+  FisherOperator<float> F(*l.model, l.theta, l.m.likelihood, l.data);
+  SpectrumOptions so;
+  so.num_eigenvalues = 4;
+  so.tolerance = 1e-8;
+  const SpectrumResult ref = top_eigenvalues(F, so);
+  const auto j = nlohmann::json::parse(slurp(p("spec.json")));
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(j["spectrum"]["eigenvalues"][i].get<double>(), ref.eigenvalues[i]);
+  const Result info = run("info --model " + p("model.json") + " --weights " + p("w.safetensors") + " --batch 64");
+  ASSERT_EQ(info.code, 0) << info.err;
+  EXPECT_NE(info.out.find("total parameters: " + std::to_string(l.model->num_params())), std::string::npos) << info.out;
+  EXPECT_NE(info.out.find("memory for a solve at batch 64"), std::string::npos);
+  EXPECT_NE(info.out.find("avgpool2d"), std::string::npos);
+}
+
+TEST_F(Cli, SolveNaturalGradientBinaryIsNatgradSolve) {
+  const Result a = run(base + " --output " + p("a.safetensors"), SOLVE_NATURAL_GRADIENT);
+  const Result b = run("solve " + base + " --output " + p("b.safetensors"));
+  ASSERT_EQ(a.code, 0) << a.err;
+  ASSERT_EQ(b.code, 0) << b.err;
+  EXPECT_EQ(slurp(p("a.safetensors")), slurp(p("b.safetensors")));
+}
+
+TEST_F(Cli, HelpDocumentsEveryOptionWithItsDefault) {
+  const Result r = run("solve --help");
+  EXPECT_EQ(r.code, 0);
+  for (const char* opt : {"--model", "--weights", "--data", "--fisher", "--mc-samples", "--seed", "--batch",
+                          "--curvature-batch", "--damping", "--cg-tol", "--cg-max-iters", "--preconditioner", "--dtype",
+                          "--threads", "--output", "--save-gradient", "--spectrum", "--report", "--quiet"})
+    EXPECT_NE(r.out.find(opt), std::string::npos) << opt;
+  EXPECT_NE(r.out.find("1e-3"), std::string::npos);
+}
+
+TEST_F(Cli, BadInputEndsWithOneLineAndNoOutput) {
+  const std::string out = p("never.safetensors");
+  std::ofstream(p("empty.safetensors"));
+  std::ofstream(p("bad.json")) << "{\"input_shape\": [1, 5, 5], \"layers\": [";
+  std::ofstream(p("chain.json")) << R"({"input_shape": [3], "layers": [{"type": "linear", "in_features": 4, "out_features": 2}]})";
+  std::ofstream(p("unknown.json")) << R"({"input_shape": [3], "layers": [{"type": "lstm"}]})";
+  std::ofstream(p("lik.json")) << R"({"input_shape": [3], "likelihood": "poisson", "layers": []})";
+  {
+    std::string bytes = slurp(p("w.safetensors"));
+    std::ofstream(p("trunc.safetensors"), std::ios::binary) << bytes.substr(0, bytes.size() / 2);
+  }
+  const std::string model = " --model " + p("model.json"), data = " --data " + p("d.safetensors"),
+                    weights = " --weights " + p("w.safetensors");
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"solve" + model + data + " --weights " + p("missing.safetensors"), "missing.safetensors: cannot open file"},
+      {"solve" + model + data + " --weights " + p("empty.safetensors"), "empty.safetensors: file is 0 bytes"},
+      {"solve" + model + data + " --weights " + p("trunc.safetensors"), "trunc.safetensors"},
+      {"solve" + model + data + " --weights " + p("v.safetensors") + " --damping -1", "--damping must be a finite number >= 0"},
+      {"solve" + model + data + weights + " --damping abc", "--damping"},
+      {"solve" + model + data + weights + " --fisher bogus", "unknown Fisher kind \"bogus\""},
+      {"solve" + model + data + weights + " --frobnicate", "frobnicate"},
+      {"solve" + model + data + weights + " --batch 0 --curvature-batch 100", "--curvature-batch 100 exceeds the batch of 40"},
+      {"solve" + model + data + weights + " --batch 1000", "batch 1000 exceeds the 40 samples"},
+      {"solve --model " + p("bad.json") + data, "bad.json: malformed JSON"},
+      {"solve --model " + p("chain.json") + data, "linear expects input shape [4] but receives [3]"},
+      {"solve --model " + p("unknown.json") + data, "unknown layer type \"lstm\""},
+      {"solve --model " + p("lik.json") + data, "unknown likelihood \"poisson\""},
+      {"solve" + model + " --data " + p("nope.safetensors") + weights, "nope.safetensors: no such file"},
+      {"solve" + model + weights, "--data is required"},
+      {"solve" + model + data + weights + " --max-memory 0.000001", "--max-memory allows"},
+      {"fvp" + model + data + weights + " --vector " + p("missing-v.safetensors") + " --output " + out,
+       "missing-v.safetensors: cannot open file"},
+      {"fvp" + model + data + weights + " --vector " + p("v.safetensors"), "--output is required"},
+      {"fvp" + model + data + weights + " --vector " + p("w.safetensors") + " --output " + out + " --dtype float16",
+       "--dtype must be float32 or float64"},
+      {"spectrum" + model + data + weights + " --top 0", "--top must be >= 1"},
+  };
+  for (const auto& [args0, expect] : cases) {
+    // Every solve and fvp case names an output, so "no output file" is checked where one was asked for.
+    const bool wants_output = args0.rfind("spectrum", 0) != 0 && expect.find("--output is required") == std::string::npos &&
+                              args0.find("--output") == std::string::npos;
+    const std::string args = wants_output ? args0 + " --output " + out : args0;
+    const Result r = run(args);
+    EXPECT_NE(r.code, 0) << args;
+    EXPECT_NE(r.err.find(expect), std::string::npos) << args << "\nstderr: " << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << args << "\nstderr: " << r.err;
+    EXPECT_FALSE(exists(out)) << args;
+  }
+}

@@ -1,0 +1,326 @@
+// safetensors, model spec, datasets and parameter files: round trips and every malformed input named in
+// the I/O issue, each rejected with a message naming the file and the problem.
+#include "test_helpers.h"
+
+#include <natgrad/io/dataset_io.h>
+#include <natgrad/io/model_spec_json.h>
+#include <natgrad/io/parameters_io.h>
+#include <natgrad/io/safetensors.h>
+
+#include <zlib.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sys/stat.h>
+
+using namespace natgrad;
+using namespace natgrad::test;
+
+namespace {
+
+std::string tmpdir() {
+  static std::string dir = [] {
+    char tmpl[] = "/tmp/natgrad_io_XXXXXX";
+    return std::string(mkdtemp(tmpl));
+  }();
+  return dir;
+}
+std::string path(const std::string& name) { return tmpdir() + "/" + name; }
+
+void write_bytes(const std::string& p, const std::string& bytes) {
+  std::ofstream(p, std::ios::binary) << bytes;
+}
+std::string read_bytes(const std::string& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// A safetensors image with the given JSON header and data.
+std::string safetensors_bytes(const std::string& header, const std::string& data) {
+  std::string out;
+  const uint64_t n = header.size();
+  for (int i = 0; i < 8; ++i) out.push_back(char((n >> (8 * i)) & 0xff));
+  return out + header + data;
+}
+
+template <typename F>
+std::string error_of(F f) {
+  try {
+    f();
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+  return "no exception";
+}
+
+#define EXPECT_ERROR(expr, text)                                                \
+  do {                                                                          \
+    const std::string msg_ = error_of([&] { (void)(expr); });                   \
+    EXPECT_NE(msg_.find(text), std::string::npos) << "message: " << msg_;       \
+  } while (0)
+
+ModelFile small_model() {
+  return parse_model_spec(R"({"input_shape": [1, 4, 4], "likelihood": "categorical", "layers": [
+      {"type": "conv2d", "in_channels": 1, "out_channels": 2, "kernel_size": 3, "padding": 1},
+      {"type": "relu"}, {"type": "maxpool2d", "kernel_size": 2}, {"type": "flatten"},
+      {"type": "linear", "in_features": 8, "out_features": 3}]})",
+                          "inline");
+}
+
+}  // namespace
+
+TEST(Safetensors, RoundTripIsBitExact) {
+  const std::vector<float> f{1.5f, -2.25f, 3.0f, 1e-30f, -0.0f, 7.0f};
+  const std::vector<double> d{M_PI, -1e300};
+  const std::vector<int64_t> i{-5, 1ll << 40};
+  write_safetensors(path("rt.safetensors"), {{"a.weight", DType::F32, {2, 3}, f.data()},
+                                             {"b", DType::F64, {2}, d.data()},
+                                             {"c", DType::I64, {2}, i.data()}},
+                    {{"k", "v"}});
+  const auto r = SafetensorsFile::read(path("rt.safetensors"));
+  EXPECT_EQ(r.get<float>("a.weight"), f);
+  EXPECT_EQ(r.get<double>("b"), d);
+  EXPECT_EQ(r.get<int64_t>("c"), i);
+  EXPECT_EQ(r.info("a.weight").shape, (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(r.metadata().at("k"), "v");
+  // No temporary file is left behind.
+  struct stat st;
+  EXPECT_NE(::stat((path("rt.safetensors") + ".tmp." + std::to_string(getpid())).c_str(), &st), 0);
+}
+
+TEST(Safetensors, ReadsHalfBfloatIntAndByteTensors) {
+  // F16 0x3C00 = 1, 0xC000 = -2, 0x0001 = 2^-24; BF16 0x3F80 = 1, 0x4049 ≈ 3.140625.
+  const std::string data = std::string("\x00\x3c\x00\xc0\x01\x00", 6) + std::string("\x80\x3f\x49\x40", 4) +
+                           std::string("\xff\xff\xff\xff", 4) + std::string("\x07", 1);
+  const std::string h = R"({"h":{"dtype":"F16","shape":[3],"data_offsets":[0,6]},"b":{"dtype":"BF16","shape":[2],"data_offsets":[6,10]},)"
+                        R"("i":{"dtype":"I32","shape":[1],"data_offsets":[10,14]},"u":{"dtype":"U8","shape":[1],"data_offsets":[14,15]}})";
+  write_bytes(path("types.safetensors"), safetensors_bytes(h, data));
+  const auto r = SafetensorsFile::read(path("types.safetensors"));
+  EXPECT_EQ(r.get<float>("h"), (std::vector<float>{1.0f, -2.0f, std::ldexp(1.0f, -24)}));
+  EXPECT_EQ(r.get<float>("b"), (std::vector<float>{1.0f, 3.140625f}));
+  EXPECT_EQ(r.get<int64_t>("i"), (std::vector<int64_t>{-1}));
+  EXPECT_EQ(r.get<double>("u"), (std::vector<double>{7.0}));
+}
+
+TEST(Safetensors, RejectsHostileOrBrokenFiles) {
+  const std::string ok = R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})";
+  auto check = [&](const std::string& name, const std::string& bytes, const std::string& text) {
+    write_bytes(path(name), bytes);
+    EXPECT_ERROR(SafetensorsFile::read(path(name)), text);
+    EXPECT_ERROR(SafetensorsFile::read(path(name)), path(name));
+  };
+  check("empty.safetensors", "", "too short");
+  check("short.safetensors", "abc", "too short");
+  check("truncated.safetensors", safetensors_bytes(ok, std::string(8, '\0')).substr(0, 20), "past the end");
+  check("huge.safetensors", std::string("\xff\xff\xff\xff\xff\xff\xff\x7f", 8) + "{}", "exceeds the 100 MiB limit");
+  check("json.safetensors", safetensors_bytes("{not json", ""), "not valid JSON");
+  check("dtype.safetensors", safetensors_bytes(R"({"x":{"dtype":"Q7","shape":[1],"data_offsets":[0,1]}})", "a"),
+        "unsupported dtype \"Q7\"");
+  check("outside.safetensors", safetensors_bytes(R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", "1234"),
+        "outside the data section");
+  check("lying.safetensors", safetensors_bytes(R"({"x":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", std::string(8, 'a')),
+        "need 12 bytes but data_offsets span 8");
+  check("overlap.safetensors",
+        safetensors_bytes(R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"y":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+                          std::string(12, 'a')),
+        "overlap");
+  check("absurd.safetensors",
+        safetensors_bytes(R"({"x":{"dtype":"F64","shape":[4294967296,4294967296],"data_offsets":[0,8]}})", std::string(8, 'a')),
+        "absurdly large");
+  check("negshape.safetensors", safetensors_bytes(R"({"x":{"dtype":"F32","shape":[-1],"data_offsets":[0,0]}})", ""),
+        "non-negative integer");
+  EXPECT_ERROR(SafetensorsFile::read(path("does-not-exist.safetensors")), "cannot open file");
+}
+
+TEST(ModelSpec, ParsesPyTorchKeysAndRoundTrips) {
+  const ModelFile m = small_model();
+  ASSERT_EQ(m.spec.layers.size(), 5u);
+  EXPECT_EQ(m.spec.layers[0].padding_h, 1);
+  EXPECT_EQ(m.spec.layers[2].stride_h, 0);  // defaults to kernel_size when built
+  const ModelFile again = parse_model_spec(model_spec_to_json(m), "again");
+  EXPECT_EQ(model_spec_to_json(again), model_spec_to_json(m));
+  Sequential<double> model(m.spec);
+  EXPECT_EQ(model.output_size(), 3);
+}
+
+TEST(ModelSpec, RejectsBadSpecs) {
+  EXPECT_ERROR(parse_model_spec("{\"input_shape\": [3], \"layers\": [", "m.json"), "m.json: malformed JSON");
+  EXPECT_ERROR(parse_model_spec(R"({"input_shape": [3], "layers": [{"type": "dropout"}]})", "m.json"),
+               "m.json: layer 0: unknown layer type \"dropout\"");
+  EXPECT_ERROR(parse_model_spec(R"({"input_shape": [3], "likelihood": "poisson", "layers": []})", "m.json"),
+               "unknown likelihood \"poisson\"");
+  EXPECT_ERROR(parse_model_spec(R"({"input_shape": [3], "layers": [{"type": "linear", "in_features": 3, "out_features": 2, "bais": true}]})", "m.json"),
+               "unknown key \"bais\"");
+  EXPECT_ERROR(parse_model_spec(R"({"input_shape": [3], "layers": [], "optimizer": "sgd"})", "m.json"), "unknown key \"optimizer\"");
+  EXPECT_ERROR(parse_model_spec(R"({"input_shape": [3], "layers": [{"type": "linear", "in_features": 4, "out_features": 2}]})", "m.json"),
+               "m.json: layer 0 (linear): linear expects input shape [4] but receives [3]");
+  EXPECT_ERROR(parse_model_spec(R"({"input_shape": [3], "layers": [{"type": "linear", "out_features": 2}]})", "m.json"),
+               "missing key \"in_features\"");
+  EXPECT_ERROR(parse_model_spec(R"({"input_shape": [0], "layers": []})", "m.json"), "positive integers");
+  EXPECT_ERROR(read_model_spec(path("missing.json")), "cannot open file");
+}
+
+TEST(Parameters, RoundTripAndMismatches) {
+  const ModelFile m = small_model();
+  Sequential<float> model(m.spec);
+  const Vec<float> theta = init_parameters(model, 3);
+  save_parameters(path("w.safetensors"), model, theta, DType::F32);
+  EXPECT_EQ(load_parameters<float>(path("w.safetensors"), model), theta);
+  // The file has PyTorch's names and shapes.
+  const auto f = SafetensorsFile::read(path("w.safetensors"));
+  EXPECT_EQ(f.names(), (std::vector<std::string>{"0.weight", "0.bias", "4.weight", "4.bias"}));
+  EXPECT_EQ(f.info("0.weight").shape, (std::vector<int64_t>{2, 1, 3, 3}));
+
+  const std::vector<float> w(18, 0.5f), b(2, 0.1f), lw(24, 0.2f), lb(3, 0.f), bad(5, 1.f);
+  std::vector<float> nan = lw;
+  nan[7] = std::nanf("");
+  const std::vector<int64_t> ints(2, 1);
+  auto write = [&](const std::string& name, std::vector<TensorView> t) {
+    write_safetensors(path(name), t);
+    return path(name);
+  };
+  EXPECT_ERROR(load_parameters<float>(write("miss.safetensors", {{"0.weight", DType::F32, {2, 1, 3, 3}, w.data()}}), model),
+               "missing tensor \"0.bias\"");
+  EXPECT_ERROR(load_parameters<float>(write("shape.safetensors", {{"0.weight", DType::F32, {2, 9}, w.data()},
+                                                                  {"0.bias", DType::F32, {2}, b.data()},
+                                                                  {"4.weight", DType::F32, {3, 8}, lw.data()},
+                                                                  {"4.bias", DType::F32, {3}, lb.data()}}),
+                                      model),
+               "tensor \"0.weight\" has shape [2, 9] but the model expects [2, 1, 3, 3]");
+  EXPECT_ERROR(load_parameters<float>(write("nan.safetensors", {{"0.weight", DType::F32, {2, 1, 3, 3}, w.data()},
+                                                                {"0.bias", DType::F32, {2}, b.data()},
+                                                                {"4.weight", DType::F32, {3, 8}, nan.data()},
+                                                                {"4.bias", DType::F32, {3}, lb.data()}}),
+                                      model),
+               "tensor \"4.weight\" has a non-finite value");
+  EXPECT_ERROR(load_parameters<float>(write("extra.safetensors", {{"0.weight", DType::F32, {2, 1, 3, 3}, w.data()},
+                                                                  {"0.bias", DType::F32, {2}, b.data()},
+                                                                  {"4.weight", DType::F32, {3, 8}, lw.data()},
+                                                                  {"4.bias", DType::F32, {3}, lb.data()},
+                                                                  {"1.running_mean", DType::F32, {5}, bad.data()}}),
+                                      model),
+               "unexpected tensor \"1.running_mean\"");
+  EXPECT_ERROR(load_parameters<float>(write("int.safetensors", {{"0.weight", DType::F32, {2, 1, 3, 3}, w.data()},
+                                                                {"0.bias", DType::I64, {2}, ints.data()}}),
+                                      model),
+               "has dtype I64");
+}
+
+TEST(Parameters, PyTorchLayoutFileRoundTripsBitForBit) {
+  // A file laid out as torch / safetensors write a state_dict: __metadata__ {"format": "pt"}, tensors in
+  // state_dict order, F32 little-endian. natgrad reads it and writes it back with identical tensor bytes.
+  const ModelFile m = small_model();
+  Sequential<float> model(m.spec);
+  std::string data, header = R"({"__metadata__":{"format":"pt"})";
+  std::size_t off = 0;
+  const CounterRng rng(1, 2);
+  for (const NamedParam& np : model.named_params()) {
+    std::string shape;
+    for (Index d : np.shape) shape += (shape.empty() ? "" : ",") + std::to_string(d);
+    header += ",\"" + np.name + R"(":{"dtype":"F32","shape":[)" + shape + "],\"data_offsets\":[" + std::to_string(off) +
+              "," + std::to_string(off + 4 * np.size) + "]}";
+    for (Index k = 0; k < np.size; ++k) {
+      const float v = float(rng.normal(uint64_t(off + 4 * k)));
+      data.append(reinterpret_cast<const char*>(&v), 4);
+    }
+    off += 4 * std::size_t(np.size);
+  }
+  header += "}";
+  write_bytes(path("torch.safetensors"), safetensors_bytes(header, data));
+  const Vec<float> theta = load_parameters<float>(path("torch.safetensors"), model);
+  save_parameters(path("torch_again.safetensors"), model, theta, DType::F32);
+  const auto a = SafetensorsFile::read(path("torch.safetensors")), b = SafetensorsFile::read(path("torch_again.safetensors"));
+  EXPECT_EQ(a.names(), b.names());
+  for (const std::string& name : a.names()) {
+    EXPECT_EQ(a.info(name).shape, b.info(name).shape);
+    const std::vector<float> x = a.get<float>(name), y = b.get<float>(name);
+    EXPECT_EQ(0, std::memcmp(x.data(), y.data(), 4 * x.size())) << name;
+  }
+}
+
+namespace {
+void write_idx(const std::string& p, const std::vector<uint32_t>& dims, const std::vector<uint8_t>& data, bool gz) {
+  std::string s{0, 0, 8, char(dims.size())};
+  for (uint32_t d : dims) s += {char(d >> 24), char(d >> 16), char(d >> 8), char(d)};
+  s.append(data.begin(), data.end());
+  if (!gz) return write_bytes(p, s);
+  gzFile f = gzopen(p.c_str(), "wb");
+  gzwrite(f, s.data(), unsigned(s.size()));
+  gzclose(f);
+}
+}  // namespace
+
+TEST(Datasets, IdxGzipAndPlainWithScaling) {
+  for (bool gz : {true, false}) {
+    const std::string dir = path(gz ? "idx_gz" : "idx_plain");
+    mkdir(dir.c_str(), 0755);
+    const std::string ext = gz ? ".gz" : "";
+    std::vector<uint8_t> px(3 * 16);
+    for (std::size_t k = 0; k < px.size(); ++k) px[k] = uint8_t(k * 5);
+    write_idx(dir + "/train-images-idx3-ubyte" + ext, {3, 4, 4}, px, gz);
+    write_idx(dir + "/train-labels-idx1-ubyte" + ext, {3}, {2, 0, 1}, gz);
+    const auto d = load_dataset<double>(dir, {1, 4, 4}, LikelihoodKind::categorical, 3);
+    ASSERT_EQ(d.size(), 3);
+    EXPECT_EQ(d.labels, (std::vector<int64_t>{2, 0, 1}));
+    EXPECT_DOUBLE_EQ(d.inputs(5, 1), (16 + 5) * 5 / 255.0);
+    EXPECT_EQ(load_dataset<double>(dir, {1, 4, 4}, LikelihoodKind::categorical, 3, Split::train, 2).size(), 2);
+    EXPECT_ERROR(load_dataset<double>(dir, {1, 4, 4}, LikelihoodKind::categorical, 3, Split::train, 4),
+                 "batch 4 exceeds the 3 samples");
+    EXPECT_ERROR(load_dataset<double>(dir, {1, 4, 4}, LikelihoodKind::categorical, 2), "class label 2 of sample 0 is outside [0, 2)");
+    EXPECT_ERROR(load_dataset<double>(dir, {1, 5, 5}, LikelihoodKind::categorical, 3), "do not match the model's input_shape");
+    EXPECT_ERROR(load_dataset<double>(dir, {1, 4, 4}, LikelihoodKind::categorical, 3, Split::test), "missing t10k-images-idx3-ubyte");
+    write_idx(dir + "/train-labels-idx1-ubyte" + ext, {2}, {0, 1}, gz);
+    EXPECT_ERROR(load_dataset<double>(dir, {1, 4, 4}, LikelihoodKind::categorical, 3), "2 labels for 3 images");
+    write_idx(dir + "/train-images-idx3-ubyte" + ext, {3, 4, 4}, std::vector<uint8_t>(20), gz);
+    EXPECT_ERROR(load_dataset<double>(dir, {1, 4, 4}, LikelihoodKind::categorical, 3), "truncated?");
+  }
+}
+
+TEST(Datasets, SafetensorsAndCsv) {
+  const ModelFile m = small_model();
+  Dataset<float> d;
+  d.inputs = random_mat<float>(16, 5, 1);
+  d.labels = {0, 1, 2, 1, 0};
+  save_dataset(path("d.safetensors"), d, m.spec.input_shape);
+  const auto back = load_dataset<float>(path("d.safetensors"), m.spec.input_shape, LikelihoodKind::categorical, 3);
+  EXPECT_EQ(back.inputs, d.inputs);
+  EXPECT_EQ(back.labels, d.labels);
+
+  std::vector<float> x(5 * 16, 0.5f);
+  x[17] = std::nanf("");
+  const std::vector<int64_t> y{0, 1, 2, 1, 0}, yb{0, 1, 9, 1, 0};
+  write_safetensors(path("nan.safetensors"), {{"inputs", DType::F32, {5, 1, 4, 4}, x.data()}, {"targets", DType::I64, {5}, y.data()}});
+  EXPECT_ERROR(load_dataset<float>(path("nan.safetensors"), m.spec.input_shape, LikelihoodKind::categorical, 3),
+               "inputs of sample 1 contain NaN or Inf");
+  x[17] = 0;
+  write_safetensors(path("range.safetensors"), {{"inputs", DType::F32, {5, 1, 4, 4}, x.data()}, {"targets", DType::I64, {5}, yb.data()}});
+  EXPECT_ERROR(load_dataset<float>(path("range.safetensors"), m.spec.input_shape, LikelihoodKind::categorical, 3),
+               "class label 9 of sample 2 is outside [0, 3)");
+  write_safetensors(path("notargets.safetensors"), {{"inputs", DType::F32, {5, 1, 4, 4}, x.data()}});
+  EXPECT_ERROR(load_dataset<float>(path("notargets.safetensors"), m.spec.input_shape, LikelihoodKind::categorical, 3),
+               "missing tensor \"targets\"");
+  write_safetensors(path("shape.safetensors"), {{"inputs", DType::F32, {5, 2, 8}, x.data()}, {"targets", DType::I64, {5}, y.data()}});
+  EXPECT_ERROR(load_dataset<float>(path("shape.safetensors"), m.spec.input_shape, LikelihoodKind::categorical, 3),
+               "samples have shape [2, 8] but the model's input_shape is [1, 4, 4]");
+  write_safetensors(path("ftargets.safetensors"), {{"inputs", DType::F32, {5, 1, 4, 4}, x.data()}, {"targets", DType::F32, {5}, x.data()}});
+  EXPECT_ERROR(load_dataset<float>(path("ftargets.safetensors"), m.spec.input_shape, LikelihoodKind::categorical, 3),
+               "needs I64 class indices");
+
+  write_bytes(path("d.csv"), "a,b,c,label\n0.5,1,2,1\n-1,0,3.5,0\n");
+  const auto c = load_dataset<double>(path("d.csv"), {3}, LikelihoodKind::categorical, 2);
+  ASSERT_EQ(c.size(), 2);
+  EXPECT_EQ(c.inputs(2, 1), 3.5);
+  EXPECT_EQ(c.labels, (std::vector<int64_t>{1, 0}));
+  write_bytes(path("g.csv"), "1,2,0.5,0.25\n3,4,1,2\n");
+  const auto g = load_dataset<double>(path("g.csv"), {2}, LikelihoodKind::gaussian, 2);
+  EXPECT_EQ(g.targets(1, 1), 2.0);
+  write_bytes(path("bad.csv"), "1,2,1\n1,x,0\n");
+  EXPECT_ERROR(load_dataset<double>(path("bad.csv"), {2}, LikelihoodKind::categorical, 2), "line 2 has a non-numeric value");
+  write_bytes(path("short.csv"), "1,2,1\n1,0\n");
+  EXPECT_ERROR(load_dataset<double>(path("short.csv"), {2}, LikelihoodKind::categorical, 2), "line 2 has 2 values");
+  write_bytes(path("empty.csv"), "");
+  EXPECT_ERROR(load_dataset<double>(path("empty.csv"), {2}, LikelihoodKind::categorical, 2), "holds no samples");
+  EXPECT_ERROR(load_dataset<double>(path("nothing.bin"), {2}, LikelihoodKind::categorical, 2), "no such file");
+  write_bytes(path("d.bin"), "x");
+  EXPECT_ERROR(load_dataset<double>(path("d.bin"), {2}, LikelihoodKind::categorical, 2), "unknown data format");
+}
