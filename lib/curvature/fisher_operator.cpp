@@ -35,9 +35,17 @@ bool FisherOptions::is_valid(std::string* why) const {
   if (kind == FisherKind::mc && mc_samples < 1) return bad("mc_samples must be >= 1, got " + std::to_string(mc_samples));
   if (!(damping >= 0) || !std::isfinite(damping)) return bad("damping must be finite and >= 0, got " + std::to_string(damping));
   if (chunk_size < 1) return bad("chunk_size must be >= 1, got " + std::to_string(chunk_size));
-  if (num_slots < 1) return bad("num_slots must be >= 1, got " + std::to_string(num_slots));
+  if (num_slots < 0) return bad("num_slots must be >= 0 (0 = automatic), got " + std::to_string(num_slots));
   if (num_threads < 0) return bad("num_threads must be >= 0, got " + std::to_string(num_threads));
   return true;
+}
+
+int FisherOptions::slots_for(Index num_params, std::size_t scalar_bytes) const {
+  if (num_slots > 0) return num_slots;
+  const double budget = 512.0 * 1024 * 1024, per_slot = double(num_params) * double(scalar_bytes);
+  int slots = 8;
+  while (slots > 2 && slots * per_slot > budget) slots /= 2;
+  return slots;
 }
 
 template <typename Scalar>
@@ -56,7 +64,7 @@ FisherOperator<Scalar>::FisherOperator(const Sequential<Scalar>& model, const Ve
   data_.targets = data.targets;
 
   num_chunks_ = (num_samples_ + options.chunk_size - 1) / options.chunk_size;
-  num_slots_ = static_cast<int>(std::min<Index>(options.num_slots, num_chunks_));
+  num_slots_ = static_cast<int>(std::min<Index>(options.slots_for(num_params_, sizeof(Scalar)), num_chunks_));
   num_threads_ = options.num_threads > 0 ? options.num_threads : default_threads();
   const Index chunk = std::min(options.chunk_size, num_samples_);
 
@@ -67,8 +75,21 @@ FisherOperator<Scalar>::FisherOperator(const Sequential<Scalar>& model, const Ve
   }
   slots_.assign(static_cast<std::size_t>(num_slots_), Vec<Scalar>(num_params_));
 
-  // The forward pass, once; its activations serve every later product.
-  const Index cs = options.chunk_size;
+  run_forward();
+}
+
+template <typename Scalar>
+void FisherOperator<Scalar>::rebind(const Vec<Scalar>& theta) {
+  model_.check_params(theta.size());
+  theta_ = theta;
+  have_gradient_ = false;
+  run_forward();
+}
+
+template <typename Scalar>
+void FisherOperator<Scalar>::run_forward() {
+  // The forward pass, once per parameter vector; its activations serve every later product.
+  const Index cs = options_.chunk_size;
 #ifdef NATGRAD_HAVE_OPENMP
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads_)
 #endif
@@ -77,8 +98,8 @@ FisherOperator<Scalar>::FisherOperator(const Sequential<Scalar>& model, const Ve
     model_.forward(theta_.data(), cache_, c0, std::min(cs, num_samples_ - c0));
   }
   const Mat<Scalar>& Z = cache_.acts.back();
-  curvature_ = OutputCurvature<Scalar>(likelihood, options.kind, options.mc_samples, options.seed,
-                                       ConstMatMap<Scalar>(Z.data(), Z.rows(), Z.cols()), data);
+  curvature_ = OutputCurvature<Scalar>(likelihood_, options_.kind, options_.mc_samples, options_.seed,
+                                       ConstMatMap<Scalar>(Z.data(), Z.rows(), Z.cols()), data_);
 }
 
 template <typename Scalar>

@@ -88,7 +88,7 @@ std::string find_idx(const std::string& dir, const std::string& base) {
 }
 
 template <typename Scalar>
-Dataset<Scalar> load_idx(const std::string& dir, const Shape& input_shape, Split split) {
+Dataset<Scalar> load_idx(const std::string& dir, const Shape& input_shape, Split split, Index max_samples) {
   const std::string prefix = split == Split::train ? "train" : "t10k";
   const std::string ipath = find_idx(dir, prefix + "-images-idx3-ubyte");
   const std::string lpath = find_idx(dir, prefix + "-labels-idx1-ubyte");
@@ -101,10 +101,14 @@ Dataset<Scalar> load_idx(const std::string& dir, const Shape& input_shape, Split
   if (per != shape_size(input_shape))
     fail(ipath, "images of " + std::to_string(ishape[1]) + "x" + std::to_string(ishape[2]) + " do not match the model's input_shape " +
                     shape_to_string(input_shape));
+  // Convert only the samples asked for (the batch), not the whole file.
+  const Index n = max_samples > 0 ? std::min<Index>(max_samples, Index(ishape[0])) : Index(ishape[0]);
   Dataset<Scalar> d;
-  d.inputs.resize(per, ishape[0]);
+  d.inputs.resize(per, n);
   for (Index k = 0; k < d.inputs.size(); ++k) d.inputs.data()[k] = Scalar(pixels[static_cast<std::size_t>(k)]) / Scalar(255);
-  d.labels.assign(labels.begin(), labels.end());
+  d.labels.assign(labels.begin(), labels.begin() + n);
+  if (max_samples > Index(ishape[0]))
+    fail(dir, "batch " + std::to_string(max_samples) + " exceeds the " + std::to_string(ishape[0]) + " samples in the data");
   return d;
 }
 
@@ -204,7 +208,7 @@ Dataset<Scalar> load_dataset(const std::string& path, const Shape& input_shape, 
   if (!exists(path)) fail(path, "no such file or directory");
   Dataset<Scalar> d;
   if (is_directory(path))
-    d = load_idx<Scalar>(path, input_shape, split);
+    d = load_idx<Scalar>(path, input_shape, split, max_samples);
   else if (ends_with(path, ".safetensors"))
     d = load_safetensors_data<Scalar>(path, input_shape, likelihood, C);
   else if (ends_with(path, ".csv"))

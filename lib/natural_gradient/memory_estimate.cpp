@@ -32,7 +32,7 @@ MemoryEstimate estimate_solve_memory(const ModelSpec& spec, Index batch, Index c
   const std::size_t t = static_cast<std::size_t>(std::max(threads, 1));
   m.workspaces = t * (2 * static_cast<std::size_t>(model.max_width() * chunk) + scratch + C * static_cast<std::size_t>(chunk)) * s;
   const Index chunks = (Nc + fisher.chunk_size - 1) / fisher.chunk_size;
-  m.slots = static_cast<std::size_t>(std::min<Index>(fisher.num_slots, std::max<Index>(chunks, 1))) * P * s;
+  m.slots = static_cast<std::size_t>(std::min<Index>(fisher.slots_for(static_cast<Index>(P), s), std::max<Index>(chunks, 1))) * P * s;
   if (top_k > 0) m.spectrum = static_cast<std::size_t>(std::max<Index>(2 * top_k + 1, 20)) * P * 8 + 4 * P * 8;
   m.data = static_cast<std::size_t>(batch) * (static_cast<std::size_t>(model.input_size()) + C) * s;
   m.total = m.parameters + m.activations + m.workspaces + m.slots + m.spectrum + m.data;

@@ -57,14 +57,17 @@ struct FisherOptions {
   /// Samples per work item, ≥ 1. Results depend on it (summation order), never on the thread count.
   /// Default 128.
   Index chunk_size = 128;
-  /// Parameter-sized accumulation buffers, ≥ 1: more allows more threads to work, each costs P scalars.
-  /// Default 8.
-  int num_slots = 8;
+  /// Parameter-sized accumulation buffers: more lets more threads work, each costs P scalars. 0 (default)
+  /// chooses the largest power of two in [2, 8] whose buffers fit in 512 MiB (a function of P only, never of
+  /// the thread count, so results stay bit-identical across thread counts). Otherwise ≥ 1.
+  int num_slots = 0;
   /// OpenMP threads; 0 uses the OpenMP default (OMP_NUM_THREADS). Default 0.
   int num_threads = 0;
 
   /// True if every field is in range; otherwise false with the reason in *why.
   bool is_valid(std::string* why) const;
+  /// The slot count used for P parameters of `scalar_bytes` each (resolves num_slots = 0).
+  int slots_for(Index num_params, std::size_t scalar_bytes) const;
 };
 
 template <typename Scalar_>
@@ -80,6 +83,11 @@ class FisherOperator {
 
   Index rows() const { return num_params_; }
   Index cols() const { return num_params_; }
+
+  /// Moves the operator to new parameters on the same batch: reruns the forward pass into the existing
+  /// buffers (no allocation) and redraws nothing — Monte-Carlo labels are redrawn from the same keys at the
+  /// new outputs. Throws std::invalid_argument if theta has the wrong size.
+  void rebind(const Vec<Scalar>& theta);
 
   /// y = (F + λI) x. x and y must not overlap and hold cols() scalars.
   void perform_op(const Scalar* x, Scalar* y) const;
@@ -112,6 +120,7 @@ class FisherOperator {
   template <typename Body>
   void for_each_chunk(Body body) const;
   void reduce_slots(Scalar scale, const Scalar* x, Scalar lambda, Scalar* y) const;
+  void run_forward();
 
   const Sequential<Scalar>& model_;
   Vec<Scalar> theta_;

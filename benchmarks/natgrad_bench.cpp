@@ -1,0 +1,195 @@
+// natgrad-bench: the benchmarks of DESIGN.md §5. Threads from OMP_NUM_THREADS. Counters: GFLOP/s (from the
+// GEMM flop count of the pass), products and CG iterations where they apply.
+//
+// Flop counts (2·m·n·k per GEMM; element-wise work is not counted):
+//   gradient = forward (1 GEMM per layer) + backward (weight GEMM per layer, input GEMM for all but the first)
+//   fvp      = R-op (weight GEMM per layer, input GEMM for all but the first) + the same backward.
+#include <natgrad/curvature/fisher_operator.h>
+#include <natgrad/model/initialization.h>
+#include <natgrad/natural_gradient/solve_natural_gradient.h>
+
+#include <benchmark/benchmark.h>
+
+#ifdef NATGRAD_HAVE_OPENMP
+#include <omp.h>
+#endif
+
+#include <map>
+#include <memory>
+
+using namespace natgrad;
+
+namespace {
+
+int threads() {
+#ifdef NATGRAD_HAVE_OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+ModelSpec mlp(Index classes) {
+  ModelSpec s;
+  s.input_shape = {784};
+  s.layers = {LayerSpec::linear(784, 1024), LayerSpec::activation(LayerType::tanh), LayerSpec::linear(1024, 1024),
+              LayerSpec::activation(LayerType::tanh), LayerSpec::linear(1024, classes)};
+  return s;
+}
+
+ModelSpec cnn() {
+  ModelSpec s;
+  s.input_shape = {1, 28, 28};
+  s.layers = {LayerSpec::conv2d(1, 32, 3, 1, 1), LayerSpec::activation(LayerType::relu), LayerSpec::maxpool2d(2),
+              LayerSpec::conv2d(32, 64, 3, 1, 1), LayerSpec::activation(LayerType::relu), LayerSpec::maxpool2d(2),
+              LayerSpec::flatten(), LayerSpec::linear(3136, 128), LayerSpec::activation(LayerType::relu),
+              LayerSpec::linear(128, 10)};
+  return s;
+}
+
+// 2·(m·k) flops per sample for each linear/conv GEMM of the three kinds: forward (W x), weight (g xᵀ), input (Wᵀ g).
+struct FlopModel {
+  double forward = 0, weight = 0, input = 0, first_input = 0;
+};
+FlopModel flops_per_sample(const Sequential<float>& m) {
+  FlopModel f;
+  bool first = true;
+  for (std::size_t l = 0; l < m.num_layers(); ++l) {
+    const Layer<float>& layer = m.layer(l);
+    if (layer.num_params() == 0) continue;
+    const ParamTensor w = layer.param_tensors().front();
+    double macs = double(shape_size(w.shape));
+    if (layer.type() == LayerType::conv2d) macs *= double(layer.output_shape()[1] * layer.output_shape()[2]);
+    f.forward += 2 * macs;
+    f.weight += 2 * macs;
+    if (first) f.first_input = 2 * macs;
+    else f.input += 2 * macs;
+    first = false;
+  }
+  return f;
+}
+double gradient_flops(const FlopModel& f) { return f.forward + f.weight + f.input; }
+double fvp_flops(const FlopModel& f) { return (f.weight + f.input) * 2; }
+
+struct Setup {
+  std::unique_ptr<Sequential<float>> model;
+  Vec<float> theta;
+  Dataset<float> data;
+  std::unique_ptr<FisherOperator<float>> F;
+  Vec<float> v, y;
+  FlopModel flops;
+};
+
+Setup& setup(const std::string& key, const ModelSpec& spec, Index batch, FisherKind kind) {
+  static std::map<std::string, std::unique_ptr<Setup>> cache;
+  auto& s = cache[key];
+  if (s) return *s;
+  s = std::make_unique<Setup>();
+  s->model = std::make_unique<Sequential<float>>(spec);
+  s->theta = init_parameters(*s->model, 0);
+  const CounterRng rng(1, 1);
+  s->data.inputs.resize(s->model->input_size(), batch);
+  for (Index k = 0; k < s->data.inputs.size(); ++k) s->data.inputs.data()[k] = float(rng.uniform(uint64_t(k)));
+  for (Index n = 0; n < batch; ++n) s->data.labels.push_back(int64_t(rng.bits(uint64_t(n) + (1ull << 40)) % s->model->output_size()));
+  FisherOptions fo;
+  fo.kind = kind;
+  fo.damping = 1e-3;
+  s->F = std::make_unique<FisherOperator<float>>(*s->model, s->theta, LikelihoodKind::categorical, s->data, fo);
+  s->v = init_parameters(*s->model, 7);
+  s->y.resize(s->model->num_params());
+  s->flops = flops_per_sample(*s->model);
+  return *s;
+}
+
+void counters(benchmark::State& state, double flops_per_iteration) {
+  state.counters["GFLOP/s"] = benchmark::Counter(flops_per_iteration * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["threads"] = threads();
+}
+
+void BM_gemm(benchmark::State& state) {
+  const Index n = state.range(0);
+  Mat<float> A = Mat<float>::Random(n, n), B = Mat<float>::Random(n, n), C(n, n);
+  // Eigen's threading is off in this build (results must not depend on the thread count), so the reference
+  // GEMM is split over column blocks here, as Eigen's own parallel GEMM would.
+  const int T = threads();
+  for (auto _ : state) {
+#ifdef NATGRAD_HAVE_OPENMP
+#pragma omp parallel for num_threads(T) schedule(static)
+#endif
+    for (int t = 0; t < T; ++t) {
+      const Index c0 = n * t / T, c1 = n * (t + 1) / T;
+      C.middleCols(c0, c1 - c0).noalias() = A * B.middleCols(c0, c1 - c0);
+    }
+    benchmark::DoNotOptimize(C.data());
+  }
+  counters(state, 2.0 * double(n) * double(n) * double(n));
+}
+
+void gradient(benchmark::State& state, const std::string& key, const ModelSpec& spec, Index batch) {
+  Setup& s = setup(key, spec, batch, FisherKind::exact);
+  for (auto _ : state) {
+    s.F->rebind(s.theta);  // forward pass
+    benchmark::DoNotOptimize(s.F->gradient().data());  // backward pass
+  }
+  counters(state, double(batch) * gradient_flops(s.flops));
+}
+
+void fvp(benchmark::State& state, const std::string& key, const ModelSpec& spec, Index batch, FisherKind kind) {
+  Setup& s = setup(key, spec, batch, kind);
+  for (auto _ : state) {
+    s.F->perform_op(s.v.data(), s.y.data());
+    benchmark::DoNotOptimize(s.y.data());
+  }
+  counters(state, double(batch) * fvp_flops(s.flops));
+}
+
+void BM_cg30(benchmark::State& state) {
+  Setup& s = setup("mlp", mlp(10), 1000, FisherKind::exact);
+  const Vec<float>& g = s.F->gradient();
+  CgOptions opt;
+  opt.relative_tolerance = 1e-30;
+  opt.max_iterations = 30;
+  CgWorkspace<float> ws(s.F->rows());
+  Vec<float> x(s.F->rows());
+  CgSummary summary;
+  for (auto _ : state) {
+    summary = conjugate_gradient(*s.F, IdentityPreconditioner<float>(s.F->rows()), g.data(), x.data(), opt, ws);
+    benchmark::DoNotOptimize(x.data());
+  }
+  counters(state, 30.0 * 1000 * fvp_flops(s.flops));
+  state.counters["iterations"] = double(summary.iterations);
+  state.counters["products"] = double(summary.operator_applications);
+  state.counters["rel_residual"] = summary.relative_residual;
+}
+
+void BM_spectrum_top10(benchmark::State& state) {
+  Setup& s = setup("mlp", mlp(10), 1000, FisherKind::exact);
+  SpectrumOptions opt;
+  opt.num_eigenvalues = 10;
+  opt.tolerance = 1e-6;
+  SpectrumResult r;
+  for (auto _ : state) {
+    r = top_eigenvalues(*s.F, opt);
+    benchmark::DoNotOptimize(r.eigenvalues.data());
+  }
+  state.counters["products"] = double(r.matvecs);
+  state.counters["restarts"] = double(r.restarts);
+  state.counters["lambda_max"] = r.eigenvalues.size() ? r.eigenvalues[0] : 0.0;
+  state.counters["threads"] = threads();
+}
+
+}  // namespace
+
+BENCHMARK(BM_gemm)->Name("gemm/1024")->Arg(1024)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(gradient, mlp, std::string("mlp"), mlp(10), 1000)->Name("mlp/gradient")->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(fvp, mlp_exact, std::string("mlp"), mlp(10), 1000, FisherKind::exact)->Name("mlp/fvp_exact")->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(fvp, mlp_mc, std::string("mlp_mc"), mlp(10), 1000, FisherKind::mc)->Name("mlp/fvp_mc")->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(fvp, mlp_emp, std::string("mlp_emp"), mlp(10), 1000, FisherKind::empirical)->Name("mlp/fvp_empirical")->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(gradient, c10000, std::string("c10000"), mlp(10000), 1000)->Name("mlp_c10000/gradient")->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(fvp, c10000, std::string("c10000"), mlp(10000), 1000, FisherKind::exact)->Name("mlp_c10000/fvp_exact")->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(gradient, cnn, std::string("cnn"), cnn(), 256)->Name("cnn/gradient")->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(fvp, cnn, std::string("cnn"), cnn(), 256, FisherKind::exact)->Name("cnn/fvp_exact")->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_cg30)->Name("mlp/cg30")->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
+BENCHMARK(BM_spectrum_top10)->Name("mlp/spectrum_top10")->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(2);
+
+BENCHMARK_MAIN();
