@@ -238,6 +238,43 @@ TEST(FisherDiagonal, EmpiricalDiagonalMatchesDenseEmpiricalFisher) {
   }
 }
 
+TEST(FisherOperatorRebind, EqualsAFreshOperatorAtTheNewParameters) {
+  for (FisherKind fk : {FisherKind::exact, FisherKind::mc, FisherKind::empirical}) {
+    SCOPED_TRACE(to_string(fk));
+    Sequential<float> model(cnn_spec(4));
+    const Vec<float> a = init_parameters(model, 30), b = init_parameters(model, 31);
+    const Dataset<float> data = random_dataset(model, 37, LikelihoodKind::categorical, 32);
+    FisherOptions opt;
+    opt.kind = fk;
+    opt.mc_samples = 2;
+    FisherOperator<float> F(model, a, LikelihoodKind::categorical, data, opt);
+    const Vec<float> v = random_vec<float>(model.num_params(), 33);
+    const Vec<float> before = apply(F, v);
+    F.gradient();
+    F.rebind(b);
+    FisherOperator<float> fresh(model, b, LikelihoodKind::categorical, data, opt);
+    EXPECT_EQ(apply(F, v), apply(fresh, v));
+    EXPECT_EQ(F.gradient(), fresh.gradient());  // the cached gradient was invalidated
+    EXPECT_EQ(F.loss(), fresh.loss());
+    EXPECT_NE(apply(F, v), before);
+    EXPECT_THROW(F.rebind(Vec<float>(b.head(3))), std::invalid_argument);
+  }
+}
+
+TEST(FisherOptionsDefaults, DependOnTheProblemNotOnThreads) {
+  FisherOptions o;
+  EXPECT_EQ(o.chunk_for(1000), 256);  // ⌈1000/4⌉ = 250 → 256
+  EXPECT_EQ(o.chunk_for(256), 64);
+  EXPECT_EQ(o.chunk_for(10), 16);
+  EXPECT_EQ(o.chunk_for(100000), 256);
+  EXPECT_EQ(o.slots_for(1863690, 4), 4);      // the benchmark MLP: 4 × 7.5 MB
+  EXPECT_EQ(o.slots_for(36818954, 4), 2);     // the 36.8M MLP: 2 × 147 MB within 512 MiB
+  o.chunk_size = 7;
+  o.num_slots = 3;
+  EXPECT_EQ(o.chunk_for(1000), 7);
+  EXPECT_EQ(o.slots_for(10, 8), 3);
+}
+
 TEST(FisherOperatorErrors, RejectsBadInput) {
   Sequential<double> model(mlp_spec(3, 4, 2));
   const Vec<double> theta = init_parameters(model, 1);

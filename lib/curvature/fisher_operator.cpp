@@ -34,7 +34,7 @@ bool FisherOptions::is_valid(std::string* why) const {
   };
   if (kind == FisherKind::mc && mc_samples < 1) return bad("mc_samples must be >= 1, got " + std::to_string(mc_samples));
   if (!(damping >= 0) || !std::isfinite(damping)) return bad("damping must be finite and >= 0, got " + std::to_string(damping));
-  if (chunk_size < 1) return bad("chunk_size must be >= 1, got " + std::to_string(chunk_size));
+  if (chunk_size < 0) return bad("chunk_size must be >= 0 (0 = automatic), got " + std::to_string(chunk_size));
   if (num_slots < 0) return bad("num_slots must be >= 0 (0 = automatic), got " + std::to_string(num_slots));
   if (num_threads < 0) return bad("num_threads must be >= 0, got " + std::to_string(num_threads));
   return true;
@@ -43,9 +43,15 @@ bool FisherOptions::is_valid(std::string* why) const {
 int FisherOptions::slots_for(Index num_params, std::size_t scalar_bytes) const {
   if (num_slots > 0) return num_slots;
   const double budget = 512.0 * 1024 * 1024, per_slot = double(num_params) * double(scalar_bytes);
-  int slots = 8;
+  int slots = 4;
   while (slots > 2 && slots * per_slot > budget) slots /= 2;
   return slots;
+}
+
+Index FisherOptions::chunk_for(Index num_samples) const {
+  if (chunk_size > 0) return chunk_size;
+  const Index quarter = (num_samples + 3) / 4;
+  return std::min<Index>(256, std::max<Index>(16, (quarter + 7) / 8 * 8));
 }
 
 template <typename Scalar>
@@ -63,10 +69,11 @@ FisherOperator<Scalar>::FisherOperator(const Sequential<Scalar>& model, const Ve
   data_.labels = data.labels;
   data_.targets = data.targets;
 
-  num_chunks_ = (num_samples_ + options.chunk_size - 1) / options.chunk_size;
+  chunk_size_ = options.chunk_for(num_samples_);
+  num_chunks_ = (num_samples_ + chunk_size_ - 1) / chunk_size_;
   num_slots_ = static_cast<int>(std::min<Index>(options.slots_for(num_params_, sizeof(Scalar)), num_chunks_));
   num_threads_ = options.num_threads > 0 ? options.num_threads : default_threads();
-  const Index chunk = std::min(options.chunk_size, num_samples_);
+  const Index chunk = std::min(chunk_size_, num_samples_);
 
   cache_ = model.make_cache(data.inputs);
   for (int t = 0; t < num_threads_; ++t) {
@@ -89,7 +96,7 @@ void FisherOperator<Scalar>::rebind(const Vec<Scalar>& theta) {
 template <typename Scalar>
 void FisherOperator<Scalar>::run_forward() {
   // The forward pass, once per parameter vector; its activations serve every later product.
-  const Index cs = options_.chunk_size;
+  const Index cs = chunk_size_;
 #ifdef NATGRAD_HAVE_OPENMP
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads_)
 #endif
@@ -112,7 +119,7 @@ void FisherOperator<Scalar>::set_damping(double lambda) {
 template <typename Scalar>
 template <typename Body>
 void FisherOperator<Scalar>::for_each_chunk(Body body) const {
-  const Index cs = options_.chunk_size;
+  const Index cs = chunk_size_;
   const int slots = num_slots_;
   // Slot s owns chunks s, s + slots, s + 2·slots, … and adds them in that order.
 #ifdef NATGRAD_HAVE_OPENMP
@@ -173,7 +180,7 @@ const Vec<Scalar>& FisherOperator<Scalar>::gradient() const {
   for_each_chunk([&](Index c0, Index n, Scalar* acc, Workspace<Scalar>& ws, Mat<Scalar>& gbuf) {
     ConstMatMap<Scalar> z(Z.data() + c0 * C, C, n);
     MatMap<Scalar> gz(gbuf.data(), C, n);
-    chunk_loss[static_cast<std::size_t>(c0 / options_.chunk_size)] = nll_sum<Scalar>(likelihood_, z, data_, c0);
+    chunk_loss[static_cast<std::size_t>(c0 / chunk_size_)] = nll_sum<Scalar>(likelihood_, z, data_, c0);
     nll_gradient<Scalar>(likelihood_, z, data_, c0, gz);
     model_.vjp(theta_.data(), cache_, c0, n, ConstMatMap<Scalar>(gz.data(), C, n), acc, ws);
   });

@@ -4,7 +4,7 @@
 // (c, i, j) holds the input pixels seen by kernel tap (c, i, j) at every output position. The weight
 // [O, C, kh, kw] row-major is, read column-major, the (C·kh·kw) × O matrix Wᵀ, so
 //     yᵀ = colsᵀ Wᵀ + 1 bᵀ                      ((Ho·Wo) × O: column o is output channel o, i.e. CHW order)
-// and every pass is a GEMM of that shape.
+// and every pass is a GEMM of that shape, on a block of samples stacked vertically.
 #include "model/layers.h"
 
 #include <algorithm>
@@ -31,50 +31,62 @@ class Conv2d final : public Layer<Scalar> {
     if (bias_) t.push_back({"bias", {O_}});
     return t;
   }
-  Index scratch_size(Index) const override { return 2 * P_ * K_ + K_ * O_; }
+  // Samples are processed in blocks of b_ whose unfolded inputs are stacked into one (b·Ho·Wo) × K matrix,
+  // so each pass is one GEMM per block rather than per sample (the weights are packed once per block, and
+  // the weight gradient's inner dimension is b·Ho·Wo). b keeps a block's im2col buffer near 32K scalars, so it
+  // stays in L2: measured on the benchmark CNN, 16K–64K was fastest and 1M (4 MB) 30–50% slower.
+  Index block() const { return std::max<Index>(1, (Index(1) << 15) / (P_ * K_)); }
+  Index scratch_size(Index ncols) const override {
+    const Index b = std::min(block(), std::max<Index>(ncols, 1));
+    return b * P_ * (2 * K_ + O_) + K_ * O_;
+  }
 
   void forward(const Scalar* theta, ConstMatMap<Scalar> X, MatMap<Scalar> Y, int32_t*) const override {
     // Forward runs once per batch, outside the hot path; a per-call buffer keeps the signature scratch-free.
-    Mat<Scalar> cols(P_, K_);
-    for (Index n = 0; n < X.cols(); ++n) {
-      im2col(X.col(n).data(), cols.data());
-      MatMap<Scalar> yt(Y.col(n).data(), P_, O_);
+    std::vector<Scalar, Eigen::aligned_allocator<Scalar>> buf(static_cast<std::size_t>(scratch_size(X.cols())));
+    for (Index n0 = 0; n0 < X.cols(); n0 += block()) {
+      const Index b = std::min(block(), X.cols() - n0);
+      MatMap<Scalar> cols(buf.data(), b * P_, K_), yt(buf.data() + b * P_ * K_, b * P_, O_);
+      im2col_block(X.col(n0).data(), b, cols);
       yt.noalias() = cols * weight_t(theta);
-      if (bias_) yt.rowwise() += ConstB(theta + O_ * K_, O_);
+      scatter(yt, b, bias_ ? theta + O_ * K_ : nullptr, Y.col(n0).data());
     }
   }
 
   // dyᵀ = colsᵀ(x) dWᵀ + colsᵀ(dx) Wᵀ + 1 dbᵀ
   void jvp(const Scalar* theta, const Scalar* dtheta, ConstMatMap<Scalar> X, ConstMatMap<Scalar>, const int32_t*,
            const Scalar* dX, MatMap<Scalar> dY, Scalar* scratch) const override {
-    MatMap<Scalar> cols(scratch, P_, K_);
-    for (Index n = 0; n < X.cols(); ++n) {
-      MatMap<Scalar> dyt(dY.col(n).data(), P_, O_);
-      im2col(X.col(n).data(), cols.data());
+    for (Index n0 = 0; n0 < X.cols(); n0 += block()) {
+      const Index b = std::min(block(), X.cols() - n0);
+      MatMap<Scalar> cols(scratch, b * P_, K_), dcols(scratch + b * P_ * K_, b * P_, K_);
+      MatMap<Scalar> dyt(scratch + 2 * b * P_ * K_, b * P_, O_);
+      im2col_block(X.col(n0).data(), b, cols);
       dyt.noalias() = cols * weight_t(dtheta);
       if (dX) {
-        im2col(dX + n * this->input_size(), cols.data());
-        dyt.noalias() += cols * weight_t(theta);
+        im2col_block(dX + n0 * this->input_size(), b, dcols);
+        dyt.noalias() += dcols * weight_t(theta);
       }
-      if (bias_) dyt.rowwise() += ConstB(dtheta + O_ * K_, O_);
+      scatter(dyt, b, bias_ ? dtheta + O_ * K_ : nullptr, dY.col(n0).data());
     }
   }
 
   // gWᵀ += colsᵀ(x)ᵀ gyᵀ;  gb += column sums of gyᵀ;  gx = col2im(gyᵀ W)
   void vjp(const Scalar* theta, ConstMatMap<Scalar> X, ConstMatMap<Scalar>, const int32_t*, ConstMatMap<Scalar> gY,
            Scalar* gX, Scalar* gtheta, Scalar* scratch) const override {
-    MatMap<Scalar> cols(scratch, P_, K_), gcols(scratch + P_ * K_, P_, K_);
-    MatMap<Scalar> gWt(gtheta, K_, gtheta ? O_ : 0);
-    for (Index n = 0; n < X.cols(); ++n) {
-      ConstMatMap<Scalar> gyt(gY.col(n).data(), P_, O_);
+    for (Index n0 = 0; n0 < X.cols(); n0 += block()) {
+      const Index b = std::min(block(), X.cols() - n0);
+      MatMap<Scalar> cols(scratch, b * P_, K_), gcols(scratch + b * P_ * K_, b * P_, K_);
+      MatMap<Scalar> gyt(scratch + 2 * b * P_ * K_, b * P_, O_);
+      gather(gY.col(n0).data(), b, gyt);
       if (gtheta) {
-        im2col(X.col(n).data(), cols.data());
-        gWt.noalias() += cols.transpose() * gyt;
+        im2col_block(X.col(n0).data(), b, cols);
+        MatMap<Scalar>(gtheta, K_, O_).noalias() += cols.transpose() * gyt;
         if (bias_) MutB(gtheta + O_ * K_, O_) += gyt.colwise().sum();
       }
       if (gX) {
         gcols.noalias() = gyt * weight_t(theta).transpose();
-        col2im(gcols.data(), gX + n * this->input_size());
+        for (Index k = 0; k < b; ++k)
+          col2im(gcols.data() + k * P_, b * P_, gX + (n0 + k) * this->input_size());
       }
     }
   }
@@ -83,11 +95,11 @@ class Conv2d final : public Layer<Scalar> {
   // form it per sample (one GEMM, as in vjp) and square it.
   void accumulate_squared_grads(const Scalar*, ConstMatMap<Scalar> X, ConstMatMap<Scalar> gY, Scalar* gsq,
                                 Scalar* scratch) const override {
-    MatMap<Scalar> cols(scratch, P_, K_), g(scratch + 2 * P_ * K_, K_, O_);
+    MatMap<Scalar> cols(scratch, P_, K_), g(scratch + P_ * K_, K_, O_);
     MatMap<Scalar> gsqW(gsq, K_, O_);
     for (Index n = 0; n < X.cols(); ++n) {
       ConstMatMap<Scalar> gyt(gY.col(n).data(), P_, O_);
-      im2col(X.col(n).data(), cols.data());
+      im2col(X.col(n).data(), P_, cols.data());
       g.noalias() = cols.transpose() * gyt;
       gsqW += g.array().square().matrix();
       if (bias_) MutB(gsq + O_ * K_, O_) += gyt.colwise().sum().array().square().matrix();
@@ -97,12 +109,47 @@ class Conv2d final : public Layer<Scalar> {
  private:
   ConstMatMap<Scalar> weight_t(const Scalar* w) const { return ConstMatMap<Scalar>(w, K_, O_); }
 
-  // cols(p, (c, i, j)) = x(c, oh·sh − ph + i, ow·sw − pw + j), zero outside the image.
-  void im2col(const Scalar* x, Scalar* cols) const {
+  // The output columns ow whose input column iw = ow·sw − pw + j lies inside [0, W): [lo, hi).
+  void valid_range(Index j, Index& lo, Index& hi) const {
+    const Index first = pw_ - j;  // ow·sw ≥ pw − j
+    lo = first <= 0 ? 0 : (first + sw_ - 1) / sw_;
+    const Index last = W_ - 1 + pw_ - j;  // ow·sw ≤ W − 1 + pw − j
+    hi = last < 0 ? 0 : std::min(Wo_, last / sw_ + 1);
+    if (hi < lo) hi = lo;
+  }
+
+  // cols(p, (c, i, j)) = x(c, oh·sh − ph + i, ow·sw − pw + j), zero outside the image. Rows of the output
+  // image are filled as one zero prefix, one (strided) copy and one zero suffix: no per-element branch.
+  // The unfolded inputs of b consecutive samples, stacked: sample k fills rows [k·P, (k+1)·P).
+  void im2col_block(const Scalar* x, Index b, MatMap<Scalar>& cols) const {
+    for (Index k = 0; k < b; ++k) im2col(x + k * this->input_size(), b * P_, cols.data() + k * P_);
+  }
+  // y (CHW, sample stride output_size) from the stacked yᵀ blocks, plus the bias if given.
+  void scatter(const MatMap<Scalar>& yt, Index b, const Scalar* bias, Scalar* y) const {
+    for (Index k = 0; k < b; ++k)
+      for (Index o = 0; o < O_; ++o) {
+        const Scalar* src = yt.data() + o * b * P_ + k * P_;
+        Scalar* dst = y + k * this->output_size() + o * P_;
+        const Scalar add = bias ? bias[o] : Scalar(0);
+        for (Index q = 0; q < P_; ++q) dst[q] = src[q] + add;
+      }
+  }
+  // The stacked gyᵀ blocks from per-sample cotangents (CHW, sample stride output_size).
+  void gather(const Scalar* gy, Index b, MatMap<Scalar>& gyt) const {
+    for (Index k = 0; k < b; ++k)
+      for (Index o = 0; o < O_; ++o)
+        std::copy(gy + k * this->output_size() + o * P_, gy + k * this->output_size() + (o + 1) * P_,
+                  gyt.data() + o * b * P_ + k * P_);
+  }
+
+  // ld is the leading dimension of cols (P for one sample, b·P inside a stacked block).
+  void im2col(const Scalar* x, Index ld, Scalar* cols) const {
     for (Index c = 0; c < C_; ++c)
       for (Index i = 0; i < kh_; ++i)
         for (Index j = 0; j < kw_; ++j) {
-          Scalar* col = cols + ((c * kh_ + i) * kw_ + j) * P_;
+          Index lo, hi;
+          valid_range(j, lo, hi);
+          Scalar* col = cols + ((c * kh_ + i) * kw_ + j) * ld;
           for (Index oh = 0; oh < Ho_; ++oh) {
             const Index ih = oh * sh_ - ph_ + i;
             Scalar* row = col + oh * Wo_;
@@ -110,31 +157,35 @@ class Conv2d final : public Layer<Scalar> {
               std::fill(row, row + Wo_, Scalar(0));
               continue;
             }
-            const Scalar* src = x + (c * H_ + ih) * W_;
-            for (Index ow = 0; ow < Wo_; ++ow) {
-              const Index iw = ow * sw_ - pw_ + j;
-              row[ow] = (iw >= 0 && iw < W_) ? src[iw] : Scalar(0);
-            }
+            std::fill(row, row + lo, Scalar(0));
+            const Scalar* src = x + (c * H_ + ih) * W_ + lo * sw_ - pw_ + j;
+            if (sw_ == 1)
+              std::copy(src, src + (hi - lo), row + lo);
+            else
+              for (Index ow = lo; ow < hi; ++ow) row[ow] = src[(ow - lo) * sw_];
+            std::fill(row + hi, row + Wo_, Scalar(0));
           }
         }
   }
 
   // The adjoint of im2col: gx = 0, then every cols entry is added back to the pixel it was read from.
-  void col2im(const Scalar* cols, Scalar* gx) const {
+  void col2im(const Scalar* cols, Index ld, Scalar* gx) const {
     std::fill(gx, gx + C_ * H_ * W_, Scalar(0));
     for (Index c = 0; c < C_; ++c)
       for (Index i = 0; i < kh_; ++i)
         for (Index j = 0; j < kw_; ++j) {
-          const Scalar* col = cols + ((c * kh_ + i) * kw_ + j) * P_;
+          Index lo, hi;
+          valid_range(j, lo, hi);
+          const Scalar* col = cols + ((c * kh_ + i) * kw_ + j) * ld;
           for (Index oh = 0; oh < Ho_; ++oh) {
             const Index ih = oh * sh_ - ph_ + i;
             if (ih < 0 || ih >= H_) continue;
-            Scalar* dst = gx + (c * H_ + ih) * W_;
+            Scalar* dst = gx + (c * H_ + ih) * W_ + lo * sw_ - pw_ + j;
             const Scalar* row = col + oh * Wo_;
-            for (Index ow = 0; ow < Wo_; ++ow) {
-              const Index iw = ow * sw_ - pw_ + j;
-              if (iw >= 0 && iw < W_) dst[iw] += row[ow];
-            }
+            if (sw_ == 1)
+              for (Index ow = lo; ow < hi; ++ow) dst[ow - lo] += row[ow];
+            else
+              for (Index ow = lo; ow < hi; ++ow) dst[(ow - lo) * sw_] += row[ow];
           }
         }
   }

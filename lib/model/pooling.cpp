@@ -30,15 +30,20 @@ class Pool2d final : public Layer<Scalar> {
           for (Index ow = 0; ow < Wo_; ++ow) {
             const Index o = (c * Ho_ + oh) * Wo_ + ow;
             if (type_ == LayerType::maxpool2d) {
-              // The first maximum wins, and a NaN propagates, as in PyTorch.
+              // The first maximum wins, and a NaN wins over numbers, as in PyTorch (max_pool2d propagates NaN).
               Index best = (c * H_ + oh * sh_) * W_ + ow * sw_;
-              for (Index i = 0; i < kh_; ++i)
+              Scalar m = x[best];
+              for (Index i = 0; i < kh_; ++i) {
+                const Scalar* row = x + (c * H_ + oh * sh_ + i) * W_ + ow * sw_;
                 for (Index j = 0; j < kw_; ++j) {
-                  const Index k = (c * H_ + oh * sh_ + i) * W_ + ow * sw_ + j;
-                  if (x[k] > x[best] || std::isnan(x[k])) best = k;
-                  if (std::isnan(x[best])) break;
+                  const Scalar v = row[j];
+                  if (v > m || (v != v && m == m)) {
+                    m = v;
+                    best = (c * H_ + oh * sh_ + i) * W_ + ow * sw_ + j;
+                  }
                 }
-              y[o] = x[best];
+              }
+              y[o] = m;
               arg[o] = static_cast<int32_t>(best);
             } else {
               Scalar s = 0;

@@ -26,12 +26,12 @@ MemoryEstimate estimate_solve_memory(const ModelSpec& spec, Index batch, Index c
   const std::size_t draws = fisher.kind == FisherKind::mc ? static_cast<std::size_t>(fisher.mc_samples) : 1;
   auto forward = [&](Index n) { return static_cast<std::size_t>(n) * (per_sample * s + aux * 4 + C * draws * s); };
   m.activations = forward(Nc) + (Nc < batch ? forward(batch) : 0);
-  const Index chunk = std::min<Index>(fisher.chunk_size, std::max<Index>(Nc, 1));
+  const Index chunk = std::min<Index>(fisher.chunk_for(Nc), std::max<Index>(Nc, 1));
   for (std::size_t l = 0; l < model.num_layers(); ++l)
     scratch = std::max(scratch, static_cast<std::size_t>(model.layer(l).scratch_size(chunk)));
   const std::size_t t = static_cast<std::size_t>(std::max(threads, 1));
   m.workspaces = t * (2 * static_cast<std::size_t>(model.max_width() * chunk) + scratch + C * static_cast<std::size_t>(chunk)) * s;
-  const Index chunks = (Nc + fisher.chunk_size - 1) / fisher.chunk_size;
+  const Index chunks = (Nc + fisher.chunk_for(Nc) - 1) / fisher.chunk_for(Nc);
   m.slots = static_cast<std::size_t>(std::min<Index>(fisher.slots_for(static_cast<Index>(P), s), std::max<Index>(chunks, 1))) * P * s;
   if (top_k > 0) m.spectrum = static_cast<std::size_t>(std::max<Index>(2 * top_k + 1, 20)) * P * 8 + 4 * P * 8;
   m.data = static_cast<std::size_t>(batch) * (static_cast<std::size_t>(model.input_size()) + C) * s;

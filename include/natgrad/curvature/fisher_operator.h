@@ -54,12 +54,14 @@ struct FisherOptions {
   double damping = 0.0;
   /// Seed of the counter-based generator for Monte-Carlo labels. Default 0.
   uint64_t seed = 0;
-  /// Samples per work item, ≥ 1. Results depend on it (summation order), never on the thread count.
-  /// Default 128.
-  Index chunk_size = 128;
-  /// Parameter-sized accumulation buffers: more lets more threads work, each costs P scalars. 0 (default)
-  /// chooses the largest power of two in [2, 8] whose buffers fit in 512 MiB (a function of P only, never of
-  /// the thread count, so results stay bit-identical across thread counts). Otherwise ≥ 1.
+  /// Samples per work item. 0 (default) chooses ⌈N/4⌉ rounded up to a multiple of 8 and clamped to
+  /// [16, 256]: large enough for efficient GEMMs, small enough that a batch gives several work items.
+  /// Results depend on it (summation order) and on N, never on the thread count. Otherwise ≥ 1.
+  Index chunk_size = 0;
+  /// Parameter-sized accumulation buffers: more lets more threads work, each costs P scalars of memory and
+  /// of zeroing and summing per product. 0 (default) chooses the largest power of two in [2, 4] whose
+  /// buffers fit in 512 MiB (a function of P only, never of the thread count, so results stay bit-identical
+  /// across thread counts). Otherwise ≥ 1.
   int num_slots = 0;
   /// OpenMP threads; 0 uses the OpenMP default (OMP_NUM_THREADS). Default 0.
   int num_threads = 0;
@@ -68,6 +70,8 @@ struct FisherOptions {
   bool is_valid(std::string* why) const;
   /// The slot count used for P parameters of `scalar_bytes` each (resolves num_slots = 0).
   int slots_for(Index num_params, std::size_t scalar_bytes) const;
+  /// The chunk size used for a batch of N samples (resolves chunk_size = 0).
+  Index chunk_for(Index num_samples) const;
 };
 
 template <typename Scalar_>
@@ -130,6 +134,7 @@ class FisherOperator {
   double damping_;
   Index num_params_;
   Index num_samples_;
+  Index chunk_size_;
   Index num_chunks_;
   int num_slots_;
   int num_threads_;
