@@ -276,6 +276,7 @@ int run_solve(Args& a) {
               a.damping, a.dtype.c_str(), threads);
   std::fflush(stdout);
   const auto r = solve_natural_gradient(*p.model, p.theta, p.file.likelihood, p.data, opt);
+  if (!r.ok()) throw std::runtime_error(r.failure + "; nothing written");
   if (!r.direction.allFinite())
     throw std::runtime_error("the natural-gradient direction is not finite (" + r.cg.message + "); nothing written");
   std::printf("loss: %.8f\ngradient norm: %.6e\n%s\n", r.loss, r.gradient_norm, r.cg.brief_report().c_str());
@@ -313,6 +314,7 @@ int run_solve(Args& a) {
                {"message", r.cg.message},
                {"relative_residual", r.cg.relative_residual},
                {"products", r.cg.operator_applications},
+               {"returned_iterate", r.cg.returned_iterate},
                {"residual_history", r.cg.residual_history}};
     j["spectrum"] = spectrum_json(r.spectrum);
     if (r.has_condition) j["condition"] = condition_json(r.condition);
@@ -332,6 +334,7 @@ int run_fvp(Args& a) {
   const Vec<Scalar> v = load_parameters<Scalar>(a.vector, *p.model);
   const auto t0 = clock_type::now();
   FisherOperator<Scalar> F(*p.model, p.theta, p.file.likelihood, p.data, fisher_options(a));
+  if (!F.forward_error().empty()) throw std::runtime_error("forward pass: " + F.forward_error() + "; nothing written");
   Vec<Scalar> y(F.rows());
   F.perform_op(v.data(), y.data());
   const double secs = std::chrono::duration<double>(clock_type::now() - t0).count();
@@ -370,6 +373,7 @@ int run_spectrum(Args& a) {
   fo.damping = 0;
   FisherOperator<Scalar> F(*p.model, p.theta, p.file.likelihood,
                            a.curvature_batch > 0 ? p.data.head(a.curvature_batch) : p.data, fo);
+  if (!F.forward_error().empty()) throw std::runtime_error("forward pass: " + F.forward_error() + "; nothing written");
   SpectrumOptions so = spectrum_options(progress);
   so.num_eigenvalues = a.top;
   const SpectrumResult s = top_eigenvalues(F, so);

@@ -3,7 +3,7 @@
 # Needs root (apt-get). Usage: bash scripts/install-deps.sh
 set -euo pipefail
 packages=(build-essential cmake libeigen3-dev libspectra-dev librandom123-dev nlohmann-json3-dev libcli11-dev
-          zlib1g-dev libgtest-dev libbenchmark-dev dataset-fashion-mnist)
+          zlib1g-dev libgtest-dev libbenchmark-dev dataset-fashion-mnist clang libclang-rt-14-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -161,6 +161,58 @@ TEST_F(Cli, SolveNaturalGradientBinaryIsNatgradSolve) {
   EXPECT_EQ(slurp(p("a.safetensors")), slurp(p("b.safetensors")));
 }
 
+TEST_F(Cli, OutputsAreBitIdenticalForOneAndTwoThreads) {
+  // 300 samples: 4 chunks of 80 over 4 slots (and 2 slots for the curvature batch of 150), so the threads
+  // really split the work; every Fisher kind; solve, fvp and spectrum.
+  {
+    const ModelFile m = read_model_spec(p("model.json"));
+    Sequential<float> model(m.spec);
+    save_dataset(p("big.safetensors"), random_dataset(model, 300, LikelihoodKind::categorical, 41), m.spec.input_shape);
+  }
+  const std::string big = "--model " + p("model.json") + " --weights " + p("w.safetensors") + " --data " + p("big.safetensors");
+  for (const std::string kind : {"exact", "mc", "empirical"}) {
+    std::string outputs[2][4];
+    for (int t = 1; t <= 2; ++t) {
+      const std::string sfx = kind + std::to_string(t);
+      const std::string common = big + " --fisher " + kind + " --mc-samples 2 --seed 3 --threads " + std::to_string(t);
+      ASSERT_EQ(run("solve " + common + " --curvature-batch 150 --spectrum 3 --preconditioner diagonal --output " +
+                    p("d" + sfx) + " --save-gradient " + p("g" + sfx) + " --report " + p("r" + sfx)).code, 0);
+      ASSERT_EQ(run("fvp " + common + " --vector " + p("v.safetensors") + " --output " + p("f" + sfx)).code, 0);
+      ASSERT_EQ(run("spectrum " + common + " --top 3 --report " + p("s" + sfx)).code, 0);
+      const auto solve_report = nlohmann::json::parse(slurp(p("r" + sfx)));
+      const auto spec_report = nlohmann::json::parse(slurp(p("s" + sfx)));
+      outputs[t - 1][0] = slurp(p("d" + sfx)) + slurp(p("g" + sfx));
+      outputs[t - 1][1] = slurp(p("f" + sfx));
+      outputs[t - 1][2] = solve_report["spectrum"]["eigenvalues"].dump() + solve_report["cg"]["residual_history"].dump() +
+                          solve_report["loss"].dump();
+      outputs[t - 1][3] = spec_report["spectrum"]["eigenvalues"].dump();
+    }
+    for (int k = 0; k < 4; ++k) {
+      EXPECT_FALSE(outputs[0][k].empty());
+      EXPECT_EQ(outputs[0][k], outputs[1][k]) << kind << " output " << k;
+    }
+  }
+}
+
+TEST_F(Cli, NonFiniteForwardPassEndsWithoutOutput) {
+  const ModelFile m = read_model_spec(p("model.json"));
+  Sequential<float> model(m.spec);
+  Vec<float> theta = init_parameters(model, 4);
+  const NamedParam& w = model.named_params()[2];  // 4.weight, the first linear layer
+  theta.segment(w.offset, w.size).setConstant(3e38f);
+  save_parameters(p("overflow.safetensors"), model, theta, DType::F32);
+  const std::string out = p("never2.safetensors");
+  for (const std::string cmd : {"solve", "fvp", "spectrum"}) {
+    const std::string extra = cmd == "fvp" ? " --vector " + p("v.safetensors") + " --output " + out :
+                              cmd == "solve" ? " --output " + out : "";
+    const Result r = run(cmd + " --model " + p("model.json") + " --weights " + p("overflow.safetensors") + " --data " +
+                         p("d.safetensors") + extra);
+    EXPECT_EQ(r.code, 1) << cmd;
+    EXPECT_NE(r.err.find("the output of layer 4 (linear) is NaN or Inf"), std::string::npos) << cmd << ": " << r.err;
+    EXPECT_FALSE(exists(out)) << cmd;
+  }
+}
+
 TEST_F(Cli, HelpDocumentsEveryOptionWithItsDefault) {
   const Result r = run("solve --help");
   EXPECT_EQ(r.code, 0);

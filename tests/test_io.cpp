@@ -160,6 +160,22 @@ TEST(ModelSpec, RejectsBadSpecs) {
   EXPECT_ERROR(read_model_spec(path("missing.json")), "cannot open file");
 }
 
+TEST(FuzzRegressions, InputsTheFuzzersFoundAreRejectedCleanly) {
+  // fuzz/corpus/model_spec/crash_huge_input_shape: the element count overflowed int64 (UBSan).
+  EXPECT_ERROR(parse_model_spec(R"({"input_shape": [1099511627776, 1099511627776], "layers": []})", "m.json"),
+               "positive integers below 2^31");
+  EXPECT_ERROR(parse_model_spec(R"({"input_shape": [2000000000, 2000000000], "layers": [{"type": "flatten"}]})", "m.json"),
+               "more than 2^40 elements");
+  EXPECT_ERROR(parse_model_spec(R"({"input_shape": [100000, 1000, 1000], "layers": [
+      {"type": "conv2d", "in_channels": 100000, "out_channels": 100000, "kernel_size": 1000}]})", "m.json"),
+               "absurdly large");
+  // fuzz/corpus/csv/crash_huge_label: a class index of 1e58 was cast to int64 (UBSan).
+  EXPECT_ERROR(parse_csv<double>("1,099999999999999999999999999999999999999999999999999999999999\n", {1},
+                                 LikelihoodKind::categorical, 2, "d.csv"),
+               "out of range");
+  EXPECT_ERROR(parse_csv<double>("1,nan\n", {1}, LikelihoodKind::categorical, 2, "d.csv"), "d.csv: line 1");
+}
+
 TEST(Parameters, RoundTripAndMismatches) {
   const ModelFile m = small_model();
   Sequential<float> model(m.spec);

@@ -104,6 +104,17 @@ void FisherOperator<Scalar>::run_forward() {
     const Index c0 = k * cs;
     model_.forward(theta_.data(), cache_, c0, std::min(cs, num_samples_ - c0));
   }
+  // Where does a NaN or Inf first appear? Scan the activations in layer order (one cheap pass).
+  forward_error_.clear();
+  for (std::size_t l = 0; l < cache_.acts.size() && forward_error_.empty(); ++l) {
+    const Mat<Scalar>& A = cache_.acts[l];
+    if (A.allFinite()) continue;
+    Index n = 0;
+    while (n < A.cols() && A.col(n).allFinite()) ++n;
+    forward_error_ = (l == 0 ? std::string("the input") :
+                      "the output of layer " + std::to_string(l - 1) + " (" + model_.layer(l - 1).name() + ")") +
+                     " is NaN or Inf, first at sample " + std::to_string(n);
+  }
   const Mat<Scalar>& Z = cache_.acts.back();
   curvature_ = OutputCurvature<Scalar>(likelihood_, options_.kind, options_.mc_samples, options_.seed,
                                        ConstMatMap<Scalar>(Z.data(), Z.rows(), Z.cols()), data_);

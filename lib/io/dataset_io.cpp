@@ -58,27 +58,39 @@ uint32_t be32(const std::vector<uint8_t>& b, std::size_t at) {
   return (uint32_t(b[at]) << 24) | (uint32_t(b[at + 1]) << 16) | (uint32_t(b[at + 2]) << 8) | uint32_t(b[at + 3]);
 }
 
-// An IDX file of unsigned bytes: returns the dimensions, and the data in `data`.
-std::vector<uint32_t> read_idx(const std::string& path, std::vector<uint8_t>& data, int expect_dims) {
-  std::vector<uint8_t> b = read_maybe_gzip(path);
+}  // namespace
+
+std::vector<uint8_t> parse_idx(const std::vector<uint8_t>& b, int expect_dims, const std::string& path,
+                               std::vector<uint32_t>* dims) {
   if (b.size() < 4) fail(path, "too short for an IDX header");
   if (b[0] != 0 || b[1] != 0) fail(path, "not an IDX file (bad magic number)");
   if (b[2] != 0x08) fail(path, "IDX element type 0x" + std::to_string(b[2]) + " is not unsigned byte (0x08)");
-  const int dims = b[3];
-  if (dims != expect_dims) fail(path, "IDX file has " + std::to_string(dims) + " dimensions, expected " + std::to_string(expect_dims));
-  if (b.size() < 4 + 4 * std::size_t(dims)) fail(path, "truncated IDX header");
+  const int ndims = b[3];
+  if (ndims != expect_dims)
+    fail(path, "IDX file has " + std::to_string(ndims) + " dimensions, expected " + std::to_string(expect_dims));
+  if (b.size() < 4 + 4 * std::size_t(ndims)) fail(path, "truncated IDX header");
   std::vector<uint32_t> shape;
   uint64_t count = 1;
-  for (int d = 0; d < dims; ++d) {
+  for (int d = 0; d < ndims; ++d) {
     shape.push_back(be32(b, 4 + 4 * std::size_t(d)));
-    count *= shape.back();
+    count *= shape.back();  // ≤ (2³²)³ cannot overflow past what the size check below rejects: cap first
+    if (count > (1ull << 40)) fail(path, "IDX dimensions are absurdly large");
   }
-  const std::size_t start = 4 + 4 * std::size_t(dims);
-  if (b.size() - start != count)
+  const std::size_t start = 4 + 4 * std::size_t(ndims);
+  if (count > b.size() || b.size() - start != count)
     fail(path, "IDX header promises " + std::to_string(count) + " bytes of data but the file holds " +
                    std::to_string(b.size() - start) + " (truncated?)");
-  data.assign(b.begin() + static_cast<std::ptrdiff_t>(start), b.end());
-  return shape;
+  if (dims) *dims = shape;
+  return std::vector<uint8_t>(b.begin() + static_cast<std::ptrdiff_t>(start), b.end());
+}
+
+namespace {
+
+// An IDX file (gzip or plain) of unsigned bytes: returns the dimensions, and the data in `data`.
+std::vector<uint32_t> read_idx(const std::string& path, std::vector<uint8_t>& data, int expect_dims) {
+  std::vector<uint32_t> dims;
+  data = parse_idx(read_maybe_gzip(path), expect_dims, path, &dims);
+  return dims;
 }
 
 std::string find_idx(const std::string& dir, const std::string& base) {
@@ -155,6 +167,17 @@ template <typename Scalar>
 Dataset<Scalar> load_csv(const std::string& path, const Shape& input_shape, LikelihoodKind likelihood, Index C) {
   std::ifstream in(path);
   if (!in) fail(path, std::string("cannot open file (") + std::strerror(errno) + ")");
+  std::stringstream text;
+  text << in.rdbuf();
+  return parse_csv<Scalar>(text.str(), input_shape, likelihood, C, path);
+}
+
+}  // namespace
+
+template <typename Scalar>
+Dataset<Scalar> parse_csv(const std::string& text, const Shape& input_shape, LikelihoodKind likelihood, Index C,
+                          const std::string& path) {
+  std::istringstream in(text);
   const Index F = shape_size(input_shape);
   const Index T = likelihood == LikelihoodKind::categorical ? 1 : C;
   std::vector<Scalar> xs;
@@ -187,6 +210,8 @@ Dataset<Scalar> load_csv(const std::string& path, const Shape& input_shape, Like
     if (likelihood == LikelihoodKind::categorical) {
       const double y = vals.back();
       if (y != std::floor(y)) fail(path, "line " + std::to_string(row) + ": class index " + std::to_string(y) + " is not an integer");
+      if (!(std::abs(y) < 9007199254740992.0))  // 2^53; NaN fails too
+        fail(path, "line " + std::to_string(row) + ": class index " + std::to_string(y) + " is out of range");
       labels.push_back(static_cast<int64_t>(y));
     } else {
       for (Index k = 0; k < T; ++k) ys.push_back(Scalar(vals[std::size_t(F + k)]));
@@ -200,7 +225,6 @@ Dataset<Scalar> load_csv(const std::string& path, const Shape& input_shape, Like
   return d;
 }
 
-}  // namespace
 
 template <typename Scalar>
 Dataset<Scalar> load_dataset(const std::string& path, const Shape& input_shape, LikelihoodKind likelihood, Index C,
@@ -246,6 +270,8 @@ void save_dataset(const std::string& path, const Dataset<Scalar>& data, const Sh
 
 template Dataset<float> load_dataset<float>(const std::string&, const Shape&, LikelihoodKind, Index, Split, Index);
 template Dataset<double> load_dataset<double>(const std::string&, const Shape&, LikelihoodKind, Index, Split, Index);
+template Dataset<float> parse_csv<float>(const std::string&, const Shape&, LikelihoodKind, Index, const std::string&);
+template Dataset<double> parse_csv<double>(const std::string&, const Shape&, LikelihoodKind, Index, const std::string&);
 template void save_dataset<float>(const std::string&, const Dataset<float>&, const Shape&);
 template void save_dataset<double>(const std::string&, const Dataset<double>&, const Shape&);
 

@@ -19,10 +19,14 @@ using json = nlohmann::json;
   throw std::invalid_argument(label + ": " + what);
 }
 
+constexpr Index kMaxInt = Index(1) << 31;
+
 Index get_int(const json& j, const char* key, const std::string& where, const std::string& label) {
   const json& v = j.at(key);
   if (!v.is_number_integer()) fail(label, where + ": \"" + key + "\" must be an integer");
-  return v.get<Index>();
+  const Index x = v.get<Index>();
+  if (x >= kMaxInt || x <= -kMaxInt) fail(label, where + ": \"" + key + "\" = " + std::to_string(x) + " is out of range");
+  return x;
 }
 
 // kernel_size / stride / padding: an integer or a pair [h, w], as PyTorch accepts.
@@ -36,6 +40,8 @@ void get_pair(const json& j, const char* key, const std::string& where, const st
   } else {
     fail(label, where + ": \"" + key + "\" must be an integer or a pair of integers");
   }
+  if (h >= kMaxInt || w >= kMaxInt || h <= -kMaxInt || w <= -kMaxInt)
+    fail(label, where + ": \"" + key + "\" is out of range");
 }
 }  // namespace
 
@@ -54,8 +60,8 @@ ModelFile parse_model_spec(const std::string& text, const std::string& label) {
   if (!j.contains("input_shape") || !j["input_shape"].is_array() || j["input_shape"].empty())
     fail(label, "\"input_shape\" must be a non-empty array of positive integers");
   for (const auto& d : j["input_shape"]) {
-    if (!d.is_number_integer() || d.get<Index>() <= 0)
-      fail(label, "\"input_shape\" must be a non-empty array of positive integers");
+    if (!d.is_number_integer() || d.get<Index>() <= 0 || d.get<Index>() >= kMaxInt)
+      fail(label, "\"input_shape\" must be a non-empty array of positive integers below 2^31");
     m.spec.input_shape.push_back(d.get<Index>());
   }
   if (j.contains("likelihood")) {

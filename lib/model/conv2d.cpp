@@ -205,11 +205,17 @@ std::unique_ptr<Layer<Scalar>> make_conv2d(const LayerSpec& s, const Shape& in, 
   if (in.size() != 3 || in[0] != s.in_channels)
     fail(where, "conv2d expects input shape [" + std::to_string(s.in_channels) + ", H, W] but receives " +
                     shape_to_string(in));
+  if (double(s.out_channels) * double(s.in_channels) * double(s.kernel_h) * double(s.kernel_w) > kMaxElements ||
+      double(s.padding_h) + double(in[1]) > kMaxElements || double(s.padding_w) + double(in[2]) > kMaxElements ||
+      double(s.kernel_h) * double(s.kernel_w) * double(in[1] + 2 * s.padding_h) * double(in[2] + 2 * s.padding_w) *
+              double(s.in_channels) > kMaxElements)
+    fail(where, "conv2d sizes are absurdly large");
   const Index ho = (in[1] + 2 * s.padding_h - s.kernel_h) / s.stride_h + 1;
   const Index wo = (in[2] + 2 * s.padding_w - s.kernel_w) / s.stride_w + 1;
   if (in[1] + 2 * s.padding_h < s.kernel_h || in[2] + 2 * s.padding_w < s.kernel_w || ho <= 0 || wo <= 0)
     fail(where, "conv2d kernel " + std::to_string(s.kernel_h) + "x" + std::to_string(s.kernel_w) +
                     " is larger than its padded input " + shape_to_string(in));
+  if (double(s.out_channels) * double(ho) * double(wo) > kMaxElements) fail(where, "conv2d output is absurdly large");
   return std::make_unique<Conv2d<Scalar>>(s, in, Shape{s.out_channels, ho, wo});
 }
 

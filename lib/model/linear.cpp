@@ -71,6 +71,8 @@ std::unique_ptr<Layer<Scalar>> make_linear(const LayerSpec& spec, const Shape& i
   if (spec.in_features <= 0 || spec.out_features <= 0)
     fail(where, "linear needs positive in_features and out_features (got " + std::to_string(spec.in_features) +
                     ", " + std::to_string(spec.out_features) + ")");
+  if (double(spec.in_features) * double(spec.out_features) > kMaxElements)
+    fail(where, "linear " + std::to_string(spec.in_features) + " x " + std::to_string(spec.out_features) + " is absurdly large");
   if (in.size() != 1 || in[0] != spec.in_features)
     fail(where, "linear expects input shape [" + std::to_string(spec.in_features) + "] but receives " +
                     shape_to_string(in) + (in.size() > 1 ? " (add a flatten layer before it)" : ""));

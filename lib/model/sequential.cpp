@@ -28,8 +28,13 @@ template <typename Scalar>
 Sequential<Scalar>::Sequential(const ModelSpec& spec) : spec_(spec) {
   if (spec.input_shape.empty())
     throw std::invalid_argument("model: input_shape is empty");
-  for (Index d : spec.input_shape)
+  double elements = 1;
+  for (Index d : spec.input_shape) {
     if (d <= 0) throw std::invalid_argument("model: input_shape " + shape_to_string(spec.input_shape) + " has a non-positive dimension");
+    elements *= double(d);
+  }
+  if (elements > detail::kMaxElements)
+    throw std::invalid_argument("model: input_shape " + shape_to_string(spec.input_shape) + " has more than 2^40 elements");
   Shape shape = spec.input_shape;
   max_width_ = shape_size(shape);
   bool seen_params = false;

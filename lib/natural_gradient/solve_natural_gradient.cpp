@@ -56,6 +56,15 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Sequential<Scalar>& m
   r.time_forward_s = seconds(t);
   t = clock::now();
   const FisherOperator<Scalar>& G = full ? *full : F;
+  for (const FisherOperator<Scalar>* op : {&G, static_cast<const FisherOperator<Scalar>*>(&F)})
+    if (!op->forward_error().empty()) {
+      r.failure = "forward pass: " + op->forward_error();
+      r.cg.termination = CgTermination::breakdown;
+      r.cg.message = r.failure;
+      r.direction = Vec<Scalar>::Zero(F.rows());
+      r.time_total_s = seconds(t0);
+      return r;
+    }
   r.gradient = G.gradient();
   r.loss = G.loss();
   r.gradient_norm = double(r.gradient.norm());
@@ -73,6 +82,12 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Sequential<Scalar>& m
                               options.cg, ws);
   }
   r.time_cg_s = seconds(t);
+  if (!r.gradient.allFinite() || !std::isfinite(r.loss)) {
+    r.failure = "the loss or its gradient is NaN or Inf (the forward pass was finite: the likelihood overflowed)";
+  } else if (r.cg.termination == CgTermination::breakdown && !r.cg.message.empty() &&
+             r.cg.message.find("not finite") != std::string::npos) {
+    r.failure = "conjugate gradient: " + r.cg.message;
+  }
 
   if (options.spectrum_top_k > 0 || options.condition_number) {
     t = clock::now();

@@ -96,6 +96,11 @@ class FisherOperator {
   /// y = (F + λI) x. x and y must not overlap and hold cols() scalars.
   void perform_op(const Scalar* x, Scalar* y) const;
 
+  /// Empty if every activation of the cached forward pass is finite; otherwise where NaN or Inf first
+  /// appears ("the output of layer 2 (tanh) is NaN or Inf, first at sample 17"), in layer order. Products on
+  /// such a batch are meaningless; solve_natural_gradient reports this instead of solving.
+  const std::string& forward_error() const { return forward_error_; }
+
   /// Mean negative log-likelihood on the batch.
   double loss() const;
   /// ∇θ of the mean negative log-likelihood (computed on first use from the cached forward pass).
@@ -141,6 +146,7 @@ class FisherOperator {
   ForwardCache<Scalar> cache_;
   OutputCurvature<Scalar> curvature_;
 
+  std::string forward_error_;
   mutable std::vector<Workspace<Scalar>> workspaces_;  // one per thread
   mutable std::vector<Mat<Scalar>> out_buffers_;       // one per thread: C × chunk_size
   mutable std::vector<Vec<Scalar>> slots_;             // num_slots × P

@@ -13,7 +13,9 @@
 #include <natgrad/core/dataset.h>
 #include <natgrad/likelihood/likelihood.h>
 
+#include <cstdint>
 #include <string>
+#include <vector>
 
 namespace natgrad {
 
@@ -24,6 +26,18 @@ enum class Split { train, test };
 template <typename Scalar>
 Dataset<Scalar> load_dataset(const std::string& path, const Shape& input_shape, LikelihoodKind likelihood,
                              Index num_outputs, Split split = Split::train, Index max_samples = 0);
+
+/// Parses a decompressed IDX image of unsigned bytes with `expected_dims` dimensions: returns the data and
+/// stores the dimensions in *dims. Throws std::invalid_argument("<label>: <problem>"). (The byte-level
+/// reader behind load_dataset, exposed for fuzzing.)
+std::vector<uint8_t> parse_idx(const std::vector<uint8_t>& bytes, int expected_dims, const std::string& label,
+                               std::vector<uint32_t>* dims);
+
+/// Parses CSV text: one sample a row, inputs then the target (categorical: one integer column; otherwise C
+/// columns); a non-numeric first line is a header. Throws std::invalid_argument("<label>: <problem>").
+template <typename Scalar>
+Dataset<Scalar> parse_csv(const std::string& text, const Shape& input_shape, LikelihoodKind likelihood,
+                          Index num_outputs, const std::string& label);
 
 /// Writes a dataset as safetensors (`inputs` [N, ...input_shape], `targets` I64 [N] or [N, C]).
 template <typename Scalar>

@@ -50,6 +50,11 @@ struct NaturalGradientOptions {
 
 template <typename Scalar>
 struct NaturalGradientResult {
+  /// Empty on success; otherwise the numerical failure that stopped the solve (NaN or Inf in the forward
+  /// pass or the gradient, with where it first appeared; or a CG breakdown on non-finite values). The
+  /// direction is then not usable.
+  std::string failure;
+  bool ok() const { return failure.empty(); }
   Vec<Scalar> direction;   ///< d = (F + λI)⁻¹ g
   Vec<Scalar> gradient;    ///< g, mean over the batch
   double loss = 0;         ///< mean negative log-likelihood over the batch

@@ -11,8 +11,10 @@
 ///   - relative_progress:  Martens' rule (2010, §4.4), on when `use_relative_progress`: with
 ///                         k = max(10, ⌈0.1 i⌉), stop when i > k, φ_i < 0 and (φ_i − φ_{i−k}) / φ_i < k ε;
 ///   - max_iterations;
-///   - breakdown:          pᵀAp ≤ 0 or not finite (A indefinite, singular along p, or NaN): the last good
-///                         iterate is kept and the Summary says why — never thrown, never silent;
+///   - breakdown:          pᵀAp ≤ 0 or not finite (A indefinite, singular along p, or NaN);
+/// On breakdown and at the iteration limit x is the iterate with the smallest residual seen (for a singular
+/// or inconsistent system the residual is not monotone), and the Summary says which — never thrown, never
+/// silent;
 ///   - user_stop:          the iteration callback returned CallbackResult::stop.
 ///
 /// \code
@@ -78,6 +80,7 @@ struct CgSummary {
   double relative_residual = 0;         ///< final ‖r‖ / ‖b‖ (recursively updated residual)
   std::vector<double> residual_history;  ///< ‖r_i‖ / ‖b‖, i = 0 … iterations
   std::vector<double> quadratic_history; ///< φ(x_i), i = 0 … iterations
+  Index returned_iterate = 0;           ///< which iterate x is (the best one after a breakdown or the limit)
   double time_s = 0;
 
   /// converged or relative_progress: the solution is usable as asked.
@@ -97,8 +100,9 @@ struct CgWorkspace {
     z.resize(n);
     p.resize(n);
     Ap.resize(n);
+    best.resize(n);
   }
-  Vec<Scalar> r, z, p, Ap;
+  Vec<Scalar> r, z, p, Ap, best;
 };
 
 /// Solves A x = b. `b` and `x` hold A.rows() scalars; x is the initial guess when options.warm_start,
@@ -172,6 +176,9 @@ CgSummary conjugate_gradient(const Op& A, const Preconditioner& M, const typenam
   ws.p = ws.z;
   double rz = double(ws.r.dot(ws.z));
   s.termination = CgTermination::max_iterations;
+  double best_rel = rel;
+  Index best_iter = 0;
+  ws.best = x;
   for (Index i = 1; i <= options.max_iterations; ++i) {
     A.perform_op(ws.p.data(), ws.Ap.data());
     ++s.operator_applications;
@@ -180,8 +187,7 @@ CgSummary conjugate_gradient(const Op& A, const Preconditioner& M, const typenam
       s.termination = CgTermination::breakdown;
       s.message = "breakdown at iteration " + std::to_string(i) + ": p^T A p = " + std::to_string(pAp) +
                   (std::isfinite(pAp) ? " <= 0 (the operator is indefinite or singular along p; add damping)"
-                                      : " is not finite (NaN or Inf in the operator)") +
-                  "; kept the iterate of iteration " + std::to_string(i - 1);
+                                      : " is not finite (NaN or Inf in the operator)");
       break;
     }
     const double alpha = rz / pAp;
@@ -190,6 +196,11 @@ CgSummary conjugate_gradient(const Op& A, const Preconditioner& M, const typenam
     rel = double(ws.r.norm()) / s.rhs_norm;
     const double phi_i = phi();
     s.iterations = i;
+    if (rel < best_rel) {
+      best_rel = rel;
+      best_iter = i;
+      ws.best = x;
+    }
     s.relative_residual = rel;
     s.residual_history.push_back(rel);
     s.quadratic_history.push_back(phi_i);
@@ -229,6 +240,16 @@ CgSummary conjugate_gradient(const Op& A, const Preconditioner& M, const typenam
   if (s.termination == CgTermination::max_iterations)
     s.message = "reached max_iterations = " + std::to_string(options.max_iterations) +
                 " with |r|/|b| = " + std::to_string(rel) + " > " + std::to_string(options.relative_tolerance);
+  s.returned_iterate = s.iterations;
+  if ((s.termination == CgTermination::breakdown || s.termination == CgTermination::max_iterations) &&
+      best_iter != s.iterations) {
+    x = ws.best;
+    s.returned_iterate = best_iter;
+    s.relative_residual = best_rel;
+    s.message += "; returned iterate " + std::to_string(best_iter) + ", the one with the smallest residual";
+  } else if (s.termination == CgTermination::breakdown) {
+    s.message += "; returned iterate " + std::to_string(s.iterations) + ", the one with the smallest residual";
+  }
   s.time_s = elapsed();
   return s;
 }

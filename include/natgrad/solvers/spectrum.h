@@ -106,9 +106,12 @@ class DoubleOperator {
     op_.perform_op(x_.data(), y_.data());
     VecMap<double>(y, n) = scale_ * y_.template cast<double>() + shift_ * ConstVecMap<double>(x, n);
     ++count_;
+    if (first_bad_ == 0 && !ConstVecMap<double>(y, n).allFinite()) first_bad_ = count_;
     if (on_product_) on_product_(count_);
   }
   Index count() const { return count_; }
+  /// The 1-based product at which the operator first returned NaN or Inf, or 0.
+  Index first_non_finite() const { return first_bad_; }
 
  private:
   const Op& op_;
@@ -116,6 +119,7 @@ class DoubleOperator {
   std::function<void(Index)> on_product_;
   mutable Vec<typename Op::Scalar> x_, y_;
   mutable Index count_ = 0;
+  mutable Index first_bad_ = 0;
 };
 
 inline Vec<double> rademacher(Index n, uint64_t seed, uint64_t probe) {
@@ -139,12 +143,21 @@ SpectrumResult top_eigenvalues(const Op& op, const SpectrumOptions& options) {
   Spectra::SymEigsSolver<detail::DoubleOperator<Op>> solver(dop, k, ncv);
   solver.init();
   SpectrumResult r;
-  const Index nconv = solver.compute(Spectra::SortRule::LargestAlge, options.max_restarts, options.tolerance,
-                                     Spectra::SortRule::LargestAlge);
-  r.converged = solver.info() == Spectra::CompInfo::Successful;
+  Index nconv = 0;
+  std::string thrown;
+  try {
+    nconv = solver.compute(Spectra::SortRule::LargestAlge, options.max_restarts, options.tolerance,
+                           Spectra::SortRule::LargestAlge);
+  } catch (const std::exception& e) {  // Spectra throws on some numerical failures
+    thrown = e.what();
+  }
+  r.converged = thrown.empty() && dop.first_non_finite() == 0 && solver.info() == Spectra::CompInfo::Successful;
   r.matvecs = dop.count();
   r.restarts = solver.num_iterations();
-  r.status = r.converged ? "converged" :
+  r.status = dop.first_non_finite() ? "the operator returned NaN or Inf at product " + std::to_string(dop.first_non_finite()) +
+                                          " of the Lanczos iteration" :
+             !thrown.empty() ? "Lanczos failed: " + thrown :
+             r.converged ? "converged" :
              solver.info() == Spectra::CompInfo::NotConverging ? "not converged: " + std::to_string(nconv) + " of " +
                  std::to_string(k) + " eigenvalues met the tolerance within " + std::to_string(options.max_restarts) +
                  " restarts" : "numerical failure in Lanczos (NaN or Inf in the operator?)";

@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Writes the fuzz seed corpora in fuzz/corpus/: valid inputs and every malformed input named in the I/O
+issue (empty, truncated and lying safetensors headers, unknown dtypes, overlaps, absurd shapes, malformed
+JSON, unknown layer types and likelihoods, non-chaining layers, bad IDX and CSV files)."""
+import json
+import os
+import struct
+
+root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
+
+
+def put(kind, name, data):
+    os.makedirs(os.path.join(root, kind), exist_ok=True)
+    with open(os.path.join(root, kind, name), "wb") as f:
+        f.write(data if isinstance(data, bytes) else data.encode())
+
+
+def st(header, data=b""):
+    h = json.dumps(header).encode() if not isinstance(header, (bytes, str)) else (header.encode() if isinstance(header, str) else header)
+    return struct.pack("<Q", len(h)) + h + data
+
+
+f32 = struct.pack("<4f", 1, 2, 3, 4)
+put("safetensors", "valid", st({"0.weight": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
+                                 "__metadata__": {"format": "pt"}}, f32))
+put("safetensors", "valid_types", st({"h": {"dtype": "F16", "shape": [2], "data_offsets": [0, 4]},
+                                       "b": {"dtype": "BF16", "shape": [2], "data_offsets": [4, 8]},
+                                       "i": {"dtype": "I64", "shape": [1], "data_offsets": [8, 16]},
+                                       "u": {"dtype": "U8", "shape": [2], "data_offsets": [16, 18]},
+                                       "n": {"dtype": "I32", "shape": [0], "data_offsets": [18, 18]}}, bytes(18)))
+put("safetensors", "empty", b"")
+put("safetensors", "short", b"abc")
+put("safetensors", "truncated", st({"x": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, f32)[:30])
+put("safetensors", "huge_header", b"\xff" * 7 + b"\x7f{}")
+put("safetensors", "header_past_end", struct.pack("<Q", 1000) + b"{}")
+put("safetensors", "not_json", st("{not json"))
+put("safetensors", "not_object", st("[1, 2]"))
+put("safetensors", "unknown_dtype", st({"x": {"dtype": "Q7", "shape": [1], "data_offsets": [0, 1]}}, b"a"))
+put("safetensors", "outside", st({"x": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, b"1234"))
+put("safetensors", "lying_size", st({"x": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, bytes(8)))
+put("safetensors", "overlap", st({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                                   "y": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, bytes(12)))
+put("safetensors", "absurd_shape", st({"x": {"dtype": "F64", "shape": [2**32, 2**32], "data_offsets": [0, 8]}}, bytes(8)))
+put("safetensors", "negative_shape", st({"x": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 0]}}))
+put("safetensors", "reversed_offsets", st({"x": {"dtype": "F32", "shape": [0], "data_offsets": [8, 0]}}, bytes(8)))
+put("safetensors", "missing_fields", st({"x": {"dtype": "F32"}}))
+put("safetensors", "bad_metadata", st({"__metadata__": {"a": 1}}))
+
+mlp = {"input_shape": [4], "likelihood": "categorical",
+       "layers": [{"type": "linear", "in_features": 4, "out_features": 3}, {"type": "tanh"},
+                  {"type": "linear", "in_features": 3, "out_features": 2, "bias": False}]}
+cnn = {"input_shape": [1, 8, 8], "likelihood": "bernoulli",
+       "layers": [{"type": "conv2d", "in_channels": 1, "out_channels": 2, "kernel_size": [3, 2], "stride": 2, "padding": [1, 0]},
+                  {"type": "relu"}, {"type": "maxpool2d", "kernel_size": 2}, {"type": "avgpool2d", "kernel_size": 1, "stride": 1},
+                  {"type": "flatten"}, {"type": "linear", "in_features": 4, "out_features": 3}, {"type": "gelu"},
+                  {"type": "softplus"}, {"type": "leaky_relu", "negative_slope": 0.1}, {"type": "sigmoid"}]}
+put("model_spec", "mlp", json.dumps(mlp))
+put("model_spec", "cnn", json.dumps(cnn))
+put("model_spec", "malformed", '{"input_shape": [3], "layers": [')
+put("model_spec", "unknown_layer", json.dumps({"input_shape": [3], "layers": [{"type": "lstm"}]}))
+put("model_spec", "unknown_likelihood", json.dumps({"input_shape": [3], "likelihood": "poisson", "layers": []}))
+put("model_spec", "unknown_key", json.dumps({"input_shape": [3], "layers": [], "optimizer": "sgd"}))
+put("model_spec", "unknown_layer_key", json.dumps({"input_shape": [3], "layers": [{"type": "relu", "inplace": True}]}))
+put("model_spec", "not_chaining", json.dumps({"input_shape": [3], "layers": [{"type": "linear", "in_features": 4, "out_features": 2}]}))
+put("model_spec", "missing_key", json.dumps({"input_shape": [3], "layers": [{"type": "linear", "out_features": 2}]}))
+put("model_spec", "zero_shape", json.dumps({"input_shape": [0], "layers": []}))
+put("model_spec", "huge_shape", json.dumps({"input_shape": [2**40, 2**40], "layers": [{"type": "flatten"}]}))
+put("model_spec", "negative", json.dumps({"input_shape": [1, 4, 4], "layers": [{"type": "conv2d", "in_channels": 1, "out_channels": -2, "kernel_size": 3}]}))
+put("model_spec", "wrong_types", json.dumps({"input_shape": ["a"], "layers": [{"type": 3}]}))
+
+
+def idx(dims, data, magic=b"\x00\x00\x08"):
+    return magic + bytes([len(dims)]) + b"".join(struct.pack(">I", d) for d in dims) + bytes(data)
+
+
+put("idx", "images", b"\x01" + idx([2, 3, 3], range(18)))
+put("idx", "labels", b"\x00" + idx([3], [0, 1, 2]))
+put("idx", "truncated", b"\x01" + idx([2, 3, 3], range(10)))
+put("idx", "bad_magic", b"\x00" + idx([3], [0, 1, 2], magic=b"\x01\x02\x08"))
+put("idx", "wrong_type", b"\x00" + idx([3], [0, 1, 2], magic=b"\x00\x00\x0d"))
+put("idx", "wrong_dims", b"\x01" + idx([3], [0, 1, 2]))
+put("idx", "huge_dims", b"\x01" + idx([2**32 - 1, 2**32 - 1, 2**32 - 1], []))
+put("idx", "empty", b"\x00")
+
+put("csv", "categorical", b"\x00" + b"0.5,1\n-1,0\n2e3,1\n")        # 1 feature, categorical
+put("csv", "header", b"\x04" + b"a,b,label\n1,2,0\n3,4,1\n")         # 2 features
+put("csv", "gaussian", b"\x01" + b"1,0.5,0.25\n2,1,2\n")             # 1 feature, 2 targets
+put("csv", "non_numeric", b"\x00" + b"1,0\nx,1\n")
+put("csv", "short_line", b"\x04" + b"1,2,0\n1,0\n")
+put("csv", "fractional_label", b"\x00" + b"1,0.5\n")
+put("csv", "crlf", b"\x00" + b"1,0\r\n2,1\r\n")
+put("csv", "empty", b"\x00")
+print("wrote", root)
