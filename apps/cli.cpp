@@ -112,10 +112,13 @@ void validate(const Args& a) {
   if (a.max_memory_gb < 0) usage_error("--max-memory must be > 0");
   try {
     fisher_kind_from_string(a.fisher);
+  } catch (const std::invalid_argument& e) {
+    usage_error(std::string("--fisher: ") + e.what());
+  }
+  try {
     preconditioner_from_string(a.preconditioner);
   } catch (const std::invalid_argument& e) {
-    usage_error(std::string(a.fisher != "exact" && a.fisher != "mc" && a.fisher != "empirical" ? "--fisher: " : "--preconditioner: ") +
-                e.what());
+    usage_error(std::string("--preconditioner: ") + e.what());
   }
 }
 
@@ -365,9 +368,6 @@ int run_spectrum(Args& a) {
   Problem<Scalar> p = load_problem<Scalar>(a, false, progress, a.top);
   if (a.top >= p.model->num_params())
     usage_error("--top " + std::to_string(a.top) + " must be below the parameter count " + std::to_string(p.model->num_params()));
-  NaturalGradientOptions opt;
-  opt.fisher = fisher_options(a);
-  opt.curvature_batch = a.curvature_batch;
   const auto t0 = clock_type::now();
   FisherOptions fo = fisher_options(a);
   fo.damping = 0;

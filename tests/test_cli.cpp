@@ -26,10 +26,7 @@ struct Result {
 };
 
 std::string dir() {
-  static std::string d = [] {
-    char tmpl[] = "/tmp/natgrad_cli_XXXXXX";
-    return std::string(mkdtemp(tmpl));
-  }();
+  static const std::string d = make_temp_dir("natgrad_cli");
   return d;
 }
 std::string p(const std::string& name) { return dir() + "/" + name; }

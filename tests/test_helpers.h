@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <string>
 
 namespace natgrad {
@@ -32,6 +33,12 @@ struct Tol<float> {
   static constexpr double dense = 1e-4;
   static constexpr double fd_step = 1e-2;
 };
+
+/// A fresh directory under /tmp (one per call), e.g. make_temp_dir("natgrad_io").
+inline std::string make_temp_dir(const std::string& prefix) {
+  std::string tmpl = "/tmp/" + prefix + "_XXXXXX";
+  return std::string(mkdtemp(tmpl.data()));
+}
 
 inline double rel_err(double a, double b) { return std::abs(a - b) / std::max({std::abs(a), std::abs(b), 1e-300}); }
 template <typename A, typename B>

@@ -19,10 +19,7 @@ using namespace natgrad::test;
 namespace {
 
 std::string tmpdir() {
-  static std::string dir = [] {
-    char tmpl[] = "/tmp/natgrad_io_XXXXXX";
-    return std::string(mkdtemp(tmpl));
-  }();
+  static const std::string dir = make_temp_dir("natgrad_io");
   return dir;
 }
 std::string path(const std::string& name) { return tmpdir() + "/" + name; }
