@@ -67,12 +67,14 @@ void OutputCurvature<Scalar>::apply(Index col0, ConstMatMap<Scalar> U, MatMap<Sc
         return;
     }
   }
-  // H u = 1/S Σ_s s_s (s_sᵀ u)
+  // H u = 1/S Σ_s s_s (s_sᵀ u), one score at a time: no temporary, so no allocation per sample.
   const Scalar inv = Scalar(1) / Scalar(draws_);
   for (Index j = 0; j < n; ++j) {
-    const auto scores = stat_.middleCols((col0 + j) * draws_, draws_);
-    HU.col(j).noalias() = scores * (scores.transpose() * U.col(j));
-    HU.col(j) *= inv;
+    HU.col(j).setZero();
+    for (int s = 0; s < draws_; ++s) {
+      const auto score = stat_.col((col0 + j) * draws_ + s);
+      HU.col(j) += (inv * score.dot(U.col(j))) * score;
+    }
   }
 }
 
