@@ -459,6 +459,13 @@ int run(int argc, char** argv, bool solve_only) {
   }
   try {
     app.parse(argc, argv);
+    // 0 is the "all samples" default internally; asked for explicitly it is an error.
+    for (CLI::App* c : {solve, fvp, spectrum, info})
+      if (c && c->parsed()) {
+        if (c->count("--batch") && a.batch < 1) usage_error("--batch must be >= 1, got " + std::to_string(a.batch));
+        if (c->count("--curvature-batch") && a.curvature_batch < 1)
+          usage_error("--curvature-batch must be >= 1, got " + std::to_string(a.curvature_batch));
+      }
     if (fvp && fvp->parsed() && fvp->count("--damping") == 0) a.damping = 0;
     if (spectrum && spectrum->parsed() && spectrum->count("--damping") == 0) a.damping = 0;
     validate(a);

@@ -46,6 +46,20 @@ put("safetensors", "reversed_offsets", st({"x": {"dtype": "F32", "shape": [0], "
 put("safetensors", "missing_fields", st({"x": {"dtype": "F32"}}))
 put("safetensors", "bad_metadata", st({"__metadata__": {"a": 1}}))
 
+# Well-formed safetensors whose contents are wrong for a model or a dataset (the reader must still parse
+# them; the model and dataset checks reject them): NaN weights, a foreign tensor name, integer parameters,
+# data without targets, inputs of the wrong shape, an out-of-range class index.
+nan = struct.pack("<4f", 1, float("nan"), float("inf"), 4)
+put("safetensors", "nan_weights", st({"0.weight": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}, nan))
+put("safetensors", "foreign_name", st({"1.running_mean": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, f32))
+put("safetensors", "int_parameters", st({"0.bias": {"dtype": "I64", "shape": [2], "data_offsets": [0, 16]}}, bytes(16)))
+put("safetensors", "no_targets", st({"inputs": {"dtype": "F32", "shape": [1, 4], "data_offsets": [0, 16]}}, f32))
+put("safetensors", "wrong_input_shape", st({"inputs": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
+                                             "targets": {"dtype": "I64", "shape": [2], "data_offsets": [16, 32]}}, f32 + bytes(16)))
+put("safetensors", "label_out_of_range", st({"inputs": {"dtype": "U8", "shape": [2, 2], "data_offsets": [0, 4]},
+                                              "targets": {"dtype": "I64", "shape": [2], "data_offsets": [8, 24]}},
+                                             bytes(8) + struct.pack("<2q", 0, 99)))
+
 mlp = {"input_shape": [4], "likelihood": "categorical",
        "layers": [{"type": "linear", "in_features": 4, "out_features": 3}, {"type": "tanh"},
                   {"type": "linear", "in_features": 3, "out_features": 2, "bias": False}]}
@@ -90,4 +104,6 @@ put("csv", "short_line", b"\x04" + b"1,2,0\n1,0\n")
 put("csv", "fractional_label", b"\x00" + b"1,0.5\n")
 put("csv", "crlf", b"\x00" + b"1,0\r\n2,1\r\n")
 put("csv", "empty", b"\x00")
+put("csv", "nan_input", b"\x00" + b"nan,1\ninf,0\n")
+put("csv", "label_out_of_range", b"\x00" + b"1,7\n1,-1\n")
 print("wrote", root)
