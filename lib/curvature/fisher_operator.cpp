@@ -66,6 +66,8 @@ FisherOperator<Scalar>::FisherOperator(const Sequential<Scalar>& model, const Ve
   if (num_samples_ == 0) throw std::invalid_argument("the batch is empty");
   if (options.kind == FisherKind::empirical || likelihood == LikelihoodKind::categorical || data.targets.size() > 0)
     check_targets(likelihood, data, model.output_size());
+  // The targets only; a 0 × N input matrix (no storage) keeps data_.size() == N for the target checks.
+  data_.inputs.resize(0, num_samples_);
   data_.labels = data.labels;
   data_.targets = data.targets;
 
@@ -181,10 +183,15 @@ void FisherOperator<Scalar>::perform_op(const Scalar* x, Scalar* y) const {
 }
 
 template <typename Scalar>
+void FisherOperator<Scalar>::require_targets(const char* what) const {
+  if (data_.labels.empty() && data_.targets.size() == 0)
+    throw std::invalid_argument(std::string(what) + " requires targets, and this batch has none");
+}
+
+template <typename Scalar>
 const Vec<Scalar>& FisherOperator<Scalar>::gradient() const {
   if (have_gradient_) return gradient_;
-  if (data_.labels.empty() && data_.targets.size() == 0)
-    throw std::invalid_argument("the loss and its gradient need targets, and this batch has none");
+  require_targets("computing the loss and its gradient");
   const Index C = model_.output_size();
   const Mat<Scalar>& Z = cache_.acts.back();
   std::vector<double> chunk_loss(static_cast<std::size_t>(num_chunks_), 0.0);
@@ -212,8 +219,7 @@ double FisherOperator<Scalar>::loss() const {
 
 template <typename Scalar>
 Vec<Scalar> FisherOperator<Scalar>::empirical_fisher_diagonal() const {
-  if (data_.labels.empty() && data_.targets.size() == 0)
-    throw std::invalid_argument("the empirical Fisher diagonal needs targets, and this batch has none");
+  require_targets("the empirical Fisher diagonal");
   const Index C = model_.output_size();
   const Mat<Scalar>& Z = cache_.acts.back();
   for_each_chunk([&](Index c0, Index n, Scalar* acc, Workspace<Scalar>& ws, Mat<Scalar>& gbuf) {

@@ -1,6 +1,8 @@
 #include <natgrad/io/dataset_io.h>
 #include <natgrad/io/safetensors.h>
 
+#include "core/fail.h"
+
 #include <zlib.h>
 
 #include <cerrno>
@@ -14,10 +16,7 @@
 namespace natgrad {
 
 namespace {
-
-[[noreturn]] void fail(const std::string& where, const std::string& what) {
-  throw std::invalid_argument(where + ": " + what);
-}
+using detail::fail;
 
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;

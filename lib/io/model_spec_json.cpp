@@ -1,6 +1,8 @@
 #include <natgrad/io/model_spec_json.h>
 #include <natgrad/model/sequential.h>
 
+#include "core/fail.h"
+
 #include <nlohmann/json.hpp>
 
 #include <cerrno>
@@ -13,11 +15,8 @@
 namespace natgrad {
 
 namespace {
+using detail::fail;
 using json = nlohmann::json;
-
-[[noreturn]] void fail(const std::string& label, const std::string& what) {
-  throw std::invalid_argument(label + ": " + what);
-}
 
 constexpr Index kMaxInt = Index(1) << 31;
 

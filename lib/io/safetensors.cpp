@@ -1,5 +1,7 @@
 #include <natgrad/io/safetensors.h>
 
+#include "core/fail.h"
+
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -14,11 +16,8 @@
 namespace natgrad {
 
 namespace {
+using detail::fail;
 constexpr uint64_t kMaxHeader = 100ull << 20;
-
-[[noreturn]] void fail(const std::string& where, const std::string& what) {
-  throw std::invalid_argument(where + ": " + what);
-}
 
 const struct {
   DType t;

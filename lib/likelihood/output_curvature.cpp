@@ -34,12 +34,7 @@ OutputCurvature<Scalar>::OutputCurvature(LikelihoodKind likelihood, FisherKind k
       sample_scores<Scalar>(likelihood, Z, seed, 0, draws_, MatMap<Scalar>(stat_.data(), C, N * draws_));
       break;
     case FisherKind::empirical: {
-      // The true labels of the N columns of Z (data may hold targets only, without inputs).
-      Dataset<Scalar> labelled;
-      labelled.inputs.resize(0, N);
-      labelled.labels = data.labels;
-      labelled.targets = data.targets;
-      check_targets(likelihood, labelled, C);
+      check_targets(likelihood, data, C);
       stat_.resize(C, N);
       nll_gradient<Scalar>(likelihood, Z, data, 0, MatMap<Scalar>(stat_.data(), C, N));
       break;

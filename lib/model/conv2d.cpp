@@ -15,7 +15,6 @@ namespace {
 
 template <typename Scalar>
 class Conv2d final : public Layer<Scalar> {
-  using ConstB = Eigen::Map<const Eigen::Matrix<Scalar, 1, Eigen::Dynamic>>;
   using MutB = Eigen::Map<Eigen::Matrix<Scalar, 1, Eigen::Dynamic>>;
 
  public:

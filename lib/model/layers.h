@@ -3,6 +3,8 @@
 
 #include <natgrad/model/layer.h>
 
+#include "core/fail.h"
+
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -24,10 +26,6 @@ std::unique_ptr<Layer<Scalar>> make_pool2d(const LayerSpec& spec, const Shape& i
 /// No tensor or activation may exceed 2^40 scalars: sizes are checked in floating point before they are
 /// multiplied in integers, so a hostile spec cannot overflow.
 constexpr double kMaxElements = 1099511627776.0;
-
-[[noreturn]] inline void fail(const std::string& where, const std::string& what) {
-  throw std::invalid_argument(where + ": " + what);
-}
 
 }  // namespace detail
 }  // namespace natgrad

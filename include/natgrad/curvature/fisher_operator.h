@@ -89,7 +89,7 @@ class FisherOperator {
   Index cols() const { return num_params_; }
 
   /// Moves the operator to new parameters on the same batch: reruns the forward pass into the existing
-  /// buffers (no allocation) and redraws nothing — Monte-Carlo labels are redrawn from the same keys at the
+  /// activation buffers. Monte-Carlo labels are drawn again from the same (seed, sample, draw) keys at the
   /// new outputs. Throws std::invalid_argument if theta has the wrong size.
   void rebind(const Vec<Scalar>& theta);
 
@@ -130,6 +130,7 @@ class FisherOperator {
   void for_each_chunk(Body body) const;
   void reduce_slots(Scalar scale, const Scalar* x, Scalar lambda, Scalar* y) const;
   void run_forward();
+  void require_targets(const char* what) const;
 
   const Sequential<Scalar>& model_;
   Vec<Scalar> theta_;

@@ -31,9 +31,6 @@ class OutputCurvature {
   /// H_n as a dense C × C matrix (for references and tests).
   Mat<Scalar> dense(Index n) const;
 
-  /// Scalars held per sample (memory accounting).
-  Index stored_per_sample() const { return stat_.cols() == 0 ? 0 : stat_.size() / num_samples_; }
-
  private:
   LikelihoodKind likelihood_ = LikelihoodKind::categorical;
   FisherKind kind_ = FisherKind::exact;

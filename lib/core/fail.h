@@ -1,0 +1,16 @@
+// Private: the one way natgrad's readers and builders report bad input at the API boundary.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+namespace natgrad {
+namespace detail {
+
+/// Throws std::invalid_argument("<where>: <what>"), where names the file, option or layer.
+[[noreturn]] inline void fail(const std::string& where, const std::string& what) {
+  throw std::invalid_argument(where + ": " + what);
+}
+
+}  // namespace detail
+}  // namespace natgrad
