@@ -5,9 +5,10 @@
 // [O, C, kh, kw] row-major is, read column-major, the (C·kh·kw) × O matrix Wᵀ, so
 //     yᵀ = colsᵀ Wᵀ + 1 bᵀ                      ((Ho·Wo) × O: column o is output channel o, i.e. CHW order)
 // and every pass is a GEMM of that shape, on a block of samples stacked vertically.
-#include "model/layers.h"
-
 #include <algorithm>
+
+#include "core/gemm.h"
+#include "model/layers.h"
 
 namespace natgrad {
 namespace detail {
@@ -19,9 +20,22 @@ class Conv2d final : public Layer<Scalar> {
 
  public:
   Conv2d(const LayerSpec& s, const Shape& in, const Shape& out)
-      : Layer<Scalar>(in, out), C_(in[0]), H_(in[1]), W_(in[2]), O_(s.out_channels), kh_(s.kernel_h),
-        kw_(s.kernel_w), sh_(s.stride_h), sw_(s.stride_w), ph_(s.padding_h), pw_(s.padding_w), Ho_(out[1]),
-        Wo_(out[2]), bias_(s.bias), K_(C_ * kh_ * kw_), P_(Ho_ * Wo_) {}
+      : Layer<Scalar>(in, out),
+        C_(in[0]),
+        H_(in[1]),
+        W_(in[2]),
+        O_(s.out_channels),
+        kh_(s.kernel_h),
+        kw_(s.kernel_w),
+        sh_(s.stride_h),
+        sw_(s.stride_w),
+        ph_(s.padding_h),
+        pw_(s.padding_w),
+        Ho_(out[1]),
+        Wo_(out[2]),
+        bias_(s.bias),
+        K_(C_ * kh_ * kw_),
+        P_(Ho_ * Wo_) {}
 
   LayerType type() const override { return LayerType::conv2d; }
   Index num_params() const override { return O_ * K_ + (bias_ ? O_ : 0); }
@@ -32,46 +46,56 @@ class Conv2d final : public Layer<Scalar> {
   }
   // Samples are processed in blocks of b_ whose unfolded inputs are stacked into one (b·Ho·Wo) × K matrix,
   // so each pass is one GEMM per block rather than per sample (the weights are packed once per block, and
-  // the weight gradient's inner dimension is b·Ho·Wo). b keeps a block's im2col buffer near 32K scalars, so it
-  // stays in L2: measured on the benchmark CNN, 16K–64K was fastest and 1M (4 MB) 30–50% slower.
+  // the weight gradient's inner dimension is b·Ho·Wo). b keeps a block's im2col buffer near 32K scalars, so
+  // it stays in L2: measured on the benchmark CNN, 16K–64K was fastest and 1M (4 MB) 30–50% slower.
   Index block() const { return std::max<Index>(1, (Index(1) << 15) / (P_ * K_)); }
+  // A block's cols, dcols (or gcols) and yᵀ, then the products' packing space (core/gemm.h) for any block
+  // of up to b samples; accumulate_squared_grads needs one sample's cols, its K × O gradient and packing.
   Index scratch_size(Index ncols) const override {
     const Index b = std::min(block(), std::max<Index>(ncols, 1));
-    return b * P_ * (2 * K_ + O_) + K_ * O_;
+    Index pack = 0;
+    for (Index c = 1; c <= b; ++c)
+      pack = std::max({pack, gemm_pack_size<Scalar>(c * P_, O_, K_), gemm_pack_size<Scalar>(K_, O_, c * P_),
+                       gemm_pack_size<Scalar>(c * P_, K_, O_)});
+    return std::max(b * P_ * (2 * K_ + O_) + pack, P_ * K_ + K_ * O_ + gemm_pack_size<Scalar>(K_, O_, P_));
   }
 
   void forward(const Scalar* theta, ConstMatMap<Scalar> X, MatMap<Scalar> Y, int32_t*) const override {
     // Forward runs once per batch, outside the hot path; a per-call buffer keeps the signature scratch-free.
-    std::vector<Scalar, Eigen::aligned_allocator<Scalar>> buf(static_cast<std::size_t>(scratch_size(X.cols())));
+    std::vector<Scalar, Eigen::aligned_allocator<Scalar>> buf(
+        static_cast<std::size_t>(scratch_size(X.cols())));
     for (Index n0 = 0; n0 < X.cols(); n0 += block()) {
       const Index b = std::min(block(), X.cols() - n0);
-      MatMap<Scalar> cols(buf.data(), b * P_, K_), yt(buf.data() + b * P_ * K_, b * P_, O_);
+      MatMap<Scalar> cols(buf.data(), b * P_, K_), yt(buf.data() + 2 * b * P_ * K_, b * P_, O_);
       im2col_block(X.col(n0).data(), b, cols);
-      yt.noalias() = cols * weight_t(theta);
+      gemm(b * P_, O_, K_, col_major(cols.data(), b * P_), weight_t(theta), yt.data(), b * P_, false,
+           buf.data() + pack_offset(b));
       scatter(yt, b, bias_ ? theta + O_ * K_ : nullptr, Y.col(n0).data());
     }
   }
 
   // dyᵀ = colsᵀ(x) dWᵀ + colsᵀ(dx) Wᵀ + 1 dbᵀ
-  void jvp(const Scalar* theta, const Scalar* dtheta, ConstMatMap<Scalar> X, ConstMatMap<Scalar>, const int32_t*,
-           const Scalar* dX, MatMap<Scalar> dY, Scalar* scratch) const override {
+  void jvp(const Scalar* theta, const Scalar* dtheta, ConstMatMap<Scalar> X, ConstMatMap<Scalar>,
+           const int32_t*, const Scalar* dX, MatMap<Scalar> dY, Scalar* scratch) const override {
     for (Index n0 = 0; n0 < X.cols(); n0 += block()) {
       const Index b = std::min(block(), X.cols() - n0);
       MatMap<Scalar> cols(scratch, b * P_, K_), dcols(scratch + b * P_ * K_, b * P_, K_);
       MatMap<Scalar> dyt(scratch + 2 * b * P_ * K_, b * P_, O_);
       im2col_block(X.col(n0).data(), b, cols);
-      dyt.noalias() = cols * weight_t(dtheta);
+      gemm(b * P_, O_, K_, col_major(cols.data(), b * P_), weight_t(dtheta), dyt.data(), b * P_, false,
+           scratch + pack_offset(b));
       if (dX) {
         im2col_block(dX + n0 * this->input_size(), b, dcols);
-        dyt.noalias() += dcols * weight_t(theta);
+        gemm(b * P_, O_, K_, col_major(dcols.data(), b * P_), weight_t(theta), dyt.data(), b * P_, true,
+             scratch + pack_offset(b));
       }
       scatter(dyt, b, bias_ ? dtheta + O_ * K_ : nullptr, dY.col(n0).data());
     }
   }
 
   // gWᵀ += colsᵀ(x)ᵀ gyᵀ;  gb += column sums of gyᵀ;  gx = col2im(gyᵀ W)
-  void vjp(const Scalar* theta, ConstMatMap<Scalar> X, ConstMatMap<Scalar>, const int32_t*, ConstMatMap<Scalar> gY,
-           Scalar* gX, Scalar* gtheta, Scalar* scratch) const override {
+  void vjp(const Scalar* theta, ConstMatMap<Scalar> X, ConstMatMap<Scalar>, const int32_t*,
+           ConstMatMap<Scalar> gY, Scalar* gX, Scalar* gtheta, Scalar* scratch) const override {
     for (Index n0 = 0; n0 < X.cols(); n0 += block()) {
       const Index b = std::min(block(), X.cols() - n0);
       MatMap<Scalar> cols(scratch, b * P_, K_), gcols(scratch + b * P_ * K_, b * P_, K_);
@@ -79,11 +103,13 @@ class Conv2d final : public Layer<Scalar> {
       gather(gY.col(n0).data(), b, gyt);
       if (gtheta) {
         im2col_block(X.col(n0).data(), b, cols);
-        MatMap<Scalar>(gtheta, K_, O_).noalias() += cols.transpose() * gyt;
+        gemm(K_, O_, b * P_, row_major(cols.data(), b * P_), col_major(gyt.data(), b * P_), gtheta, K_, true,
+             scratch + pack_offset(b));
         if (bias_) MutB(gtheta + O_ * K_, O_) += gyt.colwise().sum();
       }
       if (gX) {
-        gcols.noalias() = gyt * weight_t(theta).transpose();
+        gemm(b * P_, K_, O_, col_major(gyt.data(), b * P_), row_major(theta, K_), gcols.data(), b * P_, false,
+             scratch + pack_offset(b));
         for (Index k = 0; k < b; ++k)
           col2im(gcols.data() + k * P_, b * P_, gX + (n0 + k) * this->input_size());
       }
@@ -99,14 +125,18 @@ class Conv2d final : public Layer<Scalar> {
     for (Index n = 0; n < X.cols(); ++n) {
       ConstMatMap<Scalar> gyt(gY.col(n).data(), P_, O_);
       im2col(X.col(n).data(), P_, cols.data());
-      g.noalias() = cols.transpose() * gyt;
+      gemm(K_, O_, P_, row_major(cols.data(), P_), col_major(gyt.data(), P_), g.data(), K_, false,
+           scratch + P_ * K_ + K_ * O_);
       gsqW += g.array().square().matrix();
       if (bias_) MutB(gsq + O_ * K_, O_) += gyt.colwise().sum().array().square().matrix();
     }
   }
 
  private:
-  ConstMatMap<Scalar> weight_t(const Scalar* w) const { return ConstMatMap<Scalar>(w, K_, O_); }
+  // The weight [O, C, kh, kw] row-major, read column-major: Wᵀ, K × O.
+  GemmOperand<Scalar> weight_t(const Scalar* w) const { return col_major(w, K_); }
+  // Where a block of b samples' packing space starts in the scratch (after cols, dcols and yᵀ).
+  Index pack_offset(Index b) const { return b * P_ * (2 * K_ + O_); }
 
   // The output columns ow whose input column iw = ow·sw − pw + j lies inside [0, W): [lo, hi).
   void valid_range(Index j, Index& lo, Index& hi) const {
@@ -204,22 +234,27 @@ std::unique_ptr<Layer<Scalar>> make_conv2d(const LayerSpec& s, const Shape& in, 
   if (in.size() != 3 || in[0] != s.in_channels)
     fail(where, "conv2d expects input shape [" + std::to_string(s.in_channels) + ", H, W] but receives " +
                     shape_to_string(in));
-  if (double(s.out_channels) * double(s.in_channels) * double(s.kernel_h) * double(s.kernel_w) > kMaxElements ||
-      double(s.padding_h) + double(in[1]) > kMaxElements || double(s.padding_w) + double(in[2]) > kMaxElements ||
-      double(s.kernel_h) * double(s.kernel_w) * double(in[1] + 2 * s.padding_h) * double(in[2] + 2 * s.padding_w) *
-              double(s.in_channels) > kMaxElements)
+  if (double(s.out_channels) * double(s.in_channels) * double(s.kernel_h) * double(s.kernel_w) >
+          kMaxElements ||
+      double(s.padding_h) + double(in[1]) > kMaxElements ||
+      double(s.padding_w) + double(in[2]) > kMaxElements ||
+      double(s.kernel_h) * double(s.kernel_w) * double(in[1] + 2 * s.padding_h) *
+              double(in[2] + 2 * s.padding_w) * double(s.in_channels) >
+          kMaxElements)
     fail(where, "conv2d sizes are absurdly large");
   const Index ho = (in[1] + 2 * s.padding_h - s.kernel_h) / s.stride_h + 1;
   const Index wo = (in[2] + 2 * s.padding_w - s.kernel_w) / s.stride_w + 1;
   if (in[1] + 2 * s.padding_h < s.kernel_h || in[2] + 2 * s.padding_w < s.kernel_w || ho <= 0 || wo <= 0)
     fail(where, "conv2d kernel " + std::to_string(s.kernel_h) + "x" + std::to_string(s.kernel_w) +
                     " is larger than its padded input " + shape_to_string(in));
-  if (double(s.out_channels) * double(ho) * double(wo) > kMaxElements) fail(where, "conv2d output is absurdly large");
+  if (double(s.out_channels) * double(ho) * double(wo) > kMaxElements)
+    fail(where, "conv2d output is absurdly large");
   return std::make_unique<Conv2d<Scalar>>(s, in, Shape{s.out_channels, ho, wo});
 }
 
 template std::unique_ptr<Layer<float>> make_conv2d<float>(const LayerSpec&, const Shape&, const std::string&);
-template std::unique_ptr<Layer<double>> make_conv2d<double>(const LayerSpec&, const Shape&, const std::string&);
+template std::unique_ptr<Layer<double>> make_conv2d<double>(const LayerSpec&, const Shape&,
+                                                            const std::string&);
 
 }  // namespace detail
 }  // namespace natgrad

@@ -1,4 +1,7 @@
 // Fully connected layer y = W x + b, W of shape [out, in] stored row-major (PyTorch's nn.Linear).
+#include <algorithm>
+
+#include "core/gemm.h"
 #include "model/layers.h"
 
 namespace natgrad {
@@ -9,7 +12,6 @@ template <typename Scalar>
 class Linear final : public Layer<Scalar> {
   using RowMat = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using ConstW = Eigen::Map<const RowMat>;
-  using MutW = Eigen::Map<RowMat>;
   using ConstB = Eigen::Map<const Vec<Scalar>>;
   using MutB = Eigen::Map<Vec<Scalar>>;
 
@@ -23,27 +25,38 @@ class Linear final : public Layer<Scalar> {
     if (bias_) t.push_back({"bias", {out_}});
     return t;
   }
-  Index scratch_size(Index ncols) const override { return (in_ + out_) * ncols; }
+  // The squared activations and cotangents of accumulate_squared_grads, then the products' packing space
+  // (core/gemm.h) for any chunk of up to ncols samples.
+  Index scratch_size(Index ncols) const override {
+    Index pack = 0;
+    for (Index c = 1; c <= ncols; ++c)
+      pack = std::max({pack, gemm_pack_size<Scalar>(out_, c, in_), gemm_pack_size<Scalar>(in_, c, out_),
+                       gemm_pack_size<Scalar>(in_, out_, c)});
+    return (in_ + out_) * ncols + pack;
+  }
 
   void forward(const Scalar* theta, ConstMatMap<Scalar> X, MatMap<Scalar> Y, int32_t*) const override {
     Y.noalias() = ConstW(theta, out_, in_) * X;
     if (bias_) Y.colwise() += ConstB(theta + out_ * in_, out_);
   }
 
-  // dY = dW X + W dX + db
-  void jvp(const Scalar* theta, const Scalar* dtheta, ConstMatMap<Scalar> X, ConstMatMap<Scalar>, const int32_t*,
-           const Scalar* dX, MatMap<Scalar> dY, Scalar*) const override {
-    dY.noalias() = ConstW(dtheta, out_, in_) * X;
-    if (dX) dY.noalias() += ConstW(theta, out_, in_) * ConstMatMap<Scalar>(dX, in_, X.cols());
+  // dY = dW X + W dX + db.  W is row-major [out, in].
+  void jvp(const Scalar* theta, const Scalar* dtheta, ConstMatMap<Scalar> X, ConstMatMap<Scalar>,
+           const int32_t*, const Scalar* dX, MatMap<Scalar> dY, Scalar* scratch) const override {
+    const Index n = X.cols();
+    gemm(out_, n, in_, row_major(dtheta, in_), col_major(X.data(), in_), dY.data(), out_, false, scratch);
+    if (dX) gemm(out_, n, in_, row_major(theta, in_), col_major(dX, in_), dY.data(), out_, true, scratch);
     if (bias_) dY.colwise() += ConstB(dtheta + out_ * in_, out_);
   }
 
-  // gX = Wᵀ gY;  gW += gY Xᵀ;  gb += Σ_n gY_n
-  void vjp(const Scalar* theta, ConstMatMap<Scalar> X, ConstMatMap<Scalar>, const int32_t*, ConstMatMap<Scalar> gY,
-           Scalar* gX, Scalar* gtheta, Scalar*) const override {
-    if (gX) MatMap<Scalar>(gX, in_, X.cols()).noalias() = ConstW(theta, out_, in_).transpose() * gY;
+  // gX = Wᵀ gY;  gW += gY Xᵀ;  gb += Σ_n gY_n.  Read column-major, the row-major W is Wᵀ (in × out), and
+  // gW is accumulated as gWᵀ += X gYᵀ.
+  void vjp(const Scalar* theta, ConstMatMap<Scalar> X, ConstMatMap<Scalar>, const int32_t*,
+           ConstMatMap<Scalar> gY, Scalar* gX, Scalar* gtheta, Scalar* scratch) const override {
+    const Index n = X.cols();
+    if (gX) gemm(in_, n, out_, col_major(theta, in_), col_major(gY.data(), out_), gX, in_, false, scratch);
     if (!gtheta) return;
-    MutW(gtheta, out_, in_).noalias() += gY * X.transpose();
+    gemm(in_, out_, n, col_major(X.data(), in_), row_major(gY.data(), out_), gtheta, in_, true, scratch);
     if (bias_) MutB(gtheta + out_ * in_, out_) += gY.rowwise().sum();
   }
 
@@ -55,7 +68,8 @@ class Linear final : public Layer<Scalar> {
     MatMap<Scalar> X2(scratch, in_, n), G2(scratch + in_ * n, out_, n);
     X2 = X.array().square();
     G2 = gY.array().square();
-    MutW(gsq, out_, in_).noalias() += G2 * X2.transpose();
+    gemm(in_, out_, n, col_major(X2.data(), in_), row_major(G2.data(), out_), gsq, in_, true,
+         scratch + (in_ + out_) * n);
     if (bias_) MutB(gsq + out_ * in_, out_) += G2.rowwise().sum();
   }
 
@@ -69,10 +83,11 @@ class Linear final : public Layer<Scalar> {
 template <typename Scalar>
 std::unique_ptr<Layer<Scalar>> make_linear(const LayerSpec& spec, const Shape& in, const std::string& where) {
   if (spec.in_features <= 0 || spec.out_features <= 0)
-    fail(where, "linear needs positive in_features and out_features (got " + std::to_string(spec.in_features) +
-                    ", " + std::to_string(spec.out_features) + ")");
+    fail(where, "linear needs positive in_features and out_features (got " +
+                    std::to_string(spec.in_features) + ", " + std::to_string(spec.out_features) + ")");
   if (double(spec.in_features) * double(spec.out_features) > kMaxElements)
-    fail(where, "linear " + std::to_string(spec.in_features) + " x " + std::to_string(spec.out_features) + " is absurdly large");
+    fail(where, "linear " + std::to_string(spec.in_features) + " x " + std::to_string(spec.out_features) +
+                    " is absurdly large");
   if (in.size() != 1 || in[0] != spec.in_features)
     fail(where, "linear expects input shape [" + std::to_string(spec.in_features) + "] but receives " +
                     shape_to_string(in) + (in.size() > 1 ? " (add a flatten layer before it)" : ""));
@@ -80,7 +95,8 @@ std::unique_ptr<Layer<Scalar>> make_linear(const LayerSpec& spec, const Shape& i
 }
 
 template std::unique_ptr<Layer<float>> make_linear<float>(const LayerSpec&, const Shape&, const std::string&);
-template std::unique_ptr<Layer<double>> make_linear<double>(const LayerSpec&, const Shape&, const std::string&);
+template std::unique_ptr<Layer<double>> make_linear<double>(const LayerSpec&, const Shape&,
+                                                            const std::string&);
 
 }  // namespace detail
 }  // namespace natgrad
