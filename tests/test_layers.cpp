@@ -1,9 +1,9 @@
 // Every layer type: the R-op and backprop against central finite differences of the forward pass, and the
 // adjoint identity ⟨gY, J·(dX, dθ)⟩ = ⟨Jᵀ gY, (dX, dθ)⟩.
-#include "test_helpers.h"
-
 #include <algorithm>
 #include <numeric>
+
+#include "test_helpers.h"
 
 using namespace natgrad;
 using namespace natgrad::test;
@@ -20,11 +20,15 @@ std::vector<LayerCase> layer_cases() {
   LayerSpec strided = LayerSpec::conv2d(2, 3, 3, 2, 0, false);
   strided.kernel_w = 2;  // a rectangular kernel
   LayerSpec pool3 = LayerSpec::maxpool2d(3, 2);
+  LayerSpec same5 = LayerSpec::conv2d(2, 3, 5, 1, 2);
+  same5.kernel_w = 3;
+  same5.padding_w = 1;
   return {
       {"linear", LayerSpec::linear(5, 4), {5}},
       {"linear_nobias", LayerSpec::linear(6, 3, false), {6}},
       {"conv2d_pad", LayerSpec::conv2d(2, 3, 3, 1, 1), {2, 5, 5}},
       {"conv2d_stride_nobias", strided, {2, 6, 5}},
+      {"conv2d_same_5x3", same5, {2, 4, 6}},
       {"relu", LayerSpec::activation(LayerType::relu), {2, 3, 3}},
       {"tanh", LayerSpec::activation(LayerType::tanh), {7}},
       {"sigmoid", LayerSpec::activation(LayerType::sigmoid), {7}},
@@ -56,8 +60,8 @@ template <typename Scalar>
 Mat<Scalar> run_forward(const Layer<Scalar>& l, const Vec<Scalar>& theta, const Mat<Scalar>& X) {
   Mat<Scalar> Y(l.output_size(), X.cols());
   std::vector<int32_t> aux(static_cast<std::size_t>(l.aux_per_sample() * X.cols()));
-  l.forward(theta.data(), ConstMatMap<Scalar>(X.data(), X.rows(), X.cols()), MatMap<Scalar>(Y.data(), Y.rows(), Y.cols()),
-            aux.data());
+  l.forward(theta.data(), ConstMatMap<Scalar>(X.data(), X.rows(), X.cols()),
+            MatMap<Scalar>(Y.data(), Y.rows(), Y.cols()), aux.data());
   return Y;
 }
 
@@ -86,13 +90,15 @@ TYPED_TEST(LayerDerivatives, RopBackpropAndAdjointAgainstFiniteDifferences) {
 
     Mat<Scalar> Y(out, n);
     std::vector<int32_t> aux(static_cast<std::size_t>(layer->aux_per_sample() * n));
-    layer->forward(theta.data(), ConstMatMap<Scalar>(X.data(), in, n), MatMap<Scalar>(Y.data(), out, n), aux.data());
+    layer->forward(theta.data(), ConstMatMap<Scalar>(X.data(), in, n), MatMap<Scalar>(Y.data(), out, n),
+                   aux.data());
     std::vector<Scalar> scratch(static_cast<std::size_t>(layer->scratch_size(n)) + 1);
 
     // R-op
     Mat<Scalar> dY(out, n);
-    layer->jvp(theta.data(), dtheta.data(), ConstMatMap<Scalar>(X.data(), in, n), ConstMatMap<Scalar>(Y.data(), out, n),
-               aux.data(), dX.data(), MatMap<Scalar>(dY.data(), out, n), scratch.data());
+    layer->jvp(theta.data(), dtheta.data(), ConstMatMap<Scalar>(X.data(), in, n),
+               ConstMatMap<Scalar>(Y.data(), out, n), aux.data(), dX.data(),
+               MatMap<Scalar>(dY.data(), out, n), scratch.data());
     const Mat<Scalar> fd = (run_forward<Scalar>(*layer, theta + Scalar(h) * dtheta, X + Scalar(h) * dX) -
                             run_forward<Scalar>(*layer, theta - Scalar(h) * dtheta, X - Scalar(h) * dX)) /
                            Scalar(2 * h);
@@ -101,8 +107,9 @@ TYPED_TEST(LayerDerivatives, RopBackpropAndAdjointAgainstFiniteDifferences) {
     // Backprop: the gradient of φ(X, θ) = ⟨gY, f(X; θ)⟩, coordinate by coordinate.
     Mat<Scalar> gX(in, n);
     Vec<Scalar> gtheta = Vec<Scalar>::Zero(P);
-    layer->vjp(theta.data(), ConstMatMap<Scalar>(X.data(), in, n), ConstMatMap<Scalar>(Y.data(), out, n), aux.data(),
-               ConstMatMap<Scalar>(gY.data(), out, n), gX.data(), P ? gtheta.data() : nullptr, scratch.data());
+    layer->vjp(theta.data(), ConstMatMap<Scalar>(X.data(), in, n), ConstMatMap<Scalar>(Y.data(), out, n),
+               aux.data(), ConstMatMap<Scalar>(gY.data(), out, n), gX.data(), P ? gtheta.data() : nullptr,
+               scratch.data());
     auto phi = [&](const Vec<Scalar>& th, const Mat<Scalar>& x) {
       return double((gY.array() * run_forward<Scalar>(*layer, th, x).array()).sum());
     };
@@ -144,13 +151,16 @@ TYPED_TEST(LayerDerivatives, ZeroInputTangentIsTheSameAsAnExplicitZero) {
     const Mat<Scalar> Y = run_forward<Scalar>(*layer, theta, X);
     std::vector<int32_t> aux(static_cast<std::size_t>(layer->aux_per_sample() * n));
     Mat<Scalar> Y2(out, n);
-    layer->forward(theta.data(), ConstMatMap<Scalar>(X.data(), in, n), MatMap<Scalar>(Y2.data(), out, n), aux.data());
+    layer->forward(theta.data(), ConstMatMap<Scalar>(X.data(), in, n), MatMap<Scalar>(Y2.data(), out, n),
+                   aux.data());
     std::vector<Scalar> scratch(static_cast<std::size_t>(layer->scratch_size(n)) + 1);
     Mat<Scalar> a(out, n), b(out, n);
-    layer->jvp(theta.data(), dtheta.data(), ConstMatMap<Scalar>(X.data(), in, n), ConstMatMap<Scalar>(Y.data(), out, n),
-               aux.data(), nullptr, MatMap<Scalar>(a.data(), out, n), scratch.data());
-    layer->jvp(theta.data(), dtheta.data(), ConstMatMap<Scalar>(X.data(), in, n), ConstMatMap<Scalar>(Y.data(), out, n),
-               aux.data(), zero.data(), MatMap<Scalar>(b.data(), out, n), scratch.data());
+    layer->jvp(theta.data(), dtheta.data(), ConstMatMap<Scalar>(X.data(), in, n),
+               ConstMatMap<Scalar>(Y.data(), out, n), aux.data(), nullptr, MatMap<Scalar>(a.data(), out, n),
+               scratch.data());
+    layer->jvp(theta.data(), dtheta.data(), ConstMatMap<Scalar>(X.data(), in, n),
+               ConstMatMap<Scalar>(Y.data(), out, n), aux.data(), zero.data(),
+               MatMap<Scalar>(b.data(), out, n), scratch.data());
     EXPECT_EQ(a, b);
   }
 }

@@ -25,7 +25,8 @@ TEST(Sequential, RejectsLayersThatDoNotChain) {
   ModelSpec c;
   c.input_shape = {1, 28, 28};
   c.layers = {LayerSpec::conv2d(3, 8, 3)};
-  EXPECT_EQ(construction_error(c), "layer 0 (conv2d): conv2d expects input shape [3, H, W] but receives [1, 28, 28]");
+  EXPECT_EQ(construction_error(c),
+            "layer 0 (conv2d): conv2d expects input shape [3, H, W] but receives [1, 28, 28]");
 
   ModelSpec f;
   f.input_shape = {1, 28, 28};
@@ -35,7 +36,8 @@ TEST(Sequential, RejectsLayersThatDoNotChain) {
   ModelSpec p;
   p.input_shape = {4, 3, 3};
   p.layers = {LayerSpec::maxpool2d(5)};
-  EXPECT_EQ(construction_error(p), "layer 0 (maxpool2d): maxpool2d kernel 5x5 is larger than its input [4, 3, 3]");
+  EXPECT_EQ(construction_error(p),
+            "layer 0 (maxpool2d): maxpool2d kernel 5x5 is larger than its input [4, 3, 3]");
 }
 
 TEST(Sequential, ShapesAndParameterOrderFollowPyTorch) {
@@ -73,31 +75,47 @@ TEST(Sequential, LinearWeightIsRowMajorOutByIn) {
 }
 
 TEST(Sequential, ConvolutionMatchesADirectSum) {
-  // A direct 4-loop convolution as the reference for im2col + GEMM.
-  ModelSpec s;
-  s.input_shape = {2, 5, 4};
-  LayerSpec c = LayerSpec::conv2d(2, 3, 3, 2, 1);
-  c.kernel_w = 2;
-  s.layers = {c};
-  Sequential<double> m(s);
-  const Vec<double> theta = random_vec<double>(m.num_params(), 3);
-  const Mat<double> x = random_mat<double>(40, 1, 4);
-  const Mat<double> y = m.predict(theta.data(), x);
-  const Index Ho = (5 + 2 - 3) / 2 + 1, Wo = (4 + 2 - 2) / 2 + 1;
-  ASSERT_EQ(y.rows(), 3 * Ho * Wo);
-  for (Index o = 0; o < 3; ++o)
-    for (Index oh = 0; oh < Ho; ++oh)
-      for (Index ow = 0; ow < Wo; ++ow) {
-        double acc = theta[3 * 2 * 3 * 2 + o];
-        for (Index ci = 0; ci < 2; ++ci)
-          for (Index i = 0; i < 3; ++i)
-            for (Index j = 0; j < 2; ++j) {
-              const Index ih = oh * 2 - 1 + i, iw = ow * 2 - 1 + j;
-              if (ih < 0 || ih >= 5 || iw < 0 || iw >= 4) continue;
-              acc += theta[((o * 2 + ci) * 3 + i) * 2 + j] * x((ci * 5 + ih) * 4 + iw, 0);
-            }
-        EXPECT_NEAR(y((o * Ho + oh) * Wo + ow, 0), acc, 1e-12);
-      }
+  // A direct 6-loop convolution as the reference for im2col + GEMM, over strides, paddings and kernels that
+  // take each im2col path: stride 1 with "same" width (one shifted copy per tap, including kernels taller
+  // than the padded band and 1 × 1), and the row-by-row general case (strided, rectangular, "valid").
+  struct Case {
+    Index C, H, W, O, kh, kw, sh, sw, ph, pw;
+  };
+  for (const Case& k : {Case{2, 5, 4, 3, 3, 2, 2, 2, 1, 1}, Case{2, 5, 4, 3, 3, 3, 1, 1, 1, 1},
+                        Case{3, 4, 6, 2, 5, 5, 1, 1, 2, 2}, Case{1, 2, 3, 2, 5, 3, 1, 1, 2, 1},
+                        Case{2, 3, 3, 4, 1, 1, 1, 1, 0, 0}, Case{2, 6, 5, 3, 3, 3, 1, 1, 0, 0},
+                        Case{2, 4, 5, 3, 3, 5, 1, 1, 0, 2}}) {
+    SCOPED_TRACE("C" + std::to_string(k.C) + " " + std::to_string(k.H) + "x" + std::to_string(k.W) + " k" +
+                 std::to_string(k.kh) + "x" + std::to_string(k.kw) + " s" + std::to_string(k.sh) + " p" +
+                 std::to_string(k.ph) + "," + std::to_string(k.pw));
+    ModelSpec s;
+    s.input_shape = {k.C, k.H, k.W};
+    LayerSpec c = LayerSpec::conv2d(k.C, k.O, k.kh, k.sh, k.ph);
+    c.kernel_w = k.kw;
+    c.stride_w = k.sw;
+    c.padding_w = k.pw;
+    s.layers = {c};
+    Sequential<double> m(s);
+    const Vec<double> theta = random_vec<double>(m.num_params(), 3);
+    const Mat<double> x = random_mat<double>(k.C * k.H * k.W, 3, 4);
+    const Mat<double> y = m.predict(theta.data(), x);
+    const Index Ho = (k.H + 2 * k.ph - k.kh) / k.sh + 1, Wo = (k.W + 2 * k.pw - k.kw) / k.sw + 1;
+    ASSERT_EQ(y.rows(), k.O * Ho * Wo);
+    for (Index n = 0; n < x.cols(); ++n)
+      for (Index o = 0; o < k.O; ++o)
+        for (Index oh = 0; oh < Ho; ++oh)
+          for (Index ow = 0; ow < Wo; ++ow) {
+            double acc = theta[k.O * k.C * k.kh * k.kw + o];
+            for (Index ci = 0; ci < k.C; ++ci)
+              for (Index i = 0; i < k.kh; ++i)
+                for (Index j = 0; j < k.kw; ++j) {
+                  const Index ih = oh * k.sh - k.ph + i, iw = ow * k.sw - k.pw + j;
+                  if (ih < 0 || ih >= k.H || iw < 0 || iw >= k.W) continue;
+                  acc += theta[((o * k.C + ci) * k.kh + i) * k.kw + j] * x((ci * k.H + ih) * k.W + iw, n);
+                }
+            EXPECT_NEAR(y((o * Ho + oh) * Wo + ow, n), acc, 1e-12);
+          }
+  }
 }
 
 TEST(Sequential, WrongParameterVectorSizeIsRejected) {
@@ -106,8 +124,8 @@ TEST(Sequential, WrongParameterVectorSizeIsRejected) {
     m.check_params(7);
     FAIL() << "no exception";
   } catch (const std::invalid_argument& e) {
-    EXPECT_EQ(std::string(e.what()), "parameter vector has 7 entries but the model has " + std::to_string(m.num_params()) +
-                                         " parameters");
+    EXPECT_EQ(std::string(e.what()), "parameter vector has 7 entries but the model has " +
+                                         std::to_string(m.num_params()) + " parameters");
   }
 }
 

@@ -49,15 +49,18 @@ class Conv2d final : public Layer<Scalar> {
   // the weight gradient's inner dimension is b·Ho·Wo). b keeps a block's im2col buffer near 32K scalars, so
   // it stays in L2: measured on the benchmark CNN, 16K–64K was fastest and 1M (4 MB) 30–50% slower.
   Index block() const { return std::max<Index>(1, (Index(1) << 15) / (P_ * K_)); }
-  // A block's cols, dcols (or gcols) and yᵀ, then the products' packing space (core/gemm.h) for any block
-  // of up to b samples; accumulate_squared_grads needs one sample's cols, its K × O gradient and packing.
+  // jvp's stacked weights, a block's cols, dcols (or gcols) and yᵀ, then the products' packing space
+  // (core/gemm.h) for any block of up to b samples; accumulate_squared_grads needs one sample's cols, its
+  // K × O gradient and packing.
   Index scratch_size(Index ncols) const override {
     const Index b = std::min(block(), std::max<Index>(ncols, 1));
     Index pack = 0;
     for (Index c = 1; c <= b; ++c)
-      pack = std::max({pack, gemm_pack_size<Scalar>(c * P_, O_, K_), gemm_pack_size<Scalar>(K_, O_, c * P_),
-                       gemm_pack_size<Scalar>(c * P_, K_, O_)});
-    return std::max(b * P_ * (2 * K_ + O_) + pack, P_ * K_ + K_ * O_ + gemm_pack_size<Scalar>(K_, O_, P_));
+      pack =
+          std::max({pack, gemm_pack_size<Scalar>(c * P_, O_, K_), gemm_pack_size<Scalar>(c * P_, O_, 2 * K_),
+                    gemm_pack_size<Scalar>(K_, O_, c * P_), gemm_pack_size<Scalar>(c * P_, K_, O_)});
+    return std::max(stacked_size() + b * P_ * (2 * K_ + O_) + pack,
+                    P_ * K_ + K_ * O_ + gemm_pack_size<Scalar>(K_, O_, P_));
   }
 
   void forward(const Scalar* theta, ConstMatMap<Scalar> X, MatMap<Scalar> Y, int32_t*) const override {
@@ -74,20 +77,30 @@ class Conv2d final : public Layer<Scalar> {
     }
   }
 
-  // dyᵀ = colsᵀ(x) dWᵀ + colsᵀ(dx) Wᵀ + 1 dbᵀ
+  // dyᵀ = colsᵀ(x) dWᵀ + colsᵀ(dx) Wᵀ + 1 dbᵀ = [colsᵀ(x) colsᵀ(dx)] [dWᵀ; Wᵀ] + 1 dbᵀ: one GEMM of depth
+  // 2K per block (the unfolded x and dx sit side by side in the scratch, the two weights are stacked once
+  // per call), so the output is written once.
   void jvp(const Scalar* theta, const Scalar* dtheta, ConstMatMap<Scalar> X, ConstMatMap<Scalar>,
            const int32_t*, const Scalar* dX, MatMap<Scalar> dY, Scalar* scratch) const override {
+    Scalar* stacked = scratch;
+    if (dX)
+      for (Index o = 0; o < O_; ++o) {
+        std::copy(dtheta + o * K_, dtheta + (o + 1) * K_, stacked + o * 2 * K_);
+        std::copy(theta + o * K_, theta + (o + 1) * K_, stacked + o * 2 * K_ + K_);
+      }
+    Scalar* base = scratch + stacked_size();
     for (Index n0 = 0; n0 < X.cols(); n0 += block()) {
       const Index b = std::min(block(), X.cols() - n0);
-      MatMap<Scalar> cols(scratch, b * P_, K_), dcols(scratch + b * P_ * K_, b * P_, K_);
-      MatMap<Scalar> dyt(scratch + 2 * b * P_ * K_, b * P_, O_);
+      MatMap<Scalar> cols(base, b * P_, K_), dcols(base + b * P_ * K_, b * P_, K_);
+      MatMap<Scalar> dyt(base + 2 * b * P_ * K_, b * P_, O_);
       im2col_block(X.col(n0).data(), b, cols);
-      gemm(b * P_, O_, K_, col_major(cols.data(), b * P_), weight_t(dtheta), dyt.data(), b * P_, false,
-           scratch + pack_offset(b));
       if (dX) {
         im2col_block(dX + n0 * this->input_size(), b, dcols);
-        gemm(b * P_, O_, K_, col_major(dcols.data(), b * P_), weight_t(theta), dyt.data(), b * P_, true,
-             scratch + pack_offset(b));
+        gemm(b * P_, O_, 2 * K_, col_major(cols.data(), b * P_), col_major<Scalar>(stacked, 2 * K_),
+             dyt.data(), b * P_, false, base + pack_offset(b));
+      } else {
+        gemm(b * P_, O_, K_, col_major(cols.data(), b * P_), weight_t(dtheta), dyt.data(), b * P_, false,
+             base + pack_offset(b));
       }
       scatter(dyt, b, bias_ ? dtheta + O_ * K_ : nullptr, dY.col(n0).data());
     }
@@ -135,8 +148,10 @@ class Conv2d final : public Layer<Scalar> {
  private:
   // The weight [O, C, kh, kw] row-major, read column-major: Wᵀ, K × O.
   GemmOperand<Scalar> weight_t(const Scalar* w) const { return col_major(w, K_); }
-  // Where a block of b samples' packing space starts in the scratch (after cols, dcols and yᵀ).
+  // Where a block of b samples' packing space starts in its scratch (after cols, dcols and yᵀ).
   Index pack_offset(Index b) const { return b * P_ * (2 * K_ + O_); }
+  // jvp's stacked [dWᵀ; Wᵀ] (2K × O) ahead of the block buffers, rounded to keep them 64-byte aligned.
+  Index stacked_size() const { return (2 * K_ * O_ + 15) / 16 * 16; }
 
   // The output columns ow whose input column iw = ow·sw − pw + j lies inside [0, W): [lo, hi).
   void valid_range(Index j, Index& lo, Index& hi) const {
@@ -147,8 +162,7 @@ class Conv2d final : public Layer<Scalar> {
     if (hi < lo) hi = lo;
   }
 
-  // cols(p, (c, i, j)) = x(c, oh·sh − ph + i, ow·sw − pw + j), zero outside the image. Rows of the output
-  // image are filled as one zero prefix, one (strided) copy and one zero suffix: no per-element branch.
+  // cols(p, (c, i, j)) = x(c, oh·sh − ph + i, ow·sw − pw + j), zero outside the image (im2col below).
   // The unfolded inputs of b consecutive samples, stacked: sample k fills rows [k·P, (k+1)·P).
   void im2col_block(const Scalar* x, Index b, MatMap<Scalar>& cols) const {
     for (Index k = 0; k < b; ++k) im2col(x + k * this->input_size(), b * P_, cols.data() + k * P_);
@@ -176,25 +190,56 @@ class Conv2d final : public Layer<Scalar> {
     for (Index c = 0; c < C_; ++c)
       for (Index i = 0; i < kh_; ++i)
         for (Index j = 0; j < kw_; ++j) {
-          Index lo, hi;
-          valid_range(j, lo, hi);
           Scalar* col = cols + ((c * kh_ + i) * kw_ + j) * ld;
-          for (Index oh = 0; oh < Ho_; ++oh) {
-            const Index ih = oh * sh_ - ph_ + i;
-            Scalar* row = col + oh * Wo_;
-            if (ih < 0 || ih >= H_) {
-              std::fill(row, row + Wo_, Scalar(0));
-              continue;
-            }
-            std::fill(row, row + lo, Scalar(0));
-            const Scalar* src = x + (c * H_ + ih) * W_ + lo * sw_ - pw_ + j;
-            if (sw_ == 1)
-              std::copy(src, src + (hi - lo), row + lo);
-            else
-              for (Index ow = lo; ow < hi; ++ow) row[ow] = src[(ow - lo) * sw_];
-            std::fill(row + hi, row + Wo_, Scalar(0));
-          }
+          if (contiguous_rows())
+            im2col_tap_contiguous(x + c * H_ * W_, i, j, col);
+          else
+            im2col_tap(x + c * H_ * W_, i, j, col);
         }
+  }
+
+  // Stride 1 with "same" width (Wo = W): output row oh of a tap reads input row oh − ph + i at the same row
+  // stride, so the tap's whole valid band is one shifted copy of the input plane. The entries that copy
+  // wraps across a row edge (ow < lo or ow ≥ hi) are padding and are zeroed afterwards. One memcpy per tap
+  // instead of one per output row: the rows here are 7–28 scalars, where a call costs as much as the copy.
+  bool contiguous_rows() const { return sh_ == 1 && sw_ == 1 && Wo_ == W_; }
+  void im2col_tap_contiguous(const Scalar* plane, Index i, Index j, Scalar* col) const {
+    Index lo, hi;
+    valid_range(j, lo, hi);
+    const Index oh_lo = std::clamp<Index>(ph_ - i, 0, Ho_),
+                oh_hi = std::clamp<Index>(H_ + ph_ - i, oh_lo, Ho_);
+    const Index shift = (i - ph_) * W_ + (j - pw_);  // col[d] = plane[d + shift] inside the band
+    // The copied range [d_lo, d_hi): inside the band [oh_lo·W, oh_hi·W) and reading inside the plane.
+    const Index d_lo = std::clamp(-shift, oh_lo * W_, oh_hi * W_);
+    const Index d_hi = std::clamp(H_ * W_ - shift, d_lo, oh_hi * W_);
+    std::fill(col, col + d_lo, Scalar(0));
+    std::copy(plane + d_lo + shift, plane + d_hi + shift, col + d_lo);
+    std::fill(col + d_hi, col + P_, Scalar(0));
+    for (Index oh = oh_lo; oh < oh_hi; ++oh) {
+      Scalar* row = col + oh * W_;
+      for (Index ow = 0; ow < lo; ++ow) row[ow] = Scalar(0);
+      for (Index ow = hi; ow < W_; ++ow) row[ow] = Scalar(0);
+    }
+  }
+  // The general case, row by row: a zero prefix, one (strided) copy and a zero suffix, no per-element branch.
+  void im2col_tap(const Scalar* plane, Index i, Index j, Scalar* col) const {
+    Index lo, hi;
+    valid_range(j, lo, hi);
+    for (Index oh = 0; oh < Ho_; ++oh) {
+      const Index ih = oh * sh_ - ph_ + i;
+      Scalar* row = col + oh * Wo_;
+      if (ih < 0 || ih >= H_) {
+        std::fill(row, row + Wo_, Scalar(0));
+        continue;
+      }
+      std::fill(row, row + lo, Scalar(0));
+      const Scalar* src = plane + ih * W_ + lo * sw_ - pw_ + j;
+      if (sw_ == 1)
+        std::copy(src, src + (hi - lo), row + lo);
+      else
+        for (Index ow = lo; ow < hi; ++ow) row[ow] = src[(ow - lo) * sw_];
+      std::fill(row + hi, row + Wo_, Scalar(0));
+    }
   }
 
   // The adjoint of im2col: gx = 0, then every cols entry is added back to the pixel it was read from.
