@@ -92,17 +92,21 @@ class Conv2d final : public Layer<Scalar> {
     for (Index n0 = 0; n0 < X.cols(); n0 += block()) {
       const Index b = std::min(block(), X.cols() - n0);
       MatMap<Scalar> cols(base, b * P_, K_), dcols(base + b * P_ * K_, b * P_, K_);
-      MatMap<Scalar> dyt(base + 2 * b * P_ * K_, b * P_, O_);
+      // One sample's yᵀ (P × O, column-major) is its CHW output: the GEMM then writes dY in place.
+      Scalar* dyt = b == 1 ? dY.col(n0).data() : base + 2 * b * P_ * K_;
       im2col_block(X.col(n0).data(), b, cols);
       if (dX) {
         im2col_block(dX + n0 * this->input_size(), b, dcols);
-        gemm(b * P_, O_, 2 * K_, col_major(cols.data(), b * P_), col_major<Scalar>(stacked, 2 * K_),
-             dyt.data(), b * P_, false, base + pack_offset(b));
+        gemm(b * P_, O_, 2 * K_, col_major(cols.data(), b * P_), col_major<Scalar>(stacked, 2 * K_), dyt,
+             b * P_, false, base + pack_offset(b));
       } else {
-        gemm(b * P_, O_, K_, col_major(cols.data(), b * P_), weight_t(dtheta), dyt.data(), b * P_, false,
+        gemm(b * P_, O_, K_, col_major(cols.data(), b * P_), weight_t(dtheta), dyt, b * P_, false,
              base + pack_offset(b));
       }
-      scatter(dyt, b, bias_ ? dtheta + O_ * K_ : nullptr, dY.col(n0).data());
+      if (b == 1)
+        add_bias(bias_ ? dtheta + O_ * K_ : nullptr, dyt);
+      else
+        scatter(MatMap<Scalar>(dyt, b * P_, O_), b, bias_ ? dtheta + O_ * K_ : nullptr, dY.col(n0).data());
     }
   }
 
@@ -112,16 +116,21 @@ class Conv2d final : public Layer<Scalar> {
     for (Index n0 = 0; n0 < X.cols(); n0 += block()) {
       const Index b = std::min(block(), X.cols() - n0);
       MatMap<Scalar> cols(scratch, b * P_, K_), gcols(scratch + b * P_ * K_, b * P_, K_);
-      MatMap<Scalar> gyt(scratch + 2 * b * P_ * K_, b * P_, O_);
-      gather(gY.col(n0).data(), b, gyt);
+      // One sample's CHW cotangent already is its gyᵀ (P × O, column-major); a block's is gathered.
+      const Scalar* gyt = gY.col(n0).data();
+      if (b > 1) {
+        MatMap<Scalar> stacked(scratch + 2 * b * P_ * K_, b * P_, O_);
+        gather(gY.col(n0).data(), b, stacked);
+        gyt = stacked.data();
+      }
       if (gtheta) {
         im2col_block(X.col(n0).data(), b, cols);
-        gemm(K_, O_, b * P_, row_major(cols.data(), b * P_), col_major(gyt.data(), b * P_), gtheta, K_, true,
+        gemm(K_, O_, b * P_, row_major(cols.data(), b * P_), col_major(gyt, b * P_), gtheta, K_, true,
              scratch + pack_offset(b));
-        if (bias_) MutB(gtheta + O_ * K_, O_) += gyt.colwise().sum();
+        if (bias_) MutB(gtheta + O_ * K_, O_) += ConstMatMap<Scalar>(gyt, b * P_, O_).colwise().sum();
       }
       if (gX) {
-        gemm(b * P_, K_, O_, col_major(gyt.data(), b * P_), row_major(theta, K_), gcols.data(), b * P_, false,
+        gemm(b * P_, K_, O_, col_major(gyt, b * P_), row_major(theta, K_), gcols.data(), b * P_, false,
              scratch + pack_offset(b));
         for (Index k = 0; k < b; ++k)
           col2im(gcols.data() + k * P_, b * P_, gX + (n0 + k) * this->input_size());
@@ -177,6 +186,12 @@ class Conv2d final : public Layer<Scalar> {
         for (Index q = 0; q < P_; ++q) dst[q] = src[q] + add;
       }
   }
+  // y (one sample, CHW, already the GEMM's P × O output) += the bias of each channel.
+  void add_bias(const Scalar* bias, Scalar* y) const {
+    if (!bias) return;
+    for (Index o = 0; o < O_; ++o)
+      for (Index q = 0; q < P_; ++q) y[o * P_ + q] += bias[o];
+  }
   // The stacked gyᵀ blocks from per-sample cotangents (CHW, sample stride output_size).
   void gather(const Scalar* gy, Index b, MatMap<Scalar>& gyt) const {
     for (Index k = 0; k < b; ++k)
@@ -203,23 +218,35 @@ class Conv2d final : public Layer<Scalar> {
   // wraps across a row edge (ow < lo or ow ≥ hi) are padding and are zeroed afterwards. One memcpy per tap
   // instead of one per output row: the rows here are 7–28 scalars, where a call costs as much as the copy.
   bool contiguous_rows() const { return sh_ == 1 && sw_ == 1 && Wo_ == W_; }
-  void im2col_tap_contiguous(const Scalar* plane, Index i, Index j, Scalar* col) const {
-    Index lo, hi;
-    valid_range(j, lo, hi);
-    const Index oh_lo = std::clamp<Index>(ph_ - i, 0, Ho_),
-                oh_hi = std::clamp<Index>(H_ + ph_ - i, oh_lo, Ho_);
-    const Index shift = (i - ph_) * W_ + (j - pw_);  // col[d] = plane[d + shift] inside the band
-    // The copied range [d_lo, d_hi): inside the band [oh_lo·W, oh_hi·W) and reading inside the plane.
-    const Index d_lo = std::clamp(-shift, oh_lo * W_, oh_hi * W_);
-    const Index d_hi = std::clamp(H_ * W_ - shift, d_lo, oh_hi * W_);
-    std::fill(col, col + d_lo, Scalar(0));
-    std::copy(plane + d_lo + shift, plane + d_hi + shift, col + d_lo);
-    std::fill(col + d_hi, col + P_, Scalar(0));
-    for (Index oh = oh_lo; oh < oh_hi; ++oh) {
+  // Tap (i, j) of a contiguous-rows convolution: col[d] = plane[d + shift] for d in [d_lo, d_hi), the output
+  // rows [oh_lo, oh_hi) that read inside the image and, in each, the columns [lo, hi) that do.
+  struct Band {
+    Index oh_lo, oh_hi, lo, hi, shift, d_lo, d_hi;
+  };
+  Band band(Index i, Index j) const {
+    Band t;
+    valid_range(j, t.lo, t.hi);
+    t.oh_lo = std::clamp<Index>(ph_ - i, 0, Ho_);
+    t.oh_hi = std::clamp<Index>(H_ + ph_ - i, t.oh_lo, Ho_);
+    t.shift = (i - ph_) * W_ + (j - pw_);
+    t.d_lo = std::clamp(-t.shift, t.oh_lo * W_, t.oh_hi * W_);  // inside the band, reading inside the plane
+    t.d_hi = std::clamp(H_ * W_ - t.shift, t.d_lo, t.oh_hi * W_);
+    return t;
+  }
+  // Zeroes the entries of the band's rows that the shifted run wrapped across a row edge (padding).
+  void zero_wrapped(const Band& t, Scalar* col) const {
+    for (Index oh = t.oh_lo; oh < t.oh_hi; ++oh) {
       Scalar* row = col + oh * W_;
-      for (Index ow = 0; ow < lo; ++ow) row[ow] = Scalar(0);
-      for (Index ow = hi; ow < W_; ++ow) row[ow] = Scalar(0);
+      for (Index ow = 0; ow < t.lo; ++ow) row[ow] = Scalar(0);
+      for (Index ow = t.hi; ow < W_; ++ow) row[ow] = Scalar(0);
     }
+  }
+  void im2col_tap_contiguous(const Scalar* plane, Index i, Index j, Scalar* col) const {
+    const Band t = band(i, j);
+    std::fill(col, col + t.d_lo, Scalar(0));
+    std::copy(plane + t.d_lo + t.shift, plane + t.d_hi + t.shift, col + t.d_lo);
+    std::fill(col + t.d_hi, col + P_, Scalar(0));
+    zero_wrapped(t, col);
   }
   // The general case, row by row: a zero prefix, one (strided) copy and a zero suffix, no per-element branch.
   void im2col_tap(const Scalar* plane, Index i, Index j, Scalar* col) const {
@@ -242,19 +269,29 @@ class Conv2d final : public Layer<Scalar> {
     }
   }
 
-  // The adjoint of im2col: gx = 0, then every cols entry is added back to the pixel it was read from.
-  void col2im(const Scalar* cols, Index ld, Scalar* gx) const {
+  // The adjoint of im2col: gx = 0, then every cols entry is added back to the pixel it was read from. With
+  // contiguous rows a tap's band is added as one shifted run, after zeroing its padding entries in `cols`
+  // (scratch): the adjoint of im2col_tap_contiguous, adding each pixel's terms in the same tap order.
+  void col2im(Scalar* cols, Index ld, Scalar* gx) const {
     std::fill(gx, gx + C_ * H_ * W_, Scalar(0));
     for (Index c = 0; c < C_; ++c)
       for (Index i = 0; i < kh_; ++i)
         for (Index j = 0; j < kw_; ++j) {
+          Scalar* col = cols + ((c * kh_ + i) * kw_ + j) * ld;
+          Scalar* plane = gx + c * H_ * W_;
+          if (contiguous_rows()) {
+            const Band t = band(i, j);
+            zero_wrapped(t, col);
+            Scalar* dst = plane + t.shift;
+            for (Index d = t.d_lo; d < t.d_hi; ++d) dst[d] += col[d];
+            continue;
+          }
           Index lo, hi;
           valid_range(j, lo, hi);
-          const Scalar* col = cols + ((c * kh_ + i) * kw_ + j) * ld;
           for (Index oh = 0; oh < Ho_; ++oh) {
             const Index ih = oh * sh_ - ph_ + i;
             if (ih < 0 || ih >= H_) continue;
-            Scalar* dst = gx + (c * H_ + ih) * W_ + lo * sw_ - pw_ + j;
+            Scalar* dst = plane + ih * W_ + lo * sw_ - pw_ + j;
             const Scalar* row = col + oh * Wo_;
             if (sw_ == 1)
               for (Index ow = lo; ow < hi; ++ow) dst[ow - lo] += row[ow];

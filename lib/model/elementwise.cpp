@@ -1,8 +1,8 @@
 // Element-wise activations y = φ(x). The R-op and backprop both multiply by φ'(x), which is recomputed
 // from the cached x and y in the same pass (fused: one read of x, y and the tangent, one write).
-#include "model/layers.h"
-
 #include <cmath>
+
+#include "model/layers.h"
 
 namespace natgrad {
 namespace detail {
@@ -11,7 +11,8 @@ namespace {
 template <typename Scalar>
 class Elementwise final : public Layer<Scalar> {
  public:
-  Elementwise(LayerType type, Scalar slope, const Shape& shape) : Layer<Scalar>(shape, shape), type_(type), slope_(slope) {}
+  Elementwise(LayerType type, Scalar slope, const Shape& shape)
+      : Layer<Scalar>(shape, shape), type_(type), slope_(slope) {}
 
   LayerType type() const override { return type_; }
 
@@ -33,7 +34,8 @@ class Elementwise final : public Layer<Scalar> {
         for (Index k = 0; k < n; ++k) y[k] = Scalar(1) / (Scalar(1) + std::exp(-x[k]));
         break;
       case LayerType::gelu:  // x Φ(x), the exact (erf) form
-        for (Index k = 0; k < n; ++k) y[k] = Scalar(0.5) * x[k] * (Scalar(1) + std::erf(x[k] * Scalar(M_SQRT1_2)));
+        for (Index k = 0; k < n; ++k)
+          y[k] = Scalar(0.5) * x[k] * (Scalar(1) + std::erf(x[k] * Scalar(M_SQRT1_2)));
         break;
       case LayerType::softplus:  // log(1 + eˣ), linear above 20 as PyTorch's threshold
         for (Index k = 0; k < n; ++k) y[k] = x[k] > Scalar(20) ? x[k] : std::log1p(std::exp(x[k]));
@@ -45,22 +47,29 @@ class Elementwise final : public Layer<Scalar> {
 
   void jvp(const Scalar*, const Scalar*, ConstMatMap<Scalar> X, ConstMatMap<Scalar> Y, const int32_t*,
            const Scalar* dX, MatMap<Scalar> dY, Scalar*) const override {
+    if (!dX) {
+      dY.setZero();
+      return;
+    }
     apply_derivative(X.data(), Y.data(), dX, dY.data(), X.size());
   }
 
-  void vjp(const Scalar*, ConstMatMap<Scalar> X, ConstMatMap<Scalar> Y, const int32_t*, ConstMatMap<Scalar> gY,
-           Scalar* gX, Scalar*, Scalar*) const override {
+  void vjp(const Scalar*, ConstMatMap<Scalar> X, ConstMatMap<Scalar> Y, const int32_t*,
+           ConstMatMap<Scalar> gY, Scalar* gX, Scalar*, Scalar*) const override {
     // φ'(x) is diagonal, so the adjoint is the same product.
     if (gX) apply_derivative(X.data(), Y.data(), gY.data(), gX, X.size());
   }
 
+  bool is_elementwise() const override { return true; }
+  void scale_by_derivative(const Scalar* x, const Scalar* y, const Scalar* in, Scalar* out,
+                           Index n) const override {
+    apply_derivative(x, y, in, out, n);
+  }
+
  private:
-  // out = φ'(x) ∘ in   (in == nullptr means a zero tangent)
+  // out = φ'(x) ∘ in, with y = φ(x) where that is cheaper. One fused pass over contiguous arrays, which the
+  // compiler vectorizes.
   void apply_derivative(const Scalar* x, const Scalar* y, const Scalar* in, Scalar* out, Index n) const {
-    if (!in) {
-      std::fill(out, out + n, Scalar(0));
-      return;
-    }
     switch (type_) {
       case LayerType::relu:
         for (Index k = 0; k < n; ++k) out[k] = x[k] > 0 ? in[k] : Scalar(0);
@@ -69,22 +78,31 @@ class Elementwise final : public Layer<Scalar> {
         for (Index k = 0; k < n; ++k) out[k] = x[k] > 0 ? in[k] : slope_ * in[k];
         break;
       case LayerType::tanh:  // 1 − y²
-        for (Index k = 0; k < n; ++k) out[k] = (Scalar(1) - y[k] * y[k]) * in[k];
+        for (Index k = 0; k < n; ++k) {
+          const Scalar yk = y[k];
+          out[k] = (Scalar(1) - yk * yk) * in[k];
+        }
         break;
       case LayerType::sigmoid:  // y (1 − y)
-        for (Index k = 0; k < n; ++k) out[k] = y[k] * (Scalar(1) - y[k]) * in[k];
+        for (Index k = 0; k < n; ++k) {
+          const Scalar yk = y[k];
+          out[k] = yk * (Scalar(1) - yk) * in[k];
+        }
         break;
       case LayerType::gelu: {  // Φ(x) + x φ(x)
         const Scalar inv_sqrt_2pi = Scalar(0.3989422804014327);
         for (Index k = 0; k < n; ++k) {
-          const Scalar cdf = Scalar(0.5) * (Scalar(1) + std::erf(x[k] * Scalar(M_SQRT1_2)));
-          out[k] = (cdf + x[k] * inv_sqrt_2pi * std::exp(Scalar(-0.5) * x[k] * x[k])) * in[k];
+          const Scalar xk = x[k];
+          const Scalar cdf = Scalar(0.5) * (Scalar(1) + std::erf(xk * Scalar(M_SQRT1_2)));
+          out[k] = (cdf + xk * inv_sqrt_2pi * std::exp(Scalar(-0.5) * xk * xk)) * in[k];
         }
         break;
       }
       case LayerType::softplus:  // σ(x); 1 above PyTorch's threshold, where the layer is the identity
-        for (Index k = 0; k < n; ++k)
-          out[k] = (x[k] > Scalar(20) ? Scalar(1) : Scalar(1) / (Scalar(1) + std::exp(-x[k]))) * in[k];
+        for (Index k = 0; k < n; ++k) {
+          const Scalar xk = x[k];
+          out[k] = (xk > Scalar(20) ? Scalar(1) : Scalar(1) / (Scalar(1) + std::exp(-xk))) * in[k];
+        }
         break;
       default:
         break;
@@ -103,8 +121,8 @@ class Flatten final : public Layer<Scalar> {
 
   // A sample's NCHW layout already is its flattened vector: every pass is a copy.
   void forward(const Scalar*, ConstMatMap<Scalar> X, MatMap<Scalar> Y, int32_t*) const override { Y = X; }
-  void jvp(const Scalar*, const Scalar*, ConstMatMap<Scalar> X, ConstMatMap<Scalar>, const int32_t*, const Scalar* dX,
-           MatMap<Scalar> dY, Scalar*) const override {
+  void jvp(const Scalar*, const Scalar*, ConstMatMap<Scalar> X, ConstMatMap<Scalar>, const int32_t*,
+           const Scalar* dX, MatMap<Scalar> dY, Scalar*) const override {
     if (dX)
       dY = ConstMatMap<Scalar>(dX, X.rows(), X.cols());
     else
@@ -119,7 +137,8 @@ class Flatten final : public Layer<Scalar> {
 }  // namespace
 
 template <typename Scalar>
-std::unique_ptr<Layer<Scalar>> make_elementwise(const LayerSpec& spec, const Shape& in, const std::string& where) {
+std::unique_ptr<Layer<Scalar>> make_elementwise(const LayerSpec& spec, const Shape& in,
+                                                const std::string& where) {
   if (spec.type == LayerType::leaky_relu && !(spec.negative_slope == spec.negative_slope))
     fail(where, "leaky_relu negative_slope is NaN");
   return std::make_unique<Elementwise<Scalar>>(spec.type, Scalar(spec.negative_slope), in);
@@ -130,10 +149,14 @@ std::unique_ptr<Layer<Scalar>> make_flatten(const LayerSpec&, const Shape& in, c
   return std::make_unique<Flatten<Scalar>>(in);
 }
 
-template std::unique_ptr<Layer<float>> make_elementwise<float>(const LayerSpec&, const Shape&, const std::string&);
-template std::unique_ptr<Layer<double>> make_elementwise<double>(const LayerSpec&, const Shape&, const std::string&);
-template std::unique_ptr<Layer<float>> make_flatten<float>(const LayerSpec&, const Shape&, const std::string&);
-template std::unique_ptr<Layer<double>> make_flatten<double>(const LayerSpec&, const Shape&, const std::string&);
+template std::unique_ptr<Layer<float>> make_elementwise<float>(const LayerSpec&, const Shape&,
+                                                               const std::string&);
+template std::unique_ptr<Layer<double>> make_elementwise<double>(const LayerSpec&, const Shape&,
+                                                                 const std::string&);
+template std::unique_ptr<Layer<float>> make_flatten<float>(const LayerSpec&, const Shape&,
+                                                           const std::string&);
+template std::unique_ptr<Layer<double>> make_flatten<double>(const LayerSpec&, const Shape&,
+                                                             const std::string&);
 
 }  // namespace detail
 }  // namespace natgrad

@@ -1,8 +1,8 @@
 // 2-D max and average pooling (no padding, floor mode, as PyTorch's defaults).
-#include "model/layers.h"
-
 #include <algorithm>
 #include <cmath>
+
+#include "model/layers.h"
 
 namespace natgrad {
 namespace detail {
@@ -12,12 +12,22 @@ template <typename Scalar>
 class Pool2d final : public Layer<Scalar> {
  public:
   Pool2d(LayerType type, const LayerSpec& s, const Shape& in, const Shape& out)
-      : Layer<Scalar>(in, out), type_(type), C_(in[0]), H_(in[1]), W_(in[2]), kh_(s.kernel_h), kw_(s.kernel_w),
-        sh_(s.stride_h), sw_(s.stride_w), Ho_(out[1]), Wo_(out[2]) {}
+      : Layer<Scalar>(in, out),
+        type_(type),
+        C_(in[0]),
+        H_(in[1]),
+        W_(in[2]),
+        kh_(s.kernel_h),
+        kw_(s.kernel_w),
+        sh_(s.stride_h),
+        sw_(s.stride_w),
+        Ho_(out[1]),
+        Wo_(out[2]) {}
 
   LayerType type() const override { return type_; }
   // Max-pooling keeps, per output, the input index of its maximum: J is then a selection.
   Index aux_per_sample() const override { return type_ == LayerType::maxpool2d ? this->output_size() : 0; }
+  bool is_selection() const override { return type_ == LayerType::maxpool2d; }
 
   void forward(const Scalar*, ConstMatMap<Scalar> X, MatMap<Scalar> Y, int32_t* aux) const override {
     const Scalar inv_area = Scalar(1) / Scalar(kh_ * kw_);
@@ -30,7 +40,8 @@ class Pool2d final : public Layer<Scalar> {
           for (Index ow = 0; ow < Wo_; ++ow) {
             const Index o = (c * Ho_ + oh) * Wo_ + ow;
             if (type_ == LayerType::maxpool2d) {
-              // The first maximum wins, and a NaN wins over numbers, as in PyTorch (max_pool2d propagates NaN).
+              // The first maximum wins, and a NaN wins over numbers, as in PyTorch (max_pool2d propagates
+              // NaN).
               Index best = (c * H_ + oh * sh_) * W_ + ow * sw_;
               Scalar m = x[best];
               for (Index i = 0; i < kh_; ++i) {
@@ -84,8 +95,8 @@ class Pool2d final : public Layer<Scalar> {
   }
 
   // gX = Pᵀ gY: scatter each output cotangent back to the input(s) it was taken from.
-  void vjp(const Scalar*, ConstMatMap<Scalar> X, ConstMatMap<Scalar>, const int32_t* aux, ConstMatMap<Scalar> gY,
-           Scalar* gX, Scalar*, Scalar*) const override {
+  void vjp(const Scalar*, ConstMatMap<Scalar> X, ConstMatMap<Scalar>, const int32_t* aux,
+           ConstMatMap<Scalar> gY, Scalar* gX, Scalar*, Scalar*) const override {
     if (!gX) return;
     const Scalar inv_area = Scalar(1) / Scalar(kh_ * kw_);
     const Index in_size = this->input_size(), out_size = this->output_size();
@@ -123,7 +134,8 @@ std::unique_ptr<Layer<Scalar>> make_pool2d(const LayerSpec& spec, const Shape& i
   if (s.kernel_h <= 0 || s.kernel_w <= 0 || s.stride_h <= 0 || s.stride_w <= 0)
     fail(where, std::string(to_string(s.type)) + " needs a positive kernel_size and stride");
   if (in.size() != 3)
-    fail(where, std::string(to_string(s.type)) + " expects input shape [C, H, W] but receives " + shape_to_string(in));
+    fail(where, std::string(to_string(s.type)) + " expects input shape [C, H, W] but receives " +
+                    shape_to_string(in));
   if (in[1] < s.kernel_h || in[2] < s.kernel_w)
     fail(where, std::string(to_string(s.type)) + " kernel " + std::to_string(s.kernel_h) + "x" +
                     std::to_string(s.kernel_w) + " is larger than its input " + shape_to_string(in));
@@ -132,7 +144,8 @@ std::unique_ptr<Layer<Scalar>> make_pool2d(const LayerSpec& spec, const Shape& i
 }
 
 template std::unique_ptr<Layer<float>> make_pool2d<float>(const LayerSpec&, const Shape&, const std::string&);
-template std::unique_ptr<Layer<double>> make_pool2d<double>(const LayerSpec&, const Shape&, const std::string&);
+template std::unique_ptr<Layer<double>> make_pool2d<double>(const LayerSpec&, const Shape&,
+                                                            const std::string&);
 
 }  // namespace detail
 }  // namespace natgrad

@@ -1,9 +1,9 @@
 #include <natgrad/model/sequential.h>
 
-#include "model/layers.h"
-
 #include <algorithm>
 #include <stdexcept>
+
+#include "model/layers.h"
 
 namespace natgrad {
 
@@ -26,15 +26,17 @@ std::unique_ptr<Layer<Scalar>> make_layer(const LayerSpec& spec, const Shape& in
 
 template <typename Scalar>
 Sequential<Scalar>::Sequential(const ModelSpec& spec) : spec_(spec) {
-  if (spec.input_shape.empty())
-    throw std::invalid_argument("model: input_shape is empty");
+  if (spec.input_shape.empty()) throw std::invalid_argument("model: input_shape is empty");
   double elements = 1;
   for (Index d : spec.input_shape) {
-    if (d <= 0) throw std::invalid_argument("model: input_shape " + shape_to_string(spec.input_shape) + " has a non-positive dimension");
+    if (d <= 0)
+      throw std::invalid_argument("model: input_shape " + shape_to_string(spec.input_shape) +
+                                  " has a non-positive dimension");
     elements *= double(d);
   }
   if (elements > detail::kMaxElements)
-    throw std::invalid_argument("model: input_shape " + shape_to_string(spec.input_shape) + " has more than 2^40 elements");
+    throw std::invalid_argument("model: input_shape " + shape_to_string(spec.input_shape) +
+                                " has more than 2^40 elements");
   Shape shape = spec.input_shape;
   max_width_ = shape_size(shape);
   bool seen_params = false;
@@ -58,19 +60,23 @@ Sequential<Scalar>::Sequential(const ModelSpec& spec) : spec_(spec) {
     max_width_ = std::max(max_width_, shape_size(shape));
   }
   if (!seen_params) first_param_layer_ = layers_.size();
+  fused_.assign(layers_.size(), false);
+  for (std::size_t l = first_param_layer_; l + 1 < layers_.size(); ++l)
+    fused_[l] = layers_[l]->is_elementwise() && layers_[l + 1]->is_selection();
 }
 
 template <typename Scalar>
 void Sequential<Scalar>::check_params(Index size) const {
   if (size != num_params_)
-    throw std::invalid_argument("parameter vector has " + std::to_string(size) + " entries but the model has " +
-                                std::to_string(num_params_) + " parameters");
+    throw std::invalid_argument("parameter vector has " + std::to_string(size) +
+                                " entries but the model has " + std::to_string(num_params_) + " parameters");
 }
 
 template <typename Scalar>
 ForwardCache<Scalar> Sequential<Scalar>::make_cache(const Mat<Scalar>& inputs) const {
   if (inputs.rows() != input_size())
-    throw std::invalid_argument("inputs have " + std::to_string(inputs.rows()) + " features per sample but the model's input_shape " +
+    throw std::invalid_argument("inputs have " + std::to_string(inputs.rows()) +
+                                " features per sample but the model's input_shape " +
                                 shape_to_string(input_shape()) + " has " + std::to_string(input_size()));
   ForwardCache<Scalar> cache;
   const Index n = inputs.cols();
@@ -91,12 +97,15 @@ Workspace<Scalar> Sequential<Scalar>::make_workspace(Index max_cols) const {
   ws.b.resize(ws.a.size());
   Index scratch = 0;
   for (const auto& l : layers_) scratch = std::max(scratch, l->scratch_size(max_cols));
+  for (std::size_t l = 0; l < layers_.size(); ++l)  // the fused passes' two one-sample buffers
+    if (fused_[l]) scratch = std::max(scratch, 2 * layers_[l + 1]->output_size());
   ws.scratch.resize(static_cast<std::size_t>(scratch));
   return ws;
 }
 
 template <typename Scalar>
-void Sequential<Scalar>::forward(const Scalar* theta, ForwardCache<Scalar>& cache, Index col0, Index n) const {
+void Sequential<Scalar>::forward(const Scalar* theta, ForwardCache<Scalar>& cache, Index col0,
+                                 Index n) const {
   for (std::size_t l = 0; l < layers_.size(); ++l) {
     const Layer<Scalar>& layer = *layers_[l];
     ConstMatMap<Scalar> X(cache.acts[l].data() + col0 * layer.input_size(), layer.input_size(), n);
@@ -106,19 +115,71 @@ void Sequential<Scalar>::forward(const Scalar* theta, ForwardCache<Scalar>& cach
   }
 }
 
+namespace {
+// An element-wise layer φ (index a) followed by a max-pool (a + 1), as one pass. The pool's Jacobian selects
+// input arg[o] for output o, so with x the activation's input and y = φ(x):
+//   R-op:      dy[o] = φ'(x[arg[o]]) dx[arg[o]]
+//   backprop:  gx = 0, then gx[arg[o]] += φ'(x[arg[o]]) gy[o]
+// φ' is evaluated only at the selected inputs (a quarter for 2 × 2 pools), and y[arg[o]] is the pool's own
+// output. x[arg[o]] is gathered first so that φ' runs as a contiguous, vectorized loop (a gathered loop with
+// relu's data-dependent select does not vectorize and mispredicts). The R-op equals running the two layers
+// one after the other bit for bit; so does backprop when pool windows do not overlap (otherwise the terms
+// reaching one input are summed as Σ φ' g instead of φ' Σ g).
 template <typename Scalar>
-void Sequential<Scalar>::jvp(const Scalar* theta, const Scalar* v, const ForwardCache<Scalar>& cache, Index col0,
-                             Index n, Workspace<Scalar>& ws) const {
+void jvp_fused(const Layer<Scalar>& act, const ForwardCache<Scalar>& cache, std::size_t a, Index col0,
+               Index n, const Scalar* dx, Scalar* dy, Scalar* xg) {
+  const Index in = act.input_size(), out = cache.acts[a + 2].rows();
+  if (!dx) {
+    std::fill(dy, dy + out * n, Scalar(0));
+    return;
+  }
+  for (Index j = 0; j < n; ++j) {
+    const int32_t* arg = cache.aux[a + 1].data() + (col0 + j) * out;
+    const Scalar* x = cache.acts[a].data() + (col0 + j) * in;
+    const Scalar* t = dx + j * in;
+    Scalar* o = dy + j * out;
+    for (Index k = 0; k < out; ++k) {
+      xg[k] = x[arg[k]];
+      o[k] = t[arg[k]];
+    }
+    act.scale_by_derivative(xg, cache.acts[a + 2].data() + (col0 + j) * out, o, o, out);
+  }
+}
+
+template <typename Scalar>
+void vjp_fused(const Layer<Scalar>& act, const ForwardCache<Scalar>& cache, std::size_t a, Index col0,
+               Index n, const Scalar* gy, Scalar* gx, Scalar* xg, Scalar* tmp) {
+  const Index in = act.input_size(), out = cache.acts[a + 2].rows();
+  for (Index j = 0; j < n; ++j) {
+    const int32_t* arg = cache.aux[a + 1].data() + (col0 + j) * out;
+    const Scalar* x = cache.acts[a].data() + (col0 + j) * in;
+    for (Index k = 0; k < out; ++k) xg[k] = x[arg[k]];
+    act.scale_by_derivative(xg, cache.acts[a + 2].data() + (col0 + j) * out, gy + j * out, tmp, out);
+    Scalar* g = gx + j * in;
+    std::fill(g, g + in, Scalar(0));
+    for (Index k = 0; k < out; ++k) g[arg[k]] += tmp[k];
+  }
+}
+}  // namespace
+
+template <typename Scalar>
+void Sequential<Scalar>::jvp(const Scalar* theta, const Scalar* v, const ForwardCache<Scalar>& cache,
+                             Index col0, Index n, Workspace<Scalar>& ws) const {
   Scalar* bufs[2] = {ws.a.data(), ws.b.data()};
   int cur = 0;
   const Scalar* tangent = nullptr;  // nullptr: the tangent is exactly zero (before the first parameter)
   for (std::size_t l = first_param_layer_; l < layers_.size(); ++l) {
+    if (fused_[l]) continue;  // runs with the max-pool after it
     const Layer<Scalar>& layer = *layers_[l];
     ConstMatMap<Scalar> X(cache.acts[l].data() + col0 * layer.input_size(), layer.input_size(), n);
     ConstMatMap<Scalar> Y(cache.acts[l + 1].data() + col0 * layer.output_size(), layer.output_size(), n);
-    const int32_t* aux = layer.aux_per_sample() ? cache.aux[l].data() + col0 * layer.aux_per_sample() : nullptr;
+    const int32_t* aux =
+        layer.aux_per_sample() ? cache.aux[l].data() + col0 * layer.aux_per_sample() : nullptr;
     MatMap<Scalar> out(bufs[cur], layer.output_size(), n);
-    layer.jvp(theta + offsets_[l], v + offsets_[l], X, Y, aux, tangent, out, ws.scratch.data());
+    if (l > 0 && fused_[l - 1])
+      jvp_fused(*layers_[l - 1], cache, l - 1, col0, n, tangent, out.data(), ws.scratch.data());
+    else
+      layer.jvp(theta + offsets_[l], v + offsets_[l], X, Y, aux, tangent, out, ws.scratch.data());
     tangent = bufs[cur];
     cur ^= 1;
   }
@@ -131,19 +192,30 @@ void Sequential<Scalar>::jvp(const Scalar* theta, const Scalar* v, const Forward
 
 namespace {
 // Shared by vjp and squared_vjp: backpropagate gZ from the output to the first layer with parameters,
-// calling `at_layer(l, X, gY, gX)` at each layer with the layer's output cotangent.
+// calling `at_layer(l, X, gY, gX)` at each layer with the layer's output cotangent. A fused activation and
+// max-pool pair (neither has parameters) runs as one vjp_fused step.
 template <typename Scalar, typename Layers, typename AtLayer>
-void backprop(const Layers& layers, std::size_t first, const ForwardCache<Scalar>& cache, Index col0, Index n,
-              ConstMatMap<Scalar> gZ, Workspace<Scalar>& ws, AtLayer at_layer) {
+void backprop(const Layers& layers, const std::vector<bool>& fused, std::size_t first,
+              const ForwardCache<Scalar>& cache, Index col0, Index n, ConstMatMap<Scalar> gZ,
+              Workspace<Scalar>& ws, AtLayer at_layer) {
   Scalar* bufs[2] = {ws.a.data(), ws.b.data()};
   int cur = 0;
   const Scalar* g = gZ.data();
   for (std::size_t l = layers.size(); l-- > first;) {
+    if (l > first && fused[l - 1]) {  // the pool l and the activation l - 1 below it (l - 1 > first)
+      --l;
+      vjp_fused(*layers[l], cache, l, col0, n, g, bufs[cur], ws.scratch.data(),
+                ws.scratch.data() + layers[l + 1]->output_size());
+      g = bufs[cur];
+      cur ^= 1;
+      continue;
+    }
     const auto& layer = *layers[l];
     ConstMatMap<Scalar> X(cache.acts[l].data() + col0 * layer.input_size(), layer.input_size(), n);
     ConstMatMap<Scalar> Y(cache.acts[l + 1].data() + col0 * layer.output_size(), layer.output_size(), n);
     ConstMatMap<Scalar> gY(g, layer.output_size(), n);
-    const int32_t* aux = layer.aux_per_sample() ? cache.aux[l].data() + col0 * layer.aux_per_sample() : nullptr;
+    const int32_t* aux =
+        layer.aux_per_sample() ? cache.aux[l].data() + col0 * layer.aux_per_sample() : nullptr;
     Scalar* gX = l > first ? bufs[cur] : nullptr;  // nothing below the first parameter needs a cotangent
     at_layer(l, X, Y, aux, gY, gX);
     g = gX;
@@ -155,7 +227,7 @@ void backprop(const Layers& layers, std::size_t first, const ForwardCache<Scalar
 template <typename Scalar>
 void Sequential<Scalar>::vjp(const Scalar* theta, const ForwardCache<Scalar>& cache, Index col0, Index n,
                              ConstMatMap<Scalar> gZ, Scalar* gtheta, Workspace<Scalar>& ws) const {
-  backprop<Scalar>(layers_, first_param_layer_, cache, col0, n, gZ, ws,
+  backprop<Scalar>(layers_, fused_, first_param_layer_, cache, col0, n, gZ, ws,
                    [&](std::size_t l, ConstMatMap<Scalar> X, ConstMatMap<Scalar> Y, const int32_t* aux,
                        ConstMatMap<Scalar> gY, Scalar* gX) {
                      const Layer<Scalar>& layer = *layers_[l];
@@ -165,14 +237,16 @@ void Sequential<Scalar>::vjp(const Scalar* theta, const ForwardCache<Scalar>& ca
 }
 
 template <typename Scalar>
-void Sequential<Scalar>::squared_vjp(const Scalar* theta, const ForwardCache<Scalar>& cache, Index col0, Index n,
-                                     ConstMatMap<Scalar> gZ, Scalar* gsq, Workspace<Scalar>& ws) const {
-  backprop<Scalar>(layers_, first_param_layer_, cache, col0, n, gZ, ws,
+void Sequential<Scalar>::squared_vjp(const Scalar* theta, const ForwardCache<Scalar>& cache, Index col0,
+                                     Index n, ConstMatMap<Scalar> gZ, Scalar* gsq,
+                                     Workspace<Scalar>& ws) const {
+  backprop<Scalar>(layers_, fused_, first_param_layer_, cache, col0, n, gZ, ws,
                    [&](std::size_t l, ConstMatMap<Scalar> X, ConstMatMap<Scalar> Y, const int32_t* aux,
                        ConstMatMap<Scalar> gY, Scalar* gX) {
                      const Layer<Scalar>& layer = *layers_[l];
                      if (layer.num_params())
-                       layer.accumulate_squared_grads(theta + offsets_[l], X, gY, gsq + offsets_[l], ws.scratch.data());
+                       layer.accumulate_squared_grads(theta + offsets_[l], X, gY, gsq + offsets_[l],
+                                                      ws.scratch.data());
                      layer.vjp(theta + offsets_[l], X, Y, aux, gY, gX, nullptr, ws.scratch.data());
                    });
 }
@@ -187,6 +261,7 @@ Mat<Scalar> Sequential<Scalar>::predict(const Scalar* theta, const Mat<Scalar>& 
 template class Sequential<float>;
 template class Sequential<double>;
 template std::unique_ptr<Layer<float>> make_layer<float>(const LayerSpec&, const Shape&, const std::string&);
-template std::unique_ptr<Layer<double>> make_layer<double>(const LayerSpec&, const Shape&, const std::string&);
+template std::unique_ptr<Layer<double>> make_layer<double>(const LayerSpec&, const Shape&,
+                                                           const std::string&);
 
 }  // namespace natgrad

@@ -1,5 +1,6 @@
 /// \file layer.h
-/// \brief The interface every network layer implements: forward, forward-mode (R-op) and reverse-mode products.
+/// \brief The interface every network layer implements: forward, forward-mode (R-op) and reverse-mode
+/// products.
 ///
 /// All three passes work on a chunk of samples at once, **samples as columns**, so linear and convolutional
 /// layers reduce to GEMMs. A layer holds no parameters: it receives a pointer to its slice of the model's one
@@ -9,7 +10,8 @@
 ///   - forward:  Y = f(X; θ), storing in `aux` whatever the other passes need beyond X and Y
 ///               (the argmax of a max-pool);
 ///   - jvp:      dY = ∂f/∂x · dX + ∂f/∂θ · dθ           (the R-operator; `dX == nullptr` means dX = 0);
-///   - vjp:      gX = (∂f/∂x)ᵀ gY,  gθ += (∂f/∂θ)ᵀ gY   (`gX == nullptr` skips the input cotangent, `gtheta == nullptr` the parameter one).
+///   - vjp:      gX = (∂f/∂x)ᵀ gY,  gθ += (∂f/∂θ)ᵀ gY   (`gX == nullptr` skips the input cotangent, `gtheta
+///   == nullptr` the parameter one).
 ///
 /// Layers are immutable after construction; every method is const and thread-safe as long as each thread
 /// passes its own output and scratch buffers.
@@ -40,7 +42,8 @@ struct ParamTensor {
 template <typename Scalar>
 class Layer {
  public:
-  Layer(const Shape& input_shape, const Shape& output_shape) : input_shape_(input_shape), output_shape_(output_shape) {}
+  Layer(const Shape& input_shape, const Shape& output_shape)
+      : input_shape_(input_shape), output_shape_(output_shape) {}
   virtual ~Layer() = default;
 
   virtual LayerType type() const = 0;
@@ -65,10 +68,22 @@ class Layer {
   virtual void vjp(const Scalar* theta, ConstMatMap<Scalar> X, ConstMatMap<Scalar> Y, const int32_t* aux,
                    ConstMatMap<Scalar> gY, Scalar* gX, Scalar* gtheta, Scalar* scratch) const = 0;
 
+  /// True for element-wise layers y = φ(x), which then implement scale_by_derivative.
+  virtual bool is_elementwise() const { return false; }
+  /// Element-wise layers: out = φ'(x) ∘ in on n scalars, where y = φ(x) (in and out may alias). Sequential
+  /// uses it to fuse an activation into the max-pool after it, where φ' is needed only at the selected
+  /// inputs.
+  virtual void scale_by_derivative(const Scalar* /*x*/, const Scalar* /*y*/, const Scalar* /*in*/,
+                                   Scalar* /*out*/, Index /*n*/) const {}
+  /// True when J is a selection: output o of a sample is its input aux[o] (max-pooling), with
+  /// aux_per_sample() == output_size().
+  virtual bool is_selection() const { return false; }
+
   /// gsq += Σ_n (∂ℓ_n/∂θ)², the per-sample parameter gradients squared, where column n of gY is ∂ℓ_n/∂y_n.
   /// Layers without parameters do nothing.
   virtual void accumulate_squared_grads(const Scalar* /*theta*/, ConstMatMap<Scalar> /*X*/,
-                                        ConstMatMap<Scalar> /*gY*/, Scalar* /*gsq*/, Scalar* /*scratch*/) const {}
+                                        ConstMatMap<Scalar> /*gY*/, Scalar* /*gsq*/,
+                                        Scalar* /*scratch*/) const {}
 
  private:
   Shape input_shape_;
@@ -78,6 +93,7 @@ class Layer {
 /// Builds the layer for `spec` receiving samples of `input_shape`; throws std::invalid_argument (prefixed
 /// with `where`) if the spec is invalid or does not accept that shape.
 template <typename Scalar>
-std::unique_ptr<Layer<Scalar>> make_layer(const LayerSpec& spec, const Shape& input_shape, const std::string& where);
+std::unique_ptr<Layer<Scalar>> make_layer(const LayerSpec& spec, const Shape& input_shape,
+                                          const std::string& where);
 
 }  // namespace natgrad

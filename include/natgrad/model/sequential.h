@@ -44,8 +44,8 @@ template <typename Scalar>
 struct Workspace {
   using Buffer = std::vector<Scalar, Eigen::aligned_allocator<Scalar>>;
   Index max_cols = 0;
-  Buffer a, b;      ///< ping-pong tangents / cotangents, max width × max_cols
-  Buffer scratch;   ///< layer scratch (im2col buffers)
+  Buffer a, b;                     ///< ping-pong tangents / cotangents, max width × max_cols
+  Buffer scratch;                  ///< layer scratch (im2col buffers)
   const Scalar* result = nullptr;  ///< where the last jvp left its output (output_size × n)
 };
 
@@ -94,8 +94,8 @@ class Sequential {
            Workspace<Scalar>& ws) const;
 
   /// gtheta += Jᵀ gZ summed over columns [col0, col0 + n), where gZ is output_size × n.
-  void vjp(const Scalar* theta, const ForwardCache<Scalar>& cache, Index col0, Index n, ConstMatMap<Scalar> gZ,
-           Scalar* gtheta, Workspace<Scalar>& ws) const;
+  void vjp(const Scalar* theta, const ForwardCache<Scalar>& cache, Index col0, Index n,
+           ConstMatMap<Scalar> gZ, Scalar* gtheta, Workspace<Scalar>& ws) const;
 
   /// gsq += Σ_n (J_nᵀ gZ_n)², the squared per-sample parameter gradients (for the empirical Fisher diagonal).
   void squared_vjp(const Scalar* theta, const ForwardCache<Scalar>& cache, Index col0, Index n,
@@ -112,6 +112,9 @@ class Sequential {
   Index num_params_ = 0;
   Index max_width_ = 0;
   std::size_t first_param_layer_ = 0;
+  // fused_[l]: layer l is element-wise and layer l + 1 a max-pool; jvp and vjp run the pair as one pass that
+  // touches only the selected inputs (see jvp_fused / vjp_fused in sequential.cpp).
+  std::vector<bool> fused_;
 };
 
 }  // namespace natgrad
