@@ -29,6 +29,10 @@ std::vector<LayerCase> layer_cases() {
       {"conv2d_pad", LayerSpec::conv2d(2, 3, 3, 1, 1), {2, 5, 5}},
       {"conv2d_stride_nobias", strided, {2, 6, 5}},
       {"conv2d_same_5x3", same5, {2, 4, 6}},
+      // Big enough that samples are processed in blocks of 2 (3 samples: blocks of 2 and 1) and of 1, where
+      // the GEMM reads and writes the CHW tensors in place.
+      {"conv2d_blocks_of_2", LayerSpec::conv2d(8, 2, 3, 1, 1), {8, 13, 13}},
+      {"conv2d_blocks_of_1", LayerSpec::conv2d(8, 2, 3, 1, 1), {8, 16, 16}},
       {"relu", LayerSpec::activation(LayerType::relu), {2, 3, 3}},
       {"tanh", LayerSpec::activation(LayerType::tanh), {7}},
       {"sigmoid", LayerSpec::activation(LayerType::sigmoid), {7}},

@@ -118,6 +118,66 @@ TEST(Sequential, ConvolutionMatchesADirectSum) {
   }
 }
 
+// Sequential runs an activation followed by a max-pool as one fused pass; it must equal running the two
+// layers one after the other through the Layer interface: bit for bit for the R-op, and to rounding for
+// backprop where overlapping pool windows reorder a sum.
+TEST(Sequential, FusedActivationAndMaxPoolEqualLayerByLayer) {
+  for (LayerType act : {LayerType::relu, LayerType::tanh, LayerType::gelu, LayerType::sigmoid})
+    for (Index pool_kernel : {2, 3}) {
+      SCOPED_TRACE(std::string(to_string(act)) + " pool " + std::to_string(pool_kernel));
+      ModelSpec s;
+      s.input_shape = {2, 7, 7};
+      s.layers = {LayerSpec::conv2d(2, 3, 3, 1, 1), LayerSpec::activation(act),
+                  LayerSpec::maxpool2d(pool_kernel, 2), LayerSpec::flatten()};
+      s.layers.push_back(LayerSpec::linear(3 * 3 * 3, 4));
+      Sequential<double> m(s);
+      const Vec<double> theta = random_vec<double>(m.num_params(), 1),
+                        v = random_vec<double>(m.num_params(), 2);
+      const Index n = 5;
+      auto cache = m.make_cache(random_mat<double>(m.input_size(), n, 3));
+      m.forward(theta.data(), cache, 0, n);
+      auto ws = m.make_workspace(n);
+      Index scratch_size = 0;
+      for (std::size_t l = 0; l < m.num_layers(); ++l)
+        scratch_size = std::max(scratch_size, m.layer(l).scratch_size(n));
+      Workspace<double>::Buffer scratch(static_cast<std::size_t>(scratch_size));
+
+      // Reference: each layer's own jvp, then each layer's own vjp, chained by hand.
+      Mat<double> t;  // tangent entering the current layer (empty: zero)
+      for (std::size_t l = 0; l < m.num_layers(); ++l) {
+        const Layer<double>& L = m.layer(l);
+        Mat<double> out(L.output_size(), n);
+        const int32_t* aux = L.aux_per_sample() ? cache.aux[l].data() : nullptr;
+        L.jvp(theta.data() + m.param_offset(l), v.data() + m.param_offset(l),
+              ConstMatMap<double>(cache.acts[l].data(), L.input_size(), n),
+              ConstMatMap<double>(cache.acts[l + 1].data(), L.output_size(), n), aux,
+              t.size() ? t.data() : nullptr, MatMap<double>(out.data(), out.rows(), n), scratch.data());
+        t = out;
+      }
+      m.jvp(theta.data(), v.data(), cache, 0, n, ws);
+      EXPECT_TRUE((ConstMatMap<double>(ws.result, m.output_size(), n).array() == t.array()).all());
+
+      const Mat<double> gz = random_mat<double>(m.output_size(), n, 4);
+      Vec<double> g_ref = Vec<double>::Zero(m.num_params()), g = Vec<double>::Zero(m.num_params());
+      Mat<double> gy = gz;
+      for (std::size_t l = m.num_layers(); l-- > 0;) {
+        const Layer<double>& L = m.layer(l);
+        Mat<double> gx(L.input_size(), n);
+        const int32_t* aux = L.aux_per_sample() ? cache.aux[l].data() : nullptr;
+        L.vjp(theta.data() + m.param_offset(l), ConstMatMap<double>(cache.acts[l].data(), L.input_size(), n),
+              ConstMatMap<double>(cache.acts[l + 1].data(), L.output_size(), n), aux,
+              ConstMatMap<double>(gy.data(), L.output_size(), n), l > 0 ? gx.data() : nullptr,
+              L.num_params() ? g_ref.data() + m.param_offset(l) : nullptr, scratch.data());
+        gy = gx;
+      }
+      m.vjp(theta.data(), cache, 0, n, ConstMatMap<double>(gz.data(), m.output_size(), n), g.data(), ws);
+      if (pool_kernel == 2)
+        EXPECT_TRUE((g.array() == g_ref.array()).all());
+      else
+        EXPECT_LT(rel_err_vec(g, g_ref), 1e-14);
+    }
+}
+
 TEST(Sequential, WrongParameterVectorSizeIsRejected) {
   Sequential<double> m(mlp_spec(3, 4, 2));
   try {
