@@ -61,6 +61,10 @@ class Elementwise final : public Layer<Scalar> {
   }
 
   bool is_elementwise() const override { return true; }
+  bool derivative_needs_input() const override {
+    return type_ == LayerType::gelu || type_ == LayerType::softplus ||
+           (type_ == LayerType::leaky_relu && !(slope_ >= 0));
+  }
   void scale_by_derivative(const Scalar* x, const Scalar* y, const Scalar* in, Scalar* out,
                            Index n) const override {
     apply_derivative(x, y, in, out, n);
@@ -71,11 +75,14 @@ class Elementwise final : public Layer<Scalar> {
   // compiler vectorizes.
   void apply_derivative(const Scalar* x, const Scalar* y, const Scalar* in, Scalar* out, Index n) const {
     switch (type_) {
-      case LayerType::relu:
-        for (Index k = 0; k < n; ++k) out[k] = x[k] > 0 ? in[k] : Scalar(0);
+      case LayerType::relu:  // y > 0 exactly where x > 0 (a NaN fails both)
+        for (Index k = 0; k < n; ++k) out[k] = y[k] > 0 ? in[k] : Scalar(0);
         break;
-      case LayerType::leaky_relu:
-        for (Index k = 0; k < n; ++k) out[k] = x[k] > 0 ? in[k] : slope_ * in[k];
+      case LayerType::leaky_relu:  // from y too when the slope keeps the sign of x
+        if (slope_ >= 0)
+          for (Index k = 0; k < n; ++k) out[k] = y[k] > 0 ? in[k] : slope_ * in[k];
+        else
+          for (Index k = 0; k < n; ++k) out[k] = x[k] > 0 ? in[k] : slope_ * in[k];
         break;
       case LayerType::tanh:  // 1 − y²
         for (Index k = 0; k < n; ++k) {

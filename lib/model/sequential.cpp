@@ -121,14 +121,16 @@ namespace {
 //   R-op:      dy[o] = φ'(x[arg[o]]) dx[arg[o]]
 //   backprop:  gx = 0, then gx[arg[o]] += φ'(x[arg[o]]) gy[o]
 // φ' is evaluated only at the selected inputs (a quarter for 2 × 2 pools), and y[arg[o]] is the pool's own
-// output. x[arg[o]] is gathered first so that φ' runs as a contiguous, vectorized loop (a gathered loop with
-// relu's data-dependent select does not vectorize and mispredicts). The R-op equals running the two layers
+// output, so relu, tanh and sigmoid (φ' a function of y) never read x. Otherwise x[arg[o]] is gathered first,
+// so that φ' runs as a contiguous, vectorized loop (a gathered loop with relu's data-dependent select does
+// not vectorize and mispredicts). The R-op equals running the two layers
 // one after the other bit for bit; so does backprop when pool windows do not overlap (otherwise the terms
 // reaching one input are summed as Σ φ' g instead of φ' Σ g).
 template <typename Scalar>
 void jvp_fused(const Layer<Scalar>& act, const ForwardCache<Scalar>& cache, std::size_t a, Index col0,
                Index n, const Scalar* dx, Scalar* dy, Scalar* xg) {
   const Index in = act.input_size(), out = cache.acts[a + 2].rows();
+  const bool gather_x = act.derivative_needs_input();
   if (!dx) {
     std::fill(dy, dy + out * n, Scalar(0));
     return;
@@ -138,11 +140,10 @@ void jvp_fused(const Layer<Scalar>& act, const ForwardCache<Scalar>& cache, std:
     const Scalar* x = cache.acts[a].data() + (col0 + j) * in;
     const Scalar* t = dx + j * in;
     Scalar* o = dy + j * out;
-    for (Index k = 0; k < out; ++k) {
-      xg[k] = x[arg[k]];
-      o[k] = t[arg[k]];
-    }
-    act.scale_by_derivative(xg, cache.acts[a + 2].data() + (col0 + j) * out, o, o, out);
+    for (Index k = 0; k < out; ++k) o[k] = t[arg[k]];
+    if (gather_x)
+      for (Index k = 0; k < out; ++k) xg[k] = x[arg[k]];
+    act.scale_by_derivative(gather_x ? xg : nullptr, cache.acts[a + 2].data() + (col0 + j) * out, o, o, out);
   }
 }
 
@@ -150,11 +151,14 @@ template <typename Scalar>
 void vjp_fused(const Layer<Scalar>& act, const ForwardCache<Scalar>& cache, std::size_t a, Index col0,
                Index n, const Scalar* gy, Scalar* gx, Scalar* xg, Scalar* tmp) {
   const Index in = act.input_size(), out = cache.acts[a + 2].rows();
+  const bool gather_x = act.derivative_needs_input();
   for (Index j = 0; j < n; ++j) {
     const int32_t* arg = cache.aux[a + 1].data() + (col0 + j) * out;
     const Scalar* x = cache.acts[a].data() + (col0 + j) * in;
-    for (Index k = 0; k < out; ++k) xg[k] = x[arg[k]];
-    act.scale_by_derivative(xg, cache.acts[a + 2].data() + (col0 + j) * out, gy + j * out, tmp, out);
+    if (gather_x)
+      for (Index k = 0; k < out; ++k) xg[k] = x[arg[k]];
+    act.scale_by_derivative(gather_x ? xg : nullptr, cache.acts[a + 2].data() + (col0 + j) * out,
+                            gy + j * out, tmp, out);
     Scalar* g = gx + j * in;
     std::fill(g, g + in, Scalar(0));
     for (Index k = 0; k < out; ++k) g[arg[k]] += tmp[k];

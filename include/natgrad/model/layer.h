@@ -72,9 +72,10 @@ class Layer {
   virtual bool is_elementwise() const { return false; }
   /// Element-wise layers: out = φ'(x) ∘ in on n scalars, where y = φ(x) (in and out may alias). Sequential
   /// uses it to fuse an activation into the max-pool after it, where φ' is needed only at the selected
-  /// inputs.
+  /// inputs. x may be null unless derivative_needs_input(): relu, tanh and sigmoid read φ' off y alone.
   virtual void scale_by_derivative(const Scalar* /*x*/, const Scalar* /*y*/, const Scalar* /*in*/,
                                    Scalar* /*out*/, Index /*n*/) const {}
+  virtual bool derivative_needs_input() const { return true; }
   /// True when J is a selection: output o of a sample is its input aux[o] (max-pooling), with
   /// aux_per_sample() == output_size().
   virtual bool is_selection() const { return false; }
