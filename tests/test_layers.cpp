@@ -1,6 +1,8 @@
 // Every layer type: the R-op and backprop against central finite differences of the forward pass, and the
 // adjoint identity ⟨gY, J·(dX, dθ)⟩ = ⟨Jᵀ gY, (dX, dθ)⟩.
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <numeric>
 
 #include "test_helpers.h"
@@ -166,5 +168,56 @@ TYPED_TEST(LayerDerivatives, ZeroInputTangentIsTheSameAsAnExplicitZero) {
                ConstMatMap<Scalar>(Y.data(), out, n), aux.data(), zero.data(),
                MatMap<Scalar>(b.data(), out, n), scratch.data());
     EXPECT_EQ(a, b);
+  }
+}
+
+// Max-pooling forward against a window-by-window reference, as PyTorch defines it: the first maximum in
+// row-major window order wins, and a NaN wins over numbers. The inputs take few distinct values (many ties)
+// and include NaNs; kernels cover the unrolled 2 × 2 / stride-2 path and the general one.
+TEST(Pooling, MaxPoolPicksTheFirstMaximumAndPropagatesNaN) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  struct Case {
+    Index k, s;
+    Shape in;
+  };
+  for (const Case& c :
+       {Case{2, 2, {3, 6, 8}}, Case{2, 2, {2, 7, 5}}, Case{3, 2, {2, 7, 7}}, Case{2, 1, {2, 5, 4}}}) {
+    SCOPED_TRACE("kernel " + std::to_string(c.k) + " stride " + std::to_string(c.s));
+    auto layer = make_layer<double>(LayerSpec::maxpool2d(c.k, c.s), c.in, "pool");
+    const Index n = 3, C = c.in[0], H = c.in[1], W = c.in[2];
+    Mat<double> X(layer->input_size(), n);
+    const CounterRng rng(7, 1);
+    for (Index q = 0; q < X.size(); ++q) {
+      const uint64_t r = rng.bits(uint64_t(q));
+      X.data()[q] = r % 23 == 0 ? nan : double(int(r % 4) - 1);  // -1, 0, 1, 2 and a few NaNs
+    }
+    Mat<double> Y(layer->output_size(), n);
+    std::vector<int32_t> arg(static_cast<std::size_t>(layer->aux_per_sample() * n));
+    layer->forward(nullptr, ConstMatMap<double>(X.data(), X.rows(), n), MatMap<double>(Y.data(), Y.rows(), n),
+                   arg.data());
+    const Index Ho = layer->output_shape()[1], Wo = layer->output_shape()[2];
+    for (Index j = 0; j < n; ++j)
+      for (Index ch = 0; ch < C; ++ch)
+        for (Index oh = 0; oh < Ho; ++oh)
+          for (Index ow = 0; ow < Wo; ++ow) {
+            Index best = -1;
+            for (Index i = 0; i < c.k; ++i)
+              for (Index jj = 0; jj < c.k; ++jj) {
+                const Index q = (ch * H + oh * c.s + i) * W + ow * c.s + jj;
+                const double v = X(q, j);
+                if (best < 0) {
+                  best = q;
+                  continue;
+                }
+                const double m = X(best, j);
+                if (std::isnan(m)) continue;
+                if (std::isnan(v) || v > m) best = q;
+              }
+            const Index o = (ch * Ho + oh) * Wo + ow;
+            EXPECT_EQ(arg[static_cast<std::size_t>(j * Y.rows() + o)], best)
+                << "sample " << j << " output " << o;
+            const double want = X(best, j), got = Y(o, j);
+            EXPECT_TRUE(std::isnan(want) ? std::isnan(got) : got == want);
+          }
   }
 }

@@ -60,6 +60,21 @@ TEST(NumericalFailures, ALayerProducingInfIsNamedWithItsSample) {
     FisherOperator<float> F(model, init_parameters(model, 1), LikelihoodKind::categorical, d);
     EXPECT_EQ(F.forward_error(), "the input is NaN or Inf, first at sample 2");
   }
+  {
+    // Chunks of 2 samples, searched in parallel: the earliest layer wins over the earliest chunk. Sample 3
+    // (chunk 1) overflows in layer 0; sample 4 (chunk 2) has a NaN input, which is earlier in the network.
+    FisherOptions chunks;
+    chunks.chunk_size = 2;
+    Overflow o(0);
+    {
+      FisherOperator<float> F(o.model, o.theta, LikelihoodKind::categorical, o.data, chunks);
+      EXPECT_EQ(F.forward_error(), "the output of layer 0 (linear) is NaN or Inf, first at sample 3");
+    }
+    o.data.inputs(0, 4) = std::numeric_limits<float>::infinity();
+    o.data.inputs(1, 5) = std::numeric_limits<float>::quiet_NaN();
+    FisherOperator<float> F(o.model, o.theta, LikelihoodKind::categorical, o.data, chunks);
+    EXPECT_EQ(F.forward_error(), "the input is NaN or Inf, first at sample 4");
+  }
 }
 
 TEST(NumericalFailures, FiniteForwardHasNoError) {

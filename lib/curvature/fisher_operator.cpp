@@ -32,9 +32,12 @@ bool FisherOptions::is_valid(std::string* why) const {
     if (why) *why = m;
     return false;
   };
-  if (kind == FisherKind::mc && mc_samples < 1) return bad("mc_samples must be >= 1, got " + std::to_string(mc_samples));
-  if (!(damping >= 0) || !std::isfinite(damping)) return bad("damping must be finite and >= 0, got " + std::to_string(damping));
-  if (chunk_size < 0) return bad("chunk_size must be >= 0 (0 = automatic), got " + std::to_string(chunk_size));
+  if (kind == FisherKind::mc && mc_samples < 1)
+    return bad("mc_samples must be >= 1, got " + std::to_string(mc_samples));
+  if (!(damping >= 0) || !std::isfinite(damping))
+    return bad("damping must be finite and >= 0, got " + std::to_string(damping));
+  if (chunk_size < 0)
+    return bad("chunk_size must be >= 0 (0 = automatic), got " + std::to_string(chunk_size));
   if (num_slots < 0) return bad("num_slots must be >= 0 (0 = automatic), got " + std::to_string(num_slots));
   if (num_threads < 0) return bad("num_threads must be >= 0, got " + std::to_string(num_threads));
   return true;
@@ -58,13 +61,19 @@ template <typename Scalar>
 FisherOperator<Scalar>::FisherOperator(const Sequential<Scalar>& model, const Vec<Scalar>& theta,
                                        LikelihoodKind likelihood, const Dataset<Scalar>& data,
                                        const FisherOptions& options)
-    : model_(model), theta_(theta), likelihood_(likelihood), options_(options), damping_(options.damping),
-      num_params_(model.num_params()), num_samples_(data.size()) {
+    : model_(model),
+      theta_(theta),
+      likelihood_(likelihood),
+      options_(options),
+      damping_(options.damping),
+      num_params_(model.num_params()),
+      num_samples_(data.size()) {
   std::string why;
   if (!options.is_valid(&why)) throw std::invalid_argument("FisherOptions: " + why);
   model.check_params(theta.size());
   if (num_samples_ == 0) throw std::invalid_argument("the batch is empty");
-  if (options.kind == FisherKind::empirical || likelihood == LikelihoodKind::categorical || data.targets.size() > 0)
+  if (options.kind == FisherKind::empirical || likelihood == LikelihoodKind::categorical ||
+      data.targets.size() > 0)
     check_targets(likelihood, data, model.output_size());
   // The targets only; a 0 × N input matrix (no storage) keeps data_.size() == N for the target checks.
   data_.inputs.resize(0, num_samples_);
@@ -97,25 +106,38 @@ void FisherOperator<Scalar>::rebind(const Vec<Scalar>& theta) {
 
 template <typename Scalar>
 void FisherOperator<Scalar>::run_forward() {
-  // The forward pass, once per parameter vector; its activations serve every later product.
+  // The forward pass, once per parameter vector; its activations serve every later product. Each chunk then
+  // looks for the first layer (input included) where a NaN or Inf appears, while its activations are still
+  // in cache; the earliest such layer over all chunks, and its first sample, are reported.
   const Index cs = chunk_size_;
+  const std::size_t none = cache_.acts.size();
+  std::vector<std::pair<std::size_t, Index>> first_bad(static_cast<std::size_t>(num_chunks_), {none, 0});
 #ifdef NATGRAD_HAVE_OPENMP
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads_)
 #endif
   for (Index k = 0; k < num_chunks_; ++k) {
-    const Index c0 = k * cs;
-    model_.forward(theta_.data(), cache_, c0, std::min(cs, num_samples_ - c0));
+    const Index c0 = k * cs, n = std::min(cs, num_samples_ - c0);
+    model_.forward(theta_.data(), cache_, c0, n);
+    for (std::size_t l = 0; l < cache_.acts.size(); ++l) {
+      const auto block = cache_.acts[l].middleCols(c0, n);
+      // x·0 is 0 for every finite x and NaN otherwise: one vectorized pass, no per-element branch.
+      if (!std::isnan((block.array() * Scalar(0)).sum())) continue;
+      Index j = 0;
+      while (!std::isnan((block.col(j).array() * Scalar(0)).sum())) ++j;
+      first_bad[static_cast<std::size_t>(k)] = {l, c0 + j};
+      break;
+    }
   }
-  // Where does a NaN or Inf first appear? Scan the activations in layer order (one cheap pass).
   forward_error_.clear();
-  for (std::size_t l = 0; l < cache_.acts.size() && forward_error_.empty(); ++l) {
-    const Mat<Scalar>& A = cache_.acts[l];
-    if (A.allFinite()) continue;
-    Index n = 0;
-    while (n < A.cols() && A.col(n).allFinite()) ++n;
-    forward_error_ = (l == 0 ? std::string("the input") :
-                      "the output of layer " + std::to_string(l - 1) + " (" + model_.layer(l - 1).name() + ")") +
-                     " is NaN or Inf, first at sample " + std::to_string(n);
+  const auto bad = std::min_element(first_bad.begin(), first_bad.end(), [](const auto& a, const auto& b) {
+    return a.first < b.first;  // the first chunk among those with the earliest layer: its first sample
+  });
+  if (bad != first_bad.end() && bad->first != none) {
+    const std::size_t l = bad->first;
+    forward_error_ =
+        (l == 0 ? std::string("the input")
+                : "the output of layer " + std::to_string(l - 1) + " (" + model_.layer(l - 1).name() + ")") +
+        " is NaN or Inf, first at sample " + std::to_string(bad->second);
   }
   const Mat<Scalar>& Z = cache_.acts.back();
   curvature_ = OutputCurvature<Scalar>(likelihood_, options_.kind, options_.mc_samples, options_.seed,
@@ -173,9 +195,9 @@ template <typename Scalar>
 void FisherOperator<Scalar>::perform_op(const Scalar* x, Scalar* y) const {
   const Index C = model_.output_size();
   for_each_chunk([&](Index c0, Index n, Scalar* acc, Workspace<Scalar>& ws, Mat<Scalar>& hbuf) {
-    model_.jvp(theta_.data(), x, cache_, c0, n, ws);                       // u = J v
+    model_.jvp(theta_.data(), x, cache_, c0, n, ws);  // u = J v
     MatMap<Scalar> hu(hbuf.data(), C, n);
-    curvature_.apply(c0, ConstMatMap<Scalar>(ws.result, C, n), hu);       // w = H u
+    curvature_.apply(c0, ConstMatMap<Scalar>(ws.result, C, n), hu);                           // w = H u
     model_.vjp(theta_.data(), cache_, c0, n, ConstMatMap<Scalar>(hu.data(), C, n), acc, ws);  // acc += Jᵀ w
   });
   reduce_slots(Scalar(1) / Scalar(num_samples_), x, static_cast<Scalar>(damping_), y);  // F v = Σ / N, + λ v
