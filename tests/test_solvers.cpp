@@ -180,6 +180,22 @@ TEST(ConjugateGradient, SingularOperatorWithoutDampingStopsWithItsBestIterate) {
   EXPECT_LT(rel_err((apply(F, x) - b).norm() / b.norm(), best), 1e-6);
 }
 
+TEST(ConjugateGradient, IterationLimitMessageStatesTheNumbers) {
+  Problem p(mlp_spec(6, 10, 4), 20, 7);
+  FisherOptions fo;
+  fo.damping = 1e-2;
+  FisherOperator<double> F(p.model, p.theta, LikelihoodKind::categorical, p.data, fo);
+  CgOptions opt;
+  opt.relative_tolerance = 1e-12;
+  opt.max_iterations = 3;
+  Vec<double> x;
+  const CgSummary s = solve(F, F.gradient(), x, opt);
+  ASSERT_EQ(s.termination, CgTermination::max_iterations);
+  // The tolerance as itself (std::to_string printed 1e-12 as 0.000000) and the reached residual.
+  EXPECT_NE(s.message.find("reached max_iterations = 3 with |r|/|b| = "), std::string::npos) << s.message;
+  EXPECT_NE(s.message.find(" > 1e-12"), std::string::npos) << s.message;
+}
+
 TEST(ConjugateGradient, WarmStartNeedsFewerIterations) {
   Problem p(mlp_spec(6, 10, 4), 20, 7);
   FisherOptions fo;

@@ -33,11 +33,21 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <functional>
 #include <string>
 #include <vector>
 
 namespace natgrad {
+
+namespace detail {
+/// A number for a CG message: 4 significant digits, exponent when needed (1e-12 must not print as 0.000000).
+inline std::string cg_number(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.4g", v);
+  return buf;
+}
+}  // namespace detail
 
 enum class CgTermination { converged, relative_progress, max_iterations, breakdown, user_stop };
 const char* to_string(CgTermination t);
@@ -46,10 +56,10 @@ enum class CallbackResult { keep_going, stop };
 
 /// What the callback sees after each iteration.
 struct CgIterationInfo {
-  Index iteration = 0;             ///< 1-based
-  double relative_residual = 0;    ///< ‖r‖ / ‖b‖
-  double quadratic_model = 0;      ///< φ(x)
-  double step_size = 0;            ///< α
+  Index iteration = 0;           ///< 1-based
+  double relative_residual = 0;  ///< ‖r‖ / ‖b‖
+  double quadratic_model = 0;    ///< φ(x)
+  double step_size = 0;          ///< α
   double elapsed_s = 0;
 };
 
@@ -72,15 +82,15 @@ struct CgOptions {
 
 struct CgSummary {
   CgTermination termination = CgTermination::max_iterations;
-  std::string message;                  ///< why it stopped, with the numbers
+  std::string message;  ///< why it stopped, with the numbers
   Index iterations = 0;
   Index operator_applications = 0;
   Index preconditioner_applications = 0;
-  double rhs_norm = 0;                  ///< ‖b‖
-  double relative_residual = 0;         ///< final ‖r‖ / ‖b‖ (recursively updated residual)
-  std::vector<double> residual_history;  ///< ‖r_i‖ / ‖b‖, i = 0 … iterations
-  std::vector<double> quadratic_history; ///< φ(x_i), i = 0 … iterations
-  Index returned_iterate = 0;           ///< which iterate x is (the best one after a breakdown or the limit)
+  double rhs_norm = 0;                    ///< ‖b‖
+  double relative_residual = 0;           ///< final ‖r‖ / ‖b‖ (recursively updated residual)
+  std::vector<double> residual_history;   ///< ‖r_i‖ / ‖b‖, i = 0 … iterations
+  std::vector<double> quadratic_history;  ///< φ(x_i), i = 0 … iterations
+  Index returned_iterate = 0;  ///< which iterate x is (the best one after a breakdown or the limit)
   double time_s = 0;
 
   /// converged or relative_progress: the solution is usable as asked.
@@ -118,10 +128,13 @@ CgSummary conjugate_gradient(const Op& A, const Preconditioner& M, const typenam
   std::string why;
   if (!options.is_valid(&why)) throw std::invalid_argument("CgOptions: " + why);
   const Index n = A.rows();
-  if (ws.r.size() != n) throw std::invalid_argument("CgWorkspace has size " + std::to_string(ws.r.size()) +
-                                                    " but the operator has " + std::to_string(n) + " rows");
+  if (ws.r.size() != n)
+    throw std::invalid_argument("CgWorkspace has size " + std::to_string(ws.r.size()) +
+                                " but the operator has " + std::to_string(n) + " rows");
   const auto start = std::chrono::steady_clock::now();
-  auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
+  auto elapsed = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
 
   ConstVecMap<Scalar> b(b_in, n);
   VecMap<Scalar> x(x_out, n);
@@ -166,7 +179,7 @@ CgSummary conjugate_gradient(const Op& A, const Preconditioner& M, const typenam
   }
   if (rel <= options.relative_tolerance) {
     s.termination = CgTermination::converged;
-    s.message = "the initial guess already meets the tolerance: |r|/|b| = " + std::to_string(rel);
+    s.message = "the initial guess already meets the tolerance: |r|/|b| = " + detail::cg_number(rel);
     s.time_s = elapsed();
     return s;
   }
@@ -185,7 +198,7 @@ CgSummary conjugate_gradient(const Op& A, const Preconditioner& M, const typenam
     const double pAp = double(ws.p.dot(ws.Ap));
     if (!(pAp > 0) || !std::isfinite(pAp) || !std::isfinite(rz)) {
       s.termination = CgTermination::breakdown;
-      s.message = "breakdown at iteration " + std::to_string(i) + ": p^T A p = " + std::to_string(pAp) +
+      s.message = "breakdown at iteration " + std::to_string(i) + ": p^T A p = " + detail::cg_number(pAp) +
                   (std::isfinite(pAp) ? " <= 0 (the operator is indefinite or singular along p; add damping)"
                                       : " is not finite (NaN or Inf in the operator)");
       break;
@@ -208,14 +221,16 @@ CgSummary conjugate_gradient(const Op& A, const Preconditioner& M, const typenam
       CgIterationInfo info{i, rel, phi_i, alpha, elapsed()};
       if (options.callback(info) == CallbackResult::stop) {
         s.termination = CgTermination::user_stop;
-        s.message = "stopped by the callback at iteration " + std::to_string(i) + ", |r|/|b| = " + std::to_string(rel);
+        s.message = "stopped by the callback at iteration " + std::to_string(i) +
+                    ", |r|/|b| = " + detail::cg_number(rel);
         break;
       }
     }
     if (rel <= options.relative_tolerance) {
       s.termination = CgTermination::converged;
-      s.message = "|r|/|b| = " + std::to_string(rel) + " <= " + std::to_string(options.relative_tolerance) +
-                  " after " + std::to_string(i) + " iterations";
+      s.message = "|r|/|b| = " + detail::cg_number(rel) +
+                  " <= " + detail::cg_number(options.relative_tolerance) + " after " + std::to_string(i) +
+                  " iterations";
       break;
     }
     if (options.use_relative_progress) {
@@ -225,8 +240,9 @@ CgSummary conjugate_gradient(const Op& A, const Preconditioner& M, const typenam
         if (progress < double(k) * options.progress_epsilon) {
           s.termination = CgTermination::relative_progress;
           s.message = "relative progress of phi over the last " + std::to_string(k) + " iterations is " +
-                      std::to_string(progress) + " < k*eps = " + std::to_string(double(k) * options.progress_epsilon) +
-                      " at iteration " + std::to_string(i) + ", |r|/|b| = " + std::to_string(rel);
+                      detail::cg_number(progress) +
+                      " < k*eps = " + detail::cg_number(double(k) * options.progress_epsilon) +
+                      " at iteration " + std::to_string(i) + ", |r|/|b| = " + detail::cg_number(rel);
           break;
         }
       }
@@ -239,16 +255,19 @@ CgSummary conjugate_gradient(const Op& A, const Preconditioner& M, const typenam
   }
   if (s.termination == CgTermination::max_iterations)
     s.message = "reached max_iterations = " + std::to_string(options.max_iterations) +
-                " with |r|/|b| = " + std::to_string(rel) + " > " + std::to_string(options.relative_tolerance);
+                " with |r|/|b| = " + detail::cg_number(rel) + " > " +
+                detail::cg_number(options.relative_tolerance);
   s.returned_iterate = s.iterations;
   if ((s.termination == CgTermination::breakdown || s.termination == CgTermination::max_iterations) &&
       best_iter != s.iterations) {
     x = ws.best;
     s.returned_iterate = best_iter;
     s.relative_residual = best_rel;
-    s.message += "; returned iterate " + std::to_string(best_iter) + ", the one with the smallest residual";
+    s.message += "; returned iterate " + std::to_string(best_iter) +
+                 " (|r|/|b| = " + detail::cg_number(best_rel) + "), the one with the smallest residual";
   } else if (s.termination == CgTermination::breakdown) {
-    s.message += "; returned iterate " + std::to_string(s.iterations) + ", the one with the smallest residual";
+    s.message +=
+        "; returned iterate " + std::to_string(s.iterations) + ", the one with the smallest residual";
   }
   s.time_s = elapsed();
   return s;
