@@ -1,10 +1,13 @@
 // "The product allocates nothing after the first call": every heap allocation of this process goes through
-// the interposed malloc family below, which counts while a test holds a CountAllocations. operator new and
-// Eigen's aligned allocator both end in malloc. Built without sanitizers only (ASan owns malloc).
+// the interposed malloc family below, which counts while a test holds a CountAllocations, and keeps the live
+// heap size and its peak. operator new and Eigen's aligned allocator both end in malloc. Built without
+// sanitizers only (ASan owns malloc).
 //
 // Also: the caller-buffer GEMM that makes this possible (lib/core/gemm.h) gives bit for bit what Eigen's
-// own product gives.
+// own product gives, and `natgrad info`'s memory estimate bounds the heap a solve really uses.
 #include <malloc.h>
+#include <natgrad/natural_gradient/memory_estimate.h>
+#include <natgrad/natural_gradient/solve_natural_gradient.h>
 
 #include <atomic>
 #include <cstddef>
@@ -17,14 +20,38 @@ void* __libc_malloc(std::size_t);
 void* __libc_calloc(std::size_t, std::size_t);
 void* __libc_realloc(void*, std::size_t);
 void* __libc_memalign(std::size_t, std::size_t);
+void __libc_free(void*);
 }
 
 namespace {
 std::atomic<long> g_allocations{0};
 std::atomic<bool> g_counting{false};
+std::atomic<long long> g_live{0}, g_peak{0};  // heap bytes in use (usable sizes), and their maximum
 void count() {
   if (g_counting.load(std::memory_order_relaxed)) g_allocations.fetch_add(1, std::memory_order_relaxed);
 }
+void* grew(void* p) {
+  if (!p) return p;
+  const long long live = g_live.fetch_add(static_cast<long long>(malloc_usable_size(p))) +
+                         static_cast<long long>(malloc_usable_size(p));
+  long long peak = g_peak.load();
+  while (live > peak && !g_peak.compare_exchange_weak(peak, live)) {
+  }
+  return p;
+}
+void shrinking(void* p) {
+  if (p) g_live.fetch_sub(static_cast<long long>(malloc_usable_size(p)));
+}
+
+// The heap's peak above its size at construction.
+class HeapPeak {
+ public:
+  HeapPeak() : base_(g_live.load()) { g_peak = base_; }
+  long long bytes() const { return g_peak.load() - base_; }
+
+ private:
+  long long base_;
+};
 
 // Counts the allocations made between construction and allocations().
 class CountAllocations {
@@ -44,27 +71,32 @@ class CountAllocations {
 extern "C" {
 void* malloc(std::size_t n) {
   count();
-  return __libc_malloc(n);
+  return grew(__libc_malloc(n));
+}
+void free(void* p) {
+  shrinking(p);
+  __libc_free(p);
 }
 void* calloc(std::size_t n, std::size_t size) {
   count();
-  return __libc_calloc(n, size);
+  return grew(__libc_calloc(n, size));
 }
 void* realloc(void* p, std::size_t n) {
   count();
-  return __libc_realloc(p, n);
+  shrinking(p);
+  return grew(__libc_realloc(p, n));
 }
 void* memalign(std::size_t align, std::size_t n) {
   count();
-  return __libc_memalign(align, n);
+  return grew(__libc_memalign(align, n));
 }
 void* aligned_alloc(std::size_t align, std::size_t n) {
   count();
-  return __libc_memalign(align, n);
+  return grew(__libc_memalign(align, n));
 }
 int posix_memalign(void** p, std::size_t align, std::size_t n) {
   count();
-  *p = __libc_memalign(align, n);
+  *p = grew(__libc_memalign(align, n));
   return *p ? 0 : 12;  // ENOMEM
 }
 }
@@ -156,4 +188,33 @@ TEST(CallerBufferGemm, EqualsEigensProductBitForBit) {
           EXPECT_LT(rel_err_vec(C, expected), 1e-5);
         }
       }
+}
+
+// The estimate `natgrad info` prints and `--max-memory` checks against: an upper bound on the heap a solve
+// uses, and a tight one (the caller's θ and data, allocated before the solve, are the only parts it counts
+// that this peak does not). With and without a separate, smaller curvature batch.
+TEST(MemoryEstimate, BoundsTheHeapPeakOfASolveTightly) {
+  const ModelSpec spec = mlp_spec(784, 512, 10);
+  Sequential<float> model(spec);
+  const Vec<float> theta = init_parameters(model, 1);
+  const Dataset<float> data = random_dataset(model, 600, LikelihoodKind::categorical, 2);
+  for (Index curvature_batch : {Index(0), Index(150)}) {
+    SCOPED_TRACE("curvature batch " + std::to_string(curvature_batch));
+    NaturalGradientOptions options;
+    options.curvature_batch = curvature_batch;
+    options.fisher.damping = 1e-2;
+    options.fisher.num_threads = 2;
+    options.cg.max_iterations = 5;
+    const MemoryEstimate estimate =
+        estimate_solve_memory(spec, data.size(), curvature_batch, sizeof(float), options.fisher, 0, 2);
+    long long peak = 0;
+    {
+      HeapPeak heap;
+      const auto r = solve_natural_gradient(model, theta, LikelihoodKind::categorical, data, options);
+      peak = heap.bytes();
+      ASSERT_TRUE(r.ok()) << r.failure;
+    }
+    EXPECT_LE(peak, static_cast<long long>(estimate.total)) << estimate.report();
+    EXPECT_GE(peak, static_cast<long long>(0.85 * double(estimate.total))) << estimate.report();
+  }
 }

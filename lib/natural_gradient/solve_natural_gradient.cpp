@@ -18,7 +18,8 @@ bool NaturalGradientOptions::is_valid(std::string* why) const {
   if (batch < 0) return bad("batch must be >= 0, got " + std::to_string(batch));
   if (curvature_batch < 0) return bad("curvature_batch must be >= 0, got " + std::to_string(curvature_batch));
   if (batch > 0 && curvature_batch > batch)
-    return bad("curvature_batch (" + std::to_string(curvature_batch) + ") exceeds batch (" + std::to_string(batch) + ")");
+    return bad("curvature_batch (" + std::to_string(curvature_batch) + ") exceeds batch (" +
+               std::to_string(batch) + ")");
   if (!(preconditioner_exponent >= 0 && preconditioner_exponent <= 1))
     return bad("preconditioner_exponent must be in [0, 1], got " + std::to_string(preconditioner_exponent));
   if (spectrum_top_k < 0) return bad("spectrum_top_k must be >= 0");
@@ -26,8 +27,9 @@ bool NaturalGradientOptions::is_valid(std::string* why) const {
 }
 
 template <typename Scalar>
-NaturalGradientResult<Scalar> solve_natural_gradient(const Sequential<Scalar>& model, const Vec<Scalar>& theta,
-                                                     LikelihoodKind likelihood, const Dataset<Scalar>& data,
+NaturalGradientResult<Scalar> solve_natural_gradient(const Sequential<Scalar>& model,
+                                                     const Vec<Scalar>& theta, LikelihoodKind likelihood,
+                                                     const Dataset<Scalar>& data,
                                                      const NaturalGradientOptions& options) {
   using clock = std::chrono::steady_clock;
   auto seconds = [](clock::time_point a) { return std::chrono::duration<double>(clock::now() - a).count(); };
@@ -41,7 +43,8 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Sequential<Scalar>& m
                                 " samples in the data");
   const Index Nc = options.curvature_batch > 0 ? options.curvature_batch : N;
   if (Nc > N)
-    throw std::invalid_argument("curvature_batch " + std::to_string(Nc) + " exceeds the batch " + std::to_string(N));
+    throw std::invalid_argument("curvature_batch " + std::to_string(Nc) + " exceeds the batch " +
+                                std::to_string(N));
 
   NaturalGradientResult<Scalar> r;
   r.samples = N;
@@ -52,7 +55,8 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Sequential<Scalar>& m
   auto t = clock::now();
   FisherOperator<Scalar> F(model, theta, likelihood, Nc == N ? batch : batch.head(Nc), options.fisher);
   std::unique_ptr<FisherOperator<Scalar>> full;
-  if (Nc < N) full = std::make_unique<FisherOperator<Scalar>>(model, theta, likelihood, batch, options.fisher);
+  if (Nc < N)
+    full = std::make_unique<FisherOperator<Scalar>>(model, theta, likelihood, batch, options.fisher);
   r.time_forward_s = seconds(t);
   t = clock::now();
   const FisherOperator<Scalar>& G = full ? *full : F;
@@ -69,6 +73,7 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Sequential<Scalar>& m
   r.loss = G.loss();
   r.gradient_norm = double(r.gradient.norm());
   r.time_gradient_s = seconds(t);
+  full.reset();  // the full batch's activations and slots are not needed by the solve
 
   t = clock::now();
   CgWorkspace<Scalar> ws(F.rows());
@@ -78,12 +83,13 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Sequential<Scalar>& m
                                      options.preconditioner_exponent);
     r.cg = conjugate_gradient(F, M, r.gradient.data(), r.direction.data(), options.cg, ws);
   } else {
-    r.cg = conjugate_gradient(F, IdentityPreconditioner<Scalar>(F.rows()), r.gradient.data(), r.direction.data(),
-                              options.cg, ws);
+    r.cg = conjugate_gradient(F, IdentityPreconditioner<Scalar>(F.rows()), r.gradient.data(),
+                              r.direction.data(), options.cg, ws);
   }
   r.time_cg_s = seconds(t);
   if (!r.gradient.allFinite() || !std::isfinite(r.loss)) {
-    r.failure = "the loss or its gradient is NaN or Inf (the forward pass was finite: the likelihood overflowed)";
+    r.failure =
+        "the loss or its gradient is NaN or Inf (the forward pass was finite: the likelihood overflowed)";
   } else if (r.cg.termination == CgTermination::breakdown && !r.cg.message.empty() &&
              r.cg.message.find("not finite") != std::string::npos) {
     r.failure = "conjugate gradient: " + r.cg.message;
@@ -107,7 +113,9 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Sequential<Scalar>& m
                               model.layer(model.num_layers() - 1).type() == LayerType::linear;
       ConditionEstimate c = condition_number(F, shift_null ? 0 : Nc * C);
       if (shift_null && c.exact_min)
-        c.method = "softmax shift invariance: the final linear layer's common-logit directions are in F's null space";
+        c.method =
+            "softmax shift invariance: the final linear layer's common-logit directions are in F's null "
+            "space";
       c.lambda_max += lambda;
       c.lambda_min += lambda;
       if (!c.exact_min && !std::isnan(c.lambda_max) && lambda > 0) {
@@ -115,7 +123,8 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Sequential<Scalar>& m
         c.lambda_min = lambda;
         c.method += "; reporting the upper bound (lambda_max + damping) / damping";
       }
-      c.condition_number = c.lambda_min > 0 ? c.lambda_max / c.lambda_min : std::numeric_limits<double>::infinity();
+      c.condition_number =
+          c.lambda_min > 0 ? c.lambda_max / c.lambda_min : std::numeric_limits<double>::infinity();
       r.condition = c;
       r.has_condition = true;
     }
@@ -126,11 +135,13 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Sequential<Scalar>& m
   return r;
 }
 
-template NaturalGradientResult<float> solve_natural_gradient<float>(const Sequential<float>&, const Vec<float>&,
-                                                                    LikelihoodKind, const Dataset<float>&,
+template NaturalGradientResult<float> solve_natural_gradient<float>(const Sequential<float>&,
+                                                                    const Vec<float>&, LikelihoodKind,
+                                                                    const Dataset<float>&,
                                                                     const NaturalGradientOptions&);
-template NaturalGradientResult<double> solve_natural_gradient<double>(const Sequential<double>&, const Vec<double>&,
-                                                                      LikelihoodKind, const Dataset<double>&,
+template NaturalGradientResult<double> solve_natural_gradient<double>(const Sequential<double>&,
+                                                                      const Vec<double>&, LikelihoodKind,
+                                                                      const Dataset<double>&,
                                                                       const NaturalGradientOptions&);
 
 }  // namespace natgrad

@@ -2,9 +2,8 @@
 /// \brief What a solve will hold in memory, computed from the model and the options before anything runs.
 ///
 /// \code
-/// natgrad::MemoryEstimate m = natgrad::estimate_solve_memory(spec, 1000, 1000, sizeof(float), fisher, 10, 2);
-/// std::cout << m.total / 1e9 << " GB\n";
-/// \endcode
+/// natgrad::MemoryEstimate m = natgrad::estimate_solve_memory(spec, 1000, 1000, sizeof(float), fisher, 10,
+/// 2); std::cout << m.total / 1e9 << " GB\n"; \endcode
 #pragma once
 
 #include <natgrad/curvature/fisher_operator.h>
@@ -15,20 +14,26 @@
 
 namespace natgrad {
 
+/// The solve's peak is the larger of two phases. The fields describe the conjugate-gradient phase; when the
+/// curvature batch is smaller than the batch, a second operator on the whole batch computes the gradient
+/// first and is released before CG, and `gradient_phase` is what is held while it lives.
 struct MemoryEstimate {
-  std::size_t parameters = 0;   ///< θ and the parameter-sized vectors of the solve (g, d, CG's r, z, p, Ap)
-  std::size_t activations = 0;  ///< the cached forward pass(es) and the network outputs' curvature
-  std::size_t workspaces = 0;   ///< per-thread tangent and im2col buffers
-  std::size_t slots = 0;        ///< the fixed-order accumulation buffers
-  std::size_t spectrum = 0;     ///< Lanczos basis (double), if a spectrum is asked
-  std::size_t data = 0;         ///< the batch itself
-  std::size_t total = 0;
+  std::size_t parameters = 0;      ///< parameter-sized vectors: θ (caller's and the operator's copy), g (the
+                                   ///< operator's and the result's), d, CG's r, z, p, Ap and best iterate
+  std::size_t activations = 0;     ///< the cached forward pass and the network outputs' curvature
+  std::size_t workspaces = 0;      ///< per-thread tangent, im2col and GEMM packing buffers
+  std::size_t slots = 0;           ///< the fixed-order accumulation buffers
+  std::size_t spectrum = 0;        ///< Lanczos basis (double), if a spectrum is asked
+  std::size_t data = 0;            ///< the batch itself
+  std::size_t gradient_phase = 0;  ///< peak of the separate full-batch gradient, 0 if there is none
+  std::size_t total = 0;           ///< max(sum of the fields above but gradient_phase, gradient_phase)
   std::string report() const;
 };
 
 /// `batch` samples for the gradient, `curvature_batch` (≤ batch) for F; `top_k` > 0 adds a Lanczos basis.
-MemoryEstimate estimate_solve_memory(const ModelSpec& spec, Index batch, Index curvature_batch, std::size_t scalar_bytes,
-                                     const FisherOptions& fisher, Index top_k, int threads);
+MemoryEstimate estimate_solve_memory(const ModelSpec& spec, Index batch, Index curvature_batch,
+                                     std::size_t scalar_bytes, const FisherOptions& fisher, Index top_k,
+                                     int threads);
 
 /// Physical memory currently available (MemAvailable in /proc/meminfo), or 0 if unknown.
 std::size_t available_memory_bytes();
