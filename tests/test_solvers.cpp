@@ -1,17 +1,21 @@
 // Conjugate gradient against Eigen's LLT on the dense F + λI, hand-solvable and breakdown cases, warm
 // starts and preconditioning; the spectrum against SelfAdjointEigenSolver; Hutchinson and SLQ against the
 // dense trace; solve_natural_gradient against the dense solve for every Fisher kind.
-#include "test_helpers.h"
-
 #include <natgrad/natural_gradient/solve_natural_gradient.h>
+#include <natgrad/solvers/cg_kernels.h>
 #include <natgrad/solvers/conjugate_gradient.h>
 #include <natgrad/solvers/preconditioner.h>
 #include <natgrad/solvers/spectrum.h>
 
 #include <Eigen/Cholesky>
 #include <Eigen/Eigenvalues>
-
 #include <limits>
+
+#include "test_helpers.h"
+
+#ifdef NATGRAD_HAVE_OPENMP
+#include <omp.h>
+#endif
 
 using namespace natgrad;
 using namespace natgrad::test;
@@ -45,7 +49,8 @@ struct Problem {
   Vec<double> theta;
   Dataset<double> data;
   Problem(const ModelSpec& spec, Index N, uint64_t seed)
-      : model(spec), theta(init_parameters(model, seed)),
+      : model(spec),
+        theta(init_parameters(model, seed)),
         data(random_dataset(model, N, LikelihoodKind::categorical, seed + 1)) {}
 };
 
@@ -53,7 +58,8 @@ struct Problem {
 
 TEST(ConjugateGradient, MatchesCholeskyOnTheDenseDampedFisher) {
   Problem p(mlp_spec(4, 6, 3), 8, 1);
-  const Mat<double> Fd = dense_fisher(p.model, p.theta, p.data, LikelihoodKind::categorical, FisherKind::exact);
+  const Mat<double> Fd =
+      dense_fisher(p.model, p.theta, p.data, LikelihoodKind::categorical, FisherKind::exact);
   for (double lambda : {1e-1, 1e-3}) {
     FisherOptions fo;
     fo.damping = lambda;
@@ -76,13 +82,15 @@ TEST(ConjugateGradient, MatchesCholeskyOnTheDenseDampedFisher) {
 
 TEST(ConjugateGradient, FloatMatchesCholesky) {
   Problem p(mlp_spec(4, 6, 3), 8, 2);
-  const Mat<double> Fd = dense_fisher(p.model, p.theta, p.data, LikelihoodKind::categorical, FisherKind::exact);
+  const Mat<double> Fd =
+      dense_fisher(p.model, p.theta, p.data, LikelihoodKind::categorical, FisherKind::exact);
   Sequential<float> mf(p.model.spec());
   FisherOptions fo;
   fo.damping = 1e-1;
   FisherOperator<float> F(mf, p.theta.cast<float>(), LikelihoodKind::categorical, p.data.cast<float>(), fo);
   const Vec<float> b = F.gradient();
-  const Vec<double> ref = (Fd + 1e-1 * Mat<double>::Identity(Fd.rows(), Fd.cols())).llt().solve(b.cast<double>());
+  const Vec<double> ref =
+      (Fd + 1e-1 * Mat<double>::Identity(Fd.rows(), Fd.cols())).llt().solve(b.cast<double>());
   CgOptions opt;
   opt.relative_tolerance = 1e-6;
   opt.max_iterations = 10 * F.rows();
@@ -243,7 +251,8 @@ TEST(ConjugateGradient, DiagonalPreconditionerHelpsABadlyScaledNetwork) {
   opt.max_iterations = 5000;
   CgWorkspace<double> ws(F.rows());
   Vec<double> x1(F.rows()), x2(F.rows());
-  const CgSummary plain = conjugate_gradient(F, IdentityPreconditioner<double>(F.rows()), b.data(), x1.data(), opt, ws);
+  const CgSummary plain =
+      conjugate_gradient(F, IdentityPreconditioner<double>(F.rows()), b.data(), x1.data(), opt, ws);
   const DiagonalPreconditioner<double> M(F.empirical_fisher_diagonal(), fo.damping, 0.75);
   const CgSummary pre = conjugate_gradient(F, M, b.data(), x2.data(), opt, ws);
   EXPECT_TRUE(plain.is_converged()) << plain.full_report();
@@ -304,7 +313,8 @@ TEST(Spectrum, TopEigenvaluesMatchTheDenseFisher) {
   for (const ModelSpec& spec : {mlp_spec(5, 7, 4), cnn_spec(3)}) {
     Problem p(spec, 12, 11);
     FisherOperator<double> F(p.model, p.theta, LikelihoodKind::categorical, p.data);
-    const Mat<double> Fd = dense_fisher(p.model, p.theta, p.data, LikelihoodKind::categorical, FisherKind::exact);
+    const Mat<double> Fd =
+        dense_fisher(p.model, p.theta, p.data, LikelihoodKind::categorical, FisherKind::exact);
     Eigen::SelfAdjointEigenSolver<Mat<double>> es(Fd);
     SpectrumOptions opt;
     opt.num_eigenvalues = 5;
@@ -328,14 +338,16 @@ TEST(Spectrum, FloatOperatorThroughTheDoubleAdapter) {
   Problem p(mlp_spec(5, 7, 4), 12, 12);
   Sequential<float> mf(p.model.spec());
   FisherOperator<float> F(mf, p.theta.cast<float>(), LikelihoodKind::categorical, p.data.cast<float>());
-  const Mat<double> Fd = dense_fisher(p.model, p.theta, p.data, LikelihoodKind::categorical, FisherKind::exact);
+  const Mat<double> Fd =
+      dense_fisher(p.model, p.theta, p.data, LikelihoodKind::categorical, FisherKind::exact);
   Eigen::SelfAdjointEigenSolver<Mat<double>> es(Fd);
   SpectrumOptions opt;
   opt.num_eigenvalues = 3;
   opt.tolerance = 1e-6;
   const SpectrumResult r = top_eigenvalues(F, opt);
   ASSERT_TRUE(r.converged) << r.status;
-  for (Index i = 0; i < 3; ++i) EXPECT_LT(rel_err(r.eigenvalues[i], es.eigenvalues()[Fd.rows() - 1 - i]), 1e-4);
+  for (Index i = 0; i < 3; ++i)
+    EXPECT_LT(rel_err(r.eigenvalues[i], es.eigenvalues()[Fd.rows() - 1 - i]), 1e-4);
 }
 
 TEST(Spectrum, ConditionNumberOfTheDampedFisher) {
@@ -344,7 +356,8 @@ TEST(Spectrum, ConditionNumberOfTheDampedFisher) {
   // more samples than parameters. λ_min comes from Lanczos on the shifted operator λ_max·I − F.
   ModelSpec spec;
   spec.input_shape = {3};
-  spec.layers = {LayerSpec::linear(3, 2), LayerSpec::activation(LayerType::softplus), LayerSpec::linear(2, 2)};
+  spec.layers = {LayerSpec::linear(3, 2), LayerSpec::activation(LayerType::softplus),
+                 LayerSpec::linear(2, 2)};
   Sequential<double> model(spec);
   const Vec<double> theta = init_parameters(model, 13);
   const Dataset<double> data = random_dataset(model, 40, LikelihoodKind::gaussian, 14);
@@ -364,17 +377,20 @@ TEST(Spectrum, ConditionNumberOfTheDampedFisher) {
 TEST(Spectrum, HutchinsonTraceWithinThreeStandardErrors) {
   Problem p(cnn_spec(4), 10, 14);
   FisherOperator<double> F(p.model, p.theta, LikelihoodKind::categorical, p.data);
-  const double tr = dense_fisher(p.model, p.theta, p.data, LikelihoodKind::categorical, FisherKind::exact).trace();
+  const double tr =
+      dense_fisher(p.model, p.theta, p.data, LikelihoodKind::categorical, FisherKind::exact).trace();
   const TraceEstimate t = hutchinson_trace(F, 200, 15);
   EXPECT_GT(t.standard_error, 0);
-  EXPECT_LT(std::abs(t.trace - tr), 3 * t.standard_error) << t.trace << " vs " << tr << " ± " << t.standard_error;
+  EXPECT_LT(std::abs(t.trace - tr), 3 * t.standard_error)
+      << t.trace << " vs " << tr << " ± " << t.standard_error;
   EXPECT_LT(t.standard_error, 0.2 * tr);  // the estimate is informative
 }
 
 TEST(Spectrum, SlqDensityIntegratesToOneWithTheRightMean) {
   Problem p(mlp_spec(5, 7, 4), 12, 16);
   FisherOperator<double> F(p.model, p.theta, LikelihoodKind::categorical, p.data);
-  const Mat<double> Fd = dense_fisher(p.model, p.theta, p.data, LikelihoodKind::categorical, FisherKind::exact);
+  const Mat<double> Fd =
+      dense_fisher(p.model, p.theta, p.data, LikelihoodKind::categorical, FisherKind::exact);
   const SpectralDensity d = slq_density(F, 30, 20, 17, 2000);
   double integral = 0, weights = 0;
   for (std::size_t i = 1; i < d.grid.size(); ++i)
@@ -414,7 +430,8 @@ TEST(SolveNaturalGradient, MatchesTheDenseSolveForEveryFisherKind) {
       FisherOperator<double> Fmc(p.model, p.theta, LikelihoodKind::categorical, sub, opt.fisher);
       const Mat<double> J = jacobian_by_backprop(p.model, p.theta, sub.inputs);
       Fd = Mat<double>::Zero(p.model.num_params(), p.model.num_params());
-      for (Index n = 0; n < 10; ++n) Fd += J.middleRows(n * 3, 3).transpose() * Fmc.output_fisher(n) * J.middleRows(n * 3, 3);
+      for (Index n = 0; n < 10; ++n)
+        Fd += J.middleRows(n * 3, 3).transpose() * Fmc.output_fisher(n) * J.middleRows(n * 3, 3);
       Fd /= 10.0;
     } else {
       Fd = dense_fisher(p.model, p.theta, sub, LikelihoodKind::categorical, fk);
@@ -441,7 +458,8 @@ TEST(SolveNaturalGradient, SpectrumConditionAndPreconditionerOptions) {
   opt.cg.max_iterations = 1000;
   const auto r = solve_natural_gradient(p.model, p.theta, LikelihoodKind::categorical, p.data, opt);
   EXPECT_TRUE(r.cg.is_converged());
-  const Mat<double> Fd = dense_fisher(p.model, p.theta, p.data, LikelihoodKind::categorical, FisherKind::exact);
+  const Mat<double> Fd =
+      dense_fisher(p.model, p.theta, p.data, LikelihoodKind::categorical, FisherKind::exact);
   Eigen::SelfAdjointEigenSolver<Mat<double>> es(Fd);
   ASSERT_TRUE(r.spectrum.converged);
   EXPECT_LT(rel_err(r.spectrum.eigenvalues[0], es.eigenvalues().maxCoeff()), 1e-8);
@@ -455,5 +473,53 @@ TEST(SolveNaturalGradient, SpectrumConditionAndPreconditionerOptions) {
   NaturalGradientOptions bad;
   bad.batch = 4;
   bad.curvature_batch = 8;
-  EXPECT_THROW(solve_natural_gradient(p.model, p.theta, LikelihoodKind::categorical, p.data, bad), std::invalid_argument);
+  EXPECT_THROW(solve_natural_gradient(p.model, p.theta, LikelihoodKind::categorical, p.data, bad),
+               std::invalid_argument);
+}
+
+// CG's fused vector kernels: each against plain double-precision arithmetic, and bit-identical whatever the
+// number of OpenMP threads (the reductions sum fixed blocks in a fixed order). n spans many blocks and ends
+// in a partial one.
+TEST(CgKernels, MatchDoubleArithmeticAndIgnoreTheThreadCount) {
+  const Index n = 300007;
+  const Vec<float> a = random_vec<float>(n, 1), b = random_vec<float>(n, 2), c = random_vec<float>(n, 3);
+  const float alpha = 0.37f;
+  struct Out {
+    double dot, rr, xbr;
+    Vec<float> r, x, p;
+  };
+  auto run = [&](int threads) {
+#ifdef NATGRAD_HAVE_OPENMP
+    omp_set_num_threads(threads);
+#else
+    (void)threads;
+#endif
+    Out o{0, 0, 0, a, b, c};
+    o.dot = detail::cg_dot(a.data(), b.data(), n);
+    o.rr = detail::cg_update_residual(o.r.data(), b.data(), alpha, n);  // r = a − α b
+    o.xbr = detail::cg_update_solution(o.x.data(), c.data(), alpha, a.data(), o.r.data(), n);  // x = b + α c
+    detail::cg_update_direction(o.p.data(), a.data(), alpha, n);                               // p = a + α c
+    return o;
+  };
+#ifdef NATGRAD_HAVE_OPENMP
+  const int saved = omp_get_max_threads();
+#endif
+  const Out one = run(1), two = run(2);
+#ifdef NATGRAD_HAVE_OPENMP
+  omp_set_num_threads(saved);
+#endif
+  EXPECT_EQ(one.dot, two.dot);
+  EXPECT_EQ(one.rr, two.rr);
+  EXPECT_EQ(one.xbr, two.xbr);
+  EXPECT_TRUE((one.r.array() == two.r.array()).all() && (one.x.array() == two.x.array()).all() &&
+              (one.p.array() == two.p.array()).all());
+
+  const Eigen::VectorXd ad = a.cast<double>(), bd = b.cast<double>(), cd = c.cast<double>();
+  EXPECT_LT(rel_err(one.dot, ad.dot(bd)), 1e-5);
+  const Eigen::VectorXd r = ad - double(alpha) * bd, x = bd + double(alpha) * cd;
+  EXPECT_LT(rel_err_vec(one.r, r), 1e-6);
+  EXPECT_LT(rel_err(one.rr, r.squaredNorm()), 1e-5);
+  EXPECT_LT(rel_err_vec(one.x, x), 1e-6);
+  EXPECT_LT(rel_err(one.xbr, x.dot(ad + r)), 1e-5);
+  EXPECT_LT(rel_err_vec(one.p, ad + double(alpha) * cd), 1e-6);
 }

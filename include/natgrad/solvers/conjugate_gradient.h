@@ -29,13 +29,16 @@
 #pragma once
 
 #include <natgrad/core/types.h>
+#include <natgrad/solvers/cg_kernels.h>
 #include <natgrad/solvers/operator_concept.h>
+#include <natgrad/solvers/preconditioner.h>
 
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <functional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace natgrad {
@@ -184,18 +187,22 @@ CgSummary conjugate_gradient(const Op& A, const Preconditioner& M, const typenam
     return s;
   }
 
-  M.apply(ws.r.data(), ws.z.data());
+  // With the identity preconditioner z = r: no copy, and rᵀz is the ‖r‖² the residual update returns.
+  constexpr bool identity = std::is_same<Preconditioner, IdentityPreconditioner<Scalar>>::value;
+  const Scalar* z = identity ? ws.r.data() : ws.z.data();
+  if (!identity) M.apply(ws.r.data(), ws.z.data());
   ++s.preconditioner_applications;
-  ws.p = ws.z;
-  double rz = double(ws.r.dot(ws.z));
+  detail::cg_copy(ws.p.data(), z, n);
+  double rz = detail::cg_dot(ws.r.data(), z, n);
   s.termination = CgTermination::max_iterations;
   double best_rel = rel;
+  // The best iterate is x itself while best_iter is the current iterate; ws.best holds it only once a later
+  // step fails to improve on it (copied just before x moves on), so improving steps copy nothing.
   Index best_iter = 0;
-  ws.best = x;
   for (Index i = 1; i <= options.max_iterations; ++i) {
     A.perform_op(ws.p.data(), ws.Ap.data());
     ++s.operator_applications;
-    const double pAp = double(ws.p.dot(ws.Ap));
+    const double pAp = detail::cg_dot(ws.p.data(), ws.Ap.data(), n);
     if (!(pAp > 0) || !std::isfinite(pAp) || !std::isfinite(rz)) {
       s.termination = CgTermination::breakdown;
       s.message = "breakdown at iteration " + std::to_string(i) + ": p^T A p = " + detail::cg_number(pAp) +
@@ -204,16 +211,17 @@ CgSummary conjugate_gradient(const Op& A, const Preconditioner& M, const typenam
       break;
     }
     const double alpha = rz / pAp;
-    x += Scalar(alpha) * ws.p;
-    ws.r -= Scalar(alpha) * ws.Ap;
-    rel = double(ws.r.norm()) / s.rhs_norm;
-    const double phi_i = phi();
-    s.iterations = i;
+    const double rr = detail::cg_update_residual(ws.r.data(), ws.Ap.data(), Scalar(alpha), n);  // r −= α Ap
+    rel = std::sqrt(rr) / s.rhs_norm;
     if (rel < best_rel) {
       best_rel = rel;
       best_iter = i;
-      ws.best = x;
+    } else if (best_iter == i - 1) {
+      detail::cg_copy(ws.best.data(), x.data(), n);  // x_{i−1} stays the best: keep it before x moves on
     }
+    const double phi_i = -0.5 * detail::cg_update_solution(x.data(), ws.p.data(), Scalar(alpha), b.data(),
+                                                           ws.r.data(), n);  // x += α p; φ = −½ xᵀ(b + r)
+    s.iterations = i;
     s.relative_residual = rel;
     s.residual_history.push_back(rel);
     s.quadratic_history.push_back(phi_i);
@@ -247,10 +255,13 @@ CgSummary conjugate_gradient(const Op& A, const Preconditioner& M, const typenam
         }
       }
     }
-    M.apply(ws.r.data(), ws.z.data());
+    double rz_new = rr;
+    if (!identity) {
+      M.apply(ws.r.data(), ws.z.data());
+      rz_new = detail::cg_dot(ws.r.data(), z, n);
+    }
     ++s.preconditioner_applications;
-    const double rz_new = double(ws.r.dot(ws.z));
-    ws.p = ws.z + Scalar(rz_new / rz) * ws.p;
+    detail::cg_update_direction(ws.p.data(), z, Scalar(rz_new / rz), n);  // p = z + β p
     rz = rz_new;
   }
   if (s.termination == CgTermination::max_iterations)
@@ -260,7 +271,7 @@ CgSummary conjugate_gradient(const Op& A, const Preconditioner& M, const typenam
   s.returned_iterate = s.iterations;
   if ((s.termination == CgTermination::breakdown || s.termination == CgTermination::max_iterations) &&
       best_iter != s.iterations) {
-    x = ws.best;
+    detail::cg_copy(x.data(), ws.best.data(), n);
     s.returned_iterate = best_iter;
     s.relative_residual = best_rel;
     s.message += "; returned iterate " + std::to_string(best_iter) +
