@@ -13,6 +13,7 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 
 namespace natgrad {
@@ -41,9 +42,10 @@ namespace gemm_internal {
 
 // Scalars kept between the two packed panels so that each starts on Eigen's maximal alignment (the kernel
 // reads them with aligned packet loads).
+// (EIGEN_MAX_ALIGN_BYTES is 64 with AVX-512, 16 with SSE, 0 when Eigen's alignment is switched off.)
+constexpr std::size_t kAlignBytes = EIGEN_MAX_ALIGN_BYTES > 0 ? EIGEN_MAX_ALIGN_BYTES : 1;
 template <typename Scalar>
-constexpr Index kAlign = EIGEN_MAX_ALIGN_BYTES / sizeof(Scalar) > 0 ? EIGEN_MAX_ALIGN_BYTES / sizeof(Scalar)
-                                                                    : 1;
+constexpr Index kAlign = kAlignBytes / sizeof(Scalar) > 0 ? kAlignBytes / sizeof(Scalar) : 1;
 
 template <typename Scalar>
 Index round_up(Index n) {
@@ -52,7 +54,7 @@ Index round_up(Index n) {
 
 template <typename Scalar>
 Scalar* align(Scalar* p) {
-  const auto a = static_cast<std::uintptr_t>(EIGEN_MAX_ALIGN_BYTES);
+  const auto a = static_cast<std::uintptr_t>(std::max(kAlignBytes, alignof(Scalar)));
   return reinterpret_cast<Scalar*>((reinterpret_cast<std::uintptr_t>(p) + a - 1) / a * a);
 }
 

@@ -123,9 +123,9 @@ namespace {
 // φ' is evaluated only at the selected inputs (a quarter for 2 × 2 pools), and y[arg[o]] is the pool's own
 // output, so relu, tanh and sigmoid (φ' a function of y) never read x. Otherwise x[arg[o]] is gathered first,
 // so that φ' runs as a contiguous, vectorized loop (a gathered loop with relu's data-dependent select does
-// not vectorize and mispredicts). The R-op equals running the two layers
-// one after the other bit for bit; so does backprop when pool windows do not overlap (otherwise the terms
-// reaching one input are summed as Σ φ' g instead of φ' Σ g).
+// not vectorize and mispredicts). The R-op equals running the two layers one after the other bit for bit;
+// so does backprop when pool windows do not overlap (otherwise the terms reaching one input are summed as
+// Σ φ' g instead of φ' Σ g).
 template <typename Scalar>
 void jvp_fused(const Layer<Scalar>& act, const ForwardCache<Scalar>& cache, std::size_t a, Index col0,
                Index n, const Scalar* dx, Scalar* dy, Scalar* xg) {
