@@ -69,9 +69,10 @@ class Conv2d final : public Layer<Scalar> {
         static_cast<std::size_t>(scratch_size(X.cols())));
     for (Index n0 = 0; n0 < X.cols(); n0 += block()) {
       const Index b = std::min(block(), X.cols() - n0);
-      MatMap<Scalar> cols(buf.data(), b * P_, K_), yt(buf.data() + 2 * b * P_ * K_, b * P_, O_);
+      MatMap<Scalar> cols(buf.data(), b * P_, K_);
+      Scalar* yt = output_block(b, Y.col(n0).data(), buf.data());
       im2col_block(X.col(n0).data(), b, cols);
-      gemm(b * P_, O_, K_, col_major(cols.data(), b * P_), weight_t(theta), yt.data(), b * P_, false,
+      gemm(b * P_, O_, K_, col_major(cols.data(), b * P_), weight_t(theta), yt, b * P_, false,
            buf.data() + pack_offset(b));
       scatter(yt, b, bias_ ? theta + O_ * K_ : nullptr, Y.col(n0).data());
     }
@@ -92,8 +93,7 @@ class Conv2d final : public Layer<Scalar> {
     for (Index n0 = 0; n0 < X.cols(); n0 += block()) {
       const Index b = std::min(block(), X.cols() - n0);
       MatMap<Scalar> cols(base, b * P_, K_), dcols(base + b * P_ * K_, b * P_, K_);
-      // One sample's yᵀ (P × O, column-major) is its CHW output: the GEMM then writes dY in place.
-      Scalar* dyt = b == 1 ? dY.col(n0).data() : base + 2 * b * P_ * K_;
+      Scalar* dyt = output_block(b, dY.col(n0).data(), base);
       im2col_block(X.col(n0).data(), b, cols);
       if (dX) {
         im2col_block(dX + n0 * this->input_size(), b, dcols);
@@ -103,10 +103,7 @@ class Conv2d final : public Layer<Scalar> {
         gemm(b * P_, O_, K_, col_major(cols.data(), b * P_), weight_t(dtheta), dyt, b * P_, false,
              base + pack_offset(b));
       }
-      if (b == 1)
-        add_bias(bias_ ? dtheta + O_ * K_ : nullptr, dyt);
-      else
-        scatter(MatMap<Scalar>(dyt, b * P_, O_), b, bias_ ? dtheta + O_ * K_ : nullptr, dY.col(n0).data());
+      scatter(dyt, b, bias_ ? dtheta + O_ * K_ : nullptr, dY.col(n0).data());
     }
   }
 
@@ -176,21 +173,20 @@ class Conv2d final : public Layer<Scalar> {
   void im2col_block(const Scalar* x, Index b, MatMap<Scalar>& cols) const {
     for (Index k = 0; k < b; ++k) im2col(x + k * this->input_size(), b * P_, cols.data() + k * P_);
   }
-  // y (CHW, sample stride output_size) from the stacked yᵀ blocks, plus the bias if given.
-  void scatter(const MatMap<Scalar>& yt, Index b, const Scalar* bias, Scalar* y) const {
+  // Where a block's GEMM writes yᵀ: one sample's yᵀ (P × O, column-major) is its CHW output, so in place;
+  // a block's goes to the scratch after cols and dcols, and scatter() spreads it.
+  Scalar* output_block(Index b, Scalar* y, Scalar* base) const { return b == 1 ? y : base + 2 * b * P_ * K_; }
+  // y (CHW, sample stride output_size) from the stacked yᵀ blocks, plus the bias if given; in place when yt
+  // is output_block's in-place y.
+  void scatter(const Scalar* yt, Index b, const Scalar* bias, Scalar* y) const {
+    if (yt == y && !bias) return;
     for (Index k = 0; k < b; ++k)
       for (Index o = 0; o < O_; ++o) {
-        const Scalar* src = yt.data() + o * b * P_ + k * P_;
+        const Scalar* src = yt + o * b * P_ + k * P_;
         Scalar* dst = y + k * this->output_size() + o * P_;
         const Scalar add = bias ? bias[o] : Scalar(0);
         for (Index q = 0; q < P_; ++q) dst[q] = src[q] + add;
       }
-  }
-  // y (one sample, CHW, already the GEMM's P × O output) += the bias of each channel.
-  void add_bias(const Scalar* bias, Scalar* y) const {
-    if (!bias) return;
-    for (Index o = 0; o < O_; ++o)
-      for (Index q = 0; q < P_; ++q) y[o * P_ + q] += bias[o];
   }
   // The stacked gyᵀ blocks from per-sample cotangents (CHW, sample stride output_size).
   void gather(const Scalar* gy, Index b, MatMap<Scalar>& gyt) const {

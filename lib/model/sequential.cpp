@@ -95,12 +95,17 @@ Workspace<Scalar> Sequential<Scalar>::make_workspace(Index max_cols) const {
   ws.max_cols = max_cols;
   ws.a.resize(static_cast<std::size_t>(max_width_ * max_cols));
   ws.b.resize(ws.a.size());
+  ws.scratch.resize(static_cast<std::size_t>(scratch_size(max_cols)));
+  return ws;
+}
+
+template <typename Scalar>
+Index Sequential<Scalar>::scratch_size(Index max_cols) const {
   Index scratch = 0;
   for (const auto& l : layers_) scratch = std::max(scratch, l->scratch_size(max_cols));
   for (std::size_t l = 0; l < layers_.size(); ++l)  // the fused passes' two one-sample buffers
     if (fused_[l]) scratch = std::max(scratch, 2 * layers_[l + 1]->output_size());
-  ws.scratch.resize(static_cast<std::size_t>(scratch));
-  return ws;
+  return scratch;
 }
 
 template <typename Scalar>

@@ -32,12 +32,9 @@ MemoryEstimate estimate_solve_memory(const ModelSpec& spec, Index batch, Index c
   const std::size_t t = static_cast<std::size_t>(std::max(threads, 1));
   auto workspaces = [&](Index n) {
     const Index chunk = std::min<Index>(fisher.chunk_for(n), std::max<Index>(n, 1));
-    std::size_t scratch_max = 0;
-    for (std::size_t l = 0; l < model.num_layers(); ++l)
-      scratch_max = std::max(scratch_max, static_cast<std::size_t>(model.layer(l).scratch_size(chunk)));
     return t *
-           (2 * static_cast<std::size_t>(model.max_width() * chunk) + scratch_max +
-            C * static_cast<std::size_t>(chunk)) *
+           (2 * static_cast<std::size_t>(model.max_width() * chunk) +
+            static_cast<std::size_t>(model.scratch_size(chunk)) + C * static_cast<std::size_t>(chunk)) *
            s;
   };
   auto slots = [&](Index n) {

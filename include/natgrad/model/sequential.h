@@ -84,6 +84,8 @@ class Sequential {
   /// A cache whose acts[0] is `inputs` (input_size × N) and whose other buffers are sized for N samples.
   ForwardCache<Scalar> make_cache(const Mat<Scalar>& inputs) const;
   Workspace<Scalar> make_workspace(Index max_cols) const;
+  /// Scalars of layer scratch a Workspace for chunks of at most `max_cols` samples holds.
+  Index scratch_size(Index max_cols) const;
 
   /// Runs the layers on columns [col0, col0 + n) of cache.acts[0], filling the other activations.
   void forward(const Scalar* theta, ForwardCache<Scalar>& cache, Index col0, Index n) const;
