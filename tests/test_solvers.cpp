@@ -74,7 +74,7 @@ TEST(ConjugateGradient, MatchesCholeskyOnTheDenseDampedFisher) {
     const CgSummary s = solve(F, b, x, opt);
     EXPECT_TRUE(s.is_converged()) << s.full_report();
     EXPECT_LT(rel_err_vec(x, ref), 1e-8) << "lambda " << lambda << ", " << s.brief_report();
-    EXPECT_EQ(s.operator_applications, s.iterations);
+    EXPECT_EQ(s.operator_applications, s.iterations + 1);  // + the true residual at exit
     EXPECT_EQ(F.num_products(), s.operator_applications);
     std::cout << "[ info ] lambda = " << lambda << ": " << s.brief_report() << " (P = " << F.rows() << ")\n";
   }
@@ -144,6 +144,8 @@ TEST(ConjugateGradient, IndefiniteOperatorIsABreakdownWithAMessage) {
   Vec<double> b = Vec<double>::Ones(4), x;
   const CgSummary s = solve(A, b, x, CgOptions());
   EXPECT_EQ(s.termination, CgTermination::breakdown);
+  EXPECT_EQ(s.breakdown, CgBreakdown::curvature_nonpositive);
+  EXPECT_FALSE(s.is_numerical_failure());
   EXPECT_NE(s.message.find("<= 0"), std::string::npos) << s.message;
   EXPECT_TRUE(x.allFinite());
 }
@@ -163,8 +165,108 @@ TEST(ConjugateGradient, NaNOperatorIsABreakdownAndKeepsTheLastGoodIterate) {
   EXPECT_EQ(s.termination, CgTermination::breakdown);
   EXPECT_EQ(s.iterations, 2);
   EXPECT_NE(s.message.find("not finite"), std::string::npos) << s.message;
+  EXPECT_EQ(s.breakdown, CgBreakdown::curvature_not_finite);
+  EXPECT_TRUE(s.is_numerical_failure());
   EXPECT_TRUE(x.allFinite());
-  EXPECT_LT(s.relative_residual, 1.0);  // two good iterations made progress
+  EXPECT_LT(s.recursive_relative_residual, 1.0);  // two good iterations made progress
+  EXPECT_TRUE(std::isnan(s.relative_residual));   // the operator is broken: no true residual to report
+}
+
+// The true residual is what decides convergence: an operator that changes after the recursive residual has
+// converged (as float rounding makes the recursive residual drift from the true one) is caught by the
+// check product, CG restarts from x with the true residual and converges on what the operator now is.
+TEST(ConjugateGradient, ConvergenceIsDecidedOnTheTrueResidual) {
+  struct Switching {
+    using Scalar = double;
+    Mat<double> A;
+    Index switch_at = 0;
+    mutable Index calls = 0;
+    Index rows() const { return A.rows(); }
+    void perform_op(const double* x, double* y) const {
+      VecMap<double> out(y, A.rows());
+      out.noalias() = A * ConstVecMap<double>(x, A.cols());
+      if (calls++ >= switch_at) out += 1e-3 * ConstVecMap<double>(x, A.cols());
+    }
+  };
+  const Index n = 12;
+  std::srand(3);
+  Mat<double> Q = Mat<double>::Random(n, n);
+  Switching op;
+  op.A = Q * Q.transpose() + Mat<double>::Identity(n, n);
+  op.switch_at = 1000;
+  Vec<double> b = Vec<double>::Ones(n), x;
+  CgOptions opt;
+  opt.relative_tolerance = 1e-10;
+  opt.max_iterations = 200;
+  const CgSummary base = solve(op, b, x, opt);  // never switches: converged, true residual checked once
+  ASSERT_TRUE(base.is_converged()) << base.full_report();
+  EXPECT_EQ(base.restarts, 0);
+  const Index recursive_products = base.iterations;
+  op.calls = 0;
+  op.switch_at = recursive_products;  // the check product sees A + 1e-3 I
+  const CgSummary s = solve(op, b, x, opt);
+  EXPECT_TRUE(s.is_converged()) << s.full_report();
+  EXPECT_EQ(s.restarts, 1) << s.full_report();
+  EXPECT_GT(s.iterations, recursive_products);
+  const Mat<double> A2 = op.A + 1e-3 * Mat<double>::Identity(n, n);
+  const double true_rel = (b - A2 * x).norm() / b.norm();
+  EXPECT_LE(true_rel, 1e-10);
+  EXPECT_NEAR(s.relative_residual, true_rel, 1e-12);
+  EXPECT_NE(s.message.find("residual replacement"), std::string::npos) << s.message;
+}
+
+TEST(ConjugateGradient, ReportsTheTrueResidualBesideTheRecursiveOneInFloat) {
+  // Condition 1e4 in float32: the recursive residual keeps falling long after the true one has stalled.
+  const Index n = 60;
+  std::srand(5);  // Eigen's Random draws from rand(): the same matrix whether run alone or after other tests
+  Eigen::HouseholderQR<Mat<double>> qr(Mat<double>::Random(n, n));
+  const Mat<double> Q = qr.householderQ();
+  Vec<double> ev(n);
+  for (Index i = 0; i < n; ++i) ev[i] = std::pow(10.0, 4.0 * double(i) / double(n - 1));
+  DenseOp<float> A;
+  A.A = (Q * ev.asDiagonal() * Q.transpose()).cast<float>();
+  const Vec<float> b = Vec<float>::Ones(n);
+  Vec<float> x;
+  CgOptions opt;
+  opt.relative_tolerance = 1e-7;
+  opt.max_iterations = 2000;
+  const CgSummary s = solve(A, b, x, opt);
+  const double true_rel = (b.cast<double>() - A.A.cast<double>() * x.cast<double>()).norm() / b.cast<double>().norm();
+  // What is reported is the true residual (evaluated in float, so to float rounding of ‖A x‖).
+  EXPECT_NEAR(s.relative_residual, true_rel, 1e-6 * A.A.cast<double>().norm() * x.cast<double>().norm() / b.norm());
+  // The recursive residual claims the tolerance; the true one does not reach it even after the residual
+  // replacements, so this is stagnation, not convergence.
+  EXPECT_LE(s.recursive_relative_residual, opt.relative_tolerance);
+  EXPECT_GT(s.relative_residual, opt.relative_tolerance);
+  EXPECT_EQ(s.termination, CgTermination::stagnation) << s.full_report();
+  EXPECT_EQ(s.restarts, CgOptions::kMaxRestarts);
+  EXPECT_FALSE(s.is_converged());
+  std::cout << "[ info ] float32, condition 1e4: " << s.brief_report() << ", recursive |r|/|b| = "
+            << s.recursive_relative_residual << ", restarts " << s.restarts << "\n";
+}
+
+TEST(ConjugateGradient, NaNFromThePreconditionerIsAnRzBreakdownNotACurvatureOne) {
+  struct NanOnSecond {
+    using Scalar = double;
+    mutable int calls = 0;
+    void apply(const double* r, double* z) const {
+      for (int i = 0; i < 4; ++i) z[i] = r[i];
+      if (++calls == 2) z[3] = std::numeric_limits<double>::quiet_NaN();
+    }
+  };
+  DenseOp<double> A;
+  A.A = Mat<double>::Identity(4, 4);
+  A.A.diagonal() << 1, 2, 3, 4;
+  const Vec<double> b = Vec<double>::Ones(4);
+  Vec<double> x = Vec<double>::Zero(4);
+  CgWorkspace<double> ws(4);
+  const CgSummary s = conjugate_gradient(A, NanOnSecond(), b.data(), x.data(), CgOptions(), ws);
+  EXPECT_EQ(s.termination, CgTermination::breakdown);
+  EXPECT_EQ(s.breakdown, CgBreakdown::rz_not_finite);
+  EXPECT_TRUE(std::isnan(s.breakdown_value));
+  EXPECT_TRUE(s.is_numerical_failure());
+  EXPECT_NE(s.message.find("r^T z = nan is not finite while p^T A p = "), std::string::npos) << s.message;
+  EXPECT_TRUE(x.allFinite());
 }
 
 TEST(ConjugateGradient, SingularOperatorWithoutDampingStopsWithItsBestIterate) {

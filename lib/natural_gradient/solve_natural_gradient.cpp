@@ -90,8 +90,7 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Sequential<Scalar>& m
   if (!r.gradient.allFinite() || !std::isfinite(r.loss)) {
     r.failure =
         "the loss or its gradient is NaN or Inf (the forward pass was finite: the likelihood overflowed)";
-  } else if (r.cg.termination == CgTermination::breakdown && !r.cg.message.empty() &&
-             r.cg.message.find("not finite") != std::string::npos) {
+  } else if (r.cg.is_numerical_failure()) {
     r.failure = "conjugate gradient: " + r.cg.message;
   }
 

@@ -12,6 +12,19 @@ const char* to_string(CgTermination t) {
     case CgTermination::max_iterations: return "max_iterations";
     case CgTermination::breakdown: return "breakdown";
     case CgTermination::user_stop: return "user_stop";
+    case CgTermination::stagnation: return "stagnation";
+  }
+  return "unknown";
+}
+
+const char* to_string(CgBreakdown b) {
+  switch (b) {
+    case CgBreakdown::none: return "none";
+    case CgBreakdown::rhs_not_finite: return "rhs_not_finite";
+    case CgBreakdown::initial_residual_not_finite: return "initial_residual_not_finite";
+    case CgBreakdown::curvature_nonpositive: return "curvature_nonpositive";
+    case CgBreakdown::curvature_not_finite: return "curvature_not_finite";
+    case CgBreakdown::rz_not_finite: return "rz_not_finite";
   }
   return "unknown";
 }
@@ -46,7 +59,10 @@ std::string CgSummary::full_report() const {
      << "  operator products:    " << operator_applications << "\n"
      << "  preconditioner calls: " << preconditioner_applications << "\n"
      << "  |b|:                  " << rhs_norm << "\n"
-     << "  final |r|/|b|:        " << relative_residual << "\n"
+     << "  final |b - Ax|/|b|:   " << relative_residual << " (true residual)\n"
+     << "  recursive |r|/|b|:    " << recursive_relative_residual << "\n"
+     << "  residual replacements: " << restarts << "\n"
+     << "  breakdown:            " << to_string(breakdown) << "\n"
      << "  time (s):             " << time_s << "\n"
      << "  iteration   |r|/|b|        phi\n";
   for (std::size_t i = 0; i < residual_history.size(); ++i) {

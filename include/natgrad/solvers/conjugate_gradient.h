@@ -7,11 +7,15 @@
 /// whose value is tracked for free as φ(x) = −½ xᵀ(b + r) with r = b − A x.
 ///
 /// Stopping (whichever comes first):
-///   - converged:          ‖r‖ ≤ relative_tolerance · ‖b‖;
+///   - converged:          ‖b − A x‖ ≤ relative_tolerance · ‖b‖ for the true residual, recomputed with one more
+///                         product once the recursively updated one meets the tolerance;
 ///   - relative_progress:  Martens' rule (2010, §4.4), on when `use_relative_progress`: with
 ///                         k = max(10, ⌈0.1 i⌉), stop when i > k, φ_i < 0 and (φ_i − φ_{i−k}) / φ_i < k ε;
 ///   - max_iterations;
-///   - breakdown:          pᵀAp ≤ 0 or not finite (A indefinite, singular along p, or NaN);
+///   - breakdown:          pᵀAp ≤ 0 or not finite (A indefinite, singular along p, or NaN), or rᵀz not finite;
+///                         CgSummary::breakdown says which;
+///   - stagnation:         the recursive residual met the tolerance but the true one did not, after
+///                         CgOptions::kMaxRestarts residual replacements (the precision's attainable accuracy);
 /// On breakdown and at the iteration limit x is the iterate with the smallest residual seen (for a singular
 /// or inconsistent system the residual is not monotone), and the Summary says which — never thrown, never
 /// silent;
@@ -37,6 +41,7 @@
 #include <cmath>
 #include <cstdio>
 #include <functional>
+#include <limits>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -52,8 +57,19 @@ inline std::string cg_number(double v) {
 }
 }  // namespace detail
 
-enum class CgTermination { converged, relative_progress, max_iterations, breakdown, user_stop };
+enum class CgTermination { converged, relative_progress, max_iterations, breakdown, user_stop, stagnation };
 const char* to_string(CgTermination t);
+
+/// What failed when the termination is `breakdown`: a field to branch on, never the message.
+enum class CgBreakdown {
+  none,
+  rhs_not_finite,               ///< b holds NaN or Inf
+  initial_residual_not_finite,  ///< b − A x₀ holds NaN or Inf
+  curvature_nonpositive,        ///< pᵀAp ≤ 0 and finite: A is indefinite or singular along p
+  curvature_not_finite,         ///< pᵀAp is NaN or Inf: the operator produced NaN or Inf
+  rz_not_finite,                ///< rᵀz is NaN or Inf with a finite positive pᵀAp: residual or preconditioner
+};
+const char* to_string(CgBreakdown b);
 
 enum class CallbackResult { keep_going, stop };
 
@@ -77,6 +93,8 @@ struct CgOptions {
   bool use_relative_progress = false;
   /// ε of that rule. Range > 0. Default 5e-4 (Martens).
   double progress_epsilon = 5e-4;
+  /// Residual replacements allowed when the recursive residual meets the tolerance but the true one does not.
+  static constexpr Index kMaxRestarts = 2;
   /// Called after every iteration; returning CallbackResult::stop ends the solve (user_stop). Optional.
   std::function<CallbackResult(const CgIterationInfo&)> callback;
 
@@ -90,7 +108,15 @@ struct CgSummary {
   Index operator_applications = 0;
   Index preconditioner_applications = 0;
   double rhs_norm = 0;                    ///< ‖b‖
-  double relative_residual = 0;           ///< final ‖r‖ / ‖b‖ (recursively updated residual)
+  /// ‖b − A x‖ / ‖b‖ of the returned x, recomputed at exit with one more product (counted in
+  /// operator_applications): what "converged" is decided on.
+  double relative_residual = 0;
+  /// The recursively updated residual of the returned iterate, ‖r‖ / ‖b‖; drifts from the true one in
+  /// finite precision.
+  double recursive_relative_residual = 0;
+  CgBreakdown breakdown = CgBreakdown::none;  ///< what failed, when termination == breakdown
+  double breakdown_value = 0;                 ///< the failing quantity (pᵀAp or rᵀz)
+  Index restarts = 0;                         ///< residual replacements (see CgOptions::kMaxRestarts)
   std::vector<double> residual_history;   ///< ‖r_i‖ / ‖b‖, i = 0 … iterations
   std::vector<double> quadratic_history;  ///< φ(x_i), i = 0 … iterations
   Index returned_iterate = 0;  ///< which iterate x is (the best one after a breakdown or the limit)
@@ -99,6 +125,10 @@ struct CgSummary {
   /// converged or relative_progress: the solution is usable as asked.
   bool is_converged() const {
     return termination == CgTermination::converged || termination == CgTermination::relative_progress;
+  }
+  /// A breakdown caused by NaN or Inf (not by an indefinite or singular operator): the result is meaningless.
+  bool is_numerical_failure() const {
+    return breakdown != CgBreakdown::none && breakdown != CgBreakdown::curvature_nonpositive;
   }
   std::string brief_report() const;
   std::string full_report() const;
@@ -146,6 +176,8 @@ CgSummary conjugate_gradient(const Op& A, const Preconditioner& M, const typenam
   if (!std::isfinite(s.rhs_norm)) {
     x.setZero();
     s.termination = CgTermination::breakdown;
+    s.breakdown = CgBreakdown::rhs_not_finite;
+    s.breakdown_value = s.rhs_norm;
     s.message = "the right-hand side contains NaN or Inf";
     s.time_s = elapsed();
     return s;
@@ -173,9 +205,11 @@ CgSummary conjugate_gradient(const Op& A, const Preconditioner& M, const typenam
   double rel = double(ws.r.norm()) / s.rhs_norm;
   s.residual_history.push_back(rel);
   s.quadratic_history.push_back(phi());
-  s.relative_residual = rel;
+  s.relative_residual = s.recursive_relative_residual = rel;
   if (!std::isfinite(rel)) {
     s.termination = CgTermination::breakdown;
+    s.breakdown = CgBreakdown::initial_residual_not_finite;
+    s.breakdown_value = rel;
     s.message = "the initial residual b - A x0 is not finite (NaN or Inf in the operator or x0)";
     s.time_s = elapsed();
     return s;
@@ -190,96 +224,155 @@ CgSummary conjugate_gradient(const Op& A, const Preconditioner& M, const typenam
   // With the identity preconditioner z = r: no copy, and rᵀz is the ‖r‖² the residual update returns.
   constexpr bool identity = std::is_same<Preconditioner, IdentityPreconditioner<Scalar>>::value;
   const Scalar* z = identity ? ws.r.data() : ws.z.data();
-  if (!identity) M.apply(ws.r.data(), ws.z.data());
-  ++s.preconditioner_applications;
-  detail::cg_copy(ws.p.data(), z, n);
-  double rz = detail::cg_dot(ws.r.data(), z, n);
+  double rz = 0;
+  auto start_direction = [&] {  // p = z = M⁻¹ r
+    if (!identity) M.apply(ws.r.data(), ws.z.data());
+    ++s.preconditioner_applications;
+    detail::cg_copy(ws.p.data(), z, n);
+    rz = detail::cg_dot(ws.r.data(), z, n);
+  };
+  // ‖b − A x‖ / ‖b‖ recomputed from scratch (one product), into r: the recursively updated residual drifts
+  // from it in finite precision, so convergence is decided on this one.
+  auto true_residual = [&] {
+    A.perform_op(x.data(), ws.Ap.data());
+    ++s.operator_applications;
+    ws.r = b - ws.Ap;
+    return double(ws.r.norm()) / s.rhs_norm;
+  };
+  // rᵀz is NaN or Inf while pᵀAp was finite and positive: the residual or the preconditioner failed.
+  auto rz_breakdown = [&](double value, double pAp, Index at) {
+    s.termination = CgTermination::breakdown;
+    s.breakdown = CgBreakdown::rz_not_finite;
+    s.breakdown_value = value;
+    s.message = "breakdown at iteration " + std::to_string(at) + ": r^T z = " + detail::cg_number(value) +
+                " is not finite" + (at > 0 ? " while p^T A p = " + detail::cg_number(pAp) + " > 0" : "") +
+                " (NaN or Inf in the residual or the preconditioner)";
+  };
+  start_direction();
   s.termination = CgTermination::max_iterations;
   double best_rel = rel;
   // The best iterate is x itself while best_iter is the current iterate; ws.best holds it only once a later
   // step fails to improve on it (copied just before x moves on), so improving steps copy nothing.
   Index best_iter = 0;
-  for (Index i = 1; i <= options.max_iterations; ++i) {
-    A.perform_op(ws.p.data(), ws.Ap.data());
-    ++s.operator_applications;
-    const double pAp = detail::cg_dot(ws.p.data(), ws.Ap.data(), n);
-    if (!(pAp > 0) || !std::isfinite(pAp) || !std::isfinite(rz)) {
-      s.termination = CgTermination::breakdown;
-      s.message = "breakdown at iteration " + std::to_string(i) + ": p^T A p = " + detail::cg_number(pAp) +
-                  (std::isfinite(pAp) ? " <= 0 (the operator is indefinite or singular along p; add damping)"
-                                      : " is not finite (NaN or Inf in the operator)");
-      break;
-    }
-    const double alpha = rz / pAp;
-    const double rr = detail::cg_update_residual(ws.r.data(), ws.Ap.data(), Scalar(alpha), n);  // r −= α Ap
-    rel = std::sqrt(rr) / s.rhs_norm;
-    if (rel < best_rel) {
-      best_rel = rel;
-      best_iter = i;
-    } else if (best_iter == i - 1) {
-      detail::cg_copy(ws.best.data(), x.data(), n);  // x_{i−1} stays the best: keep it before x moves on
-    }
-    const double phi_i = -0.5 * detail::cg_update_solution(x.data(), ws.p.data(), Scalar(alpha), b.data(),
-                                                           ws.r.data(), n);  // x += α p; φ = −½ xᵀ(b + r)
-    s.iterations = i;
-    s.relative_residual = rel;
-    s.residual_history.push_back(rel);
-    s.quadratic_history.push_back(phi_i);
-    if (options.callback) {
-      CgIterationInfo info{i, rel, phi_i, alpha, elapsed()};
-      if (options.callback(info) == CallbackResult::stop) {
-        s.termination = CgTermination::user_stop;
-        s.message = "stopped by the callback at iteration " + std::to_string(i) +
-                    ", |r|/|b| = " + detail::cg_number(rel);
+  Index i = 0;
+  double true_rel = std::numeric_limits<double>::quiet_NaN();
+  if (!std::isfinite(rz)) rz_breakdown(rz, 0, 0);
+  while (s.termination != CgTermination::breakdown) {
+    while (i < options.max_iterations) {
+      ++i;
+      A.perform_op(ws.p.data(), ws.Ap.data());
+      ++s.operator_applications;
+      const double pAp = detail::cg_dot(ws.p.data(), ws.Ap.data(), n);
+      if (!std::isfinite(pAp) || !(pAp > 0)) {
+        s.termination = CgTermination::breakdown;
+        s.breakdown = std::isfinite(pAp) ? CgBreakdown::curvature_nonpositive : CgBreakdown::curvature_not_finite;
+        s.breakdown_value = pAp;
+        s.message = "breakdown at iteration " + std::to_string(i) + ": p^T A p = " + detail::cg_number(pAp) +
+                    (std::isfinite(pAp) ? " <= 0 (the operator is indefinite or singular along p; add damping)"
+                                        : " is not finite (NaN or Inf in the operator)");
         break;
       }
-    }
-    if (rel <= options.relative_tolerance) {
-      s.termination = CgTermination::converged;
-      s.message = "|r|/|b| = " + detail::cg_number(rel) +
-                  " <= " + detail::cg_number(options.relative_tolerance) + " after " + std::to_string(i) +
-                  " iterations";
-      break;
-    }
-    if (options.use_relative_progress) {
-      const Index k = std::max<Index>(10, static_cast<Index>(std::ceil(0.1 * double(i))));
-      if (i > k && phi_i < 0) {
-        const double progress = (phi_i - s.quadratic_history[static_cast<std::size_t>(i - k)]) / phi_i;
-        if (progress < double(k) * options.progress_epsilon) {
-          s.termination = CgTermination::relative_progress;
-          s.message = "relative progress of phi over the last " + std::to_string(k) + " iterations is " +
-                      detail::cg_number(progress) +
-                      " < k*eps = " + detail::cg_number(double(k) * options.progress_epsilon) +
-                      " at iteration " + std::to_string(i) + ", |r|/|b| = " + detail::cg_number(rel);
+      const double alpha = rz / pAp;
+      const double rr = detail::cg_update_residual(ws.r.data(), ws.Ap.data(), Scalar(alpha), n);  // r −= α Ap
+      rel = std::sqrt(rr) / s.rhs_norm;
+      if (rel < best_rel) {
+        best_rel = rel;
+        best_iter = i;
+      } else if (best_iter == i - 1) {
+        detail::cg_copy(ws.best.data(), x.data(), n);  // x_{i−1} stays the best: keep it before x moves on
+      }
+      const double phi_i = -0.5 * detail::cg_update_solution(x.data(), ws.p.data(), Scalar(alpha), b.data(),
+                                                             ws.r.data(), n);  // x += α p; φ = −½ xᵀ(b + r)
+      s.iterations = i;
+      s.recursive_relative_residual = rel;
+      s.residual_history.push_back(rel);
+      s.quadratic_history.push_back(phi_i);
+      if (options.callback) {
+        CgIterationInfo info{i, rel, phi_i, alpha, elapsed()};
+        if (options.callback(info) == CallbackResult::stop) {
+          s.termination = CgTermination::user_stop;
+          s.message = "stopped by the callback at iteration " + std::to_string(i) +
+                      ", |r|/|b| = " + detail::cg_number(rel);
           break;
         }
       }
+      if (rel <= options.relative_tolerance) {
+        s.termination = CgTermination::converged;
+        break;
+      }
+      if (options.use_relative_progress) {
+        const Index k = std::max<Index>(10, static_cast<Index>(std::ceil(0.1 * double(i))));
+        if (i > k && phi_i < 0) {
+          const double progress = (phi_i - s.quadratic_history[static_cast<std::size_t>(i - k)]) / phi_i;
+          if (progress < double(k) * options.progress_epsilon) {
+            s.termination = CgTermination::relative_progress;
+            s.message = "relative progress of phi over the last " + std::to_string(k) + " iterations is " +
+                        detail::cg_number(progress) +
+                        " < k*eps = " + detail::cg_number(double(k) * options.progress_epsilon) +
+                        " at iteration " + std::to_string(i) + ", |r|/|b| = " + detail::cg_number(rel);
+            break;
+          }
+        }
+      }
+      double rz_new = rr;
+      if (!identity) {
+        M.apply(ws.r.data(), ws.z.data());
+        rz_new = detail::cg_dot(ws.r.data(), z, n);
+      }
+      ++s.preconditioner_applications;
+      if (!std::isfinite(rz_new)) {
+        rz_breakdown(rz_new, pAp, i);
+        break;
+      }
+      detail::cg_update_direction(ws.p.data(), z, Scalar(rz_new / rz), n);  // p = z + β p
+      rz = rz_new;
     }
-    double rz_new = rr;
-    if (!identity) {
-      M.apply(ws.r.data(), ws.z.data());
-      rz_new = detail::cg_dot(ws.r.data(), z, n);
+    if (s.termination != CgTermination::converged) break;
+    // The recursive residual says converged: check the true one. If it falls short, restart from x with the
+    // true residual (residual replacement), while iterations and restarts remain.
+    true_rel = true_residual();
+    if (true_rel <= options.relative_tolerance) {
+      s.message = "|b - A x|/|b| = " + detail::cg_number(true_rel) + " <= " +
+                  detail::cg_number(options.relative_tolerance) + " after " + std::to_string(i) + " iterations" +
+                  (s.restarts ? " and " + std::to_string(s.restarts) + " residual replacements" : "");
+      break;
     }
-    ++s.preconditioner_applications;
-    detail::cg_update_direction(ws.p.data(), z, Scalar(rz_new / rz), n);  // p = z + β p
-    rz = rz_new;
+    if (i >= options.max_iterations || s.restarts >= CgOptions::kMaxRestarts) {
+      s.termination = i >= options.max_iterations ? CgTermination::max_iterations : CgTermination::stagnation;
+      s.message = "the recursive residual reached " + detail::cg_number(rel) + " but the true |b - A x|/|b| = " +
+                  detail::cg_number(true_rel) + " > " + detail::cg_number(options.relative_tolerance) + " after " +
+                  std::to_string(s.restarts) + " residual replacements (the precision's attainable accuracy)";
+      break;
+    }
+    ++s.restarts;
+    rel = true_rel;
+    best_rel = rel;
+    best_iter = i;
+    start_direction();
+    s.termination = CgTermination::max_iterations;
+    true_rel = std::numeric_limits<double>::quiet_NaN();
+    if (!std::isfinite(rz)) rz_breakdown(rz, 0, i);
   }
-  if (s.termination == CgTermination::max_iterations)
+  if (s.termination == CgTermination::max_iterations && s.message.empty())
     s.message = "reached max_iterations = " + std::to_string(options.max_iterations) +
                 " with |r|/|b| = " + detail::cg_number(rel) + " > " +
                 detail::cg_number(options.relative_tolerance);
   s.returned_iterate = s.iterations;
+  bool x_moved = false;
   if ((s.termination == CgTermination::breakdown || s.termination == CgTermination::max_iterations) &&
       best_iter != s.iterations) {
     detail::cg_copy(x.data(), ws.best.data(), n);
+    x_moved = true;
     s.returned_iterate = best_iter;
-    s.relative_residual = best_rel;
     s.message += "; returned iterate " + std::to_string(best_iter) +
                  " (|r|/|b| = " + detail::cg_number(best_rel) + "), the one with the smallest residual";
   } else if (s.termination == CgTermination::breakdown) {
     s.message +=
         "; returned iterate " + std::to_string(s.iterations) + ", the one with the smallest residual";
   }
+  s.recursive_relative_residual = s.returned_iterate == s.iterations ? rel : best_rel;
+  if (std::isnan(true_rel) || x_moved) true_rel = true_residual();
+  s.relative_residual = true_rel;
   s.time_s = elapsed();
   return s;
 }
