@@ -89,6 +89,58 @@ TYPED_TEST(FisherProduct, SymmetricAndPositiveSemidefinite) {
     }
 }
 
+TEST(DenseReference, FiniteDifferenceJacobianAgreesWithBackpropAndRop) {
+  // The references of this file build J by the library's backprop; here that J is checked against central
+  // differences of the forward pass alone, and the dense Fisher from the finite-difference J against the
+  // operator.
+  for (const auto& mc : model_cases(3)) {
+    SCOPED_TRACE(mc.label);
+    Sequential<double> model(mc.spec);
+    const Vec<double> theta = init_parameters(model, 3);
+    for (LikelihoodKind lk : kLikelihoods) {
+      const Dataset<double> data = random_dataset(model, 5, lk, 4);
+      const Mat<double> Jfd = jacobian_by_finite_differences(model, theta, data.inputs);
+      EXPECT_LT((Jfd - jacobian_by_backprop(model, theta, data.inputs)).norm() / Jfd.norm(), 1e-7);
+      EXPECT_LT((Jfd - jacobian_by_rop(model, theta, data.inputs)).norm() / Jfd.norm(), 1e-7);
+      const Mat<double> Z = model.predict(theta.data(), data.inputs);
+      const Index C = model.output_size();
+      Mat<double> Fd = Mat<double>::Zero(model.num_params(), model.num_params());
+      for (Index n = 0; n < data.size(); ++n)
+        Fd += Jfd.middleRows(n * C, C).transpose() *
+              dense_output_fisher(lk, FisherKind::exact, Vec<double>(Z.col(n)), data, n) * Jfd.middleRows(n * C, C);
+      Fd /= double(data.size());
+      FisherOperator<double> F(model, theta, lk, data);
+      const Vec<double> v = random_vec<double>(model.num_params(), 21);
+      EXPECT_LT(rel_err_vec(apply(F, v), Fd * v), 1e-7) << to_string(lk);
+    }
+  }
+}
+
+TEST(MonteCarloFisher, MatchesTheDenseFisherOfIndependentlyDrawnLabels) {
+  // The same labels, drawn in the test from the documented key, give the same Monte-Carlo Fisher: checks the
+  // sampler itself, not only its statistics.
+  for (LikelihoodKind lk : kLikelihoods) {
+    SCOPED_TRACE(to_string(lk));
+    Sequential<double> model(mlp_spec(3, 5, 4));
+    const Vec<double> theta = init_parameters(model, 4);
+    const Dataset<double> data = random_dataset(model, 9, lk, 5);
+    FisherOptions opt;
+    opt.kind = FisherKind::mc;
+    opt.mc_samples = 3;
+    opt.seed = 77;
+    opt.chunk_size = 4;
+    FisherOperator<double> F(model, theta, lk, data, opt);
+    const Mat<double> J = jacobian_by_finite_differences(model, theta, data.inputs);
+    const Mat<double> Z = model.predict(theta.data(), data.inputs);
+    Mat<double> Fd = Mat<double>::Zero(model.num_params(), model.num_params());
+    for (Index n = 0; n < data.size(); ++n)
+      Fd += J.middleRows(n * 4, 4).transpose() * mc_output_fisher(lk, Z.col(n), 77, n, 3) * J.middleRows(n * 4, 4);
+    Fd /= double(data.size());
+    const Vec<double> v = random_vec<double>(model.num_params(), 6);
+    EXPECT_LT(rel_err_vec(apply(F, v), Fd * v), 1e-7);
+  }
+}
+
 TEST(MonteCarloFisher, ErrorFallsLikeOneOverSqrtS) {
   // E‖F̂_S v − F v‖² = σ²/S for the average of S independent label draws, so the RMS error over seeds times
   // √S estimates the same σ for every S. With 24 seeds the RMS estimate has a relative spread of about

@@ -1,5 +1,6 @@
 // Shared test utilities: small models, tolerances per scalar type, and the dense references
-// (Jacobian from backprop or R-op, H_n from the likelihood formulas, F = 1/N Σ J_nᵀ H_n J_n).
+// (Jacobian from backprop, R-op or finite differences of the forward pass, H_n from the likelihood formulas
+// and independently drawn Monte-Carlo labels, F = 1/N Σ J_nᵀ H_n J_n).
 #pragma once
 
 #include <natgrad/core/random.h>
@@ -136,6 +137,60 @@ Mat<Scalar> jacobian_by_rop(const Sequential<Scalar>& model, const Vec<Scalar>& 
     e[p] = 0;
   }
   return J;
+}
+
+/// The Jacobian (C·N × P) by central finite differences of the forward pass alone, in double: independent of
+/// the library's R-op and backprop. Step h = 1e-6 gives O(h²) ≈ 1e-12 truncation plus 1e-10 rounding.
+inline Mat<double> jacobian_by_finite_differences(const Sequential<double>& model, const Vec<double>& theta,
+                                                  const Mat<double>& X, double h = 1e-6) {
+  const Index C = model.output_size(), N = X.cols(), P = model.num_params();
+  Mat<double> J(C * N, P);
+  Vec<double> t = theta;
+  for (Index p = 0; p < P; ++p) {
+    t[p] = theta[p] + h;
+    const Mat<double> up = model.predict(t.data(), X);
+    t[p] = theta[p] - h;
+    const Mat<double> down = model.predict(t.data(), X);
+    t[p] = theta[p];
+    J.col(p) = Eigen::Map<const Vec<double>>(Mat<double>((up - down) / (2 * h)).data(), C * N);
+  }
+  return J;
+}
+
+/// The Monte-Carlo H_n = 1/S Σ_s s_s s_sᵀ with the labels drawn here from the documented key — stream
+/// (mc_labels, sample n) of the counter-based generator, draw s — by the documented rules: categorical
+/// y = the first class whose cumulative probability exceeds u·Σp (u = uniform(s)); gaussian y = z + ε with
+/// ε_c = normal(s·C + c); bernoulli y_c = [uniform(s·C + c) < σ(z_c)]. Nothing here calls the library's
+/// sampler.
+inline Mat<double> mc_output_fisher(LikelihoodKind kind, const Vec<double>& z, uint64_t seed, Index n, int S) {
+  const Index C = z.size();
+  const CounterRng rng(seed, rng_stream(RngDomain::mc_labels, static_cast<uint64_t>(n)));
+  Mat<double> H = Mat<double>::Zero(C, C);
+  Vec<double> p = (z.array() - z.maxCoeff()).exp();
+  p /= p.sum();
+  const Vec<double> sig = 1.0 / (1.0 + (-z.array()).exp());
+  for (int s = 0; s < S; ++s) {
+    Vec<double> score(C);
+    if (kind == LikelihoodKind::categorical) {
+      const double target = rng.uniform(static_cast<uint64_t>(s)) * p.sum();
+      Index y = C - 1;
+      double cdf = 0;
+      for (Index c = 0; c < C; ++c)
+        if (target < (cdf += p[c])) {
+          y = c;
+          break;
+        }
+      score = -p;
+      score[y] += 1;
+    } else if (kind == LikelihoodKind::gaussian) {
+      for (Index c = 0; c < C; ++c) score[c] = rng.normal(static_cast<uint64_t>(s * C + c));
+    } else {
+      for (Index c = 0; c < C; ++c)
+        score[c] = (rng.uniform(static_cast<uint64_t>(s * C + c)) < sig[c] ? 1.0 : 0.0) - sig[c];
+    }
+    H += score * score.transpose();
+  }
+  return H / double(S);
 }
 
 /// H_n written out from the table in DESIGN.md §1 (not from the library's code path).

@@ -5,7 +5,12 @@
 #include <natgrad/natural_gradient/solve_natural_gradient.h>
 #include <natgrad/solvers/spectrum.h>
 
+#include <Eigen/Eigenvalues>
+#include <algorithm>
 #include <limits>
+#include <vector>
+
+#include "core/link_functions.h"
 
 using namespace natgrad;
 using namespace natgrad::test;
@@ -99,4 +104,121 @@ TEST(NumericalFailures, LanczosOnANonFiniteOperatorSaysWhere) {
   const SpectrumResult r = top_eigenvalues(op, opt);
   EXPECT_FALSE(r.converged);
   EXPECT_NE(r.status.find("NaN or Inf at product 7"), std::string::npos) << r.status;
+}
+
+// ---- Extreme logits: the output curvature and the samplers keep what the precision can represent. ----
+
+namespace {
+template <typename Scalar>
+Mat<double> exact_output_fisher(LikelihoodKind kind, const std::vector<double>& z) {
+  const Index C = static_cast<Index>(z.size());
+  Mat<Scalar> Z(C, 1);
+  for (Index c = 0; c < C; ++c) Z(c, 0) = static_cast<Scalar>(z[static_cast<std::size_t>(c)]);
+  Dataset<Scalar> none;
+  none.inputs.resize(0, 1);
+  const OutputCurvature<Scalar> H(kind, FisherKind::exact, 1, 0, ConstMatMap<Scalar>(Z.data(), C, 1), none);
+  return H.dense(0).template cast<double>();
+}
+
+// diag(p) − p pᵀ in long double, the diagonal as p_i Σ_{c≠i} p_c: every entry to ~1e-19 relative.
+Mat<double> reference_categorical(const std::vector<double>& z) {
+  const std::size_t C = z.size();
+  long double m = z[0], s = 0;
+  for (double v : z) m = std::max<long double>(m, v);
+  std::vector<long double> p(C);
+  for (std::size_t c = 0; c < C; ++c) s += (p[c] = std::exp(static_cast<long double>(z[c]) - m));
+  Mat<double> H(C, C);
+  for (std::size_t i = 0; i < C; ++i)
+    for (std::size_t j = 0; j < C; ++j) {
+      long double others = 0;  // 1 − p_i as the sum of the other probabilities: no cancellation
+      for (std::size_t c = 0; c < C; ++c)
+        if (c != i) others += p[c];
+      H(Index(i), Index(j)) = double(i == j ? (p[i] / s) * (others / s) : -(p[i] / s) * (p[j] / s));
+    }
+  return H;
+}
+}  // namespace
+
+TEST(ExtremeLogits, CategoricalCurvatureKeepsSmallProbabilities) {
+  // p₀ = e^{−20}/(1 + e^{−20} + e^{−25}) ≈ 2e-9 is far below float's 6e-8 spacing near 1: recovering p as
+  // (p₀ − 1) + 1 made it 0, and p₁ − p₁² for the dominant class cancels to 0 as well. Each diagonal entry
+  // must carry the relative accuracy of the type.
+  const std::vector<double> z = {0.0, 20.0, -5.0};
+  const Mat<double> ref = reference_categorical(z);
+  const Mat<double> Hf = exact_output_fisher<float>(LikelihoodKind::categorical, z);
+  const Mat<double> Hd = exact_output_fisher<double>(LikelihoodKind::categorical, z);
+  for (Index i = 0; i < 3; ++i) {
+    EXPECT_LT(std::abs(Hf(i, i) - ref(i, i)), 1e-5 * std::abs(ref(i, i))) << "float, entry " << i;
+    EXPECT_LT(std::abs(Hd(i, i) - ref(i, i)), 1e-13 * std::abs(ref(i, i))) << "double, entry " << i;
+  }
+  // ±80 in float and ±700 in double: finite, symmetric, every row sums to zero (H·1 = p − p·Σp = 0), PSD.
+  for (const auto& zz : {std::vector<double>{80, -80, 0, 80}, std::vector<double>{700, -700, 0, 3}}) {
+    const Mat<double> H = zz[0] == 80 ? exact_output_fisher<float>(LikelihoodKind::categorical, zz)
+                                      : exact_output_fisher<double>(LikelihoodKind::categorical, zz);
+    const Mat<double> R = reference_categorical(zz);
+    ASSERT_TRUE(H.allFinite());
+    EXPECT_LT((H - R).norm(), (zz[0] == 80 ? 1e-6 : 1e-15)) << H;
+    EXPECT_LT((H - H.transpose()).norm(), 1e-12);
+    EXPECT_GE(Eigen::SelfAdjointEigenSolver<Mat<double>>(H).eigenvalues().minCoeff(), -1e-7);
+  }
+}
+
+TEST(ExtremeLogits, BernoulliCurvatureIsSigmaTimesOneMinusSigmaToFullRelativeAccuracy) {
+  for (double z : {80.0, -80.0, 30.0, -17.0}) {
+    const long double zl = z;
+    const double ref = double(1.0L / (1.0L + std::exp(-zl)) / (1.0L + std::exp(zl)));  // σ(z) σ(−z)
+    const double hf = exact_output_fisher<float>(LikelihoodKind::bernoulli, {z})(0, 0);
+    EXPECT_LT(std::abs(hf - ref), 1e-5 * ref) << "float z = " << z;  // 1 − σ(80) was 0 in float
+  }
+  for (double z : {700.0, -700.0, 40.0}) {
+    const long double zl = z;
+    const double ref = double(1.0L / (1.0L + std::exp(-zl)) / (1.0L + std::exp(zl)));
+    EXPECT_LT(std::abs(exact_output_fisher<double>(LikelihoodKind::bernoulli, {z})(0, 0) - ref), 1e-12 * ref)
+        << "double z = " << z;
+  }
+}
+
+TEST(ExtremeLogits, SampledTargetsAreValidAndFollowTheModel) {
+  // One class with all the mass (p rounds to exactly 1 and the others to 0): every draw must be that class.
+  // Read back from the score onehot(y) − p = 0, the label was a tie that always said class 0.
+  const Index N = 64;
+  Mat<float> Z = Mat<float>::Constant(3, N, -80.0f);
+  Z.row(1).setConstant(80.0f);
+  const Dataset<float> t = sample_targets<float>(LikelihoodKind::categorical, ConstMatMap<float>(Z.data(), 3, N), 5);
+  ASSERT_EQ(t.labels.size(), std::size_t(N));
+  for (int64_t y : t.labels) EXPECT_EQ(y, 1);
+  // Bernoulli at ±80 (and a few moderate logits): targets exactly 0 or 1, accepted by check_targets.
+  Mat<double> B(4, N);
+  for (Index n = 0; n < N; ++n) B.col(n) << 700.0, -700.0, 0.3, -2.0;
+  Dataset<double> bt = sample_targets<double>(LikelihoodKind::bernoulli, ConstMatMap<double>(B.data(), 4, N), 9);
+  for (Index n = 0; n < N; ++n) {
+    EXPECT_EQ(bt.targets(0, n), 1.0);
+    EXPECT_EQ(bt.targets(1, n), 0.0);
+    for (Index c = 2; c < 4; ++c) EXPECT_TRUE(bt.targets(c, n) == 0.0 || bt.targets(c, n) == 1.0);
+  }
+  bt.inputs.resize(0, N);
+  EXPECT_NO_THROW(check_targets<double>(LikelihoodKind::bernoulli, bt, 4));
+  // The labels are draw 0 of the Monte-Carlo streams: onehot(y) − p is the score sample_scores returns.
+  Mat<double> M = Mat<double>::Random(5, 20);
+  const Dataset<double> mt = sample_targets<double>(LikelihoodKind::categorical, ConstMatMap<double>(M.data(), 5, 20), 3);
+  Mat<double> S(5, 20);
+  sample_scores<double>(LikelihoodKind::categorical, ConstMatMap<double>(M.data(), 5, 20), 3, 0, 1,
+                        MatMap<double>(S.data(), 5, 20));
+  for (Index n = 0; n < 20; ++n) {
+    Index y;
+    S.col(n).maxCoeff(&y);
+    EXPECT_EQ(mt.labels[static_cast<std::size_t>(n)], y);
+  }
+}
+
+TEST(ExtremeLogits, InverseCdfNeverPicksAClassWithZeroProbability) {
+  // Σp rounds below 1 and the last class has p = 0: a uniform draw above Σp fell through to the last class.
+  const float p[3] = {0.5f, 0.49999994f, 0.0f};
+  EXPECT_EQ(detail::sample_categorical(p, 3, 0.99999999), 1);
+  EXPECT_EQ(detail::sample_categorical(p, 3, 0.0), 0);
+  const double q[4] = {0.0, 0.25, 0.0, 0.75};
+  EXPECT_EQ(detail::sample_categorical(q, 4, 0.0), 1);
+  EXPECT_EQ(detail::sample_categorical(q, 4, 0.2499), 1);
+  EXPECT_EQ(detail::sample_categorical(q, 4, 0.25), 3);
+  EXPECT_EQ(detail::sample_categorical(q, 4, std::nextafter(1.0, 0.0)), 3);
 }

@@ -1,6 +1,8 @@
 #include <natgrad/core/random.h>
 #include <natgrad/likelihood/likelihood.h>
 
+#include "core/link_functions.h"
+
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
@@ -59,20 +61,14 @@ void check_targets(LikelihoodKind kind, const Dataset<Scalar>& data, Index C) {
     throw std::invalid_argument("bernoulli targets must lie in [0, 1]");
 }
 
+using detail::sigmoid;
+using detail::softmax;
+
 namespace {
-// p = softmax(z) computed stably; returns log Σ exp(z).
+// y ~ Bernoulli(σ(z)) from draw `counter` of rng: exactly 0 or 1.
 template <typename Scalar>
-Scalar softmax(const Scalar* z, Index C, Scalar* p) {
-  const Scalar m = *std::max_element(z, z + C);
-  Scalar s = 0;
-  for (Index c = 0; c < C; ++c) s += (p[c] = std::exp(z[c] - m));
-  const Scalar inv = Scalar(1) / s;
-  for (Index c = 0; c < C; ++c) p[c] *= inv;
-  return m + std::log(s);
-}
-template <typename Scalar>
-Scalar sigmoid(Scalar z) {
-  return Scalar(1) / (Scalar(1) + std::exp(-z));
+Scalar bernoulli_draw(const CounterRng& rng, Index counter, Scalar z) {
+  return rng.uniform(static_cast<uint64_t>(counter)) < double(sigmoid(z)) ? Scalar(1) : Scalar(0);
 }
 }  // namespace
 
@@ -126,31 +122,6 @@ void nll_gradient(LikelihoodKind kind, ConstMatMap<Scalar> Z, const Dataset<Scal
 }
 
 template <typename Scalar>
-void fisher_apply(LikelihoodKind kind, ConstMatMap<Scalar> Z, ConstMatMap<Scalar> U, MatMap<Scalar> HU) {
-  const Index C = Z.rows();
-  Vec<Scalar> p(C);
-  for (Index j = 0; j < Z.cols(); ++j) {
-    switch (kind) {
-      case LikelihoodKind::categorical: {  // (diag(p) − p pᵀ) u
-        softmax(Z.col(j).data(), C, p.data());
-        const Scalar pu = p.dot(U.col(j));
-        HU.col(j) = p.cwiseProduct(U.col(j)) - pu * p;
-        break;
-      }
-      case LikelihoodKind::gaussian:
-        HU.col(j) = U.col(j);
-        break;
-      case LikelihoodKind::bernoulli:
-        for (Index c = 0; c < C; ++c) {
-          const Scalar s = sigmoid(Z(c, j));
-          HU(c, j) = s * (Scalar(1) - s) * U(c, j);
-        }
-        break;
-    }
-  }
-}
-
-template <typename Scalar>
 void sample_scores(LikelihoodKind kind, ConstMatMap<Scalar> Z, uint64_t seed, Index sample0, int draws,
                    MatMap<Scalar> S) {
   const Index C = Z.rows();
@@ -163,16 +134,7 @@ void sample_scores(LikelihoodKind kind, ConstMatMap<Scalar> Z, uint64_t seed, In
       Scalar* out = S.col(j * draws + s).data();
       switch (kind) {
         case LikelihoodKind::categorical: {  // y by inverse CDF; score onehot(y) − p
-          const double u = rng.uniform(static_cast<uint64_t>(s));
-          double cdf = 0;
-          Index y = C - 1;
-          for (Index c = 0; c < C; ++c) {
-            cdf += p[c];
-            if (u < cdf) {
-              y = c;
-              break;
-            }
-          }
+          const Index y = detail::sample_categorical(p.data(), C, rng.uniform(static_cast<uint64_t>(s)));
           for (Index c = 0; c < C; ++c) out[c] = -p[c];
           out[y] += Scalar(1);
           break;
@@ -181,11 +143,7 @@ void sample_scores(LikelihoodKind kind, ConstMatMap<Scalar> Z, uint64_t seed, In
           for (Index c = 0; c < C; ++c) out[c] = static_cast<Scalar>(rng.normal(static_cast<uint64_t>(s * C + c)));
           break;
         case LikelihoodKind::bernoulli:  // y_c ~ Bernoulli(σ(z_c)); score y − σ(z)
-          for (Index c = 0; c < C; ++c) {
-            const Scalar q = sigmoid(z[c]);
-            const Scalar y = rng.uniform(static_cast<uint64_t>(s * C + c)) < double(q) ? Scalar(1) : Scalar(0);
-            out[c] = y - q;
-          }
+          for (Index c = 0; c < C; ++c) out[c] = bernoulli_draw(rng, s * C + c, z[c]) - sigmoid(z[c]);
           break;
       }
     }
@@ -194,21 +152,26 @@ void sample_scores(LikelihoodKind kind, ConstMatMap<Scalar> Z, uint64_t seed, In
 
 template <typename Scalar>
 Dataset<Scalar> sample_targets(LikelihoodKind kind, ConstMatMap<Scalar> Z, uint64_t seed) {
+  // The same draws as sample_scores' draw 0, but the targets themselves: reading a label back from its score
+  // onehot(y) − p ties when p_y rounds to 1, and (y − σ) + σ need not be exactly 0 or 1.
   const Index C = Z.rows(), N = Z.cols();
-  Mat<Scalar> S(C, N);
-  sample_scores<Scalar>(kind, Z, seed, 0, 1, MatMap<Scalar>(S.data(), C, N));
-  // The score is y − E[y] (onehot(y) − p for categorical), so the label is read back from it.
   Dataset<Scalar> out;
-  if (kind == LikelihoodKind::categorical) {
-    for (Index j = 0; j < N; ++j) {
-      Index y = 0;
-      S.col(j).maxCoeff(&y);
-      out.labels.push_back(y);
+  Vec<Scalar> p(C);
+  if (kind != LikelihoodKind::categorical) out.targets.resize(C, N);
+  for (Index j = 0; j < N; ++j) {
+    const CounterRng rng(seed, rng_stream(RngDomain::mc_labels, static_cast<uint64_t>(j)));
+    switch (kind) {
+      case LikelihoodKind::categorical:
+        softmax(Z.col(j).data(), C, p.data());
+        out.labels.push_back(detail::sample_categorical(p.data(), C, rng.uniform(0)));
+        break;
+      case LikelihoodKind::gaussian:
+        for (Index c = 0; c < C; ++c) out.targets(c, j) = Z(c, j) + static_cast<Scalar>(rng.normal(uint64_t(c)));
+        break;
+      case LikelihoodKind::bernoulli:
+        for (Index c = 0; c < C; ++c) out.targets(c, j) = bernoulli_draw(rng, c, Z(c, j));
+        break;
     }
-  } else if (kind == LikelihoodKind::gaussian) {
-    out.targets = Z + S;
-  } else {
-    out.targets = S + Z.unaryExpr([](Scalar z) { return sigmoid(z); });
   }
   return out;
 }
@@ -217,7 +180,6 @@ Dataset<Scalar> sample_targets(LikelihoodKind kind, ConstMatMap<Scalar> Z, uint6
   template void check_targets<S>(LikelihoodKind, const Dataset<S>&, Index);                                    \
   template double nll_sum<S>(LikelihoodKind, ConstMatMap<S>, const Dataset<S>&, Index);                        \
   template void nll_gradient<S>(LikelihoodKind, ConstMatMap<S>, const Dataset<S>&, Index, MatMap<S>);          \
-  template void fisher_apply<S>(LikelihoodKind, ConstMatMap<S>, ConstMatMap<S>, MatMap<S>);                    \
   template void sample_scores<S>(LikelihoodKind, ConstMatMap<S>, uint64_t, Index, int, MatMap<S>);             \
   template Dataset<S> sample_targets<S>(LikelihoodKind, ConstMatMap<S>, uint64_t);
 NATGRAD_INSTANTIATE(float)

@@ -1,5 +1,7 @@
 #include <natgrad/likelihood/output_curvature.h>
 
+#include "core/link_functions.h"
+
 #include <cmath>
 #include <stdexcept>
 
@@ -16,17 +18,14 @@ OutputCurvature<Scalar>::OutputCurvature(LikelihoodKind likelihood, FisherKind k
   switch (kind) {
     case FisherKind::exact:
       if (likelihood == LikelihoodKind::categorical) {
-        // p = softmax(z) = ∇_z logsumexp: the gradient at a fake label 0, plus onehot(0).
-        Dataset<Scalar> zero;
-        zero.labels.assign(static_cast<std::size_t>(N), 0);
         stat_.resize(C, N);
-        nll_gradient<Scalar>(likelihood, Z, zero, 0, MatMap<Scalar>(stat_.data(), C, N));
-        stat_.row(0).array() += Scalar(1);
+        dominant_.resize(static_cast<std::size_t>(N));
+        for (Index n = 0; n < N; ++n) {
+          detail::softmax(Z.col(n).data(), C, stat_.col(n).data());
+          stat_.col(n).maxCoeff(&dominant_[static_cast<std::size_t>(n)]);
+        }
       } else if (likelihood == LikelihoodKind::bernoulli) {
-        stat_ = Z.unaryExpr([](Scalar z) {
-          const Scalar s = Scalar(1) / (Scalar(1) + std::exp(-z));
-          return s * (Scalar(1) - s);
-        });
+        stat_ = Z.unaryExpr([](Scalar z) { return detail::sigmoid_derivative(z); });
       }
       break;
     case FisherKind::mc:
@@ -48,10 +47,19 @@ void OutputCurvature<Scalar>::apply(Index col0, ConstMatMap<Scalar> U, MatMap<Sc
   if (kind_ == FisherKind::exact) {
     switch (likelihood_) {
       case LikelihoodKind::categorical:
-        // H u = p ∘ u − p (pᵀu)
+        // H u = p ∘ u − p (pᵀu) = p ∘ (u − pᵀu). Written so, the dominant class m (p_m ≈ 1) gets
+        // p_m (u_m − pᵀu), a difference of nearly equal numbers that cancels to nothing in float. With
+        // Σp = 1, u_c − pᵀu = d_c − pᵀd for d = u − u_m, where pᵀd = Σ_{c≠m} p_c d_c involves only the
+        // small probabilities: (H u)_c = p_c (d_c − pᵀd), accurate for every c.
         for (Index j = 0; j < n; ++j) {
-          const auto p = stat_.col(col0 + j);
-          HU.col(j) = p.cwiseProduct(U.col(j)) - p.dot(U.col(j)) * p;
+          const Scalar* p = stat_.col(col0 + j).data();
+          const Scalar* u = U.col(j).data();
+          Scalar* hu = HU.col(j).data();
+          const Index C = U.rows();
+          const Scalar um = u[dominant_[static_cast<std::size_t>(col0 + j)]];
+          Scalar pd = 0;
+          for (Index c = 0; c < C; ++c) pd += p[c] * (u[c] - um);
+          for (Index c = 0; c < C; ++c) hu[c] = p[c] * ((u[c] - um) - pd);
         }
         return;
       case LikelihoodKind::gaussian:

@@ -2,6 +2,7 @@
 // from the cached x and y in the same pass (fused: one read of x, y and the tangent, one write).
 #include <cmath>
 
+#include "core/link_functions.h"
 #include "model/layers.h"
 
 namespace natgrad {
@@ -31,7 +32,7 @@ class Elementwise final : public Layer<Scalar> {
         Y.array() = X.array().tanh();
         break;
       case LayerType::sigmoid:
-        for (Index k = 0; k < n; ++k) y[k] = Scalar(1) / (Scalar(1) + std::exp(-x[k]));
+        for (Index k = 0; k < n; ++k) y[k] = sigmoid(x[k]);
         break;
       case LayerType::gelu:  // x Φ(x), the exact (erf) form
         for (Index k = 0; k < n; ++k)
@@ -108,7 +109,7 @@ class Elementwise final : public Layer<Scalar> {
       case LayerType::softplus:  // σ(x); 1 above PyTorch's threshold, where the layer is the identity
         for (Index k = 0; k < n; ++k) {
           const Scalar xk = x[k];
-          out[k] = (xk > Scalar(20) ? Scalar(1) : Scalar(1) / (Scalar(1) + std::exp(-xk))) * in[k];
+          out[k] = (xk > Scalar(20) ? Scalar(1) : sigmoid(xk)) * in[k];
         }
         break;
       default:

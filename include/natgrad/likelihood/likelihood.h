@@ -50,17 +50,15 @@ template <typename Scalar>
 void nll_gradient(LikelihoodKind kind, ConstMatMap<Scalar> Z, const Dataset<Scalar>& data, Index col0,
                   MatMap<Scalar> G);
 
-/// HU_j = H(Z_j) U_j with the exact output Fisher.
-template <typename Scalar>
-void fisher_apply(LikelihoodKind kind, ConstMatMap<Scalar> Z, ConstMatMap<Scalar> U, MatMap<Scalar> HU);
-
 /// Scores of sampled labels: for each column j and draw s < S, y ~ p(y | Z_j) drawn from the counter-based
 /// generator keyed by (seed, sample index sample0 + j, draw s), and S(:, j·S + s) = ∇_z log p(y | Z_j).
 template <typename Scalar>
 void sample_scores(LikelihoodKind kind, ConstMatMap<Scalar> Z, uint64_t seed, Index sample0, int draws,
                    MatMap<Scalar> S);
 
-/// Targets drawn from the model, y_j ~ p(y | Z_j) (draw 0 of each sample's stream).
+/// Targets drawn from the model, y_j ~ p(y | Z_j): draw 0 of each sample's stream, the same labels whose
+/// scores sample_scores(…, sample0 = 0, …) returns in column j·S. Class labels always have p_y > 0 and
+/// bernoulli targets are exactly 0 or 1, so check_targets accepts them.
 template <typename Scalar>
 Dataset<Scalar> sample_targets(LikelihoodKind kind, ConstMatMap<Scalar> Z, uint64_t seed);
 

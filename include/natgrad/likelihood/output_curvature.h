@@ -2,7 +2,8 @@
 /// \brief H_n for every sample of a batch — exact, Monte-Carlo or empirical — ready to multiply.
 ///
 /// Built once per batch from the cached outputs; apply() is then a cheap C × n product per call:
-///   - exact:      categorical keeps p = softmax(z) and computes H u = p ∘ u − p (pᵀu) in O(C);
+///   - exact:      categorical keeps p = softmax(z) and computes H u = p ∘ u − p (pᵀu) in O(C), arranged so
+///                 that no entry cancels when one probability rounds to 1;
 ///                 bernoulli keeps σ(1 − σ); gaussian keeps nothing (H = I);
 ///   - mc:         keeps S sampled scores s per sample and computes H u = 1/S Σ_s s (sᵀu);
 ///   - empirical:  keeps the true-label score s and computes H u = s (sᵀu).
@@ -14,6 +15,8 @@
 #pragma once
 
 #include <natgrad/likelihood/likelihood.h>
+
+#include <vector>
 
 namespace natgrad {
 
@@ -38,6 +41,7 @@ class OutputCurvature {
   Index num_outputs_ = 0;
   Index num_samples_ = 0;
   Mat<Scalar> stat_;  // exact: p (categorical) or σ(1 − σ) (bernoulli); mc/empirical: scores, C × (draws·N)
+  std::vector<Index> dominant_;  // exact categorical: argmax_c p_c of each sample
 };
 
 }  // namespace natgrad
