@@ -1,5 +1,6 @@
 #include "cli.h"
 
+#include <natgrad/core/threads.h>
 #include <natgrad/curvature/fisher_operator.h>
 #include <natgrad/io/dataset_io.h>
 #include <natgrad/io/model_spec_json.h>
@@ -13,15 +14,14 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <cstdio>
 #include <memory>
+#include <new>
 #include <stdexcept>
 #include <string>
-
-#ifdef NATGRAD_HAVE_OPENMP
-#include <omp.h>
-#endif
+#include <vector>
 
 namespace natgrad {
 namespace cli {
@@ -67,14 +67,9 @@ class Progress {
   clock_type::time_point start_;
 };
 
-int thread_count(int requested) {
-#ifdef NATGRAD_HAVE_OPENMP
-  return requested > 0 ? requested : omp_get_max_threads();
-#else
-  (void)requested;
-  return 1;
-#endif
-}
+// SIGINT / SIGTERM during a solve: CG stops at the end of its iteration and the best iterate is written.
+volatile std::sig_atomic_t g_signal = 0;
+extern "C" void on_signal(int sig) { g_signal = sig; }
 
 void add_common(CLI::App* c, Args& a, const std::string& damping_default) {
   c->add_option("--model", a.model, "Model spec (JSON, DESIGN.md §3)");
@@ -92,7 +87,7 @@ void add_common(CLI::App* c, Args& a, const std::string& damping_default) {
   c->add_option("--preconditioner", a.preconditioner, "none or diagonal (Martens: (diag(F_emp) + lambda)^0.75)")
       ->capture_default_str();
   c->add_option("--dtype", a.dtype, "float32 or float64")->capture_default_str();
-  c->add_option("--threads", a.threads, "OpenMP threads (default: OMP_NUM_THREADS or all cores)");
+  c->add_option("--threads", a.threads, "Threads: >= 1, or 0 for all cores (default: OMP_NUM_THREADS, else all cores)");
   c->add_option("--max-memory", a.max_memory_gb,
                 "Refuse to start if the estimated memory exceeds this many GB (default: the available memory)");
   c->add_flag("--quiet", a.quiet, "No progress on stderr");
@@ -107,7 +102,7 @@ void validate(const Args& a) {
   if (a.curvature_batch < 0) usage_error("--curvature-batch must be >= 1, got " + std::to_string(a.curvature_batch));
   if (!(a.cg_tol > 0 && a.cg_tol < 1)) usage_error("--cg-tol must be in (0, 1), got " + std::to_string(a.cg_tol));
   if (a.cg_max_iters < 1) usage_error("--cg-max-iters must be >= 1, got " + std::to_string(a.cg_max_iters));
-  if (a.threads < 0) usage_error("--threads must be >= 1, got " + std::to_string(a.threads));
+  if (a.threads < 0) usage_error("--threads must be >= 1, or 0 for all cores; got " + std::to_string(a.threads));
   if (a.dtype != "float32" && a.dtype != "float64") usage_error("--dtype must be float32 or float64, got \"" + a.dtype + "\"");
   if (a.max_memory_gb < 0) usage_error("--max-memory must be > 0");
   try {
@@ -148,7 +143,8 @@ struct Problem {
   Vec<Scalar> theta;
   Dataset<Scalar> data;
   bool embedded = false;
-  std::string data_label, model_label;
+  std::string data_label, model_label, params_label;
+  std::size_t estimate = 0;  // bytes, from estimate_solve_memory
 };
 
 template <typename Scalar>
@@ -175,30 +171,35 @@ Problem<Scalar> load_problem(Args& a, bool allow_default, const Progress& progre
   p.model = std::make_unique<Sequential<Scalar>>(p.file.spec);
   const Sequential<Scalar>& model = *p.model;
 
-  // Refuse up front what cannot fit.
-  const Index batch_for_estimate = a.batch > 0 ? a.batch : kDefaultBatch;
-  const MemoryEstimate mem = estimate_solve_memory(p.file.spec, batch_for_estimate, a.curvature_batch, sizeof(Scalar),
-                                                   fisher_options(a), top_k, thread_count(a.threads));
-  const std::size_t limit = a.max_memory_gb > 0 ? static_cast<std::size_t>(a.max_memory_gb * 1e9) : available_memory_bytes();
-  if (limit > 0 && mem.total > limit)
-    throw std::invalid_argument("this run needs about " + std::to_string(mem.total >> 20) + " MiB but " +
-                                (a.max_memory_gb > 0 ? "--max-memory allows " : "only ") + std::to_string(limit >> 20) +
-                                " MiB" + (a.max_memory_gb > 0 ? "" : " are available") + " (" + mem.report() + ")");
-
-  if (a.weights.empty()) {
-    p.theta = init_parameters(model, a.seed);
-  } else {
-    p.theta = load_parameters<Scalar>(a.weights, model);
-  }
   p.data = load_dataset<Scalar>(a.data, p.file.spec.input_shape, p.file.likelihood, model.output_size(), Split::train,
                                 a.batch);
   p.data_label = a.data;
   if (a.curvature_batch > p.data.size())
     usage_error("--curvature-batch " + std::to_string(a.curvature_batch) + " exceeds the batch of " +
                 std::to_string(p.data.size()) + " samples");
-  progress.line("model %s: %lld parameters; data %s: %lld samples; estimated memory %.1f MiB", p.model_label.c_str(),
-                static_cast<long long>(model.num_params()), p.data_label.c_str(), static_cast<long long>(p.data.size()),
-                double(mem.total) / 1048576.0);
+
+  // Refuse, before the operators allocate anything, a run whose estimate (from the real sample count) does
+  // not fit.
+  const MemoryEstimate mem = estimate_solve_memory(p.file.spec, p.data.size(), a.curvature_batch, sizeof(Scalar),
+                                                   fisher_options(a), top_k, num_threads(),
+                                                   a.preconditioner == "diagonal");
+  p.estimate = mem.total;
+  const std::size_t limit = a.max_memory_gb > 0 ? static_cast<std::size_t>(a.max_memory_gb * 1e9) : available_memory_bytes();
+  if (limit > 0 && mem.total > limit)
+    throw std::invalid_argument("this run needs about " + format_bytes(double(mem.total)) + " but " +
+                                (a.max_memory_gb > 0 ? "--max-memory allows " : "only ") + format_bytes(double(limit)) +
+                                (a.max_memory_gb > 0 ? "" : " are available") + " (" + mem.report() + ")");
+
+  if (a.weights.empty()) {
+    p.theta = init_parameters(model, a.seed);
+    p.params_label = "PyTorch-style initialization, seed " + std::to_string(a.seed);
+  } else {
+    p.theta = load_parameters<Scalar>(a.weights, model);
+    p.params_label = a.weights;
+  }
+  progress.line("model %s: %lld parameters (%s); data %s: %lld samples; estimated memory %s", p.model_label.c_str(),
+                static_cast<long long>(model.num_params()), p.params_label.c_str(), p.data_label.c_str(),
+                static_cast<long long>(p.data.size()), format_bytes(double(mem.total)).c_str());
   return p;
 }
 
@@ -252,38 +253,65 @@ SpectrumOptions spectrum_options(const Progress& progress) {
 template <typename Scalar>
 int run_solve(Args& a) {
   const Progress progress(a.quiet);
-  const Index top_k = a.spectrum;
-  Problem<Scalar> p = load_problem<Scalar>(a, true, progress, top_k);
-  const Index k = p.embedded && a.spectrum == 0 ? 10 : a.spectrum;
+  const bool embedded = a.model.empty() && a.data.empty();
+  const Index k = embedded && a.spectrum == 0 ? 10 : a.spectrum;  // the embedded default reports its top 10
+  Problem<Scalar> p = load_problem<Scalar>(a, true, progress, k);
   NaturalGradientOptions opt;
   opt.fisher = fisher_options(a);
   opt.curvature_batch = a.curvature_batch;
   opt.cg.relative_tolerance = a.cg_tol;
   opt.cg.max_iterations = a.cg_max_iters;
-  opt.cg.callback = [&progress](const CgIterationInfo& info) {
-    if (info.iteration <= 3 || info.iteration % 10 == 0)
-      progress.line("cg %4lld  |r|/|b| = %.3e  phi = % .6e", static_cast<long long>(info.iteration),
-                    info.relative_residual, info.quadratic_model);
-    return CallbackResult::keep_going;
+  // A line for the first iterations, then one at least every 2 s of work, with an estimate of the time left
+  // from the residual's recent rate of decrease (log-linear) and the iteration limit. SIGINT / SIGTERM stop
+  // CG at the end of the iteration.
+  double last_line = -1e9, last_rel = 1;
+  Index last_i = 0;
+  opt.cg.callback = [&](const CgIterationInfo& info) {
+    const double t = progress.elapsed();
+    if (info.iteration <= 3 || t - last_line >= 2.0) {
+      const double per_iter = info.elapsed_s / double(info.iteration);
+      const double rate = info.iteration > last_i && info.relative_residual > 0 && last_rel > 0
+                              ? std::log(last_rel / info.relative_residual) / double(info.iteration - last_i)
+                              : 0;
+      double left = double(a.cg_max_iters - info.iteration);
+      if (rate > 0) left = std::min(left, std::log(info.relative_residual / a.cg_tol) / rate);
+      progress.line("cg %4lld  |r|/|b| = %.3e  phi = % .6e  %.2f s/iteration, eta %.0f s", static_cast<long long>(info.iteration),
+                    info.relative_residual, info.quadratic_model, per_iter, std::max(0.0, left) * per_iter);
+      last_line = t;
+      last_rel = info.relative_residual;
+      last_i = info.iteration;
+    }
+    return g_signal ? CallbackResult::stop : CallbackResult::keep_going;
+  };
+  opt.on_gradient = [&](double loss, double gnorm) {
+    progress.line("loss %.8f, gradient norm %.6e; solving (F + lambda I) d = g", loss, gnorm);
   };
   opt.preconditioner = preconditioner_from_string(a.preconditioner);
   opt.spectrum_top_k = std::min<Index>(k, p.model->num_params() - 1);
   opt.spectrum = spectrum_options(progress);
   opt.condition_number = k > 0;
-  const int threads = thread_count(a.threads);
+  const int threads = num_threads();
   std::printf("natgrad solve: %s (%lld parameters, %s), %s (%lld samples, curvature on %lld), fisher %s, damping %g, "
-              "%s, %d threads\n",
+              "%s, %d threads, parameters: %s\n",
               p.model_label.c_str(), static_cast<long long>(p.model->num_params()), to_string(p.file.likelihood),
               p.data_label.c_str(), static_cast<long long>(p.data.size()),
               static_cast<long long>(a.curvature_batch > 0 ? a.curvature_batch : p.data.size()), a.fisher.c_str(),
-              a.damping, a.dtype.c_str(), threads);
+              a.damping, a.dtype.c_str(), threads, p.params_label.c_str());
+  progress.line("forward pass over %lld samples", static_cast<long long>(p.data.size()));
+  std::signal(SIGINT, on_signal);
+  std::signal(SIGTERM, on_signal);
   std::fflush(stdout);
   const auto r = solve_natural_gradient(*p.model, p.theta, p.file.likelihood, p.data, opt);
   if (!r.ok()) throw std::runtime_error(r.failure + "; nothing written");
   if (!r.direction.allFinite())
     throw std::runtime_error("the natural-gradient direction is not finite (" + r.cg.message + "); nothing written");
+  const bool interrupted = g_signal != 0 && r.cg.termination == CgTermination::user_stop;
   std::printf("loss: %.8f\ngradient norm: %.6e\n%s\n", r.loss, r.gradient_norm, r.cg.brief_report().c_str());
-  if (!r.cg.is_converged()) std::printf("warning: CG did not converge: %s\n", r.cg.message.c_str());
+  if (interrupted)
+    std::printf("interrupted by %s at CG iteration %lld: writing the best iterate so far\n",
+                g_signal == SIGINT ? "SIGINT" : "SIGTERM", static_cast<long long>(r.cg.iterations));
+  else if (!r.cg.is_converged())
+    std::printf("warning: CG did not converge: %s\n", r.cg.message.c_str());
   if (opt.spectrum_top_k > 0)
     std::printf("top-%lld eigenvalues of F: %s  (%lld products, %s)\n", static_cast<long long>(opt.spectrum_top_k),
                 format_eigenvalues(r.spectrum.eigenvalues).c_str(), static_cast<long long>(r.spectrum.matvecs),
@@ -313,19 +341,22 @@ int run_solve(Args& a) {
     j["threads"] = threads;
     j["cg"] = {{"iterations", r.cg.iterations},
                {"converged", r.cg.is_converged()},
-               {"termination", to_string(r.cg.termination)},
+               {"termination", interrupted ? "interrupted" : to_string(r.cg.termination)},
                {"message", r.cg.message},
                {"relative_residual", r.cg.relative_residual},
+               {"recursive_relative_residual", r.cg.recursive_relative_residual},
+               {"residual_replacements", r.cg.restarts},
+               {"breakdown", to_string(r.cg.breakdown)},
                {"products", r.cg.operator_applications},
                {"returned_iterate", r.cg.returned_iterate},
                {"residual_history", r.cg.residual_history}};
-    j["spectrum"] = spectrum_json(r.spectrum);
+    if (opt.spectrum_top_k > 0) j["spectrum"] = spectrum_json(r.spectrum);
     if (r.has_condition) j["condition"] = condition_json(r.condition);
     j["timing_s"] = {{"forward", r.time_forward_s}, {"gradient", r.time_gradient_s}, {"cg", r.time_cg_s},
                      {"spectrum", r.time_spectrum_s}, {"total", r.time_total_s}};
     write_file_atomically(a.report, j.dump(2) + "\n");
   }
-  return 0;
+  return interrupted ? 128 + int(g_signal) : 0;
 }
 
 template <typename Scalar>
@@ -343,9 +374,9 @@ int run_fvp(Args& a) {
   const double secs = std::chrono::duration<double>(clock_type::now() - t0).count();
   if (!y.allFinite()) throw std::runtime_error("the Fisher-vector product is not finite; nothing written");
   save_parameters(a.output, *p.model, y, out_dtype(a), {{"natgrad", "Fisher-vector product"}});
-  std::printf("natgrad fvp: |v| = %.6e, |(F + %g I) v| = %.6e, v^T F v = %.6e, %.3f s; wrote %s\n",
-              double(v.norm()), a.damping, double(y.norm()), double(v.template cast<double>().dot(y.template cast<double>())),
-              secs, a.output.c_str());
+  std::printf("natgrad fvp: |v| = %.6e, |(F + %g I) v| = %.6e, v^T (F + %g I) v = %.6e, %.3f s; wrote %s\n",
+              double(v.norm()), a.damping, double(y.norm()), a.damping,
+              double(v.template cast<double>().dot(y.template cast<double>())), secs, a.output.c_str());
   if (!a.report.empty()) {
     nlohmann::ordered_json j;
     j["command"] = "fvp";
@@ -415,7 +446,7 @@ int run_info(Args& a) {
   const Index batch = a.batch > 0 ? a.batch : kDefaultBatch;
   const std::size_t bytes = a.dtype == "float64" ? 8 : 4;
   const MemoryEstimate mem = estimate_solve_memory(m.spec, batch, a.curvature_batch, bytes, fisher_options(a), a.spectrum,
-                                                   thread_count(a.threads));
+                                                   num_threads());
   std::printf("memory for a solve at batch %lld (%s): %s\n", static_cast<long long>(batch), a.dtype.c_str(),
               mem.report().c_str());
   return 0;
@@ -466,9 +497,19 @@ int run(int argc, char** argv, bool solve_only) {
         if (c->count("--curvature-batch") && a.curvature_batch < 1)
           usage_error("--curvature-batch must be >= 1, got " + std::to_string(a.curvature_batch));
       }
+    // Options every command accepts for uniformity but only solve uses: refused where they would be ignored.
+    for (CLI::App* c : {fvp, spectrum}) {
+      if (!c || !c->parsed()) continue;
+      std::vector<const char*> unused = {"--cg-tol", "--cg-max-iters", "--preconditioner"};
+      if (c == fvp) unused.push_back("--curvature-batch");
+      for (const char* o : unused)
+        if (c->count(o))
+          usage_error(std::string(o) + " is not used by `natgrad " + c->get_name() + "` (it is an option of `natgrad solve`)");
+    }
     if (fvp && fvp->parsed() && fvp->count("--damping") == 0) a.damping = 0;
     if (spectrum && spectrum->parsed() && spectrum->count("--damping") == 0) a.damping = 0;
     validate(a);
+    set_num_threads(a.threads);
     const bool f64 = a.dtype == "float64";
     if (solve_only || solve->parsed()) return f64 ? run_solve<double>(a) : run_solve<float>(a);
     if (fvp->parsed()) return f64 ? run_fvp<double>(a) : run_fvp<float>(a);
@@ -483,6 +524,12 @@ int run(int argc, char** argv, bool solve_only) {
   } catch (const CLI::ParseError& e) {
     std::fprintf(stderr, "%s: error: %s (see --help)\n", solve_only ? "solve-natural-gradient" : "natgrad", e.what());
     return 2;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr,
+                 "%s: error: out of memory: an allocation failed although the estimate fit in the available memory "
+                 "(see `natgrad info`); nothing written. Lower --batch or --curvature-batch, or use --dtype float32\n",
+                 solve_only ? "solve-natural-gradient" : "natgrad");
+    return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s: error: %s\n", solve_only ? "solve-natural-gradient" : "natgrad", e.what());
     return 1;

@@ -198,15 +198,27 @@ TEST(MemoryEstimate, BoundsTheHeapPeakOfASolveTightly) {
   Sequential<float> model(spec);
   const Vec<float> theta = init_parameters(model, 1);
   const Dataset<float> data = random_dataset(model, 600, LikelihoodKind::categorical, 2);
-  for (Index curvature_batch : {Index(0), Index(150)}) {
-    SCOPED_TRACE("curvature batch " + std::to_string(curvature_batch));
+  struct Case {
+    const char* name;
+    Index curvature_batch;
+    Index top_k;
+    bool diagonal;
+  };
+  for (const Case& c : {Case{"plain", 0, 0, false}, Case{"curvature batch 150", 150, 0, false},
+                        Case{"top-10 spectrum and condition number", 0, 10, false},
+                        Case{"diagonal preconditioner", 0, 0, true}}) {
+    SCOPED_TRACE(c.name);
     NaturalGradientOptions options;
-    options.curvature_batch = curvature_batch;
+    options.curvature_batch = c.curvature_batch;
     options.fisher.damping = 1e-2;
     options.fisher.num_threads = 2;
     options.cg.max_iterations = 5;
-    const MemoryEstimate estimate =
-        estimate_solve_memory(spec, data.size(), curvature_batch, sizeof(float), options.fisher, 0, 2);
+    options.spectrum_top_k = c.top_k;
+    options.condition_number = c.top_k > 0;
+    options.spectrum.tolerance = 1e-3;
+    if (c.diagonal) options.preconditioner = PreconditionerKind::diagonal;
+    const MemoryEstimate estimate = estimate_solve_memory(spec, data.size(), c.curvature_batch, sizeof(float),
+                                                          options.fisher, c.top_k, 2, c.diagonal);
     long long peak = 0;
     {
       HeapPeak heap;
@@ -216,5 +228,7 @@ TEST(MemoryEstimate, BoundsTheHeapPeakOfASolveTightly) {
     }
     EXPECT_LE(peak, static_cast<long long>(estimate.total)) << estimate.report();
     EXPECT_GE(peak, static_cast<long long>(0.85 * double(estimate.total))) << estimate.report();
+    std::cout << "[ info ] " << c.name << ": heap peak " << peak / 1024 << " KiB, estimate "
+              << estimate.total / 1024 << " KiB\n";
   }
 }

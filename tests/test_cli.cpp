@@ -132,6 +132,44 @@ TEST_F(Cli, SolveEqualsTheLibraryCallAndWritesTheReport) {
   EXPECT_GT(j["spectrum"]["matvecs"].get<Index>(), 0);
 }
 
+TEST_F(Cli, SolveHeaderReportAndThreads) {
+  // Without --weights the header says the parameters are an initialization; a report without a spectrum has
+  // no spectrum entry; the CG entry holds the true and the recursive residual; --threads 0 is all cores.
+  const std::string no_weights = "--model " + p("model.json") + " --data " + p("d.safetensors");
+  Result r = run("solve " + no_weights + " --seed 3 --threads 0 --report " + p("r0.json"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("parameters: PyTorch-style initialization, seed 3"), std::string::npos) << r.out;
+  auto j = nlohmann::json::parse(slurp(p("r0.json")));
+  EXPECT_FALSE(j.contains("spectrum"));
+  EXPECT_TRUE(j["cg"].contains("recursive_relative_residual"));
+  EXPECT_LE(j["cg"]["relative_residual"].get<double>(), 1e-6);
+  r = run("solve " + base + " --threads 3");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("3 threads, parameters: " + p("w.safetensors")), std::string::npos) << r.out;
+}
+
+TEST_F(Cli, SigtermStopsCgAndWritesTheBestIterate) {
+  // A solve that cannot converge (λ = 0 on a rank-deficient F, a tolerance beyond reach, many iterations)
+  // is stopped by SIGTERM: exit 143, the best iterate and a report saying "interrupted".
+  const std::string out = p("interrupted.safetensors"), report = p("interrupted.json");
+  std::remove(out.c_str());
+  const std::string cmd = "timeout --preserve-status -s TERM 1.5 " + std::string(NATGRAD_CLI) + " solve " + base +
+                          " --damping 0 --cg-tol 1e-15 --cg-max-iters 100000000 --quiet --output " + out +
+                          " --report " + report + " > " + p("stdout") + " 2> " + p("stderr");
+  const int status = std::system(cmd.c_str());
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 143) << slurp(p("stderr"));
+  EXPECT_NE(slurp(p("stdout")).find("interrupted by SIGTERM"), std::string::npos) << slurp(p("stdout"));
+  ASSERT_TRUE(exists(out));
+  Loaded l = load();
+  const Vec<float> d = load_parameters<float>(out, *l.model);
+  EXPECT_TRUE(d.allFinite());
+  EXPECT_GT(d.norm(), 0.0f);
+  const auto j = nlohmann::json::parse(slurp(report));
+  EXPECT_EQ(j["cg"]["termination"].get<std::string>(), "interrupted");
+  EXPECT_GT(j["cg"]["iterations"].get<Index>(), 0);
+}
+
 TEST_F(Cli, SpectrumAndInfo) {
   const Result r = run("spectrum " + base + " --top 4 --report " + p("spec.json"));
   ASSERT_EQ(r.code, 0) << r.err;
@@ -159,6 +197,9 @@ TEST_F(Cli, SolveNaturalGradientBinaryIsNatgradSolve) {
 }
 
 TEST_F(Cli, OutputsAreBitIdenticalForOneAndTwoThreads) {
+#ifndef NATGRAD_HAVE_OPENMP
+  GTEST_SKIP() << "built without OpenMP (NATGRAD_USE_OPENMP=OFF): one thread only, nothing to compare";
+#endif
   // 300 samples: 4 chunks of 80 over 4 slots (and 2 slots for the curvature batch of 150), so the threads
   // really split the work; every Fisher kind; solve, fvp and spectrum.
   {
@@ -252,13 +293,21 @@ TEST_F(Cli, BadInputEndsWithOneLineAndNoOutput) {
       {"solve --model " + p("lik.json") + data, "unknown likelihood \"poisson\""},
       {"solve" + model + " --data " + p("nope.safetensors") + weights, "nope.safetensors: no such file"},
       {"solve" + model + weights, "--data is required"},
-      {"solve" + model + data + weights + " --max-memory 0.000001", "--max-memory allows"},
+      {"solve" + model + data + weights + " --max-memory 0.00001", "--max-memory allows 9.8 KiB (parameter vectors "},
       {"fvp" + model + data + weights + " --vector " + p("missing-v.safetensors") + " --output " + out,
        "missing-v.safetensors: cannot open file"},
       {"fvp" + model + data + weights + " --vector " + p("v.safetensors"), "--output is required"},
       {"fvp" + model + data + weights + " --vector " + p("w.safetensors") + " --output " + out + " --dtype float16",
        "--dtype must be float32 or float64"},
       {"spectrum" + model + data + weights + " --top 0", "--top must be >= 1"},
+      {"solve" + model + data + weights + " --threads -1", "--threads must be >= 1, or 0 for all cores; got -1"},
+      {"fvp" + model + data + weights + " --vector " + p("v.safetensors") + " --output " + out + " --cg-tol 1e-3",
+       "--cg-tol is not used by `natgrad fvp` (it is an option of `natgrad solve`)"},
+      {"fvp" + model + data + weights + " --vector " + p("v.safetensors") + " --output " + out + " --curvature-batch 5",
+       "--curvature-batch is not used by `natgrad fvp`"},
+      {"spectrum" + model + data + weights + " --cg-max-iters 3", "--cg-max-iters is not used by `natgrad spectrum`"},
+      {"spectrum" + model + data + weights + " --preconditioner diagonal",
+       "--preconditioner is not used by `natgrad spectrum`"},
   };
   for (const auto& [args0, expect] : cases) {
     // Every solve and fvp case names an output, so "no output file" is checked where one was asked for.

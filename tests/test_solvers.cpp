@@ -2,7 +2,7 @@
 // starts and preconditioning; the spectrum against SelfAdjointEigenSolver; Hutchinson and SLQ against the
 // dense trace; solve_natural_gradient against the dense solve for every Fisher kind.
 #include <natgrad/natural_gradient/solve_natural_gradient.h>
-#include <natgrad/solvers/cg_kernels.h>
+#include <natgrad/solvers/detail/cg_kernels.h>
 #include <natgrad/solvers/conjugate_gradient.h>
 #include <natgrad/solvers/preconditioner.h>
 #include <natgrad/solvers/spectrum.h>
@@ -13,9 +13,7 @@
 
 #include "test_helpers.h"
 
-#ifdef NATGRAD_HAVE_OPENMP
-#include <omp.h>
-#endif
+#include <natgrad/core/threads.h>
 
 using namespace natgrad;
 using namespace natgrad::test;
@@ -585,6 +583,9 @@ TEST(SolveNaturalGradient, SpectrumConditionAndPreconditionerOptions) {
 // number of OpenMP threads (the reductions sum fixed blocks in a fixed order). n spans many blocks and ends
 // in a partial one.
 TEST(CgKernels, MatchDoubleArithmeticAndIgnoreTheThreadCount) {
+#ifndef NATGRAD_HAVE_OPENMP
+  GTEST_SKIP() << "built without OpenMP (NATGRAD_USE_OPENMP=OFF): one thread only, nothing to compare";
+#endif
   const Index n = 300007;
   const Vec<float> a = random_vec<float>(n, 1), b = random_vec<float>(n, 2), c = random_vec<float>(n, 3);
   const float alpha = 0.37f;
@@ -593,11 +594,7 @@ TEST(CgKernels, MatchDoubleArithmeticAndIgnoreTheThreadCount) {
     Vec<float> r, x, p;
   };
   auto run = [&](int threads) {
-#ifdef NATGRAD_HAVE_OPENMP
-    omp_set_num_threads(threads);
-#else
-    (void)threads;
-#endif
+    set_num_threads(threads);
     Out o{0, 0, 0, a, b, c};
     o.dot = detail::cg_dot(a.data(), b.data(), n);
     o.rr = detail::cg_update_residual(o.r.data(), b.data(), alpha, n);  // r = a − α b
@@ -605,13 +602,14 @@ TEST(CgKernels, MatchDoubleArithmeticAndIgnoreTheThreadCount) {
     detail::cg_update_direction(o.p.data(), a.data(), alpha, n);                               // p = a + α c
     return o;
   };
-#ifdef NATGRAD_HAVE_OPENMP
-  const int saved = omp_get_max_threads();
-#endif
   const Out one = run(1), two = run(2);
-#ifdef NATGRAD_HAVE_OPENMP
-  omp_set_num_threads(saved);
-#endif
+  EXPECT_EQ(detail::cg_last_team_size(), 2);  // the library-wide count reached the kernels
+  const Out three = run(3);
+  EXPECT_EQ(detail::cg_last_team_size(), 3);
+  set_num_threads(0);
+  EXPECT_EQ(num_threads(), available_cores());
+  EXPECT_THROW(set_num_threads(-1), std::invalid_argument);
+  EXPECT_EQ(one.dot, three.dot);
   EXPECT_EQ(one.dot, two.dot);
   EXPECT_EQ(one.rr, two.rr);
   EXPECT_EQ(one.xbr, two.xbr);

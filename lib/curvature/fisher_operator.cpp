@@ -1,3 +1,4 @@
+#include <natgrad/core/threads.h>
 #include <natgrad/curvature/fisher_operator.h>
 
 #include <algorithm>
@@ -16,13 +17,6 @@ int thread_id() {
   return omp_get_thread_num();
 #else
   return 0;
-#endif
-}
-int default_threads() {
-#ifdef NATGRAD_HAVE_OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
 #endif
 }
 }  // namespace
@@ -83,7 +77,7 @@ FisherOperator<Scalar>::FisherOperator(const Sequential<Scalar>& model, const Ve
   chunk_size_ = options.chunk_for(num_samples_);
   num_chunks_ = (num_samples_ + chunk_size_ - 1) / chunk_size_;
   num_slots_ = static_cast<int>(std::min<Index>(options.slots_for(num_params_, sizeof(Scalar)), num_chunks_));
-  num_threads_ = options.num_threads > 0 ? options.num_threads : default_threads();
+  num_threads_ = resolve_threads(options.num_threads);
   const Index chunk = std::min(chunk_size_, num_samples_);
 
   cache_ = model.make_cache(data.inputs);

@@ -9,7 +9,8 @@
 namespace natgrad {
 
 MemoryEstimate estimate_solve_memory(const ModelSpec& spec, Index batch, Index curvature_batch, std::size_t s,
-                                     const FisherOptions& fisher, Index top_k, int threads) {
+                                     const FisherOptions& fisher, Index top_k, int threads,
+                                     bool diagonal_preconditioner) {
   const Sequential<double> model(spec);  // shapes only
   const std::size_t P = static_cast<std::size_t>(model.num_params());
   const std::size_t C = static_cast<std::size_t>(model.output_size());
@@ -46,10 +47,20 @@ MemoryEstimate estimate_solve_memory(const ModelSpec& spec, Index batch, Index c
   m.activations = forward(Nc);
   m.workspaces = workspaces(Nc);
   m.slots = slots(Nc);
-  if (top_k > 0)
-    m.spectrum = static_cast<std::size_t>(std::max<Index>(2 * top_k + 1, 20)) * P * 8 + 4 * P * 8;
+  // Spectra's Lanczos keeps an n × ncv basis in double; a restart compresses it through a temporary of its
+  // first k columns (V·Q); the residual, the start vector and a few work vectors are n-vectors too. The
+  // operator adapter converts through two Scalar vectors. (The condition number's runs, ncv = 20 and k = 1,
+  // need less.)
+  if (top_k > 0) {
+    const std::size_t k = static_cast<std::size_t>(top_k);
+    const std::size_t ncv = std::max<std::size_t>(2 * k + 1, 20);
+    m.spectrum = (ncv + k + 6) * P * 8 + 2 * P * s;
+  }
   m.data = static_cast<std::size_t>(batch) * (static_cast<std::size_t>(model.input_size()) + C) * s;
-  const std::size_t cg_phase = m.parameters + m.activations + m.workspaces + m.slots + m.spectrum + m.data;
+  // The preconditioner's inverse diagonal, and while it is built the empirical diagonal it comes from.
+  if (diagonal_preconditioner) m.preconditioner = 2 * P * s;
+  const std::size_t cg_phase =
+      m.parameters + m.activations + m.workspaces + m.slots + m.spectrum + m.preconditioner + m.data;
   if (separate)  // θ, both operators' θ copies, the full operator's g, the result's g; both forward passes
     m.gradient_phase = 5 * P * s + forward(batch) + forward(Nc) + workspaces(batch) + workspaces(Nc) +
                        slots(batch) + slots(Nc) + m.data;
@@ -57,18 +68,22 @@ MemoryEstimate estimate_solve_memory(const ModelSpec& spec, Index batch, Index c
   return m;
 }
 
-std::string MemoryEstimate::report() const {
-  auto mb = [](std::size_t b) { return double(b) / (1024.0 * 1024.0); };
-  char phase[64] = "";
-  if (gradient_phase)
-    std::snprintf(phase, sizeof phase, ", full-batch gradient phase %.1f MiB", mb(gradient_phase));
-  char buf[512];
-  std::snprintf(
-      buf, sizeof buf,
-      "parameter vectors %.1f MiB, activations %.1f MiB, workspaces %.1f MiB, accumulation slots %.1f MiB, "
-      "Lanczos basis %.1f MiB, batch %.1f MiB%s; total %.1f MiB",
-      mb(parameters), mb(activations), mb(workspaces), mb(slots), mb(spectrum), mb(data), phase, mb(total));
+std::string format_bytes(double bytes) {
+  char buf[32];
+  if (bytes < 1024) std::snprintf(buf, sizeof buf, "%.0f B", bytes);
+  else if (bytes < 1048576.0) std::snprintf(buf, sizeof buf, "%.1f KiB", bytes / 1024);
+  else if (bytes < 1073741824.0) std::snprintf(buf, sizeof buf, "%.1f MiB", bytes / 1048576.0);
+  else std::snprintf(buf, sizeof buf, "%.2f GiB", bytes / 1073741824.0);
   return buf;
+}
+
+std::string MemoryEstimate::report() const {
+  auto b = [](std::size_t v) { return format_bytes(double(v)); };
+  std::string r = "parameter vectors " + b(parameters) + ", activations " + b(activations) + ", workspaces " +
+                  b(workspaces) + ", accumulation slots " + b(slots) + ", Lanczos basis " + b(spectrum) +
+                  ", preconditioner " + b(preconditioner) + ", batch " + b(data);
+  if (gradient_phase) r += ", full-batch gradient phase " + b(gradient_phase);
+  return r + "; total " + b(total);
 }
 
 std::size_t available_memory_bytes() {

@@ -49,7 +49,10 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Sequential<Scalar>& m
   NaturalGradientResult<Scalar> r;
   r.samples = N;
   r.curvature_samples = Nc;
-  const Dataset<Scalar> batch = N == data.size() ? data : data.head(N);
+  // The caller's data serves as is when the batch is all of it; only a proper prefix is copied.
+  Dataset<Scalar> prefix;
+  if (N < data.size()) prefix = data.head(N);
+  const Dataset<Scalar>& batch = N < data.size() ? prefix : data;
 
   // The curvature operator; when the curvature batch is the whole batch it also gives the gradient.
   auto t = clock::now();
@@ -73,6 +76,7 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Sequential<Scalar>& m
   r.loss = G.loss();
   r.gradient_norm = double(r.gradient.norm());
   r.time_gradient_s = seconds(t);
+  if (options.on_gradient) options.on_gradient(r.loss, r.gradient_norm);
   full.reset();  // the full batch's activations and slots are not needed by the solve
 
   t = clock::now();

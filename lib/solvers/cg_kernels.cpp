@@ -1,4 +1,11 @@
-#include <natgrad/solvers/cg_kernels.h>
+#include <natgrad/core/threads.h>
+#include <natgrad/solvers/detail/cg_kernels.h>
+
+#include <atomic>
+
+#ifdef NATGRAD_HAVE_OPENMP
+#include <omp.h>
+#endif
 
 #include <algorithm>
 #include <array>
@@ -6,6 +13,8 @@
 namespace natgrad {
 namespace detail {
 namespace {
+
+std::atomic<int> g_last_team{1};
 
 // At most kMaxBlocks blocks of at least kMinBlock scalars (a multiple of 64, so every block starts with the
 // vector's own alignment and Eigen peels it the same way). The partial sums live on the stack: no allocation.
@@ -24,18 +33,30 @@ double blocked_sum(Index n, F f) {
   const int blocks = static_cast<int>((n + bs - 1) / bs);
   std::array<double, kMaxBlocks> partial;
 #ifdef NATGRAD_HAVE_OPENMP
-#pragma omp parallel for schedule(static) if (blocks > 1)
-#endif
+#pragma omp parallel num_threads(num_threads()) if (blocks > 1)
+  {
+#pragma omp single nowait
+    g_last_team = omp_get_num_threads();
+#pragma omp for schedule(static)
+    for (int k = 0; k < blocks; ++k) {
+      const Index i0 = k * bs;
+      partial[static_cast<std::size_t>(k)] = f(i0, std::min(bs, n - i0));
+    }
+  }
+#else
   for (int k = 0; k < blocks; ++k) {
     const Index i0 = k * bs;
     partial[static_cast<std::size_t>(k)] = f(i0, std::min(bs, n - i0));
   }
+#endif
   double s = 0;
   for (int k = 0; k < blocks; ++k) s += partial[static_cast<std::size_t>(k)];
   return s;
 }
 
 }  // namespace
+
+int cg_last_team_size() { return g_last_team.load(); }
 
 template <typename Scalar>
 double cg_dot(const Scalar* a, const Scalar* b, Index n) {

@@ -63,7 +63,7 @@ struct FisherOptions {
   /// buffers fit in 512 MiB (a function of P only, never of the thread count, so results stay bit-identical
   /// across thread counts). Otherwise ≥ 1.
   int num_slots = 0;
-  /// OpenMP threads; 0 uses the OpenMP default (OMP_NUM_THREADS). Default 0.
+  /// Threads; 0 (default) uses the library-wide count, natgrad::num_threads() (core/threads.h).
   int num_threads = 0;
 
   /// True if every field is in range; otherwise false with the reason in *why.

@@ -24,16 +24,21 @@ struct MemoryEstimate {
   std::size_t workspaces = 0;      ///< per-thread tangent, im2col and GEMM packing buffers
   std::size_t slots = 0;           ///< the fixed-order accumulation buffers
   std::size_t spectrum = 0;        ///< Lanczos basis (double), if a spectrum is asked
+  std::size_t preconditioner = 0;  ///< the diagonal preconditioner and the empirical diagonal it is built from
   std::size_t data = 0;            ///< the batch itself
   std::size_t gradient_phase = 0;  ///< peak of the separate full-batch gradient, 0 if there is none
   std::size_t total = 0;           ///< max(sum of the fields above but gradient_phase, gradient_phase)
   std::string report() const;
 };
 
-/// `batch` samples for the gradient, `curvature_batch` (≤ batch) for F; `top_k` > 0 adds a Lanczos basis.
+/// `batch` samples for the gradient, `curvature_batch` (≤ batch) for F; `top_k` > 0 adds a Lanczos basis;
+/// `diagonal_preconditioner` adds its vectors.
 MemoryEstimate estimate_solve_memory(const ModelSpec& spec, Index batch, Index curvature_batch,
                                      std::size_t scalar_bytes, const FisherOptions& fisher, Index top_k,
-                                     int threads);
+                                     int threads, bool diagonal_preconditioner = false);
+
+/// A byte count with the precision it needs: "512 B", "9.8 KiB", "1847.0 MiB", "2.41 GiB".
+std::string format_bytes(double bytes);
 
 /// Physical memory currently available (MemAvailable in /proc/meminfo), or 0 if unknown.
 std::size_t available_memory_bytes();

@@ -21,6 +21,7 @@
 #include <natgrad/solvers/preconditioner.h>
 #include <natgrad/solvers/spectrum.h>
 
+#include <functional>
 #include <string>
 
 namespace natgrad {
@@ -44,6 +45,9 @@ struct NaturalGradientOptions {
   SpectrumOptions spectrum;
   /// Also estimate the condition number of F + λI. Default false.
   bool condition_number = false;
+  /// Called once the loss and the gradient norm are known, before CG starts (progress for long jobs).
+  /// Optional.
+  std::function<void(double loss, double gradient_norm)> on_gradient;
 
   bool is_valid(std::string* why) const;
 };

@@ -33,7 +33,7 @@
 #pragma once
 
 #include <natgrad/core/types.h>
-#include <natgrad/solvers/cg_kernels.h>
+#include <natgrad/solvers/detail/cg_kernels.h>
 #include <natgrad/solvers/operator_concept.h>
 #include <natgrad/solvers/preconditioner.h>
 

@@ -5,7 +5,7 @@
 /// Each CG iteration touches several parameter-sized vectors; done one Eigen expression at a time that was a
 /// quarter of an iteration on a 1.86M-parameter MLP (about 20 single-threaded passes over memory against
 /// one Fisher-vector product). These kernels fuse the passes that read the same vectors and split them over
-/// threads. A reduction cuts [0, n) into fixed blocks (their size depends on n only), sums each block in
+/// threads (natgrad::num_threads() of them). A reduction cuts [0, n) into fixed blocks (their size depends on n only), sums each block in
 /// Scalar with Eigen and the block sums in double in block order, so the result is bit-identical for any
 /// number of threads.
 ///
@@ -39,6 +39,9 @@ void cg_update_direction(Scalar* p, const Scalar* z, Scalar beta, Index n);
 /// dst = src.
 template <typename Scalar>
 void cg_copy(Scalar* dst, const Scalar* src, Index n);
+
+/// Threads in the team of the last kernel that ran in parallel (for tests: the kernels use num_threads()).
+int cg_last_team_size();
 
 }  // namespace detail
 }  // namespace natgrad
