@@ -72,7 +72,7 @@ volatile std::sig_atomic_t g_signal = 0;
 extern "C" void on_signal(int sig) { g_signal = sig; }
 
 void add_common(CLI::App* c, Args& a, const std::string& damping_default) {
-  c->add_option("--model", a.model, "Model spec (JSON, DESIGN.md §3)");
+  c->add_option("--model", a.model, "Model spec (JSON, docs/formats.md)");
   c->add_option("--weights", a.weights,
                 "Parameters (safetensors, PyTorch state_dict names); default: PyTorch-style initialization from --seed");
   c->add_option("--data", a.data, "Data: a .safetensors file (inputs, targets), a directory of MNIST-format IDX files, or a .csv");

@@ -1,4 +1,4 @@
-// The natgrad command line (DESIGN.md §4), shared by `natgrad` and `solve-natural-gradient`.
+// The natgrad command line (README.md, docs/formats.md), shared by `natgrad` and `solve-natural-gradient`.
 #pragma once
 
 namespace natgrad {

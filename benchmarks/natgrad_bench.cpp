@@ -1,4 +1,4 @@
-// natgrad-bench: the benchmarks of DESIGN.md §5. Threads from OMP_NUM_THREADS. Counters: GFLOP/s (from the
+// natgrad-bench: the benchmarks listed in docs/performance.md. Threads from OMP_NUM_THREADS. Counters: GFLOP/s (from the
 // GEMM flop count of the pass), products and CG iterations where they apply.
 //
 // Flop counts (2·m·n·k per GEMM; element-wise work is not counted):

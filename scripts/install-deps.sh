@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Installs natgrad's build and run dependencies from Debian's archive, only those that are missing.
-# Needs root (apt-get). Usage: bash scripts/install-deps.sh
+# Needs root (apt-get). Usage: bash scripts/install-deps.sh [--test]
+# --test adds what only the tests need: python3-torch, for the PyTorch oracle and the exporter's tests (the
+# library never depends on it).
 set -euo pipefail
 packages=(build-essential cmake libeigen3-dev libspectra-dev librandom123-dev nlohmann-json3-dev libcli11-dev
           zlib1g-dev libgtest-dev libbenchmark-dev dataset-fashion-mnist clang libclang-rt-14-dev)
+[ "${1:-}" = "--test" ] && packages+=(python3-torch)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

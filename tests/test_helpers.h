@@ -193,7 +193,7 @@ inline Mat<double> mc_output_fisher(LikelihoodKind kind, const Vec<double>& z, u
   return H / double(S);
 }
 
-/// H_n written out from the table in DESIGN.md §1 (not from the library's code path).
+/// H_n written out from the table in docs/math.md (not from the library's code path).
 template <typename Scalar>
 Mat<double> dense_output_fisher(LikelihoodKind kind, FisherKind fk, const Vec<Scalar>& z_in,
                                 const Dataset<Scalar>& data, Index n) {

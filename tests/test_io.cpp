@@ -173,6 +173,27 @@ TEST(FuzzRegressions, InputsTheFuzzersFoundAreRejectedCleanly) {
   EXPECT_ERROR(parse_csv<double>("1,nan\n", {1}, LikelihoodKind::categorical, 2, "d.csv"), "d.csv: line 1");
 }
 
+TEST(Csv, ACellWithTextAfterTheNumberIsRejected) {
+  // "3 foo" was read as 3 (strtod stops at the blank). Trailing blanks alone are fine.
+  EXPECT_ERROR(parse_csv<double>("0.5,1\n0.25,3 foo\n", {1}, LikelihoodKind::categorical, 4, "d.csv"),
+               "d.csv: line 2 has a value that is not a number");
+  const Dataset<double> d = parse_csv<double>("0.5 ,1\n0.25,3  \n", {1}, LikelihoodKind::categorical, 4, "d.csv");
+  ASSERT_EQ(d.labels.size(), 2u);
+  EXPECT_EQ(d.labels[1], 3);
+  EXPECT_EQ(d.inputs(0, 0), 0.5);
+}
+
+TEST(ModelSpec, FormatVersion) {
+  EXPECT_NO_THROW(parse_model_spec(R"({"format_version": 1, "input_shape": [3], "layers": []})", "m.json"));
+  EXPECT_ERROR(parse_model_spec(R"({"format_version": 2, "input_shape": [3], "layers": [], "graph": {}})", "m.json"),
+               "m.json: written by a newer natgrad (format_version 2; this build reads up to 1)");
+  EXPECT_ERROR(parse_model_spec(R"({"format_version": "x", "input_shape": [3], "layers": []})", "m.json"),
+               "\"format_version\" must be a positive integer");
+  ModelFile m;
+  m.spec.input_shape = {3};
+  EXPECT_NE(model_spec_to_json(m).find("\"format_version\": 1"), std::string::npos);
+}
+
 TEST(Parameters, RoundTripAndMismatches) {
   const ModelFile m = small_model();
   Sequential<float> model(m.spec);
@@ -194,6 +215,7 @@ TEST(Parameters, RoundTripAndMismatches) {
   };
   EXPECT_ERROR(load_parameters<float>(write("miss.safetensors", {{"0.weight", DType::F32, {2, 1, 3, 3}, w.data()}}), model),
                "missing tensor \"0.bias\"");
+  EXPECT_ERROR(load_parameters<float>(path("miss.safetensors"), model), "(the file holds: 0.weight)");
   EXPECT_ERROR(load_parameters<float>(write("shape.safetensors", {{"0.weight", DType::F32, {2, 9}, w.data()},
                                                                   {"0.bias", DType::F32, {2}, b.data()},
                                                                   {"4.weight", DType::F32, {3, 8}, lw.data()},
@@ -328,7 +350,7 @@ TEST(Datasets, SafetensorsAndCsv) {
   const auto g = load_dataset<double>(path("g.csv"), {2}, LikelihoodKind::gaussian, 2);
   EXPECT_EQ(g.targets(1, 1), 2.0);
   write_bytes(path("bad.csv"), "1,2,1\n1,x,0\n");
-  EXPECT_ERROR(load_dataset<double>(path("bad.csv"), {2}, LikelihoodKind::categorical, 2), "line 2 has a non-numeric value");
+  EXPECT_ERROR(load_dataset<double>(path("bad.csv"), {2}, LikelihoodKind::categorical, 2), "line 2 has a value that is not a number");
   write_bytes(path("short.csv"), "1,2,1\n1,0\n");
   EXPECT_ERROR(load_dataset<double>(path("short.csv"), {2}, LikelihoodKind::categorical, 2), "line 2 has 2 values");
   write_bytes(path("empty.csv"), "");

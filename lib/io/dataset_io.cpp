@@ -195,12 +195,13 @@ Dataset<Scalar> parse_csv(const std::string& text, const Shape& input_shape, Lik
     while (std::getline(ss, cell, ',')) {
       char* end = nullptr;
       const double v = std::strtod(cell.c_str(), &end);
-      if (end == cell.c_str() || (*end != '\0' && *end != ' ')) numeric = false;
+      while (end && (*end == ' ' || *end == '\t')) ++end;  // trailing blanks only: "3 foo" is not a number
+      if (end == cell.c_str() || *end != '\0') numeric = false;
       vals.push_back(v);
     }
     if (!numeric) {
       if (row == 1) continue;  // a header line
-      fail(path, "line " + std::to_string(row) + " has a non-numeric value");
+      fail(path, "line " + std::to_string(row) + " has a value that is not a number");
     }
     if (Index(vals.size()) != F + T)
       fail(path, "line " + std::to_string(row) + " has " + std::to_string(vals.size()) + " values; expected " +

@@ -52,9 +52,17 @@ ModelFile parse_model_spec(const std::string& text, const std::string& label) {
     fail(label, std::string("malformed JSON: ") + e.what());
   }
   if (!j.is_object()) fail(label, "the model spec must be a JSON object");
+  // A newer writer may add keys this build does not know: say that, not only "unknown key".
+  if (j.contains("format_version")) {
+    const json& v = j["format_version"];
+    if (!v.is_number_integer() || v.get<long long>() < 1) fail(label, "\"format_version\" must be a positive integer");
+    if (v.get<long long>() > kModelFormatVersion)
+      fail(label, "written by a newer natgrad (format_version " + std::to_string(v.get<long long>()) +
+                      "; this build reads up to " + std::to_string(kModelFormatVersion) + ")");
+  }
   for (auto it = j.begin(); it != j.end(); ++it)
-    if (it.key() != "input_shape" && it.key() != "likelihood" && it.key() != "layers")
-      fail(label, "unknown key \"" + it.key() + "\" (expected input_shape, likelihood, layers)");
+    if (it.key() != "format_version" && it.key() != "input_shape" && it.key() != "likelihood" && it.key() != "layers")
+      fail(label, "unknown key \"" + it.key() + "\" (expected format_version, input_shape, likelihood, layers)");
   ModelFile m;
   if (!j.contains("input_shape") || !j["input_shape"].is_array() || j["input_shape"].empty())
     fail(label, "\"input_shape\" must be a non-empty array of positive integers");
@@ -160,6 +168,7 @@ ModelFile read_model_spec(const std::string& path) {
 
 std::string model_spec_to_json(const ModelFile& m) {
   nlohmann::ordered_json j;
+  j["format_version"] = kModelFormatVersion;
   j["input_shape"] = m.spec.input_shape;
   j["likelihood"] = to_string(m.likelihood);
   j["layers"] = nlohmann::ordered_json::array();

@@ -17,7 +17,12 @@ Vec<Scalar> load_parameters(const std::string& path, const Sequential<Scalar>& m
   const SafetensorsFile f = SafetensorsFile::read(path);
   Vec<Scalar> theta(model.num_params());
   for (const NamedParam& p : model.named_params()) {
-    if (!f.contains(p.name)) throw std::invalid_argument(path + ": missing tensor \"" + p.name + "\" of shape " + shape_to_string(p.shape));
+    if (!f.contains(p.name)) {
+      std::string present;
+      for (const std::string& n : f.names()) present += (present.empty() ? "" : ", ") + n;
+      throw std::invalid_argument(path + ": missing tensor \"" + p.name + "\" of shape " + shape_to_string(p.shape) +
+                                  " (the file holds: " + (present.empty() ? "no tensors" : present) + ")");
+    }
     const TensorInfo& t = f.info(p.name);
     if (t.dtype == DType::I64 || t.dtype == DType::I32 || t.dtype == DType::U8)
       throw std::invalid_argument(path + ": tensor \"" + p.name + "\" has dtype " + to_string(t.dtype) +

@@ -1,5 +1,5 @@
 /// \file model_spec_json.h
-/// \brief The model spec file (JSON): PyTorch module names and constructor keys (DESIGN.md §3).
+/// \brief The model spec file (JSON): PyTorch module names and constructor keys (docs/formats.md).
 ///
 /// \code
 /// natgrad::ModelFile m = natgrad::read_model_spec("model.json");
@@ -13,6 +13,10 @@
 #include <string>
 
 namespace natgrad {
+
+/// The model spec format this build writes and the newest it reads. A file without "format_version" is
+/// version 1; a higher version is refused as "written by a newer natgrad".
+constexpr int kModelFormatVersion = 1;
 
 struct ModelFile {
   ModelSpec spec;

@@ -25,7 +25,7 @@
 namespace natgrad {
 
 enum class LikelihoodKind { categorical, gaussian, bernoulli };
-/// Which H_n the Fisher uses (DESIGN.md §1): the closed form, a Monte-Carlo estimate with labels sampled
+/// Which H_n the Fisher uses (docs/math.md): the closed form, a Monte-Carlo estimate with labels sampled
 /// from the model, or the outer product of the true-label score (the empirical Fisher, not a Fisher).
 enum class FisherKind { exact, mc, empirical };
 

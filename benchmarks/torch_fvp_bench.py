@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""The PyTorch peer of natgrad-bench: the exact categorical Fisher-vector product F v = 1/B Σ J_nᵀ H_n J_n v of
+the benchmark MLP (784-1024-1024-10, tanh, B = 1000) or CNN (--cnn, B = 256), timed three ways; the fastest
+counts as the peer's time.
+
+  fvp_forward_ad_s       J v by forward-mode AD (torch.autograd.forward_ad) in a fresh forward pass that also
+                         records the graph, then H, then Jᵀ w by one backward pass;
+  fvp_retained_s         the forward graph is built once and kept; J v by the double-vjp trick on it
+                         (J v = ∂/∂w (Jᵀ w)·v), Jᵀ w by one more backward over it;
+  fvp_double_backward_s  J v by double backward through a fresh forward pass, then Jᵀ w.
+
+Also prints forward_s and gradient_s (forward + backward of the mean cross-entropy). Medians of --reps runs.
+Run with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset so OpenBLAS picks this processor's kernels.
+"""
+import argparse
+import statistics
+import time
+
+import torch
+import torch.autograd.forward_ad as fwAD
+
+ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+ap.add_argument("--cnn", action="store_true", help="the Fashion-MNIST CNN instead of the MLP")
+ap.add_argument("--batch", type=int, default=None, help="samples (default 1000 for the MLP, 256 for the CNN)")
+ap.add_argument("--threads", type=int, default=2)
+ap.add_argument("--reps", type=int, default=7)
+args = ap.parse_args()
+torch.set_num_threads(args.threads)
+torch.manual_seed(0)
+
+if args.cnn:
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                              torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                              torch.nn.Flatten(), torch.nn.Linear(3136, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+    B = args.batch or 256
+    x = torch.rand(B, 1, 28, 28)
+else:
+    net = torch.nn.Sequential(torch.nn.Linear(784, 1024), torch.nn.Tanh(), torch.nn.Linear(1024, 1024), torch.nn.Tanh(),
+                              torch.nn.Linear(1024, 10))
+    B = args.batch or 1000
+    x = torch.rand(B, 784)
+y = torch.randint(0, 10, (B,))
+params = list(net.parameters())
+names = [n for n, _ in net.named_parameters()]
+v = [torch.randn_like(p) for p in params]
+
+
+def functional(ps, inp):
+    return torch.func.functional_call(net, dict(zip(names, ps)), (inp,)) if hasattr(torch, "func") else \
+        torch.nn.utils.stateless.functional_call(net, dict(zip(names, ps)), (inp,))
+
+
+def output_fisher(z, u):  # H u / B for the categorical likelihood: (diag(p) − p pᵀ) u / B
+    p = torch.softmax(z.detach(), 1)
+    return (p * u - p * (p * u).sum(1, keepdim=True)) / B
+
+
+def fvp_forward_ad():
+    with fwAD.dual_level():
+        dual = [fwAD.make_dual(p.detach().requires_grad_(), t) for p, t in zip(params, v)]
+        out = functional(dual, x)
+        z, u = fwAD.unpack_dual(out)
+    return torch.autograd.grad(z, [fwAD.unpack_dual(d).primal for d in dual], output_fisher(z, u))
+
+
+retained = {}
+
+
+def fvp_retained():
+    if not retained:
+        ps = [p.detach().requires_grad_() for p in params]
+        z = functional(ps, x)
+        retained.update(ps=ps, z=z, w=torch.zeros_like(z, requires_grad=True))
+    ps, z, w = retained["ps"], retained["z"], retained["w"]
+    g = torch.autograd.grad(z, ps, w, create_graph=True, retain_graph=True)
+    u = torch.autograd.grad(g, w, v, retain_graph=True)[0]
+    return torch.autograd.grad(z, ps, output_fisher(z, u), retain_graph=True)
+
+
+def fvp_double_backward():
+    ps = [p.detach().requires_grad_() for p in params]
+    z = functional(ps, x)
+    w = torch.zeros_like(z, requires_grad=True)
+    g = torch.autograd.grad(z, ps, w, create_graph=True)
+    u = torch.autograd.grad(g, w, v, retain_graph=True)[0]
+    return torch.autograd.grad(z, ps, output_fisher(z, u))
+
+
+def forward():
+    with torch.no_grad():
+        return net(x)
+
+
+def gradient():
+    net.zero_grad()
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+
+
+def median_time(f):
+    f()  # warm-up
+    ts = []
+    for _ in range(args.reps):
+        t0 = time.perf_counter()
+        f()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+# The three recipes compute the same product.
+ref = fvp_forward_ad()
+for other in (fvp_retained(), fvp_double_backward()):
+    err = max(float((a - b).norm() / b.norm()) for a, b in zip(other, ref))
+    assert err < 1e-3, f"the recipes disagree: relative difference {err}"
+
+P = sum(p.numel() for p in params)
+print(f"peer=pytorch-{torch.__version__} params={P} batch={B} model={'cnn' if args.cnn else 'mlp'} "
+      f"threads={torch.get_num_threads()}")
+tg = median_time(gradient)
+print(f"forward_s {median_time(forward):.4f}")
+print(f"gradient_s {tg:.4f}")
+for name, f in (("fvp_forward_ad_s", fvp_forward_ad), ("fvp_retained_s", fvp_retained),
+                ("fvp_double_backward_s", fvp_double_backward)):
+    t = median_time(f)
+    print(f"{name} {t:.4f}  ratio_to_gradient {t / tg:.2f}")
