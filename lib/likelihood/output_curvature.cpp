@@ -52,14 +52,11 @@ void OutputCurvature<Scalar>::apply(Index col0, ConstMatMap<Scalar> U, MatMap<Sc
         // Σp = 1, u_c − pᵀu = d_c − pᵀd for d = u − u_m, where pᵀd = Σ_{c≠m} p_c d_c involves only the
         // small probabilities: (H u)_c = p_c (d_c − pᵀd), accurate for every c.
         for (Index j = 0; j < n; ++j) {
-          const Scalar* p = stat_.col(col0 + j).data();
-          const Scalar* u = U.col(j).data();
-          Scalar* hu = HU.col(j).data();
-          const Index C = U.rows();
+          const auto p = stat_.col(col0 + j).array();
+          const auto u = U.col(j).array();
           const Scalar um = u[dominant_[static_cast<std::size_t>(col0 + j)]];
-          Scalar pd = 0;
-          for (Index c = 0; c < C; ++c) pd += p[c] * (u[c] - um);
-          for (Index c = 0; c < C; ++c) hu[c] = p[c] * ((u[c] - um) - pd);
+          const Scalar pd = (p * (u - um)).sum();  // lazy expressions: vectorized, no temporary
+          HU.col(j).array() = p * ((u - um) - pd);
         }
         return;
       case LikelihoodKind::gaussian:
