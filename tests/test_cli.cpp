@@ -200,8 +200,8 @@ TEST_F(Cli, OutputsAreBitIdenticalForOneAndTwoThreads) {
 #ifndef NATGRAD_HAVE_OPENMP
   GTEST_SKIP() << "built without OpenMP (NATGRAD_USE_OPENMP=OFF): one thread only, nothing to compare";
 #endif
-  // 300 samples: 4 chunks of 80 over 4 slots (and 2 slots for the curvature batch of 150), so the threads
-  // really split the work; every Fisher kind; solve, fvp and spectrum.
+  // 300 samples: 10 chunks of 32 (5 for the curvature batch of 150) and several parameter tasks, so the
+  // threads really split the work; every Fisher kind; solve, fvp and spectrum.
   {
     const ModelFile m = read_model_spec(p("model.json"));
     Sequential<float> model(m.spec);

@@ -19,6 +19,13 @@ int thread_id() {
   return 0;
 #endif
 }
+int team_size() {
+#ifdef NATGRAD_HAVE_OPENMP
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
 }  // namespace
 
 bool FisherOptions::is_valid(std::string* why) const {
@@ -32,24 +39,116 @@ bool FisherOptions::is_valid(std::string* why) const {
     return bad("damping must be finite and >= 0, got " + std::to_string(damping));
   if (chunk_size < 0)
     return bad("chunk_size must be >= 0 (0 = automatic), got " + std::to_string(chunk_size));
-  if (num_slots < 0) return bad("num_slots must be >= 0 (0 = automatic), got " + std::to_string(num_slots));
   if (num_threads < 0) return bad("num_threads must be >= 0, got " + std::to_string(num_threads));
   return true;
 }
 
-int FisherOptions::slots_for(Index num_params, std::size_t scalar_bytes) const {
-  if (num_slots > 0) return num_slots;
-  const double budget = 512.0 * 1024 * 1024, per_slot = double(num_params) * double(scalar_bytes);
-  int slots = 4;
-  while (slots > 2 && slots * per_slot > budget) slots /= 2;
-  return slots;
+Index FisherOptions::chunk_for(Index num_samples, Index min_chunk) const {
+  if (chunk_size > 0) return chunk_size;
+  const Index per64 = (num_samples + 63) / 64;
+  return std::min<Index>(256, std::max<Index>(min_chunk, (per64 + 7) / 8 * 8));
 }
 
-Index FisherOptions::chunk_for(Index num_samples) const {
-  if (chunk_size > 0) return chunk_size;
-  const Index quarter = (num_samples + 3) / 4;
-  return std::min<Index>(256, std::max<Index>(16, (quarter + 7) / 8 * 8));
+namespace {
+// Per-layer partial gradients of the group tasks stay within this many bytes: more groups (up to one per
+// chunk) let more threads share a layer, each costs a copy of the layer's gradient.
+constexpr double kPartialBudgetBytes = 64.0 * 1024 * 1024;
+// Weight blocks of a block-split layer: edges of about 256 (one GEMM of depth N per block packs its rows of
+// X and of the cotangents, (rows + cols)·N scalars for 2·rows·cols·N flops, so square, large blocks pack
+// least; a 1024 × 1024 weight gives 16 blocks).
+constexpr Index kBlockEdge = 256;
+Index block_step(Index extent) {
+  const Index blocks = (extent + kBlockEdge - 1) / kBlockEdge;
+  return (extent + blocks - 1) / blocks;
 }
+}  // namespace
+
+template <typename Scalar>
+FisherPlan FisherPlan::make(const Sequential<Scalar>& model, Index N, const FisherOptions& options) {
+  FisherPlan plan;
+  const std::size_t L = model.num_layers();
+  // A chunk's GEMMs pack the whole weight of a block-split (linear) layer for 2·chunk flops per packed entry:
+  // below 64 samples that packing shows (a 784-1024-1024-10 product is 17% slower at 32 than at 64 on one
+  // thread). Convolutions pack small weights and do not care. So the smallest chunk is 64 when most of the
+  // per-sample work is in such layers, else 32.
+  double block_macs = 0, all_macs = 0;
+  for (std::size_t l = 0; l < L; ++l) {
+    all_macs += model.layer(l).macs_per_sample();
+    if (model.layer(l).grad_grid().first > 0) block_macs += model.layer(l).macs_per_sample();
+  }
+  plan.chunk_size = std::min(options.chunk_for(N, 2 * block_macs > all_macs ? 64 : 32), std::max<Index>(N, 1));
+  plan.num_chunks = (N + plan.chunk_size - 1) / plan.chunk_size;
+  plan.groups.assign(L, 0);
+  plan.partial_offset.assign(L, 0);
+  bool first = true;
+  for (std::size_t l = 0; l < L; ++l) {
+    const Layer<Scalar>& layer = model.layer(l);
+    if (layer.num_params() == 0) continue;
+    const double macs = layer.macs_per_sample();
+    // Phase A: the R-op's dW·x (and W·dx after the first layer with parameters), backprop's Wᵀ·g (not for
+    // the first, whose input cotangent nobody needs).
+    plan.chunk_macs_per_sample += (first ? 1 : 3) * macs;
+    first = false;
+    plan.cotangent_size += layer.output_size() * N;
+    const auto [R, K] = layer.grad_grid();
+    if (R > 0) {
+      const Index rs = block_step(R), ks = block_step(K);
+      for (Index r0 = 0; r0 < R; r0 += rs)
+        for (Index c0 = 0; c0 < K; c0 += ks) {
+          FisherPlan::Task t;
+          t.layer = l;
+          t.by_blocks = true;
+          t.row0 = r0;
+          t.rows = std::min(rs, R - r0);
+          t.col0 = c0;
+          t.cols = std::min(ks, K - c0);
+          t.macs = macs * double(N) * double(t.rows) * double(t.cols) / (double(R) * double(K));
+          plan.tasks.push_back(t);
+          plan.task_scratch = std::max(plan.task_scratch, layer.grad_block_scratch(t.rows, t.cols, N));
+        }
+    } else {
+      const double bytes = double(layer.num_params()) * double(sizeof(Scalar));
+      const Index G = std::min<Index>(plan.num_chunks, std::max<Index>(1, Index(kPartialBudgetBytes / bytes)));
+      plan.groups[l] = static_cast<int>(G);
+      plan.partial_offset[l] = plan.partial_size;
+      plan.partial_size += G * layer.num_params();
+      for (Index g = 0; g < G; ++g) {
+        FisherPlan::Task t;
+        t.layer = l;
+        t.group = static_cast<int>(g);
+        t.chunk0 = g * plan.num_chunks / G;
+        t.chunk1 = (g + 1) * plan.num_chunks / G;
+        const Index c0 = t.chunk0 * plan.chunk_size, c1 = std::min(N, t.chunk1 * plan.chunk_size);
+        t.macs = macs * double(c1 - c0);
+        plan.tasks.push_back(t);
+      }
+    }
+  }
+  const double all_bytes = double(model.num_params()) * double(sizeof(Scalar));
+  plan.diagonal_groups =
+      std::min<Index>(plan.num_chunks, std::max<Index>(1, Index(kPartialBudgetBytes / std::max(all_bytes, 1.0))));
+  plan.diagonal_partial_size = plan.diagonal_groups * model.num_params();
+  return plan;
+}
+
+std::vector<std::vector<int>> FisherPlan::assign(int threads) const {
+  std::vector<std::vector<int>> out(static_cast<std::size_t>(std::max(threads, 1)));
+  std::vector<int> order(tasks.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int>(i);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
+    return tasks[static_cast<std::size_t>(a)].macs > tasks[static_cast<std::size_t>(b)].macs;
+  });
+  std::vector<double> load(out.size(), 0.0);
+  for (int i : order) {
+    const auto t = static_cast<std::size_t>(std::min_element(load.begin(), load.end()) - load.begin());
+    out[t].push_back(i);
+    load[t] += tasks[static_cast<std::size_t>(i)].macs;
+  }
+  return out;
+}
+
+template FisherPlan FisherPlan::make<float>(const Sequential<float>&, Index, const FisherOptions&);
+template FisherPlan FisherPlan::make<double>(const Sequential<double>&, Index, const FisherOptions&);
 
 template <typename Scalar>
 FisherOperator<Scalar>::FisherOperator(const Sequential<Scalar>& model, const Vec<Scalar>& theta,
@@ -74,18 +173,25 @@ FisherOperator<Scalar>::FisherOperator(const Sequential<Scalar>& model, const Ve
   data_.labels = data.labels;
   data_.targets = data.targets;
 
-  chunk_size_ = options.chunk_for(num_samples_);
-  num_chunks_ = (num_samples_ + chunk_size_ - 1) / chunk_size_;
-  num_slots_ = static_cast<int>(std::min<Index>(options.slots_for(num_params_, sizeof(Scalar)), num_chunks_));
-  num_threads_ = resolve_threads(options.num_threads);
-  const Index chunk = std::min(chunk_size_, num_samples_);
+  plan_ = FisherPlan::make(model, num_samples_, options);
+  // Threads beyond the work items would only hold workspaces.
+  num_threads_ = static_cast<int>(std::min<Index>(
+      resolve_threads(options.num_threads),
+      std::max<Index>(plan_.num_chunks, static_cast<Index>(plan_.tasks.size()))));
+  num_threads_ = std::max(num_threads_, 1);
+  assignment_ = plan_.assign(num_threads_);
+  const Index chunk = plan_.chunk_size;
 
   cache_ = model.make_cache(data.inputs);
   for (int t = 0; t < num_threads_; ++t) {
     workspaces_.push_back(model.make_workspace(chunk));
     out_buffers_.emplace_back(model.output_size(), chunk);
+    task_scratch_.emplace_back(plan_.task_scratch);
   }
-  slots_.assign(static_cast<std::size_t>(num_slots_), Vec<Scalar>(num_params_));
+  cot_ = model.make_cotangents(num_samples_);
+  partials_.resize(plan_.partial_size);
+  chunk_loss_.assign(static_cast<std::size_t>(plan_.num_chunks), 0.0);
+  work_.assign(static_cast<std::size_t>(num_threads_), 0.0);
 
   run_forward();
 }
@@ -103,13 +209,13 @@ void FisherOperator<Scalar>::run_forward() {
   // The forward pass, once per parameter vector; its activations serve every later product. Each chunk then
   // looks for the first layer (input included) where a NaN or Inf appears, while its activations are still
   // in cache; the earliest such layer over all chunks, and its first sample, are reported.
-  const Index cs = chunk_size_;
+  const Index cs = plan_.chunk_size;
   const std::size_t none = cache_.acts.size();
-  std::vector<std::pair<std::size_t, Index>> first_bad(static_cast<std::size_t>(num_chunks_), {none, 0});
+  std::vector<std::pair<std::size_t, Index>> first_bad(static_cast<std::size_t>(plan_.num_chunks), {none, 0});
 #ifdef NATGRAD_HAVE_OPENMP
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads_)
 #endif
-  for (Index k = 0; k < num_chunks_; ++k) {
+  for (Index k = 0; k < plan_.num_chunks; ++k) {
     const Index c0 = k * cs, n = std::min(cs, num_samples_ - c0);
     model_.forward(theta_.data(), cache_, c0, n);
     for (std::size_t l = 0; l < cache_.acts.size(); ++l) {
@@ -146,55 +252,92 @@ void FisherOperator<Scalar>::set_damping(double lambda) {
 }
 
 template <typename Scalar>
-template <typename Body>
-void FisherOperator<Scalar>::for_each_chunk(Body body) const {
-  const Index cs = chunk_size_;
-  const int slots = num_slots_;
-  // Slot s owns chunks s, s + slots, s + 2·slots, … and adds them in that order.
+template <typename Head>
+void FisherOperator<Scalar>::run(Head head, Scalar scale, const Scalar* x, Scalar lambda, Scalar* y) const {
+  const Index cs = plan_.chunk_size, C = model_.output_size();
+  std::fill(work_.begin(), work_.end(), 0.0);
 #ifdef NATGRAD_HAVE_OPENMP
-#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads_)
+#pragma omp parallel num_threads(num_threads_)
 #endif
-  for (int s = 0; s < slots; ++s) {
-    Vec<Scalar>& acc = slots_[static_cast<std::size_t>(s)];
-    acc.setZero();
-    const int t = thread_id();
-    for (Index k = s; k < num_chunks_; k += slots) {
-      const Index c0 = k * cs;
-      body(c0, std::min(cs, num_samples_ - c0), acc.data(), workspaces_[static_cast<std::size_t>(t)],
-           out_buffers_[static_cast<std::size_t>(t)]);
+  {
+    const int t = thread_id(), team = team_size();
+    Workspace<Scalar>& ws = workspaces_[static_cast<std::size_t>(t)];
+    Mat<Scalar>& obuf = out_buffers_[static_cast<std::size_t>(t)];
+    double& work = work_[static_cast<std::size_t>(t)];
+    // A: per chunk, the output cotangent and its backpropagation into cot_.
+    Index k0, k1;
+    plan_.chunk_range(t, team, k0, k1);
+    for (Index k = k0; k < k1; ++k) {
+      const Index c0 = k * cs, n = std::min(cs, num_samples_ - c0);
+      MatMap<Scalar> out(obuf.data(), C, n);
+      head(k, c0, n, out, ws);
+      model_.backprop_cotangents(theta_.data(), cache_, c0, n, ConstMatMap<Scalar>(out.data(), C, n), cot_, ws);
+      work += plan_.chunk_macs_per_sample * double(n);
     }
-  }
-}
-
-template <typename Scalar>
-void FisherOperator<Scalar>::reduce_slots(Scalar scale, const Scalar* x, Scalar lambda, Scalar* y) const {
-  // y_i = scale · Σ_s slot_s[i] + λ x_i, slots summed in slot order: each entry's sum is the same for any
-  // thread count. Parallel over blocks of entries.
-  const Index P = num_params_, block = 4096;
-  const Index nblocks = (P + block - 1) / block;
 #ifdef NATGRAD_HAVE_OPENMP
-#pragma omp parallel for schedule(static) num_threads(num_threads_)
+#pragma omp barrier
 #endif
-  for (Index b = 0; b < nblocks; ++b) {
-    const Index i0 = b * block, n = std::min(block, P - i0);
-    VecMap<Scalar> out(y + i0, n);
-    out = slots_[0].segment(i0, n);
-    for (int s = 1; s < num_slots_; ++s) out += slots_[static_cast<std::size_t>(s)].segment(i0, n);
-    out *= scale;
-    if (x && lambda != Scalar(0)) out += lambda * ConstVecMap<Scalar>(x + i0, n);
+    // B: the parameter tasks (a thread beyond the planned count would take over none).
+    for (int a = t; a < num_threads_; a += team)
+      for (int i : assignment_[static_cast<std::size_t>(a)]) {
+        const FisherPlan::Task& task = plan_.tasks[static_cast<std::size_t>(i)];
+        const Layer<Scalar>& layer = model_.layer(task.layer);
+        const Index off = model_.param_offset(task.layer);
+        const Mat<Scalar>& X = cache_.acts[task.layer];
+        const Mat<Scalar>& gY = cot_.g[task.layer];
+        if (task.by_blocks) {
+          layer.grad_block(ConstMatMap<Scalar>(X.data(), X.rows(), X.cols()),
+                           ConstMatMap<Scalar>(gY.data(), gY.rows(), gY.cols()), task.row0, task.rows, task.col0,
+                           task.cols, scale, x ? x + off : nullptr, lambda, y + off,
+                           task_scratch_[static_cast<std::size_t>(t)].data());
+        } else {
+          Scalar* partial = partials_.data() + plan_.partial_offset[task.layer] + task.group * layer.num_params();
+          std::fill(partial, partial + layer.num_params(), Scalar(0));
+          const Mat<Scalar>& Y = cache_.acts[task.layer + 1];
+          const Index in = layer.input_size(), out = layer.output_size(), aux = layer.aux_per_sample();
+          for (Index k = task.chunk0; k < task.chunk1; ++k) {
+            const Index c0 = k * cs, n = std::min(cs, num_samples_ - c0);
+            layer.vjp(theta_.data() + off, ConstMatMap<Scalar>(X.data() + c0 * in, in, n),
+                      ConstMatMap<Scalar>(Y.data() + c0 * out, out, n),
+                      aux ? cache_.aux[task.layer].data() + c0 * aux : nullptr,
+                      ConstMatMap<Scalar>(gY.data() + c0 * out, out, n), nullptr, partial, ws.scratch.data());
+          }
+        }
+        work += task.macs;
+      }
+#ifdef NATGRAD_HAVE_OPENMP
+#pragma omp barrier
+#endif
+    // C: each group-split layer's partial gradients summed in group order, in blocks of entries.
+    constexpr Index block = 4096;
+    Index item = 0;
+    for (std::size_t l = 0; l < plan_.groups.size(); ++l) {
+      const int G = plan_.groups[l];
+      if (G == 0) continue;
+      const Index P = model_.layer(l).num_params(), off = model_.param_offset(l);
+      const Scalar* partial = partials_.data() + plan_.partial_offset[l];
+      for (Index i0 = 0; i0 < P; i0 += block, ++item) {
+        if (item % team != t) continue;
+        const Index n = std::min(block, P - i0);
+        VecMap<Scalar> out(y + off + i0, n);
+        out = ConstVecMap<Scalar>(partial + i0, n);
+        for (int g = 1; g < G; ++g) out += ConstVecMap<Scalar>(partial + g * P + i0, n);
+        out *= scale;
+        if (x && lambda != Scalar(0)) out += lambda * ConstVecMap<Scalar>(x + off + i0, n);
+      }
+    }
   }
 }
 
 template <typename Scalar>
 void FisherOperator<Scalar>::perform_op(const Scalar* x, Scalar* y) const {
   const Index C = model_.output_size();
-  for_each_chunk([&](Index c0, Index n, Scalar* acc, Workspace<Scalar>& ws, Mat<Scalar>& hbuf) {
-    model_.jvp(theta_.data(), x, cache_, c0, n, ws);  // u = J v
-    MatMap<Scalar> hu(hbuf.data(), C, n);
-    curvature_.apply(c0, ConstMatMap<Scalar>(ws.result, C, n), hu);                           // w = H u
-    model_.vjp(theta_.data(), cache_, c0, n, ConstMatMap<Scalar>(hu.data(), C, n), acc, ws);  // acc += Jᵀ w
-  });
-  reduce_slots(Scalar(1) / Scalar(num_samples_), x, static_cast<Scalar>(damping_), y);  // F v = Σ / N, + λ v
+  run(
+      [&](Index, Index c0, Index n, MatMap<Scalar>& hu, Workspace<Scalar>& ws) {
+        model_.jvp(theta_.data(), x, cache_, c0, n, ws);                          // u = J v
+        curvature_.apply(c0, ConstMatMap<Scalar>(ws.result, C, n), hu);           // w = H u
+      },
+      Scalar(1) / Scalar(num_samples_), x, static_cast<Scalar>(damping_), y);  // F v = Σ Jᵀ w / N, + λ v
   ++num_products_;
 }
 
@@ -210,18 +353,16 @@ const Vec<Scalar>& FisherOperator<Scalar>::gradient() const {
   require_targets("computing the loss and its gradient");
   const Index C = model_.output_size();
   const Mat<Scalar>& Z = cache_.acts.back();
-  std::vector<double> chunk_loss(static_cast<std::size_t>(num_chunks_), 0.0);
-  for_each_chunk([&](Index c0, Index n, Scalar* acc, Workspace<Scalar>& ws, Mat<Scalar>& gbuf) {
-    ConstMatMap<Scalar> z(Z.data() + c0 * C, C, n);
-    MatMap<Scalar> gz(gbuf.data(), C, n);
-    chunk_loss[static_cast<std::size_t>(c0 / chunk_size_)] = nll_sum<Scalar>(likelihood_, z, data_, c0);
-    nll_gradient<Scalar>(likelihood_, z, data_, c0, gz);
-    model_.vjp(theta_.data(), cache_, c0, n, ConstMatMap<Scalar>(gz.data(), C, n), acc, ws);
-  });
   gradient_.resize(num_params_);
-  reduce_slots(Scalar(1) / Scalar(num_samples_), nullptr, Scalar(0), gradient_.data());
+  run(
+      [&](Index k, Index c0, Index n, MatMap<Scalar>& gz, Workspace<Scalar>&) {
+        ConstMatMap<Scalar> z(Z.data() + c0 * C, C, n);
+        chunk_loss_[static_cast<std::size_t>(k)] = nll_sum<Scalar>(likelihood_, z, data_, c0);
+        nll_gradient<Scalar>(likelihood_, z, data_, c0, gz);
+      },
+      Scalar(1) / Scalar(num_samples_), nullptr, Scalar(0), gradient_.data());
   loss_ = 0;
-  for (double l : chunk_loss) loss_ += l;
+  for (double l : chunk_loss_) loss_ += l;  // in chunk order
   loss_ /= static_cast<double>(num_samples_);
   have_gradient_ = true;
   return gradient_;
@@ -235,17 +376,74 @@ double FisherOperator<Scalar>::loss() const {
 
 template <typename Scalar>
 Vec<Scalar> FisherOperator<Scalar>::empirical_fisher_diagonal() const {
+  // Once per solve: the cotangents of the true-label scores (phase A of the gradient), then per layer with
+  // parameters and sample group the per-sample squared gradients, summed in group order. Its partial
+  // buffers are this call's own (FisherPlan::diagonal_partial_size scalars).
   require_targets("the empirical Fisher diagonal");
-  const Index C = model_.output_size();
+  const Index C = model_.output_size(), cs = plan_.chunk_size;
   const Mat<Scalar>& Z = cache_.acts.back();
-  for_each_chunk([&](Index c0, Index n, Scalar* acc, Workspace<Scalar>& ws, Mat<Scalar>& gbuf) {
-    ConstMatMap<Scalar> z(Z.data() + c0 * C, C, n);
-    MatMap<Scalar> gz(gbuf.data(), C, n);
-    nll_gradient<Scalar>(likelihood_, z, data_, c0, gz);
-    model_.squared_vjp(theta_.data(), cache_, c0, n, ConstMatMap<Scalar>(gz.data(), C, n), acc, ws);
-  });
   Vec<Scalar> diag(num_params_);
-  reduce_slots(Scalar(1) / Scalar(num_samples_), nullptr, Scalar(0), diag.data());
+  std::fill(work_.begin(), work_.end(), 0.0);
+  struct Item {
+    std::size_t layer;
+    Index chunk0, chunk1;
+    Index offset;  // in `partial`
+  };
+  std::vector<Item> items;
+  std::vector<Index> groups(model_.num_layers(), 0), base(model_.num_layers(), 0);
+  Index total = 0;
+  for (std::size_t l = 0; l < model_.num_layers(); ++l) {
+    const Index P = model_.layer(l).num_params();
+    if (P == 0) continue;
+    const Index G = plan_.diagonal_groups;
+    groups[l] = G;
+    base[l] = total;
+    for (Index g = 0; g < G; ++g)
+      items.push_back({l, g * plan_.num_chunks / G, (g + 1) * plan_.num_chunks / G, total + g * P});
+    total += G * P;
+  }
+  Vec<Scalar> partial = Vec<Scalar>::Zero(total);
+#ifdef NATGRAD_HAVE_OPENMP
+#pragma omp parallel num_threads(num_threads_)
+#endif
+  {
+    const int t = thread_id(), team = team_size();
+    Workspace<Scalar>& ws = workspaces_[static_cast<std::size_t>(t)];
+    Mat<Scalar>& obuf = out_buffers_[static_cast<std::size_t>(t)];
+    Index k0, k1;
+    plan_.chunk_range(t, team, k0, k1);
+    for (Index k = k0; k < k1; ++k) {
+      const Index c0 = k * cs, n = std::min(cs, num_samples_ - c0);
+      MatMap<Scalar> gz(obuf.data(), C, n);
+      nll_gradient<Scalar>(likelihood_, ConstMatMap<Scalar>(Z.data() + c0 * C, C, n), data_, c0, gz);
+      model_.backprop_cotangents(theta_.data(), cache_, c0, n, ConstMatMap<Scalar>(gz.data(), C, n), cot_, ws);
+    }
+#ifdef NATGRAD_HAVE_OPENMP
+#pragma omp barrier
+#pragma omp for schedule(dynamic, 1)
+#endif
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      const Item& it = items[i];
+      const Layer<Scalar>& layer = model_.layer(it.layer);
+      const Index off = model_.param_offset(it.layer), in = layer.input_size(), out = layer.output_size();
+      for (Index k = it.chunk0; k < it.chunk1; ++k) {
+        const Index c0 = k * cs, n = std::min(cs, num_samples_ - c0);
+        layer.accumulate_squared_grads(theta_.data() + off,
+                                       ConstMatMap<Scalar>(cache_.acts[it.layer].data() + c0 * in, in, n),
+                                       ConstMatMap<Scalar>(cot_.g[it.layer].data() + c0 * out, out, n),
+                                       partial.data() + it.offset, ws.scratch.data());
+      }
+    }
+  }
+  const Scalar scale = Scalar(1) / Scalar(num_samples_);
+  for (std::size_t l = 0; l < model_.num_layers(); ++l) {
+    if (groups[l] == 0) continue;
+    const Index P = model_.layer(l).num_params();
+    auto d = diag.segment(model_.param_offset(l), P);
+    d = partial.segment(base[l], P);
+    for (Index g = 1; g < groups[l]; ++g) d += partial.segment(base[l] + g * P, P);
+    d *= scale;
+  }
   return diag;
 }
 

@@ -44,6 +44,8 @@ class Conv2d final : public Layer<Scalar> {
     if (bias_) t.push_back({"bias", {O_}});
     return t;
   }
+  double macs_per_sample() const override { return double(O_) * double(K_) * double(P_); }
+
   // Samples are processed in blocks of b_ whose unfolded inputs are stacked into one (b·Ho·Wo) × K matrix,
   // so each pass is one GEMM per block rather than per sample (the weights are packed once per block, and
   // the weight gradient's inner dimension is b·Ho·Wo). b keeps a block's im2col buffer near 32K scalars, so

@@ -60,6 +60,32 @@ class Linear final : public Layer<Scalar> {
     if (bias_) MutB(gtheta + out_ * in_, out_) += gY.rowwise().sum();
   }
 
+  double macs_per_sample() const override { return double(in_) * double(out_); }
+
+  // gW(r, c) = Σ_n gY(r, n) X(c, n) and gb_r = Σ_n gY(r, n): blocks of gW need no reduction. Read
+  // column-major, the row-major gW is gWᵀ = X gYᵀ (in × out, leading dimension in); its block of rows
+  // [c0, c0 + k) and columns [r0, r0 + m) is X's rows c0 … c0 + k − 1 (column-major, stride in) times gY's
+  // rows r0 … r0 + m − 1 read row-major (stride out). One GEMM of depth N (all samples).
+  std::pair<Index, Index> grad_grid() const override { return {out_, in_}; }
+  Index grad_block_scratch(Index m, Index k, Index ncols) const override {
+    return gemm_pack_size<Scalar>(k, m, ncols);
+  }
+  void grad_block(ConstMatMap<Scalar> X, ConstMatMap<Scalar> gY, Index r0, Index m, Index c0, Index k,
+                  Scalar scale, const Scalar* x, Scalar lambda, Scalar* out, Scalar* scratch) const override {
+    const Index n = X.cols();
+    Scalar* w = out + r0 * in_ + c0;
+    gemm(k, m, n, col_major(X.data() + c0, in_), row_major(gY.data() + r0, out_), w, in_, false, scratch);
+    for (Index r = 0; r < m; ++r) {
+      MutB row(w + r * in_, k);
+      if (lambda != Scalar(0)) row = scale * row + lambda * ConstB(x + (r0 + r) * in_ + c0, k);
+      else row *= scale;
+    }
+    if (!bias_ || c0 != 0) return;
+    MutB b(out + out_ * in_ + r0, m);
+    b = scale * gY.middleRows(r0, m).rowwise().sum();
+    if (lambda != Scalar(0)) b += lambda * ConstB(x + out_ * in_ + r0, m);
+  }
+
   // The per-sample weight gradient is the outer product gY_n X_nᵀ, so Σ_n (gY_n X_nᵀ)² = (gY∘gY)(X∘X)ᵀ:
   // one GEMM instead of a loop over samples.
   void accumulate_squared_grads(const Scalar*, ConstMatMap<Scalar> X, ConstMatMap<Scalar> gY, Scalar* gsq,

@@ -246,6 +246,28 @@ void Sequential<Scalar>::vjp(const Scalar* theta, const ForwardCache<Scalar>& ca
 }
 
 template <typename Scalar>
+CotangentCache<Scalar> Sequential<Scalar>::make_cotangents(Index N) const {
+  CotangentCache<Scalar> cot;
+  cot.g.resize(layers_.size());
+  for (std::size_t l = 0; l < layers_.size(); ++l)
+    if (layers_[l]->num_params() > 0) cot.g[l].resize(layers_[l]->output_size(), N);
+  return cot;
+}
+
+template <typename Scalar>
+void Sequential<Scalar>::backprop_cotangents(const Scalar* theta, const ForwardCache<Scalar>& cache, Index col0,
+                                             Index n, ConstMatMap<Scalar> gZ, CotangentCache<Scalar>& cot,
+                                             Workspace<Scalar>& ws) const {
+  backprop<Scalar>(layers_, fused_, first_param_layer_, cache, col0, n, gZ, ws,
+                   [&](std::size_t l, ConstMatMap<Scalar> X, ConstMatMap<Scalar> Y, const int32_t* aux,
+                       ConstMatMap<Scalar> gY, Scalar* gX) {
+                     const Layer<Scalar>& layer = *layers_[l];
+                     if (layer.num_params()) cot.g[l].middleCols(col0, n) = gY;
+                     if (gX) layer.vjp(theta + offsets_[l], X, Y, aux, gY, gX, nullptr, ws.scratch.data());
+                   });
+}
+
+template <typename Scalar>
 void Sequential<Scalar>::squared_vjp(const Scalar* theta, const ForwardCache<Scalar>& cache, Index col0,
                                      Index n, ConstMatMap<Scalar> gZ, Scalar* gsq,
                                      Workspace<Scalar>& ws) const {

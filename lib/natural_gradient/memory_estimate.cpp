@@ -1,3 +1,4 @@
+#include <natgrad/core/threads.h>
 #include <natgrad/model/sequential.h>
 #include <natgrad/natural_gradient/memory_estimate.h>
 
@@ -8,10 +9,12 @@
 
 namespace natgrad {
 
-MemoryEstimate estimate_solve_memory(const ModelSpec& spec, Index batch, Index curvature_batch, std::size_t s,
-                                     const FisherOptions& fisher, Index top_k, int threads,
-                                     bool diagonal_preconditioner) {
-  const Sequential<double> model(spec);  // shapes only
+namespace {
+template <typename Scalar>
+MemoryEstimate estimate(const ModelSpec& spec, Index batch, Index curvature_batch, const FisherOptions& fisher,
+                        Index top_k, int threads, bool diagonal_preconditioner) {
+  const std::size_t s = sizeof(Scalar);
+  const Sequential<Scalar> model(spec);  // shapes only
   const std::size_t P = static_cast<std::size_t>(model.num_params());
   const std::size_t C = static_cast<std::size_t>(model.output_size());
   const Index Nc = curvature_batch > 0 ? curvature_batch : batch;
@@ -27,26 +30,27 @@ MemoryEstimate estimate_solve_memory(const ModelSpec& spec, Index batch, Index c
     aux += static_cast<std::size_t>(model.layer(l).aux_per_sample());
   }
   const std::size_t draws = fisher.kind == FisherKind::mc ? static_cast<std::size_t>(fisher.mc_samples) : 1;
+  // Exactly what a FisherOperator on n samples allocates: its plan decides the chunk, the threads it keeps
+  // a workspace for, the stored cotangents and the partial gradients.
   auto forward = [&](Index n) {
     return static_cast<std::size_t>(n) * (per_sample * s + aux * 4 + C * draws * s);
   };
-  const std::size_t t = static_cast<std::size_t>(std::max(threads, 1));
   auto workspaces = [&](Index n) {
-    const Index chunk = std::min<Index>(fisher.chunk_for(n), std::max<Index>(n, 1));
-    return t *
-           (2 * static_cast<std::size_t>(model.max_width() * chunk) +
-            static_cast<std::size_t>(model.scratch_size(chunk)) + C * static_cast<std::size_t>(chunk)) *
-           s;
+    const FisherPlan plan = FisherPlan::make(model, n, fisher);
+    const std::size_t t = static_cast<std::size_t>(std::max<Index>(
+        1, std::min<Index>(resolve_threads(threads), std::max<Index>(plan.num_chunks, Index(plan.tasks.size())))));
+    const std::size_t chunk = static_cast<std::size_t>(plan.chunk_size);
+    return t * (2 * static_cast<std::size_t>(model.max_width()) * chunk +
+                static_cast<std::size_t>(model.scratch_size(plan.chunk_size)) + C * chunk +
+                static_cast<std::size_t>(plan.task_scratch)) * s;
   };
-  auto slots = [&](Index n) {
-    const Index chunks = (n + fisher.chunk_for(n) - 1) / fisher.chunk_for(n);
-    return static_cast<std::size_t>(
-               std::min<Index>(fisher.slots_for(static_cast<Index>(P), s), std::max<Index>(chunks, 1))) *
-           P * s;
+  auto reduction = [&](Index n) {
+    const FisherPlan plan = FisherPlan::make(model, n, fisher);
+    return static_cast<std::size_t>(plan.cotangent_size + plan.partial_size) * s;
   };
   m.activations = forward(Nc);
   m.workspaces = workspaces(Nc);
-  m.slots = slots(Nc);
+  m.slots = reduction(Nc);
   // Spectra's Lanczos keeps an n × ncv basis in double; a restart compresses it through a temporary of its
   // first k columns (V·Q); the residual, the start vector and a few work vectors are n-vectors too. The
   // operator adapter converts through two Scalar vectors. (The condition number's runs, ncv = 20 and k = 1,
@@ -57,15 +61,26 @@ MemoryEstimate estimate_solve_memory(const ModelSpec& spec, Index batch, Index c
     m.spectrum = (ncv + k + 6) * P * 8 + 2 * P * s;
   }
   m.data = static_cast<std::size_t>(batch) * (static_cast<std::size_t>(model.input_size()) + C) * s;
-  // The preconditioner's inverse diagonal, and while it is built the empirical diagonal it comes from.
-  if (diagonal_preconditioner) m.preconditioner = 2 * P * s;
+  // The preconditioner's inverse diagonal, and while it is built the empirical diagonal it comes from and
+  // its per-group partial sums (FisherPlan::diagonal_partial_size).
+  if (diagonal_preconditioner)
+    m.preconditioner = 2 * P * s + static_cast<std::size_t>(FisherPlan::make(model, Nc, fisher).diagonal_partial_size) * s;
   const std::size_t cg_phase =
       m.parameters + m.activations + m.workspaces + m.slots + m.spectrum + m.preconditioner + m.data;
   if (separate)  // θ, both operators' θ copies, the full operator's g, the result's g; both forward passes
     m.gradient_phase = 5 * P * s + forward(batch) + forward(Nc) + workspaces(batch) + workspaces(Nc) +
-                       slots(batch) + slots(Nc) + m.data;
+                       reduction(batch) + reduction(Nc) + m.data;
   m.total = std::max(cg_phase, m.gradient_phase);
   return m;
+}
+}  // namespace
+
+MemoryEstimate estimate_solve_memory(const ModelSpec& spec, Index batch, Index curvature_batch, std::size_t s,
+                                     const FisherOptions& fisher, Index top_k, int threads,
+                                     bool diagonal_preconditioner) {
+  return s == sizeof(float)
+             ? estimate<float>(spec, batch, curvature_batch, fisher, top_k, threads, diagonal_preconditioner)
+             : estimate<double>(spec, batch, curvature_batch, fisher, top_k, threads, diagonal_preconditioner);
 }
 
 std::string format_bytes(double bytes) {
@@ -80,7 +95,7 @@ std::string format_bytes(double bytes) {
 std::string MemoryEstimate::report() const {
   auto b = [](std::size_t v) { return format_bytes(double(v)); };
   std::string r = "parameter vectors " + b(parameters) + ", activations " + b(activations) + ", workspaces " +
-                  b(workspaces) + ", accumulation slots " + b(slots) + ", Lanczos basis " + b(spectrum) +
+                  b(workspaces) + ", stored cotangents and partial gradients " + b(slots) + ", Lanczos basis " + b(spectrum) +
                   ", preconditioner " + b(preconditioner) + ", batch " + b(data);
   if (gradient_phase) r += ", full-batch gradient phase " + b(gradient_phase);
   return r + "; total " + b(total);

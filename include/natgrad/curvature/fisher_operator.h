@@ -11,10 +11,19 @@
 /// plus λ v. The forward pass runs once, at construction, and is reused by every product, by loss() and
 /// gradient().
 ///
-/// **Parallelism and determinism.** The batch is cut into chunks of `chunk_size` samples. Chunk k is
-/// accumulated into slot k mod `num_slots` (a parameter-sized buffer), each slot's chunks in increasing
-/// order by one thread, and the slots are summed in slot order. Nothing in that order depends on the
-/// thread count, so every result is bit-identical for any number of threads. Monte-Carlo labels are drawn
+/// **Parallelism and determinism.** A product runs in three parallel phases, each over a fixed grid of work
+/// items that depends on the problem only (N, the layer shapes, the scalar size), never on the thread count:
+///   A. per-sample work, over chunks of `chunk_size` samples: the R-op, H, and the backpropagation of the
+///      cotangents, which are stored for every layer with parameters (no parameter-sized buffer per thread);
+///   B. the parameter gradient, over parameter tasks: a layer whose gradient splits into weight blocks
+///      (linear) gets blocks of about 256 × 256, each one GEMM of depth N that writes its part of y
+///      directly; any other layer (conv2d) gets sample groups, each summing its chunks in order into its own
+///      partial gradient;
+///   C. the partial gradients summed in group order.
+/// Each output entry is therefore computed by one fixed sequence of operations, and every result is
+/// bit-identical for any number of threads. Chunks are shared out in contiguous ranges and parameter tasks
+/// by their cost (longest first, to the least loaded thread), so the threads do near-equal work;
+/// work_per_thread() reports each thread's multiply-adds in the last product. Monte-Carlo labels are drawn
 /// once at construction from the counter-based generator keyed by (seed, sample index, draw index).
 ///
 /// **Spectra.** The class has `Scalar`, `rows()`, `cols()` and `perform_op(const Scalar*, Scalar*) const`,
@@ -54,24 +63,58 @@ struct FisherOptions {
   double damping = 0.0;
   /// Seed of the counter-based generator for Monte-Carlo labels. Default 0.
   uint64_t seed = 0;
-  /// Samples per work item. 0 (default) chooses ⌈N/4⌉ rounded up to a multiple of 8 and clamped to
-  /// [16, 256]: large enough for efficient GEMMs, small enough that a batch gives several work items.
-  /// Results depend on it (summation order) and on N, never on the thread count. Otherwise ≥ 1.
+  /// Samples per phase-A work item. 0 (default) chooses ⌈N/64⌉ rounded up to a multiple of 8 and clamped
+  /// to [m, 256], m = 64 when linear layers hold most of the work (their GEMMs pack the whole weight per
+  /// chunk), else 32: about 64 chunks (64 threads' worth) from N = 64·m to N = 16384, 256-sample GEMMs
+  /// beyond. Results depend on it (summation order) and on N, never on the thread count. Otherwise ≥ 1.
   Index chunk_size = 0;
-  /// Parameter-sized accumulation buffers: more lets more threads work, each costs P scalars of memory and
-  /// of zeroing and summing per product. 0 (default) chooses the largest power of two in [2, 4] whose
-  /// buffers fit in 512 MiB (a function of P only, never of the thread count, so results stay bit-identical
-  /// across thread counts). Otherwise ≥ 1.
-  int num_slots = 0;
   /// Threads; 0 (default) uses the library-wide count, natgrad::num_threads() (core/threads.h).
   int num_threads = 0;
 
   /// True if every field is in range; otherwise false with the reason in *why.
   bool is_valid(std::string* why) const;
-  /// The slot count used for P parameters of `scalar_bytes` each (resolves num_slots = 0).
-  int slots_for(Index num_params, std::size_t scalar_bytes) const;
-  /// The chunk size used for a batch of N samples (resolves chunk_size = 0).
-  Index chunk_for(Index num_samples) const;
+  /// The chunk size used for a batch of N samples (resolves chunk_size = 0) with smallest chunk m.
+  Index chunk_for(Index num_samples, Index min_chunk = 32) const;
+};
+
+/// The parallel work plan of a product (see FisherOperator): fixed by the model, N, the chunk size and the
+/// scalar size, never by the thread count. Also what the memory estimate counts.
+struct FisherPlan {
+  /// A phase-B task: the weight block rows [row0, row0 + rows) × columns [col0, col0 + cols) of a layer
+  /// whose gradient splits into blocks, or sample group `group` (chunks [chunk0, chunk1)) of another layer
+  /// with parameters.
+  struct Task {
+    std::size_t layer = 0;
+    bool by_blocks = false;
+    Index row0 = 0, rows = 0, col0 = 0, cols = 0;
+    int group = 0;
+    Index chunk0 = 0, chunk1 = 0;
+    double macs = 0;  ///< multiply-adds of the task
+  };
+  Index chunk_size = 0, num_chunks = 0;
+  double chunk_macs_per_sample = 0;      ///< phase A: R-op and input-cotangent GEMMs per sample
+  std::vector<Task> tasks;               ///< phase B
+  std::vector<int> groups;               ///< per layer: sample groups (0 for block-split layers and no params)
+  std::vector<Index> partial_offset;     ///< per layer: where its groups' partial gradients start
+  Index partial_size = 0;                ///< scalars of all partial gradients
+  Index cotangent_size = 0;              ///< scalars of the stored cotangents (N columns)
+  Index task_scratch = 0;                ///< scalars of per-thread scratch the block tasks need
+  /// empirical_fisher_diagonal(): sample groups (the same for every layer) whose partial sums of squared
+  /// gradients, diagonal_partial_size scalars in all, stay within 64 MiB (at least one group).
+  Index diagonal_groups = 1;
+  Index diagonal_partial_size = 0;
+
+  template <typename Scalar>
+  static FisherPlan make(const Sequential<Scalar>& model, Index num_samples, const FisherOptions& options);
+
+  /// Phase A: the chunks [k0, k1) thread t of `threads` takes (contiguous, as equal as possible).
+  void chunk_range(int t, int threads, Index& k0, Index& k1) const {
+    k0 = num_chunks * t / threads;
+    k1 = num_chunks * (t + 1) / threads;
+  }
+  /// Phase B: the tasks each of `threads` threads takes: the costliest first, each to the least loaded
+  /// thread (ties: the lower thread, the earlier task). Which thread runs a task never changes its result.
+  std::vector<std::vector<int>> assign(int threads) const;
 };
 
 template <typename Scalar_>
@@ -124,11 +167,17 @@ class FisherOperator {
   /// H_n of this operator (C × C), for references.
   Mat<Scalar> output_fisher(Index n) const { return curvature_.dense(n); }
 
+ /// Multiply-adds each thread executed in the last product, gradient() or empirical_fisher_diagonal()
+  /// (phase A's R-op and cotangent GEMMs and phase B's parameter-gradient GEMMs, from the layers' cost
+  /// model): how evenly the work was shared.
+  const std::vector<double>& work_per_thread() const { return work_; }
+  const FisherPlan& plan() const { return plan_; }
+
  private:
-  // Runs body(chunk, col0, ncols, slot_buffer, thread_workspace) over all chunks with the slot schedule.
-  template <typename Body>
-  void for_each_chunk(Body body) const;
-  void reduce_slots(Scalar scale, const Scalar* x, Scalar lambda, Scalar* y) const;
+  // Phase A: head(c0, n, out, ws) leaves the output cotangent of chunk [c0, c0 + n) in out (C × n); then
+  // it is backpropagated and stored in cot_. Phases B and C: y = scale · Σ_n J_nᵀ g_n + λ x.
+  template <typename Head>
+  void run(Head head, Scalar scale, const Scalar* x, Scalar lambda, Scalar* y) const;
   void run_forward();
   void require_targets(const char* what) const;
 
@@ -140,17 +189,20 @@ class FisherOperator {
   double damping_;
   Index num_params_;
   Index num_samples_;
-  Index chunk_size_;
-  Index num_chunks_;
-  int num_slots_;
+  FisherPlan plan_;
   int num_threads_;
+  std::vector<std::vector<int>> assignment_;  // per thread: its phase-B tasks
   ForwardCache<Scalar> cache_;
   OutputCurvature<Scalar> curvature_;
 
   std::string forward_error_;
   mutable std::vector<Workspace<Scalar>> workspaces_;  // one per thread
   mutable std::vector<Mat<Scalar>> out_buffers_;       // one per thread: C × chunk_size
-  mutable std::vector<Vec<Scalar>> slots_;             // num_slots × P
+  mutable std::vector<Vec<Scalar>> task_scratch_;      // one per thread: block-task packing space
+  mutable CotangentCache<Scalar> cot_;
+  mutable Vec<Scalar> partials_;
+  mutable std::vector<double> chunk_loss_;
+  mutable std::vector<double> work_;
   mutable Index num_products_ = 0;
   mutable bool have_gradient_ = false;
   mutable Vec<Scalar> gradient_;

@@ -80,6 +80,24 @@ class Layer {
   /// aux_per_sample() == output_size().
   virtual bool is_selection() const { return false; }
 
+  /// Multiply-adds per sample of the layer's main product (W x for linear, the im2col GEMM for conv2d); 0
+  /// for layers without parameters. The cost model of the parallel schedule (FisherOperator).
+  virtual double macs_per_sample() const { return 0; }
+
+  /// Blocks of the parameter gradient: when the weight gradient's entry (r, c) is Σ_n gY(r, n) X(c, n) (and a
+  /// bias entry r is Σ_n gY(r, n)), a batch's gradient splits into independent blocks of rows × columns
+  /// with no reduction buffer. Such a layer (linear) returns its weight's {rows, columns} and implements
+  /// grad_block; {0, 0} (the default) means the gradient is a sum over samples that must be reduced.
+  virtual std::pair<Index, Index> grad_grid() const { return {0, 0}; }
+  /// For such layers, over all columns of X and gY: the weight entries of rows [r0, r0 + m) and columns
+  /// [c0, c0 + k) of the layer's slice `out` of a parameter vector are set to scale · Σ_n gY(r, n) X(c, n) +
+  /// λ x (x, the layer's slice of a vector, is read only when λ ≠ 0); the block with c0 = 0 also sets the
+  /// bias entries of its rows. `scratch` holds grad_block_scratch(m, k, X.cols()) scalars.
+  virtual void grad_block(ConstMatMap<Scalar> /*X*/, ConstMatMap<Scalar> /*gY*/, Index /*r0*/, Index /*m*/,
+                          Index /*c0*/, Index /*k*/, Scalar /*scale*/, const Scalar* /*x*/, Scalar /*lambda*/,
+                          Scalar* /*out*/, Scalar* /*scratch*/) const {}
+  virtual Index grad_block_scratch(Index /*m*/, Index /*k*/, Index /*ncols*/) const { return 0; }
+
   /// gsq += Σ_n (∂ℓ_n/∂θ)², the per-sample parameter gradients squared, where column n of gY is ∂ℓ_n/∂y_n.
   /// Layers without parameters do nothing.
   virtual void accumulate_squared_grads(const Scalar* /*theta*/, ConstMatMap<Scalar> /*X*/,

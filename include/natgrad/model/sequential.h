@@ -35,6 +35,15 @@ struct ForwardCache {
   std::vector<std::vector<int32_t>> aux;  ///< per layer, aux_per_sample() × N
 };
 
+/// Cotangents ∂ℓ/∂y at the output of every layer with parameters, for a whole batch (g[l] is
+/// output_size × N for such a layer, empty otherwise): written chunk by chunk by
+/// Sequential::backprop_cotangents, then read whole by the parameter-gradient pass, which needs every sample
+/// of a layer at once.
+template <typename Scalar>
+struct CotangentCache {
+  std::vector<Mat<Scalar>> g;
+};
+
 /// Per-thread buffers for the jvp and vjp passes on chunks of at most `max_cols` samples.
 ///
 /// The buffers are aligned to Eigen's maximum alignment: Eigen's small products peel their reductions by
@@ -98,6 +107,15 @@ class Sequential {
   /// gtheta += Jᵀ gZ summed over columns [col0, col0 + n), where gZ is output_size × n.
   void vjp(const Scalar* theta, const ForwardCache<Scalar>& cache, Index col0, Index n,
            ConstMatMap<Scalar> gZ, Scalar* gtheta, Workspace<Scalar>& ws) const;
+
+  /// Cotangent buffers for N samples.
+  CotangentCache<Scalar> make_cotangents(Index N) const;
+
+  /// Backpropagates gZ (output_size × n) over columns [col0, col0 + n) to the first layer with parameters,
+  /// storing the cotangent at the output of every layer with parameters in columns [col0, col0 + n) of
+  /// cot.g; no parameter gradient is formed (the parameter-gradient pass does that from cot).
+  void backprop_cotangents(const Scalar* theta, const ForwardCache<Scalar>& cache, Index col0, Index n,
+                           ConstMatMap<Scalar> gZ, CotangentCache<Scalar>& cot, Workspace<Scalar>& ws) const;
 
   /// gsq += Σ_n (J_nᵀ gZ_n)², the squared per-sample parameter gradients (for the empirical Fisher diagonal).
   void squared_vjp(const Scalar* theta, const ForwardCache<Scalar>& cache, Index col0, Index n,
