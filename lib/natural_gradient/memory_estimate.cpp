@@ -50,7 +50,7 @@ MemoryEstimate estimate(const ModelSpec& spec, Index batch, Index curvature_batc
   };
   m.activations = forward(Nc);
   m.workspaces = workspaces(Nc);
-  m.slots = reduction(Nc);
+  m.cotangents = reduction(Nc);
   // Spectra's Lanczos keeps an n × ncv basis in double; a restart compresses it through a temporary of its
   // first k columns (V·Q); the residual, the start vector and a few work vectors are n-vectors too. The
   // operator adapter converts through two Scalar vectors. (The condition number's runs, ncv = 20 and k = 1,
@@ -66,7 +66,7 @@ MemoryEstimate estimate(const ModelSpec& spec, Index batch, Index curvature_batc
   if (diagonal_preconditioner)
     m.preconditioner = 2 * P * s + static_cast<std::size_t>(FisherPlan::make(model, Nc, fisher).diagonal_partial_size) * s;
   const std::size_t cg_phase =
-      m.parameters + m.activations + m.workspaces + m.slots + m.spectrum + m.preconditioner + m.data;
+      m.parameters + m.activations + m.workspaces + m.cotangents + m.spectrum + m.preconditioner + m.data;
   if (separate)  // θ, both operators' θ copies, the full operator's g, the result's g; both forward passes
     m.gradient_phase = 5 * P * s + forward(batch) + forward(Nc) + workspaces(batch) + workspaces(Nc) +
                        reduction(batch) + reduction(Nc) + m.data;
@@ -95,7 +95,7 @@ std::string format_bytes(double bytes) {
 std::string MemoryEstimate::report() const {
   auto b = [](std::size_t v) { return format_bytes(double(v)); };
   std::string r = "parameter vectors " + b(parameters) + ", activations " + b(activations) + ", workspaces " +
-                  b(workspaces) + ", stored cotangents and partial gradients " + b(slots) + ", Lanczos basis " + b(spectrum) +
+                  b(workspaces) + ", stored cotangents and partial gradients " + b(cotangents) + ", Lanczos basis " + b(spectrum) +
                   ", preconditioner " + b(preconditioner) + ", batch " + b(data);
   if (gradient_phase) r += ", full-batch gradient phase " + b(gradient_phase);
   return r + "; total " + b(total);
