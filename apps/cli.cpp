@@ -194,8 +194,10 @@ Problem<Scalar> load_problem(Args& a, bool allow_default, const Progress& progre
     p.theta = init_parameters(model, a.seed);
     p.params_label = "PyTorch-style initialization, seed " + std::to_string(a.seed);
   } else {
-    p.theta = load_parameters<Scalar>(a.weights, model);
+    std::string conversion;
+    p.theta = load_parameters<Scalar>(a.weights, model, &conversion);
     p.params_label = a.weights;
+    if (!conversion.empty()) std::fprintf(stderr, "note: %s: %s\n", a.weights.c_str(), conversion.c_str());
   }
   progress.line("model %s: %lld parameters (%s); data %s: %lld samples; estimated memory %s", p.model_label.c_str(),
                 static_cast<long long>(model.num_params()), p.params_label.c_str(), p.data_label.c_str(),

@@ -148,6 +148,19 @@ TEST_F(Cli, SolveHeaderReportAndThreads) {
   EXPECT_NE(r.out.find("3 threads, parameters: " + p("w.safetensors")), std::string::npos) << r.out;
 }
 
+TEST_F(Cli, WeightsInAnotherFloatTypeAreConvertedWithANote) {
+  Loaded l = load();
+  save_parameters(p("w64.safetensors"), *l.model, l.theta, DType::F64);
+  const std::string args = "fvp --model " + p("model.json") + " --data " + p("d.safetensors") + " --vector " +
+                           p("v.safetensors") + " --output " + p("fv64.safetensors") + " --weights ";
+  Result r = run(args + p("w64.safetensors"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("note: " + p("w64.safetensors") + ": converted F64 to float32"), std::string::npos) << r.err;
+  r = run(args + p("w.safetensors"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.err.find("converted"), std::string::npos) << r.err;
+}
+
 TEST_F(Cli, SigtermStopsCgAndWritesTheBestIterate) {
   // A solve that cannot converge (λ = 0 on a rank-deficient F, a tolerance beyond reach, many iterations)
   // is stopped by SIGTERM: exit 143, the best iterate and a report saying "interrupted".

@@ -41,6 +41,8 @@ std::vector<LayerCase> layer_cases() {
       {"gelu", LayerSpec::activation(LayerType::gelu), {7}},
       {"softplus", LayerSpec::activation(LayerType::softplus), {7}},
       {"leaky_relu", LayerSpec::leaky_relu(0.2), {2, 3, 3}},
+      {"leaky_relu_negative_slope", LayerSpec::leaky_relu(-0.3), {2, 3, 3}},  // not monotone
+      {"leaky_relu_slope_above_1", LayerSpec::leaky_relu(1.7), {8}},  // (an odd count would put 0 on the grid)
       {"flatten", LayerSpec::flatten(), {2, 3, 3}},
       {"maxpool2d", LayerSpec::maxpool2d(2), {2, 4, 4}},
       {"maxpool2d_k3s2", pool3, {2, 7, 7}},
@@ -220,4 +222,40 @@ TEST(Pooling, MaxPoolPicksTheFirstMaximumAndPropagatesNaN) {
             EXPECT_TRUE(std::isnan(want) ? std::isnan(got) : got == want);
           }
   }
+}
+
+// Above PyTorch's threshold (x > 20) softplus is the identity, so its R-op and backprop pass tangents through
+// unchanged; just below it, log1p(eˣ) with derivative σ(x).
+TEST(LayerEdges, SoftplusAboveItsThresholdIsTheIdentity) {
+  auto layer = make_layer<double>(LayerSpec::activation(LayerType::softplus), {4}, "softplus");
+  Mat<double> X(4, 2);
+  X.col(0) << 20.5, 25, 100, 700;
+  X.col(1) << 19.5, 19.9, 3, -30;
+  const Vec<double> none;
+  const Mat<double> Y = run_forward<double>(*layer, none, X);
+  for (Index k = 0; k < 4; ++k) EXPECT_EQ(Y(k, 0), X(k, 0));
+  EXPECT_NEAR(Y(0, 1), std::log1p(std::exp(19.5)), 1e-12);
+  EXPECT_NEAR(Y(3, 1), std::exp(-30.0), 1e-25);
+  const Mat<double> dX = Mat<double>::Constant(4, 2, 2.0);
+  Mat<double> dY(4, 2);
+  std::vector<double> scratch(16);
+  layer->jvp(nullptr, nullptr, ConstMatMap<double>(X.data(), 4, 2), ConstMatMap<double>(Y.data(), 4, 2), nullptr,
+             dX.data(), MatMap<double>(dY.data(), 4, 2), scratch.data());
+  for (Index k = 0; k < 4; ++k) EXPECT_EQ(dY(k, 0), 2.0);
+  EXPECT_NEAR(dY(0, 1), 2.0 / (1.0 + std::exp(-19.5)), 1e-12);
+  Mat<double> gX(4, 2);
+  layer->vjp(nullptr, ConstMatMap<double>(X.data(), 4, 2), ConstMatMap<double>(Y.data(), 4, 2), nullptr,
+             ConstMatMap<double>(dX.data(), 4, 2), gX.data(), nullptr, scratch.data());
+  EXPECT_EQ(gX, dY);
+}
+
+TEST(LayerEdges, MaxPoolRefusesInputsItsInt32ArgmaxCannotAddress) {
+  try {
+    make_layer<float>(LayerSpec::maxpool2d(2), {1, 50000, 50000}, "layer 3 (maxpool2d)");
+    ADD_FAILURE() << "no error";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("2500000000 elements per sample, more than its int32 argmax"),
+              std::string::npos) << e.what();
+  }
+  EXPECT_NO_THROW(make_layer<float>(LayerSpec::avgpool2d(2), {1, 50000, 50000}, "avgpool keeps no indices"));
 }

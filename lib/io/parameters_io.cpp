@@ -1,5 +1,7 @@
 #include <natgrad/io/parameters_io.h>
 
+#include <algorithm>
+
 #include <cmath>
 #include <stdexcept>
 
@@ -13,9 +15,11 @@ std::string shape_str(const std::vector<int64_t>& s) {
 }  // namespace
 
 template <typename Scalar>
-Vec<Scalar> load_parameters(const std::string& path, const Sequential<Scalar>& model) {
+Vec<Scalar> load_parameters(const std::string& path, const Sequential<Scalar>& model, std::string* conversion) {
   const SafetensorsFile f = SafetensorsFile::read(path);
   Vec<Scalar> theta(model.num_params());
+  const DType own = sizeof(Scalar) == 4 ? DType::F32 : DType::F64;
+  std::vector<std::string> converted;  // the stored types that differ from the run's, in first-seen order
   for (const NamedParam& p : model.named_params()) {
     if (!f.contains(p.name)) {
       std::string present;
@@ -36,6 +40,13 @@ Vec<Scalar> load_parameters(const std::string& path, const Sequential<Scalar>& m
         throw std::invalid_argument(path + ": tensor \"" + p.name + "\" has a non-finite value (" + std::to_string(double(v[i])) +
                                     ") at flat index " + std::to_string(i));
     std::copy(v.begin(), v.end(), theta.data() + p.offset);
+    if (t.dtype != own && std::find(converted.begin(), converted.end(), to_string(t.dtype)) == converted.end())
+      converted.push_back(to_string(t.dtype));
+  }
+  if (conversion) {
+    conversion->clear();
+    for (const std::string& d : converted) *conversion += (conversion->empty() ? "" : ", ") + d;
+    if (!conversion->empty()) *conversion = "converted " + *conversion + " to " + (own == DType::F32 ? "float32" : "float64");
   }
   for (const std::string& name : f.names()) {
     bool known = false;
@@ -63,8 +74,8 @@ void save_parameters(const std::string& path, const Sequential<Scalar>& model, c
   write_safetensors(path, views, metadata);
 }
 
-template Vec<float> load_parameters<float>(const std::string&, const Sequential<float>&);
-template Vec<double> load_parameters<double>(const std::string&, const Sequential<double>&);
+template Vec<float> load_parameters<float>(const std::string&, const Sequential<float>&, std::string*);
+template Vec<double> load_parameters<double>(const std::string&, const Sequential<double>&, std::string*);
 template void save_parameters<float>(const std::string&, const Sequential<float>&, const Vec<float>&, DType,
                                      const std::map<std::string, std::string>&);
 template void save_parameters<double>(const std::string&, const Sequential<double>&, const Vec<double>&, DType,

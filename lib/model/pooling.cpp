@@ -1,5 +1,6 @@
 // 2-D max and average pooling (no padding, floor mode, as PyTorch's defaults).
 #include <algorithm>
+#include <cstdint>
 #include <cmath>
 
 #include "model/layers.h"
@@ -169,6 +170,10 @@ std::unique_ptr<Layer<Scalar>> make_pool2d(const LayerSpec& spec, const Shape& i
   if (in[1] < s.kernel_h || in[2] < s.kernel_w)
     fail(where, std::string(to_string(s.type)) + " kernel " + std::to_string(s.kernel_h) + "x" +
                     std::to_string(s.kernel_w) + " is larger than its input " + shape_to_string(in));
+  // max-pool keeps each output's argmax as an int32 index into its sample's input.
+  if (s.type == LayerType::maxpool2d && shape_size(in) > Index(INT32_MAX))
+    fail(where, "maxpool2d input " + shape_to_string(in) + " has " + std::to_string(shape_size(in)) +
+                    " elements per sample, more than its int32 argmax indices can address (2^31 - 1)");
   const Shape out{in[0], (in[1] - s.kernel_h) / s.stride_h + 1, (in[2] - s.kernel_w) / s.stride_w + 1};
   return std::make_unique<Pool2d<Scalar>>(s.type, s, in, out);
 }

@@ -16,9 +16,12 @@
 namespace natgrad {
 
 /// Reads every parameter tensor of the model; missing, extra, wrongly shaped, non-float or non-finite
-/// tensors are errors naming the file and the tensor.
+/// tensors are errors naming the file and the tensor. Tensors stored in another float type (F16, BF16, or
+/// F64 for a float model) are converted; if `conversion` is given it then says which ("converted F16 to
+/// float32"), and is left empty otherwise.
 template <typename Scalar>
-Vec<Scalar> load_parameters(const std::string& path, const Sequential<Scalar>& model);
+Vec<Scalar> load_parameters(const std::string& path, const Sequential<Scalar>& model,
+                            std::string* conversion = nullptr);
 
 /// Writes v (num_params entries) under the model's tensor names and shapes as F32 or F64.
 template <typename Scalar>
