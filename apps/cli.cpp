@@ -234,6 +234,8 @@ nlohmann::ordered_json condition_json(const ConditionEstimate& c) {
   j["lambda_max"] = num(c.lambda_max);
   j["lambda_min"] = num(c.lambda_min);
   j["exact"] = c.exact_min;
+  j["kind"] = to_string(c.kind);
+  j["lambda_min_error"] = num(c.lambda_min_error);
   j["method"] = c.method;
   return j;
 }

@@ -468,10 +468,53 @@ TEST(Spectrum, ConditionNumberOfTheDampedFisher) {
                          1e-2 * Mat<double>::Identity(F.rows(), F.rows());
   Eigen::SelfAdjointEigenSolver<Mat<double>> es(Fd);
   const ConditionEstimate c = condition_number(F, -1, 1e-10, 2000);
-  ASSERT_TRUE(c.exact_min) << c.method;
+  ASSERT_EQ(c.kind, ConditionMethod::lanczos) << c.method;
+  EXPECT_FALSE(c.exact_min);  // an estimate, with its bound
   EXPECT_LT(rel_err(c.lambda_max, es.eigenvalues().maxCoeff()), 1e-8);
   EXPECT_LT(rel_err(c.lambda_min, es.eigenvalues().minCoeff()), 1e-6);
   EXPECT_LT(rel_err(c.condition_number, es.eigenvalues().maxCoeff() / es.eigenvalues().minCoeff()), 1e-6);
+  // The bound holds and is not vacuous.
+  EXPECT_LE(std::abs(c.lambda_min - es.eigenvalues().minCoeff()), c.lambda_min_error + 1e-14);
+  EXPECT_LT(c.lambda_min_error, 1e-3 * c.lambda_min);
+}
+
+TEST(Spectrum, ConditionNumberOfAFloatOperatorReportsItsAccuracyHonestly) {
+  // λ_min = 1e-6·λ_max in float32: λ_max − θ cancels to about 1e-7·λ_max. The reported bound must cover the
+  // true error (against the double eigensolver), whatever the estimate is.
+  const Index n = 40;
+  std::srand(11);
+  Eigen::HouseholderQR<Mat<double>> qr(Mat<double>::Random(n, n));
+  const Mat<double> Q = qr.householderQ();
+  Vec<double> ev = Vec<double>::LinSpaced(n, 1.0, 2.0);
+  ev[0] = 2e-6;
+  struct FloatOp {
+    using Scalar = float;
+    Mat<float> A;
+    Index rows() const { return A.rows(); }
+    void perform_op(const float* x, float* y) const { VecMap<float>(y, A.rows()).noalias() = A * ConstVecMap<float>(x, A.cols()); }
+  } op{(Q * ev.asDiagonal() * Q.transpose()).cast<float>()};
+  const double truth = Eigen::SelfAdjointEigenSolver<Mat<double>>(op.A.cast<double>()).eigenvalues().minCoeff();
+  const ConditionEstimate c = condition_number(op, -1, 1e-10, 2000);
+  ASSERT_EQ(c.kind, ConditionMethod::lanczos) << c.method;
+  EXPECT_FALSE(c.exact_min);
+  EXPECT_LE(std::abs(c.lambda_min - truth), c.lambda_min_error) << c.method;
+  EXPECT_NE(c.method.find("|lambda_min error| <= "), std::string::npos);
+}
+
+TEST(Spectrum, ConditionNumberOnANaNOperatorFailsWithoutThrowing) {
+  struct NanOp {
+    using Scalar = double;
+    Index rows() const { return 30; }
+    void perform_op(const double* x, double* y) const {
+      for (int i = 0; i < 30; ++i) y[i] = (i + 1.0) * x[i];
+      y[3] = std::numeric_limits<double>::quiet_NaN();
+    }
+  };
+  ConditionEstimate c;
+  EXPECT_NO_THROW(c = condition_number(NanOp()));
+  EXPECT_EQ(c.kind, ConditionMethod::failed);
+  EXPECT_TRUE(std::isnan(c.condition_number));
+  EXPECT_NE(c.method.find("NaN or Inf"), std::string::npos) << c.method;
 }
 
 TEST(Spectrum, HutchinsonTraceWithinThreeStandardErrors) {

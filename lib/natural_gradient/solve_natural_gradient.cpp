@@ -115,13 +115,13 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Sequential<Scalar>& m
       const bool shift_null = likelihood == LikelihoodKind::categorical && model.num_layers() > 0 &&
                               model.layer(model.num_layers() - 1).type() == LayerType::linear;
       ConditionEstimate c = condition_number(F, shift_null ? 0 : Nc * C);
-      if (shift_null && c.exact_min)
+      if (shift_null && c.kind == ConditionMethod::rank_bound)
         c.method =
             "softmax shift invariance: the final linear layer's common-logit directions are in F's null "
             "space";
       c.lambda_max += lambda;
       c.lambda_min += lambda;
-      if (!c.exact_min && !std::isnan(c.lambda_max) && lambda > 0) {
+      if (c.kind == ConditionMethod::failed && std::isfinite(c.lambda_max) && lambda > 0) {
         // λ_min(F + λI) ≥ λ always, so (λ_max + λ)/λ bounds the condition number from above.
         c.lambda_min = lambda;
         c.method += "; reporting the upper bound (lambda_max + damping) / damping";

@@ -2,6 +2,15 @@
 
 namespace natgrad {
 
+const char* to_string(ConditionMethod m) {
+  switch (m) {
+    case ConditionMethod::rank_bound: return "rank_bound";
+    case ConditionMethod::lanczos: return "lanczos";
+    case ConditionMethod::failed: return "failed";
+  }
+  return "unknown";
+}
+
 bool SpectrumOptions::is_valid(Index n, std::string* why) const {
   auto bad = [&](const std::string& m) {
     if (why) *why = m;

@@ -32,6 +32,7 @@
 /// \endcode
 #pragma once
 
+#include <natgrad/core/detail/format_number.h>
 #include <natgrad/core/types.h>
 #include <natgrad/solvers/detail/cg_kernels.h>
 #include <natgrad/solvers/operator_concept.h>
@@ -47,15 +48,6 @@
 #include <vector>
 
 namespace natgrad {
-
-namespace detail {
-/// A number for a CG message: 4 significant digits, exponent when needed (1e-12 must not print as 0.000000).
-inline std::string cg_number(double v) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.4g", v);
-  return buf;
-}
-}  // namespace detail
 
 enum class CgTermination { converged, relative_progress, max_iterations, breakdown, user_stop, stagnation };
 const char* to_string(CgTermination t);
@@ -216,7 +208,7 @@ CgSummary conjugate_gradient(const Op& A, const Preconditioner& M, const typenam
   }
   if (rel <= options.relative_tolerance) {
     s.termination = CgTermination::converged;
-    s.message = "the initial guess already meets the tolerance: |r|/|b| = " + detail::cg_number(rel);
+    s.message = "the initial guess already meets the tolerance: |r|/|b| = " + detail::format_number(rel);
     s.time_s = elapsed();
     return s;
   }
@@ -244,8 +236,8 @@ CgSummary conjugate_gradient(const Op& A, const Preconditioner& M, const typenam
     s.termination = CgTermination::breakdown;
     s.breakdown = CgBreakdown::rz_not_finite;
     s.breakdown_value = value;
-    s.message = "breakdown at iteration " + std::to_string(at) + ": r^T z = " + detail::cg_number(value) +
-                " is not finite" + (at > 0 ? " while p^T A p = " + detail::cg_number(pAp) + " > 0" : "") +
+    s.message = "breakdown at iteration " + std::to_string(at) + ": r^T z = " + detail::format_number(value) +
+                " is not finite" + (at > 0 ? " while p^T A p = " + detail::format_number(pAp) + " > 0" : "") +
                 " (NaN or Inf in the residual or the preconditioner)";
   };
   start_direction();
@@ -267,7 +259,7 @@ CgSummary conjugate_gradient(const Op& A, const Preconditioner& M, const typenam
         s.termination = CgTermination::breakdown;
         s.breakdown = std::isfinite(pAp) ? CgBreakdown::curvature_nonpositive : CgBreakdown::curvature_not_finite;
         s.breakdown_value = pAp;
-        s.message = "breakdown at iteration " + std::to_string(i) + ": p^T A p = " + detail::cg_number(pAp) +
+        s.message = "breakdown at iteration " + std::to_string(i) + ": p^T A p = " + detail::format_number(pAp) +
                     (std::isfinite(pAp) ? " <= 0 (the operator is indefinite or singular along p; add damping)"
                                         : " is not finite (NaN or Inf in the operator)");
         break;
@@ -292,7 +284,7 @@ CgSummary conjugate_gradient(const Op& A, const Preconditioner& M, const typenam
         if (options.callback(info) == CallbackResult::stop) {
           s.termination = CgTermination::user_stop;
           s.message = "stopped by the callback at iteration " + std::to_string(i) +
-                      ", |r|/|b| = " + detail::cg_number(rel);
+                      ", |r|/|b| = " + detail::format_number(rel);
           break;
         }
       }
@@ -307,9 +299,9 @@ CgSummary conjugate_gradient(const Op& A, const Preconditioner& M, const typenam
           if (progress < double(k) * options.progress_epsilon) {
             s.termination = CgTermination::relative_progress;
             s.message = "relative progress of phi over the last " + std::to_string(k) + " iterations is " +
-                        detail::cg_number(progress) +
-                        " < k*eps = " + detail::cg_number(double(k) * options.progress_epsilon) +
-                        " at iteration " + std::to_string(i) + ", |r|/|b| = " + detail::cg_number(rel);
+                        detail::format_number(progress) +
+                        " < k*eps = " + detail::format_number(double(k) * options.progress_epsilon) +
+                        " at iteration " + std::to_string(i) + ", |r|/|b| = " + detail::format_number(rel);
             break;
           }
         }
@@ -332,15 +324,15 @@ CgSummary conjugate_gradient(const Op& A, const Preconditioner& M, const typenam
     // true residual (residual replacement), while iterations and restarts remain.
     true_rel = true_residual();
     if (true_rel <= options.relative_tolerance) {
-      s.message = "|b - A x|/|b| = " + detail::cg_number(true_rel) + " <= " +
-                  detail::cg_number(options.relative_tolerance) + " after " + std::to_string(i) + " iterations" +
+      s.message = "|b - A x|/|b| = " + detail::format_number(true_rel) + " <= " +
+                  detail::format_number(options.relative_tolerance) + " after " + std::to_string(i) + " iterations" +
                   (s.restarts ? " and " + std::to_string(s.restarts) + " residual replacements" : "");
       break;
     }
     if (i >= options.max_iterations || s.restarts >= CgOptions::kMaxRestarts) {
       s.termination = i >= options.max_iterations ? CgTermination::max_iterations : CgTermination::stagnation;
-      s.message = "the recursive residual reached " + detail::cg_number(rel) + " but the true |b - A x|/|b| = " +
-                  detail::cg_number(true_rel) + " > " + detail::cg_number(options.relative_tolerance) + " after " +
+      s.message = "the recursive residual reached " + detail::format_number(rel) + " but the true |b - A x|/|b| = " +
+                  detail::format_number(true_rel) + " > " + detail::format_number(options.relative_tolerance) + " after " +
                   std::to_string(s.restarts) + " residual replacements (the precision's attainable accuracy)";
       break;
     }
@@ -355,8 +347,8 @@ CgSummary conjugate_gradient(const Op& A, const Preconditioner& M, const typenam
   }
   if (s.termination == CgTermination::max_iterations && s.message.empty())
     s.message = "reached max_iterations = " + std::to_string(options.max_iterations) +
-                " with |r|/|b| = " + detail::cg_number(rel) + " > " +
-                detail::cg_number(options.relative_tolerance);
+                " with |r|/|b| = " + detail::format_number(rel) + " > " +
+                detail::format_number(options.relative_tolerance);
   s.returned_iterate = s.iterations;
   bool x_moved = false;
   if ((s.termination == CgTermination::breakdown || s.termination == CgTermination::max_iterations) &&
@@ -365,7 +357,7 @@ CgSummary conjugate_gradient(const Op& A, const Preconditioner& M, const typenam
     x_moved = true;
     s.returned_iterate = best_iter;
     s.message += "; returned iterate " + std::to_string(best_iter) +
-                 " (|r|/|b| = " + detail::cg_number(best_rel) + "), the one with the smallest residual";
+                 " (|r|/|b| = " + detail::format_number(best_rel) + "), the one with the smallest residual";
   } else if (s.termination == CgTermination::breakdown) {
     s.message +=
         "; returned iterate " + std::to_string(s.iterations) + ", the one with the smallest residual";
