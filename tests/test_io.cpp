@@ -311,6 +311,46 @@ TEST(Datasets, IdxGzipAndPlainWithScaling) {
   }
 }
 
+TEST(Datasets, CorruptGzipIdxIsAnErrorNamingTheFile) {
+  const std::string dir = path("idx_corrupt");
+  mkdir(dir.c_str(), 0755);
+  std::vector<uint8_t> px(3 * 16, 7);
+  write_idx(dir + "/train-images-idx3-ubyte.gz", {3, 4, 4}, px, true);
+  write_idx(dir + "/train-labels-idx1-ubyte.gz", {3}, {2, 0, 1}, true);
+  // Flip bytes in the middle of the compressed stream and cut its end: inflate fails or comes up short.
+  std::string bytes = read_bytes(dir + "/train-images-idx3-ubyte.gz");
+  for (std::size_t k = 12; k < bytes.size() / 2 + 12 && k < bytes.size(); ++k) bytes[k] = char(bytes[k] ^ 0x5a);
+  write_bytes(dir + "/train-images-idx3-ubyte.gz", bytes.substr(0, bytes.size() - 6));
+  EXPECT_ERROR(load_dataset<double>(dir, {1, 4, 4}, LikelihoodKind::categorical, 3),
+               "train-images-idx3-ubyte.gz: corrupt or truncated gzip data");
+}
+
+TEST(Datasets, GaussianAndBernoulliTargetsThroughTheLoaders) {
+  const Shape shape{3};
+  std::vector<float> x(4 * 3);
+  for (std::size_t k = 0; k < x.size(); ++k) x[k] = 0.1f * float(k);
+  const std::vector<float> yg{0.5f, -1.0f, 2.0f, 0.0f, 3.0f, -4.0f, 1.5f, 1.0f};  // [4, 2]
+  write_safetensors(path("g.safetensors"), {{"inputs", DType::F32, {4, 3}, x.data()}, {"targets", DType::F32, {4, 2}, yg.data()}});
+  const auto g = load_dataset<double>(path("g.safetensors"), shape, LikelihoodKind::gaussian, 2);
+  ASSERT_EQ(g.targets.rows(), 2);
+  ASSERT_EQ(g.targets.cols(), 4);
+  EXPECT_EQ(g.targets(1, 2), -4.0);  // sample 2, output 1
+  EXPECT_ERROR(load_dataset<double>(path("g.safetensors"), shape, LikelihoodKind::gaussian, 3), "targets");
+  const std::vector<double> yb{1, 0, 0, 1, 1, 1, 0, 0}, ybad{1, 0, 0, 1.5, 1, 1, 0, 0};
+  write_safetensors(path("b.safetensors"), {{"inputs", DType::F32, {4, 3}, x.data()}, {"targets", DType::F64, {4, 2}, yb.data()}});
+  const auto b = load_dataset<float>(path("b.safetensors"), shape, LikelihoodKind::bernoulli, 2);
+  EXPECT_EQ(b.targets(1, 1), 1.0f);
+  write_safetensors(path("bbad.safetensors"), {{"inputs", DType::F32, {4, 3}, x.data()}, {"targets", DType::F64, {4, 2}, ybad.data()}});
+  EXPECT_ERROR(load_dataset<float>(path("bbad.safetensors"), shape, LikelihoodKind::bernoulli, 2), "bernoulli targets must lie in [0, 1]");
+  // CSV: the last C columns are the targets.
+  write_bytes(path("g.csv"), "0.1,0.2,0.3,1.5,-2\n0.4,0.5,0.6,0,7\n");
+  const auto c = load_dataset<double>(path("g.csv"), shape, LikelihoodKind::gaussian, 2);
+  ASSERT_EQ(c.size(), 2);
+  EXPECT_EQ(c.targets(1, 0), -2.0);
+  EXPECT_EQ(c.targets(1, 1), 7.0);
+  EXPECT_EQ(c.inputs(2, 1), 0.6);
+}
+
 TEST(Datasets, SafetensorsAndCsv) {
   const ModelFile m = small_model();
   Dataset<float> d;
