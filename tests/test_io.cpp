@@ -183,6 +183,24 @@ TEST(Csv, ACellWithTextAfterTheNumberIsRejected) {
   EXPECT_EQ(d.inputs(0, 0), 0.5);
 }
 
+TEST(ModelSpec, LayerNamesAreTheStateDictPrefixes) {
+  // nn.Sequential(OrderedDict(fc1=Linear, act=Tanh, out=Linear)) names its parameters fc1.weight, …
+  const ModelFile m = parse_model_spec(R"({"input_shape": [3], "layers": [
+      {"type": "linear", "in_features": 3, "out_features": 4, "name": "fc1"}, {"type": "tanh", "name": "act"},
+      {"type": "linear", "in_features": 4, "out_features": 2, "bias": false}]})", "m.json");
+  Sequential<float> model(m.spec);
+  std::vector<std::string> names;
+  for (const NamedParam& p : model.named_params()) names.push_back(p.name);
+  EXPECT_EQ(names, (std::vector<std::string>{"fc1.weight", "fc1.bias", "2.weight"}));
+  EXPECT_EQ(parse_model_spec(model_spec_to_json(m), "again").spec.layers[0].name, "fc1");
+  EXPECT_ERROR(parse_model_spec(R"({"input_shape": [3], "layers": [{"type": "tanh", "name": "a.b"}]})", "m.json"),
+               "\"name\" must be a non-empty string without dots");
+  EXPECT_ERROR(parse_model_spec(R"({"input_shape": [3], "layers": [{"type": "tanh", "name": "x"},
+      {"type": "tanh", "name": "x"}]})", "m.json"), "layer 1: the name \"x\" is already used by layer 0");
+  EXPECT_ERROR(parse_model_spec(R"({"input_shape": [3], "layers": [{"type": "tanh"}, {"type": "tanh", "name": "0"}]})",
+                                "m.json"), "already used by layer 0");
+}
+
 TEST(ModelSpec, FormatVersion) {
   EXPECT_NO_THROW(parse_model_spec(R"({"format_version": 1, "input_shape": [3], "layers": []})", "m.json"));
   EXPECT_ERROR(parse_model_spec(R"({"format_version": 2, "input_shape": [3], "layers": [], "graph": {}})", "m.json"),

@@ -10,6 +10,7 @@ autograd:
   - the direction loads back into the PyTorch model with load_state_dict (names and shapes) and solves
     (F + λI) d = g there (relative residual < 1e-10).
 Exit code 77 (ctest SKIP) when PyTorch is not installed."""
+import collections
 import os
 import subprocess
 import sys
@@ -122,6 +123,25 @@ for lik in ("categorical", "gaussian", "bernoulli"):
     print(f"{lik:11s} gradient vs PyTorch: {e_grad:.2e}; residual of the direction in PyTorch: {e_solve:.2e}")
     if not (e_grad < 1e-10 and e_solve < 1e-10):
         failures.append(f"{lik} gradient or solve")
+
+# A Sequential with named modules keeps its state_dict names (fc1.weight, …) through natgrad.
+named = torch.nn.Sequential(collections.OrderedDict(
+    fc1=torch.nn.Linear(4, 6), act=torch.nn.Tanh(), out=torch.nn.Linear(6, 3))).double()
+d = tempfile.mkdtemp()
+export_model(named, [4], "categorical", d)
+export_data(os.path.join(d, "data.safetensors"), torch.randn(20, 4, dtype=torch.float64), torch.randint(0, 3, (20,)))
+r = subprocess.run([natgrad, "solve", "--model", os.path.join(d, "model.json"), "--weights",
+                    os.path.join(d, "weights.safetensors"), "--data", os.path.join(d, "data.safetensors"),
+                    "--dtype", "float64", "--quiet", "--output", os.path.join(d, "dir.safetensors")],
+                   capture_output=True, text=True)
+if r.returncode != 0:
+    print(r.stdout, r.stderr)
+    failures.append("named Sequential")
+else:
+    names = sorted(load_safetensors(os.path.join(d, "dir.safetensors")))
+    print("named Sequential: the direction holds", names)
+    if names != sorted(n for n, _ in named.named_parameters()):
+        failures.append("named Sequential names")
 
 print("FAILED: " + ", ".join(failures) if failures else "all within bounds")
 sys.exit(1 if failures else 0)

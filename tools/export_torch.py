@@ -113,8 +113,9 @@ def export_model(model, input_shape, likelihood, directory):
     if not isinstance(model, torch.nn.Sequential):
         raise ValueError("natgrad reads torch.nn.Sequential models")
     os.makedirs(directory, exist_ok=True)
+    # Each layer carries its module name, so an nn.Sequential(OrderedDict(fc1=..., ...)) keeps "fc1.weight".
     spec = {"format_version": 1, "input_shape": list(input_shape), "likelihood": likelihood,
-            "layers": [module_spec(m) for m in model]}
+            "layers": [dict(module_spec(m), name=name) for name, m in model.named_children()]}
     with open(os.path.join(directory, "model.json"), "w") as f:
         json.dump(spec, f, indent=1)
     save_safetensors(os.path.join(directory, "weights.safetensors"), dict(model.state_dict()))

@@ -91,7 +91,16 @@ ModelFile parse_model_spec(const std::string& text, const std::string& label) {
     } catch (const std::invalid_argument& e) {
       fail(label, where + ": " + e.what());
     }
-    std::set<std::string> allowed{"type"}, required;
+    std::set<std::string> allowed{"type", "name"}, required;
+    if (l.contains("name")) {
+      const json& nm = l["name"];
+      if (!nm.is_string() || nm.get<std::string>().empty() || nm.get<std::string>().find('.') != std::string::npos)
+        fail(label, where + ": \"name\" must be a non-empty string without dots (a module name)");
+      s.name = nm.get<std::string>();
+      for (std::size_t k = 0; k < m.spec.layers.size(); ++k)
+        if ((m.spec.layers[k].name.empty() ? std::to_string(k) : m.spec.layers[k].name) == s.name)
+          fail(label, where + ": the name \"" + s.name + "\" is already used by layer " + std::to_string(k));
+    }
     switch (s.type) {
       case LayerType::linear:
         allowed.insert({"in_features", "out_features", "bias"});
@@ -175,6 +184,7 @@ std::string model_spec_to_json(const ModelFile& m) {
   for (const LayerSpec& s : m.spec.layers) {
     nlohmann::ordered_json l;
     l["type"] = to_string(s.type);
+    if (!s.name.empty()) l["name"] = s.name;
     switch (s.type) {
       case LayerType::linear:
         l["in_features"] = s.in_features;

@@ -51,9 +51,12 @@ Vec<Scalar> load_parameters(const std::string& path, const Sequential<Scalar>& m
   for (const std::string& name : f.names()) {
     bool known = false;
     for (const NamedParam& p : model.named_params()) known = known || p.name == name;
-    if (!known)
+    if (!known) {
+      std::string expected;
+      for (const NamedParam& p : model.named_params()) expected += (expected.empty() ? "" : ", ") + p.name;
       throw std::invalid_argument(path + ": unexpected tensor \"" + name + "\" (the model's parameters are " +
-                                  std::to_string(model.named_params().size()) + " tensors named {i}.weight / {i}.bias)");
+                                  expected + ")");
+    }
   }
   return theta;
 }

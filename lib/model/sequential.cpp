@@ -48,7 +48,8 @@ Sequential<Scalar>::Sequential(const ModelSpec& spec) : spec_(spec) {
     Index off = num_params_;
     for (const ParamTensor& t : l.param_tensors()) {
       const Index size = shape_size(t.shape);
-      named_params_.push_back({std::to_string(i) + "." + t.name, t.shape, off, size});
+      const std::string module = spec.layers[i].name.empty() ? std::to_string(i) : spec.layers[i].name;
+      named_params_.push_back({module + "." + t.name, t.shape, off, size});
       off += size;
     }
     num_params_ += l.num_params();

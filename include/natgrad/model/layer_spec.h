@@ -26,6 +26,9 @@ LayerType layer_type_from_string(const std::string& name);
 /// One module. Only the fields of its type are read; the others keep their defaults.
 struct LayerSpec {
   LayerType type = LayerType::linear;
+  /// The module's name in its nn.Sequential (`state_dict` prefix: "fc1" for fc1.weight); empty means its
+  /// index, as in a Sequential built from a list.
+  std::string name;
   // linear
   Index in_features = 0;
   Index out_features = 0;
