@@ -202,3 +202,15 @@ TEST(Initialization, UniformWithinOneOverSqrtFanIn) {
     if (p.size >= 40) EXPECT_GT(seg.cwiseAbs().maxCoeff(), 0.8 * bound) << p.name;  // spans the range
   }
 }
+
+// Internal invariants are checked in every build: a chunk wider than the workspace aborts with the failed
+// condition instead of writing past the buffers.
+TEST(ModelInvariantsDeathTest, AChunkWiderThanTheWorkspaceAborts) {
+  Sequential<double> model(mlp_spec(3, 4, 2));
+  const Vec<double> theta = init_parameters(model, 1);
+  auto cache = model.make_cache(Mat<double>::Ones(3, 8));
+  model.forward(theta.data(), cache, 0, 8);
+  auto ws = model.make_workspace(4);
+  EXPECT_DEATH(model.jvp(theta.data(), theta.data(), cache, 0, 8, ws), "internal error: n <= ws.max_cols");
+  EXPECT_DEATH(model.forward(theta.data(), cache, 4, 8), "internal error: .*col0 \\+ n <= cache.acts\\[0\\].cols\\(\\)");
+}

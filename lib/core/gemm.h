@@ -11,6 +11,8 @@
 
 #include <natgrad/core/types.h>
 
+#include "core/check.h"
+
 #include <Eigen/Core>
 #include <algorithm>
 #include <cstddef>
@@ -107,6 +109,7 @@ Index gemm_pack_size(Index m, Index n, Index k) {
 template <typename Scalar>
 void gemm(Index m, Index n, Index k, const GemmOperand<Scalar>& A, const GemmOperand<Scalar>& B, Scalar* C,
           Index ldc, bool accumulate, Scalar* pack) {
+  NATGRAD_CHECK(ldc >= m && pack != nullptr);
   if (m <= 0 || n <= 0) return;
   if (!accumulate)
     for (Index j = 0; j < n; ++j) std::fill(C + j * ldc, C + j * ldc + m, Scalar(0));

@@ -1,6 +1,8 @@
 #include <natgrad/core/threads.h>
 #include <natgrad/curvature/fisher_operator.h>
 
+#include "core/check.h"
+
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
@@ -261,6 +263,7 @@ void FisherOperator<Scalar>::run(Head head, Scalar scale, const Scalar* x, Scala
 #endif
   {
     const int t = thread_id(), team = team_size();
+    NATGRAD_CHECK(t < num_threads_ && team <= num_threads_);  // one workspace per thread of the team
     Workspace<Scalar>& ws = workspaces_[static_cast<std::size_t>(t)];
     Mat<Scalar>& obuf = out_buffers_[static_cast<std::size_t>(t)];
     double& work = work_[static_cast<std::size_t>(t)];
@@ -331,6 +334,7 @@ void FisherOperator<Scalar>::run(Head head, Scalar scale, const Scalar* x, Scala
 
 template <typename Scalar>
 void FisherOperator<Scalar>::perform_op(const Scalar* x, Scalar* y) const {
+  NATGRAD_CHECK(x != nullptr && y != nullptr && (y + num_params_ <= x || x + num_params_ <= y));
   const Index C = model_.output_size();
   run(
       [&](Index, Index c0, Index n, MatMap<Scalar>& hu, Workspace<Scalar>& ws) {

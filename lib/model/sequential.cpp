@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "core/check.h"
 #include "model/layers.h"
 
 namespace natgrad {
@@ -112,6 +113,7 @@ Index Sequential<Scalar>::scratch_size(Index max_cols) const {
 template <typename Scalar>
 void Sequential<Scalar>::forward(const Scalar* theta, ForwardCache<Scalar>& cache, Index col0,
                                  Index n) const {
+  NATGRAD_CHECK(cache.acts.size() == layers_.size() + 1 && col0 >= 0 && n >= 0 && col0 + n <= cache.acts[0].cols());
   for (std::size_t l = 0; l < layers_.size(); ++l) {
     const Layer<Scalar>& layer = *layers_[l];
     ConstMatMap<Scalar> X(cache.acts[l].data() + col0 * layer.input_size(), layer.input_size(), n);
@@ -175,6 +177,7 @@ void vjp_fused(const Layer<Scalar>& act, const ForwardCache<Scalar>& cache, std:
 template <typename Scalar>
 void Sequential<Scalar>::jvp(const Scalar* theta, const Scalar* v, const ForwardCache<Scalar>& cache,
                              Index col0, Index n, Workspace<Scalar>& ws) const {
+  NATGRAD_CHECK(n <= ws.max_cols && col0 >= 0 && col0 + n <= cache.acts[0].cols());
   Scalar* bufs[2] = {ws.a.data(), ws.b.data()};
   int cur = 0;
   const Scalar* tangent = nullptr;  // nullptr: the tangent is exactly zero (before the first parameter)
@@ -208,6 +211,7 @@ template <typename Scalar, typename Layers, typename AtLayer>
 void backprop(const Layers& layers, const std::vector<bool>& fused, std::size_t first,
               const ForwardCache<Scalar>& cache, Index col0, Index n, ConstMatMap<Scalar> gZ,
               Workspace<Scalar>& ws, AtLayer at_layer) {
+  NATGRAD_CHECK(n <= ws.max_cols && col0 >= 0 && col0 + n <= cache.acts[0].cols() && gZ.cols() == n);
   Scalar* bufs[2] = {ws.a.data(), ws.b.data()};
   int cur = 0;
   const Scalar* g = gZ.data();
@@ -259,6 +263,7 @@ template <typename Scalar>
 void Sequential<Scalar>::backprop_cotangents(const Scalar* theta, const ForwardCache<Scalar>& cache, Index col0,
                                              Index n, ConstMatMap<Scalar> gZ, CotangentCache<Scalar>& cot,
                                              Workspace<Scalar>& ws) const {
+  NATGRAD_CHECK(cot.g.size() == layers_.size());
   backprop<Scalar>(layers_, fused_, first_param_layer_, cache, col0, n, gZ, ws,
                    [&](std::size_t l, ConstMatMap<Scalar> X, ConstMatMap<Scalar> Y, const int32_t* aux,
                        ConstMatMap<Scalar> gY, Scalar* gX) {
