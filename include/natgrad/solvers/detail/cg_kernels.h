@@ -2,12 +2,12 @@
 /// \brief The vector work of conjugate_gradient: fused, OpenMP-parallel passes with thread-count-independent
 /// reductions.
 ///
-/// Each CG iteration touches several parameter-sized vectors; done one Eigen expression at a time that was a
-/// quarter of an iteration on a 1.86M-parameter MLP (about 20 single-threaded passes over memory against
-/// one Fisher-vector product). These kernels fuse the passes that read the same vectors and split them over
-/// threads (natgrad::num_threads() of them). A reduction cuts [0, n) into fixed blocks (their size depends on n only), sums each block in
-/// Scalar with Eigen and the block sums in double in block order, so the result is bit-identical for any
-/// number of threads.
+/// Each CG iteration touches several parameter-sized vectors, which one Eigen expression at a time would
+/// read and write about 20 times, single-threaded (a quarter of an iteration next to one product on a
+/// 1.86M-parameter MLP; docs/performance.md). These kernels fuse the passes that read the same vectors and
+/// split them over threads (natgrad::num_threads() of them). A reduction cuts [0, n) into fixed blocks (their
+/// size depends on n only), sums each block in Scalar with Eigen and the block sums in double in block order,
+/// so the result is bit-identical for any number of threads.
 ///
 /// \code
 /// const double rr = natgrad::detail::cg_update_residual(r.data(), Ap.data(), alpha, n);  // r -= α Ap; ‖r‖²

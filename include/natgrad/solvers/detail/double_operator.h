@@ -1,0 +1,57 @@
+/// \file double_operator.h
+/// \brief Internal: any operator presented to Spectra as a double-precision one (counting its products and
+/// noting the first that returned NaN or Inf), and the Rademacher probes of the stochastic estimators.
+#pragma once
+
+#include <natgrad/core/random.h>
+#include <natgrad/core/types.h>
+
+#include <functional>
+#include <utility>
+
+namespace natgrad {
+
+namespace detail {
+/// Presents any operator to Spectra as a double-precision one and counts its applications.
+template <typename Op>
+class DoubleOperator {
+ public:
+  using Scalar = double;
+  explicit DoubleOperator(const Op& op, double shift = 0, double scale = 1,
+                          std::function<void(Index)> on_product = nullptr)
+      : op_(op), shift_(shift), scale_(scale), on_product_(std::move(on_product)), x_(op.rows()), y_(op.rows()) {}
+  Index rows() const { return op_.rows(); }
+  Index cols() const { return op_.rows(); }
+  /// y = shift·x + scale·(A x)
+  void perform_op(const double* x, double* y) const {
+    using S = typename Op::Scalar;
+    const Index n = rows();
+    x_ = ConstVecMap<double>(x, n).template cast<S>();
+    op_.perform_op(x_.data(), y_.data());
+    VecMap<double>(y, n) = scale_ * y_.template cast<double>() + shift_ * ConstVecMap<double>(x, n);
+    ++count_;
+    if (first_bad_ == 0 && !ConstVecMap<double>(y, n).allFinite()) first_bad_ = count_;
+    if (on_product_) on_product_(count_);
+  }
+  Index count() const { return count_; }
+  /// The 1-based product at which the operator first returned NaN or Inf, or 0.
+  Index first_non_finite() const { return first_bad_; }
+
+ private:
+  const Op& op_;
+  double shift_, scale_;
+  std::function<void(Index)> on_product_;
+  mutable Vec<typename Op::Scalar> x_, y_;
+  mutable Index count_ = 0;
+  mutable Index first_bad_ = 0;
+};
+
+inline Vec<double> rademacher(Index n, uint64_t seed, uint64_t probe) {
+  const CounterRng rng(seed, rng_stream(RngDomain::probes, probe));
+  Vec<double> v(n);
+  for (Index i = 0; i < n; ++i) v[i] = rng.rademacher(static_cast<uint64_t>(i));
+  return v;
+}
+}  // namespace detail
+
+}  // namespace natgrad

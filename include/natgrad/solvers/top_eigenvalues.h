@@ -1,0 +1,91 @@
+/// \file top_eigenvalues.h
+/// \brief The k largest eigenvalues (and eigenvectors) of a symmetric operator by Spectra's Lanczos, in double
+/// precision whatever the operator's scalar.
+///
+/// \code
+/// natgrad::SpectrumOptions opt;
+/// opt.num_eigenvalues = 10;
+/// natgrad::SpectrumResult r = natgrad::top_eigenvalues(F, opt);   // r.eigenvalues descending
+/// \endcode
+#pragma once
+
+#include <natgrad/core/types.h>
+#include <natgrad/solvers/detail/double_operator.h>
+#include <natgrad/solvers/operator_concept.h>
+
+#include <Spectra/SymEigsSolver.h>
+
+#include <chrono>
+#include <functional>
+#include <stdexcept>
+#include <string>
+
+namespace natgrad {
+
+struct SpectrumOptions {
+  /// k, the number of largest eigenvalues. Range [1, n − 1]. Default 10.
+  Index num_eigenvalues = 10;
+  /// Lanczos basis size; 0 chooses min(n, max(2k + 1, 20)). Range (k, n] otherwise. Default 0.
+  Index ncv = 0;
+  /// Maximum implicit restarts. Default 1000.
+  Index max_restarts = 1000;
+  /// Relative accuracy of the Ritz values. Default 1e-10.
+  double tolerance = 1e-10;
+  /// Also return the eigenvectors. Default false.
+  bool compute_eigenvectors = false;
+  /// Called after every operator application with the count so far (progress reporting). Optional.
+  std::function<void(Index)> on_product;
+
+  bool is_valid(Index n, std::string* why) const;
+};
+
+struct SpectrumResult {
+  Vec<double> eigenvalues;     ///< descending
+  Mat<double> eigenvectors;    ///< n × k, if asked
+  Index matvecs = 0;           ///< operator applications used
+  Index restarts = 0;
+  bool converged = false;
+  std::string status;          ///< "converged", or what went wrong
+  double time_s = 0;
+};
+
+/// The k largest eigenvalues (and optionally eigenvectors) of a symmetric operator.
+template <typename Op>
+SpectrumResult top_eigenvalues(const Op& op, const SpectrumOptions& options) {
+  NATGRAD_CHECK_OPERATOR(Op);
+  std::string why;
+  if (!options.is_valid(op.rows(), &why)) throw std::invalid_argument("SpectrumOptions: " + why);
+  const auto start = std::chrono::steady_clock::now();
+  const Index n = op.rows(), k = options.num_eigenvalues;
+  const Index ncv = options.ncv > 0 ? options.ncv : std::min(n, std::max<Index>(2 * k + 1, 20));
+  detail::DoubleOperator<Op> dop(op, 0, 1, options.on_product);
+  Spectra::SymEigsSolver<detail::DoubleOperator<Op>> solver(dop, k, ncv);
+  solver.init();
+  SpectrumResult r;
+  Index nconv = 0;
+  std::string thrown;
+  try {
+    nconv = solver.compute(Spectra::SortRule::LargestAlge, options.max_restarts, options.tolerance,
+                           Spectra::SortRule::LargestAlge);
+  } catch (const std::exception& e) {  // Spectra throws on some numerical failures
+    thrown = e.what();
+  }
+  r.converged = thrown.empty() && dop.first_non_finite() == 0 && solver.info() == Spectra::CompInfo::Successful;
+  r.matvecs = dop.count();
+  r.restarts = solver.num_iterations();
+  r.status = dop.first_non_finite() ? "the operator returned NaN or Inf at product " + std::to_string(dop.first_non_finite()) +
+                                          " of the Lanczos iteration" :
+             !thrown.empty() ? "Lanczos failed: " + thrown :
+             r.converged ? "converged" :
+             solver.info() == Spectra::CompInfo::NotConverging ? "not converged: " + std::to_string(nconv) + " of " +
+                 std::to_string(k) + " eigenvalues met the tolerance within " + std::to_string(options.max_restarts) +
+                 " restarts" : "numerical failure in Lanczos (NaN or Inf in the operator?)";
+  if (r.converged) {
+    r.eigenvalues = solver.eigenvalues();
+    if (options.compute_eigenvectors) r.eigenvectors = solver.eigenvectors();
+  }
+  r.time_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return r;
+}
+
+}  // namespace natgrad
