@@ -1,0 +1,55 @@
+#include "commands.h"
+#include "problem.h"
+#include "report.h"
+
+#include <natgrad/curvature/fisher_operator.h>
+#include <natgrad/io/parameters_io.h>
+#include <natgrad/io/safetensors.h>
+
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <stdexcept>
+
+namespace natgrad {
+namespace cli {
+
+template <typename Scalar>
+int run_fvp(Args& a) {
+  const Progress progress(a.quiet);
+  if (a.vector.empty()) usage_error("--vector is required");
+  if (a.output.empty()) usage_error("--output is required");
+  Problem<Scalar> p = load_problem<Scalar>(a, false, progress, 0);
+  const Vec<Scalar> v = load_parameters<Scalar>(a.vector, *p.model);
+  const auto t0 = clock_type::now();
+  FisherOperator<Scalar> F(*p.model, p.theta, p.file.likelihood, p.data, fisher_options(a));
+  if (!F.forward_error().empty()) throw std::runtime_error("forward pass: " + F.forward_error() + "; nothing written");
+  Vec<Scalar> y(F.rows());
+  F.perform_op(v.data(), y.data());
+  const double secs = std::chrono::duration<double>(clock_type::now() - t0).count();
+  if (!y.allFinite()) throw std::runtime_error("the Fisher-vector product is not finite; nothing written");
+  save_parameters(a.output, *p.model, y, out_dtype(a), {{"natgrad", "Fisher-vector product"}});
+  std::printf("natgrad fvp: |v| = %.6e, |(F + %g I) v| = %.6e, v^T (F + %g I) v = %.6e, %.3f s; wrote %s\n",
+              double(v.norm()), a.damping, double(y.norm()), a.damping,
+              double(v.template cast<double>().dot(y.template cast<double>())), secs, a.output.c_str());
+  if (!a.report.empty()) {
+    nlohmann::ordered_json j;
+    j["command"] = "fvp";
+    j["params"] = p.model->num_params();
+    j["samples"] = p.data.size();
+    j["fisher"] = a.fisher;
+    j["damping"] = a.damping;
+    j["vector_norm"] = double(v.norm());
+    j["product_norm"] = double(y.norm());
+    j["timing_s"] = {{"total", secs}};
+    write_file_atomically(a.report, j.dump(2) + "\n");
+  }
+  return 0;
+}
+
+template int run_fvp<float>(Args&);
+template int run_fvp<double>(Args&);
+
+}  // namespace cli
+}  // namespace natgrad

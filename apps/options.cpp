@@ -1,0 +1,79 @@
+#include "options.h"
+
+#include <natgrad/likelihood/likelihood.h>
+#include <natgrad/solvers/preconditioner.h>
+
+#include <cmath>
+#include <stdexcept>
+
+namespace natgrad {
+namespace cli {
+
+volatile std::sig_atomic_t g_signal = 0;
+namespace {
+extern "C" void on_signal(int sig) { g_signal = sig; }
+}  // namespace
+
+void install_signal_handlers() {
+  std::signal(SIGINT, on_signal);
+  std::signal(SIGTERM, on_signal);
+}
+
+void add_common(CLI::App* c, Args& a, const std::string& damping_default) {
+  c->add_option("--model", a.model, "Model spec (JSON, docs/formats.md)");
+  c->add_option("--weights", a.weights,
+                "Parameters (safetensors, PyTorch state_dict names); default: PyTorch-style initialization from --seed");
+  c->add_option("--data", a.data, "Data: a .safetensors file (inputs, targets), a directory of MNIST-format IDX files, or a .csv");
+  c->add_option("--fisher", a.fisher, "Fisher kind: exact, mc or empirical")->capture_default_str();
+  c->add_option("--mc-samples", a.mc_samples, "Monte-Carlo labels per input for --fisher mc (>= 1)")->capture_default_str();
+  c->add_option("--seed", a.seed, "Seed for Monte-Carlo labels and initialization")->capture_default_str();
+  c->add_option("--batch", a.batch, "Use the first B samples (default: all; 1000 for the embedded default)");
+  c->add_option("--curvature-batch", a.curvature_batch, "Curvature on the first B2 samples of the batch (default: the batch)");
+  c->add_option("--damping", a.damping, "Damping lambda >= 0 added as lambda*I (default " + damping_default + ")");
+  c->add_option("--cg-tol", a.cg_tol, "CG relative residual tolerance, in (0, 1)")->capture_default_str();
+  c->add_option("--cg-max-iters", a.cg_max_iters, "CG iteration limit (>= 1)")->capture_default_str();
+  c->add_option("--preconditioner", a.preconditioner, "none or diagonal (Martens: (diag(F_emp) + lambda)^0.75)")
+      ->capture_default_str();
+  c->add_option("--dtype", a.dtype, "float32 or float64")->capture_default_str();
+  c->add_option("--threads", a.threads, "Threads: >= 1, or 0 for all cores (default: OMP_NUM_THREADS, else all cores)");
+  c->add_option("--max-memory", a.max_memory_gb,
+                "Refuse to start if the estimated memory exceeds this many GB (default: the available memory)");
+  c->add_flag("--quiet", a.quiet, "No progress on stderr");
+}
+
+[[noreturn]] void usage_error(const std::string& what) { throw CLI::ValidationError(what); }
+
+void validate(const Args& a) {
+  if (!(a.damping >= 0) || !std::isfinite(a.damping)) usage_error("--damping must be a finite number >= 0, got " + std::to_string(a.damping));
+  if (a.mc_samples < 1) usage_error("--mc-samples must be >= 1, got " + std::to_string(a.mc_samples));
+  if (a.batch < 0) usage_error("--batch must be >= 1, got " + std::to_string(a.batch));
+  if (a.curvature_batch < 0) usage_error("--curvature-batch must be >= 1, got " + std::to_string(a.curvature_batch));
+  if (!(a.cg_tol > 0 && a.cg_tol < 1)) usage_error("--cg-tol must be in (0, 1), got " + std::to_string(a.cg_tol));
+  if (a.cg_max_iters < 1) usage_error("--cg-max-iters must be >= 1, got " + std::to_string(a.cg_max_iters));
+  if (a.threads < 0) usage_error("--threads must be >= 1, or 0 for all cores; got " + std::to_string(a.threads));
+  if (a.dtype != "float32" && a.dtype != "float64") usage_error("--dtype must be float32 or float64, got \"" + a.dtype + "\"");
+  if (a.max_memory_gb < 0) usage_error("--max-memory must be > 0");
+  try {
+    fisher_kind_from_string(a.fisher);
+  } catch (const std::invalid_argument& e) {
+    usage_error(std::string("--fisher: ") + e.what());
+  }
+  try {
+    preconditioner_from_string(a.preconditioner);
+  } catch (const std::invalid_argument& e) {
+    usage_error(std::string("--preconditioner: ") + e.what());
+  }
+}
+
+FisherOptions fisher_options(const Args& a) {
+  FisherOptions f;
+  f.kind = fisher_kind_from_string(a.fisher);
+  f.mc_samples = a.mc_samples;
+  f.damping = a.damping;
+  f.seed = a.seed;
+  f.num_threads = a.threads;
+  return f;
+}
+
+}  // namespace cli
+}  // namespace natgrad

@@ -1,0 +1,70 @@
+// The command line's shared pieces: the parsed arguments, their checks, progress lines, the signal flag.
+#pragma once
+
+#include <natgrad/curvature/fisher_operator.h>
+
+#include <CLI/CLI.hpp>
+
+#include <chrono>
+#include <csignal>
+#include <cstdint>
+#include <cstdio>
+#include <string>
+
+namespace natgrad {
+namespace cli {
+
+constexpr const char* kDefaultDataDir = "/usr/share/datasets/fashion-mnist";
+constexpr Index kDefaultBatch = 1000;
+
+struct Args {
+  std::string model, weights, data, vector, output, save_gradient, report;
+  std::string fisher = "exact", preconditioner = "none", dtype = "float32";
+  int mc_samples = 1;
+  uint64_t seed = 0;
+  Index batch = 0, curvature_batch = 0;
+  double damping = 0;
+  double cg_tol = 1e-6;
+  Index cg_max_iters = 500;
+  Index spectrum = 0;
+  Index top = 10;
+  int threads = 0;
+  double max_memory_gb = 0;
+  bool quiet = false;
+};
+
+using clock_type = std::chrono::steady_clock;
+
+class Progress {
+ public:
+  explicit Progress(bool quiet) : quiet_(quiet), start_(clock_type::now()) {}
+  double elapsed() const { return std::chrono::duration<double>(clock_type::now() - start_).count(); }
+  template <typename... T>
+  void line(const char* fmt, T... args) const {
+    if (quiet_) return;
+    std::fprintf(stderr, "[%7.2fs] ", elapsed());
+    std::fprintf(stderr, fmt, args...);
+    std::fputc('\n', stderr);
+  }
+  bool quiet() const { return quiet_; }
+
+ private:
+  bool quiet_;
+  clock_type::time_point start_;
+};
+
+
+// SIGINT / SIGTERM during a solve: CG stops at the end of its iteration and the best iterate is written.
+extern volatile std::sig_atomic_t g_signal;
+void install_signal_handlers();
+
+/// The model, data and Fisher options every command shares.
+void add_common(CLI::App* c, Args& a, const std::string& damping_default);
+/// Ends with a usage error (exit status 2) naming the option.
+[[noreturn]] void usage_error(const std::string& what);
+/// Checks the values of the options (ranges, names); usage_error otherwise.
+void validate(const Args& a);
+FisherOptions fisher_options(const Args& a);
+
+}  // namespace cli
+}  // namespace natgrad

@@ -1,0 +1,59 @@
+#include "report.h"
+
+#include <cmath>
+#include <cstdio>
+#include <vector>
+
+namespace natgrad {
+namespace cli {
+
+std::string format_eigenvalues(const Vec<double>& ev) {
+  std::string s;
+  char buf[32];
+  for (Index i = 0; i < ev.size(); ++i) {
+    std::snprintf(buf, sizeof buf, "%s%.6e", i ? " " : "", ev[i]);
+    s += buf;
+  }
+  return s;
+}
+
+nlohmann::ordered_json spectrum_json(const SpectrumResult& s) {
+  nlohmann::ordered_json j;
+  j["eigenvalues"] = std::vector<double>(s.eigenvalues.data(), s.eigenvalues.data() + s.eigenvalues.size());
+  j["matvecs"] = s.matvecs;
+  j["converged"] = s.converged;
+  j["status"] = s.status;
+  j["time_s"] = s.time_s;
+  return j;
+}
+
+nlohmann::ordered_json condition_json(const ConditionEstimate& c) {
+  nlohmann::ordered_json j;
+  auto num = [](double v) { return std::isfinite(v) ? nlohmann::ordered_json(v) : nlohmann::ordered_json(nullptr); };
+  j["condition_number"] = num(c.condition_number);
+  j["lambda_max"] = num(c.lambda_max);
+  j["lambda_min"] = num(c.lambda_min);
+  j["exact"] = c.exact_min;
+  j["kind"] = to_string(c.kind);
+  j["lambda_min_error"] = num(c.lambda_min_error);
+  j["method"] = c.method;
+  return j;
+}
+
+void print_condition(const ConditionEstimate& c) {
+  std::printf("condition number of F + lambda*I: %.6e  (lambda_max %.6e, lambda_min %.6e; %s)\n", c.condition_number,
+              c.lambda_max, c.lambda_min, c.method.c_str());
+}
+
+SpectrumOptions spectrum_options(const Progress& progress) {
+  SpectrumOptions so;
+  so.tolerance = 1e-8;
+  so.on_product = [&progress](Index n) {
+    if (n % 25 == 0) progress.line("lanczos: %lld products", static_cast<long long>(n));
+  };
+  return so;
+}
+
+
+}  // namespace cli
+}  // namespace natgrad

@@ -1,0 +1,133 @@
+#include "commands.h"
+#include "problem.h"
+#include "report.h"
+
+#include <natgrad/core/threads.h>
+#include <natgrad/io/parameters_io.h>
+#include <natgrad/io/safetensors.h>
+#include <natgrad/natural_gradient/solve_natural_gradient.h>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <stdexcept>
+
+namespace natgrad {
+namespace cli {
+
+template <typename Scalar>
+int run_solve(Args& a) {
+  const Progress progress(a.quiet);
+  const bool embedded = a.model.empty() && a.data.empty();
+  const Index k = embedded && a.spectrum == 0 ? 10 : a.spectrum;  // the embedded default reports its top 10
+  Problem<Scalar> p = load_problem<Scalar>(a, true, progress, k);
+  NaturalGradientOptions opt;
+  opt.fisher = fisher_options(a);
+  opt.curvature_batch = a.curvature_batch;
+  opt.cg.relative_tolerance = a.cg_tol;
+  opt.cg.max_iterations = a.cg_max_iters;
+  // A line for the first iterations, then one at least every 2 s of work, with an estimate of the time left
+  // from the residual's recent rate of decrease (log-linear) and the iteration limit. SIGINT / SIGTERM stop
+  // CG at the end of the iteration.
+  double last_line = -1e9, last_rel = 1;
+  Index last_i = 0;
+  opt.cg.callback = [&](const CgIterationInfo& info) {
+    const double t = progress.elapsed();
+    if (info.iteration <= 3 || t - last_line >= 2.0) {
+      const double per_iter = info.elapsed_s / double(info.iteration);
+      const double rate = info.iteration > last_i && info.relative_residual > 0 && last_rel > 0
+                              ? std::log(last_rel / info.relative_residual) / double(info.iteration - last_i)
+                              : 0;
+      double left = double(a.cg_max_iters - info.iteration);
+      if (rate > 0) left = std::min(left, std::log(info.relative_residual / a.cg_tol) / rate);
+      progress.line("cg %4lld  |r|/|b| = %.3e  phi = % .6e  %.2f s/iteration, eta %.0f s", static_cast<long long>(info.iteration),
+                    info.relative_residual, info.quadratic_model, per_iter, std::max(0.0, left) * per_iter);
+      last_line = t;
+      last_rel = info.relative_residual;
+      last_i = info.iteration;
+    }
+    return g_signal ? CallbackResult::stop : CallbackResult::keep_going;
+  };
+  opt.on_gradient = [&](double loss, double gnorm) {
+    progress.line("loss %.8f, gradient norm %.6e; solving (F + lambda I) d = g", loss, gnorm);
+  };
+  opt.preconditioner = preconditioner_from_string(a.preconditioner);
+  opt.spectrum_top_k = std::min<Index>(k, p.model->num_params() - 1);
+  opt.spectrum = spectrum_options(progress);
+  opt.condition_number = k > 0;
+  const int threads = num_threads();
+  std::printf("natgrad solve: %s (%lld parameters, %s), %s (%lld samples, curvature on %lld), fisher %s, damping %g, "
+              "%s, %d threads, parameters: %s\n",
+              p.model_label.c_str(), static_cast<long long>(p.model->num_params()), to_string(p.file.likelihood),
+              p.data_label.c_str(), static_cast<long long>(p.data.size()),
+              static_cast<long long>(a.curvature_batch > 0 ? a.curvature_batch : p.data.size()), a.fisher.c_str(),
+              a.damping, a.dtype.c_str(), threads, p.params_label.c_str());
+  progress.line("forward pass over %lld samples", static_cast<long long>(p.data.size()));
+  install_signal_handlers();
+  std::fflush(stdout);
+  const auto r = solve_natural_gradient(*p.model, p.theta, p.file.likelihood, p.data, opt);
+  if (!r.ok()) throw std::runtime_error(r.failure + "; nothing written");
+  if (!r.direction.allFinite())
+    throw std::runtime_error("the natural-gradient direction is not finite (" + r.cg.message + "); nothing written");
+  const bool interrupted = g_signal != 0 && r.cg.termination == CgTermination::user_stop;
+  std::printf("loss: %.8f\ngradient norm: %.6e\n%s\n", r.loss, r.gradient_norm, r.cg.brief_report().c_str());
+  if (interrupted)
+    std::printf("interrupted by %s at CG iteration %lld: writing the best iterate so far\n",
+                g_signal == SIGINT ? "SIGINT" : "SIGTERM", static_cast<long long>(r.cg.iterations));
+  else if (!r.cg.is_converged())
+    std::printf("warning: CG did not converge: %s\n", r.cg.message.c_str());
+  if (opt.spectrum_top_k > 0)
+    std::printf("top-%lld eigenvalues of F: %s  (%lld products, %s)\n", static_cast<long long>(opt.spectrum_top_k),
+                format_eigenvalues(r.spectrum.eigenvalues).c_str(), static_cast<long long>(r.spectrum.matvecs),
+                r.spectrum.status.c_str());
+  if (r.has_condition) print_condition(r.condition);
+  std::printf("timing (s): forward %.3f, gradient %.3f, cg %.3f, spectrum %.3f, total %.3f\n", r.time_forward_s,
+              r.time_gradient_s, r.time_cg_s, r.time_spectrum_s, r.time_total_s);
+  if (!a.output.empty()) {
+    save_parameters(a.output, *p.model, r.direction, out_dtype(a), {{"natgrad", "natural-gradient direction"}});
+    std::printf("wrote the direction to %s\n", a.output.c_str());
+  }
+  if (!a.save_gradient.empty()) {
+    save_parameters(a.save_gradient, *p.model, r.gradient, out_dtype(a), {{"natgrad", "gradient"}});
+    std::printf("wrote the gradient to %s\n", a.save_gradient.c_str());
+  }
+  if (!a.report.empty()) {
+    nlohmann::ordered_json j;
+    j["command"] = "solve";
+    j["loss"] = r.loss;
+    j["gradient_norm"] = r.gradient_norm;
+    j["params"] = p.model->num_params();
+    j["samples"] = r.samples;
+    j["curvature_samples"] = r.curvature_samples;
+    j["fisher"] = a.fisher;
+    j["damping"] = a.damping;
+    j["dtype"] = a.dtype;
+    j["threads"] = threads;
+    j["cg"] = {{"iterations", r.cg.iterations},
+               {"converged", r.cg.is_converged()},
+               {"termination", interrupted ? "interrupted" : to_string(r.cg.termination)},
+               {"message", r.cg.message},
+               {"relative_residual", r.cg.relative_residual},
+               {"recursive_relative_residual", r.cg.recursive_relative_residual},
+               {"residual_replacements", r.cg.restarts},
+               {"breakdown", to_string(r.cg.breakdown)},
+               {"products", r.cg.operator_applications},
+               {"returned_iterate", r.cg.returned_iterate},
+               {"residual_history", r.cg.residual_history}};
+    if (opt.spectrum_top_k > 0) j["spectrum"] = spectrum_json(r.spectrum);
+    if (r.has_condition) j["condition"] = condition_json(r.condition);
+    j["timing_s"] = {{"forward", r.time_forward_s}, {"gradient", r.time_gradient_s}, {"cg", r.time_cg_s},
+                     {"spectrum", r.time_spectrum_s}, {"total", r.time_total_s}};
+    write_file_atomically(a.report, j.dump(2) + "\n");
+  }
+  return interrupted ? 128 + int(g_signal) : 0;
+}
+
+template int run_solve<float>(Args&);
+template int run_solve<double>(Args&);
+
+}  // namespace cli
+}  // namespace natgrad

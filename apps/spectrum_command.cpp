@@ -1,0 +1,56 @@
+#include "commands.h"
+#include "problem.h"
+#include "report.h"
+
+#include <natgrad/curvature/fisher_operator.h>
+#include <natgrad/io/safetensors.h>
+
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <stdexcept>
+
+namespace natgrad {
+namespace cli {
+
+template <typename Scalar>
+int run_spectrum(Args& a) {
+  const Progress progress(a.quiet);
+  if (a.top < 1) usage_error("--top must be >= 1, got " + std::to_string(a.top));
+  Problem<Scalar> p = load_problem<Scalar>(a, false, progress, a.top);
+  if (a.top >= p.model->num_params())
+    usage_error("--top " + std::to_string(a.top) + " must be below the parameter count " + std::to_string(p.model->num_params()));
+  const auto t0 = clock_type::now();
+  FisherOptions fo = fisher_options(a);
+  fo.damping = 0;
+  FisherOperator<Scalar> F(*p.model, p.theta, p.file.likelihood,
+                           a.curvature_batch > 0 ? p.data.head(a.curvature_batch) : p.data, fo);
+  if (!F.forward_error().empty()) throw std::runtime_error("forward pass: " + F.forward_error() + "; nothing written");
+  SpectrumOptions so = spectrum_options(progress);
+  so.num_eigenvalues = a.top;
+  const SpectrumResult s = top_eigenvalues(F, so);
+  const double secs = std::chrono::duration<double>(clock_type::now() - t0).count();
+  if (!s.converged) throw std::runtime_error("Lanczos failed: " + s.status);
+  std::printf("natgrad spectrum: %lld parameters, %lld samples, fisher %s\n", static_cast<long long>(F.rows()),
+              static_cast<long long>(F.num_samples()), a.fisher.c_str());
+  std::printf("top-%lld eigenvalues of F: %s\n", static_cast<long long>(a.top), format_eigenvalues(s.eigenvalues).c_str());
+  std::printf("%lld products, %lld restarts, %.3f s\n", static_cast<long long>(s.matvecs), static_cast<long long>(s.restarts), secs);
+  if (!a.report.empty()) {
+    nlohmann::ordered_json j;
+    j["command"] = "spectrum";
+    j["params"] = F.rows();
+    j["samples"] = F.num_samples();
+    j["fisher"] = a.fisher;
+    j["spectrum"] = spectrum_json(s);
+    j["timing_s"] = {{"total", secs}};
+    write_file_atomically(a.report, j.dump(2) + "\n");
+  }
+  return 0;
+}
+
+template int run_spectrum<float>(Args&);
+template int run_spectrum<double>(Args&);
+
+}  // namespace cli
+}  // namespace natgrad
