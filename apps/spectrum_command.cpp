@@ -24,8 +24,9 @@ int run_spectrum(Args& a) {
   const auto t0 = clock_type::now();
   FisherOptions fo = fisher_options(a);
   fo.damping = 0;
-  FisherOperator<Scalar> F(*p.model, p.theta, p.file.likelihood,
-                           a.curvature_batch > 0 ? p.data.head(a.curvature_batch) : p.data, fo);
+  Dataset<Scalar> prefix;  // (a conditional between p.data and a temporary would copy p.data)
+  if (a.curvature_batch > 0) prefix = p.data.head(a.curvature_batch);
+  FisherOperator<Scalar> F(*p.model, p.theta, p.file.likelihood, a.curvature_batch > 0 ? prefix : p.data, fo);
   if (!F.forward_error().empty()) throw std::runtime_error("forward pass: " + F.forward_error() + "; nothing written");
   SpectrumOptions so = spectrum_options(progress);
   so.num_eigenvalues = a.top;

@@ -32,8 +32,10 @@ MemoryEstimate estimate(const ModelSpec& spec, Index batch, Index curvature_batc
   const std::size_t draws = fisher.kind == FisherKind::mc ? static_cast<std::size_t>(fisher.mc_samples) : 1;
   // Exactly what a FisherOperator on n samples allocates: its plan decides the chunk, the threads it keeps
   // a workspace for, the stored cotangents and the partial gradients.
+  // Per sample: the cached activations (input included), max-pool indices, the output curvature's statistics
+  // and the exact categorical's dominant class, and the operator's copy of the targets (labels or C values).
   auto forward = [&](Index n) {
-    return static_cast<std::size_t>(n) * (per_sample * s + aux * 4 + C * draws * s);
+    return static_cast<std::size_t>(n) * (per_sample * s + aux * 4 + C * draws * s + 8 + std::max<std::size_t>(8, C * s));
   };
   auto workspaces = [&](Index n) {
     const FisherPlan plan = FisherPlan::make(model, n, fisher);

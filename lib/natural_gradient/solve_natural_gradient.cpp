@@ -56,7 +56,10 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Sequential<Scalar>& m
 
   // The curvature operator; when the curvature batch is the whole batch it also gives the gradient.
   auto t = clock::now();
-  FisherOperator<Scalar> F(model, theta, likelihood, Nc == N ? batch : batch.head(Nc), options.fisher);
+  // (Not `Nc == N ? batch : batch.head(Nc)`: a conditional with a temporary on one side copies the other.)
+  Dataset<Scalar> curvature_prefix;
+  if (Nc < N) curvature_prefix = batch.head(Nc);
+  FisherOperator<Scalar> F(model, theta, likelihood, Nc < N ? curvature_prefix : batch, options.fisher);
   std::unique_ptr<FisherOperator<Scalar>> full;
   if (Nc < N)
     full = std::make_unique<FisherOperator<Scalar>>(model, theta, likelihood, batch, options.fisher);
