@@ -22,6 +22,7 @@ nlohmann::ordered_json spectrum_json(const SpectrumResult& s) {
   j["eigenvalues"] = std::vector<double>(s.eigenvalues.data(), s.eigenvalues.data() + s.eigenvalues.size());
   j["matvecs"] = s.matvecs;
   j["converged"] = s.converged;
+  j["termination"] = to_string(s.termination);
   j["status"] = s.status;
   j["time_s"] = s.time_s;
   return j;

@@ -103,6 +103,8 @@ TEST(NumericalFailures, LanczosOnANonFiniteOperatorSaysWhere) {
   opt.num_eigenvalues = 3;
   const SpectrumResult r = top_eigenvalues(op, opt);
   EXPECT_FALSE(r.converged);
+  EXPECT_EQ(r.termination, SpectrumTermination::non_finite);
+  EXPECT_NE(r.brief_report().find("Lanczos non_finite"), std::string::npos) << r.brief_report();
   EXPECT_NE(r.status.find("NaN or Inf at product 7"), std::string::npos) << r.status;
 }
 

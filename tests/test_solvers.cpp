@@ -660,6 +660,14 @@ TEST(SolveNaturalGradient, SpectrumConditionAndPreconditionerOptions) {
       dense_fisher(p.model, p.theta, p.data, LikelihoodKind::categorical, FisherKind::exact);
   Eigen::SelfAdjointEigenSolver<Mat<double>> es(Fd);
   ASSERT_TRUE(r.spectrum.converged);
+  // Summary-style reports: a termination kind and the numbers.
+  EXPECT_EQ(r.termination(), NaturalGradientTermination::solved);
+  EXPECT_EQ(r.spectrum.termination, SpectrumTermination::converged);
+  EXPECT_NE(r.brief_report().find("natural gradient solved: loss "), std::string::npos) << r.brief_report();
+  const std::string full = r.full_report();
+  for (const char* part : {"Conjugate gradient summary", "Spectrum summary", "Condition estimate", "timing (s)"})
+    EXPECT_NE(full.find(part), std::string::npos) << part << "\n" << full;
+  EXPECT_NE(r.condition.brief_report().find("condition number "), std::string::npos);
   EXPECT_LT(rel_err(r.spectrum.eigenvalues[0], es.eigenvalues().maxCoeff()), 1e-8);
   ASSERT_TRUE(r.has_condition);
   // A categorical Fisher behind a final linear layer is singular (softmax shift invariance), so

@@ -2,8 +2,10 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <memory>
+#include <sstream>
 #include <stdexcept>
 
 namespace natgrad {
@@ -140,6 +142,41 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Sequential<Scalar>& m
   r.time_total_s = seconds(t0);
   return r;
 }
+
+const char* to_string(NaturalGradientTermination t) {
+  switch (t) {
+    case NaturalGradientTermination::solved: return "solved";
+    case NaturalGradientTermination::not_converged: return "not_converged";
+    case NaturalGradientTermination::numerical_failure: return "numerical_failure";
+  }
+  return "unknown";
+}
+
+template <typename Scalar>
+std::string NaturalGradientResult<Scalar>::brief_report() const {
+  char buf[320];
+  std::snprintf(buf, sizeof buf,
+                "natural gradient %s: loss %.8g, |g| %.6e, CG %lld iterations, |b - Ax|/|b| = %.3e, %.3f s",
+                to_string(termination()), loss, gradient_norm, static_cast<long long>(cg.iterations),
+                cg.relative_residual, time_total_s);
+  return buf;
+}
+
+template <typename Scalar>
+std::string NaturalGradientResult<Scalar>::full_report() const {
+  std::ostringstream os;
+  os << brief_report() << "\n";
+  if (!ok()) os << "failure: " << failure << "\n";
+  os << "samples " << samples << ", curvature on " << curvature_samples << "\n" << cg.full_report();
+  if (spectrum.matvecs > 0) os << spectrum.full_report();
+  if (has_condition) os << condition.full_report();
+  os << "timing (s): forward " << time_forward_s << ", gradient " << time_gradient_s << ", cg " << time_cg_s
+     << ", spectrum " << time_spectrum_s << ", total " << time_total_s << "\n";
+  return os.str();
+}
+
+template struct NaturalGradientResult<float>;
+template struct NaturalGradientResult<double>;
 
 template NaturalGradientResult<float> solve_natural_gradient<float>(const Sequential<float>&,
                                                                     const Vec<float>&, LikelihoodKind,

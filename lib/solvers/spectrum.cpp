@@ -1,6 +1,63 @@
 #include <natgrad/solvers/spectrum.h>
 
+#include <cstdio>
+#include <sstream>
+
 namespace natgrad {
+
+const char* to_string(SpectrumTermination t) {
+  switch (t) {
+    case SpectrumTermination::converged: return "converged";
+    case SpectrumTermination::not_converged: return "not_converged";
+    case SpectrumTermination::non_finite: return "non_finite";
+    case SpectrumTermination::failed: return "failed";
+  }
+  return "unknown";
+}
+
+std::string SpectrumResult::brief_report() const {
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "Lanczos %s: %lld eigenvalues, %lld products, %lld restarts, %.3f s",
+                to_string(termination), static_cast<long long>(eigenvalues.size()),
+                static_cast<long long>(matvecs), static_cast<long long>(restarts), time_s);
+  return buf;
+}
+
+std::string SpectrumResult::full_report() const {
+  std::ostringstream os;
+  os << "Spectrum summary\n"
+     << "  termination:  " << to_string(termination) << "\n"
+     << "  message:      " << status << "\n"
+     << "  products:     " << matvecs << "\n"
+     << "  restarts:     " << restarts << "\n"
+     << "  time (s):     " << time_s << "\n";
+  for (Index i = 0; i < eigenvalues.size(); ++i) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "  lambda_%lld = %.10e\n", static_cast<long long>(i + 1), eigenvalues[i]);
+    os << buf;
+  }
+  return os.str();
+}
+
+std::string ConditionEstimate::brief_report() const {
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "condition number %.6e (lambda_max %.6e, lambda_min %.6e +- %.2e, %s)",
+                condition_number, lambda_max, lambda_min, lambda_min_error, to_string(kind));
+  return buf;
+}
+
+std::string ConditionEstimate::full_report() const {
+  std::ostringstream os;
+  os << "Condition estimate\n"
+     << "  kind:             " << to_string(kind) << "\n"
+     << "  method:           " << method << "\n"
+     << "  lambda_max:       " << lambda_max << "\n"
+     << "  lambda_min:       " << lambda_min << "\n"
+     << "  lambda_min error: " << lambda_min_error << "\n"
+     << "  condition number: " << condition_number << "\n"
+     << "  products:         " << matvecs << "\n";
+  return os.str();
+}
 
 const char* to_string(ConditionMethod m) {
   switch (m) {

@@ -52,6 +52,17 @@ struct NaturalGradientOptions {
   bool is_valid(std::string* why) const;
 };
 
+/// How a natural-gradient solve ended.
+enum class NaturalGradientTermination {
+  solved,             ///< CG met its tolerance (or its relative-progress rule)
+  not_converged,      ///< CG stopped early (iteration limit, stagnation, breakdown on a singular operator,
+                      ///< the callback): the direction is CG's best iterate
+  numerical_failure,  ///< NaN or Inf: the direction is not usable (see failure)
+};
+const char* to_string(NaturalGradientTermination t);
+
+/// Everything a solve found, Summary-style: termination(), the message (failure, or CG's), brief_report()
+/// and full_report(), and every part's own summary.
 template <typename Scalar>
 struct NaturalGradientResult {
   /// Empty on success; otherwise the numerical failure that stopped the solve (NaN or Inf in the forward
@@ -59,6 +70,15 @@ struct NaturalGradientResult {
   /// direction is then not usable.
   std::string failure;
   bool ok() const { return failure.empty(); }
+  NaturalGradientTermination termination() const {
+    return !ok() ? NaturalGradientTermination::numerical_failure
+           : cg.is_converged() ? NaturalGradientTermination::solved
+                               : NaturalGradientTermination::not_converged;
+  }
+  /// One line: termination, loss, gradient norm, CG iterations and residual, total time.
+  std::string brief_report() const;
+  /// Several lines: the above and the CG, spectrum and condition summaries, the timings.
+  std::string full_report() const;
   Vec<Scalar> direction;   ///< d = (F + λI)⁻¹ g
   Vec<Scalar> gradient;    ///< g, mean over the batch
   double loss = 0;         ///< mean negative log-likelihood over the batch

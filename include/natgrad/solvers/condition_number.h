@@ -42,6 +42,11 @@ struct ConditionEstimate {
   bool exact_min = false;
   std::string method;  ///< how λ_min was obtained, in words, with the numbers
   Index matvecs = 0;
+
+  /// One line: the ratio, λ_max, λ_min with its error bound, and how it was obtained.
+  std::string brief_report() const;
+  /// Several lines, one per field.
+  std::string full_report() const;
 };
 
 /// λ_max, λ_min and their ratio for a symmetric positive semi-definite operator. λ_min comes from Lanczos on

@@ -39,14 +39,30 @@ struct SpectrumOptions {
   bool is_valid(Index n, std::string* why) const;
 };
 
+/// Why top_eigenvalues stopped.
+enum class SpectrumTermination {
+  converged,      ///< all k Ritz values met the tolerance
+  not_converged,  ///< max_restarts reached first
+  non_finite,     ///< the operator returned NaN or Inf
+  failed,         ///< Spectra reported a numerical failure (or threw)
+};
+const char* to_string(SpectrumTermination t);
+
+/// What top_eigenvalues found, Summary-style: a termination kind, a message with the numbers, the counts.
 struct SpectrumResult {
-  Vec<double> eigenvalues;     ///< descending
+  Vec<double> eigenvalues;     ///< descending; empty unless converged
   Mat<double> eigenvectors;    ///< n × k, if asked
   Index matvecs = 0;           ///< operator applications used
   Index restarts = 0;
-  bool converged = false;
-  std::string status;          ///< "converged", or what went wrong
+  SpectrumTermination termination = SpectrumTermination::failed;
+  bool converged = false;      ///< termination == converged
+  std::string status;          ///< "converged", or what went wrong, with the numbers
   double time_s = 0;
+
+  /// One line: termination, eigenvalue count, products, restarts, time.
+  std::string brief_report() const;
+  /// Several lines: the above, the message and every eigenvalue.
+  std::string full_report() const;
 };
 
 /// The k largest eigenvalues (and optionally eigenvectors) of a symmetric operator.
@@ -71,6 +87,11 @@ SpectrumResult top_eigenvalues(const Op& op, const SpectrumOptions& options) {
     thrown = e.what();
   }
   r.converged = thrown.empty() && dop.first_non_finite() == 0 && solver.info() == Spectra::CompInfo::Successful;
+  r.termination = dop.first_non_finite() ? SpectrumTermination::non_finite
+                  : !thrown.empty()      ? SpectrumTermination::failed
+                  : r.converged          ? SpectrumTermination::converged
+                  : solver.info() == Spectra::CompInfo::NotConverging ? SpectrumTermination::not_converged
+                                                                      : SpectrumTermination::failed;
   r.matvecs = dop.count();
   r.restarts = solver.num_iterations();
   r.status = dop.first_non_finite() ? "the operator returned NaN or Inf at product " + std::to_string(dop.first_non_finite()) +
