@@ -10,7 +10,7 @@ namespace detail {
 namespace {
 
 template <typename Scalar>
-class Elementwise final : public Layer<Scalar> {
+class Elementwise final : public Layer<Scalar>, public ElementwiseDerivative<Scalar> {
  public:
   Elementwise(LayerType type, Scalar slope, const Shape& shape)
       : Layer<Scalar>(shape, shape), type_(type), slope_(slope) {}
@@ -61,7 +61,6 @@ class Elementwise final : public Layer<Scalar> {
     if (gX) apply_derivative(X.data(), Y.data(), gY.data(), gX, X.size());
   }
 
-  bool is_elementwise() const override { return true; }
   bool derivative_needs_input() const override {
     return type_ == LayerType::gelu || type_ == LayerType::softplus ||
            (type_ == LayerType::leaky_relu && !(slope_ >= 0));

@@ -10,7 +10,7 @@ namespace detail {
 namespace {
 
 template <typename Scalar>
-class Pool2d final : public Layer<Scalar> {
+class Pool2d final : public Layer<Scalar>, public SelectionJacobian {
  public:
   Pool2d(LayerType type, const LayerSpec& s, const Shape& in, const Shape& out)
       : Layer<Scalar>(in, out),

@@ -63,8 +63,11 @@ Sequential<Scalar>::Sequential(const ModelSpec& spec) : spec_(spec) {
   }
   if (!seen_params) first_param_layer_ = layers_.size();
   fused_.assign(layers_.size(), false);
-  for (std::size_t l = first_param_layer_; l + 1 < layers_.size(); ++l)
-    fused_[l] = layers_[l]->is_elementwise() && layers_[l + 1]->is_selection();
+  for (std::size_t l = first_param_layer_; l + 1 < layers_.size(); ++l) {
+    const auto* act = dynamic_cast<const detail::ElementwiseDerivative<Scalar>*>(layers_[l].get());
+    const auto* pool = dynamic_cast<const detail::SelectionJacobian*>(layers_[l + 1].get());
+    fused_[l] = act != nullptr && pool != nullptr && pool->is_selection();
+  }
 }
 
 template <typename Scalar>
@@ -135,9 +138,15 @@ namespace {
 // so does backprop when pool windows do not overlap (otherwise the terms reaching one input are summed as
 // Σ φ' g instead of φ' Σ g).
 template <typename Scalar>
-void jvp_fused(const Layer<Scalar>& act, const ForwardCache<Scalar>& cache, std::size_t a, Index col0,
+const detail::ElementwiseDerivative<Scalar>& derivative_of(const Layer<Scalar>& layer) {
+  return dynamic_cast<const detail::ElementwiseDerivative<Scalar>&>(layer);  // checked when fused_ was set
+}
+
+template <typename Scalar>
+void jvp_fused(const Layer<Scalar>& layer, const ForwardCache<Scalar>& cache, std::size_t a, Index col0,
                Index n, const Scalar* dx, Scalar* dy, Scalar* xg) {
-  const Index in = act.input_size(), out = cache.acts[a + 2].rows();
+  const detail::ElementwiseDerivative<Scalar>& act = derivative_of(layer);
+  const Index in = layer.input_size(), out = cache.acts[a + 2].rows();
   const bool gather_x = act.derivative_needs_input();
   if (!dx) {
     std::fill(dy, dy + out * n, Scalar(0));
@@ -156,9 +165,10 @@ void jvp_fused(const Layer<Scalar>& act, const ForwardCache<Scalar>& cache, std:
 }
 
 template <typename Scalar>
-void vjp_fused(const Layer<Scalar>& act, const ForwardCache<Scalar>& cache, std::size_t a, Index col0,
+void vjp_fused(const Layer<Scalar>& layer, const ForwardCache<Scalar>& cache, std::size_t a, Index col0,
                Index n, const Scalar* gy, Scalar* gx, Scalar* xg, Scalar* tmp) {
-  const Index in = act.input_size(), out = cache.acts[a + 2].rows();
+  const detail::ElementwiseDerivative<Scalar>& act = derivative_of(layer);
+  const Index in = layer.input_size(), out = cache.acts[a + 2].rows();
   const bool gather_x = act.derivative_needs_input();
   for (Index j = 0; j < n; ++j) {
     const int32_t* arg = cache.aux[a + 1].data() + (col0 + j) * out;

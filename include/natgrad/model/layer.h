@@ -68,17 +68,6 @@ class Layer {
   virtual void vjp(const Scalar* theta, ConstMatMap<Scalar> X, ConstMatMap<Scalar> Y, const int32_t* aux,
                    ConstMatMap<Scalar> gY, Scalar* gX, Scalar* gtheta, Scalar* scratch) const = 0;
 
-  /// True for element-wise layers y = φ(x), which then implement scale_by_derivative.
-  virtual bool is_elementwise() const { return false; }
-  /// Element-wise layers: out = φ'(x) ∘ in on n scalars, where y = φ(x) (in and out may alias). Sequential
-  /// uses it to fuse an activation into the max-pool after it, where φ' is needed only at the selected
-  /// inputs. x may be null unless derivative_needs_input(): relu, tanh and sigmoid read φ' off y alone.
-  virtual void scale_by_derivative(const Scalar* /*x*/, const Scalar* /*y*/, const Scalar* /*in*/,
-                                   Scalar* /*out*/, Index /*n*/) const {}
-  virtual bool derivative_needs_input() const { return true; }
-  /// True when J is a selection: output o of a sample is its input aux[o] (max-pooling), with
-  /// aux_per_sample() == output_size().
-  virtual bool is_selection() const { return false; }
 
   /// Multiply-adds per sample of the layer's main product (W x for linear, the im2col GEMM for conv2d); 0
   /// for layers without parameters. The cost model of the parallel schedule (FisherOperator).
