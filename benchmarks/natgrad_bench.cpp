@@ -4,6 +4,8 @@
 // Flop counts (2·m·n·k per GEMM; element-wise work is not counted):
 //   gradient = forward (1 GEMM per layer) + backward (weight GEMM per layer, input GEMM for all but the first)
 //   fvp      = R-op (weight GEMM per layer, input GEMM for all but the first) + the same backward.
+#include "benchmark_models.h"
+
 #include <natgrad/curvature/fisher_operator.h>
 #include <natgrad/model/initialization.h>
 #include <natgrad/natural_gradient/solve_natural_gradient.h>
@@ -29,23 +31,8 @@ int threads() {
 #endif
 }
 
-ModelSpec mlp(Index classes) {
-  ModelSpec s;
-  s.input_shape = {784};
-  s.layers = {LayerSpec::linear(784, 1024), LayerSpec::activation(LayerType::tanh), LayerSpec::linear(1024, 1024),
-              LayerSpec::activation(LayerType::tanh), LayerSpec::linear(1024, classes)};
-  return s;
-}
-
-ModelSpec cnn() {
-  ModelSpec s;
-  s.input_shape = {1, 28, 28};
-  s.layers = {LayerSpec::conv2d(1, 32, 3, 1, 1), LayerSpec::activation(LayerType::relu), LayerSpec::maxpool2d(2),
-              LayerSpec::conv2d(32, 64, 3, 1, 1), LayerSpec::activation(LayerType::relu), LayerSpec::maxpool2d(2),
-              LayerSpec::flatten(), LayerSpec::linear(3136, 128), LayerSpec::activation(LayerType::relu),
-              LayerSpec::linear(128, 10)};
-  return s;
-}
+using bench::cnn;
+using bench::mlp;
 
 // 2·(m·k) flops per sample for each linear/conv GEMM of the three kinds: forward (W x), weight (g xᵀ), input (Wᵀ g).
 struct FlopModel {

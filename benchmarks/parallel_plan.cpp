@@ -4,6 +4,8 @@
 // separated by barriers). A projection from the cost model (multiply-adds of the GEMMs), not a timing.
 //
 // Usage: natgrad-plan [T ...]   (default 1 2 8 16 64)
+#include "benchmark_models.h"
+
 #include <natgrad/curvature/fisher_operator.h>
 
 #include <algorithm>
@@ -15,28 +17,6 @@
 using namespace natgrad;
 
 namespace {
-ModelSpec mlp(Index width, int hidden) {
-  ModelSpec s;
-  s.input_shape = {784};
-  Index in = 784;
-  for (int h = 0; h < hidden; ++h) {
-    s.layers.push_back(LayerSpec::linear(in, width));
-    s.layers.push_back(LayerSpec::activation(LayerType::tanh));
-    in = width;
-  }
-  s.layers.push_back(LayerSpec::linear(in, 10));
-  return s;
-}
-ModelSpec cnn() {
-  ModelSpec s;
-  s.input_shape = {1, 28, 28};
-  s.layers = {LayerSpec::conv2d(1, 32, 3, 1, 1), LayerSpec::activation(LayerType::relu), LayerSpec::maxpool2d(2),
-              LayerSpec::conv2d(32, 64, 3, 1, 1), LayerSpec::activation(LayerType::relu), LayerSpec::maxpool2d(2),
-              LayerSpec::flatten(), LayerSpec::linear(3136, 128), LayerSpec::activation(LayerType::relu),
-              LayerSpec::linear(128, 10)};
-  return s;
-}
-
 void report(const char* name, const ModelSpec& spec, Index N, const std::vector<int>& threads) {
   const Sequential<float> model(spec);
   const FisherPlan plan = FisherPlan::make(model, N, FisherOptions());
@@ -79,10 +59,10 @@ int main(int argc, char** argv) {
   std::vector<int> threads;
   for (int i = 1; i < argc; ++i) threads.push_back(std::max(1, std::atoi(argv[i])));
   if (threads.empty()) threads = {1, 2, 8, 16, 64};
-  report("MLP 784-1024-1024-10", mlp(1024, 2), 1000, threads);
-  report("MLP 784-1024-1024-10", mlp(1024, 2), 8000, threads);
-  report("CNN", cnn(), 256, threads);
-  report("CNN", cnn(), 2048, threads);
-  report("MLP 784-4096-4096-4096-10", mlp(4096, 3), 2000, threads);
+  report("MLP 784-1024-1024-10", bench::mlp(), 1000, threads);
+  report("MLP 784-1024-1024-10", bench::mlp(), 8000, threads);
+  report("CNN", bench::cnn(), 256, threads);
+  report("CNN", bench::cnn(), 2048, threads);
+  report("MLP 784-4096-4096-4096-10", bench::mlp(10, 4096, 3), 2000, threads);
   return 0;
 }
