@@ -2,6 +2,7 @@
 #include "problem.h"
 #include "report.h"
 
+#include <natgrad/core/detail/format_number.h>
 #include <natgrad/core/threads.h>
 #include <natgrad/io/parameters_io.h>
 #include <natgrad/io/safetensors.h>
@@ -13,6 +14,7 @@
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <new>
 #include <stdexcept>
 
 namespace natgrad {
@@ -68,7 +70,18 @@ int run_solve(Args& a) {
   progress.line("forward pass over %lld samples", static_cast<long long>(p.data.size()));
   install_signal_handlers();
   std::fflush(stdout);
-  const auto r = solve_natural_gradient(*p.model, p.theta, p.file.likelihood, p.data, opt);
+  NaturalGradientResult<Scalar> r;
+  try {
+    r = solve_natural_gradient(*p.model, p.theta, p.file.likelihood, p.data, opt);
+  } catch (const std::bad_alloc&) {
+    throw std::runtime_error("out of memory during the solve; the estimate for the whole run was " +
+                             detail::format_bytes(double(p.estimate)) + "; nothing written");
+  } catch (const std::runtime_error& e) {
+    const std::string what = e.what();
+    if (what.rfind("out of memory", 0) != 0) throw;
+    throw std::runtime_error(what + "; the estimate for the whole run was " + detail::format_bytes(double(p.estimate)) +
+                             "; nothing written");
+  }
   if (!r.ok()) throw std::runtime_error(r.failure + "; nothing written");
   if (!r.direction.allFinite())
     throw std::runtime_error("the natural-gradient direction is not finite (" + r.cg.message + "); nothing written");

@@ -1,9 +1,12 @@
 #include <natgrad/core/threads.h>
 #include <natgrad/curvature/fisher_operator.h>
 
+#include <natgrad/core/detail/format_number.h>
+
 #include "core/check.h"
 
 #include <algorithm>
+#include <new>
 #include <cmath>
 #include <stdexcept>
 
@@ -184,14 +187,30 @@ FisherOperator<Scalar>::FisherOperator(const Sequential<Scalar>& model, const Ve
   assignment_ = plan_.assign(num_threads_);
   const Index chunk = plan_.chunk_size;
 
-  cache_ = model.make_cache(data.inputs);
-  for (int t = 0; t < num_threads_; ++t) {
-    workspaces_.push_back(model.make_workspace(chunk));
-    out_buffers_.emplace_back(model.output_size(), chunk);
-    task_scratch_.emplace_back(plan_.task_scratch);
-  }
-  cot_ = model.make_cotangents(num_samples_);
-  partials_.resize(plan_.partial_size);
+  // An allocation that fails says what it was for and how large it was.
+  auto allocating = [](const std::string& what, double bytes, auto&& allocate) {
+    try {
+      allocate();
+    } catch (const std::bad_alloc&) {
+      throw std::runtime_error("out of memory allocating " + what + " (" + detail::format_bytes(bytes) + ")");
+    }
+  };
+  double cache_bytes = double(model.input_size()) * double(num_samples_) * sizeof(Scalar);
+  for (std::size_t l = 0; l < model.num_layers(); ++l)
+    cache_bytes += double(model.layer(l).output_size()) * double(num_samples_) * sizeof(Scalar);
+  allocating("the forward cache of " + std::to_string(num_samples_) + " samples", cache_bytes,
+             [&] { cache_ = model.make_cache(data.inputs); });
+  allocating("the per-thread workspaces", double(num_threads_) * double(chunk) * double(model.max_width()) * 2 * sizeof(Scalar), [&] {
+    for (int t = 0; t < num_threads_; ++t) {
+      workspaces_.push_back(model.make_workspace(chunk));
+      out_buffers_.emplace_back(model.output_size(), chunk);
+      task_scratch_.emplace_back(plan_.task_scratch);
+    }
+  });
+  allocating("the stored cotangents of " + std::to_string(num_samples_) + " samples",
+             double(plan_.cotangent_size) * sizeof(Scalar), [&] { cot_ = model.make_cotangents(num_samples_); });
+  allocating("the partial gradients", double(plan_.partial_size) * sizeof(Scalar),
+             [&] { partials_.resize(plan_.partial_size); });
   chunk_loss_.assign(static_cast<std::size_t>(plan_.num_chunks), 0.0);
   work_.assign(static_cast<std::size_t>(num_threads_), 0.0);
 

@@ -1,3 +1,4 @@
+#include <natgrad/core/detail/format_number.h>
 #include <natgrad/core/threads.h>
 #include <natgrad/model/sequential.h>
 #include <natgrad/natural_gradient/memory_estimate.h>
@@ -85,14 +86,7 @@ MemoryEstimate estimate_solve_memory(const ModelSpec& spec, Index batch, Index c
              : estimate<double>(spec, batch, curvature_batch, fisher, top_k, threads, diagonal_preconditioner);
 }
 
-std::string format_bytes(double bytes) {
-  char buf[32];
-  if (bytes < 1024) std::snprintf(buf, sizeof buf, "%.0f B", bytes);
-  else if (bytes < 1048576.0) std::snprintf(buf, sizeof buf, "%.1f KiB", bytes / 1024);
-  else if (bytes < 1073741824.0) std::snprintf(buf, sizeof buf, "%.1f MiB", bytes / 1048576.0);
-  else std::snprintf(buf, sizeof buf, "%.2f GiB", bytes / 1073741824.0);
-  return buf;
-}
+std::string format_bytes(double bytes) { return detail::format_bytes(bytes); }
 
 std::string MemoryEstimate::report() const {
   auto b = [](std::size_t v) { return format_bytes(double(v)); };

@@ -1,10 +1,13 @@
 #include <natgrad/natural_gradient/solve_natural_gradient.h>
 
+#include <natgrad/core/detail/format_number.h>
+
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <limits>
 #include <memory>
+#include <new>
 #include <sstream>
 #include <stdexcept>
 
@@ -85,8 +88,15 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Sequential<Scalar>& m
   full.reset();  // the full batch's activations and slots are not needed by the solve
 
   t = clock::now();
-  CgWorkspace<Scalar> ws(F.rows());
-  r.direction = Vec<Scalar>::Zero(F.rows());
+  CgWorkspace<Scalar> ws;
+  try {
+    ws.resize(F.rows());
+    r.direction = Vec<Scalar>::Zero(F.rows());
+  } catch (const std::bad_alloc&) {
+    throw std::runtime_error("out of memory allocating conjugate gradient's vectors (6 x " +
+                             std::to_string(F.rows()) + " parameters, " +
+                             detail::format_bytes(6.0 * double(F.rows()) * sizeof(Scalar)) + ")");
+  }
   if (options.preconditioner == PreconditionerKind::diagonal) {
     DiagonalPreconditioner<Scalar> M(F.empirical_fisher_diagonal(), options.fisher.damping,
                                      options.preconditioner_exponent);
