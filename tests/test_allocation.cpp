@@ -233,6 +233,39 @@ TEST(MemoryEstimate, BoundsTheHeapPeakOfASolveTightly) {
   }
 }
 
+// The embedded default run exactly as `solve-natural-gradient` makes it: MLP 784-256-256-10 (tanh) after a
+// flatten, 1000 samples, λ = 1e-3, CG to 1e-6 (here at most 20 iterations), the top-10 spectrum and the
+// condition number.
+TEST(MemoryEstimate, BoundsTheHeapPeakOfTheDefaultRunWithItsSpectrum) {
+  ModelSpec spec;
+  spec.input_shape = {1, 28, 28};
+  spec.layers = {LayerSpec::flatten(), LayerSpec::linear(784, 256), LayerSpec::activation(LayerType::tanh),
+                 LayerSpec::linear(256, 256), LayerSpec::activation(LayerType::tanh), LayerSpec::linear(256, 10)};
+  Sequential<float> model(spec);
+  const Vec<float> theta = init_parameters(model, 0);
+  const Dataset<float> data = random_dataset(model, 1000, LikelihoodKind::categorical, 2);
+  NaturalGradientOptions options;
+  options.fisher.damping = 1e-3;
+  options.fisher.num_threads = 2;
+  options.cg.max_iterations = 20;
+  options.spectrum_top_k = 10;
+  options.spectrum.tolerance = 1e-8;
+  options.condition_number = true;
+  const MemoryEstimate estimate =
+      estimate_solve_memory(spec, data.size(), 0, sizeof(float), options.fisher, 10, 2, false);
+  long long peak = 0;
+  {
+    HeapPeak heap;
+    const auto r = solve_natural_gradient(model, theta, LikelihoodKind::categorical, data, options);
+    peak = heap.bytes();
+    ASSERT_TRUE(r.ok()) << r.failure;
+  }
+  EXPECT_LE(peak, static_cast<long long>(estimate.total)) << estimate.report();
+  EXPECT_GE(peak, static_cast<long long>(0.85 * double(estimate.total))) << estimate.report();
+  std::cout << "[ info ] default run: heap peak " << peak / 1024 << " KiB, estimate " << estimate.total / 1024
+            << " KiB\n";
+}
+
 // The same bound on a run over as many samples as Fashion-MNIST's training split (60,000), where the batch,
 // the activations and the stored cotangents, not the parameters, are most of the memory.
 TEST(MemoryEstimate, BoundsTheHeapPeakOfASolveOnSixtyThousandSamples) {
