@@ -6,6 +6,7 @@
 
 #ifdef NATGRAD_HAVE_OPENMP
 #include <omp.h>
+#include "core/fail.h"
 #endif
 
 namespace natgrad {
@@ -24,7 +25,7 @@ int available_cores() {
 
 void set_num_threads(int threads) {
   if (threads < 0)
-    throw std::invalid_argument("the thread count must be >= 1, or 0 for all cores; got " + std::to_string(threads));
+    detail::fail("the thread count must be >= 1, or 0 for all cores; got " + std::to_string(threads));
   g_threads = threads == 0 ? available_cores() : threads;
 }
 

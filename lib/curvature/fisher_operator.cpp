@@ -12,6 +12,7 @@
 
 #ifdef NATGRAD_HAVE_OPENMP
 #include <omp.h>
+#include "core/fail.h"
 #endif
 
 namespace natgrad {
@@ -167,9 +168,9 @@ FisherOperator<Scalar>::FisherOperator(const Sequential<Scalar>& model, const Ve
       num_params_(model.num_params()),
       num_samples_(data.size()) {
   std::string why;
-  if (!options.is_valid(&why)) throw std::invalid_argument("FisherOptions: " + why);
+  if (!options.is_valid(&why)) detail::fail("FisherOptions: " + why);
   model.check_params(theta.size());
-  if (num_samples_ == 0) throw std::invalid_argument("the batch is empty");
+  if (num_samples_ == 0) detail::fail("the batch is empty");
   if (options.kind == FisherKind::empirical || likelihood == LikelihoodKind::categorical ||
       data.targets.size() > 0)
     check_targets(likelihood, data, model.output_size());
@@ -268,7 +269,7 @@ void FisherOperator<Scalar>::run_forward() {
 template <typename Scalar>
 void FisherOperator<Scalar>::set_damping(double lambda) {
   if (!(lambda >= 0) || !std::isfinite(lambda))
-    throw std::invalid_argument("damping must be finite and >= 0, got " + std::to_string(lambda));
+    detail::fail("damping must be finite and >= 0, got " + std::to_string(lambda));
   damping_ = lambda;
 }
 
@@ -367,7 +368,7 @@ void FisherOperator<Scalar>::perform_op(const Scalar* x, Scalar* y) const {
 template <typename Scalar>
 void FisherOperator<Scalar>::require_targets(const char* what) const {
   if (data_.labels.empty() && data_.targets.size() == 0)
-    throw std::invalid_argument(std::string(what) + " requires targets, and this batch has none");
+    detail::fail(std::string(what) + " requires targets, and this batch has none");
 }
 
 template <typename Scalar>

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <stdexcept>
+#include "core/fail.h"
 
 namespace natgrad {
 
@@ -24,20 +25,20 @@ Vec<Scalar> load_parameters(const std::string& path, const Sequential<Scalar>& m
     if (!f.contains(p.name)) {
       std::string present;
       for (const std::string& n : f.names()) present += (present.empty() ? "" : ", ") + n;
-      throw std::invalid_argument(path + ": missing tensor \"" + p.name + "\" of shape " + shape_to_string(p.shape) +
+      detail::fail(path + ": missing tensor \"" + p.name + "\" of shape " + shape_to_string(p.shape) +
                                   " (the file holds: " + (present.empty() ? "no tensors" : present) + ")");
     }
     const TensorInfo& t = f.info(p.name);
     if (t.dtype == DType::I64 || t.dtype == DType::I32 || t.dtype == DType::U8)
-      throw std::invalid_argument(path + ": tensor \"" + p.name + "\" has dtype " + to_string(t.dtype) +
+      detail::fail(path + ": tensor \"" + p.name + "\" has dtype " + to_string(t.dtype) +
                                   "; parameters must be F32, F64, F16 or BF16");
     if (Shape(t.shape.begin(), t.shape.end()) != p.shape)
-      throw std::invalid_argument(path + ": tensor \"" + p.name + "\" has shape " + shape_str(t.shape) +
+      detail::fail(path + ": tensor \"" + p.name + "\" has shape " + shape_str(t.shape) +
                                   " but the model expects " + shape_to_string(p.shape));
     const std::vector<Scalar> v = f.get<Scalar>(p.name);
     for (std::size_t i = 0; i < v.size(); ++i)
       if (!std::isfinite(v[i]))
-        throw std::invalid_argument(path + ": tensor \"" + p.name + "\" has a non-finite value (" + std::to_string(double(v[i])) +
+        detail::fail(path + ": tensor \"" + p.name + "\" has a non-finite value (" + std::to_string(double(v[i])) +
                                     ") at flat index " + std::to_string(i));
     std::copy(v.begin(), v.end(), theta.data() + p.offset);
     if (t.dtype != own && std::find(converted.begin(), converted.end(), to_string(t.dtype)) == converted.end())
@@ -54,7 +55,7 @@ Vec<Scalar> load_parameters(const std::string& path, const Sequential<Scalar>& m
     if (!known) {
       std::string expected;
       for (const NamedParam& p : model.named_params()) expected += (expected.empty() ? "" : ", ") + p.name;
-      throw std::invalid_argument(path + ": unexpected tensor \"" + name + "\" (the model's parameters are " +
+      detail::fail(path + ": unexpected tensor \"" + name + "\" (the model's parameters are " +
                                   expected + ")");
     }
   }
@@ -65,7 +66,7 @@ template <typename Scalar>
 void save_parameters(const std::string& path, const Sequential<Scalar>& model, const Vec<Scalar>& v, DType dtype,
                      const std::map<std::string, std::string>& metadata) {
   model.check_params(v.size());
-  if (dtype != DType::F32 && dtype != DType::F64) throw std::invalid_argument(path + ": can only write F32 or F64");
+  if (dtype != DType::F32 && dtype != DType::F64) detail::fail(path + ": can only write F32 or F64");
   const Vec<float> vf = v.template cast<float>();
   const Vec<double> vd = v.template cast<double>();
   std::vector<TensorView> views;

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
+#include "core/fail.h"
 
 namespace natgrad {
 
@@ -30,13 +31,13 @@ const char* to_string(FisherKind kind) {
 LikelihoodKind likelihood_from_string(const std::string& name) {
   for (auto k : {LikelihoodKind::categorical, LikelihoodKind::gaussian, LikelihoodKind::bernoulli})
     if (name == to_string(k)) return k;
-  throw std::invalid_argument("unknown likelihood \"" + name + "\" (known: categorical, gaussian, bernoulli)");
+  detail::fail("unknown likelihood \"" + name + "\" (known: categorical, gaussian, bernoulli)");
 }
 
 FisherKind fisher_kind_from_string(const std::string& name) {
   for (auto k : {FisherKind::exact, FisherKind::mc, FisherKind::empirical})
     if (name == to_string(k)) return k;
-  throw std::invalid_argument("unknown Fisher kind \"" + name + "\" (known: exact, mc, empirical)");
+  detail::fail("unknown Fisher kind \"" + name + "\" (known: exact, mc, empirical)");
 }
 
 template <typename Scalar>
@@ -44,21 +45,21 @@ void check_targets(LikelihoodKind kind, const Dataset<Scalar>& data, Index C) {
   const Index N = data.size();
   if (kind == LikelihoodKind::categorical) {
     if (static_cast<Index>(data.labels.size()) != N)
-      throw std::invalid_argument("categorical likelihood needs " + std::to_string(N) + " class labels, got " +
+      detail::fail("categorical likelihood needs " + std::to_string(N) + " class labels, got " +
                                   std::to_string(data.labels.size()));
     for (std::size_t n = 0; n < data.labels.size(); ++n)
       if (data.labels[n] < 0 || data.labels[n] >= C)
-        throw std::invalid_argument("class label " + std::to_string(data.labels[n]) + " of sample " + std::to_string(n) +
+        detail::fail("class label " + std::to_string(data.labels[n]) + " of sample " + std::to_string(n) +
                                     " is outside [0, " + std::to_string(C) + ")");
     return;
   }
   if (data.targets.rows() != C || data.targets.cols() != N)
-    throw std::invalid_argument(std::string(to_string(kind)) + " likelihood needs targets of shape [" +
+    detail::fail(std::string(to_string(kind)) + " likelihood needs targets of shape [" +
                                 std::to_string(N) + ", " + std::to_string(C) + "], got [" +
                                 std::to_string(data.targets.cols()) + ", " + std::to_string(data.targets.rows()) + "]");
-  if (!data.targets.allFinite()) throw std::invalid_argument("targets contain NaN or Inf");
+  if (!data.targets.allFinite()) detail::fail("targets contain NaN or Inf");
   if (kind == LikelihoodKind::bernoulli && (data.targets.minCoeff() < 0 || data.targets.maxCoeff() > 1))
-    throw std::invalid_argument("bernoulli targets must lie in [0, 1]");
+    detail::fail("bernoulli targets must lie in [0, 1]");
 }
 
 using detail::sigmoid;

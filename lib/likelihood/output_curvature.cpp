@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <stdexcept>
+#include "core/fail.h"
 
 namespace natgrad {
 
@@ -13,7 +14,7 @@ OutputCurvature<Scalar>::OutputCurvature(LikelihoodKind likelihood, FisherKind k
     : likelihood_(likelihood), kind_(kind), draws_(kind == FisherKind::mc ? mc_samples : 1),
       num_outputs_(Z.rows()), num_samples_(Z.cols()) {
   if (kind == FisherKind::mc && mc_samples < 1)
-    throw std::invalid_argument("mc_samples must be at least 1, got " + std::to_string(mc_samples));
+    detail::fail("mc_samples must be at least 1, got " + std::to_string(mc_samples));
   const Index C = num_outputs_, N = num_samples_;
   switch (kind) {
     case FisherKind::exact:

@@ -1,6 +1,7 @@
 #include <natgrad/model/layer_spec.h>
 
 #include <stdexcept>
+#include "core/fail.h"
 
 namespace natgrad {
 
@@ -28,7 +29,7 @@ LayerType layer_type_from_string(const std::string& name) {
     if (name == t.name) return t.type;
   std::string known;
   for (const auto& t : kTypeNames) known += std::string(known.empty() ? "" : ", ") + t.name;
-  throw std::invalid_argument("unknown layer type \"" + name + "\" (known: " + known + ")");
+  detail::fail("unknown layer type \"" + name + "\" (known: " + known + ")");
 }
 
 LayerSpec LayerSpec::linear(Index in, Index out, bool bias) {

@@ -5,6 +5,7 @@
 
 #include "core/check.h"
 #include "model/layers.h"
+#include "core/fail.h"
 
 namespace natgrad {
 
@@ -27,16 +28,16 @@ std::unique_ptr<Layer<Scalar>> make_layer(const LayerSpec& spec, const Shape& in
 
 template <typename Scalar>
 Sequential<Scalar>::Sequential(const ModelSpec& spec) : spec_(spec) {
-  if (spec.input_shape.empty()) throw std::invalid_argument("model: input_shape is empty");
+  if (spec.input_shape.empty()) detail::fail("model: input_shape is empty");
   double elements = 1;
   for (Index d : spec.input_shape) {
     if (d <= 0)
-      throw std::invalid_argument("model: input_shape " + shape_to_string(spec.input_shape) +
+      detail::fail("model: input_shape " + shape_to_string(spec.input_shape) +
                                   " has a non-positive dimension");
     elements *= double(d);
   }
   if (elements > detail::kMaxElements)
-    throw std::invalid_argument("model: input_shape " + shape_to_string(spec.input_shape) +
+    detail::fail("model: input_shape " + shape_to_string(spec.input_shape) +
                                 " has more than 2^40 elements");
   Shape shape = spec.input_shape;
   max_width_ = shape_size(shape);
@@ -73,14 +74,14 @@ Sequential<Scalar>::Sequential(const ModelSpec& spec) : spec_(spec) {
 template <typename Scalar>
 void Sequential<Scalar>::check_params(Index size) const {
   if (size != num_params_)
-    throw std::invalid_argument("parameter vector has " + std::to_string(size) +
+    detail::fail("parameter vector has " + std::to_string(size) +
                                 " entries but the model has " + std::to_string(num_params_) + " parameters");
 }
 
 template <typename Scalar>
 ForwardCache<Scalar> Sequential<Scalar>::make_cache(const Mat<Scalar>& inputs) const {
   if (inputs.rows() != input_size())
-    throw std::invalid_argument("inputs have " + std::to_string(inputs.rows()) +
+    detail::fail("inputs have " + std::to_string(inputs.rows()) +
                                 " features per sample but the model's input_shape " +
                                 shape_to_string(input_shape()) + " has " + std::to_string(input_size()));
   ForwardCache<Scalar> cache;

@@ -10,6 +10,7 @@
 #include <new>
 #include <sstream>
 #include <stdexcept>
+#include "core/fail.h"
 
 namespace natgrad {
 
@@ -40,15 +41,15 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Sequential<Scalar>& m
   auto seconds = [](clock::time_point a) { return std::chrono::duration<double>(clock::now() - a).count(); };
   const auto t0 = clock::now();
   std::string why;
-  if (!options.is_valid(&why)) throw std::invalid_argument("NaturalGradientOptions: " + why);
+  if (!options.is_valid(&why)) detail::fail("NaturalGradientOptions: " + why);
   const Index N = options.batch > 0 ? options.batch : data.size();
-  if (N == 0) throw std::invalid_argument("the batch is empty");
+  if (N == 0) detail::fail("the batch is empty");
   if (N > data.size())
-    throw std::invalid_argument("batch " + std::to_string(N) + " exceeds the " + std::to_string(data.size()) +
+    detail::fail("batch " + std::to_string(N) + " exceeds the " + std::to_string(data.size()) +
                                 " samples in the data");
   const Index Nc = options.curvature_batch > 0 ? options.curvature_batch : N;
   if (Nc > N)
-    throw std::invalid_argument("curvature_batch " + std::to_string(Nc) + " exceeds the batch " +
+    detail::fail("curvature_batch " + std::to_string(Nc) + " exceeds the batch " +
                                 std::to_string(N));
 
   NaturalGradientResult<Scalar> r;

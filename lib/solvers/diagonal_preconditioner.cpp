@@ -3,6 +3,7 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
+#include "core/fail.h"
 
 namespace natgrad {
 
@@ -11,24 +12,24 @@ const char* to_string(PreconditionerKind kind) { return kind == PreconditionerKi
 PreconditionerKind preconditioner_from_string(const std::string& name) {
   if (name == "none") return PreconditionerKind::none;
   if (name == "diagonal") return PreconditionerKind::diagonal;
-  throw std::invalid_argument("unknown preconditioner \"" + name + "\" (known: none, diagonal)");
+  detail::fail("unknown preconditioner \"" + name + "\" (known: none, diagonal)");
 }
 
 template <typename Scalar>
 DiagonalPreconditioner<Scalar>::DiagonalPreconditioner(const Vec<Scalar>& d, double damping, double alpha) {
   if (!(damping >= 0) || !std::isfinite(damping))
-    throw std::invalid_argument("diagonal preconditioner: damping must be finite and >= 0, got " + std::to_string(damping));
+    detail::fail("diagonal preconditioner: damping must be finite and >= 0, got " + std::to_string(damping));
   if (!(alpha >= 0 && alpha <= 1))
-    throw std::invalid_argument("diagonal preconditioner: exponent must be in [0, 1], got " + std::to_string(alpha));
+    detail::fail("diagonal preconditioner: exponent must be in [0, 1], got " + std::to_string(alpha));
   inv_.resize(d.size());
   for (Index i = 0; i < d.size(); ++i) {
     const double v = double(d[i]);
     if (!(v >= 0) || !std::isfinite(v))
-      throw std::invalid_argument("diagonal preconditioner: entry " + std::to_string(i) + " is " + std::to_string(v) +
+      detail::fail("diagonal preconditioner: entry " + std::to_string(i) + " is " + std::to_string(v) +
                                   " (must be finite and >= 0)");
     const double m = std::pow(v + damping, alpha);
     if (!(m > 0))
-      throw std::invalid_argument("diagonal preconditioner: entry " + std::to_string(i) +
+      detail::fail("diagonal preconditioner: entry " + std::to_string(i) +
                                   " of diag + damping is 0; add damping");
     inv_[i] = static_cast<Scalar>(1.0 / m);
   }
