@@ -53,6 +53,14 @@ int run_solve(Args& a) {
     }
     return g_signal ? CallbackResult::stop : CallbackResult::keep_going;
   };
+  // The forward pass and the gradient: a line at least every 2 s, with the time left at the rate so far.
+  double last_phase_line = 0;
+  opt.fisher.on_progress = [&](const char* phase, Index done, Index total) {
+    const double t = progress.elapsed();
+    if (t - last_phase_line < 2.0 || done == total) return;
+    last_phase_line = t;
+    progress.line("%s: %lld of %lld chunks", phase, static_cast<long long>(done), static_cast<long long>(total));
+  };
   opt.on_gradient = [&](double loss, double gnorm) {
     progress.line("loss %.8f, gradient norm %.6e; solving (F + lambda I) d = g", loss, gnorm);
   };

@@ -418,3 +418,31 @@ TEST(FisherParallelism, EightThreadsShareTheWorkAndMatchOneThreadBitForBit) {
     std::cout << "\n";
   }
 }
+
+// Long one-off passes report progress: the forward pass at construction and gradient(), chunk by chunk up to
+// the total; products do not.
+TEST(FisherProgress, ForwardAndGradientReportTheirChunks) {
+  Sequential<double> model(mlp_spec(4, 6, 3));
+  const Vec<double> theta = init_parameters(model, 1);
+  const Dataset<double> data = random_dataset(model, 50, LikelihoodKind::categorical, 2);
+  std::vector<std::pair<std::string, Index>> calls;
+  FisherOptions opt;
+  opt.chunk_size = 8;  // 7 chunks
+  opt.num_threads = 1;
+  Index total = 0;
+  opt.on_progress = [&](const char* phase, Index done, Index all) {
+    calls.emplace_back(phase, done);
+    total = all;
+  };
+  FisherOperator<double> F(model, theta, LikelihoodKind::categorical, data, opt);
+  ASSERT_EQ(calls.size(), 7u);
+  EXPECT_EQ(calls.back(), std::make_pair(std::string("forward"), Index(7)));
+  EXPECT_EQ(total, 7);
+  calls.clear();
+  F.gradient();
+  ASSERT_EQ(calls.size(), 7u);
+  EXPECT_EQ(calls.front(), std::make_pair(std::string("gradient"), Index(1)));
+  calls.clear();
+  apply(F, random_vec<double>(F.cols(), 3));
+  EXPECT_TRUE(calls.empty());
+}

@@ -6,6 +6,7 @@
 #include "core/check.h"
 
 #include <algorithm>
+#include <atomic>
 #include <new>
 #include <cmath>
 #include <stdexcept>
@@ -234,12 +235,16 @@ void FisherOperator<Scalar>::run_forward() {
   const Index cs = plan_.chunk_size;
   const std::size_t none = cache_.acts.size();
   std::vector<std::pair<std::size_t, Index>> first_bad(static_cast<std::size_t>(plan_.num_chunks), {none, 0});
+  std::atomic<Index> chunks_done{0};
+  const bool report = static_cast<bool>(options_.on_progress);
 #ifdef NATGRAD_HAVE_OPENMP
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads_)
 #endif
   for (Index k = 0; k < plan_.num_chunks; ++k) {
     const Index c0 = k * cs, n = std::min(cs, num_samples_ - c0);
     model_.forward(theta_.data(), cache_, c0, n);
+    const Index done = ++chunks_done;
+    if (report && thread_id() == 0) options_.on_progress("forward", done, plan_.num_chunks);
     for (std::size_t l = 0; l < cache_.acts.size(); ++l) {
       const auto block = cache_.acts[l].middleCols(c0, n);
       // x·0 is 0 for every finite x and NaN otherwise: one vectorized pass, no per-element branch.
@@ -275,9 +280,12 @@ void FisherOperator<Scalar>::set_damping(double lambda) {
 
 template <typename Scalar>
 template <typename Head>
-void FisherOperator<Scalar>::run(Head head, Scalar scale, const Scalar* x, Scalar lambda, Scalar* y) const {
+void FisherOperator<Scalar>::run(Head head, Scalar scale, const Scalar* x, Scalar lambda, Scalar* y,
+                                 const char* phase) const {
   const Index cs = plan_.chunk_size, C = model_.output_size();
   std::fill(work_.begin(), work_.end(), 0.0);
+  std::atomic<Index> chunks_done{0};
+  const bool report = phase != nullptr && static_cast<bool>(options_.on_progress);
 #ifdef NATGRAD_HAVE_OPENMP
 #pragma omp parallel num_threads(num_threads_)
 #endif
@@ -296,6 +304,8 @@ void FisherOperator<Scalar>::run(Head head, Scalar scale, const Scalar* x, Scala
       head(k, c0, n, out, ws);
       model_.backprop_cotangents(theta_.data(), cache_, c0, n, ConstMatMap<Scalar>(out.data(), C, n), cot_, ws);
       work += plan_.chunk_macs_per_sample * double(n);
+      const Index done = ++chunks_done;
+      if (report && t == 0) options_.on_progress(phase, done, plan_.num_chunks);
     }
 #ifdef NATGRAD_HAVE_OPENMP
 #pragma omp barrier
@@ -384,7 +394,7 @@ const Vec<Scalar>& FisherOperator<Scalar>::gradient() const {
         chunk_loss_[static_cast<std::size_t>(k)] = nll_sum<Scalar>(likelihood_, z, data_, c0);
         nll_gradient<Scalar>(likelihood_, z, data_, c0, gz);
       },
-      Scalar(1) / Scalar(num_samples_), nullptr, Scalar(0), gradient_.data());
+      Scalar(1) / Scalar(num_samples_), nullptr, Scalar(0), gradient_.data(), "gradient");
   loss_ = 0;
   for (double l : chunk_loss_) loss_ += l;  // in chunk order
   loss_ /= static_cast<double>(num_samples_);

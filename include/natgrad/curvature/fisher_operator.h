@@ -49,6 +49,7 @@
 #include <natgrad/model/sequential.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -70,6 +71,10 @@ struct FisherOptions {
   Index chunk_size = 0;
   /// Threads; 0 (default) uses the library-wide count, natgrad::num_threads() (core/threads.h).
   int num_threads = 0;
+  /// Progress of the long one-off passes, called by the first thread after each of its chunks of the forward
+  /// pass ("forward") and of gradient() ("gradient") with the chunks done so far and the total (not during
+  /// products). It runs inside the parallel region: keep it cheap and rate-limit any printing. Optional.
+  std::function<void(const char* phase, Index done, Index total)> on_progress;
 
   /// True if every field is in range; otherwise false with the reason in *why.
   bool is_valid(std::string* why) const;
@@ -177,7 +182,7 @@ class FisherOperator {
   // Phase A: head(c0, n, out, ws) leaves the output cotangent of chunk [c0, c0 + n) in out (C × n); then
   // it is backpropagated and stored in cot_. Phases B and C: y = scale · Σ_n J_nᵀ g_n + λ x.
   template <typename Head>
-  void run(Head head, Scalar scale, const Scalar* x, Scalar lambda, Scalar* y) const;
+  void run(Head head, Scalar scale, const Scalar* x, Scalar lambda, Scalar* y, const char* phase = nullptr) const;
   void run_forward();
   void require_targets(const char* what) const;
 
