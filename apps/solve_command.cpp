@@ -54,12 +54,19 @@ int run_solve(Args& a) {
     return g_signal ? CallbackResult::stop : CallbackResult::keep_going;
   };
   // The forward pass and the gradient: a line at least every 2 s, with the time left at the rate so far.
-  double last_phase_line = 0;
+  double last_phase_line = 0, phase_start = 0;
+  const char* current_phase = nullptr;
   opt.fisher.on_progress = [&](const char* phase, Index done, Index total) {
     const double t = progress.elapsed();
+    if (phase != current_phase) {  // the first chunk of a pass: its start is about one chunk ago
+      current_phase = phase;
+      phase_start = last_phase_line = t;
+    }
     if (t - last_phase_line < 2.0 || done == total) return;
     last_phase_line = t;
-    progress.line("%s: %lld of %lld chunks", phase, static_cast<long long>(done), static_cast<long long>(total));
+    const double eta = (t - phase_start) / double(std::max<Index>(done - 1, 1)) * double(total - done);
+    progress.line("%s: %lld of %lld chunks, eta %.0f s", phase, static_cast<long long>(done),
+                  static_cast<long long>(total), eta);
   };
   opt.on_gradient = [&](double loss, double gnorm) {
     progress.line("loss %.8f, gradient norm %.6e; solving (F + lambda I) d = g", loss, gnorm);

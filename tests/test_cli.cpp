@@ -97,6 +97,8 @@ TEST_F(Cli, FvpEqualsTheLibraryCall) {
     const Vec<float> v = load_parameters<float>(p("v.safetensors"), *l.model);
     const Vec<float> ref = apply(F, v);
     EXPECT_EQ(load_parameters<float>(p("fv.safetensors"), *l.model), ref) << kind;
+    // The printed quadratic form includes the damping, and says so.
+    EXPECT_NE(r.out.find("v^T (F + 0.5 I) v = "), std::string::npos) << r.out;
   }
 }
 
