@@ -4,9 +4,10 @@
 #include <stdexcept>
 #include <string>
 
+#include "core/fail.h"
+
 #ifdef NATGRAD_HAVE_OPENMP
 #include <omp.h>
-#include "core/fail.h"
 #endif
 
 namespace natgrad {

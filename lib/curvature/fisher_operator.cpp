@@ -10,10 +10,10 @@
 #include <new>
 #include <cmath>
 #include <stdexcept>
+#include "core/fail.h"
 
 #ifdef NATGRAD_HAVE_OPENMP
 #include <omp.h>
-#include "core/fail.h"
 #endif
 
 namespace natgrad {
