@@ -14,7 +14,7 @@ namespace cli {
 int run_info(Args& a) {
   if (a.model.empty()) usage_error("--model is required");
   const ModelFile m = read_model_spec(a.model);
-  const Sequential<double> model(m.spec);
+  const Network<double> model(m.spec);
   std::printf("model %s: input %s, likelihood %s\n", a.model.c_str(), shape_to_string(m.spec.input_shape).c_str(),
               to_string(m.likelihood));
   std::printf("  %-5s %-11s %-18s %12s\n", "index", "type", "output shape", "parameters");

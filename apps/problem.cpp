@@ -42,8 +42,8 @@ Problem<Scalar> load_problem(Args& a, bool allow_default, const Progress& progre
     p.file = read_model_spec(a.model);
     p.model_label = a.model;
   }
-  p.model = std::make_unique<Sequential<Scalar>>(p.file.spec);
-  const Sequential<Scalar>& model = *p.model;
+  p.model = std::make_unique<Network<Scalar>>(p.file.spec);
+  const Network<Scalar>& model = *p.model;
 
   p.data = load_dataset<Scalar>(a.data, p.file.spec.input_shape, p.file.likelihood, model.output_size(), Split::train,
                                 a.batch);

@@ -7,7 +7,7 @@
 #include <natgrad/core/dataset.h>
 #include <natgrad/io/model_spec_json.h>
 #include <natgrad/io/safetensors.h>
-#include <natgrad/model/sequential.h>
+#include <natgrad/model/network.h>
 
 #include <cstddef>
 #include <memory>
@@ -22,7 +22,7 @@ ModelFile default_model();
 template <typename Scalar>
 struct Problem {
   ModelFile file;
-  std::unique_ptr<Sequential<Scalar>> model;
+  std::unique_ptr<Network<Scalar>> model;
   Vec<Scalar> theta;
   Dataset<Scalar> data;
   bool embedded = false;

@@ -38,7 +38,7 @@ using bench::mlp;
 struct FlopModel {
   double forward = 0, weight = 0, input = 0, first_input = 0;
 };
-FlopModel flops_per_sample(const Sequential<float>& m) {
+FlopModel flops_per_sample(const Network<float>& m) {
   FlopModel f;
   bool first = true;
   for (std::size_t l = 0; l < m.num_layers(); ++l) {
@@ -59,7 +59,7 @@ double gradient_flops(const FlopModel& f) { return f.forward + f.weight + f.inpu
 double fvp_flops(const FlopModel& f) { return (f.weight + f.input) * 2; }
 
 struct Setup {
-  std::unique_ptr<Sequential<float>> model;
+  std::unique_ptr<Network<float>> model;
   Vec<float> theta;
   Dataset<float> data;
   std::unique_ptr<FisherOperator<float>> F;
@@ -72,7 +72,7 @@ Setup& setup(const std::string& key, const ModelSpec& spec, Index batch, FisherK
   auto& s = cache[key];
   if (s) return *s;
   s = std::make_unique<Setup>();
-  s->model = std::make_unique<Sequential<float>>(spec);
+  s->model = std::make_unique<Network<float>>(spec);
   s->theta = init_parameters(*s->model, 0);
   const CounterRng rng(1, 1);
   s->data.inputs.resize(s->model->input_size(), batch);

@@ -18,7 +18,7 @@ using namespace natgrad;
 
 namespace {
 void report(const char* name, const ModelSpec& spec, Index N, const std::vector<int>& threads) {
-  const Sequential<float> model(spec);
+  const Network<float> model(spec);
   const FisherPlan plan = FisherPlan::make(model, N, FisherOptions());
   double total_b = 0;
   for (const auto& t : plan.tasks) total_b += t.macs;

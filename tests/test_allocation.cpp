@@ -128,7 +128,7 @@ TYPED_TEST(SecondProduct, AllocatesNothing) {
   for (const auto& [label, spec] : models)
     for (FisherKind kind : {FisherKind::exact, FisherKind::mc, FisherKind::empirical}) {
       SCOPED_TRACE(std::string(label) + " " + to_string(kind));
-      Sequential<Scalar> model(spec);
+      Network<Scalar> model(spec);
       const Vec<Scalar> theta = init_parameters(model, 1);
       const Dataset<Scalar> data = random_dataset(model, 700, LikelihoodKind::categorical, 2);
       FisherOptions options;
@@ -195,7 +195,7 @@ TEST(CallerBufferGemm, EqualsEigensProductBitForBit) {
 // that this peak does not). With and without a separate, smaller curvature batch.
 TEST(MemoryEstimate, BoundsTheHeapPeakOfASolveTightly) {
   const ModelSpec spec = mlp_spec(784, 512, 10);
-  Sequential<float> model(spec);
+  Network<float> model(spec);
   const Vec<float> theta = init_parameters(model, 1);
   const Dataset<float> data = random_dataset(model, 600, LikelihoodKind::categorical, 2);
   struct Case {
@@ -241,7 +241,7 @@ TEST(MemoryEstimate, BoundsTheHeapPeakOfTheDefaultRunWithItsSpectrum) {
   spec.input_shape = {1, 28, 28};
   spec.layers = {LayerSpec::flatten(), LayerSpec::linear(784, 256), LayerSpec::activation(LayerType::tanh),
                  LayerSpec::linear(256, 256), LayerSpec::activation(LayerType::tanh), LayerSpec::linear(256, 10)};
-  Sequential<float> model(spec);
+  Network<float> model(spec);
   const Vec<float> theta = init_parameters(model, 0);
   const Dataset<float> data = random_dataset(model, 1000, LikelihoodKind::categorical, 2);
   NaturalGradientOptions options;
@@ -270,7 +270,7 @@ TEST(MemoryEstimate, BoundsTheHeapPeakOfTheDefaultRunWithItsSpectrum) {
 // the activations and the stored cotangents, not the parameters, are most of the memory.
 TEST(MemoryEstimate, BoundsTheHeapPeakOfASolveOnSixtyThousandSamples) {
   const ModelSpec spec = mlp_spec(784, 64, 10);
-  Sequential<float> model(spec);
+  Network<float> model(spec);
   const Vec<float> theta = init_parameters(model, 1);
   const Dataset<float> data = random_dataset(model, 60000, LikelihoodKind::categorical, 2);
   NaturalGradientOptions options;

@@ -56,7 +56,7 @@ class Cli : public ::testing::Test {
   static void SetUpTestSuite() {
     std::ofstream(p("model.json")) << kModel;
     const ModelFile m = read_model_spec(p("model.json"));
-    Sequential<float> model(m.spec);
+    Network<float> model(m.spec);
     save_parameters(p("w.safetensors"), model, init_parameters(model, 4), DType::F32);
     save_parameters(p("v.safetensors"), model, Vec<float>(random_vec<float>(model.num_params(), 5)), DType::F32);
     Dataset<float> d = random_dataset(model, 40, LikelihoodKind::categorical, 6);
@@ -66,14 +66,14 @@ class Cli : public ::testing::Test {
 
   struct Loaded {
     ModelFile m;
-    std::unique_ptr<Sequential<float>> model;
+    std::unique_ptr<Network<float>> model;
     Vec<float> theta;
     Dataset<float> data;
   };
   Loaded load() {
     Loaded l;
     l.m = read_model_spec(p("model.json"));
-    l.model = std::make_unique<Sequential<float>>(l.m.spec);
+    l.model = std::make_unique<Network<float>>(l.m.spec);
     l.theta = load_parameters<float>(p("w.safetensors"), *l.model);
     l.data = load_dataset<float>(p("d.safetensors"), l.m.spec.input_shape, l.m.likelihood, l.model->output_size());
     return l;
@@ -112,7 +112,7 @@ TEST_F(Cli, GaussianAndBernoulliDataThroughTheCommandLine) {
     std::ofstream(p(lk + ".json")) << spec;
     const ModelFile m = read_model_spec(p(lk + ".json"));
     ASSERT_EQ(m.likelihood, likelihood_from_string(lk));
-    Sequential<float> model(m.spec);
+    Network<float> model(m.spec);
     save_dataset(p(lk + ".safetensors"), random_dataset(model, 30, m.likelihood, 12), m.spec.input_shape);
     const std::string args = "--model " + p(lk + ".json") + " --weights " + p("w.safetensors") + " --data " +
                              p(lk + ".safetensors");
@@ -208,7 +208,7 @@ TEST_F(Cli, OutOfMemoryEndsWithASentenceAndNoOutput) {
       {"type": "linear", "in_features": 4096, "out_features": 4096}, {"type": "tanh"},
       {"type": "linear", "in_features": 4096, "out_features": 4096}, {"type": "tanh"},
       {"type": "linear", "in_features": 4096, "out_features": 10}]})";
-  Sequential<float> model(read_model_spec(p("big.json")).spec);
+  Network<float> model(read_model_spec(p("big.json")).spec);
   save_dataset(p("big_data.safetensors"), random_dataset(model, 200, LikelihoodKind::categorical, 3), {784});
   const std::string out = p("oom.safetensors");
   const std::string cmd = "ulimit -v 1200000; " + std::string(NATGRAD_CLI) + " solve --model " + p("big.json") +
@@ -280,7 +280,7 @@ TEST_F(Cli, OutputsAreBitIdenticalForOneAndTwoThreads) {
   // threads really split the work; every Fisher kind; solve, fvp and spectrum.
   {
     const ModelFile m = read_model_spec(p("model.json"));
-    Sequential<float> model(m.spec);
+    Network<float> model(m.spec);
     save_dataset(p("big.safetensors"), random_dataset(model, 300, LikelihoodKind::categorical, 41), m.spec.input_shape);
   }
   const std::string big = "--model " + p("model.json") + " --weights " + p("w.safetensors") + " --data " + p("big.safetensors");
@@ -310,7 +310,7 @@ TEST_F(Cli, OutputsAreBitIdenticalForOneAndTwoThreads) {
 
 TEST_F(Cli, NonFiniteForwardPassEndsWithoutOutput) {
   const ModelFile m = read_model_spec(p("model.json"));
-  Sequential<float> model(m.spec);
+  Network<float> model(m.spec);
   Vec<float> theta = init_parameters(model, 4);
   const NamedParam& w = model.named_params()[2];  // 4.weight, the first linear layer
   theta.segment(w.offset, w.size).setConstant(3e38f);

@@ -32,7 +32,7 @@ TYPED_TEST(FisherProduct, JacobianFromRopEqualsJacobianFromBackprop) {
   using Scalar = TypeParam;
   for (const auto& mc : model_cases(3)) {
     SCOPED_TRACE(mc.label);
-    Sequential<Scalar> model(mc.spec);
+    Network<Scalar> model(mc.spec);
     const Vec<Scalar> theta = init_parameters(model, 1);
     const Mat<Scalar> X = random_mat<Scalar>(model.input_size(), 4, 2);
     EXPECT_LT(rel_err_vec(jacobian_by_rop(model, theta, X), jacobian_by_backprop(model, theta, X)),
@@ -46,7 +46,7 @@ TYPED_TEST(FisherProduct, ExactAndEmpiricalMatchTheDenseFisher) {
     for (LikelihoodKind lk : kLikelihoods)
       for (FisherKind fk : {FisherKind::exact, FisherKind::empirical}) {
         SCOPED_TRACE(mc.label + " " + to_string(lk) + " " + to_string(fk));
-        Sequential<Scalar> model(mc.spec);
+        Network<Scalar> model(mc.spec);
         const Vec<Scalar> theta = init_parameters(model, 3);
         const Dataset<Scalar> data = random_dataset(model, 7, lk, 4);
         FisherOptions opt;
@@ -72,7 +72,7 @@ TYPED_TEST(FisherProduct, SymmetricAndPositiveSemidefinite) {
   for (const auto& mc : model_cases(4))
     for (FisherKind fk : {FisherKind::exact, FisherKind::mc, FisherKind::empirical}) {
       SCOPED_TRACE(mc.label + " " + to_string(fk));
-      Sequential<Scalar> model(mc.spec);
+      Network<Scalar> model(mc.spec);
       const Vec<Scalar> theta = init_parameters(model, 5);
       const Dataset<Scalar> data = random_dataset(model, 6, LikelihoodKind::categorical, 6);
       FisherOptions opt;
@@ -97,7 +97,7 @@ TEST(DenseReference, FiniteDifferenceJacobianAgreesWithBackpropAndRop) {
   // operator.
   for (const auto& mc : model_cases(3)) {
     SCOPED_TRACE(mc.label);
-    Sequential<double> model(mc.spec);
+    Network<double> model(mc.spec);
     const Vec<double> theta = init_parameters(model, 3);
     for (LikelihoodKind lk : kLikelihoods) {
       const Dataset<double> data = random_dataset(model, 5, lk, 4);
@@ -123,7 +123,7 @@ TEST(MonteCarloFisher, MatchesTheDenseFisherOfIndependentlyDrawnLabels) {
   // sampler itself, not only its statistics.
   for (LikelihoodKind lk : kLikelihoods) {
     SCOPED_TRACE(to_string(lk));
-    Sequential<double> model(mlp_spec(3, 5, 4));
+    Network<double> model(mlp_spec(3, 5, 4));
     const Vec<double> theta = init_parameters(model, 4);
     const Dataset<double> data = random_dataset(model, 9, lk, 5);
     FisherOptions opt;
@@ -147,7 +147,7 @@ TEST(MonteCarloFisher, ErrorFallsLikeOneOverSqrtS) {
   // E‖F̂_S v − F v‖² = σ²/S for the average of S independent label draws, so the RMS error over seeds times
   // √S estimates the same σ for every S. With 24 seeds the RMS estimate has a relative spread of about
   // 1/√48 ≈ 15%, so a band of [0.6, 1.6] around the S = 1 value is a ~3σ bound.
-  Sequential<double> model(mlp_spec(4, 5, 4));
+  Network<double> model(mlp_spec(4, 5, 4));
   const Vec<double> theta = init_parameters(model, 7);
   const Dataset<double> data = random_dataset(model, 10, LikelihoodKind::categorical, 8);
   const Vec<double> v = random_vec<double>(model.num_params(), 9);
@@ -188,7 +188,7 @@ TEST(MonteCarloFisher, ErrorFallsLikeOneOverSqrtS) {
 TEST(MonteCarloFisher, GaussianAndBernoulliAreUnbiased) {
   for (LikelihoodKind lk : {LikelihoodKind::gaussian, LikelihoodKind::bernoulli}) {
     SCOPED_TRACE(to_string(lk));
-    Sequential<double> model(mlp_spec(3, 4, 3));
+    Network<double> model(mlp_spec(3, 4, 3));
     const Vec<double> theta = init_parameters(model, 11);
     const Dataset<double> data = random_dataset(model, 5, lk, 12);
     const Vec<double> v = random_vec<double>(model.num_params(), 13);
@@ -210,8 +210,8 @@ TYPED_TEST(FisherProduct, LossGradientMatchesFiniteDifferences) {
   for (const auto& mc : model_cases(3))
     for (LikelihoodKind lk : kLikelihoods) {
       SCOPED_TRACE(mc.label + " " + to_string(lk));
-      Sequential<Scalar> model(mc.spec);
-      Sequential<double> md(mc.spec);
+      Network<Scalar> model(mc.spec);
+      Network<double> md(mc.spec);
       const Vec<Scalar> theta = init_parameters(model, 14);
       const Dataset<Scalar> data = random_dataset(model, 5, lk, 15);
       const Dataset<double> dd = data.template cast<double>();
@@ -238,8 +238,8 @@ TEST(FisherPrecision, FloatAgreesWithDouble) {
   for (const auto& mc : model_cases(4))
     for (FisherKind fk : {FisherKind::exact, FisherKind::mc, FisherKind::empirical}) {
       SCOPED_TRACE(mc.label + " " + to_string(fk));
-      Sequential<double> md(mc.spec);
-      Sequential<float> mf(mc.spec);
+      Network<double> md(mc.spec);
+      Network<float> mf(mc.spec);
       const Vec<double> theta = init_parameters(md, 16);
       const Dataset<double> data = random_dataset(md, 9, LikelihoodKind::categorical, 17);
       FisherOptions opt;
@@ -261,7 +261,7 @@ TYPED_TEST(FisherProduct, OneAndTwoThreadsAreBitIdentical) {
   for (const auto& mc : model_cases(5))
     for (FisherKind fk : {FisherKind::exact, FisherKind::mc, FisherKind::empirical}) {
       SCOPED_TRACE(mc.label + " " + to_string(fk));
-      Sequential<Scalar> model(mc.spec);
+      Network<Scalar> model(mc.spec);
       const Vec<Scalar> theta = init_parameters(model, 19);
       const Dataset<Scalar> data = random_dataset(model, 61, LikelihoodKind::categorical, 20);
       FisherOptions opt;
@@ -286,7 +286,7 @@ TYPED_TEST(FisherProduct, OneAndTwoThreadsAreBitIdentical) {
 TEST(FisherDiagonal, EmpiricalDiagonalMatchesDenseEmpiricalFisher) {
   for (const auto& mc : model_cases(3)) {
     SCOPED_TRACE(mc.label);
-    Sequential<double> model(mc.spec);
+    Network<double> model(mc.spec);
     const Vec<double> theta = init_parameters(model, 22);
     const Dataset<double> data = random_dataset(model, 7, LikelihoodKind::categorical, 23);
     FisherOperator<double> F(model, theta, LikelihoodKind::categorical, data);
@@ -298,7 +298,7 @@ TEST(FisherDiagonal, EmpiricalDiagonalMatchesDenseEmpiricalFisher) {
 TEST(FisherOperatorRebind, EqualsAFreshOperatorAtTheNewParameters) {
   for (FisherKind fk : {FisherKind::exact, FisherKind::mc, FisherKind::empirical}) {
     SCOPED_TRACE(to_string(fk));
-    Sequential<float> model(cnn_spec(4));
+    Network<float> model(cnn_spec(4));
     const Vec<float> a = init_parameters(model, 30), b = init_parameters(model, 31);
     const Dataset<float> data = random_dataset(model, 37, LikelihoodKind::categorical, 32);
     FisherOptions opt;
@@ -328,7 +328,7 @@ TEST(FisherOptionsDefaults, DependOnTheProblemNotOnThreads) {
   o.chunk_size = 7;
   EXPECT_EQ(o.chunk_for(1000), 7);
   // The plan (chunks, tasks, buffers) is the same whatever the thread count.
-  Sequential<float> model(mlp_spec(784, 1024, 10));
+  Network<float> model(mlp_spec(784, 1024, 10));
   FisherOptions a, b;
   a.num_threads = 1;
   b.num_threads = 8;
@@ -340,7 +340,7 @@ TEST(FisherOptionsDefaults, DependOnTheProblemNotOnThreads) {
 }
 
 TEST(FisherOperatorErrors, RejectsBadInput) {
-  Sequential<double> model(mlp_spec(3, 4, 2));
+  Network<double> model(mlp_spec(3, 4, 2));
   const Vec<double> theta = init_parameters(model, 1);
   const Dataset<double> data = random_dataset(model, 4, LikelihoodKind::categorical, 2);
   auto message = [&](auto f) {
@@ -393,7 +393,7 @@ TEST(FisherParallelism, EightThreadsShareTheWorkAndMatchOneThreadBitForBit) {
                 LayerSpec::linear(128, 10)};
   for (const auto& [name, spec, N] : {std::make_tuple("MLP", mlp, Index(1000)), std::make_tuple("CNN", cnn, Index(256))}) {
     SCOPED_TRACE(name);
-    Sequential<float> model(spec);
+    Network<float> model(spec);
     const Vec<float> theta = init_parameters(model, 1);
     const Dataset<float> data = random_dataset(model, N, LikelihoodKind::categorical, 2);
     const Vec<float> v = random_vec<float>(model.num_params(), 3);
@@ -422,7 +422,7 @@ TEST(FisherParallelism, EightThreadsShareTheWorkAndMatchOneThreadBitForBit) {
 // Long one-off passes report progress: the forward pass at construction and gradient(), chunk by chunk up to
 // the total; products do not.
 TEST(FisherProgress, ForwardAndGradientReportTheirChunks) {
-  Sequential<double> model(mlp_spec(4, 6, 3));
+  Network<double> model(mlp_spec(4, 6, 3));
   const Vec<double> theta = init_parameters(model, 1);
   const Dataset<double> data = random_dataset(model, 50, LikelihoodKind::categorical, 2);
   std::vector<std::pair<std::string, Index>> calls;

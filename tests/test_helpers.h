@@ -7,7 +7,7 @@
 #include <natgrad/curvature/fisher_operator.h>
 #include <natgrad/likelihood/likelihood.h>
 #include <natgrad/model/initialization.h>
-#include <natgrad/model/sequential.h>
+#include <natgrad/model/network.h>
 
 #include <gtest/gtest.h>
 
@@ -94,7 +94,7 @@ void fill_targets(Dataset<Scalar>& d, LikelihoodKind kind, Index C, uint64_t see
 }
 
 template <typename Scalar>
-Dataset<Scalar> random_dataset(const Sequential<Scalar>& model, Index N, LikelihoodKind kind, uint64_t seed) {
+Dataset<Scalar> random_dataset(const Network<Scalar>& model, Index N, LikelihoodKind kind, uint64_t seed) {
   Dataset<Scalar> d;
   d.inputs = random_mat<Scalar>(model.input_size(), N, seed);
   fill_targets(d, kind, model.output_size(), seed);
@@ -103,7 +103,7 @@ Dataset<Scalar> random_dataset(const Sequential<Scalar>& model, Index N, Likelih
 
 /// The full Jacobian of all outputs (C·N × P, row n·C + c is ∂z_{c,n}/∂θ), each row by one backprop.
 template <typename Scalar>
-Mat<Scalar> jacobian_by_backprop(const Sequential<Scalar>& model, const Vec<Scalar>& theta, const Mat<Scalar>& X) {
+Mat<Scalar> jacobian_by_backprop(const Network<Scalar>& model, const Vec<Scalar>& theta, const Mat<Scalar>& X) {
   const Index C = model.output_size(), N = X.cols(), P = model.num_params();
   auto cache = model.make_cache(X);
   model.forward(theta.data(), cache, 0, N);
@@ -123,7 +123,7 @@ Mat<Scalar> jacobian_by_backprop(const Sequential<Scalar>& model, const Vec<Scal
 
 /// The same Jacobian, each column by one R-op (forward-mode) pass with a unit parameter tangent.
 template <typename Scalar>
-Mat<Scalar> jacobian_by_rop(const Sequential<Scalar>& model, const Vec<Scalar>& theta, const Mat<Scalar>& X) {
+Mat<Scalar> jacobian_by_rop(const Network<Scalar>& model, const Vec<Scalar>& theta, const Mat<Scalar>& X) {
   const Index C = model.output_size(), N = X.cols(), P = model.num_params();
   auto cache = model.make_cache(X);
   model.forward(theta.data(), cache, 0, N);
@@ -141,7 +141,7 @@ Mat<Scalar> jacobian_by_rop(const Sequential<Scalar>& model, const Vec<Scalar>& 
 
 /// The Jacobian (C·N × P) by central finite differences of the forward pass alone, in double: independent of
 /// the library's R-op and backprop. Step h = 1e-6 gives O(h²) ≈ 1e-12 truncation plus 1e-10 rounding.
-inline Mat<double> jacobian_by_finite_differences(const Sequential<double>& model, const Vec<double>& theta,
+inline Mat<double> jacobian_by_finite_differences(const Network<double>& model, const Vec<double>& theta,
                                                   const Mat<double>& X, double h = 1e-6) {
   const Index C = model.output_size(), N = X.cols(), P = model.num_params();
   Mat<double> J(C * N, P);
@@ -224,7 +224,7 @@ Mat<double> dense_output_fisher(LikelihoodKind kind, FisherKind fk, const Vec<Sc
 
 /// F = 1/N Σ_n J_nᵀ H_n J_n in double, from the backprop Jacobian and the formula H_n.
 template <typename Scalar>
-Mat<double> dense_fisher(const Sequential<Scalar>& model, const Vec<Scalar>& theta, const Dataset<Scalar>& data,
+Mat<double> dense_fisher(const Network<Scalar>& model, const Vec<Scalar>& theta, const Dataset<Scalar>& data,
                          LikelihoodKind kind, FisherKind fk) {
   const Index C = model.output_size(), N = data.size(), P = model.num_params();
   const Mat<double> J = jacobian_by_backprop(model, theta, data.inputs).template cast<double>();

@@ -136,14 +136,14 @@ TEST(ModelSpec, ParsesPyTorchKeysAndRoundTrips) {
   EXPECT_EQ(m.spec.layers[2].stride_h, 0);  // defaults to kernel_size when built
   const ModelFile again = parse_model_spec(model_spec_to_json(m), "again");
   EXPECT_EQ(model_spec_to_json(again), model_spec_to_json(m));
-  Sequential<double> model(m.spec);
+  Network<double> model(m.spec);
   EXPECT_EQ(model.output_size(), 3);
 }
 
 TEST(ModelSpec, RejectsBadSpecs) {
   EXPECT_ERROR(parse_model_spec("{\"input_shape\": [3], \"layers\": [", "m.json"), "m.json: malformed JSON");
-  EXPECT_ERROR(parse_model_spec(R"({"input_shape": [3], "layers": [{"type": "dropout"}]})", "m.json"),
-               "m.json: layer 0: unknown layer type \"dropout\"");
+  EXPECT_ERROR(parse_model_spec(R"({"input_shape": [3], "layers": [{"type": "lstm"}]})", "m.json"),
+               "m.json: layer 0: unknown layer type \"lstm\"");
   EXPECT_ERROR(parse_model_spec(R"({"input_shape": [3], "likelihood": "poisson", "layers": []})", "m.json"),
                "unknown likelihood \"poisson\"");
   EXPECT_ERROR(parse_model_spec(R"({"input_shape": [3], "layers": [{"type": "linear", "in_features": 3, "out_features": 2, "bais": true}]})", "m.json"),
@@ -188,33 +188,36 @@ TEST(ModelSpec, LayerNamesAreTheStateDictPrefixes) {
   const ModelFile m = parse_model_spec(R"({"input_shape": [3], "layers": [
       {"type": "linear", "in_features": 3, "out_features": 4, "name": "fc1"}, {"type": "tanh", "name": "act"},
       {"type": "linear", "in_features": 4, "out_features": 2, "bias": false}]})", "m.json");
-  Sequential<float> model(m.spec);
+  Network<float> model(m.spec);
   std::vector<std::string> names;
   for (const NamedParam& p : model.named_params()) names.push_back(p.name);
   EXPECT_EQ(names, (std::vector<std::string>{"fc1.weight", "fc1.bias", "2.weight"}));
   EXPECT_EQ(parse_model_spec(model_spec_to_json(m), "again").spec.layers[0].name, "fc1");
-  EXPECT_ERROR(parse_model_spec(R"({"input_shape": [3], "layers": [{"type": "tanh", "name": "a.b"}]})", "m.json"),
-               "\"name\" must be a non-empty string without dots");
+  // A nested module's path has dots (layer1.0.conv1); a name is also the node id unless "id" is given.
+  EXPECT_NO_THROW(parse_model_spec(R"({"input_shape": [3], "layers": [{"type": "tanh", "name": "a.b"}]})", "m.json"));
+  EXPECT_ERROR(parse_model_spec(R"({"input_shape": [3], "layers": [{"type": "tanh", "name": ""}]})", "m.json"),
+               "\"name\" must be a non-empty string");
   EXPECT_ERROR(parse_model_spec(R"({"input_shape": [3], "layers": [{"type": "tanh", "name": "x"},
-      {"type": "tanh", "name": "x"}]})", "m.json"), "layer 1: the name \"x\" is already used by layer 0");
+      {"type": "tanh", "name": "x"}]})", "m.json"), "layer 1 \"x\" (tanh): the id \"x\" is already used by layer 0");
   EXPECT_ERROR(parse_model_spec(R"({"input_shape": [3], "layers": [{"type": "tanh"}, {"type": "tanh", "name": "0"}]})",
                                 "m.json"), "already used by layer 0");
 }
 
 TEST(ModelSpec, FormatVersion) {
   EXPECT_NO_THROW(parse_model_spec(R"({"format_version": 1, "input_shape": [3], "layers": []})", "m.json"));
-  EXPECT_ERROR(parse_model_spec(R"({"format_version": 2, "input_shape": [3], "layers": [], "graph": {}})", "m.json"),
-               "m.json: written by a newer natgrad (format_version 2; this build reads up to 1)");
+  EXPECT_NO_THROW(parse_model_spec(R"({"format_version": 2, "input_shape": [3], "layers": []})", "m.json"));
+  EXPECT_ERROR(parse_model_spec(R"({"format_version": 3, "input_shape": [3], "layers": [], "graph": {}})", "m.json"),
+               "m.json: written by a newer natgrad (format_version 3; this build reads up to 2)");
   EXPECT_ERROR(parse_model_spec(R"({"format_version": "x", "input_shape": [3], "layers": []})", "m.json"),
                "\"format_version\" must be a positive integer");
   ModelFile m;
   m.spec.input_shape = {3};
-  EXPECT_NE(model_spec_to_json(m).find("\"format_version\": 1"), std::string::npos);
+  EXPECT_NE(model_spec_to_json(m).find("\"format_version\": 2"), std::string::npos);
 }
 
 TEST(Parameters, RoundTripAndMismatches) {
   const ModelFile m = small_model();
-  Sequential<float> model(m.spec);
+  Network<float> model(m.spec);
   const Vec<float> theta = init_parameters(model, 3);
   save_parameters(path("w.safetensors"), model, theta, DType::F32);
   EXPECT_EQ(load_parameters<float>(path("w.safetensors"), model), theta);
@@ -263,7 +266,7 @@ TEST(Parameters, PyTorchLayoutFileRoundTripsBitForBit) {
   // A file laid out as torch / safetensors write a state_dict: __metadata__ {"format": "pt"}, tensors in
   // state_dict order, F32 little-endian. natgrad reads it and writes it back with identical tensor bytes.
   const ModelFile m = small_model();
-  Sequential<float> model(m.spec);
+  Network<float> model(m.spec);
   std::string data, header = R"({"__metadata__":{"format":"pt"})";
   std::size_t off = 0;
   const CounterRng rng(1, 2);

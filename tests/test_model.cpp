@@ -8,7 +8,7 @@ using namespace natgrad::test;
 namespace {
 std::string construction_error(const ModelSpec& spec) {
   try {
-    Sequential<double> m(spec);
+    Network<double> m(spec);
   } catch (const std::invalid_argument& e) {
     return e.what();
   }
@@ -41,7 +41,7 @@ TEST(Sequential, RejectsLayersThatDoNotChain) {
 }
 
 TEST(Sequential, ShapesAndParameterOrderFollowPyTorch) {
-  Sequential<float> m(cnn_spec(10));
+  Network<float> m(cnn_spec(10));
   // conv 2→3 k3 p1 on 6×6 → [3,6,6]; pool → [3,3,3]; conv 3→4 k2 → [4,2,2]; flatten → [16]; linear → [10]
   EXPECT_EQ(m.layer(0).output_shape(), (Shape{3, 6, 6}));
   EXPECT_EQ(m.layer(2).output_shape(), (Shape{3, 3, 3}));
@@ -64,7 +64,7 @@ TEST(Sequential, LinearWeightIsRowMajorOutByIn) {
   ModelSpec s;
   s.input_shape = {3};
   s.layers = {LayerSpec::linear(3, 2)};
-  Sequential<double> m(s);
+  Network<double> m(s);
   Vec<double> theta(8);
   theta << 1, 2, 3, 4, 5, 6, 10, 20;
   Mat<double> x(3, 1);
@@ -95,7 +95,7 @@ TEST(Sequential, ConvolutionMatchesADirectSum) {
     c.stride_w = k.sw;
     c.padding_w = k.pw;
     s.layers = {c};
-    Sequential<double> m(s);
+    Network<double> m(s);
     const Vec<double> theta = random_vec<double>(m.num_params(), 3);
     const Mat<double> x = random_mat<double>(k.C * k.H * k.W, 3, 4);
     const Mat<double> y = m.predict(theta.data(), x);
@@ -130,7 +130,7 @@ TEST(Sequential, FusedActivationAndMaxPoolEqualLayerByLayer) {
       s.layers = {LayerSpec::conv2d(2, 3, 3, 1, 1), LayerSpec::activation(act),
                   LayerSpec::maxpool2d(pool_kernel, 2), LayerSpec::flatten()};
       s.layers.push_back(LayerSpec::linear(3 * 3 * 3, 4));
-      Sequential<double> m(s);
+      Network<double> m(s);
       const Vec<double> theta = random_vec<double>(m.num_params(), 1),
                         v = random_vec<double>(m.num_params(), 2);
       const Index n = 5;
@@ -179,7 +179,7 @@ TEST(Sequential, FusedActivationAndMaxPoolEqualLayerByLayer) {
 }
 
 TEST(Sequential, WrongParameterVectorSizeIsRejected) {
-  Sequential<double> m(mlp_spec(3, 4, 2));
+  Network<double> m(mlp_spec(3, 4, 2));
   try {
     m.check_params(7);
     FAIL() << "no exception";
@@ -190,7 +190,7 @@ TEST(Sequential, WrongParameterVectorSizeIsRejected) {
 }
 
 TEST(Initialization, UniformWithinOneOverSqrtFanIn) {
-  Sequential<double> m(cnn_spec(10));
+  Network<double> m(cnn_spec(10));
   const Vec<double> a = init_parameters(m, 0), b = init_parameters(m, 0), c = init_parameters(m, 1);
   EXPECT_EQ(a, b);
   EXPECT_NE(a, c);
@@ -206,7 +206,7 @@ TEST(Initialization, UniformWithinOneOverSqrtFanIn) {
 // Internal invariants are checked in every build: a chunk wider than the workspace aborts with the failed
 // condition instead of writing past the buffers.
 TEST(ModelInvariantsDeathTest, AChunkWiderThanTheWorkspaceAborts) {
-  Sequential<double> model(mlp_spec(3, 4, 2));
+  Network<double> model(mlp_spec(3, 4, 2));
   const Vec<double> theta = init_parameters(model, 1);
   auto cache = model.make_cache(Mat<double>::Ones(3, 8));
   model.forward(theta.data(), cache, 0, 8);

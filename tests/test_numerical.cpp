@@ -19,7 +19,7 @@ namespace {
 // x ∈ R² → linear(2, 2) → tanh → linear(2, 2) → linear(2, 2): `big` weights in layer `at` overflow float to Inf
 // for sample 3 only (its inputs are larger), and the next linear turns Inf − Inf into NaN.
 struct Overflow {
-  Sequential<float> model;
+  Network<float> model;
   Vec<float> theta;
   Dataset<float> data;
   explicit Overflow(int at) : model(spec()), theta(Vec<float>::Constant(model.num_params(), 0.5f)) {
@@ -61,7 +61,7 @@ TEST(NumericalFailures, ALayerProducingInfIsNamedWithItsSample) {
     d.inputs = Mat<float>::Ones(2, 3);
     d.inputs(1, 2) = std::numeric_limits<float>::quiet_NaN();
     d.labels = {0, 1, 0};
-    Sequential<float> model(Overflow::spec());
+    Network<float> model(Overflow::spec());
     FisherOperator<float> F(model, init_parameters(model, 1), LikelihoodKind::categorical, d);
     EXPECT_EQ(F.forward_error(), "the input is NaN or Inf, first at sample 2");
   }
@@ -83,7 +83,7 @@ TEST(NumericalFailures, ALayerProducingInfIsNamedWithItsSample) {
 }
 
 TEST(NumericalFailures, FiniteForwardHasNoError) {
-  Sequential<double> model(mlp_spec(3, 4, 2));
+  Network<double> model(mlp_spec(3, 4, 2));
   FisherOperator<double> F(model, init_parameters(model, 1), LikelihoodKind::categorical,
                            random_dataset(model, 5, LikelihoodKind::categorical, 2));
   EXPECT_TRUE(F.forward_error().empty());

@@ -43,7 +43,7 @@ CgSummary solve(const Op& A, const Vec<typename Op::Scalar>& b, Vec<typename Op:
 }
 
 struct Problem {
-  Sequential<double> model;
+  Network<double> model;
   Vec<double> theta;
   Dataset<double> data;
   Problem(const ModelSpec& spec, Index N, uint64_t seed)
@@ -82,7 +82,7 @@ TEST(ConjugateGradient, FloatMatchesCholesky) {
   Problem p(mlp_spec(4, 6, 3), 8, 2);
   const Mat<double> Fd =
       dense_fisher(p.model, p.theta, p.data, LikelihoodKind::categorical, FisherKind::exact);
-  Sequential<float> mf(p.model.spec());
+  Network<float> mf(p.model.spec());
   FisherOptions fo;
   fo.damping = 1e-1;
   FisherOperator<float> F(mf, p.theta.cast<float>(), LikelihoodKind::categorical, p.data.cast<float>(), fo);
@@ -336,7 +336,7 @@ TEST(ConjugateGradient, DiagonalPreconditionerHelpsABadlyScaledNetwork) {
   // diagonal spans many orders of magnitude across blocks, the case a diagonal preconditioner is for.
   // (When ill-conditioning comes from input features of very different scales, a diagonal — even the
   // exact Fisher's — does not help CG; see docs/solvers.md.)
-  Sequential<double> model(mlp_spec(6, 8, 4, LayerType::relu));
+  Network<double> model(mlp_spec(6, 8, 4, LayerType::relu));
   Vec<double> theta = init_parameters(model, 9);
   const Dataset<double> data = random_dataset(model, 400, LikelihoodKind::gaussian, 10);
   const auto& np = model.named_params();
@@ -436,7 +436,7 @@ TEST(Spectrum, TopEigenvaluesMatchTheDenseFisher) {
 
 TEST(Spectrum, FloatOperatorThroughTheDoubleAdapter) {
   Problem p(mlp_spec(5, 7, 4), 12, 12);
-  Sequential<float> mf(p.model.spec());
+  Network<float> mf(p.model.spec());
   FisherOperator<float> F(mf, p.theta.cast<float>(), LikelihoodKind::categorical, p.data.cast<float>());
   const Mat<double> Fd =
       dense_fisher(p.model, p.theta, p.data, LikelihoodKind::categorical, FisherKind::exact);
@@ -458,7 +458,7 @@ TEST(Spectrum, ConditionNumberOfTheDampedFisher) {
   spec.input_shape = {3};
   spec.layers = {LayerSpec::linear(3, 2), LayerSpec::activation(LayerType::softplus),
                  LayerSpec::linear(2, 2)};
-  Sequential<double> model(spec);
+  Network<double> model(spec);
   const Vec<double> theta = init_parameters(model, 13);
   const Dataset<double> data = random_dataset(model, 40, LikelihoodKind::gaussian, 14);
   FisherOptions fo;

@@ -71,7 +71,7 @@ Index block_step(Index extent) {
 }  // namespace
 
 template <typename Scalar>
-FisherPlan FisherPlan::make(const Sequential<Scalar>& model, Index N, const FisherOptions& options) {
+FisherPlan FisherPlan::make(const Network<Scalar>& model, Index N, const FisherOptions& options) {
   FisherPlan plan;
   const std::size_t L = model.num_layers();
   // A chunk's GEMMs pack the whole weight of a block-split (linear) layer for 2·chunk flops per packed entry:
@@ -154,11 +154,11 @@ std::vector<std::vector<int>> FisherPlan::assign(int threads) const {
   return out;
 }
 
-template FisherPlan FisherPlan::make<float>(const Sequential<float>&, Index, const FisherOptions&);
-template FisherPlan FisherPlan::make<double>(const Sequential<double>&, Index, const FisherOptions&);
+template FisherPlan FisherPlan::make<float>(const Network<float>&, Index, const FisherOptions&);
+template FisherPlan FisherPlan::make<double>(const Network<double>&, Index, const FisherOptions&);
 
 template <typename Scalar>
-FisherOperator<Scalar>::FisherOperator(const Sequential<Scalar>& model, const Vec<Scalar>& theta,
+FisherOperator<Scalar>::FisherOperator(const Network<Scalar>& model, const Vec<Scalar>& theta,
                                        LikelihoodKind likelihood, const Dataset<Scalar>& data,
                                        const FisherOptions& options)
     : model_(model),
@@ -202,7 +202,7 @@ FisherOperator<Scalar>::FisherOperator(const Sequential<Scalar>& model, const Ve
     cache_bytes += double(model.layer(l).output_size()) * double(num_samples_) * sizeof(Scalar);
   allocating("the forward cache of " + std::to_string(num_samples_) + " samples", cache_bytes,
              [&] { cache_ = model.make_cache(data.inputs); });
-  allocating("the per-thread workspaces", double(num_threads_) * double(chunk) * double(model.max_width()) * 2 * sizeof(Scalar), [&] {
+  allocating("the per-thread workspaces", double(num_threads_) * double(chunk) * double(model.max_width()) * double(model.workspace_buffers()) * sizeof(Scalar), [&] {
     for (int t = 0; t < num_threads_; ++t) {
       workspaces_.push_back(model.make_workspace(chunk));
       out_buffers_.emplace_back(model.output_size(), chunk);
@@ -263,7 +263,7 @@ void FisherOperator<Scalar>::run_forward() {
     const std::size_t l = bad->first;
     forward_error_ =
         (l == 0 ? std::string("the input")
-                : "the output of layer " + std::to_string(l - 1) + " (" + model_.layer(l - 1).name() + ")") +
+                : "the output of layer " + model_.node_id(l - 1) + " (" + model_.layer(l - 1).name() + ")") +
         " is NaN or Inf, first at sample " + std::to_string(bad->second);
   }
   const Mat<Scalar>& Z = cache_.acts.back();
@@ -316,7 +316,7 @@ void FisherOperator<Scalar>::run(Head head, Scalar scale, const Scalar* x, Scala
         const FisherPlan::Task& task = plan_.tasks[static_cast<std::size_t>(i)];
         const Layer<Scalar>& layer = model_.layer(task.layer);
         const Index off = model_.param_offset(task.layer);
-        const Mat<Scalar>& X = cache_.acts[task.layer];
+        const Mat<Scalar>& X = model_.input_act(cache_, task.layer);
         const Mat<Scalar>& gY = cot_.g[task.layer];
         if (task.by_blocks) {
           layer.grad_block(ConstMatMap<Scalar>(X.data(), X.rows(), X.cols()),
@@ -463,7 +463,7 @@ Vec<Scalar> FisherOperator<Scalar>::empirical_fisher_diagonal() const {
       for (Index k = it.chunk0; k < it.chunk1; ++k) {
         const Index c0 = k * cs, n = std::min(cs, num_samples_ - c0);
         layer.accumulate_squared_grads(theta_.data() + off,
-                                       ConstMatMap<Scalar>(cache_.acts[it.layer].data() + c0 * in, in, n),
+                                       ConstMatMap<Scalar>(model_.input_act(cache_, it.layer).data() + c0 * in, in, n),
                                        ConstMatMap<Scalar>(cot_.g[it.layer].data() + c0 * out, out, n),
                                        partial.data() + it.offset, ws.scratch.data());
       }

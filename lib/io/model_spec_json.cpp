@@ -1,5 +1,5 @@
 #include <natgrad/io/model_spec_json.h>
-#include <natgrad/model/sequential.h>
+#include <natgrad/model/network.h>
 
 #include "core/fail.h"
 
@@ -60,9 +60,11 @@ ModelFile parse_model_spec(const std::string& text, const std::string& label) {
       fail(label, "written by a newer natgrad (format_version " + std::to_string(v.get<long long>()) +
                       "; this build reads up to " + std::to_string(kModelFormatVersion) + ")");
   }
+  const std::set<std::string> top{"format_version", "input_shape", "likelihood", "layers", "output", "parameters"};
   for (auto it = j.begin(); it != j.end(); ++it)
-    if (it.key() != "format_version" && it.key() != "input_shape" && it.key() != "likelihood" && it.key() != "layers")
-      fail(label, "unknown key \"" + it.key() + "\" (expected format_version, input_shape, likelihood, layers)");
+    if (!top.count(it.key()))
+      fail(label, "unknown key \"" + it.key() + "\" (expected format_version, input_shape, likelihood, layers, output, "
+                  "parameters)");
   ModelFile m;
   if (!j.contains("input_shape") || !j["input_shape"].is_array() || j["input_shape"].empty())
     fail(label, "\"input_shape\" must be a non-empty array of positive integers");
@@ -79,6 +81,18 @@ ModelFile parse_model_spec(const std::string& text, const std::string& label) {
       fail(label, e.what());
     }
   }
+  if (j.contains("output")) {
+    if (!j["output"].is_string() || j["output"].get<std::string>().empty())
+      fail(label, "\"output\" must be a node id");
+    m.spec.output = j["output"].get<std::string>();
+  }
+  if (j.contains("parameters")) {
+    if (!j["parameters"].is_array()) fail(label, "\"parameters\" must be an array of parameter names");
+    for (const auto& p : j["parameters"]) {
+      if (!p.is_string()) fail(label, "\"parameters\" must be an array of parameter names");
+      m.spec.parameter_order.push_back(p.get<std::string>());
+    }
+  }
   if (!j.contains("layers") || !j["layers"].is_array()) fail(label, "\"layers\" must be an array");
   for (std::size_t i = 0; i < j["layers"].size(); ++i) {
     const json& l = j["layers"][i];
@@ -91,15 +105,46 @@ ModelFile parse_model_spec(const std::string& text, const std::string& label) {
     } catch (const std::invalid_argument& e) {
       fail(label, where + ": " + e.what());
     }
-    std::set<std::string> allowed{"type", "name"}, required;
-    if (l.contains("name")) {
-      const json& nm = l["name"];
-      if (!nm.is_string() || nm.get<std::string>().empty() || nm.get<std::string>().find('.') != std::string::npos)
-        fail(label, where + ": \"name\" must be a non-empty string without dots (a module name)");
-      s.name = nm.get<std::string>();
-      for (std::size_t k = 0; k < m.spec.layers.size(); ++k)
-        if ((m.spec.layers[k].name.empty() ? std::to_string(k) : m.spec.layers[k].name) == s.name)
-          fail(label, where + ": the name \"" + s.name + "\" is already used by layer " + std::to_string(k));
+    const std::string w = where + " (" + to_string(s.type) + ")";
+    auto get_string = [&](const char* key, std::string& out) {
+      if (!l.contains(key)) return;
+      const json& v = l[key];
+      if (!v.is_string() || v.get<std::string>().empty()) fail(label, w + ": \"" + key + "\" must be a non-empty string");
+      out = v.get<std::string>();
+    };
+    auto get_bool = [&](const char* key, bool& out) {
+      if (!l.contains(key)) return;
+      if (!l[key].is_boolean()) fail(label, w + ": \"" + key + "\" must be true or false");
+      out = l[key].get<bool>();
+    };
+    auto get_number = [&](const char* key, double& out) {
+      if (!l.contains(key)) return;
+      if (!l[key].is_number()) fail(label, w + ": \"" + key + "\" must be a number");
+      out = l[key].get<double>();
+    };
+    auto get_shape = [&](const char* key, Shape& out) {
+      const json& v = l.at(key);
+      if (v.is_number_integer()) {
+        out = {get_int(l, key, w, label)};
+        return;
+      }
+      if (!v.is_array()) fail(label, w + ": \"" + key + "\" must be an integer or an array of integers");
+      for (const auto& d : v) {
+        if (!d.is_number_integer() || d.get<Index>() <= 0 || d.get<Index>() >= kMaxInt)
+          fail(label, w + ": \"" + key + "\" must hold positive integers below 2^31");
+        out.push_back(d.get<Index>());
+      }
+    };
+    std::set<std::string> allowed{"type", "name", "id", "inputs"}, required;
+    get_string("name", s.name);
+    get_string("id", s.id);
+    if (l.contains("inputs")) {
+      const json& v = l["inputs"];
+      if (!v.is_array() || v.empty()) fail(label, w + ": \"inputs\" must be a non-empty array of node ids");
+      for (const auto& x : v) {
+        if (!x.is_string()) fail(label, w + ": \"inputs\" must be a non-empty array of node ids");
+        s.inputs.push_back(x.get<std::string>());
+      }
     }
     switch (s.type) {
       case LayerType::linear:
@@ -118,18 +163,38 @@ ModelFile parse_model_spec(const std::string& text, const std::string& label) {
         allowed.insert({"kernel_size", "stride"});
         required = {"kernel_size"};
         break;
+      case LayerType::add:
+        allowed.insert({"parameter", "parameter_shape"});
+        break;
+      case LayerType::cat:
+        allowed.insert("dim");
+        break;
+      case LayerType::layer_norm:
+        allowed.insert({"normalized_shape", "eps", "elementwise_affine"});
+        required = {"normalized_shape"};
+        break;
+      case LayerType::batch_norm:
+        allowed.insert({"num_features", "eps", "affine", "training"});
+        required = {"num_features"};
+        break;
+      case LayerType::embedding:
+        allowed.insert({"num_embeddings", "embedding_dim", "padding_idx"});
+        required = {"num_embeddings", "embedding_dim"};
+        break;
+      case LayerType::global_avgpool:
+        allowed.insert("keepdim");
+        break;
+      case LayerType::dropout:
+        allowed.insert({"p", "training"});
+        break;
       default:
         break;
     }
     for (auto it = l.begin(); it != l.end(); ++it)
-      if (!allowed.count(it.key())) fail(label, where + " (" + to_string(s.type) + "): unknown key \"" + it.key() + "\"");
+      if (!allowed.count(it.key())) fail(label, w + ": unknown key \"" + it.key() + "\"");
     for (const auto& k : required)
-      if (!l.contains(k)) fail(label, where + " (" + to_string(s.type) + "): missing key \"" + k + "\"");
-    const std::string w = where + " (" + to_string(s.type) + ")";
-    if (l.contains("bias")) {
-      if (!l["bias"].is_boolean()) fail(label, w + ": \"bias\" must be true or false");
-      s.bias = l["bias"].get<bool>();
-    }
+      if (!l.contains(k)) fail(label, w + ": missing key \"" + k + "\"");
+    get_bool("bias", s.bias);
     switch (s.type) {
       case LayerType::linear:
         s.in_features = get_int(l, "in_features", w, label);
@@ -140,13 +205,20 @@ ModelFile parse_model_spec(const std::string& text, const std::string& label) {
         s.out_channels = get_int(l, "out_channels", w, label);
         get_pair(l, "kernel_size", w, label, s.kernel_h, s.kernel_w);
         if (l.contains("stride")) get_pair(l, "stride", w, label, s.stride_h, s.stride_w);
-        if (l.contains("padding")) get_pair(l, "padding", w, label, s.padding_h, s.padding_w);
+        if (l.contains("padding")) {
+          if (l["padding"].is_string()) {
+            const std::string p = l["padding"].get<std::string>();
+            if (p == "same")
+              s.padding_same = true;
+            else if (p != "valid")
+              fail(label, w + ": \"padding\" must be an integer, a pair, \"same\" or \"valid\"");
+          } else {
+            get_pair(l, "padding", w, label, s.padding_h, s.padding_w);
+          }
+        }
         break;
       case LayerType::leaky_relu:
-        if (l.contains("negative_slope")) {
-          if (!l["negative_slope"].is_number()) fail(label, w + ": \"negative_slope\" must be a number");
-          s.negative_slope = l["negative_slope"].get<double>();
-        }
+        get_number("negative_slope", s.negative_slope);
         break;
       case LayerType::maxpool2d:
       case LayerType::avgpool2d:
@@ -154,13 +226,45 @@ ModelFile parse_model_spec(const std::string& text, const std::string& label) {
         s.stride_h = s.stride_w = 0;  // PyTorch: stride defaults to kernel_size
         if (l.contains("stride") && !l["stride"].is_null()) get_pair(l, "stride", w, label, s.stride_h, s.stride_w);
         break;
+      case LayerType::add:
+        get_string("parameter", s.parameter);
+        if (!s.parameter.empty() != l.contains("parameter_shape"))
+          fail(label, w + ": \"parameter\" and \"parameter_shape\" go together");
+        if (l.contains("parameter_shape")) get_shape("parameter_shape", s.parameter_shape);
+        break;
+      case LayerType::cat:
+        if (l.contains("dim")) s.dim = get_int(l, "dim", w, label);
+        break;
+      case LayerType::layer_norm:
+        get_shape("normalized_shape", s.normalized_shape);
+        get_number("eps", s.eps);
+        get_bool("elementwise_affine", s.affine);
+        break;
+      case LayerType::batch_norm:
+        s.num_features = get_int(l, "num_features", w, label);
+        get_number("eps", s.eps);
+        get_bool("affine", s.affine);
+        get_bool("training", s.training);
+        break;
+      case LayerType::embedding:
+        s.num_embeddings = get_int(l, "num_embeddings", w, label);
+        s.embedding_dim = get_int(l, "embedding_dim", w, label);
+        if (l.contains("padding_idx") && !l["padding_idx"].is_null()) s.padding_idx = get_int(l, "padding_idx", w, label);
+        break;
+      case LayerType::global_avgpool:
+        get_bool("keepdim", s.keepdim);
+        break;
+      case LayerType::dropout:
+        get_bool("training", s.training);
+        if (l.contains("p") && !l["p"].is_number()) fail(label, w + ": \"p\" must be a number");
+        break;
       default:
         break;
     }
     m.spec.layers.push_back(s);
   }
   try {
-    Sequential<double> check(m.spec);  // do the layers chain?
+    Network<double> check(m.spec);  // is the graph valid?
   } catch (const std::invalid_argument& e) {
     fail(label, e.what());
   }
@@ -180,11 +284,15 @@ std::string model_spec_to_json(const ModelFile& m) {
   j["format_version"] = kModelFormatVersion;
   j["input_shape"] = m.spec.input_shape;
   j["likelihood"] = to_string(m.likelihood);
+  if (!m.spec.output.empty()) j["output"] = m.spec.output;
+  if (!m.spec.parameter_order.empty()) j["parameters"] = m.spec.parameter_order;
   j["layers"] = nlohmann::ordered_json::array();
   for (const LayerSpec& s : m.spec.layers) {
     nlohmann::ordered_json l;
     l["type"] = to_string(s.type);
     if (!s.name.empty()) l["name"] = s.name;
+    if (!s.id.empty()) l["id"] = s.id;
+    if (!s.inputs.empty()) l["inputs"] = s.inputs;
     switch (s.type) {
       case LayerType::linear:
         l["in_features"] = s.in_features;
@@ -196,7 +304,10 @@ std::string model_spec_to_json(const ModelFile& m) {
         l["out_channels"] = s.out_channels;
         l["kernel_size"] = {s.kernel_h, s.kernel_w};
         l["stride"] = {s.stride_h, s.stride_w};
-        l["padding"] = {s.padding_h, s.padding_w};
+        if (s.padding_same)
+          l["padding"] = "same";
+        else
+          l["padding"] = {s.padding_h, s.padding_w};
         l["bias"] = s.bias;
         break;
       case LayerType::leaky_relu:
@@ -206,6 +317,37 @@ std::string model_spec_to_json(const ModelFile& m) {
       case LayerType::avgpool2d:
         l["kernel_size"] = {s.kernel_h, s.kernel_w};
         if (s.stride_h > 0) l["stride"] = {s.stride_h, s.stride_w};
+        break;
+      case LayerType::add:
+        if (!s.parameter.empty()) {
+          l["parameter"] = s.parameter;
+          l["parameter_shape"] = s.parameter_shape;
+        }
+        break;
+      case LayerType::cat:
+        l["dim"] = s.dim;
+        break;
+      case LayerType::layer_norm:
+        l["normalized_shape"] = s.normalized_shape;
+        l["eps"] = s.eps;
+        l["elementwise_affine"] = s.affine;
+        break;
+      case LayerType::batch_norm:
+        l["num_features"] = s.num_features;
+        l["eps"] = s.eps;
+        l["affine"] = s.affine;
+        if (s.training) l["training"] = true;
+        break;
+      case LayerType::embedding:
+        l["num_embeddings"] = s.num_embeddings;
+        l["embedding_dim"] = s.embedding_dim;
+        if (s.padding_idx >= 0) l["padding_idx"] = s.padding_idx;
+        break;
+      case LayerType::global_avgpool:
+        l["keepdim"] = s.keepdim;
+        break;
+      case LayerType::dropout:
+        if (s.training) l["training"] = true;
         break;
       default:
         break;

@@ -16,7 +16,7 @@ std::string shape_str(const std::vector<int64_t>& s) {
 }  // namespace
 
 template <typename Scalar>
-Vec<Scalar> load_parameters(const std::string& path, const Sequential<Scalar>& model, std::string* conversion) {
+Vec<Scalar> load_parameters(const std::string& path, const Network<Scalar>& model, std::string* conversion) {
   const SafetensorsFile f = SafetensorsFile::read(path);
   Vec<Scalar> theta(model.num_params());
   const DType own = sizeof(Scalar) == 4 ? DType::F32 : DType::F64;
@@ -63,7 +63,7 @@ Vec<Scalar> load_parameters(const std::string& path, const Sequential<Scalar>& m
 }
 
 template <typename Scalar>
-void save_parameters(const std::string& path, const Sequential<Scalar>& model, const Vec<Scalar>& v, DType dtype,
+void save_parameters(const std::string& path, const Network<Scalar>& model, const Vec<Scalar>& v, DType dtype,
                      const std::map<std::string, std::string>& metadata) {
   model.check_params(v.size());
   if (dtype != DType::F32 && dtype != DType::F64) detail::fail(path + ": can only write F32 or F64");
@@ -78,11 +78,11 @@ void save_parameters(const std::string& path, const Sequential<Scalar>& model, c
   write_safetensors(path, views, metadata);
 }
 
-template Vec<float> load_parameters<float>(const std::string&, const Sequential<float>&, std::string*);
-template Vec<double> load_parameters<double>(const std::string&, const Sequential<double>&, std::string*);
-template void save_parameters<float>(const std::string&, const Sequential<float>&, const Vec<float>&, DType,
+template Vec<float> load_parameters<float>(const std::string&, const Network<float>&, std::string*);
+template Vec<double> load_parameters<double>(const std::string&, const Network<double>&, std::string*);
+template void save_parameters<float>(const std::string&, const Network<float>&, const Vec<float>&, DType,
                                      const std::map<std::string, std::string>&);
-template void save_parameters<double>(const std::string&, const Sequential<double>&, const Vec<double>&, DType,
+template void save_parameters<double>(const std::string&, const Network<double>&, const Vec<double>&, DType,
                                       const std::map<std::string, std::string>&);
 
 }  // namespace natgrad

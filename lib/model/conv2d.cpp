@@ -307,7 +307,20 @@ class Conv2d final : public Layer<Scalar> {
 }  // namespace
 
 template <typename Scalar>
-std::unique_ptr<Layer<Scalar>> make_conv2d(const LayerSpec& s, const Shape& in, const std::string& where) {
+std::unique_ptr<Layer<Scalar>> make_conv2d(const LayerSpec& spec, const Shape& in, const std::string& where) {
+  LayerSpec s = spec;
+  if (s.padding_same) {
+    // PyTorch pads (k - 1)/2 on each side for odd kernels; even kernels need one more on one side than on the
+    // other, which this convolution's symmetric padding cannot express.
+    if (s.stride_h != 1 || s.stride_w != 1)
+      fail(where, "conv2d padding=\"same\" needs stride 1 (PyTorch refuses it too)");
+    if (s.kernel_h % 2 == 0 || s.kernel_w % 2 == 0)
+      fail(where, "conv2d padding=\"same\" with an even kernel (" + std::to_string(s.kernel_h) + "x" +
+                      std::to_string(s.kernel_w) + ") pads asymmetrically, which natgrad does not support: use an odd "
+                      "kernel or explicit padding");
+    s.padding_h = (s.kernel_h - 1) / 2;
+    s.padding_w = (s.kernel_w - 1) / 2;
+  }
   if (s.in_channels <= 0 || s.out_channels <= 0 || s.kernel_h <= 0 || s.kernel_w <= 0 || s.stride_h <= 0 ||
       s.stride_w <= 0 || s.padding_h < 0 || s.padding_w < 0)
     fail(where, "conv2d needs positive in_channels, out_channels, kernel_size, stride and padding >= 0");

@@ -41,6 +41,9 @@ class Elementwise final : public Layer<Scalar>, public ElementwiseDerivative<Sca
       case LayerType::softplus:  // log(1 + eˣ), linear above 20 as PyTorch's threshold
         for (Index k = 0; k < n; ++k) y[k] = x[k] > Scalar(20) ? x[k] : std::log1p(std::exp(x[k]));
         break;
+      case LayerType::silu:  // x σ(x)
+        for (Index k = 0; k < n; ++k) y[k] = x[k] * sigmoid(x[k]);
+        break;
       default:
         break;
     }
@@ -62,7 +65,7 @@ class Elementwise final : public Layer<Scalar>, public ElementwiseDerivative<Sca
   }
 
   bool derivative_needs_input() const override {
-    return type_ == LayerType::gelu || type_ == LayerType::softplus ||
+    return type_ == LayerType::gelu || type_ == LayerType::softplus || type_ == LayerType::silu ||
            (type_ == LayerType::leaky_relu && !(slope_ >= 0));
   }
   void scale_by_derivative(const Scalar* x, const Scalar* y, const Scalar* in, Scalar* out,
@@ -111,6 +114,12 @@ class Elementwise final : public Layer<Scalar>, public ElementwiseDerivative<Sca
           out[k] = (xk > Scalar(20) ? Scalar(1) : sigmoid(xk)) * in[k];
         }
         break;
+      case LayerType::silu:  // σ(x) (1 + x (1 − σ(x)))
+        for (Index k = 0; k < n; ++k) {
+          const Scalar xk = x[k], sk = sigmoid(xk);
+          out[k] = sk * (Scalar(1) + xk * (Scalar(1) - sk)) * in[k];
+        }
+        break;
       default:
         break;
     }
@@ -118,27 +127,6 @@ class Elementwise final : public Layer<Scalar>, public ElementwiseDerivative<Sca
 
   LayerType type_;
   Scalar slope_;
-};
-
-template <typename Scalar>
-class Flatten final : public Layer<Scalar> {
- public:
-  explicit Flatten(const Shape& in) : Layer<Scalar>(in, {shape_size(in)}) {}
-  LayerType type() const override { return LayerType::flatten; }
-
-  // A sample's NCHW layout already is its flattened vector: every pass is a copy.
-  void forward(const Scalar*, ConstMatMap<Scalar> X, MatMap<Scalar> Y, int32_t*) const override { Y = X; }
-  void jvp(const Scalar*, const Scalar*, ConstMatMap<Scalar> X, ConstMatMap<Scalar>, const int32_t*,
-           const Scalar* dX, MatMap<Scalar> dY, Scalar*) const override {
-    if (dX)
-      dY = ConstMatMap<Scalar>(dX, X.rows(), X.cols());
-    else
-      dY.setZero();
-  }
-  void vjp(const Scalar*, ConstMatMap<Scalar> X, ConstMatMap<Scalar>, const int32_t*, ConstMatMap<Scalar> gY,
-           Scalar* gX, Scalar*, Scalar*) const override {
-    if (gX) MatMap<Scalar>(gX, X.rows(), X.cols()) = gY;
-  }
 };
 
 }  // namespace
@@ -151,19 +139,11 @@ std::unique_ptr<Layer<Scalar>> make_elementwise(const LayerSpec& spec, const Sha
   return std::make_unique<Elementwise<Scalar>>(spec.type, Scalar(spec.negative_slope), in);
 }
 
-template <typename Scalar>
-std::unique_ptr<Layer<Scalar>> make_flatten(const LayerSpec&, const Shape& in, const std::string&) {
-  return std::make_unique<Flatten<Scalar>>(in);
-}
 
 template std::unique_ptr<Layer<float>> make_elementwise<float>(const LayerSpec&, const Shape&,
                                                                const std::string&);
 template std::unique_ptr<Layer<double>> make_elementwise<double>(const LayerSpec&, const Shape&,
                                                                  const std::string&);
-template std::unique_ptr<Layer<float>> make_flatten<float>(const LayerSpec&, const Shape&,
-                                                           const std::string&);
-template std::unique_ptr<Layer<double>> make_flatten<double>(const LayerSpec&, const Shape&,
-                                                             const std::string&);
 
 }  // namespace detail
 }  // namespace natgrad

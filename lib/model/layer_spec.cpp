@@ -14,7 +14,11 @@ constexpr TypeName kTypeNames[] = {
     {LayerType::linear, "linear"},         {LayerType::conv2d, "conv2d"},         {LayerType::relu, "relu"},
     {LayerType::tanh, "tanh"},             {LayerType::sigmoid, "sigmoid"},       {LayerType::gelu, "gelu"},
     {LayerType::softplus, "softplus"},     {LayerType::leaky_relu, "leaky_relu"}, {LayerType::flatten, "flatten"},
-    {LayerType::maxpool2d, "maxpool2d"},   {LayerType::avgpool2d, "avgpool2d"},
+    {LayerType::maxpool2d, "maxpool2d"},   {LayerType::avgpool2d, "avgpool2d"},   {LayerType::silu, "silu"},
+    {LayerType::identity, "identity"},     {LayerType::dropout, "dropout"},
+    {LayerType::global_avgpool, "global_avgpool"},                                {LayerType::layer_norm, "layer_norm"},
+    {LayerType::batch_norm, "batch_norm"}, {LayerType::embedding, "embedding"},   {LayerType::add, "add"},
+    {LayerType::cat, "cat"},
 };
 }  // namespace
 
@@ -81,6 +85,62 @@ LayerSpec LayerSpec::avgpool2d(Index kernel, Index stride) {
   LayerSpec s = maxpool2d(kernel, stride);
   s.type = LayerType::avgpool2d;
   return s;
+}
+
+LayerSpec LayerSpec::layer_norm(const Shape& normalized_shape, double eps, bool affine) {
+  LayerSpec s = activation(LayerType::layer_norm);
+  s.normalized_shape = normalized_shape;
+  s.eps = eps;
+  s.affine = affine;
+  return s;
+}
+
+LayerSpec LayerSpec::batch_norm(Index num_features, double eps, bool affine) {
+  LayerSpec s = activation(LayerType::batch_norm);
+  s.num_features = num_features;
+  s.eps = eps;
+  s.affine = affine;
+  return s;
+}
+
+LayerSpec LayerSpec::embedding(Index num_embeddings, Index embedding_dim) {
+  LayerSpec s = activation(LayerType::embedding);
+  s.num_embeddings = num_embeddings;
+  s.embedding_dim = embedding_dim;
+  return s;
+}
+
+LayerSpec LayerSpec::global_avgpool(bool keepdim) {
+  LayerSpec s = activation(LayerType::global_avgpool);
+  s.keepdim = keepdim;
+  return s;
+}
+
+LayerSpec LayerSpec::add(std::vector<std::string> inputs) {
+  LayerSpec s = activation(LayerType::add);
+  s.inputs = std::move(inputs);
+  return s;
+}
+
+LayerSpec LayerSpec::cat(std::vector<std::string> inputs) {
+  LayerSpec s = activation(LayerType::cat);
+  s.inputs = std::move(inputs);
+  return s;
+}
+
+LayerSpec& LayerSpec::node(std::string node_id, std::vector<std::string> node_inputs) {
+  id = std::move(node_id);
+  if (!node_inputs.empty()) inputs = std::move(node_inputs);
+  return *this;
+}
+
+std::string node_id(const ModelSpec& spec, std::size_t i) {
+  const LayerSpec& s = spec.layers[i];
+  return !s.id.empty() ? s.id : !s.name.empty() ? s.name : std::to_string(i);
+}
+
+std::string module_name(const ModelSpec& spec, std::size_t i) {
+  return spec.layers[i].name.empty() ? std::to_string(i) : spec.layers[i].name;
 }
 
 }  // namespace natgrad

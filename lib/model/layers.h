@@ -8,6 +8,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace natgrad {
 namespace detail {
@@ -23,7 +24,37 @@ std::unique_ptr<Layer<Scalar>> make_flatten(const LayerSpec& spec, const Shape& 
 template <typename Scalar>
 std::unique_ptr<Layer<Scalar>> make_pool2d(const LayerSpec& spec, const Shape& in, const std::string& where);
 
-/// The hooks of the fused activation + max-pool pass (Sequential): an element-wise layer y = φ(x) that scales
+template <typename Scalar>
+std::unique_ptr<Layer<Scalar>> make_identity(const LayerSpec& spec, const Shape& in, const std::string& where);
+template <typename Scalar>
+std::unique_ptr<Layer<Scalar>> make_global_avgpool(const LayerSpec& spec, const Shape& in, const std::string& where);
+template <typename Scalar>
+std::unique_ptr<Layer<Scalar>> make_layer_norm(const LayerSpec& spec, const Shape& in, const std::string& where);
+template <typename Scalar>
+std::unique_ptr<Layer<Scalar>> make_batch_norm(const LayerSpec& spec, const Shape& in, const std::string& where);
+template <typename Scalar>
+std::unique_ptr<Layer<Scalar>> make_embedding(const LayerSpec& spec, const Shape& in, const std::string& where);
+/// add and cat, which read several values (`in`, one shape per input).
+template <typename Scalar>
+std::unique_ptr<Layer<Scalar>> make_merge(const LayerSpec& spec, const std::vector<Shape>& in,
+                                          const std::string& where);
+
+/// A node that reads several values (add, cat). Its Layer methods see the first input only; Network calls
+/// these for the operands, and Layer::vjp (with gX == nullptr) for the parameter gradient of an add with a
+/// parameter operand.
+template <typename Scalar>
+class MultiInput {
+ public:
+  virtual ~MultiInput() = default;
+  /// Y = op(X_0, …, X_{k-1}) on n columns; theta is the node's slice (an add's parameter operand).
+  virtual void forward_multi(const Scalar* const* X, const Scalar* theta, Index n, Scalar* Y) const = 0;
+  /// dY from the operands' tangents (a null entry is zero) and the parameter tangent (null: zero).
+  virtual void jvp_multi(const Scalar* const* dX, const Scalar* dtheta, Index n, Scalar* dY) const = 0;
+  /// gX_i = (∂Y/∂X_i)ᵀ gY on n columns, written or (accumulate) added.
+  virtual void vjp_operand(std::size_t i, const Scalar* gY, Index n, Scalar* gX, bool accumulate) const = 0;
+};
+
+/// The hooks of the fused activation + max-pool pass (Network): an element-wise layer y = φ(x) that scales
 /// by φ' at given entries, and a layer whose Jacobian selects one input per output. Internal to the model
 /// layer; the concrete layers implement them beside Layer.
 template <typename Scalar>

@@ -155,6 +155,44 @@ class Pool2d final : public Layer<Scalar>, public SelectionJacobian {
   Index C_, H_, W_, kh_, kw_, sh_, sw_, Ho_, Wo_;
 };
 
+// Global average pooling, [C, H, W] -> [C] (x.mean((2, 3))) or [C, 1, 1] (AdaptiveAvgPool2d(1)).
+template <typename Scalar>
+class GlobalAvgPool final : public Layer<Scalar> {
+ public:
+  GlobalAvgPool(const Shape& in, const Shape& out) : Layer<Scalar>(in, out), C_(in[0]), S_(in[1] * in[2]) {}
+  LayerType type() const override { return LayerType::global_avgpool; }
+
+  void forward(const Scalar*, ConstMatMap<Scalar> X, MatMap<Scalar> Y, int32_t*) const override { mean(X.data(), X.cols(), Y.data()); }
+  void jvp(const Scalar*, const Scalar*, ConstMatMap<Scalar> X, ConstMatMap<Scalar>, const int32_t*,
+           const Scalar* dX, MatMap<Scalar> dY, Scalar*) const override {
+    if (dX)
+      mean(dX, X.cols(), dY.data());
+    else
+      dY.setZero();
+  }
+  void vjp(const Scalar*, ConstMatMap<Scalar> X, ConstMatMap<Scalar>, const int32_t*, ConstMatMap<Scalar> gY,
+           Scalar* gX, Scalar*, Scalar*) const override {
+    if (!gX) return;
+    const Scalar inv = Scalar(1) / Scalar(S_);
+    for (Index n = 0; n < X.cols(); ++n)
+      for (Index c = 0; c < C_; ++c) {
+        const Scalar g = gY(c, n) * inv;
+        std::fill(gX + (n * C_ + c) * S_, gX + (n * C_ + c + 1) * S_, g);
+      }
+  }
+
+ private:
+  void mean(const Scalar* x, Index cols, Scalar* y) const {
+    const Scalar inv = Scalar(1) / Scalar(S_);
+    for (Index k = 0; k < cols * C_; ++k) {
+      Scalar sum = 0;
+      for (Index j = 0; j < S_; ++j) sum += x[k * S_ + j];
+      y[k] = sum * inv;
+    }
+  }
+  Index C_, S_;
+};
+
 }  // namespace
 
 template <typename Scalar>
@@ -178,6 +216,16 @@ std::unique_ptr<Layer<Scalar>> make_pool2d(const LayerSpec& spec, const Shape& i
   return std::make_unique<Pool2d<Scalar>>(s.type, s, in, out);
 }
 
+template <typename Scalar>
+std::unique_ptr<Layer<Scalar>> make_global_avgpool(const LayerSpec& spec, const Shape& in, const std::string& where) {
+  if (in.size() != 3)
+    fail(where, "global_avgpool expects input shape [C, H, W] but receives " + shape_to_string(in));
+  const Shape out = spec.keepdim ? Shape{in[0], 1, 1} : Shape{in[0]};
+  return std::make_unique<GlobalAvgPool<Scalar>>(in, out);
+}
+
+template std::unique_ptr<Layer<float>> make_global_avgpool<float>(const LayerSpec&, const Shape&, const std::string&);
+template std::unique_ptr<Layer<double>> make_global_avgpool<double>(const LayerSpec&, const Shape&, const std::string&);
 template std::unique_ptr<Layer<float>> make_pool2d<float>(const LayerSpec&, const Shape&, const std::string&);
 template std::unique_ptr<Layer<double>> make_pool2d<double>(const LayerSpec&, const Shape&,
                                                             const std::string&);

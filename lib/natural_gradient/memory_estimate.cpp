@@ -1,6 +1,6 @@
 #include <natgrad/core/detail/format_number.h>
 #include <natgrad/core/threads.h>
-#include <natgrad/model/sequential.h>
+#include <natgrad/model/network.h>
 #include <natgrad/natural_gradient/memory_estimate.h>
 
 #include <algorithm>
@@ -15,7 +15,7 @@ template <typename Scalar>
 MemoryEstimate estimate(const ModelSpec& spec, Index batch, Index curvature_batch, const FisherOptions& fisher,
                         Index top_k, int threads, bool diagonal_preconditioner) {
   const std::size_t s = sizeof(Scalar);
-  const Sequential<Scalar> model(spec);  // shapes only
+  const Network<Scalar> model(spec);  // shapes only
   const std::size_t P = static_cast<std::size_t>(model.num_params());
   const std::size_t C = static_cast<std::size_t>(model.output_size());
   const Index Nc = curvature_batch > 0 ? curvature_batch : batch;
@@ -43,7 +43,7 @@ MemoryEstimate estimate(const ModelSpec& spec, Index batch, Index curvature_batc
     const std::size_t t = static_cast<std::size_t>(std::max<Index>(
         1, std::min<Index>(resolve_threads(threads), std::max<Index>(plan.num_chunks, Index(plan.tasks.size())))));
     const std::size_t chunk = static_cast<std::size_t>(plan.chunk_size);
-    return t * (2 * static_cast<std::size_t>(model.max_width()) * chunk +
+    return t * (static_cast<std::size_t>(model.workspace_buffers() * model.max_width()) * chunk +
                 static_cast<std::size_t>(model.scratch_size(plan.chunk_size)) + C * chunk +
                 static_cast<std::size_t>(plan.task_scratch)) * s;
   };

@@ -33,7 +33,7 @@ bool NaturalGradientOptions::is_valid(std::string* why) const {
 }
 
 template <typename Scalar>
-NaturalGradientResult<Scalar> solve_natural_gradient(const Sequential<Scalar>& model,
+NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& model,
                                                      const Vec<Scalar>& theta, LikelihoodKind likelihood,
                                                      const Dataset<Scalar>& data,
                                                      const NaturalGradientOptions& options) {
@@ -189,11 +189,11 @@ std::string NaturalGradientResult<Scalar>::full_report() const {
 template struct NaturalGradientResult<float>;
 template struct NaturalGradientResult<double>;
 
-template NaturalGradientResult<float> solve_natural_gradient<float>(const Sequential<float>&,
+template NaturalGradientResult<float> solve_natural_gradient<float>(const Network<float>&,
                                                                     const Vec<float>&, LikelihoodKind,
                                                                     const Dataset<float>&,
                                                                     const NaturalGradientOptions&);
-template NaturalGradientResult<double> solve_natural_gradient<double>(const Sequential<double>&,
+template NaturalGradientResult<double> solve_natural_gradient<double>(const Network<double>&,
                                                                       const Vec<double>&, LikelihoodKind,
                                                                       const Dataset<double>&,
                                                                       const NaturalGradientOptions&);

@@ -10,7 +10,7 @@ int main() {
   natgrad::ModelSpec s;
   s.input_shape = {3};
   s.layers = {natgrad::LayerSpec::linear(3, 2)};
-  natgrad::Sequential<double> m(s);
+  natgrad::Network<double> m(s);
   const natgrad::Vec<double> theta = natgrad::init_parameters(m, 0);
   natgrad::Dataset<double> d;
   d.inputs = natgrad::Mat<double>::Ones(3, 4);

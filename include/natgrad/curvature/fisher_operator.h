@@ -46,7 +46,7 @@
 #include <natgrad/core/dataset.h>
 #include <natgrad/likelihood/likelihood.h>
 #include <natgrad/likelihood/output_curvature.h>
-#include <natgrad/model/sequential.h>
+#include <natgrad/model/network.h>
 
 #include <cstdint>
 #include <functional>
@@ -110,7 +110,7 @@ struct FisherPlan {
   Index diagonal_partial_size = 0;
 
   template <typename Scalar>
-  static FisherPlan make(const Sequential<Scalar>& model, Index num_samples, const FisherOptions& options);
+  static FisherPlan make(const Network<Scalar>& model, Index num_samples, const FisherOptions& options);
 
   /// Phase A: the chunks [k0, k1) thread t of `threads` takes (contiguous, as equal as possible).
   void chunk_range(int t, int threads, Index& k0, Index& k1) const {
@@ -130,7 +130,7 @@ class FisherOperator {
   /// Binds the model at parameters theta to a batch and runs the forward pass. Throws
   /// std::invalid_argument for invalid options, a parameter vector or inputs of the wrong size, or targets
   /// that do not fit the likelihood. The model must outlive the operator; theta and data are copied.
-  FisherOperator(const Sequential<Scalar>& model, const Vec<Scalar>& theta, LikelihoodKind likelihood,
+  FisherOperator(const Network<Scalar>& model, const Vec<Scalar>& theta, LikelihoodKind likelihood,
                  const Dataset<Scalar>& data, const FisherOptions& options = FisherOptions());
 
   Index rows() const { return num_params_; }
@@ -163,7 +163,7 @@ class FisherOperator {
   void reset_product_count() { num_products_ = 0; }
 
   Index num_samples() const { return num_samples_; }
-  const Sequential<Scalar>& model() const { return model_; }
+  const Network<Scalar>& model() const { return model_; }
   const Vec<Scalar>& parameters() const { return theta_; }
   LikelihoodKind likelihood() const { return likelihood_; }
   const FisherOptions& options() const { return options_; }
@@ -186,7 +186,7 @@ class FisherOperator {
   void run_forward();
   void require_targets(const char* what) const;
 
-  const Sequential<Scalar>& model_;
+  const Network<Scalar>& model_;
   Vec<Scalar> theta_;
   LikelihoodKind likelihood_;
   Dataset<Scalar> data_;

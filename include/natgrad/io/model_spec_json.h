@@ -3,7 +3,7 @@
 ///
 /// \code
 /// natgrad::ModelFile m = natgrad::read_model_spec("model.json");
-/// natgrad::Sequential<float> model(m.spec);
+/// natgrad::Network<float> model(m.spec);
 /// \endcode
 #pragma once
 
@@ -15,16 +15,17 @@
 namespace natgrad {
 
 /// The model spec format this build writes and the newest it reads. A file without "format_version" is
-/// version 1; a higher version is refused as "written by a newer natgrad".
-constexpr int kModelFormatVersion = 1;
+/// version 1 (chains); version 2 added graphs (`id`, `inputs`, `output`, `parameters`) and their layer
+/// types. A higher version is refused as "written by a newer natgrad".
+constexpr int kModelFormatVersion = 2;
 
 struct ModelFile {
   ModelSpec spec;
   LikelihoodKind likelihood = LikelihoodKind::categorical;
 };
 
-/// Parses and validates a spec; unknown keys, types or likelihoods are errors. Also checks that the
-/// layers chain from input_shape. Throws std::invalid_argument("<label>: <problem>").
+/// Parses and validates a spec; unknown keys, types or likelihoods are errors. Also checks that the graph
+/// is valid (no cycle, every input names a node, every node's output is used, shapes match). Throws std::invalid_argument("<label>: <problem>").
 ModelFile parse_model_spec(const std::string& json_text, const std::string& label);
 ModelFile read_model_spec(const std::string& path);
 /// The JSON text of a spec (inverse of parse_model_spec).

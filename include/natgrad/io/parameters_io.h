@@ -8,7 +8,7 @@
 #pragma once
 
 #include <natgrad/io/safetensors.h>
-#include <natgrad/model/sequential.h>
+#include <natgrad/model/network.h>
 
 #include <map>
 #include <string>
@@ -20,12 +20,12 @@ namespace natgrad {
 /// F64 for a float model) are converted; if `conversion` is given it then says which ("converted F16 to
 /// float32"), and is left empty otherwise.
 template <typename Scalar>
-Vec<Scalar> load_parameters(const std::string& path, const Sequential<Scalar>& model,
+Vec<Scalar> load_parameters(const std::string& path, const Network<Scalar>& model,
                             std::string* conversion = nullptr);
 
 /// Writes v (num_params entries) under the model's tensor names and shapes as F32 or F64.
 template <typename Scalar>
-void save_parameters(const std::string& path, const Sequential<Scalar>& model, const Vec<Scalar>& v, DType dtype,
+void save_parameters(const std::string& path, const Network<Scalar>& model, const Vec<Scalar>& v, DType dtype,
                      const std::map<std::string, std::string>& metadata = {});
 
 }  // namespace natgrad

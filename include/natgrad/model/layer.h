@@ -39,6 +39,13 @@ struct ParamTensor {
   Shape shape;
 };
 
+/// How init_parameters fills a layer's parameters without a weights file, as PyTorch initializes the module.
+enum class ParamInit {
+  fan_in_uniform,  ///< every tensor uniform in ±1/√fan_in of the first (linear, conv2d)
+  ones_zeros,      ///< weight 1, bias 0 (layer norm, batch norm)
+  normal,          ///< standard normal (embedding, a parameter operand)
+};
+
 template <typename Scalar>
 class Layer {
  public:
@@ -57,6 +64,7 @@ class Layer {
   virtual Index num_params() const { return 0; }
   /// Parameter tensors in `state_dict` order (weight, then bias).
   virtual std::vector<ParamTensor> param_tensors() const { return {}; }
+  virtual ParamInit param_init() const { return ParamInit::fan_in_uniform; }
   /// int32 values per sample that forward keeps for the other passes.
   virtual Index aux_per_sample() const { return 0; }
   /// Scalars of scratch the jvp/vjp/squared-gradient passes need for a chunk of `ncols` samples.
@@ -86,6 +94,21 @@ class Layer {
                           Index /*c0*/, Index /*k*/, Scalar /*scale*/, const Scalar* /*x*/, Scalar /*lambda*/,
                           Scalar* /*out*/, Scalar* /*scratch*/) const {}
   virtual Index grad_block_scratch(Index /*m*/, Index /*k*/, Index /*ncols*/) const { return 0; }
+
+  /// Fixed tensors the layer reads (batch norm's running statistics), in `state_dict` order; they hold the
+  /// layer's defaults (PyTorch's initial values) until set_buffer.
+  virtual std::vector<ParamTensor> buffer_tensors() const { return {}; }
+  /// Buffer names a `state_dict` holds for this layer that it does not use ("num_batches_tracked").
+  virtual std::vector<std::string> ignored_buffers() const { return {}; }
+  /// Sets buffer i (shape_size of its shape values); throws std::invalid_argument saying what is wrong if
+  /// the values are invalid for it (a negative variance).
+  virtual void set_buffer(std::size_t /*i*/, const Scalar* /*values*/) {}
+  /// False when the input is not differentiable (token indices): the input may not depend on the parameters,
+  /// and no input cotangent is formed.
+  virtual bool differentiable_input() const { return true; }
+  /// Throws std::invalid_argument naming the sample (column) if an input is invalid (a token index out of
+  /// range).
+  virtual void check_input(ConstMatMap<Scalar> /*X*/) const {}
 
   /// gsq += Σ_n (∂ℓ_n/∂θ)², the per-sample parameter gradients squared, where column n of gY is ∂ℓ_n/∂y_n.
   /// Layers without parameters do nothing.

@@ -1,5 +1,9 @@
 /// \file layer_spec.h
-/// \brief The description of a network: PyTorch `nn.Sequential` modules with their constructor arguments.
+/// \brief The description of a network: a graph of PyTorch modules and functions with their arguments.
+///
+/// A chain (an `nn.Sequential`) is the simplest graph: each layer takes the previous layer's output. A graph
+/// names its inputs: a layer's `inputs` are the ids of the nodes it reads (`"input"` is the model input), and
+/// the output is the node named by `ModelSpec::output` (by default the last layer).
 ///
 /// \code
 /// natgrad::ModelSpec spec;
@@ -16,19 +20,29 @@
 
 namespace natgrad {
 
-enum class LayerType { linear, conv2d, relu, tanh, sigmoid, gelu, softplus, leaky_relu, flatten, maxpool2d, avgpool2d };
+enum class LayerType {
+  linear, conv2d, relu, tanh, sigmoid, gelu, softplus, leaky_relu, flatten, maxpool2d, avgpool2d,
+  silu, identity, dropout, global_avgpool, layer_norm, batch_norm, embedding, add, cat
+};
 
-/// PyTorch's module name for the type ("linear", "conv2d", ...).
+/// The type's name in a model spec ("linear", "conv2d", "layer_norm", ...).
 const char* to_string(LayerType type);
-/// Parses a module name; throws std::invalid_argument naming the unknown type.
+/// Parses a type name; throws std::invalid_argument naming the unknown type.
 LayerType layer_type_from_string(const std::string& name);
 
-/// One module. Only the fields of its type are read; the others keep their defaults.
+/// The id of the model input in a layer's `inputs`.
+inline const char* kModelInputId = "input";
+
+/// One node. Only the fields of its type are read; the others keep their defaults.
 struct LayerSpec {
   LayerType type = LayerType::linear;
-  /// The module's name in its nn.Sequential (`state_dict` prefix: "fc1" for fc1.weight); empty means its
-  /// index, as in a Sequential built from a list.
+  /// The module's path (`state_dict` prefix: "fc1" for fc1.weight, "layer1.0.conv1"); empty means the
+  /// layer's index, as in an nn.Sequential built from a list.
   std::string name;
+  /// The node's id, which other layers' `inputs` name; empty means `name`, or the index if that is empty too.
+  std::string id;
+  /// Ids of the nodes this one reads; empty means the previous layer (the model input for the first).
+  std::vector<std::string> inputs;
   // linear
   Index in_features = 0;
   Index out_features = 0;
@@ -41,8 +55,27 @@ struct LayerSpec {
   Index kernel_h = 0, kernel_w = 0;
   Index stride_h = 1, stride_w = 1;   ///< pooling: 0 means "equal to the kernel size" (PyTorch's default)
   Index padding_h = 0, padding_w = 0;
+  bool padding_same = false;          ///< conv2d padding="same" (stride 1, odd kernels)
   // leaky_relu
   double negative_slope = 0.01;
+  // add: a parameter operand read in forward (get_attr), under its full state_dict name, broadcast over the
+  // leading dimensions of the other operands
+  std::string parameter;
+  Shape parameter_shape;
+  // cat: the dimension, counting the batch as 0 (only 1, the channel or feature dimension, is supported)
+  Index dim = 1;
+  // layer_norm and batch_norm
+  double eps = 1e-5;
+  bool affine = true;                 ///< layer_norm's elementwise_affine, batch_norm's affine
+  Shape normalized_shape;             ///< layer_norm: the trailing dimensions normalized
+  Index num_features = 0;             ///< batch_norm: channels
+  bool training = false;              ///< batch_norm, dropout: a module in training mode (refused)
+  // embedding
+  Index num_embeddings = 0;
+  Index embedding_dim = 0;
+  Index padding_idx = -1;             ///< -1: none
+  // global_avgpool
+  bool keepdim = false;               ///< output [C, 1, 1] (AdaptiveAvgPool2d(1)) instead of [C] (mean((2, 3)))
 
   static LayerSpec linear(Index in, Index out, bool bias = true);
   static LayerSpec conv2d(Index in_channels, Index out_channels, Index kernel, Index stride = 1, Index padding = 0,
@@ -52,12 +85,30 @@ struct LayerSpec {
   static LayerSpec flatten();
   static LayerSpec maxpool2d(Index kernel, Index stride = 0);
   static LayerSpec avgpool2d(Index kernel, Index stride = 0);
+  static LayerSpec layer_norm(const Shape& normalized_shape, double eps = 1e-5, bool affine = true);
+  static LayerSpec batch_norm(Index num_features, double eps = 1e-5, bool affine = true);
+  static LayerSpec embedding(Index num_embeddings, Index embedding_dim);
+  static LayerSpec global_avgpool(bool keepdim = false);
+  static LayerSpec add(std::vector<std::string> inputs);
+  static LayerSpec cat(std::vector<std::string> inputs);
+  /// The same spec with its id and inputs set (for graphs built in code).
+  LayerSpec& node(std::string node_id, std::vector<std::string> node_inputs = {});
 };
 
-/// A sequential network: the shape of one input sample (NCHW without N) and its modules in order.
+/// A network: the shape of one input sample (NCHW without N, or [T] token indices) and its nodes.
 struct ModelSpec {
   Shape input_shape;
   std::vector<LayerSpec> layers;
+  /// The id of the output node; empty means the last layer.
+  std::string output;
+  /// The order of the parameter tensors in the flat vector (`model.parameters()` order, full names); empty
+  /// means the layers' order.
+  std::vector<std::string> parameter_order;
 };
+
+/// The node id of layer i of `spec` (its id, else its name, else its index).
+std::string node_id(const ModelSpec& spec, std::size_t i);
+/// The module path of layer i (its name, else its index).
+std::string module_name(const ModelSpec& spec, std::size_t i);
 
 }  // namespace natgrad

@@ -95,7 +95,7 @@ struct NaturalGradientResult {
 /// Throws std::invalid_argument for invalid options, sizes or targets; numerical trouble in CG is reported
 /// in result.cg (termination breakdown) rather than thrown.
 template <typename Scalar>
-NaturalGradientResult<Scalar> solve_natural_gradient(const Sequential<Scalar>& model, const Vec<Scalar>& theta,
+NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& model, const Vec<Scalar>& theta,
                                                      LikelihoodKind likelihood, const Dataset<Scalar>& data,
                                                      const NaturalGradientOptions& options);
 

@@ -1,0 +1,197 @@
+/// \file network.h
+/// \brief A network — a graph of layers over one flat parameter vector — with batched forward, R-op and
+/// backprop.
+///
+/// The nodes run in topological order (forward and R-op) and in reverse (backprop, summing the cotangents
+/// of a value read by several nodes). A chain (`nn.Sequential`) is the simplest graph. The parameter vector
+/// is ordered as PyTorch's `model.parameters()` ("0.weight", "0.bias", "2.weight", ...), each tensor
+/// row-major: a flat vector here is `torch.nn.utils.parameters_to_vector(model.parameters())` there.
+/// Buffers (batch norm's running statistics) are fixed values held by the network, set once after
+/// construction (load_parameters does it from a weights file).
+///
+/// The passes run on a chunk of columns [col0, col0 + n) of a ForwardCache, so callers can process a batch
+/// in independent chunks in parallel. After its buffers are set a Network is immutable and thread-safe; each
+/// thread must use its own Workspace.
+///
+/// \code
+/// natgrad::Network<float> model(spec);                     // throws if the graph is invalid
+/// natgrad::Vec<float> theta = natgrad::init_parameters<float>(model, /*seed=*/0);
+/// auto cache = model.make_cache(data.inputs);
+/// model.forward(theta.data(), cache, 0, data.size());
+/// const natgrad::Mat<float>& logits = cache.acts.back();
+/// \endcode
+#pragma once
+
+#include <natgrad/core/types.h>
+#include <natgrad/model/layer.h>
+#include <natgrad/model/layer_spec.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace natgrad {
+
+/// Activations of every node on a batch: acts[0] is the model input, acts[l + 1] the output of node l (in
+/// topological order); the last is the network's output.
+template <typename Scalar>
+struct ForwardCache {
+  std::vector<Mat<Scalar>> acts;
+  std::vector<std::vector<int32_t>> aux;  ///< per node, aux_per_sample() × N
+};
+
+/// Cotangents ∂ℓ/∂y at the output of every node with parameters, for a whole batch (g[l] is
+/// output_size × N for such a node, empty otherwise): written chunk by chunk by
+/// Network::backprop_cotangents, then read whole by the parameter-gradient pass, which needs every sample
+/// of a layer at once.
+template <typename Scalar>
+struct CotangentCache {
+  std::vector<Mat<Scalar>> g;
+};
+
+/// Per-thread buffers for the jvp and vjp passes on chunks of at most `max_cols` samples.
+///
+/// The buffers are aligned to Eigen's maximum alignment: Eigen's small products peel their reductions by
+/// pointer alignment, so equal alignment in every thread's workspace is what keeps results bit-identical
+/// whichever thread computes a chunk.
+template <typename Scalar>
+struct Workspace {
+  using Buffer = std::vector<Scalar, Eigen::aligned_allocator<Scalar>>;
+  Index max_cols = 0;
+  std::vector<Buffer> slots;        ///< tangents / cotangents of live values, max width × max_cols each
+  Buffer sum;                       ///< a cotangent being added to one that is already there (fan-out)
+  Buffer scratch;                   ///< layer scratch (im2col buffers)
+  std::vector<const Scalar*> values;  ///< per value, its tangent (nullptr: zero) or cotangent
+  std::vector<const Scalar*> operands;  ///< a merge node's operands
+  const Scalar* result = nullptr;   ///< where the last jvp left its output (output_size × n)
+};
+
+/// A named tensor with its place in the flat vector: "fc1.weight" at [offset, offset + size).
+struct NamedParam {
+  std::string name;
+  Shape shape;
+  Index offset = 0;
+  Index size = 0;
+};
+
+/// A buffer of a node: "bn1.running_mean" of node `node`, its index among that layer's buffers.
+struct NamedBuffer {
+  std::string name;
+  Shape shape;
+  std::size_t node = 0;
+  std::size_t index = 0;
+};
+
+template <typename Scalar>
+class Network {
+ public:
+  /// Builds the graph; throws std::invalid_argument naming the node when it is invalid (a cycle, an input
+  /// that names no node, a node whose output is never used, shapes that do not match).
+  explicit Network(const ModelSpec& spec);
+
+  const ModelSpec& spec() const { return spec_; }
+  /// Nodes in topological order (for a chain, the layers in order).
+  std::size_t num_layers() const { return layers_.size(); }
+  const Layer<Scalar>& layer(std::size_t l) const { return *layers_[l]; }
+  /// Node l's spec, id and the values it reads (0 the model input, k + 1 the output of node k).
+  const LayerSpec& layer_spec(std::size_t l) const { return spec_.layers[order_[l]]; }
+  const std::string& node_id(std::size_t l) const { return ids_[l]; }
+  const std::vector<int>& node_inputs(std::size_t l) const { return inputs_[l]; }
+  /// Node l's (first) input activations in a cache.
+  const Mat<Scalar>& input_act(const ForwardCache<Scalar>& cache, std::size_t l) const {
+    return cache.acts[static_cast<std::size_t>(inputs_[l][0])];
+  }
+  /// Offset of node l's parameters in the flat vector.
+  Index param_offset(std::size_t l) const { return offsets_[l]; }
+  Index num_params() const { return num_params_; }
+  const Shape& input_shape() const { return spec_.input_shape; }
+  Index input_size() const { return shape_size(spec_.input_shape); }
+  Index output_size() const { return layers_.empty() ? input_size() : layers_.back()->output_size(); }
+  /// The largest activation (features per sample) of any node, input included.
+  Index max_width() const { return max_width_; }
+  /// Tangent / cotangent buffers of max_width() × chunk a Workspace holds (2 for a chain), plus one for sums
+  /// at fan-out when the graph has any.
+  Index workspace_buffers() const { return num_slots_ + (has_fan_out_ ? 1 : 0); }
+  /// All parameter tensors in flat-vector order with their offsets.
+  const std::vector<NamedParam>& named_params() const { return named_params_; }
+  /// All buffers the nodes use, and names a weights file may hold that are ignored (num_batches_tracked).
+  const std::vector<NamedBuffer>& named_buffers() const { return named_buffers_; }
+  const std::vector<std::string>& ignored_buffers() const { return ignored_buffers_; }
+  /// Sets buffer k of named_buffers() from `values` (shape_size of its shape entries); throws
+  /// std::invalid_argument if the layer rejects them (a negative running variance).
+  void set_buffer(std::size_t k, const Scalar* values);
+
+  /// Throws std::invalid_argument unless theta has num_params() entries.
+  void check_params(Index size) const;
+  /// Throws std::invalid_argument naming the sample if `inputs` are invalid for the nodes that read the model
+  /// input (a token index out of an embedding's range).
+  void check_inputs(const Mat<Scalar>& inputs) const;
+
+  /// A cache whose acts[0] is `inputs` (input_size × N, checked by check_inputs) and whose other buffers are
+  /// sized for N samples.
+  ForwardCache<Scalar> make_cache(const Mat<Scalar>& inputs) const;
+  Workspace<Scalar> make_workspace(Index max_cols) const;
+  /// Scalars of layer scratch a Workspace for chunks of at most `max_cols` samples holds.
+  Index scratch_size(Index max_cols) const;
+
+  /// Runs the nodes on columns [col0, col0 + n) of cache.acts[0], filling the other activations.
+  void forward(const Scalar* theta, ForwardCache<Scalar>& cache, Index col0, Index n) const;
+
+  /// Output tangent J v on columns [col0, col0 + n) for parameter tangent v; the result (output_size × n)
+  /// is at ws.result, valid until the next call with that workspace.
+  void jvp(const Scalar* theta, const Scalar* v, const ForwardCache<Scalar>& cache, Index col0, Index n,
+           Workspace<Scalar>& ws) const;
+
+  /// gtheta += Jᵀ gZ summed over columns [col0, col0 + n), where gZ is output_size × n.
+  void vjp(const Scalar* theta, const ForwardCache<Scalar>& cache, Index col0, Index n,
+           ConstMatMap<Scalar> gZ, Scalar* gtheta, Workspace<Scalar>& ws) const;
+
+  /// Cotangent buffers for N samples.
+  CotangentCache<Scalar> make_cotangents(Index N) const;
+
+  /// Backpropagates gZ (output_size × n) over columns [col0, col0 + n) to the nodes with parameters, storing
+  /// the cotangent at the output of every node with parameters in columns [col0, col0 + n) of cot.g; no
+  /// parameter gradient is formed (the parameter-gradient pass does that from cot).
+  void backprop_cotangents(const Scalar* theta, const ForwardCache<Scalar>& cache, Index col0, Index n,
+                           ConstMatMap<Scalar> gZ, CotangentCache<Scalar>& cot, Workspace<Scalar>& ws) const;
+
+  /// gsq += Σ_n (J_nᵀ gZ_n)², the squared per-sample parameter gradients (for the empirical Fisher diagonal).
+  void squared_vjp(const Scalar* theta, const ForwardCache<Scalar>& cache, Index col0, Index n,
+                   ConstMatMap<Scalar> gZ, Scalar* gsq, Workspace<Scalar>& ws) const;
+
+  /// Convenience: the network outputs (output_size × N) for a whole batch, single-threaded.
+  Mat<Scalar> predict(const Scalar* theta, const Mat<Scalar>& inputs) const;
+
+ private:
+  template <typename AtLayer>
+  void backprop(const ForwardCache<Scalar>& cache, Index col0, Index n, ConstMatMap<Scalar> gZ,
+                Workspace<Scalar>& ws, AtLayer at_layer) const;
+
+  ModelSpec spec_;
+  std::vector<std::unique_ptr<Layer<Scalar>>> layers_;  // topological order
+  std::vector<std::size_t> order_;                      // node l is spec_.layers[order_[l]]
+  std::vector<std::string> ids_;
+  std::vector<std::vector<int>> inputs_;                // values read by node l
+  std::vector<Index> offsets_;
+  std::vector<NamedParam> named_params_;
+  std::vector<NamedBuffer> named_buffers_;
+  std::vector<std::string> ignored_buffers_;
+  Index num_params_ = 0;
+  Index max_width_ = 0;
+  std::size_t max_operands_ = 1;
+  // needs_grad_[l]: node l has parameters or reads a value that depends on them (the R-op's tangent and
+  // backprop's cotangent are zero or unneeded elsewhere).
+  std::vector<bool> needs_grad_;
+  // fused_[l]: node l is element-wise and read only by a max-pool; jvp and vjp run the pair as one pass at
+  // the pool that touches only the selected inputs (see jvp_fused / vjp_fused in network.cpp).
+  std::vector<bool> fused_;
+  // The buffer plan, fixed at construction: the workspace slot of node l's tangent (jvp), of value v's
+  // cotangent (backprop), and whether node l's contribution to its input i's cotangent is added to one
+  // already there (fan-out) rather than written.
+  std::vector<int> tangent_slot_, cotangent_slot_;
+  std::vector<std::vector<bool>> accumulate_;
+  int num_slots_ = 0;
+  bool has_fan_out_ = false;
+};
+
+}  // namespace natgrad

@@ -1,0 +1,229 @@
+// Layers that move values without arithmetic on them, and the merge nodes of a graph: flatten, identity
+// (and dropout in evaluation mode), add (residual connections, with an optional parameter operand broadcast
+// over the leading dimensions) and cat along the channel / feature dimension.
+#include <algorithm>
+
+#include "model/layers.h"
+
+namespace natgrad {
+namespace detail {
+namespace {
+
+// A layer whose every pass is a copy: flatten (a sample's NCHW layout already is its flattened vector),
+// identity and dropout in evaluation mode.
+template <typename Scalar>
+class Copy final : public Layer<Scalar> {
+ public:
+  Copy(LayerType type, const Shape& in, const Shape& out) : Layer<Scalar>(in, out), type_(type) {}
+  LayerType type() const override { return type_; }
+
+  void forward(const Scalar*, ConstMatMap<Scalar> X, MatMap<Scalar> Y, int32_t*) const override { Y = X; }
+  void jvp(const Scalar*, const Scalar*, ConstMatMap<Scalar> X, ConstMatMap<Scalar>, const int32_t*,
+           const Scalar* dX, MatMap<Scalar> dY, Scalar*) const override {
+    if (dX)
+      dY = ConstMatMap<Scalar>(dX, X.rows(), X.cols());
+    else
+      dY.setZero();
+  }
+  void vjp(const Scalar*, ConstMatMap<Scalar> X, ConstMatMap<Scalar>, const int32_t*, ConstMatMap<Scalar> gY,
+           Scalar* gX, Scalar*, Scalar*) const override {
+    if (gX) MatMap<Scalar>(gX, X.rows(), X.cols()) = gY;
+  }
+
+ private:
+  LayerType type_;
+};
+
+// y = x_0 + … + x_{k-1} (+ p, a parameter whose shape is a suffix of the operands': each sample's output is
+// `repeats` copies of p's size, and p is added to each).
+template <typename Scalar>
+class Add final : public Layer<Scalar>, public MultiInput<Scalar> {
+ public:
+  Add(const Shape& shape, std::size_t operands, const Shape& param)
+      : Layer<Scalar>(shape, shape), operands_(operands), param_(param),
+        psize_(param.empty() ? 0 : shape_size(param)) {}
+  LayerType type() const override { return LayerType::add; }
+  ParamInit param_init() const override { return ParamInit::normal; }
+  Index num_params() const override { return psize_; }
+  std::vector<ParamTensor> param_tensors() const override {
+    if (psize_ == 0) return {};
+    return {{"", param_}};
+  }
+
+  void forward_multi(const Scalar* const* X, const Scalar* theta, Index n, Scalar* Y) const override {
+    const Index rows = this->output_size();
+    MatMap<Scalar> y(Y, rows, n);
+    y = ConstMatMap<Scalar>(X[0], rows, n);
+    for (std::size_t i = 1; i < operands_; ++i) y += ConstMatMap<Scalar>(X[i], rows, n);
+    if (psize_) add_parameter(theta, y);
+  }
+  void jvp_multi(const Scalar* const* dX, const Scalar* dtheta, Index n, Scalar* dY) const override {
+    const Index rows = this->output_size();
+    MatMap<Scalar> y(dY, rows, n);
+    bool any = false;
+    for (std::size_t i = 0; i < operands_; ++i) {
+      if (!dX[i]) continue;
+      if (any)
+        y += ConstMatMap<Scalar>(dX[i], rows, n);
+      else
+        y = ConstMatMap<Scalar>(dX[i], rows, n);
+      any = true;
+    }
+    if (!any) y.setZero();
+    if (psize_ && dtheta) add_parameter(dtheta, y);
+  }
+  void vjp_operand(std::size_t, const Scalar* gY, Index n, Scalar* gX, bool accumulate) const override {
+    const Index rows = this->output_size();
+    if (accumulate)
+      MatMap<Scalar>(gX, rows, n) += ConstMatMap<Scalar>(gY, rows, n);
+    else
+      MatMap<Scalar>(gX, rows, n) = ConstMatMap<Scalar>(gY, rows, n);
+  }
+
+  // The single-operand passes (Network calls forward_multi / jvp_multi / vjp_operand for the operands):
+  // only the parameter gradient, gp += Σ_n Σ_r gY[r·|p| + j, n].
+  void forward(const Scalar*, ConstMatMap<Scalar>, MatMap<Scalar>, int32_t*) const override {}
+  void jvp(const Scalar*, const Scalar*, ConstMatMap<Scalar>, ConstMatMap<Scalar>, const int32_t*, const Scalar*,
+           MatMap<Scalar>, Scalar*) const override {}
+  void vjp(const Scalar*, ConstMatMap<Scalar>, ConstMatMap<Scalar>, const int32_t*, ConstMatMap<Scalar> gY, Scalar*,
+           Scalar* gtheta, Scalar*) const override {
+    if (!gtheta || !psize_) return;
+    VecMap<Scalar> g(gtheta, psize_);
+    const Index repeats = this->output_size() / psize_;
+    for (Index n = 0; n < gY.cols(); ++n)
+      for (Index r = 0; r < repeats; ++r) g += ConstVecMap<Scalar>(gY.col(n).data() + r * psize_, psize_);
+  }
+  Index scratch_size(Index) const override { return psize_; }
+  void accumulate_squared_grads(const Scalar*, ConstMatMap<Scalar>, ConstMatMap<Scalar> gY, Scalar* gsq,
+                                Scalar* scratch) const override {
+    if (!psize_) return;
+    VecMap<Scalar> s(scratch, psize_), q(gsq, psize_);
+    const Index repeats = this->output_size() / psize_;
+    for (Index n = 0; n < gY.cols(); ++n) {
+      s.setZero();
+      for (Index r = 0; r < repeats; ++r) s += ConstVecMap<Scalar>(gY.col(n).data() + r * psize_, psize_);
+      q.array() += s.array().square();
+    }
+  }
+
+ private:
+  void add_parameter(const Scalar* p, MatMap<Scalar>& y) const {
+    const Index repeats = this->output_size() / psize_;
+    ConstVecMap<Scalar> pv(p, psize_);
+    for (Index n = 0; n < y.cols(); ++n)
+      for (Index r = 0; r < repeats; ++r) VecMap<Scalar>(y.col(n).data() + r * psize_, psize_) += pv;
+  }
+
+  std::size_t operands_;
+  Shape param_;
+  Index psize_;
+};
+
+// Concatenation along dimension 1 (the first of a sample): each sample's output is its operands' samples
+// one after the other.
+template <typename Scalar>
+class Cat final : public Layer<Scalar>, public MultiInput<Scalar> {
+ public:
+  Cat(const std::vector<Shape>& in, const Shape& out) : Layer<Scalar>(in[0], out) {
+    Index off = 0;
+    for (const Shape& s : in) {
+      sizes_.push_back(shape_size(s));
+      offsets_.push_back(off);
+      off += shape_size(s);
+    }
+  }
+  LayerType type() const override { return LayerType::cat; }
+
+  void forward_multi(const Scalar* const* X, const Scalar*, Index n, Scalar* Y) const override {
+    MatMap<Scalar> y(Y, this->output_size(), n);
+    for (std::size_t i = 0; i < sizes_.size(); ++i)
+      y.middleRows(offsets_[i], sizes_[i]) = ConstMatMap<Scalar>(X[i], sizes_[i], n);
+  }
+  void jvp_multi(const Scalar* const* dX, const Scalar*, Index n, Scalar* dY) const override {
+    MatMap<Scalar> y(dY, this->output_size(), n);
+    for (std::size_t i = 0; i < sizes_.size(); ++i)
+      if (dX[i])
+        y.middleRows(offsets_[i], sizes_[i]) = ConstMatMap<Scalar>(dX[i], sizes_[i], n);
+      else
+        y.middleRows(offsets_[i], sizes_[i]).setZero();
+  }
+  void vjp_operand(std::size_t i, const Scalar* gY, Index n, Scalar* gX, bool accumulate) const override {
+    ConstMatMap<Scalar> g(gY, this->output_size(), n);
+    if (accumulate)
+      MatMap<Scalar>(gX, sizes_[i], n) += g.middleRows(offsets_[i], sizes_[i]);
+    else
+      MatMap<Scalar>(gX, sizes_[i], n) = g.middleRows(offsets_[i], sizes_[i]);
+  }
+  void forward(const Scalar*, ConstMatMap<Scalar>, MatMap<Scalar>, int32_t*) const override {}
+  void jvp(const Scalar*, const Scalar*, ConstMatMap<Scalar>, ConstMatMap<Scalar>, const int32_t*, const Scalar*,
+           MatMap<Scalar>, Scalar*) const override {}
+  void vjp(const Scalar*, ConstMatMap<Scalar>, ConstMatMap<Scalar>, const int32_t*, ConstMatMap<Scalar>, Scalar*,
+           Scalar*, Scalar*) const override {}
+
+ private:
+  std::vector<Index> sizes_, offsets_;
+};
+
+}  // namespace
+
+template <typename Scalar>
+std::unique_ptr<Layer<Scalar>> make_flatten(const LayerSpec&, const Shape& in, const std::string&) {
+  return std::make_unique<Copy<Scalar>>(LayerType::flatten, in, Shape{shape_size(in)});
+}
+
+template <typename Scalar>
+std::unique_ptr<Layer<Scalar>> make_identity(const LayerSpec& spec, const Shape& in, const std::string& where) {
+  if (spec.type == LayerType::dropout && spec.training)
+    fail(where, "dropout in training mode zeroes random entries, so the model is not a function of its input: "
+                "export the model after model.eval()");
+  return std::make_unique<Copy<Scalar>>(spec.type, in, in);
+}
+
+template <typename Scalar>
+std::unique_ptr<Layer<Scalar>> make_merge(const LayerSpec& spec, const std::vector<Shape>& in,
+                                          const std::string& where) {
+  if (spec.type == LayerType::add) {
+    for (std::size_t i = 1; i < in.size(); ++i)
+      if (in[i] != in[0])
+        fail(where, "add: operand " + std::to_string(i) + " has shape " + shape_to_string(in[i]) +
+                        " but operand 0 has " + shape_to_string(in[0]));
+    Shape p = spec.parameter_shape;
+    if (!spec.parameter.empty()) {
+      // PyTorch broadcasting against [N, ...]: leading ones of the parameter (the batch's, say) drop out, and
+      // what is left must be a trailing part of the operands' shape.
+      while (p.size() > in[0].size() && p.front() == 1) p.erase(p.begin());
+      if (p.empty()) p = {1};
+      bool suffix = p.size() <= in[0].size();
+      for (std::size_t k = 0; suffix && k < p.size(); ++k) suffix = p[p.size() - 1 - k] == in[0][in[0].size() - 1 - k];
+      if (!suffix)
+        fail(where, "add: the parameter \"" + spec.parameter + "\" of shape " + shape_to_string(spec.parameter_shape) +
+                        " does not broadcast to the operands' shape " + shape_to_string(in[0]) +
+                        " (it must match their trailing dimensions)");
+    }
+    // The weights file and the flat vector hold the tensor under its own (unbroadcast) shape.
+    return std::make_unique<Add<Scalar>>(in[0], in.size(), spec.parameter.empty() ? Shape{} : spec.parameter_shape);
+  }
+  if (spec.dim != 1)
+    fail(where, "cat is supported along dimension 1 (channels or features), not " + std::to_string(spec.dim));
+  Shape out = in[0];
+  for (std::size_t i = 1; i < in.size(); ++i) {
+    bool same = in[i].size() == in[0].size();
+    for (std::size_t k = 1; same && k < in[0].size(); ++k) same = in[i][k] == in[0][k];
+    if (!same)
+      fail(where, "cat: operand " + std::to_string(i) + " has shape " + shape_to_string(in[i]) +
+                      ", which differs from operand 0's " + shape_to_string(in[0]) + " outside dimension 1");
+    out[0] += in[i][0];
+  }
+  return std::make_unique<Cat<Scalar>>(in, out);
+}
+
+#define NATGRAD_INSTANTIATE(S)                                                                                  \
+  template std::unique_ptr<Layer<S>> make_flatten<S>(const LayerSpec&, const Shape&, const std::string&);       \
+  template std::unique_ptr<Layer<S>> make_identity<S>(const LayerSpec&, const Shape&, const std::string&);      \
+  template std::unique_ptr<Layer<S>> make_merge<S>(const LayerSpec&, const std::vector<Shape>&, const std::string&);
+NATGRAD_INSTANTIATE(float)
+NATGRAD_INSTANTIATE(double)
+#undef NATGRAD_INSTANTIATE
+
+}  // namespace detail
+}  // namespace natgrad
