@@ -6,7 +6,10 @@
 #include <natgrad/io/parameters_io.h>
 #include <natgrad/natural_gradient/memory_estimate.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <string>
+#include <vector>
 
 namespace natgrad {
 namespace cli {
@@ -14,18 +17,33 @@ namespace cli {
 int run_info(Args& a) {
   if (a.model.empty()) usage_error("--model is required");
   const ModelFile m = read_model_spec(a.model);
-  const Network<double> model(m.spec);
-  std::printf("model %s: input %s, likelihood %s\n", a.model.c_str(), shape_to_string(m.spec.input_shape).c_str(),
-              to_string(m.likelihood));
-  std::printf("  %-5s %-11s %-18s %12s\n", "index", "type", "output shape", "parameters");
-  for (std::size_t i = 0; i < model.num_layers(); ++i)
-    std::printf("  %-5zu %-11s %-18s %12lld\n", i, model.layer(i).name(), shape_to_string(model.layer(i).output_shape()).c_str(),
-                static_cast<long long>(model.layer(i).num_params()));
-  std::printf("total parameters: %lld\n", static_cast<long long>(model.num_params()));
+  Network<double> model(m.spec);
+  std::printf("model %s: input %s, likelihood %s, %zu nodes\n", a.model.c_str(),
+              shape_to_string(m.spec.input_shape).c_str(), to_string(m.likelihood), model.num_layers());
+  // The graph in the order it runs: each node, its operation, the nodes it reads, its output and parameters.
+  auto value_name = [&](int v) { return v == 0 ? std::string(kModelInputId) : model.node_id(static_cast<std::size_t>(v - 1)); };
+  std::size_t id_width = 4, in_width = 6;
+  std::vector<std::string> inputs(model.num_layers());
+  for (std::size_t l = 0; l < model.num_layers(); ++l) {
+    for (int v : model.node_inputs(l)) inputs[l] += (inputs[l].empty() ? "" : ", ") + value_name(v);
+    id_width = std::max(id_width, model.node_id(l).size());
+    in_width = std::max(in_width, inputs[l].size());
+  }
+  const int iw = static_cast<int>(std::min<std::size_t>(id_width, 40)), inw = static_cast<int>(std::min<std::size_t>(in_width, 40));
+  std::printf("  %-*s %-14s %-*s %-18s %12s\n", iw, "node", "op", inw, "inputs", "output shape", "parameters");
+  for (std::size_t l = 0; l < model.num_layers(); ++l)
+    std::printf("  %-*s %-14s %-*s %-18s %12lld\n", iw, model.node_id(l).c_str(), model.layer(l).name(), inw,
+                inputs[l].c_str(), shape_to_string(model.layer(l).output_shape()).c_str(),
+                static_cast<long long>(model.layer(l).num_params()));
+  std::printf("total parameters: %lld in %zu tensors", static_cast<long long>(model.num_params()),
+              model.named_params().size());
+  if (!model.named_buffers().empty()) std::printf("; %zu buffers", model.named_buffers().size());
+  std::printf("\n");
   if (!a.weights.empty()) {
     const Vec<double> theta = load_parameters<double>(a.weights, model);
-    std::printf("weights %s: all %zu tensors present with the model's shapes, |theta| = %.6e\n", a.weights.c_str(),
-                model.named_params().size(), theta.norm());
+    load_buffers<double>(a.weights, model);
+    std::printf("weights %s: all %zu tensors%s present with the model's shapes, |theta| = %.6e\n", a.weights.c_str(),
+                model.named_params().size(), model.named_buffers().empty() ? "" : " and buffers", theta.norm());
   }
   const Index batch = a.batch > 0 ? a.batch : kDefaultBatch;
   const std::size_t bytes = a.dtype == "float64" ? 8 : 4;
@@ -35,9 +53,6 @@ int run_info(Args& a) {
               mem.report().c_str());
   return 0;
 }
-
-
-
 
 }  // namespace cli
 }  // namespace natgrad

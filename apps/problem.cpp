@@ -48,6 +48,11 @@ Problem<Scalar> load_problem(Args& a, bool allow_default, const Progress& progre
   p.data = load_dataset<Scalar>(a.data, p.file.spec.input_shape, p.file.likelihood, model.output_size(), Split::train,
                                 a.batch);
   p.data_label = a.data;
+  try {
+    model.check_inputs(p.data.inputs);  // token indices within their embedding's range
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(a.data + ": " + e.what());
+  }
   if (a.curvature_batch > p.data.size())
     usage_error("--curvature-batch " + std::to_string(a.curvature_batch) + " exceeds the batch of " +
                 std::to_string(p.data.size()) + " samples");
@@ -70,6 +75,7 @@ Problem<Scalar> load_problem(Args& a, bool allow_default, const Progress& progre
   } else {
     std::string conversion;
     p.theta = load_parameters<Scalar>(a.weights, model, &conversion);
+    load_buffers<Scalar>(a.weights, *p.model);
     p.params_label = a.weights;
     if (!conversion.empty()) std::fprintf(stderr, "note: %s: %s\n", a.weights.c_str(), conversion.c_str());
   }

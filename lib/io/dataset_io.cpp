@@ -130,9 +130,12 @@ Dataset<Scalar> load_safetensors_data(const std::string& path, const Shape& inpu
   if (!f.contains("inputs")) fail(path, "missing tensor \"inputs\"");
   if (!f.contains("targets")) fail(path, "missing tensor \"targets\" (data without targets)");
   const TensorInfo& in = f.info("inputs");
+  // I64 / I32 inputs are token indices for a model that starts with an embedding, which checks their range.
+  const bool tokens = in.dtype == DType::I64 || in.dtype == DType::I32;
   if (in.dtype != DType::F32 && in.dtype != DType::F64 && in.dtype != DType::U8 && in.dtype != DType::F16 &&
-      in.dtype != DType::BF16)
-    fail(path, std::string("\"inputs\" has dtype ") + to_string(in.dtype) + "; expected F32, F64 or U8");
+      in.dtype != DType::BF16 && !tokens)
+    fail(path, std::string("\"inputs\" has dtype ") + to_string(in.dtype) +
+                   "; expected F32, F64 or U8 (pixels), or I64 / I32 (token indices)");
   if (in.shape.empty()) fail(path, "\"inputs\" needs a leading sample dimension");
   const Shape sample(in.shape.begin() + 1, in.shape.end());
   if (shape_size(sample) != shape_size(input_shape) || (sample.size() > 1 && sample != input_shape))

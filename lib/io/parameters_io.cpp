@@ -50,16 +50,43 @@ Vec<Scalar> load_parameters(const std::string& path, const Network<Scalar>& mode
     if (!conversion->empty()) *conversion = "converted " + *conversion + " to " + (own == DType::F32 ? "float32" : "float64");
   }
   for (const std::string& name : f.names()) {
+    // A state_dict also holds the buffers: load_buffers reads those, a vector ignores them.
     bool known = false;
     for (const NamedParam& p : model.named_params()) known = known || p.name == name;
+    for (const NamedBuffer& b : model.named_buffers()) known = known || b.name == name;
+    for (const std::string& b : model.ignored_buffers()) known = known || b == name;
     if (!known) {
       std::string expected;
       for (const NamedParam& p : model.named_params()) expected += (expected.empty() ? "" : ", ") + p.name;
-      detail::fail(path + ": unexpected tensor \"" + name + "\" (the model's parameters are " +
-                                  expected + ")");
+      std::string buffers;
+      for (const NamedBuffer& b : model.named_buffers()) buffers += (buffers.empty() ? "" : ", ") + b.name;
+      detail::fail(path + ": unexpected tensor \"" + name + "\" (the model's parameters are " + expected +
+                   (buffers.empty() ? "" : "; its buffers are " + buffers) + ")");
     }
   }
   return theta;
+}
+
+template <typename Scalar>
+void load_buffers(const std::string& path, Network<Scalar>& model) {
+  if (model.named_buffers().empty()) return;
+  const SafetensorsFile f = SafetensorsFile::read(path);
+  for (std::size_t k = 0; k < model.named_buffers().size(); ++k) {
+    const NamedBuffer& b = model.named_buffers()[k];
+    if (!f.contains(b.name))
+      detail::fail(path + ": missing buffer \"" + b.name + "\" of shape " + shape_to_string(b.shape) +
+                   " (export the module's state_dict(), which holds it)");
+    const TensorInfo& t = f.info(b.name);
+    if (Shape(t.shape.begin(), t.shape.end()) != b.shape)
+      detail::fail(path + ": buffer \"" + b.name + "\" has shape " + shape_str(t.shape) + " but the model expects " +
+                   shape_to_string(b.shape));
+    const std::vector<Scalar> v = f.get<Scalar>(b.name);
+    try {
+      model.set_buffer(k, v.data());
+    } catch (const std::invalid_argument& e) {
+      detail::fail(path + ": buffer " + e.what());
+    }
+  }
 }
 
 template <typename Scalar>
@@ -80,6 +107,8 @@ void save_parameters(const std::string& path, const Network<Scalar>& model, cons
 
 template Vec<float> load_parameters<float>(const std::string&, const Network<float>&, std::string*);
 template Vec<double> load_parameters<double>(const std::string&, const Network<double>&, std::string*);
+template void load_buffers<float>(const std::string&, Network<float>&);
+template void load_buffers<double>(const std::string&, Network<double>&);
 template void save_parameters<float>(const std::string&, const Network<float>&, const Vec<float>&, DType,
                                      const std::map<std::string, std::string>&);
 template void save_parameters<double>(const std::string&, const Network<double>&, const Vec<double>&, DType,

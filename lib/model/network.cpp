@@ -150,7 +150,6 @@ Network<Scalar>::Network(const ModelSpec& spec) : spec_(spec) {
   // The layers, in topological order.
   max_width_ = shape_size(spec.input_shape);
   std::vector<Shape> shapes{spec.input_shape};  // per value
-  std::map<std::string, std::size_t> module_of_param;
   struct Tensor {
     std::string name;
     Shape shape;
@@ -186,10 +185,8 @@ Network<Scalar>::Network(const ModelSpec& spec) : spec_(spec) {
                "\" (shared parameters are not supported)");
       tensors.push_back({name, t.shape, l});
     }
-    for (std::size_t b = 0; b < layer.buffer_tensors().size(); ++b) {
-      const ParamTensor& t = layer.buffer_tensors()[b];
-      named_buffers_.push_back({module + "." + t.name, t.shape, l, b});
-    }
+    const std::vector<ParamTensor> buffers = layer.buffer_tensors();
+    for (std::size_t b = 0; b < buffers.size(); ++b) named_buffers_.push_back({module + "." + buffers[b].name, buffers[b].shape, l, b});
     for (const std::string& name : layer.ignored_buffers()) ignored_buffers_.push_back(module + "." + name);
     needs_grad_.push_back(layer.num_params() > 0);
     for (int v : inputs_.back())
