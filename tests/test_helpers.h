@@ -41,6 +41,23 @@ inline std::string make_temp_dir(const std::string& prefix) {
   return std::string(mkdtemp(tmpl.data()));
 }
 
+/// The message of the std::invalid_argument f throws, or "no exception".
+template <typename F>
+std::string error_of(F f) {
+  try {
+    f();
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+  return "no exception";
+}
+
+#define EXPECT_ERROR(expr, text)                                                \
+  do {                                                                          \
+    const std::string msg_ = ::natgrad::test::error_of([&] { (void)(expr); });  \
+    EXPECT_NE(msg_.find(text), std::string::npos) << "message: " << msg_;       \
+  } while (0)
+
 inline double rel_err(double a, double b) { return std::abs(a - b) / std::max({std::abs(a), std::abs(b), 1e-300}); }
 template <typename A, typename B>
 double rel_err_vec(const A& a, const B& b) {

@@ -40,22 +40,6 @@ std::string safetensors_bytes(const std::string& header, const std::string& data
   return out + header + data;
 }
 
-template <typename F>
-std::string error_of(F f) {
-  try {
-    f();
-  } catch (const std::invalid_argument& e) {
-    return e.what();
-  }
-  return "no exception";
-}
-
-#define EXPECT_ERROR(expr, text)                                                \
-  do {                                                                          \
-    const std::string msg_ = error_of([&] { (void)(expr); });                   \
-    EXPECT_NE(msg_.find(text), std::string::npos) << "message: " << msg_;       \
-  } while (0)
-
 ModelFile small_model() {
   return parse_model_spec(R"({"input_shape": [1, 4, 4], "likelihood": "categorical", "layers": [
       {"type": "conv2d", "in_channels": 1, "out_channels": 2, "kernel_size": 3, "padding": 1},

@@ -25,6 +25,9 @@ std::vector<LayerCase> layer_cases() {
   LayerSpec same5 = LayerSpec::conv2d(2, 3, 5, 1, 2);
   same5.kernel_w = 3;
   same5.padding_w = 1;
+  LayerSpec same_odd = LayerSpec::conv2d(2, 3, 3, 1, 0);
+  same_odd.kernel_w = 5;
+  same_odd.padding_same = true;
   return {
       {"linear", LayerSpec::linear(5, 4), {5}},
       {"linear_nobias", LayerSpec::linear(6, 3, false), {6}},
@@ -47,7 +50,33 @@ std::vector<LayerCase> layer_cases() {
       {"maxpool2d", LayerSpec::maxpool2d(2), {2, 4, 4}},
       {"maxpool2d_k3s2", pool3, {2, 7, 7}},
       {"avgpool2d", LayerSpec::avgpool2d(2), {2, 4, 6}},
+      {"silu", LayerSpec::activation(LayerType::silu), {7}},
+      {"identity", LayerSpec::activation(LayerType::identity), {2, 3}},
+      {"dropout_eval", LayerSpec::activation(LayerType::dropout), {5}},
+      {"global_avgpool", LayerSpec::global_avgpool(), {3, 2, 4}},
+      {"global_avgpool_keepdim", LayerSpec::global_avgpool(true), {3, 3, 3}},
+      {"conv2d_padding_same_3x5", same_odd, {2, 4, 6}},
+      {"layer_norm_last_dim", LayerSpec::layer_norm({4}), {3, 4}},
+      {"layer_norm_two_dims", LayerSpec::layer_norm({2, 3}, 1e-3), {2, 2, 3}},
+      {"layer_norm_no_affine", LayerSpec::layer_norm({6}, 1e-5, false), {6}},
+      {"batch_norm_2d", LayerSpec::batch_norm(3), {3, 2, 2}},
+      {"batch_norm_1d", LayerSpec::batch_norm(4, 1e-3), {4}},
+      {"batch_norm_1d_sequence_no_affine", LayerSpec::batch_norm(3, 1e-5, false), {3, 4}},
   };
+}
+
+// A layer with its buffers (batch norm's running statistics) set to non-trivial values: means in ±0.5,
+// variances in [0.5, 1.5].
+template <typename Scalar>
+std::unique_ptr<Layer<Scalar>> make_test_layer(const LayerCase& lc, uint64_t seed) {
+  auto layer = make_layer<Scalar>(lc.spec, lc.input, lc.label);
+  const std::vector<ParamTensor> buffers = layer->buffer_tensors();
+  for (std::size_t i = 0; i < buffers.size(); ++i) {
+    Vec<Scalar> v = random_vec<Scalar>(shape_size(buffers[i].shape), seed + i) * Scalar(0.5);
+    if (buffers[i].name == "running_var") v = v.array().abs() + Scalar(0.5);
+    layer->set_buffer(i, v.data());
+  }
+  return layer;
 }
 
 // Inputs on a shuffled grid with spacing 2/K: no two entries are within a finite-difference step of each
@@ -88,7 +117,7 @@ TYPED_TEST(LayerDerivatives, RopBackpropAndAdjointAgainstFiniteDifferences) {
   uint64_t seed = 1;
   for (const LayerCase& lc : layer_cases()) {
     SCOPED_TRACE(lc.label);
-    auto layer = make_layer<Scalar>(lc.spec, lc.input, lc.label);
+    auto layer = make_test_layer<Scalar>(lc, 100 + seed);
     const Index n = 3, in = layer->input_size(), out = layer->output_size(), P = layer->num_params();
     const Mat<Scalar> X = grid_inputs<Scalar>(in, n, ++seed);
     const Vec<Scalar> theta = random_vec<Scalar>(P, ++seed) * Scalar(0.5);
@@ -152,7 +181,7 @@ TYPED_TEST(LayerDerivatives, ZeroInputTangentIsTheSameAsAnExplicitZero) {
   using Scalar = TypeParam;
   for (const LayerCase& lc : layer_cases()) {
     SCOPED_TRACE(lc.label);
-    auto layer = make_layer<Scalar>(lc.spec, lc.input, lc.label);
+    auto layer = make_test_layer<Scalar>(lc, 7);
     const Index n = 2, in = layer->input_size(), out = layer->output_size(), P = layer->num_params();
     const Mat<Scalar> X = grid_inputs<Scalar>(in, n, 3), zero = Mat<Scalar>::Zero(in, n);
     const Vec<Scalar> theta = random_vec<Scalar>(P, 4), dtheta = random_vec<Scalar>(P, 5);
@@ -258,4 +287,106 @@ TEST(LayerEdges, MaxPoolRefusesInputsItsInt32ArgmaxCannotAddress) {
               std::string::npos) << e.what();
   }
   EXPECT_NO_THROW(make_layer<float>(LayerSpec::avgpool2d(2), {1, 50000, 50000}, "avgpool keeps no indices"));
+}
+
+// The empirical Fisher diagonal's per-layer pass: Σ_n (∂ℓ_n/∂θ)² equals the squares of per-sample parameter
+// cotangents from vjp (which the finite-difference test above checks), summed over samples.
+TYPED_TEST(LayerDerivatives, SquaredGradientsAreTheSquaresOfPerSampleGradients) {
+  using Scalar = TypeParam;
+  for (const LayerCase& lc : layer_cases()) {
+    auto layer = make_test_layer<Scalar>(lc, 11);
+    const Index n = 3, in = layer->input_size(), out = layer->output_size(), P = layer->num_params();
+    if (P == 0) continue;
+    SCOPED_TRACE(lc.label);
+    const Mat<Scalar> X = grid_inputs<Scalar>(in, n, 12), gY = random_mat<Scalar>(out, n, 13);
+    const Vec<Scalar> theta = random_vec<Scalar>(P, 14);
+    const Mat<Scalar> Y = run_forward<Scalar>(*layer, theta, X);
+    std::vector<int32_t> aux(static_cast<std::size_t>(layer->aux_per_sample() * n));
+    std::vector<Scalar> scratch(static_cast<std::size_t>(layer->scratch_size(n)) + 1);
+    Vec<Scalar> expected = Vec<Scalar>::Zero(P), got = Vec<Scalar>::Zero(P);
+    for (Index j = 0; j < n; ++j) {
+      Vec<Scalar> g = Vec<Scalar>::Zero(P);
+      layer->vjp(theta.data(), ConstMatMap<Scalar>(X.col(j).data(), in, 1), ConstMatMap<Scalar>(Y.col(j).data(), out, 1),
+                 aux.data(), ConstMatMap<Scalar>(gY.col(j).data(), out, 1), nullptr, g.data(), scratch.data());
+      expected.array() += g.array().square();
+    }
+    layer->accumulate_squared_grads(theta.data(), ConstMatMap<Scalar>(X.data(), in, n),
+                                    ConstMatMap<Scalar>(gY.data(), out, n), got.data(), scratch.data());
+    EXPECT_LT(rel_err_vec(got, expected), Tol<Scalar>::adjoint);
+  }
+}
+
+// Embedding: the input holds token indices, so only the table has derivatives. The R-op and backprop against
+// finite differences in the table, the adjoint identity, the padding row's zero gradient, and the squared
+// per-sample gradients with a token repeated in a sample (summed before squaring).
+TYPED_TEST(LayerDerivatives, EmbeddingAgainstFiniteDifferencesInItsTable) {
+  using Scalar = TypeParam;
+  const double h = std::is_same<Scalar, float>::value ? 1e-3 : Tol<Scalar>::fd_step;
+  for (Index padding : {Index(-1), Index(2)}) {
+    LayerSpec spec = LayerSpec::embedding(5, 3);
+    spec.padding_idx = padding;
+    auto layer = make_layer<Scalar>(spec, {4}, "embedding");
+    ASSERT_EQ(layer->output_shape(), (Shape{4, 3}));
+    ASSERT_FALSE(layer->differentiable_input());
+    Mat<Scalar> X(4, 2);
+    X << 0, 4, 2, 1, 4, 1, 2, 1;  // sample 0: 0 2 4 2 (token 2 twice); sample 1: 4 1 1 1
+    const Index P = layer->num_params(), out = layer->output_size();
+    const Vec<Scalar> theta = random_vec<Scalar>(P, 21), dtheta = random_vec<Scalar>(P, 22);
+    const Mat<Scalar> gY = random_mat<Scalar>(out, 2, 23);
+    const Mat<Scalar> Y = run_forward<Scalar>(*layer, theta, X);
+    Mat<Scalar> dY(out, 2);
+    layer->jvp(theta.data(), dtheta.data(), ConstMatMap<Scalar>(X.data(), 4, 2), ConstMatMap<Scalar>(Y.data(), out, 2),
+               nullptr, nullptr, MatMap<Scalar>(dY.data(), out, 2), nullptr);
+    Mat<Scalar> fd = (run_forward<Scalar>(*layer, theta + Scalar(h) * dtheta, X) -
+                      run_forward<Scalar>(*layer, theta - Scalar(h) * dtheta, X)) / Scalar(2 * h);
+    if (padding >= 0)  // the padding row is a constant: no tangent where it is read (sample 0, positions 1, 3)
+      for (Index t : {1, 3}) fd.block(t * 3, 0, 3, 1).setZero();
+    EXPECT_LT(rel_err_vec(dY, fd), Tol<Scalar>::fd);
+    Vec<Scalar> gtheta = Vec<Scalar>::Zero(P);
+    layer->vjp(theta.data(), ConstMatMap<Scalar>(X.data(), 4, 2), ConstMatMap<Scalar>(Y.data(), out, 2), nullptr,
+               ConstMatMap<Scalar>(gY.data(), out, 2), nullptr, gtheta.data(), nullptr);
+    const double lhs = (gY.template cast<double>().array() * dY.template cast<double>().array()).sum();
+    EXPECT_LT(rel_err(lhs, double(gtheta.template cast<double>().dot(dtheta.template cast<double>()))), Tol<Scalar>::adjoint);
+    if (padding >= 0) EXPECT_EQ(gtheta.segment(padding * 3, 3).norm(), Scalar(0));
+    // Per sample: sample 0's gradient for token 2 is gY(positions 1 and 3) summed, then squared.
+    Vec<Scalar> expected = Vec<Scalar>::Zero(P), got = Vec<Scalar>::Zero(P);
+    for (Index j = 0; j < 2; ++j) {
+      Vec<Scalar> g = Vec<Scalar>::Zero(P);
+      layer->vjp(theta.data(), ConstMatMap<Scalar>(X.col(j).data(), 4, 1), ConstMatMap<Scalar>(Y.col(j).data(), out, 1),
+                 nullptr, ConstMatMap<Scalar>(gY.col(j).data(), out, 1), nullptr, g.data(), nullptr);
+      expected.array() += g.array().square();
+    }
+    layer->accumulate_squared_grads(theta.data(), ConstMatMap<Scalar>(X.data(), 4, 2),
+                                    ConstMatMap<Scalar>(gY.data(), out, 2), got.data(), nullptr);
+    EXPECT_LT(rel_err_vec(got, expected), Tol<Scalar>::adjoint);
+  }
+}
+
+TEST(LayerEdges, EmbeddingRefusesIndicesOutsideItsTable) {
+  auto layer = make_layer<double>(LayerSpec::embedding(5, 2), {3}, "tok");
+  Mat<double> X(3, 2);
+  X << 0, 1, 4, 5, 2, 3;  // sample 1, position 1 holds 5
+  EXPECT_ERROR(layer->check_input(ConstMatMap<double>(X.data(), 3, 2)),
+               "sample 1, position 1: token index 5.000000 is not an integer in [0, 5)");
+  X(1, 1) = 1.5;
+  EXPECT_ERROR(layer->check_input(ConstMatMap<double>(X.data(), 3, 2)), "is not an integer in [0, 5)");
+  X(1, 1) = 4;
+  EXPECT_NO_THROW(layer->check_input(ConstMatMap<double>(X.data(), 3, 2)));
+}
+
+TEST(LayerEdges, NewLayersRefuseWhatTheyCannotRepresent) {
+  LayerSpec bn = LayerSpec::batch_norm(3);
+  bn.training = true;
+  EXPECT_ERROR(make_layer<double>(bn, {3, 4, 4}, "bn"), "model.eval()");
+  EXPECT_ERROR(make_layer<double>(LayerSpec::batch_norm(4), {3, 4, 4}, "bn"), "num_features 4");
+  LayerSpec same_even = LayerSpec::conv2d(1, 1, 2);
+  same_even.padding_same = true;
+  EXPECT_ERROR(make_layer<double>(same_even, {1, 5, 5}, "c"), "pads asymmetrically");
+  LayerSpec drop = LayerSpec::activation(LayerType::dropout);
+  drop.training = true;
+  EXPECT_ERROR(make_layer<double>(drop, {4}, "d"), "model.eval()");
+  EXPECT_ERROR(make_layer<double>(LayerSpec::layer_norm({3}), {3, 4}, "ln"), "not the trailing part");
+  auto layer = make_layer<double>(LayerSpec::batch_norm(2), {2}, "bn");
+  const double bad[2] = {1.0, -0.5};
+  EXPECT_ERROR(layer->set_buffer(1, bad), "entry 1 is a negative variance");
 }
