@@ -397,3 +397,115 @@ TEST_F(Cli, BadInputEndsWithOneLineAndNoOutput) {
     EXPECT_FALSE(exists(out)) << args;
   }
 }
+
+// Chain models keep their results across the graph model: tests/data/chain_v1 holds the outputs of the last
+// chain-only release on a chain of all eleven chain layer types (see its README), and every one of them must
+// come out bit for bit the same.
+TEST(CliRegression, ChainOutputsAreBitIdenticalToTheChainOnlyRelease) {
+  const std::string fx = std::string(NATGRAD_TEST_DATA) + "/chain_v1/", out = make_temp_dir("natgrad_chain") + "/";
+  const std::string common = " --model " + fx + "model.json --data " + fx + "data.csv --seed 3 --quiet";
+  const std::vector<std::string> commands = {
+      "solve" + common + " --damping 0.01 --cg-max-iters 15 --threads 2 --output " + out +
+          "d_f32.safetensors --save-gradient " + out + "g_f32.safetensors",
+      "solve" + common + " --damping 0.01 --cg-max-iters 15 --dtype float64 --threads 2 --output " + out +
+          "d_f64.safetensors --save-gradient " + out + "g_f64.safetensors",
+      "fvp" + common + " --damping 0.01 --fisher mc --mc-samples 2 --vector " + fx + "g_f32.safetensors --output " + out +
+          "fv_mc_f32.safetensors",
+      "fvp" + common + " --fisher empirical --dtype float64 --vector " + fx + "g_f64.safetensors --output " + out +
+          "fv_emp_f64.safetensors",
+      "solve" + common + " --damping 0.1 --cg-max-iters 10 --preconditioner diagonal --threads 1 --output " + out +
+          "d_diag_f32.safetensors"};
+  for (const std::string& c : commands) {
+    const int status = std::system((std::string(NATGRAD_CLI) + " " + c + " > /dev/null").c_str());
+    ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << c;
+  }
+  for (const char* f : {"d_f32", "g_f32", "d_f64", "g_f64", "fv_mc_f32", "fv_emp_f64", "d_diag_f32"}) {
+    const std::string expected = slurp(fx + f + ".safetensors"), got = slurp(out + f + ".safetensors");
+    EXPECT_FALSE(expected.empty()) << f;
+    EXPECT_TRUE(got == expected) << f << ".safetensors differs from the chain-only release";
+  }
+}
+
+// A graph model with batch norm and one with an embedding through the command line: the buffers come from the
+// weights file, token indices from I64 inputs, and their bad inputs end with one line and no output.
+TEST(CliGraph, BuffersTokensAndTheirBadInputs) {
+  const std::string d = make_temp_dir("natgrad_cli_graph") + "/";
+  std::ofstream(d + "bn.json") << R"({"input_shape": [2, 4, 4], "likelihood": "categorical", "layers": [
+    {"type": "conv2d", "name": "conv", "in_channels": 2, "out_channels": 3, "kernel_size": 3, "padding": "same"},
+    {"type": "batch_norm", "name": "bn", "num_features": 3},
+    {"type": "relu", "id": "r", "inputs": ["bn"]},
+    {"type": "add", "id": "res", "inputs": ["r", "bn"]},
+    {"type": "global_avgpool", "id": "gap", "inputs": ["res"]},
+    {"type": "linear", "name": "fc", "in_features": 3, "out_features": 4, "inputs": ["gap"]}]})";
+  const ModelFile m = read_model_spec(d + "bn.json");
+  Network<float> model(m.spec);
+  const Vec<float> theta = init_parameters(model, 3);
+  const Dataset<float> data = random_dataset(model, 20, LikelihoodKind::categorical, 4);
+  save_dataset(d + "d.safetensors", data, m.spec.input_shape);
+  // A state_dict: parameters, running statistics (F64 here), num_batches_tracked (I64, a 0-d tensor).
+  auto write_weights = [&](const std::string& path, const std::vector<double>& var, bool with_var) {
+    std::vector<TensorView> views;
+    for (const NamedParam& np : model.named_params())
+      views.push_back({np.name, DType::F32, std::vector<int64_t>(np.shape.begin(), np.shape.end()), theta.data() + np.offset});
+    static const std::vector<double> mean{0.1, -0.2, 0.3};
+    static const int64_t tracked = 7;
+    views.push_back({"bn.running_mean", DType::F64, {3}, mean.data()});
+    if (with_var) views.push_back({"bn.running_var", DType::F64, {3}, var.data()});
+    views.push_back({"bn.num_batches_tracked", DType::I64, {}, &tracked});
+    write_safetensors(path, views);
+  };
+  const std::vector<double> var{0.5, 2.0, 1.5}, negative{0.5, -2.0, 1.5};
+  write_weights(d + "w.safetensors", var, true);
+  write_weights(d + "novar.safetensors", var, false);
+  write_weights(d + "negvar.safetensors", negative, true);
+  const std::string base = "--model " + d + "bn.json --data " + d + "d.safetensors --quiet";
+  const std::string cli = std::string(NATGRAD_CLI) + " ";
+  auto run_cli = [&](const std::string& args, std::string* err) {
+    const int status = std::system((cli + args + " > " + d + "out 2> " + d + "err").c_str());
+    *err = slurp(d + "err");
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  };
+  std::string err;
+  ASSERT_EQ(run_cli("solve " + base + " --weights " + d + "w.safetensors --output " + d + "dir.safetensors", &err), 0) << err;
+  // The direction holds the parameters only, under their names.
+  const SafetensorsFile dir = SafetensorsFile::read(d + "dir.safetensors");
+  EXPECT_EQ(dir.names().size(), model.named_params().size());
+  EXPECT_FALSE(dir.contains("bn.running_mean"));
+  // The running statistics were used: the solve differs from one with PyTorch's default statistics.
+  ASSERT_EQ(run_cli("solve " + base + " --seed 3 --output " + d + "dir0.safetensors", &err), 0) << err;
+  EXPECT_NE(slurp(d + "dir.safetensors"), slurp(d + "dir0.safetensors"));
+
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"--weights " + d + "novar.safetensors", "novar.safetensors: missing buffer \"bn.running_var\" of shape [3]"},
+      {"--weights " + d + "negvar.safetensors", "negvar.safetensors: buffer bn.running_var: entry 1 is a negative variance"},
+  };
+  for (const auto& [args, expect] : cases) {
+    const std::string out = d + "never.safetensors";
+    EXPECT_NE(run_cli("solve " + base + " " + args + " --output " + out, &err), 0);
+    EXPECT_NE(err.find(expect), std::string::npos) << err;
+    EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << err;
+    EXPECT_FALSE(exists(out));
+  }
+
+  // Tokens: I64 inputs [N, 4] into an embedding; an index out of range names the file, the sample, the position.
+  std::ofstream(d + "tok.json") << R"({"input_shape": [4], "likelihood": "categorical", "layers": [
+    {"type": "embedding", "name": "tok", "num_embeddings": 6, "embedding_dim": 2},
+    {"type": "flatten"}, {"type": "linear", "in_features": 8, "out_features": 3}]})";
+  std::vector<int64_t> tokens(5 * 4), labels{0, 1, 2, 0, 1};
+  for (std::size_t k = 0; k < tokens.size(); ++k) tokens[k] = int64_t(k % 6);
+  write_safetensors(d + "tok.safetensors", {{"inputs", DType::I64, {5, 4}, tokens.data()}, {"targets", DType::I64, {5}, labels.data()}});
+  tokens[2 * 4 + 3] = 6;
+  write_safetensors(d + "tok_bad.safetensors", {{"inputs", DType::I64, {5, 4}, tokens.data()}, {"targets", DType::I64, {5}, labels.data()}});
+  ASSERT_EQ(run_cli("solve --model " + d + "tok.json --data " + d + "tok.safetensors --quiet --output " + d + "t.safetensors", &err), 0) << err;
+  EXPECT_NE(run_cli("solve --model " + d + "tok.json --data " + d + "tok_bad.safetensors --quiet --output " + d + "t2.safetensors", &err), 0);
+  EXPECT_NE(err.find("tok_bad.safetensors: node \"tok\" (embedding): sample 2, position 3: token index 6.000000 is not an "
+                     "integer in [0, 6)"), std::string::npos) << err;
+  EXPECT_FALSE(exists(d + "t2.safetensors"));
+
+  // info prints the graph: node, op, inputs, output shape.
+  const int status = std::system((cli + "info --model " + d + "bn.json --weights " + d + "w.safetensors > " + d + "info").c_str());
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  const std::string info = slurp(d + "info");
+  EXPECT_NE(info.find("  res  add            r, bn  [3, 4, 4]"), std::string::npos) << info;
+  EXPECT_NE(info.find("total parameters: 79 in 6 tensors; 2 buffers"), std::string::npos) << info;
+}
