@@ -32,6 +32,7 @@ int threads() {
 }
 
 using bench::cnn;
+using bench::resnet;
 using bench::mlp;
 
 // 2·(m·k) flops per sample for each linear/conv GEMM of the three kinds: forward (W x), weight (g xᵀ), input (Wᵀ g).
@@ -176,6 +177,8 @@ BENCHMARK_CAPTURE(gradient, c10000, std::string("c10000"), mlp(10000), 1000)->Na
 BENCHMARK_CAPTURE(fvp, c10000, std::string("c10000"), mlp(10000), 1000, FisherKind::exact)->Name("mlp_c10000/fvp_exact")->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(gradient, cnn, std::string("cnn"), cnn(), 256)->Name("cnn/gradient")->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(fvp, cnn, std::string("cnn"), cnn(), 256, FisherKind::exact)->Name("cnn/fvp_exact")->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(gradient, resnet, std::string("resnet"), resnet(), 128)->Name("resnet/gradient")->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(fvp, resnet, std::string("resnet"), resnet(), 128, FisherKind::exact)->Name("resnet/fvp_exact")->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_cg30)->Name("mlp/cg30")->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
 BENCHMARK(BM_spectrum_top10)->Name("mlp/spectrum_top10")->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(2);
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The PyTorch peer of natgrad-bench: the exact categorical Fisher-vector product F v = 1/B Σ J_nᵀ H_n J_n v of
-the benchmark MLP (784-1024-1024-10, tanh, B = 1000) or CNN (--cnn, B = 256), timed three ways; the fastest
-counts as the peer's time.
+the benchmark MLP (784-1024-1024-10, tanh, B = 1000), CNN (--model cnn, B = 256) or ResNet (--model resnet,
+B = 128; batch norm in evaluation mode), timed three ways; the fastest counts as the peer's time.
 
   fvp_forward_ad_s       J v by forward-mode AD (torch.autograd.forward_ad) in a fresh forward pass that also
                          records the graph, then H, then Jᵀ w by one backward pass;
@@ -20,8 +20,10 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-ap.add_argument("--cnn", action="store_true", help="the Fashion-MNIST CNN instead of the MLP")
-ap.add_argument("--batch", type=int, default=None, help="samples (default 1000 for the MLP, 256 for the CNN)")
+ap.add_argument("--model", choices=["mlp", "cnn", "resnet"], default="mlp")
+ap.add_argument("--cnn", action="store_true", help="the same as --model cnn")
+ap.add_argument("--batch", type=int, default=None,
+                help="samples (default 1000 for the MLP, 256 for the CNN, 128 for the ResNet)")
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--reps", type=int, default=7)
 args = ap.parse_args()
@@ -29,10 +31,46 @@ torch.set_num_threads(args.threads)
 torch.manual_seed(0)
 
 if args.cnn:
+    args.model = "cnn"
+
+
+class Block(torch.nn.Module):
+    """natgrad-bench's basic block: conv, batch norm, relu, conv, batch norm, + shortcut, relu."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        nn = torch.nn
+        self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+        self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)) \
+            if stride != 1 or cin != cout else nn.Identity()
+
+    def forward(self, x):
+        h = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(h)) + self.shortcut(x))
+
+
+class ResNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Sequential(nn.Conv2d(1, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+        self.blocks = nn.Sequential(Block(32, 32, 1), Block(32, 32, 1), Block(32, 64, 2), Block(64, 64, 1))
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+if args.model == "cnn":
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
                               torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
                               torch.nn.Flatten(), torch.nn.Linear(3136, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
     B = args.batch or 256
+    x = torch.rand(B, 1, 28, 28)
+elif args.model == "resnet":
+    net = ResNet().eval()  # batch norm with running statistics: a per-sample Fisher exists
+    B = args.batch or 128
     x = torch.rand(B, 1, 28, 28)
 else:
     net = torch.nn.Sequential(torch.nn.Linear(784, 1024), torch.nn.Tanh(), torch.nn.Linear(1024, 1024), torch.nn.Tanh(),
@@ -113,7 +151,7 @@ for other in (fvp_retained(), fvp_double_backward()):
     assert err < 1e-3, f"the recipes disagree: relative difference {err}"
 
 P = sum(p.numel() for p in params)
-print(f"peer=pytorch-{torch.__version__} params={P} batch={B} model={'cnn' if args.cnn else 'mlp'} "
+print(f"peer=pytorch-{torch.__version__} params={P} batch={B} model={args.model} "
       f"threads={torch.get_num_threads()}")
 tg = median_time(gradient)
 print(f"forward_s {median_time(forward):.4f}")

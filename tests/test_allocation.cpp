@@ -124,7 +124,8 @@ TYPED_TEST_SUITE(SecondProduct, ScalarTypes);
 // several chunks (one per thread at least) and a shorter last one.
 TYPED_TEST(SecondProduct, AllocatesNothing) {
   using Scalar = TypeParam;
-  const std::pair<const char*, ModelSpec> models[] = {{"mlp", mlp_spec(300, 512, 10)}, {"cnn", cnn_spec(10)}};
+  const std::pair<const char*, ModelSpec> models[] = {
+      {"mlp", mlp_spec(300, 512, 10)}, {"cnn", cnn_spec(10)}, {"resnet graph", resnet_spec(10, 16, 16)}};
   for (const auto& [label, spec] : models)
     for (FisherKind kind : {FisherKind::exact, FisherKind::mc, FisherKind::empirical}) {
       SCOPED_TRACE(std::string(label) + " " + to_string(kind));
@@ -194,7 +195,9 @@ TEST(CallerBufferGemm, EqualsEigensProductBitForBit) {
 // uses, and a tight one (the caller's θ and data, allocated before the solve, are the only parts it counts
 // that this peak does not). With and without a separate, smaller curvature batch.
 TEST(MemoryEstimate, BoundsTheHeapPeakOfASolveTightly) {
-  const ModelSpec spec = mlp_spec(784, 512, 10);
+  for (const auto& [label, spec] : {std::pair<const char*, ModelSpec>{"mlp", mlp_spec(784, 512, 10)},
+                                    std::pair<const char*, ModelSpec>{"resnet graph", resnet_spec(10, 16, 24)}}) {
+  SCOPED_TRACE(label);
   Network<float> model(spec);
   const Vec<float> theta = init_parameters(model, 1);
   const Dataset<float> data = random_dataset(model, 600, LikelihoodKind::categorical, 2);
@@ -228,8 +231,9 @@ TEST(MemoryEstimate, BoundsTheHeapPeakOfASolveTightly) {
     }
     EXPECT_LE(peak, static_cast<long long>(estimate.total)) << estimate.report();
     EXPECT_GE(peak, static_cast<long long>(0.85 * double(estimate.total))) << estimate.report();
-    std::cout << "[ info ] " << c.name << ": heap peak " << peak / 1024 << " KiB, estimate "
+    std::cout << "[ info ] " << label << ", " << c.name << ": heap peak " << peak / 1024 << " KiB, estimate "
               << estimate.total / 1024 << " KiB\n";
+  }
   }
 }
 

@@ -95,6 +95,41 @@ inline ModelSpec cnn_spec(Index out) {
   return s;
 }
 
+/// A small ResNet graph: stem conv + batch norm + relu, a basic block with an identity shortcut and a strided
+/// one with a 1×1 conv + batch norm shortcut (residual adds: values read by two nodes), global average pool,
+/// linear. Batch norm buffers at PyTorch's defaults.
+inline ModelSpec resnet_spec(Index C, Index width = 8, Index side = 12) {
+  ModelSpec m;
+  m.input_shape = {1, side, side};
+  auto node = [&](LayerSpec l, const std::string& id, std::vector<std::string> in) {
+    l.node(id, std::move(in));
+    l.name = id;
+    m.layers.push_back(l);
+  };
+  node(LayerSpec::conv2d(1, width, 3, 1, 1, false), "stem", {"input"});
+  node(LayerSpec::batch_norm(width), "bn0", {"stem"});
+  node(LayerSpec::activation(LayerType::relu), "r0", {"bn0"});
+  node(LayerSpec::conv2d(width, width, 3, 1, 1, false), "a1", {"r0"});
+  node(LayerSpec::batch_norm(width), "abn1", {"a1"});
+  node(LayerSpec::activation(LayerType::relu), "ar1", {"abn1"});
+  node(LayerSpec::conv2d(width, width, 3, 1, 1, false), "a2", {"ar1"});
+  node(LayerSpec::batch_norm(width), "abn2", {"a2"});
+  node(LayerSpec::add({"abn2", "r0"}), "aadd", {});
+  node(LayerSpec::activation(LayerType::relu), "ar2", {"aadd"});
+  node(LayerSpec::conv2d(width, 2 * width, 3, 2, 1, false), "b1", {"ar2"});
+  node(LayerSpec::batch_norm(2 * width), "bbn1", {"b1"});
+  node(LayerSpec::activation(LayerType::relu), "br1", {"bbn1"});
+  node(LayerSpec::conv2d(2 * width, 2 * width, 3, 1, 1, false), "b2", {"br1"});
+  node(LayerSpec::batch_norm(2 * width), "bbn2", {"b2"});
+  node(LayerSpec::conv2d(width, 2 * width, 1, 2, 0, false), "bsc", {"ar2"});
+  node(LayerSpec::batch_norm(2 * width), "bscbn", {"bsc"});
+  node(LayerSpec::add({"bbn2", "bscbn"}), "badd", {});
+  node(LayerSpec::activation(LayerType::relu), "br2", {"badd"});
+  node(LayerSpec::global_avgpool(), "gap", {"br2"});
+  node(LayerSpec::linear(2 * width, C), "fc", {"gap"});
+  return m;
+}
+
 /// Targets of the right kind for C outputs and N samples.
 template <typename Scalar>
 void fill_targets(Dataset<Scalar>& d, LikelihoodKind kind, Index C, uint64_t seed) {

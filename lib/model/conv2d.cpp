@@ -65,6 +65,8 @@ class Conv2d final : public Layer<Scalar> {
                     P_ * K_ + K_ * O_ + gemm_pack_size<Scalar>(K_, O_, P_));
   }
 
+  Index forward_scratch_size(Index ncols) const override { return scratch_size(ncols); }
+
   void forward(const Scalar* theta, ConstMatMap<Scalar> X, MatMap<Scalar> Y, int32_t*) const override {
     // Forward runs once per batch, outside the hot path; a per-call buffer keeps the signature scratch-free.
     std::vector<Scalar, Eigen::aligned_allocator<Scalar>> buf(

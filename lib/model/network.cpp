@@ -383,6 +383,13 @@ Index Network<Scalar>::scratch_size(Index max_cols) const {
 }
 
 template <typename Scalar>
+Index Network<Scalar>::forward_scratch_size(Index max_cols) const {
+  Index scratch = 0;
+  for (const auto& l : layers_) scratch = std::max(scratch, l->forward_scratch_size(max_cols));
+  return scratch;
+}
+
+template <typename Scalar>
 void Network<Scalar>::forward(const Scalar* theta, ForwardCache<Scalar>& cache, Index col0, Index n) const {
   NATGRAD_CHECK(cache.acts.size() == layers_.size() + 1 && col0 >= 0 && n >= 0 && col0 + n <= cache.acts[0].cols());
   std::vector<const Scalar*> operands(max_operands_);

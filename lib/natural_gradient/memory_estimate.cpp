@@ -43,8 +43,12 @@ MemoryEstimate estimate(const ModelSpec& spec, Index batch, Index curvature_batc
     const std::size_t t = static_cast<std::size_t>(std::max<Index>(
         1, std::min<Index>(resolve_threads(threads), std::max<Index>(plan.num_chunks, Index(plan.tasks.size())))));
     const std::size_t chunk = static_cast<std::size_t>(plan.chunk_size);
+    // Per thread: its workspace (tangent / cotangent buffers, layer scratch), the output buffer, the task
+    // scratch, and the forward pass's own per-call layer buffer (a convolution's im2col block), which
+    // exists while the workspaces do.
     return t * (static_cast<std::size_t>(model.workspace_buffers() * model.max_width()) * chunk +
-                static_cast<std::size_t>(model.scratch_size(plan.chunk_size)) + C * chunk +
+                static_cast<std::size_t>(model.scratch_size(plan.chunk_size) + model.forward_scratch_size(plan.chunk_size)) +
+                C * chunk +
                 static_cast<std::size_t>(plan.task_scratch)) * s;
   };
   auto reduction = [&](Index n) {

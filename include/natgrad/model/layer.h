@@ -69,6 +69,9 @@ class Layer {
   virtual Index aux_per_sample() const { return 0; }
   /// Scalars of scratch the jvp/vjp/squared-gradient passes need for a chunk of `ncols` samples.
   virtual Index scratch_size(Index /*ncols*/) const { return 0; }
+  /// Scalars forward allocates for itself on a chunk of `ncols` samples (it has no scratch argument; only the
+  /// memory estimate needs this).
+  virtual Index forward_scratch_size(Index /*ncols*/) const { return 0; }
 
   virtual void forward(const Scalar* theta, ConstMatMap<Scalar> X, MatMap<Scalar> Y, int32_t* aux) const = 0;
   virtual void jvp(const Scalar* theta, const Scalar* dtheta, ConstMatMap<Scalar> X, ConstMatMap<Scalar> Y,

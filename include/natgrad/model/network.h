@@ -133,6 +133,8 @@ class Network {
   Workspace<Scalar> make_workspace(Index max_cols) const;
   /// Scalars of layer scratch a Workspace for chunks of at most `max_cols` samples holds.
   Index scratch_size(Index max_cols) const;
+  /// Scalars the forward pass allocates per call on a chunk of `max_cols` samples (the largest layer's own).
+  Index forward_scratch_size(Index max_cols) const;
 
   /// Runs the nodes on columns [col0, col0 + n) of cache.acts[0], filling the other activations.
   void forward(const Scalar* theta, ForwardCache<Scalar>& cache, Index col0, Index n) const;
