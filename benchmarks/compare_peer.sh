@@ -27,10 +27,11 @@ bench() {  # bench <threads> <filter> <json>
 }
 for r in $(seq 1 "$rounds"); do
   echo "round $r of $rounds" >&2
-  bench "$threads" 'gemm|mlp/gradient|mlp/fvp_exact|cnn' "$out/ours_$r.json"
+  bench "$threads" 'gemm|mlp/gradient|mlp/fvp_exact|cnn|resnet' "$out/ours_$r.json"
   bench 1 'mlp/fvp_exact' "$out/ours1_$r.json"
   "${peer_env[@]}" /usr/bin/python3 "$peer" --threads "$threads" > "$out/mlp_$r.txt"
-  "${peer_env[@]}" /usr/bin/python3 "$peer" --threads "$threads" --cnn --batch 256 > "$out/cnn_$r.txt"
+  "${peer_env[@]}" /usr/bin/python3 "$peer" --threads "$threads" --model cnn > "$out/cnn_$r.txt"
+  "${peer_env[@]}" /usr/bin/python3 "$peer" --threads "$threads" --model resnet > "$out/resnet_$r.txt"
 done
 /usr/bin/python3 - "$out" "$threads" "$rounds" "${PEER_OPENBLAS_CORETYPE:-auto}" <<'PY'
 import json, re, statistics, sys
@@ -48,11 +49,12 @@ def add(name, value):
 for r in range(1, rounds + 1):
     o, o1 = ours(f"{out}/ours_{r}.json"), ours(f"{out}/ours1_{r}.json")
     line = [f"round {r}:"]
-    for model in ("mlp", "cnn"):
+    for model in ("mlp", "cnn", "resnet"):
         g, f = o[f"{model}/gradient"], o[f"{model}/fvp_exact"]
         pg, pf = peer(f"{out}/{model}_{r}.txt")
         add(f"{model}: pytorch best fvp / natgrad fvp", pf / f)
         add(f"{model}: natgrad fvp / natgrad gradient", f / g)
+        add(f"{model}: natgrad gradient / pytorch gradient", g / pg)
         line.append(f"{model} natgrad fvp {f:.1f} ms, gradient {g:.1f} ms; pytorch best fvp {pf:.1f} ms, gradient {pg:.1f} ms;")
     # The FLOP count of docs/performance.md for the MLP product, against the same build's GEMM rate.
     B = 1000

@@ -344,6 +344,16 @@ TEST_F(Cli, BadInputEndsWithOneLineAndNoOutput) {
   std::ofstream(p("chain.json")) << R"({"input_shape": [3], "layers": [{"type": "linear", "in_features": 4, "out_features": 2}]})";
   std::ofstream(p("unknown.json")) << R"({"input_shape": [3], "layers": [{"type": "lstm"}]})";
   std::ofstream(p("lik.json")) << R"({"input_shape": [3], "likelihood": "poisson", "layers": []})";
+  std::ofstream(p("cycle.json")) << R"({"input_shape": [3], "layers": [
+    {"type": "linear", "id": "a", "in_features": 3, "out_features": 3, "inputs": ["b"]},
+    {"type": "linear", "id": "b", "in_features": 3, "out_features": 3, "inputs": ["a"]}]})";
+  std::ofstream(p("unused.json")) << R"({"input_shape": [1, 5, 5], "layers": [
+    {"type": "flatten", "id": "f"}, {"type": "tanh", "id": "dead", "inputs": ["f"]},
+    {"type": "linear", "id": "out", "in_features": 25, "out_features": 4, "inputs": ["f"]}]})";
+  std::ofstream(p("catshape.json")) << R"({"input_shape": [1, 5, 5], "layers": [
+    {"type": "flatten", "id": "f"}, {"type": "linear", "id": "a", "in_features": 25, "out_features": 4},
+    {"type": "cat", "id": "c", "inputs": ["a", "input"]},
+    {"type": "linear", "id": "out", "in_features": 29, "out_features": 4}]})";
   {
     std::string bytes = slurp(p("w.safetensors"));
     std::ofstream(p("trunc.safetensors"), std::ios::binary) << bytes.substr(0, bytes.size() / 2);
@@ -367,6 +377,10 @@ TEST_F(Cli, BadInputEndsWithOneLineAndNoOutput) {
       {"solve --model " + p("chain.json") + data, "linear expects input shape [4] but receives [3]"},
       {"solve --model " + p("unknown.json") + data, "unknown layer type \"lstm\""},
       {"solve --model " + p("lik.json") + data, "unknown likelihood \"poisson\""},
+      {"solve --model " + p("cycle.json") + data, "cycle.json: layer 0 \"a\" (linear): is on a cycle"},
+      {"solve --model " + p("unused.json") + data, "unused.json: layer 1 \"dead\" (tanh): its output is never used"},
+      {"solve --model " + p("catshape.json") + data,
+       "catshape.json: layer 2 \"c\" (cat): cat: operand 1 has shape [1, 5, 5], which differs from operand 0's [4]"},
       {"solve" + model + " --data " + p("nope.safetensors") + weights, "nope.safetensors: no such file"},
       {"solve" + model + weights, "--data is required"},
       {"solve" + model + data + weights + " --max-memory 0.00001", "--max-memory allows 9.8 KiB (parameter vectors "},
