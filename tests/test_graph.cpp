@@ -71,16 +71,20 @@ ModelSpec small_resnet(Index C) {
   return m;
 }
 
-// Token indices in, a learned position table added (a [5, 3] parameter broadcast over the batch).
+// Token indices in, a learned position table added (a [5, 3] parameter broadcast over the batch), a linear
+// layer and GELU (tanh form) at every position.
 ModelSpec token_model(Index C) {
   ModelSpec m;
   m.input_shape = {5};
   LayerSpec pos = LayerSpec::add({"tok"});
   pos.parameter = "pos";
   pos.parameter_shape = {5, 3};
+  LayerSpec gelu = LayerSpec::activation(LayerType::gelu);
+  gelu.tanh_approximation = true;
   m.layers = {with(LayerSpec::embedding(7, 3), "tok", {"input"}), with(pos, "h"),
-              with(LayerSpec::layer_norm({3}), "ln", {"h"}), with(LayerSpec::flatten(), "flat", {"ln"}),
-              with(LayerSpec::linear(15, C), "head", {"flat"})};
+              with(LayerSpec::layer_norm({3}), "ln", {"h"}), with(LayerSpec::linear(3, 4), "per_position", {"ln"}),
+              with(gelu, "act", {"per_position"}), with(LayerSpec::flatten(), "flat", {"act"}),
+              with(LayerSpec::linear(20, C), "head", {"flat"})};
   for (LayerSpec& l : m.layers) l.name = l.id;
   return m;
 }

@@ -28,6 +28,8 @@ std::vector<LayerCase> layer_cases() {
   LayerSpec same_odd = LayerSpec::conv2d(2, 3, 3, 1, 0);
   same_odd.kernel_w = 5;
   same_odd.padding_same = true;
+  LayerSpec gelu_tanh = LayerSpec::activation(LayerType::gelu);
+  gelu_tanh.tanh_approximation = true;
   return {
       {"linear", LayerSpec::linear(5, 4), {5}},
       {"linear_nobias", LayerSpec::linear(6, 3, false), {6}},
@@ -51,6 +53,9 @@ std::vector<LayerCase> layer_cases() {
       {"maxpool2d_k3s2", pool3, {2, 7, 7}},
       {"avgpool2d", LayerSpec::avgpool2d(2), {2, 4, 6}},
       {"silu", LayerSpec::activation(LayerType::silu), {7}},
+      {"gelu_tanh", gelu_tanh, {7}},
+      {"linear_on_sequence", LayerSpec::linear(4, 3), {5, 4}},
+      {"linear_on_sequence_nobias", LayerSpec::linear(3, 2, false), {2, 2, 3}},
       {"identity", LayerSpec::activation(LayerType::identity), {2, 3}},
       {"dropout_eval", LayerSpec::activation(LayerType::dropout), {5}},
       {"global_avgpool", LayerSpec::global_avgpool(), {3, 2, 4}},

@@ -6,7 +6,8 @@ PyTorch autograd as an independent oracle, in float64:
     nested nn.Sequential and nn.Sequential(OrderedDict(...)) modules);
   - a residual MLP (layer norm with non-trivial affine parameters, F.gelu, an nn.Parameter added in forward,
     torch.cat, dropout in eval mode, nn.Identity);
-  - a token model (nn.Embedding on I64 inputs, a learned [T, d] position table, layer norm, flatten).
+  - a token model (nn.Embedding on I64 inputs, a learned [T, d] position table, layer norm, a linear layer and
+    GELU (tanh form) applied at every position, flatten).
 For each: the gradient, the exact and empirical F·v, the damped natural-gradient direction (its residual in
 PyTorch) and the top eigenvalues (against the dense F built from PyTorch's Jacobian) agree to 1e-10 relative;
 the direction loads back with load_state_dict(d, strict=False) and to_vector; and the exporter refuses
@@ -84,10 +85,11 @@ class TokenModel(nn.Module):
         self.tok = nn.Embedding(vocab, d)
         self.pos = nn.Parameter(torch.randn(T, d) * 0.5)
         self.norm = nn.LayerNorm(d)
-        self.head = nn.Linear(T * d, classes)
+        self.mlp = nn.Sequential(nn.Linear(d, 4), nn.GELU(approximate="tanh"))  # per position: [T, d] -> [T, 4]
+        self.head = nn.Linear(T * 4, classes)
 
     def forward(self, idx):
-        return self.head(torch.flatten(self.norm(self.tok(idx) + self.pos), 1))
+        return self.head(torch.flatten(self.mlp(self.norm(self.tok(idx) + self.pos)), 1))
 
 
 def randomize_norms(model):

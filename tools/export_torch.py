@@ -12,9 +12,11 @@
 Command line (writes a small example model and dataset):
     python3 tools/export_torch.py --example cnn --out DIR [--samples N]
 
-export_model accepts any module that torch.fx.symbolic_trace traces into supported modules (Linear, Conv2d
+export_model accepts any module that torch.fx.symbolic_trace traces into supported modules (Linear (on the
+last dimension), Conv2d
 with numeric or "same" padding, ReLU, Tanh, Sigmoid, GELU, Softplus, LeakyReLU, SiLU, Flatten, MaxPool2d,
-AvgPool2d, AdaptiveAvgPool2d(1), BatchNorm1d/2d and Dropout in eval mode, LayerNorm, Embedding, Identity) and
+AvgPool2d, AdaptiveAvgPool2d(1), BatchNorm1d/2d and Dropout in eval mode, LayerNorm, Embedding, Identity,
+GELU in its erf or tanh form) and
 functions (+ of two tensors or of a tensor and an nn.Parameter, torch.cat along dim 1, torch.relu / tanh /
 sigmoid, F.relu / gelu / softplus / leaky_relu / silu / dropout(training=False) / adaptive_avg_pool2d(x, 1),
 torch.flatten(x, 1), x.mean((2, 3))). Anything else is an error naming the node, its target and the module
@@ -95,9 +97,8 @@ def module_spec(m):
         if type(m) is cls:
             return {"type": name}
     if isinstance(m, nn.GELU):
-        if getattr(m, "approximate", "none") != "none":
-            raise ValueError("natgrad's gelu is the exact (erf) form")
-        return {"type": "gelu"}
+        approximate = getattr(m, "approximate", "none")
+        return {"type": "gelu", "approximate": approximate} if approximate == "tanh" else {"type": "gelu"}
     if isinstance(m, nn.Softplus):
         if m.beta != 1 or m.threshold != 20:
             raise ValueError("natgrad's softplus has beta=1, threshold=20")
@@ -186,9 +187,10 @@ def _activation_function(node):
     if t in table:
         return {"type": table[t]}
     if t is F.gelu:
-        if kw.get("approximate", "none") != "none":
-            raise ValueError("natgrad's gelu is the exact (erf) form")
-        return {"type": "gelu"}
+        approximate = kw.get("approximate", "none")
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"F.gelu(approximate={approximate!r}) is not supported")
+        return {"type": "gelu", "approximate": approximate} if approximate == "tanh" else {"type": "gelu"}
     if t is F.softplus:
         beta = a[1] if len(a) > 1 else kw.get("beta", 1)
         threshold = a[2] if len(a) > 2 else kw.get("threshold", 20)

@@ -158,6 +158,9 @@ ModelFile parse_model_spec(const std::string& text, const std::string& label) {
       case LayerType::leaky_relu:
         allowed.insert("negative_slope");
         break;
+      case LayerType::gelu:
+        allowed.insert("approximate");
+        break;
       case LayerType::maxpool2d:
       case LayerType::avgpool2d:
         allowed.insert({"kernel_size", "stride"});
@@ -219,6 +222,14 @@ ModelFile parse_model_spec(const std::string& text, const std::string& label) {
         break;
       case LayerType::leaky_relu:
         get_number("negative_slope", s.negative_slope);
+        break;
+      case LayerType::gelu:
+        if (l.contains("approximate")) {
+          const json& v = l["approximate"];
+          if (!v.is_string() || (v.get<std::string>() != "none" && v.get<std::string>() != "tanh"))
+            fail(label, w + ": \"approximate\" must be \"none\" or \"tanh\"");
+          s.tanh_approximation = v.get<std::string>() == "tanh";
+        }
         break;
       case LayerType::maxpool2d:
       case LayerType::avgpool2d:
@@ -312,6 +323,9 @@ std::string model_spec_to_json(const ModelFile& m) {
         break;
       case LayerType::leaky_relu:
         l["negative_slope"] = s.negative_slope;
+        break;
+      case LayerType::gelu:
+        if (s.tanh_approximation) l["approximate"] = "tanh";
         break;
       case LayerType::maxpool2d:
       case LayerType::avgpool2d:

@@ -12,8 +12,8 @@ namespace {
 template <typename Scalar>
 class Elementwise final : public Layer<Scalar>, public ElementwiseDerivative<Scalar> {
  public:
-  Elementwise(LayerType type, Scalar slope, const Shape& shape)
-      : Layer<Scalar>(shape, shape), type_(type), slope_(slope) {}
+  Elementwise(LayerType type, Scalar slope, bool tanh_gelu, const Shape& shape)
+      : Layer<Scalar>(shape, shape), type_(type), slope_(slope), tanh_gelu_(tanh_gelu) {}
 
   LayerType type() const override { return type_; }
 
@@ -34,9 +34,12 @@ class Elementwise final : public Layer<Scalar>, public ElementwiseDerivative<Sca
       case LayerType::sigmoid:
         for (Index k = 0; k < n; ++k) y[k] = sigmoid(x[k]);
         break;
-      case LayerType::gelu:  // x Φ(x), the exact (erf) form
-        for (Index k = 0; k < n; ++k)
-          y[k] = Scalar(0.5) * x[k] * (Scalar(1) + std::erf(x[k] * Scalar(M_SQRT1_2)));
+      case LayerType::gelu:  // x Φ(x), the exact (erf) form; or ½x(1 + tanh(√(2/π)(x + 0.044715x³)))
+        if (tanh_gelu_)
+          for (Index k = 0; k < n; ++k) y[k] = Scalar(0.5) * x[k] * (Scalar(1) + std::tanh(gelu_u(x[k])));
+        else
+          for (Index k = 0; k < n; ++k)
+            y[k] = Scalar(0.5) * x[k] * (Scalar(1) + std::erf(x[k] * Scalar(M_SQRT1_2)));
         break;
       case LayerType::softplus:  // log(1 + eˣ), linear above 20 as PyTorch's threshold
         for (Index k = 0; k < n; ++k) y[k] = x[k] > Scalar(20) ? x[k] : std::log1p(std::exp(x[k]));
@@ -99,7 +102,15 @@ class Elementwise final : public Layer<Scalar>, public ElementwiseDerivative<Sca
           out[k] = yk * (Scalar(1) - yk) * in[k];
         }
         break;
-      case LayerType::gelu: {  // Φ(x) + x φ(x)
+      case LayerType::gelu: {  // Φ(x) + x φ(x); tanh form: ½(1 + t) + ½x(1 − t²)u'(x), t = tanh(u(x))
+        if (tanh_gelu_) {
+          for (Index k = 0; k < n; ++k) {
+            const Scalar xk = x[k], t = std::tanh(gelu_u(xk));
+            const Scalar du = Scalar(kSqrt2OverPi) * (Scalar(1) + Scalar(3 * kGeluCubic) * xk * xk);
+            out[k] = (Scalar(0.5) * (Scalar(1) + t) + Scalar(0.5) * xk * (Scalar(1) - t * t) * du) * in[k];
+          }
+          break;
+        }
         const Scalar inv_sqrt_2pi = Scalar(0.3989422804014327);
         for (Index k = 0; k < n; ++k) {
           const Scalar xk = x[k];
@@ -125,8 +136,12 @@ class Elementwise final : public Layer<Scalar>, public ElementwiseDerivative<Sca
     }
   }
 
+  static constexpr double kSqrt2OverPi = 0.7978845608028654, kGeluCubic = 0.044715;
+  static Scalar gelu_u(Scalar x) { return Scalar(kSqrt2OverPi) * (x + Scalar(kGeluCubic) * x * x * x); }
+
   LayerType type_;
   Scalar slope_;
+  bool tanh_gelu_;
 };
 
 }  // namespace
@@ -136,7 +151,8 @@ std::unique_ptr<Layer<Scalar>> make_elementwise(const LayerSpec& spec, const Sha
                                                 const std::string& where) {
   if (spec.type == LayerType::leaky_relu && !(spec.negative_slope == spec.negative_slope))
     fail(where, "leaky_relu negative_slope is NaN");
-  return std::make_unique<Elementwise<Scalar>>(spec.type, Scalar(spec.negative_slope), in);
+  return std::make_unique<Elementwise<Scalar>>(spec.type, Scalar(spec.negative_slope),
+                                               spec.type == LayerType::gelu && spec.tanh_approximation, in);
 }
 
 

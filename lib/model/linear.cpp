@@ -1,4 +1,6 @@
-// Fully connected layer y = W x + b, W of shape [out, in] stored row-major (PyTorch's nn.Linear).
+// Fully connected layer y = W x + b, W of shape [out, in] stored row-major (PyTorch's nn.Linear). On an input
+// [..., in] it acts on the last dimension, as PyTorch does: a sample of L = prod(leading dims) rows of `in`
+// values is L columns of X, so every pass is the same GEMM over n·L columns.
 #include <algorithm>
 
 #include "core/gemm.h"
@@ -16,7 +18,8 @@ class Linear final : public Layer<Scalar> {
   using MutB = Eigen::Map<Vec<Scalar>>;
 
  public:
-  Linear(Index in, Index out, bool bias) : Layer<Scalar>({in}, {out}), in_(in), out_(out), bias_(bias) {}
+  Linear(const Shape& input, Index in, Index out, bool bias)
+      : Layer<Scalar>(input, with_last(input, out)), in_(in), out_(out), L_(shape_size(input) / in), bias_(bias) {}
 
   LayerType type() const override { return LayerType::linear; }
   Index num_params() const override { return out_ * in_ + (bias_ ? out_ : 0); }
@@ -27,22 +30,27 @@ class Linear final : public Layer<Scalar> {
   }
   // The squared activations and cotangents of accumulate_squared_grads, then the products' packing space
   // (core/gemm.h) for any chunk of up to ncols samples.
+  // A sequence input's per-sample squared gradients need one sample's in × out gradient instead.
   Index scratch_size(Index ncols) const override {
     Index pack = 0;
-    for (Index c = 1; c <= ncols; ++c)
+    for (Index c = 1; c <= ncols * L_; ++c)
       pack = std::max({pack, gemm_pack_size<Scalar>(out_, c, in_), gemm_pack_size<Scalar>(in_, c, out_),
                        gemm_pack_size<Scalar>(in_, out_, c)});
-    return (in_ + out_) * ncols + pack;
+    return std::max((in_ + out_) * ncols * L_, in_ * out_) + pack;
   }
 
-  void forward(const Scalar* theta, ConstMatMap<Scalar> X, MatMap<Scalar> Y, int32_t*) const override {
+  void forward(const Scalar* theta, ConstMatMap<Scalar> X0, MatMap<Scalar> Y0, int32_t*) const override {
+    ConstMatMap<Scalar> X = columns(X0);
+    MatMap<Scalar> Y(Y0.data(), out_, Y0.cols() * L_);
     Y.noalias() = ConstW(theta, out_, in_) * X;
     if (bias_) Y.colwise() += ConstB(theta + out_ * in_, out_);
   }
 
   // dY = dW X + W dX + db.  W is row-major [out, in].
-  void jvp(const Scalar* theta, const Scalar* dtheta, ConstMatMap<Scalar> X, ConstMatMap<Scalar>,
-           const int32_t*, const Scalar* dX, MatMap<Scalar> dY, Scalar* scratch) const override {
+  void jvp(const Scalar* theta, const Scalar* dtheta, ConstMatMap<Scalar> X0, ConstMatMap<Scalar>,
+           const int32_t*, const Scalar* dX, MatMap<Scalar> dY0, Scalar* scratch) const override {
+    ConstMatMap<Scalar> X = columns(X0);
+    MatMap<Scalar> dY(dY0.data(), out_, X.cols());
     const Index n = X.cols();
     gemm(out_, n, in_, row_major(dtheta, in_), col_major(X.data(), in_), dY.data(), out_, false, scratch);
     if (dX) gemm(out_, n, in_, row_major(theta, in_), col_major(dX, in_), dY.data(), out_, true, scratch);
@@ -51,8 +59,9 @@ class Linear final : public Layer<Scalar> {
 
   // gX = Wᵀ gY;  gW += gY Xᵀ;  gb += Σ_n gY_n.  Read column-major, the row-major W is Wᵀ (in × out), and
   // gW is accumulated as gWᵀ += X gYᵀ.
-  void vjp(const Scalar* theta, ConstMatMap<Scalar> X, ConstMatMap<Scalar>, const int32_t*,
-           ConstMatMap<Scalar> gY, Scalar* gX, Scalar* gtheta, Scalar* scratch) const override {
+  void vjp(const Scalar* theta, ConstMatMap<Scalar> X0, ConstMatMap<Scalar>, const int32_t*,
+           ConstMatMap<Scalar> gY0, Scalar* gX, Scalar* gtheta, Scalar* scratch) const override {
+    ConstMatMap<Scalar> X = columns(X0), gY(gY0.data(), out_, X.cols());
     const Index n = X.cols();
     if (gX) gemm(in_, n, out_, col_major(theta, in_), col_major(gY.data(), out_), gX, in_, false, scratch);
     if (!gtheta) return;
@@ -60,7 +69,7 @@ class Linear final : public Layer<Scalar> {
     if (bias_) MutB(gtheta + out_ * in_, out_) += gY.rowwise().sum();
   }
 
-  double macs_per_sample() const override { return double(in_) * double(out_); }
+  double macs_per_sample() const override { return double(in_) * double(out_) * double(L_); }
 
   // gW(r, c) = Σ_n gY(r, n) X(c, n) and gb_r = Σ_n gY(r, n): blocks of gW need no reduction. Read
   // column-major, the row-major gW is gWᵀ = X gYᵀ (in × out, leading dimension in); its block of rows
@@ -68,10 +77,11 @@ class Linear final : public Layer<Scalar> {
   // rows r0 … r0 + m − 1 read row-major (stride out). One GEMM of depth N (all samples).
   std::pair<Index, Index> grad_grid() const override { return {out_, in_}; }
   Index grad_block_scratch(Index m, Index k, Index ncols) const override {
-    return gemm_pack_size<Scalar>(k, m, ncols);
+    return gemm_pack_size<Scalar>(k, m, ncols * L_);
   }
-  void grad_block(ConstMatMap<Scalar> X, ConstMatMap<Scalar> gY, Index r0, Index m, Index c0, Index k,
+  void grad_block(ConstMatMap<Scalar> X0, ConstMatMap<Scalar> gY0, Index r0, Index m, Index c0, Index k,
                   Scalar scale, const Scalar* x, Scalar lambda, Scalar* out, Scalar* scratch) const override {
+    ConstMatMap<Scalar> X = columns(X0), gY(gY0.data(), out_, X.cols());
     const Index n = X.cols();
     Scalar* w = out + r0 * in_ + c0;
     gemm(k, m, n, col_major(X.data() + c0, in_), row_major(gY.data() + r0, out_), w, in_, false, scratch);
@@ -86,11 +96,24 @@ class Linear final : public Layer<Scalar> {
     if (lambda != Scalar(0)) b += lambda * ConstB(x + out_ * in_ + r0, m);
   }
 
-  // The per-sample weight gradient is the outer product gY_n X_nᵀ, so Σ_n (gY_n X_nᵀ)² = (gY∘gY)(X∘X)ᵀ:
-  // one GEMM instead of a loop over samples.
+  // Without leading dimensions the per-sample weight gradient is the outer product gY_n X_nᵀ, so
+  // Σ_n (gY_n X_nᵀ)² = (gY∘gY)(X∘X)ᵀ: one GEMM instead of a loop over samples. A sequence sample's gradient
+  // sums L outer products: it is formed per sample (one GEMM of depth L) and squared.
   void accumulate_squared_grads(const Scalar*, ConstMatMap<Scalar> X, ConstMatMap<Scalar> gY, Scalar* gsq,
                                 Scalar* scratch) const override {
     const Index n = X.cols();
+    if (L_ > 1) {
+      MatMap<Scalar> g(scratch, in_, out_);
+      MatMap<Scalar> gsqW(gsq, in_, out_);
+      for (Index j = 0; j < n; ++j) {
+        ConstMatMap<Scalar> x(X.col(j).data(), in_, L_), gy(gY.col(j).data(), out_, L_);
+        gemm(in_, out_, L_, col_major(x.data(), in_), row_major(gy.data(), out_), g.data(), in_, false,
+             scratch + in_ * out_);
+        gsqW.array() += g.array().square();
+        if (bias_) MutB(gsq + out_ * in_, out_).array() += gy.rowwise().sum().array().square();
+      }
+      return;
+    }
     MatMap<Scalar> X2(scratch, in_, n), G2(scratch + in_ * n, out_, n);
     X2 = X.array().square();
     G2 = gY.array().square();
@@ -100,7 +123,14 @@ class Linear final : public Layer<Scalar> {
   }
 
  private:
-  Index in_, out_;
+  static Shape with_last(Shape s, Index out) {
+    s.back() = out;
+    return s;
+  }
+  // A chunk of n samples as the in × (n·L) matrix of its rows.
+  ConstMatMap<Scalar> columns(ConstMatMap<Scalar> X) const { return ConstMatMap<Scalar>(X.data(), in_, X.cols() * L_); }
+
+  Index in_, out_, L_;
   bool bias_;
 };
 
@@ -114,10 +144,16 @@ std::unique_ptr<Layer<Scalar>> make_linear(const LayerSpec& spec, const Shape& i
   if (double(spec.in_features) * double(spec.out_features) > kMaxElements)
     fail(where, "linear " + std::to_string(spec.in_features) + " x " + std::to_string(spec.out_features) +
                     " is absurdly large");
-  if (in.size() != 1 || in[0] != spec.in_features)
-    fail(where, "linear expects input shape [" + std::to_string(spec.in_features) + "] but receives " +
-                    shape_to_string(in) + (in.size() > 1 ? " (add a flatten layer before it)" : ""));
-  return std::make_unique<Linear<Scalar>>(spec.in_features, spec.out_features, spec.bias);
+  if (in.back() != spec.in_features)
+    fail(where, "linear expects input shape [" + std::string(in.size() > 1 ? "..., " : "") +
+                    std::to_string(spec.in_features) + "] but receives " +
+                    shape_to_string(in) +
+                    (in.size() == 1 ? ""
+                     : shape_size(in) == spec.in_features ? " (add a flatten layer before it)"
+                                                           : " (it acts on the last dimension)"));
+  if (double(shape_size(in)) / double(spec.in_features) * double(spec.out_features) > kMaxElements)
+    fail(where, "linear output is absurdly large");
+  return std::make_unique<Linear<Scalar>>(in, spec.in_features, spec.out_features, spec.bias);
 }
 
 template std::unique_ptr<Layer<float>> make_linear<float>(const LayerSpec&, const Shape&, const std::string&);

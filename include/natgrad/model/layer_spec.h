@@ -58,6 +58,8 @@ struct LayerSpec {
   bool padding_same = false;          ///< conv2d padding="same" (stride 1, odd kernels)
   // leaky_relu
   double negative_slope = 0.01;
+  // gelu: PyTorch's approximate="tanh" form instead of the exact (erf) one
+  bool tanh_approximation = false;
   // add: a parameter operand read in forward (get_attr), under its full state_dict name, broadcast over the
   // leading dimensions of the other operands
   std::string parameter;
