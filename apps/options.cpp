@@ -24,6 +24,8 @@ void add_common(CLI::App* c, Args& a, const std::string& damping_default) {
   c->add_option("--weights", a.weights,
                 "Parameters (safetensors, PyTorch state_dict names); default: PyTorch-style initialization from --seed");
   c->add_option("--data", a.data, "Data: a .safetensors file (inputs, targets), a directory of MNIST-format IDX files, or a .csv");
+  c->add_option("--context", a.context,
+                "Read --data as text: byte-level windows of T + 1 bytes (inputs the first T, targets the last T; vocabulary 256)");
   c->add_option("--fisher", a.fisher, "Fisher kind: exact, mc or empirical")->capture_default_str();
   c->add_option("--mc-samples", a.mc_samples, "Monte-Carlo labels per input for --fisher mc (>= 1)")->capture_default_str();
   c->add_option("--seed", a.seed, "Seed for Monte-Carlo labels and initialization")->capture_default_str();
@@ -48,6 +50,7 @@ void validate(const Args& a) {
   if (a.mc_samples < 1) usage_error("--mc-samples must be >= 1, got " + std::to_string(a.mc_samples));
   if (a.batch < 0) usage_error("--batch must be >= 1, got " + std::to_string(a.batch));
   if (a.curvature_batch < 0) usage_error("--curvature-batch must be >= 1, got " + std::to_string(a.curvature_batch));
+  if (a.context < 0) usage_error("--context must be >= 1, got " + std::to_string(a.context));
   if (!(a.cg_tol > 0 && a.cg_tol < 1)) usage_error("--cg-tol must be in (0, 1), got " + std::to_string(a.cg_tol));
   if (a.cg_max_iters < 1) usage_error("--cg-max-iters must be >= 1, got " + std::to_string(a.cg_max_iters));
   if (a.threads < 0) usage_error("--threads must be >= 1, or 0 for all cores; got " + std::to_string(a.threads));

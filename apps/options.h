@@ -23,6 +23,7 @@ struct Args {
   int mc_samples = 1;
   uint64_t seed = 0;
   Index batch = 0, curvature_batch = 0;
+  Index context = 0;  // --context T: read --data as text, byte windows of T + 1
   double damping = 0;
   double cg_tol = 1e-6;
   Index cg_max_iters = 500;

@@ -45,8 +45,9 @@ Problem<Scalar> load_problem(Args& a, bool allow_default, const Progress& progre
   p.model = std::make_unique<Network<Scalar>>(p.file.spec);
   const Network<Scalar>& model = *p.model;
 
-  p.data = load_dataset<Scalar>(a.data, p.file.spec.input_shape, p.file.likelihood, model.output_size(), Split::train,
-                                a.batch);
+  p.data = load_dataset<Scalar>(a.data, p.file.spec.input_shape, p.file.likelihood,
+                                model.output_size() / model.output_positions(), Split::train, a.batch,
+                                model.output_positions(), a.context);
   p.data_label = a.data;
   try {
     model.check_inputs(p.data.inputs);  // token indices within their embedding's range

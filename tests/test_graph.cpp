@@ -315,3 +315,147 @@ TEST(GraphSpec, BadGraphsAreOneLineErrorsNamingTheNode) {
   EXPECT_ERROR(parse(R"({"type": "add", "parameter": "p", "parameter_shape": [3], "inputs": ["input"]})"),
                "does not broadcast to the operands' shape [4]");
 }
+
+// A likelihood per position: a model whose output is [T, C] (token model: embedding, layer norm, a linear
+// layer at each position). The loss is the mean over the N·T positions; F = 1/(N·T) Σ_n J_nᵀ H_n J_n with H_n
+// block-diagonal over positions (exact), the stacked-score outer product s sᵀ (empirical), or 1/S Σ s sᵀ of
+// labels drawn independently per position (Monte-Carlo) — written out here from the formulas and the
+// documented generator key (seed, sample, counter s·T + t), not from the library.
+namespace {
+ModelSpec sequence_model(Index T, Index C) {
+  ModelSpec m;
+  m.input_shape = {T};
+  m.layers = {with(LayerSpec::embedding(6, 3), "tok", {"input"}), with(LayerSpec::layer_norm({3}), "ln", {"tok"}),
+              with(LayerSpec::linear(3, C), "head", {"ln"})};
+  return m;
+}
+
+Mat<double> per_position_fisher(LikelihoodKind lk, FisherKind fk, const Vec<double>& z, const Dataset<double>& data,
+                                Index n, Index T, uint64_t seed, int S) {
+  const Index C = z.size() / T;
+  Mat<double> H = Mat<double>::Zero(T * C, T * C);
+  auto softmax = [&](Index t) {
+    Vec<double> p = z.segment(t * C, C).array().exp();
+    return Vec<double>(p / p.sum());
+  };
+  auto sigma = [&](Index t) { return Vec<double>((1.0 / (1.0 + (-z.segment(t * C, C).array()).exp())).matrix()); };
+  if (fk == FisherKind::exact) {
+    for (Index t = 0; t < T; ++t) {
+      auto block = H.block(t * C, t * C, C, C);
+      if (lk == LikelihoodKind::categorical) {
+        const Vec<double> p = softmax(t);
+        block = Mat<double>(p.asDiagonal()) - p * p.transpose();
+      } else if (lk == LikelihoodKind::gaussian) {
+        block.setIdentity();
+      } else {
+        const Vec<double> q = sigma(t);
+        block = Mat<double>((q.array() * (1 - q.array())).matrix().asDiagonal());
+      }
+    }
+    return H;
+  }
+  const CounterRng rng(seed, rng_stream(RngDomain::mc_labels, static_cast<uint64_t>(n)));
+  const int draws = fk == FisherKind::empirical ? 1 : S;
+  for (int s = 0; s < draws; ++s) {
+    Vec<double> score(T * C);
+    for (Index t = 0; t < T; ++t) {
+      const uint64_t d = uint64_t(s) * uint64_t(T) + uint64_t(t);
+      auto out = score.segment(t * C, C);
+      if (lk == LikelihoodKind::categorical) {
+        const Vec<double> p = softmax(t);
+        Index y = data.labels[static_cast<std::size_t>(n * T + t)];
+        if (fk == FisherKind::mc) {  // the first class whose cumulative probability exceeds u·Σp
+          const double u = rng.uniform(d) * p.sum();
+          double cdf = 0;
+          for (y = 0; y < C - 1; ++y)
+            if (u < (cdf += p[y])) break;
+        }
+        out = -p;
+        out[y] += 1;
+      } else if (lk == LikelihoodKind::gaussian) {
+        for (Index c = 0; c < C; ++c)
+          out[c] = fk == FisherKind::mc ? rng.normal(d * uint64_t(C) + uint64_t(c)) : z[t * C + c] - data.targets(t * C + c, n);
+      } else {
+        const Vec<double> q = sigma(t);
+        for (Index c = 0; c < C; ++c) {
+          const double y = fk == FisherKind::mc ? (rng.uniform(d * uint64_t(C) + uint64_t(c)) < q[c] ? 1.0 : 0.0)
+                                                : data.targets(t * C + c, n);
+          out[c] = y - q[c];
+        }
+      }
+    }
+    H += score * score.transpose() / double(draws);
+  }
+  return H;
+}
+}  // namespace
+
+TEST(PerPositionLikelihood, OperatorMatchesTheDenseFisherForEveryLikelihoodAndKind) {
+  const Index T = 4, C = 5, N = 6;
+  for (LikelihoodKind lk : kLikelihoods)
+    for (FisherKind fk : {FisherKind::exact, FisherKind::empirical, FisherKind::mc}) {
+      SCOPED_TRACE(std::string(to_string(lk)) + " " + to_string(fk));
+      Network<double> model(sequence_model(T, C));
+      ASSERT_EQ(model.output_positions(), T);
+      const Vec<double> theta = graph_theta(model, 30);
+      Dataset<double> data;
+      data.inputs.resize(T, N);
+      for (Index k = 0; k < T * N; ++k) data.inputs.data()[k] = double(CounterRng(31, 9).bits(k) % 6);
+      fill_targets(data, lk, T * C, 32);  // T·C rows of real targets, or N labels (replaced below)
+      if (lk == LikelihoodKind::categorical) {
+        data.labels.resize(static_cast<std::size_t>(N * T));
+        for (Index k = 0; k < N * T; ++k) data.labels[static_cast<std::size_t>(k)] = int64_t(CounterRng(33, 9).bits(k) % C);
+      }
+      FisherOptions opt;
+      opt.kind = fk;
+      opt.mc_samples = 3;
+      opt.seed = 7;
+      opt.chunk_size = 4;
+      FisherOperator<double> F(model, theta, lk, data, opt);
+      const Mat<double> J = jacobian_by_finite_differences(model, theta, data.inputs);
+      const Mat<double> Z = model.predict(theta.data(), data.inputs);
+      Mat<double> Fd = Mat<double>::Zero(model.num_params(), model.num_params());
+      for (Index n = 0; n < N; ++n) {
+        const Mat<double> Jn = J.middleRows(n * T * C, T * C);
+        Fd.noalias() += Jn.transpose() * per_position_fisher(lk, fk, Z.col(n), data, n, T, 7, 3) * Jn;
+      }
+      Fd /= double(N * T);
+      const Vec<double> v = random_vec<double>(model.num_params(), 34);
+      EXPECT_LT(rel_err_vec(apply(F, v), Fd * v), 1e-7);
+    }
+}
+
+TEST(PerPositionLikelihood, LossIsTheMeanOverPositionsAndItsGradientMatchesFiniteDifferences) {
+  const Index T = 3, C = 4, N = 5;
+  Network<double> model(sequence_model(T, C));
+  const Vec<double> theta = graph_theta(model, 40);
+  Dataset<double> data;
+  data.inputs.resize(T, N);
+  for (Index k = 0; k < T * N; ++k) data.inputs.data()[k] = double(k % 6);
+  for (Index k = 0; k < N * T; ++k) data.labels.push_back(int64_t((3 * k + 1) % C));
+  auto loss = [&](const Vec<double>& t) {  // cross_entropy(logits.view(-1, C), y.view(-1)), written out
+    const Mat<double> Z = model.predict(t.data(), data.inputs);
+    double total = 0;
+    for (Index n = 0; n < N; ++n)
+      for (Index p = 0; p < T; ++p) {
+        const Vec<double> z = Z.col(n).segment(p * C, C);
+        total += std::log(z.array().exp().sum()) - z[data.labels[static_cast<std::size_t>(n * T + p)]];
+      }
+    return total / double(N * T);
+  };
+  FisherOperator<double> F(model, theta, LikelihoodKind::categorical, data);
+  EXPECT_NEAR(F.loss(), loss(theta), 1e-13);
+  Vec<double> fd(model.num_params());
+  for (Index p = 0; p < model.num_params(); ++p) {
+    Vec<double> up = theta, down = theta;
+    up[p] += 1e-6;
+    down[p] -= 1e-6;
+    fd[p] = (loss(up) - loss(down)) / 2e-6;
+  }
+  EXPECT_LT(rel_err_vec(F.gradient(), fd), 1e-7);
+  // A batch whose labels are one per sample, not per position, is refused.
+  Dataset<double> wrong = data;
+  wrong.labels.resize(static_cast<std::size_t>(N));
+  EXPECT_ERROR(FisherOperator<double>(model, theta, LikelihoodKind::categorical, wrong),
+               "needs 15 class labels (5 samples × 3 positions), got 5");
+}

@@ -167,14 +167,15 @@ FisherOperator<Scalar>::FisherOperator(const Network<Scalar>& model, const Vec<S
       options_(options),
       damping_(options.damping),
       num_params_(model.num_params()),
-      num_samples_(data.size()) {
+      num_samples_(data.size()),
+      positions_(model.output_positions()) {
   std::string why;
   if (!options.is_valid(&why)) detail::fail("FisherOptions: " + why);
   model.check_params(theta.size());
   if (num_samples_ == 0) detail::fail("the batch is empty");
   if (options.kind == FisherKind::empirical || likelihood == LikelihoodKind::categorical ||
       data.targets.size() > 0)
-    check_targets(likelihood, data, model.output_size());
+    check_targets(likelihood, data, model.output_size() / positions_, positions_);
   // The targets only; a 0 × N input matrix (no storage) keeps data_.size() == N for the target checks.
   data_.inputs.resize(0, num_samples_);
   data_.labels = data.labels;
@@ -268,7 +269,7 @@ void FisherOperator<Scalar>::run_forward() {
   }
   const Mat<Scalar>& Z = cache_.acts.back();
   curvature_ = OutputCurvature<Scalar>(likelihood_, options_.kind, options_.mc_samples, options_.seed,
-                                       ConstMatMap<Scalar>(Z.data(), Z.rows(), Z.cols()), data_);
+                                       ConstMatMap<Scalar>(Z.data(), Z.rows(), Z.cols()), data_, positions_);
 }
 
 template <typename Scalar>
@@ -371,7 +372,7 @@ void FisherOperator<Scalar>::perform_op(const Scalar* x, Scalar* y) const {
         model_.jvp(theta_.data(), x, cache_, c0, n, ws);                          // u = J v
         curvature_.apply(c0, ConstMatMap<Scalar>(ws.result, C, n), hu);           // w = H u
       },
-      Scalar(1) / Scalar(num_samples_), x, static_cast<Scalar>(damping_), y);  // F v = Σ Jᵀ w / N, + λ v
+      inverse_count(), x, static_cast<Scalar>(damping_), y);  // F v = Σ Jᵀ w / (N·T), + λ v
   ++num_products_;
 }
 
@@ -391,13 +392,13 @@ const Vec<Scalar>& FisherOperator<Scalar>::gradient() const {
   run(
       [&](Index k, Index c0, Index n, MatMap<Scalar>& gz, Workspace<Scalar>&) {
         ConstMatMap<Scalar> z(Z.data() + c0 * C, C, n);
-        chunk_loss_[static_cast<std::size_t>(k)] = nll_sum<Scalar>(likelihood_, z, data_, c0);
-        nll_gradient<Scalar>(likelihood_, z, data_, c0, gz);
+        chunk_loss_[static_cast<std::size_t>(k)] = nll_sum<Scalar>(likelihood_, z, data_, c0, positions_);
+        nll_gradient<Scalar>(likelihood_, z, data_, c0, gz, positions_);
       },
-      Scalar(1) / Scalar(num_samples_), nullptr, Scalar(0), gradient_.data(), "gradient");
+      inverse_count(), nullptr, Scalar(0), gradient_.data(), "gradient");
   loss_ = 0;
   for (double l : chunk_loss_) loss_ += l;  // in chunk order
-  loss_ /= static_cast<double>(num_samples_);
+  loss_ /= static_cast<double>(num_samples_) * static_cast<double>(positions_);
   have_gradient_ = true;
   return gradient_;
 }
@@ -449,7 +450,7 @@ Vec<Scalar> FisherOperator<Scalar>::empirical_fisher_diagonal() const {
     for (Index k = k0; k < k1; ++k) {
       const Index c0 = k * cs, n = std::min(cs, num_samples_ - c0);
       MatMap<Scalar> gz(obuf.data(), C, n);
-      nll_gradient<Scalar>(likelihood_, ConstMatMap<Scalar>(Z.data() + c0 * C, C, n), data_, c0, gz);
+      nll_gradient<Scalar>(likelihood_, ConstMatMap<Scalar>(Z.data() + c0 * C, C, n), data_, c0, gz, positions_);
       model_.backprop_cotangents(theta_.data(), cache_, c0, n, ConstMatMap<Scalar>(gz.data(), C, n), cot_, ws);
     }
 #ifdef NATGRAD_HAVE_OPENMP
@@ -469,7 +470,7 @@ Vec<Scalar> FisherOperator<Scalar>::empirical_fisher_diagonal() const {
       }
     }
   }
-  const Scalar scale = Scalar(1) / Scalar(num_samples_);
+  const Scalar scale = inverse_count();
   for (std::size_t l = 0; l < model_.num_layers(); ++l) {
     if (groups[l] == 0) continue;
     const Index P = model_.layer(l).num_params();

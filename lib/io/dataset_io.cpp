@@ -125,7 +125,7 @@ Dataset<Scalar> load_idx(const std::string& dir, const Shape& input_shape, Split
 
 template <typename Scalar>
 Dataset<Scalar> load_safetensors_data(const std::string& path, const Shape& input_shape, LikelihoodKind likelihood,
-                                      Index C) {
+                                      Index C, Index T) {
   const SafetensorsFile f = SafetensorsFile::read(path);
   if (!f.contains("inputs")) fail(path, "missing tensor \"inputs\"");
   if (!f.contains("targets")) fail(path, "missing tensor \"targets\" (data without targets)");
@@ -150,17 +150,23 @@ Dataset<Scalar> load_safetensors_data(const std::string& path, const Shape& inpu
   if (likelihood == LikelihoodKind::categorical) {
     if (t.dtype != DType::I64 && t.dtype != DType::I32 && t.dtype != DType::U8)
       fail(path, std::string("\"targets\" has dtype ") + to_string(t.dtype) + "; a categorical likelihood needs I64 class indices");
-    if (t.shape.size() != 1 || t.shape[0] != N)
+    if (T == 1 && (t.shape.size() != 1 || t.shape[0] != N))
       fail(path, "\"targets\" must have shape [" + std::to_string(N) + "] (one class index per sample)");
+    if (T > 1 && (t.shape.size() != 2 || t.shape[0] != N || t.shape[1] != T))
+      fail(path, "\"targets\" must have shape [" + std::to_string(N) + ", " + std::to_string(T) +
+                     "] (a class index per position: the model's output is [" + std::to_string(T) + ", " +
+                     std::to_string(C) + "])");
     d.labels = f.get<int64_t>("targets");
   } else {
     if (t.dtype != DType::F32 && t.dtype != DType::F64)
       fail(path, std::string("\"targets\" has dtype ") + to_string(t.dtype) + "; a " + to_string(likelihood) +
                      " likelihood needs F32 or F64 targets");
-    if (t.shape.size() != 2 || t.shape[0] != N || t.shape[1] != C)
-      fail(path, "\"targets\" must have shape [" + std::to_string(N) + ", " + std::to_string(C) + "]");
+    const std::vector<int64_t> want = T == 1 ? std::vector<int64_t>{N, C} : std::vector<int64_t>{N, T, C};
+    if (t.shape != want)
+      fail(path, "\"targets\" must have shape [" + std::to_string(N) + ", " + (T > 1 ? std::to_string(T) + ", " : "") +
+                     std::to_string(C) + "]");
     std::vector<Scalar> y = f.get<Scalar>("targets");
-    d.targets = Eigen::Map<Mat<Scalar>>(y.data(), C, N);
+    d.targets = Eigen::Map<Mat<Scalar>>(y.data(), T * C, N);
   }
   return d;
 }
@@ -230,18 +236,60 @@ Dataset<Scalar> parse_csv(const std::string& text, const Shape& input_shape, Lik
 
 
 template <typename Scalar>
-Dataset<Scalar> load_dataset(const std::string& path, const Shape& input_shape, LikelihoodKind likelihood, Index C,
-                             Split split, Index max_samples) {
-  if (!exists(path)) fail(path, "no such file or directory");
+Dataset<Scalar> load_text(const std::string& path, const Shape& input_shape, Index context, Index max_samples) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(path, std::string("cannot open file (") + std::strerror(errno) + ")");
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (context < 1) fail(path, "--context must be >= 1, got " + std::to_string(context));
+  if (input_shape != Shape{context})
+    fail(path, "--context " + std::to_string(context) + " gives inputs of shape [" + std::to_string(context) +
+                   "] but the model's input_shape is " + shape_to_string(input_shape));
+  const Index window = context + 1, N = static_cast<Index>(bytes.size()) / window;
+  if (N == 0)
+    fail(path, "holds " + std::to_string(bytes.size()) + " bytes, shorter than one window of --context + 1 = " +
+                   std::to_string(window) + " bytes");
+  const Index n = max_samples > 0 ? std::min(max_samples, N) : N;
+  if (max_samples > N)
+    fail(path, "batch " + std::to_string(max_samples) + " exceeds the " + std::to_string(N) + " windows of " +
+                   std::to_string(window) + " bytes in the text");
   Dataset<Scalar> d;
-  if (is_directory(path))
+  d.inputs.resize(context, n);
+  d.labels.resize(static_cast<std::size_t>(n * context));
+  for (Index w = 0; w < n; ++w)
+    for (Index t = 0; t < context; ++t) {
+      d.inputs(t, w) = Scalar(static_cast<unsigned char>(bytes[static_cast<std::size_t>(w * window + t)]));
+      d.labels[static_cast<std::size_t>(w * context + t)] =
+          static_cast<unsigned char>(bytes[static_cast<std::size_t>(w * window + t + 1)]);
+    }
+  return d;
+}
+
+template <typename Scalar>
+Dataset<Scalar> load_dataset(const std::string& path, const Shape& input_shape, LikelihoodKind likelihood, Index C,
+                             Split split, Index max_samples, Index T, Index context) {
+  if (!exists(path)) fail(path, "no such file or directory");
+  if (T > 1 && context == 0 && (is_directory(path) || ends_with(path, ".csv")))
+    fail(path, "the model's output is [" + std::to_string(T) + ", " + std::to_string(C) +
+                   "] (a likelihood per position): its targets come from a .safetensors file ([N, " + std::to_string(T) +
+                   "] class indices) or a text file with --context");
+  Dataset<Scalar> d;
+  if (context > 0) {
+    if (likelihood != LikelihoodKind::categorical)
+      fail(path, "text (--context) gives byte targets for a categorical likelihood, not " + std::string(to_string(likelihood)));
+    if (T != context)
+      fail(path, "--context " + std::to_string(context) + " needs a model whose output is [" + std::to_string(context) +
+                     ", 256], one prediction per position; this model's has " + std::to_string(T) + " position" +
+                     (T == 1 ? "" : "s"));
+    d = load_text<Scalar>(path, input_shape, context, max_samples);
+  } else if (is_directory(path))
     d = load_idx<Scalar>(path, input_shape, split, max_samples);
   else if (ends_with(path, ".safetensors"))
-    d = load_safetensors_data<Scalar>(path, input_shape, likelihood, C);
+    d = load_safetensors_data<Scalar>(path, input_shape, likelihood, C, T);
   else if (ends_with(path, ".csv"))
     d = load_csv<Scalar>(path, input_shape, likelihood, C);
   else
-    fail(path, "unknown data format (expected a directory of IDX files, a .safetensors or a .csv file)");
+    fail(path, "unknown data format (expected a directory of IDX files, a .safetensors or a .csv file; a text file "
+               "needs --context T)");
   if (d.size() == 0) fail(path, "holds no samples");
   if (max_samples > 0) {
     if (max_samples > d.size())
@@ -251,7 +299,7 @@ Dataset<Scalar> load_dataset(const std::string& path, const Shape& input_shape, 
   for (Index n = 0; n < d.size(); ++n)
     if (!d.inputs.col(n).allFinite()) fail(path, "inputs of sample " + std::to_string(n) + " contain NaN or Inf");
   try {
-    check_targets(likelihood, d, C);
+    check_targets(likelihood, d, C, T);
   } catch (const std::invalid_argument& e) {
     fail(path, e.what());
   }
@@ -264,15 +312,20 @@ void save_dataset(const std::string& path, const Dataset<Scalar>& data, const Sh
   shape.insert(shape.end(), input_shape.begin(), input_shape.end());
   const DType dt = sizeof(Scalar) == 4 ? DType::F32 : DType::F64;
   std::vector<TensorView> views{{"inputs", dt, shape, data.inputs.data()}};
-  if (!data.labels.empty())
+  const auto per_sample = static_cast<int64_t>(data.labels.size()) / std::max<int64_t>(data.size(), 1);
+  if (!data.labels.empty() && per_sample == 1)
     views.push_back({"targets", DType::I64, {data.size()}, data.labels.data()});
+  else if (!data.labels.empty())
+    views.push_back({"targets", DType::I64, {data.size(), per_sample}, data.labels.data()});
   else
     views.push_back({"targets", dt, {data.size(), data.targets.rows()}, data.targets.data()});
   write_safetensors(path, views);
 }
 
-template Dataset<float> load_dataset<float>(const std::string&, const Shape&, LikelihoodKind, Index, Split, Index);
-template Dataset<double> load_dataset<double>(const std::string&, const Shape&, LikelihoodKind, Index, Split, Index);
+template Dataset<float> load_dataset<float>(const std::string&, const Shape&, LikelihoodKind, Index, Split, Index, Index,
+                                            Index);
+template Dataset<double> load_dataset<double>(const std::string&, const Shape&, LikelihoodKind, Index, Split, Index,
+                                              Index, Index);
 template Dataset<float> parse_csv<float>(const std::string&, const Shape&, LikelihoodKind, Index, const std::string&);
 template Dataset<double> parse_csv<double>(const std::string&, const Shape&, LikelihoodKind, Index, const std::string&);
 template void save_dataset<float>(const std::string&, const Dataset<float>&, const Shape&);

@@ -10,20 +10,20 @@ namespace natgrad {
 
 template <typename Scalar>
 OutputCurvature<Scalar>::OutputCurvature(LikelihoodKind likelihood, FisherKind kind, int mc_samples, uint64_t seed,
-                                         ConstMatMap<Scalar> Z, const Dataset<Scalar>& data)
+                                         ConstMatMap<Scalar> Z, const Dataset<Scalar>& data, Index positions)
     : likelihood_(likelihood), kind_(kind), draws_(kind == FisherKind::mc ? mc_samples : 1),
-      num_outputs_(Z.rows()), num_samples_(Z.cols()) {
+      num_outputs_(Z.rows()), positions_(positions), num_samples_(Z.cols()) {
   if (kind == FisherKind::mc && mc_samples < 1)
     detail::fail("mc_samples must be at least 1, got " + std::to_string(mc_samples));
-  const Index C = num_outputs_, N = num_samples_;
+  const Index C = num_outputs_, N = num_samples_, T = positions_, c1 = C / T;
   switch (kind) {
     case FisherKind::exact:
       if (likelihood == LikelihoodKind::categorical) {
         stat_.resize(C, N);
-        dominant_.resize(static_cast<std::size_t>(N));
-        for (Index n = 0; n < N; ++n) {
-          detail::softmax(Z.col(n).data(), C, stat_.col(n).data());
-          stat_.col(n).maxCoeff(&dominant_[static_cast<std::size_t>(n)]);
+        dominant_.resize(static_cast<std::size_t>(N * T));
+        for (Index k = 0; k < N * T; ++k) {  // position k % T of sample k / T: a block of c1 classes
+          detail::softmax(Z.data() + k * c1, c1, stat_.data() + k * c1);
+          ConstVecMap<Scalar>(stat_.data() + k * c1, c1).maxCoeff(&dominant_[static_cast<std::size_t>(k)]);
         }
       } else if (likelihood == LikelihoodKind::bernoulli) {
         stat_ = Z.unaryExpr([](Scalar z) { return detail::sigmoid_derivative(z); });
@@ -31,12 +31,12 @@ OutputCurvature<Scalar>::OutputCurvature(LikelihoodKind likelihood, FisherKind k
       break;
     case FisherKind::mc:
       stat_.resize(C, N * draws_);
-      sample_scores<Scalar>(likelihood, Z, seed, 0, draws_, MatMap<Scalar>(stat_.data(), C, N * draws_));
+      sample_scores<Scalar>(likelihood, Z, seed, 0, draws_, MatMap<Scalar>(stat_.data(), C, N * draws_), T);
       break;
     case FisherKind::empirical: {
-      check_targets(likelihood, data, C);
+      check_targets(likelihood, data, c1, T);
       stat_.resize(C, N);
-      nll_gradient<Scalar>(likelihood, Z, data, 0, MatMap<Scalar>(stat_.data(), C, N));
+      nll_gradient<Scalar>(likelihood, Z, data, 0, MatMap<Scalar>(stat_.data(), C, N), T);
       break;
     }
   }
@@ -52,12 +52,14 @@ void OutputCurvature<Scalar>::apply(Index col0, ConstMatMap<Scalar> U, MatMap<Sc
         // p_m (u_m − pᵀu), a difference of nearly equal numbers that cancels to nothing in float. With
         // Σp = 1, u_c − pᵀu = d_c − pᵀd for d = u − u_m, where pᵀd = Σ_{c≠m} p_c d_c involves only the
         // small probabilities: (H u)_c = p_c (d_c − pᵀd), accurate for every c.
-        for (Index j = 0; j < n; ++j) {
-          const auto p = stat_.col(col0 + j).array();
-          const auto u = U.col(j).array();
-          const Scalar um = u[dominant_[static_cast<std::size_t>(col0 + j)]];
+        // One block per position (T = 1: one per sample).
+        for (Index k = 0; k < n * positions_; ++k) {
+          const Index c1 = num_outputs_ / positions_, b = col0 * positions_ + k;
+          const auto p = ConstVecMap<Scalar>(stat_.data() + b * c1, c1).array();
+          const auto u = ConstVecMap<Scalar>(U.data() + k * c1, c1).array();
+          const Scalar um = u[dominant_[static_cast<std::size_t>(b)]];
           const Scalar pd = (p * (u - um)).sum();  // lazy expressions: vectorized, no temporary
-          HU.col(j).array() = p * ((u - um) - pd);
+          VecMap<Scalar>(HU.data() + k * c1, c1).array() = p * ((u - um) - pd);
         }
         return;
       case LikelihoodKind::gaussian:

@@ -11,6 +11,7 @@
 
 #include <natgrad/core/types.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -19,11 +20,13 @@ namespace natgrad {
 /// Inputs and targets of N samples.
 ///
 /// For a categorical likelihood the targets are `labels` (class indices, size N) and `targets` is empty;
-/// for gaussian and bernoulli likelihoods they are `targets` (C × N) and `labels` is empty.
+/// for gaussian and bernoulli likelihoods they are `targets` (C × N) and `labels` is empty. For a model with
+/// a likelihood per position (output [T, C]) each sample has T labels ([N, T] row-major, size N·T), or
+/// (T·C) × N targets.
 template <typename Scalar>
 struct Dataset {
   Mat<Scalar> inputs;           ///< input_size × N, each column one sample in NCHW order
-  std::vector<int64_t> labels;  ///< class indices (categorical)
+  std::vector<int64_t> labels;  ///< class indices (categorical), T per sample
   Mat<Scalar> targets;          ///< C × N real targets (gaussian, bernoulli)
 
   Index size() const { return inputs.cols(); }
@@ -32,7 +35,10 @@ struct Dataset {
   Dataset<Scalar> slice(Index first, Index count) const {
     Dataset<Scalar> out;
     out.inputs = inputs.middleCols(first, count);
-    if (!labels.empty()) out.labels.assign(labels.begin() + first, labels.begin() + first + count);
+    if (!labels.empty()) {
+      const auto T = static_cast<Index>(labels.size()) / std::max<Index>(size(), 1);  // labels per sample
+      out.labels.assign(labels.begin() + first * T, labels.begin() + (first + count) * T);
+    }
     if (targets.size() > 0) out.targets = targets.middleCols(first, count);
     return out;
   }

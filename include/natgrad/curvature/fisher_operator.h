@@ -153,7 +153,8 @@ class FisherOperator {
   double loss() const;
   /// ∇θ of the mean negative log-likelihood (computed on first use from the cached forward pass).
   const Vec<Scalar>& gradient() const;
-  /// The empirical Fisher's diagonal, 1/N Σ_n (∇θ ℓ_n)², from per-sample squared gradients.
+  /// The empirical Fisher's diagonal, 1/N Σ_n (∇θ ℓ_n)², from per-sample squared gradients (1/(N·T) for a
+  /// likelihood per position, ℓ_n then summing the sample's T positions).
   Vec<Scalar> empirical_fisher_diagonal() const;
 
   double damping() const { return damping_; }
@@ -185,6 +186,8 @@ class FisherOperator {
   void run(Head head, Scalar scale, const Scalar* x, Scalar lambda, Scalar* y, const char* phase = nullptr) const;
   void run_forward();
   void require_targets(const char* what) const;
+  // 1/(N·T): the loss and the Fisher are means over the N samples' T positions.
+  Scalar inverse_count() const { return Scalar(1) / (Scalar(num_samples_) * Scalar(positions_)); }
 
   const Network<Scalar>& model_;
   Vec<Scalar> theta_;
@@ -198,6 +201,7 @@ class FisherOperator {
   int num_threads_;
   std::vector<std::vector<int>> assignment_;  // per thread: its phase-B tasks
   ForwardCache<Scalar> cache_;
+  Index positions_ = 1;  // T when the output is [T, C] (a likelihood per position), else 1
   OutputCurvature<Scalar> curvature_;
 
   std::string forward_error_;

@@ -1,5 +1,6 @@
 /// \file dataset_io.h
-/// \brief Datasets from safetensors (`inputs`, `targets`), MNIST-format IDX directories (gzip or plain), or CSV.
+/// \brief Datasets from safetensors (`inputs`, `targets`), MNIST-format IDX directories (gzip or plain), CSV, or
+/// text (byte-level windows).
 ///
 /// U8 pixels are scaled to [0, 1]. Every loader validates what it reads against the model: sample shape,
 /// target kind and range, finiteness, and reports problems as std::invalid_argument("<path>: <problem>").
@@ -22,10 +23,15 @@ namespace natgrad {
 enum class Split { train, test };
 
 /// Loads `path` (a directory of IDX files, a .safetensors file or a .csv file). `max_samples` > 0 keeps
-/// the first max_samples and is an error if the file has fewer.
+/// the first max_samples and is an error if the file has fewer. `num_outputs` is C, the outputs per
+/// position; a model with a likelihood per position (output [T, C], `positions` = T) reads [N, T] class
+/// indices (or [N, T, C] real targets) from safetensors. With `context` = T > 0 the file is read as text:
+/// byte-level windows of T + 1 bytes, non-overlapping, inputs the first T bytes (token indices, vocabulary
+/// 256) and targets the last T.
 template <typename Scalar>
 Dataset<Scalar> load_dataset(const std::string& path, const Shape& input_shape, LikelihoodKind likelihood,
-                             Index num_outputs, Split split = Split::train, Index max_samples = 0);
+                             Index num_outputs, Split split = Split::train, Index max_samples = 0,
+                             Index positions = 1, Index context = 0);
 
 /// Parses a decompressed IDX image of unsigned bytes with `expected_dims` dimensions: returns the data and
 /// stores the dimensions in *dims. Throws std::invalid_argument("<label>: <problem>"). (The byte-level
@@ -39,7 +45,8 @@ template <typename Scalar>
 Dataset<Scalar> parse_csv(const std::string& text, const Shape& input_shape, LikelihoodKind likelihood,
                           Index num_outputs, const std::string& label);
 
-/// Writes a dataset as safetensors (`inputs` [N, ...input_shape], `targets` I64 [N] or [N, C]).
+/// Writes a dataset as safetensors (`inputs` [N, ...input_shape], `targets` I64 [N] (or [N, T] with T labels
+/// per sample) or [N, rows]).
 template <typename Scalar>
 void save_dataset(const std::string& path, const Dataset<Scalar>& data, const Shape& input_shape);
 

@@ -8,7 +8,10 @@
 /// | gaussian      | ½‖y − z‖²            | z − y                | I                        |
 /// | bernoulli     | Σ_c BCE-with-logits  | σ(z) − y             | diag(σ(z)(1 − σ(z)))     |
 ///
-/// All functions work on C × n blocks of outputs, one column per sample.
+/// All functions work on blocks of outputs with one column per sample. A model whose output is [T, C] (a
+/// sequence) has a likelihood per position: a column holds T blocks of C outputs, `positions` = T, the labels
+/// are [N, T] row-major (N·T class indices) and real targets (T·C) × N. The loss and the Fisher are then means
+/// over the N·T positions (docs/math.md); with T = 1 (the default) this is one likelihood per sample.
 ///
 /// \code
 /// using namespace natgrad;
@@ -36,30 +39,32 @@ LikelihoodKind likelihood_from_string(const std::string& name);
 /// Parse "exact" / "mc" / "empirical"; throws std::invalid_argument otherwise.
 FisherKind fisher_kind_from_string(const std::string& name);
 
-/// Throws std::invalid_argument unless `data` holds targets for this likelihood with C outputs: class
-/// indices in [0, C) for categorical, a C × N matrix (entries in [0, 1] for bernoulli) otherwise.
+/// Throws std::invalid_argument unless `data` holds targets for this likelihood with C outputs per position:
+/// N·T class indices in [0, C) for categorical, a (T·C) × N matrix (entries in [0, 1] for bernoulli) otherwise.
 template <typename Scalar>
-void check_targets(LikelihoodKind kind, const Dataset<Scalar>& data, Index num_outputs);
+void check_targets(LikelihoodKind kind, const Dataset<Scalar>& data, Index num_outputs, Index positions = 1);
 
-/// Σ_j −log p(y_{col0+j} | Z_j) over the columns of Z.
+/// Σ_j Σ_t −log p(y_{col0+j, t} | Z_{j, t}) over the columns of Z (T·C rows).
 template <typename Scalar>
-double nll_sum(LikelihoodKind kind, ConstMatMap<Scalar> Z, const Dataset<Scalar>& data, Index col0);
+double nll_sum(LikelihoodKind kind, ConstMatMap<Scalar> Z, const Dataset<Scalar>& data, Index col0,
+               Index positions = 1);
 
-/// G_j = ∇_z(−log p(y_{col0+j} | z)) at z = Z_j.
+/// G_j = ∇_z(−Σ_t log p(y_{col0+j, t} | z_t)) at z = Z_j (each position's block is its own gradient).
 template <typename Scalar>
 void nll_gradient(LikelihoodKind kind, ConstMatMap<Scalar> Z, const Dataset<Scalar>& data, Index col0,
-                  MatMap<Scalar> G);
+                  MatMap<Scalar> G, Index positions = 1);
 
-/// Scores of sampled labels: for each column j and draw s < S, y ~ p(y | Z_j) drawn from the counter-based
-/// generator keyed by (seed, sample index sample0 + j, draw s), and S(:, j·S + s) = ∇_z log p(y | Z_j).
+/// Scores of sampled labels: for each column j, draw s < S and position t < T, y ~ p(y | Z_{j, t}) drawn from
+/// the counter-based generator keyed by (seed, sample index sample0 + j, counter s·T + t), and
+/// S(:, j·S + s) stacks the positions' scores ∇_z log p(y_t | z_t).
 template <typename Scalar>
 void sample_scores(LikelihoodKind kind, ConstMatMap<Scalar> Z, uint64_t seed, Index sample0, int draws,
-                   MatMap<Scalar> S);
+                   MatMap<Scalar> S, Index positions = 1);
 
 /// Targets drawn from the model, y_j ~ p(y | Z_j): draw 0 of each sample's stream, the same labels whose
 /// scores sample_scores(…, sample0 = 0, …) returns in column j·S. Class labels always have p_y > 0 and
 /// bernoulli targets are exactly 0 or 1, so check_targets accepts them.
 template <typename Scalar>
-Dataset<Scalar> sample_targets(LikelihoodKind kind, ConstMatMap<Scalar> Z, uint64_t seed);
+Dataset<Scalar> sample_targets(LikelihoodKind kind, ConstMatMap<Scalar> Z, uint64_t seed, Index positions = 1);
 
 }  // namespace natgrad

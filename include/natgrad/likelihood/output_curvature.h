@@ -24,9 +24,12 @@ template <typename Scalar>
 class OutputCurvature {
  public:
   OutputCurvature() = default;
-  /// Z is C × N (the outputs of the whole batch); `data` supplies the true labels for `empirical`.
+  /// Z is (T·C) × N (the outputs of the whole batch, T = `positions` blocks of C per sample); `data` supplies
+  /// the true labels for `empirical`. Exact: H_n is block-diagonal over the positions. Monte-Carlo and
+  /// empirical: H_n = s sᵀ averaged over draws, s the stacked scores of all T positions (labels drawn
+  /// independently per position, so the exact blocks are its expectation).
   OutputCurvature(LikelihoodKind likelihood, FisherKind kind, int mc_samples, uint64_t seed, ConstMatMap<Scalar> Z,
-                  const Dataset<Scalar>& data);
+                  const Dataset<Scalar>& data, Index positions = 1);
 
   /// HU_j = H_{col0 + j} U_j for the columns of U.
   void apply(Index col0, ConstMatMap<Scalar> U, MatMap<Scalar> HU) const;
@@ -38,10 +41,11 @@ class OutputCurvature {
   LikelihoodKind likelihood_ = LikelihoodKind::categorical;
   FisherKind kind_ = FisherKind::exact;
   int draws_ = 1;
-  Index num_outputs_ = 0;
+  Index num_outputs_ = 0;  // T·C
+  Index positions_ = 1;
   Index num_samples_ = 0;
   Mat<Scalar> stat_;  // exact: p (categorical) or σ(1 − σ) (bernoulli); mc/empirical: scores, C × (draws·N)
-  std::vector<Index> dominant_;  // exact categorical: argmax_c p_c of each sample
+  std::vector<Index> dominant_;  // exact categorical: argmax_c p_c of each sample and position
 };
 
 }  // namespace natgrad

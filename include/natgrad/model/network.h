@@ -107,6 +107,9 @@ class Network {
   const Shape& input_shape() const { return spec_.input_shape; }
   Index input_size() const { return shape_size(spec_.input_shape); }
   Index output_size() const { return layers_.empty() ? input_size() : layers_.back()->output_size(); }
+  const Shape& output_shape() const { return layers_.empty() ? spec_.input_shape : layers_.back()->output_shape(); }
+  /// T when the output is [T, C] (a sequence: the likelihood applies at each of T positions), else 1.
+  Index output_positions() const { return output_shape().size() == 2 ? output_shape()[0] : 1; }
   /// The largest activation (features per sample) of any node, input included.
   Index max_width() const { return max_width_; }
   /// Tangent / cotangent buffers of max_width() × chunk a Workspace holds (2 for a chain), plus one for sums
