@@ -523,3 +523,44 @@ TEST(CliGraph, BuffersTokensAndTheirBadInputs) {
   EXPECT_NE(info.find("  res  add            r, bn  [3, 4, 4]"), std::string::npos) << info;
   EXPECT_NE(info.find("total parameters: 79 in 6 tensors; 2 buffers"), std::string::npos) << info;
 }
+
+// A byte-level language model on a text file (--context T): windows of T + 1 bytes, a prediction at every
+// position. The windows are the ones the documentation describes (checked through the library's loader), a
+// solve runs, and a text shorter than one window or a model without T positions is refused.
+TEST(CliText, ByteWindowsOfATextFile) {
+  const std::string d = make_temp_dir("natgrad_cli_text") + "/";
+  std::ofstream(d + "lm.json") << R"({"input_shape": [8], "likelihood": "categorical", "layers": [
+    {"type": "embedding", "name": "tok", "num_embeddings": 256, "embedding_dim": 4},
+    {"type": "layer_norm", "name": "ln", "normalized_shape": [4]},
+    {"type": "linear", "name": "head", "in_features": 4, "out_features": 256}]})";
+  const std::string text = "It was the best of times, it was the worst of times, it was the age of wisdom.\n";
+  std::ofstream(d + "corpus.txt") << text;
+  std::ofstream(d + "short.txt") << "tiny";
+  const ModelFile m = read_model_spec(d + "lm.json");
+  const Dataset<double> data =
+      load_dataset<double>(d + "corpus.txt", m.spec.input_shape, m.likelihood, 256, Split::train, 0, 8, 8);
+  ASSERT_EQ(data.size(), Index(text.size() / 9));  // non-overlapping windows of 9 bytes
+  for (Index w = 0; w < data.size(); ++w)
+    for (Index t = 0; t < 8; ++t) {
+      EXPECT_EQ(data.inputs(t, w), double(static_cast<unsigned char>(text[static_cast<std::size_t>(w * 9 + t)])));
+      EXPECT_EQ(data.labels[static_cast<std::size_t>(w * 8 + t)], static_cast<unsigned char>(text[static_cast<std::size_t>(w * 9 + t + 1)]));
+    }
+  const std::string cli = std::string(NATGRAD_CLI) + " ";
+  auto run_cli = [&](const std::string& args, std::string* err) {
+    const int status = std::system((cli + args + " --quiet > " + d + "out 2> " + d + "err").c_str());
+    *err = slurp(d + "err");
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  };
+  std::string err;
+  ASSERT_EQ(run_cli("solve --model " + d + "lm.json --data " + d + "corpus.txt --context 8 --output " + d +
+                        "dir.safetensors --report " + d + "r.json", &err), 0) << err;
+  const auto report = nlohmann::json::parse(slurp(d + "r.json"));
+  EXPECT_EQ(report["samples"].get<Index>(), Index(text.size() / 9));
+  EXPECT_NE(run_cli("solve --model " + d + "lm.json --data " + d + "short.txt --context 8 --output " + d + "x.safetensors", &err), 0);
+  EXPECT_NE(err.find("short.txt: holds 4 bytes, shorter than one window of --context + 1 = 9 bytes"), std::string::npos) << err;
+  EXPECT_NE(run_cli("solve --model " + d + "lm.json --data " + d + "corpus.txt --context 4 --output " + d + "x.safetensors", &err), 0);
+  EXPECT_NE(err.find("--context 4 needs a model whose output is [4, 256]"), std::string::npos) << err;
+  EXPECT_NE(run_cli("solve --model " + d + "lm.json --data " + d + "corpus.txt --output " + d + "x.safetensors", &err), 0);
+  EXPECT_NE(err.find("a text file needs --context T"), std::string::npos) << err;
+  EXPECT_FALSE(exists(d + "x.safetensors"));
+}

@@ -7,7 +7,9 @@ PyTorch autograd as an independent oracle, in float64:
   - a residual MLP (layer norm with non-trivial affine parameters, F.gelu, an nn.Parameter added in forward,
     torch.cat, dropout in eval mode, nn.Identity);
   - a token model (nn.Embedding on I64 inputs, a learned [T, d] position table, layer norm, a linear layer and
-    GELU (tanh form) applied at every position, flatten).
+    GELU (tanh form) applied at every position, flatten);
+  - a sequence model with a prediction at every position (output [N, T, C], I64 targets [N, T], the loss
+    cross_entropy(logits.view(-1, C), y.view(-1)): the Fisher is a mean over the N·T positions).
 For each: the gradient, the exact and empirical F·v, the damped natural-gradient direction (its residual in
 PyTorch) and the top eigenvalues (against the dense F built from PyTorch's Jacobian) agree to 1e-10 relative;
 the direction loads back with load_state_dict(d, strict=False) and to_vector; and the exporter refuses
@@ -92,6 +94,22 @@ class TokenModel(nn.Module):
         return self.head(torch.flatten(self.mlp(self.norm(self.tok(idx) + self.pos)), 1))
 
 
+class SequenceModel(nn.Module):
+    """A prediction at every position: output [N, T, C], loss cross_entropy(logits.view(-1, C), y.view(-1))."""
+
+    def __init__(self, classes, vocab=7, T=5, d=4):
+        super().__init__()
+        self.tok = nn.Embedding(vocab, d)
+        self.pos = nn.Parameter(torch.randn(T, d) * 0.5)
+        self.norm = nn.LayerNorm(d)
+        self.fc = nn.Linear(d, d)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, idx):
+        h = self.norm(self.tok(idx) + self.pos)
+        return self.head(h + F.gelu(self.fc(h), approximate="tanh"))
+
+
 def randomize_norms(model):
     """Non-trivial running statistics and affine parameters, as a trained network has."""
     with torch.no_grad():
@@ -113,7 +131,15 @@ def flat(ts):
     return torch.cat([t.reshape(-1) for t in ts])
 
 
+def per_position(z, y):
+    """[N, T, C] outputs as N·T rows, as PyTorch's cross_entropy(logits.view(-1, C), y.view(-1)) reads them."""
+    if z.dim() == 3:
+        return z.reshape(-1, z.shape[-1]), y.reshape(-1) if y.dim() == 2 and y.dtype == torch.long else y.reshape(-1, z.shape[-1])
+    return z, y
+
+
 def nll(lik, z, y):
+    z, y = per_position(z, y)
     N = z.shape[0]
     if lik == "categorical":
         return F.cross_entropy(z, y)
@@ -143,14 +169,23 @@ def output_fisher_times(lik, kind, z, y, u):
 
 
 def fvp(model, x, y, lik, kind, vec):
-    """1/N Σ J_nᵀ H_n J_n v with J v by the double-backward trick."""
+    """1/(N·T) Σ J_nᵀ H_n J_n v with J v by the double-backward trick; for [N, T, C] outputs H_n is
+    block-diagonal over positions (exact) or the outer product of the sample's stacked scores (empirical)."""
     params = list(model.parameters())
     logits = model(x)
     w = torch.zeros_like(logits, requires_grad=True)
     g = torch.autograd.grad(logits, params, grad_outputs=w, create_graph=True)
     jv = torch.autograd.grad(g, w, grad_outputs=vec)[0]
-    return flat(torch.autograd.grad(logits, params,
-                                    grad_outputs=output_fisher_times(lik, kind, logits, y, jv) / x.shape[0]))
+    count = logits.shape[0] * (logits.shape[1] if logits.dim() == 3 else 1)
+    if logits.dim() == 3 and kind == "empirical":  # s_n stacks the positions' scores: H_n u = s_n (s_n · u_n)
+        z, yy = per_position(logits.detach(), y)
+        s = torch.softmax(z, 1) - F.one_hot(yy, z.shape[1]).double()
+        s = s.reshape(logits.shape)
+        hu = s * (s * jv).sum((1, 2), keepdim=True)
+    else:
+        z, yy = per_position(logits, y)
+        hu = output_fisher_times(lik, kind, z, yy, jv.reshape(z.shape)).reshape(logits.shape)
+    return flat(torch.autograd.grad(logits, params, grad_outputs=hu / count))
 
 
 def dense_fisher(model, x, y, lik):
@@ -188,7 +223,8 @@ def run(*args):
 
 cases = [("resnet", ResNet, [1, 8, 8], ("categorical", "gaussian", "bernoulli")),
          ("residual_mlp", ResidualMLP, [6], ("categorical",)),
-         ("token_model", TokenModel, [5], ("categorical",))]
+         ("token_model", TokenModel, [5], ("categorical",)),
+         ("sequence_model", SequenceModel, [5], ("categorical",))]
 N, C, lam = 24, 4, 0.05
 for name, cls, shape, likelihoods in cases:
     for lik in likelihoods:
@@ -196,8 +232,8 @@ for name, cls, shape, likelihoods in cases:
         model = cls(C)
         randomize_norms(model)
         model.eval()
-        x = torch.randint(0, 7, (N, *shape)) if name == "token_model" else torch.randn(N, *shape)
-        y = {"categorical": torch.randint(0, C, (N,)), "gaussian": torch.randn(N, C),
+        x = torch.randint(0, 7, (N, *shape)) if name in ("token_model", "sequence_model") else torch.randn(N, *shape)
+        y = {"categorical": torch.randint(0, C, (N, 5) if name == "sequence_model" else (N,)), "gaussian": torch.randn(N, C),
              "bernoulli": torch.randint(0, 2, (N, C)).double()}[lik]
         d = tempfile.mkdtemp()
         export_model(model, shape, lik, d)
