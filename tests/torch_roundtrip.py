@@ -24,55 +24,11 @@ except ImportError:
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
 from export_torch import export_model, export_data, load_safetensors, save_safetensors, to_vector  # noqa: E402
+sys.path.insert(0, os.path.dirname(__file__))
+from torch_reference import flat, fvp, nll, rel  # noqa: E402
 
 natgrad = sys.argv[1]
 N, C, lam = 30, 5, 0.05
-
-
-def rel(a, b):
-    return float((a - b).norm() / max(a.norm(), b.norm()))
-
-
-def flat(ts):
-    return torch.cat([t.reshape(-1) for t in ts])
-
-
-def nll(lik, z, y):
-    """The mean negative log-likelihood, as PyTorch users write it."""
-    if lik == "categorical":
-        return torch.nn.functional.cross_entropy(z, y)
-    if lik == "gaussian":
-        return 0.5 * ((z - y) ** 2).sum() / N
-    return torch.nn.functional.binary_cross_entropy_with_logits(z, y, reduction="sum") / N
-
-
-def output_fisher_times(lik, kind, z, y, u):
-    """H_n u_n for every sample (rows), H from the likelihood's formula or the true-label score."""
-    z = z.detach()
-    if kind == "empirical":
-        if lik == "categorical":
-            s = torch.softmax(z, 1) - torch.nn.functional.one_hot(y, C).double()
-        elif lik == "gaussian":
-            s = z - y
-        else:
-            s = torch.sigmoid(z) - y
-        return s * (s * u).sum(1, keepdim=True)
-    if lik == "categorical":
-        p = torch.softmax(z, 1)
-        return p * u - p * (p * u).sum(1, keepdim=True)
-    if lik == "gaussian":
-        return u
-    q = torch.sigmoid(z)
-    return q * (1 - q) * u
-
-
-def fvp(model, x, y, lik, kind, vec):
-    params = list(model.parameters())
-    logits = model(x)
-    w = torch.zeros_like(logits, requires_grad=True)
-    g = torch.autograd.grad(logits, params, grad_outputs=w, create_graph=True)
-    jv = torch.autograd.grad(g, w, grad_outputs=vec)[0]
-    return flat(torch.autograd.grad(logits, params, grad_outputs=output_fisher_times(lik, kind, logits, y, jv) / N))
 
 
 failures = []

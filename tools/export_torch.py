@@ -25,6 +25,7 @@ safetensors is written directly (8-byte little-endian header length, JSON header
 """
 import argparse
 import json
+import operator
 import os
 import struct
 
@@ -169,7 +170,6 @@ class _Tracer(torch.fx.Tracer):
 
 def _activation_function(node):
     """The spec of a functional activation / reshaping call, or None if the call is not one."""
-    import operator
     F = torch.nn.functional
     t, a, kw = node.target, node.args, node.kwargs
     if node.op == "call_method":
@@ -214,7 +214,6 @@ def _activation_function(node):
         return {"type": "global_avgpool", "keepdim": True} if _pair(size) == [1, 1] else None
     if t is torch.mean:
         return _mean_spec(node, a[1] if len(a) > 1 else kw.get("dim"), kw.get("keepdim", a[2] if len(a) > 2 else False))
-    del operator
     return None
 
 
@@ -235,7 +234,6 @@ def _where(node):
 def graph_spec(model, input_shape, likelihood):
     """The natgrad model spec (a dict) of any module torch.fx traces into supported modules and functions,
     and the names of the buffers its operations need."""
-    import operator
     tracer = _Tracer()
     graph = tracer.trace(model)
     gm = torch.fx.GraphModule(tracer.root, graph)
@@ -330,7 +328,6 @@ def graph_spec(model, input_shape, likelihood):
                          "not match model.parameters()")
     spec = {"format_version": 2, "input_shape": list(input_shape), "likelihood": likelihood,
             "output": ids[output], "parameters": list(params), "layers": layers}
-    del operator
     return spec, [b for b in needed_buffers if b in buffers]
 
 
