@@ -22,6 +22,8 @@ std::vector<LayerCase> layer_cases() {
   LayerSpec strided = LayerSpec::conv2d(2, 3, 3, 2, 0, false);
   strided.kernel_w = 2;  // a rectangular kernel
   LayerSpec pool3 = LayerSpec::maxpool2d(3, 2);
+  LayerSpec pool3_padded = pool3;  // torchvision's ResNet stem: MaxPool2d(3, 2, padding=1)
+  pool3_padded.padding_h = pool3_padded.padding_w = 1;
   LayerSpec same5 = LayerSpec::conv2d(2, 3, 5, 1, 2);
   same5.kernel_w = 3;
   same5.padding_w = 1;
@@ -51,6 +53,7 @@ std::vector<LayerCase> layer_cases() {
       {"flatten", LayerSpec::flatten(), {2, 3, 3}},
       {"maxpool2d", LayerSpec::maxpool2d(2), {2, 4, 4}},
       {"maxpool2d_k3s2", pool3, {2, 7, 7}},
+      {"maxpool2d_k3s2_padding1", pool3_padded, {2, 6, 7}},
       {"avgpool2d", LayerSpec::avgpool2d(2), {2, 4, 6}},
       {"silu", LayerSpec::activation(LayerType::silu), {7}},
       {"gelu_tanh", gelu_tanh, {7}},

@@ -4,6 +4,8 @@ PyTorch autograd as an independent oracle, in float64:
   - a ResNet (residual blocks with torch.relu(x + ...), batch norm in eval mode with non-trivial running
     statistics, a strided block with a 1x1 conv + batch norm shortcut, padding="same", F.silu, x.mean((2, 3)),
     nested nn.Sequential and nn.Sequential(OrderedDict(...)) modules);
+  - a ResNet laid out as torchvision's (a 7x7 stride-2 stem, MaxPool2d(3, 2, 1), BasicBlocks with a shared
+    inplace ReLU and `out += identity`, AdaptiveAvgPool2d((1, 1)), torch.flatten);
   - a residual MLP (layer norm with non-trivial affine parameters, F.gelu, an nn.Parameter added in forward,
     torch.cat, dropout in eval mode, nn.Identity);
   - a token model (nn.Embedding on I64 inputs, a learned [T, d] position table, layer norm, a linear layer and
@@ -64,6 +66,50 @@ class ResNet(nn.Module):
 
     def forward(self, x):
         return self.fc(self.blocks(F.silu(self.stem(x))).mean((2, 3)))
+
+
+class TorchvisionBlock(nn.Module):
+    """torchvision's BasicBlock, as written there: shared inplace ReLU, `out += identity`, a downsample."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None if stride == 1 and cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+class TorchvisionStyleResNet(nn.Module):
+    """torchvision's ResNet layout in miniature: 7x7 stride-2 stem, MaxPool2d(3, 2, 1), AdaptiveAvgPool2d((1, 1)),
+    torch.flatten(x, 1)."""
+
+    def __init__(self, classes):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = nn.Sequential(TorchvisionBlock(4, 4, 1))
+        self.layer2 = nn.Sequential(TorchvisionBlock(4, 6, 2))
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(6, classes)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer2(self.layer1(x))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
 class ResidualMLP(nn.Module):
@@ -159,6 +205,7 @@ def run(*args):
 
 
 cases = [("resnet", ResNet, [1, 8, 8], ("categorical", "gaussian", "bernoulli")),
+         ("torchvision_style_resnet", TorchvisionStyleResNet, [1, 16, 16], ("categorical",)),
          ("residual_mlp", ResidualMLP, [6], ("categorical",)),
          ("token_model", TokenModel, [5], ("categorical",)),
          ("sequence_model", SequenceModel, [5], ("categorical",))]

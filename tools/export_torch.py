@@ -111,13 +111,16 @@ def module_spec(m):
             raise ValueError("natgrad's flatten flattens all but the batch dimension")
         return {"type": "flatten"}
     if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
-        if _pair(m.padding) != [0, 0] or m.ceil_mode or (isinstance(m, nn.MaxPool2d) and _pair(m.dilation) != [1, 1]):
-            raise ValueError(f"{m}: natgrad pools without padding, dilation or ceil_mode")
+        if (isinstance(m, nn.AvgPool2d) and _pair(m.padding) != [0, 0]) or m.ceil_mode or \
+                (isinstance(m, nn.MaxPool2d) and _pair(m.dilation) != [1, 1]):
+            raise ValueError(f"{m}: natgrad pools without dilation or ceil_mode, and pads max-pooling only")
         if isinstance(m, nn.AvgPool2d) and m.divisor_override is not None:
             raise ValueError(f"{m}: natgrad's avgpool2d has no divisor_override")
         spec = {"type": "maxpool2d" if isinstance(m, nn.MaxPool2d) else "avgpool2d", "kernel_size": _pair(m.kernel_size)}
         if m.stride is not None:
             spec["stride"] = _pair(m.stride)
+        if isinstance(m, nn.MaxPool2d) and _pair(m.padding) != [0, 0]:
+            spec["padding"] = _pair(m.padding)
         return spec
     if isinstance(m, nn.AdaptiveAvgPool2d):
         if _pair(m.output_size) != [1, 1]:
@@ -286,7 +289,7 @@ def graph_spec(model, input_shape, likelihood):
                 needed_buffers += [f"{node.target}.running_mean", f"{node.target}.running_var",
                                    f"{node.target}.num_batches_tracked"]
             spec["inputs"] = [operand(node, node.args[0])]
-        elif node.op == "call_function" and node.target in (operator.add, torch.add) or \
+        elif node.op == "call_function" and node.target in (operator.add, operator.iadd, torch.add) or \
                 node.op == "call_method" and node.target == "add":
             if len(node.args) != 2 or set(node.kwargs) - {"alpha"} or node.kwargs.get("alpha", 1) != 1:
                 raise ValueError(f"{_where(node)}: natgrad adds two tensors (no alpha)")

@@ -162,6 +162,9 @@ ModelFile parse_model_spec(const std::string& text, const std::string& label) {
         allowed.insert("approximate");
         break;
       case LayerType::maxpool2d:
+        allowed.insert({"kernel_size", "stride", "padding"});
+        required = {"kernel_size"};
+        break;
       case LayerType::avgpool2d:
         allowed.insert({"kernel_size", "stride"});
         required = {"kernel_size"};
@@ -236,6 +239,7 @@ ModelFile parse_model_spec(const std::string& text, const std::string& label) {
         get_pair(l, "kernel_size", w, label, s.kernel_h, s.kernel_w);
         s.stride_h = s.stride_w = 0;  // PyTorch: stride defaults to kernel_size
         if (l.contains("stride") && !l["stride"].is_null()) get_pair(l, "stride", w, label, s.stride_h, s.stride_w);
+        if (l.contains("padding")) get_pair(l, "padding", w, label, s.padding_h, s.padding_w);
         break;
       case LayerType::add:
         get_string("parameter", s.parameter);
@@ -331,6 +335,7 @@ std::string model_spec_to_json(const ModelFile& m) {
       case LayerType::avgpool2d:
         l["kernel_size"] = {s.kernel_h, s.kernel_w};
         if (s.stride_h > 0) l["stride"] = {s.stride_h, s.stride_w};
+        if (s.padding_h > 0 || s.padding_w > 0) l["padding"] = {s.padding_h, s.padding_w};
         break;
       case LayerType::add:
         if (!s.parameter.empty()) {

@@ -1,4 +1,4 @@
-// 2-D max and average pooling (no padding, floor mode, as PyTorch's defaults).
+// 2-D max and average pooling (floor mode, as PyTorch's default; max-pooling may pad, with −∞).
 #include <algorithm>
 #include <cstdint>
 #include <cmath>
@@ -22,6 +22,8 @@ class Pool2d final : public Layer<Scalar>, public SelectionJacobian {
         kw_(s.kernel_w),
         sh_(s.stride_h),
         sw_(s.stride_w),
+        ph_(s.padding_h),
+        pw_(s.padding_w),
         Ho_(out[1]),
         Wo_(out[2]) {}
 
@@ -39,6 +41,10 @@ class Pool2d final : public Layer<Scalar>, public SelectionJacobian {
       const Scalar* x = X.col(n).data();
       Scalar* y = Y.col(n).data();
       int32_t* arg = aux ? aux + n * this->output_size() : nullptr;
+      if (ph_ > 0 || pw_ > 0) {  // max-pool only: avgpool2d refuses padding
+        max_padded(x, y, arg);
+        continue;
+      }
       for (Index c = 0; c < C_; ++c)
         for (Index oh = 0; oh < Ho_; ++oh) {
           const Index o = (c * Ho_ + oh) * Wo_;
@@ -151,8 +157,38 @@ class Pool2d final : public Layer<Scalar>, public SelectionJacobian {
   }
 
  private:
+  // Max-pooling with padding (PyTorch pads with −∞): per output, the first maximum over the window's entries
+  // inside the image, in row-major order, NaN winning. Every window holds one (padding ≤ kernel / 2).
+  void max_padded(const Scalar* x, Scalar* y, int32_t* arg) const {
+    for (Index c = 0; c < C_; ++c)
+      for (Index oh = 0; oh < Ho_; ++oh)
+        for (Index ow = 0; ow < Wo_; ++ow) {
+          bool first = true;
+          Scalar m = 0;
+          int32_t at = 0;
+          for (Index i = 0; i < kh_; ++i) {
+            const Index ih = oh * sh_ - ph_ + i;
+            if (ih < 0 || ih >= H_) continue;
+            for (Index j = 0; j < kw_; ++j) {
+              const Index iw = ow * sw_ - pw_ + j;
+              if (iw < 0 || iw >= W_) continue;
+              const Index k = (c * H_ + ih) * W_ + iw;
+              const Scalar v = x[k];
+              if (first || v > m || (v != v && m == m)) {
+                m = v;
+                at = static_cast<int32_t>(k);
+                first = false;
+              }
+            }
+          }
+          const Index o = (c * Ho_ + oh) * Wo_ + ow;
+          y[o] = m;
+          arg[o] = at;
+        }
+  }
+
   LayerType type_;
-  Index C_, H_, W_, kh_, kw_, sh_, sw_, Ho_, Wo_;
+  Index C_, H_, W_, kh_, kw_, sh_, sw_, ph_, pw_, Ho_, Wo_;
 };
 
 // Global average pooling, [C, H, W] -> [C] (x.mean((2, 3))) or [C, 1, 1] (AdaptiveAvgPool2d(1)).
@@ -205,14 +241,21 @@ std::unique_ptr<Layer<Scalar>> make_pool2d(const LayerSpec& spec, const Shape& i
   if (in.size() != 3)
     fail(where, std::string(to_string(s.type)) + " expects input shape [C, H, W] but receives " +
                     shape_to_string(in));
-  if (in[1] < s.kernel_h || in[2] < s.kernel_w)
+  if (s.padding_h < 0 || s.padding_w < 0 || ((s.padding_h > 0 || s.padding_w > 0) && s.type != LayerType::maxpool2d))
+    fail(where, std::string(to_string(s.type)) + ": padding is supported for maxpool2d only (>= 0)");
+  if (2 * s.padding_h > s.kernel_h || 2 * s.padding_w > s.kernel_w)
+    fail(where, "maxpool2d padding " + std::to_string(s.padding_h) + "x" + std::to_string(s.padding_w) +
+                    " is more than half its kernel " + std::to_string(s.kernel_h) + "x" + std::to_string(s.kernel_w) +
+                    " (PyTorch refuses it too)");
+  if (in[1] + 2 * s.padding_h < s.kernel_h || in[2] + 2 * s.padding_w < s.kernel_w)
     fail(where, std::string(to_string(s.type)) + " kernel " + std::to_string(s.kernel_h) + "x" +
                     std::to_string(s.kernel_w) + " is larger than its input " + shape_to_string(in));
   // max-pool keeps each output's argmax as an int32 index into its sample's input.
   if (s.type == LayerType::maxpool2d && shape_size(in) > Index(INT32_MAX))
     fail(where, "maxpool2d input " + shape_to_string(in) + " has " + std::to_string(shape_size(in)) +
                     " elements per sample, more than its int32 argmax indices can address (2^31 - 1)");
-  const Shape out{in[0], (in[1] - s.kernel_h) / s.stride_h + 1, (in[2] - s.kernel_w) / s.stride_w + 1};
+  const Shape out{in[0], (in[1] + 2 * s.padding_h - s.kernel_h) / s.stride_h + 1,
+                  (in[2] + 2 * s.padding_w - s.kernel_w) / s.stride_w + 1};
   return std::make_unique<Pool2d<Scalar>>(s.type, s, in, out);
 }
 
