@@ -414,10 +414,23 @@ TEST_F(Cli, BadInputEndsWithOneLineAndNoOutput) {
 
 // Chain models keep their results across the graph model: tests/data/chain_v1 holds the outputs of the last
 // chain-only release on a chain of all eleven chain layer types (see its README), and every one of them must
-// come out bit for bit the same.
+// come out bit for bit the same. Bits depend on the instruction set Eigen's kernels use, so there is one set
+// of outputs per instruction set (a Release build with AVX-512, or with AVX2 and FMA); other builds (the
+// sanitizers', whose allocator changes the alignment Eigen peels reductions by) have nothing to compare with.
 TEST(CliRegression, ChainOutputsAreBitIdenticalToTheChainOnlyRelease) {
-  const std::string fx = std::string(NATGRAD_TEST_DATA) + "/chain_v1/", out = make_temp_dir("natgrad_chain") + "/";
-  const std::string common = " --model " + fx + "model.json --data " + fx + "data.csv --seed 3 --quiet";
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "a sanitizer build: its allocations' alignment changes Eigen's reduction order";
+#elif defined(__AVX512F__)
+  const std::string isa = "avx512";
+#elif defined(__AVX2__) && defined(__FMA__)
+  const std::string isa = "avx2";
+#else
+  GTEST_SKIP() << "no reference outputs for this instruction set (they exist for AVX-512 and AVX2 + FMA)";
+#endif
+#if !defined(__SANITIZE_ADDRESS__) && (defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__)))
+  const std::string data = std::string(NATGRAD_TEST_DATA) + "/chain_v1/", fx = data + isa + "/",
+                    out = make_temp_dir("natgrad_chain") + "/";
+  const std::string common = " --model " + data + "model.json --data " + data + "data.csv --seed 3 --quiet";
   const std::vector<std::string> commands = {
       "solve" + common + " --damping 0.01 --cg-max-iters 15 --threads 2 --output " + out +
           "d_f32.safetensors --save-gradient " + out + "g_f32.safetensors",
@@ -436,8 +449,9 @@ TEST(CliRegression, ChainOutputsAreBitIdenticalToTheChainOnlyRelease) {
   for (const char* f : {"d_f32", "g_f32", "d_f64", "g_f64", "fv_mc_f32", "fv_emp_f64", "d_diag_f32"}) {
     const std::string expected = slurp(fx + f + ".safetensors"), got = slurp(out + f + ".safetensors");
     EXPECT_FALSE(expected.empty()) << f;
-    EXPECT_TRUE(got == expected) << f << ".safetensors differs from the chain-only release";
+    EXPECT_TRUE(got == expected) << f << ".safetensors differs from the chain-only release (" << isa << ")";
   }
+#endif
 }
 
 // A graph model with batch norm and one with an embedding through the command line: the buffers come from the
