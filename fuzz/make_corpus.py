@@ -78,6 +78,30 @@ put("model_spec", "unknown_layer_key", json.dumps({"input_shape": [3], "layers":
 put("model_spec", "not_chaining", json.dumps({"input_shape": [3], "layers": [{"type": "linear", "in_features": 4, "out_features": 2}]}))
 put("model_spec", "missing_key", json.dumps({"input_shape": [3], "layers": [{"type": "linear", "out_features": 2}]}))
 put("model_spec", "zero_shape", json.dumps({"input_shape": [0], "layers": []}))
+# Graphs: a residual block with batch norm, cat and a parameter operand; a token model; a cycle.
+put("model_spec", "graph_residual", json.dumps({
+    "format_version": 2, "input_shape": [2, 6, 6], "output": "fc",
+    "parameters": ["conv.weight", "bn.weight", "bn.bias", "fc.weight", "fc.bias"],
+    "layers": [
+        {"type": "conv2d", "name": "conv", "id": "conv", "inputs": ["input"], "in_channels": 2, "out_channels": 2,
+         "kernel_size": 3, "padding": "same", "bias": False},
+        {"type": "batch_norm", "name": "bn", "id": "bn", "inputs": ["conv"], "num_features": 2},
+        {"type": "add", "id": "add", "inputs": ["bn", "input"]},
+        {"type": "relu", "id": "relu", "inputs": ["add"]},
+        {"type": "cat", "id": "cat", "inputs": ["relu", "input"], "dim": 1},
+        {"type": "maxpool2d", "id": "pool", "inputs": ["cat"], "kernel_size": 3, "stride": 2, "padding": 1},
+        {"type": "global_avgpool", "id": "gap", "inputs": ["pool"]},
+        {"type": "linear", "name": "fc", "id": "fc", "inputs": ["gap"], "in_features": 4, "out_features": 3}]}))
+put("model_spec", "graph_tokens", json.dumps({
+    "format_version": 2, "input_shape": [4], "likelihood": "categorical",
+    "layers": [
+        {"type": "embedding", "name": "tok", "num_embeddings": 8, "embedding_dim": 3},
+        {"type": "add", "id": "h", "inputs": ["tok"], "parameter": "pos", "parameter_shape": [4, 3]},
+        {"type": "layer_norm", "name": "ln", "normalized_shape": [3]},
+        {"type": "linear", "name": "head", "in_features": 3, "out_features": 8},
+        {"type": "gelu", "approximate": "tanh"}]}))
+put("model_spec", "graph_cycle", json.dumps({"input_shape": [3], "layers": [
+    {"type": "tanh", "id": "a", "inputs": ["b"]}, {"type": "tanh", "id": "b", "inputs": ["a"]}]}))
 put("model_spec", "huge_shape", json.dumps({"input_shape": [2**40, 2**40], "layers": [{"type": "flatten"}]}))
 put("model_spec", "negative", json.dumps({"input_shape": [1, 4, 4], "layers": [{"type": "conv2d", "in_channels": 1, "out_channels": -2, "kernel_size": 3}]}))
 put("model_spec", "wrong_types", json.dumps({"input_shape": ["a"], "layers": [{"type": 3}]}))
