@@ -75,6 +75,9 @@ class SelectionJacobian {
   virtual bool is_selection() const = 0;
 };
 
+/// add and cat read several values (MultiInput); every other node reads one.
+inline bool is_merge(LayerType t) { return t == LayerType::add || t == LayerType::cat; }
+
 /// No tensor or activation may exceed 2^40 scalars: sizes are checked in floating point before they are
 /// multiplied in integers, so a hostile spec cannot overflow.
 constexpr double kMaxElements = 1099511627776.0;

@@ -1,0 +1,336 @@
+// Network's construction: the graph from a spec — ids and inputs, the topological order, the layers and
+// their shapes, the parameter offsets in model.parameters() order, the fused activation + max-pool pairs —
+// and the buffer plan the passes (network.cpp) follow.
+#include <natgrad/model/network.h>
+
+#include <algorithm>
+#include <map>
+#include <set>
+#include <stdexcept>
+
+#include "core/check.h"
+#include "core/fail.h"
+#include "model/layers.h"
+
+namespace natgrad {
+
+using detail::is_merge;
+
+template <typename Scalar>
+std::unique_ptr<Layer<Scalar>> make_layer(const LayerSpec& spec, const Shape& in, const std::string& where) {
+  switch (spec.type) {
+    case LayerType::linear:
+      return detail::make_linear<Scalar>(spec, in, where);
+    case LayerType::conv2d:
+      return detail::make_conv2d<Scalar>(spec, in, where);
+    case LayerType::flatten:
+      return detail::make_flatten<Scalar>(spec, in, where);
+    case LayerType::maxpool2d:
+    case LayerType::avgpool2d:
+      return detail::make_pool2d<Scalar>(spec, in, where);
+    case LayerType::identity:
+    case LayerType::dropout:
+      return detail::make_identity<Scalar>(spec, in, where);
+    case LayerType::global_avgpool:
+      return detail::make_global_avgpool<Scalar>(spec, in, where);
+    case LayerType::layer_norm:
+      return detail::make_layer_norm<Scalar>(spec, in, where);
+    case LayerType::batch_norm:
+      return detail::make_batch_norm<Scalar>(spec, in, where);
+    case LayerType::embedding:
+      return detail::make_embedding<Scalar>(spec, in, where);
+    case LayerType::add:
+    case LayerType::cat:
+      return detail::make_merge<Scalar>(spec, {in}, where);
+    default:
+      return detail::make_elementwise<Scalar>(spec, in, where);
+  }
+}
+
+namespace {
+// The smallest slot not in use.
+int take_slot(std::vector<bool>& used) {
+  for (std::size_t s = 0; s < used.size(); ++s)
+    if (!used[s]) {
+      used[s] = true;
+      return static_cast<int>(s);
+    }
+  used.push_back(true);
+  return static_cast<int>(used.size() - 1);
+}
+}  // namespace
+
+template <typename Scalar>
+Network<Scalar>::Network(const ModelSpec& spec) : spec_(spec) {
+  using detail::fail;
+  if (spec.input_shape.empty()) fail("model: input_shape is empty");
+  double elements = 1;
+  for (Index d : spec.input_shape) {
+    if (d <= 0) fail("model: input_shape " + shape_to_string(spec.input_shape) + " has a non-positive dimension");
+    elements *= double(d);
+  }
+  if (elements > detail::kMaxElements)
+    fail("model: input_shape " + shape_to_string(spec.input_shape) + " has more than 2^40 elements");
+
+  // Ids, and each layer's inputs as file indices (-1: the model input).
+  const std::size_t L = spec.layers.size();
+  auto where_of = [&](std::size_t i) {
+    const std::string id = natgrad::node_id(spec, i);
+    return "layer " + std::to_string(i) + (id == std::to_string(i) ? "" : " \"" + id + "\"") + " (" +
+           to_string(spec.layers[i].type) + ")";
+  };
+  std::map<std::string, std::size_t> by_id;
+  for (std::size_t i = 0; i < L; ++i) {
+    const std::string id = natgrad::node_id(spec, i);
+    if (id == kModelInputId) fail(where_of(i) + ": the id \"input\" is reserved for the model input");
+    if (!by_id.emplace(id, i).second)
+      fail(where_of(i) + ": the id \"" + id + "\" is already used by layer " + std::to_string(by_id[id]));
+  }
+  std::vector<std::vector<long>> reads(L);
+  std::vector<int> consumers(L, 0);
+  for (std::size_t i = 0; i < L; ++i) {
+    const LayerSpec& s = spec.layers[i];
+    if (s.inputs.empty()) {
+      reads[i].push_back(long(i) - 1);
+    } else {
+      for (const std::string& name : s.inputs) {
+        if (name == kModelInputId) {
+          reads[i].push_back(-1);
+          continue;
+        }
+        const auto it = by_id.find(name);
+        if (it == by_id.end()) fail(where_of(i) + ": input \"" + name + "\" names no node");
+        reads[i].push_back(long(it->second));
+      }
+    }
+    if (!is_merge(s.type) && reads[i].size() != 1)
+      fail(where_of(i) + ": takes one input, given " + std::to_string(reads[i].size()));
+    if (s.type == LayerType::cat && reads[i].size() < 1) fail(where_of(i) + ": needs at least one input");
+    if (s.type == LayerType::add && reads[i].size() + (s.parameter.empty() ? 0 : 1) < 2)
+      fail(where_of(i) + ": needs at least two operands");
+    for (long r : reads[i])
+      if (r >= 0) ++consumers[static_cast<std::size_t>(r)];
+  }
+  std::size_t output = L == 0 ? 0 : L - 1;
+  if (!spec.output.empty()) {
+    const auto it = by_id.find(spec.output);
+    if (it == by_id.end()) fail("model: the output \"" + spec.output + "\" names no node");
+    output = it->second;
+  }
+  for (std::size_t i = 0; i < L; ++i)
+    if (i != output && consumers[i] == 0)
+      fail(where_of(i) + ": its output is never used (the model's output is \"" + natgrad::node_id(spec, output) +
+           "\")");
+
+  // Topological order: Kahn's algorithm, always taking the ready layer that comes first in the file, so a
+  // chain keeps its order.
+  {
+    std::vector<int> missing(L, 0);
+    std::vector<std::vector<std::size_t>> readers(L);
+    for (std::size_t i = 0; i < L; ++i)
+      for (long r : reads[i])
+        if (r >= 0) {
+          ++missing[i];
+          readers[static_cast<std::size_t>(r)].push_back(i);
+        }
+    std::set<std::size_t> ready;
+    for (std::size_t i = 0; i < L; ++i)
+      if (missing[i] == 0) ready.insert(i);
+    while (!ready.empty()) {
+      const std::size_t i = *ready.begin();
+      ready.erase(ready.begin());
+      order_.push_back(i);
+      for (std::size_t r : readers[i])
+        if (--missing[r] == 0) ready.insert(r);
+    }
+    if (order_.size() != L)
+      for (std::size_t i = 0; i < L; ++i)
+        if (missing[i] > 0) fail(where_of(i) + ": is on a cycle (a node reads its own output)");
+  }
+  std::vector<int> value_of(L, 0);  // file index -> value id (node position + 1)
+  for (std::size_t l = 0; l < L; ++l) value_of[order_[l]] = static_cast<int>(l) + 1;
+
+  // The layers, in topological order.
+  max_width_ = shape_size(spec.input_shape);
+  std::vector<Shape> shapes{spec.input_shape};  // per value
+  struct Tensor {
+    std::string name;
+    Shape shape;
+    std::size_t node;
+  };
+  std::vector<Tensor> tensors;
+  for (std::size_t l = 0; l < L; ++l) {
+    const std::size_t i = order_[l];
+    const LayerSpec& s = spec.layers[i];
+    const std::string where = where_of(i);
+    ids_.push_back(natgrad::node_id(spec, i));
+    inputs_.emplace_back();
+    std::vector<Shape> in;
+    for (long r : reads[i]) {
+      const int v = r < 0 ? 0 : value_of[static_cast<std::size_t>(r)];
+      inputs_.back().push_back(v);
+      in.push_back(shapes[static_cast<std::size_t>(v)]);
+    }
+    if (is_merge(s.type))
+      layers_.push_back(detail::make_merge<Scalar>(s, in, where));
+    else
+      layers_.push_back(make_layer<Scalar>(s, in[0], where));
+    const Layer<Scalar>& layer = *layers_.back();
+    max_operands_ = std::max(max_operands_, in.size());
+    shapes.push_back(layer.output_shape());
+    max_width_ = std::max(max_width_, layer.output_size());
+    const std::string module = natgrad::module_name(spec, i);
+    for (const ParamTensor& t : layer.param_tensors()) {
+      const std::string name = s.type == LayerType::add ? s.parameter : module + "." + t.name;
+      for (const Tensor& other : tensors)
+        if (other.name == name)
+          fail(where + ": the parameter \"" + name + "\" is already used by node \"" + ids_[other.node] +
+               "\" (shared parameters are not supported)");
+      tensors.push_back({name, t.shape, l});
+    }
+    const std::vector<ParamTensor> buffers = layer.buffer_tensors();
+    for (std::size_t b = 0; b < buffers.size(); ++b) named_buffers_.push_back({module + "." + buffers[b].name, buffers[b].shape, l, b});
+    for (const std::string& name : layer.ignored_buffers()) ignored_buffers_.push_back(module + "." + name);
+    needs_grad_.push_back(layer.num_params() > 0);
+    for (int v : inputs_.back())
+      if (v > 0 && needs_grad_[static_cast<std::size_t>(v - 1)]) {
+        if (!layer.differentiable_input())
+          fail(where + ": reads token indices, but its input \"" + ids_[static_cast<std::size_t>(v - 1)] +
+               "\" depends on the parameters");
+        needs_grad_.back() = true;
+      }
+  }
+  for (std::size_t a = 0; a < named_buffers_.size(); ++a)
+    for (std::size_t b = 0; b < a; ++b)
+      if (named_buffers_[a].name == named_buffers_[b].name)
+        fail("model: the buffer \"" + named_buffers_[a].name + "\" belongs to two nodes (a module used twice)");
+
+  // Offsets: the parameter tensors in `parameter_order`, or in file order of their layers; a node's tensors
+  // must be consecutive, in its own order.
+  std::vector<std::size_t> tensor_order(tensors.size());
+  if (spec.parameter_order.empty()) {
+    std::vector<std::size_t> file_rank(tensors.size());
+    for (std::size_t k = 0; k < tensors.size(); ++k) {
+      tensor_order[k] = k;
+      file_rank[k] = order_[tensors[k].node];
+    }
+    std::stable_sort(tensor_order.begin(), tensor_order.end(),
+                     [&](std::size_t a, std::size_t b) { return file_rank[a] < file_rank[b]; });
+  } else {
+    if (spec.parameter_order.size() != tensors.size())
+      fail("model: \"parameters\" lists " + std::to_string(spec.parameter_order.size()) +
+           " tensors but the nodes have " + std::to_string(tensors.size()));
+    for (std::size_t k = 0; k < spec.parameter_order.size(); ++k) {
+      const std::string& name = spec.parameter_order[k];
+      std::size_t found = tensors.size();
+      for (std::size_t t = 0; t < tensors.size(); ++t)
+        if (tensors[t].name == name) found = t;
+      if (found == tensors.size()) fail("model: \"parameters\" names \"" + name + "\", which no node has");
+      for (std::size_t j = 0; j < k; ++j)
+        if (tensor_order[j] == found) fail("model: \"parameters\" lists \"" + name + "\" twice");
+      tensor_order[k] = found;
+    }
+  }
+  offsets_.assign(L, 0);
+  std::vector<std::vector<std::size_t>> own(L);  // each node's tensors, in its own order
+  for (std::size_t t = 0; t < tensors.size(); ++t) own[tensors[t].node].push_back(t);
+  std::vector<bool> placed(L, false);
+  for (std::size_t k = 0; k < tensor_order.size();) {
+    const std::size_t node = tensors[tensor_order[k]].node;
+    bool in_order = !placed[node] && k + own[node].size() <= tensor_order.size();
+    for (std::size_t j = 0; in_order && j < own[node].size(); ++j) in_order = tensor_order[k + j] == own[node][j];
+    if (!in_order)
+      fail("model: \"parameters\" must list node \"" + ids_[node] + "\"'s tensors together and in their order");
+    placed[node] = true;
+    offsets_[node] = num_params_;
+    for (std::size_t t : own[node]) {
+      named_params_.push_back({tensors[t].name, tensors[t].shape, num_params_, shape_size(tensors[t].shape)});
+      num_params_ += shape_size(tensors[t].shape);
+    }
+    k += own[node].size();
+  }
+
+  // The fused activation + max-pool pairs.
+  std::vector<int> readers(L + 1, 0);
+  for (const auto& in : inputs_)
+    for (int v : in) ++readers[static_cast<std::size_t>(v)];
+  fused_.assign(L, false);
+  for (std::size_t p = 0; p < L; ++p) {
+    if (is_merge(layers_[p]->type()) || inputs_[p][0] == 0) continue;
+    const auto a = static_cast<std::size_t>(inputs_[p][0] - 1);
+    const auto* act = dynamic_cast<const detail::ElementwiseDerivative<Scalar>*>(layers_[a].get());
+    const auto* pool = dynamic_cast<const detail::SelectionJacobian*>(layers_[p].get());
+    fused_[a] = act != nullptr && pool != nullptr && pool->is_selection() && needs_grad_[a] &&
+                readers[a + 1] == 1 && !is_merge(layers_[a]->type());
+  }
+
+  // The buffer plan. R-op: node l's tangent takes the lowest free slot; a slot is freed after the last node
+  // that reads its value (a fused pool reads its activation's input).
+  auto reads_of = [&](std::size_t l) {
+    std::vector<int> r = inputs_[l];
+    if (!is_merge(layers_[l]->type()) && r[0] > 0 && fused_[static_cast<std::size_t>(r[0] - 1)])
+      r = inputs_[static_cast<std::size_t>(r[0] - 1)];
+    return r;
+  };
+  tangent_slot_.assign(L, -1);
+  cotangent_slot_.assign(L + 1, -1);
+  accumulate_.assign(L, {});
+  {
+    std::vector<std::size_t> last_read(L + 1, 0);
+    for (std::size_t l = 0; l < L; ++l)
+      if (needs_grad_[l] && !fused_[l])
+        for (int v : reads_of(l)) last_read[static_cast<std::size_t>(v)] = l;
+    std::vector<bool> used;
+    for (std::size_t l = 0; l < L; ++l) {
+      if (!needs_grad_[l] || fused_[l]) continue;
+      tangent_slot_[l] = take_slot(used);
+      for (int v : reads_of(l))
+        if (v > 0 && last_read[static_cast<std::size_t>(v)] == l && tangent_slot_[static_cast<std::size_t>(v - 1)] >= 0 &&
+            static_cast<std::size_t>(v) != L)
+          used[static_cast<std::size_t>(tangent_slot_[static_cast<std::size_t>(v - 1)])] = false;
+    }
+    num_slots_ = static_cast<int>(used.size());
+  }
+  // Backprop, in reverse: the first contribution to a value's cotangent takes the lowest free slot, later
+  // ones are added; the slot is freed once the node that produced the value has used it.
+  {
+    std::vector<bool> used;
+    for (std::size_t l = L; l-- > 0;) {
+      if (!needs_grad_[l] || fused_[l]) continue;
+      const std::vector<int> r = reads_of(l);
+      for (int v : r) {
+        const bool wanted = v > 0 && needs_grad_[static_cast<std::size_t>(v - 1)];
+        if (!wanted) {
+          accumulate_[l].push_back(false);
+          continue;
+        }
+        int& slot = cotangent_slot_[static_cast<std::size_t>(v)];
+        accumulate_[l].push_back(slot >= 0);
+        if (slot >= 0) has_fan_out_ = true;
+        else slot = take_slot(used);
+      }
+      if (l + 1 < L + 1 && cotangent_slot_[l + 1] >= 0) used[static_cast<std::size_t>(cotangent_slot_[l + 1])] = false;
+    }
+    num_slots_ = std::max({1, num_slots_, static_cast<int>(used.size())});
+  }
+}
+
+template <typename Scalar>
+void Network<Scalar>::set_buffer(std::size_t k, const Scalar* values) {
+  NATGRAD_CHECK(k < named_buffers_.size());
+  const NamedBuffer& b = named_buffers_[k];
+  try {
+    layers_[b.node]->set_buffer(b.index, values);
+  } catch (const std::invalid_argument& e) {
+    detail::fail(b.name + ": " + e.what());
+  }
+}
+
+template Network<float>::Network(const ModelSpec&);
+template Network<double>::Network(const ModelSpec&);
+template void Network<float>::set_buffer(std::size_t, const float*);
+template void Network<double>::set_buffer(std::size_t, const double*);
+template std::unique_ptr<Layer<float>> make_layer<float>(const LayerSpec&, const Shape&, const std::string&);
+template std::unique_ptr<Layer<double>> make_layer<double>(const LayerSpec&, const Shape&, const std::string&);
+
+}  // namespace natgrad
