@@ -3,8 +3,6 @@
 #include <natgrad/model/network.h>
 
 #include <algorithm>
-#include <map>
-#include <set>
 #include <stdexcept>
 
 #include "core/check.h"
