@@ -76,10 +76,13 @@ int run_solve(Args& a) {
   opt.spectrum = spectrum_options(progress);
   opt.condition_number = k > 0;
   const int threads = num_threads();
-  std::printf("natgrad solve: %s (%lld parameters, %s), %s (%lld samples, curvature on %lld), fisher %s, damping %g, "
+  const Index positions = p.model->output_positions();
+  const std::string per_position =
+      positions > 1 ? ", per position: " + std::to_string(positions) + " positions per sample" : "";
+  std::printf("natgrad solve: %s (%lld parameters, %s%s), %s (%lld samples, curvature on %lld), fisher %s, damping %g, "
               "%s, %d threads, parameters: %s\n",
               p.model_label.c_str(), static_cast<long long>(p.model->num_params()), to_string(p.file.likelihood),
-              p.data_label.c_str(), static_cast<long long>(p.data.size()),
+              per_position.c_str(), p.data_label.c_str(), static_cast<long long>(p.data.size()),
               static_cast<long long>(a.curvature_batch > 0 ? a.curvature_batch : p.data.size()), a.fisher.c_str(),
               a.damping, a.dtype.c_str(), threads, p.params_label.c_str());
   progress.line("forward pass over %lld samples", static_cast<long long>(p.data.size()));
@@ -129,6 +132,7 @@ int run_solve(Args& a) {
     j["gradient_norm"] = r.gradient_norm;
     j["params"] = p.model->num_params();
     j["samples"] = r.samples;
+    j["positions"] = positions;
     j["curvature_samples"] = r.curvature_samples;
     j["fisher"] = a.fisher;
     j["damping"] = a.damping;

@@ -570,6 +570,7 @@ TEST(CliText, ByteWindowsOfATextFile) {
                         "dir.safetensors --report " + d + "r.json", &err), 0) << err;
   const auto report = nlohmann::json::parse(slurp(d + "r.json"));
   EXPECT_EQ(report["samples"].get<Index>(), Index(text.size() / 9));
+  EXPECT_EQ(report["positions"].get<Index>(), 8);
   EXPECT_NE(run_cli("solve --model " + d + "lm.json --data " + d + "short.txt --context 8 --output " + d + "x.safetensors", &err), 0);
   EXPECT_NE(err.find("short.txt: holds 4 bytes, shorter than one window of --context + 1 = 9 bytes"), std::string::npos) << err;
   EXPECT_NE(run_cli("solve --model " + d + "lm.json --data " + d + "corpus.txt --context 4 --output " + d + "x.safetensors", &err), 0);
