@@ -18,8 +18,11 @@ int run_info(Args& a) {
   if (a.model.empty()) usage_error("--model is required");
   const ModelFile m = read_model_spec(a.model);
   Network<double> model(m.spec);
-  std::printf("model %s: input %s, likelihood %s, %zu nodes\n", a.model.c_str(),
-              shape_to_string(m.spec.input_shape).c_str(), to_string(m.likelihood), model.num_layers());
+  std::printf("model %s: input %s, output %s, likelihood %s%s, %zu nodes\n", a.model.c_str(),
+              shape_to_string(m.spec.input_shape).c_str(), shape_to_string(model.output_shape()).c_str(),
+              to_string(m.likelihood),
+              model.output_positions() > 1 ? (" per position (" + std::to_string(model.output_positions()) + ")").c_str() : "",
+              model.num_layers());
   // The graph in the order it runs: each node, its operation, the nodes it reads, its output and parameters.
   auto value_name = [&](int v) { return v == 0 ? std::string(kModelInputId) : model.node_id(static_cast<std::size_t>(v - 1)); };
   std::size_t id_width = 4, in_width = 6;
