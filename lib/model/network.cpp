@@ -11,8 +11,6 @@
 
 namespace natgrad {
 
-using detail::is_merge;
-
 template <typename Scalar>
 void Network<Scalar>::check_params(Index size) const {
   if (size != num_params_)
@@ -67,7 +65,7 @@ Index Network<Scalar>::scratch_size(Index max_cols) const {
   Index scratch = 0;
   for (const auto& l : layers_) scratch = std::max(scratch, l->scratch_size(max_cols));
   for (std::size_t p = 0; p < layers_.size(); ++p)  // the fused passes' two one-sample buffers
-    if (!is_merge(layers_[p]->type()) && inputs_[p][0] > 0 && fused_[static_cast<std::size_t>(inputs_[p][0] - 1)])
+    if (fused_act_[p])
       scratch = std::max(scratch, 2 * layers_[p]->output_size());
   return scratch;
 }
@@ -86,7 +84,7 @@ void Network<Scalar>::forward(const Scalar* theta, ForwardCache<Scalar>& cache, 
   for (std::size_t l = 0; l < layers_.size(); ++l) {
     const Layer<Scalar>& layer = *layers_[l];
     MatMap<Scalar> Y(cache.acts[l + 1].data() + col0 * layer.output_size(), layer.output_size(), n);
-    if (const auto* merge = dynamic_cast<const detail::MultiInput<Scalar>*>(&layer)) {
+    if (const auto* merge = merge_[l]) {
       for (std::size_t i = 0; i < inputs_[l].size(); ++i) {
         const Mat<Scalar>& X = cache.acts[static_cast<std::size_t>(inputs_[l][i])];
         operands[i] = X.data() + col0 * X.rows();
@@ -168,16 +166,15 @@ void Network<Scalar>::jvp(const Scalar* theta, const Scalar* v, const ForwardCac
     const Layer<Scalar>& layer = *layers_[l];
     Scalar* out = ws.slots[static_cast<std::size_t>(tangent_slot_[l])].data();
     ws.values[l + 1] = out;
-    if (const auto* merge = dynamic_cast<const detail::MultiInput<Scalar>*>(&layer)) {
+    if (const auto* merge = merge_[l]) {
       for (std::size_t i = 0; i < inputs_[l].size(); ++i) ws.operands[i] = ws.values[static_cast<std::size_t>(inputs_[l][i])];
       merge->jvp_multi(ws.operands.data(), layer.num_params() ? v + offsets_[l] : nullptr, n, out);
       continue;
     }
     const int in = inputs_[l][0];
-    if (in > 0 && fused_[static_cast<std::size_t>(in - 1)]) {
+    if (fused_act_[l]) {
       const auto a = static_cast<std::size_t>(in - 1);
-      const FusedPair<Scalar> f{dynamic_cast<const detail::ElementwiseDerivative<Scalar>&>(*layers_[a]),
-                                input_act(cache, a), cache.acts[l + 1], cache.aux[l]};
+      const FusedPair<Scalar> f{*fused_act_[l], input_act(cache, a), cache.acts[l + 1], cache.aux[l]};
       jvp_fused(f, col0, n, ws.values[static_cast<std::size_t>(inputs_[a][0])], out, ws.scratch.data());
       continue;
     }
@@ -222,7 +219,7 @@ void Network<Scalar>::backprop(const ForwardCache<Scalar>& cache, Index col0, In
     const Mat<Scalar>& Xm = input_act(cache, l);
     ConstMatMap<Scalar> X(Xm.data() + col0 * Xm.rows(), Xm.rows(), n);
     const int32_t* aux = layer.aux_per_sample() ? cache.aux[l].data() + col0 * layer.aux_per_sample() : nullptr;
-    if (const auto* merge = dynamic_cast<const detail::MultiInput<Scalar>*>(&layer)) {
+    if (const auto* merge = merge_[l]) {
       at_layer(l, X, Y, aux, gY, static_cast<Scalar*>(nullptr));
       for (std::size_t i = 0; i < inputs_[l].size(); ++i) {
         const int v = inputs_[l][i];
@@ -232,11 +229,10 @@ void Network<Scalar>::backprop(const ForwardCache<Scalar>& cache, Index col0, In
       continue;
     }
     const int in = inputs_[l][0];
-    if (in > 0 && fused_[static_cast<std::size_t>(in - 1)]) {
+    if (fused_act_[l]) {
       const auto a = static_cast<std::size_t>(in - 1);
       const int w = inputs_[a][0];  // the activation's input: needs a cotangent (the activation has no parameters)
-      const FusedPair<Scalar> f{dynamic_cast<const detail::ElementwiseDerivative<Scalar>&>(*layers_[a]),
-                                input_act(cache, a), cache.acts[l + 1], cache.aux[l]};
+      const FusedPair<Scalar> f{*fused_act_[l], input_act(cache, a), cache.acts[l + 1], cache.aux[l]};
       Scalar* gx = accumulate_[l][0] ? ws.sum.data() : target(w);
       vjp_fused(f, col0, n, g, gx, ws.scratch.data(), ws.scratch.data() + layer.output_size());
       if (accumulate_[l][0]) add_sum(w, layers_[a]->input_size());

@@ -105,7 +105,6 @@ Network<Scalar>::Network(const ModelSpec& spec) : spec_(spec) {
     }
     if (!is_merge(s.type) && reads[i].size() != 1)
       fail(where_of(i) + ": takes one input, given " + std::to_string(reads[i].size()));
-    if (s.type == LayerType::cat && reads[i].size() < 1) fail(where_of(i) + ": needs at least one input");
     if (s.type == LayerType::add && reads[i].size() + (s.parameter.empty() ? 0 : 1) < 2)
       fail(where_of(i) + ": needs at least two operands");
     for (long r : reads[i])
@@ -176,6 +175,7 @@ Network<Scalar>::Network(const ModelSpec& spec) : spec_(spec) {
     else
       layers_.push_back(make_layer<Scalar>(s, in[0], where));
     const Layer<Scalar>& layer = *layers_.back();
+    merge_.push_back(dynamic_cast<const detail::MultiInput<Scalar>*>(&layer));
     max_operands_ = std::max(max_operands_, in.size());
     shapes.push_back(layer.output_shape());
     max_width_ = std::max(max_width_, layer.output_size());
@@ -255,22 +255,22 @@ Network<Scalar>::Network(const ModelSpec& spec) : spec_(spec) {
   for (const auto& in : inputs_)
     for (int v : in) ++readers[static_cast<std::size_t>(v)];
   fused_.assign(L, false);
+  fused_act_.assign(L, nullptr);
   for (std::size_t p = 0; p < L; ++p) {
-    if (is_merge(layers_[p]->type()) || inputs_[p][0] == 0) continue;
+    if (merge_[p] || inputs_[p][0] == 0) continue;
     const auto a = static_cast<std::size_t>(inputs_[p][0] - 1);
     const auto* act = dynamic_cast<const detail::ElementwiseDerivative<Scalar>*>(layers_[a].get());
     const auto* pool = dynamic_cast<const detail::SelectionJacobian*>(layers_[p].get());
-    fused_[a] = act != nullptr && pool != nullptr && pool->is_selection() && needs_grad_[a] &&
-                readers[a + 1] == 1 && !is_merge(layers_[a]->type());
+    if (act && pool && pool->is_selection() && needs_grad_[a] && readers[a + 1] == 1) {
+      fused_[a] = true;
+      fused_act_[p] = act;
+    }
   }
 
   // The buffer plan. R-op: node l's tangent takes the lowest free slot; a slot is freed after the last node
   // that reads its value (a fused pool reads its activation's input).
   auto reads_of = [&](std::size_t l) {
-    std::vector<int> r = inputs_[l];
-    if (!is_merge(layers_[l]->type()) && r[0] > 0 && fused_[static_cast<std::size_t>(r[0] - 1)])
-      r = inputs_[static_cast<std::size_t>(r[0] - 1)];
-    return r;
+    return fused_act_[l] ? inputs_[static_cast<std::size_t>(inputs_[l][0] - 1)] : inputs_[l];
   };
   tangent_slot_.assign(L, -1);
   cotangent_slot_.assign(L + 1, -1);
@@ -285,8 +285,7 @@ Network<Scalar>::Network(const ModelSpec& spec) : spec_(spec) {
       if (!needs_grad_[l] || fused_[l]) continue;
       tangent_slot_[l] = take_slot(used);
       for (int v : reads_of(l))
-        if (v > 0 && last_read[static_cast<std::size_t>(v)] == l && tangent_slot_[static_cast<std::size_t>(v - 1)] >= 0 &&
-            static_cast<std::size_t>(v) != L)
+        if (v > 0 && last_read[static_cast<std::size_t>(v)] == l && tangent_slot_[static_cast<std::size_t>(v - 1)] >= 0)
           used[static_cast<std::size_t>(tangent_slot_[static_cast<std::size_t>(v - 1)])] = false;
     }
     num_slots_ = static_cast<int>(used.size());
@@ -309,7 +308,7 @@ Network<Scalar>::Network(const ModelSpec& spec) : spec_(spec) {
         if (slot >= 0) has_fan_out_ = true;
         else slot = take_slot(used);
       }
-      if (l + 1 < L + 1 && cotangent_slot_[l + 1] >= 0) used[static_cast<std::size_t>(cotangent_slot_[l + 1])] = false;
+      if (cotangent_slot_[l + 1] >= 0) used[static_cast<std::size_t>(cotangent_slot_[l + 1])] = false;
     }
     num_slots_ = std::max({1, num_slots_, static_cast<int>(used.size())});
   }

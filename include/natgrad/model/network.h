@@ -32,6 +32,13 @@
 
 namespace natgrad {
 
+namespace detail {  // the internal interfaces of merge nodes and fusable activations (lib/model/layers.h)
+template <typename Scalar>
+class MultiInput;
+template <typename Scalar>
+class ElementwiseDerivative;
+}  // namespace detail
+
 /// Activations of every node on a batch: acts[0] is the model input, acts[l + 1] the output of node l (in
 /// topological order); the last is the network's output.
 template <typename Scalar>
@@ -187,9 +194,13 @@ class Network {
   // needs_grad_[l]: node l has parameters or reads a value that depends on them (the R-op's tangent and
   // backprop's cotangent are zero or unneeded elsewhere).
   std::vector<bool> needs_grad_;
+  // merge_[l]: node l as a merge node (add, cat), else nullptr.
+  std::vector<const detail::MultiInput<Scalar>*> merge_;
   // fused_[l]: node l is element-wise and read only by a max-pool; jvp and vjp run the pair as one pass at
   // the pool that touches only the selected inputs (see jvp_fused / vjp_fused in network.cpp).
+  // fused_act_[p]: for that pool p, the activation it runs with, else nullptr.
   std::vector<bool> fused_;
+  std::vector<const detail::ElementwiseDerivative<Scalar>*> fused_act_;
   // The buffer plan, fixed at construction: the workspace slot of node l's tangent (jvp), of value v's
   // cotangent (backprop), and whether node l's contribution to its input i's cotangent is added to one
   // already there (fan-out) rather than written.
