@@ -147,14 +147,14 @@ void sample_scores(LikelihoodKind kind, ConstMatMap<Scalar> Z, uint64_t seed, In
   Vec<Scalar> p(C);
   for (Index j = 0; j < Z.cols(); ++j) {
     const CounterRng rng(seed, rng_stream(RngDomain::mc_labels, static_cast<uint64_t>(sample0 + j)));
-    for (int s = 0; s < draws; ++s)
-      for (Index t = 0; t < T; ++t) {
-        const Scalar* z = Z.col(j).data() + t * C;
+    for (Index t = 0; t < T; ++t) {
+      const Scalar* z = Z.col(j).data() + t * C;
+      if (kind == LikelihoodKind::categorical) softmax(z, C, p.data());  // once per position, for every draw
+      for (int s = 0; s < draws; ++s) {
         Scalar* out = S.col(j * draws + s).data() + t * C;
         const Index d = Index(s) * T + t;  // the draw's counter: (draw, position)
         switch (kind) {
           case LikelihoodKind::categorical: {  // y by inverse CDF; score onehot(y) − p
-            softmax(z, C, p.data());
             const Index y = detail::sample_categorical(p.data(), C, rng.uniform(static_cast<uint64_t>(d)));
             for (Index c = 0; c < C; ++c) out[c] = -p[c];
             out[y] += Scalar(1);
@@ -168,6 +168,7 @@ void sample_scores(LikelihoodKind kind, ConstMatMap<Scalar> Z, uint64_t seed, In
             break;
         }
       }
+    }
   }
 }
 
