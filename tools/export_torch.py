@@ -175,17 +175,9 @@ def _activation_function(node):
     """The spec of a functional activation / reshaping call, or None if the call is not one."""
     F = torch.nn.functional
     t, a, kw = node.target, node.args, node.kwargs
-    if node.op == "call_method":
-        name = t
-        if name in ("relu", "tanh", "sigmoid") and len(a) == 1 and not kw:
-            return {"type": name}
-        if name == "flatten":
-            start = a[1] if len(a) > 1 else kw.get("start_dim", 0)
-            end = a[2] if len(a) > 2 else kw.get("end_dim", -1)
-            return {"type": "flatten"} if (start, end) == (1, -1) else None
-        if name == "mean":
-            return _mean_spec(node, a[1] if len(a) > 1 else kw.get("dim"), kw.get("keepdim", a[2] if len(a) > 2 else False))
-        return None
+    if node.op == "call_method":  # x.relu(), x.flatten(1), x.mean((2, 3)): the functions of the same name
+        t = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "flatten": torch.flatten,
+             "mean": torch.mean}.get(t)
     table = {torch.relu: "relu", F.relu: "relu", torch.tanh: "tanh", torch.sigmoid: "sigmoid", F.silu: "silu"}
     if t in table:
         return {"type": table[t]}
@@ -322,10 +314,9 @@ def graph_spec(model, input_shape, likelihood):
         layers.append(spec)
     if output not in ids or output is placeholders[0]:
         raise ValueError("the model's output must be computed by a supported operation")
-    used = {l["parameter"] for l in layers if "parameter" in l}
-    used |= {n for n in params if n.rsplit(".", 1)[0] in called or n.rsplit(".", 1)[0] in
-             {l.get("name") for l in layers}}
-    unused = [n for n in params if n not in used]
+    module_names = {l["name"] for l in layers if "name" in l}
+    operands = {l["parameter"] for l in layers if "parameter" in l}
+    unused = [n for n in params if n.rsplit(".", 1)[0] not in module_names and n not in operands]
     if unused:
         raise ValueError(f"parameters {unused} are not used by the traced forward; natgrad's flat vector would "
                          "not match model.parameters()")
