@@ -191,6 +191,26 @@ TEST(CallerBufferGemm, EqualsEigensProductBitForBit) {
       }
 }
 
+namespace {
+// The heap peak of one solve (above the heap at the call), which must succeed.
+long long solve_heap_peak(const Network<float>& model, const Vec<float>& theta, const Dataset<float>& data,
+                          const NaturalGradientOptions& options) {
+  HeapPeak heap;
+  const auto r = solve_natural_gradient(model, theta, LikelihoodKind::categorical, data, options);
+  const long long peak = heap.bytes();
+  EXPECT_TRUE(r.ok()) << r.failure;
+  return peak;
+}
+
+// The estimate bounds `used` from above, tightly: `used` is at least 85% of it.
+void expect_tight_bound(long long used, const MemoryEstimate& estimate, const std::string& what) {
+  EXPECT_LE(used, static_cast<long long>(estimate.total)) << estimate.report();
+  EXPECT_GE(used, static_cast<long long>(0.85 * double(estimate.total))) << estimate.report();
+  std::cout << "[ info ] " << what << ": heap " << used / 1024 << " KiB, estimate " << estimate.total / 1024
+            << " KiB\n";
+}
+}  // namespace
+
 // The estimate `natgrad info` prints and `--max-memory` checks against: an upper bound on the heap a solve
 // uses, and a tight one (the caller's θ and data, allocated before the solve, are the only parts it counts
 // that this peak does not). With and without a separate, smaller curvature batch.
@@ -222,17 +242,7 @@ TEST(MemoryEstimate, BoundsTheHeapPeakOfASolveTightly) {
     if (c.diagonal) options.preconditioner = PreconditionerKind::diagonal;
     const MemoryEstimate estimate = estimate_solve_memory(spec, data.size(), c.curvature_batch, sizeof(float),
                                                           options.fisher, c.top_k, 2, c.diagonal);
-    long long peak = 0;
-    {
-      HeapPeak heap;
-      const auto r = solve_natural_gradient(model, theta, LikelihoodKind::categorical, data, options);
-      peak = heap.bytes();
-      ASSERT_TRUE(r.ok()) << r.failure;
-    }
-    EXPECT_LE(peak, static_cast<long long>(estimate.total)) << estimate.report();
-    EXPECT_GE(peak, static_cast<long long>(0.85 * double(estimate.total))) << estimate.report();
-    std::cout << "[ info ] " << label << ", " << c.name << ": heap peak " << peak / 1024 << " KiB, estimate "
-              << estimate.total / 1024 << " KiB\n";
+    expect_tight_bound(solve_heap_peak(model, theta, data, options), estimate, std::string(label) + ", " + c.name);
   }
   }
 }
@@ -257,17 +267,7 @@ TEST(MemoryEstimate, BoundsTheHeapPeakOfTheDefaultRunWithItsSpectrum) {
   options.condition_number = true;
   const MemoryEstimate estimate =
       estimate_solve_memory(spec, data.size(), 0, sizeof(float), options.fisher, 10, 2, false);
-  long long peak = 0;
-  {
-    HeapPeak heap;
-    const auto r = solve_natural_gradient(model, theta, LikelihoodKind::categorical, data, options);
-    peak = heap.bytes();
-    ASSERT_TRUE(r.ok()) << r.failure;
-  }
-  EXPECT_LE(peak, static_cast<long long>(estimate.total)) << estimate.report();
-  EXPECT_GE(peak, static_cast<long long>(0.85 * double(estimate.total))) << estimate.report();
-  std::cout << "[ info ] default run: heap peak " << peak / 1024 << " KiB, estimate " << estimate.total / 1024
-            << " KiB\n";
+  expect_tight_bound(solve_heap_peak(model, theta, data, options), estimate, "default run");
 }
 
 // The same bound on a run over as many samples as Fashion-MNIST's training split (60,000), where the batch,
@@ -283,17 +283,7 @@ TEST(MemoryEstimate, BoundsTheHeapPeakOfASolveOnSixtyThousandSamples) {
   options.cg.max_iterations = 3;
   const MemoryEstimate estimate =
       estimate_solve_memory(spec, data.size(), 0, sizeof(float), options.fisher, 0, 2, false);
-  long long peak = 0;
-  {
-    HeapPeak heap;
-    const auto r = solve_natural_gradient(model, theta, LikelihoodKind::categorical, data, options);
-    peak = heap.bytes();
-    ASSERT_TRUE(r.ok()) << r.failure;
-  }
   // The caller's 60,000-sample batch is allocated before the measurement; the estimate counts it.
-  const long long batch_bytes = static_cast<long long>(estimate.data);
-  EXPECT_LE(peak + batch_bytes, static_cast<long long>(estimate.total)) << estimate.report();
-  EXPECT_GE(peak + batch_bytes, static_cast<long long>(0.85 * double(estimate.total))) << estimate.report();
-  std::cout << "[ info ] 60,000 samples: heap peak " << peak / 1024 << " KiB + batch " << batch_bytes / 1024
-            << " KiB, estimate " << estimate.total / 1024 << " KiB\n";
+  expect_tight_bound(solve_heap_peak(model, theta, data, options) + static_cast<long long>(estimate.data), estimate,
+                     "60,000 samples, heap peak + batch");
 }
