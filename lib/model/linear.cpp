@@ -36,7 +36,7 @@ class Linear final : public Layer<Scalar> {
     for (Index c = 1; c <= ncols * L_; ++c)
       pack = std::max({pack, gemm_pack_size<Scalar>(out_, c, in_), gemm_pack_size<Scalar>(in_, c, out_),
                        gemm_pack_size<Scalar>(in_, out_, c)});
-    return std::max((in_ + out_) * ncols * L_, in_ * out_) + pack;
+    return (L_ > 1 ? in_ * out_ : (in_ + out_) * ncols) + pack;
   }
 
   void forward(const Scalar* theta, ConstMatMap<Scalar> X0, MatMap<Scalar> Y0, int32_t*) const override {
