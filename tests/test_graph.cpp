@@ -330,64 +330,6 @@ ModelSpec sequence_model(Index T, Index C) {
   return m;
 }
 
-Mat<double> per_position_fisher(LikelihoodKind lk, FisherKind fk, const Vec<double>& z, const Dataset<double>& data,
-                                Index n, Index T, uint64_t seed, int S) {
-  const Index C = z.size() / T;
-  Mat<double> H = Mat<double>::Zero(T * C, T * C);
-  auto softmax = [&](Index t) {
-    Vec<double> p = z.segment(t * C, C).array().exp();
-    return Vec<double>(p / p.sum());
-  };
-  auto sigma = [&](Index t) { return Vec<double>((1.0 / (1.0 + (-z.segment(t * C, C).array()).exp())).matrix()); };
-  if (fk == FisherKind::exact) {
-    for (Index t = 0; t < T; ++t) {
-      auto block = H.block(t * C, t * C, C, C);
-      if (lk == LikelihoodKind::categorical) {
-        const Vec<double> p = softmax(t);
-        block = Mat<double>(p.asDiagonal()) - p * p.transpose();
-      } else if (lk == LikelihoodKind::gaussian) {
-        block.setIdentity();
-      } else {
-        const Vec<double> q = sigma(t);
-        block = Mat<double>((q.array() * (1 - q.array())).matrix().asDiagonal());
-      }
-    }
-    return H;
-  }
-  const CounterRng rng(seed, rng_stream(RngDomain::mc_labels, static_cast<uint64_t>(n)));
-  const int draws = fk == FisherKind::empirical ? 1 : S;
-  for (int s = 0; s < draws; ++s) {
-    Vec<double> score(T * C);
-    for (Index t = 0; t < T; ++t) {
-      const uint64_t d = uint64_t(s) * uint64_t(T) + uint64_t(t);
-      auto out = score.segment(t * C, C);
-      if (lk == LikelihoodKind::categorical) {
-        const Vec<double> p = softmax(t);
-        Index y = data.labels[static_cast<std::size_t>(n * T + t)];
-        if (fk == FisherKind::mc) {  // the first class whose cumulative probability exceeds u·Σp
-          const double u = rng.uniform(d) * p.sum();
-          double cdf = 0;
-          for (y = 0; y < C - 1; ++y)
-            if (u < (cdf += p[y])) break;
-        }
-        out = -p;
-        out[y] += 1;
-      } else if (lk == LikelihoodKind::gaussian) {
-        for (Index c = 0; c < C; ++c)
-          out[c] = fk == FisherKind::mc ? rng.normal(d * uint64_t(C) + uint64_t(c)) : z[t * C + c] - data.targets(t * C + c, n);
-      } else {
-        const Vec<double> q = sigma(t);
-        for (Index c = 0; c < C; ++c) {
-          const double y = fk == FisherKind::mc ? (rng.uniform(d * uint64_t(C) + uint64_t(c)) < q[c] ? 1.0 : 0.0)
-                                                : data.targets(t * C + c, n);
-          out[c] = y - q[c];
-        }
-      }
-    }
-    H += score * score.transpose() / double(draws);
-  }
-  return H;
-}
 }  // namespace
 
 TEST(PerPositionLikelihood, OperatorMatchesTheDenseFisherForEveryLikelihoodAndKind) {

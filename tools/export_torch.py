@@ -16,7 +16,8 @@ export_model accepts any module that torch.fx.symbolic_trace traces into support
 last dimension), Conv2d
 with numeric or "same" padding, ReLU, Tanh, Sigmoid, GELU, Softplus, LeakyReLU, SiLU, Flatten, MaxPool2d,
 AvgPool2d, AdaptiveAvgPool2d(1), BatchNorm1d/2d and Dropout in eval mode, LayerNorm, Embedding, Identity,
-GELU in its erf or tanh form) and
+GELU in its erf or tanh form, MultiheadAttention(batch_first=True) called as self-attention
+attn(h, h, h, attn_mask=self.mask, need_weights=...)[0] with a causal mask buffer or none) and
 functions (+ of two tensors or of a tensor and an nn.Parameter, torch.cat along dim 1, torch.relu / tanh /
 sigmoid, F.relu / gelu / softplus / leaky_relu / silu / dropout(training=False) / adaptive_avg_pool2d(x, 1),
 torch.flatten(x, 1), x.mean((2, 3))). Anything else is an error naming the node, its target and the module
@@ -32,7 +33,7 @@ import struct
 import torch
 
 _DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8",
-           torch.float16: "F16", torch.bfloat16: "BF16"}
+           torch.float16: "F16", torch.bfloat16: "BF16", torch.bool: "BOOL"}
 _TORCH = {v: k for k, v in _DTYPES.items()}
 
 
@@ -144,6 +145,15 @@ def module_spec(m):
         if m.padding_idx is not None:
             spec["padding_idx"] = m.padding_idx
         return spec
+    if isinstance(m, nn.MultiheadAttention):
+        if not m.batch_first:
+            raise ValueError(f"{m}: natgrad reads [N, T, E] sequences; construct it with batch_first=True")
+        if not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
+            raise ValueError(f"{m}: natgrad supports self-attention without kdim/vdim, add_bias_kv or add_zero_attn")
+        if m.training and m.dropout > 0:
+            raise ValueError(f"{m} is in training mode with dropout: call model.eval() before exporting")
+        return {"type": "multihead_attention", "embed_dim": m.embed_dim, "num_heads": m.num_heads,
+                "bias": m.in_proj_bias is not None}
     if isinstance(m, nn.Dropout):
         if m.training:
             raise ValueError(f"{m} is in training mode: it zeroes random entries; call model.eval() before exporting")
@@ -220,6 +230,28 @@ def _mean_spec(node, dim, keepdim):
     return {"type": "global_avgpool", "keepdim": bool(keepdim)} if dims == [2, 3] else None
 
 
+def _attention_call(node, buffers):
+    """Checks a call attn(h, h, h, attn_mask=M, need_weights=...) is self-attention with a buffer or no mask;
+    returns the mask buffer's name or None."""
+    names = ["query", "key", "value", "key_padding_mask", "need_weights", "attn_mask", "average_attn_weights",
+             "is_causal"]
+    args = dict(zip(names, node.args))
+    args.update(node.kwargs)
+    if not (args.get("query") is args.get("key") is args.get("value")) or not isinstance(args.get("query"), torch.fx.Node):
+        raise ValueError(f"{_where(node)}: natgrad supports self-attention, attn(h, h, h, ...)")
+    if args.get("key_padding_mask") is not None:
+        raise ValueError(f"{_where(node)}: key_padding_mask is not supported")
+    if args.get("is_causal", False) and args.get("attn_mask") is None:
+        raise ValueError(f"{_where(node)}: is_causal=True needs the causal attn_mask buffer")
+    mask = args.get("attn_mask")
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.fx.Node) or mask.op != "get_attr" or mask.target not in buffers:
+        raise ValueError(f"{_where(node)}: attn_mask must be a module buffer read as it is (self.mask), not "
+                         f"{getattr(mask, 'name', mask)!r}")
+    return mask.target
+
+
 def _where(node):
     path = node.meta.get("module_path", "")
     return f"node {node.name} ({node.op} {getattr(node.target, '__name__', node.target)}" + \
@@ -266,11 +298,20 @@ def graph_spec(model, input_shape, likelihood):
         spec = None
         if node.op == "call_module":
             m = modules[node.target]
+            if isinstance(m, torch.nn.MultiheadAttention) and \
+                    any(u.op != "call_function" or u.target is not operator.getitem for u in node.users):
+                raise ValueError(f"{_where(node)}: use attention's output as attn(...)[0]")
             try:
                 spec = dict(module_spec(m), name=node.target)
             except ValueError as e:
                 raise ValueError(f"{_where(node)}: {e}") from None
-            if len(node.args) != 1 or node.kwargs:
+            if spec["type"] == "multihead_attention":
+                mask = _attention_call(node, buffers)
+                if mask is not None:
+                    spec["attn_mask"] = mask
+                    spec["attn_mask_dtype"] = "bool" if buffers[mask].dtype == torch.bool else "float"
+                    needed_buffers.append(mask)
+            elif len(node.args) != 1 or node.kwargs:
                 raise ValueError(f"{_where(node)}: natgrad calls a module with one tensor argument")
             if any(True for _ in m.parameters(recurse=False)):
                 if node.target in called:
@@ -295,6 +336,13 @@ def graph_spec(model, input_shape, likelihood):
                     spec["parameter_shape"] = list(params[arg.target].shape)
                 else:
                     spec["inputs"].append(operand(node, arg))
+        elif node.op == "call_function" and node.target is operator.getitem and \
+                isinstance(node.args[0], torch.fx.Node) and node.args[0].op == "call_module" and \
+                isinstance(modules[node.args[0].target], torch.nn.MultiheadAttention):
+            if node.args[1] != 0:
+                raise ValueError(f"{_where(node)}: natgrad computes attention's output [0], not its weights")
+            ids[node] = ids[node.args[0]]  # attn(...)[0] is the attention node's output
+            continue
         elif node.op == "call_function" and node.target is torch.cat:
             tensors = node.args[0]
             dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
@@ -315,6 +363,7 @@ def graph_spec(model, input_shape, likelihood):
     if output not in ids or output is placeholders[0]:
         raise ValueError("the model's output must be computed by a supported operation")
     module_names = {l["name"] for l in layers if "name" in l}
+    module_names |= {l["name"] + ".out_proj" for l in layers if l["type"] == "multihead_attention"}
     operands = {l["parameter"] for l in layers if "parameter" in l}
     unused = [n for n in params if n.rsplit(".", 1)[0] not in module_names and n not in operands]
     if unused:
@@ -328,14 +377,15 @@ def graph_spec(model, input_shape, likelihood):
 def export_model(model, input_shape, likelihood, directory):
     """Writes model.json and weights.safetensors for any module torch.fx traces into supported operations
     (an nn.Sequential is one). Parameters keep their state_dict names and model.parameters() order; the
-    buffers batch norm needs (running_mean, running_var, num_batches_tracked) are written beside them."""
+    buffers the operations need (batch norm's running_mean, running_var and num_batches_tracked, an
+    attention mask) are written beside them."""
     spec, needed = graph_spec(model, input_shape, likelihood)
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "model.json"), "w") as f:
         json.dump(spec, f, indent=1)
-    state = model.state_dict()
+    buffers = dict(model.named_buffers())
     tensors = {name: p for name, p in model.named_parameters()}
-    tensors.update({name: state[name] for name in needed})
+    tensors.update({name: buffers[name] for name in needed})
     save_safetensors(os.path.join(directory, "weights.safetensors"), tensors)
 
 

@@ -190,6 +190,14 @@ ModelFile parse_model_spec(const std::string& text, const std::string& label) {
       case LayerType::global_avgpool:
         allowed.insert("keepdim");
         break;
+      case LayerType::multihead_attention:
+        allowed.insert({"embed_dim", "num_heads", "bias", "attn_mask", "attn_mask_dtype"});
+        required = {"embed_dim", "num_heads"};
+        break;
+      case LayerType::attention:
+        allowed.insert({"num_heads", "attn_mask", "attn_mask_dtype"});
+        required = {"num_heads"};
+        break;
       case LayerType::dropout:
         allowed.insert({"p", "training"});
         break;
@@ -268,6 +276,18 @@ ModelFile parse_model_spec(const std::string& text, const std::string& label) {
         break;
       case LayerType::global_avgpool:
         get_bool("keepdim", s.keepdim);
+        break;
+      case LayerType::multihead_attention:
+      case LayerType::attention:
+        if (s.type == LayerType::multihead_attention) s.embed_dim = get_int(l, "embed_dim", w, label);
+        s.num_heads = get_int(l, "num_heads", w, label);
+        get_string("attn_mask", s.attn_mask);
+        if (l.contains("attn_mask_dtype")) {
+          const json& v = l["attn_mask_dtype"];
+          if (!v.is_string() || (v.get<std::string>() != "float" && v.get<std::string>() != "bool"))
+            fail(label, w + ": \"attn_mask_dtype\" must be \"float\" or \"bool\"");
+          s.attn_mask_bool = v.get<std::string>() == "bool";
+        }
         break;
       case LayerType::dropout:
         get_bool("training", s.training);
@@ -364,6 +384,18 @@ std::string model_spec_to_json(const ModelFile& m) {
         break;
       case LayerType::global_avgpool:
         l["keepdim"] = s.keepdim;
+        break;
+      case LayerType::multihead_attention:
+      case LayerType::attention:
+        if (s.type == LayerType::multihead_attention) {
+          l["embed_dim"] = s.embed_dim;
+          l["bias"] = s.bias;
+        }
+        l["num_heads"] = s.num_heads;
+        if (!s.attn_mask.empty()) {
+          l["attn_mask"] = s.attn_mask;
+          l["attn_mask_dtype"] = s.attn_mask_bool ? "bool" : "float";
+        }
         break;
       case LayerType::dropout:
         if (s.training) l["training"] = true;

@@ -29,7 +29,7 @@ Vec<Scalar> load_parameters(const std::string& path, const Network<Scalar>& mode
                                   " (the file holds: " + (present.empty() ? "no tensors" : present) + ")");
     }
     const TensorInfo& t = f.info(p.name);
-    if (t.dtype == DType::I64 || t.dtype == DType::I32 || t.dtype == DType::U8)
+    if (t.dtype == DType::I64 || t.dtype == DType::I32 || t.dtype == DType::U8 || t.dtype == DType::BOOL)
       detail::fail(path + ": tensor \"" + p.name + "\" has dtype " + to_string(t.dtype) +
                                   "; parameters must be F32, F64, F16 or BF16");
     if (Shape(t.shape.begin(), t.shape.end()) != p.shape)

@@ -24,7 +24,8 @@ const struct {
   const char* name;
   std::size_t size;
 } kDTypes[] = {{DType::F64, "F64", 8}, {DType::F32, "F32", 4}, {DType::F16, "F16", 2}, {DType::BF16, "BF16", 2},
-               {DType::I64, "I64", 8}, {DType::I32, "I32", 4}, {DType::U8, "U8", 1}};
+               {DType::I64, "I64", 8}, {DType::I32, "I32", 4}, {DType::U8, "U8", 1},
+               {DType::BOOL, "BOOL", 1}};
 
 float half_to_float(uint16_t h) {
   const uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
@@ -132,7 +133,7 @@ SafetensorsFile SafetensorsFile::parse(std::vector<uint8_t> bytes, const std::st
         t.dtype = d.t;
         known = true;
       }
-    if (!known) fail(label, where + ": unsupported dtype \"" + dt + "\" (supported: F64, F32, F16, BF16, I64, I32, U8)");
+    if (!known) fail(label, where + ": unsupported dtype \"" + dt + "\" (supported: F64, F32, F16, BF16, I64, I32, U8, BOOL)");
     if (!v["shape"].is_array()) fail(label, where + ": shape is not an array");
     uint64_t numel = 1;
     for (const auto& d : v["shape"]) {
@@ -192,7 +193,8 @@ std::vector<T> SafetensorsFile::get(const std::string& name) const {
     case DType::F32: convert<T, float>(p, n, out.data()); break;
     case DType::I64: convert<T, int64_t>(p, n, out.data()); break;
     case DType::I32: convert<T, int32_t>(p, n, out.data()); break;
-    case DType::U8: convert<T, uint8_t>(p, n, out.data()); break;
+    case DType::U8:
+    case DType::BOOL: convert<T, uint8_t>(p, n, out.data()); break;
     case DType::F16:
     case DType::BF16:
       for (int64_t i = 0; i < n; ++i) {

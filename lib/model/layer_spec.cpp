@@ -18,7 +18,8 @@ constexpr TypeName kTypeNames[] = {
     {LayerType::identity, "identity"},     {LayerType::dropout, "dropout"},
     {LayerType::global_avgpool, "global_avgpool"},                                {LayerType::layer_norm, "layer_norm"},
     {LayerType::batch_norm, "batch_norm"}, {LayerType::embedding, "embedding"},   {LayerType::add, "add"},
-    {LayerType::cat, "cat"},
+    {LayerType::cat, "cat"},               {LayerType::multihead_attention, "multihead_attention"},
+    {LayerType::attention, "attention"},
 };
 }  // namespace
 
@@ -125,6 +126,15 @@ LayerSpec LayerSpec::add(std::vector<std::string> inputs) {
 LayerSpec LayerSpec::cat(std::vector<std::string> inputs) {
   LayerSpec s = activation(LayerType::cat);
   s.inputs = std::move(inputs);
+  return s;
+}
+
+LayerSpec LayerSpec::multihead_attention(Index embed_dim, Index num_heads, std::string attn_mask, bool bias) {
+  LayerSpec s = activation(LayerType::multihead_attention);
+  s.embed_dim = embed_dim;
+  s.num_heads = num_heads;
+  s.attn_mask = std::move(attn_mask);
+  s.bias = bias;
   return s;
 }
 

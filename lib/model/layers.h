@@ -34,6 +34,14 @@ template <typename Scalar>
 std::unique_ptr<Layer<Scalar>> make_batch_norm(const LayerSpec& spec, const Shape& in, const std::string& where);
 template <typename Scalar>
 std::unique_ptr<Layer<Scalar>> make_embedding(const LayerSpec& spec, const Shape& in, const std::string& where);
+/// The core of multihead attention: [T, 3E] projections to [T, E] (attention.cpp).
+template <typename Scalar>
+std::unique_ptr<Layer<Scalar>> make_attention(const LayerSpec& spec, const Shape& in, const std::string& where);
+/// The spec with each multihead_attention node replaced by the three nodes the network runs: "<id>/in_proj"
+/// (linear E → 3E with tensors "<name>.in_proj_weight", "<name>.in_proj_bias"), "<id>/attention" and "<id>"
+/// (the output projection, module "<name>.out_proj"). Every node gets its id, module name and inputs
+/// explicitly, since indices shift. A spec without attention is returned as it is.
+ModelSpec expand_attention(const ModelSpec& spec);
 /// add and cat, which read several values (`in`, one shape per input).
 template <typename Scalar>
 std::unique_ptr<Layer<Scalar>> make_merge(const LayerSpec& spec, const std::vector<Shape>& in,
@@ -66,6 +74,22 @@ class ElementwiseDerivative {
   virtual void scale_by_derivative(const Scalar* x, const Scalar* y, const Scalar* in, Scalar* out,
                                    Index n) const = 0;
   virtual bool derivative_needs_input() const = 0;
+};
+
+/// A parameter-free layer whose R-op and backprop read values its forward pass computed beyond its input
+/// and output (attention's probabilities). A Network keeps them per sample in ForwardCache::saved and calls
+/// these; the plain Layer methods, which have no such cache, recompute them.
+template <typename Scalar>
+class SavesForward {
+ public:
+  virtual ~SavesForward() = default;
+  /// Scalars kept per sample.
+  virtual Index saved_per_sample() const = 0;
+  virtual void forward_saving(ConstMatMap<Scalar> X, MatMap<Scalar> Y, Scalar* saved) const = 0;
+  virtual void jvp_saved(ConstMatMap<Scalar> X, const Scalar* saved, const Scalar* dX, MatMap<Scalar> dY,
+                         Scalar* scratch) const = 0;
+  virtual void vjp_saved(ConstMatMap<Scalar> X, const Scalar* saved, ConstMatMap<Scalar> gY, Scalar* gX,
+                         Scalar* scratch) const = 0;
 };
 
 class SelectionJacobian {

@@ -44,7 +44,18 @@ ForwardCache<Scalar> Network<Scalar>::make_cache(const Mat<Scalar>& inputs) cons
     cache.acts.emplace_back(l->output_size(), n);
     cache.aux.emplace_back(static_cast<std::size_t>(l->aux_per_sample() * n));
   }
+  cache.saved.resize(layers_.size());
+  for (std::size_t l = 0; l < layers_.size(); ++l)
+    if (saves_[l]) cache.saved[l].resize(saves_[l]->saved_per_sample(), n);
   return cache;
+}
+
+template <typename Scalar>
+Index Network<Scalar>::saved_per_sample() const {
+  Index total = 0;
+  for (const auto* s : saves_)
+    if (s) total += s->saved_per_sample();
+  return total;
 }
 
 template <typename Scalar>
@@ -94,6 +105,10 @@ void Network<Scalar>::forward(const Scalar* theta, ForwardCache<Scalar>& cache, 
     }
     const Mat<Scalar>& in = input_act(cache, l);
     ConstMatMap<Scalar> X(in.data() + col0 * layer.input_size(), layer.input_size(), n);
+    if (const auto* s = saves_[l]) {
+      s->forward_saving(X, Y, cache.saved[l].data() + col0 * s->saved_per_sample());
+      continue;
+    }
     int32_t* aux = layer.aux_per_sample() ? cache.aux[l].data() + col0 * layer.aux_per_sample() : nullptr;
     layer.forward(theta + offsets_[l], X, Y, aux);
   }
@@ -180,6 +195,11 @@ void Network<Scalar>::jvp(const Scalar* theta, const Scalar* v, const ForwardCac
     }
     const Mat<Scalar>& Xm = cache.acts[static_cast<std::size_t>(in)];
     ConstMatMap<Scalar> X(Xm.data() + col0 * layer.input_size(), layer.input_size(), n);
+    if (const auto* s = saves_[l]) {
+      s->jvp_saved(X, cache.saved[l].data() + col0 * s->saved_per_sample(), ws.values[static_cast<std::size_t>(in)],
+                   MatMap<Scalar>(out, layer.output_size(), n), ws.scratch.data());
+      continue;
+    }
     ConstMatMap<Scalar> Y(cache.acts[l + 1].data() + col0 * layer.output_size(), layer.output_size(), n);
     const int32_t* aux = layer.aux_per_sample() ? cache.aux[l].data() + col0 * layer.aux_per_sample() : nullptr;
     layer.jvp(theta + offsets_[l], v + offsets_[l], X, Y, aux, ws.values[static_cast<std::size_t>(in)],
@@ -240,7 +260,11 @@ void Network<Scalar>::backprop(const ForwardCache<Scalar>& cache, Index col0, In
     }
     const bool wanted = in > 0 && needs_grad_[static_cast<std::size_t>(in - 1)];
     Scalar* gX = !wanted ? nullptr : accumulate_[l][0] ? ws.sum.data() : target(in);
-    at_layer(l, X, Y, aux, gY, gX);
+    if (const auto* s = saves_[l]) {  // no parameters: only the input cotangent
+      if (gX) s->vjp_saved(X, cache.saved[l].data() + col0 * s->saved_per_sample(), gY, gX, ws.scratch.data());
+    } else {
+      at_layer(l, X, Y, aux, gY, gX);
+    }
     if (wanted && accumulate_[l][0]) add_sum(in, layer.input_size());
   }
 }

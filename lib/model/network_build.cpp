@@ -42,6 +42,10 @@ std::unique_ptr<Layer<Scalar>> make_layer(const LayerSpec& spec, const Shape& in
     case LayerType::add:
     case LayerType::cat:
       return detail::make_merge<Scalar>(spec, {in}, where);
+    case LayerType::attention:
+      return detail::make_attention<Scalar>(spec, in, where);
+    case LayerType::multihead_attention:
+      detail::fail(where + ": is expanded by the network into its projections and attention; build a Network");
     default:
       return detail::make_elementwise<Scalar>(spec, in, where);
   }
@@ -61,8 +65,9 @@ int take_slot(std::vector<bool>& used) {
 }  // namespace
 
 template <typename Scalar>
-Network<Scalar>::Network(const ModelSpec& spec) : spec_(spec) {
+Network<Scalar>::Network(const ModelSpec& given) : spec_(given), graph_(detail::expand_attention(given)) {
   using detail::fail;
+  const ModelSpec& spec = graph_;
   if (spec.input_shape.empty()) fail("model: input_shape is empty");
   double elements = 1;
   for (Index d : spec.input_shape) {
@@ -176,12 +181,18 @@ Network<Scalar>::Network(const ModelSpec& spec) : spec_(spec) {
       layers_.push_back(make_layer<Scalar>(s, in[0], where));
     const Layer<Scalar>& layer = *layers_.back();
     merge_.push_back(dynamic_cast<const detail::MultiInput<Scalar>*>(&layer));
+    saves_.push_back(dynamic_cast<const detail::SavesForward<Scalar>*>(&layer));
     max_operands_ = std::max(max_operands_, in.size());
     shapes.push_back(layer.output_shape());
     max_width_ = std::max(max_width_, layer.output_size());
     const std::string module = natgrad::module_name(spec, i);
-    for (const ParamTensor& t : layer.param_tensors()) {
-      const std::string name = s.type == LayerType::add ? s.parameter : module + "." + t.name;
+    const std::vector<ParamTensor> own_tensors = layer.param_tensors();
+    NATGRAD_CHECK(s.param_names.empty() || s.param_names.size() == own_tensors.size());
+    for (std::size_t k = 0; k < own_tensors.size(); ++k) {
+      const ParamTensor& t = own_tensors[k];
+      const std::string name = s.type == LayerType::add    ? s.parameter
+                               : !s.param_names.empty()    ? s.param_names[k]
+                                                           : module + "." + t.name;
       for (const Tensor& other : tensors)
         if (other.name == name)
           fail(where + ": the parameter \"" + name + "\" is already used by node \"" + ids_[other.node] +
@@ -189,7 +200,9 @@ Network<Scalar>::Network(const ModelSpec& spec) : spec_(spec) {
       tensors.push_back({name, t.shape, l});
     }
     const std::vector<ParamTensor> buffers = layer.buffer_tensors();
-    for (std::size_t b = 0; b < buffers.size(); ++b) named_buffers_.push_back({module + "." + buffers[b].name, buffers[b].shape, l, b});
+    for (std::size_t b = 0; b < buffers.size(); ++b)  // an attention mask is a buffer of another module
+      named_buffers_.push_back({s.type == LayerType::attention ? s.attn_mask : module + "." + buffers[b].name,
+                                buffers[b].shape, l, b});
     for (const std::string& name : layer.ignored_buffers()) ignored_buffers_.push_back(module + "." + name);
     needs_grad_.push_back(layer.num_params() > 0);
     for (int v : inputs_.back())
@@ -202,7 +215,9 @@ Network<Scalar>::Network(const ModelSpec& spec) : spec_(spec) {
   }
   for (std::size_t a = 0; a < named_buffers_.size(); ++a)
     for (std::size_t b = 0; b < a; ++b)
-      if (named_buffers_[a].name == named_buffers_[b].name)
+      if (named_buffers_[a].name == named_buffers_[b].name &&
+          !(layers_[named_buffers_[a].node]->type() == LayerType::attention &&
+            layers_[named_buffers_[b].node]->type() == LayerType::attention))  // one mask for every block
         fail("model: the buffer \"" + named_buffers_[a].name + "\" belongs to two nodes (a module used twice)");
 
   // Offsets: the parameter tensors in `parameter_order`, or in file order of their layers; a node's tensors

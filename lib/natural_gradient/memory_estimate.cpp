@@ -24,7 +24,9 @@ MemoryEstimate estimate(const ModelSpec& spec, Index batch, Index curvature_batc
   // θ (caller's and operator's), g (the result's, and the operator's unless a separate one made it), d, and
   // CG's r, z, p, Ap and best iterate.
   m.parameters = (separate ? 9 : 10) * P * s;
-  std::size_t per_sample = static_cast<std::size_t>(model.input_size());
+  // Activations (input included) and what the forward pass keeps for the other passes (attention's
+  // probabilities).
+  std::size_t per_sample = static_cast<std::size_t>(model.input_size() + model.saved_per_sample());
   std::size_t aux = 0;
   for (std::size_t l = 0; l < model.num_layers(); ++l) {
     per_sample += static_cast<std::size_t>(model.layer(l).output_size());

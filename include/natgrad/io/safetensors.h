@@ -4,7 +4,7 @@
 /// The header is validated before anything is trusted: its length must lie within the file and be at most
 /// 100 MiB; every tensor needs a known dtype, a shape of non-negative dimensions and data offsets inside
 /// the data section, whose length equals shape × dtype size; tensors may not overlap. Readers convert
-/// F64, F32, F16, BF16, I64, I32 and U8 to the requested type. Writers write to a temporary file in the
+/// F64, F32, F16, BF16, I64, I32, U8 and BOOL (0 or 1) to the requested type. Writers write to a temporary file in the
 /// same directory and rename it into place, so an interrupted run never leaves a half-written file.
 ///
 /// \code
@@ -21,7 +21,7 @@
 
 namespace natgrad {
 
-enum class DType { F64, F32, F16, BF16, I64, I32, U8 };
+enum class DType { F64, F32, F16, BF16, I64, I32, U8, BOOL };
 const char* to_string(DType t);
 std::size_t dtype_size(DType t);
 
@@ -46,7 +46,7 @@ class SafetensorsFile {
   std::vector<std::string> names() const;
   const TensorInfo& info(const std::string& name) const;
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
-  /// The tensor's values converted to T (F64, F32, F16, BF16, I64, I32, U8 sources); row-major.
+  /// The tensor's values converted to T (F64, F32, F16, BF16, I64, I32, U8, BOOL sources); row-major.
   template <typename T>
   std::vector<T> get(const std::string& name) const;
 

@@ -22,7 +22,8 @@ namespace natgrad {
 
 enum class LayerType {
   linear, conv2d, relu, tanh, sigmoid, gelu, softplus, leaky_relu, flatten, maxpool2d, avgpool2d,
-  silu, identity, dropout, global_avgpool, layer_norm, batch_norm, embedding, add, cat
+  silu, identity, dropout, global_avgpool, layer_norm, batch_norm, embedding, add, cat,
+  multihead_attention, attention
 };
 
 /// The type's name in a model spec ("linear", "conv2d", "layer_norm", ...).
@@ -78,6 +79,18 @@ struct LayerSpec {
   Index padding_idx = -1;             ///< -1: none
   // global_avgpool
   bool keepdim = false;               ///< output [C, 1, 1] (AdaptiveAvgPool2d(1)) instead of [C] (mean((2, 3)))
+  // multihead_attention: nn.MultiheadAttention(embed_dim, num_heads, bias, batch_first=True) called as
+  // self-attention on [T, embed_dim]; the network runs it as three nodes: the input projection (a linear
+  // layer to [T, 3 embed_dim]), `attention` (softmax(q kᵀ/√d + mask) v per head) and the output projection.
+  Index embed_dim = 0;
+  Index num_heads = 0;
+  /// multihead_attention and attention: the full state_dict name of the attn_mask buffer, which must be
+  /// causal ([T, T], −inf or True above the diagonal, 0 or False elsewhere); empty means no mask.
+  std::string attn_mask;
+  bool attn_mask_bool = false;        ///< the mask is boolean (True: not attended), else additive float
+  /// linear: the full names of its weight and bias when they are not "<name>.weight" and "<name>.bias"
+  /// (attention's input projection, "<name>.in_proj_weight"); empty means the usual names.
+  std::vector<std::string> param_names;
 
   static LayerSpec linear(Index in, Index out, bool bias = true);
   static LayerSpec conv2d(Index in_channels, Index out_channels, Index kernel, Index stride = 1, Index padding = 0,
@@ -93,6 +106,9 @@ struct LayerSpec {
   static LayerSpec global_avgpool(bool keepdim = false);
   static LayerSpec add(std::vector<std::string> inputs);
   static LayerSpec cat(std::vector<std::string> inputs);
+  /// Causal self-attention reading mask buffer `attn_mask` (empty: no mask).
+  static LayerSpec multihead_attention(Index embed_dim, Index num_heads, std::string attn_mask = "",
+                                       bool bias = true);
   /// The same spec with its id and inputs set (for graphs built in code).
   LayerSpec& node(std::string node_id, std::vector<std::string> node_inputs = {});
 };

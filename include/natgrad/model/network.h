@@ -37,6 +37,8 @@ template <typename Scalar>
 class MultiInput;
 template <typename Scalar>
 class ElementwiseDerivative;
+template <typename Scalar>
+class SavesForward;
 }  // namespace detail
 
 /// Activations of every node on a batch: acts[0] is the model input, acts[l + 1] the output of node l (in
@@ -45,6 +47,9 @@ template <typename Scalar>
 struct ForwardCache {
   std::vector<Mat<Scalar>> acts;
   std::vector<std::vector<int32_t>> aux;  ///< per node, aux_per_sample() × N
+  /// Per node, the values its R-op and backprop read beyond its input and output (attention's
+  /// probabilities, heads × T × T per sample) × N; empty for most nodes.
+  std::vector<Mat<Scalar>> saved;
 };
 
 /// Cotangents ∂ℓ/∂y at the output of every node with parameters, for a whole batch (g[l] is
@@ -93,15 +98,18 @@ template <typename Scalar>
 class Network {
  public:
   /// Builds the graph; throws std::invalid_argument naming the node when it is invalid (a cycle, an input
-  /// that names no node, a node whose output is never used, shapes that do not match).
+  /// that names no node, a node whose output is never used, shapes that do not match). A multihead_attention
+  /// node becomes three nodes: its input projection "<id>/in_proj", "<id>/attention" and its output
+  /// projection "<id>".
   explicit Network(const ModelSpec& spec);
 
+  /// The spec as given.
   const ModelSpec& spec() const { return spec_; }
   /// Nodes in topological order (for a chain, the layers in order).
   std::size_t num_layers() const { return layers_.size(); }
   const Layer<Scalar>& layer(std::size_t l) const { return *layers_[l]; }
   /// Node l's spec, id and the values it reads (0 the model input, k + 1 the output of node k).
-  const LayerSpec& layer_spec(std::size_t l) const { return spec_.layers[order_[l]]; }
+  const LayerSpec& layer_spec(std::size_t l) const { return graph_.layers[order_[l]]; }
   const std::string& node_id(std::size_t l) const { return ids_[l]; }
   const std::vector<int>& node_inputs(std::size_t l) const { return inputs_[l]; }
   /// Node l's (first) input activations in a cache.
@@ -117,6 +125,8 @@ class Network {
   const Shape& output_shape() const { return layers_.empty() ? spec_.input_shape : layers_.back()->output_shape(); }
   /// T when the output is [T, C] (a sequence: the likelihood applies at each of T positions), else 1.
   Index output_positions() const { return output_shape().size() == 2 ? output_shape()[0] : 1; }
+  /// Scalars per sample the forward pass keeps beyond the activations (ForwardCache::saved).
+  Index saved_per_sample() const;
   /// The largest activation (features per sample) of any node, input included.
   Index max_width() const { return max_width_; }
   /// Tangent / cotangent buffers of max_width() × chunk a Workspace holds (2 for a chain), plus one for sums
@@ -180,8 +190,9 @@ class Network {
                 Workspace<Scalar>& ws, AtLayer at_layer) const;
 
   ModelSpec spec_;
+  ModelSpec graph_;                                     // spec_ with attention expanded (detail::expand_attention)
   std::vector<std::unique_ptr<Layer<Scalar>>> layers_;  // topological order
-  std::vector<std::size_t> order_;                      // node l is spec_.layers[order_[l]]
+  std::vector<std::size_t> order_;                      // node l is graph_.layers[order_[l]]
   std::vector<std::string> ids_;
   std::vector<std::vector<int>> inputs_;                // values read by node l
   std::vector<Index> offsets_;
@@ -196,6 +207,8 @@ class Network {
   std::vector<bool> needs_grad_;
   // merge_[l]: node l as a merge node (add, cat), else nullptr.
   std::vector<const detail::MultiInput<Scalar>*> merge_;
+  // saves_[l]: node l as a layer that keeps values from its forward pass (attention), else nullptr.
+  std::vector<const detail::SavesForward<Scalar>*> saves_;
   // fused_[l]: node l is element-wise and read only by a max-pool; jvp and vjp run the pair as one pass at
   // the pool that touches only the selected inputs (see jvp_fused / vjp_fused in network.cpp).
   // fused_act_[p]: for that pool p, the activation it runs with, else nullptr.
