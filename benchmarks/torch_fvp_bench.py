@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The PyTorch peer of natgrad-bench: the exact categorical Fisher-vector product F v = 1/B Σ J_nᵀ H_n J_n v of
-the benchmark MLP (784-1024-1024-10, tanh, B = 1000), CNN (--model cnn, B = 256) or ResNet (--model resnet,
-B = 128; batch norm in evaluation mode), timed three ways; the fastest counts as the peer's time.
+the benchmark MLP (784-1024-1024-10, tanh, B = 1000), CNN (--model cnn, B = 256), ResNet (--model resnet,
+B = 128; batch norm in evaluation mode) or GPT (--model gpt, B = 16 sequences of 128 tokens, a categorical
+per position, F = 1/(B·T) Σ J_nᵀ H_n J_n), timed three ways; the fastest counts as the peer's time.
 
   fvp_forward_ad_s       J v by forward-mode AD (torch.autograd.forward_ad) in a fresh forward pass that also
                          records the graph, then H, then Jᵀ w by one backward pass;
@@ -20,10 +21,10 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-ap.add_argument("--model", choices=["mlp", "cnn", "resnet"], default="mlp")
+ap.add_argument("--model", choices=["mlp", "cnn", "resnet", "gpt"], default="mlp")
 ap.add_argument("--cnn", action="store_true", help="the same as --model cnn")
 ap.add_argument("--batch", type=int, default=None,
-                help="samples (default 1000 for the MLP, 256 for the CNN, 128 for the ResNet)")
+                help="samples (default 1000 for the MLP, 256 for the CNN, 128 for the ResNet, 16 for the GPT)")
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--reps", type=int, default=7)
 args = ap.parse_args()
@@ -62,6 +63,34 @@ class ResNet(torch.nn.Module):
         return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
 
 
+class GptBlock(torch.nn.Module):
+    """natgrad-bench's pre-norm block: x + attn(ln1(x)) with a causal mask, then x + proj(gelu(fc(ln2(x))))."""
+
+    def __init__(self, d, heads, T):
+        super().__init__()
+        nn = torch.nn
+        self.ln1, self.attn = nn.LayerNorm(d), nn.MultiheadAttention(d, heads, batch_first=True)
+        self.ln2, self.fc, self.proj = nn.LayerNorm(d), nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+        self.register_buffer("mask", torch.triu(torch.full((T, T), float("-inf")), 1))
+
+    def forward(self, x):
+        h = self.ln1(x)
+        x = x + self.attn(h, h, h, attn_mask=self.mask, need_weights=False)[0]
+        return x + self.proj(torch.nn.functional.gelu(self.fc(self.ln2(x))))
+
+
+class Gpt(torch.nn.Module):
+    def __init__(self, V=4096, d=256, heads=4, T=128, L=4):
+        super().__init__()
+        self.tok, self.pos = torch.nn.Embedding(V, d), torch.nn.Parameter(0.02 * torch.randn(T, d))
+        self.blocks = torch.nn.Sequential(*[GptBlock(d, heads, T) for _ in range(L)])
+        self.ln, self.head = torch.nn.LayerNorm(d), torch.nn.Linear(d, V)
+
+    def forward(self, idx):
+        return self.head(self.ln(self.blocks(self.tok(idx) + self.pos)))
+
+
+classes, positions = 10, 1
 if args.model == "cnn":
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
                               torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
@@ -72,12 +101,17 @@ elif args.model == "resnet":
     net = ResNet().eval()  # batch norm with running statistics: a per-sample Fisher exists
     B = args.batch or 128
     x = torch.rand(B, 1, 28, 28)
+elif args.model == "gpt":
+    net = Gpt().eval()
+    B = args.batch or 16
+    classes, positions = 4096, 128
+    x = torch.randint(0, classes, (B, positions))
 else:
     net = torch.nn.Sequential(torch.nn.Linear(784, 1024), torch.nn.Tanh(), torch.nn.Linear(1024, 1024), torch.nn.Tanh(),
                               torch.nn.Linear(1024, 10))
     B = args.batch or 1000
     x = torch.rand(B, 784)
-y = torch.randint(0, 10, (B,))
+y = torch.randint(0, classes, (B, positions) if positions > 1 else (B,))
 params = list(net.parameters())
 names = [n for n, _ in net.named_parameters()]
 v = [torch.randn_like(p) for p in params]
@@ -88,9 +122,9 @@ def functional(ps, inp):
         torch.nn.utils.stateless.functional_call(net, dict(zip(names, ps)), (inp,))
 
 
-def output_fisher(z, u):  # H u / B for the categorical likelihood: (diag(p) − p pᵀ) u / B
-    p = torch.softmax(z.detach(), 1)
-    return (p * u - p * (p * u).sum(1, keepdim=True)) / B
+def output_fisher(z, u):  # H u / (B·T) for the categorical likelihood: (diag(p) − p pᵀ) u / (B·T), per position
+    p = torch.softmax(z.detach(), -1)
+    return (p * u - p * (p * u).sum(-1, keepdim=True)) / (B * positions)
 
 
 def fvp_forward_ad():
@@ -131,7 +165,8 @@ def forward():
 
 def gradient():
     net.zero_grad()
-    torch.nn.functional.cross_entropy(net(x), y).backward()
+    z = net(x)
+    torch.nn.functional.cross_entropy(z.reshape(-1, z.shape[-1]), y.reshape(-1)).backward()
 
 
 def median_time(f):

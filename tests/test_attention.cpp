@@ -21,7 +21,7 @@ LayerSpec with(LayerSpec s, const std::string& id, std::vector<std::string> inpu
 
 // Token and position embeddings, one pre-norm block (layer norm, attention, residual; layer norm, MLP,
 // residual), a final layer norm and a head over the vocabulary at every position.
-ModelSpec tiny_gpt(Index T, Index V, Index E, Index H, bool causal = true, bool bias = true) {
+ModelSpec tiny_gpt(Index T, Index V, Index E, Index H, bool causal = true, bool bias = true, bool tied = false) {
   ModelSpec m;
   m.input_shape = {T};
   LayerSpec pos = LayerSpec::add({"tok"});
@@ -41,6 +41,7 @@ ModelSpec tiny_gpt(Index T, Index V, Index E, Index H, bool causal = true, bool 
               with(LayerSpec::add({"h1", "proj"}), "h2"),
               with(LayerSpec::layer_norm({E}), "lnf", {"h2"}),
               with(LayerSpec::linear(E, V, false), "head", {"lnf"})};
+  if (tied) m.layers.back().param_names = {"tok.weight"};  // GPT-2's output layer is the token embedding
   return m;
 }
 
@@ -174,7 +175,9 @@ TEST(TinyGpt, ParametersHavePyTorchsNamesAndOrder) {
 
 TEST(TinyGpt, OperatorMatchesTheDenseFisherFromFiniteDifferences) {
   const Index T = 4, V = 5, N = 5;
-  Network<double> model(tiny_gpt(T, V, 4, 2));
+  for (bool tied : {false, true}) {
+  SCOPED_TRACE(tied ? "tied embeddings" : "untied");
+  Network<double> model(tiny_gpt(T, V, 4, 2, true, true, tied));
   const Vec<double> theta = gpt_theta(model, 7);
   const Dataset<double> data = token_data<double>(T, V, N, 8);
   const Mat<double> J = jacobian_by_finite_differences(model, theta, data.inputs);
@@ -197,7 +200,43 @@ TEST(TinyGpt, OperatorMatchesTheDenseFisherFromFiniteDifferences) {
     EXPECT_LT(rel_err_vec(apply(F, v), Fd * v), 1e-7);
     if (fk == FisherKind::empirical)
       EXPECT_LT(rel_err_vec(F.empirical_fisher_diagonal(), Vec<double>(Fd.diagonal())), 1e-7);
+    if (fk == FisherKind::exact) {  // and the gradient, against finite differences of the loss
+      auto loss = [&](const Vec<double>& t) {
+        const Mat<double> Zt = model.predict(t.data(), data.inputs);
+        return nll_sum<double>(LikelihoodKind::categorical, ConstMatMap<double>(Zt.data(), Zt.rows(), Zt.cols()),
+                               data, 0, T) / double(N * T);
+      };
+      const Vec<double> fd = gradient_by_finite_differences(loss, theta);
+      EXPECT_LT(rel_err_vec(F.gradient(), fd), 1e-7);
+    }
   }
+  }
+}
+
+TEST(TinyGpt, TiedWeightsAreOneTensorUsedTwice) {
+  Network<double> tied(tiny_gpt(4, 5, 4, 2, true, true, true)), untied(tiny_gpt(4, 5, 4, 2));
+  EXPECT_EQ(tied.num_params(), untied.num_params() - 5 * 4);  // head.weight is tok.weight
+  ASSERT_EQ(tied.tied_names().size(), 1u);
+  EXPECT_EQ(tied.tied_names()[0], (std::pair<std::string, std::string>{"head.weight", "tok.weight"}));
+  // The tied model is the untied one with both tensors equal: its gradient is the sum of the two.
+  Vec<double> tt = gpt_theta(tied, 20);
+  Vec<double> tu(untied.num_params());
+  const Index E = 4, V = 5, head = untied.num_params() - V * E;
+  tu << tt, tt.head(V * E);  // tok.weight is first in both; head.weight last in the untied one
+  const Dataset<double> data = token_data<double>(4, 5, 6, 21);
+  EXPECT_LT(rel_err_vec(tied.predict(tt.data(), data.inputs), untied.predict(tu.data(), data.inputs)), 1e-15);
+  const Vec<double> gu = FisherOperator<double>(untied, tu, LikelihoodKind::categorical, data).gradient();
+  Vec<double> expected = gu.head(tied.num_params());
+  expected.head(V * E) += gu.segment(head, V * E);
+  EXPECT_LT(rel_err_vec(FisherOperator<double>(tied, tt, LikelihoodKind::categorical, data).gradient(), expected), 1e-14);
+  // A node that ties only some of its tensors, or to a tensor of another shape, is refused.
+  ModelSpec partial = tiny_gpt(4, 5, 4, 2);
+  partial.layers.back().bias = true;
+  partial.layers.back().param_names = {"tok.weight", "head.bias"};
+  EXPECT_ERROR(Network<double>{partial}, "shares only some tensors with node \"tok\"");
+  ModelSpec shape = tiny_gpt(4, 5, 4, 2);
+  shape.layers.back().param_names = {"fc.weight"};
+  EXPECT_ERROR(Network<double>{shape}, "its weight [5, 4] cannot be \"fc.weight\", which has shape [8, 4]");
 }
 
 // The Monte-Carlo product's error against the exact one falls as 1/√S: averaged over seeds, 16 times the
@@ -266,8 +305,8 @@ TEST(TinyGpt, TheCausalMaskHolds) {
 
 TEST(TinyGpt, FloatAgreesWithDoubleAndThreadsAreBitIdentical) {
   const Index T = 6, V = 7;
-  Network<double> md(tiny_gpt(T, V, 8, 2));
-  Network<float> mf(tiny_gpt(T, V, 8, 2));
+  Network<double> md(tiny_gpt(T, V, 8, 2, true, true, true));  // tied: phase C adds the head's partials
+  Network<float> mf(tiny_gpt(T, V, 8, 2, true, true, true));
   const Vec<double> td = gpt_theta(md, 16);
   const Dataset<double> dd = token_data<double>(T, V, 21, 17);
   Dataset<float> df;
@@ -275,7 +314,7 @@ TEST(TinyGpt, FloatAgreesWithDoubleAndThreadsAreBitIdentical) {
   df.labels = dd.labels;
   const Vec<double> v = random_vec<double>(md.num_params(), 18);
   FisherOperator<double> Fd(md, td, LikelihoodKind::categorical, dd);
-  std::vector<Vec<float>> products, gradients;
+  std::vector<Vec<float>> products, gradients, diagonals;
   for (int threads : {1, 2, 3}) {
     FisherOptions opt;
     opt.num_threads = threads;
@@ -283,6 +322,7 @@ TEST(TinyGpt, FloatAgreesWithDoubleAndThreadsAreBitIdentical) {
     FisherOperator<float> Ff(mf, Vec<float>(td.cast<float>()), LikelihoodKind::categorical, df, opt);
     products.push_back(apply(Ff, Vec<float>(v.cast<float>())));
     gradients.push_back(Ff.gradient());
+    diagonals.push_back(Ff.empirical_fisher_diagonal());
   }
   EXPECT_LT(rel_err_vec(products[0].cast<double>(), apply(Fd, v)), 1e-4);
   EXPECT_LT(rel_err_vec(gradients[0].cast<double>(), Fd.gradient()), 1e-4);
@@ -291,6 +331,7 @@ TEST(TinyGpt, FloatAgreesWithDoubleAndThreadsAreBitIdentical) {
   for (std::size_t t = 1; t < products.size(); ++t) {
     EXPECT_EQ(0, std::memcmp(products[0].data(), products[t].data(), bytes));
     EXPECT_EQ(0, std::memcmp(gradients[0].data(), gradients[t].data(), bytes));
+    EXPECT_EQ(0, std::memcmp(diagonals[0].data(), diagonals[t].data(), bytes));
   }
 #endif
 }

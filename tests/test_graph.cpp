@@ -183,13 +183,7 @@ TEST(GraphFisher, GradientMatchesFiniteDifferencesOfTheLoss) {
       return nll_sum<double>(LikelihoodKind::categorical, ConstMatMap<double>(Z.data(), Z.rows(), Z.cols()), data, 0) /
              double(data.size());
     };
-    Vec<double> fd(model.num_params());
-    for (Index p = 0; p < model.num_params(); ++p) {
-      Vec<double> up = theta, down = theta;
-      up[p] += 1e-6;
-      down[p] -= 1e-6;
-      fd[p] = (loss(up) - loss(down)) / 2e-6;
-    }
+    const Vec<double> fd = gradient_by_finite_differences(loss, theta);
     EXPECT_LT(rel_err_vec(F.gradient(), fd), 1e-7);
     EXPECT_NEAR(F.loss(), loss(theta), 1e-12);
   }
@@ -306,7 +300,7 @@ TEST(GraphSpec, BadGraphsAreOneLineErrorsNamingTheNode) {
   EXPECT_ERROR(parse(lin + R"("id": "a", "name": "a"})", R"("parameters": ["a.bias", "a.weight"], )"),
                "must list node \"a\"'s tensors together and in their order");
   EXPECT_ERROR(parse(lin + R"("id": "a", "name": "m"}, )" + lin + R"("id": "b", "name": "m"})"),
-               "the parameter \"m.weight\" is already used by node \"a\" (shared parameters are not supported)");
+               "the parameter \"m.weight\" is already used by node \"a\" (to share a tensor, name it in \"parameter_names\")");
   EXPECT_ERROR(parse(lin + R"("id": "input"})"), "the id \"input\" is reserved");
   EXPECT_ERROR(parse(lin + R"("id": "a"})", R"("output": "z", )"), "the output \"z\" names no node");
   EXPECT_ERROR(parse(R"({"type": "embedding", "num_embeddings": 5, "embedding_dim": 2, "id": "e"}, {"type": "flatten"},
@@ -387,13 +381,7 @@ TEST(PerPositionLikelihood, LossIsTheMeanOverPositionsAndItsGradientMatchesFinit
   };
   FisherOperator<double> F(model, theta, LikelihoodKind::categorical, data);
   EXPECT_NEAR(F.loss(), loss(theta), 1e-13);
-  Vec<double> fd(model.num_params());
-  for (Index p = 0; p < model.num_params(); ++p) {
-    Vec<double> up = theta, down = theta;
-    up[p] += 1e-6;
-    down[p] -= 1e-6;
-    fd[p] = (loss(up) - loss(down)) / 2e-6;
-  }
+  const Vec<double> fd = gradient_by_finite_differences(loss, theta);
   EXPECT_LT(rel_err_vec(F.gradient(), fd), 1e-7);
   // A batch whose labels are one per sample, not per position, is refused.
   Dataset<double> wrong = data;

@@ -290,6 +290,19 @@ Mat<double> dense_fisher(const Network<Scalar>& model, const Vec<Scalar>& theta,
   return F / static_cast<double>(N);
 }
 
+/// ∇ loss(θ) by central differences of `loss` alone (step 1e-6, in double).
+template <typename Loss>
+Vec<double> gradient_by_finite_differences(Loss loss, const Vec<double>& theta) {
+  Vec<double> fd(theta.size());
+  for (Index p = 0; p < theta.size(); ++p) {
+    Vec<double> up = theta, down = theta;
+    up[p] += 1e-6;
+    down[p] -= 1e-6;
+    fd[p] = (loss(up) - loss(down)) / 2e-6;
+  }
+  return fd;
+}
+
 /// H_n of a per-position likelihood (output [T, C] per sample) written out from the formulas: block-diagonal
 /// per position (exact), the stacked-score outer product s sᵀ (empirical), or 1/S Σ s sᵀ of labels drawn
 /// independently per position from the documented generator key (seed, sample n, counter s·T + t)

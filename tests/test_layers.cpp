@@ -375,7 +375,7 @@ TEST(LayerEdges, EmbeddingRefusesIndicesOutsideItsTable) {
   Mat<double> X(3, 2);
   X << 0, 1, 4, 5, 2, 3;  // sample 1, position 1 holds 5
   EXPECT_ERROR(layer->check_input(ConstMatMap<double>(X.data(), 3, 2)),
-               "sample 1, position 1: token index 5.000000 is not an integer in [0, 5)");
+               "sample 1, position 1: token index 5 is not an integer in [0, 5) (the vocabulary of 5 embeddings)");
   X(1, 1) = 1.5;
   EXPECT_ERROR(layer->check_input(ConstMatMap<double>(X.data(), 3, 2)), "is not an integer in [0, 5)");
   X(1, 1) = 4;

@@ -20,7 +20,6 @@ Exit code 77 (ctest SKIP) when PyTorch is not installed."""
 import collections
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
@@ -35,9 +34,10 @@ except ImportError:
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
 from export_torch import export_model, export_data, load_safetensors, save_safetensors, to_vector  # noqa: E402
 sys.path.insert(0, os.path.dirname(__file__))
-from torch_reference import flat, fvp, nll, rel  # noqa: E402
+from torch_reference import Report, dense_fisher, flat, fvp, nll, rel  # noqa: E402
 
-natgrad = sys.argv[1]
+oracle = Report(sys.argv[1])
+check, run, failures = oracle.check, oracle.run, oracle.failures
 torch.set_default_dtype(torch.float64)
 
 
@@ -171,39 +171,6 @@ def randomize_norms(model):
                 m.bias.uniform_(-0.3, 0.3)
 
 
-def dense_fisher(model, x, y, lik):
-    P = sum(p.numel() for p in model.parameters())
-    cols, offset = [], 0
-    shapes = [p.shape for p in model.parameters()]
-    for k in range(P):
-        e = torch.zeros(P)
-        e[k] = 1
-        vec, offset = [], 0
-        for s in shapes:
-            n = int(torch.tensor(s).prod()) if len(s) else 1
-            vec.append(e[offset:offset + n].reshape(s))
-            offset += n
-        cols.append(fvp(model, x, y, lik, "exact", vec))
-    return torch.stack(cols, 1)
-
-
-failures = []
-
-
-def check(label, err, bound):
-    print(f"{label:58s} {err:.2e} (bound {bound:.0e})")
-    if not err < bound:
-        failures.append(label)
-
-
-def run(*args):
-    r = subprocess.run([natgrad, *args], capture_output=True, text=True)
-    if r.returncode != 0:
-        print(" ".join(args), r.stdout, r.stderr)
-        sys.exit(1)
-    return r
-
-
 cases = [("resnet", ResNet, [1, 8, 8], ("categorical", "gaussian", "bernoulli")),
          ("torchvision_style_resnet", TorchvisionStyleResNet, [1, 16, 16], ("categorical",)),
          ("residual_mlp", ResidualMLP, [6], ("categorical",)),
@@ -287,5 +254,4 @@ except ValueError as e:
     if "node sin" not in str(e) or "sin" not in str(e) or "top-level forward" not in str(e):
         failures.append(f"unsupported-node message: {e}")
 
-print("FAILED: " + ", ".join(failures) if failures else "all within bounds")
-sys.exit(1 if failures else 0)
+oracle.finish()

@@ -1,6 +1,10 @@
-"""PyTorch references shared by the oracle tests (torch_roundtrip.py, torch_graph_oracle.py): the mean negative
-log-likelihood as PyTorch users write it, H u for each likelihood and Fisher kind from the formulas, and the
-Fisher-vector product 1/(N·T) Σ J_nᵀ H_n J_n v by PyTorch's double-backward trick."""
+"""PyTorch references shared by the oracle tests (torch_roundtrip.py, torch_graph_oracle.py,
+torch_gpt_oracle.py): the mean negative log-likelihood as PyTorch users write it, H u for each likelihood and
+Fisher kind from the formulas, the Fisher-vector product 1/(N·T) Σ J_nᵀ H_n J_n v by PyTorch's
+double-backward trick and the dense Fisher from it; and the report the scripts print and exit with."""
+import subprocess
+import sys
+
 import torch
 import torch.nn.functional as F
 
@@ -68,3 +72,44 @@ def fvp(model, x, y, lik, kind, vec):
         z, yy = per_position(logits, y)
         hu = output_fisher_times(lik, kind, z, yy, jv.reshape(z.shape)).reshape(logits.shape)
     return flat(torch.autograd.grad(logits, params, grad_outputs=hu / count))
+
+
+def dense_fisher(model, x, y, lik):
+    """The exact Fisher as a dense P × P matrix, one column per unit vector."""
+    params = list(model.parameters())
+    P = sum(p.numel() for p in params)
+    cols = []
+    for k in range(P):
+        e = torch.zeros(P)
+        e[k] = 1
+        vec, offset = [], 0
+        for p in params:
+            vec.append(e[offset:offset + p.numel()].reshape(p.shape))
+            offset += p.numel()
+        cols.append(fvp(model, x, y, lik, "exact", vec))
+    return torch.stack(cols, 1)
+
+
+class Report:
+    """Runs the natgrad binary, prints each comparison against its bound and exits with the verdict."""
+
+    def __init__(self, natgrad):
+        self.natgrad = natgrad
+        self.failures = []
+
+    def check(self, label, err, bound):
+        print(f"{label:58s} {err:.2e} (bound {bound:.0e})")
+        if not err < bound:
+            self.failures.append(label)
+
+    def run(self, *args, fail=False):
+        """natgrad with args; exits at once if it fails (or, with fail=True, if it succeeds)."""
+        r = subprocess.run([self.natgrad, *args], capture_output=True, text=True)
+        if (r.returncode != 0) != fail:
+            print(" ".join(args), r.stdout, r.stderr)
+            sys.exit(1)
+        return r
+
+    def finish(self):
+        print("FAILED: " + ", ".join(self.failures) if self.failures else "all within bounds")
+        sys.exit(1 if self.failures else 0)

@@ -265,7 +265,8 @@ def graph_spec(model, input_shape, likelihood):
     graph = tracer.trace(model)
     gm = torch.fx.GraphModule(tracer.root, graph)
     modules = dict(model.named_modules())
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters())  # a tied tensor once, under its first name
+    first_name = {id(t): name for name, t in params.items()}
     buffers = dict(model.named_buffers())
     # The example input: token indices if an embedding reads the input directly.
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
@@ -313,7 +314,11 @@ def graph_spec(model, input_shape, likelihood):
                     needed_buffers.append(mask)
             elif len(node.args) != 1 or node.kwargs:
                 raise ValueError(f"{_where(node)}: natgrad calls a module with one tensor argument")
-            if any(True for _ in m.parameters(recurse=False)):
+            own = list(m.named_parameters(recurse=False))
+            if own and any(first_name[id(t)] != f"{node.target}.{local}" for local, t in own):
+                # Tied weights (head.weight = tok.weight): the node names the tensors it shares.
+                spec["parameter_names"] = [first_name[id(t)] for _, t in own]
+            if own:
                 if node.target in called:
                     raise ValueError(f"{_where(node)}: module {node.target!r} is called twice; shared parameters "
                                      "are not supported")

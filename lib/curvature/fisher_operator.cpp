@@ -98,7 +98,9 @@ FisherPlan FisherPlan::make(const Network<Scalar>& model, Index N, const FisherO
     first = false;
     plan.cotangent_size += layer.output_size() * N;
     const auto [R, K] = layer.grad_grid();
-    if (R > 0) {
+    // Tied nodes (and their owner) sum into one slice: each keeps partial gradients, added in phase C.
+    const bool tied = model.tied_to(l) != l || !model.aliases(l).empty();
+    if (R > 0 && !tied) {
       const Index rs = block_step(R), ks = block_step(K);
       for (Index r0 = 0; r0 < R; r0 += rs)
         for (Index c0 = 0; c0 < K; c0 += ks) {
@@ -347,7 +349,7 @@ void FisherOperator<Scalar>::run(Head head, Scalar scale, const Scalar* x, Scala
     Index item = 0;
     for (std::size_t l = 0; l < plan_.groups.size(); ++l) {
       const int G = plan_.groups[l];
-      if (G == 0) continue;
+      if (G == 0 || model_.tied_to(l) != l) continue;  // a tied node's partials go with its owner's
       const Index P = model_.layer(l).num_params(), off = model_.param_offset(l);
       const Scalar* partial = partials_.data() + plan_.partial_offset[l];
       for (Index i0 = 0; i0 < P; i0 += block, ++item) {
@@ -356,6 +358,9 @@ void FisherOperator<Scalar>::run(Head head, Scalar scale, const Scalar* x, Scala
         VecMap<Scalar> out(y + off + i0, n);
         out = ConstVecMap<Scalar>(partial + i0, n);
         for (int g = 1; g < G; ++g) out += ConstVecMap<Scalar>(partial + g * P + i0, n);
+        for (std::size_t a : model_.aliases(l))
+          for (int g = 0; g < plan_.groups[a]; ++g)
+            out += ConstVecMap<Scalar>(partials_.data() + plan_.partial_offset[a] + g * P + i0, n);
         out *= scale;
         if (x && lambda != Scalar(0)) out += lambda * ConstVecMap<Scalar>(x + off + i0, n);
       }
@@ -429,7 +434,7 @@ Vec<Scalar> FisherOperator<Scalar>::empirical_fisher_diagonal() const {
   Index total = 0;
   for (std::size_t l = 0; l < model_.num_layers(); ++l) {
     const Index P = model_.layer(l).num_params();
-    if (P == 0) continue;
+    if (P == 0 || model_.tied_to(l) != l) continue;  // a tied node's gradients go with its owner's
     const Index G = plan_.diagonal_groups;
     groups[l] = G;
     base[l] = total;
@@ -461,6 +466,10 @@ Vec<Scalar> FisherOperator<Scalar>::empirical_fisher_diagonal() const {
       const Item& it = items[i];
       const Layer<Scalar>& layer = model_.layer(it.layer);
       const Index off = model_.param_offset(it.layer), in = layer.input_size(), out = layer.output_size();
+      if (!model_.aliases(it.layer).empty()) {
+        tied_squared_grads(it.layer, it.chunk0, it.chunk1, partial.data() + it.offset, ws.scratch.data());
+        continue;
+      }
       for (Index k = it.chunk0; k < it.chunk1; ++k) {
         const Index c0 = k * cs, n = std::min(cs, num_samples_ - c0);
         layer.accumulate_squared_grads(theta_.data() + off,
@@ -480,6 +489,29 @@ Vec<Scalar> FisherOperator<Scalar>::empirical_fisher_diagonal() const {
     d *= scale;
   }
   return diag;
+}
+
+// A tensor tied across nodes gets per sample the sum of its uses' gradients before squaring: per sample, each
+// use's gradient (a one-column vjp) is added into one buffer, which is then squared into gsq.
+template <typename Scalar>
+void FisherOperator<Scalar>::tied_squared_grads(std::size_t owner, Index chunk0, Index chunk1, Scalar* gsq,
+                                                Scalar* scratch) const {
+  const Index P = model_.layer(owner).num_params(), off = model_.param_offset(owner), cs = plan_.chunk_size;
+  std::vector<std::size_t> uses{owner};
+  uses.insert(uses.end(), model_.aliases(owner).begin(), model_.aliases(owner).end());
+  Vec<Scalar> g(P);
+  for (Index col = chunk0 * cs; col < std::min(num_samples_, chunk1 * cs); ++col) {
+    g.setZero();
+    for (std::size_t l : uses) {
+      const Layer<Scalar>& layer = model_.layer(l);
+      const Index in = layer.input_size(), out = layer.output_size(), aux = layer.aux_per_sample();
+      layer.vjp(theta_.data() + off, ConstMatMap<Scalar>(model_.input_act(cache_, l).data() + col * in, in, 1),
+                ConstMatMap<Scalar>(cache_.acts[l + 1].data() + col * out, out, 1),
+                aux ? cache_.aux[l].data() + col * aux : nullptr,
+                ConstMatMap<Scalar>(cot_.g[l].data() + col * out, out, 1), nullptr, g.data(), scratch);
+    }
+    VecMap<Scalar>(gsq, P).array() += g.array().square();
+  }
 }
 
 template class FisherOperator<float>;

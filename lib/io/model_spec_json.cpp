@@ -135,7 +135,7 @@ ModelFile parse_model_spec(const std::string& text, const std::string& label) {
         out.push_back(d.get<Index>());
       }
     };
-    std::set<std::string> allowed{"type", "name", "id", "inputs"}, required;
+    std::set<std::string> allowed{"type", "name", "id", "inputs", "parameter_names"}, required;
     get_string("name", s.name);
     get_string("id", s.id);
     if (l.contains("inputs")) {
@@ -144,6 +144,15 @@ ModelFile parse_model_spec(const std::string& text, const std::string& label) {
       for (const auto& x : v) {
         if (!x.is_string()) fail(label, w + ": \"inputs\" must be a non-empty array of node ids");
         s.inputs.push_back(x.get<std::string>());
+      }
+    }
+    if (l.contains("parameter_names")) {
+      const json& v = l["parameter_names"];
+      if (!v.is_array() || v.empty()) fail(label, w + ": \"parameter_names\" must be a non-empty array of tensor names");
+      for (const auto& x : v) {
+        if (!x.is_string() || x.get<std::string>().empty())
+          fail(label, w + ": \"parameter_names\" must be a non-empty array of tensor names");
+        s.param_names.push_back(x.get<std::string>());
       }
     }
     switch (s.type) {
@@ -328,6 +337,7 @@ std::string model_spec_to_json(const ModelFile& m) {
     if (!s.name.empty()) l["name"] = s.name;
     if (!s.id.empty()) l["id"] = s.id;
     if (!s.inputs.empty()) l["inputs"] = s.inputs;
+    if (!s.param_names.empty()) l["parameter_names"] = s.param_names;
     switch (s.type) {
       case LayerType::linear:
         l["in_features"] = s.in_features;

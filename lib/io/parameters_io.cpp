@@ -49,9 +49,23 @@ Vec<Scalar> load_parameters(const std::string& path, const Network<Scalar>& mode
     for (const std::string& d : converted) *conversion += (conversion->empty() ? "" : ", ") + d;
     if (!conversion->empty()) *conversion = "converted " + *conversion + " to " + (own == DType::F32 ? "float32" : "float64");
   }
+  for (const auto& [alias, name] : model.tied_names()) {
+    // A state_dict holds a tied tensor under each module's name ("head.weight" beside "tok.weight"): the
+    // alias is accepted when it is the same tensor.
+    if (!f.contains(alias)) continue;
+    const NamedParam* p = nullptr;
+    for (const NamedParam& q : model.named_params())
+      if (q.name == name) p = &q;
+    const std::vector<Scalar> v = f.get<Scalar>(alias);
+    const TensorInfo& t = f.info(alias);
+    if (Shape(t.shape.begin(), t.shape.end()) != p->shape ||
+        !std::equal(v.begin(), v.end(), theta.data() + p->offset))
+      detail::fail(path + ": tensor \"" + alias + "\" is tied to \"" + name + "\" in the model but holds different values");
+  }
   for (const std::string& name : f.names()) {
     // A state_dict also holds the buffers: load_buffers reads those, a vector ignores them.
     bool known = false;
+    for (const auto& tied : model.tied_names()) known = known || tied.first == name;
     for (const NamedParam& p : model.named_params()) known = known || p.name == name;
     for (const NamedBuffer& b : model.named_buffers()) known = known || b.name == name;
     for (const std::string& b : model.ignored_buffers()) known = known || b == name;

@@ -28,7 +28,10 @@ class Embedding final : public Layer<Scalar> {
         const Scalar v = X(t, n);
         if (!(v >= 0 && v < Scalar(V_) && v == std::floor(v)))
           fail("sample " + std::to_string(n) + ", position " + std::to_string(t) + ": token index " +
-               std::to_string(double(v)) + " is not an integer in [0, " + std::to_string(V_) + ")");
+               (v == std::floor(v) && std::abs(double(v)) < 1e15 ? std::to_string(static_cast<long long>(v))
+                                                                 : std::to_string(double(v))) +
+               " is not an integer in [0, " + std::to_string(V_) + ") (the vocabulary of " + std::to_string(V_) +
+               " embeddings)");
       }
   }
 

@@ -11,7 +11,7 @@ Vec<Scalar> init_parameters(const Network<Scalar>& model, uint64_t seed) {
   const CounterRng rng(seed, rng_stream(RngDomain::init, 0));
   for (std::size_t l = 0; l < model.num_layers(); ++l) {
     const Layer<Scalar>& layer = model.layer(l);
-    if (layer.num_params() == 0) continue;
+    if (layer.num_params() == 0 || model.tied_to(l) != l) continue;  // a tied node's tensors are its owner's
     const Index off = model.param_offset(l);
     switch (layer.param_init()) {
       case ParamInit::ones_zeros: {  // weight then bias, each half

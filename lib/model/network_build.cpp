@@ -187,18 +187,43 @@ Network<Scalar>::Network(const ModelSpec& given) : spec_(given), graph_(detail::
     max_width_ = std::max(max_width_, layer.output_size());
     const std::string module = natgrad::module_name(spec, i);
     const std::vector<ParamTensor> own_tensors = layer.param_tensors();
-    NATGRAD_CHECK(s.param_names.empty() || s.param_names.size() == own_tensors.size());
+    if (!s.param_names.empty() && s.param_names.size() != own_tensors.size())
+      fail(where + ": \"parameter_names\" names " + std::to_string(s.param_names.size()) + " tensors but the node has " +
+           std::to_string(own_tensors.size()));
+    // A node whose parameter_names are all another node's tensors shares them (tied weights); naming a
+    // module twice without them is an error.
+    std::size_t owner = l, tied = 0;
     for (std::size_t k = 0; k < own_tensors.size(); ++k) {
       const ParamTensor& t = own_tensors[k];
       const std::string name = s.type == LayerType::add    ? s.parameter
                                : !s.param_names.empty()    ? s.param_names[k]
                                                            : module + "." + t.name;
-      for (const Tensor& other : tensors)
-        if (other.name == name)
-          fail(where + ": the parameter \"" + name + "\" is already used by node \"" + ids_[other.node] +
-               "\" (shared parameters are not supported)");
-      tensors.push_back({name, t.shape, l});
+      const auto other = std::find_if(tensors.begin(), tensors.end(), [&](const Tensor& o) { return o.name == name; });
+      if (other == tensors.end()) {
+        tensors.push_back({name, t.shape, l});
+        continue;
+      }
+      if (s.param_names.empty())
+        fail(where + ": the parameter \"" + name + "\" is already used by node \"" + ids_[other->node] +
+             "\" (to share a tensor, name it in \"parameter_names\")");
+      if (other->shape != t.shape)
+        fail(where + ": its " + t.name + " " + shape_to_string(t.shape) + " cannot be \"" + name + "\", which has shape " +
+             shape_to_string(other->shape));
+      if (tied > 0 && other->node != owner)
+        fail(where + ": shares tensors of two nodes; natgrad ties a node's tensors to one other node's");
+      owner = other->node;
+      ++tied;
     }
+    if (tied > 0) {
+      std::size_t owned = 0;
+      for (const Tensor& t : tensors) owned += t.node == owner ? 1 : 0;
+      if (tied != own_tensors.size() || owned != own_tensors.size())
+        fail(where + ": shares only some tensors with node \"" + ids_[owner] +
+             "\"; natgrad ties all of a node's tensors to all of another's (a head without bias to an embedding)");
+      for (std::size_t k = 0; k < own_tensors.size(); ++k)
+        tied_names_.push_back({module + "." + own_tensors[k].name, s.param_names[k]});
+    }
+    tied_to_.push_back(owner);
     const std::vector<ParamTensor> buffers = layer.buffer_tensors();
     for (std::size_t b = 0; b < buffers.size(); ++b)  // an attention mask is a buffer of another module
       named_buffers_.push_back({s.type == LayerType::attention ? s.attn_mask : module + "." + buffers[b].name,
@@ -247,6 +272,7 @@ Network<Scalar>::Network(const ModelSpec& given) : spec_(given), graph_(detail::
     }
   }
   offsets_.assign(L, 0);
+  aliases_.assign(L, {});
   std::vector<std::vector<std::size_t>> own(L);  // each node's tensors, in its own order
   for (std::size_t t = 0; t < tensors.size(); ++t) own[tensors[t].node].push_back(t);
   std::vector<bool> placed(L, false);
@@ -264,6 +290,11 @@ Network<Scalar>::Network(const ModelSpec& given) : spec_(given), graph_(detail::
     }
     k += own[node].size();
   }
+  for (std::size_t l = 0; l < L; ++l)  // a tied node reads and writes its owner's slice
+    if (tied_to_[l] != l) {
+      offsets_[l] = offsets_[tied_to_[l]];
+      aliases_[tied_to_[l]].push_back(l);
+    }
 
   // The fused activation + max-pool pairs.
   std::vector<int> readers(L + 1, 0);

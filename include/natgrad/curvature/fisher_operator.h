@@ -186,6 +186,9 @@ class FisherOperator {
   void run(Head head, Scalar scale, const Scalar* x, Scalar lambda, Scalar* y, const char* phase = nullptr) const;
   void run_forward();
   void require_targets(const char* what) const;
+  // gsq += Σ over the samples of chunks [chunk0, chunk1) of the squared gradient of a tied tensor (node
+  // `owner` and its aliases), the uses summed per sample before squaring.
+  void tied_squared_grads(std::size_t owner, Index chunk0, Index chunk1, Scalar* gsq, Scalar* scratch) const;
   // 1/(N·T): the loss and the Fisher are means over the N samples' T positions.
   Scalar inverse_count() const { return Scalar(1) / (Scalar(num_samples_) * Scalar(positions_)); }
 

@@ -28,6 +28,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace natgrad {
@@ -116,6 +117,15 @@ class Network {
   const Mat<Scalar>& input_act(const ForwardCache<Scalar>& cache, std::size_t l) const {
     return cache.acts[static_cast<std::size_t>(inputs_[l][0])];
   }
+  /// The node whose parameter tensors node l uses: l itself, or for a tied node (an output layer sharing the
+  /// token embedding's weight) the node that holds them. A tied node's parameters are its owner's slice of
+  /// the flat vector: its R-op reads it, and its backprop adds to it.
+  std::size_t tied_to(std::size_t l) const { return tied_to_[l]; }
+  /// The nodes tied to node l, in topological order (empty for most).
+  const std::vector<std::size_t>& aliases(std::size_t l) const { return aliases_[l]; }
+  /// For each tensor of a tied node, the name it would have on its own ("head.weight") and the tensor it is
+  /// ("tok.weight"): a state_dict holds both.
+  const std::vector<std::pair<std::string, std::string>>& tied_names() const { return tied_names_; }
   /// Offset of node l's parameters in the flat vector.
   Index param_offset(std::size_t l) const { return offsets_[l]; }
   Index num_params() const { return num_params_; }
@@ -196,6 +206,9 @@ class Network {
   std::vector<std::string> ids_;
   std::vector<std::vector<int>> inputs_;                // values read by node l
   std::vector<Index> offsets_;
+  std::vector<std::size_t> tied_to_;
+  std::vector<std::vector<std::size_t>> aliases_;
+  std::vector<std::pair<std::string, std::string>> tied_names_;
   std::vector<NamedParam> named_params_;
   std::vector<NamedBuffer> named_buffers_;
   std::vector<std::string> ignored_buffers_;
