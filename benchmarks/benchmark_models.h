@@ -77,5 +77,42 @@ inline ModelSpec resnet() {
   return s;
 }
 
+/// The small GPT: token embedding 4096 × 256 plus a learned 128 × 256 position table; 4 pre-norm blocks
+/// (layer norm, 4-head causal self-attention, residual; layer norm, linear 256→1024, GELU, linear 1024→256,
+/// residual); final layer norm; linear 256→4096 at every position. `width`, `blocks`, `heads`, `T` and
+/// `vocab` scale it (GPT-2 small is gpt(50257, 768, 12, 12, 1024, true), its head tied to the embedding).
+inline ModelSpec gpt(Index vocab = 4096, Index width = 256, int blocks = 4, Index heads = 4, Index T = 128,
+                     bool tied = false) {
+  ModelSpec s;
+  s.input_shape = {T};
+  auto node = [&](LayerSpec l, const std::string& id, std::vector<std::string> inputs) {
+    l.node(id, std::move(inputs));
+    l.name = id;
+    s.layers.push_back(l);
+  };
+  node(LayerSpec::embedding(vocab, width), "tok", {"input"});
+  LayerSpec pos = LayerSpec::add({"tok"});
+  pos.parameter = "pos";
+  pos.parameter_shape = {T, width};
+  node(pos, "h0", {});
+  std::string x = "h0";
+  for (int b = 0; b < blocks; ++b) {
+    const std::string p = "blocks." + std::to_string(b) + ".";
+    node(LayerSpec::layer_norm({width}), p + "ln1", {x});
+    node(LayerSpec::multihead_attention(width, heads, p + "mask"), p + "attn", {p + "ln1"});
+    node(LayerSpec::add({x, p + "attn"}), p + "res1", {});
+    node(LayerSpec::layer_norm({width}), p + "ln2", {p + "res1"});
+    node(LayerSpec::linear(width, 4 * width), p + "fc", {p + "ln2"});
+    node(LayerSpec::activation(LayerType::gelu), p + "act", {p + "fc"});
+    node(LayerSpec::linear(4 * width, width), p + "proj", {p + "act"});
+    node(LayerSpec::add({p + "res1", p + "proj"}), p + "res2", {});
+    x = p + "res2";
+  }
+  node(LayerSpec::layer_norm({width}), "ln", {x});
+  node(LayerSpec::linear(width, vocab, !tied), "head", {"ln"});
+  if (tied) s.layers.back().param_names = {"tok.weight"};
+  return s;
+}
+
 }  // namespace bench
 }  // namespace natgrad

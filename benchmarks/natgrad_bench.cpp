@@ -1,9 +1,11 @@
 // natgrad-bench: the benchmarks listed in docs/performance.md. Threads from OMP_NUM_THREADS. Counters: GFLOP/s (from the
 // GEMM flop count of the pass), products and CG iterations where they apply.
 //
-// Flop counts (2·m·n·k per GEMM; element-wise work is not counted):
+// Flop counts (2·m·n·k per GEMM; element-wise work, embeddings and normalization are not counted):
 //   gradient = forward (1 GEMM per layer) + backward (weight GEMM per layer, input GEMM for all but the first)
 //   fvp      = R-op (weight GEMM per layer, input GEMM for all but the first) + the same backward.
+// Attention's own products per sample (T² E multiply-adds each: q kᵀ and P v over the heads) count 2 in the
+// forward pass, 4 in the R-op (dq kᵀ, q dkᵀ, dv P, v dP) and 4 in backprop (gP, gv, gq, gk).
 #include "benchmark_models.h"
 
 #include <natgrad/curvature/fisher_operator.h>
@@ -32,22 +34,26 @@ int threads() {
 }
 
 using bench::cnn;
+using bench::gpt;
 using bench::resnet;
 using bench::mlp;
 
 // 2·(m·k) flops per sample for each linear/conv GEMM of the three kinds: forward (W x), weight (g xᵀ), input (Wᵀ g).
 struct FlopModel {
-  double forward = 0, weight = 0, input = 0, first_input = 0;
+  double forward = 0, weight = 0, input = 0, first_input = 0, attention = 0;  // attention: T² E per sample
 };
 FlopModel flops_per_sample(const Network<float>& m) {
   FlopModel f;
   bool first = true;
   for (std::size_t l = 0; l < m.num_layers(); ++l) {
     const Layer<float>& layer = m.layer(l);
-    if (layer.num_params() == 0) continue;
-    const ParamTensor w = layer.param_tensors().front();
-    double macs = double(shape_size(w.shape));
-    if (layer.type() == LayerType::conv2d) macs *= double(layer.output_shape()[1] * layer.output_shape()[2]);
+    if (layer.type() == LayerType::attention) {
+      const double T = double(layer.input_shape()[0]), E = double(layer.output_shape()[1]);
+      f.attention += 2 * T * T * E;
+      continue;
+    }
+    if (layer.type() != LayerType::linear && layer.type() != LayerType::conv2d) continue;
+    const double macs = layer.macs_per_sample();
     f.forward += 2 * macs;
     f.weight += 2 * macs;
     if (first) f.first_input = 2 * macs;
@@ -56,8 +62,8 @@ FlopModel flops_per_sample(const Network<float>& m) {
   }
   return f;
 }
-double gradient_flops(const FlopModel& f) { return f.forward + f.weight + f.input; }
-double fvp_flops(const FlopModel& f) { return (f.weight + f.input) * 2; }
+double gradient_flops(const FlopModel& f) { return f.forward + f.weight + f.input + 6 * f.attention; }
+double fvp_flops(const FlopModel& f) { return (f.weight + f.input) * 2 + 8 * f.attention; }
 
 struct Setup {
   std::unique_ptr<Network<float>> model;
@@ -77,8 +83,12 @@ Setup& setup(const std::string& key, const ModelSpec& spec, Index batch, FisherK
   s->theta = init_parameters(*s->model, 0);
   const CounterRng rng(1, 1);
   s->data.inputs.resize(s->model->input_size(), batch);
-  for (Index k = 0; k < s->data.inputs.size(); ++k) s->data.inputs.data()[k] = float(rng.uniform(uint64_t(k)));
-  for (Index n = 0; n < batch; ++n) s->data.labels.push_back(int64_t(rng.bits(uint64_t(n) + (1ull << 40)) % s->model->output_size()));
+  // Token models (an embedding reads the input) get token indices and a label per position.
+  const Index vocab = spec.layers.front().type == LayerType::embedding ? spec.layers.front().num_embeddings : 0;
+  for (Index k = 0; k < s->data.inputs.size(); ++k)
+    s->data.inputs.data()[k] = vocab ? float(rng.bits(uint64_t(k)) % uint64_t(vocab)) : float(rng.uniform(uint64_t(k)));
+  const Index T = s->model->output_positions(), C = s->model->output_size() / T;
+  for (Index n = 0; n < batch * T; ++n) s->data.labels.push_back(int64_t(rng.bits(uint64_t(n) + (1ull << 40)) % C));
   FisherOptions fo;
   fo.kind = kind;
   fo.damping = 1e-3;
@@ -179,6 +189,8 @@ BENCHMARK_CAPTURE(gradient, cnn, std::string("cnn"), cnn(), 256)->Name("cnn/grad
 BENCHMARK_CAPTURE(fvp, cnn, std::string("cnn"), cnn(), 256, FisherKind::exact)->Name("cnn/fvp_exact")->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(gradient, resnet, std::string("resnet"), resnet(), 128)->Name("resnet/gradient")->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(fvp, resnet, std::string("resnet"), resnet(), 128, FisherKind::exact)->Name("resnet/fvp_exact")->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(gradient, gpt, std::string("gpt"), gpt(), 16)->Name("gpt/gradient")->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(fvp, gpt, std::string("gpt"), gpt(), 16, FisherKind::exact)->Name("gpt/fvp_exact")->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_cg30)->Name("mlp/cg30")->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
 BENCHMARK(BM_spectrum_top10)->Name("mlp/spectrum_top10")->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(2);
 

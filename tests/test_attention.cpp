@@ -170,7 +170,7 @@ TEST(TinyGpt, ParametersHavePyTorchsNamesAndOrder) {
   ASSERT_EQ(model.named_buffers().size(), 1u);
   EXPECT_EQ(model.named_buffers()[0].name, "mask");
   EXPECT_EQ(model.named_buffers()[0].shape, (Shape{4, 4}));
-  EXPECT_EQ(model.saved_per_sample(), 2 * 4 * 4);  // heads × T × T probabilities
+  EXPECT_EQ(model.saved_per_sample(), 2 * 4 * 4 + 4 * 8);  // heads × T × T probabilities, GELU's φ' at T × 2E
 }
 
 TEST(TinyGpt, OperatorMatchesTheDenseFisherFromFiniteDifferences) {

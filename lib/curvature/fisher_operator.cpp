@@ -84,6 +84,12 @@ FisherPlan FisherPlan::make(const Network<Scalar>& model, Index N, const FisherO
     if (model.layer(l).grad_grid().first > 0) block_macs += model.layer(l).macs_per_sample();
   }
   plan.chunk_size = std::min(options.chunk_for(N, 2 * block_macs > all_macs ? 64 : 32), std::max<Index>(N, 1));
+  // A sequence of T positions is T GEMM columns already: chunks of about 256 columns (one sequence from
+  // T = 256 on) keep every thread busy on a small batch and the workspaces a few sequences wide, whatever
+  // the batch.
+  const Index T = model.output_positions();
+  if (T > 1 && options.chunk_size <= 0)
+    plan.chunk_size = std::min(std::max<Index>(N, 1), std::max<Index>(1, (256 + T - 1) / T));
   plan.num_chunks = (N + plan.chunk_size - 1) / plan.chunk_size;
   plan.groups.assign(L, 0);
   plan.partial_offset.assign(L, 0);

@@ -1,5 +1,7 @@
 // Element-wise activations y = φ(x). The R-op and backprop both multiply by φ'(x), which is recomputed
-// from the cached x and y in the same pass (fused: one read of x, y and the tangent, one write).
+// from the cached x and y in the same pass (fused: one read of x, y and the tangent, one write) — except
+// for GELU, whose φ' costs an erf (or tanh) and an exp per entry: in a Network its forward pass keeps
+// φ'(x) (SavesForward), so that a product multiplies by it instead of evaluating it twice.
 #include <cmath>
 
 #include "core/link_functions.h"
@@ -10,7 +12,7 @@ namespace detail {
 namespace {
 
 template <typename Scalar>
-class Elementwise final : public Layer<Scalar>, public ElementwiseDerivative<Scalar> {
+class Elementwise final : public Layer<Scalar>, public ElementwiseDerivative<Scalar>, public SavesForward<Scalar> {
  public:
   Elementwise(LayerType type, Scalar slope, bool tanh_gelu, const Shape& shape)
       : Layer<Scalar>(shape, shape), type_(type), slope_(slope), tanh_gelu_(tanh_gelu) {}
@@ -67,6 +69,24 @@ class Elementwise final : public Layer<Scalar>, public ElementwiseDerivative<Sca
     if (gX) apply_derivative(X.data(), Y.data(), gY.data(), gX, X.size());
   }
 
+  Index saved_per_sample() const override { return type_ == LayerType::gelu ? this->input_size() : 0; }
+  void forward_saving(ConstMatMap<Scalar> X, MatMap<Scalar> Y, Scalar* saved) const override {
+    forward(nullptr, X, Y, nullptr);
+    derivative(X.data(), saved, X.size());
+  }
+  void jvp_saved(ConstMatMap<Scalar> X, const Scalar* saved, const Scalar* dX, MatMap<Scalar> dY,
+                 Scalar*) const override {
+    if (!dX) {
+      dY.setZero();
+      return;
+    }
+    for (Index k = 0; k < X.size(); ++k) dY.data()[k] = saved[k] * dX[k];
+  }
+  void vjp_saved(ConstMatMap<Scalar> X, const Scalar* saved, ConstMatMap<Scalar> gY, Scalar* gX,
+                 Scalar*) const override {
+    for (Index k = 0; k < X.size(); ++k) gX[k] = saved[k] * gY.data()[k];
+  }
+
   bool derivative_needs_input() const override {
     return type_ == LayerType::gelu || type_ == LayerType::softplus || type_ == LayerType::silu ||
            (type_ == LayerType::leaky_relu && !(slope_ >= 0));
@@ -102,23 +122,9 @@ class Elementwise final : public Layer<Scalar>, public ElementwiseDerivative<Sca
           out[k] = yk * (Scalar(1) - yk) * in[k];
         }
         break;
-      case LayerType::gelu: {  // Φ(x) + x φ(x); tanh form: ½(1 + t) + ½x(1 − t²)u'(x), t = tanh(u(x))
-        if (tanh_gelu_) {
-          for (Index k = 0; k < n; ++k) {
-            const Scalar xk = x[k], t = std::tanh(gelu_u(xk));
-            const Scalar du = Scalar(kSqrt2OverPi) * (Scalar(1) + Scalar(3 * kGeluCubic) * xk * xk);
-            out[k] = (Scalar(0.5) * (Scalar(1) + t) + Scalar(0.5) * xk * (Scalar(1) - t * t) * du) * in[k];
-          }
-          break;
-        }
-        const Scalar inv_sqrt_2pi = Scalar(0.3989422804014327);
-        for (Index k = 0; k < n; ++k) {
-          const Scalar xk = x[k];
-          const Scalar cdf = Scalar(0.5) * (Scalar(1) + std::erf(xk * Scalar(M_SQRT1_2)));
-          out[k] = (cdf + xk * inv_sqrt_2pi * std::exp(Scalar(-0.5) * xk * xk)) * in[k];
-        }
+      case LayerType::gelu:
+        for (Index k = 0; k < n; ++k) out[k] = gelu_derivative(x[k]) * in[k];
         break;
-      }
       case LayerType::softplus:  // σ(x); 1 above PyTorch's threshold, where the layer is the identity
         for (Index k = 0; k < n; ++k) {
           const Scalar xk = x[k];
@@ -134,6 +140,21 @@ class Elementwise final : public Layer<Scalar>, public ElementwiseDerivative<Sca
       default:
         break;
     }
+  }
+
+  // φ' at n entries (GELU's only: the activation the network keeps it for).
+  void derivative(const Scalar* x, Scalar* d, Index n) const {
+    for (Index k = 0; k < n; ++k) d[k] = gelu_derivative(x[k]);
+  }
+  // Φ(x) + x φ(x); tanh form: ½(1 + t) + ½x(1 − t²)u'(x), t = tanh(u(x)).
+  Scalar gelu_derivative(Scalar xk) const {
+    if (tanh_gelu_) {
+      const Scalar t = std::tanh(gelu_u(xk));
+      const Scalar du = Scalar(kSqrt2OverPi) * (Scalar(1) + Scalar(3 * kGeluCubic) * xk * xk);
+      return Scalar(0.5) * (Scalar(1) + t) + Scalar(0.5) * xk * (Scalar(1) - t * t) * du;
+    }
+    const Scalar cdf = Scalar(0.5) * (Scalar(1) + std::erf(xk * Scalar(M_SQRT1_2)));
+    return cdf + xk * Scalar(0.3989422804014327) * std::exp(Scalar(-0.5) * xk * xk);
   }
 
   static constexpr double kSqrt2OverPi = 0.7978845608028654, kGeluCubic = 0.044715;

@@ -77,8 +77,9 @@ class ElementwiseDerivative {
 };
 
 /// A parameter-free layer whose R-op and backprop read values its forward pass computed beyond its input
-/// and output (attention's probabilities). A Network keeps them per sample in ForwardCache::saved and calls
-/// these; the plain Layer methods, which have no such cache, recompute them.
+/// and output (attention's probabilities, GELU's derivative). A Network keeps them per sample in
+/// ForwardCache::saved and calls these when saved_per_sample() > 0; the plain Layer methods, which have no
+/// such cache, recompute them.
 template <typename Scalar>
 class SavesForward {
  public:

@@ -181,7 +181,8 @@ Network<Scalar>::Network(const ModelSpec& given) : spec_(given), graph_(detail::
       layers_.push_back(make_layer<Scalar>(s, in[0], where));
     const Layer<Scalar>& layer = *layers_.back();
     merge_.push_back(dynamic_cast<const detail::MultiInput<Scalar>*>(&layer));
-    saves_.push_back(dynamic_cast<const detail::SavesForward<Scalar>*>(&layer));
+    const auto* saves = dynamic_cast<const detail::SavesForward<Scalar>*>(&layer);
+    saves_.push_back(saves && saves->saved_per_sample() > 0 ? saves : nullptr);
     max_operands_ = std::max(max_operands_, in.size());
     shapes.push_back(layer.output_shape());
     max_width_ = std::max(max_width_, layer.output_size());
