@@ -51,7 +51,7 @@ int run_info(Args& a) {
   const Index batch = a.batch > 0 ? a.batch : kDefaultBatch;
   const std::size_t bytes = a.dtype == "float64" ? 8 : 4;
   const MemoryEstimate mem = estimate_solve_memory(m.spec, batch, a.curvature_batch, bytes, fisher_options(a), a.spectrum,
-                                                   num_threads());
+                                                   num_threads(), a.preconditioner == "diagonal", m.likelihood);
   std::printf("memory for a solve at batch %lld (%s): %s\n", static_cast<long long>(batch), a.dtype.c_str(),
               mem.report().c_str());
   return 0;

@@ -62,7 +62,7 @@ Problem<Scalar> load_problem(Args& a, bool allow_default, const Progress& progre
   // not fit.
   const MemoryEstimate mem = estimate_solve_memory(p.file.spec, p.data.size(), a.curvature_batch, sizeof(Scalar),
                                                    fisher_options(a), top_k, num_threads(),
-                                                   a.preconditioner == "diagonal");
+                                                   a.preconditioner == "diagonal", p.file.likelihood);
   p.estimate = mem.total;
   const std::size_t limit = a.max_memory_gb > 0 ? static_cast<std::size_t>(a.max_memory_gb * 1e9) : available_memory_bytes();
   if (limit > 0 && mem.total > limit)

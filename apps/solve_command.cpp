@@ -8,6 +8,8 @@
 #include <natgrad/io/safetensors.h>
 #include <natgrad/natural_gradient/solve_natural_gradient.h>
 
+#include <utility>
+
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -90,7 +92,7 @@ int run_solve(Args& a) {
   std::fflush(stdout);
   NaturalGradientResult<Scalar> r;
   try {
-    r = solve_natural_gradient(*p.model, p.theta, p.file.likelihood, p.data, opt);
+    r = solve_natural_gradient(*p.model, std::move(p.theta), p.file.likelihood, p.data, opt);  // θ is not needed after
   } catch (const std::bad_alloc&) {
     throw std::runtime_error("out of memory during the solve; the estimate for the whole run was " +
                              detail::format_bytes(double(p.estimate)) + "; nothing written");

@@ -211,7 +211,7 @@ TEST_F(Cli, OutOfMemoryEndsWithASentenceAndNoOutput) {
   Network<float> model(read_model_spec(p("big.json")).spec);
   save_dataset(p("big_data.safetensors"), random_dataset(model, 200, LikelihoodKind::categorical, 3), {784});
   const std::string out = p("oom.safetensors");
-  const std::string cmd = "ulimit -v 1200000; " + std::string(NATGRAD_CLI) + " solve --model " + p("big.json") +
+  const std::string cmd = "ulimit -v 800000; " + std::string(NATGRAD_CLI) + " solve --model " + p("big.json") +
                           " --data " + p("big_data.safetensors") + " --max-memory 100 --cg-max-iters 1 --quiet --output " +
                           out + " > " + p("stdout") + " 2> " + p("stderr");
   const int status = std::system(("bash -c '" + cmd + "'").c_str());

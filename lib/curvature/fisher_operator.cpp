@@ -166,11 +166,11 @@ template FisherPlan FisherPlan::make<float>(const Network<float>&, Index, const 
 template FisherPlan FisherPlan::make<double>(const Network<double>&, Index, const FisherOptions&);
 
 template <typename Scalar>
-FisherOperator<Scalar>::FisherOperator(const Network<Scalar>& model, const Vec<Scalar>& theta,
+FisherOperator<Scalar>::FisherOperator(const Network<Scalar>& model, Vec<Scalar> theta,
                                        LikelihoodKind likelihood, const Dataset<Scalar>& data,
                                        const FisherOptions& options)
     : model_(model),
-      theta_(theta),
+      theta_(std::move(theta)),
       likelihood_(likelihood),
       options_(options),
       damping_(options.damping),
@@ -179,7 +179,7 @@ FisherOperator<Scalar>::FisherOperator(const Network<Scalar>& model, const Vec<S
       positions_(model.output_positions()) {
   std::string why;
   if (!options.is_valid(&why)) detail::fail("FisherOptions: " + why);
-  model.check_params(theta.size());
+  model.check_params(theta_.size());
   if (num_samples_ == 0) detail::fail("the batch is empty");
   if (options.kind == FisherKind::empirical || likelihood == LikelihoodKind::categorical ||
       data.targets.size() > 0)
@@ -211,7 +211,7 @@ FisherOperator<Scalar>::FisherOperator(const Network<Scalar>& model, const Vec<S
     cache_bytes += double(model.layer(l).output_size()) * double(num_samples_) * sizeof(Scalar);
   allocating("the forward cache of " + std::to_string(num_samples_) + " samples", cache_bytes,
              [&] { cache_ = model.make_cache(data.inputs); });
-  allocating("the per-thread workspaces", double(num_threads_) * double(chunk) * double(model.max_width()) * double(model.workspace_buffers()) * sizeof(Scalar), [&] {
+  allocating("the per-thread workspaces", double(num_threads_) * double(chunk) * double(model.workspace_width()) * sizeof(Scalar), [&] {
     for (int t = 0; t < num_threads_; ++t) {
       workspaces_.push_back(model.make_workspace(chunk));
       out_buffers_.emplace_back(model.output_size(), chunk);
@@ -232,7 +232,7 @@ template <typename Scalar>
 void FisherOperator<Scalar>::rebind(const Vec<Scalar>& theta) {
   model_.check_params(theta.size());
   theta_ = theta;
-  have_gradient_ = false;
+  have_gradient_ = have_loss_ = false;
   run_forward();
 }
 
@@ -277,7 +277,15 @@ void FisherOperator<Scalar>::run_forward() {
   }
   const Mat<Scalar>& Z = cache_.acts.back();
   curvature_ = OutputCurvature<Scalar>(likelihood_, options_.kind, options_.mc_samples, options_.seed,
-                                       ConstMatMap<Scalar>(Z.data(), Z.rows(), Z.cols()), data_, positions_);
+                                       ConstMatMap<Scalar>(Z.data(), Z.rows(), Z.cols()), data_, positions_,
+                                       keeps_probabilities(Z.size()));
+}
+
+template <typename Scalar>
+bool FisherOperator<Scalar>::keeps_probabilities(Index outputs) {
+  // A copy of the logits' softmax is kept up to 64 MiB (a product then reads it); above that (a language
+  // model's vocabulary at every position) each product recomputes it from the cached logits.
+  return double(outputs) * double(sizeof(Scalar)) <= 64.0 * 1024 * 1024;
 }
 
 template <typename Scalar>
@@ -410,13 +418,20 @@ const Vec<Scalar>& FisherOperator<Scalar>::gradient() const {
   loss_ = 0;
   for (double l : chunk_loss_) loss_ += l;  // in chunk order
   loss_ /= static_cast<double>(num_samples_) * static_cast<double>(positions_);
-  have_gradient_ = true;
+  have_gradient_ = have_loss_ = true;
   return gradient_;
 }
 
 template <typename Scalar>
-double FisherOperator<Scalar>::loss() const {
+Vec<Scalar> FisherOperator<Scalar>::take_gradient() {
   gradient();
+  have_gradient_ = false;
+  return std::move(gradient_);
+}
+
+template <typename Scalar>
+double FisherOperator<Scalar>::loss() const {
+  if (!have_loss_) gradient();  // (the loss outlives a gradient moved out by take_gradient)
   return loss_;
 }
 
@@ -456,6 +471,8 @@ Vec<Scalar> FisherOperator<Scalar>::empirical_fisher_diagonal() const {
     const int t = thread_id(), team = team_size();
     Workspace<Scalar>& ws = workspaces_[static_cast<std::size_t>(t)];
     Mat<Scalar>& obuf = out_buffers_[static_cast<std::size_t>(t)];
+    // The squared gradients' scratch (a sequence layer's whole per-sample gradient), for this call only.
+    typename Workspace<Scalar>::Buffer squared_scratch(static_cast<std::size_t>(model_.squared_scratch_size(cs)));
     Index k0, k1;
     plan_.chunk_range(t, team, k0, k1);
     for (Index k = k0; k < k1; ++k) {
@@ -481,7 +498,7 @@ Vec<Scalar> FisherOperator<Scalar>::empirical_fisher_diagonal() const {
         layer.accumulate_squared_grads(theta_.data() + off,
                                        ConstMatMap<Scalar>(model_.input_act(cache_, it.layer).data() + c0 * in, in, n),
                                        ConstMatMap<Scalar>(cot_.g[it.layer].data() + c0 * out, out, n),
-                                       partial.data() + it.offset, ws.scratch.data());
+                                       partial.data() + it.offset, squared_scratch.data());
       }
     }
   }

@@ -10,7 +10,8 @@ namespace natgrad {
 
 template <typename Scalar>
 OutputCurvature<Scalar>::OutputCurvature(LikelihoodKind likelihood, FisherKind kind, int mc_samples, uint64_t seed,
-                                         ConstMatMap<Scalar> Z, const Dataset<Scalar>& data, Index positions)
+                                         ConstMatMap<Scalar> Z, const Dataset<Scalar>& data, Index positions,
+                                         bool keep_probabilities)
     : likelihood_(likelihood), kind_(kind), draws_(kind == FisherKind::mc ? mc_samples : 1),
       num_outputs_(Z.rows()), positions_(positions), num_samples_(Z.cols()) {
   if (kind == FisherKind::mc && mc_samples < 1)
@@ -18,7 +19,9 @@ OutputCurvature<Scalar>::OutputCurvature(LikelihoodKind likelihood, FisherKind k
   const Index C = num_outputs_, N = num_samples_, T = positions_, c1 = C / T;
   switch (kind) {
     case FisherKind::exact:
-      if (likelihood == LikelihoodKind::categorical) {
+      if (likelihood == LikelihoodKind::categorical && !keep_probabilities) {
+        logits_ = Z.data();
+      } else if (likelihood == LikelihoodKind::categorical) {
         stat_.resize(C, N);
         dominant_.resize(static_cast<std::size_t>(N * T));
         for (Index k = 0; k < N * T; ++k) {  // position k % T of sample k / T: a block of c1 classes
@@ -52,14 +55,26 @@ void OutputCurvature<Scalar>::apply(Index col0, ConstMatMap<Scalar> U, MatMap<Sc
         // p_m (u_m − pᵀu), a difference of nearly equal numbers that cancels to nothing in float. With
         // Σp = 1, u_c − pᵀu = d_c − pᵀd for d = u − u_m, where pᵀd = Σ_{c≠m} p_c d_c involves only the
         // small probabilities: (H u)_c = p_c (d_c − pᵀd), accurate for every c.
-        // One block per position (T = 1: one per sample).
+        // One block per position (T = 1: one per sample). Without kept probabilities, p is computed into
+        // the block of HU it then scales in place (each entry reads only its own p).
         for (Index k = 0; k < n * positions_; ++k) {
           const Index c1 = num_outputs_ / positions_, b = col0 * positions_ + k;
-          const auto p = ConstVecMap<Scalar>(stat_.data() + b * c1, c1).array();
+          Scalar* h = HU.data() + k * c1;
+          Index m;
+          const Scalar* pp;
+          if (logits_) {
+            detail::softmax(logits_ + b * c1, c1, h);
+            ConstVecMap<Scalar>(h, c1).maxCoeff(&m);
+            pp = h;
+          } else {
+            m = dominant_[static_cast<std::size_t>(b)];
+            pp = stat_.data() + b * c1;
+          }
+          const auto p = ConstVecMap<Scalar>(pp, c1).array();
           const auto u = ConstVecMap<Scalar>(U.data() + k * c1, c1).array();
-          const Scalar um = u[dominant_[static_cast<std::size_t>(b)]];
+          const Scalar um = u[m];
           const Scalar pd = (p * (u - um)).sum();  // lazy expressions: vectorized, no temporary
-          VecMap<Scalar>(HU.data() + k * c1, c1).array() = p * ((u - um) - pd);
+          VecMap<Scalar>(h, c1).array() = p * ((u - um) - pd);
         }
         return;
       case LikelihoodKind::gaussian:

@@ -30,13 +30,18 @@ class Linear final : public Layer<Scalar> {
   }
   // The squared activations and cotangents of accumulate_squared_grads, then the products' packing space
   // (core/gemm.h) for any chunk of up to ncols samples.
-  // A sequence input's per-sample squared gradients need one sample's in × out gradient instead.
-  Index scratch_size(Index ncols) const override {
+  // A sequence input's per-sample squared gradients need one sample's in × out gradient instead, which only
+  // that pass gets (squared_grads_scratch_size): a language model's head would hold it in every workspace.
+  Index scratch_size(Index ncols) const override { return (L_ > 1 ? 0 : (in_ + out_) * ncols) + pack_size(ncols); }
+  Index squared_grads_scratch_size(Index ncols) const override {
+    return (L_ > 1 ? in_ * out_ : (in_ + out_) * ncols) + pack_size(ncols);
+  }
+  Index pack_size(Index ncols) const {
     Index pack = 0;
     for (Index c = 1; c <= ncols * L_; ++c)
       pack = std::max({pack, gemm_pack_size<Scalar>(out_, c, in_), gemm_pack_size<Scalar>(in_, c, out_),
                        gemm_pack_size<Scalar>(in_, out_, c)});
-    return (L_ > 1 ? in_ * out_ : (in_ + out_) * ncols) + pack;
+    return pack;
   }
 
   void forward(const Scalar* theta, ConstMatMap<Scalar> X0, MatMap<Scalar> Y0, int32_t*) const override {

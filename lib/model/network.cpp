@@ -51,6 +51,13 @@ ForwardCache<Scalar> Network<Scalar>::make_cache(const Mat<Scalar>& inputs) cons
 }
 
 template <typename Scalar>
+Index Network<Scalar>::workspace_width() const {
+  Index w = has_fan_out_ ? sum_width_ : 0;
+  for (Index s : slot_width_) w += s;
+  return w;
+}
+
+template <typename Scalar>
 Index Network<Scalar>::saved_per_sample() const {
   Index total = 0;
   for (const auto* s : saves_)
@@ -63,8 +70,8 @@ Workspace<Scalar> Network<Scalar>::make_workspace(Index max_cols) const {
   Workspace<Scalar> ws;
   ws.max_cols = max_cols;
   ws.slots.resize(static_cast<std::size_t>(num_slots_));
-  for (auto& s : ws.slots) s.resize(static_cast<std::size_t>(max_width_ * max_cols));
-  if (has_fan_out_) ws.sum.resize(static_cast<std::size_t>(max_width_ * max_cols));
+  for (std::size_t k = 0; k < ws.slots.size(); ++k) ws.slots[k].resize(static_cast<std::size_t>(slot_width_[k] * max_cols));
+  if (has_fan_out_) ws.sum.resize(static_cast<std::size_t>(sum_width_ * max_cols));
   ws.scratch.resize(static_cast<std::size_t>(scratch_size(max_cols)));
   ws.values.assign(layers_.size() + 1, nullptr);
   ws.operands.assign(max_operands_, nullptr);
@@ -78,6 +85,13 @@ Index Network<Scalar>::scratch_size(Index max_cols) const {
   for (std::size_t p = 0; p < layers_.size(); ++p)  // the fused passes' two one-sample buffers
     if (fused_act_[p])
       scratch = std::max(scratch, 2 * layers_[p]->output_size());
+  return scratch;
+}
+
+template <typename Scalar>
+Index Network<Scalar>::squared_scratch_size(Index max_cols) const {
+  Index scratch = scratch_size(max_cols);
+  for (const auto& l : layers_) scratch = std::max(scratch, l->squared_grads_scratch_size(max_cols));
   return scratch;
 }
 
@@ -308,6 +322,8 @@ void Network<Scalar>::backprop_cotangents(const Scalar* theta, const ForwardCach
 template <typename Scalar>
 void Network<Scalar>::squared_vjp(const Scalar* theta, const ForwardCache<Scalar>& cache, Index col0, Index n,
                                   ConstMatMap<Scalar> gZ, Scalar* gsq, Workspace<Scalar>& ws) const {
+  const auto need = static_cast<std::size_t>(squared_scratch_size(ws.max_cols));
+  if (ws.scratch.size() < need) ws.scratch.resize(need);
   backprop(cache, col0, n, gZ, ws,
            [&](std::size_t l, ConstMatMap<Scalar> X, ConstMatMap<Scalar> Y, const int32_t* aux, ConstMatMap<Scalar> gY,
                Scalar* gX) {

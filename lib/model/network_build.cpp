@@ -359,6 +359,25 @@ Network<Scalar>::Network(const ModelSpec& given) : spec_(given), graph_(detail::
     }
     num_slots_ = std::max({1, num_slots_, static_cast<int>(used.size())});
   }
+  // Each slot as wide as the widest value placed in it (slot 0 at least the output: a constant output's
+  // zero tangent is written there).
+  auto width_of = [&](int v) { return v == 0 ? shape_size(spec.input_shape) : layers_[static_cast<std::size_t>(v - 1)]->output_size(); };
+  slot_width_.assign(static_cast<std::size_t>(num_slots_), 0);
+  slot_width_[0] = L > 0 ? layers_.back()->output_size() : 0;
+  for (std::size_t l = 0; l < L; ++l) {
+    if (tangent_slot_[l] >= 0) {
+      Index& w = slot_width_[static_cast<std::size_t>(tangent_slot_[l])];
+      w = std::max(w, layers_[l]->output_size());
+    }
+    const std::vector<int> r = reads_of(l);
+    for (std::size_t i = 0; i < accumulate_[l].size(); ++i)
+      if (accumulate_[l][i]) sum_width_ = std::max(sum_width_, width_of(r[i]));
+  }
+  for (std::size_t v = 0; v <= L; ++v)
+    if (cotangent_slot_[v] >= 0) {
+      Index& w = slot_width_[static_cast<std::size_t>(cotangent_slot_[v])];
+      w = std::max(w, width_of(static_cast<int>(v)));
+    }
 }
 
 template <typename Scalar>

@@ -1,5 +1,7 @@
 #include <natgrad/natural_gradient/solve_natural_gradient.h>
 
+#include <utility>
+
 #include <natgrad/core/detail/format_number.h>
 
 #include <chrono>
@@ -34,7 +36,7 @@ bool NaturalGradientOptions::is_valid(std::string* why) const {
 
 template <typename Scalar>
 NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& model,
-                                                     const Vec<Scalar>& theta, LikelihoodKind likelihood,
+                                                     Vec<Scalar> theta, LikelihoodKind likelihood,
                                                      const Dataset<Scalar>& data,
                                                      const NaturalGradientOptions& options) {
   using clock = std::chrono::steady_clock;
@@ -65,14 +67,14 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& mode
   // (Not `Nc == N ? batch : batch.head(Nc)`: a conditional with a temporary on one side copies the other.)
   Dataset<Scalar> curvature_prefix;
   if (Nc < N) curvature_prefix = batch.head(Nc);
-  FisherOperator<Scalar> F(model, theta, likelihood, Nc < N ? curvature_prefix : batch, options.fisher);
   std::unique_ptr<FisherOperator<Scalar>> full;
   if (Nc < N)
     full = std::make_unique<FisherOperator<Scalar>>(model, theta, likelihood, batch, options.fisher);
+  FisherOperator<Scalar> F(model, std::move(theta), likelihood, Nc < N ? curvature_prefix : batch, options.fisher);
   r.time_forward_s = seconds(t);
   t = clock::now();
-  const FisherOperator<Scalar>& G = full ? *full : F;
-  for (const FisherOperator<Scalar>* op : {&G, static_cast<const FisherOperator<Scalar>*>(&F)})
+  FisherOperator<Scalar>& G = full ? *full : F;
+  for (const FisherOperator<Scalar>* op : {&std::as_const(G), &std::as_const(F)})
     if (!op->forward_error().empty()) {
       r.failure = "forward pass: " + op->forward_error();
       r.cg.termination = CgTermination::breakdown;
@@ -81,8 +83,8 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& mode
       r.time_total_s = seconds(t0);
       return r;
     }
-  r.gradient = G.gradient();
   r.loss = G.loss();
+  r.gradient = G.take_gradient();  // moved out: the solve keeps one copy of g
   r.gradient_norm = double(r.gradient.norm());
   r.time_gradient_s = seconds(t);
   if (options.on_gradient) options.on_gradient(r.loss, r.gradient_norm);
@@ -90,13 +92,15 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& mode
 
   t = clock::now();
   CgWorkspace<Scalar> ws;
+  const bool preconditioned = options.preconditioner == PreconditionerKind::diagonal;
   try {
-    ws.resize(F.rows());
+    ws.resize(F.rows(), preconditioned);
     r.direction = Vec<Scalar>::Zero(F.rows());
   } catch (const std::bad_alloc&) {
-    throw std::runtime_error("out of memory allocating conjugate gradient's vectors (6 x " +
-                             std::to_string(F.rows()) + " parameters, " +
-                             detail::format_bytes(6.0 * double(F.rows()) * sizeof(Scalar)) + ")");
+    const int vectors = preconditioned ? 6 : 5;
+    throw std::runtime_error("out of memory allocating conjugate gradient's vectors (" + std::to_string(vectors) +
+                             " x " + std::to_string(F.rows()) + " parameters, " +
+                             detail::format_bytes(double(vectors) * double(F.rows()) * sizeof(Scalar)) + ")");
   }
   if (options.preconditioner == PreconditionerKind::diagonal) {
     DiagonalPreconditioner<Scalar> M(F.empirical_fisher_diagonal(), options.fisher.damping,
@@ -190,11 +194,11 @@ template struct NaturalGradientResult<float>;
 template struct NaturalGradientResult<double>;
 
 template NaturalGradientResult<float> solve_natural_gradient<float>(const Network<float>&,
-                                                                    const Vec<float>&, LikelihoodKind,
+                                                                    Vec<float>, LikelihoodKind,
                                                                     const Dataset<float>&,
                                                                     const NaturalGradientOptions&);
 template NaturalGradientResult<double> solve_natural_gradient<double>(const Network<double>&,
-                                                                      const Vec<double>&, LikelihoodKind,
+                                                                      Vec<double>, LikelihoodKind,
                                                                       const Dataset<double>&,
                                                                       const NaturalGradientOptions&);
 

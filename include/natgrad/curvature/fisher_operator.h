@@ -130,7 +130,7 @@ class FisherOperator {
   /// Binds the model at parameters theta to a batch and runs the forward pass. Throws
   /// std::invalid_argument for invalid options, a parameter vector or inputs of the wrong size, or targets
   /// that do not fit the likelihood. The model must outlive the operator; theta and data are copied.
-  FisherOperator(const Network<Scalar>& model, const Vec<Scalar>& theta, LikelihoodKind likelihood,
+  FisherOperator(const Network<Scalar>& model, Vec<Scalar> theta, LikelihoodKind likelihood,
                  const Dataset<Scalar>& data, const FisherOptions& options = FisherOptions());
 
   Index rows() const { return num_params_; }
@@ -155,6 +155,9 @@ class FisherOperator {
   const Vec<Scalar>& gradient() const;
   /// The empirical Fisher's diagonal, 1/N Σ_n (∇θ ℓ_n)², from per-sample squared gradients (1/(N·T) for a
   /// likelihood per position, ℓ_n then summing the sample's T positions).
+  /// The gradient, moved out of the operator (computed first if need be): a caller that keeps it saves a
+  /// parameter-sized copy. A later gradient() computes it again.
+  Vec<Scalar> take_gradient();
   Vec<Scalar> empirical_fisher_diagonal() const;
 
   double damping() const { return damping_; }
@@ -186,6 +189,12 @@ class FisherOperator {
   void run(Head head, Scalar scale, const Scalar* x, Scalar lambda, Scalar* y, const char* phase = nullptr) const;
   void run_forward();
   void require_targets(const char* what) const;
+  /// Whether the exact categorical curvature keeps softmax(z) for `outputs` logits (C·T·N) or recomputes it
+  /// in each product (the memory estimate needs the same rule).
+ public:
+  static bool keeps_probabilities(Index outputs);
+
+ private:
   // gsq += Σ over the samples of chunks [chunk0, chunk1) of the squared gradient of a tied tensor (node
   // `owner` and its aliases), the uses summed per sample before squaring.
   void tied_squared_grads(std::size_t owner, Index chunk0, Index chunk1, Scalar* gsq, Scalar* scratch) const;
@@ -216,7 +225,7 @@ class FisherOperator {
   mutable std::vector<double> chunk_loss_;
   mutable std::vector<double> work_;
   mutable Index num_products_ = 0;
-  mutable bool have_gradient_ = false;
+  mutable bool have_gradient_ = false, have_loss_ = false;
   mutable Vec<Scalar> gradient_;
   mutable double loss_ = 0;
 };

@@ -2,8 +2,10 @@
 /// \brief H_n for every sample of a batch — exact, Monte-Carlo or empirical — ready to multiply.
 ///
 /// Built once per batch from the cached outputs; apply() is then a cheap C × n product per call:
-///   - exact:      categorical keeps p = softmax(z) and computes H u = p ∘ u − p (pᵀu) in O(C), arranged so
-///                 that no entry cancels when one probability rounds to 1;
+///   - exact:      categorical keeps p = softmax(z) (or, with keep_probabilities false, recomputes it from
+///                 the logits in each apply: the same values, for no memory) and computes
+///                 H u = p ∘ u − p (pᵀu) in O(C), arranged so that no entry cancels when one probability
+///                 rounds to 1;
 ///                 bernoulli keeps σ(1 − σ); gaussian keeps nothing (H = I);
 ///   - mc:         keeps S sampled scores s per sample and computes H u = 1/S Σ_s s (sᵀu);
 ///   - empirical:  keeps the true-label score s and computes H u = s (sᵀu).
@@ -28,8 +30,9 @@ class OutputCurvature {
   /// the true labels for `empirical`. Exact: H_n is block-diagonal over the positions. Monte-Carlo and
   /// empirical: H_n = s sᵀ averaged over draws, s the stacked scores of all T positions (labels drawn
   /// independently per position, so the exact blocks are its expectation).
+  /// With keep_probabilities false (exact categorical only), Z must outlive this object: apply() reads it.
   OutputCurvature(LikelihoodKind likelihood, FisherKind kind, int mc_samples, uint64_t seed, ConstMatMap<Scalar> Z,
-                  const Dataset<Scalar>& data, Index positions = 1);
+                  const Dataset<Scalar>& data, Index positions = 1, bool keep_probabilities = true);
 
   /// HU_j = H_{col0 + j} U_j for the columns of U.
   void apply(Index col0, ConstMatMap<Scalar> U, MatMap<Scalar> HU) const;
@@ -46,6 +49,7 @@ class OutputCurvature {
   Index num_samples_ = 0;
   Mat<Scalar> stat_;  // exact: p (categorical) or σ(1 − σ) (bernoulli); mc/empirical: scores, C × (draws·N)
   std::vector<Index> dominant_;  // exact categorical: argmax_c p_c of each sample and position
+  const Scalar* logits_ = nullptr;  // exact categorical without kept probabilities: Z
 };
 
 }  // namespace natgrad

@@ -69,6 +69,9 @@ class Layer {
   virtual Index aux_per_sample() const { return 0; }
   /// Scalars of scratch the jvp/vjp/squared-gradient passes need for a chunk of `ncols` samples.
   virtual Index scratch_size(Index /*ncols*/) const { return 0; }
+  /// Scalars of scratch accumulate_squared_grads needs (at least scratch_size: a linear layer on sequences
+  /// needs a whole per-sample gradient, which the products do not).
+  virtual Index squared_grads_scratch_size(Index ncols) const { return scratch_size(ncols); }
   /// Scalars forward allocates for itself on a chunk of `ncols` samples (it has no scratch argument; only the
   /// memory estimate needs this).
   virtual Index forward_scratch_size(Index /*ncols*/) const { return 0; }

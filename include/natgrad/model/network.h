@@ -139,9 +139,12 @@ class Network {
   Index saved_per_sample() const;
   /// The largest activation (features per sample) of any node, input included.
   Index max_width() const { return max_width_; }
-  /// Tangent / cotangent buffers of max_width() × chunk a Workspace holds (2 for a chain), plus one for sums
-  /// at fan-out when the graph has any.
+  /// Tangent / cotangent buffers a Workspace holds (2 for a chain), plus one for sums at fan-out when the
+  /// graph has any.
   Index workspace_buffers() const { return num_slots_ + (has_fan_out_ ? 1 : 0); }
+  /// Their widths summed (features per sample): each buffer is as wide as the widest value the plan puts in
+  /// it, so a language model's logits occupy one or two buffers, not all.
+  Index workspace_width() const;
   /// All parameter tensors in flat-vector order with their offsets.
   const std::vector<NamedParam>& named_params() const { return named_params_; }
   /// All buffers the nodes use, and names a weights file may hold that are ignored (num_batches_tracked).
@@ -163,6 +166,8 @@ class Network {
   Workspace<Scalar> make_workspace(Index max_cols) const;
   /// Scalars of layer scratch a Workspace for chunks of at most `max_cols` samples holds.
   Index scratch_size(Index max_cols) const;
+  /// Scalars of layer scratch squared_vjp needs (it grows a workspace's scratch to this on first use).
+  Index squared_scratch_size(Index max_cols) const;
   /// Scalars the forward pass allocates per call on a chunk of `max_cols` samples (the largest layer's own).
   Index forward_scratch_size(Index max_cols) const;
 
@@ -233,6 +238,8 @@ class Network {
   std::vector<int> tangent_slot_, cotangent_slot_;
   std::vector<std::vector<bool>> accumulate_;
   int num_slots_ = 0;
+  std::vector<Index> slot_width_;  // per slot, the widest value it holds
+  Index sum_width_ = 0;            // the widest cotangent added at fan-out
   bool has_fan_out_ = false;
 };
 

@@ -32,10 +32,12 @@ struct MemoryEstimate {
 };
 
 /// `batch` samples for the gradient, `curvature_batch` (≤ batch) for F; `top_k` > 0 adds a Lanczos basis;
-/// `diagonal_preconditioner` adds its vectors.
+/// `diagonal_preconditioner` adds its vectors; the likelihood decides what the targets and the output
+/// curvature hold.
 MemoryEstimate estimate_solve_memory(const ModelSpec& spec, Index batch, Index curvature_batch,
                                      std::size_t scalar_bytes, const FisherOptions& fisher, Index top_k,
-                                     int threads, bool diagonal_preconditioner = false);
+                                     int threads, bool diagonal_preconditioner = false,
+                                     LikelihoodKind likelihood = LikelihoodKind::categorical);
 
 /// A byte count with the precision it needs: "512 B", "9.8 KiB", "1847.0 MiB", "2.41 GiB".
 std::string format_bytes(double bytes);

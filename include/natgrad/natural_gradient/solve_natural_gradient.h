@@ -93,9 +93,10 @@ struct NaturalGradientResult {
 };
 
 /// Throws std::invalid_argument for invalid options, sizes or targets; numerical trouble in CG is reported
-/// in result.cg (termination breakdown) rather than thrown.
+/// in result.cg (termination breakdown) rather than thrown. θ is taken by value: pass std::move(theta) when
+/// the caller does not need it afterwards, and the operator keeps the only copy.
 template <typename Scalar>
-NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& model, const Vec<Scalar>& theta,
+NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& model, Vec<Scalar> theta,
                                                      LikelihoodKind likelihood, const Dataset<Scalar>& data,
                                                      const NaturalGradientOptions& options);
 

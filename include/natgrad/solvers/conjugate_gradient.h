@@ -126,13 +126,14 @@ struct CgSummary {
   std::string full_report() const;
 };
 
-/// Vectors CG needs, sized once for n unknowns and reused across solves.
+/// Vectors CG needs, sized once for n unknowns and reused across solves. `preconditioned` false leaves z
+/// empty: with IdentityPreconditioner CG uses r in its place (one parameter-sized vector less).
 template <typename Scalar>
 struct CgWorkspace {
-  explicit CgWorkspace(Index n = 0) { resize(n); }
-  void resize(Index n) {
+  explicit CgWorkspace(Index n = 0, bool preconditioned = true) { resize(n, preconditioned); }
+  void resize(Index n, bool preconditioned = true) {
     r.resize(n);
-    z.resize(n);
+    z.resize(preconditioned ? n : 0);
     p.resize(n);
     Ap.resize(n);
     best.resize(n);
@@ -153,9 +154,11 @@ CgSummary conjugate_gradient(const Op& A, const Preconditioner& M, const typenam
   std::string why;
   if (!options.is_valid(&why)) throw std::invalid_argument("CgOptions: " + why);
   const Index n = A.rows();
-  if (ws.r.size() != n)
-    throw std::invalid_argument("CgWorkspace has size " + std::to_string(ws.r.size()) +
-                                " but the operator has " + std::to_string(n) + " rows");
+  constexpr bool identity = std::is_same<Preconditioner, IdentityPreconditioner<Scalar>>::value;
+  if (ws.r.size() != n || (!identity && ws.z.size() != n))
+    throw std::invalid_argument("CgWorkspace has size " + std::to_string(identity ? ws.r.size() : ws.z.size()) +
+                                " but the operator has " + std::to_string(n) + " rows" +
+                                (identity ? "" : " (a preconditioned solve needs resize(n, true))"));
   const auto start = std::chrono::steady_clock::now();
   auto elapsed = [&] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -214,7 +217,6 @@ CgSummary conjugate_gradient(const Op& A, const Preconditioner& M, const typenam
   }
 
   // With the identity preconditioner z = r: no copy, and rᵀz is the ‖r‖² the residual update returns.
-  constexpr bool identity = std::is_same<Preconditioner, IdentityPreconditioner<Scalar>>::value;
   const Scalar* z = identity ? ws.r.data() : ws.z.data();
   double rz = 0;
   auto start_direction = [&] {  // p = z = M⁻¹ r
