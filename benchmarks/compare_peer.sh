@@ -9,8 +9,9 @@
 # (medians of its 7), back to back, and forms the ratios of that round. The summary is the median over the
 # rounds of each ratio, next to its smallest and largest value.
 #
-# PyTorch runs on OpenBLAS. Debian 12's OpenBLAS does not recognise every recent CPU and may fall back to
-# its generic Prescott kernels; PEER_OPENBLAS_CORETYPE (default: unset, i.e. OpenBLAS's own choice, the peer
+# PyTorch runs on the system BLAS: install libopenblas0-pthread (without it Debian's PyTorch runs its
+# matrix products on the reference BLAS, at ~3 GFLOP/s). Debian 12's OpenBLAS does not recognise every recent
+# CPU and may fall back to its generic Prescott kernels; PEER_OPENBLAS_CORETYPE (default: unset, i.e. OpenBLAS's own choice, the peer
 # as installed) lets the peer use a modern kernel, e.g. PEER_OPENBLAS_CORETYPE=SkylakeX.
 set -euo pipefail
 build=${1:-build}
@@ -27,11 +28,12 @@ bench() {  # bench <threads> <filter> <json>
 }
 for r in $(seq 1 "$rounds"); do
   echo "round $r of $rounds" >&2
-  bench "$threads" 'gemm|mlp/gradient|mlp/fvp_exact|cnn|resnet' "$out/ours_$r.json"
+  bench "$threads" 'gemm|mlp/gradient|mlp/fvp_exact|cnn|resnet|gpt' "$out/ours_$r.json"
   bench 1 'mlp/fvp_exact' "$out/ours1_$r.json"
   "${peer_env[@]}" /usr/bin/python3 "$peer" --threads "$threads" > "$out/mlp_$r.txt"
   "${peer_env[@]}" /usr/bin/python3 "$peer" --threads "$threads" --model cnn > "$out/cnn_$r.txt"
   "${peer_env[@]}" /usr/bin/python3 "$peer" --threads "$threads" --model resnet > "$out/resnet_$r.txt"
+  "${peer_env[@]}" /usr/bin/python3 "$peer" --threads "$threads" --model gpt --reps 5 > "$out/gpt_$r.txt"
 done
 /usr/bin/python3 - "$out" "$threads" "$rounds" "${PEER_OPENBLAS_CORETYPE:-auto}" <<'PY'
 import json, re, statistics, sys
@@ -49,7 +51,7 @@ def add(name, value):
 for r in range(1, rounds + 1):
     o, o1 = ours(f"{out}/ours_{r}.json"), ours(f"{out}/ours1_{r}.json")
     line = [f"round {r}:"]
-    for model in ("mlp", "cnn", "resnet"):
+    for model in ("mlp", "cnn", "resnet", "gpt"):
         g, f = o[f"{model}/gradient"], o[f"{model}/fvp_exact"]
         pg, pf = peer(f"{out}/{model}_{r}.txt")
         add(f"{model}: pytorch best fvp / natgrad fvp", pf / f)
@@ -62,6 +64,10 @@ for r in range(1, rounds + 1):
     gemm_rate = 2 * 1024 ** 3 / (o["gemm/1024/1024"] * 1e-3)
     add("mlp: fvp GFLOP/s / gemm/1024 GFLOP/s", flops / (o["mlp/fvp_exact"] * 1e-3) / gemm_rate)
     add(f"mlp: fvp 1 thread / fvp {threads} threads", o1["mlp/fvp_exact"] / o["mlp/fvp_exact"])
+    # The GPT product's FLOP count (natgrad-bench's GFLOP/s counter) against the same run's GEMM rate.
+    gpt_rate = next(b["GFLOP/s"] for b in json.load(open(f"{out}/ours_{r}.json"))["benchmarks"]
+                    if b.get("aggregate_name") == "median" and b["run_name"].startswith("gpt/fvp_exact"))
+    add("gpt: fvp GFLOP/s / gemm/1024 GFLOP/s", gpt_rate * 1e9 / gemm_rate)
     line.append(f"mlp fvp 1 thread {o1['mlp/fvp_exact']:.1f} ms; gemm/1024 {o['gemm/1024/1024']:.2f} ms")
     print(" ".join(line))
 print(f"\nmedian over {rounds} rounds [min, max]  (threads {threads}, peer OpenBLAS core {core})")

@@ -446,3 +446,42 @@ TEST(FisherProgress, ForwardAndGradientReportTheirChunks) {
   apply(F, random_vec<double>(F.cols(), 3));
   EXPECT_TRUE(calls.empty());
 }
+
+// take_gradient moves the gradient out: the loss stays, and a later gradient() computes the same vector.
+TEST(FisherOperatorTakeGradient, MovesTheGradientOutAndKeepsTheLoss) {
+  Network<double> model(mlp_spec(5, 7, 3));
+  const Vec<double> theta = init_parameters(model, 40);
+  const Dataset<double> data = random_dataset(model, 11, LikelihoodKind::categorical, 41);
+  FisherOperator<double> F(model, theta, LikelihoodKind::categorical, data);
+  const double loss = F.loss();
+  const Vec<double> g = F.take_gradient();
+  EXPECT_EQ(F.loss(), loss);
+  EXPECT_EQ(F.gradient(), g);
+  EXPECT_EQ(FisherOperator<double>(model, theta, LikelihoodKind::categorical, data).gradient(), g);
+}
+
+// Above 64 MiB of logits the exact categorical curvature recomputes softmax(z) in each product instead of
+// keeping it: the same H u bit for bit, per sample and per position.
+TEST(OutputCurvatureMemory, RecomputedProbabilitiesGiveTheSameProductBitForBit) {
+  for (Index T : {1, 3}) {
+    const Index C = 7, N = 9;
+    const Mat<float> Z = random_mat<float>(C * T, N, 50) * 6.0f;
+    Dataset<float> data;
+    data.inputs = Mat<float>::Zero(1, N);
+    const Mat<float> U = random_mat<float>(C * T, N, 51);
+    OutputCurvature<float> kept(LikelihoodKind::categorical, FisherKind::exact, 1, 0,
+                                ConstMatMap<float>(Z.data(), Z.rows(), N), data, T, true);
+    OutputCurvature<float> recomputed(LikelihoodKind::categorical, FisherKind::exact, 1, 0,
+                                      ConstMatMap<float>(Z.data(), Z.rows(), N), data, T, false);
+    Mat<float> a(C * T, N), b(C * T, N);
+    kept.apply(0, ConstMatMap<float>(U.data(), U.rows(), N), MatMap<float>(a.data(), a.rows(), N));
+    recomputed.apply(0, ConstMatMap<float>(U.data(), U.rows(), N), MatMap<float>(b.data(), b.rows(), N));
+    EXPECT_EQ(a, b);
+    // Columns 4 … 8 alone (a chunk starting inside the batch).
+    Mat<float> c(C * T, 5);
+    recomputed.apply(4, ConstMatMap<float>(U.data() + 4 * U.rows(), U.rows(), 5), MatMap<float>(c.data(), c.rows(), 5));
+    EXPECT_EQ(c, a.rightCols(5));
+  }
+  EXPECT_TRUE(FisherOperator<float>::keeps_probabilities(16 * 1024 * 1024));
+  EXPECT_FALSE(FisherOperator<float>::keeps_probabilities(16 * 1024 * 1024 + 1));
+}

@@ -729,3 +729,23 @@ TEST(CgKernels, MatchDoubleArithmeticAndIgnoreTheThreadCount) {
   EXPECT_LT(rel_err(one.xbr, x.dot(ad + r)), 1e-5);
   EXPECT_LT(rel_err_vec(one.p, ad + double(alpha) * cd), 1e-6);
 }
+
+// Without a preconditioner CG uses r for z: a workspace sized without z serves it, and the same x comes out;
+// a preconditioned solve refuses such a workspace.
+TEST(ConjugateGradient, WorkspaceWithoutZServesTheUnpreconditionedSolve) {
+  Problem p(mlp_spec(4, 6, 3), 8, 1);
+  FisherOptions fo;
+  fo.damping = 1e-2;
+  FisherOperator<double> F(p.model, p.theta, LikelihoodKind::categorical, p.data, fo);
+  const Vec<double> b = F.gradient();
+  CgOptions opt;
+  opt.max_iterations = 40;
+  CgWorkspace<double> full(F.rows()), lean(F.rows(), false);
+  EXPECT_EQ(lean.z.size(), 0);
+  Vec<double> x1(F.rows()), x2(F.rows());
+  conjugate_gradient(F, IdentityPreconditioner<double>(F.rows()), b.data(), x1.data(), opt, full);
+  conjugate_gradient(F, IdentityPreconditioner<double>(F.rows()), b.data(), x2.data(), opt, lean);
+  EXPECT_EQ(x1, x2);
+  const DiagonalPreconditioner<double> M(F.empirical_fisher_diagonal(), 1e-2, 1.0);
+  EXPECT_THROW(conjugate_gradient(F, M, b.data(), x2.data(), opt, lean), std::invalid_argument);
+}
