@@ -34,10 +34,14 @@ int run_info(Args& a) {
   }
   const int iw = static_cast<int>(std::min<std::size_t>(id_width, 40)), inw = static_cast<int>(std::min<std::size_t>(in_width, 40));
   std::printf("  %-*s %-14s %-*s %-18s %12s\n", iw, "node", "op", inw, "inputs", "output shape", "parameters");
-  for (std::size_t l = 0; l < model.num_layers(); ++l)
-    std::printf("  %-*s %-14s %-*s %-18s %12lld\n", iw, model.node_id(l).c_str(), model.layer(l).name(), inw,
+  for (std::size_t l = 0; l < model.num_layers(); ++l) {
+    // A tied node's parameters are another node's: counted there, named here.
+    const std::size_t owner = model.tied_to(l);
+    std::printf("  %-*s %-14s %-*s %-18s %12lld%s\n", iw, model.node_id(l).c_str(), model.layer(l).name(), inw,
                 inputs[l].c_str(), shape_to_string(model.layer(l).output_shape()).c_str(),
-                static_cast<long long>(model.layer(l).num_params()));
+                static_cast<long long>(model.layer(l).num_params()),
+                owner == l ? "" : (" (tied to " + model.node_id(owner) + ")").c_str());
+  }
   std::printf("total parameters: %lld in %zu tensors", static_cast<long long>(model.num_params()),
               model.named_params().size());
   if (!model.named_buffers().empty()) std::printf("; %zu buffers", model.named_buffers().size());

@@ -100,6 +100,18 @@ put("model_spec", "graph_tokens", json.dumps({
         {"type": "layer_norm", "name": "ln", "normalized_shape": [3]},
         {"type": "linear", "name": "head", "in_features": 3, "out_features": 8},
         {"type": "gelu", "approximate": "tanh"}]}))
+put("model_spec", "graph_attention", json.dumps({
+    "format_version": 2, "input_shape": [4], "likelihood": "categorical", "output": "head",
+    "parameters": ["tok.weight", "ln.weight", "ln.bias", "attn.in_proj_weight", "attn.in_proj_bias",
+                   "attn.out_proj.weight", "attn.out_proj.bias"],
+    "layers": [
+        {"type": "embedding", "name": "tok", "id": "tok", "inputs": ["input"], "num_embeddings": 8, "embedding_dim": 4},
+        {"type": "layer_norm", "name": "ln", "id": "ln", "inputs": ["tok"], "normalized_shape": [4]},
+        {"type": "multihead_attention", "name": "attn", "id": "attn", "inputs": ["ln"], "embed_dim": 4,
+         "num_heads": 2, "attn_mask": "mask", "attn_mask_dtype": "bool"},
+        {"type": "add", "id": "res", "inputs": ["tok", "attn"]},
+        {"type": "linear", "name": "head", "id": "head", "inputs": ["res"], "in_features": 4, "out_features": 8,
+         "bias": False, "parameter_names": ["tok.weight"]}]}))
 put("model_spec", "graph_cycle", json.dumps({"input_shape": [3], "layers": [
     {"type": "tanh", "id": "a", "inputs": ["b"]}, {"type": "tanh", "id": "b", "inputs": ["a"]}]}))
 put("model_spec", "huge_shape", json.dumps({"input_shape": [2**40, 2**40], "layers": [{"type": "flatten"}]}))

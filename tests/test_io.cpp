@@ -404,3 +404,31 @@ TEST(Datasets, SafetensorsAndCsv) {
   write_bytes(path("d.bin"), "x");
   EXPECT_ERROR(load_dataset<double>(path("d.bin"), {2}, LikelihoodKind::categorical, 2), "unknown data format");
 }
+
+// A state_dict holds a tied tensor under each module's name: the alias is accepted when it equals the
+// tensor the model stores, refused naming both when it differs, and outputs hold the tensor once.
+TEST(Parameters, TiedAliasIsAcceptedOnlyWhenEqual) {
+  ModelSpec spec;
+  spec.input_shape = {3};
+  LayerSpec tok = LayerSpec::embedding(5, 2);
+  tok.name = "tok";
+  LayerSpec head = LayerSpec::linear(2, 5, false);
+  head.name = "head";
+  head.param_names = {"tok.weight"};
+  spec.layers = {tok, head};
+  Network<float> model(spec);
+  ASSERT_EQ(model.num_params(), 10);
+  const Vec<float> theta = init_parameters(model, 4);
+  Vec<float> other = theta;
+  other[3] += 1;
+  const std::vector<int64_t> shape{5, 2};
+  write_safetensors(path("tied.safetensors"), {{"tok.weight", DType::F32, shape, theta.data()},
+                                               {"head.weight", DType::F32, shape, theta.data()}});
+  EXPECT_EQ(load_parameters<float>(path("tied.safetensors"), model), theta);
+  write_safetensors(path("tied_bad.safetensors"), {{"tok.weight", DType::F32, shape, theta.data()},
+                                                   {"head.weight", DType::F32, shape, other.data()}});
+  EXPECT_ERROR(load_parameters<float>(path("tied_bad.safetensors"), model),
+               "tensor \"head.weight\" is tied to \"tok.weight\" in the model but holds different values");
+  save_parameters(path("tied_out.safetensors"), model, theta, DType::F32);
+  EXPECT_EQ(SafetensorsFile::read(path("tied_out.safetensors")).names(), std::vector<std::string>{"tok.weight"});
+}

@@ -18,8 +18,9 @@ namespace natgrad {
 /// curvature batch is smaller than the batch, a second operator on the whole batch computes the gradient
 /// first and is released before CG, and `gradient_phase` is what is held while it lives.
 struct MemoryEstimate {
-  std::size_t parameters = 0;      ///< parameter-sized vectors: θ (caller's and the operator's copy), g (the
-                                   ///< operator's and the result's), d, CG's r, z, p, Ap and best iterate
+  std::size_t parameters = 0;      ///< parameter-sized vectors as the CLI solves: θ (moved into the operator),
+                                   ///< g (moved out of it), d, CG's r, p, Ap and best iterate, z when
+                                   ///< preconditioned
   std::size_t activations = 0;     ///< the cached forward pass and the network outputs' curvature
   std::size_t workspaces = 0;      ///< per-thread tangent, im2col and GEMM packing buffers
   std::size_t cotangents = 0;      ///< the product's stored cotangents and partial gradients (FisherPlan)
