@@ -87,16 +87,21 @@ Mat<double> reference_attention(const Mat<double>& qkv /* 3E × T */, Index H, b
   return y;
 }
 
+// The attention core on its own: [T, 3E] projections in, [T, E] out, H heads, a causal mask or none.
+std::unique_ptr<Layer<double>> attention_core(Index T, Index E, Index H, bool causal) {
+  LayerSpec core = LayerSpec::activation(LayerType::attention);
+  core.num_heads = H;
+  if (causal) core.attn_mask = "mask";
+  return make_layer<double>(core, {T, 3 * E}, "attention");
+}
+
 }  // namespace
 
 TEST(Attention, OutputMatchesAttentionWrittenOutInLoops) {
   for (bool causal : {true, false}) {
     SCOPED_TRACE(causal ? "causal" : "no mask");
     const Index T = 5, E = 6, H = 3, N = 3;
-    LayerSpec core = LayerSpec::activation(LayerType::attention);
-    core.num_heads = H;
-    if (causal) core.attn_mask = "mask";
-    auto layer = make_layer<double>(core, {T, 3 * E}, "attention");
+    auto layer = attention_core(T, E, H, causal);
     const Mat<double> X = random_mat<double>(3 * E * T, N, 1) * 2.0;
     Mat<double> Y(E * T, N);
     layer->forward(nullptr, ConstMatMap<double>(X.data(), X.rows(), N), MatMap<double>(Y.data(), Y.rows(), N), nullptr);
@@ -108,16 +113,13 @@ TEST(Attention, OutputMatchesAttentionWrittenOutInLoops) {
   }
 }
 
-// The layer on its own (which recomputes the probabilities) and inside a network (which keeps them from
-// the forward pass) give the same R-op and backprop, and both match finite differences of the forward pass.
+// The layer on its own (which recomputes the probabilities) against finite differences of its forward pass;
+// inside a network, where the probabilities are kept from the forward pass, the TinyGpt tests check it.
 TEST(Attention, RopAndBackpropMatchFiniteDifferences) {
   for (bool causal : {true, false}) {
     SCOPED_TRACE(causal ? "causal" : "no mask");
     const Index T = 4, E = 4, H = 2, N = 2;
-    LayerSpec core = LayerSpec::activation(LayerType::attention);
-    core.num_heads = H;
-    if (causal) core.attn_mask = "mask";
-    auto layer = make_layer<double>(core, {T, 3 * E}, "attention");
+    auto layer = attention_core(T, E, H, causal);
     const Index in = 3 * E * T, out = E * T;
     const Mat<double> X = random_mat<double>(in, N, 2) * 1.5;
     auto f = [&](const Mat<double>& x) {

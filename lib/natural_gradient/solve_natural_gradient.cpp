@@ -102,7 +102,7 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& mode
                              " x " + std::to_string(F.rows()) + " parameters, " +
                              detail::format_bytes(double(vectors) * double(F.rows()) * sizeof(Scalar)) + ")");
   }
-  if (options.preconditioner == PreconditionerKind::diagonal) {
+  if (preconditioned) {
     DiagonalPreconditioner<Scalar> M(F.empirical_fisher_diagonal(), options.fisher.damping,
                                      options.preconditioner_exponent);
     r.cg = conjugate_gradient(F, M, r.gradient.data(), r.direction.data(), options.cg, ws);

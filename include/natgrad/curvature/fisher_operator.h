@@ -153,11 +153,11 @@ class FisherOperator {
   double loss() const;
   /// ∇θ of the mean negative log-likelihood (computed on first use from the cached forward pass).
   const Vec<Scalar>& gradient() const;
-  /// The empirical Fisher's diagonal, 1/N Σ_n (∇θ ℓ_n)², from per-sample squared gradients (1/(N·T) for a
-  /// likelihood per position, ℓ_n then summing the sample's T positions).
   /// The gradient, moved out of the operator (computed first if need be): a caller that keeps it saves a
   /// parameter-sized copy. A later gradient() computes it again.
   Vec<Scalar> take_gradient();
+  /// The empirical Fisher's diagonal, 1/N Σ_n (∇θ ℓ_n)², from per-sample squared gradients (1/(N·T) for a
+  /// likelihood per position, ℓ_n then summing the sample's T positions).
   Vec<Scalar> empirical_fisher_diagonal() const;
 
   double damping() const { return damping_; }
@@ -176,11 +176,14 @@ class FisherOperator {
   /// H_n of this operator (C × C), for references.
   Mat<Scalar> output_fisher(Index n) const { return curvature_.dense(n); }
 
- /// Multiply-adds each thread executed in the last product, gradient() or empirical_fisher_diagonal()
+  /// Multiply-adds each thread executed in the last product, gradient() or empirical_fisher_diagonal()
   /// (phase A's R-op and cotangent GEMMs and phase B's parameter-gradient GEMMs, from the layers' cost
   /// model): how evenly the work was shared.
   const std::vector<double>& work_per_thread() const { return work_; }
   const FisherPlan& plan() const { return plan_; }
+  /// Whether the exact categorical curvature keeps softmax(z) for `outputs` logits (C·T·N) or recomputes it
+  /// in each product (the memory estimate needs the same rule).
+  static bool keeps_probabilities(Index outputs);
 
  private:
   // Phase A: head(c0, n, out, ws) leaves the output cotangent of chunk [c0, c0 + n) in out (C × n); then
@@ -189,12 +192,6 @@ class FisherOperator {
   void run(Head head, Scalar scale, const Scalar* x, Scalar lambda, Scalar* y, const char* phase = nullptr) const;
   void run_forward();
   void require_targets(const char* what) const;
-  /// Whether the exact categorical curvature keeps softmax(z) for `outputs` logits (C·T·N) or recomputes it
-  /// in each product (the memory estimate needs the same rule).
- public:
-  static bool keeps_probabilities(Index outputs);
-
- private:
   // gsq += Σ over the samples of chunks [chunk0, chunk1) of the squared gradient of a tied tensor (node
   // `owner` and its aliases), the uses summed per sample before squaring.
   void tied_squared_grads(std::size_t owner, Index chunk0, Index chunk1, Scalar* gsq, Scalar* scratch) const;

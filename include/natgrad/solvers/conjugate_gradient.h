@@ -155,10 +155,12 @@ CgSummary conjugate_gradient(const Op& A, const Preconditioner& M, const typenam
   if (!options.is_valid(&why)) throw std::invalid_argument("CgOptions: " + why);
   const Index n = A.rows();
   constexpr bool identity = std::is_same<Preconditioner, IdentityPreconditioner<Scalar>>::value;
-  if (ws.r.size() != n || (!identity && ws.z.size() != n))
-    throw std::invalid_argument("CgWorkspace has size " + std::to_string(identity ? ws.r.size() : ws.z.size()) +
-                                " but the operator has " + std::to_string(n) + " rows" +
-                                (identity ? "" : " (a preconditioned solve needs resize(n, true))"));
+  if (ws.r.size() != n)
+    throw std::invalid_argument("CgWorkspace has size " + std::to_string(ws.r.size()) +
+                                " but the operator has " + std::to_string(n) + " rows");
+  if (!identity && ws.z.size() != n)
+    throw std::invalid_argument("CgWorkspace has no z of size " + std::to_string(n) +
+                                " (a preconditioned solve needs resize(n, true))");
   const auto start = std::chrono::steady_clock::now();
   auto elapsed = [&] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
