@@ -15,17 +15,11 @@ import os
 import sys
 import tempfile
 
-try:
-    import torch
-    import torch.nn as nn
-except ImportError:
-    print("skipped: python3-torch is not installed (apt-get install python3-torch)")
-    sys.exit(77)
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
-from export_torch import export_model, export_data, load_safetensors, save_safetensors, to_vector  # noqa: E402
 sys.path.insert(0, os.path.dirname(__file__))
-from torch_reference import Report, dense_fisher, flat, fvp, nll, rel  # noqa: E402
+from torch_reference import Report, dense_fisher, export_case, flat, fvp, nll, rel  # noqa: E402  (exits 77 without PyTorch)
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+from export_torch import export_model, export_data, load_safetensors, save_safetensors, to_vector  # noqa: E402
 
 oracle = Report(sys.argv[1])
 check, run, failures = oracle.check, oracle.run, oracle.failures
@@ -93,14 +87,8 @@ for name, kwargs in cases:
     model.eval()
     x = torch.randint(0, V, (N, T))
     y = torch.randint(0, V, (N, T))
-    d = tempfile.mkdtemp()
-    export_model(model, [T], "categorical", d)
-    export_data(os.path.join(d, "data.safetensors"), x, y)
+    d, v, common = export_case(model, [T], "categorical", x, y)
     params = list(model.parameters())
-    v = [torch.randn_like(p) for p in params]
-    save_safetensors(os.path.join(d, "v.safetensors"), {n: t for (n, _), t in zip(model.named_parameters(), v)})
-    common = ["--model", os.path.join(d, "model.json"), "--weights", os.path.join(d, "weights.safetensors"),
-              "--data", os.path.join(d, "data.safetensors"), "--dtype", "float64", "--quiet"]
     for kind in ("exact", "empirical"):
         out = os.path.join(d, f"fv_{kind}.safetensors")
         run("fvp", *common, "--fisher", kind, "--vector", os.path.join(d, "v.safetensors"), "--output", out)

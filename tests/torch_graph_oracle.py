@@ -23,18 +23,12 @@ import os
 import sys
 import tempfile
 
-try:
-    import torch
-    import torch.nn as nn
-    import torch.nn.functional as F
-except ImportError:
-    print("skipped: python3-torch is not installed (apt-get install python3-torch)")
-    sys.exit(77)
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
-from export_torch import export_model, export_data, load_safetensors, save_safetensors, to_vector  # noqa: E402
 sys.path.insert(0, os.path.dirname(__file__))
-from torch_reference import Report, dense_fisher, flat, fvp, nll, rel  # noqa: E402
+from torch_reference import Report, dense_fisher, export_case, flat, fvp, nll, rel  # noqa: E402  (exits 77 without PyTorch)
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from export_torch import export_model, load_safetensors, to_vector  # noqa: E402
 
 oracle = Report(sys.argv[1])
 check, run, failures = oracle.check, oracle.run, oracle.failures
@@ -186,14 +180,8 @@ for name, cls, shape, likelihoods in cases:
         x = torch.randint(0, 7, (N, *shape)) if name in ("token_model", "sequence_model") else torch.randn(N, *shape)
         y = {"categorical": torch.randint(0, C, (N, 5) if name == "sequence_model" else (N,)), "gaussian": torch.randn(N, C),
              "bernoulli": torch.randint(0, 2, (N, C)).double()}[lik]
-        d = tempfile.mkdtemp()
-        export_model(model, shape, lik, d)
-        export_data(os.path.join(d, "data.safetensors"), x, y)
+        d, v, common = export_case(model, shape, lik, x, y)
         params = list(model.parameters())
-        v = [torch.randn_like(p) for p in params]
-        save_safetensors(os.path.join(d, "v.safetensors"), {n: t for (n, _), t in zip(model.named_parameters(), v)})
-        common = ["--model", os.path.join(d, "model.json"), "--weights", os.path.join(d, "weights.safetensors"),
-                  "--data", os.path.join(d, "data.safetensors"), "--dtype", "float64", "--quiet"]
         tag = f"{name} {lik}"
         for kind in ("exact", "empirical"):
             out = os.path.join(d, f"fv_{kind}.safetensors")

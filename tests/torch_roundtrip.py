@@ -16,16 +16,10 @@ import subprocess
 import sys
 import tempfile
 
-try:
-    import torch
-except ImportError:
-    print("skipped: python3-torch is not installed (apt-get install python3-torch)")
-    sys.exit(77)
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
-from export_torch import export_model, export_data, load_safetensors, save_safetensors, to_vector  # noqa: E402
 sys.path.insert(0, os.path.dirname(__file__))
-from torch_reference import flat, fvp, nll, rel  # noqa: E402
+from torch_reference import export_case, flat, fvp, nll, rel  # noqa: E402  (exits 77 without PyTorch)
+import torch  # noqa: E402
+from export_torch import export_model, export_data, load_safetensors, to_vector  # noqa: E402
 
 natgrad = sys.argv[1]
 N, C, lam = 30, 5, 0.05
@@ -40,14 +34,8 @@ for lik in ("categorical", "gaussian", "bernoulli"):
     x = torch.randn(N, 1, 8, 8, dtype=torch.float64)
     y = {"categorical": torch.randint(0, C, (N,)), "gaussian": torch.randn(N, C, dtype=torch.float64),
          "bernoulli": torch.randint(0, 2, (N, C)).double()}[lik]
-    d = tempfile.mkdtemp()
-    export_model(model, [1, 8, 8], lik, d)
-    export_data(os.path.join(d, "data.safetensors"), x, y)
+    d, v, common = export_case(model, [1, 8, 8], lik, x, y)
     params = list(model.parameters())
-    v = [torch.randn_like(p) for p in params]
-    save_safetensors(os.path.join(d, "v.safetensors"), {n: t for (n, _), t in zip(model.named_parameters(), v)})
-    common = ["--model", os.path.join(d, "model.json"), "--weights", os.path.join(d, "weights.safetensors"),
-              "--data", os.path.join(d, "data.safetensors"), "--dtype", "float64", "--quiet"]
 
     def run(*args):
         r = subprocess.run([natgrad, *args, *common], capture_output=True, text=True)
