@@ -3,12 +3,14 @@
 
 #include "commands.h"
 #include "options.h"
+#include "world.h"
 
 #include <natgrad/core/threads.h>
 
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
+#include <cstdlib>
 #include <new>
 #include <stdexcept>
 #include <string>
@@ -18,6 +20,11 @@ namespace natgrad {
 namespace cli {
 
 int run(int argc, char** argv, bool solve_only) {
+  World world(&argc, &argv);  // MPI, when built with it: every rank parses the same arguments
+  const char* program = solve_only ? "solve-natural-gradient" : "natgrad";
+  // Rank 0 prints and writes; the others' standard output goes nowhere, and their errors are rank 0's
+  // (agreed) or, for a failure only they saw, printed with their rank before the job is aborted.
+  if (!world.root() && !std::freopen("/dev/null", "w", stdout)) world.abort(1);
   Args a;
   CLI::App app(solve_only ? "solve-natural-gradient: the natural gradient d = (F + lambda*I)^-1 g, matrix-free. "
                             "Without --model/--data it runs the embedded default (MLP on Fashion-MNIST)."
@@ -48,6 +55,7 @@ int run(int argc, char** argv, bool solve_only) {
     info->add_option("--dtype", a.dtype, "float32 or float64")->capture_default_str();
     info->add_option("--spectrum", a.spectrum, "Top-K spectrum to account for");
     info->add_option("--threads", a.threads, "Threads to account for");
+    info->add_option("--ranks", a.ranks, "MPI ranks sharing the batch: the estimate is per rank (default 1)");
     info->add_flag("--quiet", a.quiet, "Accepted for uniformity; info prints no progress");
     app.require_subcommand(1);
   }
@@ -72,29 +80,35 @@ int run(int argc, char** argv, bool solve_only) {
     if (fvp && fvp->parsed() && fvp->count("--damping") == 0) a.damping = 0;
     if (spectrum && spectrum->parsed() && spectrum->count("--damping") == 0) a.damping = 0;
     validate(a);
+    if (a.ranks < 1) usage_error("--ranks must be >= 1, got " + std::to_string(a.ranks));
+    if (!world.root()) a.quiet = true;
+    // Under MPI each rank takes its share of the cores unless --threads or OMP_NUM_THREADS says otherwise.
+    if (a.threads == 0 && world.size() > 1 && !std::getenv("OMP_NUM_THREADS")) a.threads = world.default_threads();
     set_num_threads(a.threads);
     const bool f64 = a.dtype == "float64";
-    if (solve_only || solve->parsed()) return f64 ? run_solve<double>(a) : run_solve<float>(a);
-    if (fvp->parsed()) return f64 ? run_fvp<double>(a) : run_fvp<float>(a);
-    if (spectrum->parsed()) return f64 ? run_spectrum<double>(a) : run_spectrum<float>(a);
+    if (solve_only || solve->parsed()) return f64 ? run_solve<double>(a, world) : run_solve<float>(a, world);
+    if (fvp->parsed()) return f64 ? run_fvp<double>(a, world) : run_fvp<float>(a, world);
+    if (spectrum->parsed()) return f64 ? run_spectrum<double>(a, world) : run_spectrum<float>(a, world);
     return run_info(a);
   } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
+    return world.root() ? app.exit(e) : 0;
   } catch (const CLI::CallForAllHelp& e) {
-    return app.exit(e);
+    return world.root() ? app.exit(e) : 0;
   } catch (const CLI::CallForVersion& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "%s: error: %s (see --help)\n", solve_only ? "solve-natural-gradient" : "natgrad", e.what());
+    return world.root() ? app.exit(e) : 0;
+  } catch (const CLI::ParseError& e) {  // the same on every rank
+    if (world.root()) std::fprintf(stderr, "%s: error: %s (see --help)\n", program, e.what());
     return 2;
-  } catch (const std::bad_alloc&) {
+  } catch (const std::bad_alloc&) {  // seen by this rank alone: it ends the job
     std::fprintf(stderr,
-                 "%s: error: out of memory: an allocation failed although the estimate fit in the available memory "
+                 "%s: error%s: out of memory: an allocation failed although the estimate fit in the available memory "
                  "(see `natgrad info`); nothing written. Lower --batch or --curvature-batch, or use --dtype float32\n",
-                 solve_only ? "solve-natural-gradient" : "natgrad");
+                 program, world.size() > 1 ? (" (rank " + std::to_string(world.rank()) + ")").c_str() : "");
+    std::fflush(stderr);
+    if (world.size() > 1) world.abort(1);
     return 1;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "%s: error: %s\n", solve_only ? "solve-natural-gradient" : "natgrad", e.what());
+  } catch (const std::exception& e) {  // agreed by the ranks (or met after the last collective step)
+    if (world.root()) std::fprintf(stderr, "%s: error: %s\n", program, e.what());
     return 1;
   }
 }

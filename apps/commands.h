@@ -2,16 +2,17 @@
 #pragma once
 
 #include "options.h"
+#include "world.h"
 
 namespace natgrad {
 namespace cli {
 
 template <typename Scalar>
-int run_solve(Args& a);
+int run_solve(Args& a, const World& world);
 template <typename Scalar>
-int run_fvp(Args& a);
+int run_fvp(Args& a, const World& world);
 template <typename Scalar>
-int run_spectrum(Args& a);
+int run_spectrum(Args& a, const World& world);
 int run_info(Args& a);
 
 }  // namespace cli

@@ -16,28 +16,31 @@ namespace natgrad {
 namespace cli {
 
 template <typename Scalar>
-int run_fvp(Args& a) {
+int run_fvp(Args& a, const World& world) {
   const Progress progress(a.quiet);
   if (a.vector.empty()) usage_error("--vector is required");
   if (a.output.empty()) usage_error("--output is required");
-  Problem<Scalar> p = load_problem<Scalar>(a, false, progress, 0);
-  const Vec<Scalar> v = load_parameters<Scalar>(a.vector, *p.model);
+  Problem<Scalar> p = load_problem<Scalar>(a, false, progress, 0, world);
+  Vec<Scalar> v;
+  agree(world.comm(), [&] { v = load_parameters<Scalar>(a.vector, *p.model); });
   const auto t0 = clock_type::now();
-  FisherOperator<Scalar> F(*p.model, p.theta, p.file.likelihood, p.data, fisher_options(a));
+  FisherOperator<Scalar> F(*p.model, p.theta, p.file.likelihood, p.data, share_options(fisher_options(a), p, false, world));
   if (!F.forward_error().empty()) throw std::runtime_error("forward pass: " + F.forward_error() + "; nothing written");
   Vec<Scalar> y(F.rows());
   F.perform_op(v.data(), y.data());
   const double secs = std::chrono::duration<double>(clock_type::now() - t0).count();
   if (!y.allFinite()) throw std::runtime_error("the Fisher-vector product is not finite; nothing written");
   save_parameters(a.output, *p.model, y, out_dtype(a), {{"natgrad", "Fisher-vector product"}});
-  std::printf("natgrad fvp: |v| = %.6e, |(F + %g I) v| = %.6e, v^T (F + %g I) v = %.6e, %.3f s; wrote %s\n",
+  std::printf("natgrad fvp: |v| = %.6e, |(F + %g I) v| = %.6e, v^T (F + %g I) v = %.6e, %.3f s%s; wrote %s\n",
               double(v.norm()), a.damping, double(y.norm()), a.damping,
-              double(v.template cast<double>().dot(y.template cast<double>())), secs, a.output.c_str());
+              double(v.template cast<double>().dot(y.template cast<double>())), secs,
+              World::has_mpi() ? (", ranks: " + std::to_string(world.size())).c_str() : "", a.output.c_str());
   if (!a.report.empty()) {
     nlohmann::ordered_json j;
     j["command"] = "fvp";
     j["params"] = p.model->num_params();
-    j["samples"] = p.data.size();
+    j["samples"] = p.total;
+    j["ranks"] = world.size();
     j["fisher"] = a.fisher;
     j["damping"] = a.damping;
     j["vector_norm"] = double(v.norm());
@@ -48,8 +51,8 @@ int run_fvp(Args& a) {
   return 0;
 }
 
-template int run_fvp<float>(Args&);
-template int run_fvp<double>(Args&);
+template int run_fvp<float>(Args&, const World&);
+template int run_fvp<double>(Args&, const World&);
 
 }  // namespace cli
 }  // namespace natgrad

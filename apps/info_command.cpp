@@ -54,9 +54,26 @@ int run_info(Args& a) {
   }
   const Index batch = a.batch > 0 ? a.batch : kDefaultBatch;
   const std::size_t bytes = a.dtype == "float64" ? 8 : 4;
-  const MemoryEstimate mem = estimate_solve_memory(m.spec, batch, a.curvature_batch, bytes, fisher_options(a), a.spectrum,
-                                                   num_threads(), a.preconditioner == "diagonal", m.likelihood);
-  std::printf("memory for a solve at batch %lld (%s): %s\n", static_cast<long long>(batch), a.dtype.c_str(),
+  if (a.ranks == 1) {
+    const MemoryEstimate mem = estimate_solve_memory(m.spec, batch, a.curvature_batch, bytes, fisher_options(a),
+                                                     a.spectrum, num_threads(), a.preconditioner == "diagonal",
+                                                     m.likelihood);
+    std::printf("memory for a solve at batch %lld (%s): %s\n", static_cast<long long>(batch), a.dtype.c_str(),
+                mem.report().c_str());
+    return 0;
+  }
+  // Per rank: the largest share (rank 0's shares are never larger than the others' by more than one sample;
+  // the last rank's are the largest).
+  if (batch < a.ranks || (a.curvature_batch > 0 && a.curvature_batch < a.ranks))
+    usage_error("--ranks " + std::to_string(a.ranks) + " exceeds the samples to share");
+  const Index share = share_of(batch, a.ranks - 1, a.ranks).count;
+  const Index curvature_share = a.curvature_batch > 0 && a.curvature_batch < batch
+                                    ? share_of(a.curvature_batch, a.ranks - 1, a.ranks).count
+                                    : 0;
+  const MemoryEstimate mem = estimate_solve_memory(m.spec, share, curvature_share, bytes, fisher_options(a), a.spectrum,
+                                                   num_threads(), a.preconditioner == "diagonal", m.likelihood, a.ranks);
+  std::printf("memory for a solve at batch %lld (%s) per rank of %d (at most %lld samples each): %s\n",
+              static_cast<long long>(batch), a.dtype.c_str(), a.ranks, static_cast<long long>(share),
               mem.report().c_str());
   return 0;
 }

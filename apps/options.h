@@ -30,6 +30,7 @@ struct Args {
   Index spectrum = 0;
   Index top = 10;
   int threads = 0;
+  int ranks = 1;  // natgrad info --ranks: the per-rank estimate
   double max_memory_gb = 0;
   bool quiet = false;
 };

@@ -23,11 +23,11 @@ namespace natgrad {
 namespace cli {
 
 template <typename Scalar>
-int run_solve(Args& a) {
+int run_solve(Args& a, const World& world) {
   const Progress progress(a.quiet);
   const bool embedded = a.model.empty() && a.data.empty();
   const Index k = embedded && a.spectrum == 0 ? 10 : a.spectrum;  // the embedded default reports its top 10
-  Problem<Scalar> p = load_problem<Scalar>(a, true, progress, k);
+  Problem<Scalar> p = load_problem<Scalar>(a, true, progress, k, world);
   NaturalGradientOptions opt;
   opt.fisher = fisher_options(a);
   opt.curvature_batch = a.curvature_batch;
@@ -81,18 +81,30 @@ int run_solve(Args& a) {
   const Index positions = p.model->output_positions();
   const std::string per_position =
       positions > 1 ? ", per position: " + std::to_string(positions) + " positions per sample" : "";
+  const std::string ranks = World::has_mpi() ? ", ranks: " + std::to_string(world.size()) : "";
   std::printf("natgrad solve: %s (%lld parameters, %s%s), %s (%lld samples, curvature on %lld), fisher %s, damping %g, "
-              "%s, %d threads, parameters: %s\n",
+              "%s, %d threads%s, parameters: %s\n",
               p.model_label.c_str(), static_cast<long long>(p.model->num_params()), to_string(p.file.likelihood),
-              per_position.c_str(), p.data_label.c_str(), static_cast<long long>(p.data.size()),
-              static_cast<long long>(a.curvature_batch > 0 ? a.curvature_batch : p.data.size()), a.fisher.c_str(),
-              a.damping, a.dtype.c_str(), threads, p.params_label.c_str());
-  progress.line("forward pass over %lld samples", static_cast<long long>(p.data.size()));
+              per_position.c_str(), p.data_label.c_str(), static_cast<long long>(p.total),
+              static_cast<long long>(a.curvature_batch > 0 ? a.curvature_batch : p.total), a.fisher.c_str(),
+              a.damping, a.dtype.c_str(), threads, ranks.c_str(), p.params_label.c_str());
+  progress.line("forward pass over %lld samples", static_cast<long long>(p.total));
   install_signal_handlers();
   std::fflush(stdout);
   NaturalGradientResult<Scalar> r;
   try {
-    r = solve_natural_gradient(*p.model, std::move(p.theta), p.file.likelihood, p.data, opt);  // θ is not needed after
+    if (world.size() == 1) {
+      r = solve_natural_gradient(*p.model, std::move(p.theta), p.file.likelihood, p.data, opt);  // θ is not needed after
+    } else {  // each rank its share; the sums over ranks inside
+      opt.curvature_batch = 0;
+      opt.fisher.communicator = &world.comm();
+      const bool own_curvature = p.curvature_total < p.total;
+      r = solve_natural_gradient(*p.model, std::move(p.theta), p.file.likelihood,
+                                 BatchShare<Scalar>{&p.data, p.first, p.total},
+                                 BatchShare<Scalar>{own_curvature ? &p.curvature : &p.data, p.curvature_first,
+                                                    p.curvature_total},
+                                 opt);
+    }
   } catch (const std::bad_alloc&) {
     throw std::runtime_error("out of memory during the solve; the estimate for the whole run was " +
                              detail::format_bytes(double(p.estimate)) + "; nothing written");
@@ -105,11 +117,13 @@ int run_solve(Args& a) {
   if (!r.ok()) throw std::runtime_error(r.failure + "; nothing written");
   if (!r.direction.allFinite())
     throw std::runtime_error("the natural-gradient direction is not finite (" + r.cg.message + "); nothing written");
-  const bool interrupted = g_signal != 0 && r.cg.termination == CgTermination::user_stop;
+  // (Rank 0's signal decided the stop; the others may have seen none.)
+  const bool interrupted = r.cg.termination == CgTermination::user_stop;
+  const int signal = g_signal != 0 ? int(g_signal) : SIGTERM;
   std::printf("loss: %.8f\ngradient norm: %.6e\n%s\n", r.loss, r.gradient_norm, r.cg.brief_report().c_str());
   if (interrupted)
     std::printf("interrupted by %s at CG iteration %lld: writing the best iterate so far\n",
-                g_signal == SIGINT ? "SIGINT" : "SIGTERM", static_cast<long long>(r.cg.iterations));
+                signal == SIGINT ? "SIGINT" : "SIGTERM", static_cast<long long>(r.cg.iterations));
   else if (!r.cg.is_converged())
     std::printf("warning: CG did not converge: %s\n", r.cg.message.c_str());
   if (opt.spectrum_top_k > 0)
@@ -140,6 +154,7 @@ int run_solve(Args& a) {
     j["damping"] = a.damping;
     j["dtype"] = a.dtype;
     j["threads"] = threads;
+    j["ranks"] = world.size();
     j["cg"] = {{"iterations", r.cg.iterations},
                {"converged", r.cg.is_converged()},
                {"termination", interrupted ? "interrupted" : to_string(r.cg.termination)},
@@ -157,11 +172,11 @@ int run_solve(Args& a) {
                      {"spectrum", r.time_spectrum_s}, {"total", r.time_total_s}};
     write_file_atomically(a.report, j.dump(2) + "\n");
   }
-  return interrupted ? 128 + int(g_signal) : 0;
+  return interrupted ? 128 + signal : 0;
 }
 
-template int run_solve<float>(Args&);
-template int run_solve<double>(Args&);
+template int run_solve<float>(Args&, const World&);
+template int run_solve<double>(Args&, const World&);
 
 }  // namespace cli
 }  // namespace natgrad

@@ -15,33 +15,37 @@ namespace natgrad {
 namespace cli {
 
 template <typename Scalar>
-int run_spectrum(Args& a) {
+int run_spectrum(Args& a, const World& world) {
   const Progress progress(a.quiet);
   if (a.top < 1) usage_error("--top must be >= 1, got " + std::to_string(a.top));
-  Problem<Scalar> p = load_problem<Scalar>(a, false, progress, a.top);
+  Problem<Scalar> p = load_problem<Scalar>(a, false, progress, a.top, world);
   if (a.top >= p.model->num_params())
     usage_error("--top " + std::to_string(a.top) + " must be below the parameter count " + std::to_string(p.model->num_params()));
   const auto t0 = clock_type::now();
   FisherOptions fo = fisher_options(a);
   fo.damping = 0;
   Dataset<Scalar> prefix;  // (a conditional between p.data and a temporary would copy p.data)
-  if (a.curvature_batch > 0) prefix = p.data.head(a.curvature_batch);
-  FisherOperator<Scalar> F(*p.model, p.theta, p.file.likelihood, a.curvature_batch > 0 ? prefix : p.data, fo);
+  if (world.size() == 1 && a.curvature_batch > 0) prefix = p.data.head(a.curvature_batch);
+  const bool own = world.size() == 1 ? a.curvature_batch > 0 : p.curvature_total < p.total;
+  const Dataset<Scalar>& curvature = !own ? p.data : world.size() == 1 ? prefix : p.curvature;
+  FisherOperator<Scalar> F(*p.model, p.theta, p.file.likelihood, curvature, share_options(fo, p, true, world));
   if (!F.forward_error().empty()) throw std::runtime_error("forward pass: " + F.forward_error() + "; nothing written");
   SpectrumOptions so = spectrum_options(progress);
   so.num_eigenvalues = a.top;
   const SpectrumResult s = top_eigenvalues(F, so);
   const double secs = std::chrono::duration<double>(clock_type::now() - t0).count();
   if (!s.converged) throw std::runtime_error("Lanczos failed: " + s.status);
-  std::printf("natgrad spectrum: %lld parameters, %lld samples, fisher %s\n", static_cast<long long>(F.rows()),
-              static_cast<long long>(F.num_samples()), a.fisher.c_str());
+  std::printf("natgrad spectrum: %lld parameters, %lld samples, fisher %s%s\n", static_cast<long long>(F.rows()),
+              static_cast<long long>(F.total_samples()), a.fisher.c_str(),
+              World::has_mpi() ? (", ranks: " + std::to_string(world.size())).c_str() : "");
   std::printf("top-%lld eigenvalues of F: %s\n", static_cast<long long>(a.top), format_eigenvalues(s.eigenvalues).c_str());
   std::printf("%lld products, %lld restarts, %.3f s\n", static_cast<long long>(s.matvecs), static_cast<long long>(s.restarts), secs);
   if (!a.report.empty()) {
     nlohmann::ordered_json j;
     j["command"] = "spectrum";
     j["params"] = F.rows();
-    j["samples"] = F.num_samples();
+    j["samples"] = F.total_samples();
+    j["ranks"] = world.size();
     j["fisher"] = a.fisher;
     j["spectrum"] = spectrum_json(s);
     j["timing_s"] = {{"total", secs}};
@@ -50,8 +54,8 @@ int run_spectrum(Args& a) {
   return 0;
 }
 
-template int run_spectrum<float>(Args&);
-template int run_spectrum<double>(Args&);
+template int run_spectrum<float>(Args&, const World&);
+template int run_spectrum<double>(Args&, const World&);
 
 }  // namespace cli
 }  // namespace natgrad

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs natgrad's build and run dependencies from Debian's archive, only those that are missing.
-# Needs root (apt-get). Usage: bash scripts/install-deps.sh [--test]
+# Needs root (apt-get). Usage: bash scripts/install-deps.sh [--test | --mpi]
 # --test adds what only the tests need: python3-torch, for the PyTorch oracle and the exporter's tests (the
 # library never depends on it).
 set -euo pipefail
 packages=(build-essential cmake libeigen3-dev libspectra-dev librandom123-dev nlohmann-json3-dev libcli11-dev
           zlib1g-dev libgtest-dev libbenchmark-dev dataset-fashion-mnist clang libclang-rt-14-dev)
+# --mpi adds OpenMPI, for the build with -DNATGRAD_USE_MPI=ON (docs/distributed.md); --test implies it.
+[ "${1:-}" = "--test" ] || [ "${1:-}" = "--mpi" ] && packages+=(libopenmpi-dev openmpi-bin)
 [ "${1:-}" = "--test" ] && packages+=(python3-torch)
 missing=()
 for p in "${packages[@]}"; do

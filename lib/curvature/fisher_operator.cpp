@@ -47,6 +47,8 @@ bool FisherOptions::is_valid(std::string* why) const {
   if (chunk_size < 0)
     return bad("chunk_size must be >= 0 (0 = automatic), got " + std::to_string(chunk_size));
   if (num_threads < 0) return bad("num_threads must be >= 0, got " + std::to_string(num_threads));
+  if (first_sample < 0) return bad("first_sample must be >= 0, got " + std::to_string(first_sample));
+  if (total_samples < 0) return bad("total_samples must be >= 0, got " + std::to_string(total_samples));
   return true;
 }
 
@@ -176,14 +178,47 @@ FisherOperator<Scalar>::FisherOperator(const Network<Scalar>& model, Vec<Scalar>
       damping_(options.damping),
       num_params_(model.num_params()),
       num_samples_(data.size()),
+      total_samples_(options.total_samples > 0 ? options.total_samples : data.size()),
+      comm_(options.communicator ? options.communicator : &serial_communicator()),
       positions_(model.output_positions()) {
+  if (!distributed()) {
+    setup(model, data);
+  } else {
+    // The ranks construct the operator together: one that fails (bad input, no memory) must not leave the
+    // others waiting in the forward pass's agreement, so every rank fails with the first failing rank's error.
+    std::string error;
+    try {
+      setup(model, data);
+    } catch (const std::invalid_argument& e) {
+      error = std::string("i") + e.what();
+    } catch (const std::runtime_error& e) {
+      error = std::string("r") + e.what();
+    } catch (const std::bad_alloc&) {
+      error = "rout of memory setting up the Fisher operator";
+    }
+    error = comm_->first_error(error);
+    if (!error.empty()) {
+      if (error[0] == 'r') throw std::runtime_error(error.substr(1));
+      detail::fail(error.substr(1));
+    }
+  }
+  run_forward();
+}
+
+template <typename Scalar>
+void FisherOperator<Scalar>::setup(const Network<Scalar>& model, const Dataset<Scalar>& data) {
+  const FisherOptions& options = options_;
   std::string why;
   if (!options.is_valid(&why)) detail::fail("FisherOptions: " + why);
   model.check_params(theta_.size());
-  if (num_samples_ == 0) detail::fail("the batch is empty");
-  if (options.kind == FisherKind::empirical || likelihood == LikelihoodKind::categorical ||
+  if (num_samples_ == 0) detail::fail(distributed() ? "this rank's share of the batch is empty" : "the batch is empty");
+  if (options.first_sample + num_samples_ > total_samples_)
+    detail::fail("FisherOptions: samples [" + std::to_string(options.first_sample) + ", " +
+                 std::to_string(options.first_sample + num_samples_) + ") lie beyond total_samples " +
+                 std::to_string(total_samples_));
+  if (options.kind == FisherKind::empirical || likelihood_ == LikelihoodKind::categorical ||
       data.targets.size() > 0)
-    check_targets(likelihood, data, model.output_size() / positions_, positions_);
+    check_targets(likelihood_, data, model.output_size() / positions_, positions_);
   // The targets only; a 0 × N input matrix (no storage) keeps data_.size() == N for the target checks.
   data_.inputs.resize(0, num_samples_);
   data_.labels = data.labels;
@@ -224,8 +259,6 @@ FisherOperator<Scalar>::FisherOperator(const Network<Scalar>& model, Vec<Scalar>
              [&] { partials_.resize(plan_.partial_size); });
   chunk_loss_.assign(static_cast<std::size_t>(plan_.num_chunks), 0.0);
   work_.assign(static_cast<std::size_t>(num_threads_), 0.0);
-
-  run_forward();
 }
 
 template <typename Scalar>
@@ -273,12 +306,13 @@ void FisherOperator<Scalar>::run_forward() {
     forward_error_ =
         (l == 0 ? std::string("the input")
                 : "the output of layer " + model_.node_id(l - 1) + " (" + model_.layer(l - 1).name() + ")") +
-        " is NaN or Inf, first at sample " + std::to_string(bad->second);
+        " is NaN or Inf, first at sample " + std::to_string(options_.first_sample + bad->second);
   }
+  if (distributed()) forward_error_ = comm_->first_error(forward_error_);  // every rank reports the first
   const Mat<Scalar>& Z = cache_.acts.back();
   curvature_ = OutputCurvature<Scalar>(likelihood_, options_.kind, options_.mc_samples, options_.seed,
                                        ConstMatMap<Scalar>(Z.data(), Z.rows(), Z.cols()), data_, positions_,
-                                       keeps_probabilities(Z.size()));
+                                       keeps_probabilities(Z.size()), options_.first_sample);
 }
 
 template <typename Scalar>
@@ -391,7 +425,11 @@ void FisherOperator<Scalar>::perform_op(const Scalar* x, Scalar* y) const {
         model_.jvp(theta_.data(), x, cache_, c0, n, ws);                          // u = J v
         curvature_.apply(c0, ConstMatMap<Scalar>(ws.result, C, n), hu);           // w = H u
       },
-      inverse_count(), x, static_cast<Scalar>(damping_), y);  // F v = Σ Jᵀ w / (N·T), + λ v
+      inverse_count(), x, distributed() ? Scalar(0) : static_cast<Scalar>(damping_), y);  // F v = Σ Jᵀ w / (N·T), + λ v
+  if (distributed()) {  // this rank's samples' part, summed over the ranks; then λ v once
+    reduce(y, num_params_);
+    if (damping_ != 0) VecMap<Scalar>(y, num_params_) += static_cast<Scalar>(damping_) * ConstVecMap<Scalar>(x, num_params_);
+  }
   ++num_products_;
 }
 
@@ -417,7 +455,11 @@ const Vec<Scalar>& FisherOperator<Scalar>::gradient() const {
       inverse_count(), nullptr, Scalar(0), gradient_.data(), "gradient");
   loss_ = 0;
   for (double l : chunk_loss_) loss_ += l;  // in chunk order
-  loss_ /= static_cast<double>(num_samples_) * static_cast<double>(positions_);
+  if (distributed()) {
+    reduce(gradient_.data(), num_params_);
+    comm_->sum(&loss_, 1);
+  }
+  loss_ /= static_cast<double>(total_samples_) * static_cast<double>(positions_);
   have_gradient_ = have_loss_ = true;
   return gradient_;
 }
@@ -511,6 +553,7 @@ Vec<Scalar> FisherOperator<Scalar>::empirical_fisher_diagonal() const {
     for (Index g = 1; g < groups[l]; ++g) d += partial.segment(base[l] + g * P, P);
     d *= scale;
   }
+  if (distributed()) reduce(diag.data(), num_params_);
   return diag;
 }
 

@@ -98,8 +98,21 @@ std::string find_idx(const std::string& dir, const std::string& base) {
   fail(dir, "missing " + base + "[.gz] (expected the four MNIST-format IDX files)");
 }
 
+// The samples [first, first + count) of `total` (count 0: to the end), or the error naming the batch.
+Index range_count(const std::string& path, Index total, Index first, Index count, const std::string& unit) {
+  if (total == 0) fail(path, "holds no samples");
+  const Index n = count > 0 ? count : total - first;
+  if (first + (count > 0 ? count : 0) > total || n <= 0) {
+    if (first == 0)
+      fail(path, "batch " + std::to_string(count) + " exceeds the " + std::to_string(total) + " " + unit);
+    fail(path, "samples [" + std::to_string(first) + ", " + std::to_string(first + std::max<Index>(count, 0)) +
+                   ") lie beyond the " + std::to_string(total) + " " + unit);
+  }
+  return n;
+}
+
 template <typename Scalar>
-Dataset<Scalar> load_idx(const std::string& dir, const Shape& input_shape, Split split, Index max_samples) {
+Dataset<Scalar> load_idx(const std::string& dir, const Shape& input_shape, Split split, Index first, Index count) {
   const std::string prefix = split == Split::train ? "train" : "t10k";
   const std::string ipath = find_idx(dir, prefix + "-images-idx3-ubyte");
   const std::string lpath = find_idx(dir, prefix + "-labels-idx1-ubyte");
@@ -112,20 +125,19 @@ Dataset<Scalar> load_idx(const std::string& dir, const Shape& input_shape, Split
   if (per != shape_size(input_shape))
     fail(ipath, "images of " + std::to_string(ishape[1]) + "x" + std::to_string(ishape[2]) + " do not match the model's input_shape " +
                     shape_to_string(input_shape));
-  // Convert only the samples asked for (the batch), not the whole file.
-  const Index n = max_samples > 0 ? std::min<Index>(max_samples, Index(ishape[0])) : Index(ishape[0]);
+  // Convert only the samples asked for (the batch, or this rank's share of it), not the whole file.
+  const Index n = range_count(dir, Index(ishape[0]), first, count, "samples in the data");
   Dataset<Scalar> d;
   d.inputs.resize(per, n);
-  for (Index k = 0; k < d.inputs.size(); ++k) d.inputs.data()[k] = Scalar(pixels[static_cast<std::size_t>(k)]) / Scalar(255);
-  d.labels.assign(labels.begin(), labels.begin() + n);
-  if (max_samples > Index(ishape[0]))
-    fail(dir, "batch " + std::to_string(max_samples) + " exceeds the " + std::to_string(ishape[0]) + " samples in the data");
+  const uint8_t* src = pixels.data() + static_cast<std::size_t>(first * per);
+  for (Index k = 0; k < d.inputs.size(); ++k) d.inputs.data()[k] = Scalar(src[k]) / Scalar(255);
+  d.labels.assign(labels.begin() + first, labels.begin() + first + n);
   return d;
 }
 
 template <typename Scalar>
 Dataset<Scalar> load_safetensors_data(const std::string& path, const Shape& input_shape, LikelihoodKind likelihood,
-                                      Index C, Index T) {
+                                      Index C, Index T, Index first, Index count) {
   const SafetensorsFile f = SafetensorsFile::read(path);
   if (!f.contains("inputs")) fail(path, "missing tensor \"inputs\"");
   if (!f.contains("targets")) fail(path, "missing tensor \"targets\" (data without targets)");
@@ -142,9 +154,10 @@ Dataset<Scalar> load_safetensors_data(const std::string& path, const Shape& inpu
     fail(path, "\"inputs\" samples have shape " + shape_to_string(sample) + " but the model's input_shape is " +
                    shape_to_string(input_shape));
   const Index N = in.shape[0];
+  const Index n = range_count(path, N, first, count, "samples in the data");
   Dataset<Scalar> d;
-  std::vector<Scalar> x = f.get<Scalar>("inputs");
-  d.inputs = Eigen::Map<Mat<Scalar>>(x.data(), shape_size(input_shape), N);
+  std::vector<Scalar> x = f.get_rows<Scalar>("inputs", first, n);
+  d.inputs = Eigen::Map<Mat<Scalar>>(x.data(), shape_size(input_shape), n);
   if (in.dtype == DType::U8) d.inputs /= Scalar(255);
   const TensorInfo& t = f.info("targets");
   if (likelihood == LikelihoodKind::categorical) {
@@ -156,7 +169,7 @@ Dataset<Scalar> load_safetensors_data(const std::string& path, const Shape& inpu
       fail(path, "\"targets\" must have shape [" + std::to_string(N) + ", " + std::to_string(T) +
                      "] (a class index per position: the model's output is [" + std::to_string(T) + ", " +
                      std::to_string(C) + "])");
-    d.labels = f.get<int64_t>("targets");
+    d.labels = f.get_rows<int64_t>("targets", first, n);
   } else {
     if (t.dtype != DType::F32 && t.dtype != DType::F64)
       fail(path, std::string("\"targets\" has dtype ") + to_string(t.dtype) + "; a " + to_string(likelihood) +
@@ -165,8 +178,8 @@ Dataset<Scalar> load_safetensors_data(const std::string& path, const Shape& inpu
     if (t.shape != want)
       fail(path, "\"targets\" must have shape [" + std::to_string(N) + ", " + (T > 1 ? std::to_string(T) + ", " : "") +
                      std::to_string(C) + "]");
-    std::vector<Scalar> y = f.get<Scalar>("targets");
-    d.targets = Eigen::Map<Mat<Scalar>>(y.data(), T * C, N);
+    std::vector<Scalar> y = f.get_rows<Scalar>("targets", first, n);
+    d.targets = Eigen::Map<Mat<Scalar>>(y.data(), T * C, n);
   }
   return d;
 }
@@ -236,7 +249,7 @@ Dataset<Scalar> parse_csv(const std::string& text, const Shape& input_shape, Lik
 
 
 template <typename Scalar>
-Dataset<Scalar> load_text(const std::string& path, const Shape& input_shape, Index context, Index max_samples) {
+Dataset<Scalar> load_text(const std::string& path, const Shape& input_shape, Index context, Index first, Index count) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path, std::string("cannot open file (") + std::strerror(errno) + ")");
   const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -248,26 +261,24 @@ Dataset<Scalar> load_text(const std::string& path, const Shape& input_shape, Ind
   if (N == 0)
     fail(path, "holds " + std::to_string(bytes.size()) + " bytes, shorter than one window of --context + 1 = " +
                    std::to_string(window) + " bytes");
-  const Index n = max_samples > 0 ? std::min(max_samples, N) : N;
-  if (max_samples > N)
-    fail(path, "batch " + std::to_string(max_samples) + " exceeds the " + std::to_string(N) + " windows of " +
-                   std::to_string(window) + " bytes in the text");
+  const Index n = range_count(path, N, first, count, "windows of " + std::to_string(window) + " bytes in the text");
   Dataset<Scalar> d;
   d.inputs.resize(context, n);
   d.labels.resize(static_cast<std::size_t>(n * context));
   for (Index w = 0; w < n; ++w)
     for (Index t = 0; t < context; ++t) {
-      d.inputs(t, w) = Scalar(static_cast<unsigned char>(bytes[static_cast<std::size_t>(w * window + t)]));
-      d.labels[static_cast<std::size_t>(w * context + t)] =
-          static_cast<unsigned char>(bytes[static_cast<std::size_t>(w * window + t + 1)]);
+      const auto at = static_cast<std::size_t>((first + w) * window + t);
+      d.inputs(t, w) = Scalar(static_cast<unsigned char>(bytes[at]));
+      d.labels[static_cast<std::size_t>(w * context + t)] = static_cast<unsigned char>(bytes[at + 1]);
     }
   return d;
 }
 
 template <typename Scalar>
 Dataset<Scalar> load_dataset(const std::string& path, const Shape& input_shape, LikelihoodKind likelihood, Index C,
-                             Split split, Index max_samples, Index T, Index context) {
+                             Split split, Index max_samples, Index T, Index context, Index first) {
   if (!exists(path)) fail(path, "no such file or directory");
+  if (first < 0) fail(path, "the first sample must be >= 0, got " + std::to_string(first));
   if (T > 1 && context == 0 && (is_directory(path) || ends_with(path, ".csv")))
     fail(path, "the model's output is [" + std::to_string(T) + ", " + std::to_string(C) +
                    "] (a likelihood per position): its targets come from a .safetensors file ([N, " + std::to_string(T) +
@@ -280,30 +291,78 @@ Dataset<Scalar> load_dataset(const std::string& path, const Shape& input_shape, 
       fail(path, "--context " + std::to_string(context) + " needs a model whose output is [" + std::to_string(context) +
                      ", 256], one prediction per position; this model's has " + std::to_string(T) + " position" +
                      (T == 1 ? "" : "s"));
-    d = load_text<Scalar>(path, input_shape, context, max_samples);
-  } else if (is_directory(path))
-    d = load_idx<Scalar>(path, input_shape, split, max_samples);
-  else if (ends_with(path, ".safetensors"))
-    d = load_safetensors_data<Scalar>(path, input_shape, likelihood, C, T);
-  else if (ends_with(path, ".csv"))
+    d = load_text<Scalar>(path, input_shape, context, first, max_samples);
+  } else if (is_directory(path)) {
+    d = load_idx<Scalar>(path, input_shape, split, first, max_samples);
+  } else if (ends_with(path, ".safetensors")) {
+    d = load_safetensors_data<Scalar>(path, input_shape, likelihood, C, T, first, max_samples);
+  } else if (ends_with(path, ".csv")) {
     d = load_csv<Scalar>(path, input_shape, likelihood, C);
-  else
+    if (d.size() > 0) {
+      const Index n = range_count(path, d.size(), first, max_samples, "samples in the data");
+      if (first > 0 || n < d.size()) d = d.slice(first, n);
+    }
+  } else {
     fail(path, "unknown data format (expected a directory of IDX files, a .safetensors or a .csv file; a text file "
                "needs --context T)");
-  if (d.size() == 0) fail(path, "holds no samples");
-  if (max_samples > 0) {
-    if (max_samples > d.size())
-      fail(path, "batch " + std::to_string(max_samples) + " exceeds the " + std::to_string(d.size()) + " samples in the data");
-    if (max_samples < d.size()) d = d.head(max_samples);
   }
+  if (d.size() == 0) fail(path, "holds no samples");
   for (Index n = 0; n < d.size(); ++n)
-    if (!d.inputs.col(n).allFinite()) fail(path, "inputs of sample " + std::to_string(n) + " contain NaN or Inf");
+    if (!d.inputs.col(n).allFinite())
+      fail(path, "inputs of sample " + std::to_string(first + n) + " contain NaN or Inf");
   try {
     check_targets(likelihood, d, C, T);
   } catch (const std::invalid_argument& e) {
-    fail(path, e.what());
+    fail(path, e.what() + std::string(first > 0 ? " (counting from sample " + std::to_string(first) + ")" : ""));
   }
   return d;
+}
+
+Index count_samples(const std::string& path, Split split, Index context) {
+  if (!exists(path)) fail(path, "no such file or directory");
+  if (context > 0) {
+    struct stat st;
+    ::stat(path.c_str(), &st);
+    return static_cast<Index>(st.st_size) / (context + 1);
+  }
+  if (is_directory(path)) {  // the labels file's header: magic, then the count
+    const std::string lpath = find_idx(path, std::string(split == Split::train ? "train" : "t10k") + "-labels-idx1-ubyte");
+    gzFile f = gzopen(lpath.c_str(), "rb");
+    if (!f) fail(lpath, std::string("cannot open file (") + std::strerror(errno) + ")");
+    std::vector<uint8_t> head(8);
+    const int got = gzread(f, head.data(), 8);
+    gzclose(f);
+    if (got != 8) fail(lpath, "too short for an IDX header");
+    return Index(be32(head, 4));
+  }
+  if (ends_with(path, ".safetensors")) {
+    const SafetensorsFile f = SafetensorsFile::read(path);
+    if (!f.contains("inputs")) fail(path, "missing tensor \"inputs\"");
+    const TensorInfo& in = f.info("inputs");
+    if (in.shape.empty()) fail(path, "\"inputs\" needs a leading sample dimension");
+    return in.shape[0];
+  }
+  if (ends_with(path, ".csv")) {  // the non-empty lines, less a non-numeric first one
+    std::ifstream in(path);
+    if (!in) fail(path, std::string("cannot open file (") + std::strerror(errno) + ")");
+    std::string line;
+    Index n = 0, row = 0;
+    while (std::getline(in, line)) {
+      ++row;
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      if (line.empty()) continue;
+      if (row == 1) {
+        char* end = nullptr;
+        const std::string cell = line.substr(0, line.find(','));
+        std::strtod(cell.c_str(), &end);
+        if (end == cell.c_str()) continue;  // a header
+      }
+      ++n;
+    }
+    return n;
+  }
+  fail(path, "unknown data format (expected a directory of IDX files, a .safetensors or a .csv file; a text file "
+             "needs --context T)");
 }
 
 template <typename Scalar>
@@ -323,9 +382,9 @@ void save_dataset(const std::string& path, const Dataset<Scalar>& data, const Sh
 }
 
 template Dataset<float> load_dataset<float>(const std::string&, const Shape&, LikelihoodKind, Index, Split, Index, Index,
-                                            Index);
+                                            Index, Index);
 template Dataset<double> load_dataset<double>(const std::string&, const Shape&, LikelihoodKind, Index, Split, Index,
-                                              Index, Index);
+                                              Index, Index, Index);
 template Dataset<float> parse_csv<float>(const std::string&, const Shape&, LikelihoodKind, Index, const std::string&);
 template Dataset<double> parse_csv<double>(const std::string&, const Shape&, LikelihoodKind, Index, const std::string&);
 template void save_dataset<float>(const std::string&, const Dataset<float>&, const Shape&);

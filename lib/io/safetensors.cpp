@@ -185,9 +185,19 @@ const TensorInfo& SafetensorsFile::info(const std::string& name) const {
 template <typename T>
 std::vector<T> SafetensorsFile::get(const std::string& name) const {
   const TensorInfo& t = info(name);
-  const int64_t n = t.numel();
+  return t.shape.empty() ? get_rows<T>(name, 0, 1) : get_rows<T>(name, 0, t.shape[0]);
+}
+
+template <typename T>
+std::vector<T> SafetensorsFile::get_rows(const std::string& name, int64_t first, int64_t rows) const {
+  const TensorInfo& t = info(name);
+  const int64_t extent = t.shape.empty() ? 1 : t.shape[0];
+  if (first < 0 || rows < 0 || first + rows > extent)
+    throw std::invalid_argument(path_ + ": rows [" + std::to_string(first) + ", " + std::to_string(first + rows) +
+                                ") of tensor \"" + name + "\" lie beyond its " + std::to_string(extent));
+  const int64_t per = extent > 0 ? t.numel() / extent : 0, n = rows * per;
   std::vector<T> out(static_cast<std::size_t>(n));
-  const uint8_t* p = bytes_.data() + data_start_ + t.begin;
+  const uint8_t* p = bytes_.data() + data_start_ + t.begin + static_cast<std::size_t>(first * per) * dtype_size(t.dtype);
   switch (t.dtype) {
     case DType::F64: convert<T, double>(p, n, out.data()); break;
     case DType::F32: convert<T, float>(p, n, out.data()); break;
@@ -215,6 +225,9 @@ std::vector<T> SafetensorsFile::get(const std::string& name) const {
 }
 
 template std::vector<float> SafetensorsFile::get<float>(const std::string&) const;
+template std::vector<float> SafetensorsFile::get_rows<float>(const std::string&, int64_t, int64_t) const;
+template std::vector<double> SafetensorsFile::get_rows<double>(const std::string&, int64_t, int64_t) const;
+template std::vector<int64_t> SafetensorsFile::get_rows<int64_t>(const std::string&, int64_t, int64_t) const;
 template std::vector<double> SafetensorsFile::get<double>(const std::string&) const;
 template std::vector<int64_t> SafetensorsFile::get<int64_t>(const std::string&) const;
 

@@ -11,7 +11,7 @@ namespace natgrad {
 template <typename Scalar>
 OutputCurvature<Scalar>::OutputCurvature(LikelihoodKind likelihood, FisherKind kind, int mc_samples, uint64_t seed,
                                          ConstMatMap<Scalar> Z, const Dataset<Scalar>& data, Index positions,
-                                         bool keep_probabilities)
+                                         bool keep_probabilities, Index first_sample)
     : likelihood_(likelihood), kind_(kind), draws_(kind == FisherKind::mc ? mc_samples : 1),
       num_outputs_(Z.rows()), positions_(positions), num_samples_(Z.cols()) {
   if (kind == FisherKind::mc && mc_samples < 1)
@@ -34,7 +34,7 @@ OutputCurvature<Scalar>::OutputCurvature(LikelihoodKind likelihood, FisherKind k
       break;
     case FisherKind::mc:
       stat_.resize(C, N * draws_);
-      sample_scores<Scalar>(likelihood, Z, seed, 0, draws_, MatMap<Scalar>(stat_.data(), C, N * draws_), T);
+      sample_scores<Scalar>(likelihood, Z, seed, first_sample, draws_, MatMap<Scalar>(stat_.data(), C, N * draws_), T);
       break;
     case FisherKind::empirical: {
       check_targets(likelihood, data, c1, T);

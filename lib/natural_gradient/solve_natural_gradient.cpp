@@ -39,9 +39,6 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& mode
                                                      Vec<Scalar> theta, LikelihoodKind likelihood,
                                                      const Dataset<Scalar>& data,
                                                      const NaturalGradientOptions& options) {
-  using clock = std::chrono::steady_clock;
-  auto seconds = [](clock::time_point a) { return std::chrono::duration<double>(clock::now() - a).count(); };
-  const auto t0 = clock::now();
   std::string why;
   if (!options.is_valid(&why)) detail::fail("NaturalGradientOptions: " + why);
   const Index N = options.batch > 0 ? options.batch : data.size();
@@ -53,29 +50,59 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& mode
   if (Nc > N)
     detail::fail("curvature_batch " + std::to_string(Nc) + " exceeds the batch " +
                                 std::to_string(N));
+  // The caller's data serves as is when the batch is all of it; only a proper prefix is copied.
+  Dataset<Scalar> prefix, curvature_prefix;
+  if (N < data.size()) prefix = data.head(N);
+  const Dataset<Scalar>& batch = N < data.size() ? prefix : data;
+  // (Not `Nc == N ? batch : batch.head(Nc)`: a conditional with a temporary on one side copies the other.)
+  if (Nc < N) curvature_prefix = batch.head(Nc);
+  NaturalGradientOptions shared = options;
+  shared.batch = shared.curvature_batch = 0;
+  shared.fisher.communicator = nullptr;
+  return solve_natural_gradient(model, std::move(theta), likelihood, BatchShare<Scalar>{&batch, 0, N},
+                                BatchShare<Scalar>{Nc < N ? &curvature_prefix : &batch, 0, Nc}, shared);
+}
+
+template <typename Scalar>
+NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& model, Vec<Scalar> theta,
+                                                     LikelihoodKind likelihood, const BatchShare<Scalar>& batch,
+                                                     const BatchShare<Scalar>& curvature,
+                                                     const NaturalGradientOptions& options) {
+  using clock = std::chrono::steady_clock;
+  auto seconds = [](clock::time_point a) { return std::chrono::duration<double>(clock::now() - a).count(); };
+  const auto t0 = clock::now();
+  std::string why;
+  if (!options.is_valid(&why)) detail::fail("NaturalGradientOptions: " + why);
+  if (options.batch != 0 || options.curvature_batch != 0)
+    detail::fail("NaturalGradientOptions: batch and curvature_batch must be 0 when the shares are given");
+  if (!batch.data || !curvature.data) detail::fail("a BatchShare without data");
+  const Communicator& comm = options.fisher.communicator ? *options.fisher.communicator : serial_communicator();
+  const Index N = batch.total > 0 ? batch.total : batch.data->size();
+  const Index Nc = curvature.total > 0 ? curvature.total : curvature.data->size();
+  if (Nc > N)
+    detail::fail("curvature_batch " + std::to_string(Nc) + " exceeds the batch " + std::to_string(N));
 
   NaturalGradientResult<Scalar> r;
   r.samples = N;
   r.curvature_samples = Nc;
-  // The caller's data serves as is when the batch is all of it; only a proper prefix is copied.
-  Dataset<Scalar> prefix;
-  if (N < data.size()) prefix = data.head(N);
-  const Dataset<Scalar>& batch = N < data.size() ? prefix : data;
-
-  // The curvature operator; when the curvature batch is the whole batch it also gives the gradient.
+  // The curvature operator; when the curvature share is the batch share it also gives the gradient.
+  const bool one_operator = curvature.data == batch.data && curvature.first == batch.first && Nc == N;
+  auto share_options = [&](const BatchShare<Scalar>& s, Index total) {
+    FisherOptions o = options.fisher;
+    o.first_sample = s.first;
+    o.total_samples = total;
+    return o;
+  };
   auto t = clock::now();
-  // (Not `Nc == N ? batch : batch.head(Nc)`: a conditional with a temporary on one side copies the other.)
-  Dataset<Scalar> curvature_prefix;
-  if (Nc < N) curvature_prefix = batch.head(Nc);
   std::unique_ptr<FisherOperator<Scalar>> full;
-  if (Nc < N)
-    full = std::make_unique<FisherOperator<Scalar>>(model, theta, likelihood, batch, options.fisher);
-  FisherOperator<Scalar> F(model, std::move(theta), likelihood, Nc < N ? curvature_prefix : batch, options.fisher);
+  if (!one_operator)
+    full = std::make_unique<FisherOperator<Scalar>>(model, theta, likelihood, *batch.data, share_options(batch, N));
+  FisherOperator<Scalar> F(model, std::move(theta), likelihood, *curvature.data, share_options(curvature, Nc));
   r.time_forward_s = seconds(t);
   t = clock::now();
   FisherOperator<Scalar>& G = full ? *full : F;
   for (const FisherOperator<Scalar>* op : {&std::as_const(G), &std::as_const(F)})
-    if (!op->forward_error().empty()) {
+    if (!op->forward_error().empty()) {  // (the same on every rank: the operators agree on it)
       r.failure = "forward pass: " + op->forward_error();
       r.cg.termination = CgTermination::breakdown;
       r.cg.message = r.failure;
@@ -93,22 +120,34 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& mode
   t = clock::now();
   CgWorkspace<Scalar> ws;
   const bool preconditioned = options.preconditioner == PreconditionerKind::diagonal;
+  std::string no_memory;
   try {
     ws.resize(F.rows(), preconditioned);
     r.direction = Vec<Scalar>::Zero(F.rows());
   } catch (const std::bad_alloc&) {
     const int vectors = preconditioned ? 6 : 5;
-    throw std::runtime_error("out of memory allocating conjugate gradient's vectors (" + std::to_string(vectors) +
-                             " x " + std::to_string(F.rows()) + " parameters, " +
-                             detail::format_bytes(double(vectors) * double(F.rows()) * sizeof(Scalar)) + ")");
+    no_memory = "out of memory allocating conjugate gradient's vectors (" + std::to_string(vectors) + " x " +
+                std::to_string(F.rows()) + " parameters, " +
+                detail::format_bytes(double(vectors) * double(F.rows()) * sizeof(Scalar)) + ")";
+  }
+  no_memory = comm.first_error(no_memory);  // every rank stops if one cannot go on
+  if (!no_memory.empty()) throw std::runtime_error(no_memory);
+  // Replicated CG: every rank holds the same vectors and takes the same decisions; a stop asked by the
+  // callback (a signal) is rank 0's decision, on every rank at the same iteration.
+  CgOptions cg_options = options.cg;
+  if (comm.size() > 1) {
+    cg_options.callback = [&](const CgIterationInfo& info) {
+      const bool stop = options.cg.callback && options.cg.callback(info) == CallbackResult::stop;
+      return comm.broadcast(stop) ? CallbackResult::stop : CallbackResult::keep_going;
+    };
   }
   if (preconditioned) {
     DiagonalPreconditioner<Scalar> M(F.empirical_fisher_diagonal(), options.fisher.damping,
                                      options.preconditioner_exponent);
-    r.cg = conjugate_gradient(F, M, r.gradient.data(), r.direction.data(), options.cg, ws);
+    r.cg = conjugate_gradient(F, M, r.gradient.data(), r.direction.data(), cg_options, ws);
   } else {
     r.cg = conjugate_gradient(F, IdentityPreconditioner<Scalar>(F.rows()), r.gradient.data(),
-                              r.direction.data(), options.cg, ws);
+                              r.direction.data(), cg_options, ws);
   }
   r.time_cg_s = seconds(t);
   if (!r.gradient.allFinite() || !std::isfinite(r.loss)) {
@@ -118,7 +157,8 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& mode
     r.failure = "conjugate gradient: " + r.cg.message;
   }
 
-  if (options.spectrum_top_k > 0 || options.condition_number) {
+  // A stop asked by the callback (a signal: the user wants the iterate now) skips the spectrum.
+  if ((options.spectrum_top_k > 0 || options.condition_number) && r.cg.termination != CgTermination::user_stop) {
     t = clock::now();
     const double lambda = F.damping();
     F.set_damping(0);  // the spectrum of F itself
@@ -134,7 +174,7 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& mode
       const Index C = model.output_size();
       const bool shift_null = likelihood == LikelihoodKind::categorical && model.num_layers() > 0 &&
                               model.layer(model.num_layers() - 1).type() == LayerType::linear;
-      ConditionEstimate c = condition_number(F, shift_null ? 0 : Nc * C);
+      ConditionEstimate c = condition_number(F, shift_null ? 0 : Nc * C);  // (Nc over all ranks)
       if (shift_null && c.kind == ConditionMethod::rank_bound)
         c.method =
             "softmax shift invariance: the final linear layer's common-logit directions are in F's null "
@@ -200,6 +240,13 @@ template NaturalGradientResult<float> solve_natural_gradient<float>(const Networ
 template NaturalGradientResult<double> solve_natural_gradient<double>(const Network<double>&,
                                                                       Vec<double>, LikelihoodKind,
                                                                       const Dataset<double>&,
+                                                                      const NaturalGradientOptions&);
+template NaturalGradientResult<float> solve_natural_gradient<float>(const Network<float>&, Vec<float>, LikelihoodKind,
+                                                                    const BatchShare<float>&, const BatchShare<float>&,
+                                                                    const NaturalGradientOptions&);
+template NaturalGradientResult<double> solve_natural_gradient<double>(const Network<double>&, Vec<double>,
+                                                                      LikelihoodKind, const BatchShare<double>&,
+                                                                      const BatchShare<double>&,
                                                                       const NaturalGradientOptions&);
 
 }  // namespace natgrad

@@ -44,6 +44,7 @@
 #pragma once
 
 #include <natgrad/core/dataset.h>
+#include <natgrad/distributed/communicator.h>
 #include <natgrad/likelihood/likelihood.h>
 #include <natgrad/likelihood/output_curvature.h>
 #include <natgrad/model/network.h>
@@ -75,6 +76,21 @@ struct FisherOptions {
   /// pass ("forward") and of gradient() ("gradient") with the chunks done so far and the total (not during
   /// products). It runs inside the parallel region: keep it cheap and rate-limit any printing. Optional.
   std::function<void(const char* phase, Index done, Index total)> on_progress;
+
+  /// **A batch shared by several processes.** With a communicator of K > 1 ranks, the operator's data is
+  /// this rank's share of a batch of `total_samples` samples whose first sample has global index
+  /// `first_sample` (see share_of()). Loss, gradient, every product and the empirical diagonal are then
+  /// sums over all ranks (Communicator::sum, in rank order: deterministic for a given K, equal to the
+  /// one-process result to rounding), Monte-Carlo labels are keyed by the global sample index (so they do
+  /// not depend on K), and a NaN or Inf in any rank's forward pass is reported on every rank, naming the
+  /// global sample. Every rank must construct the operator and call perform_op, gradient(), loss(),
+  /// empirical_fisher_diagonal() and rebind() together (they are collective). nullptr (default): one
+  /// process; the communicator must outlive the operator.
+  const Communicator* communicator = nullptr;
+  /// Global index of this rank's first sample. Default 0.
+  Index first_sample = 0;
+  /// Samples over all ranks; 0 (default) means this rank's only (one process).
+  Index total_samples = 0;
 
   /// True if every field is in range; otherwise false with the reason in *why.
   bool is_valid(std::string* why) const;
@@ -166,7 +182,10 @@ class FisherOperator {
   Index num_products() const { return num_products_; }
   void reset_product_count() { num_products_ = 0; }
 
+  /// This rank's samples.
   Index num_samples() const { return num_samples_; }
+  /// Samples over all ranks (num_samples() in one process): the N of the mean.
+  Index total_samples() const { return total_samples_; }
   const Network<Scalar>& model() const { return model_; }
   const Vec<Scalar>& parameters() const { return theta_; }
   LikelihoodKind likelihood() const { return likelihood_; }
@@ -190,13 +209,17 @@ class FisherOperator {
   // it is backpropagated and stored in cot_. Phases B and C: y = scale · Σ_n J_nᵀ g_n + λ x.
   template <typename Head>
   void run(Head head, Scalar scale, const Scalar* x, Scalar lambda, Scalar* y, const char* phase = nullptr) const;
+  void setup(const Network<Scalar>& model, const Dataset<Scalar>& data);  // everything up to the forward pass
   void run_forward();
   void require_targets(const char* what) const;
   // gsq += Σ over the samples of chunks [chunk0, chunk1) of the squared gradient of a tied tensor (node
   // `owner` and its aliases), the uses summed per sample before squaring.
   void tied_squared_grads(std::size_t owner, Index chunk0, Index chunk1, Scalar* gsq, Scalar* scratch) const;
   // 1/(N·T): the loss and the Fisher are means over the N samples' T positions.
-  Scalar inverse_count() const { return Scalar(1) / (Scalar(num_samples_) * Scalar(positions_)); }
+  Scalar inverse_count() const { return Scalar(1) / (Scalar(total_samples_) * Scalar(positions_)); }
+  // Several ranks: the sum over them (rank order).
+  bool distributed() const { return comm_->size() > 1; }
+  void reduce(Scalar* x, Index n) const { comm_->sum(x, n); }
 
   const Network<Scalar>& model_;
   Vec<Scalar> theta_;
@@ -206,6 +229,8 @@ class FisherOperator {
   double damping_;
   Index num_params_;
   Index num_samples_;
+  Index total_samples_;
+  const Communicator* comm_;
   FisherPlan plan_;
   int num_threads_;
   std::vector<std::vector<int>> assignment_;  // per thread: its phase-B tasks

@@ -23,7 +23,9 @@ namespace natgrad {
 enum class Split { train, test };
 
 /// Loads `path` (a directory of IDX files, a .safetensors file or a .csv file). `max_samples` > 0 keeps
-/// the first max_samples and is an error if the file has fewer. `num_outputs` is C, the outputs per
+/// the first max_samples and is an error if the file has fewer. With `first` > 0 the samples start there:
+/// [first, first + max_samples) (to the end if max_samples is 0), as a rank reads its share of a batch;
+/// only those samples are converted and kept. `num_outputs` is C, the outputs per
 /// position; a model with a likelihood per position (output [T, C], `positions` = T) reads [N, T] class
 /// indices (or [N, T, C] real targets) from safetensors. With `context` = T > 0 the file is read as text:
 /// byte-level windows of T + 1 bytes, non-overlapping, inputs the first T bytes (token indices, vocabulary
@@ -31,7 +33,11 @@ enum class Split { train, test };
 template <typename Scalar>
 Dataset<Scalar> load_dataset(const std::string& path, const Shape& input_shape, LikelihoodKind likelihood,
                              Index num_outputs, Split split = Split::train, Index max_samples = 0,
-                             Index positions = 1, Index context = 0);
+                             Index positions = 1, Index context = 0, Index first = 0);
+
+/// The number of samples `path` holds (windows of `context` + 1 bytes for text), read from the header where
+/// the format has one (IDX, safetensors). Throws std::invalid_argument("<path>: <problem>").
+Index count_samples(const std::string& path, Split split = Split::train, Index context = 0);
 
 /// Parses a decompressed IDX image of unsigned bytes with `expected_dims` dimensions: returns the data and
 /// stores the dimensions in *dims. Throws std::invalid_argument("<label>: <problem>"). (The byte-level

@@ -49,6 +49,9 @@ class SafetensorsFile {
   /// The tensor's values converted to T (F64, F32, F16, BF16, I64, I32, U8, BOOL sources); row-major.
   template <typename T>
   std::vector<T> get(const std::string& name) const;
+  /// Rows [first, first + rows) along the leading dimension, converted like get().
+  template <typename T>
+  std::vector<T> get_rows(const std::string& name, int64_t first, int64_t rows) const;
 
  private:
   std::string path_;

@@ -31,8 +31,11 @@ class OutputCurvature {
   /// empirical: H_n = s sᵀ averaged over draws, s the stacked scores of all T positions (labels drawn
   /// independently per position, so the exact blocks are its expectation).
   /// With keep_probabilities false (exact categorical only), Z must outlive this object: apply() reads it.
+  /// Monte-Carlo labels of column n are keyed by the sample index first_sample + n (a batch shared by
+  /// several processes keys them globally).
   OutputCurvature(LikelihoodKind likelihood, FisherKind kind, int mc_samples, uint64_t seed, ConstMatMap<Scalar> Z,
-                  const Dataset<Scalar>& data, Index positions = 1, bool keep_probabilities = true);
+                  const Dataset<Scalar>& data, Index positions = 1, bool keep_probabilities = true,
+                  Index first_sample = 0);
 
   /// HU_j = H_{col0 + j} U_j for the columns of U.
   void apply(Index col0, ConstMatMap<Scalar> U, MatMap<Scalar> HU) const;

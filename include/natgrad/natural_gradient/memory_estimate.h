@@ -27,8 +27,11 @@ struct MemoryEstimate {
   std::size_t spectrum = 0;        ///< Lanczos basis (double), if a spectrum is asked
   std::size_t preconditioner = 0;  ///< the diagonal preconditioner and the empirical diagonal it is built from
   std::size_t data = 0;            ///< the batch itself
+  std::size_t communication = 0;   ///< under MPI: the rank's scratch for the sums over ranks
   std::size_t gradient_phase = 0;  ///< peak of the separate full-batch gradient, 0 if there is none
-  std::size_t total = 0;           ///< max(sum of the fields above but gradient_phase, gradient_phase)
+  std::size_t runtime = 0;         ///< the process itself: code, libraries, stacks (more with MPI linked in)
+  std::size_t total = 0;           ///< max(sum of the fields above but gradient_phase and runtime,
+                                   ///< gradient_phase) + runtime
   std::string report() const;
 };
 
@@ -39,6 +42,14 @@ MemoryEstimate estimate_solve_memory(const ModelSpec& spec, Index batch, Index c
                                      std::size_t scalar_bytes, const FisherOptions& fisher, Index top_k,
                                      int threads, bool diagonal_preconditioner = false,
                                      LikelihoodKind likelihood = LikelihoodKind::categorical);
+
+/// One rank's estimate when `ranks` > 1 share the batch: `batch` and `curvature_batch` are then that rank's
+/// shares (share_of()); it adds the rank's own copy of its curvature share (read apart from its batch share
+/// when the curvature batch is smaller) and the communicator's scratch.
+MemoryEstimate estimate_solve_memory(const ModelSpec& spec, Index batch, Index curvature_batch,
+                                     std::size_t scalar_bytes, const FisherOptions& fisher, Index top_k,
+                                     int threads, bool diagonal_preconditioner, LikelihoodKind likelihood,
+                                     int ranks);
 
 /// A byte count with the precision it needs: "512 B", "9.8 KiB", "1847.0 MiB", "2.41 GiB".
 std::string format_bytes(double bytes);

@@ -39,7 +39,8 @@ struct NaturalGradientOptions {
   PreconditionerKind preconditioner = PreconditionerKind::none;
   /// α of the diagonal preconditioner, in [0, 1]. Default 0.75.
   double preconditioner_exponent = 0.75;
-  /// Top-k eigenvalues of F to report (0 = none). Default 0.
+  /// Top-k eigenvalues of F to report (0 = none; skipped, with the condition number, when the CG callback
+  /// stopped the solve). Default 0.
   Index spectrum_top_k = 0;
   /// Lanczos settings for the spectrum (num_eigenvalues is taken from spectrum_top_k).
   SpectrumOptions spectrum;
@@ -98,6 +99,26 @@ struct NaturalGradientResult {
 template <typename Scalar>
 NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& model, Vec<Scalar> theta,
                                                      LikelihoodKind likelihood, const Dataset<Scalar>& data,
+                                                     const NaturalGradientOptions& options);
+
+/// This process's part of a batch shared by the ranks of FisherOptions::communicator (see share_of()).
+template <typename Scalar>
+struct BatchShare {
+  const Dataset<Scalar>* data = nullptr;  ///< this rank's samples
+  Index first = 0;                        ///< the global index of data's first sample
+  Index total = 0;                        ///< samples over all ranks (0: data's own count)
+};
+
+/// The same solve over a batch that the ranks of options.fisher.communicator share: `batch` is this rank's
+/// share of the gradient batch, `curvature` its share of the curvature batch (the same share, or its own
+/// samples). options.batch and options.curvature_batch must be 0. Collective: every rank calls it with
+/// the same options and gets the same result (gradient, direction and spectrum replicated; sums over the
+/// ranks in rank order); the CG callback's stop is rank 0's decision, taken on every rank at the same
+/// iteration. With no communicator (or one rank) it is the one-process solve.
+template <typename Scalar>
+NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& model, Vec<Scalar> theta,
+                                                     LikelihoodKind likelihood, const BatchShare<Scalar>& batch,
+                                                     const BatchShare<Scalar>& curvature,
                                                      const NaturalGradientOptions& options);
 
 }  // namespace natgrad

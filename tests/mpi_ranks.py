@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+"""natgrad under MPI against the same binary in one process (ctest, MPI builds only).
+
+Usage: mpi_ranks.py <natgrad> <mpiexec> <ranks>
+
+For each case (three likelihoods, a chain and a residual graph, a batch that the ranks do not divide
+evenly, a curvature batch smaller than the batch) it runs `natgrad solve`, `fvp` (exact, empirical,
+Monte-Carlo) and `spectrum` once in one process and once under `mpiexec -np <ranks>`, in float64, and checks:
+  - loss, gradient and every Fisher-vector product agree to 1e-12 (relative): the sums over ranks add the same
+    per-sample terms in another order, nothing more;
+  - the top eigenvalues agree to 1e-9, and the damped directions (CG to 1e-11) to 1e-7 (the condition number
+    times CG's tolerance bounds how far two converged iterates can lie apart);
+  - two runs with the same ranks write bit-identical files;
+  - a rank whose share of the data is corrupt (NaN) ends the whole job with that rank's error, naming the
+    global sample, exit status 1 and no output file, within the timeout; so does a forward pass that
+    overflows in one rank's share;
+  - SIGTERM to the launcher stops CG on every rank at the same iteration; the best iterate is written.
+Only numpy is needed (the data and the vectors are written here as safetensors).
+"""
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+natgrad, mpiexec, ranks = sys.argv[1], sys.argv[2], int(sys.argv[3])
+MPI = [mpiexec, "--allow-run-as-root", "--oversubscribe", "-np", str(ranks)]
+# (Ranks beyond the cores yield instead of spinning while they wait.)
+env = dict(os.environ, OMPI_MCA_btl_vader_single_copy_mechanism="none", OMPI_MCA_mpi_yield_when_idle="1",
+           OMP_NUM_THREADS="1")
+failures = []
+T0 = time.time()
+
+
+def check(ok, what):
+    print(f"{time.time() - T0:6.1f}s " + ("ok    " if ok else "FAIL  ") + what)
+    if not ok:
+        failures.append(what)
+
+
+def write_safetensors(path, tensors):
+    header, blobs, offset = {}, [], 0
+    for name, (dtype, array) in tensors.items():
+        raw = np.ascontiguousarray(array).tobytes()
+        header[name] = {"dtype": dtype, "shape": list(array.shape), "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+def read_safetensors(path):
+    b = open(path, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    header = json.loads(b[8:8 + n])
+    out = {}
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        dt = {"F64": np.float64, "F32": np.float32}[t["dtype"]]
+        s, e = t["data_offsets"]
+        out[name] = np.frombuffer(b[8 + n + s:8 + n + e], dtype=dt).reshape(t["shape"])
+    return out
+
+
+def flat(path):
+    t = read_safetensors(path)
+    return np.concatenate([t[k].ravel() for k in sorted(t)])
+
+
+def rel(a, b):
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
+
+
+def run(args, mpi, timeout=120):
+    cmd = (MPI if mpi else []) + [natgrad] + args + ["--quiet", "--dtype", "float64"]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+work = tempfile.mkdtemp(prefix="natgrad_mpi_")
+rng = np.random.default_rng(7)
+N, F, C = 101, 6, 4  # 101 samples: no rank count from 2 to 100 divides them
+
+
+def p(name):
+    return os.path.join(work, name)
+
+
+chain = {"input_shape": [F], "layers": [{"type": "linear", "in_features": F, "out_features": 8}, {"type": "tanh"},
+                                        {"type": "linear", "in_features": 8, "out_features": C}]}
+residual = {"format_version": 2, "input_shape": [F], "output": "head", "layers": [
+    {"id": "fc1", "name": "fc1", "type": "linear", "in_features": F, "out_features": F, "inputs": ["input"]},
+    {"id": "act", "type": "gelu", "inputs": ["fc1"]},
+    {"id": "sum", "type": "add", "inputs": ["act", "input"]},
+    {"id": "norm", "name": "norm", "type": "layer_norm", "normalized_shape": [F], "inputs": ["sum"]},
+    {"id": "head", "name": "head", "type": "linear", "in_features": F, "out_features": C, "inputs": ["norm"]}]}
+
+x = rng.standard_normal((N, F))
+cases = {
+    "categorical": (chain, {"inputs": ("F64", x), "targets": ("I64", rng.integers(0, C, N))}),
+    "gaussian": (chain, {"inputs": ("F64", x), "targets": ("F64", rng.standard_normal((N, C)))}),
+    "bernoulli": (chain, {"inputs": ("F64", x), "targets": ("F64", (rng.random((N, C)) < 0.5) * 1.0)}),
+    "residual graph": (residual, {"inputs": ("F64", x), "targets": ("I64", rng.integers(0, C, N))}),
+}
+
+for name, (spec, data) in cases.items():
+    tag = name.replace(" ", "_")
+    model = dict(spec, likelihood="categorical" if data["targets"][0] == "I64" else name)
+    with open(p(tag + ".json"), "w") as f:
+        json.dump(model, f)
+    write_safetensors(p(tag + ".safetensors"), data)
+    common = ["--model", p(tag + ".json"), "--data", p(tag + ".safetensors"), "--seed", "3"]
+
+    # solve: gradient, loss, direction, spectrum; the curvature on the first 50 samples for one case
+    curvature = ["--curvature-batch", "50"] if name == "gaussian" else []
+    # (The condition number of a Gaussian or Bernoulli F + λI needs λ_min by Lanczos, hundreds of products:
+    # the solve's spectrum is checked on the categorical cases, the spectrum command on all.)
+    spectrum = "3" if data["targets"][0] == "I64" else "0"
+    outs = {}
+    for mpi in (False, True):
+        k = "mpi" if mpi else "one"
+        r = run(["solve"] + common + curvature + ["--damping", "1e-2", "--cg-tol", "1e-11", "--spectrum", spectrum,
+                 "--output", p(f"{tag}_d_{k}.safetensors"), "--save-gradient", p(f"{tag}_g_{k}.safetensors"),
+                 "--report", p(f"{tag}_r_{k}.json")], mpi)
+        check(r.returncode == 0, f"{name}: solve ({k}) exits 0 {r.stderr.strip()[-300:]}")
+        outs[k] = json.load(open(p(f"{tag}_r_{k}.json"))) if r.returncode == 0 else None
+    if outs["one"] and outs["mpi"]:
+        one, many = outs["one"], outs["mpi"]
+        check(many["ranks"] == ranks and one["ranks"] == 1, f"{name}: the report says ranks {many['ranks']}")
+        check(many["samples"] == N and many["curvature_samples"] == one["curvature_samples"],
+              f"{name}: the same samples in total ({many['samples']}, curvature {many['curvature_samples']})")
+        check(abs(many["loss"] - one["loss"]) <= 1e-12 * abs(one["loss"]),
+              f"{name}: loss {many['loss']!r} vs {one['loss']!r}")
+        e = rel(flat(p(f"{tag}_g_mpi.safetensors")), flat(p(f"{tag}_g_one.safetensors")))
+        check(e <= 1e-12, f"{name}: gradient, relative difference {e:.1e}")
+        e = rel(flat(p(f"{tag}_d_mpi.safetensors")), flat(p(f"{tag}_d_one.safetensors")))
+        check(e <= 1e-7, f"{name}: direction (CG to 1e-11), relative difference {e:.1e}")
+        if spectrum != "0":
+            ev1, evk = np.array(one["spectrum"]["eigenvalues"]), np.array(many["spectrum"]["eigenvalues"])
+            e = rel(evk, ev1)
+            check(e <= 1e-9, f"{name}: top-3 eigenvalues {evk} vs {ev1}, relative difference {e:.1e}")
+
+    # fvp: exact, empirical, Monte-Carlo (labels keyed by the global sample: the same draws for any ranks)
+    v = rng.standard_normal(len(flat(p(f"{tag}_g_one.safetensors"))))
+    grad = read_safetensors(p(f"{tag}_g_one.safetensors"))
+    vec, at = {}, 0
+    for k in sorted(grad):
+        vec[k] = ("F64", v[at:at + grad[k].size].reshape(grad[k].shape))
+        at += grad[k].size
+    write_safetensors(p(tag + "_v.safetensors"), vec)
+    for kind in ("exact", "empirical", "mc"):
+        for mpi in (False, True):
+            k = "mpi" if mpi else "one"
+            r = run(["fvp"] + common + ["--fisher", kind, "--mc-samples", "2", "--damping", "0.5", "--vector",
+                     p(tag + "_v.safetensors"), "--output", p(f"{tag}_fvp_{kind}_{k}.safetensors")], mpi)
+            check(r.returncode == 0, f"{name}: fvp {kind} ({k}) exits 0 {r.stderr.strip()[-300:]}")
+        e = rel(flat(p(f"{tag}_fvp_{kind}_mpi.safetensors")), flat(p(f"{tag}_fvp_{kind}_one.safetensors")))
+        check(e <= 1e-12, f"{name}: fvp {kind}, relative difference {e:.1e}")
+
+    # spectrum
+    ev = {}
+    for mpi in (False, True):
+        k = "mpi" if mpi else "one"
+        r = run(["spectrum"] + common + ["--top", "3", "--report", p(f"{tag}_s_{k}.json")], mpi)
+        check(r.returncode == 0, f"{name}: spectrum ({k}) exits 0 {r.stderr.strip()[-300:]}")
+        ev[k] = np.array(json.load(open(p(f"{tag}_s_{k}.json")))["spectrum"]["eigenvalues"]) if r.returncode == 0 else None
+    if ev["one"] is not None and ev["mpi"] is not None:
+        e = rel(ev["mpi"], ev["one"])
+        check(e <= 1e-9, f"{name}: spectrum --top 3, relative difference {e:.1e}")
+
+# Deterministic for a given number of ranks: the same bytes twice.
+common = ["--model", p("categorical.json"), "--data", p("categorical.safetensors")]
+for i in (1, 2):
+    r = run(["solve"] + common + ["--damping", "1e-3", "--output", p(f"again_{i}.safetensors")], True)
+    check(r.returncode == 0, f"repeat {i} exits 0")
+check(open(p("again_1.safetensors"), "rb").read() == open(p("again_2.safetensors"), "rb").read(),
+      f"two runs on {ranks} ranks write the same bytes")
+
+# A corrupt share: NaN inputs in the last rank's samples. Every rank ends, with that rank's message.
+bad_x = x.copy()
+bad_x[N - 2, 3] = np.nan
+write_safetensors(p("nan.safetensors"), {"inputs": ("F64", bad_x), "targets": ("I64", rng.integers(0, C, N))})
+out = p("nan_out.safetensors")
+start = time.time()
+r = run(["solve", "--model", p("categorical.json"), "--data", p("nan.safetensors"), "--output", out], True, timeout=60)
+check(r.returncode != 0 and not os.path.exists(out), f"a NaN in the last share: exit {r.returncode}, no output")
+check(f"inputs of sample {N - 2} contain NaN or Inf" in r.stderr, "the error names the global sample: " +
+      r.stderr.strip().splitlines()[0] if r.stderr.strip() else "(no message)")
+check(r.stderr.count("error:") == 1, "the error is printed once")
+check(time.time() - start < 60, f"and the job ended in {time.time() - start:.1f} s")
+
+# A forward pass that overflows only in the last share (finite inputs of 1e308 summed by a weight of ones):
+# every rank reports it, naming the global sample.
+big_x = x.copy()
+big_x[N - 1, :] = 1e308
+write_safetensors(p("big.safetensors"), {"inputs": ("F64", big_x), "targets": ("I64", rng.integers(0, C, N))})
+linear = {"input_shape": [F], "likelihood": "categorical",
+          "layers": [{"type": "linear", "in_features": F, "out_features": C}]}
+with open(p("linear.json"), "w") as f:
+    json.dump(linear, f)
+write_safetensors(p("ones.safetensors"), {"0.weight": ("F64", np.ones((C, F))), "0.bias": ("F64", np.zeros(C))})
+r = run(["solve", "--model", p("linear.json"), "--weights", p("ones.safetensors"), "--data", p("big.safetensors"),
+         "--output", out], True, timeout=60)
+check(r.returncode == 1 and not os.path.exists(out), f"an overflow in the last share: exit {r.returncode}, no output")
+check(f"first at sample {N - 1}" in r.stderr and r.stderr.count("error:") == 1,
+      "its error, printed once, names the global sample: " + r.stderr.strip()[-200:])
+
+# SIGTERM to the launcher: OpenMPI's mpirun passes SIGTERM on to the ranks after odls_base_sigkill_timeout
+# seconds and kills them as long after that; CG stops on every rank at rank 0's decision, and the best
+# iterate and the report are written in between.
+# (A wide model on 8000 samples: about 10 ms a product, so CG is still running when the signal comes.)
+big_n = 8000
+write_safetensors(p("long.safetensors"), {"inputs": ("F64", rng.standard_normal((big_n, F))),
+                                          "targets": ("I64", rng.integers(0, C, big_n))})
+wide = {"input_shape": [F], "likelihood": "categorical",
+        "layers": [{"type": "linear", "in_features": F, "out_features": 1024}, {"type": "tanh"},
+                   {"type": "linear", "in_features": 1024, "out_features": C}]}
+with open(p("wide.json"), "w") as f:
+    json.dump(wide, f)
+out, report = p("stopped.safetensors"), p("stopped.json")
+cmd = MPI[:1] + ["--mca", "odls_base_sigkill_timeout", "5"] + MPI[1:] + [
+    natgrad, "solve", "--model", p("wide.json"), "--data", p("long.safetensors"), "--damping", "0",
+    "--cg-tol", "1e-15", "--cg-max-iters", "100000000", "--quiet", "--output", out, "--report", report]
+proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+time.sleep(2)
+proc.send_signal(signal.SIGTERM)
+stdout, stderr = proc.communicate(timeout=60)
+check(os.path.exists(out) and os.path.exists(report), f"SIGTERM: the iterate and the report are written (exit "
+      f"{proc.returncode}; {stderr.strip()[-200:]})")
+if os.path.exists(report):
+    j = json.load(open(report))
+    check(j["cg"]["termination"] == "interrupted" and j["cg"]["iterations"] > 0 and proc.returncode != 0,
+          f"SIGTERM: the report says {j['cg']['termination']} at iteration {j['cg']['iterations']}, exit "
+          f"{proc.returncode}")
+    check(np.isfinite(flat(out)).all() and np.linalg.norm(flat(out)) > 0, "SIGTERM: the iterate is finite, nonzero")
+
+if failures:
+    print(f"{len(failures)} check(s) failed")
+    sys.exit(1)
+print(f"all checks passed on {ranks} ranks")

@@ -1,0 +1,358 @@
+// A batch shared by several ranks, in one process: K threads, each a rank with its own share and its own
+// operator, joined by a Communicator written here (sums in rank order through shared memory). Against the
+// one-process operator on the whole batch (itself checked against the dense Fisher in test_fisher): loss,
+// gradient, products, the empirical diagonal, Monte-Carlo labels keyed by the global sample; the ranks'
+// agreement on errors and on a solve's stop. Also the share arithmetic and the readers' sample ranges.
+// (The MPI build's end-to-end runs under mpirun are tests/mpi_ranks.py.)
+#include "test_helpers.h"
+
+#include <natgrad/distributed/communicator.h>
+#include <natgrad/io/dataset_io.h>
+#include <natgrad/io/safetensors.h>
+#include <natgrad/natural_gradient/solve_natural_gradient.h>
+
+#include <condition_variable>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace natgrad {
+namespace {
+
+using test::rel_err;
+using test::rel_err_vec;
+
+// K threads that meet at barriers; each rank publishes a pointer, then reads the others'.
+class ThreadGroup {
+ public:
+  explicit ThreadGroup(int K) : K_(K), slots_(static_cast<std::size_t>(K)), texts_(static_cast<std::size_t>(K)) {}
+  int size() const { return K_; }
+  void arrive() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    const long generation = generation_;
+    if (++count_ == K_) {
+      count_ = 0;
+      ++generation_;
+      cv_.notify_all();
+    } else {
+      cv_.wait(lock, [&] { return generation != generation_; });
+    }
+  }
+  std::vector<const void*>& slots() { return slots_; }
+  std::vector<std::string>& texts() { return texts_; }
+
+ private:
+  int K_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  int count_ = 0;
+  long generation_ = 0;
+  std::vector<const void*> slots_;
+  std::vector<std::string> texts_;
+};
+
+class ThreadCommunicator final : public Communicator {
+ public:
+  ThreadCommunicator(ThreadGroup& group, int rank) : g_(group), rank_(rank) {}
+  int rank() const override { return rank_; }
+  int size() const override { return g_.size(); }
+  void sum(float* x, Index n) const override { sum_impl(x, n); }
+  void sum(double* x, Index n) const override { sum_impl(x, n); }
+  bool broadcast(bool flag) const override {
+    bool mine = flag;
+    g_.slots()[static_cast<std::size_t>(rank_)] = &mine;
+    g_.arrive();
+    const bool out = *static_cast<const bool*>(g_.slots()[0]);
+    g_.arrive();
+    return out;
+  }
+  std::string first_error(const std::string& mine) const override {
+    g_.texts()[static_cast<std::size_t>(rank_)] = mine;
+    g_.arrive();
+    std::string out;
+    for (const std::string& t : g_.texts())
+      if (!t.empty()) {
+        out = t;
+        break;
+      }
+    g_.arrive();
+    return out;
+  }
+  double max(double value) const override {
+    g_.slots()[static_cast<std::size_t>(rank_)] = &value;
+    g_.arrive();
+    double out = value;
+    for (const void* p : g_.slots()) out = std::max(out, *static_cast<const double*>(p));
+    g_.arrive();
+    return out;
+  }
+
+ private:
+  template <typename T>
+  void sum_impl(T* x, Index n) const {
+    g_.slots()[static_cast<std::size_t>(rank_)] = x;
+    g_.arrive();
+    std::vector<T> total(static_cast<const T*>(g_.slots()[0]), static_cast<const T*>(g_.slots()[0]) + n);
+    for (int r = 1; r < g_.size(); ++r) {  // rank order
+      const T* part = static_cast<const T*>(g_.slots()[static_cast<std::size_t>(r)]);
+      for (Index i = 0; i < n; ++i) total[static_cast<std::size_t>(i)] += part[i];
+    }
+    g_.arrive();  // every rank has read every part
+    std::copy(total.begin(), total.end(), x);
+  }
+  ThreadGroup& g_;
+  int rank_;
+};
+
+// Runs body(rank, comm) on K threads; rethrows nothing, returns each rank's exception message ("" if none).
+std::vector<std::string> on_ranks(int K, const std::function<void(int, const Communicator&)>& body) {
+  ThreadGroup group(K);
+  std::vector<std::string> errors(static_cast<std::size_t>(K));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < K; ++r)
+    threads.emplace_back([&, r] {
+      ThreadCommunicator comm(group, r);
+      try {
+        body(r, comm);
+      } catch (const std::exception& e) {
+        errors[static_cast<std::size_t>(r)] = e.what();
+      }
+    });
+  for (auto& t : threads) t.join();
+  return errors;
+}
+
+TEST(Distributed, SharesAreContiguousCoverTheBatchAndDifferByAtMostOne) {
+  for (Index N : {1, 2, 7, 100, 101, 1000})
+    for (int K = 1; K <= std::min<Index>(N, 9); ++K) {
+      Index next = 0, smallest = N, largest = 0;
+      for (int r = 0; r < K; ++r) {
+        const SampleShare s = share_of(N, r, K);
+        EXPECT_EQ(s.first, next) << N << " " << K;
+        next += s.count;
+        smallest = std::min(smallest, s.count);
+        largest = std::max(largest, s.count);
+      }
+      EXPECT_EQ(next, N);
+      EXPECT_LE(largest - smallest, 1);
+      EXPECT_GE(smallest, 1);
+    }
+}
+
+TEST(Distributed, ReadersKeepExactlyTheRangeAskedFor) {
+  const std::string dir = test::make_temp_dir("natgrad_dist");
+  Network<double> model(test::mlp_spec(5, 4, 3));
+  const Dataset<double> all = test::random_dataset(model, 13, LikelihoodKind::categorical, 5);
+  save_dataset(dir + "/d.safetensors", all, {5});
+  {
+    std::ofstream csv(dir + "/d.csv");
+    csv << "a,b,c,d,e,y\n";
+    for (Index n = 0; n < all.size(); ++n) {
+      for (Index k = 0; k < 5; ++k) csv << all.inputs(k, n) << ",";
+      csv << all.labels[static_cast<std::size_t>(n)] << "\n";
+    }
+  }
+  {
+    std::ofstream text(dir + "/t.txt", std::ios::binary);
+    for (int i = 0; i < 95; ++i) text << char('a' + i % 26);
+  }
+  for (const std::string file : {"/d.safetensors", "/d.csv"}) {
+    const std::string path = dir + file;
+    EXPECT_EQ(count_samples(path), 13) << file;
+    const Dataset<double> whole = load_dataset<double>(path, {5}, LikelihoodKind::categorical, 3);
+    for (auto [first, count] : std::vector<std::pair<Index, Index>>{{0, 4}, {4, 5}, {9, 4}, {12, 1}, {3, 0}}) {
+      const Dataset<double> part =
+          load_dataset<double>(path, {5}, LikelihoodKind::categorical, 3, Split::train, count, 1, 0, first);
+      const Index n = count > 0 ? count : 13 - first;
+      ASSERT_EQ(part.size(), n) << file << " " << first;
+      EXPECT_EQ(part.inputs, whole.inputs.middleCols(first, n)) << file << " " << first;
+      EXPECT_EQ(part.labels, std::vector<int64_t>(whole.labels.begin() + first, whole.labels.begin() + first + n));
+    }
+    EXPECT_ERROR(load_dataset<double>(path, {5}, LikelihoodKind::categorical, 3, Split::train, 5, 1, 0, 10),
+                 "samples [10, 15) lie beyond the 13 samples");
+  }
+  // Text: windows of T + 1 = 10 bytes; window w starts at byte 10 w.
+  EXPECT_EQ(count_samples(dir + "/t.txt", Split::train, 9), 9);
+  const Dataset<double> w = load_dataset<double>(dir + "/t.txt", {9}, LikelihoodKind::categorical, 256,
+                                                 Split::train, 2, 9, 9, 3);
+  ASSERT_EQ(w.size(), 2);
+  EXPECT_EQ(w.inputs(0, 0), double('a' + 30 % 26));
+  EXPECT_EQ(w.labels[8], 'a' + 39 % 26);
+  // Fashion-MNIST (IDX, gzip): the count from the header, a range equal to the same columns of a prefix.
+  const std::string fm = "/usr/share/datasets/fashion-mnist";
+  if (std::ifstream(fm + "/train-labels-idx1-ubyte.gz")) {
+    EXPECT_EQ(count_samples(fm), 60000);
+    const Dataset<float> head = load_dataset<float>(fm, {1, 28, 28}, LikelihoodKind::categorical, 10, Split::train, 30);
+    const Dataset<float> part =
+        load_dataset<float>(fm, {1, 28, 28}, LikelihoodKind::categorical, 10, Split::train, 10, 1, 0, 20);
+    EXPECT_EQ(part.inputs, head.inputs.middleCols(20, 10));
+    EXPECT_EQ(part.labels, std::vector<int64_t>(head.labels.begin() + 20, head.labels.end()));
+  }
+}
+
+struct Case {
+  LikelihoodKind likelihood;
+  FisherKind kind;
+};
+
+class DistributedOperator : public ::testing::TestWithParam<Case> {};
+
+TEST_P(DistributedOperator, EqualsOneProcessOnTheWholeBatch) {
+  const auto [likelihood, kind] = GetParam();
+  Network<double> model(test::mlp_spec(6, 7, 4));
+  const Vec<double> theta = init_parameters(model, 1);
+  const Index N = 23;  // no K from 2 to 22 divides it
+  const Dataset<double> data = test::random_dataset(model, N, likelihood, 9);
+  FisherOptions fo;
+  fo.kind = kind;
+  fo.mc_samples = 3;
+  fo.seed = 5;
+  fo.damping = 0.25;
+  fo.num_threads = 1;
+  FisherOperator<double> one(model, theta, likelihood, data, fo);
+  const Vec<double> v = test::random_vec<double>(one.cols(), 3);
+  Vec<double> y1(one.rows());
+  one.perform_op(v.data(), y1.data());
+  const Vec<double> diag1 = one.empirical_fisher_diagonal();
+  for (int K : {2, 3, 5}) {
+    std::vector<Vec<double>> y(static_cast<std::size_t>(K)), g(y), diag(y);
+    std::vector<double> loss(static_cast<std::size_t>(K));
+    const auto errors = on_ranks(K, [&](int r, const Communicator& comm) {
+      const SampleShare s = share_of(N, r, K);
+      FisherOptions o = fo;
+      o.communicator = &comm;
+      o.first_sample = s.first;
+      o.total_samples = N;
+      FisherOperator<double> F(model, theta, likelihood, data.slice(s.first, s.count), o);
+      auto& yr = y[static_cast<std::size_t>(r)];
+      yr.resize(F.rows());
+      F.perform_op(v.data(), yr.data());
+      loss[static_cast<std::size_t>(r)] = F.loss();
+      g[static_cast<std::size_t>(r)] = F.gradient();
+      diag[static_cast<std::size_t>(r)] = F.empirical_fisher_diagonal();
+      EXPECT_EQ(F.total_samples(), N);
+      EXPECT_EQ(F.num_samples(), s.count);
+    });
+    for (int r = 0; r < K; ++r) {
+      const auto i = static_cast<std::size_t>(r);
+      ASSERT_EQ(errors[i], "") << "rank " << r;
+      EXPECT_LE(rel_err_vec(y[i], y1), 1e-13) << "K " << K << " rank " << r;
+      EXPECT_LE(rel_err(loss[i], one.loss()), 1e-14) << "K " << K;
+      EXPECT_LE(rel_err_vec(g[i], one.gradient()), 1e-13) << "K " << K;
+      EXPECT_LE(rel_err_vec(diag[i], diag1), 1e-13) << "K " << K;
+      // Every rank holds the same bits.
+      EXPECT_EQ(y[i], y[0]);
+      EXPECT_EQ(g[i], g[0]);
+      EXPECT_EQ(loss[i], loss[0]);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Kinds, DistributedOperator,
+                         ::testing::Values(Case{LikelihoodKind::categorical, FisherKind::exact},
+                                           Case{LikelihoodKind::categorical, FisherKind::mc},
+                                           Case{LikelihoodKind::categorical, FisherKind::empirical},
+                                           Case{LikelihoodKind::gaussian, FisherKind::exact},
+                                           Case{LikelihoodKind::bernoulli, FisherKind::mc}));
+
+TEST(Distributed, EveryRankReportsTheFirstFailureWithTheGlobalSample) {
+  Network<double> model(test::mlp_spec(4, 5, 3));
+  const Vec<double> theta = init_parameters(model, 1);
+  Dataset<double> data = test::random_dataset(model, 12, LikelihoodKind::categorical, 2);
+  data.inputs(2, 10) = std::numeric_limits<double>::quiet_NaN();  // sample 10: rank 2's share
+  std::vector<std::string> reported(3);
+  const auto errors = on_ranks(3, [&](int r, const Communicator& comm) {
+    const SampleShare s = share_of(12, r, 3);
+    FisherOptions o;
+    o.communicator = &comm;
+    o.first_sample = s.first;
+    o.total_samples = 12;
+    FisherOperator<double> F(model, theta, LikelihoodKind::categorical, data.slice(s.first, s.count), o);
+    reported[static_cast<std::size_t>(r)] = F.forward_error();
+  });
+  for (int r = 0; r < 3; ++r) {
+    EXPECT_EQ(errors[static_cast<std::size_t>(r)], "");
+    EXPECT_NE(reported[static_cast<std::size_t>(r)].find("NaN or Inf, first at sample 10"), std::string::npos)
+        << "rank " << r << ": " << reported[static_cast<std::size_t>(r)];
+  }
+  // A label out of range in rank 1's share: every rank's constructor throws rank 1's error.
+  Dataset<double> bad = test::random_dataset(model, 12, LikelihoodKind::categorical, 2);
+  bad.labels[5] = 7;
+  const auto thrown = on_ranks(3, [&](int r, const Communicator& comm) {
+    const SampleShare s = share_of(12, r, 3);
+    FisherOptions o;
+    o.communicator = &comm;
+    o.first_sample = s.first;
+    o.total_samples = 12;
+    FisherOperator<double> F(model, theta, LikelihoodKind::categorical, bad.slice(s.first, s.count), o);
+  });
+  for (int r = 0; r < 3; ++r) {
+    EXPECT_FALSE(thrown[static_cast<std::size_t>(r)].empty()) << "rank " << r;
+    EXPECT_EQ(thrown[static_cast<std::size_t>(r)], thrown[0]);
+  }
+}
+
+TEST(Distributed, SolveMatchesOneProcessAndStopsWhereRankZeroSays) {
+  Network<double> model(test::mlp_spec(5, 6, 3));
+  const Vec<double> theta = init_parameters(model, 4);
+  const Index N = 17, Nc = 8;
+  const Dataset<double> data = test::random_dataset(model, N, LikelihoodKind::categorical, 8);
+  NaturalGradientOptions opt;
+  opt.fisher.damping = 1e-2;
+  opt.fisher.num_threads = 1;
+  opt.cg.relative_tolerance = 1e-12;
+  opt.curvature_batch = Nc;
+  opt.spectrum_top_k = 2;
+  const NaturalGradientResult<double> one = solve_natural_gradient(model, theta, LikelihoodKind::categorical, data, opt);
+  ASSERT_TRUE(one.cg.is_converged()) << one.cg.message;
+  const int K = 3;
+  std::vector<NaturalGradientResult<double>> res(K);
+  auto errors = on_ranks(K, [&](int r, const Communicator& comm) {
+    NaturalGradientOptions o = opt;
+    o.curvature_batch = 0;
+    o.fisher.communicator = &comm;
+    const SampleShare s = share_of(N, r, K), c = share_of(Nc, r, K);
+    const Dataset<double> mine = data.slice(s.first, s.count), curvature = data.slice(c.first, c.count);
+    res[static_cast<std::size_t>(r)] =
+        solve_natural_gradient(model, theta, LikelihoodKind::categorical, BatchShare<double>{&mine, s.first, N},
+                               BatchShare<double>{&curvature, c.first, Nc}, o);
+  });
+  for (int r = 0; r < K; ++r) {
+    const auto& x = res[static_cast<std::size_t>(r)];
+    ASSERT_EQ(errors[static_cast<std::size_t>(r)], "");
+    EXPECT_EQ(x.samples, N);
+    EXPECT_EQ(x.curvature_samples, Nc);
+    EXPECT_LE(rel_err(x.loss, one.loss), 1e-14);
+    EXPECT_LE(rel_err_vec(x.gradient, one.gradient), 1e-13);
+    EXPECT_LE(rel_err_vec(x.direction, one.direction), 1e-8);  // two converged CG runs (cond · tolerance)
+    EXPECT_LE(rel_err_vec(x.spectrum.eigenvalues, one.spectrum.eigenvalues), 1e-10);
+    EXPECT_EQ(x.direction, res[0].direction);
+  }
+  // The callback asks to stop on rank 0 only, at iteration 3: every rank stops there, with the same iterate.
+  errors = on_ranks(K, [&](int r, const Communicator& comm) {
+    NaturalGradientOptions o = opt;
+    o.curvature_batch = 0;
+    o.spectrum_top_k = 0;
+    o.fisher.communicator = &comm;
+    o.cg.callback = [r](const CgIterationInfo& info) {
+      return r == 0 && info.iteration == 3 ? CallbackResult::stop : CallbackResult::keep_going;
+    };
+    const SampleShare s = share_of(N, r, K);
+    const Dataset<double> mine = data.slice(s.first, s.count);
+    res[static_cast<std::size_t>(r)] = solve_natural_gradient(
+        model, theta, LikelihoodKind::categorical, BatchShare<double>{&mine, s.first, N},
+        BatchShare<double>{&mine, s.first, N}, o);
+  });
+  for (int r = 0; r < K; ++r) {
+    ASSERT_EQ(errors[static_cast<std::size_t>(r)], "");
+    EXPECT_EQ(res[static_cast<std::size_t>(r)].cg.termination, CgTermination::user_stop) << "rank " << r;
+    EXPECT_EQ(res[static_cast<std::size_t>(r)].cg.iterations, 3) << "rank " << r;
+    EXPECT_EQ(res[static_cast<std::size_t>(r)].direction, res[0].direction);
+  }
+}
+
+}  // namespace
+}  // namespace natgrad
