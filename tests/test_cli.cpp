@@ -6,6 +6,7 @@
 #include <natgrad/io/dataset_io.h>
 #include <natgrad/io/model_spec_json.h>
 #include <natgrad/io/parameters_io.h>
+#include <natgrad/natural_gradient/memory_estimate.h>
 #include <natgrad/natural_gradient/solve_natural_gradient.h>
 
 #include <nlohmann/json.hpp>
@@ -262,6 +263,14 @@ TEST_F(Cli, SpectrumAndInfo) {
   EXPECT_NE(info.out.find("total parameters: " + std::to_string(l.model->num_params())), std::string::npos) << info.out;
   EXPECT_NE(info.out.find("memory for a solve at batch 64"), std::string::npos);
   EXPECT_NE(info.out.find("avgpool2d"), std::string::npos);
+  // --ranks K: one rank's estimate, the library's estimate for its share of 64 / 3 samples (at most 22).
+  const Result ranks = run("info --model " + p("model.json") + " --batch 64 --ranks 3 --threads 1");
+  ASSERT_EQ(ranks.code, 0) << ranks.err;
+  const MemoryEstimate share =
+      estimate_solve_memory(l.m.spec, 22, 0, sizeof(float), FisherOptions(), 0, 1, false, l.m.likelihood, 3);
+  EXPECT_NE(ranks.out.find("per rank of 3 (at most 22 samples each): " + share.report()), std::string::npos)
+      << ranks.out << "\nexpected: " << share.report();
+  EXPECT_EQ(run("info --model " + p("model.json") + " --batch 2 --ranks 3").code, 2);
 }
 
 TEST_F(Cli, SolveNaturalGradientBinaryIsNatgradSolve) {
