@@ -82,9 +82,15 @@ int run(int argc, char** argv, bool solve_only) {
     validate(a);
     if (a.ranks < 1) usage_error("--ranks must be >= 1, got " + std::to_string(a.ranks));
     if (!world.root()) a.quiet = true;
-    // Under MPI each rank takes its share of the cores unless --threads or OMP_NUM_THREADS says otherwise.
-    if (a.threads == 0 && world.size() > 1 && !std::getenv("OMP_NUM_THREADS")) a.threads = world.default_threads();
-    set_num_threads(a.threads);
+    // Threads: --threads T (0: all cores); without it OMP_NUM_THREADS, else all cores, or under MPI this
+    // rank's share of them.
+    bool threads_given = false;
+    for (CLI::App* c : {solve, fvp, spectrum, info})
+      if (c && c->parsed() && c->count("--threads")) threads_given = true;
+    if (threads_given)
+      set_num_threads(a.threads);
+    else if (!std::getenv("OMP_NUM_THREADS"))
+      set_num_threads(world.size() > 1 ? world.default_threads() : 0);
     const bool f64 = a.dtype == "float64";
     if (solve_only || solve->parsed()) return f64 ? run_solve<double>(a, world) : run_solve<float>(a, world);
     if (fvp->parsed()) return f64 ? run_fvp<double>(a, world) : run_fvp<float>(a, world);

@@ -37,7 +37,8 @@ void add_common(CLI::App* c, Args& a, const std::string& damping_default) {
   c->add_option("--preconditioner", a.preconditioner, "none or diagonal (Martens: (diag(F_emp) + lambda)^0.75)")
       ->capture_default_str();
   c->add_option("--dtype", a.dtype, "float32 or float64")->capture_default_str();
-  c->add_option("--threads", a.threads, "Threads: >= 1, or 0 for all cores (default: OMP_NUM_THREADS, else all cores)");
+  c->add_option("--threads", a.threads,
+                "Threads: >= 1, or 0 for all cores (default: OMP_NUM_THREADS, else all cores; under MPI each rank's share of them)");
   c->add_option("--max-memory", a.max_memory_gb,
                 "Refuse to start if the estimated memory exceeds this many GB (default: the available memory)");
   c->add_flag("--quiet", a.quiet, "No progress on stderr");

@@ -3,6 +3,7 @@
 // output file.
 #include "test_helpers.h"
 
+#include <natgrad/core/threads.h>
 #include <natgrad/io/dataset_io.h>
 #include <natgrad/io/model_spec_json.h>
 #include <natgrad/io/parameters_io.h>
@@ -271,6 +272,18 @@ TEST_F(Cli, SpectrumAndInfo) {
   EXPECT_NE(ranks.out.find("per rank of 3 (at most 22 samples each): " + share.report()), std::string::npos)
       << ranks.out << "\nexpected: " << share.report();
   EXPECT_EQ(run("info --model " + p("model.json") + " --batch 2 --ranks 3").code, 2);
+}
+
+TEST_F(Cli, ThreadsComeFromTheOptionElseOmpNumThreadsElseAllCores) {
+  // (The header line names the count; `env -u` runs without OMP_NUM_THREADS whatever ctest's environment.)
+  const std::string solve = " solve " + base + " --output " + p("t.safetensors");
+  const Result env1 = run(solve, ("OMP_NUM_THREADS=1 " + std::string(NATGRAD_CLI)).c_str());
+  ASSERT_EQ(env1.code, 0) << env1.err;
+  EXPECT_NE(env1.out.find(", 1 threads"), std::string::npos) << env1.out;
+  const Result option = run(solve + " --threads 3", ("OMP_NUM_THREADS=1 " + std::string(NATGRAD_CLI)).c_str());
+  EXPECT_NE(option.out.find(", 3 threads"), std::string::npos) << option.out;
+  const Result all = run(solve, ("env -u OMP_NUM_THREADS " + std::string(NATGRAD_CLI)).c_str());
+  EXPECT_NE(all.out.find(", " + std::to_string(available_cores()) + " threads"), std::string::npos) << all.out;
 }
 
 TEST_F(Cli, SolveNaturalGradientBinaryIsNatgradSolve) {

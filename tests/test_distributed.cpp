@@ -125,6 +125,14 @@ std::vector<std::string> on_ranks(int K, const std::function<void(int, const Com
   return errors;
 }
 
+// `base` for the rank holding share s of a batch of N samples.
+FisherOptions for_share(FisherOptions base, const Communicator& comm, SampleShare s, Index N) {
+  base.communicator = &comm;
+  base.first_sample = s.first;
+  base.total_samples = N;
+  return base;
+}
+
 TEST(Distributed, SharesAreContiguousCoverTheBatchAndDifferByAtMostOne) {
   for (Index N : {1, 2, 7, 100, 101, 1000})
     for (int K = 1; K <= std::min<Index>(N, 9); ++K) {
@@ -222,11 +230,7 @@ TEST_P(DistributedOperator, EqualsOneProcessOnTheWholeBatch) {
     std::vector<double> loss(static_cast<std::size_t>(K));
     const auto errors = on_ranks(K, [&](int r, const Communicator& comm) {
       const SampleShare s = share_of(N, r, K);
-      FisherOptions o = fo;
-      o.communicator = &comm;
-      o.first_sample = s.first;
-      o.total_samples = N;
-      FisherOperator<double> F(model, theta, likelihood, data.slice(s.first, s.count), o);
+      FisherOperator<double> F(model, theta, likelihood, data.slice(s.first, s.count), for_share(fo, comm, s, N));
       auto& yr = y[static_cast<std::size_t>(r)];
       yr.resize(F.rows());
       F.perform_op(v.data(), yr.data());
@@ -266,11 +270,8 @@ TEST(Distributed, EveryRankReportsTheFirstFailureWithTheGlobalSample) {
   std::vector<std::string> reported(3);
   const auto errors = on_ranks(3, [&](int r, const Communicator& comm) {
     const SampleShare s = share_of(12, r, 3);
-    FisherOptions o;
-    o.communicator = &comm;
-    o.first_sample = s.first;
-    o.total_samples = 12;
-    FisherOperator<double> F(model, theta, LikelihoodKind::categorical, data.slice(s.first, s.count), o);
+    FisherOperator<double> F(model, theta, LikelihoodKind::categorical, data.slice(s.first, s.count),
+                             for_share(FisherOptions(), comm, s, 12));
     reported[static_cast<std::size_t>(r)] = F.forward_error();
   });
   for (int r = 0; r < 3; ++r) {
@@ -283,11 +284,8 @@ TEST(Distributed, EveryRankReportsTheFirstFailureWithTheGlobalSample) {
   bad.labels[5] = 7;
   const auto thrown = on_ranks(3, [&](int r, const Communicator& comm) {
     const SampleShare s = share_of(12, r, 3);
-    FisherOptions o;
-    o.communicator = &comm;
-    o.first_sample = s.first;
-    o.total_samples = 12;
-    FisherOperator<double> F(model, theta, LikelihoodKind::categorical, bad.slice(s.first, s.count), o);
+    FisherOperator<double> F(model, theta, LikelihoodKind::categorical, bad.slice(s.first, s.count),
+                             for_share(FisherOptions(), comm, s, 12));
   });
   for (int r = 0; r < 3; ++r) {
     EXPECT_FALSE(thrown[static_cast<std::size_t>(r)].empty()) << "rank " << r;
