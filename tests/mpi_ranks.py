@@ -4,8 +4,8 @@
 Usage: mpi_ranks.py <natgrad> <mpiexec> <ranks>
 
 For each case (three likelihoods, a chain and a residual graph, a batch that the ranks do not divide
-evenly, a curvature batch smaller than the batch) it runs `natgrad solve`, `fvp` (exact, empirical,
-Monte-Carlo) and `spectrum` once in one process and once under `mpiexec -np <ranks>`, in float64, and checks:
+evenly, a curvature batch smaller than the batch) it runs `natgrad solve` (also with the diagonal
+preconditioner), `fvp` (exact, empirical, Monte-Carlo) and `spectrum` once in one process and once under `mpiexec -np <ranks>`, in float64, and checks:
   - loss, gradient and every Fisher-vector product agree to 1e-12 (relative): the sums over ranks add the same
     per-sample terms in another order, nothing more;
   - the top eigenvalues agree to 1e-9, and the damped directions (CG to 1e-11) to 1e-7 (the condition number
@@ -146,6 +146,16 @@ for name, (spec, data) in cases.items():
             ev1, evk = np.array(one["spectrum"]["eigenvalues"]), np.array(many["spectrum"]["eigenvalues"])
             e = rel(evk, ev1)
             check(e <= 1e-9, f"{name}: top-3 eigenvalues {evk} vs {ev1}, relative difference {e:.1e}")
+
+    # The diagonal preconditioner: its empirical-Fisher statistics are sums over the ranks too.
+    if name == "categorical":
+        for mpi in (False, True):
+            k = "mpi" if mpi else "one"
+            r = run(["solve"] + common + ["--damping", "1e-2", "--cg-tol", "1e-11", "--preconditioner", "diagonal",
+                     "--output", p(f"{tag}_pd_{k}.safetensors")], mpi)
+            check(r.returncode == 0, f"{name}: preconditioned solve ({k}) exits 0 {r.stderr.strip()[-300:]}")
+        e = rel(flat(p(f"{tag}_pd_mpi.safetensors")), flat(p(f"{tag}_pd_one.safetensors")))
+        check(e <= 1e-7, f"{name}: preconditioned direction, relative difference {e:.1e}")
 
     # fvp: exact, empirical, Monte-Carlo (labels keyed by the global sample: the same draws for any ranks)
     v = rng.standard_normal(len(flat(p(f"{tag}_g_one.safetensors"))))

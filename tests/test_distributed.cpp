@@ -10,6 +10,8 @@
 #include <natgrad/io/dataset_io.h>
 #include <natgrad/io/safetensors.h>
 #include <natgrad/natural_gradient/solve_natural_gradient.h>
+#include <natgrad/solvers/hutchinson_trace.h>
+#include <natgrad/solvers/slq_density.h>
 
 #include <condition_variable>
 #include <fstream>
@@ -261,6 +263,42 @@ INSTANTIATE_TEST_SUITE_P(Kinds, DistributedOperator,
                                            Case{LikelihoodKind::categorical, FisherKind::empirical},
                                            Case{LikelihoodKind::gaussian, FisherKind::exact},
                                            Case{LikelihoodKind::bernoulli, FisherKind::mc}));
+
+TEST(Distributed, TraceAndDensityProbesAreTheOneProcessOnes) {
+  // Hutchinson's and SLQ's Rademacher probes are keyed by the probe index, and each probe's products are
+  // sums over the ranks: the estimates are the one-process ones.
+  Network<double> model(test::mlp_spec(5, 6, 3));
+  const Vec<double> theta = init_parameters(model, 2);
+  const Index N = 19;
+  const Dataset<double> data = test::random_dataset(model, N, LikelihoodKind::categorical, 4);
+  FisherOptions fo;
+  fo.num_threads = 1;
+  const FisherOperator<double> one(model, theta, LikelihoodKind::categorical, data, fo);
+  const TraceEstimate t1 = hutchinson_trace(one, 20, 3);
+  const SpectralDensity d1 = slq_density(one, 12, 4, 3);
+  std::vector<TraceEstimate> t(3);
+  std::vector<SpectralDensity> d(3);
+  const auto errors = on_ranks(3, [&](int r, const Communicator& comm) {
+    const SampleShare s = share_of(N, r, 3);
+    const FisherOperator<double> F(model, theta, LikelihoodKind::categorical, data.slice(s.first, s.count),
+                                   for_share(fo, comm, s, N));
+    t[static_cast<std::size_t>(r)] = hutchinson_trace(F, 20, 3);
+    d[static_cast<std::size_t>(r)] = slq_density(F, 12, 4, 3);
+  });
+  for (int r = 0; r < 3; ++r) {
+    const auto i = static_cast<std::size_t>(r);
+    ASSERT_EQ(errors[i], "");
+    EXPECT_LE(rel_err(t[i].trace, t1.trace), 1e-13);
+    EXPECT_LE(rel_err(t[i].standard_error, t1.standard_error), 1e-10);
+    ASSERT_EQ(d[i].nodes.size(), d1.nodes.size());
+    double scale = 0;  // Ritz values near 0 are compared on the spectrum's scale
+    for (double x : d1.nodes) scale = std::max(scale, std::abs(x));
+    for (std::size_t k = 0; k < d1.nodes.size(); ++k) {
+      EXPECT_LE(std::abs(d[i].nodes[k] - d1.nodes[k]), 1e-9 * scale) << k;
+      EXPECT_LE(std::abs(d[i].weights[k] - d1.weights[k]), 1e-9) << k;
+    }
+  }
+}
 
 TEST(Distributed, EveryRankReportsTheFirstFailureWithTheGlobalSample) {
   Network<double> model(test::mlp_spec(4, 5, 3));
