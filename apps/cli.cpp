@@ -39,6 +39,9 @@ int run(int argc, char** argv, bool solve_only) {
   solve->add_option("--output", a.output, "Write the direction d here (safetensors, the weights' names and shapes)");
   solve->add_option("--save-gradient", a.save_gradient, "Write the gradient g here");
   solve->add_option("--spectrum", a.spectrum, "Also report the top-K eigenvalues of F and the condition number of F + lambda*I (default 0; 10 for the embedded default)");
+  solve->add_option("--deflate", a.deflate,
+                    "Deflate CG with the top-K eigenpairs of F, computed before it (default: those of --spectrum, "
+                    "which a solve with a spectrum reuses; not with --preconditioner diagonal)");
   solve->add_option("--report", a.report, "Write a JSON report here");
   if (!solve_only) {
     add_common(fvp, a, "0 for fvp");
@@ -65,6 +68,8 @@ int run(int argc, char** argv, bool solve_only) {
     for (CLI::App* c : {solve, fvp, spectrum, info})
       if (c && c->parsed()) {
         if (c->count("--batch") && a.batch < 1) usage_error("--batch must be >= 1, got " + std::to_string(a.batch));
+        if (c == solve && c->count("--deflate") && a.deflate < 1)
+          usage_error("--deflate must be >= 1, got " + std::to_string(a.deflate));
         if (c->count("--curvature-batch") && a.curvature_batch < 1)
           usage_error("--curvature-batch must be >= 1, got " + std::to_string(a.curvature_batch));
       }

@@ -28,6 +28,7 @@ struct Args {
   double cg_tol = 1e-6;
   Index cg_max_iters = 500;
   Index spectrum = 0;
+  Index deflate = 0;  // solve --deflate K
   Index top = 10;
   int threads = 0;
   int ranks = 1;  // natgrad info --ranks: the per-rank estimate

@@ -106,7 +106,7 @@ Problem<Scalar> load_problem_here(Args& a, bool allow_default, const Progress& p
   // rank's share under MPI) does not fit.
   const Index shared_curvature = K == 1 ? a.curvature_batch : (p.curvature_total < p.total ? p.curvature.size() : 0);
   MemoryEstimate mem = estimate_solve_memory(p.file.spec, p.data.size(), shared_curvature, sizeof(Scalar),
-                                             fisher_options(a), top_k, num_threads(), a.preconditioner == "diagonal",
+                                             fisher_options(a), std::max(top_k, a.deflate), num_threads(), a.preconditioner == "diagonal",
                                              p.file.likelihood, K);
   p.estimate = mem.total;
   const std::size_t limit = a.max_memory_gb > 0 ? static_cast<std::size_t>(a.max_memory_gb * 1e9) : available_memory_bytes();

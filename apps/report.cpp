@@ -38,6 +38,7 @@ nlohmann::ordered_json condition_json(const ConditionEstimate& c) {
   j["kind"] = to_string(c.kind);
   j["lambda_min_error"] = num(c.lambda_min_error);
   j["method"] = c.method;
+  j["matvecs"] = c.matvecs;
   return j;
 }
 

@@ -77,6 +77,12 @@ int run_solve(Args& a, const World& world) {
   opt.spectrum_top_k = std::min<Index>(k, p.model->num_params() - 1);
   opt.spectrum = spectrum_options(progress);
   opt.condition_number = k > 0;
+  opt.deflate = a.deflate;
+  if (a.deflate > 0 && opt.preconditioner == PreconditionerKind::diagonal)
+    usage_error("--deflate and --preconditioner diagonal do not combine: choose one");
+  if (a.deflate >= p.model->num_params())
+    usage_error("--deflate " + std::to_string(a.deflate) + " must be below the parameter count " +
+                std::to_string(p.model->num_params()));
   const int threads = num_threads();
   const Index positions = p.model->output_positions();
   const std::string per_position =
@@ -130,6 +136,9 @@ int run_solve(Args& a, const World& world) {
     std::printf("top-%lld eigenvalues of F: %s  (%lld products, %s)\n", static_cast<long long>(opt.spectrum_top_k),
                 format_eigenvalues(r.spectrum.eigenvalues).c_str(), static_cast<long long>(r.spectrum.matvecs),
                 r.spectrum.status.c_str());
+  if (r.deflated > 0)
+    std::printf("CG was deflated with the top-%lld eigenpairs of F (computed before it)\n",
+                static_cast<long long>(r.deflated));
   if (r.has_condition) print_condition(r.condition);
   std::printf("timing (s): forward %.3f, gradient %.3f, cg %.3f, spectrum %.3f, total %.3f\n", r.time_forward_s,
               r.time_gradient_s, r.time_cg_s, r.time_spectrum_s, r.time_total_s);
@@ -164,6 +173,7 @@ int run_solve(Args& a, const World& world) {
                {"residual_replacements", r.cg.restarts},
                {"breakdown", to_string(r.cg.breakdown)},
                {"products", r.cg.operator_applications},
+               {"deflated_eigenpairs", r.deflated},
                {"returned_iterate", r.cg.returned_iterate},
                {"residual_history", r.cg.residual_history}};
     if (opt.spectrum_top_k > 0) j["spectrum"] = spectrum_json(r.spectrum);

@@ -286,6 +286,27 @@ TEST_F(Cli, ThreadsComeFromTheOptionElseOmpNumThreadsElseAllCores) {
   EXPECT_NE(all.out.find(", " + std::to_string(available_cores()) + " threads"), std::string::npos) << all.out;
 }
 
+TEST_F(Cli, DeflationGivesTheSameDirectionWithFewerProducts) {
+  const std::string solve = "solve " + base + " --dtype float64 --cg-tol 1e-10 --damping 1e-2";
+  const Result plain = run(solve + " --output " + p("plain.safetensors") + " --report " + p("plain.json"));
+  const Result deflated =
+      run(solve + " --deflate 4 --output " + p("deflated.safetensors") + " --report " + p("deflated.json"));
+  ASSERT_EQ(plain.code, 0) << plain.err;
+  ASSERT_EQ(deflated.code, 0) << deflated.err;
+  EXPECT_NE(deflated.out.find("CG was deflated with the top-4 eigenpairs of F"), std::string::npos) << deflated.out;
+  const auto jp = nlohmann::json::parse(slurp(p("plain.json"))), jd = nlohmann::json::parse(slurp(p("deflated.json")));
+  EXPECT_EQ(jd["cg"]["deflated_eigenpairs"].get<Index>(), 4);
+  EXPECT_EQ(jp["cg"]["deflated_eigenpairs"].get<Index>(), 0);
+  EXPECT_LT(jd["cg"]["products"].get<Index>(), jp["cg"]["products"].get<Index>());
+  Loaded l = load();
+  Network<double> model(l.m.spec);
+  const Vec<double> a = load_parameters<double>(p("plain.safetensors"), model);
+  const Vec<double> b = load_parameters<double>(p("deflated.safetensors"), model);
+  EXPECT_LE((a - b).norm() / a.norm(), 1e-7);
+  EXPECT_EQ(run(solve + " --deflate 4 --preconditioner diagonal").code, 2);
+  EXPECT_EQ(run(solve + " --deflate 0").code, 2);
+}
+
 TEST_F(Cli, SolveNaturalGradientBinaryIsNatgradSolve) {
   const Result a = run(base + " --output " + p("a.safetensors"), SOLVE_NATURAL_GRADIENT);
   const Result b = run("solve " + base + " --output " + p("b.safetensors"));

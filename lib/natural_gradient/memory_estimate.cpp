@@ -24,7 +24,8 @@ MemoryEstimate estimate(const ModelSpec& spec, Index batch, Index curvature_batc
   const bool separate = Nc < batch;  // a second operator on the whole batch computes the gradient
   // As the CLI runs a solve: θ (moved into the operator), g (moved out of it into the result), d, and CG's
   // r, p, Ap and best iterate, and z with a preconditioner. (A library caller that keeps its own θ adds one.)
-  m.parameters = (diagonal_preconditioner ? 8 : 7) * P * s;
+  // (A spectrum is computed first and deflates CG, which then keeps z as with the diagonal preconditioner.)
+  m.parameters = (diagonal_preconditioner || top_k > 0 ? 8 : 7) * P * s;
   // Activations (input included) and what the forward pass keeps for the other passes (attention's
   // probabilities).
   std::size_t per_sample = static_cast<std::size_t>(model.input_size() + model.saved_per_sample());

@@ -3,6 +3,7 @@
 #include <utility>
 
 #include <natgrad/core/detail/format_number.h>
+#include <natgrad/solvers/deflation_preconditioner.h>
 
 #include <chrono>
 #include <cmath>
@@ -31,6 +32,9 @@ bool NaturalGradientOptions::is_valid(std::string* why) const {
   if (!(preconditioner_exponent >= 0 && preconditioner_exponent <= 1))
     return bad("preconditioner_exponent must be in [0, 1], got " + std::to_string(preconditioner_exponent));
   if (spectrum_top_k < 0) return bad("spectrum_top_k must be >= 0");
+  if (deflate < 0) return bad("deflate must be >= 0, got " + std::to_string(deflate));
+  if (deflate > 0 && preconditioner == PreconditionerKind::diagonal)
+    return bad("deflation and the diagonal preconditioner do not combine: choose one");
   return true;
 }
 
@@ -120,12 +124,16 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& mode
   t = clock::now();
   CgWorkspace<Scalar> ws;
   const bool preconditioned = options.preconditioner == PreconditionerKind::diagonal;
+  // Deflation: the top eigenpairs of F first (the spectrum asked for, or `deflate` of them), then CG
+  // preconditioned by them from the solution on their span.
+  const Index deflation =
+      preconditioned ? 0 : std::max(options.deflate, options.reuse_spectrum ? options.spectrum_top_k : 0);
   std::string no_memory;
   try {
-    ws.resize(F.rows(), preconditioned);
+    ws.resize(F.rows(), preconditioned || deflation > 0);
     r.direction = Vec<Scalar>::Zero(F.rows());
   } catch (const std::bad_alloc&) {
-    const int vectors = preconditioned ? 6 : 5;
+    const int vectors = preconditioned || deflation > 0 ? 6 : 5;
     no_memory = "out of memory allocating conjugate gradient's vectors (" + std::to_string(vectors) + " x " +
                 std::to_string(F.rows()) + " parameters, " +
                 detail::format_bytes(double(vectors) * double(F.rows()) * sizeof(Scalar)) + ")";
@@ -141,14 +149,41 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& mode
       return comm.broadcast(stop) ? CallbackResult::stop : CallbackResult::keep_going;
     };
   }
+  std::unique_ptr<DeflationPreconditioner<Scalar>> deflator;
+  if (deflation > 0) {
+    const auto ts = clock::now();
+    const double lambda = F.damping();
+    F.set_damping(0);  // the spectrum of F itself
+    SpectrumOptions so = options.spectrum;
+    so.num_eigenvalues = std::max(deflation, options.spectrum_top_k);
+    so.compute_eigenvectors = true;
+    r.spectrum = top_eigenvalues(F, so);
+    F.set_damping(lambda);
+    if (r.spectrum.converged) {
+      const Index k = deflation;
+      deflator = std::make_unique<DeflationPreconditioner<Scalar>>(r.spectrum.eigenvectors.leftCols(k),
+                                                                   r.spectrum.eigenvalues.head(k), lambda);
+      r.deflated = k;
+      deflator->initial_guess(r.gradient.data(), r.direction.data());
+      cg_options.warm_start = true;
+    }
+    r.spectrum.eigenvectors.resize(0, 0);  // (kept in the preconditioner, in the solve's precision)
+    if (options.spectrum_top_k > 0 && r.spectrum.eigenvalues.size() > options.spectrum_top_k)
+      r.spectrum.eigenvalues.conservativeResize(options.spectrum_top_k);
+    r.time_spectrum_s = seconds(ts);
+    t = clock::now();
+  }
   if (preconditioned) {
     DiagonalPreconditioner<Scalar> M(F.empirical_fisher_diagonal(), options.fisher.damping,
                                      options.preconditioner_exponent);
     r.cg = conjugate_gradient(F, M, r.gradient.data(), r.direction.data(), cg_options, ws);
+  } else if (deflator) {
+    r.cg = conjugate_gradient(F, *deflator, r.gradient.data(), r.direction.data(), cg_options, ws);
   } else {
     r.cg = conjugate_gradient(F, IdentityPreconditioner<Scalar>(F.rows()), r.gradient.data(),
                               r.direction.data(), cg_options, ws);
   }
+  deflator.reset();
   r.time_cg_s = seconds(t);
   if (!r.gradient.allFinite() || !std::isfinite(r.loss)) {
     r.failure =
@@ -162,7 +197,7 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& mode
     t = clock::now();
     const double lambda = F.damping();
     F.set_damping(0);  // the spectrum of F itself
-    if (options.spectrum_top_k > 0) {
+    if (options.spectrum_top_k > 0 && deflation == 0) {
       SpectrumOptions so = options.spectrum;
       so.num_eigenvalues = options.spectrum_top_k;
       r.spectrum = top_eigenvalues(F, so);
@@ -174,7 +209,9 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& mode
       const Index C = model.output_size();
       const bool shift_null = likelihood == LikelihoodKind::categorical && model.num_layers() > 0 &&
                               model.layer(model.num_layers() - 1).type() == LayerType::linear;
-      ConditionEstimate c = condition_number(F, shift_null ? 0 : Nc * C);  // (Nc over all ranks)
+      // (Nc over all ranks; λ_max is the spectrum's when it is known)
+      const double known_max = r.spectrum.eigenvalues.size() > 0 ? r.spectrum.eigenvalues[0] : std::nan("");
+      ConditionEstimate c = condition_number(F, shift_null ? 0 : Nc * C, 1e-10, 300, known_max);
       if (shift_null && c.kind == ConditionMethod::rank_bound)
         c.method =
             "softmax shift invariance: the final linear layer's common-logit directions are in F's null "
@@ -192,7 +229,7 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& mode
       r.has_condition = true;
     }
     F.set_damping(lambda);
-    r.time_spectrum_s = seconds(t);
+    r.time_spectrum_s += seconds(t);
   }
   r.time_total_s = seconds(t0);
   return r;

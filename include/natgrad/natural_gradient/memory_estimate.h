@@ -20,7 +20,7 @@ namespace natgrad {
 struct MemoryEstimate {
   std::size_t parameters = 0;      ///< parameter-sized vectors as the CLI solves: θ (moved into the operator),
                                    ///< g (moved out of it), d, CG's r, p, Ap and best iterate, z when
-                                   ///< preconditioned
+                                   ///< preconditioned or deflated (top_k > 0)
   std::size_t activations = 0;     ///< the cached forward pass and the network outputs' curvature
   std::size_t workspaces = 0;      ///< per-thread tangent, im2col and GEMM packing buffers
   std::size_t cotangents = 0;      ///< the product's stored cotangents and partial gradients (FisherPlan)

@@ -42,6 +42,12 @@ struct NaturalGradientOptions {
   /// Top-k eigenvalues of F to report (0 = none; skipped, with the condition number, when the CG callback
   /// stopped the solve). Default 0.
   Index spectrum_top_k = 0;
+  /// Deflate CG with the top-`deflate` eigenpairs of F (DeflationPreconditioner), computed before CG.
+  /// 0 (default): only those of the spectrum, when reuse_spectrum. Not with the diagonal preconditioner.
+  Index deflate = 0;
+  /// With spectrum_top_k > 0 and no diagonal preconditioner, compute the spectrum first and deflate CG with
+  /// its eigenpairs (fewer products for the same direction). Default true.
+  bool reuse_spectrum = true;
   /// Lanczos settings for the spectrum (num_eigenvalues is taken from spectrum_top_k).
   SpectrumOptions spectrum;
   /// Also estimate the condition number of F + λI. Default false.
@@ -88,6 +94,7 @@ struct NaturalGradientResult {
   Index curvature_samples = 0;
   CgSummary cg;
   SpectrumResult spectrum;          ///< empty unless spectrum_top_k > 0
+  Index deflated = 0;               ///< eigenpairs CG was deflated with (0: none)
   bool has_condition = false;
   ConditionEstimate condition;      ///< of F + λI, if asked
   double time_forward_s = 0, time_gradient_s = 0, time_cg_s = 0, time_spectrum_s = 0, time_total_s = 0;

@@ -54,11 +54,13 @@ struct ConditionEstimate {
 /// the operator's products; λ_min = λ_max − θ cancels when λ_min ≪ λ_max, so its accuracy is reported as a
 /// residual bound (lambda_min_error), never claimed exact. If the operator's rank is known to be below n
 /// (`rank_bound` < n, e.g. N·C for a Fisher on N samples with C outputs), λ_min is 0 exactly and no Lanczos
-/// is run for it. Spectra's exceptions and NaN/Inf products end in kind == failed with the reason in
-/// `method`; nothing is thrown.
+/// is run for it. A finite `known_lambda_max` (the top eigenvalue top_eigenvalues() already found) is used
+/// as λ_max without a Lanczos run of its own. Spectra's exceptions and NaN/Inf products end in
+/// kind == failed with the reason in `method`; nothing is thrown.
 template <typename Op>
 ConditionEstimate condition_number(const Op& op, Index rank_bound = -1, double tolerance = 1e-10,
-                                   Index max_restarts = 300) {
+                                   Index max_restarts = 300,
+                                   double known_lambda_max = std::numeric_limits<double>::quiet_NaN()) {
   NATGRAD_CHECK_OPERATOR(Op);
   const Index n = op.rows();
   ConditionEstimate c;
@@ -100,7 +102,9 @@ ConditionEstimate condition_number(const Op& op, Index rank_bound = -1, double t
   };
   std::string why;
   detail::DoubleOperator<Op> top(op);
-  if (!largest(top, c.lambda_max, nullptr, why)) {
+  if (std::isfinite(known_lambda_max)) {  // from a spectrum already computed: no products
+    c.lambda_max = known_lambda_max;
+  } else if (!largest(top, c.lambda_max, nullptr, why)) {
     fail("failed: the largest eigenvalue: " + why);
     c.lambda_max = std::numeric_limits<double>::quiet_NaN();
     return c;
