@@ -50,6 +50,11 @@ int run(int argc, char** argv, bool solve_only) {
     fvp->add_option("--report", a.report, "Write a JSON report here");
     add_common(spectrum, a, "0 for spectrum");
     spectrum->add_option("--top", a.top, "Number of largest eigenvalues")->capture_default_str();
+    spectrum->add_flag("--trace", a.trace, "Also estimate tr(F) by Hutchinson (Rademacher probes), with its standard error");
+    spectrum->add_option("--probes", a.probes, "Probes for --trace (>= 2)")->capture_default_str();
+    spectrum->add_option("--eigenvectors", a.eigenvectors,
+                         "Write the top-K eigenvectors here (safetensors: tensors <name>.<i> for eigenvector i, in the "
+                         "weights' names and shapes)");
     spectrum->add_option("--report", a.report, "Write a JSON report here");
     info->add_option("--model", a.model, "Model spec (JSON)");
     info->add_option("--weights", a.weights, "Check these parameters against the model");
@@ -84,6 +89,8 @@ int run(int argc, char** argv, bool solve_only) {
     }
     if (fvp && fvp->parsed() && fvp->count("--damping") == 0) a.damping = 0;
     if (spectrum && spectrum->parsed() && spectrum->count("--damping") == 0) a.damping = 0;
+    if (spectrum && spectrum->parsed() && spectrum->count("--probes") && a.probes < 2)
+      usage_error("--probes must be >= 2, got " + std::to_string(a.probes));
     validate(a);
     if (a.ranks < 1) usage_error("--ranks must be >= 1, got " + std::to_string(a.ranks));
     if (!world.root()) a.quiet = true;

@@ -29,6 +29,9 @@ struct Args {
   Index cg_max_iters = 500;
   Index spectrum = 0;
   Index deflate = 0;  // solve --deflate K
+  bool trace = false;  // spectrum --trace
+  Index probes = 30;   // spectrum --probes M
+  std::string eigenvectors;  // spectrum --eigenvectors v.safetensors
   Index top = 10;
   int threads = 0;
   int ranks = 1;  // natgrad info --ranks: the per-rank estimate

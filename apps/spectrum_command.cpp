@@ -3,6 +3,9 @@
 #include "report.h"
 
 #include <natgrad/curvature/fisher_operator.h>
+#include <natgrad/io/parameters_io.h>
+#include <natgrad/natural_gradient/damped_condition.h>
+#include <natgrad/solvers/hutchinson_trace.h>
 #include <natgrad/io/safetensors.h>
 
 #include <nlohmann/json.hpp>
@@ -32,14 +35,38 @@ int run_spectrum(Args& a, const World& world) {
   if (!F.forward_error().empty()) throw std::runtime_error("forward pass: " + F.forward_error() + "; nothing written");
   SpectrumOptions so = spectrum_options(progress);
   so.num_eigenvalues = a.top;
+  so.compute_eigenvectors = !a.eigenvectors.empty();
   const SpectrumResult s = top_eigenvalues(F, so);
+  if (!s.converged) throw std::runtime_error("Lanczos failed: " + s.status + "; nothing written");
+  // Hutchinson's trace: Rademacher probes keyed by (seed, probe), products counted apart.
+  TraceEstimate trace;
+  Index trace_products = 0;
+  if (a.trace) {
+    const Index before = F.num_products();
+    trace = hutchinson_trace(F, a.probes, a.seed);
+    trace_products = F.num_products() - before;
+  }
+  // With --damping λ > 0, the condition number of F + λI (F alone is singular); λ_max is the spectrum's.
+  ConditionEstimate condition;
+  if (a.damping > 0) condition = damped_condition_number(F, a.damping, s.eigenvalues[0]);
   const double secs = std::chrono::duration<double>(clock_type::now() - t0).count();
-  if (!s.converged) throw std::runtime_error("Lanczos failed: " + s.status);
+  if (!a.eigenvectors.empty()) {
+    save_parameter_stack(a.eigenvectors, *p.model, s.eigenvectors, out_dtype(a),
+                         {{"natgrad", "top-" + std::to_string(a.top) + " eigenvectors of F, leading index"}});
+  }
   std::printf("natgrad spectrum: %lld parameters, %lld samples, fisher %s%s\n", static_cast<long long>(F.rows()),
               static_cast<long long>(F.total_samples()), a.fisher.c_str(),
               World::has_mpi() ? (", ranks: " + std::to_string(world.size())).c_str() : "");
   std::printf("top-%lld eigenvalues of F: %s\n", static_cast<long long>(a.top), format_eigenvalues(s.eigenvalues).c_str());
-  std::printf("%lld products, %lld restarts, %.3f s\n", static_cast<long long>(s.matvecs), static_cast<long long>(s.restarts), secs);
+  if (a.trace)
+    std::printf("trace of F: %.6e +- %.2e (Hutchinson, %lld Rademacher probes, %lld products)\n", trace.trace,
+                trace.standard_error, static_cast<long long>(trace.probes), static_cast<long long>(trace_products));
+  if (a.damping > 0) print_condition(condition);
+  std::printf("%lld products, %lld restarts, %.3f s\n", static_cast<long long>(F.num_products()),
+              static_cast<long long>(s.restarts), secs);
+  if (!a.eigenvectors.empty())
+    std::printf("wrote the top-%lld eigenvectors to %s ([%lld, ...] per parameter tensor)\n",
+                static_cast<long long>(a.top), a.eigenvectors.c_str(), static_cast<long long>(a.top));
   if (!a.report.empty()) {
     nlohmann::ordered_json j;
     j["command"] = "spectrum";
@@ -48,6 +75,14 @@ int run_spectrum(Args& a, const World& world) {
     j["ranks"] = world.size();
     j["fisher"] = a.fisher;
     j["spectrum"] = spectrum_json(s);
+    if (a.trace)
+      j["trace"] = {{"estimate", trace.trace}, {"standard_error", trace.standard_error}, {"probes", trace.probes},
+                    {"products", trace_products}};
+    if (a.damping > 0) {
+      j["damping"] = a.damping;
+      j["condition"] = condition_json(condition);
+    }
+    j["products"] = F.num_products();
     j["timing_s"] = {{"total", secs}};
     write_file_atomically(a.report, j.dump(2) + "\n");
   }

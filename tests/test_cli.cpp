@@ -7,9 +7,11 @@
 #include <natgrad/io/dataset_io.h>
 #include <natgrad/io/model_spec_json.h>
 #include <natgrad/io/parameters_io.h>
+#include <natgrad/io/safetensors.h>
 #include <natgrad/natural_gradient/memory_estimate.h>
 #include <natgrad/natural_gradient/solve_natural_gradient.h>
 
+#include <Eigen/Eigenvalues>
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
@@ -305,6 +307,42 @@ TEST_F(Cli, DeflationGivesTheSameDirectionWithFewerProducts) {
   EXPECT_LE((a - b).norm() / a.norm(), 1e-7);
   EXPECT_EQ(run(solve + " --deflate 4 --preconditioner diagonal").code, 2);
   EXPECT_EQ(run(solve + " --deflate 0").code, 2);
+}
+
+TEST_F(Cli, SpectrumTraceEigenvectorsAndDampedConditionAgainstTheDenseFisher) {
+  const Result r = run("spectrum " + base + " --dtype float64 --top 3 --trace --probes 400 --damping 1e-2 "
+                       "--eigenvectors " + p("ev.safetensors") + " --report " + p("sr.json"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  Loaded l = load();
+  Network<double> model(l.m.spec);
+  const Vec<double> theta = l.theta.cast<double>();
+  const Dataset<double> data = l.data.cast<double>();
+  const Mat<double> Fd = test::dense_fisher(model, theta, data, l.m.likelihood, FisherKind::exact);
+  Eigen::SelfAdjointEigenSolver<Mat<double>> es(Fd);
+  const Index P = Fd.rows();
+  const auto j = nlohmann::json::parse(slurp(p("sr.json")));
+  // Hutchinson within 3 standard errors of the dense trace.
+  const double trace = j["trace"]["estimate"].get<double>(), se = j["trace"]["standard_error"].get<double>();
+  EXPECT_LE(std::abs(trace - Fd.trace()), 3 * se) << trace << " +- " << se << " vs " << Fd.trace();
+  EXPECT_EQ(j["trace"]["products"].get<Index>(), 400);
+  // Eigenvectors: [3, ...shape] per tensor, each the dense eigenvector up to sign.
+  const SafetensorsFile f = SafetensorsFile::read(p("ev.safetensors"));
+  for (Index i = 0; i < 3; ++i) {
+    Vec<double> v(P);
+    for (const NamedParam& np : model.named_params()) {
+      ASSERT_EQ(f.info(np.name).shape.front(), 3);
+      const std::vector<double> t = f.get<double>(np.name);
+      for (Index e = 0; e < np.size; ++e) v[np.offset + e] = t[static_cast<std::size_t>(i * np.size + e)];
+    }
+    const Vec<double> ref = es.eigenvectors().col(P - 1 - i);
+    EXPECT_GE(std::abs(v.dot(ref)), 1 - 1e-8) << "eigenvector " << i;
+    EXPECT_NEAR(j["spectrum"]["eigenvalues"][i].get<double>(), es.eigenvalues()[P - 1 - i], 1e-9);
+  }
+  // The condition number of F + λI: λ_max + λ over λ (the softmax shift makes F singular).
+  const double want = (es.eigenvalues()[P - 1] + 1e-2) / (std::max(es.eigenvalues()[0], 0.0) + 1e-2);
+  EXPECT_NEAR(j["condition"]["condition_number"].get<double>(), want, 1e-8 * want);
+  EXPECT_NE(r.out.find("trace of F:"), std::string::npos);
+  EXPECT_EQ(run("spectrum " + base + " --trace --probes 1").code, 2);
 }
 
 TEST_F(Cli, SolveNaturalGradientBinaryIsNatgradSolve) {

@@ -119,6 +119,36 @@ void save_parameters(const std::string& path, const Network<Scalar>& model, cons
   write_safetensors(path, views, metadata);
 }
 
+template <typename Scalar>
+void save_parameter_stack(const std::string& path, const Network<Scalar>& model, const Mat<double>& V, DType dtype,
+                          const std::map<std::string, std::string>& metadata) {
+  model.check_params(V.rows());
+  if (dtype != DType::F32 && dtype != DType::F64) detail::fail(path + ": can only write F32 or F64");
+  const Index K = V.cols();
+  std::vector<std::vector<double>> d64;
+  std::vector<std::vector<float>> d32;
+  std::vector<TensorView> views;
+  for (const NamedParam& p : model.named_params()) {
+    std::vector<double> block(static_cast<std::size_t>(K * p.size));
+    for (Index i = 0; i < K; ++i)
+      for (Index e = 0; e < p.size; ++e) block[static_cast<std::size_t>(i * p.size + e)] = V(p.offset + e, i);
+    std::vector<int64_t> shape{K};
+    shape.insert(shape.end(), p.shape.begin(), p.shape.end());
+    if (dtype == DType::F64) {
+      d64.push_back(std::move(block));
+      views.push_back({p.name, dtype, shape, d64.back().data()});
+    } else {
+      d32.emplace_back(block.begin(), block.end());
+      views.push_back({p.name, dtype, shape, d32.back().data()});
+    }
+  }
+  write_safetensors(path, views, metadata);
+}
+
+template void save_parameter_stack<float>(const std::string&, const Network<float>&, const Mat<double>&, DType,
+                                          const std::map<std::string, std::string>&);
+template void save_parameter_stack<double>(const std::string&, const Network<double>&, const Mat<double>&, DType,
+                                           const std::map<std::string, std::string>&);
 template Vec<float> load_parameters<float>(const std::string&, const Network<float>&, std::string*);
 template Vec<double> load_parameters<double>(const std::string&, const Network<double>&, std::string*);
 template void load_buffers<float>(const std::string&, Network<float>&);

@@ -3,6 +3,7 @@
 #include <utility>
 
 #include <natgrad/core/detail/format_number.h>
+#include <natgrad/natural_gradient/damped_condition.h>
 #include <natgrad/solvers/deflation_preconditioner.h>
 
 #include <chrono>
@@ -203,29 +204,9 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& mode
       r.spectrum = top_eigenvalues(F, so);
     }
     if (options.condition_number) {
-      // λ_min(F) = 0 is known without Lanczos when F is provably singular: softmax ignores a common shift
-      // of the logits, so for a categorical likelihood behind a final linear layer the directions
-      // ΔW = 1 aᵀ, Δb = 1 c change no prediction; and rank F ≤ N·C in general.
-      const Index C = model.output_size();
-      const bool shift_null = likelihood == LikelihoodKind::categorical && model.num_layers() > 0 &&
-                              model.layer(model.num_layers() - 1).type() == LayerType::linear;
-      // (Nc over all ranks; λ_max is the spectrum's when it is known)
+      // (λ_max is the spectrum's when it is known)
       const double known_max = r.spectrum.eigenvalues.size() > 0 ? r.spectrum.eigenvalues[0] : std::nan("");
-      ConditionEstimate c = condition_number(F, shift_null ? 0 : Nc * C, 1e-10, 300, known_max);
-      if (shift_null && c.kind == ConditionMethod::rank_bound)
-        c.method =
-            "softmax shift invariance: the final linear layer's common-logit directions are in F's null "
-            "space";
-      c.lambda_max += lambda;
-      c.lambda_min += lambda;
-      if (c.kind == ConditionMethod::failed && std::isfinite(c.lambda_max) && lambda > 0) {
-        // λ_min(F + λI) ≥ λ always, so (λ_max + λ)/λ bounds the condition number from above.
-        c.lambda_min = lambda;
-        c.method += "; reporting the upper bound (lambda_max + damping) / damping";
-      }
-      c.condition_number =
-          c.lambda_min > 0 ? c.lambda_max / c.lambda_min : std::numeric_limits<double>::infinity();
-      r.condition = c;
+      r.condition = damped_condition_number(F, lambda, known_max);
       r.has_condition = true;
     }
     F.set_damping(lambda);

@@ -35,4 +35,10 @@ template <typename Scalar>
 void save_parameters(const std::string& path, const Network<Scalar>& model, const Vec<Scalar>& v, DType dtype,
                      const std::map<std::string, std::string>& metadata = {});
 
+/// Writes the K columns of V (num_params × K) as one tensor per parameter name of shape [K, ...shape]
+/// (F32 or F64): column i under each name's index i, so `{n: t[i] for n, t in d.items()}` is a state_dict.
+template <typename Scalar>
+void save_parameter_stack(const std::string& path, const Network<Scalar>& model, const Mat<double>& V, DType dtype,
+                          const std::map<std::string, std::string>& metadata = {});
+
 }  // namespace natgrad
