@@ -51,7 +51,10 @@ int run(int argc, char** argv, bool solve_only) {
     add_common(spectrum, a, "0 for spectrum");
     spectrum->add_option("--top", a.top, "Number of largest eigenvalues")->capture_default_str();
     spectrum->add_flag("--trace", a.trace, "Also estimate tr(F) by Hutchinson (Rademacher probes), with its standard error");
-    spectrum->add_option("--probes", a.probes, "Probes for --trace (>= 2)")->capture_default_str();
+    spectrum->add_flag("--per-layer", a.per_layer,
+                       "Per module (its tensors together): the top eigenvalue and trace of its diagonal block, and "
+                       "each top eigenvector's share of squared mass in it");
+    spectrum->add_option("--probes", a.probes, "Rademacher probes for --trace and --per-layer (>= 2)")->capture_default_str();
     spectrum->add_option("--eigenvectors", a.eigenvectors,
                          "Write the top-K eigenvectors here (safetensors: tensors <name>.<i> for eigenvector i, in the "
                          "weights' names and shapes)");

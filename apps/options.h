@@ -30,6 +30,7 @@ struct Args {
   Index spectrum = 0;
   Index deflate = 0;  // solve --deflate K
   bool trace = false;  // spectrum --trace
+  bool per_layer = false;  // spectrum --per-layer
   Index probes = 30;   // spectrum --probes M
   std::string eigenvectors;  // spectrum --eigenvectors v.safetensors
   Index top = 10;

@@ -1,5 +1,6 @@
 #include "commands.h"
 #include "problem.h"
+#include "per_layer.h"
 #include "report.h"
 
 #include <natgrad/curvature/fisher_operator.h>
@@ -35,7 +36,7 @@ int run_spectrum(Args& a, const World& world) {
   if (!F.forward_error().empty()) throw std::runtime_error("forward pass: " + F.forward_error() + "; nothing written");
   SpectrumOptions so = spectrum_options(progress);
   so.num_eigenvalues = a.top;
-  so.compute_eigenvectors = !a.eigenvectors.empty();
+  so.compute_eigenvectors = !a.eigenvectors.empty() || a.per_layer;
   const SpectrumResult s = top_eigenvalues(F, so);
   if (!s.converged) throw std::runtime_error("Lanczos failed: " + s.status + "; nothing written");
   // Hutchinson's trace: Rademacher probes keyed by (seed, probe), products counted apart.
@@ -46,6 +47,9 @@ int run_spectrum(Args& a, const World& world) {
     trace = hutchinson_trace(F, a.probes, a.seed);
     trace_products = F.num_products() - before;
   }
+  std::vector<ModuleSpectrum> modules;
+  Index module_trace_products = 0;
+  if (a.per_layer) modules = per_module_spectrum(F, s.eigenvectors, a.probes, a.seed, &module_trace_products);
   // With --damping λ > 0, the condition number of F + λI (F alone is singular); λ_max is the spectrum's.
   ConditionEstimate condition;
   if (a.damping > 0) condition = damped_condition_number(F, a.damping, s.eigenvalues[0]);
@@ -62,6 +66,17 @@ int run_spectrum(Args& a, const World& world) {
     std::printf("trace of F: %.6e +- %.2e (Hutchinson, %lld Rademacher probes, %lld products)\n", trace.trace,
                 trace.standard_error, static_cast<long long>(trace.probes), static_cast<long long>(trace_products));
   if (a.damping > 0) print_condition(condition);
+  if (a.per_layer) {
+    std::printf("per module (diagonal blocks F_ll; traces from %lld shared probes; mass of the top eigenvectors):\n",
+                static_cast<long long>(a.probes));
+    std::printf("  %-28s %10s %13s %24s  %s\n", "module", "parameters", "top eig F_ll", "trace F_ll", "eigenvector mass");
+    for (const ModuleSpectrum& m : modules) {
+      std::string mass;
+      for (double x : m.eigenvector_mass) mass += (mass.empty() ? "" : " ") + std::to_string(x).substr(0, 5);
+      std::printf("  %-28s %10lld %13.6e %13.6e +- %8.2e  %s\n", m.module.c_str(), static_cast<long long>(m.params),
+                  m.top_eigenvalue, m.trace, m.trace_standard_error, mass.c_str());
+    }
+  }
   std::printf("%lld products, %lld restarts, %.3f s\n", static_cast<long long>(F.num_products()),
               static_cast<long long>(s.restarts), secs);
   if (!a.eigenvectors.empty())
@@ -81,6 +96,10 @@ int run_spectrum(Args& a, const World& world) {
     if (a.damping > 0) {
       j["damping"] = a.damping;
       j["condition"] = condition_json(condition);
+    }
+    if (a.per_layer) {
+      j["per_layer"] = per_module_json(modules);
+      j["per_layer_trace_products"] = module_trace_products;
     }
     j["products"] = F.num_products();
     j["timing_s"] = {{"total", secs}};

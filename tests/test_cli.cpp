@@ -345,6 +345,47 @@ TEST_F(Cli, SpectrumTraceEigenvectorsAndDampedConditionAgainstTheDenseFisher) {
   EXPECT_EQ(run("spectrum " + base + " --trace --probes 1").code, 2);
 }
 
+TEST_F(Cli, SpectrumPerLayerAgainstTheDenseDiagonalBlocks) {
+  const Result r = run("spectrum " + base + " --dtype float64 --top 2 --per-layer --probes 400 --report " +
+                       p("pl.json"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  Loaded l = load();
+  Network<double> model(l.m.spec);
+  const Vec<double> theta = l.theta.cast<double>();
+  const Mat<double> Fd = test::dense_fisher(model, theta, l.data.cast<double>(), l.m.likelihood, FisherKind::exact);
+  Eigen::SelfAdjointEigenSolver<Mat<double>> es(Fd);
+  const Index P = Fd.rows();
+  const auto j = nlohmann::json::parse(slurp(p("pl.json")));
+  // The modules: each tensor's name up to its last dot, in parameter order.
+  std::vector<std::string> modules;
+  for (const NamedParam& np : model.named_params()) {
+    const std::string m = np.name.substr(0, np.name.rfind('.'));
+    if (modules.empty() || modules.back() != m) modules.push_back(m);
+  }
+  ASSERT_EQ(j["per_layer"].size(), modules.size());
+  for (std::size_t k = 0; k < modules.size(); ++k) {
+    const auto& m = j["per_layer"][k];
+    EXPECT_EQ(m["module"].get<std::string>(), modules[k]);
+    std::vector<Index> idx;
+    for (const NamedParam& np : model.named_params())
+      if (np.name.substr(0, np.name.rfind('.')) == modules[k])
+        for (Index e = 0; e < np.size; ++e) idx.push_back(np.offset + e);
+    Mat<double> block(idx.size(), idx.size());
+    for (std::size_t a = 0; a < idx.size(); ++a)
+      for (std::size_t b = 0; b < idx.size(); ++b) block(a, b) = Fd(idx[a], idx[b]);
+    EXPECT_EQ(m["parameters"].get<Index>(), Index(idx.size()));
+    const double top = Eigen::SelfAdjointEigenSolver<Mat<double>>(block).eigenvalues().maxCoeff();
+    EXPECT_NEAR(m["top_eigenvalue"].get<double>(), top, 1e-8 * top) << modules[k];
+    EXPECT_LE(std::abs(m["trace"].get<double>() - block.trace()), 3 * m["trace_standard_error"].get<double>())
+        << modules[k] << ": " << m["trace"].get<double>() << " vs " << block.trace();
+    for (Index e = 0; e < 2; ++e) {
+      double mass = 0;
+      for (Index i : idx) mass += es.eigenvectors()(i, P - 1 - e) * es.eigenvectors()(i, P - 1 - e);
+      EXPECT_NEAR(m["eigenvector_mass"][e].get<double>(), mass, 1e-8) << modules[k] << " eigenvector " << e;
+    }
+  }
+}
+
 TEST_F(Cli, SolveNaturalGradientBinaryIsNatgradSolve) {
   const Result a = run(base + " --output " + p("a.safetensors"), SOLVE_NATURAL_GRADIENT);
   const Result b = run("solve " + base + " --output " + p("b.safetensors"));
