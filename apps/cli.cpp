@@ -54,7 +54,12 @@ int run(int argc, char** argv, bool solve_only) {
     spectrum->add_flag("--per-layer", a.per_layer,
                        "Per module (its tensors together): the top eigenvalue and trace of its diagonal block, and "
                        "each top eigenvector's share of squared mass in it");
-    spectrum->add_option("--probes", a.probes, "Rademacher probes for --trace and --per-layer (>= 2)")->capture_default_str();
+    spectrum->add_flag("--density", a.density,
+                       "The spectral density by stochastic Lanczos quadrature: nodes and weights in the report, the "
+                       "mass at zero printed");
+    spectrum->add_option("--lanczos-steps", a.lanczos_steps, "Lanczos steps per probe for --density (>= 2)")
+        ->capture_default_str();
+    spectrum->add_option("--probes", a.probes, "Rademacher probes for --trace, --per-layer and --density (>= 2)")->capture_default_str();
     spectrum->add_option("--eigenvectors", a.eigenvectors,
                          "Write the top-K eigenvectors here (safetensors: tensors <name>.<i> for eigenvector i, in the "
                          "weights' names and shapes)");
@@ -92,6 +97,8 @@ int run(int argc, char** argv, bool solve_only) {
     }
     if (fvp && fvp->parsed() && fvp->count("--damping") == 0) a.damping = 0;
     if (spectrum && spectrum->parsed() && spectrum->count("--damping") == 0) a.damping = 0;
+    if (spectrum && spectrum->parsed() && spectrum->count("--lanczos-steps") && a.lanczos_steps < 2)
+      usage_error("--lanczos-steps must be >= 2, got " + std::to_string(a.lanczos_steps));
     if (spectrum && spectrum->parsed() && spectrum->count("--probes") && a.probes < 2)
       usage_error("--probes must be >= 2, got " + std::to_string(a.probes));
     validate(a);

@@ -31,6 +31,8 @@ struct Args {
   Index deflate = 0;  // solve --deflate K
   bool trace = false;  // spectrum --trace
   bool per_layer = false;  // spectrum --per-layer
+  bool density = false;    // spectrum --density
+  Index lanczos_steps = 40;  // spectrum --lanczos-steps K (SLQ)
   Index probes = 30;   // spectrum --probes M
   std::string eigenvectors;  // spectrum --eigenvectors v.safetensors
   Index top = 10;

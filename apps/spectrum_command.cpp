@@ -7,6 +7,7 @@
 #include <natgrad/io/parameters_io.h>
 #include <natgrad/natural_gradient/damped_condition.h>
 #include <natgrad/solvers/hutchinson_trace.h>
+#include <natgrad/solvers/slq_density.h>
 #include <natgrad/io/safetensors.h>
 
 #include <nlohmann/json.hpp>
@@ -47,6 +48,17 @@ int run_spectrum(Args& a, const World& world) {
     trace = hutchinson_trace(F, a.probes, a.seed);
     trace_products = F.num_products() - before;
   }
+  // The spectral density (SLQ): its probes are keyed by (seed, probe) like the trace's.
+  SpectralDensity density;
+  double zero_mass = 0;
+  if (a.density) {
+    const Index before = F.num_products();
+    density = slq_density(F, std::min<Index>(a.lanczos_steps, F.rows()), a.probes, a.seed, 400);
+    density.matvecs = F.num_products() - before;
+    // F has rank ≤ N·C, so much of its spectrum sits at 0: the nodes below 1e-4 λ_max.
+    for (std::size_t i = 0; i < density.nodes.size(); ++i)
+      if (density.nodes[i] < 1e-4 * s.eigenvalues[0]) zero_mass += density.weights[i];
+  }
   std::vector<ModuleSpectrum> modules;
   Index module_trace_products = 0;
   if (a.per_layer) modules = per_module_spectrum(F, s.eigenvectors, a.probes, a.seed, &module_trace_products);
@@ -66,6 +78,11 @@ int run_spectrum(Args& a, const World& world) {
     std::printf("trace of F: %.6e +- %.2e (Hutchinson, %lld Rademacher probes, %lld products)\n", trace.trace,
                 trace.standard_error, static_cast<long long>(trace.probes), static_cast<long long>(trace_products));
   if (a.damping > 0) print_condition(condition);
+  if (a.density)
+    std::printf("spectral density (SLQ, %lld probes x %lld Lanczos steps, %lld products): mean eigenvalue %.6e, "
+                "mass at zero (below 1e-4 lambda_max) %.4f\n",
+                static_cast<long long>(a.probes), static_cast<long long>(std::min<Index>(a.lanczos_steps, F.rows())),
+                static_cast<long long>(density.matvecs), density.first_moment, zero_mass);
   if (a.per_layer) {
     std::printf("per module (diagonal blocks F_ll; traces from %lld shared probes; mass of the top eigenvectors):\n",
                 static_cast<long long>(a.probes));
@@ -97,6 +114,18 @@ int run_spectrum(Args& a, const World& world) {
       j["damping"] = a.damping;
       j["condition"] = condition_json(condition);
     }
+    if (a.density)
+      j["density"] = {{"probes", a.probes},
+                      {"lanczos_steps", std::min<Index>(a.lanczos_steps, F.rows())},
+                      {"products", density.matvecs},
+                      {"nodes", density.nodes},
+                      {"weights", density.weights},
+                      {"mass_at_zero", zero_mass},
+                      {"mean_eigenvalue", density.first_moment},
+                      {"mean_eigenvalue_standard_error", density.first_moment_standard_error},
+                      {"sigma", density.sigma},
+                      {"grid", density.grid},
+                      {"density", density.density}};
     if (a.per_layer) {
       j["per_layer"] = per_module_json(modules);
       j["per_layer_trace_products"] = module_trace_products;

@@ -14,6 +14,7 @@
 #include <Eigen/Eigenvalues>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <sys/stat.h>
@@ -384,6 +385,42 @@ TEST_F(Cli, SpectrumPerLayerAgainstTheDenseDiagonalBlocks) {
       EXPECT_NEAR(m["eigenvector_mass"][e].get<double>(), mass, 1e-8) << modules[k] << " eigenvector " << e;
     }
   }
+}
+
+TEST_F(Cli, SpectrumDensityAgainstTheDenseEigenvalues) {
+  Loaded l = load();
+  Network<double> model(l.m.spec);
+  const Vec<double> theta = l.theta.cast<double>();
+  const Mat<double> Fd = test::dense_fisher(model, theta, l.data.cast<double>(), l.m.likelihood, FisherKind::exact);
+  const Vec<double> ev = Eigen::SelfAdjointEigenSolver<Mat<double>>(Fd).eigenvalues();
+  const Index P = Fd.rows();
+  // As many Lanczos steps as parameters: every probe's quadrature resolves the whole spectrum.
+  const Result r = run("spectrum " + base + " --dtype float64 --top 2 --density --probes 30 --lanczos-steps " +
+                       std::to_string(P) + " --report " + p("den.json"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto j = nlohmann::json::parse(slurp(p("den.json")))["density"];
+  const auto nodes = j["nodes"].get<std::vector<double>>(), weights = j["weights"].get<std::vector<double>>();
+  double sum = 0;
+  for (double w : weights) sum += w;
+  EXPECT_NEAR(sum, 1.0, 1e-12);
+  // Wasserstein-1 distance between the quadrature and the dense eigenvalues, against the spectrum's width.
+  std::vector<std::pair<double, double>> pts;
+  for (std::size_t i = 0; i < nodes.size(); ++i) pts.push_back({nodes[i], weights[i]});
+  for (Index i = 0; i < P; ++i) pts.push_back({ev[i], -1.0 / double(P)});
+  std::sort(pts.begin(), pts.end());
+  double cdf = 0, w1 = 0;
+  for (std::size_t i = 0; i + 1 < pts.size(); ++i) {
+    cdf += pts[i].second;
+    w1 += std::abs(cdf) * (pts[i + 1].first - pts[i].first);
+  }
+  EXPECT_LT(w1, 0.02 * ev.maxCoeff()) << w1;
+  // The mass at zero: the share of eigenvalues below 1e-4 λ_max, to the probes' statistical error.
+  double zero = 0;
+  for (Index i = 0; i < P; ++i) zero += ev[i] < 1e-4 * ev.maxCoeff() ? 1.0 / double(P) : 0.0;
+  EXPECT_NEAR(j["mass_at_zero"].get<double>(), zero, 0.03);
+  EXPECT_NEAR(j["mean_eigenvalue"].get<double>(), Fd.trace() / double(P),
+              3 * j["mean_eigenvalue_standard_error"].get<double>());
+  EXPECT_EQ(run("spectrum " + base + " --density --lanczos-steps 1").code, 2);
 }
 
 TEST_F(Cli, SolveNaturalGradientBinaryIsNatgradSolve) {
