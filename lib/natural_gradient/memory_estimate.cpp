@@ -13,7 +13,8 @@ namespace natgrad {
 
 namespace {
 template <typename Scalar>
-MemoryEstimate estimate(const ModelSpec& spec, Index batch, Index curvature_batch, const FisherOptions& fisher,
+MemoryEstimate estimate(const ModelSpec& spec, Index batch, Index curvature_batch, std::size_t basis_bytes,
+                        const FisherOptions& fisher,
                         Index top_k, int threads, bool diagonal_preconditioner, LikelihoodKind likelihood) {
   const std::size_t s = sizeof(Scalar);
   const Network<Scalar> model(spec);  // shapes only
@@ -73,15 +74,15 @@ MemoryEstimate estimate(const ModelSpec& spec, Index batch, Index curvature_batc
   // vectors): about 70 KiB measured on a 60,000- and a 30,000-sample solve; 256 KiB allowed.
   m.workspaces = workspaces(Nc) + 256 * 1024;
   m.cotangents = reduction(Nc);
-  // Spectra's Lanczos keeps an n × ncv basis in double; a restart compresses it through a temporary of its
-  // first k columns (V·Q); the residual, the start vector and up to eight work vectors (measured on the
-  // default run and a 670K-parameter MLP) are n-vectors too. The
-  // operator adapter converts through two Scalar vectors. (The condition number's runs, ncv = 20 and k = 1,
-  // need less.)
+  // Spectra's Lanczos keeps an n × ncv basis in its basis scalar (basis_bytes); a restart compresses it
+  // through a temporary of its first k columns (V·Q); the residual, the start vector and up to eight work
+  // vectors (measured on the default run and a 670K-parameter MLP) are n-vectors too. The operator adapter
+  // converts through two Scalar vectors. A basis narrower than double returns its k eigenvectors converted
+  // to double. (The condition number's runs, ncv = 20 and k = 1, need less.)
   if (top_k > 0) {
     const std::size_t k = static_cast<std::size_t>(top_k);
     const std::size_t ncv = std::max<std::size_t>(2 * k + 1, 20);
-    m.spectrum = (ncv + k + 8) * P * 8 + 2 * P * s;
+    m.spectrum = (ncv + k + 8) * P * basis_bytes + 2 * P * s + (basis_bytes < 8 ? k * P * 8 : 0);
   }
   m.data = static_cast<std::size_t>(batch) * (static_cast<std::size_t>(model.input_size()) * s + targets);
   // The preconditioner's inverse diagonal, and while it is built the empirical diagonal it comes from and
@@ -114,9 +115,10 @@ MemoryEstimate estimate(const ModelSpec& spec, Index batch, Index curvature_batc
 
 MemoryEstimate estimate_solve_memory(const ModelSpec& spec, Index batch, Index curvature_batch, std::size_t s,
                                      const FisherOptions& fisher, Index top_k, int threads,
-                                     bool diagonal_preconditioner, LikelihoodKind likelihood, int ranks) {
-  MemoryEstimate m =
-      estimate_solve_memory(spec, batch, curvature_batch, s, fisher, top_k, threads, diagonal_preconditioner, likelihood);
+                                     bool diagonal_preconditioner, LikelihoodKind likelihood, int ranks,
+                                     std::size_t basis_bytes) {
+  MemoryEstimate m = estimate_solve_memory(spec, batch, curvature_batch, s, fisher, top_k, threads,
+                                           diagonal_preconditioner, likelihood, basis_bytes);
   if (ranks <= 1) return m;
   // A rank's shares: the batch's and, when the curvature batch is smaller, the curvature batch's own (read
   // separately); and the sums' received blocks (Communicator::scratch_size, doubles).
@@ -135,11 +137,12 @@ MemoryEstimate estimate_solve_memory(const ModelSpec& spec, Index batch, Index c
 
 MemoryEstimate estimate_solve_memory(const ModelSpec& spec, Index batch, Index curvature_batch, std::size_t s,
                                      const FisherOptions& fisher, Index top_k, int threads,
-                                     bool diagonal_preconditioner, LikelihoodKind likelihood) {
-  return s == sizeof(float)
-             ? estimate<float>(spec, batch, curvature_batch, fisher, top_k, threads, diagonal_preconditioner, likelihood)
-             : estimate<double>(spec, batch, curvature_batch, fisher, top_k, threads, diagonal_preconditioner,
-                                likelihood);
+                                     bool diagonal_preconditioner, LikelihoodKind likelihood,
+                                     std::size_t basis_bytes) {
+  return s == sizeof(float) ? estimate<float>(spec, batch, curvature_batch, basis_bytes, fisher, top_k, threads,
+                                              diagonal_preconditioner, likelihood)
+                            : estimate<double>(spec, batch, curvature_batch, basis_bytes, fisher, top_k, threads,
+                                               diagonal_preconditioner, likelihood);
 }
 
 std::string format_bytes(double bytes) { return detail::format_bytes(bytes); }

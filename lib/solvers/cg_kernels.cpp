@@ -1,14 +1,10 @@
-#include <natgrad/core/threads.h>
+#include "blocks.h"
+
 #include <natgrad/solvers/detail/cg_kernels.h>
-
-#include <atomic>
-
-#ifdef NATGRAD_HAVE_OPENMP
-#include <omp.h>
-#endif
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 
 namespace natgrad {
 namespace detail {
@@ -16,41 +12,14 @@ namespace {
 
 std::atomic<int> g_last_team{1};
 
-// At most kMaxBlocks blocks of at least kMinBlock scalars (a multiple of 64, so every block starts with the
-// vector's own alignment and Eigen peels it the same way). The partial sums live on the stack: no allocation.
-constexpr Index kMinBlock = 16384;
-constexpr int kMaxBlocks = 1024;
-
-Index block_size(Index n) {
-  const Index b = std::max<Index>(kMinBlock, (n + kMaxBlocks - 1) / kMaxBlocks);
-  return (b + 63) / 64 * 64;
-}
-
-// Runs f(i0, len) on every block in parallel and returns the block results summed in block order.
+// Runs f(i0, len) on every block (blocks.h) in parallel and returns the block results summed in block order.
+// The partial sums live on the stack: no allocation.
 template <typename F>
 double blocked_sum(Index n, F f) {
-  const Index bs = block_size(n);
-  const int blocks = static_cast<int>((n + bs - 1) / bs);
   std::array<double, kMaxBlocks> partial;
-#ifdef NATGRAD_HAVE_OPENMP
-#pragma omp parallel num_threads(num_threads()) if (blocks > 1)
-  {
-#pragma omp single nowait
-    g_last_team = omp_get_num_threads();
-#pragma omp for schedule(static)
-    for (int k = 0; k < blocks; ++k) {
-      const Index i0 = k * bs;
-      partial[static_cast<std::size_t>(k)] = f(i0, std::min(bs, n - i0));
-    }
-  }
-#else
-  for (int k = 0; k < blocks; ++k) {
-    const Index i0 = k * bs;
-    partial[static_cast<std::size_t>(k)] = f(i0, std::min(bs, n - i0));
-  }
-#endif
+  g_last_team = for_each_block(n, [&](int k, Index i0, Index len) { partial[static_cast<std::size_t>(k)] = f(i0, len); });
   double s = 0;
-  for (int k = 0; k < blocks; ++k) s += partial[static_cast<std::size_t>(k)];
+  for (int k = 0, blocks = block_count(n); k < blocks; ++k) s += partial[static_cast<std::size_t>(k)];
   return s;
 }
 

@@ -24,7 +24,7 @@ struct MemoryEstimate {
   std::size_t activations = 0;     ///< the cached forward pass and the network outputs' curvature
   std::size_t workspaces = 0;      ///< per-thread tangent, im2col and GEMM packing buffers
   std::size_t cotangents = 0;      ///< the product's stored cotangents and partial gradients (FisherPlan)
-  std::size_t spectrum = 0;        ///< Lanczos basis (double), if a spectrum is asked
+  std::size_t spectrum = 0;        ///< Lanczos basis (double or float), if a spectrum is asked
   std::size_t preconditioner = 0;  ///< the diagonal preconditioner and the empirical diagonal it is built from
   std::size_t data = 0;            ///< the batch itself
   std::size_t communication = 0;   ///< under MPI: the rank's scratch for the sums over ranks
@@ -35,13 +35,16 @@ struct MemoryEstimate {
   std::string report() const;
 };
 
-/// `batch` samples for the gradient, `curvature_batch` (≤ batch) for F; `top_k` > 0 adds a Lanczos basis;
+/// `batch` samples for the gradient, `curvature_batch` (≤ batch) for F; `top_k` > 0 adds a Lanczos basis of
+/// `basis_bytes` per entry (8 for double, sizeof(float) when top_eigenvalues keeps it in float:
+/// basis_in_operator_precision());
 /// `diagonal_preconditioner` adds its vectors; the likelihood decides what the targets and the output
 /// curvature hold.
 MemoryEstimate estimate_solve_memory(const ModelSpec& spec, Index batch, Index curvature_batch,
                                      std::size_t scalar_bytes, const FisherOptions& fisher, Index top_k,
                                      int threads, bool diagonal_preconditioner = false,
-                                     LikelihoodKind likelihood = LikelihoodKind::categorical);
+                                     LikelihoodKind likelihood = LikelihoodKind::categorical,
+                                     std::size_t basis_bytes = sizeof(double));
 
 /// One rank's estimate when `ranks` > 1 share the batch: `batch` and `curvature_batch` are then that rank's
 /// shares (share_of()); it adds the rank's own copy of its curvature share (read apart from its batch share
@@ -49,7 +52,7 @@ MemoryEstimate estimate_solve_memory(const ModelSpec& spec, Index batch, Index c
 MemoryEstimate estimate_solve_memory(const ModelSpec& spec, Index batch, Index curvature_batch,
                                      std::size_t scalar_bytes, const FisherOptions& fisher, Index top_k,
                                      int threads, bool diagonal_preconditioner, LikelihoodKind likelihood,
-                                     int ranks);
+                                     int ranks, std::size_t basis_bytes = sizeof(double));
 
 /// A byte count with the precision it needs: "512 B", "9.8 KiB", "1847.0 MiB", "2.41 GiB".
 std::string format_bytes(double bytes);

@@ -10,6 +10,7 @@
 
 #include <natgrad/core/detail/format_number.h>
 #include <natgrad/core/types.h>
+#include <natgrad/solvers/detail/arnoldi_op.h>
 #include <natgrad/solvers/detail/double_operator.h>
 #include <natgrad/solvers/operator_concept.h>
 

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <natgrad/core/types.h>
+#include <natgrad/solvers/detail/arnoldi_op.h>
 #include <natgrad/solvers/detail/double_operator.h>
 #include <natgrad/solvers/operator_concept.h>
 
@@ -19,8 +20,23 @@
 #include <functional>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 namespace natgrad {
+
+/// The scalar in which Spectra keeps the Lanczos basis and reorthogonalizes against it.
+///
+/// Every Lanczos step passes over the whole basis about three times (two Vᵀf and one V h), so the basis
+/// costs memory bandwidth in proportion to its scalar's size: in double, on a float operator of 1.86M
+/// parameters, those passes took 43% of mlp/spectrum_top10 (docs/solvers.md). A float operator's products
+/// are themselves accurate only to a few units of float rounding, which a float basis matches.
+enum class LanczosBasis {
+  /// The operator's scalar when the tolerance is at least 1e-5, otherwise double. (On the benchmark MLP a
+  /// float basis put the top-10 eigenvalues within 2e-6 of the float64 reference, a double basis within 3e-8.)
+  automatic,
+  double_precision,   ///< double whatever the operator's scalar
+  operator_precision  ///< the operator's scalar (float for a float operator)
+};
 
 struct SpectrumOptions {
   /// k, the number of largest eigenvalues. Range [1, n − 1]. Default 10.
@@ -33,6 +49,8 @@ struct SpectrumOptions {
   double tolerance = 1e-10;
   /// Also return the eigenvectors. Default false.
   bool compute_eigenvectors = false;
+  /// Precision of the Lanczos basis. Default automatic.
+  LanczosBasis basis = LanczosBasis::automatic;
   /// Called after every operator application with the count so far (progress reporting). Optional.
   std::function<void(Index)> on_product;
 
@@ -65,17 +83,14 @@ struct SpectrumResult {
   std::string full_report() const;
 };
 
-/// The k largest eigenvalues (and optionally eigenvectors) of a symmetric operator.
-template <typename Op>
-SpectrumResult top_eigenvalues(const Op& op, const SpectrumOptions& options) {
-  NATGRAD_CHECK_OPERATOR(Op);
-  std::string why;
-  if (!options.is_valid(op.rows(), &why)) throw std::invalid_argument("SpectrumOptions: " + why);
+namespace detail {
+template <typename B, typename Op>
+SpectrumResult top_eigenvalues_in(const Op& op, const SpectrumOptions& options) {
   const auto start = std::chrono::steady_clock::now();
   const Index n = op.rows(), k = options.num_eigenvalues;
   const Index ncv = options.ncv > 0 ? options.ncv : std::min(n, std::max<Index>(2 * k + 1, 20));
-  detail::DoubleOperator<Op> dop(op, 0, 1, options.on_product);
-  Spectra::SymEigsSolver<detail::DoubleOperator<Op>> solver(dop, k, ncv);
+  detail::BasisOperator<Op, B> dop(op, 0, 1, options.on_product);
+  Spectra::SymEigsSolver<detail::BasisOperator<Op, B>> solver(dop, k, ncv);
   solver.init();
   SpectrumResult r;
   Index nconv = 0;
@@ -102,11 +117,35 @@ SpectrumResult top_eigenvalues(const Op& op, const SpectrumOptions& options) {
                  std::to_string(k) + " eigenvalues met the tolerance within " + std::to_string(options.max_restarts) +
                  " restarts" : "numerical failure in Lanczos (NaN or Inf in the operator?)";
   if (r.converged) {
-    r.eigenvalues = solver.eigenvalues();
-    if (options.compute_eigenvectors) r.eigenvectors = solver.eigenvectors();
+    r.eigenvalues = solver.eigenvalues().template cast<double>();
+    if (options.compute_eigenvectors) {
+      if constexpr (std::is_same<B, double>::value)
+        r.eigenvectors = solver.eigenvectors();  // moved: no second n × k copy
+      else
+        r.eigenvectors = solver.eigenvectors().template cast<double>();
+    }
   }
   r.time_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return r;
+}
+}  // namespace detail
+
+/// Whether top_eigenvalues keeps its basis in the operator's scalar rather than double.
+template <typename Op>
+bool basis_in_operator_precision(const SpectrumOptions& options) {
+  if (std::is_same<typename Op::Scalar, double>::value) return true;
+  return options.basis == LanczosBasis::operator_precision ||
+         (options.basis == LanczosBasis::automatic && options.tolerance >= 1e-5);
+}
+
+/// The k largest eigenvalues (and optionally eigenvectors) of a symmetric operator.
+template <typename Op>
+SpectrumResult top_eigenvalues(const Op& op, const SpectrumOptions& options) {
+  NATGRAD_CHECK_OPERATOR(Op);
+  std::string why;
+  if (!options.is_valid(op.rows(), &why)) throw std::invalid_argument("SpectrumOptions: " + why);
+  if (basis_in_operator_precision<Op>(options)) return detail::top_eigenvalues_in<typename Op::Scalar>(op, options);
+  return detail::top_eigenvalues_in<double>(op, options);
 }
 
 }  // namespace natgrad

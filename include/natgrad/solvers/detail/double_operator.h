@@ -1,5 +1,5 @@
 /// \file double_operator.h
-/// \brief Internal: any operator presented to Spectra as a double-precision one (counting its products and
+/// \brief Internal: any operator presented to Spectra in the basis precision (double unless asked) (counting its products and
 /// noting the first that returned NaN or Inf), and the Rademacher probes of the stochastic estimators.
 #pragma once
 
@@ -12,25 +12,26 @@
 namespace natgrad {
 
 namespace detail {
-/// Presents any operator to Spectra as a double-precision one and counts its applications.
-template <typename Op>
-class DoubleOperator {
+/// Presents any operator to Spectra as one in the basis scalar B (double by default, whatever the operator's
+/// scalar) and counts its applications.
+template <typename Op, typename B = double>
+class BasisOperator {
  public:
-  using Scalar = double;
-  explicit DoubleOperator(const Op& op, double shift = 0, double scale = 1,
-                          std::function<void(Index)> on_product = nullptr)
+  using Scalar = B;
+  explicit BasisOperator(const Op& op, double shift = 0, double scale = 1,
+                         std::function<void(Index)> on_product = nullptr)
       : op_(op), shift_(shift), scale_(scale), on_product_(std::move(on_product)), x_(op.rows()), y_(op.rows()) {}
   Index rows() const { return op_.rows(); }
   Index cols() const { return op_.rows(); }
   /// y = shift·x + scale·(A x)
-  void perform_op(const double* x, double* y) const {
+  void perform_op(const B* x, B* y) const {
     using S = typename Op::Scalar;
     const Index n = rows();
-    x_ = ConstVecMap<double>(x, n).template cast<S>();
+    x_ = ConstVecMap<B>(x, n).template cast<S>();
     op_.perform_op(x_.data(), y_.data());
-    VecMap<double>(y, n) = scale_ * y_.template cast<double>() + shift_ * ConstVecMap<double>(x, n);
+    VecMap<B>(y, n) = B(scale_) * y_.template cast<B>() + B(shift_) * ConstVecMap<B>(x, n);
     ++count_;
-    if (first_bad_ == 0 && !ConstVecMap<double>(y, n).allFinite()) first_bad_ = count_;
+    if (first_bad_ == 0 && !ConstVecMap<B>(y, n).allFinite()) first_bad_ = count_;
     if (on_product_) on_product_(count_);
   }
   Index count() const { return count_; }
@@ -45,6 +46,10 @@ class DoubleOperator {
   mutable Index count_ = 0;
   mutable Index first_bad_ = 0;
 };
+
+/// Presents any operator to Spectra as a double-precision one and counts its applications.
+template <typename Op>
+using DoubleOperator = BasisOperator<Op, double>;
 
 inline Vec<double> rademacher(Index n, uint64_t seed, uint64_t probe) {
   const CounterRng rng(seed, rng_stream(RngDomain::probes, probe));
