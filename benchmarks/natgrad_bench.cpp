@@ -7,6 +7,8 @@
 // Attention's own products per sample (T² E multiply-adds each: q kᵀ and P v over the heads) count 2 in the
 // forward pass, 4 in the R-op (dq kᵀ, q dkᵀ, dv P, v dP) and 4 in backprop (gP, gv, gq, gk).
 #include "benchmark_models.h"
+#include "flop_model.h"
+#include "user_model.h"
 
 #include <natgrad/curvature/fisher_operator.h>
 #include <natgrad/model/initialization.h>
@@ -19,7 +21,9 @@
 #endif
 
 #include <chrono>
+#include <cstdio>
 #include <map>
+#include <string>
 #include <memory>
 
 using namespace natgrad;
@@ -39,32 +43,10 @@ using bench::gpt;
 using bench::resnet;
 using bench::mlp;
 
-// 2·(m·k) flops per sample for each linear/conv GEMM of the three kinds: forward (W x), weight (g xᵀ), input (Wᵀ g).
-struct FlopModel {
-  double forward = 0, weight = 0, input = 0, first_input = 0, attention = 0;  // attention: T² E per sample
-};
-FlopModel flops_per_sample(const Network<float>& m) {
-  FlopModel f;
-  bool first = true;
-  for (std::size_t l = 0; l < m.num_layers(); ++l) {
-    const Layer<float>& layer = m.layer(l);
-    if (layer.type() == LayerType::attention) {
-      const double T = double(layer.input_shape()[0]), E = double(layer.output_shape()[1]);
-      f.attention += 2 * T * T * E;
-      continue;
-    }
-    if (layer.type() != LayerType::linear && layer.type() != LayerType::conv2d) continue;
-    const double macs = layer.macs_per_sample();
-    f.forward += 2 * macs;
-    f.weight += 2 * macs;
-    if (first) f.first_input = 2 * macs;
-    else f.input += 2 * macs;
-    first = false;
-  }
-  return f;
-}
-double gradient_flops(const FlopModel& f) { return f.forward + f.weight + f.input + 6 * f.attention; }
-double fvp_flops(const FlopModel& f) { return (f.weight + f.input) * 2 + 8 * f.attention; }
+using bench::FlopModel;
+using bench::flops_per_sample;
+using bench::gradient_flops;
+using bench::fvp_flops;
 
 struct Setup {
   std::unique_ptr<Network<float>> model;
@@ -221,4 +203,24 @@ BENCHMARK(BM_cg30)->Name("mlp/cg30")->Unit(benchmark::kMillisecond)->UseRealTime
 BENCHMARK_CAPTURE(BM_spectrum_top10, float, LanczosBasis::operator_precision)->Name("mlp/spectrum_top10")->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(2);
 BENCHMARK_CAPTURE(BM_spectrum_top10, double, LanczosBasis::double_precision)->Name("mlp/spectrum_top10_double")->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(2);
 
-BENCHMARK_MAIN();
+// Google Benchmark's flags, then --model M.json [--weights W] [--data D] [--batch B] (user_model.h).
+// With --model and no --benchmark_filter, only gemm/1024 (the reference rate) and the model's benchmarks run.
+int main(int argc, char** argv) {
+  bool filtered = false, model = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    filtered = filtered || a.rfind("--benchmark_filter", 0) == 0;
+    model = model || a == "--model" || a.rfind("--model=", 0) == 0;
+  }
+  benchmark::Initialize(&argc, argv);
+  if (model && !filtered) benchmark::SetBenchmarkFilter("^(gemm/1024|model/)");
+  try {
+    natgrad::bench::register_user_model(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "natgrad-bench: %s\n", e.what());
+    return 2;
+  }
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
