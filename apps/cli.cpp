@@ -95,6 +95,22 @@ int run(int argc, char** argv, bool solve_only) {
         if (c->count(o))
           usage_error(std::string(o) + " is not used by `natgrad " + c->get_name() + "` (it is an option of `natgrad solve`)");
     }
+    if (!a.dampings.empty()) {  // a list: multi-shift CG, for solve only
+      for (CLI::App* c : {fvp, spectrum})
+        if (c && c->parsed())
+          usage_error("--damping takes one value in `natgrad " + c->get_name() +
+                      "`; a list of dampings is for `natgrad solve` (multi-shift CG)");
+      if (a.preconditioner != "none" || a.deflate > 0)
+        usage_error(std::string("a list of dampings combines with neither ") +
+                    (a.deflate > 0 ? "--deflate" : "--preconditioner " + a.preconditioner) +
+                    ": the shifted systems would share no Krylov space (give one damping, or drop it)");
+      for (std::size_t i = 0; i < a.dampings.size() && !a.output.empty(); ++i)
+        for (std::size_t j = 0; j < i; ++j)
+          if (damping_output_path(a.output, a.dampings[i]) == damping_output_path(a.output, a.dampings[j]))
+            usage_error("--damping: " + std::to_string(a.dampings[j]) + " and " + std::to_string(a.dampings[i]) +
+                        " would both be written to " + damping_output_path(a.output, a.dampings[i]) +
+                        " (the file name shows the damping as %.0e)");
+    }
     if (fvp && fvp->parsed() && fvp->count("--damping") == 0) a.damping = 0;
     if (spectrum && spectrum->parsed() && spectrum->count("--damping") == 0) a.damping = 0;
     if (spectrum && spectrum->parsed() && spectrum->count("--lanczos-steps") && a.lanczos_steps < 2)

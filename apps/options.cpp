@@ -1,5 +1,8 @@
 #include "options.h"
 
+#include <algorithm>
+#include <cstdio>
+
 #include <natgrad/likelihood/likelihood.h>
 #include <natgrad/solvers/preconditioner.h>
 
@@ -19,6 +22,44 @@ void install_signal_handlers() {
   std::signal(SIGTERM, on_signal);
 }
 
+namespace {
+// "1e-3" or "1e-1,1e-2,1e-3": one damping, or several for multi-shift CG (damping is then the smallest).
+void parse_dampings(const std::string& text, Args& a) {
+  std::vector<double> values;
+  std::size_t begin = 0;
+  while (true) {
+    const std::size_t end = text.find(',', begin);
+    const std::string item = text.substr(begin, end == std::string::npos ? std::string::npos : end - begin);
+    std::size_t used = 0;
+    double v = 0;
+    try {
+      v = std::stod(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (item.empty() || used != item.size())
+      usage_error("--damping: '" + item + "' is not a number (give one damping, or a list such as 1e-1,1e-2,1e-3)");
+    if (!(v >= 0) || !std::isfinite(v)) usage_error("--damping must be a finite number >= 0, got " + item);
+    for (double w : values)
+      if (w == v) usage_error("--damping: " + item + " is listed twice");
+    values.push_back(v);
+    if (end == std::string::npos) break;
+    begin = end + 1;
+  }
+  a.damping = *std::min_element(values.begin(), values.end());
+  a.dampings = values.size() > 1 ? values : std::vector<double>();
+}
+}  // namespace
+
+std::string damping_output_path(const std::string& output, double damping) {
+  char tag[32];
+  std::snprintf(tag, sizeof tag, "_%.0e", damping);
+  const std::size_t slash = output.find_last_of('/');
+  const std::size_t dot = output.find_last_of('.');
+  const bool has_extension = dot != std::string::npos && (slash == std::string::npos || dot > slash + 1);
+  return has_extension ? output.substr(0, dot) + tag + output.substr(dot) : output + tag;
+}
+
 void add_common(CLI::App* c, Args& a, const std::string& damping_default) {
   c->add_option("--model", a.model, "Model spec (JSON, docs/formats.md)");
   c->add_option("--weights", a.weights,
@@ -31,7 +72,11 @@ void add_common(CLI::App* c, Args& a, const std::string& damping_default) {
   c->add_option("--seed", a.seed, "Seed for Monte-Carlo labels and initialization")->capture_default_str();
   c->add_option("--batch", a.batch, "Use the first B samples (default: all; 1000 for the embedded default)");
   c->add_option("--curvature-batch", a.curvature_batch, "Curvature on the first B2 samples of the batch (default: the batch)");
-  c->add_option("--damping", a.damping, "Damping lambda >= 0 added as lambda*I (default " + damping_default + ")");
+  c->add_option_function<std::string>(
+      "--damping", [&a](const std::string& text) { parse_dampings(text, a); },
+      "Damping lambda >= 0 added as lambda*I (default " + damping_default +
+          "); solve also takes a list, 1e-1,1e-2,1e-3: every damping from one Krylov space (multi-shift CG), "
+          "the products of the smallest alone, an output file and a report entry each");
   c->add_option("--cg-tol", a.cg_tol, "CG relative residual tolerance, in (0, 1)")->capture_default_str();
   c->add_option("--cg-max-iters", a.cg_max_iters, "CG iteration limit (>= 1)")->capture_default_str();
   c->add_option("--preconditioner", a.preconditioner, "none or diagonal (Martens: (diag(F_emp) + lambda)^0.75)")

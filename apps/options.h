@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <string>
+#include <vector>
 
 namespace natgrad {
 namespace cli {
@@ -25,6 +26,7 @@ struct Args {
   Index batch = 0, curvature_batch = 0;
   Index context = 0;  // --context T: read --data as text, byte windows of T + 1
   double damping = 0;
+  std::vector<double> dampings;  // solve --damping l1,l2,...: several (multi-shift CG); damping is then the smallest
   double cg_tol = 1e-6;
   Index cg_max_iters = 500;
   Index spectrum = 0;
@@ -74,6 +76,9 @@ void add_common(CLI::App* c, Args& a, const std::string& damping_default);
 /// Checks the values of the options (ranges, names); usage_error otherwise.
 void validate(const Args& a);
 FisherOptions fisher_options(const Args& a);
+/// The file a solve over several dampings writes for `damping`: "d.safetensors" → "d_1e-02.safetensors"
+/// (λ as %.0e, before the extension).
+std::string damping_output_path(const std::string& output, double damping);
 
 }  // namespace cli
 }  // namespace natgrad

@@ -108,6 +108,7 @@ Problem<Scalar> load_problem_here(Args& a, bool allow_default, const Progress& p
   MemoryEstimate mem = estimate_solve_memory(p.file.spec, p.data.size(), shared_curvature, sizeof(Scalar),
                                              fisher_options(a), std::max(top_k, a.deflate), num_threads(), a.preconditioner == "diagonal",
                                              p.file.likelihood, K);
+  mem.add_multi_shift(model.num_params(), sizeof(Scalar), static_cast<Index>(a.dampings.size()));
   p.estimate = mem.total;
   const std::size_t limit = a.max_memory_gb > 0 ? static_cast<std::size_t>(a.max_memory_gb * 1e9) : available_memory_bytes();
   if (limit > 0 && mem.total > limit)

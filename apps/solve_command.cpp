@@ -78,6 +78,7 @@ int run_solve(Args& a, const World& world) {
   opt.spectrum = spectrum_options(progress);
   opt.condition_number = k > 0;
   opt.deflate = a.deflate;
+  opt.dampings = a.dampings;
   if (a.deflate > 0 && opt.preconditioner == PreconditionerKind::diagonal)
     usage_error("--deflate and --preconditioner diagonal do not combine: choose one");
   if (a.deflate >= p.model->num_params())
@@ -88,12 +89,18 @@ int run_solve(Args& a, const World& world) {
   const std::string per_position =
       positions > 1 ? ", per position: " + std::to_string(positions) + " positions per sample" : "";
   const std::string ranks = World::has_mpi() ? ", ranks: " + std::to_string(world.size()) : "";
-  std::printf("natgrad solve: %s (%lld parameters, %s%s), %s (%lld samples, curvature on %lld), fisher %s, damping %g, "
+  std::string damping_text = detail::format_number(a.damping);
+  if (!a.dampings.empty()) {
+    damping_text = "";
+    for (double l : a.dampings) damping_text += (damping_text.empty() ? "" : ",") + detail::format_number(l);
+    damping_text += " (multi-shift CG)";
+  }
+  std::printf("natgrad solve: %s (%lld parameters, %s%s), %s (%lld samples, curvature on %lld), fisher %s, damping %s, "
               "%s, %d threads%s, parameters: %s\n",
               p.model_label.c_str(), static_cast<long long>(p.model->num_params()), to_string(p.file.likelihood),
               per_position.c_str(), p.data_label.c_str(), static_cast<long long>(p.total),
               static_cast<long long>(a.curvature_batch > 0 ? a.curvature_batch : p.total), a.fisher.c_str(),
-              a.damping, a.dtype.c_str(), threads, ranks.c_str(), p.params_label.c_str());
+              damping_text.c_str(), a.dtype.c_str(), threads, ranks.c_str(), p.params_label.c_str());
   progress.line("forward pass over %lld samples", static_cast<long long>(p.total));
   install_signal_handlers();
   std::fflush(stdout);
@@ -126,11 +133,23 @@ int run_solve(Args& a, const World& world) {
   // (Rank 0's signal decided the stop; the others may have seen none.)
   const bool interrupted = r.cg.termination == CgTermination::user_stop;
   const int signal = g_signal != 0 ? int(g_signal) : SIGTERM;
-  std::printf("loss: %.8f\ngradient norm: %.6e\n%s\n", r.loss, r.gradient_norm, r.cg.brief_report().c_str());
+  std::printf("loss: %.8f\ngradient norm: %.6e\n", r.loss, r.gradient_norm);
+  if (r.solves.empty()) {
+    std::printf("%s\n", r.cg.brief_report().c_str());
+  } else {
+    for (const auto& d : r.solves) {
+      std::printf("damping %s: %s\n", detail::format_number(d.damping).c_str(), d.cg.brief_report().c_str());
+      if (!d.cg.is_converged() && d.cg.termination != CgTermination::user_stop)
+        std::printf("warning: CG for damping %s did not converge: %s\n", detail::format_number(d.damping).c_str(),
+                    d.cg.message.c_str());
+    }
+    std::printf("multi-shift CG: %lld products for %zu dampings\n", static_cast<long long>(r.multi_shift_products),
+                r.solves.size());
+  }
   if (interrupted)
     std::printf("interrupted by %s at CG iteration %lld: writing the best iterate so far\n",
                 signal == SIGINT ? "SIGINT" : "SIGTERM", static_cast<long long>(r.cg.iterations));
-  else if (!r.cg.is_converged())
+  else if (!r.cg.is_converged() && r.solves.empty())
     std::printf("warning: CG did not converge: %s\n", r.cg.message.c_str());
   if (opt.spectrum_top_k > 0)
     std::printf("top-%lld eigenvalues of F: %s  (%lld products, %s)\n", static_cast<long long>(opt.spectrum_top_k),
@@ -139,12 +158,24 @@ int run_solve(Args& a, const World& world) {
   if (r.deflated > 0)
     std::printf("CG was deflated with the top-%lld eigenpairs of F (computed before it)\n",
                 static_cast<long long>(r.deflated));
-  if (r.has_condition) print_condition(r.condition);
+  if (r.solves.empty() && r.has_condition) print_condition(r.condition);
+  for (const auto& d : r.solves)
+    if (d.has_condition) {
+      std::printf("damping %s: ", detail::format_number(d.damping).c_str());
+      print_condition(d.condition);
+    }
   std::printf("timing (s): forward %.3f, gradient %.3f, cg %.3f, spectrum %.3f, total %.3f\n", r.time_forward_s,
               r.time_gradient_s, r.time_cg_s, r.time_spectrum_s, r.time_total_s);
-  if (!a.output.empty()) {
+  if (!a.output.empty() && r.solves.empty()) {
     save_parameters(a.output, *p.model, r.direction, out_dtype(a), {{"natgrad", "natural-gradient direction"}});
     std::printf("wrote the direction to %s\n", a.output.c_str());
+  }
+  for (const auto& d : r.solves) {
+    if (a.output.empty()) break;
+    const std::string path = damping_output_path(a.output, d.damping);
+    save_parameters(path, *p.model, d.direction, out_dtype(a),
+                    {{"natgrad", "natural-gradient direction"}, {"damping", detail::format_number(d.damping)}});
+    std::printf("wrote the direction for damping %s to %s\n", detail::format_number(d.damping).c_str(), path.c_str());
   }
   if (!a.save_gradient.empty()) {
     save_parameters(a.save_gradient, *p.model, r.gradient, out_dtype(a), {{"natgrad", "gradient"}});
@@ -164,18 +195,31 @@ int run_solve(Args& a, const World& world) {
     j["dtype"] = a.dtype;
     j["threads"] = threads;
     j["ranks"] = world.size();
-    j["cg"] = {{"iterations", r.cg.iterations},
-               {"converged", r.cg.is_converged()},
-               {"termination", interrupted ? "interrupted" : to_string(r.cg.termination)},
-               {"message", r.cg.message},
-               {"relative_residual", r.cg.relative_residual},
-               {"recursive_relative_residual", r.cg.recursive_relative_residual},
-               {"residual_replacements", r.cg.restarts},
-               {"breakdown", to_string(r.cg.breakdown)},
-               {"products", r.cg.operator_applications},
-               {"deflated_eigenpairs", r.deflated},
-               {"returned_iterate", r.cg.returned_iterate},
-               {"residual_history", r.cg.residual_history}};
+    auto cg_json = [&](const CgSummary& cg) {
+      return nlohmann::ordered_json{{"iterations", cg.iterations},
+                                    {"converged", cg.is_converged()},
+                                    {"termination", interrupted ? "interrupted" : to_string(cg.termination)},
+                                    {"message", cg.message},
+                                    {"relative_residual", cg.relative_residual},
+                                    {"recursive_relative_residual", cg.recursive_relative_residual},
+                                    {"residual_replacements", cg.restarts},
+                                    {"breakdown", to_string(cg.breakdown)},
+                                    {"products", cg.operator_applications},
+                                    {"deflated_eigenpairs", r.deflated},
+                                    {"returned_iterate", cg.returned_iterate},
+                                    {"residual_history", cg.residual_history}};
+    };
+    j["cg"] = cg_json(r.cg);
+    if (!r.solves.empty()) {  // several dampings: each its own entry; "cg" above is the smallest's
+      j["multi_shift_products"] = r.multi_shift_products;
+      j["solves"] = nlohmann::ordered_json::array();
+      for (const auto& d : r.solves) {
+        nlohmann::ordered_json e{{"damping", d.damping}, {"cg", cg_json(d.cg)}};
+        if (!a.output.empty()) e["output"] = damping_output_path(a.output, d.damping);
+        if (d.has_condition) e["condition"] = condition_json(d.condition);
+        j["solves"].push_back(e);
+      }
+    }
     if (opt.spectrum_top_k > 0) j["spectrum"] = spectrum_json(r.spectrum);
     if (r.has_condition) j["condition"] = condition_json(r.condition);
     j["timing_s"] = {{"forward", r.time_forward_s}, {"gradient", r.time_gradient_s}, {"cg", r.time_cg_s},

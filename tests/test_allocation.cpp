@@ -252,6 +252,24 @@ TEST(MemoryEstimate, BoundsTheHeapPeakOfASolveTightly) {
   }
 }
 
+// Several dampings (multi-shift CG): the estimate with add_multi_shift bounds the solve's heap tightly.
+TEST(MemoryEstimate, BoundsTheHeapPeakOfAMultiShiftSolve) {
+  const ModelSpec spec = mlp_spec(784, 512, 10);
+  Network<float> model(spec);
+  const Vec<float> theta = init_parameters(model, 1);
+  const Dataset<float> data = random_dataset(model, 600, LikelihoodKind::categorical, 2);
+  for (const std::vector<double>& dampings : {std::vector<double>{1e-1, 1e-2}, std::vector<double>{1e-1, 1e-2, 1e-3, 1e-4}}) {
+    NaturalGradientOptions options;
+    options.fisher.num_threads = 2;
+    options.cg.max_iterations = 5;
+    options.dampings = dampings;
+    MemoryEstimate estimate = estimate_solve_memory(spec, data.size(), 0, sizeof(float), options.fisher, 0, 2, false);
+    estimate.add_multi_shift(model.num_params(), sizeof(float), Index(dampings.size()));
+    expect_tight_bound(solve_heap_peak(model, theta, data, options), estimate,
+                       "multi-shift over " + std::to_string(dampings.size()) + " dampings");
+  }
+}
+
 // The embedded default run exactly as `solve-natural-gradient` makes it: MLP 784-256-256-10 (tanh) after a
 // flatten, 1000 samples, λ = 1e-3, CG to 1e-6 (here at most 20 iterations), the top-10 spectrum and the
 // condition number.

@@ -1,7 +1,7 @@
 // The command line end to end on small generated problems: fvp / solve / spectrum outputs equal the library
 // calls bit for bit; every bad input gives one line on stderr naming the problem, a non-zero exit, and no
 // output file.
-#include "test_helpers.h"
+#include "cli_fixture.h"
 
 #include <natgrad/core/threads.h>
 #include <natgrad/io/dataset_io.h>
@@ -22,70 +22,8 @@
 
 using namespace natgrad;
 using namespace natgrad::test;
+using namespace natgrad::test::cli_fixture;
 
-namespace {
-
-struct Result {
-  int code;
-  std::string out, err;
-};
-
-std::string dir() {
-  static const std::string d = make_temp_dir("natgrad_cli");
-  return d;
-}
-std::string p(const std::string& name) { return dir() + "/" + name; }
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-bool exists(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0;
-}
-
-Result run(const std::string& args, const char* binary = NATGRAD_CLI) {
-  const std::string cmd = std::string(binary) + " " + args + " --quiet > " + p("stdout") + " 2> " + p("stderr");
-  const int status = std::system(cmd.c_str());
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(p("stdout")), slurp(p("stderr"))};
-}
-
-const char* kModel = R"({"input_shape": [1, 5, 5], "likelihood": "categorical", "layers": [
-  {"type": "conv2d", "in_channels": 1, "out_channels": 3, "kernel_size": 3, "padding": 1},
-  {"type": "tanh"}, {"type": "avgpool2d", "kernel_size": 2}, {"type": "flatten"},
-  {"type": "linear", "in_features": 12, "out_features": 6}, {"type": "gelu"},
-  {"type": "linear", "in_features": 6, "out_features": 4}]})";
-
-class Cli : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    std::ofstream(p("model.json")) << kModel;
-    const ModelFile m = read_model_spec(p("model.json"));
-    Network<float> model(m.spec);
-    save_parameters(p("w.safetensors"), model, init_parameters(model, 4), DType::F32);
-    save_parameters(p("v.safetensors"), model, Vec<float>(random_vec<float>(model.num_params(), 5)), DType::F32);
-    Dataset<float> d = random_dataset(model, 40, LikelihoodKind::categorical, 6);
-    save_dataset(p("d.safetensors"), d, m.spec.input_shape);
-  }
-  const std::string base = "--model " + p("model.json") + " --weights " + p("w.safetensors") + " --data " + p("d.safetensors");
-
-  struct Loaded {
-    ModelFile m;
-    std::unique_ptr<Network<float>> model;
-    Vec<float> theta;
-    Dataset<float> data;
-  };
-  Loaded load() {
-    Loaded l;
-    l.m = read_model_spec(p("model.json"));
-    l.model = std::make_unique<Network<float>>(l.m.spec);
-    l.theta = load_parameters<float>(p("w.safetensors"), *l.model);
-    l.data = load_dataset<float>(p("d.safetensors"), l.m.spec.input_shape, l.m.likelihood, l.model->output_size());
-    return l;
-  }
-};
-
-}  // namespace
 
 TEST_F(Cli, FvpEqualsTheLibraryCall) {
   for (const std::string kind : {"exact", "mc", "empirical"}) {

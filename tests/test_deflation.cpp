@@ -13,16 +13,7 @@ namespace natgrad {
 namespace {
 
 using test::rel_err_vec;
-
-struct DenseOp {
-  using Scalar = double;
-  Mat<double> A;
-  Index rows() const { return A.rows(); }
-  Index cols() const { return A.cols(); }
-  void perform_op(const double* x, double* y) const {
-    VecMap<double>(y, A.rows()).noalias() = A * ConstVecMap<double>(x, A.cols());
-  }
-};
+using DenseOp = test::DenseOp<double>;
 
 // A = Q diag(values) Qᵀ for a random orthogonal Q (from the QR of a random matrix).
 Mat<double> with_eigenvalues(const Vec<double>& values, Mat<double>* Q) {

@@ -373,5 +373,19 @@ Vec<Scalar> apply(const FisherOperator<Scalar>& F, const Vec<Scalar>& v) {
   return y;
 }
 
+/// A dense symmetric matrix as an operator (test-only), counting its products.
+template <typename S>
+struct DenseOp {
+  using Scalar = S;
+  Mat<S> A;
+  mutable Index calls = 0;
+  Index rows() const { return A.rows(); }
+  Index cols() const { return A.cols(); }
+  void perform_op(const S* x, S* y) const {
+    VecMap<S>(y, A.rows()).noalias() = A * ConstVecMap<S>(x, A.cols());
+    ++calls;
+  }
+};
+
 }  // namespace test
 }  // namespace natgrad

@@ -20,20 +20,6 @@ using namespace natgrad::test;
 
 namespace {
 
-// A dense symmetric matrix as an operator (test-only), counting its products.
-template <typename S>
-struct DenseOp {
-  using Scalar = S;
-  Mat<S> A;
-  mutable Index calls = 0;
-  Index rows() const { return A.rows(); }
-  Index cols() const { return A.cols(); }
-  void perform_op(const S* x, S* y) const {
-    VecMap<S>(y, A.rows()).noalias() = A * ConstVecMap<S>(x, A.cols());
-    ++calls;
-  }
-};
-
 template <typename Op>
 CgSummary solve(const Op& A, const Vec<typename Op::Scalar>& b, Vec<typename Op::Scalar>& x, CgOptions opt) {
   using S = typename Op::Scalar;

@@ -145,6 +145,15 @@ MemoryEstimate estimate_solve_memory(const ModelSpec& spec, Index batch, Index c
                                                diagonal_preconditioner, likelihood);
 }
 
+void MemoryEstimate::add_multi_shift(Index params, std::size_t scalar_bytes, Index dampings) {
+  if (dampings < 2) return;
+  // θ, g, the smallest damping's d (a copy), r, p and Ap, and x_j, p_j per damping: 6 + 2m vectors against
+  // the 7 counted for one CG solve (an upper bound when z was counted too).
+  const std::size_t extra = static_cast<std::size_t>(2 * dampings - 1) * static_cast<std::size_t>(params) * scalar_bytes;
+  parameters += extra;
+  total += extra;
+}
+
 std::string format_bytes(double bytes) { return detail::format_bytes(bytes); }
 
 std::string MemoryEstimate::report() const {

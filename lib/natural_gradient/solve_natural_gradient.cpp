@@ -1,4 +1,5 @@
 #include <natgrad/natural_gradient/solve_natural_gradient.h>
+#include <natgrad/solvers/multi_shift_cg.h>
 
 #include <utility>
 
@@ -6,6 +7,7 @@
 #include <natgrad/natural_gradient/damped_condition.h>
 #include <natgrad/solvers/deflation_preconditioner.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -36,6 +38,16 @@ bool NaturalGradientOptions::is_valid(std::string* why) const {
   if (deflate < 0) return bad("deflate must be >= 0, got " + std::to_string(deflate));
   if (deflate > 0 && preconditioner == PreconditionerKind::diagonal)
     return bad("deflation and the diagonal preconditioner do not combine: choose one");
+  if (dampings.size() == 1) return bad("dampings holds one value: set fisher.damping instead");
+  for (std::size_t i = 0; i < dampings.size(); ++i) {
+    if (!(dampings[i] >= 0) || !std::isfinite(dampings[i]))
+      return bad("every damping must be finite and >= 0, got " + detail::format_number(dampings[i]));
+    for (std::size_t j = 0; j < i; ++j)
+      if (dampings[j] == dampings[i]) return bad("damping " + detail::format_number(dampings[i]) + " is listed twice");
+  }
+  if (dampings.size() > 1 && (deflate > 0 || preconditioner == PreconditionerKind::diagonal))
+    return bad("several dampings (multi-shift CG) combine with neither deflation nor the diagonal preconditioner: "
+               "the shifted systems would share no Krylov space");
   return true;
 }
 
@@ -127,11 +139,12 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& mode
   const bool preconditioned = options.preconditioner == PreconditionerKind::diagonal;
   // Deflation: the top eigenpairs of F first (the spectrum asked for, or `deflate` of them), then CG
   // preconditioned by them from the solution on their span.
-  const Index deflation =
-      preconditioned ? 0 : std::max(options.deflate, options.reuse_spectrum ? options.spectrum_top_k : 0);
+  const bool multi = options.dampings.size() > 1;
+  const Index deflation = preconditioned || multi
+                              ? 0 : std::max(options.deflate, options.reuse_spectrum ? options.spectrum_top_k : 0);
   std::string no_memory;
   try {
-    ws.resize(F.rows(), preconditioned || deflation > 0);
+    if (!multi) ws.resize(F.rows(), preconditioned || deflation > 0);
     r.direction = Vec<Scalar>::Zero(F.rows());
   } catch (const std::bad_alloc&) {
     const int vectors = preconditioned || deflation > 0 ? 6 : 5;
@@ -174,7 +187,27 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& mode
     r.time_spectrum_s = seconds(ts);
     t = clock::now();
   }
-  if (preconditioned) {
+  if (multi) {
+    // Every damping from the Krylov space of the smallest: F + λ_min I, shifted by λ_j − λ_min.
+    const double lambda_min = *std::min_element(options.dampings.begin(), options.dampings.end());
+    F.set_damping(lambda_min);
+    std::vector<double> shifts;
+    for (double l : options.dampings) shifts.push_back(l - lambda_min);
+    std::vector<Vec<Scalar>> x;
+    std::vector<CgSummary> summaries = multi_shift_conjugate_gradient(F, shifts, r.gradient.data(), x, cg_options, &r.multi_shift_products);
+    r.solves.reserve(shifts.size());  // (no copies of directions when the list grows)
+    for (std::size_t j = 0; j < shifts.size(); ++j) {
+      DampedSolution<Scalar> d;
+      d.damping = options.dampings[j];
+      d.direction = std::move(x[j]);
+      d.cg = std::move(summaries[j]);
+      if (d.damping == lambda_min) {
+        r.direction = d.direction;
+        r.cg = d.cg;
+      }
+      r.solves.push_back(std::move(d));
+    }
+  } else if (preconditioned) {
     DiagonalPreconditioner<Scalar> M(F.empirical_fisher_diagonal(), options.fisher.damping,
                                      options.preconditioner_exponent);
     r.cg = conjugate_gradient(F, M, r.gradient.data(), r.direction.data(), cg_options, ws);
@@ -192,6 +225,9 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& mode
   } else if (r.cg.is_numerical_failure()) {
     r.failure = "conjugate gradient: " + r.cg.message;
   }
+  for (const DampedSolution<Scalar>& d : r.solves)
+    if (r.failure.empty() && d.cg.is_numerical_failure())
+      r.failure = "conjugate gradient (damping " + detail::format_number(d.damping) + "): " + d.cg.message;
 
   // A stop asked by the callback (a signal: the user wants the iterate now) skips the spectrum.
   if ((options.spectrum_top_k > 0 || options.condition_number) && r.cg.termination != CgTermination::user_stop) {
@@ -208,6 +244,10 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& mode
       const double known_max = r.spectrum.eigenvalues.size() > 0 ? r.spectrum.eigenvalues[0] : std::nan("");
       r.condition = damped_condition_number(F, lambda, known_max);
       r.has_condition = true;
+      for (DampedSolution<Scalar>& d : r.solves) {  // (λ_max and the null space are shared: cheap after the first)
+        d.condition = d.damping == lambda ? r.condition : damped_condition_number(F, d.damping, known_max);
+        d.has_condition = true;
+      }
     }
     F.set_damping(lambda);
     r.time_spectrum_s += seconds(t);

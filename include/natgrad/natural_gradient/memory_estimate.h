@@ -33,6 +33,9 @@ struct MemoryEstimate {
   std::size_t total = 0;           ///< max(sum of the fields above but gradient_phase and runtime,
                                    ///< gradient_phase) + runtime
   std::string report() const;
+  /// Adds what multi-shift CG over `dampings` ≥ 2 dampings (NaturalGradientOptions::dampings) needs beyond
+  /// one CG solve: per damping its direction and its search direction, less the CG vectors it does without.
+  void add_multi_shift(Index params, std::size_t scalar_bytes, Index dampings);
 };
 
 /// `batch` samples for the gradient, `curvature_batch` (≤ batch) for F; `top_k` > 0 adds a Lanczos basis of

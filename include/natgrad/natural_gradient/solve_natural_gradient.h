@@ -23,6 +23,7 @@
 
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace natgrad {
 
@@ -52,6 +53,12 @@ struct NaturalGradientOptions {
   SpectrumOptions spectrum;
   /// Also estimate the condition number of F + λI. Default false.
   bool condition_number = false;
+  /// Several dampings solved together (two or more, each finite, ≥ 0, distinct): multi-shift CG on
+  /// F + λ_min I gives every (F + λ_j I) d_j = g for the products of the smallest λ alone
+  /// (multi_shift_cg.h), reported in NaturalGradientResult::solves in this order. fisher.damping is then
+  /// not used, and neither deflation nor the diagonal preconditioner combines with it (the shifted systems
+  /// would share no Krylov space); a spectrum is computed after CG. Default empty: fisher.damping alone.
+  std::vector<double> dampings;
   /// Called once the loss and the gradient norm are known, before CG starts (progress for long jobs).
   /// Optional.
   std::function<void(double loss, double gradient_norm)> on_gradient;
@@ -67,6 +74,16 @@ enum class NaturalGradientTermination {
   numerical_failure,  ///< NaN or Inf: the direction is not usable (see failure)
 };
 const char* to_string(NaturalGradientTermination t);
+
+/// One damping's solution in a solve over several dampings (NaturalGradientOptions::dampings).
+template <typename Scalar>
+struct DampedSolution {
+  double damping = 0;
+  Vec<Scalar> direction;  ///< (F + damping·I)⁻¹ g
+  CgSummary cg;           ///< its share of the multi-shift CG
+  bool has_condition = false;
+  ConditionEstimate condition;  ///< of F + damping·I, if asked
+};
 
 /// Everything a solve found, Summary-style: termination(), the message (failure, or CG's), brief_report()
 /// and full_report(), and every part's own summary.
@@ -97,6 +114,10 @@ struct NaturalGradientResult {
   Index deflated = 0;               ///< eigenpairs CG was deflated with (0: none)
   bool has_condition = false;
   ConditionEstimate condition;      ///< of F + λI, if asked
+  /// With several dampings: each one's solution, in the order asked; direction, cg and condition above are
+  /// then those of the smallest damping.
+  std::vector<DampedSolution<Scalar>> solves;
+  Index multi_shift_products = 0;  ///< products of the multi-shift CG over all of them
   double time_forward_s = 0, time_gradient_s = 0, time_cg_s = 0, time_spectrum_s = 0, time_total_s = 0;
 };
 
