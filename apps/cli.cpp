@@ -2,6 +2,7 @@
 #include "cli.h"
 
 #include "commands.h"
+#include "density_plot.h"
 #include "options.h"
 #include "world.h"
 
@@ -63,6 +64,10 @@ int run(int argc, char** argv, bool solve_only) {
     spectrum->add_option("--eigenvectors", a.eigenvectors,
                          "Write the top-K eigenvectors here (safetensors: tensors <name>.<i> for eigenvector i, in the "
                          "weights' names and shapes)");
+    spectrum->add_option("--plot", a.plot,
+                         "Draw the spectral density here as SVG (implies --density): a logarithmic eigenvalue axis, "
+                         "the top-K eigenvalues marked, the mass at zero as its own bar, the trace in the caption "
+                         "(needs a build with PLplot)");
     spectrum->add_option("--report", a.report, "Write a JSON report here");
     info->add_option("--model", a.model, "Model spec (JSON)");
     info->add_option("--weights", a.weights, "Check these parameters against the model");
@@ -113,6 +118,10 @@ int run(int argc, char** argv, bool solve_only) {
     }
     if (fvp && fvp->parsed() && fvp->count("--damping") == 0) a.damping = 0;
     if (spectrum && spectrum->parsed() && spectrum->count("--damping") == 0) a.damping = 0;
+    if (spectrum && spectrum->parsed() && !a.plot.empty()) {
+      if (!can_plot()) usage_error("--plot needs a build with PLplot (install libplplot-dev and rebuild natgrad)");
+      a.density = true;
+    }
     if (spectrum && spectrum->parsed() && spectrum->count("--lanczos-steps") && a.lanczos_steps < 2)
       usage_error("--lanczos-steps must be >= 2, got " + std::to_string(a.lanczos_steps));
     if (spectrum && spectrum->parsed() && spectrum->count("--probes") && a.probes < 2)

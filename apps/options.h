@@ -37,6 +37,7 @@ struct Args {
   Index lanczos_steps = 40;  // spectrum --lanczos-steps K (SLQ)
   Index probes = 30;   // spectrum --probes M
   std::string eigenvectors;  // spectrum --eigenvectors v.safetensors
+  std::string plot;          // spectrum --plot density.svg (implies --density)
   Index top = 10;
   int threads = 0;
   int ranks = 1;  // natgrad info --ranks: the per-rank estimate

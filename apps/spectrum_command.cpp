@@ -1,4 +1,5 @@
 #include "commands.h"
+#include "density_plot.h"
 #include "problem.h"
 #include "per_layer.h"
 #include "report.h"
@@ -66,6 +67,19 @@ int run_spectrum(Args& a, const World& world) {
   ConditionEstimate condition;
   if (a.damping > 0) condition = damped_condition_number(F, a.damping, s.eigenvalues[0]);
   const double secs = std::chrono::duration<double>(clock_type::now() - t0).count();
+  if (!a.plot.empty()) {
+    DensityPlot plot;
+    plot.nodes = density.nodes;
+    plot.weights = density.weights;
+    plot.top.assign(s.eigenvalues.data(), s.eigenvalues.data() + s.eigenvalues.size());
+    plot.zero_threshold = 1e-4 * s.eigenvalues[0];
+    const double n = double(F.rows());
+    plot.trace = a.trace ? trace.trace : density.first_moment * n;  // Hutchinson's if asked, else SLQ's
+    plot.trace_standard_error = a.trace ? trace.standard_error : density.first_moment_standard_error * n;
+    plot.parameters = static_cast<long long>(F.rows());
+    plot.title = "Fisher spectrum (SLQ, " + std::to_string(a.probes) + " probes), fisher " + a.fisher;
+    write_density_svg(a.plot, plot);
+  }
   if (!a.eigenvectors.empty()) {
     save_parameter_stack(a.eigenvectors, *p.model, s.eigenvectors, out_dtype(a),
                          {{"natgrad", "top-" + std::to_string(a.top) + " eigenvectors of F, leading index"}});
@@ -96,6 +110,7 @@ int run_spectrum(Args& a, const World& world) {
   }
   std::printf("%lld products, %lld restarts, %.3f s\n", static_cast<long long>(F.num_products()),
               static_cast<long long>(s.restarts), secs);
+  if (!a.plot.empty()) std::printf("wrote the density plot to %s\n", a.plot.c_str());
   if (!a.eigenvectors.empty())
     std::printf("wrote the top-%lld eigenvectors to %s ([%lld, ...] per parameter tensor)\n",
                 static_cast<long long>(a.top), a.eigenvectors.c_str(), static_cast<long long>(a.top));
