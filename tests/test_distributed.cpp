@@ -388,6 +388,40 @@ TEST(Distributed, SolveMatchesOneProcessAndStopsWhereRankZeroSays) {
     EXPECT_EQ(res[static_cast<std::size_t>(r)].cg.iterations, 3) << "rank " << r;
     EXPECT_EQ(res[static_cast<std::size_t>(r)].direction, res[0].direction);
   }
+  // Several dampings (multi-shift CG) over the ranks: every damping's direction as in one process.
+  NaturalGradientOptions multi = opt;
+  multi.curvature_batch = 0;
+  multi.spectrum_top_k = 0;
+  multi.dampings = {1e-1, 1e-3, 1e-2};
+  const auto one_multi = solve_natural_gradient(model, theta, LikelihoodKind::categorical, data, multi);
+  ASSERT_EQ(one_multi.solves.size(), 3u);
+  errors = on_ranks(K, [&](int r, const Communicator& comm) {
+    NaturalGradientOptions o = multi;
+    o.fisher.communicator = &comm;
+    const SampleShare s = share_of(N, r, K);
+    const Dataset<double> mine = data.slice(s.first, s.count);
+    res[static_cast<std::size_t>(r)] = solve_natural_gradient(
+        model, theta, LikelihoodKind::categorical, BatchShare<double>{&mine, s.first, N},
+        BatchShare<double>{&mine, s.first, N}, o);
+  });
+  for (int r = 0; r < K; ++r) {
+    ASSERT_EQ(errors[static_cast<std::size_t>(r)], "");
+    const auto& x = res[static_cast<std::size_t>(r)];
+    ASSERT_EQ(x.solves.size(), 3u);
+    for (std::size_t j = 0; j < 3; ++j) {
+      EXPECT_EQ(x.solves[j].damping, one_multi.solves[j].damping);
+      EXPECT_TRUE(x.solves[j].cg.is_converged()) << x.solves[j].cg.message;
+      EXPECT_LE(rel_err_vec(x.solves[j].direction, one_multi.solves[j].direction), 1e-8);
+      EXPECT_EQ(x.solves[j].direction, res[0].solves[j].direction);
+    }
+  }
+  // A whole Dataset is one process's batch: with a communicator of several ranks the call is refused.
+  errors = on_ranks(K, [&](int, const Communicator& comm) {
+    NaturalGradientOptions o = opt;
+    o.fisher.communicator = &comm;
+    solve_natural_gradient(model, theta, LikelihoodKind::categorical, data, o);
+  });
+  for (const std::string& e : errors) EXPECT_NE(e.find("BatchShare overload"), std::string::npos) << e;
 }
 
 }  // namespace

@@ -58,6 +58,10 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& mode
                                                      const NaturalGradientOptions& options) {
   std::string why;
   if (!options.is_valid(&why)) detail::fail("NaturalGradientOptions: " + why);
+  if (options.fisher.communicator && options.fisher.communicator->size() > 1)
+    detail::fail("solve_natural_gradient over a whole Dataset is one process's solve, but fisher.communicator has " +
+                 std::to_string(options.fisher.communicator->size()) +
+                 " ranks: give each rank its share with the BatchShare overload");
   const Index N = options.batch > 0 ? options.batch : data.size();
   if (N == 0) detail::fail("the batch is empty");
   if (N > data.size())

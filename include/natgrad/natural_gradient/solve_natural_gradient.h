@@ -121,7 +121,8 @@ struct NaturalGradientResult {
   double time_forward_s = 0, time_gradient_s = 0, time_cg_s = 0, time_spectrum_s = 0, time_total_s = 0;
 };
 
-/// Throws std::invalid_argument for invalid options, sizes or targets; numerical trouble in CG is reported
+/// Throws std::invalid_argument for invalid options, sizes or targets, and for a fisher.communicator of more
+/// than one rank (a whole Dataset is one process's batch: use the BatchShare overload); numerical trouble in CG is reported
 /// in result.cg (termination breakdown) rather than thrown. θ is taken by value: pass std::move(theta) when
 /// the caller does not need it afterwards, and the operator keeps the only copy.
 template <typename Scalar>
