@@ -5,7 +5,7 @@
 # library never depends on it).
 set -euo pipefail
 packages=(build-essential cmake libeigen3-dev libspectra-dev librandom123-dev nlohmann-json3-dev libcli11-dev
-          zlib1g-dev libgtest-dev libbenchmark-dev dataset-fashion-mnist clang libclang-rt-14-dev libplplot-dev)
+          zlib1g-dev libgtest-dev libbenchmark-dev dataset-fashion-mnist clang libclang-rt-14-dev pkg-config libplplot-dev)
 # --mpi adds OpenMPI, for the build with -DNATGRAD_USE_MPI=ON (docs/distributed.md); --test implies it.
 [ "${1:-}" = "--test" ] || [ "${1:-}" = "--mpi" ] && packages+=(libopenmpi-dev openmpi-bin)
 [ "${1:-}" = "--test" ] && packages+=(python3-torch)

@@ -184,6 +184,21 @@ TEST(Distributed, ReadersKeepExactlyTheRangeAskedFor) {
     EXPECT_ERROR(load_dataset<double>(path, {5}, LikelihoodKind::categorical, 3, Split::train, 5, 1, 0, 10),
                  "samples [10, 15) lie beyond the 13 samples");
   }
+  // The count agrees with what the reader keeps: a header whose first cells are numbers, no header, CRLF
+  // line ends and blank lines.
+  for (const std::string header : {"0,1,2,3,4,label\r\n", "", "x0,x1,x2,x3,x4,y\n\n"}) {
+    const std::string path = dir + "/h.csv";
+    {
+      std::ofstream csv(path);
+      csv << header;
+      for (Index n = 0; n < all.size(); ++n) {
+        for (Index k = 0; k < 5; ++k) csv << all.inputs(k, n) << ",";
+        csv << all.labels[static_cast<std::size_t>(n)] << (n % 4 == 0 ? "\r\n" : "\n") << (n == 6 ? "\n" : "");
+      }
+    }
+    EXPECT_EQ(count_samples(path), 13) << header;
+    EXPECT_EQ(load_dataset<double>(path, {5}, LikelihoodKind::categorical, 3).size(), 13) << header;
+  }
   // Text: windows of T + 1 = 10 bytes; window w starts at byte 10 w.
   EXPECT_EQ(count_samples(dir + "/t.txt", Split::train, 9), 9);
   const Dataset<double> w = load_dataset<double>(dir + "/t.txt", {9}, LikelihoodKind::categorical, 256,

@@ -184,6 +184,36 @@ Dataset<Scalar> load_safetensors_data(const std::string& path, const Shape& inpu
   return d;
 }
 
+// The CSV rules parse_csv and count_samples share. Each line of `in` with its 1-based number, a trailing
+// '\r' removed; empty lines skipped.
+template <typename F>
+void for_each_csv_line(std::istream& in, F f) {
+  std::string line;
+  Index row = 0;
+  while (std::getline(in, line)) {
+    ++row;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (!line.empty()) f(row, line);
+  }
+}
+
+// The cells of a CSV line as numbers; false if any is not a number (trailing blanks allowed: "3 foo" is not
+// a number). A first line that is not all numbers is a header.
+bool csv_numbers(const std::string& line, std::vector<double>& vals) {
+  vals.clear();
+  std::stringstream ss(line);
+  std::string cell;
+  bool numeric = true;
+  while (std::getline(ss, cell, ',')) {
+    char* end = nullptr;
+    const double v = std::strtod(cell.c_str(), &end);
+    while (end && (*end == ' ' || *end == '\t')) ++end;
+    if (end == cell.c_str() || *end != '\0') numeric = false;
+    vals.push_back(v);
+  }
+  return numeric;
+}
+
 template <typename Scalar>
 Dataset<Scalar> load_csv(const std::string& path, const Shape& input_shape, LikelihoodKind likelihood, Index C) {
   std::ifstream in(path);
@@ -204,25 +234,11 @@ Dataset<Scalar> parse_csv(const std::string& text, const Shape& input_shape, Lik
   std::vector<Scalar> xs;
   std::vector<int64_t> labels;
   std::vector<Scalar> ys;
-  std::string line;
-  Index row = 0, N = 0;
-  while (std::getline(in, line)) {
-    ++row;
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (line.empty()) continue;
-    std::vector<double> vals;
-    std::stringstream ss(line);
-    std::string cell;
-    bool numeric = true;
-    while (std::getline(ss, cell, ',')) {
-      char* end = nullptr;
-      const double v = std::strtod(cell.c_str(), &end);
-      while (end && (*end == ' ' || *end == '\t')) ++end;  // trailing blanks only: "3 foo" is not a number
-      if (end == cell.c_str() || *end != '\0') numeric = false;
-      vals.push_back(v);
-    }
-    if (!numeric) {
-      if (row == 1) continue;  // a header line
+  Index N = 0;
+  std::vector<double> vals;
+  for_each_csv_line(in, [&](Index row, const std::string& line) {
+    if (!csv_numbers(line, vals)) {
+      if (row == 1) return;  // a header line
       fail(path, "line " + std::to_string(row) + " has a value that is not a number");
     }
     if (Index(vals.size()) != F + T)
@@ -239,7 +255,7 @@ Dataset<Scalar> parse_csv(const std::string& text, const Shape& input_shape, Lik
       for (Index k = 0; k < T; ++k) ys.push_back(Scalar(vals[std::size_t(F + k)]));
     }
     ++N;
-  }
+  });
   Dataset<Scalar> d;
   d.inputs = Eigen::Map<Mat<Scalar>>(xs.data(), F, N);
   d.labels = labels;
@@ -345,20 +361,11 @@ Index count_samples(const std::string& path, Split split, Index context) {
   if (ends_with(path, ".csv")) {  // the non-empty lines, less a non-numeric first one
     std::ifstream in(path);
     if (!in) fail(path, std::string("cannot open file (") + std::strerror(errno) + ")");
-    std::string line;
-    Index n = 0, row = 0;
-    while (std::getline(in, line)) {
-      ++row;
-      if (!line.empty() && line.back() == '\r') line.pop_back();
-      if (line.empty()) continue;
-      if (row == 1) {
-        char* end = nullptr;
-        const std::string cell = line.substr(0, line.find(','));
-        std::strtod(cell.c_str(), &end);
-        if (end == cell.c_str()) continue;  // a header
-      }
-      ++n;
-    }
+    Index n = 0;
+    std::vector<double> vals;
+    for_each_csv_line(in, [&](Index row, const std::string& line) {
+      if (row > 1 || csv_numbers(line, vals)) ++n;  // (a first line not all numbers is parse_csv's header)
+    });
     return n;
   }
   fail(path, "unknown data format (expected a directory of IDX files, a .safetensors or a .csv file; a text file "
