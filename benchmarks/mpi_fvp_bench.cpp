@@ -8,6 +8,7 @@
 // Prints one line (rank 0): ranks, threads, the product's median [min, max] in ms (a barrier before each,
 // wall time on rank 0), products per second, and the median sum of the P parameters over the ranks.
 #include "benchmark_models.h"
+#include "random_batch.h"
 
 #include <natgrad/core/random.h>
 #include <natgrad/core/threads.h>
@@ -48,13 +49,8 @@ int main(int argc, char** argv) {
     const Vec<float> theta = init_parameters(model, 0);
     // The same batch as natgrad-bench's, and this rank's share of it.
     const SampleShare share = share_of(batch, comm.rank(), comm.size());
-    const CounterRng rng(1, 1);
-    Dataset<float> data;
-    data.inputs.resize(model.input_size(), share.count);
-    for (Index k = 0; k < data.inputs.size(); ++k)
-      data.inputs.data()[k] = float(rng.uniform(uint64_t(share.first * model.input_size() + k)));
-    for (Index n = share.first; n < share.first + share.count; ++n)
-      data.labels.push_back(int64_t(rng.bits(uint64_t(n) + (1ull << 40)) % 10));
+    const Dataset<float> data =
+        bench::random_batch(model, bench::mlp(10), LikelihoodKind::categorical, batch).slice(share.first, share.count);
     FisherOptions fo;
     fo.damping = 1e-3;
     fo.communicator = &comm;

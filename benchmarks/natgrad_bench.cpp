@@ -8,6 +8,7 @@
 // forward pass, 4 in the R-op (dq kᵀ, q dkᵀ, dv P, v dP) and 4 in backprop (gP, gv, gq, gk).
 #include "benchmark_models.h"
 #include "flop_model.h"
+#include "random_batch.h"
 #include "user_model.h"
 
 #include <natgrad/curvature/fisher_operator.h>
@@ -64,14 +65,8 @@ Setup& setup(const std::string& key, const ModelSpec& spec, Index batch, FisherK
   s = std::make_unique<Setup>();
   s->model = std::make_unique<Network<float>>(spec);
   s->theta = init_parameters(*s->model, 0);
-  const CounterRng rng(1, 1);
-  s->data.inputs.resize(s->model->input_size(), batch);
   // Token models (an embedding reads the input) get token indices and a label per position.
-  const Index vocab = spec.layers.front().type == LayerType::embedding ? spec.layers.front().num_embeddings : 0;
-  for (Index k = 0; k < s->data.inputs.size(); ++k)
-    s->data.inputs.data()[k] = vocab ? float(rng.bits(uint64_t(k)) % uint64_t(vocab)) : float(rng.uniform(uint64_t(k)));
-  const Index T = s->model->output_positions(), C = s->model->output_size() / T;
-  for (Index n = 0; n < batch * T; ++n) s->data.labels.push_back(int64_t(rng.bits(uint64_t(n) + (1ull << 40)) % C));
+  s->data = bench::random_batch(*s->model, spec, LikelihoodKind::categorical, batch);
   FisherOptions fo;
   fo.kind = kind;
   fo.damping = 1e-3;

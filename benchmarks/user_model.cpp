@@ -1,12 +1,12 @@
 #include "user_model.h"
 
 #include "flop_model.h"
+#include "random_batch.h"
 
 #include <natgrad/curvature/fisher_operator.h>
 #include <natgrad/io/dataset_io.h>
 #include <natgrad/io/model_spec_json.h>
 #include <natgrad/io/parameters_io.h>
-#include <natgrad/core/random.h>
 #include <natgrad/core/threads.h>
 #include <natgrad/model/initialization.h>
 #include <natgrad/solvers/conjugate_gradient.h>
@@ -54,31 +54,6 @@ UserModel& user() {
 void rate(benchmark::State& state, double flops) {
   state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["threads"] = num_threads();
-}
-
-// Random inputs in [0, 1) (token indices for a model that starts with an embedding) and targets for the
-// model's likelihood, from the counter-based generator.
-Dataset<float> random_data(const UserModel& m, Index batch) {
-  const CounterRng rng(1, 1);
-  Dataset<float> d;
-  d.inputs.resize(m.model->input_size(), batch);
-  const ModelSpec& spec = m.file.spec;
-  const Index vocab = !spec.layers.empty() && spec.layers.front().type == LayerType::embedding
-                          ? spec.layers.front().num_embeddings : 0;
-  for (Index k = 0; k < d.inputs.size(); ++k)
-    d.inputs.data()[k] = vocab ? float(rng.bits(uint64_t(k)) % uint64_t(vocab)) : float(rng.uniform(uint64_t(k)));
-  const Index T = m.model->output_positions(), C = m.model->output_size() / T;
-  const uint64_t off = 1ull << 40;
-  if (m.file.likelihood == LikelihoodKind::categorical) {
-    for (Index n = 0; n < batch * T; ++n) d.labels.push_back(int64_t(rng.bits(uint64_t(n) + off) % uint64_t(C)));
-  } else {
-    d.targets.resize(m.model->output_size(), batch);
-    for (Index k = 0; k < d.targets.size(); ++k) {
-      const double u = rng.uniform(uint64_t(k) + off);
-      d.targets.data()[k] = m.file.likelihood == LikelihoodKind::bernoulli ? float(u < 0.5) : float(2 * u - 1);
-    }
-  }
-  return d;
 }
 
 void model_gradient(benchmark::State& state) {
@@ -172,7 +147,7 @@ bool register_user_model(int argc, char** argv) {
     load_buffers<float>(weights, *m.model);
   }
   if (data.empty()) {
-    m.data = random_data(m, Index(batch));
+    m.data = random_batch(*m.model, m.file.spec, m.file.likelihood, Index(batch));
   } else {
     const Index T = m.model->output_positions();
     m.data = load_dataset<float>(data, m.file.spec.input_shape, m.file.likelihood, m.model->output_size() / T,

@@ -382,20 +382,24 @@ TEST(Distributed, SolveMatchesOneProcessAndStopsWhereRankZeroSays) {
     EXPECT_LE(rel_err_vec(x.spectrum.eigenvalues, one.spectrum.eigenvalues), 1e-10);
     EXPECT_EQ(x.direction, res[0].direction);
   }
-  // The callback asks to stop on rank 0 only, at iteration 3: every rank stops there, with the same iterate.
-  errors = on_ranks(K, [&](int r, const Communicator& comm) {
-    NaturalGradientOptions o = opt;
-    o.curvature_batch = 0;
-    o.spectrum_top_k = 0;
+  // Rank r's solve on its share of the batch (gradient and curvature alike), with `o` and the rank's communicator.
+  auto solve_share = [&](int r, const Communicator& comm, NaturalGradientOptions o) {
     o.fisher.communicator = &comm;
-    o.cg.callback = [r](const CgIterationInfo& info) {
-      return r == 0 && info.iteration == 3 ? CallbackResult::stop : CallbackResult::keep_going;
-    };
     const SampleShare s = share_of(N, r, K);
     const Dataset<double> mine = data.slice(s.first, s.count);
     res[static_cast<std::size_t>(r)] = solve_natural_gradient(
         model, theta, LikelihoodKind::categorical, BatchShare<double>{&mine, s.first, N},
         BatchShare<double>{&mine, s.first, N}, o);
+  };
+  // The callback asks to stop on rank 0 only, at iteration 3: every rank stops there, with the same iterate.
+  errors = on_ranks(K, [&](int r, const Communicator& comm) {
+    NaturalGradientOptions o = opt;
+    o.curvature_batch = 0;
+    o.spectrum_top_k = 0;
+    o.cg.callback = [r](const CgIterationInfo& info) {
+      return r == 0 && info.iteration == 3 ? CallbackResult::stop : CallbackResult::keep_going;
+    };
+    solve_share(r, comm, o);
   });
   for (int r = 0; r < K; ++r) {
     ASSERT_EQ(errors[static_cast<std::size_t>(r)], "");
@@ -410,15 +414,7 @@ TEST(Distributed, SolveMatchesOneProcessAndStopsWhereRankZeroSays) {
   multi.dampings = {1e-1, 1e-3, 1e-2};
   const auto one_multi = solve_natural_gradient(model, theta, LikelihoodKind::categorical, data, multi);
   ASSERT_EQ(one_multi.solves.size(), 3u);
-  errors = on_ranks(K, [&](int r, const Communicator& comm) {
-    NaturalGradientOptions o = multi;
-    o.fisher.communicator = &comm;
-    const SampleShare s = share_of(N, r, K);
-    const Dataset<double> mine = data.slice(s.first, s.count);
-    res[static_cast<std::size_t>(r)] = solve_natural_gradient(
-        model, theta, LikelihoodKind::categorical, BatchShare<double>{&mine, s.first, N},
-        BatchShare<double>{&mine, s.first, N}, o);
-  });
+  errors = on_ranks(K, [&](int r, const Communicator& comm) { solve_share(r, comm, multi); });
   for (int r = 0; r < K; ++r) {
     ASSERT_EQ(errors[static_cast<std::size_t>(r)], "");
     const auto& x = res[static_cast<std::size_t>(r)];
