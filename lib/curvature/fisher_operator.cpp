@@ -479,13 +479,47 @@ double FisherOperator<Scalar>::loss() const {
 
 template <typename Scalar>
 Vec<Scalar> FisherOperator<Scalar>::empirical_fisher_diagonal() const {
-  // Once per solve: the cotangents of the true-label scores (phase A of the gradient), then per layer with
-  // parameters and sample group the per-sample squared gradients, summed in group order. Its partial
-  // buffers are this call's own (FisherPlan::diagonal_partial_size scalars).
+  // Once per solve: the cotangents of the true-label scores (phase A of the gradient), then the per-sample
+  // squared gradients.
   require_targets("the empirical Fisher diagonal");
-  const Index C = model_.output_size(), cs = plan_.chunk_size;
+  const Index C = model_.output_size();
   const Mat<Scalar>& Z = cache_.acts.back();
-  Vec<Scalar> diag(num_params_);
+  backprop_outputs([&](Index c0, Index n, MatMap<Scalar> gz) {
+    nll_gradient<Scalar>(likelihood_, ConstMatMap<Scalar>(Z.data() + c0 * C, C, n), data_, c0, gz, positions_);
+  });
+  Vec<Scalar> diag = squared_gradients(std::vector<bool>(model_.num_layers(), true));
+  diag *= inverse_count();
+  if (distributed()) reduce(diag.data(), num_params_);
+  return diag;
+}
+
+template <typename Scalar>
+void FisherOperator<Scalar>::backprop_outputs(const std::function<void(Index, Index, MatMap<Scalar>)>& head) const {
+  const Index C = model_.output_size(), cs = plan_.chunk_size;
+#ifdef NATGRAD_HAVE_OPENMP
+#pragma omp parallel num_threads(num_threads_)
+#endif
+  {
+    const int t = thread_id(), team = team_size();
+    Workspace<Scalar>& ws = workspaces_[static_cast<std::size_t>(t)];
+    Mat<Scalar>& obuf = out_buffers_[static_cast<std::size_t>(t)];
+    Index k0, k1;
+    plan_.chunk_range(t, team, k0, k1);
+    for (Index k = k0; k < k1; ++k) {
+      const Index c0 = k * cs, n = std::min(cs, num_samples_ - c0);
+      MatMap<Scalar> gz(obuf.data(), C, n);
+      head(c0, n, gz);
+      model_.backprop_cotangents(theta_.data(), cache_, c0, n, ConstMatMap<Scalar>(gz.data(), C, n), cot_, ws);
+    }
+  }
+}
+
+template <typename Scalar>
+Vec<Scalar> FisherOperator<Scalar>::squared_gradients(const std::vector<bool>& nodes) const {
+  // Per node with parameters and sample group, the per-sample squared gradients, summed in group order. Its
+  // partial buffers are this call's own (FisherPlan::diagonal_partial_size scalars).
+  const Index cs = plan_.chunk_size;
+  Vec<Scalar> diag = Vec<Scalar>::Zero(num_params_);
   std::fill(work_.begin(), work_.end(), 0.0);
   struct Item {
     std::size_t layer;
@@ -497,7 +531,7 @@ Vec<Scalar> FisherOperator<Scalar>::empirical_fisher_diagonal() const {
   Index total = 0;
   for (std::size_t l = 0; l < model_.num_layers(); ++l) {
     const Index P = model_.layer(l).num_params();
-    if (P == 0 || model_.tied_to(l) != l) continue;  // a tied node's gradients go with its owner's
+    if (P == 0 || model_.tied_to(l) != l || !nodes[l]) continue;  // a tied node's gradients go with its owner's
     const Index G = plan_.diagonal_groups;
     groups[l] = G;
     base[l] = total;
@@ -510,21 +544,10 @@ Vec<Scalar> FisherOperator<Scalar>::empirical_fisher_diagonal() const {
 #pragma omp parallel num_threads(num_threads_)
 #endif
   {
-    const int t = thread_id(), team = team_size();
-    Workspace<Scalar>& ws = workspaces_[static_cast<std::size_t>(t)];
-    Mat<Scalar>& obuf = out_buffers_[static_cast<std::size_t>(t)];
+    Workspace<Scalar>& ws = workspaces_[static_cast<std::size_t>(thread_id())];
     // The squared gradients' scratch (a sequence layer's whole per-sample gradient), for this call only.
     typename Workspace<Scalar>::Buffer squared_scratch(static_cast<std::size_t>(model_.squared_scratch_size(cs)));
-    Index k0, k1;
-    plan_.chunk_range(t, team, k0, k1);
-    for (Index k = k0; k < k1; ++k) {
-      const Index c0 = k * cs, n = std::min(cs, num_samples_ - c0);
-      MatMap<Scalar> gz(obuf.data(), C, n);
-      nll_gradient<Scalar>(likelihood_, ConstMatMap<Scalar>(Z.data() + c0 * C, C, n), data_, c0, gz, positions_);
-      model_.backprop_cotangents(theta_.data(), cache_, c0, n, ConstMatMap<Scalar>(gz.data(), C, n), cot_, ws);
-    }
 #ifdef NATGRAD_HAVE_OPENMP
-#pragma omp barrier
 #pragma omp for schedule(dynamic, 1)
 #endif
     for (std::size_t i = 0; i < items.size(); ++i) {
@@ -544,16 +567,13 @@ Vec<Scalar> FisherOperator<Scalar>::empirical_fisher_diagonal() const {
       }
     }
   }
-  const Scalar scale = inverse_count();
   for (std::size_t l = 0; l < model_.num_layers(); ++l) {
     if (groups[l] == 0) continue;
     const Index P = model_.layer(l).num_params();
     auto d = diag.segment(model_.param_offset(l), P);
     d = partial.segment(base[l], P);
     for (Index g = 1; g < groups[l]; ++g) d += partial.segment(base[l] + g * P, P);
-    d *= scale;
   }
-  if (distributed()) reduce(diag.data(), num_params_);
   return diag;
 }
 

@@ -139,6 +139,16 @@ class Conv2d final : public Layer<Scalar> {
     }
   }
 
+  // K-FAC: a sample's gradient is Σ_p gY_p a_pᵀ over its output pixels p, a_p the patch im2col unfolds.
+  typename Layer<Scalar>::KroneckerShape kronecker_shape() const override { return {P_, O_, K_}; }
+  void kronecker_inputs(ConstMatMap<Scalar> X, Scalar* A, Index lda) const override {
+    for (Index n = 0; n < X.cols(); ++n) im2col(X.col(n).data(), lda, A + n * P_);
+  }
+  void kronecker_cotangents(ConstMatMap<Scalar> gY, Scalar* G, Index ldg) const override {
+    for (Index n = 0; n < gY.cols(); ++n)  // a sample's cotangent [O, Ho, Wo] is P × O column-major
+      for (Index o = 0; o < O_; ++o) std::copy(gY.col(n).data() + o * P_, gY.col(n).data() + (o + 1) * P_, G + o * ldg + n * P_);
+  }
+
   // A conv's per-sample weight gradient sums over positions, so it does not factor like a linear layer's:
   // form it per sample (one GEMM, as in vjp) and square it.
   void accumulate_squared_grads(const Scalar*, ConstMatMap<Scalar> X, ConstMatMap<Scalar> gY, Scalar* gsq,

@@ -101,6 +101,17 @@ class Linear final : public Layer<Scalar> {
     if (lambda != Scalar(0)) b += lambda * ConstB(x + out_ * in_ + r0, m);
   }
 
+  // K-FAC: a sample's gradient is Σ_r gY_r x_rᵀ over its L rows.
+  typename Layer<Scalar>::KroneckerShape kronecker_shape() const override { return {L_, out_, in_}; }
+  void kronecker_inputs(ConstMatMap<Scalar> X, Scalar* A, Index lda) const override {
+    Eigen::Map<Mat<Scalar>, 0, Eigen::OuterStride<>>(A, X.cols() * L_, in_, Eigen::OuterStride<>(lda)) =
+        columns(X).transpose();
+  }
+  void kronecker_cotangents(ConstMatMap<Scalar> gY, Scalar* G, Index ldg) const override {
+    Eigen::Map<Mat<Scalar>, 0, Eigen::OuterStride<>>(G, gY.cols() * L_, out_, Eigen::OuterStride<>(ldg)) =
+        ConstMatMap<Scalar>(gY.data(), out_, gY.cols() * L_).transpose();
+  }
+
   // Without leading dimensions the per-sample weight gradient is the outer product gY_n X_nᵀ, so
   // Σ_n (gY_n X_nᵀ)² = (gY∘gY)(X∘X)ᵀ: one GEMM instead of a loop over samples. A sequence sample's gradient
   // sums L outer products: it is formed per sample (one GEMM of depth L) and squared.

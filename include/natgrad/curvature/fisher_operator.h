@@ -176,6 +176,21 @@ class FisherOperator {
   /// likelihood per position, ℓ_n then summing the sample's T positions).
   Vec<Scalar> empirical_fisher_diagonal() const;
 
+  /// **For curvature built outside the products (K-FAC, Fisher diagonals).** Backpropagates, for every
+  /// chunk of samples [c0, c0 + n), the output cotangents head(c0, n, gz) writes (gz is (T·C) × n) and
+  /// stores the cotangent at the output of every node with parameters for the whole batch (cotangents()),
+  /// replacing what a product left there. head is called from several threads at once, each chunk once.
+  /// This rank's samples only: nothing is summed over ranks.
+  void backprop_outputs(const std::function<void(Index c0, Index n, MatMap<Scalar> gz)>& head) const;
+  /// The cotangents the last backprop_outputs (or product, or gradient) stored, per node with parameters.
+  const CotangentCache<Scalar>& cotangents() const { return cot_; }
+  /// The cached forward pass (activations of every node on this rank's batch).
+  const ForwardCache<Scalar>& forward_cache() const { return cache_; }
+  /// Σ_n g_n², g_n the per-sample parameter gradients of the stored cotangents (a tied tensor's uses summed
+  /// before squaring), for the nodes with nodes[l] true (zero elsewhere); unscaled, this rank's samples only.
+  /// Bit-identical for any thread count.
+  Vec<Scalar> squared_gradients(const std::vector<bool>& nodes) const;
+
   double damping() const { return damping_; }
   void set_damping(double lambda);
   /// Products computed so far (perform_op calls).
@@ -187,6 +202,8 @@ class FisherOperator {
   /// Samples over all ranks (num_samples() in one process): the N of the mean.
   Index total_samples() const { return total_samples_; }
   const Network<Scalar>& model() const { return model_; }
+  /// This rank's batch (inputs and targets) as the operator copied it.
+  const Dataset<Scalar>& data() const { return data_; }
   const Vec<Scalar>& parameters() const { return theta_; }
   LikelihoodKind likelihood() const { return likelihood_; }
   const FisherOptions& options() const { return options_; }

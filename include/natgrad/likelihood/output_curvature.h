@@ -55,4 +55,13 @@ class OutputCurvature {
   const Scalar* logits_ = nullptr;  // exact categorical without kept probabilities: Z
 };
 
+/// Column c of a factor of the exact output Fisher, H_n = Σ_c s_c s_cᵀ: for each column j of Z ((T·C) × n,
+/// C = Z.rows() / T classes per position), S_j = s_c at every position: categorical √p_c (e_c − p),
+/// bernoulli √(σ(1 − σ))_c e_c, gaussian e_c. With T > 1, position t's block is multiplied by a Rademacher
+/// sign keyed by (seed, sample0 + j, c·T + t), so Σ_c S Sᵀ is H_n plus cross-position terms of zero mean.
+/// K-FAC's output side for the exact Fisher (curvature/kfac.h).
+template <typename Scalar>
+void exact_fisher_factor(LikelihoodKind likelihood, ConstMatMap<Scalar> Z, Index c, uint64_t seed, Index sample0,
+                         MatMap<Scalar> S, Index positions = 1);
+
 }  // namespace natgrad

@@ -116,6 +116,21 @@ class Layer {
   /// range).
   virtual void check_input(ConstMatMap<Scalar> /*X*/) const {}
 
+  /// **K-FAC.** A layer whose weight (rows × cols, row-major, then an optional bias of `rows`) has, for one
+  /// sample, the gradient Σ_r g_r a_rᵀ over R positions r — linear (R = the rows of a sequence input, else 1)
+  /// and conv2d (R = the output pixels, a_r the input patch) — returns {R, rows, cols}; every other layer
+  /// {0, 0, 0} (the default).
+  struct KroneckerShape {
+    Index positions = 0, rows = 0, cols = 0;
+  };
+  virtual KroneckerShape kronecker_shape() const { return {}; }
+  /// For such a layer, over the n = X.cols() samples: row r + R·j of A (column-major, leading dimension lda,
+  /// `cols` columns) is a_r of sample j.
+  virtual void kronecker_inputs(ConstMatMap<Scalar> /*X*/, Scalar* /*A*/, Index /*lda*/) const {}
+  /// And row r + R·j of G (column-major, leading dimension ldg, `rows` columns) is g_r of sample j, for the
+  /// output cotangents gY (output_size × n).
+  virtual void kronecker_cotangents(ConstMatMap<Scalar> /*gY*/, Scalar* /*G*/, Index /*ldg*/) const {}
+
   /// gsq += Σ_n (∂ℓ_n/∂θ)², the per-sample parameter gradients squared, where column n of gY is ∂ℓ_n/∂y_n.
   /// Layers without parameters do nothing.
   virtual void accumulate_squared_grads(const Scalar* /*theta*/, ConstMatMap<Scalar> /*X*/,

@@ -1,0 +1,276 @@
+// K-FAC (curvature/kfac.h) against factors formed here by hand: A from the layers' inputs (a conv's patches
+// unfolded by loops), G from the output Fisher H_n (the formula table, or Monte-Carlo labels drawn from the
+// documented generator key) pushed through the hand-written backward pass; the diagonal of tensors K-FAC does
+// not cover against the dense Fisher's; the damped inverse against the π-split Kronecker product built
+// densely; SPD; exactness on one linear layer with the gaussian likelihood, where F = A ⊗ I, and CG
+// preconditioned by it converging in at most two iterations; thread invariance.
+#include <natgrad/curvature/kfac.h>
+#include <natgrad/solvers/conjugate_gradient.h>
+
+#include <Eigen/Cholesky>
+#include <Eigen/Eigenvalues>
+
+#include "test_helpers.h"
+
+namespace natgrad {
+namespace test {
+namespace {
+
+using RowMat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+Mat<double> weight_of(const Network<double>& model, const Vec<double>& theta, const std::string& name) {
+  for (const NamedParam& p : model.named_params())
+    if (p.name == name) return Eigen::Map<const RowMat>(theta.data() + p.offset, p.shape[0], p.size / p.shape[0]);
+  ADD_FAILURE() << "no parameter " << name;
+  return Mat<double>();
+}
+Vec<double> vector_of(const Network<double>& model, const Vec<double>& theta, const std::string& name) {
+  for (const NamedParam& p : model.named_params())
+    if (p.name == name) return theta.segment(p.offset, p.size);
+  ADD_FAILURE() << "no parameter " << name;
+  return Vec<double>();
+}
+Vec<double> with_one(const Vec<double>& a) {
+  Vec<double> b(a.size() + 1);
+  b << a, 1.0;
+  return b;
+}
+Mat<double> h_of(LikelihoodKind lk, FisherKind fk, const Vec<double>& z, const Dataset<double>& data, Index n) {
+  return fk == FisherKind::mc ? mc_output_fisher(lk, z, /*seed=*/0, n, 1) : dense_output_fisher(lk, fk, z, data, n);
+}
+double max_rel(const Mat<double>& a, const Mat<double>& b) { return (a - b).cwiseAbs().maxCoeff() / b.cwiseAbs().maxCoeff(); }
+
+// The MLP of mlp_spec (linear+bias, tanh, linear without bias, tanh, linear+bias) by hand.
+TEST(Kfac, MlpFactorsAgainstHandFormedOnes) {
+  for (LikelihoodKind lk : {LikelihoodKind::categorical, LikelihoodKind::gaussian, LikelihoodKind::bernoulli})
+    for (FisherKind fk : {FisherKind::exact, FisherKind::mc, FisherKind::empirical}) {
+      SCOPED_TRACE(std::string(to_string(lk)) + " " + to_string(fk));
+      const Network<double> model(mlp_spec(5, 6, 3));
+      const Vec<double> theta = init_parameters(model, 2);
+      const Dataset<double> data = random_dataset(model, 9, lk, 3);
+      FisherOptions fo;
+      fo.kind = fk;
+      const FisherOperator<double> F(model, theta, lk, data, fo);
+      const KfacApproximation<double> K(F);
+      ASSERT_EQ(K.blocks().size(), 3u);
+      EXPECT_EQ(K.backprops(), fk == FisherKind::exact ? 3 : 1);
+
+      const Mat<double> W1 = weight_of(model, theta, "0.weight"), W2 = weight_of(model, theta, "2.weight"),
+                        W3 = weight_of(model, theta, "4.weight");
+      const Vec<double> b1 = vector_of(model, theta, "0.bias"), b3 = vector_of(model, theta, "4.bias");
+      const Index N = data.size();
+      Mat<double> A[3] = {Mat<double>::Zero(6, 6), Mat<double>::Zero(6, 6), Mat<double>::Zero(7, 7)};
+      Mat<double> G[3] = {Mat<double>::Zero(6, 6), Mat<double>::Zero(6, 6), Mat<double>::Zero(3, 3)};
+      for (Index n = 0; n < N; ++n) {
+        const Vec<double> x = data.inputs.col(n);
+        const Vec<double> h1 = (W1 * x + b1).array().tanh().matrix();
+        const Vec<double> h2 = (W2 * h1).array().tanh().matrix();
+        const Vec<double> z = W3 * h2 + b3;
+        const Mat<double> H = h_of(lk, fk, z, data, n);
+        const Mat<double> D1 = (1 - h1.array().square()).matrix().asDiagonal();
+        const Mat<double> D2 = (1 - h2.array().square()).matrix().asDiagonal();
+        const Mat<double> M3 = Mat<double>::Identity(3, 3), M2 = D2 * W3.transpose(), M1 = D1 * W2.transpose() * M2;
+        A[0] += with_one(x) * with_one(x).transpose();
+        A[1] += h1 * h1.transpose();
+        A[2] += with_one(h2) * with_one(h2).transpose();
+        G[0] += M1 * H * M1.transpose();
+        G[1] += M2 * H * M2.transpose();
+        G[2] += M3 * H * M3.transpose();
+      }
+      for (int l = 0; l < 3; ++l) {
+        SCOPED_TRACE("block " + std::to_string(l));
+        EXPECT_EQ(K.blocks()[static_cast<std::size_t>(l)].bias, l != 1);
+        EXPECT_LT(max_rel(K.blocks()[static_cast<std::size_t>(l)].A, A[l] / double(N)), 1e-12);
+        EXPECT_LT(max_rel(K.blocks()[static_cast<std::size_t>(l)].G, G[l] / double(N)), 1e-12);
+      }
+    }
+}
+
+// conv2d 2→3 (3×3, stride 2, padding 1) on [2, 5, 5], flatten, linear 27 → 4: A from patches unfolded here,
+// G from the linear layer's weight (the conv's output cotangent is W_linᵀ s), per output pixel.
+TEST(Kfac, ConvFactorsAgainstHandUnfoldedPatches) {
+  ModelSpec spec;
+  spec.input_shape = {2, 5, 5};
+  spec.layers = {LayerSpec::conv2d(2, 3, 3, 2, 1), LayerSpec::flatten(), LayerSpec::linear(27, 4)};
+  const Network<double> model(spec);
+  const Vec<double> theta = init_parameters(model, 5);
+  const Dataset<double> data = random_dataset(model, 6, LikelihoodKind::categorical, 1);
+  const FisherOperator<double> F(model, theta, LikelihoodKind::categorical, data);
+  const KfacApproximation<double> K(F);
+  ASSERT_EQ(K.blocks().size(), 2u);
+  const auto& conv = K.blocks()[0];
+  EXPECT_EQ(conv.positions, 9);
+  ASSERT_EQ(conv.A.rows(), 2 * 9 + 1);
+  const Mat<double> Wc = weight_of(model, theta, "0.weight"), Wl = weight_of(model, theta, "2.weight");
+  const Vec<double> bc = vector_of(model, theta, "0.bias"), bl = vector_of(model, theta, "2.bias");
+  Mat<double> A = Mat<double>::Zero(19, 19), G = Mat<double>::Zero(3, 3);
+  for (Index n = 0; n < data.size(); ++n) {
+    const Vec<double> x = data.inputs.col(n);
+    Mat<double> patches(9, 19);  // row p = oh·3 + ow: (c, i, j) then 1
+    for (Index oh = 0; oh < 3; ++oh)
+      for (Index ow = 0; ow < 3; ++ow)
+        for (Index c = 0; c < 2; ++c)
+          for (Index i = 0; i < 3; ++i)
+            for (Index j = 0; j < 3; ++j) {
+              const Index h = oh * 2 - 1 + i, w = ow * 2 - 1 + j;
+              patches(oh * 3 + ow, (c * 3 + i) * 3 + j) = h < 0 || h >= 5 || w < 0 || w >= 5 ? 0.0 : x[(c * 5 + h) * 5 + w];
+              patches(oh * 3 + ow, 18) = 1;
+            }
+    Vec<double> y(27);  // [3, 3, 3]
+    for (Index o = 0; o < 3; ++o)
+      for (Index p = 0; p < 9; ++p) y[o * 9 + p] = Wc.row(o).dot(patches.row(p).head(18)) + bc[o];
+    const Vec<double> z = Wl * y + bl;
+    const Mat<double> H = dense_output_fisher(LikelihoodKind::categorical, FisherKind::exact, z, data, n);
+    A += patches.transpose() * patches;
+    for (Index p = 0; p < 9; ++p) {
+      Mat<double> M(3, 4);  // ∂z/∂y at pixel p, transposed
+      for (Index o = 0; o < 3; ++o) M.row(o) = Wl.col(o * 9 + p).transpose();
+      G += M * H * M.transpose();
+    }
+  }
+  EXPECT_LT(max_rel(conv.A, A / double(data.size() * 9)), 1e-12);
+  EXPECT_LT(max_rel(conv.G, G / double(data.size())), 1e-12);
+}
+
+// Tensors outside the blocks (layer norm's weight and bias) get the exact Fisher's diagonal.
+TEST(Kfac, UncoveredTensorsGetTheFishersDiagonal) {
+  ModelSpec spec;
+  spec.input_shape = {4};
+  spec.layers = {LayerSpec::linear(4, 5), LayerSpec::layer_norm({5}), LayerSpec::activation(LayerType::tanh),
+                 LayerSpec::linear(5, 3)};
+  const Network<double> model(spec);
+  Vec<double> theta = init_parameters(model, 7);
+  theta += 0.3 * random_vec<double>(theta.size(), 8);  // non-trivial affine parameters
+  const Dataset<double> data = random_dataset(model, 8, LikelihoodKind::categorical, 9);
+  const FisherOperator<double> F(model, theta, LikelihoodKind::categorical, data);
+  const KfacApproximation<double> K(F);
+  ASSERT_EQ(K.blocks().size(), 2u);
+  const Mat<double> dense = dense_fisher(model, theta, data, LikelihoodKind::categorical, FisherKind::exact);
+  const Index off = model.param_offset(1), P = model.layer(1).num_params();
+  ASSERT_EQ(P, 10);
+  EXPECT_LT(rel_err_vec(K.diagonal().segment(off, P), dense.diagonal().segment(off, P)), 1e-10);
+  EXPECT_EQ(K.diagonal().head(off).cwiseAbs().maxCoeff(), 0.0);  // (the blocks' entries)
+}
+
+// The damped inverse against (A + π√λ I) ⊗ (G + √λ/π I) built densely in the parameter order, SPD; the
+// undamped product against A ⊗ G.
+TEST(Kfac, DampedInverseIsThePiSplitKroneckerProductsInverse) {
+  const Network<double> model(mlp_spec(4, 5, 3));
+  const Vec<double> theta = init_parameters(model, 11);
+  const Dataset<double> data = random_dataset(model, 6, LikelihoodKind::categorical, 12);
+  const FisherOperator<double> F(model, theta, LikelihoodKind::categorical, data);
+  KfacApproximation<double> K(F);
+  const double lambda = 1e-2;
+  K.set_damping(lambda);
+  const Index P = model.num_params();
+  Mat<double> dense_inverse(P, P), dense_product(P, P);
+  for (Index j = 0; j < P; ++j) {
+    const Vec<double> e = Vec<double>::Unit(P, j);
+    Vec<double> z(P);
+    K.apply(e.data(), z.data());
+    dense_inverse.col(j) = z;
+    K.multiply(e.data(), z.data());
+    dense_product.col(j) = z;
+  }
+  Mat<double> expected_inverse = Mat<double>::Zero(P, P), expected_product = Mat<double>::Zero(P, P);
+  for (const auto& b : K.blocks()) {
+    const Index d = b.A.rows(), m = b.rows;
+    const double pi = std::sqrt((b.A.trace() / double(d)) / (b.G.trace() / double(m)));
+    const Mat<double> Ad = b.A + pi * std::sqrt(lambda) * Mat<double>::Identity(d, d);
+    const Mat<double> Gd = b.G + std::sqrt(lambda) / pi * Mat<double>::Identity(m, m);
+    // Entry (o, c) of V (weight row-major, then the bias as column `cols`) is parameter index(o, c).
+    auto index = [&](Index o, Index c) { return b.offset + (c < b.cols ? o * b.cols + c : b.rows * b.cols + o); };
+    for (Index o = 0; o < m; ++o)
+      for (Index c = 0; c < d; ++c)
+        for (Index o2 = 0; o2 < m; ++o2)
+          for (Index c2 = 0; c2 < d; ++c2) {
+            expected_product(index(o, c), index(o2, c2)) = b.G(o, o2) * b.A(c, c2);
+            expected_inverse(index(o, c), index(o2, c2)) = Gd(o, o2) * Ad(c, c2);
+          }
+  }
+  expected_inverse = expected_inverse.inverse().eval();
+  EXPECT_LT(max_rel(dense_inverse, expected_inverse), 1e-10);
+  EXPECT_LT(max_rel(dense_product, expected_product), 1e-12);
+  EXPECT_LT(max_rel(dense_inverse, dense_inverse.transpose()), 1e-12);
+  const Eigen::SelfAdjointEigenSolver<Mat<double>> eig(0.5 * (dense_inverse + dense_inverse.transpose()));
+  EXPECT_GT(eig.eigenvalues().minCoeff(), 0.0);
+}
+
+// One linear layer, gaussian likelihood: F = A ⊗ I exactly, so K-FAC at λ = 1e-12 gives the exact
+// direction, and CG preconditioned by it converges at once.
+TEST(Kfac, ExactOnOneLinearLayerWithGaussianLikelihood) {
+  ModelSpec spec;
+  spec.input_shape = {4};
+  spec.layers = {LayerSpec::linear(4, 3)};
+  const Network<double> model(spec);
+  const Vec<double> theta = init_parameters(model, 13);
+  const Dataset<double> data = random_dataset(model, 20, LikelihoodKind::gaussian, 14);  // A full rank
+  const double lambda = 1e-12;
+  FisherOptions fo;
+  fo.damping = lambda;
+  const FisherOperator<double> F(model, theta, LikelihoodKind::gaussian, data, fo);
+  KfacApproximation<double> K(F);
+  K.set_damping(lambda);
+  const Mat<double> dense = dense_fisher(model, theta, data, LikelihoodKind::gaussian, FisherKind::exact);
+  const Vec<double>& g = F.gradient();
+  const Vec<double> exact = (dense + lambda * Mat<double>::Identity(dense.rows(), dense.cols())).llt().solve(g);
+  Vec<double> d(g.size());
+  K.apply(g.data(), d.data());
+  // The factored damping (A + π√λ I) ⊗ (I + √λ/π I) differs from A ⊗ I + λI by O(√λ) = 1e-6 relative: the
+  // direction is exact to that order (a wrong factor would be off by O(1)).
+  EXPECT_LT(rel_err_vec(d, exact), 1e-5);
+
+  CgOptions opt;
+  opt.relative_tolerance = 1e-8;
+  CgWorkspace<double> ws;
+  ws.resize(g.size(), true);
+  Vec<double> x = Vec<double>::Zero(g.size());
+  const CgSummary s = conjugate_gradient(F, K, g.data(), x.data(), opt, ws);
+  EXPECT_EQ(s.termination, CgTermination::converged) << s.message;
+  EXPECT_LE(s.iterations, 2);
+  EXPECT_LT(rel_err_vec(x, exact), 1e-7);
+}
+
+TEST(Kfac, BitIdenticalForAnyThreadCount) {
+  const Network<float> model(cnn_spec(5));
+  const Vec<float> theta = init_parameters(model, 21);
+  const Dataset<float> data = random_dataset(model, 40, LikelihoodKind::categorical, 22);
+  Vec<float> z[2];
+  std::vector<Mat<double>> factors[2];
+  const int threads[2] = {1, 3};
+  for (int k = 0; k < 2; ++k) {
+    FisherOptions fo;
+    fo.num_threads = threads[k];
+    fo.chunk_size = 8;
+    const FisherOperator<float> F(model, theta, LikelihoodKind::categorical, data, fo);
+    KfacApproximation<float> K(F);
+    K.set_damping(1e-3);
+    for (const auto& b : K.blocks()) {
+      factors[k].push_back(b.A);
+      factors[k].push_back(b.G);
+    }
+    z[k].resize(theta.size());
+    const Vec<float> r = random_vec<float>(theta.size(), 23);
+    K.apply(r.data(), z[k].data());
+  }
+  ASSERT_EQ(factors[0].size(), 6u);  // two convolutions and the linear layer
+  for (std::size_t i = 0; i < factors[0].size(); ++i) EXPECT_TRUE(factors[0][i] == factors[1][i]) << i;
+  EXPECT_TRUE(z[0] == z[1]);
+}
+
+TEST(Kfac, RefusesInvalidDamping) {
+  const Network<double> model(mlp_spec(4, 5, 3));
+  const Vec<double> theta = init_parameters(model, 1);
+  const Dataset<double> data = random_dataset(model, 2, LikelihoodKind::categorical, 2);  // A is rank 2
+  const FisherOperator<double> F(model, theta, LikelihoodKind::categorical, data);
+  KfacApproximation<double> K(F);
+  EXPECT_NE(error_of([&] { K.set_damping(-1); }).find("damping"), std::string::npos);
+  EXPECT_NE(error_of([&] { K.set_damping(0); }).find("singular"), std::string::npos);
+  Vec<double> r = Vec<double>::Ones(theta.size()), z(theta.size());
+  EXPECT_NE(error_of([&] { KfacApproximation<double>(F).apply(r.data(), z.data()); }).find("set_damping"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace test
+}  // namespace natgrad
