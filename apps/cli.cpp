@@ -42,8 +42,13 @@ int run(int argc, char** argv, bool solve_only) {
   solve->add_option("--spectrum", a.spectrum, "Also report the top-K eigenvalues of F and the condition number of F + lambda*I (default 0; 10 for the embedded default)");
   solve->add_option("--deflate", a.deflate,
                     "Deflate CG with the top-K eigenpairs of F, computed before it (default: those of --spectrum, "
-                    "which a solve with a spectrum reuses; not with --preconditioner diagonal)");
+                    "which a solve with a spectrum reuses; not with a preconditioner)");
   solve->add_option("--report", a.report, "Write a JSON report here");
+  solve->add_option("--compare", a.compare,
+                    "Compare approximations of F with it (a list of empirical, mc, diagonal, kfac): for each, the "
+                    "largest relative error of its product on F's top-K eigenvectors (--spectrum K) and the cosine "
+                    "between its damped direction and the solved one, with its time; needs a damping > 0")
+      ->delimiter(',');
   if (!solve_only) {
     add_common(fvp, a, "0 for fvp");
     fvp->add_option("--vector", a.vector, "The vector v (safetensors, the weights' names and shapes)");

@@ -30,6 +30,7 @@ struct Args {
   double cg_tol = 1e-6;
   Index cg_max_iters = 500;
   Index spectrum = 0;
+  std::vector<std::string> compare;  // solve --compare empirical,mc,diagonal,kfac
   Index deflate = 0;  // solve --deflate K
   bool trace = false;  // spectrum --trace
   bool per_layer = false;  // spectrum --per-layer

@@ -57,5 +57,28 @@ SpectrumOptions spectrum_options(const Progress& progress) {
 }
 
 
+void print_comparison(const std::vector<ApproximationComparison>& rows, Index top_k) {
+  std::printf("approximations of F (product error: the largest over its top-%lld eigenvectors; cosine with the "
+              "solved direction):\n", static_cast<long long>(top_k));
+  std::printf("  %-10s %14s %18s %10s %9s\n", "kind", "product error", "direction cosine", "time (s)", "products");
+  for (const ApproximationComparison& c : rows)
+    std::printf("  %-10s %14.3e %18.6f %10.3f %9lld\n", to_string(c.kind), c.product_relative_error,
+                c.direction_cosine, c.time_s, static_cast<long long>(c.products));
+}
+
+nlohmann::ordered_json comparison_json(const std::vector<ApproximationComparison>& rows) {
+  nlohmann::ordered_json list = nlohmann::ordered_json::array();
+  for (const ApproximationComparison& c : rows) {
+    nlohmann::ordered_json e{{"kind", to_string(c.kind)},
+                             {"product_relative_error", c.product_relative_error},
+                             {"direction_cosine", c.direction_cosine},
+                             {"time_s", c.time_s},
+                             {"products", c.products}};
+    if (c.cg.iterations > 0) e["cg_iterations"] = c.cg.iterations;
+    list.push_back(e);
+  }
+  return list;
+}
+
 }  // namespace cli
 }  // namespace natgrad

@@ -1,9 +1,10 @@
-// What the commands print and write: eigenvalue lists, the spectrum and condition-number parts of the JSON
-// reports, and the Lanczos progress settings.
+// What the commands print and write: eigenvalue lists, the spectrum, condition-number and comparison parts of
+// the JSON reports, and the Lanczos progress settings.
 #pragma once
 
 #include "options.h"
 
+#include <natgrad/natural_gradient/compare_approximations.h>
 #include <natgrad/solvers/spectrum.h>
 
 #include <nlohmann/json.hpp>
@@ -17,6 +18,9 @@ std::string format_eigenvalues(const Vec<double>& ev);
 nlohmann::ordered_json spectrum_json(const SpectrumResult& s);
 nlohmann::ordered_json condition_json(const ConditionEstimate& c);
 void print_condition(const ConditionEstimate& c);
+/// solve --compare: the table printed, and the report's "compare" list.
+void print_comparison(const std::vector<ApproximationComparison>& rows, Index top_k);
+nlohmann::ordered_json comparison_json(const std::vector<ApproximationComparison>& rows);
 /// Lanczos settings with a progress line every 25 products.
 SpectrumOptions spectrum_options(const Progress& progress);
 

@@ -79,8 +79,23 @@ int run_solve(Args& a, const World& world) {
   opt.condition_number = k > 0;
   opt.deflate = a.deflate;
   opt.dampings = a.dampings;
-  if (a.deflate > 0 && opt.preconditioner == PreconditionerKind::diagonal)
-    usage_error("--deflate and --preconditioner diagonal do not combine: choose one");
+  if (a.deflate > 0 && opt.preconditioner != PreconditionerKind::none)
+    usage_error("--deflate and --preconditioner " + a.preconditioner + " do not combine: choose one");
+  for (std::size_t i = 0; i < a.compare.size(); ++i) {
+    try {
+      opt.compare.push_back(approximation_from_string(a.compare[i]));
+    } catch (const std::invalid_argument& e) {
+      usage_error(std::string("--compare: ") + e.what());
+    }
+    for (std::size_t j = 0; j < i; ++j)
+      if (a.compare[j] == a.compare[i]) usage_error("--compare lists " + a.compare[i] + " twice");
+  }
+  if (!opt.compare.empty()) {
+    if (!a.dampings.empty() || !(a.damping > 0))
+      usage_error("--compare needs one damping > 0 (F itself is singular)");
+    if (opt.spectrum_top_k <= 0)
+      usage_error("--compare needs --spectrum K: the products are compared on F's top-K eigenvectors");
+  }
   if (a.deflate >= p.model->num_params())
     usage_error("--deflate " + std::to_string(a.deflate) + " must be below the parameter count " +
                 std::to_string(p.model->num_params()));
@@ -164,8 +179,11 @@ int run_solve(Args& a, const World& world) {
       std::printf("damping %s: ", detail::format_number(d.damping).c_str());
       print_condition(d.condition);
     }
-  std::printf("timing (s): forward %.3f, gradient %.3f, cg %.3f, spectrum %.3f, total %.3f\n", r.time_forward_s,
-              r.time_gradient_s, r.time_cg_s, r.time_spectrum_s, r.time_total_s);
+  if (!r.compare.empty()) print_comparison(r.compare, opt.spectrum_top_k);
+  char compare_time[48] = "";
+  if (!r.compare.empty()) std::snprintf(compare_time, sizeof compare_time, "compare %.3f, ", r.time_compare_s);
+  std::printf("timing (s): forward %.3f, gradient %.3f, cg %.3f, spectrum %.3f, %stotal %.3f\n", r.time_forward_s,
+              r.time_gradient_s, r.time_cg_s, r.time_spectrum_s, compare_time, r.time_total_s);
   if (!a.output.empty() && r.solves.empty()) {
     save_parameters(a.output, *p.model, r.direction, out_dtype(a), {{"natgrad", "natural-gradient direction"}});
     std::printf("wrote the direction to %s\n", a.output.c_str());
@@ -192,6 +210,7 @@ int run_solve(Args& a, const World& world) {
     j["curvature_samples"] = r.curvature_samples;
     j["fisher"] = a.fisher;
     j["damping"] = a.damping;
+    j["preconditioner"] = a.preconditioner;
     j["dtype"] = a.dtype;
     j["threads"] = threads;
     j["ranks"] = world.size();
@@ -222,8 +241,10 @@ int run_solve(Args& a, const World& world) {
     }
     if (opt.spectrum_top_k > 0) j["spectrum"] = spectrum_json(r.spectrum);
     if (r.has_condition) j["condition"] = condition_json(r.condition);
+    if (!r.compare.empty()) j["compare"] = comparison_json(r.compare);
     j["timing_s"] = {{"forward", r.time_forward_s}, {"gradient", r.time_gradient_s}, {"cg", r.time_cg_s},
                      {"spectrum", r.time_spectrum_s}, {"total", r.time_total_s}};
+    if (!r.compare.empty()) j["timing_s"]["compare"] = r.time_compare_s;
     write_file_atomically(a.report, j.dump(2) + "\n");
   }
   return interrupted ? 128 + signal : 0;

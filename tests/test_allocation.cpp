@@ -270,6 +270,23 @@ TEST(MemoryEstimate, BoundsTheHeapPeakOfAMultiShiftSolve) {
   }
 }
 
+// K-FAC as CG's preconditioner: the estimate with add_kfac bounds the solve's heap (the factors, their
+// eigenvectors and inverses, the eigensolver's workspace) tightly.
+TEST(MemoryEstimate, BoundsTheHeapPeakOfAKfacPreconditionedSolve) {
+  const ModelSpec spec = mlp_spec(784, 512, 10);
+  Network<float> model(spec);
+  const Vec<float> theta = init_parameters(model, 1);
+  const Dataset<float> data = random_dataset(model, 600, LikelihoodKind::categorical, 2);
+  NaturalGradientOptions options;
+  options.fisher.damping = 1e-2;
+  options.fisher.num_threads = 2;
+  options.cg.max_iterations = 5;
+  options.preconditioner = PreconditionerKind::kfac;
+  MemoryEstimate estimate = estimate_solve_memory(spec, data.size(), 0, sizeof(float), options.fisher, 0, 2, false);
+  estimate.add_kfac(model, 2);
+  expect_tight_bound(solve_heap_peak(model, theta, data, options), estimate, "kfac preconditioner");
+}
+
 // The embedded default run exactly as `solve-natural-gradient` makes it: MLP 784-256-256-10 (tanh) after a
 // flatten, 1000 samples, λ = 1e-3, CG to 1e-6 (here at most 20 iterations), the top-10 spectrum and the
 // condition number.

@@ -5,6 +5,7 @@
 // densely; SPD; exactness on one linear layer with the gaussian likelihood, where F = A ⊗ I, and CG
 // preconditioned by it converging in at most two iterations; thread invariance.
 #include <natgrad/curvature/kfac.h>
+#include <natgrad/natural_gradient/solve_natural_gradient.h>
 #include <natgrad/solvers/conjugate_gradient.h>
 
 #include <Eigen/Cholesky>
@@ -229,6 +230,35 @@ TEST(Kfac, ExactOnOneLinearLayerWithGaussianLikelihood) {
   EXPECT_EQ(s.termination, CgTermination::converged) << s.message;
   EXPECT_LE(s.iterations, 2);
   EXPECT_LT(rel_err_vec(x, exact), 1e-7);
+}
+
+// solve_natural_gradient with the kfac preconditioner reaches the dense solution; the options that do not
+// combine with it are refused.
+TEST(Kfac, PreconditionedSolveReachesTheDenseSolution) {
+  const Network<double> model(cnn_spec(4));
+  const Vec<double> theta = init_parameters(model, 31);
+  const Dataset<double> data = random_dataset(model, 12, LikelihoodKind::categorical, 32);
+  NaturalGradientOptions opt;
+  opt.fisher.damping = 1e-2;
+  opt.cg.relative_tolerance = 1e-10;
+  opt.preconditioner = PreconditionerKind::kfac;
+  const auto r = solve_natural_gradient(model, theta, LikelihoodKind::categorical, data, opt);
+  ASSERT_TRUE(r.ok()) << r.failure;
+  EXPECT_TRUE(r.cg.is_converged()) << r.cg.message;
+  const Mat<double> F = dense_fisher(model, theta, data, LikelihoodKind::categorical, FisherKind::exact);
+  const Vec<double> exact = (F + 1e-2 * Mat<double>::Identity(F.rows(), F.cols())).llt().solve(r.gradient);
+  EXPECT_LT(rel_err_vec(r.direction, exact), 1e-8);
+  std::string why;
+  opt.deflate = 2;
+  EXPECT_FALSE(opt.is_valid(&why));
+  EXPECT_NE(why.find("do not combine"), std::string::npos) << why;
+  opt.deflate = 0;
+  opt.dampings = {1e-1, 1e-2};
+  EXPECT_FALSE(opt.is_valid(&why));
+  opt.dampings.clear();
+  opt.compare = {ApproximationKind::kfac};
+  EXPECT_FALSE(opt.is_valid(&why));  // no spectrum to compare on
+  EXPECT_NE(why.find("spectrum_top_k"), std::string::npos) << why;
 }
 
 TEST(Kfac, BitIdenticalForAnyThreadCount) {

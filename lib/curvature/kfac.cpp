@@ -49,7 +49,7 @@ KfacApproximation<Scalar>::KfacApproximation(const FisherOperator<Scalar>& F, co
   const Index N = F.num_samples(), T = model.output_positions(), TC = model.output_size(), C = TC / T;
   if (options.max_closed_form_outputs < 0)
     detail::fail("max_closed_form_outputs must be non-negative, got " + std::to_string(options.max_closed_form_outputs));
-  if (fo.kind == FisherKind::empirical) check_targets(F.likelihood(), F.data(), C, T);
+  if (fo.kind == FisherKind::empirical) check_targets(F.likelihood(), F.targets(), C, T);
 
   // The blocks: every node with a Kronecker-shaped weight that is its own (a tied weight gets the diagonal).
   covered_.assign(static_cast<std::size_t>(num_params_), false);
@@ -108,7 +108,7 @@ KfacApproximation<Scalar>::KfacApproximation(const FisherOperator<Scalar>& F, co
       if (closed_form) {
         exact_fisher_factor<Scalar>(F.likelihood(), Zc, k, fo.seed, fo.first_sample + c0, gz, T);
       } else if (fo.kind == FisherKind::empirical) {
-        nll_gradient<Scalar>(F.likelihood(), Zc, F.data(), c0, gz, T);
+        nll_gradient<Scalar>(F.likelihood(), Zc, F.targets(), c0, gz, T);
       } else {  // draw k of the operator's Monte-Carlo labels
         Mat<Scalar> S(TC, n * draws);
         sample_scores<Scalar>(F.likelihood(), Zc, fo.seed, fo.first_sample + c0, draws,

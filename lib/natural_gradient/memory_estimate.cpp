@@ -154,6 +154,38 @@ void MemoryEstimate::add_multi_shift(Index params, std::size_t scalar_bytes, Ind
   total += extra;
 }
 
+template <typename Scalar>
+void MemoryEstimate::add_kfac(const Network<Scalar>& model, int threads) {
+  const double s = sizeof(Scalar), P = double(model.num_params());
+  double factors = 0, largest = 0;
+  bool diagonal = false;  // tensors outside the blocks
+  for (std::size_t l = 0; l < model.num_layers(); ++l) {
+    if (model.layer(l).num_params() == 0 || model.tied_to(l) != l) continue;
+    const auto shape = model.layer(l).kronecker_shape();
+    if (shape.positions == 0 || !model.aliases(l).empty()) {
+      diagonal = true;
+      continue;
+    }
+    const double a = double(shape.cols + 1), g = double(shape.rows);
+    factors += (a * a + g * g) * (2 * 8 + s);  // A, G, their eigenvectors; the damped inverses
+    largest = std::max({largest, a, g});
+  }
+  // While the factors are built, a block of unfolded inputs (2^20 entries, in the scalar and in double); while
+  // they are decomposed, each thread's eigensolver holds one factor's worth. Then the diagonal and inverse
+  // diagonal, the double diagonal when some tensor needs it, the covered flags, and CG's z.
+  const double phase = std::max(double(std::max(threads, 1)) * largest * largest * 8, double(1 << 20) * (s + 8));
+  const double extra = factors + phase + P * (3 * s + (diagonal ? 8 : 0) + 0.125);
+  preconditioner += static_cast<std::size_t>(extra);
+  total += static_cast<std::size_t>(extra);
+}
+template void MemoryEstimate::add_kfac<float>(const Network<float>&, int);
+template void MemoryEstimate::add_kfac<double>(const Network<double>&, int);
+
+void MemoryEstimate::add_second_operator() {
+  const std::size_t extra = activations + workspaces + cotangents;
+  total += extra;
+}
+
 std::string format_bytes(double bytes) { return detail::format_bytes(bytes); }
 
 std::string MemoryEstimate::report() const {

@@ -5,6 +5,7 @@
 
 #include <natgrad/core/detail/format_number.h>
 #include <natgrad/natural_gradient/damped_condition.h>
+#include <natgrad/curvature/kfac.h>
 #include <natgrad/solvers/deflation_preconditioner.h>
 
 #include <algorithm>
@@ -36,8 +37,9 @@ bool NaturalGradientOptions::is_valid(std::string* why) const {
     return bad("preconditioner_exponent must be in [0, 1], got " + std::to_string(preconditioner_exponent));
   if (spectrum_top_k < 0) return bad("spectrum_top_k must be >= 0");
   if (deflate < 0) return bad("deflate must be >= 0, got " + std::to_string(deflate));
-  if (deflate > 0 && preconditioner == PreconditionerKind::diagonal)
-    return bad("deflation and the diagonal preconditioner do not combine: choose one");
+  if (deflate > 0 && preconditioner != PreconditionerKind::none)
+    return bad(std::string("deflation and the ") + to_string(preconditioner) +
+               " preconditioner do not combine: choose one");
   if (dampings.size() == 1) return bad("dampings holds one value: set fisher.damping instead");
   for (std::size_t i = 0; i < dampings.size(); ++i) {
     if (!(dampings[i] >= 0) || !std::isfinite(dampings[i]))
@@ -45,9 +47,15 @@ bool NaturalGradientOptions::is_valid(std::string* why) const {
     for (std::size_t j = 0; j < i; ++j)
       if (dampings[j] == dampings[i]) return bad("damping " + detail::format_number(dampings[i]) + " is listed twice");
   }
-  if (dampings.size() > 1 && (deflate > 0 || preconditioner == PreconditionerKind::diagonal))
-    return bad("several dampings (multi-shift CG) combine with neither deflation nor the diagonal preconditioner: "
+  if (dampings.size() > 1 && (deflate > 0 || preconditioner != PreconditionerKind::none))
+    return bad("several dampings (multi-shift CG) combine with neither deflation nor a preconditioner: "
                "the shifted systems would share no Krylov space");
+  if (!compare.empty()) {
+    if (!(fisher.damping > 0) || !dampings.empty())
+      return bad("comparing approximations needs one damping > 0 (F itself is singular)");
+    if (spectrum_top_k <= 0)
+      return bad("comparing approximations needs spectrum_top_k > 0: products are compared on F's top eigenvectors");
+  }
   return true;
 }
 
@@ -140,7 +148,7 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& mode
 
   t = clock::now();
   CgWorkspace<Scalar> ws;
-  const bool preconditioned = options.preconditioner == PreconditionerKind::diagonal;
+  const bool preconditioned = options.preconditioner != PreconditionerKind::none;
   // Deflation: the top eigenpairs of F first (the spectrum asked for, or `deflate` of them), then CG
   // preconditioned by them from the solution on their span.
   const bool multi = options.dampings.size() > 1;
@@ -185,9 +193,13 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& mode
       deflator->initial_guess(r.gradient.data(), r.direction.data());
       cg_options.warm_start = true;
     }
-    r.spectrum.eigenvectors.resize(0, 0);  // (kept in the preconditioner, in the solve's precision)
-    if (options.spectrum_top_k > 0 && r.spectrum.eigenvalues.size() > options.spectrum_top_k)
+    if (options.compare.empty())
+      r.spectrum.eigenvectors.resize(0, 0);  // (kept in the preconditioner, in the solve's precision)
+    if (options.spectrum_top_k > 0 && r.spectrum.eigenvalues.size() > options.spectrum_top_k) {
       r.spectrum.eigenvalues.conservativeResize(options.spectrum_top_k);
+      if (r.spectrum.eigenvectors.cols() > options.spectrum_top_k)
+        r.spectrum.eigenvectors.conservativeResize(Eigen::NoChange, options.spectrum_top_k);
+    }
     r.time_spectrum_s = seconds(ts);
     t = clock::now();
   }
@@ -211,6 +223,10 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& mode
       }
       r.solves.push_back(std::move(d));
     }
+  } else if (options.preconditioner == PreconditionerKind::kfac) {
+    KfacApproximation<Scalar> K(F);  // (built from the curvature batch; its time counts as CG's)
+    K.set_damping(options.fisher.damping);
+    r.cg = conjugate_gradient(F, K, r.gradient.data(), r.direction.data(), cg_options, ws);
   } else if (preconditioned) {
     DiagonalPreconditioner<Scalar> M(F.empirical_fisher_diagonal(), options.fisher.damping,
                                      options.preconditioner_exponent);
@@ -241,6 +257,7 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& mode
     if (options.spectrum_top_k > 0 && deflation == 0) {
       SpectrumOptions so = options.spectrum;
       so.num_eigenvalues = options.spectrum_top_k;
+      so.compute_eigenvectors = !options.compare.empty();
       r.spectrum = top_eigenvalues(F, so);
     }
     if (options.condition_number) {
@@ -255,6 +272,16 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& mode
     }
     F.set_damping(lambda);
     r.time_spectrum_s += seconds(t);
+    // The approximations against F, on its top eigenvectors and the direction just solved for.
+    if (!options.compare.empty() && r.spectrum.eigenvectors.cols() > 0 && r.failure.empty()) {
+      t = clock::now();
+      CgOptions co = options.cg;
+      co.callback = nullptr;
+      r.compare = compare_approximations(F, r.gradient, r.direction, r.spectrum.eigenvectors,
+                                         r.spectrum.eigenvalues, options.compare, co);
+      r.time_compare_s = seconds(t);
+    }
+    r.spectrum.eigenvectors.resize(0, 0);
   }
   r.time_total_s = seconds(t0);
   return r;

@@ -7,12 +7,20 @@
 
 namespace natgrad {
 
-const char* to_string(PreconditionerKind kind) { return kind == PreconditionerKind::none ? "none" : "diagonal"; }
+const char* to_string(PreconditionerKind kind) {
+  switch (kind) {
+    case PreconditionerKind::none: return "none";
+    case PreconditionerKind::diagonal: return "diagonal";
+    case PreconditionerKind::kfac: return "kfac";
+  }
+  return "unknown";
+}
 
 PreconditionerKind preconditioner_from_string(const std::string& name) {
   if (name == "none") return PreconditionerKind::none;
   if (name == "diagonal") return PreconditionerKind::diagonal;
-  detail::fail("unknown preconditioner \"" + name + "\" (known: none, diagonal)");
+  if (name == "kfac") return PreconditionerKind::kfac;
+  detail::fail("unknown preconditioner \"" + name + "\" (known: none, diagonal, kfac)");
 }
 
 template <typename Scalar>

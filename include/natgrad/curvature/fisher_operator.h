@@ -202,8 +202,9 @@ class FisherOperator {
   /// Samples over all ranks (num_samples() in one process): the N of the mean.
   Index total_samples() const { return total_samples_; }
   const Network<Scalar>& model() const { return model_; }
-  /// This rank's batch (inputs and targets) as the operator copied it.
-  const Dataset<Scalar>& data() const { return data_; }
+  /// This rank's targets (labels or real targets) as the operator copied them; its inputs are empty (they
+  /// are forward_cache().acts[0]).
+  const Dataset<Scalar>& targets() const { return data_; }
   const Vec<Scalar>& parameters() const { return theta_; }
   LikelihoodKind likelihood() const { return likelihood_; }
   const FisherOptions& options() const { return options_; }

@@ -17,6 +17,7 @@
 #pragma once
 
 #include <natgrad/curvature/fisher_operator.h>
+#include <natgrad/natural_gradient/compare_approximations.h>
 #include <natgrad/solvers/conjugate_gradient.h>
 #include <natgrad/solvers/preconditioner.h>
 #include <natgrad/solvers/spectrum.h>
@@ -36,7 +37,8 @@ struct NaturalGradientOptions {
   Index curvature_batch = 0;
   /// CG settings (tolerance, iterations, warm start, relative-progress stop, callback). Default: CgOptions().
   CgOptions cg;
-  /// none (default) or diagonal (Martens).
+  /// none (default), diagonal (Martens) or kfac (K-FAC's π-split damped inverse, curvature/kfac.h, built from
+  /// the curvature batch).
   PreconditionerKind preconditioner = PreconditionerKind::none;
   /// α of the diagonal preconditioner, in [0, 1]. Default 0.75.
   double preconditioner_exponent = 0.75;
@@ -59,6 +61,9 @@ struct NaturalGradientOptions {
   /// not used, and neither deflation nor the diagonal preconditioner combines with it (the shifted systems
   /// would share no Krylov space); a spectrum is computed after CG. Default empty: fisher.damping alone.
   std::vector<double> dampings;
+  /// Approximations to compare with F after the solve (compare_approximations.h): needs one damping > 0 and
+  /// spectrum_top_k > 0 (their products are compared on F's top eigenvectors). Default empty.
+  std::vector<ApproximationKind> compare;
   /// Called once the loss and the gradient norm are known, before CG starts (progress for long jobs).
   /// Optional.
   std::function<void(double loss, double gradient_norm)> on_gradient;
@@ -118,6 +123,9 @@ struct NaturalGradientResult {
   /// then those of the smallest damping.
   std::vector<DampedSolution<Scalar>> solves;
   Index multi_shift_products = 0;  ///< products of the multi-shift CG over all of them
+  /// Each approximation asked for (NaturalGradientOptions::compare) against F, in the order asked.
+  std::vector<ApproximationComparison> compare;
+  double time_compare_s = 0;
   double time_forward_s = 0, time_gradient_s = 0, time_cg_s = 0, time_spectrum_s = 0, time_total_s = 0;
 };
 

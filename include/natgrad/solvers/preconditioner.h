@@ -18,9 +18,10 @@
 
 namespace natgrad {
 
-enum class PreconditionerKind { none, diagonal };
+/// none, Martens' diagonal (below), or K-FAC's damped inverse (curvature/kfac.h, KfacApproximation).
+enum class PreconditionerKind { none, diagonal, kfac };
 const char* to_string(PreconditionerKind kind);
-/// "none" or "diagonal"; throws std::invalid_argument otherwise.
+/// "none", "diagonal" or "kfac"; throws std::invalid_argument otherwise.
 PreconditionerKind preconditioner_from_string(const std::string& name);
 
 /// M = I.
