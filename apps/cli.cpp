@@ -35,6 +35,7 @@ int run(int argc, char** argv, bool solve_only) {
   CLI::App* fvp = solve_only ? nullptr : app.add_subcommand("fvp", "Fisher-vector product (F + lambda*I) v");
   CLI::App* spectrum = solve_only ? nullptr : app.add_subcommand("spectrum", "Top-k eigenvalues of F by Lanczos");
   CLI::App* info = solve_only ? nullptr : app.add_subcommand("info", "Layers, shapes, parameter counts and memory estimate");
+  CLI::App* profile = solve_only ? nullptr : app.add_subcommand("profile", "Where a Fisher-vector product's time goes, node by node");
   a.damping = 1e-3;
   add_common(solve, a, "1e-3");
   solve->add_option("--output", a.output, "Write the direction d here (safetensors, the weights' names and shapes)");
@@ -54,6 +55,9 @@ int run(int argc, char** argv, bool solve_only) {
     fvp->add_option("--vector", a.vector, "The vector v (safetensors, the weights' names and shapes)");
     fvp->add_option("--output", a.output, "Write (F + lambda*I) v here");
     fvp->add_option("--report", a.report, "Write a JSON report here");
+    add_common(profile, a, "0 for profile");
+    profile->add_option("--products", a.products, "Products to time (the median's wall time is reported)")->capture_default_str();
+    profile->add_option("--report", a.report, "Write a JSON report here (per node: times, FLOPs, GFLOP/s, share)");
     add_common(spectrum, a, "0 for spectrum");
     spectrum->add_option("--top", a.top, "Number of largest eigenvalues")->capture_default_str();
     spectrum->add_flag("--trace", a.trace, "Also estimate tr(F) by Hutchinson (Rademacher probes), with its standard error");
@@ -88,7 +92,7 @@ int run(int argc, char** argv, bool solve_only) {
   try {
     app.parse(argc, argv);
     // 0 is the "all samples" default internally; asked for explicitly it is an error.
-    for (CLI::App* c : {solve, fvp, spectrum, info})
+    for (CLI::App* c : {solve, fvp, spectrum, info, profile})
       if (c && c->parsed()) {
         if (c->count("--batch") && a.batch < 1) usage_error("--batch must be >= 1, got " + std::to_string(a.batch));
         if (c == solve && c->count("--deflate") && a.deflate < 1)
@@ -97,7 +101,7 @@ int run(int argc, char** argv, bool solve_only) {
           usage_error("--curvature-batch must be >= 1, got " + std::to_string(a.curvature_batch));
       }
     // Options every command accepts for uniformity but only solve uses: refused where they would be ignored.
-    for (CLI::App* c : {fvp, spectrum}) {
+    for (CLI::App* c : {fvp, spectrum, profile}) {
       if (!c || !c->parsed()) continue;
       std::vector<const char*> unused = {"--cg-tol", "--cg-max-iters", "--preconditioner"};
       if (c == fvp) unused.push_back("--curvature-batch");
@@ -106,7 +110,7 @@ int run(int argc, char** argv, bool solve_only) {
           usage_error(std::string(o) + " is not used by `natgrad " + c->get_name() + "` (it is an option of `natgrad solve`)");
     }
     if (!a.dampings.empty()) {  // a list: multi-shift CG, for solve only
-      for (CLI::App* c : {fvp, spectrum})
+      for (CLI::App* c : {fvp, spectrum, profile})
         if (c && c->parsed())
           usage_error("--damping takes one value in `natgrad " + c->get_name() +
                       "`; a list of dampings is for `natgrad solve` (multi-shift CG)");
@@ -123,6 +127,7 @@ int run(int argc, char** argv, bool solve_only) {
     }
     if (fvp && fvp->parsed() && fvp->count("--damping") == 0) a.damping = 0;
     if (spectrum && spectrum->parsed() && spectrum->count("--damping") == 0) a.damping = 0;
+    if (profile && profile->parsed() && profile->count("--damping") == 0) a.damping = 0;
     if (spectrum && spectrum->parsed() && !a.plot.empty()) {
       if (!can_plot()) usage_error("--plot needs a build with PLplot (install libplplot-dev and rebuild natgrad)");
       a.density = true;
@@ -137,7 +142,7 @@ int run(int argc, char** argv, bool solve_only) {
     // Threads: --threads T (0: all cores); without it OMP_NUM_THREADS, else all cores, or under MPI this
     // rank's share of them.
     bool threads_given = false;
-    for (CLI::App* c : {solve, fvp, spectrum, info})
+    for (CLI::App* c : {solve, fvp, spectrum, info, profile})
       if (c && c->parsed() && c->count("--threads")) threads_given = true;
     if (threads_given)
       set_num_threads(a.threads);
@@ -147,6 +152,7 @@ int run(int argc, char** argv, bool solve_only) {
     if (solve_only || solve->parsed()) return f64 ? run_solve<double>(a, world) : run_solve<float>(a, world);
     if (fvp->parsed()) return f64 ? run_fvp<double>(a, world) : run_fvp<float>(a, world);
     if (spectrum->parsed()) return f64 ? run_spectrum<double>(a, world) : run_spectrum<float>(a, world);
+    if (profile->parsed()) return f64 ? run_profile<double>(a, world) : run_profile<float>(a, world);
     return run_info(a);
   } catch (const CLI::CallForHelp& e) {
     return world.root() ? app.exit(e) : 0;

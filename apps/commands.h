@@ -13,6 +13,8 @@ template <typename Scalar>
 int run_fvp(Args& a, const World& world);
 template <typename Scalar>
 int run_spectrum(Args& a, const World& world);
+template <typename Scalar>
+int run_profile(Args& a, const World& world);
 int run_info(Args& a);
 
 }  // namespace cli

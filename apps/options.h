@@ -31,6 +31,7 @@ struct Args {
   Index cg_max_iters = 500;
   Index spectrum = 0;
   std::vector<std::string> compare;  // solve --compare empirical,mc,diagonal,kfac
+  Index products = 10;  // profile --products R
   Index deflate = 0;  // solve --deflate K
   bool trace = false;  // spectrum --trace
   bool per_layer = false;  // spectrum --per-layer

@@ -11,6 +11,7 @@
 #include "random_batch.h"
 #include "user_model.h"
 
+#include <natgrad/core/reference_gemm.h>
 #include <natgrad/curvature/fisher_operator.h>
 #include <natgrad/model/initialization.h>
 #include <natgrad/natural_gradient/solve_natural_gradient.h>
@@ -85,17 +86,9 @@ void counters(benchmark::State& state, double flops_per_iteration) {
 void BM_gemm(benchmark::State& state) {
   const Index n = state.range(0);
   Mat<float> A = Mat<float>::Random(n, n), B = Mat<float>::Random(n, n), C(n, n);
-  // Eigen's threading is off in this build (results must not depend on the thread count), so the reference
-  // GEMM is split over column blocks here, as Eigen's own parallel GEMM would.
   const int T = threads();
   for (auto _ : state) {
-#ifdef NATGRAD_HAVE_OPENMP
-#pragma omp parallel for num_threads(T) schedule(static)
-#endif
-    for (int t = 0; t < T; ++t) {
-      const Index c0 = n * t / T, c1 = n * (t + 1) / T;
-      C.middleCols(c0, c1 - c0).noalias() = A * B.middleCols(c0, c1 - c0);
-    }
+    reference_gemm(A, B, C, T);
     benchmark::DoNotOptimize(C.data());
   }
   counters(state, 2.0 * double(n) * double(n) * double(n));

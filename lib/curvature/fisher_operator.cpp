@@ -4,6 +4,7 @@
 #include <natgrad/core/detail/format_number.h>
 
 #include "core/check.h"
+#include "model/node_timer.h"
 
 #include <algorithm>
 #include <atomic>
@@ -253,6 +254,7 @@ void FisherOperator<Scalar>::setup(const Network<Scalar>& model, const Dataset<S
       task_scratch_.emplace_back(plan_.task_scratch);
     }
   });
+  if (options_.profile) timing_.assign(static_cast<std::size_t>(num_threads_), std::vector<double>(4 * model.num_layers() + 2, 0.0));
   allocating("the stored cotangents of " + std::to_string(num_samples_) + " samples",
              double(plan_.cotangent_size) * sizeof(Scalar), [&] { cot_ = model.make_cotangents(num_samples_); });
   allocating("the partial gradients", double(plan_.partial_size) * sizeof(Scalar),
@@ -276,6 +278,7 @@ void FisherOperator<Scalar>::run_forward() {
   // in cache; the earliest such layer over all chunks, and its first sample, are reported.
   const Index cs = plan_.chunk_size;
   const std::size_t none = cache_.acts.size();
+  for (std::vector<double>& t : timing_) std::fill(t.begin(), t.begin() + model_.num_layers(), 0.0);
   std::vector<std::pair<std::size_t, Index>> first_bad(static_cast<std::size_t>(plan_.num_chunks), {none, 0});
   std::atomic<Index> chunks_done{0};
   const bool report = static_cast<bool>(options_.on_progress);
@@ -284,7 +287,7 @@ void FisherOperator<Scalar>::run_forward() {
 #endif
   for (Index k = 0; k < plan_.num_chunks; ++k) {
     const Index c0 = k * cs, n = std::min(cs, num_samples_ - c0);
-    model_.forward(theta_.data(), cache_, c0, n);
+    model_.forward(theta_.data(), cache_, c0, n, timing(thread_id(), 0));
     const Index done = ++chunks_done;
     if (report && thread_id() == 0) options_.on_progress("forward", done, plan_.num_chunks);
     for (std::size_t l = 0; l < cache_.acts.size(); ++l) {
@@ -352,8 +355,14 @@ void FisherOperator<Scalar>::run(Head head, Scalar scale, const Scalar* x, Scala
     for (Index k = k0; k < k1; ++k) {
       const Index c0 = k * cs, n = std::min(cs, num_samples_ - c0);
       MatMap<Scalar> out(obuf.data(), C, n);
-      head(k, c0, n, out, ws);
+      {
+        const detail::NodeTimer timer(timing(t, 4), 0);  // the whole head; its R-op part is also per node
+        ws.timing = timing(t, 1);
+        head(k, c0, n, out, ws);
+      }
+      ws.timing = timing(t, 2);
       model_.backprop_cotangents(theta_.data(), cache_, c0, n, ConstMatMap<Scalar>(out.data(), C, n), cot_, ws);
+      ws.timing = nullptr;
       work += plan_.chunk_macs_per_sample * double(n);
       const Index done = ++chunks_done;
       if (report && t == 0) options_.on_progress(phase, done, plan_.num_chunks);
@@ -365,6 +374,7 @@ void FisherOperator<Scalar>::run(Head head, Scalar scale, const Scalar* x, Scala
     for (int a = t; a < num_threads_; a += team)
       for (int i : assignment_[static_cast<std::size_t>(a)]) {
         const FisherPlan::Task& task = plan_.tasks[static_cast<std::size_t>(i)];
+        const detail::NodeTimer timer(timing(t, 3), task.layer);
         const Layer<Scalar>& layer = model_.layer(task.layer);
         const Index off = model_.param_offset(task.layer);
         const Mat<Scalar>& X = model_.input_act(cache_, task.layer);
@@ -393,6 +403,7 @@ void FisherOperator<Scalar>::run(Head head, Scalar scale, const Scalar* x, Scala
 #pragma omp barrier
 #endif
     // C: each group-split layer's partial gradients summed in group order, in blocks of entries.
+    const detail::NodeTimer timer(timing(t, 4), 1);
     constexpr Index block = 4096;
     Index item = 0;
     for (std::size_t l = 0; l < plan_.groups.size(); ++l) {
@@ -414,6 +425,36 @@ void FisherOperator<Scalar>::run(Head head, Scalar scale, const Scalar* x, Scala
       }
     }
   }
+  if (!timing_.empty()) ++timed_runs_;
+}
+
+template <typename Scalar>
+OperatorProfile FisherOperator<Scalar>::profile() const {
+  const std::size_t L = model_.num_layers();
+  OperatorProfile p;
+  for (std::vector<double>* v : {&p.forward_s, &p.rop_s, &p.backprop_s, &p.gradient_s}) v->assign(L, 0.0);
+  double heads = 0;
+  for (const std::vector<double>& t : timing_) {
+    for (std::size_t l = 0; l < L; ++l) {
+      p.forward_s[l] += t[l];
+      p.rop_s[l] += t[L + l];
+      p.backprop_s[l] += t[2 * L + l];
+      p.gradient_s[l] += t[3 * L + l];
+    }
+    heads += t[4 * L];
+    p.reduction_s += t[4 * L + 1];
+  }
+  double rop = 0;
+  for (double v : p.rop_s) rop += v;
+  p.curvature_s = std::max(0.0, heads - rop);  // the head is the R-op and H u
+  p.products = timed_runs_;
+  return p;
+}
+
+template <typename Scalar>
+void FisherOperator<Scalar>::reset_profile() const {
+  for (std::vector<double>& t : timing_) std::fill(t.begin() + model_.num_layers(), t.end(), 0.0);
+  timed_runs_ = 0;
 }
 
 template <typename Scalar>

@@ -2,6 +2,8 @@
 // (Jᵀ u) in reverse, following the buffer plan made at construction (network_build.cpp).
 #include <natgrad/model/network.h>
 
+#include "model/node_timer.h"
+
 #include <algorithm>
 #include <stdexcept>
 
@@ -103,10 +105,12 @@ Index Network<Scalar>::forward_scratch_size(Index max_cols) const {
 }
 
 template <typename Scalar>
-void Network<Scalar>::forward(const Scalar* theta, ForwardCache<Scalar>& cache, Index col0, Index n) const {
+void Network<Scalar>::forward(const Scalar* theta, ForwardCache<Scalar>& cache, Index col0, Index n,
+                              double* timing) const {
   NATGRAD_CHECK(cache.acts.size() == layers_.size() + 1 && col0 >= 0 && n >= 0 && col0 + n <= cache.acts[0].cols());
   std::vector<const Scalar*> operands(max_operands_);
   for (std::size_t l = 0; l < layers_.size(); ++l) {
+    const detail::NodeTimer timer(timing, l);
     const Layer<Scalar>& layer = *layers_[l];
     MatMap<Scalar> Y(cache.acts[l + 1].data() + col0 * layer.output_size(), layer.output_size(), n);
     if (const auto* merge = merge_[l]) {
@@ -192,6 +196,7 @@ void Network<Scalar>::jvp(const Scalar* theta, const Scalar* v, const ForwardCac
   std::fill(ws.values.begin(), ws.values.end(), nullptr);  // nullptr: an exactly zero tangent
   for (std::size_t l = 0; l < layers_.size(); ++l) {
     if (!needs_grad_[l] || fused_[l]) continue;
+    const detail::NodeTimer timer(ws.timing, l);
     const Layer<Scalar>& layer = *layers_[l];
     Scalar* out = ws.slots[static_cast<std::size_t>(tangent_slot_[l])].data();
     ws.values[l + 1] = out;
@@ -246,6 +251,7 @@ void Network<Scalar>::backprop(const ForwardCache<Scalar>& cache, Index col0, In
   };
   for (std::size_t l = L; l-- > 0;) {
     if (!needs_grad_[l] || fused_[l]) continue;
+    const detail::NodeTimer timer(ws.timing, l);
     const Layer<Scalar>& layer = *layers_[l];
     const Scalar* g = l + 1 == L ? gZ.data() : target(static_cast<int>(l) + 1);
     ConstMatMap<Scalar> gY(g, layer.output_size(), n);

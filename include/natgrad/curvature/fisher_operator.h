@@ -92,6 +92,10 @@ struct FisherOptions {
   /// Samples over all ranks; 0 (default) means this rank's only (one process).
   Index total_samples = 0;
 
+  /// Time every node's passes (FisherOperator::profile()): the forward pass, and the R-op, backprop and
+  /// parameter gradient of every product. Costs two clock reads per node and pass. Default false.
+  bool profile = false;
+
   /// True if every field is in range; otherwise false with the reason in *why.
   bool is_valid(std::string* why) const;
   /// The chunk size used for a batch of N samples (resolves chunk_size = 0) with smallest chunk m.
@@ -136,6 +140,17 @@ struct FisherPlan {
   /// Phase B: the tasks each of `threads` threads takes: the costliest first, each to the least loaded
   /// thread (ties: the lower thread, the earlier task). Which thread runs a task never changes its result.
   std::vector<std::vector<int>> assign(int threads) const;
+};
+
+/// Where a product's time goes, per node (FisherOptions::profile): seconds summed over the threads.
+struct OperatorProfile {
+  std::vector<double> forward_s;   ///< the last forward pass (construction or rebind)
+  std::vector<double> rop_s;       ///< R-op (J v), over the products since reset_profile()
+  std::vector<double> backprop_s;  ///< the cotangents' backpropagation through the node
+  std::vector<double> gradient_s;  ///< the parameter gradient (phase B)
+  double curvature_s = 0;          ///< the output curvature H u
+  double reduction_s = 0;          ///< the partial gradients summed (phase C)
+  Index products = 0;              ///< products (and gradients) these sums cover
 };
 
 template <typename Scalar_>
@@ -193,6 +208,10 @@ class FisherOperator {
 
   double damping() const { return damping_; }
   void set_damping(double lambda);
+  /// With FisherOptions::profile, the time of every node's passes (all zero otherwise).
+  OperatorProfile profile() const;
+  /// Clears the products' times (the forward pass's stay).
+  void reset_profile() const;
   /// Products computed so far (perform_op calls).
   Index num_products() const { return num_products_; }
   void reset_product_count() { num_products_ = 0; }
@@ -265,6 +284,13 @@ class FisherOperator {
   mutable std::vector<double> chunk_loss_;
   mutable std::vector<double> work_;
   mutable Index num_products_ = 0;
+  // Profiling, per thread: forward, R-op, backprop, gradient (L each), then the head's whole time and
+  // phase C; and the runs counted.
+  mutable std::vector<std::vector<double>> timing_;
+  mutable Index timed_runs_ = 0;
+  double* timing(int t, int part) const {
+    return timing_.empty() ? nullptr : timing_[static_cast<std::size_t>(t)].data() + part * model_.num_layers();
+  }
   mutable bool have_gradient_ = false, have_loss_ = false;
   mutable Vec<Scalar> gradient_;
   mutable double loss_ = 0;

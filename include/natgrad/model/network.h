@@ -77,6 +77,9 @@ struct Workspace {
   std::vector<const Scalar*> values;  ///< per value, its tangent (nullptr: zero) or cotangent
   std::vector<const Scalar*> operands;  ///< a merge node's operands
   const Scalar* result = nullptr;   ///< where the last jvp left its output (output_size × n)
+  /// Profiling: when set, jvp and the backprop passes add each node's seconds to timing[l] (a fused
+  /// activation's to the max-pool it is fused into). nullptr (default): off.
+  double* timing = nullptr;
 };
 
 /// A named tensor with its place in the flat vector: "fc1.weight" at [offset, offset + size).
@@ -171,8 +174,9 @@ class Network {
   /// Scalars the forward pass allocates per call on a chunk of `max_cols` samples (the largest layer's own).
   Index forward_scratch_size(Index max_cols) const;
 
-  /// Runs the nodes on columns [col0, col0 + n) of cache.acts[0], filling the other activations.
-  void forward(const Scalar* theta, ForwardCache<Scalar>& cache, Index col0, Index n) const;
+  /// Runs the nodes on columns [col0, col0 + n) of cache.acts[0], filling the other activations; with
+  /// `timing`, adds each node's seconds to timing[l] (profiling).
+  void forward(const Scalar* theta, ForwardCache<Scalar>& cache, Index col0, Index n, double* timing = nullptr) const;
 
   /// Output tangent J v on columns [col0, col0 + n) for parameter tangent v; the result (output_size × n)
   /// is at ws.result, valid until the next call with that workspace.
