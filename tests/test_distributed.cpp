@@ -6,6 +6,7 @@
 // (The MPI build's end-to-end runs under mpirun are tests/mpi_ranks.py.)
 #include "test_helpers.h"
 
+#include <natgrad/curvature/kfac.h>
 #include <natgrad/distributed/communicator.h>
 #include <natgrad/io/dataset_io.h>
 #include <natgrad/io/safetensors.h>
@@ -242,8 +243,12 @@ TEST_P(DistributedOperator, EqualsOneProcessOnTheWholeBatch) {
   Vec<double> y1(one.rows());
   one.perform_op(v.data(), y1.data());
   const Vec<double> diag1 = one.empirical_fisher_diagonal();
+  KfacApproximation<double> kfac1(one);
+  kfac1.set_damping(0.25);
+  Vec<double> k1(one.rows());
+  kfac1.apply(v.data(), k1.data());
   for (int K : {2, 3, 5}) {
-    std::vector<Vec<double>> y(static_cast<std::size_t>(K)), g(y), diag(y);
+    std::vector<Vec<double>> y(static_cast<std::size_t>(K)), g(y), diag(y), kfac(y);
     std::vector<double> loss(static_cast<std::size_t>(K));
     const auto errors = on_ranks(K, [&](int r, const Communicator& comm) {
       const SampleShare s = share_of(N, r, K);
@@ -254,6 +259,10 @@ TEST_P(DistributedOperator, EqualsOneProcessOnTheWholeBatch) {
       loss[static_cast<std::size_t>(r)] = F.loss();
       g[static_cast<std::size_t>(r)] = F.gradient();
       diag[static_cast<std::size_t>(r)] = F.empirical_fisher_diagonal();
+      KfacApproximation<double> kf(F);  // factors summed over the ranks
+      kf.set_damping(0.25);
+      kfac[static_cast<std::size_t>(r)].resize(F.rows());
+      kf.apply(v.data(), kfac[static_cast<std::size_t>(r)].data());
       EXPECT_EQ(F.total_samples(), N);
       EXPECT_EQ(F.num_samples(), s.count);
     });
@@ -264,6 +273,8 @@ TEST_P(DistributedOperator, EqualsOneProcessOnTheWholeBatch) {
       EXPECT_LE(rel_err(loss[i], one.loss()), 1e-14) << "K " << K;
       EXPECT_LE(rel_err_vec(g[i], one.gradient()), 1e-13) << "K " << K;
       EXPECT_LE(rel_err_vec(diag[i], diag1), 1e-13) << "K " << K;
+      EXPECT_LE(rel_err_vec(kfac[i], k1), 1e-11) << "K " << K;
+      EXPECT_EQ(kfac[i], kfac[0]);
       // Every rank holds the same bits.
       EXPECT_EQ(y[i], y[0]);
       EXPECT_EQ(g[i], g[0]);

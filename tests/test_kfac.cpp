@@ -87,6 +87,82 @@ TEST(Kfac, MlpFactorsAgainstHandFormedOnes) {
     }
 }
 
+// Above max_closed_form_outputs classes the exact kind's G comes from sampled labels (the operator's seed
+// and draws), as the Monte-Carlo Fisher's: one backprop per draw instead of C.
+TEST(Kfac, ManyClassesUseSampledLabels) {
+  const Network<double> model(mlp_spec(5, 6, 3));
+  const Vec<double> theta = init_parameters(model, 2);
+  const Dataset<double> data = random_dataset(model, 9, LikelihoodKind::categorical, 3);
+  FisherOptions fo;
+  fo.mc_samples = 2;
+  fo.seed = 5;
+  const FisherOperator<double> F(model, theta, LikelihoodKind::categorical, data, fo);
+  KfacOptions ko;
+  ko.max_closed_form_outputs = 2;
+  const KfacApproximation<double> K(F, ko);
+  EXPECT_EQ(K.backprops(), 2);
+  const Mat<double> Z = model.predict(theta.data(), data.inputs);
+  Mat<double> G = Mat<double>::Zero(3, 3);
+  for (Index n = 0; n < data.size(); ++n) G += mc_output_fisher(LikelihoodKind::categorical, Z.col(n), 5, n, 2);
+  EXPECT_LT(max_rel(K.blocks()[2].G, G / double(data.size())), 1e-12);
+  ko.max_closed_form_outputs = -1;
+  EXPECT_NE(error_of([&] { KfacApproximation<double>(F, ko); }).find("max_closed_form_outputs"), std::string::npos);
+}
+
+// A likelihood per position ("expand"): linear 4→5, tanh, linear 5→3 on [T = 3, 4] inputs, output [3, 3].
+// Each position's outputs depend on that position alone, so the cotangent at a layer's position r comes from
+// output position r only: the Rademacher signs of the exact kind square away, and G is
+// 1/(N T) Σ_n Σ_r M_r H_n[r, r] M_rᵀ exactly; A averages the N·T rows.
+TEST(Kfac, SequenceLinearLayersExpandPositions) {
+  const Index T = 3;
+  ModelSpec spec;
+  spec.input_shape = {T, 4};
+  spec.layers = {LayerSpec::linear(4, 5), LayerSpec::activation(LayerType::tanh), LayerSpec::linear(5, 3)};
+  const Network<double> model(spec);
+  ASSERT_EQ(model.output_positions(), T);
+  const Vec<double> theta = init_parameters(model, 41);
+  Dataset<double> data;
+  const Index N = 7;
+  data.inputs = random_mat<double>(T * 4, N, 42);
+  for (Index i = 0; i < N * T; ++i) data.labels.push_back(i % 3);
+  const Mat<double> W1 = weight_of(model, theta, "0.weight"), W2 = weight_of(model, theta, "2.weight");
+  const Vec<double> b1 = vector_of(model, theta, "0.bias"), b2 = vector_of(model, theta, "2.bias");
+  for (FisherKind fk : {FisherKind::exact, FisherKind::mc}) {
+    SCOPED_TRACE(to_string(fk));
+    FisherOptions fo;
+    fo.kind = fk;
+    const FisherOperator<double> F(model, theta, LikelihoodKind::categorical, data, fo);
+    const KfacApproximation<double> K(F);
+    ASSERT_EQ(K.blocks().size(), 2u);
+    EXPECT_EQ(K.blocks()[0].positions, T);
+    Mat<double> A[2] = {Mat<double>::Zero(5, 5), Mat<double>::Zero(6, 6)};
+    Mat<double> G[2] = {Mat<double>::Zero(5, 5), Mat<double>::Zero(3, 3)};
+    for (Index n = 0; n < N; ++n) {
+      Vec<double> z(T * 3);
+      std::vector<Vec<double>> h(T);
+      for (Index r = 0; r < T; ++r) {
+        const Vec<double> x = data.inputs.col(n).segment(r * 4, 4);
+        h[r] = (W1 * x + b1).array().tanh().matrix();
+        z.segment(r * 3, 3) = W2 * h[r] + b2;
+        A[0] += with_one(x) * with_one(x).transpose();
+        A[1] += with_one(h[r]) * with_one(h[r]).transpose();
+      }
+      const Mat<double> H = per_position_fisher(LikelihoodKind::categorical, fk, z, data, n, T, 0, 1);
+      for (Index r = 0; r < T; ++r) {
+        const Mat<double> Hr = H.block(r * 3, r * 3, 3, 3);
+        const Mat<double> M1 = Mat<double>((1 - h[r].array().square()).matrix().asDiagonal()) * W2.transpose();
+        G[0] += M1 * Hr * M1.transpose();
+        G[1] += Hr;
+      }
+    }
+    for (int l = 0; l < 2; ++l) {
+      SCOPED_TRACE("block " + std::to_string(l));
+      EXPECT_LT(max_rel(K.blocks()[static_cast<std::size_t>(l)].A, A[l] / double(N * T)), 1e-12);
+      EXPECT_LT(max_rel(K.blocks()[static_cast<std::size_t>(l)].G, G[l] / double(N * T)), 1e-12);
+    }
+  }
+}
+
 // conv2d 2→3 (3×3, stride 2, padding 1) on [2, 5, 5], flatten, linear 27 → 4: A from patches unfolded here,
 // G from the linear layer's weight (the conv's output cotangent is W_linᵀ s), per output pixel.
 TEST(Kfac, ConvFactorsAgainstHandUnfoldedPatches) {
