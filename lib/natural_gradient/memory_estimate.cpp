@@ -77,12 +77,13 @@ MemoryEstimate estimate(const ModelSpec& spec, Index batch, Index curvature_batc
   // Spectra's Lanczos keeps an n × ncv basis in its basis scalar (basis_bytes); a restart compresses it
   // through a temporary of its first k columns (V·Q); the residual, the start vector and up to eight work
   // vectors (measured on the default run and a 670K-parameter MLP) are n-vectors too. The operator adapter
-  // converts through two Scalar vectors. A basis narrower than double returns its k eigenvectors converted
+  // converts through two Scalar vectors when the basis scalar is not the operator's. A basis narrower than double returns its k eigenvectors converted
   // to double. (The condition number's runs, ncv = 20 and k = 1, need less.)
   if (top_k > 0) {
     const std::size_t k = static_cast<std::size_t>(top_k);
     const std::size_t ncv = std::max<std::size_t>(2 * k + 1, 20);
-    m.spectrum = (ncv + k + 8) * P * basis_bytes + 2 * P * s + (basis_bytes < 8 ? k * P * 8 : 0);
+    m.spectrum = (ncv + k + 8) * P * basis_bytes + (basis_bytes != s ? 2 * P * s : 0) +
+                 (basis_bytes < 8 ? k * P * 8 : 0);
   }
   m.data = static_cast<std::size_t>(batch) * (static_cast<std::size_t>(model.input_size()) * s + targets);
   // The preconditioner's inverse diagonal, and while it is built the empirical diagonal it comes from and

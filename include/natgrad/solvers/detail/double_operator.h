@@ -7,6 +7,7 @@
 #include <natgrad/core/types.h>
 
 #include <functional>
+#include <type_traits>
 #include <utility>
 
 namespace natgrad {
@@ -20,16 +21,22 @@ class BasisOperator {
   using Scalar = B;
   explicit BasisOperator(const Op& op, double shift = 0, double scale = 1,
                          std::function<void(Index)> on_product = nullptr)
-      : op_(op), shift_(shift), scale_(scale), on_product_(std::move(on_product)), x_(op.rows()), y_(op.rows()) {}
+      : op_(op), shift_(shift), scale_(scale), on_product_(std::move(on_product)),
+        x_(converts ? op.rows() : 0), y_(converts ? op.rows() : 0) {}
   Index rows() const { return op_.rows(); }
   Index cols() const { return op_.rows(); }
   /// y = shift·x + scale·(A x)
   void perform_op(const B* x, B* y) const {
     using S = typename Op::Scalar;
     const Index n = rows();
-    x_ = ConstVecMap<B>(x, n).template cast<S>();
-    op_.perform_op(x_.data(), y_.data());
-    VecMap<B>(y, n) = B(scale_) * y_.template cast<B>() + B(shift_) * ConstVecMap<B>(x, n);
+    if constexpr (converts) {
+      x_ = ConstVecMap<B>(x, n).template cast<S>();
+      op_.perform_op(x_.data(), y_.data());
+      VecMap<B>(y, n) = B(scale_) * y_.template cast<B>() + B(shift_) * ConstVecMap<B>(x, n);
+    } else {  // the operator's own scalar: no copies (Spectra's x and y never overlap)
+      op_.perform_op(x, y);
+      if (scale_ != 1 || shift_ != 0) VecMap<B>(y, n) = B(scale_) * VecMap<B>(y, n) + B(shift_) * ConstVecMap<B>(x, n);
+    }
     ++count_;
     if (first_bad_ == 0 && !ConstVecMap<B>(y, n).allFinite()) first_bad_ = count_;
     if (on_product_) on_product_(count_);
@@ -42,7 +49,8 @@ class BasisOperator {
   const Op& op_;
   double shift_, scale_;
   std::function<void(Index)> on_product_;
-  mutable Vec<typename Op::Scalar> x_, y_;
+  static constexpr bool converts = !std::is_same<B, typename Op::Scalar>::value;
+  mutable Vec<typename Op::Scalar> x_, y_;  // the conversions' buffers (empty without conversion)
   mutable Index count_ = 0;
   mutable Index first_bad_ = 0;
 };
