@@ -283,7 +283,7 @@ TEST(MemoryEstimate, BoundsTheHeapPeakOfAKfacPreconditionedSolve) {
   options.cg.max_iterations = 5;
   options.preconditioner = PreconditionerKind::kfac;
   MemoryEstimate estimate = estimate_solve_memory(spec, data.size(), 0, sizeof(float), options.fisher, 0, 2, false);
-  estimate.add_kfac(model, 2);
+  estimate.add_kfac(model, sizeof(float), 2);
   expect_tight_bound(solve_heap_peak(model, theta, data, options), estimate, "kfac preconditioner");
 }
 

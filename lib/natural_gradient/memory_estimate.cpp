@@ -156,8 +156,8 @@ void MemoryEstimate::add_multi_shift(Index params, std::size_t scalar_bytes, Ind
 }
 
 template <typename Scalar>
-void MemoryEstimate::add_kfac(const Network<Scalar>& model, int threads) {
-  const double s = sizeof(Scalar), P = double(model.num_params());
+void MemoryEstimate::add_kfac(const Network<Scalar>& model, std::size_t scalar_bytes, int threads) {
+  const double s = double(scalar_bytes), P = double(model.num_params());
   double factors = 0, largest = 0;
   bool diagonal = false;  // tensors outside the blocks
   for (std::size_t l = 0; l < model.num_layers(); ++l) {
@@ -179,8 +179,8 @@ void MemoryEstimate::add_kfac(const Network<Scalar>& model, int threads) {
   preconditioner += static_cast<std::size_t>(extra);
   total += static_cast<std::size_t>(extra);
 }
-template void MemoryEstimate::add_kfac<float>(const Network<float>&, int);
-template void MemoryEstimate::add_kfac<double>(const Network<double>&, int);
+template void MemoryEstimate::add_kfac<float>(const Network<float>&, std::size_t, int);
+template void MemoryEstimate::add_kfac<double>(const Network<double>&, std::size_t, int);
 
 void MemoryEstimate::add_second_operator() {
   const std::size_t extra = activations + workspaces + cotangents;

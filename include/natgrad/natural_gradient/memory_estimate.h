@@ -37,11 +37,12 @@ struct MemoryEstimate {
   /// one CG solve: per damping its direction and its search direction, less the CG vectors it does without.
   void add_multi_shift(Index params, std::size_t scalar_bytes, Index dampings);
   /// Adds what K-FAC holds (the kfac preconditioner, or solve's comparison with it): per Kronecker block its
-  /// two factors and their eigenvectors in double and their damped inverses in the solve's scalar, the
+  /// two factors and their eigenvectors in double and their damped inverses in the solve's scalar
+  /// (`scalar_bytes`), the
   /// eigensolvers' workspace (`threads` of them at once), one block of unfolded inputs, the diagonal
   /// vectors, and CG's preconditioned residual z. Counted in `preconditioner`.
   template <typename Scalar>
-  void add_kfac(const Network<Scalar>& model, int threads);
+  void add_kfac(const Network<Scalar>& model, std::size_t scalar_bytes, int threads);
   /// Adds a second operator on the curvature batch (solve's comparison with the empirical or Monte-Carlo
   /// Fisher): activations, workspaces and cotangents once more.
   void add_second_operator();
