@@ -56,7 +56,8 @@ std::string module_of(const std::string& name) {
 
 template <typename Scalar>
 std::vector<ModuleSpectrum> per_module_spectrum(const FisherOperator<Scalar>& F, const Mat<double>& eigenvectors,
-                                                Index probes, uint64_t seed, Index* trace_products) {
+                                                Index probes, uint64_t seed, Index* trace_products,
+                                                TraceEstimate* trace) {
   // The modules in the order their first tensor appears.
   std::vector<std::string> order;
   std::map<std::string, Ranges> ranges;
@@ -80,11 +81,13 @@ std::vector<ModuleSpectrum> per_module_spectrum(const FisherOperator<Scalar>& F,
   // Block traces from shared probes: per probe and module Σ_{i∈l} v_i (F v)_i, then mean and standard error.
   const Index P = F.cols();
   std::vector<std::vector<double>> samples(out.size());
+  std::vector<double> totals;
   Vec<Scalar> y(P);
   for (Index p = 0; p < probes; ++p) {
     const Vec<double> v = detail::rademacher(P, seed, static_cast<uint64_t>(p));
     const Vec<Scalar> vs = v.cast<Scalar>();
     F.perform_op(vs.data(), y.data());
+    if (trace) totals.push_back(v.dot(y.template cast<double>()));  // vᵀ F v, as hutchinson_trace forms it
     for (std::size_t l = 0; l < out.size(); ++l) {
       double q = 0;
       for (const auto& r : ranges[out[l].module])
@@ -93,6 +96,14 @@ std::vector<ModuleSpectrum> per_module_spectrum(const FisherOperator<Scalar>& F,
     }
   }
   *trace_products = probes;
+  if (trace) {  // hutchinson_trace's mean and standard error of the same samples
+    *trace = TraceEstimate();
+    trace->probes = probes;
+    for (double x : totals) trace->trace += x / double(probes);
+    double var = 0;
+    for (double x : totals) var += (x - trace->trace) * (x - trace->trace) / double(probes - 1);
+    trace->standard_error = std::sqrt(var / double(probes));
+  }
   for (std::size_t l = 0; l < out.size(); ++l) {
     double mean = 0, var = 0;
     for (double q : samples[l]) mean += q / double(probes);
@@ -137,9 +148,9 @@ nlohmann::ordered_json per_module_json(const std::vector<ModuleSpectrum>& module
 }
 
 template std::vector<ModuleSpectrum> per_module_spectrum<float>(const FisherOperator<float>&, const Mat<double>&,
-                                                                Index, uint64_t, Index*);
+                                                                Index, uint64_t, Index*, TraceEstimate*);
 template std::vector<ModuleSpectrum> per_module_spectrum<double>(const FisherOperator<double>&, const Mat<double>&,
-                                                                 Index, uint64_t, Index*);
+                                                                 Index, uint64_t, Index*, TraceEstimate*);
 
 }  // namespace cli
 }  // namespace natgrad

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <natgrad/curvature/fisher_operator.h>
+#include <natgrad/solvers/hutchinson_trace.h>
 
 #include <nlohmann/json.hpp>
 
@@ -24,10 +25,13 @@ struct ModuleSpectrum {
 
 /// F without damping; `eigenvectors` (P × K, unit columns) the top-K of F. The trace probes are Rademacher
 /// vectors keyed by (seed, probe) over all P entries: one product each, shared by every module
-/// (E[Σ_{i∈l} v_i (F v)_i] = tr F_ll). `*trace_products` receives their count.
+/// (E[Σ_{i∈l} v_i (F v)_i] = tr F_ll). `*trace_products` receives their count. With `trace`, the same
+/// probes also give Hutchinson's estimate of tr F (the same probes and arithmetic as hutchinson_trace: the
+/// same bits), so `spectrum --trace --per-layer` pays for them once.
 template <typename Scalar>
 std::vector<ModuleSpectrum> per_module_spectrum(const FisherOperator<Scalar>& F, const Mat<double>& eigenvectors,
-                                                Index probes, uint64_t seed, Index* trace_products);
+                                                Index probes, uint64_t seed, Index* trace_products,
+                                                TraceEstimate* trace = nullptr);
 
 nlohmann::ordered_json per_module_json(const std::vector<ModuleSpectrum>& modules);
 

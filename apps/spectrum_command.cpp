@@ -44,7 +44,7 @@ int run_spectrum(Args& a, const World& world) {
   // Hutchinson's trace: Rademacher probes keyed by (seed, probe), products counted apart.
   TraceEstimate trace;
   Index trace_products = 0;
-  if (a.trace) {
+  if (a.trace && !a.per_layer) {  // (with --per-layer its probes give the trace too)
     const Index before = F.num_products();
     trace = hutchinson_trace(F, a.probes, a.seed);
     trace_products = F.num_products() - before;
@@ -62,7 +62,8 @@ int run_spectrum(Args& a, const World& world) {
   }
   std::vector<ModuleSpectrum> modules;
   Index module_trace_products = 0;
-  if (a.per_layer) modules = per_module_spectrum(F, s.eigenvectors, a.probes, a.seed, &module_trace_products);
+  if (a.per_layer)
+    modules = per_module_spectrum(F, s.eigenvectors, a.probes, a.seed, &module_trace_products, a.trace ? &trace : nullptr);
   // With --damping λ > 0, the condition number of F + λI (F alone is singular); λ_max is the spectrum's.
   ConditionEstimate condition;
   if (a.damping > 0) condition = damped_condition_number(F, a.damping, s.eigenvalues[0]);
@@ -89,8 +90,9 @@ int run_spectrum(Args& a, const World& world) {
               World::has_mpi() ? (", ranks: " + std::to_string(world.size())).c_str() : "");
   std::printf("top-%lld eigenvalues of F: %s\n", static_cast<long long>(a.top), format_eigenvalues(s.eigenvalues).c_str());
   if (a.trace)
-    std::printf("trace of F: %.6e +- %.2e (Hutchinson, %lld Rademacher probes, %lld products)\n", trace.trace,
-                trace.standard_error, static_cast<long long>(trace.probes), static_cast<long long>(trace_products));
+    std::printf("trace of F: %.6e +- %.2e (Hutchinson, %lld Rademacher probes, %s)\n", trace.trace,
+                trace.standard_error, static_cast<long long>(trace.probes),
+                a.per_layer ? "the per-module traces' products" : (std::to_string(trace_products) + " products").c_str());
   if (a.damping > 0) print_condition(condition);
   if (a.density)
     std::printf("spectral density (SLQ, %lld probes x %lld Lanczos steps, %lld products): mean eigenvalue %.6e, "
@@ -125,6 +127,7 @@ int run_spectrum(Args& a, const World& world) {
     if (a.trace)
       j["trace"] = {{"estimate", trace.trace}, {"standard_error", trace.standard_error}, {"probes", trace.probes},
                     {"products", trace_products}};
+    if (a.trace && a.per_layer) j["trace"]["shared_with_per_layer"] = true;
     if (a.damping > 0) {
       j["damping"] = a.damping;
       j["condition"] = condition_json(condition);

@@ -284,6 +284,24 @@ TEST_F(Cli, SpectrumTraceEigenvectorsAndDampedConditionAgainstTheDenseFisher) {
   EXPECT_EQ(run("spectrum " + base + " --trace --probes 1").code, 2);
 }
 
+// --trace with --per-layer takes Hutchinson's samples from the per-module probes: the same trace, bit for
+// bit, as --trace alone, and no products beyond --per-layer's.
+TEST_F(Cli, SpectrumTraceSharesThePerLayerProbes) {
+  const std::string spectrum = "spectrum " + base + " --top 2 --probes 12 --report ";
+  ASSERT_EQ(run(spectrum + p("t.json") + " --trace").code, 0);
+  ASSERT_EQ(run(spectrum + p("l.json") + " --per-layer").code, 0);
+  const Result both = run(spectrum + p("tl.json") + " --trace --per-layer");
+  ASSERT_EQ(both.code, 0) << both.err;
+  const auto t = nlohmann::json::parse(slurp(p("t.json"))), l = nlohmann::json::parse(slurp(p("l.json"))),
+             tl = nlohmann::json::parse(slurp(p("tl.json")));
+  EXPECT_EQ(tl["trace"]["estimate"].get<double>(), t["trace"]["estimate"].get<double>());
+  EXPECT_EQ(tl["trace"]["standard_error"].get<double>(), t["trace"]["standard_error"].get<double>());
+  EXPECT_TRUE(tl["trace"]["shared_with_per_layer"].get<bool>());
+  EXPECT_EQ(tl["products"].get<Index>(), l["products"].get<Index>());
+  EXPECT_EQ(t["trace"]["products"].get<Index>(), 12);
+  EXPECT_EQ(tl["per_layer"], l["per_layer"]);
+}
+
 TEST_F(Cli, SpectrumPerLayerAgainstTheDenseDiagonalBlocks) {
   const Result r = run("spectrum " + base + " --dtype float64 --top 2 --per-layer --probes 400 --report " +
                        p("pl.json"));
