@@ -96,20 +96,11 @@ std::vector<ModuleSpectrum> per_module_spectrum(const FisherOperator<Scalar>& F,
     }
   }
   *trace_products = probes;
-  if (trace) {  // hutchinson_trace's mean and standard error of the same samples
-    *trace = TraceEstimate();
-    trace->probes = probes;
-    for (double x : totals) trace->trace += x / double(probes);
-    double var = 0;
-    for (double x : totals) var += (x - trace->trace) * (x - trace->trace) / double(probes - 1);
-    trace->standard_error = std::sqrt(var / double(probes));
-  }
+  if (trace) *trace = trace_from_samples(totals);  // hutchinson_trace's estimate of the same samples
   for (std::size_t l = 0; l < out.size(); ++l) {
-    double mean = 0, var = 0;
-    for (double q : samples[l]) mean += q / double(probes);
-    for (double q : samples[l]) var += (q - mean) * (q - mean) / double(probes - 1);
-    out[l].trace = mean;
-    out[l].trace_standard_error = std::sqrt(var / double(probes));
+    const TraceEstimate t = trace_from_samples(samples[l]);
+    out[l].trace = t.trace;
+    out[l].trace_standard_error = t.standard_error;
   }
   // Each block's top eigenvalue: Lanczos on the block (a single entry is one product).
   for (ModuleSpectrum& s : out) {

@@ -23,6 +23,17 @@ struct TraceEstimate {
   Index probes = 0;
 };
 
+/// The estimate from the probes' samples vᵀ A v (at least 2): their mean and its standard error.
+inline TraceEstimate trace_from_samples(const std::vector<double>& q) {
+  TraceEstimate t;
+  t.probes = static_cast<Index>(q.size());
+  for (double x : q) t.trace += x / double(q.size());
+  double var = 0;
+  for (double x : q) var += (x - t.trace) * (x - t.trace) / double(q.size() - 1);
+  t.standard_error = std::sqrt(var / double(q.size()));
+  return t;
+}
+
 /// Hutchinson's estimate tr(A) ≈ 1/m Σ vᵀ A v with m Rademacher probes from the counter-based generator.
 template <typename Op>
 TraceEstimate hutchinson_trace(const Op& op, Index probes, uint64_t seed) {
@@ -37,13 +48,7 @@ TraceEstimate hutchinson_trace(const Op& op, Index probes, uint64_t seed) {
     dop.perform_op(v.data(), y.data());
     q.push_back(v.dot(y));
   }
-  TraceEstimate t;
-  t.probes = probes;
-  for (double x : q) t.trace += x / double(probes);
-  double var = 0;
-  for (double x : q) var += (x - t.trace) * (x - t.trace) / double(probes - 1);
-  t.standard_error = std::sqrt(var / double(probes));
-  return t;
+  return trace_from_samples(q);
 }
 
 }  // namespace natgrad
