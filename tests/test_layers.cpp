@@ -42,6 +42,9 @@ std::vector<LayerCase> layer_cases() {
       // the GEMM reads and writes the CHW tensors in place.
       {"conv2d_blocks_of_2", LayerSpec::conv2d(8, 2, 3, 1, 1), {8, 13, 13}},
       {"conv2d_blocks_of_1", LayerSpec::conv2d(8, 2, 3, 1, 1), {8, 16, 16}},
+      // 3×3 stride 1 with 16 channels each way: Winograd F(2×2, 3×3) (test_winograd.cpp)
+      {"conv2d_winograd", LayerSpec::conv2d(16, 16, 3, 1, 1), {16, 4, 6}},
+      {"conv2d_winograd_odd_nopad_nobias", LayerSpec::conv2d(16, 17, 3, 1, 0, false), {16, 5, 4}},
       {"relu", LayerSpec::activation(LayerType::relu), {2, 3, 3}},
       {"tanh", LayerSpec::activation(LayerType::tanh), {7}},
       {"sigmoid", LayerSpec::activation(LayerType::sigmoid), {7}},

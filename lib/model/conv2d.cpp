@@ -5,10 +5,16 @@
 // [O, C, kh, kw] row-major is, read column-major, the (C·kh·kw) × O matrix Wᵀ, so
 //     yᵀ = colsᵀ Wᵀ + 1 bᵀ                      ((Ho·Wo) × O: column o is output channel o, i.e. CHW order)
 // and every pass is a GEMM of that shape, on a block of samples stacked vertically.
+//
+// 3×3 stride-1 convolutions with at least 16 input and output channels run Winograd's F(2×2, 3×3) instead
+// (winograd_conv.h) in the forward pass, the R-op and the backprop; the other passes (squared gradients,
+// K-FAC's patches) keep im2col.
 #include <algorithm>
+#include <optional>
 
 #include "core/gemm.h"
 #include "model/layers.h"
+#include "model/winograd_conv.h"
 
 namespace natgrad {
 namespace detail {
@@ -35,7 +41,10 @@ class Conv2d final : public Layer<Scalar> {
         Wo_(out[2]),
         bias_(s.bias),
         K_(C_ * kh_ * kw_),
-        P_(Ho_ * Wo_) {}
+        P_(Ho_ * Wo_) {
+    if (WinogradConv3x3<Scalar>::applies(C_, O_, kh_, kw_, sh_, sw_))
+      winograd_.emplace(C_, O_, H_, W_, ph_, pw_, Ho_, Wo_);
+  }
 
   LayerType type() const override { return LayerType::conv2d; }
   Index num_params() const override { return O_ * K_ + (bias_ ? O_ : 0); }
@@ -55,6 +64,8 @@ class Conv2d final : public Layer<Scalar> {
   // (core/gemm.h) for any block of up to b samples; accumulate_squared_grads needs one sample's cols, its
   // K × O gradient and packing.
   Index scratch_size(Index ncols) const override {
+    if (winograd_)
+      return std::max(winograd_->scratch_size(ncols), P_ * K_ + K_ * O_ + gemm_pack_size<Scalar>(K_, O_, P_));
     const Index b = std::min(block(), std::max<Index>(ncols, 1));
     Index pack = 0;
     for (Index c = 1; c <= b; ++c)
@@ -71,6 +82,8 @@ class Conv2d final : public Layer<Scalar> {
     // Forward runs once per batch, outside the hot path; a per-call buffer keeps the signature scratch-free.
     std::vector<Scalar, Eigen::aligned_allocator<Scalar>> buf(
         static_cast<std::size_t>(scratch_size(X.cols())));
+    if (winograd_)
+      return winograd_->forward(theta, bias_ ? theta + O_ * K_ : nullptr, X.data(), X.cols(), Y.data(), buf.data());
     for (Index n0 = 0; n0 < X.cols(); n0 += block()) {
       const Index b = std::min(block(), X.cols() - n0);
       MatMap<Scalar> cols(buf.data(), b * P_, K_);
@@ -87,6 +100,9 @@ class Conv2d final : public Layer<Scalar> {
   // per call), so the output is written once.
   void jvp(const Scalar* theta, const Scalar* dtheta, ConstMatMap<Scalar> X, ConstMatMap<Scalar>,
            const int32_t*, const Scalar* dX, MatMap<Scalar> dY, Scalar* scratch) const override {
+    if (winograd_)
+      return winograd_->jvp(theta, dtheta, bias_ ? dtheta + O_ * K_ : nullptr, X.data(), dX, X.cols(), dY.data(),
+                            scratch);
     Scalar* stacked = scratch;
     if (dX)
       for (Index o = 0; o < O_; ++o) {
@@ -114,6 +130,9 @@ class Conv2d final : public Layer<Scalar> {
   // gWᵀ += colsᵀ(x)ᵀ gyᵀ;  gb += column sums of gyᵀ;  gx = col2im(gyᵀ W)
   void vjp(const Scalar* theta, ConstMatMap<Scalar> X, ConstMatMap<Scalar>, const int32_t*,
            ConstMatMap<Scalar> gY, Scalar* gX, Scalar* gtheta, Scalar* scratch) const override {
+    if (winograd_)
+      return winograd_->vjp(theta, X.data(), gY.data(), X.cols(), gX, gtheta,
+                            gtheta && bias_ ? gtheta + O_ * K_ : nullptr, scratch);
     for (Index n0 = 0; n0 < X.cols(); n0 += block()) {
       const Index b = std::min(block(), X.cols() - n0);
       MatMap<Scalar> cols(scratch, b * P_, K_), gcols(scratch + b * P_ * K_, b * P_, K_);
@@ -314,6 +333,7 @@ class Conv2d final : public Layer<Scalar> {
   Index C_, H_, W_, O_, kh_, kw_, sh_, sw_, ph_, pw_, Ho_, Wo_;
   bool bias_;
   Index K_, P_;
+  std::optional<WinogradConv3x3<Scalar>> winograd_;  // set when the convolution qualifies
 };
 
 }  // namespace

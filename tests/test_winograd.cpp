@@ -1,0 +1,147 @@
+// The Winograd F(2×2, 3×3) convolutions (3×3, stride 1, ≥ 16 channels each way) against a direct convolution
+// written here as loops over the definition, in double arithmetic: the forward pass, the R-op and the backprop
+// (input cotangent, weight and bias gradients), in float and double, over paddings 0–2, odd and even maps,
+// several sample blocks and a last block shorter than the others. The finite-difference and adjoint tests of
+// every layer (test_layers.cpp) cover the same convolutions again.
+#include "test_helpers.h"
+
+using namespace natgrad;
+using namespace natgrad::test;
+
+namespace {
+
+struct Geometry {
+  Index C, O, H, W, pad, n;
+  bool bias;
+};
+
+// y[n][o][i][j] = b[o] + Σ_{c,r,s} w[o][c][r][s] x[n][c][i + r − pad][j + s − pad], zero outside the image.
+struct Direct {
+  Geometry g;
+  Index Ho() const { return g.H + 2 * g.pad - 2; }
+  Index Wo() const { return g.W + 2 * g.pad - 2; }
+  template <typename F>
+  void taps(F f) const {  // f(n, o, c, i, j, r, s, input index) over every tap inside the image
+    for (Index n = 0; n < g.n; ++n)
+      for (Index o = 0; o < g.O; ++o)
+        for (Index c = 0; c < g.C; ++c)
+          for (Index i = 0; i < Ho(); ++i)
+            for (Index j = 0; j < Wo(); ++j)
+              for (Index r = 0; r < 3; ++r)
+                for (Index s = 0; s < 3; ++s) {
+                  const Index ih = i + r - g.pad, iw = j + s - g.pad;
+                  if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
+                  f(n, o, c, i, j, r, s, ((n * g.C + c) * g.H + ih) * g.W + iw);
+                }
+  }
+  Index out(Index n, Index o, Index i, Index j) const { return ((n * g.O + o) * Ho() + i) * Wo() + j; }
+  Index weight(Index o, Index c, Index r, Index s) const { return ((o * g.C + c) * 3 + r) * 3 + s; }
+
+  Mat<double> forward(const Vec<double>& theta, const Mat<double>& x) const {
+    Mat<double> y = Mat<double>::Zero(g.O * Ho() * Wo(), g.n);
+    taps([&](Index n, Index o, Index c, Index i, Index j, Index r, Index s, Index xi) {
+      y.data()[out(n, o, i, j)] += theta[weight(o, c, r, s)] * x.data()[xi];
+    });
+    if (g.bias)
+      for (Index n = 0; n < g.n; ++n)
+        for (Index o = 0; o < g.O; ++o)
+          for (Index p = 0; p < Ho() * Wo(); ++p) y.data()[out(n, o, 0, 0) + p] += theta[g.O * g.C * 9 + o];
+    return y;
+  }
+  // The transpose: gx[xi] = Σ w gy, gw = Σ x gy, gb = Σ gy.
+  void backward(const Vec<double>& theta, const Mat<double>& x, const Mat<double>& gy, Mat<double>& gx,
+                Vec<double>& gtheta) const {
+    gx = Mat<double>::Zero(x.rows(), x.cols());
+    gtheta = Vec<double>::Zero(theta.size());
+    taps([&](Index n, Index o, Index c, Index i, Index j, Index r, Index s, Index xi) {
+      gx.data()[xi] += theta[weight(o, c, r, s)] * gy.data()[out(n, o, i, j)];
+      gtheta[weight(o, c, r, s)] += x.data()[xi] * gy.data()[out(n, o, i, j)];
+    });
+    if (g.bias)
+      for (Index n = 0; n < g.n; ++n)
+        for (Index o = 0; o < g.O; ++o)
+          for (Index p = 0; p < Ho() * Wo(); ++p) gtheta[g.O * g.C * 9 + o] += gy.data()[out(n, o, 0, 0) + p];
+  }
+};
+
+template <typename Scalar>
+Mat<Scalar> cast(const Mat<double>& m) {
+  return m.template cast<Scalar>();
+}
+
+template <typename Scalar>
+void check(const Geometry& geo) {
+  const Direct ref{geo};
+  auto layer = make_layer<Scalar>(LayerSpec::conv2d(geo.C, geo.O, 3, 1, geo.pad, geo.bias), Shape{geo.C, geo.H, geo.W},
+                                  "conv");
+  ASSERT_EQ(layer->output_shape(), (Shape{geo.O, ref.Ho(), ref.Wo()}));
+  const Index in = layer->input_size(), out = layer->output_size(), P = layer->num_params(), n = geo.n;
+  // Round the inputs to float so that both precisions see the same numbers.
+  const Mat<double> x = random_mat<float>(in, n, 1).template cast<double>(),
+                    dx = random_mat<float>(in, n, 2).template cast<double>(),
+                    gy = random_mat<float>(out, n, 3).template cast<double>();
+  const Vec<double> theta = (random_vec<float>(P, 4) * 0.3f).template cast<double>(),
+                    dtheta = random_vec<float>(P, 5).template cast<double>();
+  const double tol = std::is_same<Scalar, double>::value ? 1e-13 : 2e-6;
+
+  const Mat<Scalar> xs = cast<Scalar>(x), dxs = cast<Scalar>(dx), gys = cast<Scalar>(gy);
+  const Vec<Scalar> ts = theta.template cast<Scalar>(), dts = dtheta.template cast<Scalar>();
+  std::vector<Scalar> scratch(static_cast<std::size_t>(layer->scratch_size(n)));
+  Mat<Scalar> y(out, n), dy(out, n), dy_w(out, n), gx(in, n);
+  layer->forward(ts.data(), ConstMatMap<Scalar>(xs.data(), in, n), MatMap<Scalar>(y.data(), out, n), nullptr);
+  EXPECT_LT(rel_err_vec(y, ref.forward(theta, x)), tol) << "forward";
+
+  // R-op: conv(x, dθ) + dbias + conv(dx, θ) without θ's bias; and with no input tangent (a first layer),
+  // conv(x, dθ) + dbias.
+  layer->jvp(ts.data(), dts.data(), ConstMatMap<Scalar>(xs.data(), in, n), ConstMatMap<Scalar>(y.data(), out, n),
+             nullptr, dxs.data(), MatMap<Scalar>(dy.data(), out, n), scratch.data());
+  Vec<double> theta_nobias = theta;
+  if (geo.bias) theta_nobias.tail(geo.O).setZero();
+  EXPECT_LT(rel_err_vec(dy, ref.forward(dtheta, x) + ref.forward(theta_nobias, dx)), tol) << "R-op";
+  layer->jvp(ts.data(), dts.data(), ConstMatMap<Scalar>(xs.data(), in, n), ConstMatMap<Scalar>(y.data(), out, n),
+             nullptr, nullptr, MatMap<Scalar>(dy_w.data(), out, n), scratch.data());
+  EXPECT_LT(rel_err_vec(dy_w, ref.forward(dtheta, x)), tol) << "R-op without an input tangent";
+
+  // Backprop: the gradient accumulates onto what gtheta holds.
+  Mat<double> gx_ref;
+  Vec<double> g_ref;
+  ref.backward(theta, x, gy, gx_ref, g_ref);
+  Vec<Scalar> gtheta = Vec<Scalar>::Constant(P, Scalar(0.25));
+  layer->vjp(ts.data(), ConstMatMap<Scalar>(xs.data(), in, n), ConstMatMap<Scalar>(y.data(), out, n), nullptr,
+             ConstMatMap<Scalar>(gys.data(), out, n), gx.data(), gtheta.data(), scratch.data());
+  EXPECT_LT(rel_err_vec(gx, gx_ref), tol) << "input cotangent";
+  EXPECT_LT(rel_err_vec(gtheta, (g_ref.array() + 0.25).matrix()), tol) << "parameter gradient";
+  // Either output alone gives the same numbers.
+  Mat<Scalar> gx_only(in, n);
+  layer->vjp(ts.data(), ConstMatMap<Scalar>(xs.data(), in, n), ConstMatMap<Scalar>(y.data(), out, n), nullptr,
+             ConstMatMap<Scalar>(gys.data(), out, n), gx_only.data(), nullptr, scratch.data());
+  EXPECT_EQ(gx_only, gx);
+  Vec<Scalar> g_only = Vec<Scalar>::Constant(P, Scalar(0.25));
+  layer->vjp(ts.data(), ConstMatMap<Scalar>(xs.data(), in, n), ConstMatMap<Scalar>(y.data(), out, n), nullptr,
+             ConstMatMap<Scalar>(gys.data(), out, n), nullptr, g_only.data(), scratch.data());
+  EXPECT_EQ(g_only, gtheta);
+}
+
+const std::vector<Geometry> geometries = {
+    {16, 16, 6, 6, 1, 3, true},     // even map, "same" padding
+    {16, 17, 5, 7, 0, 2, false},    // odd output (3 × 5): the last tile row and column are cropped
+    {17, 16, 4, 5, 2, 2, true},     // padding 2: outputs larger than the input
+    {16, 16, 14, 14, 1, 13, true},  // 49 tiles: blocks of 6 samples, the last one of 1
+    {32, 16, 28, 28, 1, 3, false},  // 196 tiles: blocks of 2, the last of 1
+};
+
+}  // namespace
+
+TEST(Winograd, FloatMatchesTheDirectConvolution) {
+  for (const Geometry& g : geometries) {
+    SCOPED_TRACE(testing::Message() << g.C << "->" << g.O << " " << g.H << "x" << g.W << " pad " << g.pad);
+    check<float>(g);
+  }
+}
+
+TEST(Winograd, DoubleMatchesTheDirectConvolution) {
+  for (const Geometry& g : geometries) {
+    SCOPED_TRACE(testing::Message() << g.C << "->" << g.O << " " << g.H << "x" << g.W << " pad " << g.pad);
+    check<double>(g);
+  }
+}
