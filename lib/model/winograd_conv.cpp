@@ -40,8 +40,8 @@ WinogradConv3x3<Scalar>::WinogradConv3x3(Index C, Index O, Index H, Index W, Ind
     : C_(C), O_(O), H_(H), W_(W), ph_(ph), pw_(pw), Ho_(Ho), Wo_(Wo) {
   NATGRAD_CHECK(Ho_ == H_ + 2 * ph_ - 2 && Wo_ == W_ + 2 * pw_ - 2);
   TH_ = (Ho_ + 1) / 2;
-  TWp_ = (Wo_ + 1) / 2 + 1;
-  T_ = TH_ * TWp_;
+  TW_ = (Wo_ + 1) / 2;
+  T_ = TH_ * TW_;
 }
 
 template <typename Scalar>
@@ -59,7 +59,7 @@ typename WinogradConv3x3<Scalar>::Layout WinogradConv3x3<Scalar>::layout(Index b
   L.v = L.z + round16(kXi * C_ * O_);
   L.m = L.v + round16(kXi * L.rows * wc);
   L.plane = L.m + round16(kXi * L.rows * O_);
-  L.pack = L.plane + round16(4 * phase_size() + 16 * T_);  // polyphase planes, then input_adjoint's 16 planes
+  L.pack = L.plane + round16(8 * phase_size() + 16 * T_);  // polyphase planes, then input_adjoint's 16 planes
   Index pack = 0;
   for (Index c = 1; c <= b; ++c) {
     const Index r = c * T_;
@@ -101,27 +101,34 @@ void WinogradConv3x3<Scalar>::transform_weights(const Scalar* w, Index c0, Index
     }
 }
 
-// The padded input plane split into its four polyphase components, P_pq(u, v) = x(2u + p − ph, 2v + q − pw),
-// each (TH + 1) × TWp and a few zeros at the end. split() writes the image's entries only: the planes are
-// zeroed once per call, and the padding stays zero from one channel to the next. Entry (r, s) of tile t's 4×4 patch
-// is then P_{r mod 2, s mod 2}(t + ⌊r/2⌋·TWp + ⌊s/2⌋): the same offset for every tile, so each transform is one
-// unit-stride loop over the plane's tiles.
+// The padded input plane split into polyphase components: P⁰_pq(u, v) = x(2u + p − ph, 2v + q − pw) and the same
+// shifted by one tile column, P¹_pq(u, v) = P⁰_pq(u, v + 1), each (TH + 1) × TW and a few zeros at the end
+// (plane 4·shift + 2p + q). Entry (r, s) of tile t's 4×4 patch is then P^⌊s/2⌋_{r mod 2, s mod 2}(t + ⌊r/2⌋·TW):
+// the same offset for every tile, so each transform is one unit-stride loop over the tiles. split() writes the
+// image's entries only: the planes are zeroed once per call, and the padding stays zero from one map to the
+// next. Without `shifted` only P⁰ is written.
 template <typename Scalar>
-void WinogradConv3x3<Scalar>::split(const Scalar* x, Index h, Index w, Index oh, Index ow, Scalar* P) const {
-  const Index pp = phase_size(), half = w / 2;
+void WinogradConv3x3<Scalar>::split(const Scalar* x, Index h, Index w, Index oh, Index ow, bool shifted,
+                                    Scalar* P) const {
+  const Index pp = phase_size();
   for (Index i = 0; i < h; ++i) {
     const Index pi = i + oh;
     const Scalar* src = x + i * w;
-    Scalar* row = P + 2 * (pi & 1) * pp + (pi >> 1) * TWp_;
-    // Column j goes to plane (j + ow) mod 2 at (j + ow) / 2: the even columns to one plane, the odd to the other.
-    Scalar* even = row + (ow & 1) * pp + (ow >> 1);
-    Scalar* odd = row + ((ow + 1) & 1) * pp + ((ow + 1) >> 1);
-    NATGRAD_IVDEP
-    for (Index m = 0; m < half; ++m) {
-      even[m] = src[2 * m];
-      odd[m] = src[2 * m + 1];
+    Scalar* row = P + 2 * (pi & 1) * pp + (pi >> 1) * TW_;
+    // Column j = 2m + e lands in phase q = (e + ow) mod 2 at wide column V = m + ⌊(e + ow)/2⌋ (0 … TW): in P⁰
+    // at V when V < TW, in P¹ at V − 1 when V ≥ 1.
+    for (Index e = 0; e < 2; ++e) {
+      const Index q = (e + ow) & 1, base = (e + ow) >> 1, count = (w - e + 1) / 2;
+      const Scalar* from = src + e;
+      Scalar* p0 = row + q * pp + base;
+      const Index hi0 = std::min(count, TW_ - base);
+      NATGRAD_IVDEP
+      for (Index m = 0; m < hi0; ++m) p0[m] = from[2 * m];
+      if (!shifted) continue;
+      Scalar* p1 = row + (4 + q) * pp + base - 1;
+      NATGRAD_IVDEP
+      for (Index m = std::max<Index>(0, 1 - base); m < count; ++m) p1[m] = from[2 * m];
     }
-    if (w & 1) even[half] = src[w - 1];
   }
 }
 
@@ -130,24 +137,21 @@ void WinogradConv3x3<Scalar>::split(const Scalar* x, Index h, Index w, Index oh,
 template <typename Scalar>
 void WinogradConv3x3<Scalar>::input_transform(const Scalar* x, Index b, Index c0, Index rows, Index xs, Scalar* V,
                                               Scalar* plane) const {
-  const Index pp = phase_size(), n = T_, o1 = TWp_;
-  std::fill(plane, plane + 4 * pp, Scalar(0));
+  const Index pp = phase_size(), n = T_;
+  std::fill(plane, plane + 8 * pp, Scalar(0));
   for (Index k = 0; k < b; ++k)
     for (Index c = 0; c < C_; ++c) {
-      split(x + (k * C_ + c) * H_ * W_, H_, W_, ph_, pw_, plane);
-      const Scalar *p00 = plane, *p01 = plane + pp, *p10 = plane + 2 * pp, *p11 = plane + 3 * pp;
+      split(x + (k * C_ + c) * H_ * W_, H_, W_, ph_, pw_, true, plane);
       Scalar* v = V + (c0 + c) * rows + k * T_;
       NATGRAD_IVDEP
       for (Index t = 0; t < n; ++t) {
         Scalar d[4][4];
         for (Index r = 0; r < 4; ++r) {
-          const Scalar* e = (r & 1) ? p10 : p00;
-          const Scalar* f = (r & 1) ? p11 : p01;
-          const Index off = t + (r >> 1) * o1;
-          d[r][0] = e[off];
-          d[r][1] = f[off];
-          d[r][2] = e[off + 1];
-          d[r][3] = f[off + 1];
+          const Scalar* e = plane + 2 * (r & 1) * pp + t + (r >> 1) * TW_;
+          d[r][0] = e[0];
+          d[r][1] = e[pp];
+          d[r][2] = e[4 * pp];
+          d[r][3] = e[5 * pp];
         }
         for (Index j = 0; j < 4; ++j) {  // Bᵀ d
           const Scalar d0 = d[0][j], d1 = d[1][j], d2 = d[2][j], d3 = d[3][j];
@@ -193,7 +197,7 @@ void WinogradConv3x3<Scalar>::output_transform(const Scalar* M, Index b, Index r
       Scalar* dst = y + (k * O_ + o) * Ho_ * Wo_;
       const Scalar add = bias ? bias[o] : Scalar(0);
       for (Index i = 0; i < Ho_; ++i) {
-        const Scalar* e = plane + (2 * (i & 1)) * n + (i >> 1) * TWp_;  // y_(i mod 2) 0
+        const Scalar* e = plane + (2 * (i & 1)) * n + (i >> 1) * TW_;  // y_(i mod 2) 0
         const Scalar* f = e + n;                                          // y_(i mod 2) 1
         Scalar* row = dst + i * Wo_;
         for (Index j = 0; j + 1 < Wo_; j += 2) {
@@ -213,7 +217,7 @@ void WinogradConv3x3<Scalar>::output_adjoint(const Scalar* gy, Index b, Index ro
   std::fill(plane, plane + 4 * pp, Scalar(0));
   for (Index k = 0; k < b; ++k)
     for (Index o = 0; o < O_; ++o) {
-      split(gy + (k * O_ + o) * Ho_ * Wo_, Ho_, Wo_, 0, 0, plane);
+      split(gy + (k * O_ + o) * Ho_ * Wo_, Ho_, Wo_, 0, 0, false, plane);
       const Scalar *g00 = plane, *g01 = plane + pp, *g10 = plane + 2 * pp, *g11 = plane + 3 * pp;
       Scalar* v = Yhat + o * rows + k * T_;
       NATGRAD_IVDEP
@@ -237,7 +241,7 @@ template <typename Scalar>
 void WinogradConv3x3<Scalar>::input_adjoint(const Scalar* X, Index b, Index rows, Index xs, Scalar* gx,
                                             Scalar* plane) const {
   const Index pp = phase_size(), n = T_;
-  Scalar* E = plane + 4 * pp;  // 16 planes of T
+  Scalar* E = plane + 8 * pp;  // 16 planes of T
   for (Index k = 0; k < b; ++k)
     for (Index c = 0; c < C_; ++c) {
       const Scalar* m = X + c * rows + k * T_;
@@ -259,20 +263,23 @@ void WinogradConv3x3<Scalar>::input_adjoint(const Scalar* X, Index b, Index rows
           E[(4 * i + 3) * n + t] = -e[i][3];
         }
       }
-      std::fill(plane, plane + 4 * pp, Scalar(0));
+      std::fill(plane, plane + 8 * pp, Scalar(0));
       for (Index r = 0; r < 4; ++r)
         for (Index s = 0; s < 4; ++s) {
-          Scalar* dst = plane + (2 * (r & 1) + (s & 1)) * pp + (r >> 1) * TWp_ + (s >> 1);
+          Scalar* dst = plane + (4 * (s >> 1) + 2 * (r & 1) + (s & 1)) * pp + (r >> 1) * TW_;
           const Scalar* src = E + (4 * r + s) * n;
+          NATGRAD_IVDEP
           for (Index t = 0; t < n; ++t) dst[t] += src[t];
         }
+      // Wide column V of a phase is P⁰(V) (V < TW) plus P¹(V − 1) (V ≥ 1).
       Scalar* out = gx + (k * C_ + c) * H_ * W_;
       for (Index i = 0; i < H_; ++i) {
         const Index pi = i + ph_;
-        const Scalar* e = plane + (2 * (pi & 1)) * pp + (pi >> 1) * TWp_;
+        const Scalar* e = plane + (2 * (pi & 1)) * pp + (pi >> 1) * TW_;
         for (Index j = 0; j < W_; ++j) {
-          const Index pj = j + pw_;
-          out[i * W_ + j] = e[(pj & 1) * pp + (pj >> 1)];
+          const Index pj = j + pw_, V = pj >> 1;
+          const Scalar* f = e + (pj & 1) * pp;
+          out[i * W_ + j] = (V < TW_ ? f[V] : Scalar(0)) + (V >= 1 ? f[4 * pp + V - 1] : Scalar(0));
         }
       }
     }

@@ -77,14 +77,13 @@ class WinogradConv3x3 {
   void products(const Layout& L, Index depth, Scalar* s) const;
 
   Index C_, O_, H_, W_, ph_, pw_, Ho_, Wo_;
-  // Tiles: TH rows of TWp, of which the last column lies beyond the output (its rows of the products are
-  // computed and dropped; their cotangents are zero), so that tile t's patch starts at a fixed multiple of t in
-  // the polyphase planes. T = TH·TWp per sample.
-  Index TH_, TWp_, T_;
-  // Scalars of one polyphase plane: (TH + 1) × TWp and a zero the last tile reads past the end.
-  Index phase_size() const { return (TH_ + 1) * TWp_ + 16; }
-  // Writes the h × w map x, offset by (oh, ow), into its four polyphase planes (rows of TWp).
-  void split(const Scalar* x, Index h, Index w, Index oh, Index ow, Scalar* P) const;
+  // Tiles: TH rows of TW, T = TH·TW per sample.
+  Index TH_, TW_, T_;
+  // Scalars of one polyphase plane: (TH + 1) × TW, rounded up.
+  Index phase_size() const { return ((TH_ + 1) * TW_ + 15) / 16 * 16; }
+  // Writes the h × w map x, offset by (oh, ow), into its polyphase planes (rows of TW), and their shifted copies
+  // if `shifted`.
+  void split(const Scalar* x, Index h, Index w, Index oh, Index ow, bool shifted, Scalar* P) const;
 };
 
 }  // namespace detail
