@@ -6,11 +6,10 @@
 //     yᵀ = colsᵀ Wᵀ + 1 bᵀ                      ((Ho·Wo) × O: column o is output channel o, i.e. CHW order)
 // and every pass is a GEMM of that shape, on a block of samples stacked vertically.
 //
-// 3×3 stride-1 convolutions with at least 16 input and output channels run Winograd's F(2×2, 3×3) instead
+// 3×3 stride-1 convolutions with at least 16 input and output channels run Winograd's F(m×m, 3×3) instead
 // (winograd_conv.h) in the forward pass, the R-op and the backprop; the other passes (squared gradients,
 // K-FAC's patches) keep im2col.
 #include <algorithm>
-#include <optional>
 
 #include "core/gemm.h"
 #include "model/layers.h"
@@ -43,7 +42,8 @@ class Conv2d final : public Layer<Scalar> {
         K_(C_ * kh_ * kw_),
         P_(Ho_ * Wo_) {
     if (WinogradConv3x3<Scalar>::applies(C_, O_, kh_, kw_, sh_, sw_))
-      winograd_.emplace(C_, O_, H_, W_, ph_, pw_, Ho_, Wo_);
+      winograd_ = WinogradConv3x3<Scalar>::make(C_, O_, H_, W_, ph_, pw_, Ho_, Wo_,
+                                                WinogradConv3x3<Scalar>::default_tile(Ho_, Wo_));
   }
 
   LayerType type() const override { return LayerType::conv2d; }
@@ -333,7 +333,7 @@ class Conv2d final : public Layer<Scalar> {
   Index C_, H_, W_, O_, kh_, kw_, sh_, sw_, ph_, pw_, Ho_, Wo_;
   bool bias_;
   Index K_, P_;
-  std::optional<WinogradConv3x3<Scalar>> winograd_;  // set when the convolution qualifies
+  std::unique_ptr<WinogradConv3x3<Scalar>> winograd_;  // set when the convolution qualifies
 };
 
 }  // namespace
