@@ -10,7 +10,6 @@
 #include <algorithm>
 #include <type_traits>
 #include <utility>
-#include <vector>
 
 #include "core/check.h"
 #include "core/gemm.h"
@@ -133,11 +132,6 @@ class WinogradTiles final : public WinogradConv3x3<Scalar> {
     TH_ = (Ho_ + m - 1) / m;
     TW_ = (Wo_ + m - 1) / m;
     T_ = TH_ * TW_;
-    // A column no tile reads (the last when the map ends on a tile boundary) is written past the planes, into
-    // the temporaries input_transform writes before it reads them (see layout()).
-    const Index dummy = 2 * kPhases * phase_size();
-    input_columns_ = column_offsets(W_, pw_, dummy);
-    output_columns_ = column_offsets(Wo_, 0, dummy);
   }
 
   Index tile() const override { return m; }
@@ -233,9 +227,7 @@ class WinogradTiles final : public WinogradConv3x3<Scalar> {
     L.v = L.z + round16(kXi * C_ * O_);
     L.mo = L.v + round16(kXi * L.rows * wc);
     L.plane = L.mo + round16(kXi * L.rows * O_);
-    // The planes, then α² planes of T (input_transform's and input_adjoint's temporaries), which also take
-    // split()'s writes of unread columns: they land at a row's base (< m²·pp + T) plus 2m²·pp.
-    L.pack = L.plane + round16(2 * kPhases * phase_size() + std::max(kXi * T_, kPhases * phase_size() + T_ + 1));
+    L.pack = L.plane + round16(2 * kPhases * phase_size() + kXi * T_);
     Index pack = 0;
     for (Index c = 1; c <= b; ++c) {  // both depths: Eigen's blocking is not monotone in the sizes
       const Index r = c * T_;
@@ -249,18 +241,26 @@ class WinogradTiles final : public WinogradConv3x3<Scalar> {
   // U_ξ(c0 + c, o) = (G w_oc Gᵀ)(i, j): column-major (ldu × O), matrices ldu·O apart.
   void transform_weights(const Scalar* w, Index c0, Index ldu, Scalar* U) const {
     const Index xs = ldu * O_;
-    for (Index o = 0; o < O_; ++o)
-      for (Index c = 0; c < C_; ++c) {
-        const Scalar* g = w + (o * C_ + c) * 9;
+    for (Index o = 0; o < O_; ++o) {
+      const Scalar* g = w + o * C_ * 9;
+      Scalar* dst = U + c0 + o * ldu;
+      NATGRAD_IVDEP
+      for (Index c = 0; c < C_; ++c) {  // unit-stride stores along c
         Scalar in[3][3], r[a][3], u[a][a];
-        for (int i = 0; i < 3; ++i)
-          for (int j = 0; j < 3; ++j) in[i][j] = g[3 * i + j];
+        NATGRAD_UNROLL
+        for (int i = 0; i < 3; ++i) {
+          NATGRAD_UNROLL
+          for (int j = 0; j < 3; ++j) in[i][j] = g[c * 9 + 3 * i + j];
+        }
         mix_rows<a, 3, 3>([](int i, int k) { return Tr::G[i][k]; }, in, r);
         mix_cols<a, 3, a>(r, [](int j, int k) { return Tr::G[j][k]; }, u);
-        Scalar* dst = U + (c0 + c) + o * ldu;
-        for (int i = 0; i < a; ++i)
-          for (int j = 0; j < a; ++j) dst[(a * i + j) * xs] = u[i][j];
+        NATGRAD_UNROLL
+        for (int i = 0; i < a; ++i) {
+          NATGRAD_UNROLL
+          for (int j = 0; j < a; ++j) dst[(a * i + j) * xs + c] = u[i][j];
+        }
       }
+    }
   }
 
   // gw_oc += Gᵀ Z_oc G, Z_ξ column-major C × O: the adjoint of transform_weights.
@@ -283,27 +283,56 @@ class WinogradTiles final : public WinogradConv3x3<Scalar> {
   // (the second a copy shifted by one tile column), each (TH + 1) × TW; plane σ·m² + p·m + q. Entry (r, s) of
   // tile t's α×α patch is then P^⌊s/m⌋_{r mod m, s mod m}(t + ⌊r/m⌋·TW): the same offset for every tile. split()
   // writes the map's entries only: the planes are zeroed once per call, and the padding stays zero from one map
-  // to the next. Column j of a row goes to offsets[j] from the row's base in P⁰ (a table made once per layer by
-  // column_offsets, so each row is one loop however small w/m is); P¹ is then P⁰ moved by one entry, one
-  // unit-stride copy per plane, with the last column of each row (wide column TW, which P⁰ does not hold) set
-  // from the map.
-  std::vector<Index> column_offsets(Index w, Index ow, Index dummy) const {
-    std::vector<Index> off(static_cast<std::size_t>(w));
-    for (Index j = 0; j < w; ++j) {
-      const Index q = (j + ow) % m, V = (j + ow) / m;  // wide column V (0 … TW) of phase q
-      off[j] = V < TW_ ? q * phase_size() + V : dummy;
+  // to the next. A row's columns m·k + e go to phase (e + ow) mod m, one loop over k storing m phases per
+  // iteration; P¹ is then P⁰ moved by one entry, one unit-stride copy per plane, with the last column of each
+  // row (wide column TW, which P⁰ does not hold) set from the map.
+  // Where a row's columns go: columns m·k + e (k < hi[e]) are entries dst[e] + k of the row's phase planes
+  // (planes `stride` apart), for k < common for every e. Only wide columns V < TW count (P⁰'s).
+  struct PhaseColumns {
+    Index dst[m], hi[m], common;
+  };
+  PhaseColumns phase_columns(Index w, Index ow, Index stride) const {
+    PhaseColumns pc;
+    pc.common = TW_;
+    for (Index e = 0; e < m; ++e) {
+      const Index q = (e + ow) % m, base = (e + ow) / m;
+      pc.dst[e] = q * stride + base;
+      pc.hi[e] = std::max<Index>(0, std::min(w > e ? (w - e + m - 1) / m : 0, TW_ - base));
+      pc.common = std::min(pc.common, pc.hi[e]);
     }
-    return off;
+    return pc;
   }
-  void split(const Scalar* x, Index h, Index w, Index oh, Index ow, const std::vector<Index>& offsets, bool shifted,
-             Scalar* P) const {
+  // One row: d[e][k] = src[m·k + e] (to_phases) or its inverse dst[m·k + e] = d[e][k] + add (from_phases), one
+  // loop over k storing all m phases per iteration.
+  static void to_phases(const PhaseColumns& pc, const Scalar* src, Scalar* row) {
+    Scalar* d[m];
+    for (Index e = 0; e < m; ++e) d[e] = row + pc.dst[e];
+    NATGRAD_IVDEP
+    for (Index k = 0; k < pc.common; ++k) {
+      NATGRAD_UNROLL
+      for (int e = 0; e < m; ++e) d[e][k] = src[m * k + e];
+    }
+    for (Index e = 0; e < m; ++e)
+      for (Index k = pc.common; k < pc.hi[e]; ++k) d[e][k] = src[m * k + e];
+  }
+  static void from_phases(const PhaseColumns& pc, const Scalar* row, Scalar add, Scalar* out) {
+    const Scalar* d[m];
+    for (Index e = 0; e < m; ++e) d[e] = row + pc.dst[e];
+    NATGRAD_IVDEP
+    for (Index k = 0; k < pc.common; ++k) {
+      NATGRAD_UNROLL
+      for (int e = 0; e < m; ++e) out[m * k + e] = d[e][k] + add;
+    }
+    for (Index e = 0; e < m; ++e)
+      for (Index k = pc.common; k < pc.hi[e]; ++k) out[m * k + e] = d[e][k] + add;
+  }
+
+  void split(const Scalar* x, Index h, Index w, Index oh, Index ow, bool shifted, Scalar* P) const {
     const Index pp = phase_size();
-    const Index* off = offsets.data();
+    const PhaseColumns pc = phase_columns(w, ow, pp);
     for (Index i = 0; i < h; ++i) {
       const Index pi = i + oh;
-      const Scalar* src = x + i * w;
-      Scalar* row = P + (pi % m) * m * pp + (pi / m) * TW_;
-      for (Index j = 0; j < w; ++j) row[off[j]] = src[j];
+      to_phases(pc, x + i * w, P + (pi % m) * m * pp + (pi / m) * TW_);
     }
     if (!shifted) return;
     const Index len = (TH_ + 1) * TW_;
@@ -331,7 +360,7 @@ class WinogradTiles final : public WinogradConv3x3<Scalar> {
     std::fill(plane, plane + 2 * kPhases * pp, Scalar(0));
     for (Index k = 0; k < b; ++k)
       for (Index c = 0; c < C_; ++c) {
-        split(x + (k * C_ + c) * H_ * W_, H_, W_, ph_, pw_, input_columns_, true, plane);
+        split(x + (k * C_ + c) * H_ * W_, H_, W_, ph_, pw_, true, plane);
         for_each<a>([&](auto S) {  // column s of Bᵀ d
           constexpr int s = decltype(S)::value;
           const Scalar* src[a];
@@ -369,6 +398,7 @@ class WinogradTiles final : public WinogradConv3x3<Scalar> {
   void output_transform(const Scalar* M, Index b, Index rows, Index ms, const Scalar* bias, Scalar* y,
                         Scalar* plane) const {
     const Index n = T_;
+    const PhaseColumns pc = phase_columns(Wo_, 0, n);
     for (Index k = 0; k < b; ++k)
       for (Index o = 0; o < O_; ++o) {
         const Scalar* mo = M + o * rows + k * T_;
@@ -390,15 +420,7 @@ class WinogradTiles final : public WinogradConv3x3<Scalar> {
         }
         Scalar* dst = y + (k * O_ + o) * Ho_ * Wo_;
         const Scalar add = bias ? bias[o] : Scalar(0);
-        for (Index i = 0; i < Ho_; ++i) {
-          const Scalar* src = plane + (i % m) * m * n + (i / m) * TW_;
-          Scalar* row = dst + i * Wo_;
-          for (Index j = 0; j < m && j < Wo_; ++j) {
-            const Scalar* from = src + j * n;
-            const Index count = (Wo_ - j + m - 1) / m;
-            for (Index q = 0; q < count; ++q) row[m * q + j] = from[q] + add;
-          }
-        }
+        for (Index i = 0; i < Ho_; ++i) from_phases(pc, plane + (i % m) * m * n + (i / m) * TW_, add, dst + i * Wo_);
       }
   }
 
@@ -408,7 +430,7 @@ class WinogradTiles final : public WinogradConv3x3<Scalar> {
     std::fill(plane, plane + kPhases * pp, Scalar(0));
     for (Index k = 0; k < b; ++k)
       for (Index o = 0; o < O_; ++o) {
-        split(gy + (k * O_ + o) * Ho_ * Wo_, Ho_, Wo_, 0, 0, output_columns_, false, plane);
+        split(gy + (k * O_ + o) * Ho_ * Wo_, Ho_, Wo_, 0, 0, false, plane);
         Scalar* v = Yhat + o * rows + k * T_;
         NATGRAD_IVDEP
         for (Index t = 0; t < n; ++t) {
@@ -462,15 +484,28 @@ class WinogradTiles final : public WinogradConv3x3<Scalar> {
             NATGRAD_IVDEP
             for (Index t = 0; t < n; ++t) dst[t] += src[t];
           }
-        // Wide column V of a phase is P⁰(V) (V < TW) plus P¹(V − 1) (V ≥ 1).
+        // Wide column V of a phase is P⁰(V) + P¹(V − 1): fold P¹ into P⁰ (one unit-stride pass per plane, the
+        // last column of each P¹ row, wide column TW, held aside), then read the rows back out of the phases.
+        const Index len = (TH_ + 1) * TW_;
+        for (Index q = 0; q < kPhases; ++q) {
+          Scalar* p0 = plane + q * pp;
+          Scalar* p1 = p0 + kPhases * pp;
+          Scalar* held = E + q * (TH_ + 1);
+          for (Index u = 0; u <= TH_; ++u) {
+            held[u] = p1[u * TW_ + TW_ - 1];
+            p1[u * TW_ + TW_ - 1] = Scalar(0);
+          }
+          NATGRAD_IVDEP
+          for (Index d = 0; d + 1 < len; ++d) p0[d + 1] += p1[d];
+        }
         Scalar* out = gx + (k * C_ + c) * H_ * W_;
+        const PhaseColumns pc = phase_columns(W_, pw_, pp);
         for (Index i = 0; i < H_; ++i) {
           const Index pi = i + ph_;
-          const Scalar* rowp = plane + (pi % m) * m * pp + (pi / m) * TW_;
-          for (Index j = 0; j < W_; ++j) {
-            const Index pj = j + pw_, V = pj / m;
-            const Scalar* f = rowp + (pj % m) * pp;
-            out[i * W_ + j] = (V < TW_ ? f[V] : Scalar(0)) + (V >= 1 ? f[kPhases * pp + V - 1] : Scalar(0));
+          from_phases(pc, plane + (pi % m) * m * pp + (pi / m) * TW_, Scalar(0), out + i * W_);
+          for (Index e = 0; e < m; ++e) {  // the column at wide column TW, if the map has it
+            const Index j = m * (TW_ - (e + pw_) / m) + e;
+            if (j < W_ && (j + pw_) / m == TW_) out[i * W_ + j] = E[((pi % m) * m + (e + pw_) % m) * (TH_ + 1) + pi / m];
           }
         }
       }
@@ -486,7 +521,6 @@ class WinogradTiles final : public WinogradConv3x3<Scalar> {
 
   Index C_, O_, H_, W_, ph_, pw_, Ho_, Wo_;
   Index TH_, TW_, T_;  // tiles per column and per row; T = TH·TW per sample
-  std::vector<Index> input_columns_, output_columns_;  // split()'s offsets for x (padded by pw) and for gy
 };
 
 }  // namespace
