@@ -9,6 +9,7 @@
 // recomputed from x in each pass: one extra read instead of a cache as large as the activations.
 #include <cmath>
 
+#include "core/lane_sums.h"
 #include "model/layers.h"
 
 namespace natgrad {
@@ -214,13 +215,10 @@ class BatchNorm final : public Layer<Scalar> {
         if (gtheta && affine_) {
           const Scalar* x = X.data() + o;
           const Scalar m = mean_[c];
-          Scalar gw = 0, gb = 0;
-          for (Index k = 0; k < S_; ++k) {
-            gw += gy[k] * ((x[k] - m) * r);
-            gb += gy[k];
-          }
-          gtheta[c] += gw;
-          gtheta[C_ + c] += gb;
+          Scalar g[2];  // Σ gy·x̂, Σ gy
+          lane_sums<2>(S_, [&](Index k, Scalar* t) { t[0] = gy[k] * ((x[k] - m) * r), t[1] = gy[k]; }, g);
+          gtheta[c] += g[0];
+          gtheta[C_ + c] += g[1];
         }
       }
   }

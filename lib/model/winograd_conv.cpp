@@ -13,6 +13,7 @@
 
 #include "core/check.h"
 #include "core/gemm.h"
+#include "core/lane_sums.h"
 
 // Each transform loop's iterations touch distinct entries: let the compiler vectorize without alias checks
 // (too many streams for it to prove that itself). The fixed-size loops inside unroll completely.
@@ -171,7 +172,7 @@ class WinogradTiles final : public WinogradConv3x3<Scalar> {
     const Index nb = block(n);
     const Layout L0 = layout(nb, 1);
     if (gx) transform_weights(w, 0, C_, s + L0.u);
-    if (gw) std::fill(s + L0.z, s + L0.z + kXi * C_ * O_, Scalar(0));
+    if (gw) std::fill(s + L0.z, s + L0.z + kXi * wstride(C_), Scalar(0));
     for (Index n0 = 0; n0 < n; n0 += nb) {
       const Index b = std::min(nb, n - n0);
       const Layout L = layout(b, 1);
@@ -181,12 +182,12 @@ class WinogradTiles final : public WinogradConv3x3<Scalar> {
         input_transform(x + n0 * C_ * H_ * W_, b, 0, L.rows, vs, s + L.v, s + L.plane);
         for (Index q = 0; q < kXi; ++q)
           gemm(C_, O_, L.rows, row_major<Scalar>(s + L.v + q * vs, L.rows),
-               col_major<Scalar>(s + L.mo + q * ys, L.rows), s + L.z + q * C_ * O_, C_, true, s + L.pack);
+               col_major<Scalar>(s + L.mo + q * ys, L.rows), s + L.z + q * wstride(C_), C_, true, s + L.pack);
       }
       if (gx) {  // X_ξ = Ŷ_ξ U_ξᵀ (into V's space), then the input transform's adjoint
         for (Index q = 0; q < kXi; ++q)
           gemm(L.rows, C_, O_, col_major<Scalar>(s + L.mo + q * ys, L.rows),
-               row_major<Scalar>(s + L.u + q * C_ * O_, C_), s + L.v + q * vs, L.rows, false, s + L.pack);
+               row_major<Scalar>(s + L.u + q * wstride(C_), C_), s + L.v + q * vs, L.rows, false, s + L.pack);
         input_adjoint(s + L.v, b, L.rows, vs, gx + n0 * C_ * H_ * W_, s + L.plane);
       }
     }
@@ -196,8 +197,8 @@ class WinogradTiles final : public WinogradConv3x3<Scalar> {
         for (Index k = 0; k < n; ++k)
           for (Index o = 0; o < O_; ++o) {
             const Scalar* g = gy + (k * O_ + o) * Ho_ * Wo_;
-            Scalar sum = Scalar(0);
-            for (Index p = 0; p < Ho_ * Wo_; ++p) sum += g[p];
+            Scalar sum;
+            lane_sums<1>(Ho_ * Wo_, [&](Index p, Scalar* t) { t[0] = g[p]; }, &sum);
             gbias[o] += sum;
           }
     }
@@ -207,6 +208,9 @@ class WinogradTiles final : public WinogradConv3x3<Scalar> {
   Index block(Index ncols) const {
     return std::clamp<Index>((kTargetRows + T_ - 1) / T_, 1, std::max<Index>(ncols, 1));
   }
+  // The distance between the α² matrices of U and Z (depth × O each): padded by 16 scalars, because a
+  // power-of-two stride (2C·O = 2048 floats, 8 KiB) puts the α² entries of one weight in the same cache set.
+  Index wstride(Index depth) const { return depth * O_ + 16; }
   // Scalars of one polyphase plane: (TH + 1) × TW, rounded up.
   Index phase_size() const { return round16((TH_ + 1) * TW_); }
 
@@ -223,8 +227,8 @@ class WinogradTiles final : public WinogradConv3x3<Scalar> {
     L.rows = b * T_;
     const Index wc = width * C_;
     L.u = 0;
-    L.z = L.u + round16(kXi * wc * O_);
-    L.v = L.z + round16(kXi * C_ * O_);
+    L.z = L.u + round16(kXi * wstride(wc));
+    L.v = L.z + round16(kXi * wstride(C_));
     L.mo = L.v + round16(kXi * L.rows * wc);
     L.plane = L.mo + round16(kXi * L.rows * O_);
     L.pack = L.plane + round16(2 * kPhases * phase_size() + kXi * T_);
@@ -240,7 +244,7 @@ class WinogradTiles final : public WinogradConv3x3<Scalar> {
 
   // U_ξ(c0 + c, o) = (G w_oc Gᵀ)(i, j): column-major (ldu × O), matrices ldu·O apart.
   void transform_weights(const Scalar* w, Index c0, Index ldu, Scalar* U) const {
-    const Index xs = ldu * O_;
+    const Index xs = wstride(ldu);
     for (Index o = 0; o < O_; ++o) {
       const Scalar* g = w + o * C_ * 9;
       Scalar* dst = U + c0 + o * ldu;
@@ -265,7 +269,7 @@ class WinogradTiles final : public WinogradConv3x3<Scalar> {
 
   // gw_oc += Gᵀ Z_oc G, Z_ξ column-major C × O: the adjoint of transform_weights.
   void weight_adjoint(const Scalar* Z, Scalar* gw) const {
-    const Index xs = C_ * O_;
+    const Index xs = wstride(C_);
     for (Index o = 0; o < O_; ++o)
       for (Index c = 0; c < C_; ++c) {
         Scalar z[a][a], f[3][a], g[3][3];
@@ -515,7 +519,7 @@ class WinogradTiles final : public WinogradConv3x3<Scalar> {
   void products(const Layout& L, Index depth, Scalar* s) const {
     for (Index x = 0; x < kXi; ++x)
       gemm(L.rows, O_, depth, col_major<Scalar>(s + L.v + x * L.rows * depth, L.rows),
-           col_major<Scalar>(s + L.u + x * depth * O_, depth), s + L.mo + x * L.rows * O_, L.rows, false,
+           col_major<Scalar>(s + L.u + x * wstride(depth), depth), s + L.mo + x * L.rows * O_, L.rows, false,
            s + L.pack);
   }
 
