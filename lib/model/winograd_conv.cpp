@@ -14,6 +14,7 @@
 #include "core/check.h"
 #include "core/gemm.h"
 #include "core/lane_sums.h"
+#include "model/phase_rows.h"
 
 // Each transform loop's iterations touch distinct entries: let the compiler vectorize without alias checks
 // (too many streams for it to prove that itself). The fixed-size loops inside unroll completely.
@@ -283,57 +284,28 @@ class WinogradTiles final : public WinogradConv3x3<Scalar> {
       }
   }
 
-  // The padded map split into polyphase planes: P^σ_pq(u, v) = x(m·u + p − oh, m·(v + σ) + q − ow) for σ = 0, 1
-  // (the second a copy shifted by one tile column), each (TH + 1) × TW; plane σ·m² + p·m + q. Entry (r, s) of
-  // tile t's α×α patch is then P^⌊s/m⌋_{r mod m, s mod m}(t + ⌊r/m⌋·TW): the same offset for every tile. split()
-  // writes the map's entries only: the planes are zeroed once per call, and the padding stays zero from one map
-  // to the next. A row's columns m·k + e go to phase (e + ow) mod m, one loop over k storing m phases per
-  // iteration; P¹ is then P⁰ moved by one entry, one unit-stride copy per plane, with the last column of each
-  // row (wide column TW, which P⁰ does not hold) set from the map.
-  // Where a row's columns go: columns m·k + e (k < hi[e]) are entries dst[e] + k of the row's phase planes
-  // (planes `stride` apart), for k < common for every e. Only wide columns V < TW count (P⁰'s).
-  struct PhaseColumns {
-    Index dst[m], hi[m], common;
-  };
-  PhaseColumns phase_columns(Index w, Index ow, Index stride) const {
-    PhaseColumns pc;
-    pc.common = TW_;
+  // Where a row's columns go (the P⁰ planes, `stride` apart): column m·k + e is entry k of phase (e + ow) mod m
+  // at offset ⌊(e + ow)/m⌋, for the k inside the map and below wide column TW.
+  PhaseColumns<m> phase_columns(Index w, Index ow, Index stride) const {
+    PhaseColumns<m> pc;
     for (Index e = 0; e < m; ++e) {
       const Index q = (e + ow) % m, base = (e + ow) / m;
       pc.dst[e] = q * stride + base;
       pc.hi[e] = std::max<Index>(0, std::min(w > e ? (w - e + m - 1) / m : 0, TW_ - base));
-      pc.common = std::min(pc.common, pc.hi[e]);
     }
     return pc;
   }
-  // One row: d[e][k] = src[m·k + e] (to_phases) or its inverse dst[m·k + e] = d[e][k] + add (from_phases), one
-  // loop over k storing all m phases per iteration.
-  static void to_phases(const PhaseColumns& pc, const Scalar* src, Scalar* row) {
-    Scalar* d[m];
-    for (Index e = 0; e < m; ++e) d[e] = row + pc.dst[e];
-    NATGRAD_IVDEP
-    for (Index k = 0; k < pc.common; ++k) {
-      NATGRAD_UNROLL
-      for (int e = 0; e < m; ++e) d[e][k] = src[m * k + e];
-    }
-    for (Index e = 0; e < m; ++e)
-      for (Index k = pc.common; k < pc.hi[e]; ++k) d[e][k] = src[m * k + e];
-  }
-  static void from_phases(const PhaseColumns& pc, const Scalar* row, Scalar add, Scalar* out) {
-    const Scalar* d[m];
-    for (Index e = 0; e < m; ++e) d[e] = row + pc.dst[e];
-    NATGRAD_IVDEP
-    for (Index k = 0; k < pc.common; ++k) {
-      NATGRAD_UNROLL
-      for (int e = 0; e < m; ++e) out[m * k + e] = d[e][k] + add;
-    }
-    for (Index e = 0; e < m; ++e)
-      for (Index k = pc.common; k < pc.hi[e]; ++k) out[m * k + e] = d[e][k] + add;
-  }
 
+  // The padded map split into polyphase planes: P^σ_pq(u, v) = x(m·u + p − oh, m·(v + σ) + q − ow) for σ = 0, 1
+  // (the second a copy shifted by one tile column), each (TH + 1) × TW; plane σ·m² + p·m + q. Entry (r, s) of
+  // tile t's α×α patch is then P^⌊s/m⌋_{r mod m, s mod m}(t + ⌊r/m⌋·TW): the same offset for every tile. split()
+  // writes the map's entries only: the planes are zeroed once per call, and the padding stays zero from one map
+  // to the next. A row's columns go to their phases with to_phases (phase_rows.h); P¹ is then P⁰ moved by one
+  // entry, one unit-stride copy per plane, with the last column of each row (wide column TW, which P⁰ does not
+  // hold) set from the map.
   void split(const Scalar* x, Index h, Index w, Index oh, Index ow, bool shifted, Scalar* P) const {
     const Index pp = phase_size();
-    const PhaseColumns pc = phase_columns(w, ow, pp);
+    const PhaseColumns<m> pc = phase_columns(w, ow, pp);
     for (Index i = 0; i < h; ++i) {
       const Index pi = i + oh;
       to_phases(pc, x + i * w, P + (pi % m) * m * pp + (pi / m) * TW_);
@@ -402,7 +374,7 @@ class WinogradTiles final : public WinogradConv3x3<Scalar> {
   void output_transform(const Scalar* M, Index b, Index rows, Index ms, const Scalar* bias, Scalar* y,
                         Scalar* plane) const {
     const Index n = T_;
-    const PhaseColumns pc = phase_columns(Wo_, 0, n);
+    const PhaseColumns<m> pc = phase_columns(Wo_, 0, n);
     for (Index k = 0; k < b; ++k)
       for (Index o = 0; o < O_; ++o) {
         const Scalar* mo = M + o * rows + k * T_;
@@ -503,7 +475,7 @@ class WinogradTiles final : public WinogradConv3x3<Scalar> {
           for (Index d = 0; d + 1 < len; ++d) p0[d + 1] += p1[d];
         }
         Scalar* out = gx + (k * C_ + c) * H_ * W_;
-        const PhaseColumns pc = phase_columns(W_, pw_, pp);
+        const PhaseColumns<m> pc = phase_columns(W_, pw_, pp);
         for (Index i = 0; i < H_; ++i) {
           const Index pi = i + ph_;
           from_phases(pc, plane + (pi % m) * m * pp + (pi / m) * TW_, Scalar(0), out + i * W_);
