@@ -68,7 +68,9 @@ struct FisherOptions {
   /// Samples per phase-A work item. 0 (default) chooses ⌈N/64⌉ rounded up to a multiple of 8 and clamped
   /// to [m, 256], m = 64 when linear layers hold most of the work (their GEMMs pack the whole weight per
   /// chunk), else 32: about 64 chunks (64 threads' worth) from N = 64·m to N = 16384, 256-sample GEMMs
-  /// beyond. Results depend on it (summation order) and on N, never on the thread count. Otherwise ≥ 1.
+  /// beyond; then capped so that a chunk of the widest activation fits in 1 MiB (a core's L2 cache), at
+  /// least 8 samples (a ResNet's 32×28×28 activations: 8). Results depend on it (summation order), on N and
+  /// on the model, never on the thread count. Otherwise ≥ 1.
   Index chunk_size = 0;
   /// Threads; 0 (default) uses the library-wide count, natgrad::num_threads() (core/threads.h).
   int num_threads = 0;
