@@ -120,6 +120,29 @@ inline void for_each(F&& f) {
   for_each_impl(std::make_integer_sequence<int, N>{}, f);
 }
 
+// The transforms of n tiles at once, one unit-stride loop over the tiles: out(t) = L in(t) Rᵀ, in(t) an R × K
+// block with entry (i, j) at src[(K·i + j)·ss + t], out(t) an R' × K' block stored at dst[(K'·i + j)·ds + t], and
+// L (R' × R) and R (K' × K) the coefficient functions left(i, r) and right(j, k).
+template <int Rout, int Kout, int R, int K, typename Scalar, typename Left, typename Right>
+inline void sandwich(Index n, const Scalar* src, Index ss, Left left, Right right, Scalar* dst, Index ds) {
+  NATGRAD_IVDEP
+  for (Index t = 0; t < n; ++t) {
+    Scalar in[R][K], mid[Rout][K], out[Rout][Kout];
+    NATGRAD_UNROLL
+    for (int i = 0; i < R; ++i) {
+      NATGRAD_UNROLL
+      for (int j = 0; j < K; ++j) in[i][j] = src[(K * i + j) * ss + t];
+    }
+    mix_rows<Rout, R, K>(left, in, mid);
+    mix_cols<Rout, K, Kout>(mid, right, out);
+    NATGRAD_UNROLL
+    for (int i = 0; i < Rout; ++i) {
+      NATGRAD_UNROLL
+      for (int j = 0; j < Kout; ++j) dst[(Kout * i + j) * ds + t] = out[i][j];
+    }
+  }
+}
+
 template <typename Scalar, int m>
 class WinogradTiles final : public WinogradConv3x3<Scalar> {
   using Tr = Transforms<m>;
@@ -377,23 +400,8 @@ class WinogradTiles final : public WinogradConv3x3<Scalar> {
     const PhaseColumns<m> pc = phase_columns(Wo_, 0, n);
     for (Index k = 0; k < b; ++k)
       for (Index o = 0; o < O_; ++o) {
-        const Scalar* mo = M + o * rows + k * T_;
-        NATGRAD_IVDEP
-        for (Index t = 0; t < n; ++t) {
-          Scalar in[a][a], p[m][a], out[m][m];
-          NATGRAD_UNROLL
-          for (int i = 0; i < a; ++i) {
-            NATGRAD_UNROLL
-            for (int j = 0; j < a; ++j) in[i][j] = mo[(a * i + j) * ms + t];
-          }
-          mix_rows<m, a, a>([](int i, int q) { return Tr::At[i][q]; }, in, p);
-          mix_cols<m, a, m>(p, [](int j, int q) { return Tr::At[j][q]; }, out);
-          NATGRAD_UNROLL
-          for (int i = 0; i < m; ++i) {
-            NATGRAD_UNROLL
-            for (int j = 0; j < m; ++j) plane[(m * i + j) * n + t] = out[i][j];
-          }
-        }
+        const auto At = [](int i, int q) { return Tr::At[i][q]; };
+        sandwich<m, m, a, a>(n, M + o * rows + k * T_, ms, At, At, plane, n);
         Scalar* dst = y + (k * O_ + o) * Ho_ * Wo_;
         const Scalar add = bias ? bias[o] : Scalar(0);
         for (Index i = 0; i < Ho_; ++i) from_phases(pc, plane + (i % m) * m * n + (i / m) * TW_, add, dst + i * Wo_);
@@ -407,23 +415,8 @@ class WinogradTiles final : public WinogradConv3x3<Scalar> {
     for (Index k = 0; k < b; ++k)
       for (Index o = 0; o < O_; ++o) {
         split(gy + (k * O_ + o) * Ho_ * Wo_, Ho_, Wo_, 0, 0, false, plane);
-        Scalar* v = Yhat + o * rows + k * T_;
-        NATGRAD_IVDEP
-        for (Index t = 0; t < n; ++t) {
-          Scalar g[m][m], q[a][m], out[a][a];
-          NATGRAD_UNROLL
-          for (int i = 0; i < m; ++i) {
-            NATGRAD_UNROLL
-            for (int j = 0; j < m; ++j) g[i][j] = plane[(m * i + j) * pp + t];
-          }
-          mix_rows<a, m, m>([](int i, int r) { return Tr::At[r][i]; }, g, q);
-          mix_cols<a, m, a>(q, [](int j, int r) { return Tr::At[r][j]; }, out);
-          NATGRAD_UNROLL
-          for (int i = 0; i < a; ++i) {
-            NATGRAD_UNROLL
-            for (int j = 0; j < a; ++j) v[(a * i + j) * ys + t] = out[i][j];
-          }
-        }
+        const auto A = [](int i, int r) { return Tr::At[r][i]; };
+        sandwich<a, a, m, m>(n, plane, pp, A, A, Yhat + o * rows + k * T_, ys);
       }
   }
 
@@ -435,23 +428,8 @@ class WinogradTiles final : public WinogradConv3x3<Scalar> {
     Scalar* E = plane + 2 * kPhases * pp;
     for (Index k = 0; k < b; ++k)
       for (Index c = 0; c < C_; ++c) {
-        const Scalar* mc = X + c * rows + k * T_;
-        NATGRAD_IVDEP
-        for (Index t = 0; t < n; ++t) {
-          Scalar in[a][a], e[a][a];
-          NATGRAD_UNROLL
-          for (int i = 0; i < a; ++i) {
-            NATGRAD_UNROLL
-            for (int j = 0; j < a; ++j) in[i][j] = mc[(a * i + j) * xs + t];
-          }
-          mix_rows<a, a, a>([](int i, int r) { return Tr::Bt[r][i]; }, in, e);
-          mix_cols<a, a, a>(e, [](int j, int r) { return Tr::Bt[r][j]; }, in);
-          NATGRAD_UNROLL
-          for (int i = 0; i < a; ++i) {
-            NATGRAD_UNROLL
-            for (int j = 0; j < a; ++j) E[(a * i + j) * n + t] = in[i][j];
-          }
-        }
+        const auto B = [](int i, int r) { return Tr::Bt[r][i]; };
+        sandwich<a, a, a, a>(n, X + c * rows + k * T_, xs, B, B, E, n);
         std::fill(plane, plane + 2 * kPhases * pp, Scalar(0));
         for (Index r = 0; r < a; ++r)
           for (Index s = 0; s < a; ++s) {
