@@ -61,20 +61,19 @@ class Conv2d final : public Layer<Scalar> {
   // it stays in L2: measured on the benchmark CNN, 16K–64K was fastest and 1M (4 MB) 30–50% slower.
   Index block() const { return std::max<Index>(1, (Index(1) << 15) / (P_ * K_)); }
   // jvp's stacked weights, a block's cols, dcols (or gcols) and yᵀ, then the products' packing space
-  // (core/gemm.h) for any block of up to b samples; accumulate_squared_grads needs one sample's cols, its
-  // K × O gradient and packing.
+  // (core/gemm.h) for any block of up to b samples; or Winograd's scratch; and at least squared_scratch().
   Index scratch_size(Index ncols) const override {
-    if (winograd_)
-      return std::max(winograd_->scratch_size(ncols), P_ * K_ + K_ * O_ + gemm_pack_size<Scalar>(K_, O_, P_));
+    if (winograd_) return std::max(winograd_->scratch_size(ncols), squared_scratch());
     const Index b = std::min(block(), std::max<Index>(ncols, 1));
     Index pack = 0;
     for (Index c = 1; c <= b; ++c)
       pack =
           std::max({pack, gemm_pack_size<Scalar>(c * P_, O_, K_), gemm_pack_size<Scalar>(c * P_, O_, 2 * K_),
                     gemm_pack_size<Scalar>(K_, O_, c * P_), gemm_pack_size<Scalar>(c * P_, K_, O_)});
-    return std::max(stacked_size() + b * P_ * (2 * K_ + O_) + pack,
-                    P_ * K_ + K_ * O_ + gemm_pack_size<Scalar>(K_, O_, P_));
+    return std::max(stacked_size() + b * P_ * (2 * K_ + O_) + pack, squared_scratch());
   }
+  // accumulate_squared_grads': one sample's cols (P × K), its K × O gradient and their product's packing.
+  Index squared_scratch() const { return P_ * K_ + K_ * O_ + gemm_pack_size<Scalar>(K_, O_, P_); }
 
   Index forward_scratch_size(Index ncols) const override { return scratch_size(ncols); }
 

@@ -213,10 +213,8 @@ class BatchNorm final : public Layer<Scalar> {
           for (Index k = 0; k < S_; ++k) gX[o + k] = gy[k] * s;
         }
         if (gtheta && affine_) {
-          const Scalar* x = X.data() + o;
-          const Scalar m = mean_[c];
-          Scalar g[2];  // Σ gy·x̂, Σ gy
-          lane_sums<2>(S_, [&](Index k, Scalar* t) { t[0] = gy[k] * ((x[k] - m) * r), t[1] = gy[k]; }, g);
+          Scalar g[2];
+          parameter_grad(X.data() + o, gy, c, g);
           gtheta[c] += g[0];
           gtheta[C_ + c] += g[1];
         }
@@ -229,20 +227,22 @@ class BatchNorm final : public Layer<Scalar> {
     for (Index n = 0; n < X.cols(); ++n)
       for (Index c = 0; c < C_; ++c) {
         const Index o = n * X.rows() + c * S_;
-        const Scalar r = scale_[c], m = mean_[c];
-        Scalar gw = 0, gb = 0;
-        for (Index k = 0; k < S_; ++k) {
-          gw += gY.data()[o + k] * ((X.data()[o + k] - m) * r);
-          gb += gY.data()[o + k];
-        }
-        gsq[c] += gw * gw;
-        gsq[C_ + c] += gb * gb;
+        Scalar g[2];
+        parameter_grad(X.data() + o, gY.data() + o, c, g);
+        gsq[c] += g[0] * g[0];
+        gsq[C_ + c] += g[1] * g[1];
       }
   }
 
  private:
   void update_scale() {
     for (Index c = 0; c < C_; ++c) scale_[c] = Scalar(1.0 / std::sqrt(double(var_[c]) + eps_));
+  }
+  // One sample's gradient of channel c's weight and bias: g = (Σ gy·x̂, Σ gy) over the channel's S positions,
+  // x̂ = (x − mean)·scale, in lane_sums' fixed order (the backprop and the squared gradients agree bit for bit).
+  void parameter_grad(const Scalar* x, const Scalar* gy, Index c, Scalar* g) const {
+    const Scalar r = scale_[c], m = mean_[c];
+    lane_sums<2>(S_, [&](Index k, Scalar* t) { t[0] = gy[k] * ((x[k] - m) * r), t[1] = gy[k]; }, g);
   }
 
   Index C_, S_;
