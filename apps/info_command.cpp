@@ -33,14 +33,22 @@ int run_info(Args& a) {
     in_width = std::max(in_width, inputs[l].size());
   }
   const int iw = static_cast<int>(std::min<std::size_t>(id_width, 40)), inw = static_cast<int>(std::min<std::size_t>(in_width, 40));
-  std::printf("  %-*s %-14s %-*s %-18s %12s\n", iw, "node", "op", inw, "inputs", "output shape", "parameters");
+  // The PyTorch origin of each node (the exporter's "origin": module and source line), when the spec has
+  // them.
+  bool origins = false;
+  for (std::size_t l = 0; l < model.num_layers(); ++l)
+    origins = origins || !model.layer_spec(l).origin.empty();
+  std::printf("  %-*s %-14s %-*s %-18s %12s%s\n", iw, "node", "op", inw, "inputs", "output shape",
+              "parameters", origins ? "  PyTorch origin" : "");
   for (std::size_t l = 0; l < model.num_layers(); ++l) {
     // A tied node's parameters are another node's: counted there, named here.
     const std::size_t owner = model.tied_to(l);
-    std::printf("  %-*s %-14s %-*s %-18s %12lld%s\n", iw, model.node_id(l).c_str(), model.layer(l).name(), inw,
-                inputs[l].c_str(), shape_to_string(model.layer(l).output_shape()).c_str(),
+    const std::string& origin = model.layer_spec(l).origin;
+    std::printf("  %-*s %-14s %-*s %-18s %12lld%s%s\n", iw, model.node_id(l).c_str(), model.layer(l).name(),
+                inw, inputs[l].c_str(), shape_to_string(model.layer(l).output_shape()).c_str(),
                 static_cast<long long>(model.layer(l).num_params()),
-                owner == l ? "" : (" (tied to " + model.node_id(owner) + ")").c_str());
+                owner == l ? "" : (" (tied to " + model.node_id(owner) + ")").c_str(),
+                origin.empty() ? "" : ("  " + origin).c_str());
   }
   std::printf("total parameters: %lld in %zu tensors", static_cast<long long>(model.num_params()),
               model.named_params().size());

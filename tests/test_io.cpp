@@ -432,3 +432,26 @@ TEST(Parameters, TiedAliasIsAcceptedOnlyWhenEqual) {
   save_parameters(path("tied_out.safetensors"), model, theta, DType::F32);
   EXPECT_EQ(SafetensorsFile::read(path("tied_out.safetensors")).names(), std::vector<std::string>{"tok.weight"});
 }
+
+// The exporter's "origin" (where a node comes from in the PyTorch model) is kept by the reader, written back,
+// and carried by each of the three nodes a multihead_attention node becomes; any other type is refused.
+TEST(ModelSpec, KeepsEachNodesPyTorchOrigin) {
+  const ModelFile m = parse_model_spec(R"({"input_shape": [3, 4], "layers": [
+      {"type": "multihead_attention", "name": "attn", "embed_dim": 4, "num_heads": 2, "origin": "attn (nn.MultiheadAttention) at gpt.py:7"},
+      {"type": "relu", "origin": "F.relu at gpt.py:8"}, {"type": "linear", "in_features": 4, "out_features": 2}]})",
+                                       "o.json");
+  ASSERT_EQ(m.spec.layers.size(), 3u);
+  EXPECT_EQ(m.spec.layers[0].origin, "attn (nn.MultiheadAttention) at gpt.py:7");
+  EXPECT_EQ(m.spec.layers[1].origin, "F.relu at gpt.py:8");
+  EXPECT_EQ(m.spec.layers[2].origin, "");
+  const std::string written = model_spec_to_json(m);
+  EXPECT_NE(written.find("\"origin\": \"F.relu at gpt.py:8\""), std::string::npos) << written;
+  EXPECT_EQ(parse_model_spec(written, "again").spec.layers[1].origin, "F.relu at gpt.py:8");
+  Network<double> model(m.spec);
+  ASSERT_EQ(model.num_layers(), 5u);  // in_proj, attention, out_proj, relu, linear
+  for (std::size_t l = 0; l < 3; ++l)
+    EXPECT_EQ(model.layer_spec(l).origin, "attn (nn.MultiheadAttention) at gpt.py:7") << l;
+  EXPECT_ERROR(
+      parse_model_spec(R"({"input_shape": [3], "layers": [{"type": "relu", "origin": 3}]})", "o.json"),
+      "\"origin\" must be a non-empty string");
+}

@@ -135,9 +135,10 @@ ModelFile parse_model_spec(const std::string& text, const std::string& label) {
         out.push_back(d.get<Index>());
       }
     };
-    std::set<std::string> allowed{"type", "name", "id", "inputs", "parameter_names"}, required;
+    std::set<std::string> allowed{"type", "name", "id", "inputs", "parameter_names", "origin"}, required;
     get_string("name", s.name);
     get_string("id", s.id);
+    get_string("origin", s.origin);
     if (l.contains("inputs")) {
       const json& v = l["inputs"];
       if (!v.is_array() || v.empty()) fail(label, w + ": \"inputs\" must be a non-empty array of node ids");
@@ -338,6 +339,7 @@ std::string model_spec_to_json(const ModelFile& m) {
     if (!s.id.empty()) l["id"] = s.id;
     if (!s.inputs.empty()) l["inputs"] = s.inputs;
     if (!s.param_names.empty()) l["parameter_names"] = s.param_names;
+    if (!s.origin.empty()) l["origin"] = s.origin;
     switch (s.type) {
       case LayerType::linear:
         l["in_features"] = s.in_features;

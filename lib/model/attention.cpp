@@ -244,6 +244,7 @@ ModelSpec expand_attention(const ModelSpec& spec) {
     out_proj.id = id;
     out_proj.name = name + ".out_proj";
     out_proj.inputs = {core.id};
+    in_proj.origin = core.origin = out_proj.origin = s.origin;  // one PyTorch module, three nodes
     out.layers.push_back(in_proj);
     out.layers.push_back(core);
     out.layers.push_back(out_proj);

@@ -44,6 +44,9 @@ struct LayerSpec {
   std::string id;
   /// Ids of the nodes this one reads; empty means the previous layer (the model input for the first).
   std::vector<std::string> inputs;
+  /// Where the node comes from in the PyTorch model, as tools/export_torch.py writes it ("conv1 (nn.Conv2d)
+  /// at net.py:12", "F.relu at net.py:20"); shown by `natgrad info`, empty when the spec has none.
+  std::string origin;
   // linear
   Index in_features = 0;
   Index out_features = 0;
