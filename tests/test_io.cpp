@@ -157,6 +157,58 @@ TEST(FuzzRegressions, InputsTheFuzzersFoundAreRejectedCleanly) {
   EXPECT_ERROR(parse_csv<double>("1,nan\n", {1}, LikelihoodKind::categorical, 2, "d.csv"), "d.csv: line 1");
 }
 
+namespace {
+std::string idx_header(const std::vector<uint32_t>& dims) {
+  std::string s{0, 0, 8, char(dims.size())};
+  for (uint32_t d : dims) s += {char(d >> 24), char(d >> 16), char(d >> 8), char(d)};
+  return s;
+}
+}  // namespace
+
+TEST(SizeOverflow, IdxDimensionsWhoseProductWrapsAreRefused) {
+  // fuzz/corpus/idx/product_wraps_to_zero: 2²⁴ · 2¹⁶ · 2²⁴ = 2⁶⁴ is 0 in uint64_t, which equalled the empty
+  // data section of this 16-byte file, so the file was accepted as 16.7 million images of 2¹⁶ × 2²⁴ pixels.
+  const std::string wraps = idx_header({1u << 24, 1u << 16, 1u << 24});
+  ASSERT_EQ(wraps.size(), 16u);
+  EXPECT_ERROR(parse_idx(std::vector<uint8_t>(wraps.begin(), wraps.end()), 3, "i.idx", nullptr),
+               "i.idx: IDX dimensions 16777216 x 65536 x 16777216 are absurdly large");
+  // The same through load_dataset, as the command line reads a directory.
+  const std::string dir = path("idx_wraps");
+  mkdir(dir.c_str(), 0755);
+  write_bytes(dir + "/train-images-idx3-ubyte", wraps);
+  write_bytes(dir + "/train-labels-idx1-ubyte", idx_header({1u << 24}));
+  EXPECT_ERROR(load_dataset<double>(dir, {1, 65536, 16777216}, LikelihoodKind::categorical, 2),
+               "train-images-idx3-ubyte: IDX dimensions 16777216 x 65536 x 16777216 are absurdly large");
+  // Two products that stay below 2⁶⁴ but lie about the data are refused by the size comparison.
+  const std::string lies = idx_header({1u << 20, 1u << 20, 1u << 10}) + "abcd";
+  EXPECT_ERROR(parse_idx(std::vector<uint8_t>(lies.begin(), lies.end()), 3, "i.idx", nullptr),
+               "absurdly large");
+  const std::string small = idx_header({2, 3, 3}) + std::string(17, 'x');
+  EXPECT_ERROR(parse_idx(std::vector<uint8_t>(small.begin(), small.end()), 3, "i.idx", nullptr),
+               "IDX header promises 18 bytes of data but the file holds 17 (truncated?)");
+}
+
+TEST(SizeOverflow, SafetensorsShapeWithAZeroAndHugeDimensionsIsRefused) {
+  // fuzz/corpus/safetensors/zero_times_huge: [0, 2⁴⁰, 2⁴⁰] holds no elements, so a product that starts at 0
+  // never overflowed and parse accepted it; the sample shape [2⁴⁰, 2⁴⁰] then overflowed int64 in shape_size
+  // (undefined behaviour) when the file was read as data.
+  const std::string h =
+      R"({"inputs":{"dtype":"F32","shape":[0,1099511627776,1099511627776],"data_offsets":[0,0]},)"
+      R"("targets":{"dtype":"I64","shape":[0],"data_offsets":[0,0]}})";
+  const std::string bytes = safetensors_bytes(h, "");
+  EXPECT_ERROR(SafetensorsFile::parse(std::vector<uint8_t>(bytes.begin(), bytes.end()), "z.safetensors"),
+               "z.safetensors: tensor \"inputs\": shape [0, 1099511627776, 1099511627776] is absurdly large");
+  write_bytes(path("zero_huge.safetensors"), bytes);
+  EXPECT_ERROR(load_dataset<float>(path("zero_huge.safetensors"), {4}, LikelihoodKind::categorical, 2),
+               "shape [0, 1099511627776, 1099511627776] is absurdly large");
+  // A zero-size tensor of moderate dimensions is still a valid file.
+  const std::string ok =
+      safetensors_bytes(R"({"e":{"dtype":"F32","shape":[0,3,4],"data_offsets":[0,0]}})", "");
+  const SafetensorsFile f = SafetensorsFile::parse(std::vector<uint8_t>(ok.begin(), ok.end()), "ok");
+  EXPECT_EQ(f.info("e").numel(), 0);
+  EXPECT_TRUE(f.get<float>("e").empty());
+}
+
 TEST(Csv, ACellWithTextAfterTheNumberIsRejected) {
   // "3 foo" was read as 3 (strtod stops at the blank). Trailing blanks alone are fine.
   EXPECT_ERROR(parse_csv<double>("0.5,1\n0.25,3 foo\n", {1}, LikelihoodKind::categorical, 4, "d.csv"),

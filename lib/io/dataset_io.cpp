@@ -2,6 +2,7 @@
 #include <natgrad/io/safetensors.h>
 
 #include "core/fail.h"
+#include "io/checked_size.h"
 
 #include <zlib.h>
 
@@ -53,6 +54,15 @@ std::vector<uint8_t> read_maybe_gzip(const std::string& path) {
   return out;
 }
 
+// An IDX file larger than this is refused from its header, before anything is read.
+constexpr uint64_t kMaxIdxBytes = 1ull << 40;
+
+std::string dims_to_string(const std::vector<uint32_t>& dims) {
+  std::string s;
+  for (uint32_t d : dims) s += (s.empty() ? "" : " x ") + std::to_string(d);
+  return s;
+}
+
 uint32_t be32(const std::vector<uint8_t>& b, std::size_t at) {
   return (uint32_t(b[at]) << 24) | (uint32_t(b[at + 1]) << 16) | (uint32_t(b[at + 2]) << 8) | uint32_t(b[at + 3]);
 }
@@ -69,14 +79,12 @@ std::vector<uint8_t> parse_idx(const std::vector<uint8_t>& b, int expect_dims, c
     fail(path, "IDX file has " + std::to_string(ndims) + " dimensions, expected " + std::to_string(expect_dims));
   if (b.size() < 4 + 4 * std::size_t(ndims)) fail(path, "truncated IDX header");
   std::vector<uint32_t> shape;
-  uint64_t count = 1;
-  for (int d = 0; d < ndims; ++d) {
-    shape.push_back(be32(b, 4 + 4 * std::size_t(d)));
-    count *= shape.back();  // ≤ (2³²)³ cannot overflow past what the size check below rejects: cap first
-    if (count > (1ull << 40)) fail(path, "IDX dimensions are absurdly large");
-  }
+  for (int d = 0; d < ndims; ++d) shape.push_back(be32(b, 4 + 4 * std::size_t(d)));
+  uint64_t count = 0;
+  if (!detail::checked_product(shape, &count, kMaxIdxBytes))
+    fail(path, "IDX dimensions " + dims_to_string(shape) + " are absurdly large (more than 2^40 bytes)");
   const std::size_t start = 4 + 4 * std::size_t(ndims);
-  if (count > b.size() || b.size() - start != count)
+  if (b.size() - start != count)
     fail(path, "IDX header promises " + std::to_string(count) + " bytes of data but the file holds " +
                    std::to_string(b.size() - start) + " (truncated?)");
   if (dims) *dims = shape;

@@ -1,6 +1,7 @@
 #include <natgrad/io/safetensors.h>
 
 #include "core/fail.h"
+#include "io/checked_size.h"
 
 #include <nlohmann/json.hpp>
 
@@ -18,6 +19,13 @@ namespace natgrad {
 namespace {
 using detail::fail;
 constexpr uint64_t kMaxHeader = 100ull << 20;
+constexpr uint64_t kMaxElements = 1ull << 60;
+
+std::string dims_to_string(const std::vector<uint64_t>& dims) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < dims.size(); ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
+  return s + "]";
+}
 
 const struct {
   DType t;
@@ -135,15 +143,17 @@ SafetensorsFile SafetensorsFile::parse(std::vector<uint8_t> bytes, const std::st
       }
     if (!known) fail(label, where + ": unsupported dtype \"" + dt + "\" (supported: F64, F32, F16, BF16, I64, I32, U8, BOOL)");
     if (!v["shape"].is_array()) fail(label, where + ": shape is not an array");
-    uint64_t numel = 1;
+    std::vector<uint64_t> dims;
     for (const auto& d : v["shape"]) {
       if (!d.is_number_unsigned()) fail(label, where + ": shape has a dimension that is not a non-negative integer");
-      const uint64_t dim = d.get<uint64_t>();
-      if (dim != 0 && numel > std::numeric_limits<uint64_t>::max() / 16 / dim)
-        fail(label, where + ": shape is absurdly large");
-      numel *= dim;
-      t.shape.push_back(static_cast<int64_t>(dim));
+      dims.push_back(d.get<uint64_t>());
     }
+    // Every partial product of the dimensions fits (zeros aside), so numel() and the size of any sample
+    // shape computed from this one cannot overflow; × 8 bytes still fits in 64 bits.
+    uint64_t numel = 0;
+    if (!detail::checked_product(dims, &numel, kMaxElements))
+      fail(label, where + ": shape " + dims_to_string(dims) + " is absurdly large (more than 2^60 elements)");
+    t.shape.assign(dims.begin(), dims.end());
     const auto& off = v["data_offsets"];
     if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned())
       fail(label, where + ": data_offsets must be two non-negative integers");
