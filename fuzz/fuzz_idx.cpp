@@ -15,14 +15,20 @@ uint32_t be32(const uint8_t* p) {
   return (uint32_t(p[0]) << 24) | (uint32_t(p[1]) << 16) | (uint32_t(p[2]) << 8) | p[3];
 }
 
-// Whether `b` (n bytes) is a valid IDX file of unsigned bytes with `dims` dimensions.
+// Whether `b` (n bytes) is a valid IDX file of unsigned bytes with `dims` dimensions. natgrad also refuses
+// dimensions whose nonzero ones multiply to more than 2⁴⁰ bytes (a record of [0, 2³², 2³²] would overflow
+// the sizes computed from it), whatever the data section holds.
 bool valid_idx(const uint8_t* b, size_t n, int dims) {
   if (n < 4 || b[0] != 0 || b[1] != 0 || b[2] != 0x08 || b[3] != dims) return false;
   const size_t start = 4 + 4 * size_t(dims);
   if (n < start) return false;
-  unsigned __int128 bytes = 1;
-  for (int d = 0; d < dims; ++d) bytes *= be32(b + 4 + 4 * d);  // < 2⁹⁶: exact
-  return bytes == n - start;
+  unsigned __int128 bytes = 1, nonzero = 1;  // < 2⁹⁶: exact
+  for (int d = 0; d < dims; ++d) {
+    const uint32_t dim = be32(b + 4 + 4 * d);
+    bytes *= dim;
+    if (dim != 0) nonzero *= dim;
+  }
+  return nonzero <= (unsigned __int128)1 << 40 && bytes == n - start;
 }
 
 }  // namespace

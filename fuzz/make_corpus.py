@@ -136,6 +136,8 @@ put("idx", "huge_dims", b"\x01" + idx([2**32 - 1, 2**32 - 1, 2**32 - 1], []))
 put("idx", "empty", b"\x00")
 # 2^24 * 2^16 * 2^24 = 2^64 wraps to 0 in 64 bits: the empty data section matched it.
 put("idx", "product_wraps_to_zero", b"\x01" + idx([2**24, 2**16, 2**24], []))
+# No images, but a record of 2^47 bytes: refused (found by fuzz_idx against its reference).
+put("idx", "zero_records_huge_record", b"\x01" + idx([0, 0x01400060, 0x00600011], []))
 
 put("csv", "categorical", b"\x00" + b"0.5,1\n-1,0\n2e3,1\n")        # 1 feature, categorical
 put("csv", "header", b"\x04" + b"a,b,label\n1,2,0\n3,4,1\n")         # 2 features
