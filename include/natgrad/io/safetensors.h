@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -35,7 +36,9 @@ struct TensorInfo {
 
 class SafetensorsFile {
  public:
-  /// Reads and validates the whole file; throws std::invalid_argument("<path>: <problem>").
+  /// Reads and validates the header; the tensors' data is read from the file when get(), get_rows() or
+  /// read_rows() asks for it, only the rows asked for (the file stays open while a copy of this object
+  /// lives). Throws std::invalid_argument("<path>: <problem>").
   static SafetensorsFile read(const std::string& path);
   /// Parses an in-memory image (used by read() and by the fuzzers); `label` names it in errors.
   static SafetensorsFile parse(std::vector<uint8_t> bytes, const std::string& label);
@@ -52,11 +55,18 @@ class SafetensorsFile {
   /// Rows [first, first + rows) along the leading dimension, converted like get().
   template <typename T>
   std::vector<T> get_rows(const std::string& name, int64_t first, int64_t rows) const;
+  /// The same rows, converted into out[0 … rows · (numel / shape[0])) (a caller's buffer, e.g. a matrix).
+  template <typename T>
+  void read_rows(const std::string& name, int64_t first, int64_t rows, T* out) const;
 
  private:
+  struct Source;
+  static uint64_t header_length(const uint8_t* first8, uint64_t file_size, const std::string& label);
+  static SafetensorsFile from_header(const std::string& text, uint64_t file_size, const std::string& label);
+
   std::string path_;
-  std::vector<uint8_t> bytes_;
-  std::size_t data_start_ = 0;
+  std::shared_ptr<const Source> source_;
+  uint64_t data_start_ = 0;
   std::vector<TensorInfo> tensors_;
   std::map<std::string, std::size_t> index_;
   std::map<std::string, std::string> metadata_;
