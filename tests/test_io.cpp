@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <fstream>
 #include <sys/stat.h>
+#include <tuple>
 
 using namespace natgrad;
 using namespace natgrad::test;
@@ -111,6 +112,49 @@ TEST(Safetensors, RejectsHostileOrBrokenFiles) {
   check("negshape.safetensors", safetensors_bytes(R"({"x":{"dtype":"F32","shape":[-1],"data_offsets":[0,0]}})", ""),
         "non-negative integer");
   EXPECT_ERROR(SafetensorsFile::read(path("does-not-exist.safetensors")), "cannot open file");
+}
+
+// A torch.save checkpoint (zip since PyTorch 1.6, a pickle before) or a JSON file where safetensors is read
+// was reported as "header length 578712552184433488 exceeds the 100 MiB limit": the reader names the format
+// and the exporter's function that converts a checkpoint.
+TEST(Safetensors, ACheckpointOrJsonFileIsNamedWithHowToConvertIt) {
+  // The first bytes torch.save writes: a zip local-file header (version 0, flags 0x0808), then the archive.
+  const std::string zip = std::string("PK\x03\x04\x00\x00\x08\x08\x00\x00", 10) + std::string(200, 'z');
+  // The legacy format: pickle protocol 2 (PROTO 0x80 0x02), then a LONG1 magic number.
+  const std::string pickle = std::string("\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19", 14) +
+                             std::string(100, 'p');
+  const std::string how = "tools/export_torch.py: save_safetensors(path, model.state_dict()) for weights";
+  const ModelFile m = small_model();
+  Network<float> model(m.spec);
+  for (const auto& [name, bytes, kind] :
+       std::vector<std::tuple<std::string, std::string, std::string>>{
+           {"model.pt", zip, "this is a zip archive (what torch.save writes), not a safetensors file"},
+           {"legacy.pt", pickle, "this is a Python pickle"},
+           {"short.pt", zip.substr(0, 6), "this is a zip archive"}}) {
+    write_bytes(path(name), bytes);
+    EXPECT_ERROR(SafetensorsFile::read(path(name)), path(name) + ": " + kind);
+    EXPECT_ERROR(SafetensorsFile::read(path(name)), how);
+    EXPECT_ERROR(load_parameters<float>(path(name), model), kind);
+    EXPECT_ERROR(SafetensorsFile::parse(std::vector<uint8_t>(bytes.begin(), bytes.end()), "mem"), "mem: " + kind);
+  }
+  write_bytes(path("spec.json"), "  \n{\"input_shape\": [3], \"layers\": []}");
+  EXPECT_ERROR(SafetensorsFile::read(path("spec.json")),
+               "spec.json: this is a JSON text, not a safetensors file (a model spec is read with --model)");
+  // As data: a checkpoint is named, and export_data is the way to write samples.
+  EXPECT_ERROR(load_dataset<float>(path("model.pt"), {1, 4, 4}, LikelihoodKind::categorical, 3),
+               "model.pt: this is a zip archive (what torch.save writes), not a data file: write the samples as "
+               "safetensors with tools/export_torch.py's export_data(path, inputs, targets)");
+  EXPECT_ERROR(count_samples(path("legacy.pt")), "this is a Python pickle");
+  // Only a file that is not valid safetensors is sniffed: a valid file may begin with 0x80 0x02 (a header of
+  // 640 bytes), and a broken one that begins otherwise keeps its own message.
+  std::string header = R"({"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})";
+  header.resize(640, ' ');
+  write_bytes(path("starts_like_pickle.safetensors"), safetensors_bytes(header, std::string(4, '\0')));
+  const std::string head = read_bytes(path("starts_like_pickle.safetensors")).substr(0, 2);
+  ASSERT_EQ(head, std::string("\x80\x02", 2));
+  EXPECT_EQ(SafetensorsFile::read(path("starts_like_pickle.safetensors")).get<float>("x"), std::vector<float>{0.0f});
+  write_bytes(path("huge2.safetensors"), std::string("\xff\xff\xff\xff\xff\xff\xff\x7f", 8) + "{}");
+  EXPECT_ERROR(SafetensorsFile::read(path("huge2.safetensors")), "exceeds the 100 MiB limit");
 }
 
 TEST(ModelSpec, ParsesPyTorchKeysAndRoundTrips) {

@@ -3,10 +3,12 @@
 
 #include "core/fail.h"
 #include "io/csv_reader.h"
+#include "io/foreign_format.h"
 #include "io/idx_reader.h"
 #include "io/read_only_file.h"
 #include "io/sample_range.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -31,6 +33,20 @@ bool is_directory(const std::string& p) {
 bool exists(const std::string& p) {
   struct stat st;
   return ::stat(p.c_str(), &st) == 0;
+}
+
+// The error for a data file of no format natgrad reads; a PyTorch checkpoint (model.pt) is named as such.
+[[noreturn]] void fail_unknown_format(const std::string& path) {
+  uint8_t head[64];
+  std::ifstream in(path, std::ios::binary);
+  in.read(reinterpret_cast<char*>(head), sizeof head);
+  const auto got = static_cast<std::size_t>(std::max<std::streamsize>(in.gcount(), 0));
+  const std::string kind = detail::foreign_format(head, got);
+  if (detail::is_checkpoint(kind))
+    fail(path, "this is " + kind + ", not a data file: write the samples as safetensors with "
+               "tools/export_torch.py's export_data(path, inputs, targets)");
+  fail(path, "unknown data format (expected a directory of IDX files, a .safetensors or a .csv file; a text file "
+             "needs --context T)");
 }
 
 }  // namespace
@@ -201,8 +217,7 @@ Dataset<Scalar> load_dataset(const std::string& path, const Shape& input_shape, 
   } else if (ends_with(path, ".csv")) {
     d = load_csv<Scalar>(path, input_shape, likelihood, C, first, max_samples);
   } else {
-    fail(path, "unknown data format (expected a directory of IDX files, a .safetensors or a .csv file; a text file "
-               "needs --context T)");
+    fail_unknown_format(path);
   }
   if (d.size() == 0) fail(path, "holds no samples");
   for (Index n = 0; n < d.size(); ++n)
@@ -240,8 +255,7 @@ Index count_samples(const std::string& path, Split split, Index context) {
     if (!in) fail(path, std::string("cannot open file (") + std::strerror(errno) + ")");
     return detail::count_csv_rows(in);
   }
-  fail(path, "unknown data format (expected a directory of IDX files, a .safetensors or a .csv file; a text file "
-             "needs --context T)");
+  fail_unknown_format(path);
 }
 
 template <typename Scalar>

@@ -2,6 +2,7 @@
 
 #include "core/fail.h"
 #include "io/checked_size.h"
+#include "io/foreign_format.h"
 #include "io/read_only_file.h"
 
 #include <nlohmann/json.hpp>
@@ -22,6 +23,21 @@ namespace {
 using detail::fail;
 constexpr uint64_t kMaxHeader = 100ull << 20;
 constexpr uint64_t kMaxElements = 1ull << 60;
+// The first bytes read to recognize a file of another format.
+constexpr std::size_t kSniffBytes = 64;
+
+// A file whose header cannot be read: if its first bytes show another format (a PyTorch checkpoint, a JSON
+// file), say that and what to do; otherwise `what` went wrong. (Only then: a valid safetensors file may
+// begin with any bytes, 0x80 0x02 among them, a header of 640 bytes.)
+[[noreturn]] void fail_unreadable(const std::string& label, const uint8_t* head, std::size_t n,
+                                  const std::string& what) {
+  const std::string kind = detail::foreign_format(head, n);
+  if (detail::is_checkpoint(kind))
+    fail(label, "this is " + kind + ", not a safetensors file: " + detail::kConvertCheckpoint);
+  if (!kind.empty())
+    fail(label, "this is " + kind + ", not a safetensors file (a model spec is read with --model)");
+  fail(label, what);
+}
 
 std::string dims_to_string(const std::vector<uint64_t>& dims) {
   std::string s = "[";
@@ -107,50 +123,57 @@ SafetensorsFile SafetensorsFile::read(const std::string& path) {
   auto source = std::make_shared<Source>();
   source->file = std::make_unique<detail::ReadOnlyFile>(path);
   const uint64_t size = source->file->size();
-  uint8_t length[8] = {};
-  source->file->read_at(0, static_cast<std::size_t>(std::min<uint64_t>(size, 8)), length);
-  const uint64_t n = header_length(length, size, path);
+  // The header length, and enough bytes to recognize a file of another format if it is one.
+  uint8_t head[kSniffBytes] = {};
+  const std::size_t got = static_cast<std::size_t>(std::min<uint64_t>(size, kSniffBytes));
+  source->file->read_at(0, got, head);
+  const uint64_t n = header_length(head, got, size, path);
   std::string header(static_cast<std::size_t>(n), '\0');
   source->file->read_at(8, header.size(), &header[0]);
-  SafetensorsFile f = from_header(header, size, path);
+  SafetensorsFile f = from_header(header, size, path, head, got);
   f.source_ = std::move(source);
   return f;
 }
 
 SafetensorsFile SafetensorsFile::parse(std::vector<uint8_t> bytes, const std::string& label) {
-  const uint64_t n = header_length(bytes.data(), bytes.size(), label);
+  const std::size_t sniff = std::min<std::size_t>(bytes.size(), kSniffBytes);
+  const uint64_t n = header_length(bytes.data(), sniff, bytes.size(), label);
   SafetensorsFile f =
       from_header(std::string(bytes.begin() + 8, bytes.begin() + 8 + static_cast<std::ptrdiff_t>(n)),
-                  bytes.size(), label);
+                  bytes.size(), label, bytes.data(), sniff);
   auto source = std::make_shared<Source>();
   source->bytes = std::move(bytes);
   f.source_ = std::move(source);
   return f;
 }
 
-uint64_t SafetensorsFile::header_length(const uint8_t* first8, uint64_t file_size, const std::string& label) {
+uint64_t SafetensorsFile::header_length(const uint8_t* head, std::size_t head_size, uint64_t file_size,
+                                       const std::string& label) {
   if (file_size < 8)
-    fail(label, "file is " + std::to_string(file_size) + " bytes, too short for a safetensors header");
+    fail_unreadable(label, head, head_size,
+                    "file is " + std::to_string(file_size) + " bytes, too short for a safetensors header");
   uint64_t n = 0;
-  for (int i = 7; i >= 0; --i) n = (n << 8) | first8[i];
-  if (n > kMaxHeader) fail(label, "header length " + std::to_string(n) + " exceeds the 100 MiB limit");
+  for (int i = 7; i >= 0; --i) n = (n << 8) | head[i];
+  if (n > kMaxHeader)
+    fail_unreadable(label, head, head_size, "header length " + std::to_string(n) + " exceeds the 100 MiB limit");
   if (n > file_size - 8)
-    fail(label, "header length " + std::to_string(n) + " runs past the end of the " +
-                    std::to_string(file_size) + "-byte file (truncated?)");
+    fail_unreadable(label, head, head_size,
+                    "header length " + std::to_string(n) + " runs past the end of the " +
+                        std::to_string(file_size) + "-byte file (truncated?)");
   return n;
 }
 
-SafetensorsFile SafetensorsFile::from_header(const std::string& text, uint64_t file_size,
-                                             const std::string& label) {
+SafetensorsFile SafetensorsFile::from_header(const std::string& text, uint64_t file_size, const std::string& label,
+                                             const uint8_t* head, std::size_t head_size) {
   SafetensorsFile f;
   f.path_ = label;
   nlohmann::json header;
   try {
     header = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
-    fail(label, std::string("header is not valid JSON: ") + e.what());
+    fail_unreadable(label, head, head_size, std::string("header is not valid JSON: ") + e.what());
   }
-  if (!header.is_object()) fail(label, "header is not a JSON object");
+  if (!header.is_object()) fail_unreadable(label, head, head_size, "header is not a JSON object");
   f.data_start_ = 8 + text.size();
   const uint64_t data_size = file_size - f.data_start_;
   for (auto it = header.begin(); it != header.end(); ++it) {

@@ -3,7 +3,10 @@
 ///
 /// The header is validated before anything is trusted: its length must lie within the file and be at most
 /// 100 MiB; every tensor needs a known dtype, a shape of non-negative dimensions and data offsets inside
-/// the data section, whose length equals shape × dtype size; tensors may not overlap. Readers convert
+/// the data section, whose length equals shape × dtype size; tensors may not overlap. A file whose header
+/// cannot be read and that begins as a zip archive or a Python pickle (as `torch.save` writes) or as JSON
+/// is named as such, with how to convert a checkpoint (tools/export_torch.py's
+/// `save_safetensors(path, model.state_dict())`). Readers convert
 /// F64, F32, F16, BF16, I64, I32, U8 and BOOL (0 or 1) to the requested type. Writers write to a temporary file in the
 /// same directory and rename it into place, so an interrupted run never leaves a half-written file.
 ///
@@ -61,8 +64,10 @@ class SafetensorsFile {
 
  private:
   struct Source;
-  static uint64_t header_length(const uint8_t* first8, uint64_t file_size, const std::string& label);
-  static SafetensorsFile from_header(const std::string& text, uint64_t file_size, const std::string& label);
+  static uint64_t header_length(const uint8_t* head, std::size_t head_size, uint64_t file_size,
+                                const std::string& label);
+  static SafetensorsFile from_header(const std::string& text, uint64_t file_size, const std::string& label,
+                                     const uint8_t* head, std::size_t head_size);
 
   std::string path_;
   std::shared_ptr<const Source> source_;
