@@ -11,6 +11,8 @@
 
 #include <cstdio>
 #include <fstream>
+#include <map>
+#include <set>
 #include <sys/stat.h>
 #include <tuple>
 
@@ -256,11 +258,50 @@ TEST(SizeOverflow, SafetensorsShapeWithAZeroAndHugeDimensionsIsRefused) {
 TEST(Csv, ACellWithTextAfterTheNumberIsRejected) {
   // "3 foo" was read as 3 (strtod stops at the blank). Trailing blanks alone are fine.
   EXPECT_ERROR(parse_csv<double>("0.5,1\n0.25,3 foo\n", {1}, LikelihoodKind::categorical, 4, "d.csv"),
-               "d.csv: line 2 has a value that is not a number");
+               "d.csv: line 2, column 2: \"3 foo\" is not a number");
   const Dataset<double> d = parse_csv<double>("0.5 ,1\n0.25,3  \n", {1}, LikelihoodKind::categorical, 4, "d.csv");
   ASSERT_EQ(d.labels.size(), 2u);
   EXPECT_EQ(d.labels[1], 3);
   EXPECT_EQ(d.inputs(0, 0), 0.5);
+}
+
+// docs/formats.md quotes the CSV reader's errors: each quoted message is what the reader says for a file
+// that makes it, word for word, and every message tested here is quoted there.
+TEST(Csv, ErrorMessagesAreTheOnesDocsQuote) {
+  const std::map<std::string, std::string> files{
+      {"d.csv: line 3, column 2: \"3 foo\" is not a number", "x0,x1,y\n0.5,1,2\n1,3 foo,0\n"},
+      {"d.csv: line 3 has 4 values; expected 2 inputs and 1 target", "x0,x1,y\n0.5,1,2\n1,2,0,4\n"},
+      {"d.csv: line 3, column 3: class index \"1.5\" is not an integer", "x0,x1,y\n0.5,1,2\n1,2,1.5\n"},
+      {"d.csv: class label 7 of sample 1 is outside [0, 3)", "x0,x1,y\n0.5,1,2\n1,2,7\n"},
+      {"d.csv: inputs of sample 1 contain NaN or Inf", "x0,x1,y\n0.5,1,2\nnan,2,1\n"},
+      {"d.csv: holds no samples", "x0,x1,y\n"}};
+  const std::string dir = path("csv_docs");
+  mkdir(dir.c_str(), 0755);
+  for (const auto& [message, text] : files) {
+    write_bytes(dir + "/d.csv", text);
+    try {
+      load_dataset<double>(dir + "/d.csv", {2}, LikelihoodKind::categorical, 3);
+      ADD_FAILURE() << "no error for " << text;
+    } catch (const std::invalid_argument& e) {
+      EXPECT_EQ(e.what(), dir + "/" + message);
+    }
+  }
+  write_bytes(dir + "/d.csv", "1,2,1e58\n");
+  EXPECT_ERROR(load_dataset<double>(dir + "/d.csv", {2}, LikelihoodKind::categorical, 3),
+               "d.csv: line 1, column 3: class index \"1e58\" is out of range");
+  // The messages the CSV item of docs/formats.md quotes (`d.csv: …` in backquotes).
+  std::ifstream in(std::string(NATGRAD_DOCS_DIR) + "/formats.md");
+  ASSERT_TRUE(in) << NATGRAD_DOCS_DIR << "/formats.md";
+  const std::string docs((std::istreambuf_iterator<char>(in)), {});
+  const std::size_t begin = docs.find("- **CSV**");
+  ASSERT_NE(begin, std::string::npos);
+  const std::size_t end = docs.find("\n\n", begin);
+  std::set<std::string> quoted;
+  for (std::size_t at = docs.find("`d.csv: ", begin); at < end; at = docs.find("`d.csv: ", at + 1))
+    quoted.insert(docs.substr(at + 1, docs.find('`', at + 1) - at - 1));
+  std::set<std::string> tested;
+  for (const auto& f : files) tested.insert(f.first);
+  EXPECT_EQ(quoted, tested);
 }
 
 TEST(ModelSpec, LayerNamesAreTheStateDictPrefixes) {
@@ -491,7 +532,7 @@ TEST(Datasets, SafetensorsAndCsv) {
   const auto g = load_dataset<double>(path("g.csv"), {2}, LikelihoodKind::gaussian, 2);
   EXPECT_EQ(g.targets(1, 1), 2.0);
   write_bytes(path("bad.csv"), "1,2,1\n1,x,0\n");
-  EXPECT_ERROR(load_dataset<double>(path("bad.csv"), {2}, LikelihoodKind::categorical, 2), "line 2 has a value that is not a number");
+  EXPECT_ERROR(load_dataset<double>(path("bad.csv"), {2}, LikelihoodKind::categorical, 2), "line 2, column 2: \"x\" is not a number");
   write_bytes(path("short.csv"), "1,2,1\n1,0\n");
   EXPECT_ERROR(load_dataset<double>(path("short.csv"), {2}, LikelihoodKind::categorical, 2), "line 2 has 2 values");
   write_bytes(path("empty.csv"), "");

@@ -201,7 +201,7 @@ TEST(ShareReads, CsvWithAndWithoutHeader) {
   write_bytes(path("bad.csv"), "1,0\n2,1\n3,x\n4,0\n");
   EXPECT_ERROR(
       load_dataset<double>(path("bad.csv"), {1}, LikelihoodKind::categorical, 2, Split::train, 2, 1, 0, 1),
-      "bad.csv: line 3 has a value that is not a number");
+      "bad.csv: line 3, column 2: \"x\" is not a number");
 }
 
 TEST(ShareReads, TextWindowsWithContext) {

@@ -25,21 +25,29 @@ bool next_line(std::istream& in, std::string& line, Index* row) {
   return false;
 }
 
-// The cells of a CSV line as numbers; false if any is not a number (trailing blanks allowed: "3 foo" is not
-// a number). A first line that is not all numbers is a header.
-bool csv_numbers(const std::string& line, std::vector<double>& vals) {
+// The cells of a CSV line: their text in `cells`, their values (strtod's syntax; blanks after a number are
+// allowed, "3 foo" is not a number) in `vals`. Returns the index of the first cell that is not a number, or
+// -1. A first line that is not all numbers is a header.
+Index csv_numbers(const std::string& line, std::vector<double>& vals, std::vector<std::string>& cells) {
   vals.clear();
+  cells.clear();
   std::stringstream ss(line);
   std::string cell;
-  bool numeric = true;
+  Index bad = -1;
   while (std::getline(ss, cell, ',')) {
     char* end = nullptr;
     const double v = std::strtod(cell.c_str(), &end);
     while (end && (*end == ' ' || *end == '\t')) ++end;
-    if (end == cell.c_str() || *end != '\0') numeric = false;
+    if (bad < 0 && (end == cell.c_str() || *end != '\0')) bad = Index(cells.size());
     vals.push_back(v);
+    cells.push_back(cell);
   }
-  return numeric;
+  return bad;
+}
+
+// "line 3, column 2" (both counted from 1, every line of the file counted).
+std::string where(Index row, Index column) {
+  return "line " + std::to_string(row) + ", column " + std::to_string(column + 1);
 }
 
 }  // namespace
@@ -47,9 +55,10 @@ bool csv_numbers(const std::string& line, std::vector<double>& vals) {
 Index count_csv_rows(std::istream& in) {
   std::string line;
   std::vector<double> vals;
+  std::vector<std::string> cells;
   Index row = 0, n = 0;
   while (next_line(in, line, &row))
-    if (row > 1 || csv_numbers(line, vals)) ++n;  // (a first line not all numbers is a header)
+    if (row > 1 || csv_numbers(line, vals, cells) < 0) ++n;  // (a first line not all numbers is a header)
   return n;
 }
 
@@ -77,12 +86,13 @@ Dataset<Scalar> read_csv(std::istream& in, uint64_t bytes, const Shape& input_sh
     d.targets.resize(T, n);
   std::string line;
   std::vector<double> vals;
+  std::vector<std::string> cells;
   Index row = 0, sample = 0, kept = 0;
   while (kept < n && next_line(in, line, &row)) {
-    const bool numeric = (row == 1 || sample >= first) && csv_numbers(line, vals);
-    if (row == 1 && !numeric) continue;  // a header line
+    const Index bad = row == 1 || sample >= first ? csv_numbers(line, vals, cells) : -1;
+    if (row == 1 && bad >= 0) continue;  // a header line
     if (sample++ < first) continue;      // another share's row: counted, not parsed
-    if (!numeric) fail(label, "line " + std::to_string(row) + " has a value that is not a number");
+    if (bad >= 0) fail(label, where(row, bad) + ": \"" + cells[std::size_t(bad)] + "\" is not a number");
     if (Index(vals.size()) != F + T)
       fail(label, "line " + std::to_string(row) + " has " + std::to_string(vals.size()) +
                       " values; expected " + std::to_string(F) + " inputs and " + std::to_string(T) +
@@ -90,12 +100,9 @@ Dataset<Scalar> read_csv(std::istream& in, uint64_t bytes, const Shape& input_sh
     for (Index k = 0; k < F; ++k) d.inputs(k, kept) = Scalar(vals[std::size_t(k)]);
     if (likelihood == LikelihoodKind::categorical) {
       const double y = vals.back();
-      if (y != std::floor(y))
-        fail(label,
-             "line " + std::to_string(row) + ": class index " + std::to_string(y) + " is not an integer");
-      if (!(std::abs(y) < 9007199254740992.0))  // 2^53; NaN fails too
-        fail(label,
-             "line " + std::to_string(row) + ": class index " + std::to_string(y) + " is out of range");
+      const std::string index = where(row, F) + ": class index \"" + cells.back() + "\"";
+      if (y != std::floor(y)) fail(label, index + " is not an integer");                 // NaN too
+      if (!(std::abs(y) < 9007199254740992.0)) fail(label, index + " is out of range");  // 2^53
       d.labels.push_back(static_cast<int64_t>(y));
     } else {
       for (Index k = 0; k < T; ++k) d.targets(k, kept) = Scalar(vals[std::size_t(F + k)]);
