@@ -172,6 +172,8 @@ TEST(ShareReads, SafetensorsRowsAtTheEndAndEmptyRanges) {
   EXPECT_EQ(out, std::vector<double>(v.begin() + 20, v.begin() + 28));
   EXPECT_ERROR(f.get_rows<float>("x", kN - 1, 2), "rows [12, 14) of tensor \"x\" lie beyond its 13");
   EXPECT_ERROR(f.get_rows<float>("x", -1, 1), "lie beyond its 13");
+  // The range is checked before the output is allocated: 2^50 rows is an error, not an allocation failure.
+  EXPECT_ERROR(f.get_rows<float>("x", 0, int64_t(1) << 50), "lie beyond its 13");
 }
 
 TEST(ShareReads, CsvWithAndWithoutHeader) {

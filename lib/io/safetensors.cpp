@@ -257,6 +257,17 @@ std::vector<T> SafetensorsFile::get(const std::string& name) const {
 }
 
 namespace {
+// The number of values in rows [first, first + rows) of tensor t along its leading dimension (a scalar is
+// one row), or the error naming the range. numel() ≤ 2^60 (checked when the header was read): no product
+// here overflows.
+int64_t rows_size(const std::string& path, const TensorInfo& t, int64_t first, int64_t rows) {
+  const int64_t extent = t.shape.empty() ? 1 : t.shape[0];
+  if (first < 0 || rows < 0 || first > extent || rows > extent - first)
+    throw std::invalid_argument(path + ": rows [" + std::to_string(first) + ", " + std::to_string(first + rows) +
+                                ") of tensor \"" + t.name + "\" lie beyond its " + std::to_string(extent));
+  return rows * (extent > 0 ? t.numel() / extent : 0);
+}
+
 // n values of type `t` at p converted to T.
 template <typename T>
 void convert_values(DType t, const uint8_t* p, std::size_t n, T* out) {
@@ -298,9 +309,7 @@ void convert_values(DType t, const uint8_t* p, std::size_t n, T* out) {
 
 template <typename T>
 std::vector<T> SafetensorsFile::get_rows(const std::string& name, int64_t first, int64_t rows) const {
-  const TensorInfo& t = info(name);
-  const int64_t extent = t.shape.empty() ? 1 : t.shape[0];
-  std::vector<T> out(static_cast<std::size_t>(rows >= 0 && extent > 0 ? rows * (t.numel() / extent) : 0));
+  std::vector<T> out(static_cast<std::size_t>(rows_size(path_, info(name), first, rows)));
   read_rows(name, first, rows, out.data());
   return out;
 }
@@ -308,15 +317,8 @@ std::vector<T> SafetensorsFile::get_rows(const std::string& name, int64_t first,
 template <typename T>
 void SafetensorsFile::read_rows(const std::string& name, int64_t first, int64_t rows, T* out) const {
   const TensorInfo& t = info(name);
-  const int64_t extent = t.shape.empty() ? 1 : t.shape[0];
-  if (first < 0 || rows < 0 || first > extent || rows > extent - first)
-    throw std::invalid_argument(path_ + ": rows [" + std::to_string(first) + ", " +
-                                std::to_string(first + rows) + ") of tensor \"" + name +
-                                "\" lie beyond its " + std::to_string(extent));
-  // numel() ≤ 2^60 (checked when the header was read), so none of these products overflows.
-  const std::size_t per = static_cast<std::size_t>(extent > 0 ? t.numel() / extent : 0),
-                    size = dtype_size(t.dtype);
-  const std::size_t n = static_cast<std::size_t>(rows) * per;
+  const std::size_t n = static_cast<std::size_t>(rows_size(path_, t, first, rows)), size = dtype_size(t.dtype);
+  const std::size_t per = rows > 0 ? n / static_cast<std::size_t>(rows) : 0;
   const uint64_t at = data_start_ + t.begin + static_cast<uint64_t>(first) * per * size;
   if (!source_->file) {
     convert_values(t.dtype, source_->bytes.data() + at, n, out);
