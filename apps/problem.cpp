@@ -94,8 +94,8 @@ Problem<Scalar> load_problem_here(Args& a, bool allow_default, const Progress& p
     }
   }
 #ifdef __GLIBC__
-  // Reading a compressed file grows and frees buffers of up to its size; give those pages back before the
-  // solve, or the resident size keeps them on top of the estimate.
+  // Give the heap pages freed while reading (the readers' pieces of the file, a safetensors header) back
+  // before the solve, so the resident size does not keep them on top of the estimate.
   malloc_trim(0);
 #endif
   if (a.curvature_batch > p.total)

@@ -2,6 +2,7 @@
 """Writes the fuzz seed corpora in fuzz/corpus/: valid inputs and every malformed input named in the I/O
 issue (empty, truncated and lying safetensors headers, unknown dtypes, overlaps, absurd shapes, malformed
 JSON, unknown layer types and likelihoods, non-chaining layers, bad IDX and CSV files)."""
+import gzip
 import json
 import os
 import struct
@@ -45,6 +46,8 @@ put("safetensors", "negative_shape", st({"x": {"dtype": "F32", "shape": [-1], "d
 put("safetensors", "reversed_offsets", st({"x": {"dtype": "F32", "shape": [0], "data_offsets": [8, 0]}}, bytes(8)))
 put("safetensors", "missing_fields", st({"x": {"dtype": "F32"}}))
 put("safetensors", "bad_metadata", st({"__metadata__": {"a": 1}}))
+# [0, 2^40, 2^40] holds no elements, but its sample shape [2^40, 2^40] overflows int64.
+put("safetensors", "zero_times_huge", st({"x": {"dtype": "F32", "shape": [0, 2**40, 2**40], "data_offsets": [0, 0]}}))
 
 # Well-formed safetensors whose contents are wrong for a model or a dataset (the reader must still parse
 # them; the model and dataset checks reject them): NaN weights, a foreign tensor name, integer parameters,
@@ -131,6 +134,10 @@ put("idx", "wrong_type", b"\x00" + idx([3], [0, 1, 2], magic=b"\x00\x00\x0d"))
 put("idx", "wrong_dims", b"\x01" + idx([3], [0, 1, 2]))
 put("idx", "huge_dims", b"\x01" + idx([2**32 - 1, 2**32 - 1, 2**32 - 1], []))
 put("idx", "empty", b"\x00")
+# 2^24 * 2^16 * 2^24 = 2^64 wraps to 0 in 64 bits: the empty data section matched it.
+put("idx", "product_wraps_to_zero", b"\x01" + idx([2**24, 2**16, 2**24], []))
+# No images, but a record of 2^47 bytes: refused (found by fuzz_idx against its reference).
+put("idx", "zero_records_huge_record", b"\x01" + idx([0, 0x01400060, 0x00600011], []))
 
 put("csv", "categorical", b"\x00" + b"0.5,1\n-1,0\n2e3,1\n")        # 1 feature, categorical
 put("csv", "header", b"\x04" + b"a,b,label\n1,2,0\n3,4,1\n")         # 2 features
@@ -142,4 +149,31 @@ put("csv", "crlf", b"\x00" + b"1,0\r\n2,1\r\n")
 put("csv", "empty", b"\x00")
 put("csv", "nan_input", b"\x00" + b"nan,1\ninf,0\n")
 put("csv", "label_out_of_range", b"\x00" + b"1,7\n1,-1\n")
+
+# fuzz_dataset: byte 0 = format + 6 * likelihood (formats: 0 safetensors, 1 CSV, 2 text with --context 3,
+# 3 IDX plain, 4 IDX gzip-compressed by the target, 5 the bytes as a .gz file), bytes 1 and 2 = the share's
+# first sample and count (mod 16), then the file (for IDX, the 2x2 images file).
+def dataset(fmt, lik, first, count, body):
+    return bytes([fmt + 6 * lik, first, count]) + body
+
+
+x = struct.pack("<10f", *[0.5 * k for k in range(10)])
+put("dataset", "safetensors_categorical", dataset(0, 0, 1, 3, st(
+    {"inputs": {"dtype": "F32", "shape": [5, 2], "data_offsets": [0, 40]},
+     "targets": {"dtype": "I64", "shape": [5], "data_offsets": [40, 80]}}, x + struct.pack("<5q", 0, 1, 2, 1, 0))))
+put("dataset", "safetensors_u8_gaussian", dataset(0, 1, 2, 0, st(
+    {"inputs": {"dtype": "U8", "shape": [3, 2], "data_offsets": [0, 6]},
+     "targets": {"dtype": "F64", "shape": [3, 2], "data_offsets": [8, 56]}}, bytes(range(6)) + bytes(2) +
+    struct.pack("<6d", 0.5, -1, 2, 0, 1, 3))))
+put("dataset", "safetensors_zero_times_huge", dataset(0, 0, 0, 0, st(
+    {"inputs": {"dtype": "F32", "shape": [0, 2**40, 2**40], "data_offsets": [0, 0]},
+     "targets": {"dtype": "I64", "shape": [0], "data_offsets": [0, 0]}})))
+put("dataset", "csv_header", dataset(1, 0, 1, 2, b"a,b,y\n0.5,1,2\n-1,0,1\n2e3,4,0\n\n7,8,1\r\n"))
+put("dataset", "csv_gaussian", dataset(1, 1, 0, 1, b"1,2,0.5,0.25\n3,4,1,2\n"))
+put("dataset", "text", dataset(2, 0, 2, 1, b"the quick brown fox jumps over"))
+images = idx([3, 2, 2], range(12))
+put("dataset", "idx_plain", dataset(3, 0, 1, 2, images))
+put("dataset", "idx_gzip", dataset(4, 0, 2, 0, images))
+put("dataset", "idx_gz_file", dataset(5, 0, 0, 2, gzip.compress(images, mtime=0)))
+put("dataset", "idx_product_wraps_to_zero", dataset(3, 0, 0, 0, idx([2**24, 2**16, 2**24], [])))
 print("wrote", root)

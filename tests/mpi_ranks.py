@@ -14,16 +14,19 @@ preconditioner), `fvp` (exact, empirical, Monte-Carlo) and `spectrum` once in on
   - a rank whose share of the data is corrupt (NaN) ends the whole job with that rank's error, naming the
     global sample, exit status 1 and no output file, within the timeout; so does a forward pass that
     overflows in one rank's share;
-  - SIGTERM to the launcher stops CG on every rank at the same iteration; the best iterate is written.
+  - SIGTERM to the launcher, sent once CG's first progress line is out, stops CG on every rank at the same
+    iteration; the current iterate and the report are written.
 Only numpy is needed (the data and the vectors are written here as safetensors).
 """
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -224,7 +227,8 @@ check(f"first at sample {N - 1}" in r.stderr and r.stderr.count("error:") == 1,
 
 # SIGTERM to the launcher: OpenMPI's mpirun passes SIGTERM on to the ranks after odls_base_sigkill_timeout
 # seconds and kills them as long after that; CG stops on every rank at rank 0's decision, and the best
-# iterate and the report are written in between.
+# iterate and the report are written in between. The signal is sent once CG is running: after rank 0's
+# first CG progress line on stderr ("cg    1  |r|/|b| = …"), which must come within 120 s.
 # (A wide model on 8000 samples: about 10 ms a product, so CG is still running when the signal comes.)
 big_n = 8000
 write_safetensors(p("long.safetensors"), {"inputs": ("F64", rng.standard_normal((big_n, F))),
@@ -237,11 +241,34 @@ with open(p("wide.json"), "w") as f:
 out, report = p("stopped.safetensors"), p("stopped.json")
 cmd = MPI[:1] + ["--mca", "odls_base_sigkill_timeout", "5"] + MPI[1:] + [
     natgrad, "solve", "--model", p("wide.json"), "--data", p("long.safetensors"), "--damping", "0",
-    "--cg-tol", "1e-15", "--cg-max-iters", "100000000", "--quiet", "--output", out, "--report", report]
-proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-time.sleep(2)
-proc.send_signal(signal.SIGTERM)
-stdout, stderr = proc.communicate(timeout=60)
+    "--cg-tol", "1e-15", "--cg-max-iters", "100000000", "--output", out, "--report", report]
+proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+stderr_lines, cg_running = [], threading.Event()
+
+
+def read_stderr():
+    for line in proc.stderr:
+        stderr_lines.append(line)
+        if re.search(r"\bcg\s+\d+\s", line):
+            cg_running.set()
+
+
+reader = threading.Thread(target=read_stderr, daemon=True)
+reader.start()
+started = cg_running.wait(timeout=120)
+check(started, "SIGTERM: CG's first progress line came within 120 s" +
+      ("" if started else " (stderr: " + "".join(stderr_lines).strip()[-300:] + ")"))
+if started:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        check(False, "SIGTERM: the job ended within 60 s of the signal")
+if proc.poll() is None:
+    proc.kill()
+    proc.wait()
+reader.join(timeout=10)
+stderr = "".join(stderr_lines)
 check(os.path.exists(out) and os.path.exists(report), f"SIGTERM: the iterate and the report are written (exit "
       f"{proc.returncode}; {stderr.strip()[-200:]})")
 if os.path.exists(report):

@@ -14,6 +14,8 @@
 #include <natgrad/solvers/hutchinson_trace.h>
 #include <natgrad/solvers/slq_density.h>
 
+#include <zlib.h>
+
 #include <condition_variable>
 #include <fstream>
 #include <functional>
@@ -207,16 +209,35 @@ TEST(Distributed, ReadersKeepExactlyTheRangeAskedFor) {
   ASSERT_EQ(w.size(), 2);
   EXPECT_EQ(w.inputs(0, 0), double('a' + 30 % 26));
   EXPECT_EQ(w.labels[8], 'a' + 39 % 26);
-  // Fashion-MNIST (IDX, gzip): the count from the header, a range equal to the same columns of a prefix.
+}
+
+// Fashion-MNIST as Debian installs it (IDX, gzip): the count from the header, a range equal to the same
+// columns of a prefix, the last rank's share of the whole file.
+TEST(Distributed, FashionMnistShareEqualsTheSameColumnsOfAPrefix) {
   const std::string fm = "/usr/share/datasets/fashion-mnist";
-  if (std::ifstream(fm + "/train-labels-idx1-ubyte.gz")) {
-    EXPECT_EQ(count_samples(fm), 60000);
-    const Dataset<float> head = load_dataset<float>(fm, {1, 28, 28}, LikelihoodKind::categorical, 10, Split::train, 30);
-    const Dataset<float> part =
-        load_dataset<float>(fm, {1, 28, 28}, LikelihoodKind::categorical, 10, Split::train, 10, 1, 0, 20);
-    EXPECT_EQ(part.inputs, head.inputs.middleCols(20, 10));
-    EXPECT_EQ(part.labels, std::vector<int64_t>(head.labels.begin() + 20, head.labels.end()));
-  }
+  if (!std::ifstream(fm + "/train-labels-idx1-ubyte.gz"))
+    GTEST_SKIP() << fm << " is not installed (apt-get install dataset-fashion-mnist)";
+  EXPECT_EQ(count_samples(fm), 60000);
+  const Dataset<float> head =
+      load_dataset<float>(fm, {1, 28, 28}, LikelihoodKind::categorical, 10, Split::train, 30);
+  const Dataset<float> part =
+      load_dataset<float>(fm, {1, 28, 28}, LikelihoodKind::categorical, 10, Split::train, 10, 1, 0, 20);
+  EXPECT_EQ(part.inputs, head.inputs.middleCols(20, 10));
+  EXPECT_EQ(part.labels, std::vector<int64_t>(head.labels.begin() + 20, head.labels.end()));
+  // The last rank's share, against the file decompressed here in one piece with zlib (a 16-byte header of
+  // magic and three dimensions, then 784 bytes an image).
+  const Dataset<float> last =
+      load_dataset<float>(fm, {1, 28, 28}, LikelihoodKind::categorical, 10, Split::train, 0, 1, 0, 59990);
+  ASSERT_EQ(last.size(), 10);
+  gzFile f = gzopen((fm + "/train-images-idx3-ubyte.gz").c_str(), "rb");
+  ASSERT_NE(f, nullptr);
+  std::vector<uint8_t> bytes(16 + 60000 * 784);
+  EXPECT_EQ(gzread(f, bytes.data(), unsigned(bytes.size())), int(bytes.size()));
+  gzclose(f);
+  for (Index n = 0; n < 10; ++n)
+    for (Index k = 0; k < 784; ++k)
+      ASSERT_EQ(last.inputs(k, n), float(bytes[std::size_t(16 + (59990 + n) * 784 + k)]) / 255.0f)
+          << n << " " << k;
 }
 
 struct Case {

@@ -11,7 +11,10 @@
 
 #include <cstdio>
 #include <fstream>
+#include <map>
+#include <set>
 #include <sys/stat.h>
+#include <tuple>
 
 using namespace natgrad;
 using namespace natgrad::test;
@@ -113,6 +116,49 @@ TEST(Safetensors, RejectsHostileOrBrokenFiles) {
   EXPECT_ERROR(SafetensorsFile::read(path("does-not-exist.safetensors")), "cannot open file");
 }
 
+// A torch.save checkpoint (zip since PyTorch 1.6, a pickle before) or a JSON file where safetensors is read
+// was reported as "header length 578712552184433488 exceeds the 100 MiB limit": the reader names the format
+// and the exporter's function that converts a checkpoint.
+TEST(Safetensors, ACheckpointOrJsonFileIsNamedWithHowToConvertIt) {
+  // The first bytes torch.save writes: a zip local-file header (version 0, flags 0x0808), then the archive.
+  const std::string zip = std::string("PK\x03\x04\x00\x00\x08\x08\x00\x00", 10) + std::string(200, 'z');
+  // The legacy format: pickle protocol 2 (PROTO 0x80 0x02), then a LONG1 magic number.
+  const std::string pickle = std::string("\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19", 14) +
+                             std::string(100, 'p');
+  const std::string how = "tools/export_torch.py: save_safetensors(path, model.state_dict()) for weights";
+  const ModelFile m = small_model();
+  Network<float> model(m.spec);
+  for (const auto& [name, bytes, kind] :
+       std::vector<std::tuple<std::string, std::string, std::string>>{
+           {"model.pt", zip, "this is a zip archive (what torch.save writes), not a safetensors file"},
+           {"legacy.pt", pickle, "this is a Python pickle"},
+           {"short.pt", zip.substr(0, 6), "this is a zip archive"}}) {
+    write_bytes(path(name), bytes);
+    EXPECT_ERROR(SafetensorsFile::read(path(name)), path(name) + ": " + kind);
+    EXPECT_ERROR(SafetensorsFile::read(path(name)), how);
+    EXPECT_ERROR(load_parameters<float>(path(name), model), kind);
+    EXPECT_ERROR(SafetensorsFile::parse(std::vector<uint8_t>(bytes.begin(), bytes.end()), "mem"), "mem: " + kind);
+  }
+  write_bytes(path("spec.json"), "  \n{\"input_shape\": [3], \"layers\": []}");
+  EXPECT_ERROR(SafetensorsFile::read(path("spec.json")),
+               "spec.json: this is a JSON text, not a safetensors file (a model spec is read with --model)");
+  // As data: a checkpoint is named, and export_data is the way to write samples.
+  EXPECT_ERROR(load_dataset<float>(path("model.pt"), {1, 4, 4}, LikelihoodKind::categorical, 3),
+               "model.pt: this is a zip archive (what torch.save writes), not a data file: write the samples as "
+               "safetensors with tools/export_torch.py's export_data(path, inputs, targets)");
+  EXPECT_ERROR(count_samples(path("legacy.pt")), "this is a Python pickle");
+  // Only a file that is not valid safetensors is sniffed: a valid file may begin with 0x80 0x02 (a header of
+  // 640 bytes), and a broken one that begins otherwise keeps its own message.
+  std::string header = R"({"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})";
+  header.resize(640, ' ');
+  write_bytes(path("starts_like_pickle.safetensors"), safetensors_bytes(header, std::string(4, '\0')));
+  const std::string head = read_bytes(path("starts_like_pickle.safetensors")).substr(0, 2);
+  ASSERT_EQ(head, std::string("\x80\x02", 2));
+  EXPECT_EQ(SafetensorsFile::read(path("starts_like_pickle.safetensors")).get<float>("x"), std::vector<float>{0.0f});
+  write_bytes(path("huge2.safetensors"), std::string("\xff\xff\xff\xff\xff\xff\xff\x7f", 8) + "{}");
+  EXPECT_ERROR(SafetensorsFile::read(path("huge2.safetensors")), "exceeds the 100 MiB limit");
+}
+
 TEST(ModelSpec, ParsesPyTorchKeysAndRoundTrips) {
   const ModelFile m = small_model();
   ASSERT_EQ(m.spec.layers.size(), 5u);
@@ -157,14 +203,105 @@ TEST(FuzzRegressions, InputsTheFuzzersFoundAreRejectedCleanly) {
   EXPECT_ERROR(parse_csv<double>("1,nan\n", {1}, LikelihoodKind::categorical, 2, "d.csv"), "d.csv: line 1");
 }
 
+namespace {
+std::string idx_header(const std::vector<uint32_t>& dims) {
+  std::string s{0, 0, 8, char(dims.size())};
+  for (uint32_t d : dims) s += {char(d >> 24), char(d >> 16), char(d >> 8), char(d)};
+  return s;
+}
+}  // namespace
+
+TEST(SizeOverflow, IdxDimensionsWhoseProductWrapsAreRefused) {
+  // fuzz/corpus/idx/product_wraps_to_zero: 2²⁴ · 2¹⁶ · 2²⁴ = 2⁶⁴ is 0 in uint64_t, which equalled the empty
+  // data section of this 16-byte file, so the file was accepted as 16.7 million images of 2¹⁶ × 2²⁴ pixels.
+  const std::string wraps = idx_header({1u << 24, 1u << 16, 1u << 24});
+  ASSERT_EQ(wraps.size(), 16u);
+  EXPECT_ERROR(parse_idx(std::vector<uint8_t>(wraps.begin(), wraps.end()), 3, "i.idx", nullptr),
+               "i.idx: IDX dimensions 16777216 x 65536 x 16777216 are absurdly large");
+  // The same through load_dataset, as the command line reads a directory.
+  const std::string dir = path("idx_wraps");
+  mkdir(dir.c_str(), 0755);
+  write_bytes(dir + "/train-images-idx3-ubyte", wraps);
+  write_bytes(dir + "/train-labels-idx1-ubyte", idx_header({1u << 24}));
+  EXPECT_ERROR(load_dataset<double>(dir, {1, 65536, 16777216}, LikelihoodKind::categorical, 2),
+               "train-images-idx3-ubyte: IDX dimensions 16777216 x 65536 x 16777216 are absurdly large");
+  // Two products that stay below 2⁶⁴ but lie about the data are refused by the size comparison.
+  const std::string lies = idx_header({1u << 20, 1u << 20, 1u << 10}) + "abcd";
+  EXPECT_ERROR(parse_idx(std::vector<uint8_t>(lies.begin(), lies.end()), 3, "i.idx", nullptr),
+               "absurdly large");
+  const std::string small = idx_header({2, 3, 3}) + std::string(17, 'x');
+  EXPECT_ERROR(parse_idx(std::vector<uint8_t>(small.begin(), small.end()), 3, "i.idx", nullptr),
+               "IDX header promises 18 bytes of data but the file holds 17 (truncated?)");
+}
+
+TEST(SizeOverflow, SafetensorsShapeWithAZeroAndHugeDimensionsIsRefused) {
+  // fuzz/corpus/safetensors/zero_times_huge: [0, 2⁴⁰, 2⁴⁰] holds no elements, so a product that starts at 0
+  // never overflowed and parse accepted it; the sample shape [2⁴⁰, 2⁴⁰] then overflowed int64 in shape_size
+  // (undefined behaviour) when the file was read as data.
+  const std::string h =
+      R"({"inputs":{"dtype":"F32","shape":[0,1099511627776,1099511627776],"data_offsets":[0,0]},)"
+      R"("targets":{"dtype":"I64","shape":[0],"data_offsets":[0,0]}})";
+  const std::string bytes = safetensors_bytes(h, "");
+  EXPECT_ERROR(SafetensorsFile::parse(std::vector<uint8_t>(bytes.begin(), bytes.end()), "z.safetensors"),
+               "z.safetensors: tensor \"inputs\": shape [0, 1099511627776, 1099511627776] is absurdly large");
+  write_bytes(path("zero_huge.safetensors"), bytes);
+  EXPECT_ERROR(load_dataset<float>(path("zero_huge.safetensors"), {4}, LikelihoodKind::categorical, 2),
+               "shape [0, 1099511627776, 1099511627776] is absurdly large");
+  // A zero-size tensor of moderate dimensions is still a valid file.
+  const std::string ok =
+      safetensors_bytes(R"({"e":{"dtype":"F32","shape":[0,3,4],"data_offsets":[0,0]}})", "");
+  const SafetensorsFile f = SafetensorsFile::parse(std::vector<uint8_t>(ok.begin(), ok.end()), "ok");
+  EXPECT_EQ(f.info("e").numel(), 0);
+  EXPECT_TRUE(f.get<float>("e").empty());
+}
+
 TEST(Csv, ACellWithTextAfterTheNumberIsRejected) {
   // "3 foo" was read as 3 (strtod stops at the blank). Trailing blanks alone are fine.
   EXPECT_ERROR(parse_csv<double>("0.5,1\n0.25,3 foo\n", {1}, LikelihoodKind::categorical, 4, "d.csv"),
-               "d.csv: line 2 has a value that is not a number");
+               "d.csv: line 2, column 2: \"3 foo\" is not a number");
   const Dataset<double> d = parse_csv<double>("0.5 ,1\n0.25,3  \n", {1}, LikelihoodKind::categorical, 4, "d.csv");
   ASSERT_EQ(d.labels.size(), 2u);
   EXPECT_EQ(d.labels[1], 3);
   EXPECT_EQ(d.inputs(0, 0), 0.5);
+}
+
+// docs/formats.md quotes the CSV reader's errors: each quoted message is what the reader says for a file
+// that makes it, word for word, and every message tested here is quoted there.
+TEST(Csv, ErrorMessagesAreTheOnesDocsQuote) {
+  const std::map<std::string, std::string> files{
+      {"d.csv: line 3, column 2: \"3 foo\" is not a number", "x0,x1,y\n0.5,1,2\n1,3 foo,0\n"},
+      {"d.csv: line 3 has 4 values; expected 2 inputs and 1 target", "x0,x1,y\n0.5,1,2\n1,2,0,4\n"},
+      {"d.csv: line 3, column 3: class index \"1.5\" is not an integer", "x0,x1,y\n0.5,1,2\n1,2,1.5\n"},
+      {"d.csv: class label 7 of sample 1 is outside [0, 3)", "x0,x1,y\n0.5,1,2\n1,2,7\n"},
+      {"d.csv: inputs of sample 1 contain NaN or Inf", "x0,x1,y\n0.5,1,2\nnan,2,1\n"},
+      {"d.csv: holds no samples", "x0,x1,y\n"}};
+  const std::string dir = path("csv_docs");
+  mkdir(dir.c_str(), 0755);
+  for (const auto& [message, text] : files) {
+    write_bytes(dir + "/d.csv", text);
+    try {
+      load_dataset<double>(dir + "/d.csv", {2}, LikelihoodKind::categorical, 3);
+      ADD_FAILURE() << "no error for " << text;
+    } catch (const std::invalid_argument& e) {
+      EXPECT_EQ(e.what(), dir + "/" + message);
+    }
+  }
+  write_bytes(dir + "/d.csv", "1,2,1e58\n");
+  EXPECT_ERROR(load_dataset<double>(dir + "/d.csv", {2}, LikelihoodKind::categorical, 3),
+               "d.csv: line 1, column 3: class index \"1e58\" is out of range");
+  // The messages the CSV item of docs/formats.md quotes (`d.csv: …` in backquotes).
+  std::ifstream in(std::string(NATGRAD_DOCS_DIR) + "/formats.md");
+  ASSERT_TRUE(in) << NATGRAD_DOCS_DIR << "/formats.md";
+  const std::string docs((std::istreambuf_iterator<char>(in)), {});
+  const std::size_t begin = docs.find("- **CSV**");
+  ASSERT_NE(begin, std::string::npos);
+  const std::size_t end = docs.find("\n\n", begin);
+  std::set<std::string> quoted;
+  for (std::size_t at = docs.find("`d.csv: ", begin); at < end; at = docs.find("`d.csv: ", at + 1))
+    quoted.insert(docs.substr(at + 1, docs.find('`', at + 1) - at - 1));
+  std::set<std::string> tested;
+  for (const auto& f : files) tested.insert(f.first);
+  EXPECT_EQ(quoted, tested);
 }
 
 TEST(ModelSpec, LayerNamesAreTheStateDictPrefixes) {
@@ -395,7 +532,7 @@ TEST(Datasets, SafetensorsAndCsv) {
   const auto g = load_dataset<double>(path("g.csv"), {2}, LikelihoodKind::gaussian, 2);
   EXPECT_EQ(g.targets(1, 1), 2.0);
   write_bytes(path("bad.csv"), "1,2,1\n1,x,0\n");
-  EXPECT_ERROR(load_dataset<double>(path("bad.csv"), {2}, LikelihoodKind::categorical, 2), "line 2 has a value that is not a number");
+  EXPECT_ERROR(load_dataset<double>(path("bad.csv"), {2}, LikelihoodKind::categorical, 2), "line 2, column 2: \"x\" is not a number");
   write_bytes(path("short.csv"), "1,2,1\n1,0\n");
   EXPECT_ERROR(load_dataset<double>(path("short.csv"), {2}, LikelihoodKind::categorical, 2), "line 2 has 2 values");
   write_bytes(path("empty.csv"), "");

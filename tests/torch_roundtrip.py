@@ -8,7 +8,9 @@ autograd:
   - the Monte-Carlo product with 4000 labels per sample is within 5% of PyTorch's exact one (its relative
     error is about 1/√(4000) times the per-draw spread);
   - the direction loads back into the PyTorch model with load_state_dict (names and shapes) and solves
-    (F + λI) d = g there (relative residual < 1e-10).
+    (F + λI) d = g there (relative residual < 1e-10);
+  - a torch.save checkpoint given as --weights is named as such with the exporter's function, and the file
+    that function writes from the checkpoint's state_dict is read.
 Exit code 77 (ctest SKIP) when PyTorch is not installed."""
 import collections
 import os
@@ -19,7 +21,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(__file__))
 from torch_reference import export_case, flat, fvp, nll, rel  # noqa: E402  (exits 77 without PyTorch)
 import torch  # noqa: E402
-from export_torch import export_model, export_data, load_safetensors, to_vector  # noqa: E402
+from export_torch import export_model, export_data, load_safetensors, save_safetensors, to_vector  # noqa: E402
 
 natgrad = sys.argv[1]
 N, C, lam = 30, 5, 0.05
@@ -86,6 +88,27 @@ else:
     print("named Sequential: the direction holds", names)
     if names != sorted(n for n, _ in named.named_parameters()):
         failures.append("named Sequential names")
+
+# A torch.save checkpoint given as --weights (a zip archive, or a pickle in the legacy format): natgrad names
+# it and the exporter's function; following that advice gives a file natgrad reads.
+info = [natgrad, "info", "--model", os.path.join(d, "model.json"), "--weights"]
+for legacy in (False, True):
+    pt = os.path.join(d, "legacy.pt" if legacy else "model.pt")
+    torch.save(named.state_dict(), pt, _use_new_zipfile_serialization=not legacy)
+    r = subprocess.run(info + [pt], capture_output=True, text=True)
+    kind = "a Python pickle" if legacy else "a zip archive"
+    ok = (r.returncode != 0 and f"this is {kind}" in r.stderr
+          and "save_safetensors(path, model.state_dict())" in r.stderr)
+    print(f"torch.save file ({kind}) as --weights: exit {r.returncode}, {r.stderr.strip()}")
+    if not ok:
+        failures.append(f"torch.save checkpoint ({kind}) message")
+converted = os.path.join(d, "converted.safetensors")
+save_safetensors(converted, torch.load(os.path.join(d, "model.pt")))
+r = subprocess.run(info + [converted], capture_output=True, text=True)
+print(f"converted with save_safetensors(path, model.state_dict()): exit {r.returncode}")
+if r.returncode != 0:
+    print(r.stdout, r.stderr)
+    failures.append("the converted checkpoint")
 
 print("FAILED: " + ", ".join(failures) if failures else "all within bounds")
 sys.exit(1 if failures else 0)

@@ -36,7 +36,9 @@ using ConstVecMap = Eigen::Map<const Vec<Scalar>>;
 /// The shape of one sample (without the batch dimension), e.g. {1, 28, 28} or {784}.
 using Shape = std::vector<Index>;
 
-/// Number of scalars in one sample of the given shape.
+/// Number of scalars in one sample of the given shape. The product is not checked: a shape read from a
+/// file reaches it only after its reader has checked, without overflow, that every partial product of its
+/// dimensions fits (safetensors: 2^60 elements, IDX: 2^40 bytes; a model spec's layers: 2^40 scalars).
 inline Index shape_size(const Shape& s) {
   Index n = 1;
   for (Index d : s) n *= d;
