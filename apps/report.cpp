@@ -50,8 +50,9 @@ void print_condition(const ConditionEstimate& c) {
 SpectrumOptions spectrum_options(const Progress& progress) {
   SpectrumOptions so;
   so.tolerance = 1e-8;
-  so.on_product = [&progress](Index n) {
-    if (n % 25 == 0) progress.line("lanczos: %lld products", static_cast<long long>(n));
+  so.callback = [&progress](const SpectrumProgress& p) {
+    if (p.products % 25 == 0) progress.line("lanczos: %lld products", static_cast<long long>(p.products));
+    return CallbackResult::keep_going;
   };
   return so;
 }
