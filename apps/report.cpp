@@ -57,6 +57,22 @@ SpectrumOptions spectrum_options(const Progress& progress) {
   return so;
 }
 
+nlohmann::ordered_json per_module_json(const std::vector<ModuleSpectrum>& modules) {
+  nlohmann::ordered_json j = nlohmann::ordered_json::array();
+  auto num = [](double v) { return std::isfinite(v) ? nlohmann::ordered_json(v) : nlohmann::ordered_json(nullptr); };
+  for (const ModuleSpectrum& s : modules) {
+    nlohmann::ordered_json m;
+    m["module"] = s.module;
+    m["parameters"] = s.params;
+    m["top_eigenvalue"] = num(s.top_eigenvalue);
+    m["trace"] = num(s.trace);
+    m["trace_standard_error"] = num(s.trace_standard_error);
+    m["eigenvector_mass"] = s.eigenvector_mass;
+    m["products"] = s.products;
+    j.push_back(m);
+  }
+  return j;
+}
 
 void print_comparison(const std::vector<ApproximationComparison>& rows, Index top_k) {
   std::printf("approximations of F (product error: the largest over its top-%lld eigenvectors; cosine with the "

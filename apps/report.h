@@ -5,6 +5,7 @@
 #include "options.h"
 
 #include <natgrad/natural_gradient/compare_approximations.h>
+#include <natgrad/natural_gradient/module_spectrum.h>
 #include <natgrad/solvers/spectrum.h>
 
 #include <nlohmann/json.hpp>
@@ -23,6 +24,8 @@ void print_comparison(const std::vector<ApproximationComparison>& rows, Index to
 nlohmann::ordered_json comparison_json(const std::vector<ApproximationComparison>& rows);
 /// Lanczos settings with a progress line every 25 products.
 SpectrumOptions spectrum_options(const Progress& progress);
+/// spectrum --per-layer: the report's "per_layer" list (a top eigenvalue not computed is null).
+nlohmann::ordered_json per_module_json(const std::vector<ModuleSpectrum>& modules);
 
 }  // namespace cli
 }  // namespace natgrad

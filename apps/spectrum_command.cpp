@@ -1,12 +1,12 @@
 #include "commands.h"
 #include "density_plot.h"
 #include "problem.h"
-#include "per_layer.h"
 #include "report.h"
 
 #include <natgrad/curvature/fisher_operator.h>
 #include <natgrad/io/parameters_io.h>
 #include <natgrad/natural_gradient/damped_condition.h>
+#include <natgrad/natural_gradient/module_spectrum.h>
 #include <natgrad/solvers/hutchinson_trace.h>
 #include <natgrad/solvers/slq_density.h>
 #include <natgrad/io/safetensors.h>
@@ -60,10 +60,14 @@ int run_spectrum(Args& a, const World& world) {
     for (std::size_t i = 0; i < density.nodes.size(); ++i)
       if (density.nodes[i] < 1e-4 * s.eigenvalues[0]) zero_mass += density.weights[i];
   }
-  std::vector<ModuleSpectrum> modules;
-  Index module_trace_products = 0;
-  if (a.per_layer)
-    modules = per_module_spectrum(F, s.eigenvectors, a.probes, a.seed, &module_trace_products, a.trace ? &trace : nullptr);
+  ModuleSpectrumResult modules;
+  if (a.per_layer) {  // (its probes give the trace too)
+    ModuleSpectrumOptions mo;
+    mo.probes = a.probes;
+    mo.seed = a.seed;
+    modules = module_spectrum(F, s.eigenvectors, mo);
+    if (a.trace) trace = modules.trace;
+  }
   // With --damping λ > 0, the condition number of F + λI (F alone is singular); λ_max is the spectrum's.
   ConditionEstimate condition;
   if (a.damping > 0) condition = damped_condition_number(F, a.damping, s.eigenvalues[0]);
@@ -103,7 +107,7 @@ int run_spectrum(Args& a, const World& world) {
     std::printf("per module (diagonal blocks F_ll; traces from %lld shared probes; mass of the top eigenvectors):\n",
                 static_cast<long long>(a.probes));
     std::printf("  %-28s %10s %13s %24s  %s\n", "module", "parameters", "top eig F_ll", "trace F_ll", "eigenvector mass");
-    for (const ModuleSpectrum& m : modules) {
+    for (const ModuleSpectrum& m : modules.modules) {
       std::string mass;
       for (double x : m.eigenvector_mass) mass += (mass.empty() ? "" : " ") + std::to_string(x).substr(0, 5);
       std::printf("  %-28s %10lld %13.6e %13.6e +- %8.2e  %s\n", m.module.c_str(), static_cast<long long>(m.params),
@@ -145,8 +149,8 @@ int run_spectrum(Args& a, const World& world) {
                       {"grid", density.grid},
                       {"density", density.density}};
     if (a.per_layer) {
-      j["per_layer"] = per_module_json(modules);
-      j["per_layer_trace_products"] = module_trace_products;
+      j["per_layer"] = per_module_json(modules.modules);
+      j["per_layer_trace_products"] = modules.trace_products;
     }
     j["products"] = F.num_products();
     j["timing_s"] = {{"total", secs}};
