@@ -12,16 +12,6 @@
 namespace natgrad {
 namespace cli {
 
-volatile std::sig_atomic_t g_signal = 0;
-namespace {
-extern "C" void on_signal(int sig) { g_signal = sig; }
-}  // namespace
-
-void install_signal_handlers() {
-  std::signal(SIGINT, on_signal);
-  std::signal(SIGTERM, on_signal);
-}
-
 namespace {
 // "1e-3" or "1e-1,1e-2,1e-3": one damping, or several for multi-shift CG (damping is then the smallest).
 void parse_dampings(const std::string& text, Args& a) {

@@ -1,14 +1,11 @@
-// The command line's shared pieces: the parsed arguments, their checks, progress lines, the signal flag.
+// The command line's shared pieces: the parsed arguments and their checks.
 #pragma once
 
 #include <natgrad/curvature/fisher_operator.h>
 
 #include <CLI/CLI.hpp>
 
-#include <chrono>
-#include <csignal>
 #include <cstdint>
-#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -46,31 +43,6 @@ struct Args {
   double max_memory_gb = 0;
   bool quiet = false;
 };
-
-using clock_type = std::chrono::steady_clock;
-
-class Progress {
- public:
-  explicit Progress(bool quiet) : quiet_(quiet), start_(clock_type::now()) {}
-  double elapsed() const { return std::chrono::duration<double>(clock_type::now() - start_).count(); }
-  template <typename... T>
-  void line(const char* fmt, T... args) const {
-    if (quiet_) return;
-    std::fprintf(stderr, "[%7.2fs] ", elapsed());
-    std::fprintf(stderr, fmt, args...);
-    std::fputc('\n', stderr);
-  }
-  bool quiet() const { return quiet_; }
-
- private:
-  bool quiet_;
-  clock_type::time_point start_;
-};
-
-
-// SIGINT / SIGTERM during a solve: CG stops at the end of its iteration and the best iterate is written.
-extern volatile std::sig_atomic_t g_signal;
-void install_signal_handlers();
 
 /// The model, data and Fisher options every command shares.
 void add_common(CLI::App* c, Args& a, const std::string& damping_default);

@@ -47,13 +47,10 @@ void print_condition(const ConditionEstimate& c) {
               c.lambda_max, c.lambda_min, c.method.c_str());
 }
 
-SpectrumOptions spectrum_options(const Progress& progress) {
+SpectrumOptions spectrum_options(const Progress& progress, const World& world) {
   SpectrumOptions so;
   so.tolerance = 1e-8;
-  so.callback = [&progress](const SpectrumProgress& p) {
-    if (p.products % 25 == 0) progress.line("lanczos: %lld products", static_cast<long long>(p.products));
-    return CallbackResult::keep_going;
-  };
+  so.callback = spectrum_callback(progress, world);
   return so;
 }
 
