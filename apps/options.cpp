@@ -50,7 +50,7 @@ std::string damping_output_path(const std::string& output, double damping) {
   return has_extension ? output.substr(0, dot) + tag + output.substr(dot) : output + tag;
 }
 
-void add_common(CLI::App* c, Args& a, const std::string& damping_default) {
+void add_problem_options(CLI::App* c, Args& a, const std::string& damping_default) {
   c->add_option("--model", a.model, "Model spec (JSON, docs/formats.md)");
   c->add_option("--weights", a.weights,
                 "Parameters (safetensors, PyTorch state_dict names); default: PyTorch-style initialization from --seed");
@@ -59,31 +59,34 @@ void add_common(CLI::App* c, Args& a, const std::string& damping_default) {
                 "Read --data as text: byte-level windows of T + 1 bytes (inputs the first T, targets the last T; vocabulary 256)");
   c->add_option("--fisher", a.fisher, "Fisher kind: exact, mc or empirical")->capture_default_str();
   c->add_option("--mc-samples", a.mc_samples, "Monte-Carlo labels per input for --fisher mc (>= 1)")->capture_default_str();
-  c->add_option("--seed", a.seed, "Seed for Monte-Carlo labels and initialization")->capture_default_str();
+  c->add_option("--seed", a.seed, "Seed for Monte-Carlo labels, probes and initialization")->capture_default_str();
   c->add_option("--batch", a.batch, "Use the first B samples (default: all; 1000 for the embedded default)");
-  c->add_option("--curvature-batch", a.curvature_batch, "Curvature on the first B2 samples of the batch (default: the batch)");
   c->add_option_function<std::string>(
       "--damping", [&a](const std::string& text) { parse_dampings(text, a); },
       "Damping lambda >= 0 added as lambda*I (default " + damping_default +
-          "); solve also takes a list, 1e-1,1e-2,1e-3: every damping from one Krylov space (multi-shift CG), "
-          "the products of the smallest alone, an output file and a report entry each");
-  c->add_option("--cg-tol", a.cg_tol, "CG relative residual tolerance, in (0, 1)")->capture_default_str();
-  c->add_option("--cg-max-iters", a.cg_max_iters, "CG iteration limit (>= 1)")->capture_default_str();
-  c->add_option("--preconditioner", a.preconditioner,
-                "none, diagonal (Martens: (diag(F_emp) + lambda)^0.75) or kfac (K-FAC's damped inverse). On the "
-                "problems measured neither cuts CG products (the default problem without deflation, lambda 1e-1 / "
-                "1e-2 / 1e-3: none 25 / 63 / 192 products, kfac 28 / 71 / 189, diagonal 28 / 107 / 500 without "
-                "converging; docs/solvers.md): F has rank <= N(C-1) and both are full rank, and each costs time "
-                "per iteration. Deflation by F's own top eigenpairs (solve --spectrum or --deflate, the default "
-                "with a spectrum) is what cuts products on small dampings; try a preconditioner on a model whose "
-                "layers differ in scale by orders of magnitude, and compare products in the report")
-      ->capture_default_str();
+          (damping_default == "1e-3"
+               ? "); also a list, 1e-1,1e-2,1e-3: every damping from one Krylov space (multi-shift CG), the "
+                 "products of the smallest alone, an output file and a report entry each"
+               : ")"));
   c->add_option("--dtype", a.dtype, "float32 or float64")->capture_default_str();
   c->add_option("--threads", a.threads,
                 "Threads: >= 1, or 0 for all cores (default: OMP_NUM_THREADS, else all cores; under MPI each rank's share of them)");
   c->add_option("--max-memory", a.max_memory_gb,
                 "Refuse to start if the estimated memory exceeds this many GB (default: the available memory)");
   c->add_flag("--quiet", a.quiet, "No progress on stderr");
+}
+
+void add_curvature_batch_option(CLI::App* c, Args& a) {
+  c->add_option("--curvature-batch", a.curvature_batch, "Curvature on the first B2 samples of the batch (default: the batch)");
+}
+
+void add_cg_options(CLI::App* c, Args& a) {
+  c->add_option("--cg-tol", a.cg_tol, "CG relative residual tolerance, in (0, 1)")->capture_default_str();
+  c->add_option("--cg-max-iters", a.cg_max_iters, "CG iteration limit (>= 1)")->capture_default_str();
+  c->add_option("--preconditioner", a.preconditioner,
+                "none, diagonal (Martens: (diag(F_emp) + lambda)^0.75) or kfac (K-FAC's damped inverse); not with "
+                "--deflate. What each does to CG's products on the default problem: docs/solvers.md")
+      ->capture_default_str();
 }
 
 [[noreturn]] void usage_error(const std::string& what) { throw CLI::ValidationError(what); }

@@ -44,8 +44,12 @@ struct Args {
   bool quiet = false;
 };
 
-/// The model, data and Fisher options every command shares.
-void add_common(CLI::App* c, Args& a, const std::string& damping_default);
+/// The model, data and Fisher options of solve, fvp, spectrum and profile.
+void add_problem_options(CLI::App* c, Args& a, const std::string& damping_default);
+/// --curvature-batch (solve, spectrum).
+void add_curvature_batch_option(CLI::App* c, Args& a);
+/// CG's options (solve only): --cg-tol, --cg-max-iters, --preconditioner.
+void add_cg_options(CLI::App* c, Args& a);
 /// Ends with a usage error (exit status 2) naming the option.
 [[noreturn]] void usage_error(const std::string& what);
 /// Checks the values of the options (ranges, names); usage_error otherwise.

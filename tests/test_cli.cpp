@@ -507,12 +507,12 @@ TEST_F(Cli, BadInputEndsWithOneLineAndNoOutput) {
       {"spectrum" + model + data + weights + " --top 0", "--top must be >= 1"},
       {"solve" + model + data + weights + " --threads -1", "--threads must be >= 1, or 0 for all cores; got -1"},
       {"fvp" + model + data + weights + " --vector " + p("v.safetensors") + " --output " + out + " --cg-tol 1e-3",
-       "--cg-tol is not used by `natgrad fvp` (it is an option of `natgrad solve`)"},
+       "--cg-tol is not an option of `natgrad fvp` (it is one of `natgrad solve`)"},
       {"fvp" + model + data + weights + " --vector " + p("v.safetensors") + " --output " + out + " --curvature-batch 5",
-       "--curvature-batch is not used by `natgrad fvp`"},
-      {"spectrum" + model + data + weights + " --cg-max-iters 3", "--cg-max-iters is not used by `natgrad spectrum`"},
+       "--curvature-batch is not an option of `natgrad fvp`"},
+      {"spectrum" + model + data + weights + " --cg-max-iters 3", "--cg-max-iters is not an option of `natgrad spectrum`"},
       {"spectrum" + model + data + weights + " --preconditioner diagonal",
-       "--preconditioner is not used by `natgrad spectrum`"},
+       "--preconditioner is not an option of `natgrad spectrum`"},
   };
   for (const auto& [args0, expect] : cases) {
     // Every solve and fvp case names an output, so "no output file" is checked where one was asked for.
