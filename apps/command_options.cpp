@@ -14,8 +14,8 @@ void add_solve_options(CLI::App* c, Args& a) {
                 "one file each, d_1e-02.safetensors, ...)");
   c->add_option("--save-gradient", a.save_gradient, "Write the gradient g here");
   c->add_option("--spectrum", a.spectrum,
-                "Also report the top-K eigenvalues of F and the condition number of F + lambda*I (default 0; 10 for "
-                "the embedded default)");
+                "Also report the top-K eigenvalues of F (K below the parameter count) and the condition number of "
+                "F + lambda*I (default 0; 10 for the embedded default)");
   c->add_option("--deflate", a.deflate,
                 "Deflate CG with the top-K eigenpairs of F, computed before it (default: those of --spectrum, which "
                 "a solve with a spectrum reuses; not with a preconditioner)");
@@ -43,7 +43,7 @@ void add_profile_options(CLI::App* c, Args& a) {
 void add_spectrum_options(CLI::App* c, Args& a) {
   add_problem_options(c, a, "0 for spectrum");
   add_curvature_batch_option(c, a);
-  c->add_option("--top", a.top, "Number of largest eigenvalues")->capture_default_str();
+  c->add_option("--top", a.top, "Number of largest eigenvalues (below the parameter count)")->capture_default_str();
   c->add_flag("--trace", a.trace, "Also estimate tr(F) by Hutchinson (Rademacher probes), with its standard error");
   c->add_flag("--per-layer", a.per_layer,
               "Per module (its tensors together): the top eigenvalue and trace of its diagonal block, and each top "

@@ -11,7 +11,7 @@ std::string format_eigenvalues(const Vec<double>& ev) {
   std::string s;
   char buf[32];
   for (Index i = 0; i < ev.size(); ++i) {
-    std::snprintf(buf, sizeof buf, "%s%.6e", i ? " " : "", ev[i]);
+    std::snprintf(buf, sizeof buf, "%s%.6e", i ? " " : "", ev[i] <= 0 ? 0.0 : ev[i]);
     s += buf;
   }
   return s;

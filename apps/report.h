@@ -17,6 +17,8 @@
 namespace natgrad {
 namespace cli {
 
+/// The eigenvalues of F as printed: "%.6e" each, a negative one (rounding: F is positive semi-definite)
+/// shown as 0. Reports keep the computed values.
 std::string format_eigenvalues(const Vec<double>& ev);
 nlohmann::ordered_json spectrum_json(const SpectrumResult& s);
 nlohmann::ordered_json condition_json(const ConditionEstimate& c);

@@ -50,6 +50,10 @@ int run_solve(Args& a, const World& world) {
   const bool embedded = a.model.empty() && a.data.empty();
   const Index k = embedded && a.spectrum == 0 ? 10 : a.spectrum;  // the embedded default reports its top 10
   Problem<Scalar> p = load_problem<Scalar>(a, true, progress, k, world);
+  if (k >= p.model->num_params())
+    usage_error("--spectrum " + std::to_string(k) + " must be below the parameter count " +
+                std::to_string(p.model->num_params()) +
+                " (Lanczos finds at most P - 1 eigenvalues of a P x P operator)");
   NaturalGradientOptions opt;
   opt.fisher = fisher_options(a);
   opt.curvature_batch = a.curvature_batch;
@@ -82,7 +86,7 @@ int run_solve(Args& a, const World& world) {
     progress.line("loss %.8f, gradient norm %.6e; solving (F + lambda I) d = g", loss, gnorm);
   };
   opt.preconditioner = preconditioner_from_string(a.preconditioner);
-  opt.spectrum_top_k = std::min<Index>(k, p.model->num_params() - 1);
+  opt.spectrum_top_k = k;
   opt.spectrum = spectrum_options(progress, world);
   opt.condition_number = k > 0;
   opt.deflate = a.deflate;

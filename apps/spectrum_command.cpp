@@ -44,7 +44,8 @@ int run_spectrum(Args& a, const World& world) {
   Problem<Scalar> p = load_problem<Scalar>(a, false, progress, a.top, world);
   if (a.top >= p.model->num_params())
     usage_error("--top " + std::to_string(a.top) + " must be below the parameter count " +
-std::to_string(p.model->num_params()));
+                std::to_string(p.model->num_params()) +
+                " (Lanczos finds at most P - 1 eigenvalues of a P x P operator; for all of them form F densely)");
   const auto t0 = clock_type::now();
   // A signal stops the run at the next chunk of work; what was complete is written, the rest named here.
   std::vector<std::string> skipped;

@@ -1,5 +1,6 @@
 // What the command line refuses, warns about and prints before it computes.
 #include "cli_fixture.h"
+#include "report.h"
 
 #include <natgrad/io/parameters_io.h>
 
@@ -29,6 +30,54 @@ namespace {
 int lines(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
 
 }  // namespace
+
+// The fixture's model has P = 136 parameters: K >= P eigenvalues are refused with a sentence, at once.
+TEST_F(Cli, ASpectrumOfPOrMoreEigenvaluesIsRefused) {
+  Loaded l = load();
+  const Index P = l.model->num_params();
+  ASSERT_EQ(P, 136);
+  for (const std::string& args : {"solve " + base + " --spectrum 136", "solve " + base + " --spectrum 500",
+                                  "spectrum " + base + " --top 136"}) {
+    const Result r = run(args + " --report " + p("never.json"));
+    EXPECT_EQ(r.code, 2) << args;
+    EXPECT_NE(r.err.find(" must be below the parameter count 136"), std::string::npos) << r.err;
+    EXPECT_EQ(lines(r.err), 1) << r.err;
+    EXPECT_FALSE(exists(p("never.json")));
+  }
+  EXPECT_EQ(run("solve " + base + " --spectrum 135").code, 0);
+}
+
+// F is positive semi-definite: eigenvalues Lanczos finds below zero are rounding, printed as 0 (the report
+// keeps them). The categorical F here has rank at most N(C - 1) = 120 < 136, so the last of the top 135 sit at
+// zero, within rounding of either sign (in float32 on AVX-512 one of them is -3e-17).
+TEST_F(Cli, NegativeRoundingIsPrintedAsZero) {
+  const Result r = run("spectrum " + base + " --top 135 --report " + p("zero.json"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto ev = nlohmann::json::parse(slurp(p("zero.json")))["spectrum"]["eigenvalues"].get<std::vector<double>>();
+  const std::string prefix = "top-135 eigenvalues of F: ";
+  const std::string line = r.out.substr(r.out.find(prefix) + prefix.size());
+  std::vector<double> printed;
+  std::istringstream in(line.substr(0, line.find('\n')));
+  for (double x; in >> x;) printed.push_back(x);
+  ASSERT_EQ(printed.size(), ev.size());
+  int negative = 0;
+  for (std::size_t i = 0; i < ev.size(); ++i) {
+    EXPECT_GE(printed[i], 0.0) << i;
+    if (ev[i] < 0) {
+      ++negative;
+      EXPECT_EQ(printed[i], 0.0) << i;
+      EXPECT_GT(ev[i], -1e-10) << "a negative eigenvalue beyond rounding: " << ev[i];
+    }
+  }
+  std::cout << "[ info ] " << negative << " of the 135 computed eigenvalues are below zero\n";
+}
+
+// The same rule on values chosen to need it, whatever the instruction set's rounding.
+TEST(CliFormat, NegativeEigenvaluesPrintAsZero) {
+  Vec<double> ev(4);
+  ev << 2.5, 1e-9, -3e-17, -0.0;
+  EXPECT_EQ(natgrad::cli::format_eigenvalues(ev), "2.500000e+00 1.000000e-09 0.000000e+00 0.000000e+00");
+}
 
 // fvp, spectrum and profile do not offer solve's options, and name whose they are when given.
 TEST_F(Cli, EachCommandListsOnlyItsOwnOptions) {
