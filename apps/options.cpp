@@ -8,6 +8,11 @@
 
 #include <cmath>
 #include <stdexcept>
+#include <string>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <utility>
+#include <vector>
 
 namespace natgrad {
 namespace cli {
@@ -111,6 +116,39 @@ void validate(const Args& a) {
     preconditioner_from_string(a.preconditioner);
   } catch (const std::invalid_argument& e) {
     usage_error(std::string("--preconditioner: ") + e.what());
+  }
+}
+
+namespace {
+
+// A file can be written at `path` when it is not a directory and its directory exists and is writable
+// (outputs are written to a temporary file there and renamed).
+void check_output_path(const std::string& option, const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
+    throw std::invalid_argument(option + " " + path + ": is a directory, not a file name");
+  const std::size_t slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  if (::stat(dir.c_str(), &st) != 0)
+    throw std::invalid_argument(option + " " + path + ": the directory " + dir + " does not exist");
+  if (!S_ISDIR(st.st_mode)) throw std::invalid_argument(option + " " + path + ": " + dir + " is not a directory");
+  if (::access(dir.c_str(), W_OK | X_OK) != 0)
+    throw std::invalid_argument(option + " " + path + ": the directory " + dir + " is not writable");
+}
+
+}  // namespace
+
+void check_output_paths(const Args& a) {
+  const std::vector<std::pair<const char*, const std::string*>> outputs = {
+      {"--output", &a.output},           {"--save-gradient", &a.save_gradient}, {"--report", &a.report},
+      {"--eigenvectors", &a.eigenvectors}, {"--plot", &a.plot}};
+  for (const auto& [option, path] : outputs) {
+    if (path->empty()) continue;
+    if (std::string(option) == "--output" && !a.dampings.empty()) {  // one file per damping
+      for (double d : a.dampings) check_output_path(option, damping_output_path(a.output, d));
+    } else {
+      check_output_path(option, *path);
+    }
   }
 }
 

@@ -55,6 +55,10 @@ void add_cg_options(CLI::App* c, Args& a);
 /// Checks the values of the options (ranges, names); usage_error otherwise.
 void validate(const Args& a);
 FisherOptions fisher_options(const Args& a);
+/// Every output path (--output, each damping's file, --save-gradient, --report, --eigenvectors, --plot) can
+/// be written: its directory exists and is writable, and it is not a directory. Throws std::invalid_argument
+/// naming the option and the path otherwise; run before anything is computed.
+void check_output_paths(const Args& a);
 /// The file a solve over several dampings writes for `damping`: "d.safetensors" → "d_1e-02.safetensors"
 /// (λ as %.0e, before the extension).
 std::string damping_output_path(const std::string& output, double damping);

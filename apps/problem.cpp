@@ -31,6 +31,7 @@ template <typename Scalar>
 Problem<Scalar> load_problem_here(Args& a, bool allow_default, const Progress& progress, Index top_k,
                                   const World& world) {
   Problem<Scalar> p;
+  if (world.root()) check_output_paths(a);  // (rank 0 writes; its error is every rank's)
   if (a.model.empty() && a.data.empty() && allow_default) {
     p.embedded = true;
     p.file = default_model();

@@ -79,6 +79,39 @@ TEST(CliFormat, NegativeEigenvaluesPrintAsZero) {
   EXPECT_EQ(natgrad::cli::format_eigenvalues(ev), "2.500000e+00 1.000000e-09 0.000000e+00 0.000000e+00");
 }
 
+// Every output path is checked before anything is computed: a solve that would run for 10^8 iterations ends at
+// once when its output cannot be written.
+TEST_F(Cli, OutputPathsAreCheckedBeforeComputing) {
+  const std::string forever = "solve " + base + " --cg-tol 1e-15 --cg-max-iters 100000000 --damping ";
+  const std::string missing = "/nonexistent/dir/x.safetensors";
+  ::mkdir(p("a_directory").c_str(), 0755);
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {forever + "0 --output " + missing, "--output " + missing + ": the directory /nonexistent/dir does not exist"},
+      {forever + "0 --save-gradient " + missing, "--save-gradient " + missing + ": the directory /nonexistent/dir does not exist"},
+      {forever + "0 --report /nonexistent/r.json", "--report /nonexistent/r.json: the directory /nonexistent does not exist"},
+      {forever + "0 --output " + p("a_directory"), "--output " + p("a_directory") + ": is a directory"},
+      {forever + "1e-1,1e-2 --output /nonexistent/d.safetensors", "--output /nonexistent/d_1e-01.safetensors"},
+      {"spectrum " + base + " --top 2 --eigenvectors " + missing, "--eigenvectors " + missing},
+      {"spectrum " + base + " --top 2 --trace --probes 100000000 --report " + missing, "--report " + missing},
+      {"fvp " + base + " --vector " + p("v.safetensors") + " --output " + missing, "--output " + missing},
+      {"profile " + base + " --products 100000000 --report " + missing, "--report " + missing},
+  };
+  for (const auto& [args, expect] : cases) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const Result r = run(args);
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_EQ(r.code, 1) << args;
+    EXPECT_NE(r.err.find(expect), std::string::npos) << args << "\nstderr: " << r.err;
+    EXPECT_EQ(lines(r.err), 1) << r.err;
+    EXPECT_LT(secs, 20.0) << args;  // nothing was computed (each of these runs for hours otherwise)
+  }
+  if (::geteuid() != 0) {  // (root may write anywhere)
+    ::mkdir(p("read_only").c_str(), 0555);
+    const Result r = run(forever + "0 --output " + p("read_only/d.safetensors"));
+    EXPECT_NE(r.err.find("the directory " + p("read_only") + " is not writable"), std::string::npos) << r.err;
+  }
+}
+
 // fvp, spectrum and profile do not offer solve's options, and name whose they are when given.
 TEST_F(Cli, EachCommandListsOnlyItsOwnOptions) {
   for (const std::string cmd : {"fvp", "spectrum", "profile"}) {
