@@ -8,6 +8,7 @@
 #include "options.h"
 #include "world.h"
 
+#include <natgrad/core/detail/format_number.h>
 #include <natgrad/core/threads.h>
 
 #include <CLI/CLI.hpp>
@@ -57,6 +58,8 @@ int run(int argc, char** argv, bool solve_only) {
           usage_error("--deflate must be >= 1, got " + std::to_string(a.deflate));
         if (c->get_option_no_throw("--curvature-batch") && c->count("--curvature-batch") && a.curvature_batch < 1)
           usage_error("--curvature-batch must be >= 1, got " + std::to_string(a.curvature_batch));
+        if (c->get_option_no_throw("--max-memory") && c->count("--max-memory") && !(a.max_memory_gb > 0))
+          usage_error("--max-memory must be > 0 (GB), got " + detail::format_number(a.max_memory_gb));
       }
     if (!a.dampings.empty()) {  // a list: multi-shift CG, for solve only
       for (CLI::App* c : {fvp, spectrum, profile})

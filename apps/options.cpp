@@ -77,8 +77,9 @@ void add_problem_options(CLI::App* c, Args& a, const std::string& damping_defaul
   c->add_option("--threads", a.threads,
                 "Threads: >= 1, or 0 for all cores (default: OMP_NUM_THREADS, else all cores; under MPI each rank's share of them)");
   c->add_option("--max-memory", a.max_memory_gb,
-                "Refuse to start if the estimated memory exceeds this many GB (default: the available memory)");
-  c->add_flag("--quiet", a.quiet, "No progress on stderr");
+                "Refuse to start if the estimated memory exceeds this many GB (> 0; default: the available memory)");
+  c->add_flag("--quiet", a.quiet,
+              "Only the results on stdout and errors on stderr: no progress, notes or warnings");
 }
 
 void add_curvature_batch_option(CLI::App* c, Args& a) {
@@ -106,7 +107,6 @@ void validate(const Args& a) {
   if (a.cg_max_iters < 1) usage_error("--cg-max-iters must be >= 1, got " + std::to_string(a.cg_max_iters));
   if (a.threads < 0) usage_error("--threads must be >= 1, or 0 for all cores; got " + std::to_string(a.threads));
   if (a.dtype != "float32" && a.dtype != "float64") usage_error("--dtype must be float32 or float64, got \"" + a.dtype + "\"");
-  if (a.max_memory_gb < 0) usage_error("--max-memory must be > 0");
   try {
     fisher_kind_from_string(a.fisher);
   } catch (const std::invalid_argument& e) {

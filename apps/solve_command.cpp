@@ -28,6 +28,20 @@ namespace cli {
 
 namespace {
 
+// A bound on rank F for the batch (Martens & Grosse; docs/math.md): F = 1/(N·T) Σ J_nᵀ H_n J_n is a sum of
+// N·T per-position terms of rank ≤ rank H: C − 1 for the categorical (softmax ignores a common shift of the
+// logits), C for gaussian and bernoulli; S sampled scores per position for mc; one score per sample (the
+// stacked positions) for the empirical Fisher. Above it F + 0·I is singular.
+Index fisher_rank_bound(FisherKind kind, LikelihoodKind likelihood, Index N, Index T, Index C, int mc_samples) {
+  const Index exact = N * T * (likelihood == LikelihoodKind::categorical ? C - 1 : C);
+  switch (kind) {
+    case FisherKind::exact: return exact;
+    case FisherKind::mc: return std::min(exact, N * T * Index(mc_samples));
+    case FisherKind::empirical: return N;
+  }
+  return exact;
+}
+
 // The CG summary line with the CLI's word for a stop by signal: "interrupted", as in the report.
 std::string cg_line(const CgSummary& cg) {
   std::string line = cg.brief_report();
@@ -128,6 +142,20 @@ int run_solve(Args& a, const World& world) {
               per_position.c_str(), p.data_label.c_str(), static_cast<long long>(p.total),
               static_cast<long long>(a.curvature_batch > 0 ? a.curvature_batch : p.total), a.fisher.c_str(),
               damping_text.c_str(), a.dtype.c_str(), threads, ranks.c_str(), p.params_label.c_str());
+  // λ = 0 with F provably singular on this batch: CG can reach a least-squares answer at best.
+  const Index curvature_samples = world.size() > 1 ? p.curvature_total : a.curvature_batch > 0 ? a.curvature_batch : p.total;
+  const Index rank_bound = fisher_rank_bound(opt.fisher.kind, p.file.likelihood, curvature_samples, positions,
+                                             p.model->output_size() / positions, a.mc_samples);
+  if (a.damping == 0 && rank_bound < p.model->num_params() && !a.quiet && world.root())
+    std::fprintf(stderr,
+                 "warning: --damping 0: F has rank at most %lld on this batch (%s) but %lld parameters, so F + 0*I "
+                 "is singular and CG can only reach a least-squares answer (expect it to stop unconverged); give a "
+                 "damping > 0\n",
+                 static_cast<long long>(rank_bound),
+                 opt.fisher.kind == FisherKind::empirical ? "N, one score per sample"
+                 : opt.fisher.kind == FisherKind::mc      ? "N*T*S sampled scores"
+                 : p.file.likelihood == LikelihoodKind::categorical ? "N*T*(C-1)" : "N*T*C",
+                 static_cast<long long>(p.model->num_params()));
   progress.line("forward pass over %lld samples", static_cast<long long>(p.total));
   std::fflush(stdout);
   if (stop_agreed(world)) {

@@ -131,9 +131,13 @@ TEST_F(Cli, WeightsInAnotherFloatTypeAreConvertedWithANote) {
   save_parameters(p("w64.safetensors"), *l.model, l.theta, DType::F64);
   const std::string args = "fvp --model " + p("model.json") + " --data " + p("d.safetensors") + " --vector " +
                            p("v.safetensors") + " --output " + p("fv64.safetensors") + " --weights ";
+  // (without --quiet, which silences notes)
+  const std::string loud = std::string(NATGRAD_CLI) + " " + args + p("w64.safetensors") + " 2> " + p("stderr") + " > /dev/null";
+  ASSERT_EQ(std::system(loud.c_str()), 0);
+  EXPECT_NE(slurp(p("stderr")).find("note: " + p("w64.safetensors") + ": converted F64 to float32"), std::string::npos)
+      << slurp(p("stderr"));
   Result r = run(args + p("w64.safetensors"));
   ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_NE(r.err.find("note: " + p("w64.safetensors") + ": converted F64 to float32"), std::string::npos) << r.err;
   r = run(args + p("w.safetensors"));
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(r.err.find("converted"), std::string::npos) << r.err;

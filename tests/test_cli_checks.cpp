@@ -27,6 +27,13 @@ using namespace natgrad::test::cli_fixture;
 
 namespace {
 
+// run() without --quiet: what a user sees on stderr.
+Result run_loud(const std::string& args, const char* binary = NATGRAD_CLI) {
+  const std::string cmd = std::string(binary) + " " + args + " > " + p("stdout") + " 2> " + p("stderr");
+  const int status = std::system(cmd.c_str());
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(p("stdout")), slurp(p("stderr"))};
+}
+
 int lines(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
 
 }  // namespace
@@ -147,4 +154,71 @@ TEST_F(Cli, EachCommandListsOnlyItsOwnOptions) {
   EXPECT_NE(text.find("docs/solvers.md"), std::string::npos) << text;
   EXPECT_FALSE(std::regex_search(text, std::regex("[0-9]+ products|1e-[0-9]"))) << text;  // no measurements
   EXPECT_LT(text.size(), 400u) << text;
+}
+
+TEST_F(Cli, MaxMemoryMustBePositive) {
+  for (const std::string v : {"0", "-1", "0.0"}) {
+    const Result r = run("solve " + base + " --max-memory " + v);
+    EXPECT_EQ(r.code, 2) << v;
+    EXPECT_NE(r.err.find("--max-memory must be > 0 (GB), got "), std::string::npos) << r.err;
+  }
+  EXPECT_EQ(run("solve " + base + " --max-memory 4").code, 0);
+}
+
+// λ = 0 with F provably singular (P above its rank bound) is warned about before CG starts; the bound is
+// checked against the dense Fisher's numerical rank. With a bound at or above P, no warning.
+TEST_F(Cli, DampingZeroWarnsWhenFIsSingularOnTheBatch) {
+  Loaded l = load();
+  Network<double> model(l.m.spec);
+  const Mat<double> Fd = dense_fisher(model, Vec<double>(l.theta.cast<double>()), l.data.cast<double>(),
+                                      l.m.likelihood, FisherKind::exact);
+  const Vec<double> ev = Eigen::SelfAdjointEigenSolver<Mat<double>>(Fd).eigenvalues();
+  Index rank = 0;
+  for (Index i = 0; i < ev.size(); ++i) rank += ev[i] > 1e-10 * ev.maxCoeff();
+  EXPECT_LE(rank, 40 * 3);  // N(C - 1): the bound the warning quotes
+  const std::string quick = " --cg-max-iters 3 --damping 0";
+  Result r = run_loud("solve " + base + quick);
+  EXPECT_NE(r.err.find("warning: --damping 0: F has rank at most 120 on this batch (N*T*(C-1)) but 136 parameters, "
+                       "so F + 0*I is singular"), std::string::npos) << r.err;
+  // Announced before CG's first line.
+  EXPECT_LT(r.err.find("warning: --damping 0"), r.err.find("cg ")) << r.err;
+  r = run_loud("solve " + base + quick + " --fisher empirical");
+  EXPECT_NE(r.err.find("F has rank at most 40 on this batch (N, one score per sample)"), std::string::npos) << r.err;
+  r = run_loud("solve " + base + quick + " --fisher mc --mc-samples 2");
+  EXPECT_NE(r.err.find("F has rank at most 80 on this batch (N*T*S sampled scores)"), std::string::npos) << r.err;
+  r = run_loud("solve " + base + quick + " --curvature-batch 10");
+  EXPECT_NE(r.err.find("F has rank at most 30 on this batch"), std::string::npos) << r.err;
+  r = run_loud("solve " + base + " --cg-max-iters 3 --damping 1e-3");
+  EXPECT_EQ(r.err.find("warning: --damping 0"), std::string::npos) << r.err;
+  // Gaussian outputs: rank at most N·C = 160 >= 136, no warning.
+  std::string spec = kModel;
+  spec.replace(spec.find("categorical"), std::string("categorical").size(), "gaussian");
+  std::ofstream(p("gauss.json")) << spec;
+  save_dataset(p("gauss.safetensors"), random_dataset(*l.model, 40, LikelihoodKind::gaussian, 8), l.m.spec.input_shape);
+  const std::string gauss = "--model " + p("gauss.json") + " --weights " + p("w.safetensors") + " --data " + p("gauss.safetensors");
+  r = run_loud("solve " + gauss + quick);
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.err.find("warning: --damping 0"), std::string::npos) << r.err;
+  r = run_loud("solve " + gauss + quick + " --fisher empirical");
+  EXPECT_NE(r.err.find("F has rank at most 40"), std::string::npos) << r.err;
+  // --quiet: results on stdout, nothing on stderr.
+  r = run("solve " + base + quick);
+  EXPECT_EQ(r.err, "");
+}
+
+// --quiet silences the notes too: F64 weights converted for a float32 run.
+TEST_F(Cli, QuietSilencesEverythingButResultsAndErrors) {
+  Loaded l = load();
+  save_parameters(p("w64q.safetensors"), *l.model, l.theta, DType::F64);
+  const std::string args = "solve --model " + p("model.json") + " --data " + p("d.safetensors") + " --weights " +
+                           p("w64q.safetensors") + " --spectrum 2 --output " + p("q.safetensors");
+  const Result loud = run_loud(args);
+  ASSERT_EQ(loud.code, 0) << loud.err;
+  EXPECT_NE(loud.err.find("note: " + p("w64q.safetensors") + ": converted F64 to float32"), std::string::npos) << loud.err;
+  const Result quiet = run(args);
+  ASSERT_EQ(quiet.code, 0) << quiet.err;
+  EXPECT_EQ(quiet.err, "");
+  for (const char* result : {"natgrad solve: ", "loss: ", "gradient norm: ", "CG converged", "top-2 eigenvalues of F: ",
+                             "condition number of F + lambda*I: ", "timing (s): ", "wrote the direction to "})
+    EXPECT_NE(quiet.out.find(result), std::string::npos) << result << "\n" << quiet.out;
 }
