@@ -54,13 +54,17 @@ int run(int argc, char** argv, bool solve_only) {
     for (CLI::App* c : {solve, fvp, spectrum, info, profile})
       if (c && c->parsed()) {
         if (c->count("--batch") && a.batch < 1) usage_error("--batch must be >= 1, got " + std::to_string(a.batch));
-        if (c == solve && c->count("--deflate") && a.deflate < 1)
-          usage_error("--deflate must be >= 1, got " + std::to_string(a.deflate));
+        if (c == solve && c->count("--deflate") && a.deflate < 0)
+          usage_error("--deflate must be >= 0 (0: plain CG), got " + std::to_string(a.deflate));
         if (c->get_option_no_throw("--curvature-batch") && c->count("--curvature-batch") && a.curvature_batch < 1)
           usage_error("--curvature-batch must be >= 1, got " + std::to_string(a.curvature_batch));
         if (c->get_option_no_throw("--max-memory") && c->count("--max-memory") && !(a.max_memory_gb > 0))
           usage_error("--max-memory must be > 0 (GB), got " + detail::format_number(a.max_memory_gb));
       }
+    if (solve->parsed()) {
+      a.spectrum_given = solve->count("--spectrum") > 0;
+      a.deflate_given = solve->count("--deflate") > 0;
+    }
     if (!a.dampings.empty()) {  // a list: multi-shift CG, for solve only
       for (CLI::App* c : {fvp, spectrum, profile})
         if (c && c->parsed())

@@ -18,7 +18,7 @@ void add_solve_options(CLI::App* c, Args& a) {
                 "F + lambda*I (default 0; 10 for the embedded default)");
   c->add_option("--deflate", a.deflate,
                 "Deflate CG with the top-K eigenpairs of F, computed before it (default: those of --spectrum, which "
-                "a solve with a spectrum reuses; not with a preconditioner)");
+                "a solve with a spectrum reuses; 0: plain CG; not with a preconditioner)");
   c->add_option("--report", a.report, "Write a JSON report here (docs/formats.md)");
   c->add_option("--compare", a.compare,
                 "Compare approximations of F with it (a list of empirical, mc, diagonal, kfac): for each, the "

@@ -27,9 +27,11 @@ struct Args {
   double cg_tol = 1e-6;
   Index cg_max_iters = 500;
   Index spectrum = 0;
+  bool spectrum_given = false;  // solve --spectrum given (the embedded default's 10 otherwise)
   std::vector<std::string> compare;  // solve --compare empirical,mc,diagonal,kfac
   Index products = 10;  // profile --products R
   Index deflate = 0;  // solve --deflate K
+  bool deflate_given = false;  // --deflate 0 given: plain CG, no deflation by the spectrum
   bool trace = false;  // spectrum --trace
   bool per_layer = false;  // spectrum --per-layer
   bool density = false;    // spectrum --density

@@ -62,7 +62,8 @@ int run_solve(Args& a, const World& world) {
   const Progress progress(a.quiet);
   install_signal_handlers(!a.quiet && world.root());
   const bool embedded = a.model.empty() && a.data.empty();
-  const Index k = embedded && a.spectrum == 0 ? 10 : a.spectrum;  // the embedded default reports its top 10
+  // The embedded default reports its top 10 unless --spectrum says otherwise (0: none).
+  const Index k = embedded && !a.spectrum_given ? 10 : a.spectrum;
   Problem<Scalar> p = load_problem<Scalar>(a, true, progress, k, world);
   if (k >= p.model->num_params())
     usage_error("--spectrum " + std::to_string(k) + " must be below the parameter count " +
@@ -104,6 +105,7 @@ int run_solve(Args& a, const World& world) {
   opt.spectrum = spectrum_options(progress, world);
   opt.condition_number = k > 0;
   opt.deflate = a.deflate;
+  if (a.deflate_given && a.deflate == 0) opt.reuse_spectrum = false;  // --deflate 0: plain CG
   opt.dampings = a.dampings;
   if (a.deflate > 0 && opt.preconditioner != PreconditionerKind::none)
     usage_error("--deflate and --preconditioner " + a.preconditioner + " do not combine: choose one");

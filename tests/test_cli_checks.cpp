@@ -222,3 +222,32 @@ TEST_F(Cli, QuietSilencesEverythingButResultsAndErrors) {
                              "condition number of F + lambda*I: ", "timing (s): ", "wrote the direction to "})
     EXPECT_NE(quiet.out.find(result), std::string::npos) << result << "\n" << quiet.out;
 }
+
+// The embedded default honours --spectrum 0 (no spectrum, plain CG) and --deflate 0 (the spectrum, but plain
+// CG): that CG is the same as without a spectrum, bit for bit.
+TEST(CliEmbedded, SpectrumZeroAndDeflateZeroAreHonoured) {
+  if (!exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"))
+    GTEST_SKIP() << "Fashion-MNIST is not installed (dataset-fashion-mnist): no embedded default to run";
+  const std::string d = make_temp_dir("natgrad_embedded") + "/";
+  auto solve = [&](const std::string& args, const std::string& tag) {
+    const std::string cmd = std::string(SOLVE_NATURAL_GRADIENT) + " --batch 100 --cg-tol 1e-4 --quiet " + args +
+                            " --output " + d + tag + ".safetensors --report " + d + tag + ".json > " + d + tag + ".out";
+    const int status = std::system(cmd.c_str());
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << cmd;
+    return nlohmann::json::parse(slurp(d + tag + ".json"));
+  };
+  const auto none = solve("--spectrum 0", "none");
+  EXPECT_FALSE(none.contains("spectrum"));
+  EXPECT_FALSE(none.contains("condition"));
+  EXPECT_EQ(none["cg"]["deflated_eigenpairs"].get<Index>(), 0);
+  EXPECT_EQ(slurp(d + "none.out").find("eigenvalues"), std::string::npos);
+  const auto plain = solve("--deflate 0", "plain");
+  ASSERT_TRUE(plain.contains("spectrum"));
+  EXPECT_EQ(plain["spectrum"]["eigenvalues"].size(), 10u);
+  EXPECT_EQ(plain["cg"]["deflated_eigenpairs"].get<Index>(), 0);
+  EXPECT_EQ(plain["cg"]["products"], none["cg"]["products"]);
+  EXPECT_EQ(slurp(d + "plain.safetensors"), slurp(d + "none.safetensors"));
+  const auto deflated = solve("", "default");
+  EXPECT_EQ(deflated["cg"]["deflated_eigenpairs"].get<Index>(), 10);
+  EXPECT_LT(deflated["cg"]["products"].get<Index>(), none["cg"]["products"].get<Index>());
+}
