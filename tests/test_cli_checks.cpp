@@ -1,4 +1,6 @@
-// What the command line refuses, warns about and prints before it computes.
+// What the command line refuses, warns about and prints before it computes: spectra of P or more eigenvalues,
+// output paths that cannot be written, options of another command, --max-memory 0, a singular F + 0·I;
+// --quiet's silence; the help texts; the embedded default's --spectrum 0 and --deflate 0.
 #include "cli_fixture.h"
 #include "report.h"
 
@@ -250,4 +252,40 @@ TEST(CliEmbedded, SpectrumZeroAndDeflateZeroAreHonoured) {
   const auto deflated = solve("", "default");
   EXPECT_EQ(deflated["cg"]["deflated_eigenpairs"].get<Index>(), 10);
   EXPECT_LT(deflated["cg"]["products"].get<Index>(), none["cg"]["products"].get<Index>());
+}
+
+// docs/formats.md lists every field the reports hold: each key of a solve (with a spectrum, a comparison and
+// a list of dampings), fvp, spectrum (every part) and profile report, at any depth, appears in its Reports
+// section as `key`.
+TEST_F(Cli, EveryReportFieldIsDocumented) {
+  std::ifstream in(std::string(NATGRAD_DOCS) + "/formats.md");
+  const std::string doc((std::istreambuf_iterator<char>(in)), {});
+  const std::size_t from = doc.find("## Reports (JSON, `--report`)"), to = doc.find("## Exit status");
+  ASSERT_NE(from, std::string::npos);
+  ASSERT_NE(to, std::string::npos);
+  const std::string section = doc.substr(from, to - from);
+  const std::string fvp = " --vector " + p("v.safetensors") + " --output " + p("doc_fv.safetensors");
+  const std::vector<std::string> runs = {
+      "solve " + base + " --spectrum 3 --damping 1e-2 --compare empirical,diagonal",
+      "solve " + base + " --spectrum 2 --damping 1e-1,1e-2 --output " + p("doc_d.safetensors"),
+      "fvp " + base + fvp,
+      "spectrum " + base + " --top 2 --trace --density --per-layer --probes 4 --damping 1e-2",
+      "profile " + base + " --products 2"};
+  std::set<std::string> keys;
+  std::function<void(const nlohmann::json&)> collect = [&](const nlohmann::json& j) {
+    if (j.is_object())
+      for (auto it = j.begin(); it != j.end(); ++it) {
+        keys.insert(it.key());
+        collect(it.value());
+      }
+    else if (j.is_array())
+      for (const auto& e : j) collect(e);
+  };
+  for (const std::string& args : runs) {
+    const Result r = run(args + " --report " + p("doc.json"));
+    ASSERT_EQ(r.code, 0) << args << "\n" << r.err;
+    collect(nlohmann::json::parse(slurp(p("doc.json"))));
+  }
+  EXPECT_GT(keys.size(), 60u);
+  for (const std::string& k : keys) EXPECT_NE(section.find("`" + k + "`"), std::string::npos) << "undocumented: " << k;
 }
