@@ -1,11 +1,14 @@
-// The natgrad command line: the options of each command and the dispatch; one file per command beside it.
+// The natgrad command line: the commands, the checks across options and the dispatch; each command's options in
+// command_options.cpp, its run in <command>_command.cpp.
 #include "cli.h"
 
 #include "commands.h"
 #include "density_plot.h"
+#include "command_options.h"
 #include "options.h"
 #include "world.h"
 
+#include <natgrad/core/detail/format_number.h>
 #include <natgrad/core/threads.h>
 
 #include <CLI/CLI.hpp>
@@ -37,56 +40,12 @@ int run(int argc, char** argv, bool solve_only) {
   CLI::App* info = solve_only ? nullptr : app.add_subcommand("info", "Layers, shapes, parameter counts and memory estimate");
   CLI::App* profile = solve_only ? nullptr : app.add_subcommand("profile", "Where a Fisher-vector product's time goes, node by node");
   a.damping = 1e-3;
-  add_common(solve, a, "1e-3");
-  solve->add_option("--output", a.output, "Write the direction d here (safetensors, the weights' names and shapes)");
-  solve->add_option("--save-gradient", a.save_gradient, "Write the gradient g here");
-  solve->add_option("--spectrum", a.spectrum, "Also report the top-K eigenvalues of F and the condition number of F + lambda*I (default 0; 10 for the embedded default)");
-  solve->add_option("--deflate", a.deflate,
-                    "Deflate CG with the top-K eigenpairs of F, computed before it (default: those of --spectrum, "
-                    "which a solve with a spectrum reuses; not with a preconditioner)");
-  solve->add_option("--report", a.report, "Write a JSON report here");
-  solve->add_option("--compare", a.compare,
-                    "Compare approximations of F with it (a list of empirical, mc, diagonal, kfac): for each, the "
-                    "largest relative error of its product on F's top-K eigenvectors (--spectrum K) and the cosine "
-                    "between its damped direction and the solved one, with its time; needs a damping > 0")
-      ->delimiter(',');
+  add_solve_options(solve, a);
   if (!solve_only) {
-    add_common(fvp, a, "0 for fvp");
-    fvp->add_option("--vector", a.vector, "The vector v (safetensors, the weights' names and shapes)");
-    fvp->add_option("--output", a.output, "Write (F + lambda*I) v here");
-    fvp->add_option("--report", a.report, "Write a JSON report here");
-    add_common(profile, a, "0 for profile");
-    profile->add_option("--products", a.products, "Products to time (the median's wall time is reported)")->capture_default_str();
-    profile->add_option("--report", a.report, "Write a JSON report here (per node: times, FLOPs, GFLOP/s, share)");
-    add_common(spectrum, a, "0 for spectrum");
-    spectrum->add_option("--top", a.top, "Number of largest eigenvalues")->capture_default_str();
-    spectrum->add_flag("--trace", a.trace, "Also estimate tr(F) by Hutchinson (Rademacher probes), with its standard error");
-    spectrum->add_flag("--per-layer", a.per_layer,
-                       "Per module (its tensors together): the top eigenvalue and trace of its diagonal block, and "
-                       "each top eigenvector's share of squared mass in it");
-    spectrum->add_flag("--density", a.density,
-                       "The spectral density by stochastic Lanczos quadrature: nodes and weights in the report, the "
-                       "mass at zero printed");
-    spectrum->add_option("--lanczos-steps", a.lanczos_steps, "Lanczos steps per probe for --density (>= 2)")
-        ->capture_default_str();
-    spectrum->add_option("--probes", a.probes, "Rademacher probes for --trace, --per-layer and --density (>= 2)")->capture_default_str();
-    spectrum->add_option("--eigenvectors", a.eigenvectors,
-                         "Write the top-K eigenvectors here (safetensors: tensors <name>.<i> for eigenvector i, in the "
-                         "weights' names and shapes)");
-    spectrum->add_option("--plot", a.plot,
-                         "Draw the spectral density here as SVG (implies --density): a logarithmic eigenvalue axis, "
-                         "the top-K eigenvalues marked, the mass at zero as its own bar, the trace in the caption "
-                         "(needs a build with PLplot)");
-    spectrum->add_option("--report", a.report, "Write a JSON report here");
-    info->add_option("--model", a.model, "Model spec (JSON)");
-    info->add_option("--weights", a.weights, "Check these parameters against the model");
-    info->add_option("--batch", a.batch, "Batch for the memory estimate (default 1000)");
-    info->add_option("--curvature-batch", a.curvature_batch, "Curvature batch for the memory estimate");
-    info->add_option("--dtype", a.dtype, "float32 or float64")->capture_default_str();
-    info->add_option("--spectrum", a.spectrum, "Top-K spectrum to account for");
-    info->add_option("--threads", a.threads, "Threads to account for");
-    info->add_option("--ranks", a.ranks, "MPI ranks sharing the batch: the estimate is per rank (default 1)");
-    info->add_flag("--quiet", a.quiet, "Accepted for uniformity; info prints no progress");
+    add_fvp_options(fvp, a);
+    add_profile_options(profile, a);
+    add_spectrum_options(spectrum, a);
+    add_info_options(info, a);
     app.require_subcommand(1);
   }
   try {
@@ -95,19 +54,16 @@ int run(int argc, char** argv, bool solve_only) {
     for (CLI::App* c : {solve, fvp, spectrum, info, profile})
       if (c && c->parsed()) {
         if (c->count("--batch") && a.batch < 1) usage_error("--batch must be >= 1, got " + std::to_string(a.batch));
-        if (c == solve && c->count("--deflate") && a.deflate < 1)
-          usage_error("--deflate must be >= 1, got " + std::to_string(a.deflate));
-        if (c->count("--curvature-batch") && a.curvature_batch < 1)
+        if (c == solve && c->count("--deflate") && a.deflate < 0)
+          usage_error("--deflate must be >= 0 (0: plain CG), got " + std::to_string(a.deflate));
+        if (c->get_option_no_throw("--curvature-batch") && c->count("--curvature-batch") && a.curvature_batch < 1)
           usage_error("--curvature-batch must be >= 1, got " + std::to_string(a.curvature_batch));
+        if (c->get_option_no_throw("--max-memory") && c->count("--max-memory") && !(a.max_memory_gb > 0))
+          usage_error("--max-memory must be > 0 (GB), got " + detail::format_number(a.max_memory_gb));
       }
-    // Options every command accepts for uniformity but only solve uses: refused where they would be ignored.
-    for (CLI::App* c : {fvp, spectrum, profile}) {
-      if (!c || !c->parsed()) continue;
-      std::vector<const char*> unused = {"--cg-tol", "--cg-max-iters", "--preconditioner"};
-      if (c == fvp) unused.push_back("--curvature-batch");
-      for (const char* o : unused)
-        if (c->count(o))
-          usage_error(std::string(o) + " is not used by `natgrad " + c->get_name() + "` (it is an option of `natgrad solve`)");
+    if (solve->parsed()) {
+      a.spectrum_given = solve->count("--spectrum") > 0;
+      a.deflate_given = solve->count("--deflate") > 0;
     }
     if (!a.dampings.empty()) {  // a list: multi-shift CG, for solve only
       for (CLI::App* c : {fvp, spectrum, profile})
@@ -161,7 +117,7 @@ int run(int argc, char** argv, bool solve_only) {
   } catch (const CLI::CallForVersion& e) {
     return world.root() ? app.exit(e) : 0;
   } catch (const CLI::ParseError& e) {  // the same on every rank
-    if (world.root()) std::fprintf(stderr, "%s: error: %s (see --help)\n", program, e.what());
+    if (world.root()) std::fprintf(stderr, "%s: error: %s (see --help)\n", program, parse_error_message(e, argc, argv).c_str());
     return 2;
   } catch (const std::bad_alloc&) {  // seen by this rank alone: it ends the job
     std::fprintf(stderr,

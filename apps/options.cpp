@@ -8,19 +8,14 @@
 
 #include <cmath>
 #include <stdexcept>
+#include <string>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <utility>
+#include <vector>
 
 namespace natgrad {
 namespace cli {
-
-volatile std::sig_atomic_t g_signal = 0;
-namespace {
-extern "C" void on_signal(int sig) { g_signal = sig; }
-}  // namespace
-
-void install_signal_handlers() {
-  std::signal(SIGINT, on_signal);
-  std::signal(SIGTERM, on_signal);
-}
 
 namespace {
 // "1e-3" or "1e-1,1e-2,1e-3": one damping, or several for multi-shift CG (damping is then the smallest).
@@ -60,7 +55,7 @@ std::string damping_output_path(const std::string& output, double damping) {
   return has_extension ? output.substr(0, dot) + tag + output.substr(dot) : output + tag;
 }
 
-void add_common(CLI::App* c, Args& a, const std::string& damping_default) {
+void add_problem_options(CLI::App* c, Args& a, const std::string& damping_default) {
   c->add_option("--model", a.model, "Model spec (JSON, docs/formats.md)");
   c->add_option("--weights", a.weights,
                 "Parameters (safetensors, PyTorch state_dict names); default: PyTorch-style initialization from --seed");
@@ -69,31 +64,35 @@ void add_common(CLI::App* c, Args& a, const std::string& damping_default) {
                 "Read --data as text: byte-level windows of T + 1 bytes (inputs the first T, targets the last T; vocabulary 256)");
   c->add_option("--fisher", a.fisher, "Fisher kind: exact, mc or empirical")->capture_default_str();
   c->add_option("--mc-samples", a.mc_samples, "Monte-Carlo labels per input for --fisher mc (>= 1)")->capture_default_str();
-  c->add_option("--seed", a.seed, "Seed for Monte-Carlo labels and initialization")->capture_default_str();
+  c->add_option("--seed", a.seed, "Seed for Monte-Carlo labels, probes and initialization")->capture_default_str();
   c->add_option("--batch", a.batch, "Use the first B samples (default: all; 1000 for the embedded default)");
-  c->add_option("--curvature-batch", a.curvature_batch, "Curvature on the first B2 samples of the batch (default: the batch)");
   c->add_option_function<std::string>(
       "--damping", [&a](const std::string& text) { parse_dampings(text, a); },
       "Damping lambda >= 0 added as lambda*I (default " + damping_default +
-          "); solve also takes a list, 1e-1,1e-2,1e-3: every damping from one Krylov space (multi-shift CG), "
-          "the products of the smallest alone, an output file and a report entry each");
-  c->add_option("--cg-tol", a.cg_tol, "CG relative residual tolerance, in (0, 1)")->capture_default_str();
-  c->add_option("--cg-max-iters", a.cg_max_iters, "CG iteration limit (>= 1)")->capture_default_str();
-  c->add_option("--preconditioner", a.preconditioner,
-                "none, diagonal (Martens: (diag(F_emp) + lambda)^0.75) or kfac (K-FAC's damped inverse). On the "
-                "problems measured neither cuts CG products (the default problem without deflation, lambda 1e-1 / "
-                "1e-2 / 1e-3: none 25 / 63 / 192 products, kfac 28 / 71 / 189, diagonal 28 / 107 / 500 without "
-                "converging; docs/solvers.md): F has rank <= N(C-1) and both are full rank, and each costs time "
-                "per iteration. Deflation by F's own top eigenpairs (solve --spectrum or --deflate, the default "
-                "with a spectrum) is what cuts products on small dampings; try a preconditioner on a model whose "
-                "layers differ in scale by orders of magnitude, and compare products in the report")
-      ->capture_default_str();
+          (damping_default == "1e-3"
+               ? "); also a list, 1e-1,1e-2,1e-3: every damping from one Krylov space (multi-shift CG), the "
+                 "products of the smallest alone, an output file and a report entry each"
+               : ")"));
   c->add_option("--dtype", a.dtype, "float32 or float64")->capture_default_str();
   c->add_option("--threads", a.threads,
                 "Threads: >= 1, or 0 for all cores (default: OMP_NUM_THREADS, else all cores; under MPI each rank's share of them)");
   c->add_option("--max-memory", a.max_memory_gb,
-                "Refuse to start if the estimated memory exceeds this many GB (default: the available memory)");
-  c->add_flag("--quiet", a.quiet, "No progress on stderr");
+                "Refuse to start if the estimated memory exceeds this many GB (> 0; default: the available memory)");
+  c->add_flag("--quiet", a.quiet,
+              "Only the results on stdout and errors on stderr: no progress, notes or warnings");
+}
+
+void add_curvature_batch_option(CLI::App* c, Args& a) {
+  c->add_option("--curvature-batch", a.curvature_batch, "Curvature on the first B2 samples of the batch (default: the batch)");
+}
+
+void add_cg_options(CLI::App* c, Args& a) {
+  c->add_option("--cg-tol", a.cg_tol, "CG relative residual tolerance, in (0, 1)")->capture_default_str();
+  c->add_option("--cg-max-iters", a.cg_max_iters, "CG iteration limit (>= 1)")->capture_default_str();
+  c->add_option("--preconditioner", a.preconditioner,
+                "none, diagonal (Martens: (diag(F_emp) + lambda)^0.75) or kfac (K-FAC's damped inverse); not with "
+                "--deflate. What each does to CG's products on the default problem: docs/solvers.md")
+      ->capture_default_str();
 }
 
 [[noreturn]] void usage_error(const std::string& what) { throw CLI::ValidationError(what); }
@@ -108,7 +107,6 @@ void validate(const Args& a) {
   if (a.cg_max_iters < 1) usage_error("--cg-max-iters must be >= 1, got " + std::to_string(a.cg_max_iters));
   if (a.threads < 0) usage_error("--threads must be >= 1, or 0 for all cores; got " + std::to_string(a.threads));
   if (a.dtype != "float32" && a.dtype != "float64") usage_error("--dtype must be float32 or float64, got \"" + a.dtype + "\"");
-  if (a.max_memory_gb < 0) usage_error("--max-memory must be > 0");
   try {
     fisher_kind_from_string(a.fisher);
   } catch (const std::invalid_argument& e) {
@@ -118,6 +116,39 @@ void validate(const Args& a) {
     preconditioner_from_string(a.preconditioner);
   } catch (const std::invalid_argument& e) {
     usage_error(std::string("--preconditioner: ") + e.what());
+  }
+}
+
+namespace {
+
+// A file can be written at `path` when it is not a directory and its directory exists and is writable
+// (outputs are written to a temporary file there and renamed).
+void check_output_path(const std::string& option, const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
+    throw std::invalid_argument(option + " " + path + ": is a directory, not a file name");
+  const std::size_t slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  if (::stat(dir.c_str(), &st) != 0)
+    throw std::invalid_argument(option + " " + path + ": the directory " + dir + " does not exist");
+  if (!S_ISDIR(st.st_mode)) throw std::invalid_argument(option + " " + path + ": " + dir + " is not a directory");
+  if (::access(dir.c_str(), W_OK | X_OK) != 0)
+    throw std::invalid_argument(option + " " + path + ": the directory " + dir + " is not writable");
+}
+
+}  // namespace
+
+void check_output_paths(const Args& a) {
+  const std::vector<std::pair<const char*, const std::string*>> outputs = {
+      {"--output", &a.output},           {"--save-gradient", &a.save_gradient}, {"--report", &a.report},
+      {"--eigenvectors", &a.eigenvectors}, {"--plot", &a.plot}};
+  for (const auto& [option, path] : outputs) {
+    if (path->empty()) continue;
+    if (std::string(option) == "--output" && !a.dampings.empty()) {  // one file per damping
+      for (double d : a.dampings) check_output_path(option, damping_output_path(a.output, d));
+    } else {
+      check_output_path(option, *path);
+    }
   }
 }
 

@@ -1,14 +1,11 @@
-// The command line's shared pieces: the parsed arguments, their checks, progress lines, the signal flag.
+// The command line's shared pieces: the parsed arguments and their checks.
 #pragma once
 
 #include <natgrad/curvature/fisher_operator.h>
 
 #include <CLI/CLI.hpp>
 
-#include <chrono>
-#include <csignal>
 #include <cstdint>
-#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -30,9 +27,11 @@ struct Args {
   double cg_tol = 1e-6;
   Index cg_max_iters = 500;
   Index spectrum = 0;
+  bool spectrum_given = false;  // solve --spectrum given (the embedded default's 10 otherwise)
   std::vector<std::string> compare;  // solve --compare empirical,mc,diagonal,kfac
   Index products = 10;  // profile --products R
   Index deflate = 0;  // solve --deflate K
+  bool deflate_given = false;  // --deflate 0 given: plain CG, no deflation by the spectrum
   bool trace = false;  // spectrum --trace
   bool per_layer = false;  // spectrum --per-layer
   bool density = false;    // spectrum --density
@@ -47,38 +46,21 @@ struct Args {
   bool quiet = false;
 };
 
-using clock_type = std::chrono::steady_clock;
-
-class Progress {
- public:
-  explicit Progress(bool quiet) : quiet_(quiet), start_(clock_type::now()) {}
-  double elapsed() const { return std::chrono::duration<double>(clock_type::now() - start_).count(); }
-  template <typename... T>
-  void line(const char* fmt, T... args) const {
-    if (quiet_) return;
-    std::fprintf(stderr, "[%7.2fs] ", elapsed());
-    std::fprintf(stderr, fmt, args...);
-    std::fputc('\n', stderr);
-  }
-  bool quiet() const { return quiet_; }
-
- private:
-  bool quiet_;
-  clock_type::time_point start_;
-};
-
-
-// SIGINT / SIGTERM during a solve: CG stops at the end of its iteration and the best iterate is written.
-extern volatile std::sig_atomic_t g_signal;
-void install_signal_handlers();
-
-/// The model, data and Fisher options every command shares.
-void add_common(CLI::App* c, Args& a, const std::string& damping_default);
+/// The model, data and Fisher options of solve, fvp, spectrum and profile.
+void add_problem_options(CLI::App* c, Args& a, const std::string& damping_default);
+/// --curvature-batch (solve, spectrum).
+void add_curvature_batch_option(CLI::App* c, Args& a);
+/// CG's options (solve only): --cg-tol, --cg-max-iters, --preconditioner.
+void add_cg_options(CLI::App* c, Args& a);
 /// Ends with a usage error (exit status 2) naming the option.
 [[noreturn]] void usage_error(const std::string& what);
 /// Checks the values of the options (ranges, names); usage_error otherwise.
 void validate(const Args& a);
 FisherOptions fisher_options(const Args& a);
+/// Every output path (--output, each damping's file, --save-gradient, --report, --eigenvectors, --plot) can
+/// be written: its directory exists and is writable, and it is not a directory. Throws std::invalid_argument
+/// naming the option and the path otherwise; run before anything is computed.
+void check_output_paths(const Args& a);
 /// The file a solve over several dampings writes for `damping`: "d.safetensors" → "d_1e-02.safetensors"
 /// (λ as %.0e, before the extension).
 std::string damping_output_path(const std::string& output, double damping);

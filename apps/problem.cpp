@@ -31,6 +31,7 @@ template <typename Scalar>
 Problem<Scalar> load_problem_here(Args& a, bool allow_default, const Progress& progress, Index top_k,
                                   const World& world) {
   Problem<Scalar> p;
+  if (world.root()) check_output_paths(a);  // (rank 0 writes; its error is every rank's)
   if (a.model.empty() && a.data.empty() && allow_default) {
     p.embedded = true;
     p.file = default_model();
@@ -127,7 +128,7 @@ Problem<Scalar> load_problem_here(Args& a, bool allow_default, const Progress& p
     p.theta = load_parameters<Scalar>(a.weights, model, &conversion);
     load_buffers<Scalar>(a.weights, *p.model);
     p.params_label = a.weights;
-    if (!conversion.empty()) std::fprintf(stderr, "note: %s: %s\n", a.weights.c_str(), conversion.c_str());
+    if (!conversion.empty() && !a.quiet) std::fprintf(stderr, "note: %s: %s\n", a.weights.c_str(), conversion.c_str());
   }
   progress.line("model %s: %lld parameters (%s); data %s: %lld samples; estimated memory %s", p.model_label.c_str(),
                 static_cast<long long>(model.num_params()), p.params_label.c_str(), p.data_label.c_str(),

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "options.h"
+#include "progress.h"
 #include "world.h"
 
 #include <natgrad/core/dataset.h>

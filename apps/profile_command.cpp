@@ -2,7 +2,9 @@
 // rate measured in the same run.
 #include "commands.h"
 #include "problem.h"
+#include "signals.h"
 
+#include <natgrad/core/interrupted.h>
 #include <natgrad/core/reference_gemm.h>
 #include <natgrad/core/threads.h>
 #include <natgrad/curvature/fisher_operator.h>
@@ -12,6 +14,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <memory>
 #include <stdexcept>
 #include <vector>
 
@@ -44,30 +47,63 @@ double gemm_rate(int threads) {
 template <typename Scalar>
 int run_profile(Args& a, const World& world) {
   const Progress progress(a.quiet);
+  install_signal_handlers(!a.quiet && world.root());
   if (a.products < 1) usage_error("--products must be >= 1, got " + std::to_string(a.products));
   Problem<Scalar> p = load_problem<Scalar>(a, true, progress, 0, world);
   const Network<Scalar>& model = *p.model;
   const int threads = num_threads();
+  // A signal stops the run at the next chunk; the products timed before it make the profile.
+  auto interrupted_during = [&](const char* what) {
+    std::printf("interrupted by %s during %s: nothing timed; nothing written\n", signal_name(), what);
+    return interrupted_status();
+  };
+  if (stop_agreed(world)) return interrupted_during("loading");
   progress.line("measuring gemm/1024 on %d threads", threads);
   const double gemm_gflops = gemm_rate(threads);
   FisherOptions fo = share_options(fisher_options(a), p, false, world);
   fo.profile = true;
-  FisherOperator<Scalar> F(model, p.theta, p.file.likelihood, p.data, fo);
-  if (!F.forward_error().empty()) throw std::runtime_error("forward pass: " + F.forward_error());
-  F.rebind(p.theta);  // the forward pass again, warm: the first one also paid for touching the activations' pages
-  const OperatorProfile forward = F.profile();
-  const Vec<Scalar> v = Vec<Scalar>::Random(F.cols());
-  Vec<Scalar> y(F.rows());
-  F.perform_op(v.data(), y.data());  // warm-up
+  watch_fisher(fo, progress);
+  std::unique_ptr<FisherOperator<Scalar>> op;
+  Vec<Scalar> v, y;
+  OperatorProfile forward;
+  try {
+    op = std::make_unique<FisherOperator<Scalar>>(model, p.theta, p.file.likelihood, p.data, fo);
+    if (!op->forward_error().empty()) throw std::runtime_error("forward pass: " + op->forward_error());
+    op->rebind(p.theta);  // the forward pass again, warm: the first one also paid for touching the activations' pages
+    forward = op->profile();
+    v = Vec<Scalar>::Random(op->cols());
+    y.resize(op->rows());
+    if (stop_agreed(world)) return interrupted_during("the forward pass");
+    op->perform_op(v.data(), y.data());  // warm-up
+  } catch (const Interrupted&) {
+    return interrupted_during("the forward pass and the warm-up product");
+  }
+  FisherOperator<Scalar>& F = *op;
   F.reset_profile();
   std::vector<double> walls;
-  for (Index r = 0; r < a.products; ++r) {
+  OperatorProfile prof;  // of the products completed
+  double last_line = -1e300;
+  for (Index r = 0; r < a.products && !stop_agreed(world); ++r) {
     const auto t0 = clock_type::now();
-    F.perform_op(v.data(), y.data());
+    try {
+      F.perform_op(v.data(), y.data());
+    } catch (const Interrupted&) {
+      break;
+    }
     walls.push_back(std::chrono::duration<double>(clock_type::now() - t0).count());
-    progress.line("product %lld of %lld", static_cast<long long>(r + 1), static_cast<long long>(a.products));
+    prof = F.profile();
+    // The first product, then a line at least every kProgressInterval seconds with the time left.
+    const double t = progress.elapsed();
+    if (r == 0 || t - last_line >= kProgressInterval) {
+      double spent = 0;
+      for (double w : walls) spent += w;
+      progress.line("profile: %lld of %lld products timed, eta %.0f s", static_cast<long long>(r + 1),
+                    static_cast<long long>(a.products), spent / double(r + 1) * double(a.products - r - 1));
+      last_line = t;
+    }
   }
-  const OperatorProfile prof = F.profile();
+  if (walls.empty()) return interrupted_during("the first timed product");
+  const bool interrupted = Index(walls.size()) < a.products;
   const double per = 1.0 / double(prof.products), T = double(F.options().num_threads > 0 ? F.options().num_threads : threads);
   const Index N = F.num_samples();
 
@@ -102,7 +138,7 @@ int run_profile(Args& a, const World& world) {
   std::printf("natgrad profile: %s (%lld parameters), %lld samples, fisher %s, %s, %d threads; one product "
               "%.2f ms (median of %lld), gemm/1024 %.1f GFLOP/s in this run\n",
               p.model_label.c_str(), static_cast<long long>(model.num_params()), static_cast<long long>(p.total),
-              a.fisher.c_str(), a.dtype.c_str(), threads, product_s * 1e3, static_cast<long long>(a.products),
+              a.fisher.c_str(), a.dtype.c_str(), threads, product_s * 1e3, static_cast<long long>(walls.size()),
               gemm_gflops);
   std::printf("(ms per pass on %d threads: thread time / threads; GFLOP/s of R-op + backprop and its fraction of "
               "gemm/1024; share: of the product's thread time)\n", threads);
@@ -148,9 +184,13 @@ int run_profile(Args& a, const World& world) {
     }
     j["curvature_s"] = prof.curvature_s * per / T;
     j["reduction_s"] = prof.reduction_s * per / T;
+    if (interrupted) j["interrupted"] = {{"signal", signal_name()}, {"skipped", {std::to_string(a.products - Index(walls.size())) + " products"}}};
     write_file_atomically(a.report, j.dump(2) + "\n");
   }
-  return 0;
+  if (!interrupted) return 0;
+  std::printf("interrupted by %s after %zu of %lld products: the profile is of those\n", signal_name(), walls.size(),
+              static_cast<long long>(a.products));
+  return interrupted_status();
 }
 
 template int run_profile<float>(Args&, const World&);

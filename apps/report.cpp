@@ -11,7 +11,7 @@ std::string format_eigenvalues(const Vec<double>& ev) {
   std::string s;
   char buf[32];
   for (Index i = 0; i < ev.size(); ++i) {
-    std::snprintf(buf, sizeof buf, "%s%.6e", i ? " " : "", ev[i]);
+    std::snprintf(buf, sizeof buf, "%s%.6e", i ? " " : "", ev[i] <= 0 ? 0.0 : ev[i]);
     s += buf;
   }
   return s;
@@ -47,15 +47,29 @@ void print_condition(const ConditionEstimate& c) {
               c.lambda_max, c.lambda_min, c.method.c_str());
 }
 
-SpectrumOptions spectrum_options(const Progress& progress) {
+SpectrumOptions spectrum_options(const Progress& progress, const World& world) {
   SpectrumOptions so;
   so.tolerance = 1e-8;
-  so.on_product = [&progress](Index n) {
-    if (n % 25 == 0) progress.line("lanczos: %lld products", static_cast<long long>(n));
-  };
+  so.callback = spectrum_callback(progress, world);
   return so;
 }
 
+nlohmann::ordered_json per_module_json(const std::vector<ModuleSpectrum>& modules) {
+  nlohmann::ordered_json j = nlohmann::ordered_json::array();
+  auto num = [](double v) { return std::isfinite(v) ? nlohmann::ordered_json(v) : nlohmann::ordered_json(nullptr); };
+  for (const ModuleSpectrum& s : modules) {
+    nlohmann::ordered_json m;
+    m["module"] = s.module;
+    m["parameters"] = s.params;
+    m["top_eigenvalue"] = num(s.top_eigenvalue);
+    m["trace"] = num(s.trace);
+    m["trace_standard_error"] = num(s.trace_standard_error);
+    m["eigenvector_mass"] = s.eigenvector_mass;
+    m["products"] = s.products;
+    j.push_back(m);
+  }
+  return j;
+}
 
 void print_comparison(const std::vector<ApproximationComparison>& rows, Index top_k) {
   std::printf("approximations of F (product error: the largest over its top-%lld eigenvectors; cosine with the "

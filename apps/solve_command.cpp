@@ -1,8 +1,10 @@
 #include "commands.h"
 #include "problem.h"
+#include "signals.h"
 #include "report.h"
 
 #include <natgrad/core/detail/format_number.h>
+#include <natgrad/core/interrupted.h>
 #include <natgrad/core/threads.h>
 #include <natgrad/io/parameters_io.h>
 #include <natgrad/io/safetensors.h>
@@ -17,17 +19,56 @@
 #include <csignal>
 #include <cstdio>
 #include <new>
+#include <string>
+#include <vector>
 #include <stdexcept>
 
 namespace natgrad {
 namespace cli {
 
+namespace {
+
+// A bound on rank F for the batch (Martens & Grosse; docs/math.md): F = 1/(N·T) Σ J_nᵀ H_n J_n is a sum of
+// N·T per-position terms of rank ≤ rank H: C − 1 for the categorical (softmax ignores a common shift of the
+// logits), C for gaussian and bernoulli; S sampled scores per position for mc; one score per sample (the
+// stacked positions) for the empirical Fisher. Above it F + 0·I is singular.
+Index fisher_rank_bound(FisherKind kind, LikelihoodKind likelihood, Index N, Index T, Index C, int mc_samples) {
+  const Index exact = N * T * (likelihood == LikelihoodKind::categorical ? C - 1 : C);
+  switch (kind) {
+    case FisherKind::exact: return exact;
+    case FisherKind::mc: return std::min(exact, N * T * Index(mc_samples));
+    case FisherKind::empirical: return N;
+  }
+  return exact;
+}
+
+// The CG summary line with the CLI's word for a stop by signal: "interrupted", as in the report.
+std::string cg_line(const CgSummary& cg) {
+  std::string line = cg.brief_report();
+  const std::string stop = std::string("CG ") + to_string(CgTermination::user_stop);
+  if (cg.termination == CgTermination::user_stop && line.rfind(stop, 0) == 0)
+    line.replace(0, stop.size(), "CG interrupted");
+  return line;
+}
+
+const char* termination_word(const CgSummary& cg) {
+  return cg.termination == CgTermination::user_stop ? "interrupted" : to_string(cg.termination);
+}
+
+}  // namespace
+
 template <typename Scalar>
 int run_solve(Args& a, const World& world) {
   const Progress progress(a.quiet);
+  install_signal_handlers(!a.quiet && world.root());
   const bool embedded = a.model.empty() && a.data.empty();
-  const Index k = embedded && a.spectrum == 0 ? 10 : a.spectrum;  // the embedded default reports its top 10
+  // The embedded default reports its top 10 unless --spectrum says otherwise (0: none).
+  const Index k = embedded && !a.spectrum_given ? 10 : a.spectrum;
   Problem<Scalar> p = load_problem<Scalar>(a, true, progress, k, world);
+  if (k >= p.model->num_params())
+    usage_error("--spectrum " + std::to_string(k) + " must be below the parameter count " +
+                std::to_string(p.model->num_params()) +
+                " (Lanczos finds at most P - 1 eigenvalues of a P x P operator)");
   NaturalGradientOptions opt;
   opt.fisher = fisher_options(a);
   opt.curvature_batch = a.curvature_batch;
@@ -35,7 +76,7 @@ int run_solve(Args& a, const World& world) {
   opt.cg.max_iterations = a.cg_max_iters;
   // A line for the first iterations, then one at least every 2 s of work, with an estimate of the time left
   // from the residual's recent rate of decrease (log-linear) and the iteration limit. SIGINT / SIGTERM stop
-  // CG at the end of the iteration.
+  // CG at the end of the iteration, and the forward pass, the gradient and the products at their next chunk.
   double last_line = -1e9, last_rel = 1;
   Index last_i = 0;
   opt.cg.callback = [&](const CgIterationInfo& info) {
@@ -53,31 +94,18 @@ int run_solve(Args& a, const World& world) {
       last_rel = info.relative_residual;
       last_i = info.iteration;
     }
-    return g_signal ? CallbackResult::stop : CallbackResult::keep_going;
+    return stop_asked() ? CallbackResult::stop : CallbackResult::keep_going;
   };
-  // The forward pass and the gradient: a line at least every 2 s, with the time left at the rate so far.
-  double last_phase_line = 0, phase_start = 0;
-  const char* current_phase = nullptr;
-  opt.fisher.on_progress = [&](const char* phase, Index done, Index total) {
-    const double t = progress.elapsed();
-    if (phase != current_phase) {  // the first chunk of a pass: its start is about one chunk ago
-      current_phase = phase;
-      phase_start = last_phase_line = t;
-    }
-    if (t - last_phase_line < 2.0 || done == total) return;
-    last_phase_line = t;
-    const double eta = (t - phase_start) / double(std::max<Index>(done - 1, 1)) * double(total - done);
-    progress.line("%s: %lld of %lld chunks, eta %.0f s", phase, static_cast<long long>(done),
-                  static_cast<long long>(total), eta);
-  };
+  watch_fisher(opt.fisher, progress);  // the forward pass and the gradient: a line at least every 2 s
   opt.on_gradient = [&](double loss, double gnorm) {
     progress.line("loss %.8f, gradient norm %.6e; solving (F + lambda I) d = g", loss, gnorm);
   };
   opt.preconditioner = preconditioner_from_string(a.preconditioner);
-  opt.spectrum_top_k = std::min<Index>(k, p.model->num_params() - 1);
-  opt.spectrum = spectrum_options(progress);
+  opt.spectrum_top_k = k;
+  opt.spectrum = spectrum_options(progress, world);
   opt.condition_number = k > 0;
   opt.deflate = a.deflate;
+  if (a.deflate_given && a.deflate == 0) opt.reuse_spectrum = false;  // --deflate 0: plain CG
   opt.dampings = a.dampings;
   if (a.deflate > 0 && opt.preconditioner != PreconditionerKind::none)
     usage_error("--deflate and --preconditioner " + a.preconditioner + " do not combine: choose one");
@@ -116,9 +144,26 @@ int run_solve(Args& a, const World& world) {
               per_position.c_str(), p.data_label.c_str(), static_cast<long long>(p.total),
               static_cast<long long>(a.curvature_batch > 0 ? a.curvature_batch : p.total), a.fisher.c_str(),
               damping_text.c_str(), a.dtype.c_str(), threads, ranks.c_str(), p.params_label.c_str());
+  // λ = 0 with F provably singular on this batch: CG can reach a least-squares answer at best.
+  const Index curvature_samples = world.size() > 1 ? p.curvature_total : a.curvature_batch > 0 ? a.curvature_batch : p.total;
+  const Index rank_bound = fisher_rank_bound(opt.fisher.kind, p.file.likelihood, curvature_samples, positions,
+                                             p.model->output_size() / positions, a.mc_samples);
+  if (a.damping == 0 && rank_bound < p.model->num_params() && !a.quiet && world.root())
+    std::fprintf(stderr,
+                 "warning: --damping 0: F has rank at most %lld on this batch (%s) but %lld parameters, so F + 0*I "
+                 "is singular and CG can only reach a least-squares answer (expect it to stop unconverged); give a "
+                 "damping > 0\n",
+                 static_cast<long long>(rank_bound),
+                 opt.fisher.kind == FisherKind::empirical ? "N, one score per sample"
+                 : opt.fisher.kind == FisherKind::mc      ? "N*T*S sampled scores"
+                 : p.file.likelihood == LikelihoodKind::categorical ? "N*T*(C-1)" : "N*T*C",
+                 static_cast<long long>(p.model->num_params()));
   progress.line("forward pass over %lld samples", static_cast<long long>(p.total));
-  install_signal_handlers();
   std::fflush(stdout);
+  if (stop_agreed(world)) {
+    std::printf("interrupted by %s while loading: nothing computed; nothing written\n", signal_name());
+    return interrupted_status();
+  }
   NaturalGradientResult<Scalar> r;
   try {
     if (world.size() == 1) {
@@ -133,6 +178,9 @@ int run_solve(Args& a, const World& world) {
                                                     p.curvature_total},
                                  opt);
     }
+  } catch (const Interrupted& e) {  // the forward pass, the gradient or a product stopped at a chunk
+    std::printf("interrupted by %s: %s; nothing written\n", signal_name(), e.what());
+    return interrupted_status();
   } catch (const std::bad_alloc&) {
     throw std::runtime_error("out of memory during the solve; the estimate for the whole run was " +
                              detail::format_bytes(double(p.estimate)) + "; nothing written");
@@ -147,13 +195,12 @@ int run_solve(Args& a, const World& world) {
     throw std::runtime_error("the natural-gradient direction is not finite (" + r.cg.message + "); nothing written");
   // (Rank 0's signal decided the stop; the others may have seen none.)
   const bool interrupted = r.cg.termination == CgTermination::user_stop;
-  const int signal = g_signal != 0 ? int(g_signal) : SIGTERM;
   std::printf("loss: %.8f\ngradient norm: %.6e\n", r.loss, r.gradient_norm);
   if (r.solves.empty()) {
-    std::printf("%s\n", r.cg.brief_report().c_str());
+    std::printf("%s\n", cg_line(r.cg).c_str());
   } else {
     for (const auto& d : r.solves) {
-      std::printf("damping %s: %s\n", detail::format_number(d.damping).c_str(), d.cg.brief_report().c_str());
+      std::printf("damping %s: %s\n", detail::format_number(d.damping).c_str(), cg_line(d.cg).c_str());
       if (!d.cg.is_converged() && d.cg.termination != CgTermination::user_stop)
         std::printf("warning: CG for damping %s did not converge: %s\n", detail::format_number(d.damping).c_str(),
                     d.cg.message.c_str());
@@ -161,14 +208,19 @@ int run_solve(Args& a, const World& world) {
     std::printf("multi-shift CG: %lld products for %zu dampings\n", static_cast<long long>(r.multi_shift_products),
                 r.solves.size());
   }
+  const bool has_spectrum = opt.spectrum_top_k > 0 && r.spectrum.eigenvalues.size() > 0;
   if (interrupted)
-    std::printf("interrupted by %s at CG iteration %lld: writing the best iterate so far\n",
-                signal == SIGINT ? "SIGINT" : "SIGTERM", static_cast<long long>(r.cg.iterations));
+    std::printf("interrupted by %s at CG iteration %lld: writing the current iterate%s\n", signal_name(),
+                static_cast<long long>(r.cg.iterations),
+                opt.spectrum_top_k > 0 && !has_spectrum ? "; skipped the spectrum and the condition number" : "");
   else if (!r.cg.is_converged() && r.solves.empty())
     std::printf("warning: CG did not converge: %s\n", r.cg.message.c_str());
-  if (opt.spectrum_top_k > 0)
+  if (has_spectrum)
     std::printf("top-%lld eigenvalues of F: %s  (%lld products, %s)\n", static_cast<long long>(opt.spectrum_top_k),
                 format_eigenvalues(r.spectrum.eigenvalues).c_str(), static_cast<long long>(r.spectrum.matvecs),
+                r.spectrum.status.c_str());
+  else if (opt.spectrum_top_k > 0 && !interrupted)
+    std::printf("top-%lld eigenvalues of F: none (%s)\n", static_cast<long long>(opt.spectrum_top_k),
                 r.spectrum.status.c_str());
   if (r.deflated > 0)
     std::printf("CG was deflated with the top-%lld eigenpairs of F (computed before it)\n",
@@ -217,7 +269,7 @@ int run_solve(Args& a, const World& world) {
     auto cg_json = [&](const CgSummary& cg) {
       return nlohmann::ordered_json{{"iterations", cg.iterations},
                                     {"converged", cg.is_converged()},
-                                    {"termination", interrupted ? "interrupted" : to_string(cg.termination)},
+                                    {"termination", termination_word(cg)},
                                     {"message", cg.message},
                                     {"relative_residual", cg.relative_residual},
                                     {"recursive_relative_residual", cg.recursive_relative_residual},
@@ -239,15 +291,22 @@ int run_solve(Args& a, const World& world) {
         j["solves"].push_back(e);
       }
     }
-    if (opt.spectrum_top_k > 0) j["spectrum"] = spectrum_json(r.spectrum);
+    if (has_spectrum) j["spectrum"] = spectrum_json(r.spectrum);
     if (r.has_condition) j["condition"] = condition_json(r.condition);
     if (!r.compare.empty()) j["compare"] = comparison_json(r.compare);
+    if (interrupted) {
+      std::vector<std::string> skipped;
+      if (opt.spectrum_top_k > 0 && !has_spectrum) skipped.push_back("the spectrum");
+      if (opt.condition_number && !r.has_condition) skipped.push_back("the condition number");
+      if (!opt.compare.empty() && r.compare.empty()) skipped.push_back("the comparison");
+      j["interrupted"] = {{"signal", signal_name()}, {"skipped", skipped}};
+    }
     j["timing_s"] = {{"forward", r.time_forward_s}, {"gradient", r.time_gradient_s}, {"cg", r.time_cg_s},
                      {"spectrum", r.time_spectrum_s}, {"total", r.time_total_s}};
     if (!r.compare.empty()) j["timing_s"]["compare"] = r.time_compare_s;
     write_file_atomically(a.report, j.dump(2) + "\n");
   }
-  return interrupted ? 128 + signal : 0;
+  return interrupted ? interrupted_status() : 0;
 }
 
 template int run_solve<float>(Args&, const World&);

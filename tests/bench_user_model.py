@@ -50,9 +50,18 @@ for label, extra in [("data file", ["--data", csv, "--batch", "40"]), ("random d
             check(b.get("iterations") == 10 and b.get("products", 0) >= 10,
                   "%s: cg10 ran 10 iterations (%s, %s products)" % (label, b.get("iterations"), b.get("products")))
 
-# Google Benchmark's own filter still chooses.
+# Google Benchmark's own filter still chooses, among the model's benchmarks only: "fvp_exact" also names the
+# built-in mlp/fvp_exact, cnn/fvp_exact, ..., which --model leaves out.
 got = results(["--model", model, "--benchmark_filter=model/fvp_exact"])
 check(len(got) == 1 and next(iter(got)).startswith("model/fvp_exact"), "--benchmark_filter selects one: %s" % list(got))
+got = results(["--model", model, "--batch", "8", "--benchmark_filter=fvp_exact"])
+check(len(got) == 1 and next(iter(got)).startswith("model/fvp_exact"),
+      "--benchmark_filter=fvp_exact with --model runs model/fvp_exact alone: %s" % list(got))
+
+# --help names natgrad-bench's own options, then Google Benchmark's.
+r = run(["--help"])
+for option in ["--model", "--weights", "--data", "--batch", "--benchmark_filter"]:
+    check(r.returncode == 0 and option in r.stdout, "--help lists %s" % option)
 
 for args, text in [(["--model", model, "--bogus"], "unknown argument '--bogus'"),
                    (["--model"], "--model needs a value"),

@@ -5,9 +5,11 @@
     export_model(model, input_shape=[1, 28, 28], likelihood="categorical", directory="out")
         -> out/model.json, out/weights.safetensors
     export_data("out/data.safetensors", inputs, targets)
-    d = load_safetensors("direction.safetensors")          # {name: tensor}, state_dict names
-    model.load_state_dict(d, strict=False)    # d holds the parameters only, not the buffers
-    torch.nn.utils.vector_to_parameters(to_vector(model, d), model.parameters())
+    d = load_safetensors("direction.safetensors")          # {name: tensor}, the parameters' state_dict names
+    with torch.no_grad():                                  # a step θ ← θ − η d (not weights to load)
+        for name, p in model.named_parameters():
+            p -= lr * d[name]
+    v = to_vector(model, d)                                # or as one flat vector, parameters_to_vector order
     spec, buffers, notes = graph_spec(model, input_shape, likelihood)   # the same translation, in memory
 
 Command line (writes a small example model and dataset):

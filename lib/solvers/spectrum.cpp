@@ -11,6 +11,7 @@ const char* to_string(SpectrumTermination t) {
     case SpectrumTermination::not_converged: return "not_converged";
     case SpectrumTermination::non_finite: return "non_finite";
     case SpectrumTermination::failed: return "failed";
+    case SpectrumTermination::interrupted: return "interrupted";
   }
   return "unknown";
 }

@@ -78,6 +78,10 @@ struct FisherOptions {
   /// pass ("forward") and of gradient() ("gradient") with the chunks done so far and the total (not during
   /// products). It runs inside the parallel region: keep it cheap and rate-limit any printing. Optional.
   std::function<void(const char* phase, Index done, Index total)> on_progress;
+  /// A stop request, polled between chunks of the forward pass, of gradient() and of every product; when it
+  /// returns true the pass throws Interrupted (core/interrupted.h); under MPI the ranks agree first.
+  /// Optional.
+  std::function<bool()> stop_requested;
 
   /// **A batch shared by several processes.** With a communicator of K > 1 ranks, the operator's data is
   /// this rank's share of a batch of `total_samples` samples whose first sample has global index

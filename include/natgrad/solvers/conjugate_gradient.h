@@ -34,6 +34,7 @@
 
 #include <natgrad/core/detail/format_number.h>
 #include <natgrad/core/types.h>
+#include <natgrad/solvers/callback_result.h>
 #include <natgrad/solvers/detail/cg_kernels.h>
 #include <natgrad/solvers/operator_concept.h>
 #include <natgrad/solvers/preconditioner.h>
@@ -62,8 +63,6 @@ enum class CgBreakdown {
   rz_not_finite,                ///< rᵀz is NaN or Inf with a finite positive pᵀAp: residual or preconditioner
 };
 const char* to_string(CgBreakdown b);
-
-enum class CallbackResult { keep_going, stop };
 
 /// What the callback sees after each iteration.
 struct CgIterationInfo {

@@ -9,10 +9,12 @@
 /// \endcode
 #pragma once
 
+#include <natgrad/core/interrupted.h>
 #include <natgrad/core/types.h>
 #include <natgrad/solvers/detail/arnoldi_op.h>
 #include <natgrad/solvers/detail/double_operator.h>
 #include <natgrad/solvers/operator_concept.h>
+#include <natgrad/solvers/spectrum_progress.h>
 
 #include <Spectra/SymEigsSolver.h>
 
@@ -21,6 +23,7 @@
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 namespace natgrad {
 
@@ -51,8 +54,10 @@ struct SpectrumOptions {
   bool compute_eigenvectors = false;
   /// Precision of the Lanczos basis. Default automatic.
   LanczosBasis basis = LanczosBasis::automatic;
-  /// Called after every operator application with the count so far (progress reporting). Optional.
-  std::function<void(Index)> on_product;
+  /// Called after every operator product with the count so far (phase "lanczos"; the total is not known in
+  /// advance); returning CallbackResult::stop ends the computation there (termination `interrupted`, no
+  /// eigenvalues: Lanczos has none to give before its Ritz values converge). Optional.
+  SpectrumCallback callback;
 
   bool is_valid(Index n, std::string* why) const;
 };
@@ -63,6 +68,7 @@ enum class SpectrumTermination {
   not_converged,  ///< max_restarts reached first
   non_finite,     ///< the operator returned NaN or Inf
   failed,         ///< Spectra reported a numerical failure (or threw)
+  interrupted,    ///< the callback asked to stop, or the operator threw Interrupted (a stop request)
 };
 const char* to_string(SpectrumTermination t);
 
@@ -89,17 +95,38 @@ SpectrumResult top_eigenvalues_in(const Op& op, const SpectrumOptions& options) 
   const auto start = std::chrono::steady_clock::now();
   const Index n = op.rows(), k = options.num_eigenvalues;
   const Index ncv = options.ncv > 0 ? options.ncv : std::min(n, std::max<Index>(2 * k + 1, 20));
-  detail::BasisOperator<Op, B> dop(op, 0, 1, options.on_product);
+  // A stop asked by the callback unwinds Spectra as the operator's own Interrupted would (Spectra keeps no
+  // state that outlives compute()).
+  std::function<void(Index)> on_product;
+  if (options.callback)
+    on_product = [&options](Index n) {
+      SpectrumProgress p;
+      p.phase = "lanczos";
+      p.products = n;
+      if (options.callback(p) == CallbackResult::stop)
+        throw Interrupted("Lanczos was stopped after " + std::to_string(n) + " products");
+    };
+  detail::BasisOperator<Op, B> dop(op, 0, 1, std::move(on_product));
   Spectra::SymEigsSolver<detail::BasisOperator<Op, B>> solver(dop, k, ncv);
-  solver.init();
   SpectrumResult r;
   Index nconv = 0;
-  std::string thrown;
+  std::string thrown, interrupted;
   try {
+    solver.init();
     nconv = solver.compute(Spectra::SortRule::LargestAlge, options.max_restarts, options.tolerance,
                            Spectra::SortRule::LargestAlge);
+  } catch (const Interrupted& e) {
+    interrupted = e.what();
   } catch (const std::exception& e) {  // Spectra throws on some numerical failures
     thrown = e.what();
+  }
+  if (!interrupted.empty()) {
+    r.termination = SpectrumTermination::interrupted;
+    r.matvecs = dop.count();
+    r.restarts = solver.num_iterations();
+    r.status = "interrupted: " + interrupted;
+    r.time_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return r;
   }
   r.converged = thrown.empty() && dop.first_non_finite() == 0 && solver.info() == Spectra::CompInfo::Successful;
   r.termination = dop.first_non_finite() ? SpectrumTermination::non_finite

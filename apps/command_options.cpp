@@ -1,0 +1,100 @@
+#include "command_options.h"
+
+#include <cstring>
+
+namespace natgrad {
+namespace cli {
+
+void add_solve_options(CLI::App* c, Args& a) {
+  add_problem_options(c, a, "1e-3");
+  add_curvature_batch_option(c, a);
+  add_cg_options(c, a);
+  c->add_option("--output", a.output,
+                "Write the direction d here (safetensors, the weights' names and shapes; with a list of dampings "
+                "one file each, d_1e-02.safetensors, ...)");
+  c->add_option("--save-gradient", a.save_gradient, "Write the gradient g here");
+  c->add_option("--spectrum", a.spectrum,
+                "Also report the top-K eigenvalues of F (K below the parameter count) and the condition number of "
+                "F + lambda*I (default 0; 10 for the embedded default)");
+  c->add_option("--deflate", a.deflate,
+                "Deflate CG with the top-K eigenpairs of F, computed before it (default: those of --spectrum, which "
+                "a solve with a spectrum reuses; 0: plain CG; not with a preconditioner)");
+  c->add_option("--report", a.report, "Write a JSON report here (docs/formats.md)");
+  c->add_option("--compare", a.compare,
+                "Compare approximations of F with it (a list of empirical, mc, diagonal, kfac): for each, the "
+                "largest relative error of its product on F's top-K eigenvectors (--spectrum K) and the cosine "
+                "between its damped direction and the solved one, with its time; needs a damping > 0")
+      ->delimiter(',');
+}
+
+void add_fvp_options(CLI::App* c, Args& a) {
+  add_problem_options(c, a, "0 for fvp");
+  c->add_option("--vector", a.vector, "The vector v (safetensors, the weights' names and shapes)");
+  c->add_option("--output", a.output, "Write (F + lambda*I) v here");
+  c->add_option("--report", a.report, "Write a JSON report here (docs/formats.md)");
+}
+
+void add_profile_options(CLI::App* c, Args& a) {
+  add_problem_options(c, a, "0 for profile");
+  c->add_option("--products", a.products, "Products to time (the median's wall time is reported)")->capture_default_str();
+  c->add_option("--report", a.report, "Write a JSON report here (per node: times, FLOPs, GFLOP/s, share)");
+}
+
+void add_spectrum_options(CLI::App* c, Args& a) {
+  add_problem_options(c, a, "0 for spectrum");
+  add_curvature_batch_option(c, a);
+  c->add_option("--top", a.top, "Number of largest eigenvalues (below the parameter count)")->capture_default_str();
+  c->add_flag("--trace", a.trace, "Also estimate tr(F) by Hutchinson (Rademacher probes), with its standard error");
+  c->add_flag("--per-layer", a.per_layer,
+              "Per module (its tensors together): the top eigenvalue and trace of its diagonal block, and each top "
+              "eigenvector's share of squared mass in it");
+  c->add_flag("--density", a.density,
+              "The spectral density by stochastic Lanczos quadrature: nodes and weights in the report, the mass at "
+              "zero printed");
+  c->add_option("--lanczos-steps", a.lanczos_steps, "Lanczos steps per probe for --density (>= 2)")->capture_default_str();
+  c->add_option("--probes", a.probes, "Rademacher probes for --trace, --per-layer and --density (>= 2)")->capture_default_str();
+  c->add_option("--eigenvectors", a.eigenvectors,
+                "Write the top-K eigenvectors here: safetensors holding one [K, ...shape] tensor per parameter under "
+                "its name, row i of every tensor together eigenvector i (row 0 the largest eigenvalue's)");
+  c->add_option("--plot", a.plot,
+                "Draw the spectral density here as SVG (implies --density): a logarithmic eigenvalue axis, the top-K "
+                "eigenvalues marked, the mass at zero as its own bar, the trace in the caption (needs a build with "
+                "PLplot)");
+  c->add_option("--report", a.report, "Write a JSON report here (docs/formats.md)");
+}
+
+void add_info_options(CLI::App* c, Args& a) {
+  c->add_option("--model", a.model, "Model spec (JSON)");
+  c->add_option("--weights", a.weights, "Check these parameters against the model");
+  c->add_option("--batch", a.batch, "Batch for the memory estimate (default 1000)");
+  c->add_option("--curvature-batch", a.curvature_batch, "Curvature batch for the memory estimate");
+  c->add_option("--dtype", a.dtype, "float32 or float64")->capture_default_str();
+  c->add_option("--spectrum", a.spectrum, "Top-K spectrum to account for");
+  c->add_option("--threads", a.threads, "Threads to account for");
+  c->add_option("--ranks", a.ranks, "MPI ranks sharing the batch: the estimate is per rank (default 1)");
+  c->add_flag("--quiet", a.quiet, "Accepted for uniformity; info prints no progress");
+}
+
+std::string parse_error_message(const CLI::ParseError& e, int argc, char** argv) {
+  // An option of solve given to fvp, spectrum or profile is an extra argument to CLI11: name it and say whose
+  // option it is.
+  if (dynamic_cast<const CLI::ExtrasError*>(&e) && argc > 1) {
+    const std::string command = argv[1];
+    if (command == "fvp" || command == "spectrum" || command == "profile") {
+      std::vector<const char*> solve_only = {"--cg-tol", "--cg-max-iters", "--preconditioner", "--output",
+                                             "--save-gradient", "--spectrum", "--deflate", "--compare"};
+      if (command != "spectrum") solve_only.push_back("--curvature-batch");
+      if (command == "fvp") solve_only.erase(solve_only.begin() + 3);  // (fvp has its own --output)
+      for (int i = 2; i < argc; ++i)
+        for (const char* o : solve_only) {
+          const std::size_t n = std::strlen(o);
+          if (std::strncmp(argv[i], o, n) == 0 && (argv[i][n] == 0 || argv[i][n] == '='))
+            return std::string(o) + " is not an option of `natgrad " + command + "` (it is one of `natgrad solve`)";
+        }
+    }
+  }
+  return e.what();
+}
+
+}  // namespace cli
+}  // namespace natgrad
