@@ -3,7 +3,7 @@
 // formed densely here from the forward pass alone: the exact, empirical and Monte-Carlo Fishers from the
 // finite-difference Jacobian and the formula H_n or the documented label key, the diagonal, K-FAC's
 // Kronecker factors formed by hand from the fixture's layer formulas (as tests/test_kfac.cpp does), Eigen's
-// eigenvectors and solves; and the combinations refused.
+// eigenvectors and solves; the times and product counts the report gives; and the combinations refused.
 #include "cli_fixture.h"
 
 #include <Eigen/Cholesky>
@@ -195,15 +195,38 @@ TEST_F(Cli, CompareApproximationsAgainstDenseOnes) {
   };
   const auto j = nlohmann::json::parse(slurp(p("cmp.json")));
   ASSERT_EQ(j["compare"].size(), 4u);
+  double rows_s = 0;
   for (std::size_t i = 0; i < 4; ++i) {
     SCOPED_TRACE(want[i].kind);
     const auto& e = j["compare"][i];
     EXPECT_EQ(e["kind"].get<std::string>(), want[i].kind);
     EXPECT_NEAR(e["product_relative_error"].get<double>(), want[i].error, 1e-6 * want[i].error);
     EXPECT_NEAR(e["direction_cosine"].get<double>(), want[i].cos, 1e-7);
-    EXPECT_GE(e["time_s"].get<double>(), 0.0);
-    EXPECT_EQ(e["products"].get<Index>() > 0, i < 2);  // the operators' products; none for diagonal and K-FAC
+    // Every approximation does work (forms a diagonal or factors, or runs products): a positive time.
+    EXPECT_GT(e["time_s"].get<double>(), 0.0);
+    rows_s += e["time_s"].get<double>();
+    // The empirical and Monte-Carlo operators' products: one per top eigenvector for the product error, then
+    // their own damped CG (one per iteration, and the recomputed true residual); none for diagonal and K-FAC,
+    // which are formed without F's products.
+    if (i < 2) {
+      const Index iterations = e["cg_iterations"].get<Index>();
+      EXPECT_GT(iterations, 0);
+      EXPECT_GE(e["products"].get<Index>(), k + iterations + 1);
+      EXPECT_LE(e["products"].get<Index>(), k + 2 * iterations + 2);
+    } else {
+      EXPECT_EQ(e["products"].get<Index>(), 0);
+    }
   }
+  // The rows' times are parts of the report's compare time, which is part of the total: the rows add up to it
+  // up to what happens between them (microseconds: moving a row into the list; the slack allows for the
+  // process being descheduled there on a busy machine), and the phases to at most the total.
+  const auto& t = j["timing_s"];
+  const double compare_s = t["compare"].get<double>();
+  EXPECT_LE(rows_s, compare_s + 1e-9);
+  EXPECT_GE(rows_s, 0.9 * compare_s - 0.05) << "the compare time is not the rows' times";
+  EXPECT_LE(t["forward"].get<double>() + t["gradient"].get<double>() + t["cg"].get<double>() +
+                t["spectrum"].get<double>() + compare_s,
+            t["total"].get<double>() + 1e-9);
   // (The approximations differ from F here, so the test cannot pass with a copy of the exact direction.)
   for (const Want& w : want) EXPECT_LT(w.cos, 0.9999) << w.kind;
 }
