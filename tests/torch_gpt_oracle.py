@@ -9,7 +9,7 @@ For each: the gradient, the exact and empirical F·v, the damped natural-gradien
 PyTorch) and the top eigenvalues (against the dense F built from PyTorch's products) agree to 1e-10
 relative. Then the bad inputs: a token out of the vocabulary, a sequence longer than the mask and position
 table, a mask of the wrong shape, a mask that is not causal — each a one-line error.
-Exit code 77 (ctest SKIP) when PyTorch is not installed."""
+Exit code 77 (ctest SKIP) when PyTorch is not installed, 1 with NATGRAD_REQUIRE_TORCH=1 (torch_oracle.py)."""
 import os
 import sys
 import tempfile

@@ -16,7 +16,7 @@ For each: the gradient, the exact and empirical F·v, the damped natural-gradien
 PyTorch) and the top eigenvalues (against the dense F built from PyTorch's Jacobian) agree to 1e-10 relative;
 the direction loads back with load_state_dict(d, strict=False) and to_vector; and the exporter refuses
 training-mode batch norm and an unsupported function with a message naming the node, its target and module.
-Exit code 77 (ctest SKIP) when PyTorch is not installed."""
+Exit code 77 (ctest SKIP) when PyTorch is not installed, 1 with NATGRAD_REQUIRE_TORCH=1 (torch_oracle.py)."""
 import collections
 import os
 import sys

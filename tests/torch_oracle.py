@@ -2,7 +2,9 @@
 importing PyTorch or ending the script, exporting a case, running natgrad on it, checking each quantity
 against PyTorch autograd (torch_reference.py) within its bound, and the verdict.
 
-Import it before anything that imports torch: without PyTorch the script exits with 77 (ctest: skipped)."""
+Import it before anything that imports torch. Without PyTorch the script exits with 77 (ctest: skipped) when
+the torch module is simply not installed, and with 1 (failed) when NATGRAD_REQUIRE_TORCH=1 is set (CI sets
+it) or when torch is installed but cannot be imported (a broken installation is not a reason to skip)."""
 import json
 import os
 import subprocess
@@ -11,9 +13,15 @@ import tempfile
 
 try:
     import torch
-except ImportError:
-    print("skipped: python3-torch is not installed (apt-get install python3-torch)")
-    sys.exit(77)
+except ImportError as e:
+    required = os.environ.get("NATGRAD_REQUIRE_TORCH") == "1"
+    if isinstance(e, ModuleNotFoundError) and e.name == "torch" and not required:
+        print("skipped: python3-torch is not installed (apt-get install python3-torch); "
+              "NATGRAD_REQUIRE_TORCH=1 turns this into a failure")
+        sys.exit(77)
+    print(f"FAILED: PyTorch cannot be imported by {sys.executable}: {e!r}"
+          + (" (NATGRAD_REQUIRE_TORCH=1 requires it)" if required else ""))
+    sys.exit(1)
 
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, here)

@@ -10,7 +10,7 @@ autograd (torch_oracle.Oracle.check_case):
   - the direction solves (F + λI) d = g in PyTorch (relative residual < 1e-10) and loads back into the
     PyTorch model with load_state_dict (names and shapes);
   - a Sequential with named modules keeps its state_dict names through natgrad.
-Exit code 77 (ctest SKIP) when PyTorch is not installed."""
+Exit code 77 (ctest SKIP) when PyTorch is not installed, 1 with NATGRAD_REQUIRE_TORCH=1 (torch_oracle.py)."""
 import collections
 import os
 import sys
