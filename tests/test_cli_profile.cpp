@@ -1,10 +1,14 @@
 // `natgrad profile`: one row per node in the model's order, FLOPs counted here from the layer shapes (not
-// from the library's cost model), shares consistent with the times, and the library's OperatorProfile (on
-// only when asked, counting its products).
+// from the library's cost model), shares consistent with the times and summing to the whole product, and the
+// library's OperatorProfile (on only when asked, counting its products, its thread times within the products'
+// wall time).
 #include "cli_fixture.h"
+
+#include <natgrad/core/threads.h>
 
 #include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <map>
 
 using namespace natgrad;
@@ -29,9 +33,11 @@ TEST_F(Cli, ProfileReportsEveryNode) {
   double total = j["curvature_s"].get<double>() + j["reduction_s"].get<double>();
   for (const auto& e : j["nodes"]) total += e["rop_s"].get<double>() + e["backprop_s"].get<double>() + e["gradient_s"].get<double>();
   ASSERT_GT(total, 0.0);
+  double shares = 0;
   for (std::size_t i = 0; i < model.num_layers(); ++i) {
     const auto& e = j["nodes"][i];
     SCOPED_TRACE(model.node_id(i));
+    shares += e["share"].get<double>();
     EXPECT_EQ(e["node"].get<std::string>(), model.node_id(i));
     EXPECT_EQ(e["op"].get<std::string>(), model.layer(i).name());
     const auto it = flops.find(model.node_id(i));
@@ -44,6 +50,11 @@ TEST_F(Cli, ProfileReportsEveryNode) {
     const double mine = e["rop_s"].get<double>() + e["backprop_s"].get<double>() + e["gradient_s"].get<double>();
     EXPECT_NEAR(e["share"].get<double>(), mine / total, 1e-9);
   }
+  // The nodes' shares and the output curvature's and the reduction's parts of the product's thread time are
+  // the whole of it.
+  EXPECT_NEAR(shares + (j["curvature_s"].get<double>() + j["reduction_s"].get<double>()) / total, 1.0, 1e-9);
+  EXPECT_GT(j["curvature_s"].get<double>(), 0.0);
+  EXPECT_GT(j["product_s"].get<double>(), 0.0);
   EXPECT_EQ(run("profile " + base + " --products 0").code, 2);
   const Result refused = run("profile " + base + " --cg-tol 1e-3");
   EXPECT_EQ(refused.code, 2);
@@ -61,8 +72,10 @@ TEST(OperatorProfile, OnlyWhenAskedAndCountingProducts) {
   fo.profile = true;
   const FisherOperator<double> timed(model, theta, LikelihoodKind::categorical, data, fo);
   plain.perform_op(v.data(), y.data());
+  const auto t0 = std::chrono::steady_clock::now();
   timed.perform_op(v.data(), y_profiled.data());
   timed.perform_op(v.data(), y_profiled.data());
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_TRUE(y == y_profiled);  // timing changes no result
   const OperatorProfile off = plain.profile(), on = timed.profile();
   EXPECT_EQ(off.products, 0);
@@ -73,6 +86,13 @@ TEST(OperatorProfile, OnlyWhenAskedAndCountingProducts) {
     EXPECT_GT(on.rop_s[l], 0.0);
     EXPECT_GT(on.gradient_s[l], 0.0);
   }
+  // The passes' times are thread times summed over the operator's T threads, each measured inside a product:
+  // together at most T times the products' wall time.
+  double passes = on.curvature_s + on.reduction_s;
+  for (std::size_t l = 0; l < model.num_layers(); ++l)
+    passes += on.rop_s[l] + on.backprop_s[l] + on.gradient_s[l];
+  EXPECT_GT(on.curvature_s, 0.0);
+  EXPECT_LE(passes, double(resolve_threads(0)) * wall);
   timed.reset_profile();
   const OperatorProfile cleared = timed.profile();
   EXPECT_EQ(cleared.products, 0);

@@ -290,6 +290,17 @@ Mat<double> dense_fisher(const Network<Scalar>& model, const Vec<Scalar>& theta,
   return F / static_cast<double>(N);
 }
 
+/// The mean categorical negative log-likelihood 1/N Σ_n (log Σ_c exp z_cn − z_{y_n, n}) of outputs Z (C × N),
+/// from the formula (not the library's nll_sum).
+inline double categorical_nll(const Mat<double>& Z, const std::vector<int64_t>& labels) {
+  double sum = 0;
+  for (Index n = 0; n < Z.cols(); ++n) {
+    const double m = Z.col(n).maxCoeff();
+    sum += m + std::log((Z.col(n).array() - m).exp().sum()) - Z(labels[static_cast<std::size_t>(n)], n);
+  }
+  return sum / double(Z.cols());
+}
+
 /// ∇ loss(θ) by central differences of `loss` alone (step 1e-6, in double).
 template <typename Loss>
 Vec<double> gradient_by_finite_differences(Loss loss, const Vec<double>& theta) {

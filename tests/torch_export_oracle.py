@@ -22,7 +22,7 @@ operation natgrad does not have yet.
 The translations that need operations natgrad does not have yet (reshape, permute, scalar arithmetic, tensor
 products, mean/sum, GroupNorm, Conv1d, grouped convolutions, upsampling, ELU, Mish) are checked by running the
 written spec with a float64 reference of each node type as docs/formats.md defines it, against model(x).
-Exit code 77 (ctest SKIP) when PyTorch is not installed."""
+Exit code 77 (ctest SKIP) when PyTorch is not installed, 1 with NATGRAD_REQUIRE_TORCH=1 (torch_oracle.py)."""
 import inspect
 import json
 import os
@@ -30,13 +30,14 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(__file__))
-from torch_reference import Report, export_case, flat, fvp, nll, rel  # noqa: E402  (exits 77 without PyTorch)
+from torch_oracle import Oracle, export_case  # noqa: E402  (first: imports torch or ends the script)
+from torch_reference import flat, fvp, nll, rel  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from export_torch import PENDING_TYPES, export_model, graph_spec, load_safetensors, to_vector  # noqa: E402
 
-oracle = Report(sys.argv[1])
+oracle = Oracle()
 check, run, failures = oracle.check, oracle.run, oracle.failures
 torch.set_default_dtype(torch.float64)
 HERE = os.path.basename(__file__)

@@ -9,20 +9,18 @@ For each: the gradient, the exact and empirical F·v, the damped natural-gradien
 PyTorch) and the top eigenvalues (against the dense F built from PyTorch's products) agree to 1e-10
 relative. Then the bad inputs: a token out of the vocabulary, a sequence longer than the mask and position
 table, a mask of the wrong shape, a mask that is not causal — each a one-line error.
-Exit code 77 (ctest SKIP) when PyTorch is not installed."""
-import json
+Exit code 77 (ctest SKIP) when PyTorch is not installed, 1 with NATGRAD_REQUIRE_TORCH=1 (torch_oracle.py)."""
 import os
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(__file__))
-from torch_reference import Report, dense_fisher, export_case, flat, fvp, nll, rel  # noqa: E402  (exits 77 without PyTorch)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_oracle import Oracle, export_data, export_model, load_safetensors, save_safetensors  # noqa: E402  (first)
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
-from export_torch import export_model, export_data, load_safetensors, save_safetensors, to_vector  # noqa: E402
 
-oracle = Report(sys.argv[1])
-check, run, failures = oracle.check, oracle.run, oracle.failures
+oracle = Oracle()
+run, failures = oracle.run, oracle.failures
 torch.set_default_dtype(torch.float64)
 
 
@@ -79,7 +77,7 @@ def randomize(model):
 
 cases = [("float mask", dict(mask="float")), ("bool mask, need_weights", dict(mask="bool")),
          ("no mask", dict(mask="none")), ("no biases", dict(bias=False)), ("tied embeddings", dict(tied=True))]
-N, V, T, lam = 10, 11, 6, 0.05
+N, V, T = 10, 11, 6
 for name, kwargs in cases:
     torch.manual_seed(5)
     model = GPT(V, T, **kwargs)
@@ -87,22 +85,7 @@ for name, kwargs in cases:
     model.eval()
     x = torch.randint(0, V, (N, T))
     y = torch.randint(0, V, (N, T))
-    d, v, common = export_case(model, [T], "categorical", x, y)
-    params = list(model.parameters())
-    for kind in ("exact", "empirical"):
-        out = os.path.join(d, f"fv_{kind}.safetensors")
-        run("fvp", *common, "--fisher", kind, "--vector", os.path.join(d, "v.safetensors"), "--output", out)
-        check(f"{name}: fvp {kind} vs PyTorch", rel(to_vector(model, load_safetensors(out)),
-                                                    fvp(model, x, y, "categorical", kind, v)), 1e-10)
-    run("solve", *common, "--damping", str(lam), "--cg-tol", "1e-13", "--cg-max-iters", "5000",
-        "--output", os.path.join(d, "dir.safetensors"), "--save-gradient", os.path.join(d, "g.safetensors"))
-    g_ref = flat(torch.autograd.grad(nll("categorical", model(x), y), params))
-    check(f"{name}: gradient vs PyTorch", rel(to_vector(model, load_safetensors(os.path.join(d, "g.safetensors"))),
-                                              g_ref), 1e-10)
-    direction = load_safetensors(os.path.join(d, "dir.safetensors"))
-    dvec = [direction[n].reshape(p.shape) for n, p in model.named_parameters()]
-    residual = fvp(model, x, y, "categorical", "exact", dvec) + lam * flat(dvec) - g_ref
-    check(f"{name}: residual of the direction in PyTorch", float(residual.norm() / g_ref.norm()), 1e-10)
+    d, _, common = oracle.check_case(name, model, [T], "categorical", x, y, top=3)
     if kwargs.get("tied"):
         # state_dict() holds the tied tensor twice (tok.weight, head.weight): accepted when they are equal.
         state = os.path.join(d, "state.safetensors")
@@ -115,20 +98,6 @@ for name, kwargs in cases:
         print("tied alias that differs:", r.stderr.strip())
         if "is tied to" not in r.stderr:
             failures.append(f"{name}: a differing alias was not refused")
-    report = os.path.join(d, "spectrum.json")
-    run("spectrum", *common, "--top", "3", "--report", report)
-    ours = torch.tensor(json.load(open(report))["spectrum"]["eigenvalues"])
-    ref = torch.linalg.eigvalsh(dense_fisher(model, x, y, "categorical")).flip(0)[:3]
-    check(f"{name}: top-3 eigenvalues vs the dense Fisher", rel(ours, ref), 1e-10)
-
-
-def expect_error(label, args, text):
-    r = run(*args, fail=True)
-    msg = r.stderr.strip()
-    print(f"{label}: {msg}")
-    if text not in msg or "\n" in msg:
-        failures.append(f"{label}: {msg!r} (expected one line with {text!r})")
-
 
 # Bad input, each a one-line error.
 torch.manual_seed(6)
@@ -139,10 +108,10 @@ files = ["--model", os.path.join(d, "model.json"), "--weights", os.path.join(d, 
 bad = torch.randint(0, V, (4, T))
 bad[2, 3] = V
 export_data(os.path.join(d, "oov.safetensors"), bad, torch.randint(0, V, (4, T)))
-expect_error("token out of vocabulary", ["solve", *files, "--data", os.path.join(d, "oov.safetensors")],
+oracle.expect_error("token out of vocabulary", ["solve", *files, "--data", os.path.join(d, "oov.safetensors")],
              "sample 2")
 export_data(os.path.join(d, "long.safetensors"), torch.randint(0, V, (4, T + 2)), torch.randint(0, V, (4, T + 2)))
-expect_error("sequence longer than the model's", ["solve", *files, "--data", os.path.join(d, "long.safetensors")],
+oracle.expect_error("sequence longer than the model's", ["solve", *files, "--data", os.path.join(d, "long.safetensors")],
              "inputs")
 export_data(os.path.join(d, "good.safetensors"), torch.randint(0, V, (4, T)), torch.randint(0, V, (4, T)))
 weights = load_safetensors(os.path.join(d, "weights.safetensors"))
@@ -151,7 +120,7 @@ for label, mask, text in [("mask of the wrong shape", torch.triu(torch.full((T +
     w = dict(weights)
     w["blocks.0.mask"] = mask
     save_safetensors(os.path.join(d, "w.safetensors"), w)
-    expect_error(label, ["solve", "--model", os.path.join(d, "model.json"), "--weights", os.path.join(d, "w.safetensors"),
+    oracle.expect_error(label, ["solve", "--model", os.path.join(d, "model.json"), "--weights", os.path.join(d, "w.safetensors"),
                          "--data", os.path.join(d, "good.safetensors")], text)
 
 # The exporter names what it cannot translate.

@@ -16,22 +16,20 @@ For each: the gradient, the exact and empirical F·v, the damped natural-gradien
 PyTorch) and the top eigenvalues (against the dense F built from PyTorch's Jacobian) agree to 1e-10 relative;
 the direction loads back with load_state_dict(d, strict=False) and to_vector; and the exporter refuses
 training-mode batch norm and an unsupported function with a message naming the node, its target and module.
-Exit code 77 (ctest SKIP) when PyTorch is not installed."""
+Exit code 77 (ctest SKIP) when PyTorch is not installed, 1 with NATGRAD_REQUIRE_TORCH=1 (torch_oracle.py)."""
 import collections
-import json
 import os
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(__file__))
-from torch_reference import Report, dense_fisher, export_case, flat, fvp, nll, rel  # noqa: E402  (exits 77 without PyTorch)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_oracle import Oracle, export_model, flat, rel, to_vector  # noqa: E402  (first: imports torch or exits)
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from export_torch import export_model, load_safetensors, to_vector  # noqa: E402
 
-oracle = Report(sys.argv[1])
-check, run, failures = oracle.check, oracle.run, oracle.failures
+oracle = Oracle()
+failures = oracle.failures
 torch.set_default_dtype(torch.float64)
 
 
@@ -170,7 +168,7 @@ cases = [("resnet", ResNet, [1, 8, 8], ("categorical", "gaussian", "bernoulli"))
          ("residual_mlp", ResidualMLP, [6], ("categorical",)),
          ("token_model", TokenModel, [5], ("categorical",)),
          ("sequence_model", SequenceModel, [5], ("categorical",))]
-N, C, lam = 24, 4, 0.05
+N, C = 24, 4
 for name, cls, shape, likelihoods in cases:
     for lik in likelihoods:
         torch.manual_seed(3)
@@ -180,23 +178,8 @@ for name, cls, shape, likelihoods in cases:
         x = torch.randint(0, 7, (N, *shape)) if name in ("token_model", "sequence_model") else torch.randn(N, *shape)
         y = {"categorical": torch.randint(0, C, (N, 5) if name == "sequence_model" else (N,)), "gaussian": torch.randn(N, C),
              "bernoulli": torch.randint(0, 2, (N, C)).double()}[lik]
-        d, v, common = export_case(model, shape, lik, x, y)
-        params = list(model.parameters())
         tag = f"{name} {lik}"
-        for kind in ("exact", "empirical"):
-            out = os.path.join(d, f"fv_{kind}.safetensors")
-            run("fvp", *common, "--fisher", kind, "--vector", os.path.join(d, "v.safetensors"), "--output", out)
-            check(f"{tag}: fvp {kind} vs PyTorch", rel(to_vector(model, load_safetensors(out)),
-                                                      fvp(model, x, y, lik, kind, v)), 1e-10)
-        run("solve", *common, "--damping", str(lam), "--cg-tol", "1e-13", "--cg-max-iters", "5000",
-            "--output", os.path.join(d, "dir.safetensors"), "--save-gradient", os.path.join(d, "g.safetensors"))
-        g_ref = flat(torch.autograd.grad(nll(lik, model(x), y), params))
-        check(f"{tag}: gradient vs PyTorch", rel(to_vector(model, load_safetensors(os.path.join(d, "g.safetensors"))),
-                                                 g_ref), 1e-10)
-        direction = load_safetensors(os.path.join(d, "dir.safetensors"))
-        dvec = [direction[n].reshape(p.shape) for n, p in model.named_parameters()]
-        residual = fvp(model, x, y, lik, "exact", dvec) + lam * flat(dvec) - g_ref
-        check(f"{tag}: residual of the direction in PyTorch", float(residual.norm() / g_ref.norm()), 1e-10)
+        _, direction, _ = oracle.check_case(tag, model, shape, lik, x, y, top=3 if lik == "categorical" else 0)
         if lik == "categorical":
             # The direction holds the parameters only: it loads with strict=False, and to_vector flattens it.
             copy = cls(C)
@@ -204,14 +187,8 @@ for name, cls, shape, likelihoods in cases:
             buffers = {n for n, _ in model.named_buffers()}
             if unexpected or not set(missing) <= buffers:
                 failures.append(f"{tag}: load_state_dict(strict=False) missing {missing}, unexpected {unexpected}")
-            check(f"{tag}: direction after load_state_dict vs to_vector",
-                  rel(flat(p.detach() for p in copy.parameters()), to_vector(model, direction)), 1e-15)
-            # The top eigenvalues against the dense Fisher from PyTorch's products.
-            report = os.path.join(d, "spectrum.json")
-            run("spectrum", *common, "--top", "3", "--report", report)
-            ours = torch.tensor(json.load(open(report))["spectrum"]["eigenvalues"])
-            ref = torch.linalg.eigvalsh(dense_fisher(model, x, y, lik)).flip(0)[:3]
-            check(f"{tag}: top-3 eigenvalues vs the dense Fisher", rel(ours, ref), 1e-10)
+            oracle.check(f"{tag}: direction after load_state_dict vs to_vector",
+                         rel(flat(p.detach() for p in copy.parameters()), to_vector(model, direction)), 1e-15)
 
 # The exporter refuses what has no per-sample Fisher, and names what it cannot translate.
 model = ResNet(C)

@@ -1,22 +1,9 @@
-"""PyTorch references shared by the oracle tests (torch_roundtrip.py, torch_graph_oracle.py,
-torch_gpt_oracle.py): the mean negative log-likelihood as PyTorch users write it, H u for each likelihood and
-Fisher kind from the formulas, the Fisher-vector product 1/(N·T) Σ J_nᵀ H_n J_n v by PyTorch's
-double-backward trick and the dense Fisher from it; and the report the scripts print and exit with.
-Importing it exits with 77 (ctest SKIP) when PyTorch is not installed, and puts tools/ on the path."""
-import os
-import subprocess
-import sys
-import tempfile
-
-try:  # every oracle imports this module first: without PyTorch it ends the script as skipped
-    import torch
-    import torch.nn.functional as F
-except ImportError:
-    print("skipped: python3-torch is not installed (apt-get install python3-torch)")
-    sys.exit(77)
-
-# The exporter the oracles test (tools/export_torch.py).
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
+"""PyTorch references of the oracle tests (through torch_oracle.py, which imports PyTorch or ends the script):
+the mean negative log-likelihood as PyTorch users write it, H u for each likelihood and Fisher kind from the
+formulas, the Fisher-vector product 1/(N·T) Σ J_nᵀ H_n J_n v by PyTorch's double-backward trick and the dense
+Fisher from it."""
+import torch
+import torch.nn.functional as F
 
 
 def rel(a, b):
@@ -98,43 +85,3 @@ def dense_fisher(model, x, y, lik):
             offset += p.numel()
         cols.append(fvp(model, x, y, lik, "exact", vec))
     return torch.stack(cols, 1)
-
-
-def export_case(model, input_shape, lik, x, y):
-    """Exports the model and the batch (x, y) to a fresh directory with a random direction v (one tensor per
-    parameter, drawn after the export) as v.safetensors; returns the directory, v and the options every
-    natgrad command on the case takes (float64, quiet)."""
-    from export_torch import export_data, export_model, save_safetensors
-    d = tempfile.mkdtemp()
-    export_model(model, input_shape, lik, d)
-    export_data(os.path.join(d, "data.safetensors"), x, y)
-    v = [torch.randn_like(p) for p in model.parameters()]
-    save_safetensors(os.path.join(d, "v.safetensors"), {n: t for (n, _), t in zip(model.named_parameters(), v)})
-    common = ["--model", os.path.join(d, "model.json"), "--weights", os.path.join(d, "weights.safetensors"),
-              "--data", os.path.join(d, "data.safetensors"), "--dtype", "float64", "--quiet"]
-    return d, v, common
-
-
-class Report:
-    """Runs the natgrad binary, prints each comparison against its bound and exits with the verdict."""
-
-    def __init__(self, natgrad):
-        self.natgrad = natgrad
-        self.failures = []
-
-    def check(self, label, err, bound):
-        print(f"{label:58s} {err:.2e} (bound {bound:.0e})")
-        if not err < bound:
-            self.failures.append(label)
-
-    def run(self, *args, fail=False):
-        """natgrad with args; exits at once if it fails (or, with fail=True, if it succeeds)."""
-        r = subprocess.run([self.natgrad, *args], capture_output=True, text=True)
-        if (r.returncode != 0) != fail:
-            print(" ".join(args), r.stdout, r.stderr)
-            sys.exit(1)
-        return r
-
-    def finish(self):
-        print("FAILED: " + ", ".join(self.failures) if self.failures else "all within bounds")
-        sys.exit(1 if self.failures else 0)
