@@ -90,7 +90,7 @@ FisherPlan FisherPlan::make(const Network<Scalar>& model, Index N, const FisherO
   double block_macs = 0, all_macs = 0;
   for (std::size_t l = 0; l < L; ++l) {
     all_macs += model.layer(l).macs_per_sample();
-    if (model.layer(l).grad_grid().first > 0) block_macs += model.layer(l).macs_per_sample();
+    if (model.block_gradient(l)) block_macs += model.layer(l).macs_per_sample();
   }
   plan.chunk_size = std::min(options.chunk_for(N, 2 * block_macs > all_macs ? 64 : 32), std::max<Index>(N, 1));
   // Each pass streams a chunk's activations from one node to the next: chunks whose widest activation fits in
@@ -119,10 +119,11 @@ FisherPlan FisherPlan::make(const Network<Scalar>& model, Index N, const FisherO
     plan.chunk_macs_per_sample += (first ? 1 : 3) * macs;
     first = false;
     plan.cotangent_size += layer.output_size() * N;
-    const auto [R, K] = layer.grad_grid();
+    const BlockGradient<Scalar>* blocks = model.block_gradient(l);
     // Tied nodes (and their owner) sum into one slice: each keeps partial gradients, added in phase C.
     const bool tied = model.tied_to(l) != l || !model.aliases(l).empty();
-    if (R > 0 && !tied) {
+    if (blocks && !tied) {
+      const auto [R, K] = blocks->grad_grid();
       const Index rs = block_step(R), ks = block_step(K);
       for (Index r0 = 0; r0 < R; r0 += rs)
         for (Index c0 = 0; c0 < K; c0 += ks) {
@@ -135,7 +136,7 @@ FisherPlan FisherPlan::make(const Network<Scalar>& model, Index N, const FisherO
           t.cols = std::min(ks, K - c0);
           t.macs = macs * double(N) * double(t.rows) * double(t.cols) / (double(R) * double(K));
           plan.tasks.push_back(t);
-          plan.task_scratch = std::max(plan.task_scratch, layer.grad_block_scratch(t.rows, t.cols, N));
+          plan.task_scratch = std::max(plan.task_scratch, blocks->grad_block_scratch(t.rows, t.cols, N));
         }
     } else {
       const double bytes = double(layer.num_params()) * double(sizeof(Scalar));
@@ -393,10 +394,21 @@ void FisherOperator<Scalar>::run(Head head, Scalar scale, const Scalar* x, Scala
         const Mat<Scalar>& X = model_.input_act(cache_, task.layer);
         const Mat<Scalar>& gY = cot_.g[task.layer];
         if (task.by_blocks) {
-          layer.grad_block(ConstMatMap<Scalar>(X.data(), X.rows(), X.cols()),
-                           ConstMatMap<Scalar>(gY.data(), gY.rows(), gY.cols()), task.row0, task.rows, task.col0,
-                           task.cols, scale, x ? x + off : nullptr, lambda, y + off,
-                           task_scratch_[static_cast<std::size_t>(t)].data());
+          model_.block_gradient(task.layer)
+              ->grad_block(ConstMatMap<Scalar>(X.data(), X.rows(), X.cols()),
+                           ConstMatMap<Scalar>(gY.data(), gY.rows(), gY.cols()), task.row0, task.rows,
+                           task.col0, task.cols, y + off, task_scratch_[static_cast<std::size_t>(t)].data());
+          // y ← scale·y + λx on the block's rows (and its bias entries), while they are in cache.
+          const auto [rows, cols] = model_.block_gradient(task.layer)->grad_grid();
+          auto finish = [&](Index i0, Index k) {
+            VecMap<Scalar> part(y + off + i0, k);
+            if (x && lambda != Scalar(0))
+              part = scale * part + lambda * ConstVecMap<Scalar>(x + off + i0, k);
+            else
+              part *= scale;
+          };
+          for (Index r = 0; r < task.rows; ++r) finish((task.row0 + r) * cols + task.col0, task.cols);
+          if (task.col0 == 0 && layer.num_params() > rows * cols) finish(rows * cols + task.row0, task.rows);
         } else {
           Scalar* partial = partials_.data() + plan_.partial_offset[task.layer] + task.group * layer.num_params();
           std::fill(partial, partial + layer.num_params(), Scalar(0));
@@ -608,16 +620,18 @@ Vec<Scalar> FisherOperator<Scalar>::squared_gradients(const std::vector<bool>& n
       const Item& it = items[i];
       const Layer<Scalar>& layer = model_.layer(it.layer);
       const Index off = model_.param_offset(it.layer), in = layer.input_size(), out = layer.output_size();
-      if (!model_.aliases(it.layer).empty()) {
+      const SquaredGradients<Scalar>* squared = model_.squared_gradients_of(it.layer);
+      if (!model_.aliases(it.layer).empty() || !squared) {  // per sample, one-column vjps
         tied_squared_grads(it.layer, it.chunk0, it.chunk1, partial.data() + it.offset, ws.scratch.data());
         continue;
       }
       for (Index k = it.chunk0; k < it.chunk1; ++k) {
         const Index c0 = k * cs, n = std::min(cs, num_samples_ - c0);
-        layer.accumulate_squared_grads(theta_.data() + off,
-                                       ConstMatMap<Scalar>(model_.input_act(cache_, it.layer).data() + c0 * in, in, n),
-                                       ConstMatMap<Scalar>(cot_.g[it.layer].data() + c0 * out, out, n),
-                                       partial.data() + it.offset, squared_scratch.data());
+        squared->accumulate_squared_grads(
+            theta_.data() + off,
+            ConstMatMap<Scalar>(model_.input_act(cache_, it.layer).data() + c0 * in, in, n),
+            ConstMatMap<Scalar>(cot_.g[it.layer].data() + c0 * out, out, n), partial.data() + it.offset,
+            squared_scratch.data());
       }
     }
   }

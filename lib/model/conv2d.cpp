@@ -20,12 +20,12 @@ namespace detail {
 namespace {
 
 template <typename Scalar>
-class Conv2d final : public Layer<Scalar> {
+class Conv2d final : public Layer<Scalar>, public KroneckerFactors<Scalar>, public SquaredGradients<Scalar> {
   using MutB = Eigen::Map<Eigen::Matrix<Scalar, 1, Eigen::Dynamic>>;
 
  public:
   Conv2d(const LayerSpec& s, const Shape& in, const Shape& out)
-      : Layer<Scalar>(in, out),
+      : Layer<Scalar>(in, out, tensors(s, in[0]), ParamInit::fan_in_uniform),
         C_(in[0]),
         H_(in[1]),
         W_(in[2]),
@@ -47,12 +47,6 @@ class Conv2d final : public Layer<Scalar> {
   }
 
   LayerType type() const override { return LayerType::conv2d; }
-  Index num_params() const override { return O_ * K_ + (bias_ ? O_ : 0); }
-  std::vector<ParamTensor> param_tensors() const override {
-    std::vector<ParamTensor> t{{"weight", {O_, C_, kh_, kw_}}};
-    if (bias_) t.push_back({"bias", {O_}});
-    return t;
-  }
   double macs_per_sample() const override { return double(O_) * double(K_) * double(P_); }
 
   // Samples are processed in blocks of b_ whose unfolded inputs are stacked into one (b·Ho·Wo) × K matrix,
@@ -61,19 +55,21 @@ class Conv2d final : public Layer<Scalar> {
   // it stays in L2: measured on the benchmark CNN, 16K–64K was fastest and 1M (4 MB) 30–50% slower.
   Index block() const { return std::max<Index>(1, (Index(1) << 15) / (P_ * K_)); }
   // jvp's stacked weights, a block's cols, dcols (or gcols) and yᵀ, then the products' packing space
-  // (core/gemm.h) for any block of up to b samples; or Winograd's scratch; and at least squared_scratch().
+  // (core/gemm.h) for any block of up to b samples; or Winograd's scratch.
   Index scratch_size(Index ncols) const override {
-    if (winograd_) return std::max(winograd_->scratch_size(ncols), squared_scratch());
+    if (winograd_) return winograd_->scratch_size(ncols);
     const Index b = std::min(block(), std::max<Index>(ncols, 1));
     Index pack = 0;
     for (Index c = 1; c <= b; ++c)
       pack =
           std::max({pack, gemm_pack_size<Scalar>(c * P_, O_, K_), gemm_pack_size<Scalar>(c * P_, O_, 2 * K_),
                     gemm_pack_size<Scalar>(K_, O_, c * P_), gemm_pack_size<Scalar>(c * P_, K_, O_)});
-    return std::max(stacked_size() + b * P_ * (2 * K_ + O_) + pack, squared_scratch());
+    return stacked_size() + b * P_ * (2 * K_ + O_) + pack;
   }
   // accumulate_squared_grads': one sample's cols (P × K), its K × O gradient and their product's packing.
-  Index squared_scratch() const { return P_ * K_ + K_ * O_ + gemm_pack_size<Scalar>(K_, O_, P_); }
+  Index squared_grads_scratch_size(Index) const override {
+    return P_ * K_ + K_ * O_ + gemm_pack_size<Scalar>(K_, O_, P_);
+  }
 
   Index forward_scratch_size(Index ncols) const override { return scratch_size(ncols); }
 
@@ -158,7 +154,7 @@ class Conv2d final : public Layer<Scalar> {
   }
 
   // K-FAC: a sample's gradient is Σ_p gY_p a_pᵀ over its output pixels p, a_p the patch im2col unfolds.
-  typename Layer<Scalar>::KroneckerShape kronecker_shape() const override { return {P_, O_, K_}; }
+  typename KroneckerFactors<Scalar>::KroneckerShape kronecker_shape() const override { return {P_, O_, K_}; }
   void kronecker_inputs(ConstMatMap<Scalar> X, Scalar* A, Index lda) const override {
     for (Index n = 0; n < X.cols(); ++n) im2col(X.col(n).data(), lda, A + n * P_);
   }
@@ -184,6 +180,11 @@ class Conv2d final : public Layer<Scalar> {
   }
 
  private:
+  static std::vector<ParamTensor> tensors(const LayerSpec& s, Index channels) {
+    std::vector<ParamTensor> t{{"weight", {s.out_channels, channels, s.kernel_h, s.kernel_w}}};
+    if (s.bias) t.push_back({"bias", {s.out_channels}});
+    return t;
+  }
   // The weight [O, C, kh, kw] row-major, read column-major: Wᵀ, K × O.
   GemmOperand<Scalar> weight_t(const Scalar* w) const { return col_major(w, K_); }
   // Where a block of b samples' packing space starts in its scratch (after cols, dcols and yᵀ).

@@ -26,9 +26,9 @@ void Network<Scalar>::check_inputs(const Mat<Scalar>& inputs) const {
     detail::fail("inputs have " + std::to_string(inputs.rows()) + " features per sample but the model's input_shape " +
                  shape_to_string(input_shape()) + " has " + std::to_string(input_size()));
   for (std::size_t l = 0; l < layers_.size(); ++l)
-    if (inputs_[l][0] == 0) {
+    if (inputs_[l][0] == 0 && tokens_[l]) {
       try {
-        layers_[l]->check_input(ConstMatMap<Scalar>(inputs.data(), inputs.rows(), inputs.cols()));
+        tokens_[l]->check_input(ConstMatMap<Scalar>(inputs.data(), inputs.rows(), inputs.cols()));
       } catch (const std::invalid_argument& e) {
         detail::fail("node \"" + ids_[l] + "\" (" + layers_[l]->name() + "): " + e.what());
       }
@@ -92,8 +92,9 @@ Index Network<Scalar>::scratch_size(Index max_cols) const {
 
 template <typename Scalar>
 Index Network<Scalar>::squared_scratch_size(Index max_cols) const {
-  Index scratch = scratch_size(max_cols);
-  for (const auto& l : layers_) scratch = std::max(scratch, l->squared_grads_scratch_size(max_cols));
+  Index scratch = scratch_size(max_cols);  // a layer without the capability runs vjp per sample
+  for (const auto* sq : squared_)
+    if (sq) scratch = std::max(scratch, sq->squared_grads_scratch_size(max_cols));
   return scratch;
 }
 
@@ -215,14 +216,15 @@ void Network<Scalar>::jvp(const Scalar* theta, const Scalar* v, const ForwardCac
     const Mat<Scalar>& Xm = cache.acts[static_cast<std::size_t>(in)];
     ConstMatMap<Scalar> X(Xm.data() + col0 * layer.input_size(), layer.input_size(), n);
     if (const auto* s = saves_[l]) {
-      s->jvp_saved(X, cache.saved[l].data() + col0 * s->saved_per_sample(), ws.values[static_cast<std::size_t>(in)],
-                   MatMap<Scalar>(out, layer.output_size(), n), ws.scratch.data());
+      s->jvp_saved(X, cache.saved[l].data() + col0 * s->saved_per_sample(),
+                   ws.values[static_cast<std::size_t>(in)], MatMap<Scalar>(out, layer.output_size(), n),
+                   scratch_for(l, ws));
       continue;
     }
     ConstMatMap<Scalar> Y(cache.acts[l + 1].data() + col0 * layer.output_size(), layer.output_size(), n);
     const int32_t* aux = layer.aux_per_sample() ? cache.aux[l].data() + col0 * layer.aux_per_sample() : nullptr;
     layer.jvp(theta + offsets_[l], v + offsets_[l], X, Y, aux, ws.values[static_cast<std::size_t>(in)],
-              MatMap<Scalar>(out, layer.output_size(), n), ws.scratch.data());
+              MatMap<Scalar>(out, layer.output_size(), n), scratch_for(l, ws));
   }
   const Scalar* result = ws.values[layers_.size()];
   if (!result) {  // the output does not depend on the parameters: J = 0
@@ -281,7 +283,8 @@ void Network<Scalar>::backprop(const ForwardCache<Scalar>& cache, Index col0, In
     const bool wanted = in > 0 && needs_grad_[static_cast<std::size_t>(in - 1)];
     Scalar* gX = !wanted ? nullptr : accumulate_[l][0] ? ws.sum.data() : target(in);
     if (const auto* s = saves_[l]) {  // no parameters: only the input cotangent
-      if (gX) s->vjp_saved(X, cache.saved[l].data() + col0 * s->saved_per_sample(), gY, gX, ws.scratch.data());
+      if (gX)
+        s->vjp_saved(X, cache.saved[l].data() + col0 * s->saved_per_sample(), gY, gX, scratch_for(l, ws));
     } else {
       at_layer(l, X, Y, aux, gY, gX);
     }
@@ -297,8 +300,8 @@ void Network<Scalar>::vjp(const Scalar* theta, const ForwardCache<Scalar>& cache
                Scalar* gX) {
              const Layer<Scalar>& layer = *layers_[l];
              if (gX || layer.num_params())
-               layer.vjp(theta + offsets_[l], X, Y, aux, gY, gX, layer.num_params() ? gtheta + offsets_[l] : nullptr,
-                         ws.scratch.data());
+               layer.vjp(theta + offsets_[l], X, Y, aux, gY, gX,
+                         layer.num_params() ? gtheta + offsets_[l] : nullptr, scratch_for(l, ws));
            });
 }
 
@@ -321,22 +324,7 @@ void Network<Scalar>::backprop_cotangents(const Scalar* theta, const ForwardCach
                Scalar* gX) {
              const Layer<Scalar>& layer = *layers_[l];
              if (layer.num_params()) cot.g[l].middleCols(col0, n) = gY;
-             if (gX) layer.vjp(theta + offsets_[l], X, Y, aux, gY, gX, nullptr, ws.scratch.data());
-           });
-}
-
-template <typename Scalar>
-void Network<Scalar>::squared_vjp(const Scalar* theta, const ForwardCache<Scalar>& cache, Index col0, Index n,
-                                  ConstMatMap<Scalar> gZ, Scalar* gsq, Workspace<Scalar>& ws) const {
-  const auto need = static_cast<std::size_t>(squared_scratch_size(ws.max_cols));
-  if (ws.scratch.size() < need) ws.scratch.resize(need);
-  backprop(cache, col0, n, gZ, ws,
-           [&](std::size_t l, ConstMatMap<Scalar> X, ConstMatMap<Scalar> Y, const int32_t* aux, ConstMatMap<Scalar> gY,
-               Scalar* gX) {
-             const Layer<Scalar>& layer = *layers_[l];
-             if (layer.num_params())
-               layer.accumulate_squared_grads(theta + offsets_[l], X, gY, gsq + offsets_[l], ws.scratch.data());
-             if (gX) layer.vjp(theta + offsets_[l], X, Y, aux, gY, gX, nullptr, ws.scratch.data());
+             if (gX) layer.vjp(theta + offsets_[l], X, Y, aux, gY, gX, nullptr, scratch_for(l, ws));
            });
 }
 

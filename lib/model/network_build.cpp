@@ -179,10 +179,17 @@ Network<Scalar>::Network(const ModelSpec& given) : spec_(given), graph_(detail::
       layers_.push_back(detail::make_merge<Scalar>(s, in, where));
     else
       layers_.push_back(make_layer<Scalar>(s, in[0], where));
-    const Layer<Scalar>& layer = *layers_.back();
-    merge_.push_back(dynamic_cast<const detail::MultiInput<Scalar>*>(&layer));
-    const auto* saves = dynamic_cast<const detail::SavesForward<Scalar>*>(&layer);
+    Layer<Scalar>& layer = *layers_.back();
+    // The capabilities, asked once.
+    merge_.push_back(layer.template as<detail::MultiInput<Scalar>>());
+    const auto* saves = layer.template as<detail::SavesForward<Scalar>>();
     saves_.push_back(saves && saves->saved_per_sample() > 0 ? saves : nullptr);
+    block_.push_back(layer.template as<BlockGradient<Scalar>>());
+    kronecker_.push_back(layer.template as<KroneckerFactors<Scalar>>());
+    squared_.push_back(layer.template as<SquaredGradients<Scalar>>());
+    tokens_.push_back(layer.template as<TokenInput<Scalar>>());
+    buffers_.push_back(layer.template as<Buffers<Scalar>>());
+    uses_scratch_.push_back(layer.scratch_size(1) > 0);
     max_operands_ = std::max(max_operands_, in.size());
     shapes.push_back(layer.output_shape());
     max_width_ = std::max(max_width_, layer.output_size());
@@ -225,15 +232,19 @@ Network<Scalar>::Network(const ModelSpec& given) : spec_(given), graph_(detail::
         tied_names_.push_back({module + "." + own_tensors[k].name, s.param_names[k]});
     }
     tied_to_.push_back(owner);
-    const std::vector<ParamTensor> buffers = layer.buffer_tensors();
-    for (std::size_t b = 0; b < buffers.size(); ++b)  // an attention mask is a buffer of another module
-      named_buffers_.push_back({s.type == LayerType::attention ? s.attn_mask : module + "." + buffers[b].name,
-                                buffers[b].shape, l, b});
-    for (const std::string& name : layer.ignored_buffers()) ignored_buffers_.push_back(module + "." + name);
+    if (buffers_.back()) {
+      const std::vector<ParamTensor> buffers = buffers_.back()->buffer_tensors();
+      for (std::size_t b = 0; b < buffers.size(); ++b)  // an attention mask is a buffer of another module
+        named_buffers_.push_back(
+            {s.type == LayerType::attention ? s.attn_mask : module + "." + buffers[b].name, buffers[b].shape,
+             l, b});
+      for (const std::string& name : buffers_.back()->ignored_buffers())
+        ignored_buffers_.push_back(module + "." + name);
+    }
     needs_grad_.push_back(layer.num_params() > 0);
     for (int v : inputs_.back())
       if (v > 0 && needs_grad_[static_cast<std::size_t>(v - 1)]) {
-        if (!layer.differentiable_input())
+        if (tokens_.back())
           fail(where + ": reads token indices, but its input \"" + ids_[static_cast<std::size_t>(v - 1)] +
                "\" depends on the parameters");
         needs_grad_.back() = true;
@@ -385,7 +396,7 @@ void Network<Scalar>::set_buffer(std::size_t k, const Scalar* values) {
   NATGRAD_CHECK(k < named_buffers_.size());
   const NamedBuffer& b = named_buffers_[k];
   try {
-    layers_[b.node]->set_buffer(b.index, values);
+    buffers_[b.node]->set_buffer(b.index, values);
   } catch (const std::invalid_argument& e) {
     detail::fail(b.name + ": " + e.what());
   }

@@ -162,11 +162,12 @@ void MemoryEstimate::add_kfac(const Network<Scalar>& model, std::size_t scalar_b
   bool diagonal = false;  // tensors outside the blocks
   for (std::size_t l = 0; l < model.num_layers(); ++l) {
     if (model.layer(l).num_params() == 0 || model.tied_to(l) != l) continue;
-    const auto shape = model.layer(l).kronecker_shape();
-    if (shape.positions == 0 || !model.aliases(l).empty()) {
+    const KroneckerFactors<Scalar>* kronecker = model.kronecker_factors(l);
+    if (!kronecker || !model.aliases(l).empty()) {
       diagonal = true;
       continue;
     }
+    const auto shape = kronecker->kronecker_shape();
     const double a = double(shape.cols + 1), g = double(shape.rows);
     factors += (a * a + g * g) * (2 * 8 + s);  // A, G, their eigenvectors; the damped inverses
     largest = std::max({largest, a, g});

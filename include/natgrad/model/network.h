@@ -148,6 +148,10 @@ class Network {
   /// Their widths summed (features per sample): each buffer is as wide as the widest value the plan puts in
   /// it, so a language model's logits occupy one or two buffers, not all.
   Index workspace_width() const;
+  /// Node l's capabilities (layer.h), asked once when the network was built: nullptr when it lacks one.
+  const BlockGradient<Scalar>* block_gradient(std::size_t l) const { return block_[l]; }
+  const KroneckerFactors<Scalar>* kronecker_factors(std::size_t l) const { return kronecker_[l]; }
+  const SquaredGradients<Scalar>* squared_gradients_of(std::size_t l) const { return squared_[l]; }
   /// All parameter tensors in flat-vector order with their offsets.
   const std::vector<NamedParam>& named_params() const { return named_params_; }
   /// All buffers the nodes use, and names a weights file may hold that are ignored (num_batches_tracked).
@@ -169,7 +173,7 @@ class Network {
   Workspace<Scalar> make_workspace(Index max_cols) const;
   /// Scalars of layer scratch a Workspace for chunks of at most `max_cols` samples holds.
   Index scratch_size(Index max_cols) const;
-  /// Scalars of layer scratch squared_vjp needs (it grows a workspace's scratch to this on first use).
+  /// Scalars of layer scratch the squared per-sample gradients need on chunks of `max_cols` samples.
   Index squared_scratch_size(Index max_cols) const;
   /// Scalars the forward pass allocates per call on a chunk of `max_cols` samples (the largest layer's own).
   Index forward_scratch_size(Index max_cols) const;
@@ -196,10 +200,6 @@ class Network {
   void backprop_cotangents(const Scalar* theta, const ForwardCache<Scalar>& cache, Index col0, Index n,
                            ConstMatMap<Scalar> gZ, CotangentCache<Scalar>& cot, Workspace<Scalar>& ws) const;
 
-  /// gsq += Σ_n (J_nᵀ gZ_n)², the squared per-sample parameter gradients (for the empirical Fisher diagonal).
-  void squared_vjp(const Scalar* theta, const ForwardCache<Scalar>& cache, Index col0, Index n,
-                   ConstMatMap<Scalar> gZ, Scalar* gsq, Workspace<Scalar>& ws) const;
-
   /// Convenience: the network outputs (output_size × N) for a whole batch, single-threaded.
   Mat<Scalar> predict(const Scalar* theta, const Mat<Scalar>& inputs) const;
 
@@ -207,6 +207,10 @@ class Network {
   template <typename AtLayer>
   void backprop(const ForwardCache<Scalar>& cache, Index col0, Index n, ConstMatMap<Scalar> gZ,
                 Workspace<Scalar>& ws, AtLayer at_layer) const;
+  // The scratch node l's passes get: none (nullptr) unless it declared some.
+  Scalar* scratch_for(std::size_t l, Workspace<Scalar>& ws) const {
+    return uses_scratch_[l] ? ws.scratch.data() : nullptr;
+  }
 
   ModelSpec spec_;
   ModelSpec graph_;                                     // spec_ with attention expanded (detail::expand_attention)
@@ -229,6 +233,14 @@ class Network {
   std::vector<bool> needs_grad_;
   // merge_[l]: node l as a merge node (add, cat), else nullptr.
   std::vector<const detail::MultiInput<Scalar>*> merge_;
+  // Per node, its capabilities (nullptr: lacks it), and whether it declared scratch (if not, it gets
+  // nullptr).
+  std::vector<const BlockGradient<Scalar>*> block_;
+  std::vector<const KroneckerFactors<Scalar>*> kronecker_;
+  std::vector<const SquaredGradients<Scalar>*> squared_;
+  std::vector<const TokenInput<Scalar>*> tokens_;
+  std::vector<Buffers<Scalar>*> buffers_;
+  std::vector<bool> uses_scratch_;
   // saves_[l]: node l as a layer that keeps values from its forward pass (attention), else nullptr.
   std::vector<const detail::SavesForward<Scalar>*> saves_;
   // fused_[l]: node l is element-wise and read only by a max-pool; jvp and vjp run the pair as one pass at
