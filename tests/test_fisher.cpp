@@ -2,12 +2,13 @@
 // backprop and whose H_n comes from the likelihood formulas; its symmetry and semi-definiteness; the
 // Monte-Carlo estimate's 1/√S convergence; the loss gradient against finite differences; float against
 // double; and bit-identical results for 1 and 2 threads.
-#include "test_helpers.h"
-
 #include <Eigen/Eigenvalues>
 #include <cstring>
 #include <numeric>
 #include <tuple>
+
+#include "curvature/fisher_plan.h"
+#include "test_helpers.h"
 
 using namespace natgrad;
 using namespace natgrad::test;
@@ -332,7 +333,8 @@ TEST(FisherOptionsDefaults, DependOnTheProblemNotOnThreads) {
   FisherOptions a, b;
   a.num_threads = 1;
   b.num_threads = 8;
-  const FisherPlan pa = FisherPlan::make(model, 1000, a), pb = FisherPlan::make(model, 1000, b);
+  const detail::FisherPlan pa = detail::FisherPlan::make(model, 1000, a),
+                           pb = detail::FisherPlan::make(model, 1000, b);
   EXPECT_EQ(pa.num_chunks, 16);  // linear layers hold the work: chunks of at least 64
   EXPECT_EQ(pa.tasks.size(), pb.tasks.size());
   EXPECT_EQ(pa.cotangent_size, pb.cotangent_size);

@@ -9,6 +9,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "curvature/fisher_plan.h"
+
 namespace natgrad {
 
 namespace {
@@ -53,9 +55,8 @@ MemoryEstimate estimate(const ModelSpec& spec, Index batch, Index curvature_batc
     return static_cast<std::size_t>(n) * (per_sample * s + aux * 4 + statistics(n) + targets);
   };
   auto workspaces = [&](Index n) {
-    const FisherPlan plan = FisherPlan::make(model, n, fisher);
-    const std::size_t t = static_cast<std::size_t>(std::max<Index>(
-        1, std::min<Index>(resolve_threads(threads), std::max<Index>(plan.num_chunks, Index(plan.tasks.size())))));
+    const detail::FisherPlan plan = detail::FisherPlan::make(model, n, fisher);
+    const std::size_t t = static_cast<std::size_t>(plan.threads_for(threads));
     const std::size_t chunk = static_cast<std::size_t>(plan.chunk_size);
     // Per thread: its workspace (tangent / cotangent buffers, layer scratch), the output buffer, the task
     // scratch, and the forward pass's own per-call layer buffer (a convolution's im2col block), which
@@ -66,7 +67,7 @@ MemoryEstimate estimate(const ModelSpec& spec, Index batch, Index curvature_batc
                 static_cast<std::size_t>(plan.task_scratch)) * s;
   };
   auto reduction = [&](Index n) {
-    const FisherPlan plan = FisherPlan::make(model, n, fisher);
+    const detail::FisherPlan plan = detail::FisherPlan::make(model, n, fisher);
     return static_cast<std::size_t>(plan.cotangent_size + plan.partial_size) * s;
   };
   m.activations = forward(Nc);
@@ -90,7 +91,7 @@ MemoryEstimate estimate(const ModelSpec& spec, Index batch, Index curvature_batc
   // its per-group partial sums (FisherPlan::diagonal_partial_size).
   // Each thread's scratch for the squared gradients exists while the diagonal is built.
   if (diagonal_preconditioner) {
-    const FisherPlan plan = FisherPlan::make(model, Nc, fisher);
+    const detail::FisherPlan plan = detail::FisherPlan::make(model, Nc, fisher);
     m.preconditioner = 2 * P * s + static_cast<std::size_t>(plan.diagonal_partial_size) * s +
                        static_cast<std::size_t>(resolve_threads(threads)) *
                            static_cast<std::size_t>(model.squared_scratch_size(plan.chunk_size)) * s;
