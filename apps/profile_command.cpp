@@ -3,9 +3,10 @@
 #include "commands.h"
 #include "problem.h"
 
-#include <natgrad/core/reference_gemm.h>
 #include <natgrad/core/threads.h>
 #include <natgrad/curvature/fisher_operator.h>
+
+#include "core/reference_gemm.h"
 
 #include <nlohmann/json.hpp>
 

@@ -39,7 +39,7 @@ void FisherOperator<Scalar>::perform_op(const Scalar* x, Scalar* y) const {
   const Index C = st.model.output_size();
   st.backprop_chunks(nullptr, [&](Index, Index c0, Index n, MatMap<Scalar> w, Workspace<Scalar>& ws) {
     st.model.jvp(st.theta.data(), x, st.cache, c0, n, ws);            // 1. u = J v
-    st.curvature.apply(c0, ConstMatMap<Scalar>(ws.result, C, n), w);  // 2. w = H u
+    st.curvature.apply(c0, ConstMatMap<Scalar>(ws.result(), C, n), w);  // 2. w = H u
   });
   st.sum_over_samples(y, {st.inverse_count(), static_cast<Scalar>(st.damping), x});  // 3, 4. y = s Σ Jᵀw + λv
   ++st.num_products;
@@ -244,7 +244,7 @@ void FisherOperator<Scalar>::set_damping(double lambda) {
 
 template <typename Scalar>
 OperatorProfile FisherOperator<Scalar>::profile() const {
-  return s_->timers.profile();
+  return s_->timers.profile(s_->model.num_layers());
 }
 template <typename Scalar>
 void FisherOperator<Scalar>::reset_profile() const {

@@ -104,12 +104,12 @@ void FisherOperator<Scalar>::State::backprop_chunks(const char* pass, Head head)
       MatMap<Scalar> w(obuf.data(), C, n);
       {
         const detail::NodeTimer timer(timers.head(t), 0);  // the whole head; its R-op part is also per node
-        ws.timing = timers.rop(t);
+        ws.time_nodes(timers.rop(t));
         head(k, c0, n, w, ws);
       }
-      ws.timing = timers.backprop(t);
+      ws.time_nodes(timers.backprop(t));
       model.backprop_cotangents(theta.data(), cache, c0, n, ConstMatMap<Scalar>(w.data(), C, n), cot, ws);
-      ws.timing = nullptr;
+      ws.time_nodes(nullptr);
       work[static_cast<std::size_t>(t)] += plan.chunk_macs_per_sample * double(n);
       const Index done = ++chunks_done;
       if (report && t == 0) options.on_progress(pass, done, plan.num_chunks);

@@ -16,19 +16,21 @@ class PassTimers {
  public:
   /// Turns profiling on for `threads` threads and `nodes` nodes.
   void start(int threads, std::size_t nodes) {
-    nodes_ = nodes;
-    seconds_.assign(static_cast<std::size_t>(threads), std::vector<double>(kParts * nodes + 2, 0.0));
+    Thread zero;
+    for (std::vector<double>* v : {&zero.forward, &zero.rop, &zero.backprop, &zero.gradient})
+      v->assign(nodes, 0.0);
+    threads_.assign(static_cast<std::size_t>(threads), zero);
   }
-  bool on() const { return !seconds_.empty(); }
+  bool on() const { return !threads_.empty(); }
 
-  /// Thread t's per-node seconds of a pass (nodes entries), or nullptr when off.
-  double* forward(int t) { return slot(t, 0); }
-  double* rop(int t) { return slot(t, 1); }
-  double* backprop(int t) { return slot(t, 2); }
-  double* gradient(int t) { return slot(t, 3); }
-  /// Thread t's seconds of the products' heads (R-op and H u together) and of the reduction (one slot each).
-  double* head(int t) { return slot(t, kParts); }
-  double* reduction(int t) { return on() ? slot(t, kParts) + 1 : nullptr; }
+  /// Thread t's per-node seconds of a pass, or nullptr when off.
+  std::vector<double>* forward(int t) { return on() ? &at(t).forward : nullptr; }
+  std::vector<double>* rop(int t) { return on() ? &at(t).rop : nullptr; }
+  std::vector<double>* backprop(int t) { return on() ? &at(t).backprop : nullptr; }
+  std::vector<double>* gradient(int t) { return on() ? &at(t).gradient : nullptr; }
+  /// Thread t's seconds of the products' heads (R-op and H u together) and of the reduction.
+  double* head(int t) { return on() ? &at(t).head : nullptr; }
+  double* reduction(int t) { return on() ? &at(t).reduction : nullptr; }
 
   /// A product (or gradient) was timed.
   void count_run() {
@@ -36,30 +38,30 @@ class PassTimers {
   }
   /// Before a forward pass: its times start from zero.
   void clear_forward() {
-    for (std::vector<double>& t : seconds_)
-      std::fill(t.begin(), t.begin() + static_cast<std::ptrdiff_t>(nodes_), 0.0);
+    for (Thread& t : threads_) std::fill(t.forward.begin(), t.forward.end(), 0.0);
   }
   /// Clears the products' times (the forward pass's stay).
   void reset() {
-    for (std::vector<double>& t : seconds_)
-      std::fill(t.begin() + static_cast<std::ptrdiff_t>(nodes_), t.end(), 0.0);
+    for (Thread& t : threads_) {
+      for (std::vector<double>* v : {&t.rop, &t.backprop, &t.gradient}) std::fill(v->begin(), v->end(), 0.0);
+      t.head = t.reduction = 0;
+    }
     runs_ = 0;
   }
 
-  OperatorProfile profile() const {
+  /// Summed over the threads; zeros for each of `nodes` nodes when off.
+  OperatorProfile profile(std::size_t nodes) const {
     OperatorProfile p;
     for (std::vector<double>* v : {&p.forward_s, &p.rop_s, &p.backprop_s, &p.gradient_s})
-      v->assign(nodes_, 0.0);
+      v->assign(nodes, 0.0);
     double heads = 0;
-    for (const std::vector<double>& t : seconds_) {
-      for (std::size_t l = 0; l < nodes_; ++l) {
-        p.forward_s[l] += t[l];
-        p.rop_s[l] += t[nodes_ + l];
-        p.backprop_s[l] += t[2 * nodes_ + l];
-        p.gradient_s[l] += t[3 * nodes_ + l];
-      }
-      heads += t[kParts * nodes_];
-      p.reduction_s += t[kParts * nodes_ + 1];
+    for (const Thread& t : threads_) {
+      add(p.forward_s, t.forward);
+      add(p.rop_s, t.rop);
+      add(p.backprop_s, t.backprop);
+      add(p.gradient_s, t.gradient);
+      heads += t.head;
+      p.reduction_s += t.reduction;
     }
     double rop = 0;
     for (double v : p.rop_s) rop += v;
@@ -69,12 +71,15 @@ class PassTimers {
   }
 
  private:
-  static constexpr std::size_t kParts = 4;  // forward, R-op, backprop, gradient: `nodes_` entries each
-  double* slot(int t, std::size_t part) {
-    return on() ? seconds_[static_cast<std::size_t>(t)].data() + part * nodes_ : nullptr;
+  struct Thread {
+    std::vector<double> forward, rop, backprop, gradient;  // per node
+    double head = 0, reduction = 0;
+  };
+  Thread& at(int t) { return threads_[static_cast<std::size_t>(t)]; }
+  static void add(std::vector<double>& sum, const std::vector<double>& v) {
+    for (std::size_t l = 0; l < v.size(); ++l) sum[l] += v[l];
   }
-  std::size_t nodes_ = 0;
-  std::vector<std::vector<double>> seconds_;  // per thread
+  std::vector<Thread> threads_;
   Index runs_ = 0;
 };
 

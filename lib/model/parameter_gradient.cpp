@@ -7,6 +7,8 @@
 #include <algorithm>
 
 #include "core/check.h"
+#include "model/network_schedule.h"
+#include "model/workspace_buffers.h"
 
 namespace natgrad {
 
@@ -28,7 +30,7 @@ void Network<Scalar>::gradient_of_samples(std::size_t l, const Scalar* theta,
                                           const ForwardCache<Scalar>& cache,
                                           const CotangentCache<Scalar>& cot, Index col0, Index col1,
                                           Index chunk, Scalar* partial, Workspace<Scalar>& ws) const {
-  NATGRAD_CHECK(chunk <= ws.max_cols);
+  NATGRAD_CHECK(chunk <= ws.max_cols());
   const Layer<Scalar>& layer = *layers_[l];
   const Index in = layer.input_size(), out = layer.output_size(), aux = layer.aux_per_sample();
   const Mat<Scalar>& X = input_act(cache, l);
@@ -49,7 +51,7 @@ void Network<Scalar>::squared_gradients(std::size_t l, const Scalar* theta, cons
                                         Index chunk, Scalar* gsq, Workspace<Scalar>& ws,
                                         Scalar* scratch) const {
   const Index P = layers_[l]->num_params();
-  if (const SquaredGradients<Scalar>* squared = squared_[l]; squared && aliases_[l].empty()) {
+  if (const SquaredGradients<Scalar>* squared = sched_->squared[l]; squared && aliases_[l].empty()) {
     const Layer<Scalar>& layer = *layers_[l];
     const Index in = layer.input_size(), out = layer.output_size();
     const Mat<Scalar>& X = input_act(cache, l);
