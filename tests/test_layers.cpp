@@ -52,7 +52,9 @@ std::vector<LayerCase> layer_cases() {
       {"softplus", LayerSpec::activation(LayerType::softplus), {7}},
       {"leaky_relu", LayerSpec::leaky_relu(0.2), {2, 3, 3}},
       {"leaky_relu_negative_slope", LayerSpec::leaky_relu(-0.3), {2, 3, 3}},  // not monotone
-      {"leaky_relu_slope_above_1", LayerSpec::leaky_relu(1.7), {8}},  // (an odd count would put 0 on the grid)
+      {"leaky_relu_slope_above_1",
+       LayerSpec::leaky_relu(1.7),
+       {8}},  // (an odd count would put 0 on the grid)
       {"flatten", LayerSpec::flatten(), {2, 3, 3}},
       {"maxpool2d", LayerSpec::maxpool2d(2), {2, 4, 4}},
       {"maxpool2d_k3s2", pool3, {2, 7, 7}},
@@ -67,6 +69,8 @@ std::vector<LayerCase> layer_cases() {
       {"global_avgpool", LayerSpec::global_avgpool(), {3, 2, 4}},
       {"global_avgpool_keepdim", LayerSpec::global_avgpool(true), {3, 3, 3}},
       {"conv2d_padding_same_3x5", same_odd, {2, 4, 6}},
+      // A kernel wider than the image: most taps of every window read padding (window2d.h's clamped ranges).
+      {"conv2d_kernel_wider_than_image", LayerSpec::conv2d(1, 2, 5, 1, 2), {1, 2, 1}},
       {"layer_norm_last_dim", LayerSpec::layer_norm({4}), {3, 4}},
       {"layer_norm_two_dims", LayerSpec::layer_norm({2, 3}, 1e-3), {2, 2, 3}},
       {"layer_norm_no_affine", LayerSpec::layer_norm({6}, 1e-5, false), {6}},
