@@ -36,11 +36,13 @@ void FisherOperator<Scalar>::perform_op(const Scalar* x, Scalar* y) const {
   //   4. y ← s·y + λv      once per entry, the sum's last step:             detail::ScaleAndDamp
   NATGRAD_CHECK(x != nullptr && y != nullptr && (y + num_params_ <= x || x + num_params_ <= y));
   State& st = *s_;
+  st.require_forward();
   const Index C = st.model.output_size();
-  st.backprop_chunks(nullptr, [&](Index, Index c0, Index n, MatMap<Scalar> w, Workspace<Scalar>& ws) {
-    st.model.jvp(st.theta.data(), x, st.cache, c0, n, ws);            // 1. u = J v
+  const auto head = [&](Index, Index c0, Index n, MatMap<Scalar> w, Workspace<Scalar>& ws) {
+    st.model.jvp(st.theta.data(), x, st.cache, c0, n, ws);              // 1. u = J v
     st.curvature.apply(c0, ConstMatMap<Scalar>(ws.result(), C, n), w);  // 2. w = H u
-  });
+  };
+  st.backprop_chunks("product", false, head);
   st.sum_over_samples(y, {st.inverse_count(), static_cast<Scalar>(st.damping), x});  // 3, 4. y = s Σ Jᵀw + λv
   ++st.num_products;
 }
@@ -50,15 +52,17 @@ const Vec<Scalar>& FisherOperator<Scalar>::gradient() const {
   // g = s Σ_n J_nᵀ ∇_z ℓ_n: the product's passes with the loss's cotangents as the head and no damping.
   State& st = *s_;
   if (st.have_gradient) return st.gradient;
+  st.require_forward();
   st.require_targets("computing the loss and its gradient");
   const Index C = st.model.output_size();
   const Mat<Scalar>& Z = st.cache.acts.back();
   st.gradient.resize(num_params_);
-  st.backprop_chunks("gradient", [&](Index k, Index c0, Index n, MatMap<Scalar> gz, Workspace<Scalar>&) {
+  const auto head = [&](Index k, Index c0, Index n, MatMap<Scalar> gz, Workspace<Scalar>&) {
     ConstMatMap<Scalar> z(Z.data() + c0 * C, C, n);
     st.chunk_loss[static_cast<std::size_t>(k)] = nll_sum<Scalar>(st.likelihood, z, st.data, c0, st.positions);
     nll_gradient<Scalar>(st.likelihood, z, st.data, c0, gz, st.positions);
-  });
+  };
+  st.backprop_chunks("gradient", true, head);
   st.sum_over_samples(st.gradient.data(), {st.inverse_count(), Scalar(0), nullptr});
   st.loss = 0;
   for (double l : st.chunk_loss) st.loss += l;  // in chunk order
@@ -73,6 +77,7 @@ Vec<Scalar> FisherOperator<Scalar>::empirical_fisher_diagonal() const {
   // diag(F_emp) = s Σ_n (J_nᵀ ∇_z ℓ_n)²: the cotangents of the true-label scores (phase A of the gradient),
   // then the per-sample squared gradients, summed over the ranks.
   State& st = *s_;
+  st.require_forward();
   st.require_targets("the empirical Fisher diagonal");
   const Index C = st.model.output_size();
   const Mat<Scalar>& Z = st.cache.acts.back();
@@ -89,8 +94,10 @@ Vec<Scalar> FisherOperator<Scalar>::empirical_fisher_diagonal() const {
 template <typename Scalar>
 void FisherOperator<Scalar>::backprop_outputs(
     const std::function<void(Index, Index, MatMap<Scalar>)>& head) const {
-  s_->backprop_chunks(
-      nullptr, [&](Index, Index c0, Index n, MatMap<Scalar> gz, Workspace<Scalar>&) { head(c0, n, gz); });
+  s_->require_forward();
+  s_->backprop_chunks(nullptr, false, [&](Index, Index c0, Index n, MatMap<Scalar> gz, Workspace<Scalar>&) {
+    head(c0, n, gz);
+  });
 }
 
 template <typename Scalar>
@@ -202,6 +209,14 @@ void FisherOperator<Scalar>::State::setup(const Dataset<Scalar>& given) {
 }
 
 template <typename Scalar>
+void FisherOperator<Scalar>::State::require_forward() const {
+  if (!forward_done)
+    throw std::logic_error(
+        "the Fisher operator's forward pass did not finish (an interrupted rebind): rebind it "
+        "before computing products, the loss or the gradient");
+}
+
+template <typename Scalar>
 void FisherOperator<Scalar>::State::require_targets(const char* what) const {
   if (data.labels.empty() && data.targets.size() == 0)
     detail::fail(std::string(what) + " requires targets, and this batch has none");
@@ -224,6 +239,7 @@ Vec<Scalar> FisherOperator<Scalar>::take_gradient() {
 
 template <typename Scalar>
 double FisherOperator<Scalar>::loss() const {
+  s_->require_forward();
   if (!s_->have_loss) gradient();  // (the loss outlives a gradient moved out by take_gradient)
   return s_->loss;
 }

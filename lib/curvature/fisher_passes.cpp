@@ -2,11 +2,14 @@
 // phase A (per-chunk heads and the backpropagation of their cotangents), phases B and C (the parameter
 // gradient from the stored cotangents) and the squared per-sample gradients. Every pass follows the plan
 // (fisher_plan.h), so its result does not depend on the number of threads.
+#include <natgrad/core/interrupted.h>
 #include <natgrad/core/threads.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <new>
+#include <stdexcept>
 
 #include "core/check.h"
 #include "curvature/fisher_state.h"
@@ -35,60 +38,126 @@ int team_size() {
 }
 }  // namespace
 
+namespace detail {
+
+std::string describe_failure(const std::exception_ptr& e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const Interrupted& x) {
+    return std::string("s") + x.what();
+  } catch (const std::invalid_argument& x) {
+    return std::string("i") + x.what();
+  } catch (const std::bad_alloc&) {
+    return "rout of memory";
+  } catch (const std::exception& x) {
+    return std::string("r") + x.what();
+  } catch (...) {
+    return "ran exception that is not a std::exception";
+  }
+}
+
+void throw_agreed(const std::string& agreed, const std::exception_ptr& mine) {
+  if (mine && describe_failure(mine) == agreed) std::rethrow_exception(mine);
+  const std::string message = agreed.substr(1);
+  if (agreed[0] == 's') throw Interrupted(message);
+  if (agreed[0] == 'i') throw std::invalid_argument(message);
+  throw std::runtime_error(message);
+}
+
+}  // namespace detail
+
 template <typename Scalar>
-void FisherOperator<Scalar>::State::run_forward() {
+void FisherOperator<Scalar>::State::run_forward(std::exception_ptr failed) {
   // The forward pass, once per parameter vector; its activations serve every later product. Each chunk then
   // looks for the first layer (input included) where a NaN or Inf appears, while its activations are still
   // in cache; the earliest such layer over all chunks, and its first sample, are reported.
-  const Index cs = plan.chunk_size;
-  const std::size_t none = cache.acts.size();
-  timers.clear_forward();
-  std::vector<std::pair<std::size_t, Index>> first_bad(static_cast<std::size_t>(plan.num_chunks), {none, 0});
-  std::atomic<Index> chunks_done{0};
-  const bool report = static_cast<bool>(options.on_progress);
+  forward_done = false;
+  detail::PassHalt halt;
+  halt.error = failed;
+  std::string nan_report;
+  if (!failed) {
+    try {
+      const Index cs = plan.chunk_size;
+      const std::size_t none = cache.acts.size();
+      timers.clear_forward();
+      std::vector<std::pair<std::size_t, Index>> first_bad(static_cast<std::size_t>(plan.num_chunks),
+                                                           {none, 0});
+      const bool report = static_cast<bool>(options.on_progress);
 #ifdef NATGRAD_HAVE_OPENMP
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads)
 #endif
-  for (Index k = 0; k < plan.num_chunks; ++k) {
-    const Index c0 = k * cs, n = std::min(cs, num_samples - c0);
-    model.forward(theta.data(), cache, c0, n, timers.forward(thread_id()));
-    const Index done = ++chunks_done;
-    if (report && thread_id() == 0) options.on_progress("forward", done, plan.num_chunks);
-    for (std::size_t l = 0; l < cache.acts.size(); ++l) {
-      const auto block = cache.acts[l].middleCols(c0, n);
-      // x·0 is 0 for every finite x and NaN otherwise: one vectorized pass, no per-element branch.
-      if (!std::isnan((block.array() * Scalar(0)).sum())) continue;
-      Index j = 0;
-      while (!std::isnan((block.col(j).array() * Scalar(0)).sum())) ++j;
-      first_bad[static_cast<std::size_t>(k)] = {l, c0 + j};
-      break;
+      for (Index k = 0; k < plan.num_chunks; ++k) {
+        if (halted(halt)) continue;
+        const Index c0 = k * cs, n = std::min(cs, num_samples - c0);
+        model.forward(theta.data(), cache, c0, n, timers.forward(thread_id()));
+        const Index done = ++halt.chunks_done;
+        if (report && thread_id() == 0)
+          halt.guard([&] { options.on_progress("forward", done, plan.num_chunks); });
+        for (std::size_t l = 0; l < cache.acts.size(); ++l) {
+          const auto block = cache.acts[l].middleCols(c0, n);
+          // x·0 is 0 for every finite x and NaN otherwise: one vectorized pass, no per-element branch.
+          if (!std::isnan((block.array() * Scalar(0)).sum())) continue;
+          Index j = 0;
+          while (!std::isnan((block.col(j).array() * Scalar(0)).sum())) ++j;
+          first_bad[static_cast<std::size_t>(k)] = {l, c0 + j};
+          break;
+        }
+      }
+      const auto bad = std::min_element(first_bad.begin(), first_bad.end(), [](const auto& a, const auto& b) {
+        return a.first < b.first;  // the first chunk among those with the earliest layer: its first sample
+      });
+      if (bad != first_bad.end() && bad->first != none) {
+        const std::size_t l = bad->first;
+        nan_report = (l == 0 ? std::string("the input")
+                             : "the output of layer " + model.node_id(l - 1) + " (" +
+                                   model.layer(l - 1).name() + ")") +
+                     " is NaN or Inf, first at sample " + std::to_string(options.first_sample + bad->second);
+      }
+      if (!halt.halted) {
+        const Mat<Scalar>& Z = cache.acts.back();
+        curvature = OutputCurvature<Scalar>(likelihood, options.kind, options.mc_samples, options.seed,
+                                            ConstMatMap<Scalar>(Z.data(), Z.rows(), Z.cols()), data,
+                                            positions, FisherOperator<Scalar>::keeps_probabilities(Z.size()),
+                                            options.first_sample);
+      }
+    } catch (...) {
+      halt.error = std::current_exception();
     }
+    if (halt.error) halt.halted = true;
+  } else {
+    halt.halted = true;
   }
-  forward_error.clear();
-  const auto bad = std::min_element(first_bad.begin(), first_bad.end(), [](const auto& a, const auto& b) {
-    return a.first < b.first;  // the first chunk among those with the earliest layer: its first sample
-  });
-  if (bad != first_bad.end() && bad->first != none) {
-    const std::size_t l = bad->first;
-    forward_error =
-        (l == 0 ? std::string("the input")
-                : "the output of layer " + model.node_id(l - 1) + " (" + model.layer(l - 1).name() + ")") +
-        " is NaN or Inf, first at sample " + std::to_string(options.first_sample + bad->second);
-  }
-  if (distributed()) forward_error = comm->first_error(forward_error);  // every rank reports the first
-  const Mat<Scalar>& Z = cache.acts.back();
-  curvature =
-      OutputCurvature<Scalar>(likelihood, options.kind, options.mc_samples, options.seed,
-                              ConstMatMap<Scalar>(Z.data(), Z.rows(), Z.cols()), data, positions,
-                              FisherOperator<Scalar>::keeps_probabilities(Z.size()), options.first_sample);
+  // One process: rethrow or stop. Several: every rank takes part (a failed setup included), so that a rank
+  // that failed or stopped does not leave the others waiting in the agreements below.
+  end_pass(halt, "forward pass", plan.num_chunks, distributed());
+  forward_error = distributed() ? comm->first_error(nan_report) : nan_report;  // every rank reports the first
+  forward_done = true;
 }
 
 template <typename Scalar>
-void FisherOperator<Scalar>::State::backprop_chunks(const char* pass, Head head) {
+void FisherOperator<Scalar>::State::end_pass(detail::PassHalt& h, const char* pass, Index total,
+                                             bool agree) const {
+  std::string mine;
+  if (h.error)
+    mine = detail::describe_failure(h.error);
+  else if (h.halted)
+    mine = "sthe " + std::string(pass) + " was interrupted after " + std::to_string(h.chunks_done.load()) +
+           " of " + std::to_string(total) + " chunks";
+  if (agree) {
+    // A max over the ranks first (one number), the message only when some rank has one.
+    if (comm->max(mine.empty() ? 0.0 : 1.0) == 0.0) return;
+    mine = comm->first_error(mine);
+  }
+  if (!mine.empty()) detail::throw_agreed(mine, h.error);
+}
+
+template <typename Scalar>
+void FisherOperator<Scalar>::State::backprop_chunks(const char* pass, bool report, Head head) {
   const Index cs = plan.chunk_size, C = model.output_size();
   std::fill(work.begin(), work.end(), 0.0);
-  std::atomic<Index> chunks_done{0};
-  const bool report = pass != nullptr && static_cast<bool>(options.on_progress);
+  detail::PassHalt halt;
+  report = report && static_cast<bool>(options.on_progress);
+  const bool poll = pass != nullptr && stop_set;
 #ifdef NATGRAD_HAVE_OPENMP
 #pragma omp parallel num_threads(num_threads)
 #endif
@@ -100,6 +169,7 @@ void FisherOperator<Scalar>::State::backprop_chunks(const char* pass, Head head)
     Index k0, k1;
     plan.chunk_range(t, team, k0, k1);
     for (Index k = k0; k < k1; ++k) {
+      if ((poll || report) && halted(halt)) break;
       const Index c0 = k * cs, n = std::min(cs, num_samples - c0);
       MatMap<Scalar> w(obuf.data(), C, n);
       {
@@ -111,10 +181,12 @@ void FisherOperator<Scalar>::State::backprop_chunks(const char* pass, Head head)
       model.backprop_cotangents(theta.data(), cache, c0, n, ConstMatMap<Scalar>(w.data(), C, n), cot, ws);
       ws.time_nodes(nullptr);
       work[static_cast<std::size_t>(t)] += plan.chunk_macs_per_sample * double(n);
-      const Index done = ++chunks_done;
-      if (report && t == 0) options.on_progress(pass, done, plan.num_chunks);
+      const Index done = ++halt.chunks_done;
+      if (report && t == 0) halt.guard([&] { options.on_progress(pass, done, plan.num_chunks); });
     }
   }
+  // Only a pass with a callback can stop: it agrees (under a communicator) before the sum over the ranks.
+  if (poll || report) end_pass(halt, pass, plan.num_chunks, distributed());
 }
 
 template <typename Scalar>
@@ -233,11 +305,12 @@ Vec<Scalar> FisherOperator<Scalar>::State::squared_gradients(const std::vector<b
   return diag;
 }
 
-#define NATGRAD_INSTANTIATE(S)                                                                  \
-  template void FisherOperator<S>::State::run_forward();                                        \
-  template void FisherOperator<S>::State::backprop_chunks(const char*, Head);                   \
-  template void FisherOperator<S>::State::sum_gradients(S*, const detail::ScaleAndDamp<S>*);    \
-  template void FisherOperator<S>::State::sum_over_samples(S*, const detail::ScaleAndDamp<S>&); \
+#define NATGRAD_INSTANTIATE(S)                                                                         \
+  template void FisherOperator<S>::State::run_forward(std::exception_ptr);                             \
+  template void FisherOperator<S>::State::end_pass(detail::PassHalt&, const char*, Index, bool) const; \
+  template void FisherOperator<S>::State::backprop_chunks(const char*, bool, Head);                    \
+  template void FisherOperator<S>::State::sum_gradients(S*, const detail::ScaleAndDamp<S>*);           \
+  template void FisherOperator<S>::State::sum_over_samples(S*, const detail::ScaleAndDamp<S>&);        \
   template Vec<S> FisherOperator<S>::State::squared_gradients(const std::vector<bool>&);
 NATGRAD_INSTANTIATE(float)
 NATGRAD_INSTANTIATE(double)

@@ -5,6 +5,9 @@
 
 #include <natgrad/curvature/fisher_operator.h>
 
+#include <atomic>
+#include <exception>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -31,6 +34,34 @@ struct ScaleAndDamp {
   }
 };
 
+/// What stops a pass early, shared by its threads: a stop request (FisherOptions::stop_requested) or the
+/// first exception a user callback threw inside the parallel region (it cannot leave the region; it is
+/// rethrown after it). Every thread reads `halted` before it starts a chunk.
+struct PassHalt {
+  std::atomic<bool> halted{false};
+  std::atomic<Index> chunks_done{0};
+  std::mutex mutex;
+  std::exception_ptr error;
+  /// Runs f (a user callback); an exception it throws halts the pass and is kept, the first one only.
+  template <typename F>
+  void guard(F&& f) {
+    try {
+      f();
+    } catch (...) {
+      const std::lock_guard<std::mutex> lock(mutex);
+      if (!error) error = std::current_exception();
+      halted = true;
+    }
+  }
+};
+
+/// How a rank's failure travels to the others through Communicator::first_error: a kind letter (s:
+/// Interrupted, i: std::invalid_argument, r: anything else) and the message.
+std::string describe_failure(const std::exception_ptr& e);
+/// Throws the agreed failure: this rank's own exception when it is the one agreed on (its type kept),
+/// otherwise an exception of the agreed kind with the agreed message.
+[[noreturn]] void throw_agreed(const std::string& agreed, const std::exception_ptr& mine);
+
 }  // namespace detail
 
 template <typename Scalar>
@@ -48,17 +79,37 @@ struct FisherOperator<Scalar>::State {
         num_samples(n),
         total_samples(opt.total_samples > 0 ? opt.total_samples : n),
         positions(m.output_positions()),
-        comm(opt.communicator ? opt.communicator : &serial_communicator()) {}
+        comm(opt.communicator ? opt.communicator : &serial_communicator()) {
+    stop_set = static_cast<bool>(opt.stop_requested);
+  }
 
   /// Everything up to the forward pass: checks, the plan, the buffers.
   void setup(const Dataset<Scalar>& data);
   /// The forward pass into the cache (the first NaN or Inf found goes to forward_error), then the output
-  /// curvature of its outputs.
-  void run_forward();
+  /// curvature of its outputs. `failed`: setup's exception on this rank, which skips the pass. Every rank
+  /// then agrees on a failure or a stop (any rank's, first in rank order) and all throw it, so none is left
+  /// waiting in a collective; then on the first NaN report.
+  void run_forward(std::exception_ptr failed = nullptr);
   /// **Phase A** of every pass over the stored cotangents: per chunk of samples, head writes the output
   /// cotangents, which Network::backprop_cotangents stores for every node with parameters (cot). The
-  /// threads take contiguous ranges of chunks. A named `pass` reports progress to on_progress.
-  void backprop_chunks(const char* pass, Head head);
+  /// threads take contiguous ranges of chunks. A named `pass` ("product", "gradient") polls stop_requested
+  /// before every chunk and ends with end_pass; with `report`, it reports progress to on_progress.
+  void backprop_chunks(const char* pass, bool report, Head head);
+  /// Before a chunk of a pass: whether to start no further chunk (a stop was requested, or a callback threw).
+  bool halted(detail::PassHalt& h) const {
+    if (!stop_set) return h.halted.load(std::memory_order_relaxed);
+    if (!h.halted.load(std::memory_order_relaxed))
+      h.guard([&] {
+        if (options.stop_requested()) h.halted = true;
+      });
+    return h.halted.load(std::memory_order_relaxed);
+  }
+  /// After a pass that may have halted: throws its callback's exception, or Interrupted naming the pass and
+  /// the chunks done. With `agree` (a shared batch) the ranks first agree — one max over the ranks, and the
+  /// first failure's message if any — so that either every rank throws or none does.
+  void end_pass(detail::PassHalt& h, const char* pass, Index total, bool agree) const;
+  /// Products, gradient() and loss() need a complete forward pass (a rebind may have been interrupted).
+  void require_forward() const;
   /// **Phases B and C**: y = Σ_n J_nᵀ w_n from the stored cotangents — weight blocks and sample groups
   /// (Network::gradient_block, gradient_of_samples), then the groups' partial sums in group order — with
   /// `finish` applied to each piece of y as soon as it is final, while it is in cache (nullptr: none).
@@ -91,6 +142,8 @@ struct FisherOperator<Scalar>::State {
   ForwardCache<Scalar> cache;
   OutputCurvature<Scalar> curvature;
   std::string forward_error;
+  bool forward_done = false;  // the last forward pass ran to the end
+  bool stop_set = false;      // options.stop_requested is set: the passes poll it
 
   // The products' buffers, allocated once.
   std::vector<Workspace<Scalar>> workspaces;  // one per thread

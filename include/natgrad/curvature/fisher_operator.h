@@ -44,6 +44,7 @@
 #pragma once
 
 #include <natgrad/core/dataset.h>
+#include <natgrad/core/interrupted.h>
 #include <natgrad/distributed/communicator.h>
 #include <natgrad/likelihood/likelihood.h>
 #include <natgrad/likelihood/output_curvature.h>
@@ -77,8 +78,24 @@ struct FisherOptions {
   int num_threads = 0;
   /// Progress of the long one-off passes, called by the first thread after each of its chunks of the forward
   /// pass ("forward") and of gradient() ("gradient") with the chunks done so far and the total (not during
-  /// products). It runs inside the parallel region: keep it cheap and rate-limit any printing. Optional.
+  /// products). It runs inside the parallel region: keep it cheap and rate-limit any printing. An exception
+  /// it throws ends the pass (no further chunk starts) and is rethrown once the pass's threads have stopped.
+  /// Optional.
   std::function<void(const char* phase, Index done, Index total)> on_progress;
+  /// **Stop requests** (a signal handler's flag, a deadline). Polled before every chunk of the forward pass
+  /// (construction, rebind), of gradient() and of every product (perform_op), by each thread before it
+  /// starts a chunk, so possibly from several threads at once: make it thread-safe and cheap (read an atomic
+  /// flag). When it returns true the pass starts no further chunk, finishes the ones under way, and throws
+  /// natgrad::Interrupted naming the pass and how far it got ("the product was interrupted after 5 of 16
+  /// chunks"). The operator stays usable: an interrupted product writes nothing to y and an interrupted
+  /// gradient() keeps nothing, so the same call can be made again (and gives the same result); after an
+  /// interrupted rebind the cached forward pass is incomplete and products, loss() and gradient() throw
+  /// std::logic_error until a rebind completes. Not polled by backprop_outputs(), squared_gradients() or
+  /// empirical_fisher_diagonal(). With a communicator every rank must set it (or none): the ranks agree after
+  /// the forward pass and after a product's or gradient's per-sample phase, before the sum over the ranks,
+  /// and if any rank stopped every rank throws Interrupted (with the first such rank's message), so none is
+  /// left waiting in a collective. Unset (the default): never polled, no agreement, no cost.
+  std::function<bool()> stop_requested;
 
   /// **A batch shared by several processes.** With a communicator of K > 1 ranks, the operator's data is
   /// this rank's share of a batch of `total_samples` samples whose first sample has global index
@@ -123,7 +140,8 @@ class FisherOperator {
 
   /// Binds the model at parameters theta to a batch and runs the forward pass. Throws
   /// std::invalid_argument for invalid options, a parameter vector or inputs of the wrong size, or targets
-  /// that do not fit the likelihood. The model must outlive the operator; theta and data are copied.
+  /// that do not fit the likelihood; Interrupted when stop_requested stops the forward pass (with a
+  /// communicator, on every rank). The model must outlive the operator; theta and data are copied.
   FisherOperator(const Network<Scalar>& model, Vec<Scalar> theta, LikelihoodKind likelihood,
                  const Dataset<Scalar>& data, const FisherOptions& options = FisherOptions());
   ~FisherOperator();
