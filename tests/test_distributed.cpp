@@ -358,6 +358,38 @@ TEST(Distributed, EveryRankReportsTheFirstFailureWithTheGlobalSample) {
   }
 }
 
+// Whatever one rank's constructor throws — here its progress callback throws std::out_of_range, a type the
+// ranks used not to catch — every rank fails with that message instead of waiting for the failed one: the
+// failing rank with its own exception, the others with a std::runtime_error.
+TEST(Distributed, AnUnusualExceptionOnOneRankFailsEveryRank) {
+  Network<double> model(test::mlp_spec(4, 5, 3));
+  const Vec<double> theta = init_parameters(model, 1);
+  const Dataset<double> data = test::random_dataset(model, 24, LikelihoodKind::categorical, 2);
+  std::vector<std::string> kinds(3);
+  const auto errors = on_ranks(3, [&](int r, const Communicator& comm) {
+    const SampleShare s = share_of(24, r, 3);
+    FisherOptions opt = for_share(FisherOptions(), comm, s, 24);
+    opt.chunk_size = 2;
+    opt.num_threads = 1;  // the one thread reports every chunk
+    if (r == 1)
+      opt.on_progress = [](const char*, Index done, Index) {
+        if (done == 2) throw std::out_of_range("rank 1's progress display failed");
+      };
+    try {
+      FisherOperator<double> F(model, theta, LikelihoodKind::categorical, data.slice(s.first, s.count), opt);
+    } catch (const std::out_of_range&) {
+      kinds[static_cast<std::size_t>(r)] = "out_of_range";
+      throw;
+    } catch (const std::runtime_error&) {
+      kinds[static_cast<std::size_t>(r)] = "runtime_error";
+      throw;
+    }
+  });
+  for (int r = 0; r < 3; ++r)
+    EXPECT_EQ(errors[static_cast<std::size_t>(r)], "rank 1's progress display failed") << r;
+  EXPECT_EQ(kinds, (std::vector<std::string>{"runtime_error", "out_of_range", "runtime_error"}));
+}
+
 // A stop requested on one rank only (rank 1) during a product: the ranks agree before the sum over them, so
 // every rank throws Interrupted and none waits in the sum; the next product is the uninterrupted one, bit for
 // bit. The same for gradient().

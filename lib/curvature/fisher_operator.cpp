@@ -111,28 +111,16 @@ FisherOperator<Scalar>::FisherOperator(const Network<Scalar>& model, Vec<Scalar>
                                        const FisherOptions& options)
     : s_(std::make_unique<State>(model, std::move(theta), likelihood, options, data.size())),
       num_params_(model.num_params()) {
-  if (!s_->distributed()) {
+  // Under a communicator the ranks construct the operator together: a rank whose setup fails (bad input, no
+  // memory, anything) still takes part in the forward pass's agreement, where every rank learns the first
+  // failure and throws it, instead of leaving the others waiting.
+  std::exception_ptr failed;
+  try {
     s_->setup(data);
-  } else {
-    // The ranks construct the operator together: one that fails (bad input, no memory) must not leave the
-    // others waiting in the forward pass's agreement, so every rank fails with the first failing rank's error.
-    std::string error;
-    try {
-      s_->setup(data);
-    } catch (const std::invalid_argument& e) {
-      error = std::string("i") + e.what();
-    } catch (const std::runtime_error& e) {
-      error = std::string("r") + e.what();
-    } catch (const std::bad_alloc&) {
-      error = "rout of memory setting up the Fisher operator";
-    }
-    error = s_->comm->first_error(error);
-    if (!error.empty()) {
-      if (error[0] == 'r') throw std::runtime_error(error.substr(1));
-      detail::fail(error.substr(1));
-    }
+  } catch (...) {
+    failed = std::current_exception();
   }
-  s_->run_forward();
+  s_->run_forward(failed);
 }
 
 template <typename Scalar>

@@ -140,8 +140,10 @@ class FisherOperator {
 
   /// Binds the model at parameters theta to a batch and runs the forward pass. Throws
   /// std::invalid_argument for invalid options, a parameter vector or inputs of the wrong size, or targets
-  /// that do not fit the likelihood; Interrupted when stop_requested stops the forward pass (with a
-  /// communicator, on every rank). The model must outlive the operator; theta and data are copied.
+  /// that do not fit the likelihood; Interrupted when stop_requested stops the forward pass. With a
+  /// communicator, a failure of any kind on one rank (an exception of any type, a stop) makes every rank
+  /// throw: the failing rank its own exception, the others the same message as std::invalid_argument,
+  /// Interrupted or std::runtime_error. The model must outlive the operator; theta and data are copied.
   FisherOperator(const Network<Scalar>& model, Vec<Scalar> theta, LikelihoodKind likelihood,
                  const Dataset<Scalar>& data, const FisherOptions& options = FisherOptions());
   ~FisherOperator();
