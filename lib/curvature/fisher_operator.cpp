@@ -6,6 +6,7 @@
 #include <natgrad/curvature/fisher_operator.h>
 
 #include <cmath>
+#include <cstdint>
 #include <new>
 #include <stdexcept>
 
@@ -130,6 +131,62 @@ FisherOperator<Scalar>::FisherOperator(FisherOperator&&) noexcept = default;
 template <typename Scalar>
 FisherOperator<Scalar>& FisherOperator<Scalar>::operator=(FisherOperator&&) noexcept = default;
 
+namespace {
+// What an operator with this plan and `threads` workspaces allocates: one rule for required_bytes (the memory
+// estimate, before anything is built) and for the constructor (its out-of-memory messages).
+template <typename Scalar>
+typename FisherOperator<Scalar>::Footprint footprint(const Network<Scalar>& model,
+                                                     const detail::FisherPlan& plan, int threads,
+                                                     Index num_samples, LikelihoodKind likelihood,
+                                                     const FisherOptions& options) {
+  const std::size_t s = sizeof(Scalar), n = static_cast<std::size_t>(num_samples);
+  const std::size_t C = static_cast<std::size_t>(model.output_size());
+  const std::size_t T = static_cast<std::size_t>(model.output_positions());
+  // Per sample: the cached activations (input included) and what layers save for the other passes
+  // (attention's probabilities; max-pool indices as int32); the output curvature's statistics (the
+  // Monte-Carlo draws or the empirical gradients: C per draw; the exact categorical's p and dominant class
+  // while they are kept, Bernoulli's σ(1 − σ)); the copied targets (int64 labels per position, or C values).
+  std::size_t per_sample = static_cast<std::size_t>(model.input_size() + model.saved_per_sample()), aux = 0;
+  for (std::size_t l = 0; l < model.num_layers(); ++l) {
+    per_sample += static_cast<std::size_t>(model.layer(l).output_size());
+    aux += static_cast<std::size_t>(model.layer(l).aux_per_sample());
+  }
+  const bool categorical = likelihood == LikelihoodKind::categorical;
+  const std::size_t draws = options.kind == FisherKind::mc ? static_cast<std::size_t>(options.mc_samples) : 1;
+  std::size_t statistics = C * draws * s;
+  if (options.kind == FisherKind::exact) {
+    if (likelihood == LikelihoodKind::gaussian ||
+        (categorical && !FisherOperator<Scalar>::keeps_probabilities(model.output_size() * num_samples)))
+      statistics = 0;
+    else
+      statistics = C * s + (categorical ? T * sizeof(Index) : 0);
+  }
+  const std::size_t targets = categorical ? T * sizeof(std::int64_t) : C * s;
+  typename FisherOperator<Scalar>::Footprint f;
+  f.forward = n * (per_sample * s + aux * sizeof(std::int32_t) + statistics + targets);
+  // Per thread: its workspace (tangent and cotangent buffers, layer scratch), the forward pass's per-call
+  // layer buffer (a convolution's im2col block, alive while the workspaces are), the output buffer and the
+  // block tasks' packing space.
+  const Index chunk = plan.chunk_size;
+  f.workspaces = static_cast<std::size_t>(threads) *
+                 static_cast<std::size_t>(model.workspace_width() * chunk + model.scratch_size(chunk) +
+                                          model.forward_scratch_size(chunk) + model.output_size() * chunk +
+                                          plan.task_scratch) *
+                 s;
+  f.cotangents = static_cast<std::size_t>(plan.cotangent_size + plan.partial_size) * s;
+  f.parameters = static_cast<std::size_t>(model.num_params()) * s;
+  return f;
+}
+}  // namespace
+
+template <typename Scalar>
+typename FisherOperator<Scalar>::Footprint FisherOperator<Scalar>::required_bytes(
+    const Network<Scalar>& model, Index num_samples, LikelihoodKind likelihood,
+    const FisherOptions& options) {
+  const detail::FisherPlan plan = detail::FisherPlan::make(model, num_samples, options);
+  return footprint(model, plan, plan.threads_for(options.num_threads), num_samples, likelihood, options);
+}
+
 template <typename Scalar>
 void FisherOperator<Scalar>::State::setup(const Dataset<Scalar>& given) {
   std::string why;
@@ -162,24 +219,22 @@ void FisherOperator<Scalar>::State::setup(const Dataset<Scalar>& given) {
       throw std::runtime_error("out of memory allocating " + what + " (" + detail::format_bytes(bytes) + ")");
     }
   };
-  double cache_bytes = double(model.input_size()) * double(num_samples) * sizeof(Scalar);
-  for (std::size_t l = 0; l < model.num_layers(); ++l)
-    cache_bytes += double(model.layer(l).output_size()) * double(num_samples) * sizeof(Scalar);
-  allocating("the forward cache of " + std::to_string(num_samples) + " samples", cache_bytes,
+  const Footprint need = footprint(model, plan, num_threads, num_samples, likelihood, options);
+  allocating("the forward cache of " + std::to_string(num_samples) + " samples", double(need.forward),
              [&] { cache = model.make_cache(given.inputs); });
-  allocating("the per-thread workspaces",
-             double(num_threads) * double(chunk) * double(model.workspace_width()) * sizeof(Scalar), [&] {
-               for (int t = 0; t < num_threads; ++t) {
-                 workspaces.push_back(model.make_workspace(chunk));
-                 out_buffers.emplace_back(model.output_size(), chunk);
-                 task_scratch.emplace_back(plan.task_scratch);
-               }
-             });
+  allocating("the per-thread workspaces", double(need.workspaces), [&] {
+    for (int t = 0; t < num_threads; ++t) {
+      workspaces.push_back(model.make_workspace(chunk));
+      out_buffers.emplace_back(model.output_size(), chunk);
+      task_scratch.emplace_back(plan.task_scratch);
+    }
+  });
   if (options.profile) timers.start(num_threads, model.num_layers());
-  allocating("the stored cotangents of " + std::to_string(num_samples) + " samples",
-             double(plan.cotangent_size) * sizeof(Scalar), [&] { cot = model.make_cotangents(num_samples); });
-  allocating("the partial gradients", double(plan.partial_size) * sizeof(Scalar),
-             [&] { partials.resize(plan.partial_size); });
+  allocating("the stored cotangents and partial gradients of " + std::to_string(num_samples) + " samples",
+             double(need.cotangents), [&] {
+               cot = model.make_cotangents(num_samples);
+               partials.resize(plan.partial_size);
+             });
   // Phase C's sums: per node whose gradient is split by sample groups, its groups' partials and then its
   // aliases' (a tied tensor sums its uses), in that order.
   reduction_parts.assign(model.num_layers(), {});

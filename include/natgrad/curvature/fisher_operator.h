@@ -50,6 +50,7 @@
 #include <natgrad/likelihood/output_curvature.h>
 #include <natgrad/model/network.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -225,6 +226,23 @@ class FisherOperator {
   /// Whether the exact categorical curvature keeps softmax(z) for `outputs` logits (C·T·N) or recomputes it
   /// in each product (the memory estimate needs the same rule).
   static bool keeps_probabilities(Index outputs);
+
+  /// What an operator allocates, in bytes, by part (required_bytes).
+  struct Footprint {
+    std::size_t forward = 0;     ///< the forward cache (activations, input included, and what layers save),
+                                 ///< the output curvature's statistics and the copied targets
+    std::size_t workspaces = 0;  ///< per thread: its workspace and layer scratch, the output buffer, the
+                                 ///< phase-B task scratch
+    std::size_t cotangents = 0;  ///< the stored cotangents and the partial gradients
+    std::size_t parameters = 0;  ///< the operator's copy of θ
+    std::size_t total() const { return forward + workspaces + cotangents + parameters; }
+  };
+  /// What the constructor allocates for `num_samples` samples of `model` (shapes only: a Network built from
+  /// the ModelSpec, no parameters needed) under `options` (chunk size, threads, Fisher kind): the same plan
+  /// and the same buffer sizes the constructor uses, so a caller can refuse a run before building anything
+  /// (estimate_solve_memory does). The constructor's out-of-memory messages quote these parts.
+  static Footprint required_bytes(const Network<Scalar>& model, Index num_samples, LikelihoodKind likelihood,
+                                  const FisherOptions& options);
 
  private:
   struct State;  // lib/curvature/fisher_state.h
