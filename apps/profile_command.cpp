@@ -5,9 +5,10 @@
 #include "signals.h"
 
 #include <natgrad/core/interrupted.h>
-#include <natgrad/core/reference_gemm.h>
 #include <natgrad/core/threads.h>
 #include <natgrad/curvature/fisher_operator.h>
+
+#include "core/reference_gemm.h"
 
 #include <nlohmann/json.hpp>
 

@@ -11,10 +11,11 @@
 #include "random_batch.h"
 #include "user_model.h"
 
-#include <natgrad/core/reference_gemm.h>
 #include <natgrad/curvature/fisher_operator.h>
 #include <natgrad/model/initialization.h>
 #include <natgrad/natural_gradient/solve_natural_gradient.h>
+
+#include "core/reference_gemm.h"
 
 #include <benchmark/benchmark.h>
 

@@ -4,8 +4,6 @@
 // separated by barriers). A projection from the cost model (multiply-adds of the GEMMs), not a timing.
 //
 // Usage: natgrad-plan [T ...]   (default 1 2 8 16 64)
-#include "benchmark_models.h"
-
 #include <natgrad/curvature/fisher_operator.h>
 
 #include <algorithm>
@@ -14,12 +12,15 @@
 #include <string>
 #include <vector>
 
+#include "benchmark_models.h"
+#include "curvature/fisher_plan.h"
+
 using namespace natgrad;
 
 namespace {
 void report(const char* name, const ModelSpec& spec, Index N, const std::vector<int>& threads) {
   const Network<float> model(spec);
-  const FisherPlan plan = FisherPlan::make(model, N, FisherOptions());
+  const detail::FisherPlan plan = detail::FisherPlan::make(model, N, FisherOptions());
   double total_b = 0;
   for (const auto& t : plan.tasks) total_b += t.macs;
   const double total_a = plan.chunk_macs_per_sample * double(N);

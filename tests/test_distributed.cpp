@@ -21,6 +21,7 @@
 #include <functional>
 #include <limits>
 #include <mutex>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 
@@ -375,6 +376,84 @@ TEST(Distributed, EveryRankReportsTheFirstFailureWithTheGlobalSample) {
   for (int r = 0; r < 3; ++r) {
     EXPECT_FALSE(thrown[static_cast<std::size_t>(r)].empty()) << "rank " << r;
     EXPECT_EQ(thrown[static_cast<std::size_t>(r)], thrown[0]);
+  }
+}
+
+// Whatever one rank's constructor throws — here its progress callback throws std::out_of_range, a type the
+// ranks used not to catch — every rank fails with that message instead of waiting for the failed one: the
+// failing rank with its own exception, the others with a std::runtime_error.
+TEST(Distributed, AnUnusualExceptionOnOneRankFailsEveryRank) {
+  Network<double> model(test::mlp_spec(4, 5, 3));
+  const Vec<double> theta = init_parameters(model, 1);
+  const Dataset<double> data = test::random_dataset(model, 24, LikelihoodKind::categorical, 2);
+  std::vector<std::string> kinds(3);
+  const auto errors = on_ranks(3, [&](int r, const Communicator& comm) {
+    const SampleShare s = share_of(24, r, 3);
+    FisherOptions opt = for_share(FisherOptions(), comm, s, 24);
+    opt.chunk_size = 2;
+    opt.num_threads = 1;  // the one thread reports every chunk
+    if (r == 1)
+      opt.on_progress = [](const char*, Index done, Index) {
+        if (done == 2) throw std::out_of_range("rank 1's progress display failed");
+      };
+    try {
+      FisherOperator<double> F(model, theta, LikelihoodKind::categorical, data.slice(s.first, s.count), opt);
+    } catch (const std::out_of_range&) {
+      kinds[static_cast<std::size_t>(r)] = "out_of_range";
+      throw;
+    } catch (const std::runtime_error&) {
+      kinds[static_cast<std::size_t>(r)] = "runtime_error";
+      throw;
+    }
+  });
+  for (int r = 0; r < 3; ++r)
+    EXPECT_EQ(errors[static_cast<std::size_t>(r)], "rank 1's progress display failed") << r;
+  EXPECT_EQ(kinds, (std::vector<std::string>{"runtime_error", "out_of_range", "runtime_error"}));
+}
+
+// A stop requested on one rank only (rank 1) during a product: the ranks agree before the sum over them, so
+// every rank throws Interrupted and none waits in the sum; the next product is the uninterrupted one, bit for
+// bit. The same for gradient().
+TEST(Distributed, AStopOnOneRankInterruptsEveryRankBeforeTheSum) {
+  Network<double> model(test::mlp_spec(4, 5, 3));
+  const Vec<double> theta = init_parameters(model, 1);
+  const Dataset<double> data = test::random_dataset(model, 24, LikelihoodKind::categorical, 2);
+  const Vec<double> v = test::random_vec<double>(model.num_params(), 3);
+  std::vector<std::string> interrupted(2);
+  std::vector<int> equal(2, 0);
+  const auto errors = on_ranks(2, [&](int r, const Communicator& comm) {
+    const SampleShare s = share_of(24, r, 2);
+    bool stop = false;
+    FisherOptions opt = for_share(FisherOptions(), comm, s, 24);
+    opt.chunk_size = 3;
+    opt.stop_requested = [&stop, r] { return r == 1 && stop; };  // every rank sets it; rank 1 asks
+    FisherOperator<double> F(model, theta, LikelihoodKind::categorical, data.slice(s.first, s.count), opt);
+    Vec<double> before(model.num_params()), after = Vec<double>::Constant(model.num_params(), 7.0);
+    F.perform_op(v.data(), before.data());
+    const Vec<double> g = F.take_gradient();  // moved out: the next gradient() computes it again
+    stop = true;
+    try {
+      F.perform_op(v.data(), after.data());
+    } catch (const Interrupted& e) {
+      interrupted[static_cast<std::size_t>(r)] = e.what();
+    }
+    try {
+      F.gradient();
+    } catch (const Interrupted& e) {
+      interrupted[static_cast<std::size_t>(r)] += std::string("; ") + e.what();
+    }
+    const bool untouched = (after.array() == 7.0).all();  // the interrupted product wrote nothing
+    stop = false;
+    F.perform_op(v.data(), after.data());
+    equal[static_cast<std::size_t>(r)] = untouched && before == after && F.gradient() == g;
+  });
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(errors[static_cast<std::size_t>(r)], "") << r;
+    EXPECT_EQ(
+        interrupted[static_cast<std::size_t>(r)],
+        "the product was interrupted after 0 of 4 chunks; the gradient was interrupted after 0 of 4 chunks")
+        << r;
+    EXPECT_TRUE(equal[static_cast<std::size_t>(r)]) << r;
   }
 }
 

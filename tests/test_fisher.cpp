@@ -2,12 +2,14 @@
 // backprop and whose H_n comes from the likelihood formulas; its symmetry and semi-definiteness; the
 // Monte-Carlo estimate's 1/√S convergence; the loss gradient against finite differences; float against
 // double; and bit-identical results for 1 and 2 threads.
-#include "test_helpers.h"
-
 #include <Eigen/Eigenvalues>
 #include <cstring>
 #include <numeric>
+#include <stdexcept>
 #include <tuple>
+
+#include "curvature/fisher_plan.h"
+#include "test_helpers.h"
 
 using namespace natgrad;
 using namespace natgrad::test;
@@ -332,7 +334,8 @@ TEST(FisherOptionsDefaults, DependOnTheProblemNotOnThreads) {
   FisherOptions a, b;
   a.num_threads = 1;
   b.num_threads = 8;
-  const FisherPlan pa = FisherPlan::make(model, 1000, a), pb = FisherPlan::make(model, 1000, b);
+  const detail::FisherPlan pa = detail::FisherPlan::make(model, 1000, a),
+                           pb = detail::FisherPlan::make(model, 1000, b);
   EXPECT_EQ(pa.num_chunks, 16);  // linear layers hold the work: chunks of at least 64
   EXPECT_EQ(pa.tasks.size(), pb.tasks.size());
   EXPECT_EQ(pa.cotangent_size, pb.cotangent_size);
@@ -445,6 +448,96 @@ TEST(FisherProgress, ForwardAndGradientReportTheirChunks) {
   calls.clear();
   apply(F, random_vec<double>(F.cols(), 3));
   EXPECT_TRUE(calls.empty());
+}
+
+// FisherOptions::stop_requested: a stop requested after k chunks ends the forward pass (the constructor, a
+// rebind), gradient() and a product with Interrupted naming the pass and the k chunks done. The operator
+// stays usable: the same product and gradient afterwards equal those of an operator that was never stopped,
+// bit for bit; after an interrupted rebind it refuses to compute until a rebind completes.
+namespace {
+// What Interrupted says when f throws it ("not interrupted" otherwise).
+template <typename F>
+std::string interruption(F f) {
+  try {
+    f();
+  } catch (const Interrupted& e) {
+    return e.what();
+  }
+  return "not interrupted";
+}
+}  // namespace
+
+TEST(FisherStop, InterruptsEachPassAfterTheChunksDoneAndLeavesTheOperatorUsable) {
+  Network<double> model(mlp_spec(6, 8, 3));
+  const Vec<double> theta = init_parameters(model, 1), theta2 = init_parameters(model, 2);
+  const Dataset<double> data = random_dataset(model, 40, LikelihoodKind::categorical, 2);
+  const Vec<double> v = random_vec<double>(model.num_params(), 3);
+  FisherOptions plain;
+  plain.chunk_size = 8;   // 5 chunks
+  plain.num_threads = 1;  // chunks in order: the k-th poll comes before chunk k
+  plain.damping = 0.1;
+  FisherOperator<double> reference(model, theta, LikelihoodKind::categorical, data, plain);
+  const Vec<double> y_ref = apply(reference, v), g_ref = reference.gradient();
+
+  long polls = 0, allowed = 0;  // the stop is requested at poll number `allowed` (counting from 0)
+  FisherOptions opt = plain;
+  opt.stop_requested = [&] { return polls++ >= allowed; };
+  auto stop_after = [&](long k) {
+    polls = 0;
+    allowed = k;
+  };
+  stop_after(2);
+  EXPECT_EQ(
+      interruption([&] { FisherOperator<double>(model, theta, LikelihoodKind::categorical, data, opt); }),
+      "the forward pass was interrupted after 2 of 5 chunks");
+  stop_after(1000);
+  FisherOperator<double> F(model, theta, LikelihoodKind::categorical, data, opt);
+  Vec<double> y = Vec<double>::Constant(model.num_params(), 7.0);  // an interrupted product leaves it so
+  stop_after(3);
+  EXPECT_EQ(interruption([&] { F.gradient(); }), "the gradient was interrupted after 3 of 5 chunks");
+  stop_after(1);
+  EXPECT_EQ(interruption([&] { F.perform_op(v.data(), y.data()); }),
+            "the product was interrupted after 1 of 5 chunks");
+  stop_after(0);
+  EXPECT_EQ(interruption([&] { F.perform_op(v.data(), y.data()); }),
+            "the product was interrupted after 0 of 5 chunks");
+  EXPECT_EQ(F.num_products(), 0);
+  EXPECT_TRUE((y.array() == 7.0).all()) << "an interrupted product wrote to y";
+  stop_after(1000);
+  EXPECT_EQ(0, std::memcmp(apply(F, v).data(), y_ref.data(), sizeof(double) * y_ref.size()));
+  EXPECT_EQ(0, std::memcmp(F.gradient().data(), g_ref.data(), sizeof(double) * g_ref.size()));
+  // An interrupted rebind leaves an incomplete forward pass: the operator refuses to use it.
+  stop_after(4);
+  EXPECT_EQ(interruption([&] { F.rebind(theta2); }), "the forward pass was interrupted after 4 of 5 chunks");
+  EXPECT_THROW(F.perform_op(v.data(), y.data()), std::logic_error);
+  EXPECT_THROW(F.gradient(), std::logic_error);
+  stop_after(1000);
+  F.rebind(theta);
+  EXPECT_EQ(0, std::memcmp(apply(F, v).data(), y_ref.data(), sizeof(double) * y_ref.size()));
+}
+
+// A progress callback that throws stops the pass, and its exception reaches the caller, type and all, instead
+// of ending the process inside the parallel region: in the forward pass (one thread: the forward pass's
+// chunks are taken dynamically, so with two a worker may take them all and the first thread never report) and
+// in gradient() with two threads (each takes a fixed range of chunks, the first thread reports its own).
+TEST(FisherStop, AnExceptionFromTheProgressCallbackReachesTheCaller) {
+  Network<double> model(mlp_spec(6, 8, 3));
+  const Vec<double> theta = init_parameters(model, 1);
+  const Dataset<double> data = random_dataset(model, 40, LikelihoodKind::categorical, 2);
+  FisherOptions opt;
+  opt.chunk_size = 8;  // 5 chunks
+  opt.num_threads = 1;
+  opt.on_progress = [](const char* phase, Index done, Index) {
+    if (done >= 3) throw std::out_of_range(std::string(phase) + " display failed");
+  };
+  EXPECT_THROW(FisherOperator<double>(model, theta, LikelihoodKind::categorical, data, opt),
+               std::out_of_range);
+  opt.num_threads = 2;
+  opt.on_progress = [](const char* phase, Index, Index) {
+    if (std::string(phase) == "gradient") throw std::out_of_range("gradient display failed");
+  };
+  const FisherOperator<double> F(model, theta, LikelihoodKind::categorical, data, opt);
+  EXPECT_THROW(F.gradient(), std::out_of_range);
 }
 
 // take_gradient moves the gradient out: the loss stays, and a later gradient() computes the same vector.

@@ -185,7 +185,7 @@ Mat<Scalar> jacobian_by_rop(const Network<Scalar>& model, const Vec<Scalar>& the
   for (Index p = 0; p < P; ++p) {
     e[p] = 1;
     model.jvp(theta.data(), e.data(), cache, 0, N, ws);
-    J.col(p) = ConstVecMap<Scalar>(ws.result, C * N);
+    J.col(p) = ConstVecMap<Scalar>(ws.result(), C * N);
     e[p] = 0;
   }
   return J;

@@ -52,7 +52,9 @@ std::vector<LayerCase> layer_cases() {
       {"softplus", LayerSpec::activation(LayerType::softplus), {7}},
       {"leaky_relu", LayerSpec::leaky_relu(0.2), {2, 3, 3}},
       {"leaky_relu_negative_slope", LayerSpec::leaky_relu(-0.3), {2, 3, 3}},  // not monotone
-      {"leaky_relu_slope_above_1", LayerSpec::leaky_relu(1.7), {8}},  // (an odd count would put 0 on the grid)
+      {"leaky_relu_slope_above_1",
+       LayerSpec::leaky_relu(1.7),
+       {8}},  // (an odd count would put 0 on the grid)
       {"flatten", LayerSpec::flatten(), {2, 3, 3}},
       {"maxpool2d", LayerSpec::maxpool2d(2), {2, 4, 4}},
       {"maxpool2d_k3s2", pool3, {2, 7, 7}},
@@ -67,6 +69,8 @@ std::vector<LayerCase> layer_cases() {
       {"global_avgpool", LayerSpec::global_avgpool(), {3, 2, 4}},
       {"global_avgpool_keepdim", LayerSpec::global_avgpool(true), {3, 3, 3}},
       {"conv2d_padding_same_3x5", same_odd, {2, 4, 6}},
+      // A kernel wider than the image: most taps of every window read padding (window2d.h's clamped ranges).
+      {"conv2d_kernel_wider_than_image", LayerSpec::conv2d(1, 2, 5, 1, 2), {1, 2, 1}},
       {"layer_norm_last_dim", LayerSpec::layer_norm({4}), {3, 4}},
       {"layer_norm_two_dims", LayerSpec::layer_norm({2, 3}, 1e-3), {2, 2, 3}},
       {"layer_norm_no_affine", LayerSpec::layer_norm({6}, 1e-5, false), {6}},
@@ -81,11 +85,13 @@ std::vector<LayerCase> layer_cases() {
 template <typename Scalar>
 std::unique_ptr<Layer<Scalar>> make_test_layer(const LayerCase& lc, uint64_t seed) {
   auto layer = make_layer<Scalar>(lc.spec, lc.input, lc.label);
-  const std::vector<ParamTensor> buffers = layer->buffer_tensors();
-  for (std::size_t i = 0; i < buffers.size(); ++i) {
-    Vec<Scalar> v = random_vec<Scalar>(shape_size(buffers[i].shape), seed + i) * Scalar(0.5);
-    if (buffers[i].name == "running_var") v = v.array().abs() + Scalar(0.5);
-    layer->set_buffer(i, v.data());
+  if (auto* b = layer->template as<Buffers<Scalar>>()) {
+    const std::vector<ParamTensor> buffers = b->buffer_tensors();
+    for (std::size_t i = 0; i < buffers.size(); ++i) {
+      Vec<Scalar> v = random_vec<Scalar>(shape_size(buffers[i].shape), seed + i) * Scalar(0.5);
+      if (buffers[i].name == "running_var") v = v.array().abs() + Scalar(0.5);
+      b->set_buffer(i, v.data());
+    }
   }
   return layer;
 }
@@ -300,8 +306,9 @@ TEST(LayerEdges, MaxPoolRefusesInputsItsInt32ArgmaxCannotAddress) {
   EXPECT_NO_THROW(make_layer<float>(LayerSpec::avgpool2d(2), {1, 50000, 50000}, "avgpool keeps no indices"));
 }
 
-// The empirical Fisher diagonal's per-layer pass: Σ_n (∂ℓ_n/∂θ)² equals the squares of per-sample parameter
-// cotangents from vjp (which the finite-difference test above checks), summed over samples.
+// The empirical Fisher diagonal's per-layer pass (the SquaredGradients capability): Σ_n (∂ℓ_n/∂θ)² equals the
+// squares of per-sample parameter cotangents from vjp (which the finite-difference test above checks), summed
+// over samples. Every layer type with parameters here has the capability.
 TYPED_TEST(LayerDerivatives, SquaredGradientsAreTheSquaresOfPerSampleGradients) {
   using Scalar = TypeParam;
   for (const LayerCase& lc : layer_cases()) {
@@ -309,11 +316,14 @@ TYPED_TEST(LayerDerivatives, SquaredGradientsAreTheSquaresOfPerSampleGradients) 
     const Index n = 3, in = layer->input_size(), out = layer->output_size(), P = layer->num_params();
     if (P == 0) continue;
     SCOPED_TRACE(lc.label);
+    const auto* squared = layer->template as<SquaredGradients<Scalar>>();
+    ASSERT_NE(squared, nullptr);
     const Mat<Scalar> X = grid_inputs<Scalar>(in, n, 12), gY = random_mat<Scalar>(out, n, 13);
     const Vec<Scalar> theta = random_vec<Scalar>(P, 14);
     const Mat<Scalar> Y = run_forward<Scalar>(*layer, theta, X);
     std::vector<int32_t> aux(static_cast<std::size_t>(layer->aux_per_sample() * n));
-    std::vector<Scalar> scratch(static_cast<std::size_t>(layer->scratch_size(n)) + 1);
+    std::vector<Scalar> scratch(static_cast<std::size_t>(layer->scratch_size(n)) + 1),
+        squared_scratch(static_cast<std::size_t>(squared->squared_grads_scratch_size(n)) + 1);
     Vec<Scalar> expected = Vec<Scalar>::Zero(P), got = Vec<Scalar>::Zero(P);
     for (Index j = 0; j < n; ++j) {
       Vec<Scalar> g = Vec<Scalar>::Zero(P);
@@ -321,10 +331,56 @@ TYPED_TEST(LayerDerivatives, SquaredGradientsAreTheSquaresOfPerSampleGradients) 
                  aux.data(), ConstMatMap<Scalar>(gY.col(j).data(), out, 1), nullptr, g.data(), scratch.data());
       expected.array() += g.array().square();
     }
-    layer->accumulate_squared_grads(theta.data(), ConstMatMap<Scalar>(X.data(), in, n),
-                                    ConstMatMap<Scalar>(gY.data(), out, n), got.data(), scratch.data());
+    squared->accumulate_squared_grads(theta.data(), ConstMatMap<Scalar>(X.data(), in, n),
+                                      ConstMatMap<Scalar>(gY.data(), out, n), got.data(),
+                                      squared_scratch.data());
     EXPECT_LT(rel_err_vec(got, expected), Tol<Scalar>::adjoint);
   }
+}
+
+// The BlockGradient capability (linear): the blocks of a tiling of the weight (uneven edges, so blocks of
+// several shapes), each with its bias rows when it starts at column 0, assemble the parameter gradient vjp
+// gives (which the finite-difference test above checks), and a block touches nothing outside itself.
+TYPED_TEST(LayerDerivatives, GradientBlocksAssembleTheParameterGradient) {
+  using Scalar = TypeParam;
+  int blocked = 0;
+  for (const LayerCase& lc : layer_cases()) {
+    auto layer = make_test_layer<Scalar>(lc, 31);
+    const auto* blocks = layer->template as<BlockGradient<Scalar>>();
+    if (!blocks) continue;
+    SCOPED_TRACE(lc.label);
+    ++blocked;
+    const Index n = 3, in = layer->input_size(), out = layer->output_size(), P = layer->num_params();
+    const Mat<Scalar> X = grid_inputs<Scalar>(in, n, 32), gY = random_mat<Scalar>(out, n, 33);
+    const Vec<Scalar> theta = random_vec<Scalar>(P, 34);
+    const Mat<Scalar> Y = run_forward<Scalar>(*layer, theta, X);
+    std::vector<Scalar> scratch(static_cast<std::size_t>(layer->scratch_size(n)) + 1);
+    Vec<Scalar> expected = Vec<Scalar>::Zero(P);
+    layer->vjp(theta.data(), ConstMatMap<Scalar>(X.data(), in, n), ConstMatMap<Scalar>(Y.data(), out, n),
+               nullptr, ConstMatMap<Scalar>(gY.data(), out, n), nullptr, expected.data(), scratch.data());
+    const auto [R, K] = blocks->grad_grid();
+    ASSERT_GE(P, R * K);
+    const Scalar sentinel = Scalar(1e30);
+    Vec<Scalar> got = Vec<Scalar>::Constant(P, sentinel);
+    for (Index r0 = 0; r0 < R; r0 += 2)
+      for (Index c0 = 0; c0 < K; c0 += 3) {
+        const Index m = std::min<Index>(2, R - r0), k = std::min<Index>(3, K - c0);
+        std::vector<Scalar> pack(static_cast<std::size_t>(blocks->grad_block_scratch(m, k, n)) + 1);
+        Vec<Scalar> alone = Vec<Scalar>::Constant(P, sentinel);
+        blocks->grad_block(ConstMatMap<Scalar>(X.data(), in, n), ConstMatMap<Scalar>(gY.data(), out, n), r0,
+                           m, c0, k, alone.data(), pack.data());
+        for (Index i = 0; i < P; ++i) {
+          const bool weight = i < R * K && i / K >= r0 && i / K < r0 + m && i % K >= c0 && i % K < c0 + k;
+          const bool bias = i >= R * K && c0 == 0 && i - R * K >= r0 && i - R * K < r0 + m;
+          if (weight || bias)
+            got[i] = alone[i];
+          else
+            EXPECT_EQ(alone[i], sentinel) << "block (" << r0 << ", " << c0 << ") wrote entry " << i;
+        }
+      }
+    EXPECT_LT(rel_err_vec(got, expected), Tol<Scalar>::adjoint);
+  }
+  EXPECT_GE(blocked, 3);  // linear, without bias, on a sequence
 }
 
 // Embedding: the input holds token indices, so only the table has derivatives. The R-op and backprop against
@@ -338,7 +394,7 @@ TYPED_TEST(LayerDerivatives, EmbeddingAgainstFiniteDifferencesInItsTable) {
     spec.padding_idx = padding;
     auto layer = make_layer<Scalar>(spec, {4}, "embedding");
     ASSERT_EQ(layer->output_shape(), (Shape{4, 3}));
-    ASSERT_FALSE(layer->differentiable_input());
+    ASSERT_NE(layer->template as<TokenInput<Scalar>>(), nullptr);  // not differentiable
     Mat<Scalar> X(4, 2);
     X << 0, 4, 2, 1, 4, 1, 2, 1;  // sample 0: 0 2 4 2 (token 2 twice); sample 1: 4 1 1 1
     const Index P = layer->num_params(), out = layer->output_size();
@@ -367,14 +423,16 @@ TYPED_TEST(LayerDerivatives, EmbeddingAgainstFiniteDifferencesInItsTable) {
                  nullptr, ConstMatMap<Scalar>(gY.col(j).data(), out, 1), nullptr, g.data(), nullptr);
       expected.array() += g.array().square();
     }
-    layer->accumulate_squared_grads(theta.data(), ConstMatMap<Scalar>(X.data(), 4, 2),
-                                    ConstMatMap<Scalar>(gY.data(), out, 2), got.data(), nullptr);
+    layer->template as<SquaredGradients<Scalar>>()->accumulate_squared_grads(
+        theta.data(), ConstMatMap<Scalar>(X.data(), 4, 2), ConstMatMap<Scalar>(gY.data(), out, 2), got.data(),
+        nullptr);
     EXPECT_LT(rel_err_vec(got, expected), Tol<Scalar>::adjoint);
   }
 }
 
 TEST(LayerEdges, EmbeddingRefusesIndicesOutsideItsTable) {
-  auto layer = make_layer<double>(LayerSpec::embedding(5, 2), {3}, "tok");
+  auto embedding = make_layer<double>(LayerSpec::embedding(5, 2), {3}, "tok");
+  const auto* layer = embedding->as<TokenInput<double>>();
   Mat<double> X(3, 2);
   X << 0, 1, 4, 5, 2, 3;  // sample 1, position 1 holds 5
   EXPECT_ERROR(layer->check_input(ConstMatMap<double>(X.data(), 3, 2)),
@@ -399,5 +457,5 @@ TEST(LayerEdges, NewLayersRefuseWhatTheyCannotRepresent) {
   EXPECT_ERROR(make_layer<double>(LayerSpec::layer_norm({3}), {3, 4}, "ln"), "not the trailing part");
   auto layer = make_layer<double>(LayerSpec::batch_norm(2), {2}, "bn");
   const double bad[2] = {1.0, -0.5};
-  EXPECT_ERROR(layer->set_buffer(1, bad), "entry 1 is a negative variance");
+  EXPECT_ERROR(layer->as<Buffers<double>>()->set_buffer(1, bad), "entry 1 is a negative variance");
 }

@@ -155,7 +155,7 @@ TEST(Sequential, FusedActivationAndMaxPoolEqualLayerByLayer) {
         t = out;
       }
       m.jvp(theta.data(), v.data(), cache, 0, n, ws);
-      EXPECT_TRUE((ConstMatMap<double>(ws.result, m.output_size(), n).array() == t.array()).all());
+      EXPECT_TRUE((ConstMatMap<double>(ws.result(), m.output_size(), n).array() == t.array()).all());
 
       const Mat<double> gz = random_mat<double>(m.output_size(), n, 4);
       Vec<double> g_ref = Vec<double>::Zero(m.num_params()), g = Vec<double>::Zero(m.num_params());

@@ -58,8 +58,9 @@ KfacApproximation<Scalar>::KfacApproximation(const FisherOperator<Scalar>& F, co
   for (std::size_t l = 0; l < model.num_layers(); ++l) {
     const Layer<Scalar>& layer = model.layer(l);
     if (layer.num_params() == 0 || model.tied_to(l) != l) continue;
-    const auto shape = layer.kronecker_shape();
-    if (shape.positions > 0 && model.aliases(l).empty()) {
+    const KroneckerFactors<Scalar>* kronecker = model.kronecker_factors(l);
+    if (kronecker && model.aliases(l).empty()) {
+      const auto shape = kronecker->kronecker_shape();
       Block b;
       b.node = l;
       b.offset = model.param_offset(l);
@@ -87,8 +88,9 @@ KfacApproximation<Scalar>::KfacApproximation(const FisherOperator<Scalar>& F, co
     Mat<double> M;
     for (Index c0 = 0; c0 < N; c0 += per) {
       const Index n = std::min(per, N - c0);
-      layer.kronecker_inputs(ConstMatMap<Scalar>(model.input_act(cache, b.node).data() + c0 * in, in, n),
-                             unfolded.data(), unfolded.rows());
+      model.kronecker_factors(b.node)->kronecker_inputs(
+          ConstMatMap<Scalar>(model.input_act(cache, b.node).data() + c0 * in, in, n), unfolded.data(),
+          unfolded.rows());
       if (b.bias) unfolded.col(b.cols).setOnes();
       M = unfolded.topRows(R * n).template cast<double>();
       add_gram(M, 1.0, b.A, num_threads_);
@@ -126,8 +128,8 @@ KfacApproximation<Scalar>::KfacApproximation(const FisherOperator<Scalar>& F, co
       Mat<double> M;
       for (Index c0 = 0; c0 < N; c0 += per) {
         const Index n = std::min(per, N - c0);
-        layer.kronecker_cotangents(ConstMatMap<Scalar>(cot.g[b.node].data() + c0 * out, out, n), unfolded.data(),
-                                   unfolded.rows());
+        model.kronecker_factors(b.node)->kronecker_cotangents(
+            ConstMatMap<Scalar>(cot.g[b.node].data() + c0 * out, out, n), unfolded.data(), unfolded.rows());
         M = unfolded.topRows(R * n).template cast<double>();
         add_gram(M, weight, b.G, num_threads_);
       }

@@ -22,7 +22,7 @@ namespace detail {
 namespace {
 
 template <typename Scalar>
-class Attention final : public Layer<Scalar>, public SavesForward<Scalar> {
+class Attention final : public Layer<Scalar>, public SavesForward<Scalar>, public Buffers<Scalar> {
  public:
   Attention(const Shape& in, Index heads, bool causal, bool mask_bool)
       : Layer<Scalar>(in, {in[0], in[1] / 3}), T_(in[0]), E_(in[1] / 3), H_(heads), d_(E_ / heads),

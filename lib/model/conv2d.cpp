@@ -13,6 +13,7 @@
 
 #include "core/gemm.h"
 #include "model/layers.h"
+#include "model/window2d.h"
 #include "model/winograd_conv.h"
 
 namespace natgrad {
@@ -20,12 +21,12 @@ namespace detail {
 namespace {
 
 template <typename Scalar>
-class Conv2d final : public Layer<Scalar> {
+class Conv2d final : public Layer<Scalar>, public KroneckerFactors<Scalar>, public SquaredGradients<Scalar> {
   using MutB = Eigen::Map<Eigen::Matrix<Scalar, 1, Eigen::Dynamic>>;
 
  public:
   Conv2d(const LayerSpec& s, const Shape& in, const Shape& out)
-      : Layer<Scalar>(in, out),
+      : Layer<Scalar>(in, out, tensors(s, in[0]), ParamInit::fan_in_uniform),
         C_(in[0]),
         H_(in[1]),
         W_(in[2]),
@@ -40,19 +41,14 @@ class Conv2d final : public Layer<Scalar> {
         Wo_(out[2]),
         bias_(s.bias),
         K_(C_ * kh_ * kw_),
-        P_(Ho_ * Wo_) {
+        P_(Ho_ * Wo_),
+        win_{{H_, kh_, sh_, ph_, Ho_}, {W_, kw_, sw_, pw_, Wo_}} {
     if (WinogradConv3x3<Scalar>::applies(C_, O_, kh_, kw_, sh_, sw_))
       winograd_ = WinogradConv3x3<Scalar>::make(C_, O_, H_, W_, ph_, pw_, Ho_, Wo_,
                                                 WinogradConv3x3<Scalar>::default_tile(Ho_, Wo_));
   }
 
   LayerType type() const override { return LayerType::conv2d; }
-  Index num_params() const override { return O_ * K_ + (bias_ ? O_ : 0); }
-  std::vector<ParamTensor> param_tensors() const override {
-    std::vector<ParamTensor> t{{"weight", {O_, C_, kh_, kw_}}};
-    if (bias_) t.push_back({"bias", {O_}});
-    return t;
-  }
   double macs_per_sample() const override { return double(O_) * double(K_) * double(P_); }
 
   // Samples are processed in blocks of b_ whose unfolded inputs are stacked into one (b·Ho·Wo) × K matrix,
@@ -61,19 +57,21 @@ class Conv2d final : public Layer<Scalar> {
   // it stays in L2: measured on the benchmark CNN, 16K–64K was fastest and 1M (4 MB) 30–50% slower.
   Index block() const { return std::max<Index>(1, (Index(1) << 15) / (P_ * K_)); }
   // jvp's stacked weights, a block's cols, dcols (or gcols) and yᵀ, then the products' packing space
-  // (core/gemm.h) for any block of up to b samples; or Winograd's scratch; and at least squared_scratch().
+  // (core/gemm.h) for any block of up to b samples; or Winograd's scratch.
   Index scratch_size(Index ncols) const override {
-    if (winograd_) return std::max(winograd_->scratch_size(ncols), squared_scratch());
+    if (winograd_) return winograd_->scratch_size(ncols);
     const Index b = std::min(block(), std::max<Index>(ncols, 1));
     Index pack = 0;
     for (Index c = 1; c <= b; ++c)
       pack =
           std::max({pack, gemm_pack_size<Scalar>(c * P_, O_, K_), gemm_pack_size<Scalar>(c * P_, O_, 2 * K_),
                     gemm_pack_size<Scalar>(K_, O_, c * P_), gemm_pack_size<Scalar>(c * P_, K_, O_)});
-    return std::max(stacked_size() + b * P_ * (2 * K_ + O_) + pack, squared_scratch());
+    return stacked_size() + b * P_ * (2 * K_ + O_) + pack;
   }
   // accumulate_squared_grads': one sample's cols (P × K), its K × O gradient and their product's packing.
-  Index squared_scratch() const { return P_ * K_ + K_ * O_ + gemm_pack_size<Scalar>(K_, O_, P_); }
+  Index squared_grads_scratch_size(Index) const override {
+    return P_ * K_ + K_ * O_ + gemm_pack_size<Scalar>(K_, O_, P_);
+  }
 
   Index forward_scratch_size(Index ncols) const override { return scratch_size(ncols); }
 
@@ -158,7 +156,7 @@ class Conv2d final : public Layer<Scalar> {
   }
 
   // K-FAC: a sample's gradient is Σ_p gY_p a_pᵀ over its output pixels p, a_p the patch im2col unfolds.
-  typename Layer<Scalar>::KroneckerShape kronecker_shape() const override { return {P_, O_, K_}; }
+  typename KroneckerFactors<Scalar>::KroneckerShape kronecker_shape() const override { return {P_, O_, K_}; }
   void kronecker_inputs(ConstMatMap<Scalar> X, Scalar* A, Index lda) const override {
     for (Index n = 0; n < X.cols(); ++n) im2col(X.col(n).data(), lda, A + n * P_);
   }
@@ -184,6 +182,11 @@ class Conv2d final : public Layer<Scalar> {
   }
 
  private:
+  static std::vector<ParamTensor> tensors(const LayerSpec& s, Index channels) {
+    std::vector<ParamTensor> t{{"weight", {s.out_channels, channels, s.kernel_h, s.kernel_w}}};
+    if (s.bias) t.push_back({"bias", {s.out_channels}});
+    return t;
+  }
   // The weight [O, C, kh, kw] row-major, read column-major: Wᵀ, K × O.
   GemmOperand<Scalar> weight_t(const Scalar* w) const { return col_major(w, K_); }
   // Where a block of b samples' packing space starts in its scratch (after cols, dcols and yᵀ).
@@ -191,14 +194,8 @@ class Conv2d final : public Layer<Scalar> {
   // jvp's stacked [dWᵀ; Wᵀ] (2K × O) ahead of the block buffers, rounded to keep them 64-byte aligned.
   Index stacked_size() const { return (2 * K_ * O_ + 15) / 16 * 16; }
 
-  // The output columns ow whose input column iw = ow·sw − pw + j lies inside [0, W): [lo, hi).
-  void valid_range(Index j, Index& lo, Index& hi) const {
-    const Index first = pw_ - j;  // ow·sw ≥ pw − j
-    lo = first <= 0 ? 0 : (first + sw_ - 1) / sw_;
-    const Index last = W_ - 1 + pw_ - j;  // ow·sw ≤ W − 1 + pw − j
-    hi = last < 0 ? 0 : std::min(Wo_, last / sw_ + 1);
-    if (hi < lo) hi = lo;
-  }
+  // The output columns ow whose input column ow·sw − pw + j lies inside [0, W): [lo, hi).
+  void valid_range(Index j, Index& lo, Index& hi) const { win_.w.outputs_inside(j, lo, hi); }
 
   // cols(p, (c, i, j)) = x(c, oh·sh − ph + i, ow·sw − pw + j), zero outside the image (im2col below).
   // The unfolded inputs of b consecutive samples, stacked: sample k fills rows [k·P, (k+1)·P).
@@ -254,8 +251,7 @@ class Conv2d final : public Layer<Scalar> {
   Band band(Index i, Index j) const {
     Band t;
     valid_range(j, t.lo, t.hi);
-    t.oh_lo = std::clamp<Index>(ph_ - i, 0, Ho_);
-    t.oh_hi = std::clamp<Index>(H_ + ph_ - i, t.oh_lo, Ho_);
+    win_.h.outputs_inside(i, t.oh_lo, t.oh_hi);
     t.shift = (i - ph_) * W_ + (j - pw_);
     t.d_lo = std::clamp(-t.shift, t.oh_lo * W_, t.oh_hi * W_);  // inside the band, reading inside the plane
     t.d_hi = std::clamp(H_ * W_ - t.shift, t.d_lo, t.oh_hi * W_);
@@ -281,7 +277,7 @@ class Conv2d final : public Layer<Scalar> {
     Index lo, hi;
     valid_range(j, lo, hi);
     for (Index oh = 0; oh < Ho_; ++oh) {
-      const Index ih = oh * sh_ - ph_ + i;
+      const Index ih = win_.h.input(oh, i);
       Scalar* row = col + oh * Wo_;
       if (ih < 0 || ih >= H_) {
         std::fill(row, row + Wo_, Scalar(0));
@@ -317,7 +313,7 @@ class Conv2d final : public Layer<Scalar> {
           Index lo, hi;
           valid_range(j, lo, hi);
           for (Index oh = 0; oh < Ho_; ++oh) {
-            const Index ih = oh * sh_ - ph_ + i;
+            const Index ih = win_.h.input(oh, i);
             if (ih < 0 || ih >= H_) continue;
             Scalar* dst = plane + ih * W_ + lo * sw_ - pw_ + j;
             const Scalar* row = col + oh * Wo_;
@@ -332,6 +328,7 @@ class Conv2d final : public Layer<Scalar> {
   Index C_, H_, W_, O_, kh_, kw_, sh_, sw_, ph_, pw_, Ho_, Wo_;
   bool bias_;
   Index K_, P_;
+  Window2d win_;                                       // the geometry, per axis (window2d.h)
   std::unique_ptr<WinogradConv3x3<Scalar>> winograd_;  // set when the convolution qualifies
 };
 
@@ -366,11 +363,12 @@ std::unique_ptr<Layer<Scalar>> make_conv2d(const LayerSpec& spec, const Shape& i
               double(in[2] + 2 * s.padding_w) * double(s.in_channels) >
           kMaxElements)
     fail(where, "conv2d sizes are absurdly large");
-  const Index ho = (in[1] + 2 * s.padding_h - s.kernel_h) / s.stride_h + 1;
-  const Index wo = (in[2] + 2 * s.padding_w - s.kernel_w) / s.stride_w + 1;
-  if (in[1] + 2 * s.padding_h < s.kernel_h || in[2] + 2 * s.padding_w < s.kernel_w || ho <= 0 || wo <= 0)
+  const WindowAxis h = WindowAxis::make(in[1], s.kernel_h, s.stride_h, s.padding_h),
+                   w = WindowAxis::make(in[2], s.kernel_w, s.stride_w, s.padding_w);
+  if (!h.fits() || !w.fits())
     fail(where, "conv2d kernel " + std::to_string(s.kernel_h) + "x" + std::to_string(s.kernel_w) +
                     " is larger than its padded input " + shape_to_string(in));
+  const Index ho = h.out, wo = w.out;
   if (double(s.out_channels) * double(ho) * double(wo) > kMaxElements)
     fail(where, "conv2d output is absurdly large");
   return std::make_unique<Conv2d<Scalar>>(s, in, Shape{s.out_channels, ho, wo});

@@ -12,15 +12,15 @@ namespace detail {
 namespace {
 
 template <typename Scalar>
-class Embedding final : public Layer<Scalar> {
+class Embedding final : public Layer<Scalar>, public SquaredGradients<Scalar>, public TokenInput<Scalar> {
  public:
   Embedding(const Shape& in, Index V, Index d, Index padding_idx)
-      : Layer<Scalar>(in, with_dim(in, d)), V_(V), d_(d), padding_idx_(padding_idx) {}
+      : Layer<Scalar>(in, with_dim(in, d), {{"weight", {V, d}}}, ParamInit::normal),
+        V_(V),
+        d_(d),
+        padding_idx_(padding_idx) {}
   LayerType type() const override { return LayerType::embedding; }
-  Index num_params() const override { return V_ * d_; }
-  std::vector<ParamTensor> param_tensors() const override { return {{"weight", {V_, d_}}}; }
-  ParamInit param_init() const override { return ParamInit::normal; }
-  bool differentiable_input() const override { return false; }
+  Index squared_grads_scratch_size(Index) const override { return 0; }
 
   void check_input(ConstMatMap<Scalar> X) const override {
     for (Index n = 0; n < X.cols(); ++n)

@@ -11,7 +11,10 @@ namespace detail {
 namespace {
 
 template <typename Scalar>
-class Linear final : public Layer<Scalar> {
+class Linear final : public Layer<Scalar>,
+                     public BlockGradient<Scalar>,
+                     public KroneckerFactors<Scalar>,
+                     public SquaredGradients<Scalar> {
   using RowMat = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using ConstW = Eigen::Map<const RowMat>;
   using ConstB = Eigen::Map<const Vec<Scalar>>;
@@ -19,20 +22,17 @@ class Linear final : public Layer<Scalar> {
 
  public:
   Linear(const Shape& input, Index in, Index out, bool bias)
-      : Layer<Scalar>(input, with_last(input, out)), in_(in), out_(out), L_(shape_size(input) / in), bias_(bias) {}
+      : Layer<Scalar>(input, with_last(input, out), tensors(in, out, bias), ParamInit::fan_in_uniform),
+        in_(in),
+        out_(out),
+        L_(shape_size(input) / in),
+        bias_(bias) {}
 
   LayerType type() const override { return LayerType::linear; }
-  Index num_params() const override { return out_ * in_ + (bias_ ? out_ : 0); }
-  std::vector<ParamTensor> param_tensors() const override {
-    std::vector<ParamTensor> t{{"weight", {out_, in_}}};
-    if (bias_) t.push_back({"bias", {out_}});
-    return t;
-  }
-  // The squared activations and cotangents of accumulate_squared_grads, then the products' packing space
-  // (core/gemm.h) for any chunk of up to ncols samples.
-  // A sequence input's per-sample squared gradients need one sample's in × out gradient instead, which only
-  // that pass gets (squared_grads_scratch_size): a language model's head would hold it in every workspace.
-  Index scratch_size(Index ncols) const override { return (L_ > 1 ? 0 : (in_ + out_) * ncols) + pack_size(ncols); }
+  // The products' packing space (core/gemm.h) for any chunk of up to ncols samples.
+  Index scratch_size(Index ncols) const override { return pack_size(ncols); }
+  // accumulate_squared_grads: the squared activations and cotangents of a chunk, or for a sequence input one
+  // sample's in × out gradient; then the packing space.
   Index squared_grads_scratch_size(Index ncols) const override {
     return (L_ > 1 ? in_ * out_ : (in_ + out_) * ncols) + pack_size(ncols);
   }
@@ -85,24 +85,18 @@ class Linear final : public Layer<Scalar> {
     return gemm_pack_size<Scalar>(k, m, ncols * L_);
   }
   void grad_block(ConstMatMap<Scalar> X0, ConstMatMap<Scalar> gY0, Index r0, Index m, Index c0, Index k,
-                  Scalar scale, const Scalar* x, Scalar lambda, Scalar* out, Scalar* scratch) const override {
+                  Scalar* out, Scalar* scratch) const override {
     ConstMatMap<Scalar> X = columns(X0), gY(gY0.data(), out_, X.cols());
     const Index n = X.cols();
-    Scalar* w = out + r0 * in_ + c0;
-    gemm(k, m, n, col_major(X.data() + c0, in_), row_major(gY.data() + r0, out_), w, in_, false, scratch);
-    for (Index r = 0; r < m; ++r) {
-      MutB row(w + r * in_, k);
-      if (lambda != Scalar(0)) row = scale * row + lambda * ConstB(x + (r0 + r) * in_ + c0, k);
-      else row *= scale;
-    }
-    if (!bias_ || c0 != 0) return;
-    MutB b(out + out_ * in_ + r0, m);
-    b = scale * gY.middleRows(r0, m).rowwise().sum();
-    if (lambda != Scalar(0)) b += lambda * ConstB(x + out_ * in_ + r0, m);
+    gemm(k, m, n, col_major(X.data() + c0, in_), row_major(gY.data() + r0, out_), out + r0 * in_ + c0, in_,
+         false, scratch);
+    if (bias_ && c0 == 0) MutB(out + out_ * in_ + r0, m) = gY.middleRows(r0, m).rowwise().sum();
   }
 
   // K-FAC: a sample's gradient is Σ_r gY_r x_rᵀ over its L rows.
-  typename Layer<Scalar>::KroneckerShape kronecker_shape() const override { return {L_, out_, in_}; }
+  typename KroneckerFactors<Scalar>::KroneckerShape kronecker_shape() const override {
+    return {L_, out_, in_};
+  }
   void kronecker_inputs(ConstMatMap<Scalar> X, Scalar* A, Index lda) const override {
     Eigen::Map<Mat<Scalar>, 0, Eigen::OuterStride<>>(A, X.cols() * L_, in_, Eigen::OuterStride<>(lda)) =
         columns(X).transpose();
@@ -139,6 +133,11 @@ class Linear final : public Layer<Scalar> {
   }
 
  private:
+  static std::vector<ParamTensor> tensors(Index in, Index out, bool bias) {
+    std::vector<ParamTensor> t{{"weight", {out, in}}};
+    if (bias) t.push_back({"bias", {out}});
+    return t;
+  }
   static Shape with_last(Shape s, Index out) {
     s.back() = out;
     return s;

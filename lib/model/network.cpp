@@ -2,14 +2,15 @@
 // (Jᵀ u) in reverse, following the buffer plan made at construction (network_build.cpp).
 #include <natgrad/model/network.h>
 
-#include "model/node_timer.h"
-
 #include <algorithm>
 #include <stdexcept>
 
 #include "core/check.h"
 #include "core/fail.h"
 #include "model/layers.h"
+#include "model/network_schedule.h"
+#include "model/node_timer.h"
+#include "model/workspace_buffers.h"
 
 namespace natgrad {
 
@@ -26,9 +27,9 @@ void Network<Scalar>::check_inputs(const Mat<Scalar>& inputs) const {
     detail::fail("inputs have " + std::to_string(inputs.rows()) + " features per sample but the model's input_shape " +
                  shape_to_string(input_shape()) + " has " + std::to_string(input_size()));
   for (std::size_t l = 0; l < layers_.size(); ++l)
-    if (inputs_[l][0] == 0) {
+    if (inputs_[l][0] == 0 && sched_->tokens[l]) {
       try {
-        layers_[l]->check_input(ConstMatMap<Scalar>(inputs.data(), inputs.rows(), inputs.cols()));
+        sched_->tokens[l]->check_input(ConstMatMap<Scalar>(inputs.data(), inputs.rows(), inputs.cols()));
       } catch (const std::invalid_argument& e) {
         detail::fail("node \"" + ids_[l] + "\" (" + layers_[l]->name() + "): " + e.what());
       }
@@ -48,35 +49,85 @@ ForwardCache<Scalar> Network<Scalar>::make_cache(const Mat<Scalar>& inputs) cons
   }
   cache.saved.resize(layers_.size());
   for (std::size_t l = 0; l < layers_.size(); ++l)
-    if (saves_[l]) cache.saved[l].resize(saves_[l]->saved_per_sample(), n);
+    if (sched_->saves[l]) cache.saved[l].resize(sched_->saves[l]->saved_per_sample(), n);
   return cache;
 }
 
 template <typename Scalar>
 Index Network<Scalar>::workspace_width() const {
-  Index w = has_fan_out_ ? sum_width_ : 0;
-  for (Index s : slot_width_) w += s;
+  Index w = sched_->has_fan_out ? sched_->sum_width : 0;
+  for (Index s : sched_->slot_width) w += s;
   return w;
 }
 
 template <typename Scalar>
 Index Network<Scalar>::saved_per_sample() const {
   Index total = 0;
-  for (const auto* s : saves_)
+  for (const auto* s : sched_->saves)
     if (s) total += s->saved_per_sample();
   return total;
 }
 
 template <typename Scalar>
+Workspace<Scalar>::Workspace() : b_(std::make_unique<Buffers>()) {}
+template <typename Scalar>
+Workspace<Scalar>::~Workspace() = default;
+template <typename Scalar>
+Workspace<Scalar>::Workspace(Workspace&&) noexcept = default;
+template <typename Scalar>
+Workspace<Scalar>& Workspace<Scalar>::operator=(Workspace&&) noexcept = default;
+template <typename Scalar>
+Index Workspace<Scalar>::max_cols() const {
+  return b_->max_cols;
+}
+template <typename Scalar>
+const Scalar* Workspace<Scalar>::result() const {
+  return b_->result;
+}
+template <typename Scalar>
+void Workspace<Scalar>::time_nodes(std::vector<double>* seconds) {
+  b_->timing = seconds;
+}
+
+template <typename Scalar>
+Network<Scalar>::~Network() = default;
+template <typename Scalar>
+Network<Scalar>::Network(Network&&) noexcept = default;
+template <typename Scalar>
+Network<Scalar>& Network<Scalar>::operator=(Network&&) noexcept = default;
+
+template <typename Scalar>
+Index Network<Scalar>::workspace_buffers() const {
+  return sched_->num_slots + (sched_->has_fan_out ? 1 : 0);
+}
+template <typename Scalar>
+const BlockGradient<Scalar>* Network<Scalar>::block_gradient(std::size_t l) const {
+  return sched_->block[l];
+}
+template <typename Scalar>
+const KroneckerFactors<Scalar>* Network<Scalar>::kronecker_factors(std::size_t l) const {
+  return sched_->kronecker[l];
+}
+template <typename Scalar>
+const SquaredGradients<Scalar>* Network<Scalar>::squared_gradients_of(std::size_t l) const {
+  return sched_->squared[l];
+}
+template <typename Scalar>
+Scalar* Network<Scalar>::scratch_for(std::size_t l, Workspace<Scalar>& ws) const {
+  return sched_->uses_scratch[l] ? ws.b_->scratch.data() : nullptr;
+}
+
+template <typename Scalar>
 Workspace<Scalar> Network<Scalar>::make_workspace(Index max_cols) const {
   Workspace<Scalar> ws;
-  ws.max_cols = max_cols;
-  ws.slots.resize(static_cast<std::size_t>(num_slots_));
-  for (std::size_t k = 0; k < ws.slots.size(); ++k) ws.slots[k].resize(static_cast<std::size_t>(slot_width_[k] * max_cols));
-  if (has_fan_out_) ws.sum.resize(static_cast<std::size_t>(sum_width_ * max_cols));
-  ws.scratch.resize(static_cast<std::size_t>(scratch_size(max_cols)));
-  ws.values.assign(layers_.size() + 1, nullptr);
-  ws.operands.assign(max_operands_, nullptr);
+  ws.b_->max_cols = max_cols;
+  ws.b_->slots.resize(static_cast<std::size_t>(sched_->num_slots));
+  for (std::size_t k = 0; k < ws.b_->slots.size(); ++k)
+    ws.b_->slots[k].resize(static_cast<std::size_t>(sched_->slot_width[k] * max_cols));
+  if (sched_->has_fan_out) ws.b_->sum.resize(static_cast<std::size_t>(sched_->sum_width * max_cols));
+  ws.b_->scratch.resize(static_cast<std::size_t>(scratch_size(max_cols)));
+  ws.b_->values.assign(layers_.size() + 1, nullptr);
+  ws.b_->operands.assign(sched_->max_operands, nullptr);
   return ws;
 }
 
@@ -85,15 +136,15 @@ Index Network<Scalar>::scratch_size(Index max_cols) const {
   Index scratch = 0;
   for (const auto& l : layers_) scratch = std::max(scratch, l->scratch_size(max_cols));
   for (std::size_t p = 0; p < layers_.size(); ++p)  // the fused passes' two one-sample buffers
-    if (fused_act_[p])
-      scratch = std::max(scratch, 2 * layers_[p]->output_size());
+    if (sched_->fused_act[p]) scratch = std::max(scratch, 2 * layers_[p]->output_size());
   return scratch;
 }
 
 template <typename Scalar>
 Index Network<Scalar>::squared_scratch_size(Index max_cols) const {
-  Index scratch = scratch_size(max_cols);
-  for (const auto& l : layers_) scratch = std::max(scratch, l->squared_grads_scratch_size(max_cols));
+  Index scratch = scratch_size(max_cols);  // a layer without the capability runs vjp per sample
+  for (const auto* sq : sched_->squared)
+    if (sq) scratch = std::max(scratch, sq->squared_grads_scratch_size(max_cols));
   return scratch;
 }
 
@@ -106,14 +157,14 @@ Index Network<Scalar>::forward_scratch_size(Index max_cols) const {
 
 template <typename Scalar>
 void Network<Scalar>::forward(const Scalar* theta, ForwardCache<Scalar>& cache, Index col0, Index n,
-                              double* timing) const {
+                              std::vector<double>* timing) const {
   NATGRAD_CHECK(cache.acts.size() == layers_.size() + 1 && col0 >= 0 && n >= 0 && col0 + n <= cache.acts[0].cols());
-  std::vector<const Scalar*> operands(max_operands_);
+  std::vector<const Scalar*> operands(sched_->max_operands);
   for (std::size_t l = 0; l < layers_.size(); ++l) {
     const detail::NodeTimer timer(timing, l);
     const Layer<Scalar>& layer = *layers_[l];
     MatMap<Scalar> Y(cache.acts[l + 1].data() + col0 * layer.output_size(), layer.output_size(), n);
-    if (const auto* merge = merge_[l]) {
+    if (const auto* merge = sched_->merge[l]) {
       for (std::size_t i = 0; i < inputs_[l].size(); ++i) {
         const Mat<Scalar>& X = cache.acts[static_cast<std::size_t>(inputs_[l][i])];
         operands[i] = X.data() + col0 * X.rows();
@@ -123,7 +174,7 @@ void Network<Scalar>::forward(const Scalar* theta, ForwardCache<Scalar>& cache, 
     }
     const Mat<Scalar>& in = input_act(cache, l);
     ConstMatMap<Scalar> X(in.data() + col0 * layer.input_size(), layer.input_size(), n);
-    if (const auto* s = saves_[l]) {
+    if (const auto* s = sched_->saves[l]) {
       s->forward_saving(X, Y, cache.saved[l].data() + col0 * s->saved_per_sample());
       continue;
     }
@@ -192,46 +243,49 @@ void vjp_fused(const FusedPair<Scalar>& f, Index col0, Index n, const Scalar* gy
 template <typename Scalar>
 void Network<Scalar>::jvp(const Scalar* theta, const Scalar* v, const ForwardCache<Scalar>& cache, Index col0,
                           Index n, Workspace<Scalar>& ws) const {
-  NATGRAD_CHECK(n <= ws.max_cols && col0 >= 0 && col0 + n <= cache.acts[0].cols());
-  std::fill(ws.values.begin(), ws.values.end(), nullptr);  // nullptr: an exactly zero tangent
+  NATGRAD_CHECK(n <= ws.max_cols() && col0 >= 0 && col0 + n <= cache.acts[0].cols());
+  std::fill(ws.b_->values.begin(), ws.b_->values.end(), nullptr);  // nullptr: an exactly zero tangent
   for (std::size_t l = 0; l < layers_.size(); ++l) {
-    if (!needs_grad_[l] || fused_[l]) continue;
-    const detail::NodeTimer timer(ws.timing, l);
+    if (!sched_->needs_grad[l] || sched_->fused[l]) continue;
+    const detail::NodeTimer timer(ws.b_->timing, l);
     const Layer<Scalar>& layer = *layers_[l];
-    Scalar* out = ws.slots[static_cast<std::size_t>(tangent_slot_[l])].data();
-    ws.values[l + 1] = out;
-    if (const auto* merge = merge_[l]) {
-      for (std::size_t i = 0; i < inputs_[l].size(); ++i) ws.operands[i] = ws.values[static_cast<std::size_t>(inputs_[l][i])];
-      merge->jvp_multi(ws.operands.data(), layer.num_params() ? v + offsets_[l] : nullptr, n, out);
+    Scalar* out = ws.b_->slots[static_cast<std::size_t>(sched_->tangent_slot[l])].data();
+    ws.b_->values[l + 1] = out;
+    if (const auto* merge = sched_->merge[l]) {
+      for (std::size_t i = 0; i < inputs_[l].size(); ++i)
+        ws.b_->operands[i] = ws.b_->values[static_cast<std::size_t>(inputs_[l][i])];
+      merge->jvp_multi(ws.b_->operands.data(), layer.num_params() ? v + offsets_[l] : nullptr, n, out);
       continue;
     }
     const int in = inputs_[l][0];
-    if (fused_act_[l]) {
+    if (sched_->fused_act[l]) {
       const auto a = static_cast<std::size_t>(in - 1);
-      const FusedPair<Scalar> f{*fused_act_[l], input_act(cache, a), cache.acts[l + 1], cache.aux[l]};
-      jvp_fused(f, col0, n, ws.values[static_cast<std::size_t>(inputs_[a][0])], out, ws.scratch.data());
+      const FusedPair<Scalar> f{*sched_->fused_act[l], input_act(cache, a), cache.acts[l + 1], cache.aux[l]};
+      jvp_fused(f, col0, n, ws.b_->values[static_cast<std::size_t>(inputs_[a][0])], out,
+                ws.b_->scratch.data());
       continue;
     }
     const Mat<Scalar>& Xm = cache.acts[static_cast<std::size_t>(in)];
     ConstMatMap<Scalar> X(Xm.data() + col0 * layer.input_size(), layer.input_size(), n);
-    if (const auto* s = saves_[l]) {
-      s->jvp_saved(X, cache.saved[l].data() + col0 * s->saved_per_sample(), ws.values[static_cast<std::size_t>(in)],
-                   MatMap<Scalar>(out, layer.output_size(), n), ws.scratch.data());
+    if (const auto* s = sched_->saves[l]) {
+      s->jvp_saved(X, cache.saved[l].data() + col0 * s->saved_per_sample(),
+                   ws.b_->values[static_cast<std::size_t>(in)], MatMap<Scalar>(out, layer.output_size(), n),
+                   scratch_for(l, ws));
       continue;
     }
     ConstMatMap<Scalar> Y(cache.acts[l + 1].data() + col0 * layer.output_size(), layer.output_size(), n);
     const int32_t* aux = layer.aux_per_sample() ? cache.aux[l].data() + col0 * layer.aux_per_sample() : nullptr;
-    layer.jvp(theta + offsets_[l], v + offsets_[l], X, Y, aux, ws.values[static_cast<std::size_t>(in)],
-              MatMap<Scalar>(out, layer.output_size(), n), ws.scratch.data());
+    layer.jvp(theta + offsets_[l], v + offsets_[l], X, Y, aux, ws.b_->values[static_cast<std::size_t>(in)],
+              MatMap<Scalar>(out, layer.output_size(), n), scratch_for(l, ws));
   }
-  const Scalar* result = ws.values[layers_.size()];
+  const Scalar* result = ws.b_->values[layers_.size()];
   if (!result) {  // the output does not depend on the parameters: J = 0
-    Scalar* out = ws.slots.empty() ? nullptr : ws.slots[0].data();
+    Scalar* out = ws.b_->slots.empty() ? nullptr : ws.b_->slots[0].data();
     NATGRAD_CHECK(out != nullptr);
     std::fill(out, out + output_size() * n, Scalar(0));
     result = out;
   }
-  ws.result = result;
+  ws.b_->result = result;
 }
 
 // Backpropagates gZ from the output to every node that depends on the parameters, calling
@@ -242,16 +296,18 @@ template <typename Scalar>
 template <typename AtLayer>
 void Network<Scalar>::backprop(const ForwardCache<Scalar>& cache, Index col0, Index n, ConstMatMap<Scalar> gZ,
                                Workspace<Scalar>& ws, AtLayer at_layer) const {
-  NATGRAD_CHECK(n <= ws.max_cols && col0 >= 0 && col0 + n <= cache.acts[0].cols() && gZ.cols() == n);
+  NATGRAD_CHECK(n <= ws.max_cols() && col0 >= 0 && col0 + n <= cache.acts[0].cols() && gZ.cols() == n);
   const std::size_t L = layers_.size();
-  auto target = [&](int v) { return ws.slots[static_cast<std::size_t>(cotangent_slot_[static_cast<std::size_t>(v)])].data(); };
-  // Adds the contribution in ws.sum to value v's cotangent (fan-out), in a fixed order.
+  auto target = [&](int v) {
+    return ws.b_->slots[static_cast<std::size_t>(sched_->cotangent_slot[static_cast<std::size_t>(v)])].data();
+  };
+  // Adds the contribution in ws.b_->sum to value v's cotangent (fan-out), in a fixed order.
   auto add_sum = [&](int v, Index rows) {
-    MatMap<Scalar>(target(v), rows, n) += ConstMatMap<Scalar>(ws.sum.data(), rows, n);
+    MatMap<Scalar>(target(v), rows, n) += ConstMatMap<Scalar>(ws.b_->sum.data(), rows, n);
   };
   for (std::size_t l = L; l-- > 0;) {
-    if (!needs_grad_[l] || fused_[l]) continue;
-    const detail::NodeTimer timer(ws.timing, l);
+    if (!sched_->needs_grad[l] || sched_->fused[l]) continue;
+    const detail::NodeTimer timer(ws.b_->timing, l);
     const Layer<Scalar>& layer = *layers_[l];
     const Scalar* g = l + 1 == L ? gZ.data() : target(static_cast<int>(l) + 1);
     ConstMatMap<Scalar> gY(g, layer.output_size(), n);
@@ -259,33 +315,34 @@ void Network<Scalar>::backprop(const ForwardCache<Scalar>& cache, Index col0, In
     const Mat<Scalar>& Xm = input_act(cache, l);
     ConstMatMap<Scalar> X(Xm.data() + col0 * Xm.rows(), Xm.rows(), n);
     const int32_t* aux = layer.aux_per_sample() ? cache.aux[l].data() + col0 * layer.aux_per_sample() : nullptr;
-    if (const auto* merge = merge_[l]) {
+    if (const auto* merge = sched_->merge[l]) {
       at_layer(l, X, Y, aux, gY, static_cast<Scalar*>(nullptr));
       for (std::size_t i = 0; i < inputs_[l].size(); ++i) {
         const int v = inputs_[l][i];
-        if (v == 0 || !needs_grad_[static_cast<std::size_t>(v - 1)]) continue;
-        merge->vjp_operand(i, g, n, target(v), accumulate_[l][i]);
+        if (v == 0 || !sched_->needs_grad[static_cast<std::size_t>(v - 1)]) continue;
+        merge->vjp_operand(i, g, n, target(v), sched_->accumulate[l][i]);
       }
       continue;
     }
     const int in = inputs_[l][0];
-    if (fused_act_[l]) {
+    if (sched_->fused_act[l]) {
       const auto a = static_cast<std::size_t>(in - 1);
       const int w = inputs_[a][0];  // the activation's input: needs a cotangent (the activation has no parameters)
-      const FusedPair<Scalar> f{*fused_act_[l], input_act(cache, a), cache.acts[l + 1], cache.aux[l]};
-      Scalar* gx = accumulate_[l][0] ? ws.sum.data() : target(w);
-      vjp_fused(f, col0, n, g, gx, ws.scratch.data(), ws.scratch.data() + layer.output_size());
-      if (accumulate_[l][0]) add_sum(w, layers_[a]->input_size());
+      const FusedPair<Scalar> f{*sched_->fused_act[l], input_act(cache, a), cache.acts[l + 1], cache.aux[l]};
+      Scalar* gx = sched_->accumulate[l][0] ? ws.b_->sum.data() : target(w);
+      vjp_fused(f, col0, n, g, gx, ws.b_->scratch.data(), ws.b_->scratch.data() + layer.output_size());
+      if (sched_->accumulate[l][0]) add_sum(w, layers_[a]->input_size());
       continue;
     }
-    const bool wanted = in > 0 && needs_grad_[static_cast<std::size_t>(in - 1)];
-    Scalar* gX = !wanted ? nullptr : accumulate_[l][0] ? ws.sum.data() : target(in);
-    if (const auto* s = saves_[l]) {  // no parameters: only the input cotangent
-      if (gX) s->vjp_saved(X, cache.saved[l].data() + col0 * s->saved_per_sample(), gY, gX, ws.scratch.data());
+    const bool wanted = in > 0 && sched_->needs_grad[static_cast<std::size_t>(in - 1)];
+    Scalar* gX = !wanted ? nullptr : sched_->accumulate[l][0] ? ws.b_->sum.data() : target(in);
+    if (const auto* s = sched_->saves[l]) {  // no parameters: only the input cotangent
+      if (gX)
+        s->vjp_saved(X, cache.saved[l].data() + col0 * s->saved_per_sample(), gY, gX, scratch_for(l, ws));
     } else {
       at_layer(l, X, Y, aux, gY, gX);
     }
-    if (wanted && accumulate_[l][0]) add_sum(in, layer.input_size());
+    if (wanted && sched_->accumulate[l][0]) add_sum(in, layer.input_size());
   }
 }
 
@@ -297,8 +354,8 @@ void Network<Scalar>::vjp(const Scalar* theta, const ForwardCache<Scalar>& cache
                Scalar* gX) {
              const Layer<Scalar>& layer = *layers_[l];
              if (gX || layer.num_params())
-               layer.vjp(theta + offsets_[l], X, Y, aux, gY, gX, layer.num_params() ? gtheta + offsets_[l] : nullptr,
-                         ws.scratch.data());
+               layer.vjp(theta + offsets_[l], X, Y, aux, gY, gX,
+                         layer.num_params() ? gtheta + offsets_[l] : nullptr, scratch_for(l, ws));
            });
 }
 
@@ -321,22 +378,7 @@ void Network<Scalar>::backprop_cotangents(const Scalar* theta, const ForwardCach
                Scalar* gX) {
              const Layer<Scalar>& layer = *layers_[l];
              if (layer.num_params()) cot.g[l].middleCols(col0, n) = gY;
-             if (gX) layer.vjp(theta + offsets_[l], X, Y, aux, gY, gX, nullptr, ws.scratch.data());
-           });
-}
-
-template <typename Scalar>
-void Network<Scalar>::squared_vjp(const Scalar* theta, const ForwardCache<Scalar>& cache, Index col0, Index n,
-                                  ConstMatMap<Scalar> gZ, Scalar* gsq, Workspace<Scalar>& ws) const {
-  const auto need = static_cast<std::size_t>(squared_scratch_size(ws.max_cols));
-  if (ws.scratch.size() < need) ws.scratch.resize(need);
-  backprop(cache, col0, n, gZ, ws,
-           [&](std::size_t l, ConstMatMap<Scalar> X, ConstMatMap<Scalar> Y, const int32_t* aux, ConstMatMap<Scalar> gY,
-               Scalar* gX) {
-             const Layer<Scalar>& layer = *layers_[l];
-             if (layer.num_params())
-               layer.accumulate_squared_grads(theta + offsets_[l], X, gY, gsq + offsets_[l], ws.scratch.data());
-             if (gX) layer.vjp(theta + offsets_[l], X, Y, aux, gY, gX, nullptr, ws.scratch.data());
+             if (gX) layer.vjp(theta + offsets_[l], X, Y, aux, gY, gX, nullptr, scratch_for(l, ws));
            });
 }
 
@@ -347,6 +389,8 @@ Mat<Scalar> Network<Scalar>::predict(const Scalar* theta, const Mat<Scalar>& inp
   return cache.acts.back();
 }
 
+template class Workspace<float>;
+template class Workspace<double>;
 template class Network<float>;
 template class Network<double>;
 

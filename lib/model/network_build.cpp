@@ -11,6 +11,7 @@
 #include "core/check.h"
 #include "core/fail.h"
 #include "model/layers.h"
+#include "model/network_schedule.h"
 
 namespace natgrad {
 
@@ -65,7 +66,8 @@ int take_slot(std::vector<bool>& used) {
 }  // namespace
 
 template <typename Scalar>
-Network<Scalar>::Network(const ModelSpec& given) : spec_(given), graph_(detail::expand_attention(given)) {
+Network<Scalar>::Network(const ModelSpec& given)
+    : spec_(given), graph_(detail::expand_attention(given)), sched_(std::make_unique<Schedule>()) {
   using detail::fail;
   const ModelSpec& spec = graph_;
   if (spec.input_shape.empty()) fail("model: input_shape is empty");
@@ -179,11 +181,18 @@ Network<Scalar>::Network(const ModelSpec& given) : spec_(given), graph_(detail::
       layers_.push_back(detail::make_merge<Scalar>(s, in, where));
     else
       layers_.push_back(make_layer<Scalar>(s, in[0], where));
-    const Layer<Scalar>& layer = *layers_.back();
-    merge_.push_back(dynamic_cast<const detail::MultiInput<Scalar>*>(&layer));
-    const auto* saves = dynamic_cast<const detail::SavesForward<Scalar>*>(&layer);
-    saves_.push_back(saves && saves->saved_per_sample() > 0 ? saves : nullptr);
-    max_operands_ = std::max(max_operands_, in.size());
+    Layer<Scalar>& layer = *layers_.back();
+    // The capabilities, asked once.
+    sched_->merge.push_back(layer.template as<detail::MultiInput<Scalar>>());
+    const auto* saves = layer.template as<detail::SavesForward<Scalar>>();
+    sched_->saves.push_back(saves && saves->saved_per_sample() > 0 ? saves : nullptr);
+    sched_->block.push_back(layer.template as<BlockGradient<Scalar>>());
+    sched_->kronecker.push_back(layer.template as<KroneckerFactors<Scalar>>());
+    sched_->squared.push_back(layer.template as<SquaredGradients<Scalar>>());
+    sched_->tokens.push_back(layer.template as<TokenInput<Scalar>>());
+    sched_->buffers.push_back(layer.template as<Buffers<Scalar>>());
+    sched_->uses_scratch.push_back(layer.scratch_size(1) > 0);
+    sched_->max_operands = std::max(sched_->max_operands, in.size());
     shapes.push_back(layer.output_shape());
     max_width_ = std::max(max_width_, layer.output_size());
     const std::string module = natgrad::module_name(spec, i);
@@ -225,18 +234,22 @@ Network<Scalar>::Network(const ModelSpec& given) : spec_(given), graph_(detail::
         tied_names_.push_back({module + "." + own_tensors[k].name, s.param_names[k]});
     }
     tied_to_.push_back(owner);
-    const std::vector<ParamTensor> buffers = layer.buffer_tensors();
-    for (std::size_t b = 0; b < buffers.size(); ++b)  // an attention mask is a buffer of another module
-      named_buffers_.push_back({s.type == LayerType::attention ? s.attn_mask : module + "." + buffers[b].name,
-                                buffers[b].shape, l, b});
-    for (const std::string& name : layer.ignored_buffers()) ignored_buffers_.push_back(module + "." + name);
-    needs_grad_.push_back(layer.num_params() > 0);
+    if (sched_->buffers.back()) {
+      const std::vector<ParamTensor> buffers = sched_->buffers.back()->buffer_tensors();
+      for (std::size_t b = 0; b < buffers.size(); ++b)  // an attention mask is a buffer of another module
+        named_buffers_.push_back(
+            {s.type == LayerType::attention ? s.attn_mask : module + "." + buffers[b].name, buffers[b].shape,
+             l, b});
+      for (const std::string& name : sched_->buffers.back()->ignored_buffers())
+        ignored_buffers_.push_back(module + "." + name);
+    }
+    sched_->needs_grad.push_back(layer.num_params() > 0);
     for (int v : inputs_.back())
-      if (v > 0 && needs_grad_[static_cast<std::size_t>(v - 1)]) {
-        if (!layer.differentiable_input())
+      if (v > 0 && sched_->needs_grad[static_cast<std::size_t>(v - 1)]) {
+        if (sched_->tokens.back())
           fail(where + ": reads token indices, but its input \"" + ids_[static_cast<std::size_t>(v - 1)] +
                "\" depends on the parameters");
-        needs_grad_.back() = true;
+        sched_->needs_grad.back() = true;
       }
   }
   for (std::size_t a = 0; a < named_buffers_.size(); ++a)
@@ -301,81 +314,84 @@ Network<Scalar>::Network(const ModelSpec& given) : spec_(given), graph_(detail::
   std::vector<int> readers(L + 1, 0);
   for (const auto& in : inputs_)
     for (int v : in) ++readers[static_cast<std::size_t>(v)];
-  fused_.assign(L, false);
-  fused_act_.assign(L, nullptr);
+  sched_->fused.assign(L, false);
+  sched_->fused_act.assign(L, nullptr);
   for (std::size_t p = 0; p < L; ++p) {
-    if (merge_[p] || inputs_[p][0] == 0) continue;
+    if (sched_->merge[p] || inputs_[p][0] == 0) continue;
     const auto a = static_cast<std::size_t>(inputs_[p][0] - 1);
     const auto* act = dynamic_cast<const detail::ElementwiseDerivative<Scalar>*>(layers_[a].get());
     const auto* pool = dynamic_cast<const detail::SelectionJacobian*>(layers_[p].get());
-    if (act && pool && pool->is_selection() && needs_grad_[a] && readers[a + 1] == 1) {
-      fused_[a] = true;
-      fused_act_[p] = act;
+    if (act && pool && pool->is_selection() && sched_->needs_grad[a] && readers[a + 1] == 1) {
+      sched_->fused[a] = true;
+      sched_->fused_act[p] = act;
     }
   }
 
   // The buffer plan. R-op: node l's tangent takes the lowest free slot; a slot is freed after the last node
   // that reads its value (a fused pool reads its activation's input).
   auto reads_of = [&](std::size_t l) {
-    return fused_act_[l] ? inputs_[static_cast<std::size_t>(inputs_[l][0] - 1)] : inputs_[l];
+    return sched_->fused_act[l] ? inputs_[static_cast<std::size_t>(inputs_[l][0] - 1)] : inputs_[l];
   };
-  tangent_slot_.assign(L, -1);
-  cotangent_slot_.assign(L + 1, -1);
-  accumulate_.assign(L, {});
+  sched_->tangent_slot.assign(L, -1);
+  sched_->cotangent_slot.assign(L + 1, -1);
+  sched_->accumulate.assign(L, {});
   {
     std::vector<std::size_t> last_read(L + 1, 0);
     for (std::size_t l = 0; l < L; ++l)
-      if (needs_grad_[l] && !fused_[l])
+      if (sched_->needs_grad[l] && !sched_->fused[l])
         for (int v : reads_of(l)) last_read[static_cast<std::size_t>(v)] = l;
     std::vector<bool> used;
     for (std::size_t l = 0; l < L; ++l) {
-      if (!needs_grad_[l] || fused_[l]) continue;
-      tangent_slot_[l] = take_slot(used);
+      if (!sched_->needs_grad[l] || sched_->fused[l]) continue;
+      sched_->tangent_slot[l] = take_slot(used);
       for (int v : reads_of(l))
-        if (v > 0 && last_read[static_cast<std::size_t>(v)] == l && tangent_slot_[static_cast<std::size_t>(v - 1)] >= 0)
-          used[static_cast<std::size_t>(tangent_slot_[static_cast<std::size_t>(v - 1)])] = false;
+        if (v > 0 && last_read[static_cast<std::size_t>(v)] == l &&
+            sched_->tangent_slot[static_cast<std::size_t>(v - 1)] >= 0)
+          used[static_cast<std::size_t>(sched_->tangent_slot[static_cast<std::size_t>(v - 1)])] = false;
     }
-    num_slots_ = static_cast<int>(used.size());
+    sched_->num_slots = static_cast<int>(used.size());
   }
   // Backprop, in reverse: the first contribution to a value's cotangent takes the lowest free slot, later
   // ones are added; the slot is freed once the node that produced the value has used it.
   {
     std::vector<bool> used;
     for (std::size_t l = L; l-- > 0;) {
-      if (!needs_grad_[l] || fused_[l]) continue;
+      if (!sched_->needs_grad[l] || sched_->fused[l]) continue;
       const std::vector<int> r = reads_of(l);
       for (int v : r) {
-        const bool wanted = v > 0 && needs_grad_[static_cast<std::size_t>(v - 1)];
+        const bool wanted = v > 0 && sched_->needs_grad[static_cast<std::size_t>(v - 1)];
         if (!wanted) {
-          accumulate_[l].push_back(false);
+          sched_->accumulate[l].push_back(false);
           continue;
         }
-        int& slot = cotangent_slot_[static_cast<std::size_t>(v)];
-        accumulate_[l].push_back(slot >= 0);
-        if (slot >= 0) has_fan_out_ = true;
+        int& slot = sched_->cotangent_slot[static_cast<std::size_t>(v)];
+        sched_->accumulate[l].push_back(slot >= 0);
+        if (slot >= 0)
+          sched_->has_fan_out = true;
         else slot = take_slot(used);
       }
-      if (cotangent_slot_[l + 1] >= 0) used[static_cast<std::size_t>(cotangent_slot_[l + 1])] = false;
+      if (sched_->cotangent_slot[l + 1] >= 0)
+        used[static_cast<std::size_t>(sched_->cotangent_slot[l + 1])] = false;
     }
-    num_slots_ = std::max({1, num_slots_, static_cast<int>(used.size())});
+    sched_->num_slots = std::max({1, sched_->num_slots, static_cast<int>(used.size())});
   }
   // Each slot as wide as the widest value placed in it (slot 0 at least the output: a constant output's
   // zero tangent is written there).
   auto width_of = [&](int v) { return v == 0 ? shape_size(spec.input_shape) : layers_[static_cast<std::size_t>(v - 1)]->output_size(); };
-  slot_width_.assign(static_cast<std::size_t>(num_slots_), 0);
-  slot_width_[0] = L > 0 ? layers_.back()->output_size() : 0;
+  sched_->slot_width.assign(static_cast<std::size_t>(sched_->num_slots), 0);
+  sched_->slot_width[0] = L > 0 ? layers_.back()->output_size() : 0;
   for (std::size_t l = 0; l < L; ++l) {
-    if (tangent_slot_[l] >= 0) {
-      Index& w = slot_width_[static_cast<std::size_t>(tangent_slot_[l])];
+    if (sched_->tangent_slot[l] >= 0) {
+      Index& w = sched_->slot_width[static_cast<std::size_t>(sched_->tangent_slot[l])];
       w = std::max(w, layers_[l]->output_size());
     }
     const std::vector<int> r = reads_of(l);
-    for (std::size_t i = 0; i < accumulate_[l].size(); ++i)
-      if (accumulate_[l][i]) sum_width_ = std::max(sum_width_, width_of(r[i]));
+    for (std::size_t i = 0; i < sched_->accumulate[l].size(); ++i)
+      if (sched_->accumulate[l][i]) sched_->sum_width = std::max(sched_->sum_width, width_of(r[i]));
   }
   for (std::size_t v = 0; v <= L; ++v)
-    if (cotangent_slot_[v] >= 0) {
-      Index& w = slot_width_[static_cast<std::size_t>(cotangent_slot_[v])];
+    if (sched_->cotangent_slot[v] >= 0) {
+      Index& w = sched_->slot_width[static_cast<std::size_t>(sched_->cotangent_slot[v])];
       w = std::max(w, width_of(static_cast<int>(v)));
     }
 }
@@ -385,7 +401,7 @@ void Network<Scalar>::set_buffer(std::size_t k, const Scalar* values) {
   NATGRAD_CHECK(k < named_buffers_.size());
   const NamedBuffer& b = named_buffers_[k];
   try {
-    layers_[b.node]->set_buffer(b.index, values);
+    sched_->buffers[b.node]->set_buffer(b.index, values);
   } catch (const std::invalid_argument& e) {
     detail::fail(b.name + ": " + e.what());
   }

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <vector>
 
 namespace natgrad {
 namespace detail {
@@ -13,6 +14,7 @@ class NodeTimer {
   NodeTimer(double* timing, std::size_t l) : slot_(timing ? timing + l : nullptr) {
     if (slot_) start_ = std::chrono::steady_clock::now();
   }
+  NodeTimer(std::vector<double>* timing, std::size_t l) : NodeTimer(timing ? timing->data() : nullptr, l) {}
   ~NodeTimer() {
     if (slot_) *slot_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   }

@@ -17,18 +17,19 @@ namespace detail {
 namespace {
 
 template <typename Scalar>
-class LayerNorm final : public Layer<Scalar> {
+class LayerNorm final : public Layer<Scalar>, public SquaredGradients<Scalar> {
  public:
   LayerNorm(const Shape& in, Index D, const Shape& normalized, double eps, bool affine)
-      : Layer<Scalar>(in, in), D_(D), normalized_(normalized), eps_(eps), affine_(affine) {}
+      : Layer<Scalar>(in, in,
+                      affine ? std::vector<ParamTensor>{{"weight", normalized}, {"bias", normalized}}
+                             : std::vector<ParamTensor>{},
+                      ParamInit::ones_zeros),
+        D_(D),
+        eps_(eps),
+        affine_(affine) {}
   LayerType type() const override { return LayerType::layer_norm; }
-  Index num_params() const override { return affine_ ? 2 * D_ : 0; }
-  std::vector<ParamTensor> param_tensors() const override {
-    if (!affine_) return {};
-    return {{"weight", normalized_}, {"bias", normalized_}};
-  }
-  ParamInit param_init() const override { return ParamInit::ones_zeros; }
   Index scratch_size(Index) const override { return 2 * D_; }
+  Index squared_grads_scratch_size(Index ncols) const override { return scratch_size(ncols); }
 
   void forward(const Scalar* theta, ConstMatMap<Scalar> X, MatMap<Scalar> Y, int32_t*) const override {
     for (Index n = 0; n < X.cols(); ++n)
@@ -138,7 +139,6 @@ class LayerNorm final : public Layer<Scalar> {
   }
 
   Index D_;
-  Shape normalized_;
   double eps_;
   bool affine_;
 };
@@ -146,20 +146,24 @@ class LayerNorm final : public Layer<Scalar> {
 // Batch norm in evaluation mode, per channel c over its S = H·W (or L) entries:
 //   y = (x − m_c) s_c w_c + b_c with s_c = 1/√(v_c + ε) from the running mean m and variance v.
 template <typename Scalar>
-class BatchNorm final : public Layer<Scalar> {
+class BatchNorm final : public Layer<Scalar>, public SquaredGradients<Scalar>, public Buffers<Scalar> {
  public:
   BatchNorm(const Shape& in, double eps, bool affine)
-      : Layer<Scalar>(in, in), C_(in[0]), S_(shape_size(in) / in[0]), eps_(eps), affine_(affine),
-        mean_(Vec<Scalar>::Zero(C_)), var_(Vec<Scalar>::Ones(C_)), scale_(C_) {
+      : Layer<Scalar>(in, in,
+                      affine ? std::vector<ParamTensor>{{"weight", {in[0]}}, {"bias", {in[0]}}}
+                             : std::vector<ParamTensor>{},
+                      ParamInit::ones_zeros),
+        C_(in[0]),
+        S_(shape_size(in) / in[0]),
+        eps_(eps),
+        affine_(affine),
+        mean_(Vec<Scalar>::Zero(C_)),
+        var_(Vec<Scalar>::Ones(C_)),
+        scale_(C_) {
     update_scale();
   }
   LayerType type() const override { return LayerType::batch_norm; }
-  Index num_params() const override { return affine_ ? 2 * C_ : 0; }
-  std::vector<ParamTensor> param_tensors() const override {
-    if (!affine_) return {};
-    return {{"weight", {C_}}, {"bias", {C_}}};
-  }
-  ParamInit param_init() const override { return ParamInit::ones_zeros; }
+  Index squared_grads_scratch_size(Index) const override { return 0; }
   std::vector<ParamTensor> buffer_tensors() const override { return {{"running_mean", {C_}}, {"running_var", {C_}}}; }
   std::vector<std::string> ignored_buffers() const override { return {"num_batches_tracked"}; }
   void set_buffer(std::size_t i, const Scalar* values) override {

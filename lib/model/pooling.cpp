@@ -1,9 +1,10 @@
 // 2-D max and average pooling (floor mode, as PyTorch's default; max-pooling may pad, with −∞).
 #include <algorithm>
-#include <cstdint>
 #include <cmath>
+#include <cstdint>
 
 #include "model/layers.h"
+#include "model/window2d.h"
 
 namespace natgrad {
 namespace detail {
@@ -25,7 +26,8 @@ class Pool2d final : public Layer<Scalar>, public SelectionJacobian {
         ph_(s.padding_h),
         pw_(s.padding_w),
         Ho_(out[1]),
-        Wo_(out[2]) {}
+        Wo_(out[2]),
+        win_{{H_, kh_, sh_, ph_, Ho_}, {W_, kw_, sw_, pw_, Wo_}} {}
 
   LayerType type() const override { return type_; }
   // Max-pooling keeps, per output, the input index of its maximum: J is then a selection.
@@ -48,7 +50,7 @@ class Pool2d final : public Layer<Scalar>, public SelectionJacobian {
       for (Index c = 0; c < C_; ++c)
         for (Index oh = 0; oh < Ho_; ++oh) {
           const Index o = (c * Ho_ + oh) * Wo_;
-          const Index base = (c * H_ + oh * sh_) * W_;  // input index of window (oh, 0)'s top-left
+          const Index base = (c * H_ + win_.h.input(oh, 0)) * W_;  // input index of window (oh, 0)'s top-left
           Scalar* yr = y + o;
           if (type_ == LayerType::maxpool2d && kh_ == 2 && kw_ == 2 && sh_ == 2 && sw_ == 2) {
             max_row_2x2(x + base, W_, Wo_, static_cast<int32_t>(base), yr, arg + o);
@@ -124,7 +126,8 @@ class Pool2d final : public Layer<Scalar>, public SelectionJacobian {
             for (Index ow = 0; ow < Wo_; ++ow) {
               Scalar s = 0;
               for (Index i = 0; i < kh_; ++i)
-                for (Index j = 0; j < kw_; ++j) s += dx[(c * H_ + oh * sh_ + i) * W_ + ow * sw_ + j];
+                for (Index j = 0; j < kw_; ++j)
+                  s += dx[(c * H_ + win_.h.input(oh, i)) * W_ + win_.w.input(ow, j)];
               dy[(c * Ho_ + oh) * Wo_ + ow] = s * inv_area;
             }
       }
@@ -150,7 +153,8 @@ class Pool2d final : public Layer<Scalar>, public SelectionJacobian {
             for (Index ow = 0; ow < Wo_; ++ow) {
               const Scalar g = gy[(c * Ho_ + oh) * Wo_ + ow] * inv_area;
               for (Index i = 0; i < kh_; ++i)
-                for (Index j = 0; j < kw_; ++j) gx[(c * H_ + oh * sh_ + i) * W_ + ow * sw_ + j] += g;
+                for (Index j = 0; j < kw_; ++j)
+                  gx[(c * H_ + win_.h.input(oh, i)) * W_ + win_.w.input(ow, j)] += g;
             }
       }
     }
@@ -166,12 +170,13 @@ class Pool2d final : public Layer<Scalar>, public SelectionJacobian {
           bool first = true;
           Scalar m = 0;
           int32_t at = 0;
-          for (Index i = 0; i < kh_; ++i) {
-            const Index ih = oh * sh_ - ph_ + i;
-            if (ih < 0 || ih >= H_) continue;
-            for (Index j = 0; j < kw_; ++j) {
-              const Index iw = ow * sw_ - pw_ + j;
-              if (iw < 0 || iw >= W_) continue;
+          Index i0, i1, j0, j1;
+          win_.h.taps_inside(oh, i0, i1);
+          win_.w.taps_inside(ow, j0, j1);
+          for (Index i = i0; i < i1; ++i) {
+            const Index ih = win_.h.input(oh, i);
+            for (Index j = j0; j < j1; ++j) {
+              const Index iw = win_.w.input(ow, j);
               const Index k = (c * H_ + ih) * W_ + iw;
               const Scalar v = x[k];
               if (first || v > m || (v != v && m == m)) {
@@ -189,6 +194,7 @@ class Pool2d final : public Layer<Scalar>, public SelectionJacobian {
 
   LayerType type_;
   Index C_, H_, W_, kh_, kw_, sh_, sw_, ph_, pw_, Ho_, Wo_;
+  Window2d win_;  // the geometry, per axis (window2d.h)
 };
 
 // Global average pooling, [C, H, W] -> [C] (x.mean((2, 3))) or [C, 1, 1] (AdaptiveAvgPool2d(1)).
@@ -247,15 +253,16 @@ std::unique_ptr<Layer<Scalar>> make_pool2d(const LayerSpec& spec, const Shape& i
     fail(where, "maxpool2d padding " + std::to_string(s.padding_h) + "x" + std::to_string(s.padding_w) +
                     " is more than half its kernel " + std::to_string(s.kernel_h) + "x" + std::to_string(s.kernel_w) +
                     " (PyTorch refuses it too)");
-  if (in[1] + 2 * s.padding_h < s.kernel_h || in[2] + 2 * s.padding_w < s.kernel_w)
+  const WindowAxis h = WindowAxis::make(in[1], s.kernel_h, s.stride_h, s.padding_h),
+                   w = WindowAxis::make(in[2], s.kernel_w, s.stride_w, s.padding_w);
+  if (!h.fits() || !w.fits())
     fail(where, std::string(to_string(s.type)) + " kernel " + std::to_string(s.kernel_h) + "x" +
                     std::to_string(s.kernel_w) + " is larger than its input " + shape_to_string(in));
   // max-pool keeps each output's argmax as an int32 index into its sample's input.
   if (s.type == LayerType::maxpool2d && shape_size(in) > Index(INT32_MAX))
     fail(where, "maxpool2d input " + shape_to_string(in) + " has " + std::to_string(shape_size(in)) +
                     " elements per sample, more than its int32 argmax indices can address (2^31 - 1)");
-  const Shape out{in[0], (in[1] + 2 * s.padding_h - s.kernel_h) / s.stride_h + 1,
-                  (in[2] + 2 * s.padding_w - s.kernel_w) / s.stride_w + 1};
+  const Shape out{in[0], h.out, w.out};
   return std::make_unique<Pool2d<Scalar>>(s.type, s, in, out);
 }
 

@@ -37,18 +37,15 @@ class Copy final : public Layer<Scalar> {
 // y = x_0 + … + x_{k-1} (+ p, a parameter whose shape is a suffix of the operands': each sample's output is
 // `repeats` copies of p's size, and p is added to each).
 template <typename Scalar>
-class Add final : public Layer<Scalar>, public MultiInput<Scalar> {
+class Add final : public Layer<Scalar>, public MultiInput<Scalar>, public SquaredGradients<Scalar> {
  public:
   Add(const Shape& shape, std::size_t operands, const Shape& param)
-      : Layer<Scalar>(shape, shape), operands_(operands), param_(param),
+      : Layer<Scalar>(shape, shape,
+                      param.empty() ? std::vector<ParamTensor>{} : std::vector<ParamTensor>{{"", param}},
+                      ParamInit::normal),
+        operands_(operands),
         psize_(param.empty() ? 0 : shape_size(param)) {}
   LayerType type() const override { return LayerType::add; }
-  ParamInit param_init() const override { return ParamInit::normal; }
-  Index num_params() const override { return psize_; }
-  std::vector<ParamTensor> param_tensors() const override {
-    if (psize_ == 0) return {};
-    return {{"", param_}};
-  }
 
   void forward_multi(const Scalar* const* X, const Scalar* theta, Index n, Scalar* Y) const override {
     const Index rows = this->output_size();
@@ -93,7 +90,7 @@ class Add final : public Layer<Scalar>, public MultiInput<Scalar> {
     for (Index n = 0; n < gY.cols(); ++n)
       for (Index r = 0; r < repeats; ++r) g += ConstVecMap<Scalar>(gY.col(n).data() + r * psize_, psize_);
   }
-  Index scratch_size(Index) const override { return psize_; }
+  Index squared_grads_scratch_size(Index) const override { return psize_; }
   void accumulate_squared_grads(const Scalar*, ConstMatMap<Scalar>, ConstMatMap<Scalar> gY, Scalar* gsq,
                                 Scalar* scratch) const override {
     if (!psize_) return;
@@ -115,7 +112,6 @@ class Add final : public Layer<Scalar>, public MultiInput<Scalar> {
   }
 
   std::size_t operands_;
-  Shape param_;
   Index psize_;
 };
 

@@ -3,19 +3,23 @@
 #include <natgrad/curvature/fisher_operator.h>
 #include <natgrad/model/network.h>
 #include <natgrad/natural_gradient/memory_estimate.h>
+#include <natgrad/solvers/conjugate_gradient.h>
+#include <natgrad/solvers/top_eigenvalues.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
 
+#include "curvature/fisher_plan.h"
+
 namespace natgrad {
 
 namespace {
 template <typename Scalar>
 MemoryEstimate estimate(const ModelSpec& spec, Index batch, Index curvature_batch, std::size_t basis_bytes,
-                        const FisherOptions& fisher,
-                        Index top_k, int threads, bool diagonal_preconditioner, LikelihoodKind likelihood) {
+                        const FisherOptions& fisher, Index top_k, Index ncv, int threads,
+                        bool diagonal_preconditioner, LikelihoodKind likelihood) {
   const std::size_t s = sizeof(Scalar);
   const Network<Scalar> model(spec);  // shapes only
   const std::size_t P = static_cast<std::size_t>(model.num_params());
@@ -24,82 +28,48 @@ MemoryEstimate estimate(const ModelSpec& spec, Index batch, Index curvature_batc
   MemoryEstimate m;
   const bool separate = Nc < batch;  // a second operator on the whole batch computes the gradient
   // As the CLI runs a solve: θ (moved into the operator), g (moved out of it into the result), d, and CG's
-  // r, p, Ap and best iterate, and z with a preconditioner. (A library caller that keeps its own θ adds one.)
-  // (A spectrum is computed first and deflates CG, which then keeps z as with the diagonal preconditioner.)
-  m.parameters = (diagonal_preconditioner || top_k > 0 ? 8 : 7) * P * s;
-  // Activations (input included) and what the forward pass keeps for the other passes (attention's
-  // probabilities).
-  std::size_t per_sample = static_cast<std::size_t>(model.input_size() + model.saved_per_sample());
-  std::size_t aux = 0;
-  for (std::size_t l = 0; l < model.num_layers(); ++l) {
-    per_sample += static_cast<std::size_t>(model.layer(l).output_size());
-    aux += static_cast<std::size_t>(model.layer(l).aux_per_sample());
-  }
-  const std::size_t draws = fisher.kind == FisherKind::mc ? static_cast<std::size_t>(fisher.mc_samples) : 1;
-  // Exactly what a FisherOperator on n samples allocates: its plan decides the chunk, the threads it keeps
-  // a workspace for, the stored cotangents and the partial gradients.
-  // Per sample: the cached activations (input included), max-pool indices, the output curvature's statistics
-  // and the exact categorical's dominant class, and the operator's copy of the targets (labels or C values).
-  const std::size_t T = static_cast<std::size_t>(model.output_positions());
-  const bool categorical = likelihood == LikelihoodKind::categorical;
-  const std::size_t targets = categorical ? T * 8 : C * s;  // labels (int64 per position) or C values
-  auto statistics = [&](Index n) -> std::size_t {            // per sample, OutputCurvature's
-    if (fisher.kind != FisherKind::exact) return C * draws * s;
-    if (likelihood == LikelihoodKind::gaussian) return 0;
-    if (categorical && !FisherOperator<Scalar>::keeps_probabilities(static_cast<Index>(C) * n)) return 0;
-    return C * s + (categorical ? T * sizeof(Index) : 0);   // p and the dominant classes, or σ(1 − σ)
-  };
-  auto forward = [&](Index n) {
-    return static_cast<std::size_t>(n) * (per_sample * s + aux * 4 + statistics(n) + targets);
-  };
-  auto workspaces = [&](Index n) {
-    const FisherPlan plan = FisherPlan::make(model, n, fisher);
-    const std::size_t t = static_cast<std::size_t>(std::max<Index>(
-        1, std::min<Index>(resolve_threads(threads), std::max<Index>(plan.num_chunks, Index(plan.tasks.size())))));
-    const std::size_t chunk = static_cast<std::size_t>(plan.chunk_size);
-    // Per thread: its workspace (tangent / cotangent buffers, layer scratch), the output buffer, the task
-    // scratch, and the forward pass's own per-call layer buffer (a convolution's im2col block), which
-    // exists while the workspaces do.
-    return t * (static_cast<std::size_t>(model.workspace_width()) * chunk +
-                static_cast<std::size_t>(model.scratch_size(plan.chunk_size) + model.forward_scratch_size(plan.chunk_size)) +
-                C * chunk +
-                static_cast<std::size_t>(plan.task_scratch)) * s;
-  };
-  auto reduction = [&](Index n) {
-    const FisherPlan plan = FisherPlan::make(model, n, fisher);
-    return static_cast<std::size_t>(plan.cotangent_size + plan.partial_size) * s;
-  };
-  m.activations = forward(Nc);
+  // workspace: r, p, Ap and best iterate, and z with a preconditioner. (A library caller that keeps its own θ
+  // adds one.) (A spectrum is computed first and deflates CG, which then keeps z as with the diagonal
+  // preconditioner.)
+  m.parameters = 3 * P * s + CgWorkspace<Scalar>::required_bytes(model.num_params(),
+                                                                 diagonal_preconditioner || top_k > 0);
+  // What each operator allocates, from the plan its constructor makes (FisherOperator::required_bytes).
+  FisherOptions options = fisher;
+  options.num_threads = threads;
+  const auto curvature = FisherOperator<Scalar>::required_bytes(model, Nc, likelihood, options);
+  m.activations = curvature.forward;
   // Plus the run's small allocations that do not scale with P or N (the OpenMP team, the plan, per-chunk
   // vectors): about 70 KiB measured on a 60,000- and a 30,000-sample solve; 256 KiB allowed.
-  m.workspaces = workspaces(Nc) + 256 * 1024;
-  m.cotangents = reduction(Nc);
-  // Spectra's Lanczos keeps an n × ncv basis in its basis scalar (basis_bytes); a restart compresses it
-  // through a temporary of its first k columns (V·Q); the residual, the start vector and up to eight work
-  // vectors (measured on the default run and a 670K-parameter MLP) are n-vectors too. The operator adapter
-  // converts through two Scalar vectors when the basis scalar is not the operator's. A basis narrower than double returns its k eigenvectors converted
-  // to double. (The condition number's runs, ncv = 20 and k = 1, need less.)
+  m.workspaces = curvature.workspaces + 256 * 1024;
+  m.cotangents = curvature.cotangents;
+  // The Lanczos run of the spectrum (top_eigenvalues with ncv; 0: its default rule). (The condition number's
+  // runs, ncv = 20 and k = 1, need less.)
   if (top_k > 0) {
-    const std::size_t k = static_cast<std::size_t>(top_k);
-    const std::size_t ncv = std::max<std::size_t>(2 * k + 1, 20);
-    m.spectrum = (ncv + k + 8) * P * basis_bytes + (basis_bytes != s ? 2 * P * s : 0) +
-                 (basis_bytes < 8 ? k * P * 8 : 0);
+    SpectrumOptions spectrum;
+    spectrum.num_eigenvalues = top_k;
+    spectrum.ncv = ncv;
+    m.spectrum = spectrum_required_bytes(model.num_params(), spectrum, s, basis_bytes);
   }
+  const std::size_t targets = likelihood == LikelihoodKind::categorical
+                                  ? static_cast<std::size_t>(model.output_positions()) * 8
+                                  : C * s;
   m.data = static_cast<std::size_t>(batch) * (static_cast<std::size_t>(model.input_size()) * s + targets);
   // The preconditioner's inverse diagonal, and while it is built the empirical diagonal it comes from and
   // its per-group partial sums (FisherPlan::diagonal_partial_size).
   // Each thread's scratch for the squared gradients exists while the diagonal is built.
   if (diagonal_preconditioner) {
-    const FisherPlan plan = FisherPlan::make(model, Nc, fisher);
+    const detail::FisherPlan plan = detail::FisherPlan::make(model, Nc, fisher);
     m.preconditioner = 2 * P * s + static_cast<std::size_t>(plan.diagonal_partial_size) * s +
                        static_cast<std::size_t>(resolve_threads(threads)) *
                            static_cast<std::size_t>(model.squared_scratch_size(plan.chunk_size)) * s;
   }
   const std::size_t cg_phase =
       m.parameters + m.activations + m.workspaces + m.cotangents + m.spectrum + m.preconditioner + m.data;
-  if (separate)  // both operators' θ, the full operator's g (then the result's); both forward passes
-    m.gradient_phase = 3 * P * s + forward(batch) + forward(Nc) + workspaces(batch) + workspaces(Nc) +
-                       reduction(batch) + reduction(Nc) + m.data;
+  if (separate) {  // both operators' θ, the full operator's g (then the result's); both forward passes
+    const auto whole = FisherOperator<Scalar>::required_bytes(model, batch, likelihood, options);
+    m.gradient_phase = 3 * P * s + whole.forward + curvature.forward + whole.workspaces +
+                       curvature.workspaces + whole.cotangents + curvature.cotangents + m.data;
+  }
   // The process itself: code and shared libraries (measured: 6 MiB for a one-process solve of a tiny model,
   // 17 MiB with OpenMPI linked in, 23 MiB for a rank under mpirun), and per thread its stack and allocator
   // arena (measured: 9 MiB more resident for the 36.8M-parameter MLP at 2 threads than at 1).
@@ -117,9 +87,9 @@ MemoryEstimate estimate(const ModelSpec& spec, Index batch, Index curvature_batc
 MemoryEstimate estimate_solve_memory(const ModelSpec& spec, Index batch, Index curvature_batch, std::size_t s,
                                      const FisherOptions& fisher, Index top_k, int threads,
                                      bool diagonal_preconditioner, LikelihoodKind likelihood, int ranks,
-                                     std::size_t basis_bytes) {
+                                     std::size_t basis_bytes, Index ncv) {
   MemoryEstimate m = estimate_solve_memory(spec, batch, curvature_batch, s, fisher, top_k, threads,
-                                           diagonal_preconditioner, likelihood, basis_bytes);
+                                           diagonal_preconditioner, likelihood, basis_bytes, ncv);
   if (ranks <= 1) return m;
   // A rank's shares: the batch's and, when the curvature batch is smaller, the curvature batch's own (read
   // separately); and the sums' received blocks (Communicator::scratch_size, doubles).
@@ -139,11 +109,11 @@ MemoryEstimate estimate_solve_memory(const ModelSpec& spec, Index batch, Index c
 MemoryEstimate estimate_solve_memory(const ModelSpec& spec, Index batch, Index curvature_batch, std::size_t s,
                                      const FisherOptions& fisher, Index top_k, int threads,
                                      bool diagonal_preconditioner, LikelihoodKind likelihood,
-                                     std::size_t basis_bytes) {
-  return s == sizeof(float) ? estimate<float>(spec, batch, curvature_batch, basis_bytes, fisher, top_k, threads,
-                                              diagonal_preconditioner, likelihood)
-                            : estimate<double>(spec, batch, curvature_batch, basis_bytes, fisher, top_k, threads,
-                                               diagonal_preconditioner, likelihood);
+                                     std::size_t basis_bytes, Index ncv) {
+  return s == sizeof(float) ? estimate<float>(spec, batch, curvature_batch, basis_bytes, fisher, top_k, ncv,
+                                              threads, diagonal_preconditioner, likelihood)
+                            : estimate<double>(spec, batch, curvature_batch, basis_bytes, fisher, top_k, ncv,
+                                               threads, diagonal_preconditioner, likelihood);
 }
 
 void MemoryEstimate::add_multi_shift(Index params, std::size_t scalar_bytes, Index dampings) {
@@ -162,11 +132,12 @@ void MemoryEstimate::add_kfac(const Network<Scalar>& model, std::size_t scalar_b
   bool diagonal = false;  // tensors outside the blocks
   for (std::size_t l = 0; l < model.num_layers(); ++l) {
     if (model.layer(l).num_params() == 0 || model.tied_to(l) != l) continue;
-    const auto shape = model.layer(l).kronecker_shape();
-    if (shape.positions == 0 || !model.aliases(l).empty()) {
+    const KroneckerFactors<Scalar>* kronecker = model.kronecker_factors(l);
+    if (!kronecker || !model.aliases(l).empty()) {
       diagonal = true;
       continue;
     }
+    const auto shape = kronecker->kronecker_shape();
     const double a = double(shape.cols + 1), g = double(shape.rows);
     factors += (a * a + g * g) * (2 * 8 + s);  // A, G, their eigenvectors; the damped inverses
     largest = std::max({largest, a, g});

@@ -69,6 +69,15 @@ const char* to_string(ConditionMethod m) {
   return "unknown";
 }
 
+std::size_t spectrum_required_bytes(Index n, const SpectrumOptions& options, std::size_t scalar_bytes,
+                                    std::size_t basis_bytes) {
+  const std::size_t N = static_cast<std::size_t>(n), k = static_cast<std::size_t>(options.num_eigenvalues);
+  const std::size_t ncv = static_cast<std::size_t>(lanczos_ncv(n, options));
+  return (ncv + k + 8) * N * basis_bytes + 4 * ncv * ncv * sizeof(double) +
+         (basis_bytes != scalar_bytes ? 2 * N * scalar_bytes : 0) +
+         (basis_bytes < sizeof(double) ? k * N * sizeof(double) : 0);
+}
+
 bool SpectrumOptions::is_valid(Index n, std::string* why) const {
   auto bad = [&](const std::string& m) {
     if (why) *why = m;

@@ -44,13 +44,16 @@
 #pragma once
 
 #include <natgrad/core/dataset.h>
+#include <natgrad/core/interrupted.h>
 #include <natgrad/distributed/communicator.h>
 #include <natgrad/likelihood/likelihood.h>
 #include <natgrad/likelihood/output_curvature.h>
 #include <natgrad/model/network.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -76,11 +79,23 @@ struct FisherOptions {
   int num_threads = 0;
   /// Progress of the long one-off passes, called by the first thread after each of its chunks of the forward
   /// pass ("forward") and of gradient() ("gradient") with the chunks done so far and the total (not during
-  /// products). It runs inside the parallel region: keep it cheap and rate-limit any printing. Optional.
-  std::function<void(const char* phase, Index done, Index total)> on_progress;
-  /// A stop request, polled between chunks of the forward pass, of gradient() and of every product; when it
-  /// returns true the pass throws Interrupted (core/interrupted.h); under MPI the ranks agree first.
+  /// products). It runs inside the parallel region: keep it cheap and rate-limit any printing. An exception
+  /// it throws ends the pass (no further chunk starts) and is rethrown once the pass's threads have stopped.
   /// Optional.
+  std::function<void(const char* phase, Index done, Index total)> on_progress;
+  /// **Stop requests** (a signal handler's flag, a deadline). Polled before every chunk of the forward pass
+  /// (construction, rebind), of gradient() and of every product (perform_op), by each thread before it
+  /// starts a chunk, so possibly from several threads at once: make it thread-safe and cheap (read an atomic
+  /// flag). When it returns true the pass starts no further chunk, finishes the ones under way, and throws
+  /// natgrad::Interrupted naming the pass and how far it got ("the product was interrupted after 5 of 16
+  /// chunks"). The operator stays usable: an interrupted product writes nothing to y and an interrupted
+  /// gradient() keeps nothing, so the same call can be made again (and gives the same result); after an
+  /// interrupted rebind the cached forward pass is incomplete and products, loss() and gradient() throw
+  /// std::logic_error until a rebind completes. Not polled by backprop_outputs(), squared_gradients() or
+  /// empirical_fisher_diagonal(). With a communicator every rank must set it (or none): the ranks agree after
+  /// the forward pass and after a product's or gradient's per-sample phase, before the sum over the ranks,
+  /// and if any rank stopped every rank throws Interrupted (with the first such rank's message), so none is
+  /// left waiting in a collective. Unset (the default): never polled, no agreement, no cost.
   std::function<bool()> stop_requested;
 
   /// **A batch shared by several processes.** With a communicator of K > 1 ranks, the operator's data is
@@ -108,46 +123,6 @@ struct FisherOptions {
   Index chunk_for(Index num_samples, Index min_chunk = 32) const;
 };
 
-/// The parallel work plan of a product (see FisherOperator): fixed by the model, N, the chunk size and the
-/// scalar size, never by the thread count. Also what the memory estimate counts.
-struct FisherPlan {
-  /// A phase-B task: the weight block rows [row0, row0 + rows) × columns [col0, col0 + cols) of a layer
-  /// whose gradient splits into blocks, or sample group `group` (chunks [chunk0, chunk1)) of another layer
-  /// with parameters.
-  struct Task {
-    std::size_t layer = 0;
-    bool by_blocks = false;
-    Index row0 = 0, rows = 0, col0 = 0, cols = 0;
-    int group = 0;
-    Index chunk0 = 0, chunk1 = 0;
-    double macs = 0;  ///< multiply-adds of the task
-  };
-  Index chunk_size = 0, num_chunks = 0;
-  double chunk_macs_per_sample = 0;      ///< phase A: R-op and input-cotangent GEMMs per sample
-  std::vector<Task> tasks;               ///< phase B
-  std::vector<int> groups;               ///< per layer: sample groups (0 for block-split layers and no params)
-  std::vector<Index> partial_offset;     ///< per layer: where its groups' partial gradients start
-  Index partial_size = 0;                ///< scalars of all partial gradients
-  Index cotangent_size = 0;              ///< scalars of the stored cotangents (N columns)
-  Index task_scratch = 0;                ///< scalars of per-thread scratch the block tasks need
-  /// empirical_fisher_diagonal(): sample groups (the same for every layer) whose partial sums of squared
-  /// gradients, diagonal_partial_size scalars in all, stay within 64 MiB (at least one group).
-  Index diagonal_groups = 1;
-  Index diagonal_partial_size = 0;
-
-  template <typename Scalar>
-  static FisherPlan make(const Network<Scalar>& model, Index num_samples, const FisherOptions& options);
-
-  /// Phase A: the chunks [k0, k1) thread t of `threads` takes (contiguous, as equal as possible).
-  void chunk_range(int t, int threads, Index& k0, Index& k1) const {
-    k0 = num_chunks * t / threads;
-    k1 = num_chunks * (t + 1) / threads;
-  }
-  /// Phase B: the tasks each of `threads` threads takes: the costliest first, each to the least loaded
-  /// thread (ties: the lower thread, the earlier task). Which thread runs a task never changes its result.
-  std::vector<std::vector<int>> assign(int threads) const;
-};
-
 /// Where a product's time goes, per node (FisherOptions::profile): seconds summed over the threads.
 struct OperatorProfile {
   std::vector<double> forward_s;   ///< the last forward pass (construction or rebind)
@@ -166,9 +141,15 @@ class FisherOperator {
 
   /// Binds the model at parameters theta to a batch and runs the forward pass. Throws
   /// std::invalid_argument for invalid options, a parameter vector or inputs of the wrong size, or targets
-  /// that do not fit the likelihood. The model must outlive the operator; theta and data are copied.
+  /// that do not fit the likelihood; Interrupted when stop_requested stops the forward pass. With a
+  /// communicator, a failure of any kind on one rank (an exception of any type, a stop) makes every rank
+  /// throw: the failing rank its own exception, the others the same message as std::invalid_argument,
+  /// Interrupted or std::runtime_error. The model must outlive the operator; theta and data are copied.
   FisherOperator(const Network<Scalar>& model, Vec<Scalar> theta, LikelihoodKind likelihood,
                  const Dataset<Scalar>& data, const FisherOptions& options = FisherOptions());
+  ~FisherOperator();
+  FisherOperator(FisherOperator&&) noexcept;
+  FisherOperator& operator=(FisherOperator&&) noexcept;
 
   Index rows() const { return num_params_; }
   Index cols() const { return num_params_; }
@@ -184,7 +165,7 @@ class FisherOperator {
   /// Empty if every activation of the cached forward pass is finite; otherwise where NaN or Inf first
   /// appears ("the output of layer 2 (tanh) is NaN or Inf, first at sample 17"), in layer order. Products on
   /// such a batch are meaningless; solve_natural_gradient reports this instead of solving.
-  const std::string& forward_error() const { return forward_error_; }
+  const std::string& forward_error() const;
 
   /// Mean negative log-likelihood on the batch.
   double loss() const;
@@ -204,102 +185,69 @@ class FisherOperator {
   /// This rank's samples only: nothing is summed over ranks.
   void backprop_outputs(const std::function<void(Index c0, Index n, MatMap<Scalar> gz)>& head) const;
   /// The cotangents the last backprop_outputs (or product, or gradient) stored, per node with parameters.
-  const CotangentCache<Scalar>& cotangents() const { return cot_; }
+  const CotangentCache<Scalar>& cotangents() const;
   /// The cached forward pass (activations of every node on this rank's batch).
-  const ForwardCache<Scalar>& forward_cache() const { return cache_; }
+  const ForwardCache<Scalar>& forward_cache() const;
   /// Σ_n g_n², g_n the per-sample parameter gradients of the stored cotangents (a tied tensor's uses summed
   /// before squaring), for the nodes with nodes[l] true (zero elsewhere); unscaled, this rank's samples only.
   /// Bit-identical for any thread count.
   Vec<Scalar> squared_gradients(const std::vector<bool>& nodes) const;
 
-  double damping() const { return damping_; }
+  double damping() const;
   void set_damping(double lambda);
   /// With FisherOptions::profile, the time of every node's passes (all zero otherwise).
   OperatorProfile profile() const;
   /// Clears the products' times (the forward pass's stay).
   void reset_profile() const;
   /// Products computed so far (perform_op calls).
-  Index num_products() const { return num_products_; }
-  void reset_product_count() { num_products_ = 0; }
+  Index num_products() const;
+  void reset_product_count();
 
   /// This rank's samples.
-  Index num_samples() const { return num_samples_; }
+  Index num_samples() const;
   /// Samples over all ranks (num_samples() in one process): the N of the mean.
-  Index total_samples() const { return total_samples_; }
-  const Network<Scalar>& model() const { return model_; }
+  Index total_samples() const;
+  const Network<Scalar>& model() const;
   /// This rank's targets (labels or real targets) as the operator copied them; its inputs are empty (they
   /// are forward_cache().acts[0]).
-  const Dataset<Scalar>& targets() const { return data_; }
-  const Vec<Scalar>& parameters() const { return theta_; }
-  LikelihoodKind likelihood() const { return likelihood_; }
-  const FisherOptions& options() const { return options_; }
+  const Dataset<Scalar>& targets() const;
+  const Vec<Scalar>& parameters() const;
+  LikelihoodKind likelihood() const;
+  const FisherOptions& options() const;
   /// Network outputs on the batch (C × N).
-  const Mat<Scalar>& outputs() const { return cache_.acts.back(); }
+  const Mat<Scalar>& outputs() const;
   /// H_n of this operator (C × C), for references.
-  Mat<Scalar> output_fisher(Index n) const { return curvature_.dense(n); }
+  Mat<Scalar> output_fisher(Index n) const;
 
   /// Multiply-adds each thread executed in the last product, gradient() or empirical_fisher_diagonal()
   /// (phase A's R-op and cotangent GEMMs and phase B's parameter-gradient GEMMs, from the layers' cost
   /// model): how evenly the work was shared.
-  const std::vector<double>& work_per_thread() const { return work_; }
-  const FisherPlan& plan() const { return plan_; }
+  const std::vector<double>& work_per_thread() const;
   /// Whether the exact categorical curvature keeps softmax(z) for `outputs` logits (C·T·N) or recomputes it
   /// in each product (the memory estimate needs the same rule).
   static bool keeps_probabilities(Index outputs);
 
+  /// What an operator allocates, in bytes, by part (required_bytes).
+  struct Footprint {
+    std::size_t forward = 0;     ///< the forward cache (activations, input included, and what layers save),
+                                 ///< the output curvature's statistics and the copied targets
+    std::size_t workspaces = 0;  ///< per thread: its workspace and layer scratch, the output buffer, the
+                                 ///< phase-B task scratch
+    std::size_t cotangents = 0;  ///< the stored cotangents and the partial gradients
+    std::size_t parameters = 0;  ///< the operator's copy of θ
+    std::size_t total() const { return forward + workspaces + cotangents + parameters; }
+  };
+  /// What the constructor allocates for `num_samples` samples of `model` (shapes only: a Network built from
+  /// the ModelSpec, no parameters needed) under `options` (chunk size, threads, Fisher kind): the same plan
+  /// and the same buffer sizes the constructor uses, so a caller can refuse a run before building anything
+  /// (estimate_solve_memory does). The constructor's out-of-memory messages quote these parts.
+  static Footprint required_bytes(const Network<Scalar>& model, Index num_samples, LikelihoodKind likelihood,
+                                  const FisherOptions& options);
+
  private:
-  // Phase A: head(c0, n, out, ws) leaves the output cotangent of chunk [c0, c0 + n) in out (C × n); then
-  // it is backpropagated and stored in cot_. Phases B and C: y = scale · Σ_n J_nᵀ g_n + λ x.
-  template <typename Head>
-  void run(Head head, Scalar scale, const Scalar* x, Scalar lambda, Scalar* y, const char* phase = nullptr) const;
-  void setup(const Network<Scalar>& model, const Dataset<Scalar>& data);  // everything up to the forward pass
-  void run_forward();
-  void require_targets(const char* what) const;
-  // gsq += Σ over the samples of chunks [chunk0, chunk1) of the squared gradient of a tied tensor (node
-  // `owner` and its aliases), the uses summed per sample before squaring.
-  void tied_squared_grads(std::size_t owner, Index chunk0, Index chunk1, Scalar* gsq, Scalar* scratch) const;
-  // 1/(N·T): the loss and the Fisher are means over the N samples' T positions.
-  Scalar inverse_count() const { return Scalar(1) / (Scalar(total_samples_) * Scalar(positions_)); }
-  // Several ranks: the sum over them (rank order).
-  bool distributed() const { return comm_->size() > 1; }
-  void reduce(Scalar* x, Index n) const { comm_->sum(x, n); }
-
-  const Network<Scalar>& model_;
-  Vec<Scalar> theta_;
-  LikelihoodKind likelihood_;
-  Dataset<Scalar> data_;
-  FisherOptions options_;
-  double damping_;
-  Index num_params_;
-  Index num_samples_;
-  Index total_samples_;
-  const Communicator* comm_;
-  FisherPlan plan_;
-  int num_threads_;
-  std::vector<std::vector<int>> assignment_;  // per thread: its phase-B tasks
-  ForwardCache<Scalar> cache_;
-  Index positions_ = 1;  // T when the output is [T, C] (a likelihood per position), else 1
-  OutputCurvature<Scalar> curvature_;
-
-  std::string forward_error_;
-  mutable std::vector<Workspace<Scalar>> workspaces_;  // one per thread
-  mutable std::vector<Mat<Scalar>> out_buffers_;       // one per thread: C × chunk_size
-  mutable std::vector<Vec<Scalar>> task_scratch_;      // one per thread: block-task packing space
-  mutable CotangentCache<Scalar> cot_;
-  mutable Vec<Scalar> partials_;
-  mutable std::vector<double> chunk_loss_;
-  mutable std::vector<double> work_;
-  mutable Index num_products_ = 0;
-  // Profiling, per thread: forward, R-op, backprop, gradient (L each), then the head's whole time and
-  // phase C; and the runs counted.
-  mutable std::vector<std::vector<double>> timing_;
-  mutable Index timed_runs_ = 0;
-  double* timing(int t, int part) const {
-    return timing_.empty() ? nullptr : timing_[static_cast<std::size_t>(t)].data() + part * model_.num_layers();
-  }
-  mutable bool have_gradient_ = false, have_loss_ = false;
-  mutable Vec<Scalar> gradient_;
-  mutable double loss_ = 0;
+  struct State;  // lib/curvature/fisher_state.h
+  std::unique_ptr<State> s_;
+  Index num_params_ = 0;
 };
 
 }  // namespace natgrad

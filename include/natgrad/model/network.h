@@ -33,14 +33,8 @@
 
 namespace natgrad {
 
-namespace detail {  // the internal interfaces of merge nodes and fusable activations (lib/model/layers.h)
 template <typename Scalar>
-class MultiInput;
-template <typename Scalar>
-class ElementwiseDerivative;
-template <typename Scalar>
-class SavesForward;
-}  // namespace detail
+class Network;
 
 /// Activations of every node on a batch: acts[0] is the model input, acts[l + 1] the output of node l (in
 /// topological order); the last is the network's output.
@@ -62,24 +56,34 @@ struct CotangentCache {
   std::vector<Mat<Scalar>> g;
 };
 
-/// Per-thread buffers for the jvp and vjp passes on chunks of at most `max_cols` samples.
-///
-/// The buffers are aligned to Eigen's maximum alignment: Eigen's small products peel their reductions by
-/// pointer alignment, so equal alignment in every thread's workspace is what keeps results bit-identical
-/// whichever thread computes a chunk.
+/// Per-thread buffers for the jvp and vjp passes on chunks of at most `max_cols` samples
+/// (Network::make_workspace). What it holds follows the network's buffer plan and is private
+/// (lib/model/workspace_buffers.h).
 template <typename Scalar>
-struct Workspace {
+class Workspace {
+ public:
+  /// Aligned to Eigen's maximum alignment: Eigen's small products peel their reductions by pointer alignment,
+  /// so equal alignment in every thread's buffers is what keeps results bit-identical whichever thread
+  /// computes a chunk.
   using Buffer = std::vector<Scalar, Eigen::aligned_allocator<Scalar>>;
-  Index max_cols = 0;
-  std::vector<Buffer> slots;        ///< tangents / cotangents of live values, max width × max_cols each
-  Buffer sum;                       ///< a cotangent being added to one that is already there (fan-out)
-  Buffer scratch;                   ///< layer scratch (im2col buffers)
-  std::vector<const Scalar*> values;  ///< per value, its tangent (nullptr: zero) or cotangent
-  std::vector<const Scalar*> operands;  ///< a merge node's operands
-  const Scalar* result = nullptr;   ///< where the last jvp left its output (output_size × n)
-  /// Profiling: when set, jvp and the backprop passes add each node's seconds to timing[l] (a fused
-  /// activation's to the max-pool it is fused into). nullptr (default): off.
-  double* timing = nullptr;
+
+  Workspace();
+  ~Workspace();
+  Workspace(Workspace&&) noexcept;
+  Workspace& operator=(Workspace&&) noexcept;
+
+  /// The widest chunk the workspace serves.
+  Index max_cols() const;
+  /// Where the last jvp left its output (output_size × n), valid until the next pass with this workspace.
+  const Scalar* result() const;
+  /// Profiling: the passes run with this workspace add each node's seconds to (*seconds)[l] (num_layers()
+  /// entries; a fused activation's to the max-pool it is fused into). nullptr (the default): off.
+  void time_nodes(std::vector<double>* seconds);
+
+ private:
+  friend class Network<Scalar>;
+  struct Buffers;
+  std::unique_ptr<Buffers> b_;
 };
 
 /// A named tensor with its place in the flat vector: "fc1.weight" at [offset, offset + size).
@@ -106,6 +110,9 @@ class Network {
   /// node becomes three nodes: its input projection "<id>/in_proj", "<id>/attention" and its output
   /// projection "<id>".
   explicit Network(const ModelSpec& spec);
+  ~Network();
+  Network(Network&&) noexcept;
+  Network& operator=(Network&&) noexcept;
 
   /// The spec as given.
   const ModelSpec& spec() const { return spec_; }
@@ -144,10 +151,14 @@ class Network {
   Index max_width() const { return max_width_; }
   /// Tangent / cotangent buffers a Workspace holds (2 for a chain), plus one for sums at fan-out when the
   /// graph has any.
-  Index workspace_buffers() const { return num_slots_ + (has_fan_out_ ? 1 : 0); }
+  Index workspace_buffers() const;
   /// Their widths summed (features per sample): each buffer is as wide as the widest value the plan puts in
   /// it, so a language model's logits occupy one or two buffers, not all.
   Index workspace_width() const;
+  /// Node l's capabilities (layer.h), asked once when the network was built: nullptr when it lacks one.
+  const BlockGradient<Scalar>* block_gradient(std::size_t l) const;
+  const KroneckerFactors<Scalar>* kronecker_factors(std::size_t l) const;
+  const SquaredGradients<Scalar>* squared_gradients_of(std::size_t l) const;
   /// All parameter tensors in flat-vector order with their offsets.
   const std::vector<NamedParam>& named_params() const { return named_params_; }
   /// All buffers the nodes use, and names a weights file may hold that are ignored (num_batches_tracked).
@@ -169,17 +180,18 @@ class Network {
   Workspace<Scalar> make_workspace(Index max_cols) const;
   /// Scalars of layer scratch a Workspace for chunks of at most `max_cols` samples holds.
   Index scratch_size(Index max_cols) const;
-  /// Scalars of layer scratch squared_vjp needs (it grows a workspace's scratch to this on first use).
+  /// Scalars of layer scratch the squared per-sample gradients need on chunks of `max_cols` samples.
   Index squared_scratch_size(Index max_cols) const;
   /// Scalars the forward pass allocates per call on a chunk of `max_cols` samples (the largest layer's own).
   Index forward_scratch_size(Index max_cols) const;
 
   /// Runs the nodes on columns [col0, col0 + n) of cache.acts[0], filling the other activations; with
-  /// `timing`, adds each node's seconds to timing[l] (profiling).
-  void forward(const Scalar* theta, ForwardCache<Scalar>& cache, Index col0, Index n, double* timing = nullptr) const;
+  /// `seconds` (profiling), adds each node's seconds to (*seconds)[l].
+  void forward(const Scalar* theta, ForwardCache<Scalar>& cache, Index col0, Index n,
+               std::vector<double>* seconds = nullptr) const;
 
   /// Output tangent J v on columns [col0, col0 + n) for parameter tangent v; the result (output_size × n)
-  /// is at ws.result, valid until the next call with that workspace.
+  /// is at ws.result(), valid until the next call with that workspace.
   void jvp(const Scalar* theta, const Scalar* v, const ForwardCache<Scalar>& cache, Index col0, Index n,
            Workspace<Scalar>& ws) const;
 
@@ -196,9 +208,39 @@ class Network {
   void backprop_cotangents(const Scalar* theta, const ForwardCache<Scalar>& cache, Index col0, Index n,
                            ConstMatMap<Scalar> gZ, CotangentCache<Scalar>& cot, Workspace<Scalar>& ws) const;
 
-  /// gsq += Σ_n (J_nᵀ gZ_n)², the squared per-sample parameter gradients (for the empirical Fisher diagonal).
-  void squared_vjp(const Scalar* theta, const ForwardCache<Scalar>& cache, Index col0, Index n,
-                   ConstMatMap<Scalar> gZ, Scalar* gsq, Workspace<Scalar>& ws) const;
+  /// **The parameter gradient from stored cotangents**, Σ_n J_nᵀ gZ_n once backprop_cotangents has stored
+  /// every chunk's cotangents in `cot`: the pieces a parallel schedule (FisherOperator) runs. Each piece
+  /// writes or adds into its own part of the result in a fixed order, so the result does not depend on which
+  /// thread runs which piece (lib/model/parameter_gradient.cpp).
+  ///
+  /// Rows [r0, r0 + m) × columns [c0, c0 + k) of the weight of node l, which has a blocked gradient
+  /// (block_gradient(l)), over every sample of the cache: set in g (a whole parameter vector), with the bias
+  /// entries of those rows when c0 = 0 (for_each_block_run lists them). `scratch` holds
+  /// block_gradient(l)->grad_block_scratch(m, k, N) scalars.
+  void gradient_block(std::size_t l, const ForwardCache<Scalar>& cache, const CotangentCache<Scalar>& cot,
+                      Index r0, Index m, Index c0, Index k, Scalar* g, Scalar* scratch) const;
+  /// The entries gradient_block(l, …, r0, m, c0, k, g, …) sets, as runs f(offset, length) of g: each weight
+  /// row's k entries, then (c0 = 0) the m bias entries.
+  template <class F>
+  void for_each_block_run(std::size_t l, Index r0, Index m, Index c0, Index k, F f) const {
+    const auto [rows, cols] = block_gradient(l)->grad_grid();
+    const Index off = param_offset(l);
+    for (Index r = r0; r < r0 + m; ++r) f(off + r * cols + c0, k);
+    if (c0 == 0 && layer(l).num_params() > rows * cols) f(off + rows * cols + r0, m);
+  }
+  /// partial += node l's own parameter gradient (num_params() of the node) over samples [col0, col1), one vjp
+  /// per chunk of at most `chunk` ≤ ws.max_cols samples, in order.
+  void gradient_of_samples(std::size_t l, const Scalar* theta, const ForwardCache<Scalar>& cache,
+                           const CotangentCache<Scalar>& cot, Index col0, Index col1, Index chunk,
+                           Scalar* partial, Workspace<Scalar>& ws) const;
+  /// gsq += Σ_n g_n² over samples [col0, col1), g_n sample n's gradient of node l's tensors (a tied tensor's
+  /// uses, l and aliases(l), summed before squaring): the empirical Fisher's diagonal, unscaled. Through the
+  /// SquaredGradients capability, chunk by chunk (at most `chunk` samples), when the node has it and is not
+  /// tied; otherwise sample by sample with one-column vjps. `scratch` holds squared_scratch_size(chunk)
+  /// scalars.
+  void squared_gradients(std::size_t l, const Scalar* theta, const ForwardCache<Scalar>& cache,
+                         const CotangentCache<Scalar>& cot, Index col0, Index col1, Index chunk, Scalar* gsq,
+                         Workspace<Scalar>& ws, Scalar* scratch) const;
 
   /// Convenience: the network outputs (output_size × N) for a whole batch, single-threaded.
   Mat<Scalar> predict(const Scalar* theta, const Mat<Scalar>& inputs) const;
@@ -207,6 +249,8 @@ class Network {
   template <typename AtLayer>
   void backprop(const ForwardCache<Scalar>& cache, Index col0, Index n, ConstMatMap<Scalar> gZ,
                 Workspace<Scalar>& ws, AtLayer at_layer) const;
+  // The scratch node l's passes get: none (nullptr) unless it declared some.
+  Scalar* scratch_for(std::size_t l, Workspace<Scalar>& ws) const;
 
   ModelSpec spec_;
   ModelSpec graph_;                                     // spec_ with attention expanded (detail::expand_attention)
@@ -223,28 +267,10 @@ class Network {
   std::vector<std::string> ignored_buffers_;
   Index num_params_ = 0;
   Index max_width_ = 0;
-  std::size_t max_operands_ = 1;
-  // needs_grad_[l]: node l has parameters or reads a value that depends on them (the R-op's tangent and
-  // backprop's cotangent are zero or unneeded elsewhere).
-  std::vector<bool> needs_grad_;
-  // merge_[l]: node l as a merge node (add, cat), else nullptr.
-  std::vector<const detail::MultiInput<Scalar>*> merge_;
-  // saves_[l]: node l as a layer that keeps values from its forward pass (attention), else nullptr.
-  std::vector<const detail::SavesForward<Scalar>*> saves_;
-  // fused_[l]: node l is element-wise and read only by a max-pool; jvp and vjp run the pair as one pass at
-  // the pool that touches only the selected inputs (see jvp_fused / vjp_fused in network.cpp).
-  // fused_act_[p]: for that pool p, the activation it runs with, else nullptr.
-  std::vector<bool> fused_;
-  std::vector<const detail::ElementwiseDerivative<Scalar>*> fused_act_;
-  // The buffer plan, fixed at construction: the workspace slot of node l's tangent (jvp), of value v's
-  // cotangent (backprop), and whether node l's contribution to its input i's cotangent is added to one
-  // already there (fan-out) rather than written.
-  std::vector<int> tangent_slot_, cotangent_slot_;
-  std::vector<std::vector<bool>> accumulate_;
-  int num_slots_ = 0;
-  std::vector<Index> slot_width_;  // per slot, the widest value it holds
-  Index sum_width_ = 0;            // the widest cotangent added at fan-out
-  bool has_fan_out_ = false;
+  // How the passes run, fixed at construction: each node's capabilities and the buffer plan
+  // (lib/model/network_schedule.h).
+  struct Schedule;
+  std::unique_ptr<Schedule> sched_;
 };
 
 }  // namespace natgrad

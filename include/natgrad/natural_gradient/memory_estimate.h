@@ -52,12 +52,14 @@ struct MemoryEstimate {
 /// `basis_bytes` per entry (8 for double, sizeof(float) when top_eigenvalues keeps it in float:
 /// basis_in_operator_precision());
 /// `diagonal_preconditioner` adds its vectors; the likelihood decides what the targets and the output
-/// curvature hold.
+/// curvature hold; `ncv` is the spectrum's SpectrumOptions::ncv (0: top_eigenvalues' default rule). The parts
+/// come from the allocating classes themselves: FisherOperator::required_bytes (each operator),
+/// CgWorkspace::required_bytes and spectrum_required_bytes (the Lanczos basis).
 MemoryEstimate estimate_solve_memory(const ModelSpec& spec, Index batch, Index curvature_batch,
                                      std::size_t scalar_bytes, const FisherOptions& fisher, Index top_k,
                                      int threads, bool diagonal_preconditioner = false,
                                      LikelihoodKind likelihood = LikelihoodKind::categorical,
-                                     std::size_t basis_bytes = sizeof(double));
+                                     std::size_t basis_bytes = sizeof(double), Index ncv = 0);
 
 /// One rank's estimate when `ranks` > 1 share the batch: `batch` and `curvature_batch` are then that rank's
 /// shares (share_of()); it adds the rank's own copy of its curvature share (read apart from its batch share
@@ -65,7 +67,7 @@ MemoryEstimate estimate_solve_memory(const ModelSpec& spec, Index batch, Index c
 MemoryEstimate estimate_solve_memory(const ModelSpec& spec, Index batch, Index curvature_batch,
                                      std::size_t scalar_bytes, const FisherOptions& fisher, Index top_k,
                                      int threads, bool diagonal_preconditioner, LikelihoodKind likelihood,
-                                     int ranks, std::size_t basis_bytes = sizeof(double));
+                                     int ranks, std::size_t basis_bytes = sizeof(double), Index ncv = 0);
 
 /// A byte count with the precision it needs: "512 B", "9.8 KiB", "1847.0 MiB", "2.41 GiB".
 std::string format_bytes(double bytes);

@@ -137,6 +137,10 @@ struct CgWorkspace {
     Ap.resize(n);
     best.resize(n);
   }
+  /// What resize(n, preconditioned) allocates: the five vectors below, z only when preconditioned.
+  static std::size_t required_bytes(Index n, bool preconditioned) {
+    return std::size_t(preconditioned ? 5 : 4) * static_cast<std::size_t>(n) * sizeof(Scalar);
+  }
   Vec<Scalar> r, z, p, Ap, best;
 };
 

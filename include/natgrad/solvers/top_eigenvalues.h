@@ -18,7 +18,9 @@
 
 #include <Spectra/SymEigsSolver.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstddef>
 #include <functional>
 #include <stdexcept>
 #include <string>
@@ -62,6 +64,22 @@ struct SpectrumOptions {
   bool is_valid(Index n, std::string* why) const;
 };
 
+/// The Lanczos basis size top_eigenvalues uses on an n × n operator: options.ncv, or when it is 0
+/// min(n, max(2k + 1, 20)).
+inline Index lanczos_ncv(Index n, const SpectrumOptions& options) {
+  return options.ncv > 0 ? options.ncv : std::min(n, std::max<Index>(2 * options.num_eigenvalues + 1, 20));
+}
+
+/// What top_eigenvalues holds at its peak on an n × n operator whose scalar has `scalar_bytes`, with the
+/// basis in `basis_bytes` per entry (sizeof(double), or the operator's when basis_in_operator_precision()):
+/// Spectra's n × ncv basis (lanczos_ncv), the k-column temporary of a restart (V·Q), the residual, the start
+/// vector and up to eight work vectors (measured), and four ncv × ncv matrices in double (the tridiagonal
+/// matrix, the restart's Q, the Ritz vectors of the small problem and its eigensolver's; measured: 1.5 of
+/// them at n = 3000, ncv = 60); the adapter's two operator-scalar vectors when the basis
+/// scalar is not the operator's; and the k eigenvectors converted to double from a narrower basis.
+std::size_t spectrum_required_bytes(Index n, const SpectrumOptions& options, std::size_t scalar_bytes,
+                                    std::size_t basis_bytes = sizeof(double));
+
 /// Why top_eigenvalues stopped.
 enum class SpectrumTermination {
   converged,      ///< all k Ritz values met the tolerance
@@ -94,7 +112,7 @@ template <typename B, typename Op>
 SpectrumResult top_eigenvalues_in(const Op& op, const SpectrumOptions& options) {
   const auto start = std::chrono::steady_clock::now();
   const Index n = op.rows(), k = options.num_eigenvalues;
-  const Index ncv = options.ncv > 0 ? options.ncv : std::min(n, std::max<Index>(2 * k + 1, 20));
+  const Index ncv = lanczos_ncv(n, options);
   // A stop asked by the callback unwinds Spectra as the operator's own Interrupted would (Spectra keeps no
   // state that outlives compute()).
   std::function<void(Index)> on_product;

@@ -1,11 +1,7 @@
-/// \file reference_gemm.h
-/// \brief The machine's reference rate: a float GEMM split over the threads' column blocks, as Eigen's own
-/// parallel GEMM would split it (Eigen's threading is off in natgrad). natgrad-bench's `gemm/1024` and
-/// `natgrad profile` measure products against it.
-///
-/// \code
-/// natgrad::reference_gemm(A, B, C, natgrad::num_threads());   // C = A B
-/// \endcode
+// Private (benchmarks and `natgrad profile`): the machine's reference rate, a float GEMM split over the
+// threads' column blocks as Eigen's own parallel GEMM would split it (Eigen's threading is off in natgrad).
+// natgrad-bench's `gemm/1024` and `natgrad profile` measure products against it:
+//     natgrad::reference_gemm(A, B, C, natgrad::num_threads());   // C = A B
 #pragma once
 
 #include <natgrad/core/types.h>

@@ -1,0 +1,165 @@
+// Private: what a FisherOperator holds (its pimpl), and the parallel passes over its cached forward pass
+// (fisher_passes.cpp). fisher_operator.cpp composes these passes into the product, the gradient and the
+// empirical diagonal.
+#pragma once
+
+#include <natgrad/curvature/fisher_operator.h>
+
+#include <atomic>
+#include <exception>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "core/function_ref.h"
+#include "curvature/fisher_plan.h"
+#include "curvature/pass_timers.h"
+
+namespace natgrad {
+namespace detail {
+
+/// y ← s·y + λx on entries [i0, i0 + n) of a parameter vector (x is read only when λ ≠ 0): how every product
+/// (s = 1/(N·T), λ the damping) and the gradient (s = 1/(N·T), λ = 0) end.
+template <typename Scalar>
+struct ScaleAndDamp {
+  Scalar s = 1;
+  Scalar lambda = 0;
+  const Scalar* x = nullptr;
+  void operator()(Scalar* y, Index i0, Index n) const {
+    VecMap<Scalar> part(y + i0, n);
+    if (lambda != Scalar(0))
+      part = s * part + lambda * ConstVecMap<Scalar>(x + i0, n);
+    else
+      part *= s;
+  }
+};
+
+/// What stops a pass early, shared by its threads: a stop request (FisherOptions::stop_requested) or the
+/// first exception a user callback threw inside the parallel region (it cannot leave the region; it is
+/// rethrown after it). Every thread reads `halted` before it starts a chunk.
+struct PassHalt {
+  std::atomic<bool> halted{false};
+  std::atomic<Index> chunks_done{0};
+  std::mutex mutex;
+  std::exception_ptr error;
+  /// Runs f (a user callback); an exception it throws halts the pass and is kept, the first one only.
+  template <typename F>
+  void guard(F&& f) {
+    try {
+      f();
+    } catch (...) {
+      const std::lock_guard<std::mutex> lock(mutex);
+      if (!error) error = std::current_exception();
+      halted = true;
+    }
+  }
+};
+
+/// How a rank's failure travels to the others through Communicator::first_error: a kind letter (s:
+/// Interrupted, i: std::invalid_argument, r: anything else) and the message.
+std::string describe_failure(const std::exception_ptr& e);
+/// Throws the agreed failure: this rank's own exception when it is the one agreed on (its type kept),
+/// otherwise an exception of the agreed kind with the agreed message.
+[[noreturn]] void throw_agreed(const std::string& agreed, const std::exception_ptr& mine);
+
+}  // namespace detail
+
+template <typename Scalar>
+struct FisherOperator<Scalar>::State {
+  /// Phase A's head for chunk k of samples [c0, c0 + n): the output cotangents w (C × n) to backpropagate.
+  using Head = detail::FunctionRef<void(Index k, Index c0, Index n, MatMap<Scalar> w, Workspace<Scalar>& ws)>;
+
+  State(const Network<Scalar>& m, Vec<Scalar> th, LikelihoodKind lik, const FisherOptions& opt, Index n)
+      : model(m),
+        theta(std::move(th)),
+        likelihood(lik),
+        options(opt),
+        damping(opt.damping),
+        num_params(m.num_params()),
+        num_samples(n),
+        total_samples(opt.total_samples > 0 ? opt.total_samples : n),
+        positions(m.output_positions()),
+        comm(opt.communicator ? opt.communicator : &serial_communicator()) {
+    stop_set = static_cast<bool>(opt.stop_requested);
+  }
+
+  /// Everything up to the forward pass: checks, the plan, the buffers.
+  void setup(const Dataset<Scalar>& data);
+  /// The forward pass into the cache (the first NaN or Inf found goes to forward_error), then the output
+  /// curvature of its outputs. `failed`: setup's exception on this rank, which skips the pass. Every rank
+  /// then agrees on a failure or a stop (any rank's, first in rank order) and all throw it, so none is left
+  /// waiting in a collective; then on the first NaN report.
+  void run_forward(std::exception_ptr failed = nullptr);
+  /// **Phase A** of every pass over the stored cotangents: per chunk of samples, head writes the output
+  /// cotangents, which Network::backprop_cotangents stores for every node with parameters (cot). The
+  /// threads take contiguous ranges of chunks. A named `pass` ("product", "gradient") polls stop_requested
+  /// before every chunk and ends with end_pass; with `report`, it reports progress to on_progress.
+  void backprop_chunks(const char* pass, bool report, Head head);
+  /// Before a chunk of a pass: whether to start no further chunk (a stop was requested, or a callback threw).
+  bool halted(detail::PassHalt& h) const {
+    if (!stop_set) return h.halted.load(std::memory_order_relaxed);
+    if (!h.halted.load(std::memory_order_relaxed))
+      h.guard([&] {
+        if (options.stop_requested()) h.halted = true;
+      });
+    return h.halted.load(std::memory_order_relaxed);
+  }
+  /// After a pass that may have halted: throws its callback's exception, or Interrupted naming the pass and
+  /// the chunks done. With `agree` (a shared batch) the ranks first agree — one max over the ranks, and the
+  /// first failure's message if any — so that either every rank throws or none does.
+  void end_pass(detail::PassHalt& h, const char* pass, Index total, bool agree) const;
+  /// Products, gradient() and loss() need a complete forward pass (a rebind may have been interrupted).
+  void require_forward() const;
+  /// **Phases B and C**: y = Σ_n J_nᵀ w_n from the stored cotangents — weight blocks and sample groups
+  /// (Network::gradient_block, gradient_of_samples), then the groups' partial sums in group order — with
+  /// `finish` applied to each piece of y as soon as it is final, while it is in cache (nullptr: none).
+  void sum_gradients(Scalar* y, const detail::ScaleAndDamp<Scalar>* finish);
+  /// y = s·Σ_n J_nᵀ w_n + λx over all ranks' samples: phases B and C, then the sum over the ranks. In one
+  /// process each piece of y is finished (y ← s·y + λx) by the thread that wrote it; across ranks y is
+  /// finished after the sum, in one pass.
+  void sum_over_samples(Scalar* y, const detail::ScaleAndDamp<Scalar>& finish);
+  /// Σ_n g_n² of the nodes with nodes[l], from the stored cotangents (Network::squared_gradients), over the
+  /// plan's sample groups summed in group order; this rank's samples, unscaled.
+  Vec<Scalar> squared_gradients(const std::vector<bool>& nodes);
+
+  /// 1/(N·T): the loss and the Fisher are means over the N samples' T positions.
+  Scalar inverse_count() const { return Scalar(1) / (Scalar(total_samples) * Scalar(positions)); }
+  bool distributed() const { return comm->size() > 1; }
+  void require_targets(const char* what) const;
+
+  const Network<Scalar>& model;
+  Vec<Scalar> theta;
+  LikelihoodKind likelihood;
+  Dataset<Scalar> data;  // the targets only (the inputs are cache.acts[0])
+  FisherOptions options;
+  double damping;
+  Index num_params, num_samples, total_samples;
+  Index positions;  // T when the output is [T, C] (a likelihood per position), else 1
+  const Communicator* comm;
+  detail::FisherPlan plan;
+  int num_threads = 1;
+  std::vector<std::vector<int>> assignment;  // per thread: its phase-B tasks
+  ForwardCache<Scalar> cache;
+  OutputCurvature<Scalar> curvature;
+  std::string forward_error;
+  bool forward_done = false;  // the last forward pass ran to the end
+  bool stop_set = false;      // options.stop_requested is set: the passes poll it
+
+  // The products' buffers, allocated once.
+  std::vector<Workspace<Scalar>> workspaces;  // one per thread
+  std::vector<Mat<Scalar>> out_buffers;       // one per thread: C × chunk_size
+  std::vector<Vec<Scalar>> task_scratch;      // one per thread: block-task packing space
+  CotangentCache<Scalar> cot;
+  Vec<Scalar> partials;
+  std::vector<std::vector<const Scalar*>> reduction_parts;  // per group-split node: its partials in sum order
+  std::vector<double> chunk_loss;
+  std::vector<double> work;
+  Index num_products = 0;
+  detail::PassTimers timers;
+
+  bool have_gradient = false, have_loss = false;
+  Vec<Scalar> gradient;
+  double loss = 0;
+};
+
+}  // namespace natgrad
