@@ -68,7 +68,7 @@ class Progress {
 };
 
 
-// SIGINT / SIGTERM during a solve: CG stops at the end of its iteration and the best iterate is written.
+// SIGINT / SIGTERM during a solve: CG stops at the end of its iteration and writes that iteration's iterate.
 extern volatile std::sig_atomic_t g_signal;
 void install_signal_handlers();
 

@@ -162,7 +162,7 @@ int run_solve(Args& a, const World& world) {
                 r.solves.size());
   }
   if (interrupted)
-    std::printf("interrupted by %s at CG iteration %lld: writing the best iterate so far\n",
+    std::printf("interrupted by %s at CG iteration %lld: writing its iterate\n",
                 signal == SIGINT ? "SIGINT" : "SIGTERM", static_cast<long long>(r.cg.iterations));
   else if (!r.cg.is_converged() && r.solves.empty())
     std::printf("warning: CG did not converge: %s\n", r.cg.message.c_str());

@@ -253,9 +253,11 @@ TEST(ConjugateGradient, NaNFromThePreconditionerIsAnRzBreakdownNotACurvatureOne)
   EXPECT_TRUE(x.allFinite());
 }
 
-TEST(ConjugateGradient, SingularOperatorWithoutDampingStopsWithItsBestIterate) {
-  // F of 2 samples × 3 classes has rank ≤ 4 but P ≫ 4; with λ = 0 and b outside the range, CG must stop
-  // (breakdown or max iterations) with a finite iterate rather than dividing by zero.
+TEST(ConjugateGradient, SingularOperatorWithoutDampingBreaksDownWithItsSmallestResidualIterate) {
+  // F of 2 samples × 3 classes has rank ≤ 4 but P ≫ 4; with λ = 0 and b outside the range, CG exhausts the
+  // range within a few iterations (8 here: rounding costs a few more than the rank) and then meets
+  // pᵀFp ≤ 0: a breakdown (not a division by zero) long before the limit, after which the iterate with the
+  // smallest residual is returned.
   Problem p(mlp_spec(4, 6, 3), 2, 5);
   FisherOperator<double> F(p.model, p.theta, LikelihoodKind::categorical, p.data);
   const Vec<double> b = random_vec<double>(F.rows(), 6);
@@ -264,7 +266,9 @@ TEST(ConjugateGradient, SingularOperatorWithoutDampingStopsWithItsBestIterate) {
   opt.max_iterations = 200;
   Vec<double> x;
   const CgSummary s = solve(F, b, x, opt);
-  EXPECT_FALSE(s.is_converged());
+  EXPECT_EQ(s.termination, CgTermination::breakdown) << s.full_report();
+  EXPECT_EQ(s.breakdown, CgBreakdown::curvature_nonpositive) << s.message;
+  EXPECT_LT(s.iterations, 20);
   EXPECT_TRUE(x.allFinite());
   EXPECT_NE(s.message.find("smallest residual"), std::string::npos) << s.message;
   // x is the best iterate: its residual is the smallest in the history, and is what it claims.
@@ -274,20 +278,69 @@ TEST(ConjugateGradient, SingularOperatorWithoutDampingStopsWithItsBestIterate) {
   EXPECT_LT(rel_err((apply(F, x) - b).norm() / b.norm(), best), 1e-6);
 }
 
-TEST(ConjugateGradient, IterationLimitMessageStatesTheNumbers) {
+// The case: A = diag(100, 1), b = (1, 10), one iteration. By hand: p = r₀ = b, α = bᵀb / bᵀAb =
+// 101 / 200, x₁ = 0.505 b = (0.505, 5.05), r₁ = b − A x₁ = (−49.5, 4.95), ‖r₁‖/‖b‖ = 4.95 (the residual grew
+// fivefold) while φ(x₁) = ½ x₁ᵀA x₁ − bᵀx₁ = −25.5025 < φ(0) = 0. Returning the smallest-residual iterate
+// would return x = 0; CG at its iteration limit returns x₁.
+TEST(ConjugateGradient, IterationLimitReturnsTheLastIterateEvenWhenItsResidualGrew) {
+  DenseOp<double> A;
+  A.A = Mat<double>::Zero(2, 2);
+  A.A.diagonal() << 100, 1;
+  Vec<double> b(2), x;
+  b << 1, 10;
+  CgOptions opt;
+  opt.max_iterations = 1;
+  const CgSummary s = solve(A, b, x, opt);
+  EXPECT_EQ(s.termination, CgTermination::max_iterations) << s.message;
+  EXPECT_EQ(s.iterations, 1);
+  EXPECT_EQ(s.returned_iterate, 1);
+  EXPECT_NEAR(x[0], 0.505, 1e-15);
+  EXPECT_NEAR(x[1], 5.05, 1e-14);
+  const double phi = 0.5 * x.dot(A.A * x) - b.dot(x);
+  EXPECT_NEAR(phi, -25.5025, 1e-12);
+  EXPECT_NEAR(s.quadratic_history.back(), phi, 1e-12);
+  EXPECT_NEAR(s.relative_residual, 4.95, 1e-13);  // the true residual of x₁
+  EXPECT_NEAR(s.recursive_relative_residual, 4.95, 1e-13);
+  EXPECT_GT(s.residual_history[1], s.residual_history[0]);
+  EXPECT_NE(s.message.find("returned the last iterate, 1"), std::string::npos) << s.message;
+}
+
+// CG's i-th iterate minimizes φ over the Krylov space K_i(A, b): at the limit the returned x is that
+// minimizer, formed here densely from the finite-difference Fisher (an orthonormal basis Q of
+// [b, Ab, A²b] and x = Q (QᵀAQ)⁻¹ Qᵀb).
+TEST(ConjugateGradient, IterationLimitReturnsTheKrylovMinimizerOfPhi) {
   Problem p(mlp_spec(6, 10, 4), 20, 7);
   FisherOptions fo;
   fo.damping = 1e-2;
   FisherOperator<double> F(p.model, p.theta, LikelihoodKind::categorical, p.data, fo);
+  const Vec<double> b = F.gradient();
   CgOptions opt;
   opt.relative_tolerance = 1e-12;
   opt.max_iterations = 3;
   Vec<double> x;
-  const CgSummary s = solve(F, F.gradient(), x, opt);
+  const CgSummary s = solve(F, b, x, opt);
   ASSERT_EQ(s.termination, CgTermination::max_iterations);
+  EXPECT_EQ(s.iterations, 3);
+  EXPECT_EQ(s.returned_iterate, 3);
   // The tolerance as itself (std::to_string printed 1e-12 as 0.000000) and the reached residual.
   EXPECT_NE(s.message.find("reached max_iterations = 3 with |r|/|b| = "), std::string::npos) << s.message;
   EXPECT_NE(s.message.find(" > 1e-12"), std::string::npos) << s.message;
+  const Mat<double> A =
+      dense_fisher(p.model, p.theta, p.data, LikelihoodKind::categorical, FisherKind::exact) +
+      1e-2 * Mat<double>::Identity(F.rows(), F.rows());
+  Mat<double> K(F.rows(), 3);
+  K.col(0) = b;
+  K.col(1) = A * b;
+  K.col(2) = A * K.col(1);
+  const Mat<double> Q =
+      Eigen::HouseholderQR<Mat<double>>(K).householderQ() * Mat<double>::Identity(F.rows(), 3);
+  const Vec<double> ref = Q * (Q.transpose() * A * Q).llt().solve(Q.transpose() * b);
+  EXPECT_LT(rel_err_vec(x, ref), 1e-7);
+  auto phi = [&](const Vec<double>& v) { return 0.5 * v.dot(A * v) - b.dot(v); };
+  EXPECT_LT(rel_err(s.quadratic_history.back(), phi(ref)), 1e-7);
+  EXPECT_LT(rel_err(s.relative_residual, (b - A * x).norm() / b.norm()), 1e-6);
+  for (std::size_t i = 1; i < s.quadratic_history.size(); ++i)  // φ never increases
+    EXPECT_LT(s.quadratic_history[i], s.quadratic_history[i - 1]);
 }
 
 TEST(ConjugateGradient, WarmStartNeedsFewerIterations) {

@@ -75,7 +75,7 @@ struct NaturalGradientOptions {
 enum class NaturalGradientTermination {
   solved,             ///< CG met its tolerance (or its relative-progress rule)
   not_converged,      ///< CG stopped early (iteration limit, stagnation, breakdown on a singular operator,
-                      ///< the callback): the direction is CG's best iterate
+                      ///< the callback): the direction is CG's returned iterate (CgSummary::returned_iterate)
   numerical_failure,  ///< NaN or Inf: the direction is not usable (see failure)
 };
 const char* to_string(NaturalGradientTermination t);

@@ -16,10 +16,16 @@
 ///                         CgSummary::breakdown says which;
 ///   - stagnation:         the recursive residual met the tolerance but the true one did not, after
 ///                         CgOptions::kMaxRestarts residual replacements (the precision's attainable accuracy);
-/// On breakdown and at the iteration limit x is the iterate with the smallest residual seen (for a singular
-/// or inconsistent system the residual is not monotone), and the Summary says which — never thrown, never
-/// silent;
 ///   - user_stop:          the iteration callback returned CallbackResult::stop.
+///
+/// Which iterate x is on return (CgSummary::returned_iterate, and the message, say which):
+///   - the last one, for every stop but a breakdown. For A positive (semi)definite, CG's iterate x_i
+///     minimizes φ over x₀ + K_i(M⁻¹A, M⁻¹r₀), a space that grows with i, so φ(x_i) never increases while
+///     ‖r_i‖ may: for A = diag(100, 1), b = (1, 10), x₁ = 0.505 b has ‖r₁‖ = 49.7 > ‖b‖ = 10.05 but
+///     φ(x₁) = −25.5 < φ(0) = 0. The last iterate is the best one CG has by the measure it minimizes;
+///   - after a breakdown, the iterate with the smallest residual seen: A was not positive definite along
+///     some p (or produced NaN), so φ no longer orders the iterates.
+/// Nothing numerical is thrown, nothing is silent.
 ///
 /// \code
 /// natgrad::CgOptions opt;
@@ -111,7 +117,9 @@ struct CgSummary {
   Index restarts = 0;                         ///< residual replacements (see CgOptions::kMaxRestarts)
   std::vector<double> residual_history;   ///< ‖r_i‖ / ‖b‖, i = 0 … iterations
   std::vector<double> quadratic_history;  ///< φ(x_i), i = 0 … iterations
-  Index returned_iterate = 0;  ///< which iterate x is (the best one after a breakdown or the limit)
+  /// Which iterate x is: the last (`iterations`), except after a breakdown, where it is the one with the
+  /// smallest residual.
+  Index returned_iterate = 0;
   double time_s = 0;
 
   /// converged or relative_progress: the solution is usable as asked.
@@ -353,10 +361,10 @@ CgSummary conjugate_gradient(const Op& A, const Preconditioner& M, const typenam
     s.message = "reached max_iterations = " + std::to_string(options.max_iterations) +
                 " with |r|/|b| = " + detail::format_number(rel) + " > " +
                 detail::format_number(options.relative_tolerance);
+  // Every stop but a breakdown returns the last iterate: it has the lowest φ (see the file comment).
   s.returned_iterate = s.iterations;
   bool x_moved = false;
-  if ((s.termination == CgTermination::breakdown || s.termination == CgTermination::max_iterations) &&
-      best_iter != s.iterations) {
+  if (s.termination == CgTermination::breakdown && best_iter != s.iterations) {
     detail::cg_copy(x.data(), ws.best.data(), n);
     x_moved = true;
     s.returned_iterate = best_iter;
@@ -365,6 +373,10 @@ CgSummary conjugate_gradient(const Op& A, const Preconditioner& M, const typenam
   } else if (s.termination == CgTermination::breakdown) {
     s.message +=
         "; returned iterate " + std::to_string(s.iterations) + ", the one with the smallest residual";
+  } else if (s.termination == CgTermination::max_iterations) {
+    s.message += "; returned the last iterate, " + std::to_string(s.iterations) +
+                 " (phi = " + detail::format_number(s.quadratic_history.back()) +
+                 ", the lowest: CG minimizes phi over a growing Krylov space)";
   }
   s.recursive_relative_residual = s.returned_iterate == s.iterations ? rel : best_rel;
   if (std::isnan(true_rel) || x_moved) true_rel = true_residual();

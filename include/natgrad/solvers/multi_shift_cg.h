@@ -14,7 +14,13 @@
 /// recursive one; a residual replacement would break the shared Krylov space, so such a system is finished
 /// by conjugate_gradient() on its own shifted operator, warm-started from its iterate (its products counted,
 /// `restarts` = 1 + CG's). There is no preconditioner (the shifted systems would no longer share a Krylov
-/// space) and no best-iterate bookkeeping in the shared phase.
+/// space).
+///
+/// Each system returns its last iterate, as conjugate_gradient() does for every stop but a breakdown (the
+/// last iterate has the lowest φ_j(x) = ½xᵀ(A + σ_j I)x − bᵀx: each shifted system's iterates minimize it over
+/// the same growing Krylov space); the finishing CG applies conjugate_gradient()'s own rule. A breakdown in
+/// the shared phase also returns the last iterate: a smallest-residual copy per shift would cost one more
+/// vector each.
 ///
 /// \code
 /// natgrad::CgOptions opt;                       // tolerance, iteration limit, callback (on the base system)
