@@ -130,19 +130,36 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& mode
   r.time_forward_s = seconds(t);
   t = clock::now();
   FisherOperator<Scalar>& G = full ? *full : F;
+  // NaN or Inf before CG (the same on every rank: the operators agree on it): nothing is solved on it, and
+  // the CG summary says why it did not run.
+  auto failed_before_cg = [&](const std::string& failure, CgBreakdown kind, double value) {
+    r.failure = failure;
+    r.cg.termination = CgTermination::breakdown;
+    r.cg.breakdown = kind;
+    r.cg.breakdown_value = value;
+    r.cg.message = "not run: " + failure;
+    r.direction = Vec<Scalar>::Zero(F.rows());
+    r.time_total_s = seconds(t0);
+    return r;
+  };
   for (const FisherOperator<Scalar>* op : {&std::as_const(G), &std::as_const(F)})
-    if (!op->forward_error().empty()) {  // (the same on every rank: the operators agree on it)
-      r.failure = "forward pass: " + op->forward_error();
-      r.cg.termination = CgTermination::breakdown;
-      r.cg.message = r.failure;
-      r.direction = Vec<Scalar>::Zero(F.rows());
-      r.time_total_s = seconds(t0);
-      return r;
-    }
+    if (!op->forward_error().empty())
+      return failed_before_cg("forward pass: " + op->forward_error(), CgBreakdown::problem_not_finite,
+                              std::nan(""));
   r.loss = G.loss();
   r.gradient = G.take_gradient();  // moved out: the solve keeps one copy of g
   r.gradient_norm = double(r.gradient.norm());
   r.time_gradient_s = seconds(t);
+  // (The forward pass was finite: the likelihood or the backward pass overflowed.)
+  if (!std::isfinite(r.gradient_norm))
+    return failed_before_cg(
+        "the gradient is NaN or Inf (|g| = " + detail::format_number(r.gradient_norm) +
+            "; the forward pass was finite: the likelihood or the backward pass overflowed)",
+        CgBreakdown::rhs_not_finite, r.gradient_norm);
+  if (!std::isfinite(r.loss))
+    return failed_before_cg("the loss is " + detail::format_number(r.loss) +
+                                " (the forward pass was finite: the likelihood overflowed)",
+                            CgBreakdown::problem_not_finite, r.loss);
   if (options.on_gradient) options.on_gradient(r.loss, r.gradient_norm);
   full.reset();  // the full batch's activations and slots are not needed by the solve
 
@@ -239,12 +256,7 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& mode
   }
   deflator.reset();
   r.time_cg_s = seconds(t);
-  if (!r.gradient.allFinite() || !std::isfinite(r.loss)) {
-    r.failure =
-        "the loss or its gradient is NaN or Inf (the forward pass was finite: the likelihood overflowed)";
-  } else if (r.cg.is_numerical_failure()) {
-    r.failure = "conjugate gradient: " + r.cg.message;
-  }
+  if (r.cg.is_numerical_failure()) r.failure = "conjugate gradient: " + r.cg.message;
   for (const DampedSolution<Scalar>& d : r.solves)
     if (r.failure.empty() && d.cg.is_numerical_failure())
       r.failure = "conjugate gradient (damping " + detail::format_number(d.damping) + "): " + d.cg.message;

@@ -64,8 +64,8 @@ struct NaturalGradientOptions {
   /// Approximations to compare with F after the solve (compare_approximations.h): needs one damping > 0 and
   /// spectrum_top_k > 0 (their products are compared on F's top eigenvectors). Default empty.
   std::vector<ApproximationKind> compare;
-  /// Called once the loss and the gradient norm are known, before CG starts (progress for long jobs).
-  /// Optional.
+  /// Called once the loss and the gradient norm are known and finite, before anything else (the spectrum,
+  /// CG) starts: progress for long jobs. Optional.
   std::function<void(double loss, double gradient_norm)> on_gradient;
 
   bool is_valid(std::string* why) const;
@@ -95,7 +95,8 @@ struct DampedSolution {
 template <typename Scalar>
 struct NaturalGradientResult {
   /// Empty on success; otherwise the numerical failure that stopped the solve (NaN or Inf in the forward
-  /// pass or the gradient, with where it first appeared; or a CG breakdown on non-finite values). The
+  /// pass, with where it first appeared, or in the loss or the gradient: checked first, so nothing else ran
+  /// and cg.breakdown is problem_not_finite or rhs_not_finite; or a CG breakdown on non-finite values). The
   /// direction is then not usable.
   std::string failure;
   bool ok() const { return failure.empty(); }

@@ -66,6 +66,7 @@ enum class CgBreakdown {
   curvature_nonpositive,        ///< pᵀAp ≤ 0 and finite: A is indefinite or singular along p
   curvature_not_finite,         ///< pᵀAp is NaN or Inf: the operator produced NaN or Inf
   rz_not_finite,                ///< rᵀz is NaN or Inf with a finite positive pᵀAp: residual or preconditioner
+  problem_not_finite,           ///< CG did not run: its caller found NaN or Inf first; x = 0
 };
 const char* to_string(CgBreakdown b);
 
