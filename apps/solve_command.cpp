@@ -146,7 +146,7 @@ int run_solve(Args& a, const World& world) {
   if (!r.direction.allFinite())
     throw std::runtime_error("the natural-gradient direction is not finite (" + r.cg.message + "); nothing written");
   // (Rank 0's signal decided the stop; the others may have seen none.)
-  const bool interrupted = r.cg.termination == CgTermination::user_stop;
+  const bool interrupted = r.cg.termination == CgTermination::user_stop || !r.interrupted.empty();
   const int signal = g_signal != 0 ? int(g_signal) : SIGTERM;
   std::printf("loss: %.8f\ngradient norm: %.6e\n", r.loss, r.gradient_norm);
   if (r.solves.empty()) {
@@ -161,7 +161,9 @@ int run_solve(Args& a, const World& world) {
     std::printf("multi-shift CG: %lld products for %zu dampings\n", static_cast<long long>(r.multi_shift_products),
                 r.solves.size());
   }
-  if (interrupted)
+  if (interrupted && !r.interrupted.empty())
+    std::printf("interrupted by %s %s\n", signal == SIGINT ? "SIGINT" : "SIGTERM", r.interrupted.c_str());
+  else if (interrupted)
     std::printf("interrupted by %s at CG iteration %lld: writing its iterate\n",
                 signal == SIGINT ? "SIGINT" : "SIGTERM", static_cast<long long>(r.cg.iterations));
   else if (!r.cg.is_converged() && r.solves.empty())
@@ -215,9 +217,11 @@ int run_solve(Args& a, const World& world) {
     j["threads"] = threads;
     j["ranks"] = world.size();
     auto cg_json = [&](const CgSummary& cg) {
+      const char* termination =
+          cg.termination == CgTermination::user_stop ? "interrupted" : to_string(cg.termination);
       return nlohmann::ordered_json{{"iterations", cg.iterations},
                                     {"converged", cg.is_converged()},
-                                    {"termination", interrupted ? "interrupted" : to_string(cg.termination)},
+                                    {"termination", termination},
                                     {"message", cg.message},
                                     {"relative_residual", cg.relative_residual},
                                     {"recursive_relative_residual", cg.recursive_relative_residual},

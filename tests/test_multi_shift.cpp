@@ -134,6 +134,30 @@ TEST(MultiShiftCg, TheFinishingPassReturnsItsLastIterateAtTheIterationLimit) {
   EXPECT_EQ(s[0].operator_applications, 6);  // 2 shared, the check, the warm start, 1 iteration, the check
 }
 
+// A stop request thrown by the shared phase's 4th product stops every system with its 3rd iterate, which
+// for each shift σ is the minimizer of its own φ over the shared Krylov space K_3(A, b) (formed densely);
+// nothing is rethrown and the true residuals no product could give are NaN.
+TEST(MultiShiftCg, AnInterruptedProductStopsEverySystemWithItsLastCompletedIterate) {
+  const Case c;
+  const InterruptedAt A{c.F + 1e-3 * Mat<double>::Identity(c.F.rows(), c.F.cols()), 4};
+  const std::vector<double> shifts = {0.0, 1e-2, 1.0};
+  std::vector<Vec<double>> x;
+  std::vector<CgSummary> s;
+  EXPECT_NO_THROW(s = multi_shift_conjugate_gradient(A, shifts, c.g.data(), x, CgOptions()));
+  ASSERT_EQ(s.size(), shifts.size());
+  for (std::size_t j = 0; j < shifts.size(); ++j) {
+    SCOPED_TRACE("shift " + std::to_string(shifts[j]));
+    EXPECT_EQ(s[j].termination, CgTermination::user_stop) << s[j].message;
+    EXPECT_EQ(s[j].iterations, 3);
+    EXPECT_EQ(s[j].returned_iterate, 3);
+    EXPECT_EQ(s[j].operator_applications, 3);
+    EXPECT_TRUE(std::isnan(s[j].relative_residual));
+    const Mat<double> Aj = A.A + shifts[j] * Mat<double>::Identity(A.rows(), A.rows());
+    EXPECT_LT(rel_err_vec(x[j], krylov_minimizer(Aj, c.g, 3)), 1e-8);
+    EXPECT_NE(s[j].message.find("interrupted after 3 iterations"), std::string::npos) << s[j].message;
+  }
+}
+
 TEST(MultiShiftCg, TheCallbackStopsEverySystemAndArgumentsAreChecked) {
   const Case c;
   DenseOp<double> A{c.F + 1e-4 * Mat<double>::Identity(c.F.rows(), c.F.cols())};

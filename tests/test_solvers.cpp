@@ -1,9 +1,11 @@
 // Conjugate gradient against Eigen's LLT on the dense F + λI, hand-solvable and breakdown cases, warm
 // starts and preconditioning; the spectrum against SelfAdjointEigenSolver; Hutchinson and SLQ against the
 // dense trace; solve_natural_gradient against the dense solve for every Fisher kind.
+#include <natgrad/core/interrupted.h>
+#include <natgrad/core/threads.h>
 #include <natgrad/natural_gradient/solve_natural_gradient.h>
-#include <natgrad/solvers/detail/cg_kernels.h>
 #include <natgrad/solvers/conjugate_gradient.h>
+#include <natgrad/solvers/detail/cg_kernels.h>
 #include <natgrad/solvers/preconditioner.h>
 #include <natgrad/solvers/spectrum.h>
 
@@ -12,8 +14,6 @@
 #include <limits>
 
 #include "test_helpers.h"
-
-#include <natgrad/core/threads.h>
 
 using namespace natgrad;
 using namespace natgrad::test;
@@ -306,8 +306,7 @@ TEST(ConjugateGradient, IterationLimitReturnsTheLastIterateEvenWhenItsResidualGr
 }
 
 // CG's i-th iterate minimizes φ over the Krylov space K_i(A, b): at the limit the returned x is that
-// minimizer, formed here densely from the finite-difference Fisher (an orthonormal basis Q of
-// [b, Ab, A²b] and x = Q (QᵀAQ)⁻¹ Qᵀb).
+// minimizer, formed here densely from the finite-difference Fisher (krylov_minimizer).
 TEST(ConjugateGradient, IterationLimitReturnsTheKrylovMinimizerOfPhi) {
   Problem p(mlp_spec(6, 10, 4), 20, 7);
   FisherOptions fo;
@@ -328,13 +327,7 @@ TEST(ConjugateGradient, IterationLimitReturnsTheKrylovMinimizerOfPhi) {
   const Mat<double> A =
       dense_fisher(p.model, p.theta, p.data, LikelihoodKind::categorical, FisherKind::exact) +
       1e-2 * Mat<double>::Identity(F.rows(), F.rows());
-  Mat<double> K(F.rows(), 3);
-  K.col(0) = b;
-  K.col(1) = A * b;
-  K.col(2) = A * K.col(1);
-  const Mat<double> Q =
-      Eigen::HouseholderQR<Mat<double>>(K).householderQ() * Mat<double>::Identity(F.rows(), 3);
-  const Vec<double> ref = Q * (Q.transpose() * A * Q).llt().solve(Q.transpose() * b);
+  const Vec<double> ref = krylov_minimizer(A, b, 3);
   EXPECT_LT(rel_err_vec(x, ref), 1e-7);
   auto phi = [&](const Vec<double>& v) { return 0.5 * v.dot(A * v) - b.dot(v); };
   EXPECT_LT(rel_err(s.quadratic_history.back(), phi(ref)), 1e-7);
@@ -431,6 +424,82 @@ TEST(ConjugateGradient, RelativeProgressRuleAndCallbackStop) {
   EXPECT_EQ(s2.termination, CgTermination::user_stop);
   EXPECT_EQ(s2.iterations, 3);
   EXPECT_NE(s2.brief_report().find("user_stop"), std::string::npos);
+}
+
+namespace {
+InterruptedAt spd_interrupted_at(Index throw_at) {
+  const Index n = 30;
+  const Mat<double> R = random_mat<double>(n, n, 13);
+  return InterruptedAt{R * R.transpose() / double(n) + 0.1 * Mat<double>::Identity(n, n), throw_at};
+}
+}  // namespace
+
+// A stop request thrown by the product of iteration 4 ends CG as the callback's stop does: user_stop, the
+// iterate of the last completed iteration (the Krylov minimizer of φ over K_3), nothing rethrown; no product
+// can give the true residual, so it is NaN and the recursive one is reported.
+TEST(ConjugateGradient, AnInterruptedProductStopsWithTheLastCompletedIterate) {
+  const InterruptedAt A = spd_interrupted_at(4);
+  const Vec<double> b = random_vec<double>(A.rows(), 14);
+  Vec<double> x;
+  CgSummary s;
+  EXPECT_NO_THROW(s = solve(A, b, x, CgOptions()));
+  EXPECT_EQ(s.termination, CgTermination::user_stop) << s.message;
+  EXPECT_EQ(s.iterations, 3);
+  EXPECT_EQ(s.returned_iterate, 3);
+  EXPECT_EQ(s.operator_applications, 3);
+  EXPECT_LT(rel_err_vec(x, krylov_minimizer(A.A, b, 3)), 1e-10);
+  EXPECT_TRUE(std::isnan(s.relative_residual));
+  EXPECT_LT(rel_err(s.recursive_relative_residual, (b - A.A * x).norm() / b.norm()), 1e-10);
+  EXPECT_EQ(s.recursive_relative_residual, s.residual_history.back());
+  EXPECT_NE(s.message.find("interrupted after 3 iterations (the product was interrupted)"), std::string::npos)
+      << s.message;
+  EXPECT_NE(s.brief_report().find("user_stop"), std::string::npos);
+}
+
+// Where else the stop request can land: in the product checking the true residual after the callback's
+// stop (the termination stays user_stop, x the stopped iterate), in the check of a recursive convergence
+// (not confirmed: user_stop, not converged), and in a warm start's first product (x stays x₀).
+TEST(ConjugateGradient, AnInterruptedCheckOrWarmStartKeepsTheIterateItHas) {
+  const Vec<double> b = random_vec<double>(30, 15);
+  {
+    const InterruptedAt A = spd_interrupted_at(3);  // products 1, 2: iterations; 3: the check
+    CgOptions opt;
+    opt.callback = [](const CgIterationInfo& info) {
+      return info.iteration == 2 ? CallbackResult::stop : CallbackResult::keep_going;
+    };
+    Vec<double> x;
+    const CgSummary s = solve(A, b, x, opt);
+    EXPECT_EQ(s.termination, CgTermination::user_stop) << s.message;
+    EXPECT_EQ(s.returned_iterate, 2);
+    EXPECT_LT(rel_err_vec(x, krylov_minimizer(A.A, b, 2)), 1e-10);
+    EXPECT_TRUE(std::isnan(s.relative_residual));
+    EXPECT_NE(s.message.find("the true residual was not recomputed: the product was interrupted"),
+              std::string::npos)
+        << s.message;
+  }
+  {
+    InterruptedAt A{Mat<double>::Identity(2, 2), 3};
+    A.A(1, 1) = 3;  // two distinct eigenvalues: the recursive residual converges at iteration 2
+    const Vec<double> b2 = (Vec<double>(2) << 1, 1).finished();
+    Vec<double> x;
+    const CgSummary s = solve(A, b2, x, CgOptions());
+    EXPECT_EQ(s.termination, CgTermination::user_stop) << s.message;
+    EXPECT_FALSE(s.is_converged());
+    EXPECT_EQ(s.iterations, 2);
+    EXPECT_NEAR(x[0], 1.0, 1e-14);
+    EXPECT_NEAR(x[1], 1.0 / 3, 1e-14);
+  }
+  {
+    const InterruptedAt A = spd_interrupted_at(1);
+    CgOptions opt;
+    opt.warm_start = true;
+    Vec<double> x = Vec<double>::Constant(30, 0.25);
+    const CgSummary s = solve(A, b, x, opt);
+    EXPECT_EQ(s.termination, CgTermination::user_stop) << s.message;
+    EXPECT_EQ(s.iterations, 0);
+    EXPECT_EQ(s.operator_applications, 0);
+    EXPECT_TRUE((x.array() == 0.25).all());
+  }
 }
 
 TEST(ConjugateGradient, InvalidOptionsAreRejected) {
@@ -720,6 +789,55 @@ TEST(SolveNaturalGradient, SpectrumConditionAndPreconditionerOptions) {
   bad.curvature_batch = 8;
   EXPECT_THROW(solve_natural_gradient(p.model, p.theta, LikelihoodKind::categorical, p.data, bad),
                std::invalid_argument);
+}
+
+// One solve per preconditioner choice (none, diagonal, K-FAC, deflation by `deflate` and by the reused
+// spectrum) and over two dampings (multi-shift CG): each direction is the dense solve's, and each reports
+// the choice it made.
+TEST(SolveNaturalGradient, EveryPreconditionerChoiceGivesTheDenseDirection) {
+  Problem p(mlp_spec(4, 6, 3), 16, 21);
+  const Mat<double> Fd =
+      dense_fisher(p.model, p.theta, p.data, LikelihoodKind::categorical, FisherKind::exact);
+  FisherOperator<double> full(p.model, p.theta, LikelihoodKind::categorical, p.data);
+  const Vec<double> g = full.gradient();
+  auto dense = [&](double lambda) {
+    return Vec<double>((Fd + lambda * Mat<double>::Identity(Fd.rows(), Fd.cols())).llt().solve(g));
+  };
+  Eigen::SelfAdjointEigenSolver<Mat<double>> es(Fd);
+  struct Case {
+    const char* name;
+    PreconditionerKind kind;
+    Index deflate, spectrum;
+    std::vector<double> dampings;
+    Index deflated;
+  };
+  const Case cases[] = {{"none", PreconditionerKind::none, 0, 0, {}, 0},
+                        {"diagonal", PreconditionerKind::diagonal, 0, 0, {}, 0},
+                        {"kfac", PreconditionerKind::kfac, 0, 0, {}, 0},
+                        {"deflate 3", PreconditionerKind::none, 3, 0, {}, 3},
+                        {"reused spectrum of 2", PreconditionerKind::none, 0, 2, {}, 2},
+                        {"two dampings", PreconditionerKind::none, 0, 2, {1e-2, 1e-1}, 0}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    NaturalGradientOptions opt;
+    opt.fisher.damping = 1e-2;
+    opt.preconditioner = c.kind;
+    opt.deflate = c.deflate;
+    opt.spectrum_top_k = c.spectrum;
+    opt.dampings = c.dampings;
+    opt.cg.relative_tolerance = 1e-12;
+    opt.cg.max_iterations = 2000;
+    const auto r = solve_natural_gradient(p.model, p.theta, LikelihoodKind::categorical, p.data, opt);
+    EXPECT_EQ(r.cg.termination, CgTermination::converged) << r.cg.message;
+    EXPECT_TRUE(r.interrupted.empty());
+    EXPECT_LT(rel_err_vec(r.direction, dense(1e-2)), 1e-8);
+    EXPECT_EQ(r.deflated, c.deflated);
+    ASSERT_EQ(r.solves.size(), c.dampings.size());
+    for (const auto& d : r.solves) EXPECT_LT(rel_err_vec(d.direction, dense(d.damping)), 1e-8) << d.damping;
+    ASSERT_EQ(r.spectrum.eigenvalues.size(), std::max(c.spectrum, c.deflate));
+    for (Index i = 0; i < r.spectrum.eigenvalues.size(); ++i)
+      EXPECT_LT(rel_err(r.spectrum.eigenvalues[i], es.eigenvalues()[Fd.rows() - 1 - i]), 1e-8);
+  }
 }
 
 // CG's fused vector kernels: each against plain double-precision arithmetic, and bit-identical whatever the

@@ -100,6 +100,12 @@ struct NaturalGradientResult {
   /// direction is then not usable.
   std::string failure;
   bool ok() const { return failure.empty(); }
+  /// Empty unless a stop request (natgrad::Interrupted thrown by a product, core/interrupted.h) cut the solve
+  /// short outside CG: where, and what it said. Before CG started (in the spectrum computed for deflation or
+  /// a preconditioner's construction) the direction is 0 and cg.termination user_stop after 0 iterations;
+  /// after CG the direction is CG's and the diagnostics not finished are skipped. A stop request during CG
+  /// is CG's own: cg.termination user_stop with the last completed iterate (conjugate_gradient.h).
+  std::string interrupted;
   NaturalGradientTermination termination() const {
     return !ok() ? NaturalGradientTermination::numerical_failure
            : cg.is_converged() ? NaturalGradientTermination::solved
@@ -131,9 +137,11 @@ struct NaturalGradientResult {
 };
 
 /// Throws std::invalid_argument for invalid options, sizes or targets, and for a fisher.communicator of more
-/// than one rank (a whole Dataset is one process's batch: use the BatchShare overload); numerical trouble in CG is reported
-/// in result.cg (termination breakdown) rather than thrown. θ is taken by value: pass std::move(theta) when
-/// the caller does not need it afterwards, and the operator keeps the only copy.
+/// than one rank (a whole Dataset is one process's batch: use the BatchShare overload); numerical trouble in
+/// CG is reported in result.cg (termination breakdown) rather than thrown. A natgrad::Interrupted from the
+/// forward pass or the gradient (nothing computed yet) propagates; one after them is caught (see
+/// NaturalGradientResult::interrupted). θ is taken by value: pass std::move(theta) when the caller does not
+/// need it afterwards, and the operator keeps the only copy.
 template <typename Scalar>
 NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& model, Vec<Scalar> theta,
                                                      LikelihoodKind likelihood, const Dataset<Scalar>& data,
