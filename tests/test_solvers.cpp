@@ -11,6 +11,7 @@
 
 #include <Eigen/Cholesky>
 #include <Eigen/Eigenvalues>
+#include <functional>
 #include <limits>
 
 #include "test_helpers.h"
@@ -838,6 +839,101 @@ TEST(SolveNaturalGradient, EveryPreconditionerChoiceGivesTheDenseDirection) {
     for (Index i = 0; i < r.spectrum.eigenvalues.size(); ++i)
       EXPECT_LT(rel_err(r.spectrum.eigenvalues[i], es.eigenvalues()[Fd.rows() - 1 - i]), 1e-8);
   }
+}
+
+// NaturalGradientOptions::is_valid holds every rule about a solve's options, each message naming the fields
+// with their values (the command line names its options in their place); the parameter count's rules
+// need the model and are checked by solve_natural_gradient before any pass.
+TEST(SolveNaturalGradient, EveryOptionRuleIsIsValidsWithTheFieldsNamed) {
+  struct Case {
+    const char* message;
+    std::function<void(NaturalGradientOptions&)> set;
+  };
+  const Case cases[] = {
+      {"deflate 4 and preconditioner diagonal do not combine: choose one",
+       [](NaturalGradientOptions& o) {
+         o.deflate = 4;
+         o.preconditioner = PreconditionerKind::diagonal;
+       }},
+      {"several dampings (multi-shift CG) and preconditioner kfac do not combine",
+       [](NaturalGradientOptions& o) {
+         o.dampings = {1e-1, 1e-2};
+         o.preconditioner = PreconditionerKind::kfac;
+       }},
+      {"several dampings (multi-shift CG) and deflate 2 do not combine",
+       [](NaturalGradientOptions& o) {
+         o.dampings = {1e-1, 1e-2};
+         o.deflate = 2;
+       }},
+      {"damping 0.01 is listed twice",
+       [](NaturalGradientOptions& o) {
+         o.dampings = {1e-1, 1e-2, 1e-2};
+       }},
+      {"dampings holds one value", [](NaturalGradientOptions& o) { o.dampings = {1e-1}; }},
+      {"compare lists kfac twice",
+       [](NaturalGradientOptions& o) {
+         o.spectrum_top_k = 2;
+         o.compare = {ApproximationKind::kfac, ApproximationKind::mc, ApproximationKind::kfac};
+       }},
+      {"compare needs fisher.damping > 0 (F itself is singular), got 0",
+       [](NaturalGradientOptions& o) {
+         o.spectrum_top_k = 2;
+         o.fisher.damping = 0;
+         o.compare = {ApproximationKind::kfac};
+       }},
+      {"compare needs one fisher.damping > 0, not a list",
+       [](NaturalGradientOptions& o) {
+         o.spectrum_top_k = 2;
+         o.fisher.damping = 1e-2;
+         o.dampings = {1e-1, 1e-2};
+         o.compare = {ApproximationKind::kfac};
+       }},
+      {"compare needs spectrum_top_k > 0",
+       [](NaturalGradientOptions& o) {
+         o.fisher.damping = 1e-2;
+         o.compare = {ApproximationKind::kfac};
+       }},
+      {"cg.relative_tolerance must be in (0, 1)",
+       [](NaturalGradientOptions& o) { o.cg.relative_tolerance = 2; }},
+      {"fisher.mc_samples must be >= 1",
+       [](NaturalGradientOptions& o) {
+         o.fisher.kind = FisherKind::mc;
+         o.fisher.mc_samples = 0;
+       }},
+      {"curvature_batch 7 exceeds batch 5",
+       [](NaturalGradientOptions& o) {
+         o.batch = 5;
+         o.curvature_batch = 7;
+       }},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.message);
+    NaturalGradientOptions o;
+    c.set(o);
+    std::string why;
+    EXPECT_FALSE(o.is_valid(&why));
+    EXPECT_EQ(why.rfind(c.message, 0), 0u) << why;
+    EXPECT_FALSE(o.is_valid(1000, &why));  // the model's rules come on top of these
+  }
+  // The parameter count: Lanczos finds at most P − 1 eigenpairs.
+  Problem p(mlp_spec(3, 4, 2), 6, 22);
+  const Index P = p.model.num_params();
+  NaturalGradientOptions o;
+  o.spectrum_top_k = P - 1;
+  std::string why;
+  EXPECT_TRUE(o.is_valid(P, &why)) << why;
+  o.spectrum_top_k = P;
+  EXPECT_TRUE(o.is_valid(&why));
+  EXPECT_FALSE(o.is_valid(P, &why));
+  EXPECT_EQ(
+      why, "spectrum_top_k " + std::to_string(P) + " must be below the parameter count " + std::to_string(P));
+  EXPECT_ERROR(solve_natural_gradient(p.model, p.theta, LikelihoodKind::categorical, p.data, o),
+               "must be below the parameter count");
+  o.spectrum_top_k = 0;
+  o.deflate = P + 3;
+  EXPECT_FALSE(o.is_valid(P, &why));
+  EXPECT_EQ(why,
+            "deflate " + std::to_string(P + 3) + " must be below the parameter count " + std::to_string(P));
 }
 
 // CG's fused vector kernels: each against plain double-precision arithmetic, and bit-identical whatever the

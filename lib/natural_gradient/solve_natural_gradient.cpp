@@ -25,25 +25,31 @@
 
 namespace natgrad {
 
+// Every rule about a solve's options lives here; a message names the fields (and the field's value) as a
+// user sets them, "deflate 4 and preconditioner diagonal do not combine", so that the command line can name
+// its own options in their place.
 bool NaturalGradientOptions::is_valid(std::string* why) const {
   auto bad = [&](const std::string& m) {
     if (why) *why = m;
     return false;
   };
-  if (!fisher.is_valid(why)) return false;
-  if (!cg.is_valid(why)) return false;
+  std::string part;
+  if (!fisher.is_valid(&part)) return bad("fisher." + part);
+  if (!cg.is_valid(&part)) return bad("cg." + part);
   if (batch < 0) return bad("batch must be >= 0, got " + std::to_string(batch));
   if (curvature_batch < 0) return bad("curvature_batch must be >= 0, got " + std::to_string(curvature_batch));
   if (batch > 0 && curvature_batch > batch)
-    return bad("curvature_batch (" + std::to_string(curvature_batch) + ") exceeds batch (" +
-               std::to_string(batch) + ")");
+    return bad("curvature_batch " + std::to_string(curvature_batch) + " exceeds batch " +
+               std::to_string(batch));
   if (!(preconditioner_exponent >= 0 && preconditioner_exponent <= 1))
-    return bad("preconditioner_exponent must be in [0, 1], got " + std::to_string(preconditioner_exponent));
-  if (spectrum_top_k < 0) return bad("spectrum_top_k must be >= 0");
+    return bad("preconditioner_exponent must be in [0, 1], got " +
+               detail::format_number(preconditioner_exponent));
+  if (spectrum_top_k < 0) return bad("spectrum_top_k must be >= 0, got " + std::to_string(spectrum_top_k));
   if (deflate < 0) return bad("deflate must be >= 0, got " + std::to_string(deflate));
   if (deflate > 0 && preconditioner != PreconditionerKind::none)
-    return bad(std::string("deflation and the ") + to_string(preconditioner) +
-               " preconditioner do not combine: choose one");
+    return bad("deflate " + std::to_string(deflate) + " and preconditioner " + to_string(preconditioner) +
+               " do not combine: choose one");
+  // Several dampings: multi-shift CG, whose shifted systems share one Krylov space.
   if (dampings.size() == 1) return bad("dampings holds one value: set fisher.damping instead");
   for (std::size_t i = 0; i < dampings.size(); ++i) {
     if (!(dampings[i] >= 0) || !std::isfinite(dampings[i]))
@@ -52,14 +58,40 @@ bool NaturalGradientOptions::is_valid(std::string* why) const {
       if (dampings[j] == dampings[i]) return bad("damping " + detail::format_number(dampings[i]) + " is listed twice");
   }
   if (dampings.size() > 1 && (deflate > 0 || preconditioner != PreconditionerKind::none))
-    return bad("several dampings (multi-shift CG) combine with neither deflation nor a preconditioner: "
-               "the shifted systems would share no Krylov space");
+    return bad("several dampings (multi-shift CG) and " +
+               (deflate > 0 ? "deflate " + std::to_string(deflate)
+                            : std::string("preconditioner ") + to_string(preconditioner)) +
+               " do not combine: the shifted systems would share no Krylov space");
+  // The comparisons: damped directions (F itself is singular) and products on F's top eigenvectors.
+  for (std::size_t i = 0; i < compare.size(); ++i)
+    for (std::size_t j = 0; j < i; ++j)
+      if (compare[j] == compare[i])
+        return bad(std::string("compare lists ") + to_string(compare[i]) + " twice");
   if (!compare.empty()) {
-    if (!(fisher.damping > 0) || !dampings.empty())
-      return bad("comparing approximations needs one damping > 0 (F itself is singular)");
+    if (!dampings.empty())
+      return bad("compare needs one fisher.damping > 0, not a list (F itself is singular)");
+    if (!(fisher.damping > 0))
+      return bad("compare needs fisher.damping > 0 (F itself is singular), got " +
+                 detail::format_number(fisher.damping));
     if (spectrum_top_k <= 0)
-      return bad("comparing approximations needs spectrum_top_k > 0: products are compared on F's top eigenvectors");
+      return bad("compare needs spectrum_top_k > 0: products are compared on F's top eigenvectors");
   }
+  return true;
+}
+
+bool NaturalGradientOptions::is_valid(Index num_params, std::string* why) const {
+  if (!is_valid(why)) return false;
+  auto bad = [&](const std::string& m) {
+    if (why) *why = m;
+    return false;
+  };
+  // Lanczos finds at most P − 1 eigenpairs of a P × P operator.
+  if (spectrum_top_k >= num_params)
+    return bad("spectrum_top_k " + std::to_string(spectrum_top_k) + " must be below the parameter count " +
+               std::to_string(num_params));
+  if (deflate >= num_params)
+    return bad("deflate " + std::to_string(deflate) + " must be below the parameter count " +
+               std::to_string(num_params));
   return true;
 }
 
@@ -263,7 +295,7 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& mode
                                                      const NaturalGradientOptions& options) {
   const auto t0 = Clock::now();
   std::string why;
-  if (!options.is_valid(&why)) detail::fail("NaturalGradientOptions: " + why);
+  if (!options.is_valid(model.num_params(), &why)) detail::fail("NaturalGradientOptions: " + why);
   if (options.batch != 0 || options.curvature_batch != 0)
     detail::fail("NaturalGradientOptions: batch and curvature_batch must be 0 when the shares are given");
   if (!batch.data || !curvature.data) detail::fail("a BatchShare without data");

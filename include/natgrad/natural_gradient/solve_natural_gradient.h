@@ -68,7 +68,13 @@ struct NaturalGradientOptions {
   /// CG) starts: progress for long jobs. Optional.
   std::function<void(double loss, double gradient_norm)> on_gradient;
 
+  /// Whether the options make a solve: every rule about them that does not depend on the model (the ranges
+  /// above, what combines with what). false with the reason in *why, which names the fields with their
+  /// values ("deflate 4 and preconditioner diagonal do not combine: choose one").
   bool is_valid(std::string* why) const;
+  /// The same, and the rules that depend on the model's parameter count P: spectrum_top_k < P and
+  /// deflate < P (Lanczos finds at most P − 1 eigenpairs). solve_natural_gradient checks this one.
+  bool is_valid(Index num_params, std::string* why) const;
 };
 
 /// How a natural-gradient solve ended.
