@@ -70,10 +70,6 @@ int run(int argc, char** argv, bool solve_only) {
         if (c && c->parsed())
           usage_error("--damping takes one value in `natgrad " + c->get_name() +
                       "`; a list of dampings is for `natgrad solve` (multi-shift CG)");
-      if (a.preconditioner != "none" || a.deflate > 0)
-        usage_error(std::string("a list of dampings combines with neither ") +
-                    (a.deflate > 0 ? "--deflate" : "--preconditioner " + a.preconditioner) +
-                    ": the shifted systems would share no Krylov space (give one damping, or drop it)");
       for (std::size_t i = 0; i < a.dampings.size() && !a.output.empty(); ++i)
         for (std::size_t j = 0; j < i; ++j)
           if (damping_output_path(a.output, a.dampings[i]) == damping_output_path(a.output, a.dampings[j]))

@@ -103,8 +103,6 @@ void validate(const Args& a) {
   if (a.batch < 0) usage_error("--batch must be >= 1, got " + std::to_string(a.batch));
   if (a.curvature_batch < 0) usage_error("--curvature-batch must be >= 1, got " + std::to_string(a.curvature_batch));
   if (a.context < 0) usage_error("--context must be >= 1, got " + std::to_string(a.context));
-  if (!(a.cg_tol > 0 && a.cg_tol < 1)) usage_error("--cg-tol must be in (0, 1), got " + std::to_string(a.cg_tol));
-  if (a.cg_max_iters < 1) usage_error("--cg-max-iters must be >= 1, got " + std::to_string(a.cg_max_iters));
   if (a.threads < 0) usage_error("--threads must be >= 1, or 0 for all cores; got " + std::to_string(a.threads));
   if (a.dtype != "float32" && a.dtype != "float64") usage_error("--dtype must be float32 or float64, got \"" + a.dtype + "\"");
   try {

@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
@@ -55,6 +56,69 @@ const char* termination_word(const CgSummary& cg) {
   return cg.termination == CgTermination::user_stop ? "interrupted" : to_string(cg.termination);
 }
 
+// The solve's options as the command line gives them (run_solve adds the progress callbacks).
+NaturalGradientOptions solve_options(const Args& a, Index spectrum) {
+  NaturalGradientOptions opt;
+  opt.fisher = fisher_options(a);
+  opt.curvature_batch = a.curvature_batch;
+  opt.cg.relative_tolerance = a.cg_tol;
+  opt.cg.max_iterations = a.cg_max_iters;
+  opt.preconditioner = preconditioner_from_string(a.preconditioner);
+  opt.spectrum_top_k = spectrum;
+  opt.condition_number = spectrum > 0;
+  opt.deflate = a.deflate;
+  opt.dampings = a.dampings;
+  for (const std::string& name : a.compare) {
+    try {
+      opt.compare.push_back(approximation_from_string(name));
+    } catch (const std::invalid_argument& e) {
+      usage_error(std::string("--compare: ") + e.what());
+    }
+  }
+  return opt;
+}
+
+// NaturalGradientOptions::is_valid names the fields ("deflate 4 and preconditioner diagonal do not
+// combine"); a usage error names the options typed ("--deflate 4 and --preconditioner diagonal ...").
+std::string with_option_names(const std::string& why) {
+  static const std::pair<const char*, const char*> kNames[] = {{"fisher.damping", "--damping"},
+                                                               {"fisher.mc_samples", "--mc-samples"},
+                                                               {"fisher.num_threads", "--threads"},
+                                                               {"cg.relative_tolerance", "--cg-tol"},
+                                                               {"cg.max_iterations", "--cg-max-iters"},
+                                                               {"batch", "--batch"},
+                                                               {"curvature_batch", "--curvature-batch"},
+                                                               {"spectrum_top_k", "--spectrum"},
+                                                               {"deflate", "--deflate"},
+                                                               {"preconditioner", "--preconditioner"},
+                                                               {"compare", "--compare"}};
+  auto name_char = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.'; };
+  std::string out;
+  for (std::size_t i = 0; i < why.size();) {
+    if (!name_char(why[i])) {
+      out += why[i++];
+      continue;
+    }
+    std::size_t end = i;
+    while (end < why.size() && name_char(why[end])) ++end;
+    while (end > i + 1 && why[end - 1] == '.') --end;  // a full stop after a name is not part of it
+    std::string word = why.substr(i, end - i);
+    for (const auto& n : kNames)
+      if (word == n.first) word = n.second;
+    out += word;
+    i = end;
+  }
+  return out;
+}
+
+// Every rule about the solve is NaturalGradientOptions::is_valid's (with the parameter count once the
+// model is known): a broken one is a usage error, exit 2.
+void check_solve_options(const NaturalGradientOptions& opt, Index num_params) {
+  std::string why;
+  if (!(num_params > 0 ? opt.is_valid(num_params, &why) : opt.is_valid(&why)))
+    usage_error(with_option_names(why));
+}
+
 }  // namespace
 
 template <typename Scalar>
@@ -64,16 +128,10 @@ int run_solve(Args& a, const World& world) {
   const bool embedded = a.model.empty() && a.data.empty();
   // The embedded default reports its top 10 unless --spectrum says otherwise (0: none).
   const Index k = embedded && !a.spectrum_given ? 10 : a.spectrum;
+  NaturalGradientOptions opt = solve_options(a, k);
+  check_solve_options(opt, 0);  // before anything is loaded
   Problem<Scalar> p = load_problem<Scalar>(a, true, progress, k, world);
-  if (k >= p.model->num_params())
-    usage_error("--spectrum " + std::to_string(k) + " must be below the parameter count " +
-                std::to_string(p.model->num_params()) +
-                " (Lanczos finds at most P - 1 eigenvalues of a P x P operator)");
-  NaturalGradientOptions opt;
-  opt.fisher = fisher_options(a);
-  opt.curvature_batch = a.curvature_batch;
-  opt.cg.relative_tolerance = a.cg_tol;
-  opt.cg.max_iterations = a.cg_max_iters;
+  check_solve_options(opt, p.model->num_params());
   // A line for the first iterations, then one at least every 2 s of work, with an estimate of the time left
   // from the residual's recent rate of decrease (log-linear) and the iteration limit. SIGINT / SIGTERM stop
   // CG at the end of the iteration, and the forward pass, the gradient and the products at their next chunk.
@@ -100,33 +158,8 @@ int run_solve(Args& a, const World& world) {
   opt.on_gradient = [&](double loss, double gnorm) {
     progress.line("loss %.8f, gradient norm %.6e; solving (F + lambda I) d = g", loss, gnorm);
   };
-  opt.preconditioner = preconditioner_from_string(a.preconditioner);
-  opt.spectrum_top_k = k;
   opt.spectrum = spectrum_options(progress, world);
-  opt.condition_number = k > 0;
-  opt.deflate = a.deflate;
   if (a.deflate_given && a.deflate == 0) opt.reuse_spectrum = false;  // --deflate 0: plain CG
-  opt.dampings = a.dampings;
-  if (a.deflate > 0 && opt.preconditioner != PreconditionerKind::none)
-    usage_error("--deflate and --preconditioner " + a.preconditioner + " do not combine: choose one");
-  for (std::size_t i = 0; i < a.compare.size(); ++i) {
-    try {
-      opt.compare.push_back(approximation_from_string(a.compare[i]));
-    } catch (const std::invalid_argument& e) {
-      usage_error(std::string("--compare: ") + e.what());
-    }
-    for (std::size_t j = 0; j < i; ++j)
-      if (a.compare[j] == a.compare[i]) usage_error("--compare lists " + a.compare[i] + " twice");
-  }
-  if (!opt.compare.empty()) {
-    if (!a.dampings.empty() || !(a.damping > 0))
-      usage_error("--compare needs one damping > 0 (F itself is singular)");
-    if (opt.spectrum_top_k <= 0)
-      usage_error("--compare needs --spectrum K: the products are compared on F's top-K eigenvectors");
-  }
-  if (a.deflate >= p.model->num_params())
-    usage_error("--deflate " + std::to_string(a.deflate) + " must be below the parameter count " +
-                std::to_string(p.model->num_params()));
   const int threads = num_threads();
   const Index positions = p.model->output_positions();
   const std::string per_position =
@@ -194,7 +227,7 @@ int run_solve(Args& a, const World& world) {
   if (!r.direction.allFinite())
     throw std::runtime_error("the natural-gradient direction is not finite (" + r.cg.message + "); nothing written");
   // (Rank 0's signal decided the stop; the others may have seen none.)
-  const bool interrupted = r.cg.termination == CgTermination::user_stop;
+  const bool interrupted = r.cg.termination == CgTermination::user_stop || !r.interrupted.empty();
   std::printf("loss: %.8f\ngradient norm: %.6e\n", r.loss, r.gradient_norm);
   if (r.solves.empty()) {
     std::printf("%s\n", cg_line(r.cg).c_str());
@@ -209,7 +242,9 @@ int run_solve(Args& a, const World& world) {
                 r.solves.size());
   }
   const bool has_spectrum = opt.spectrum_top_k > 0 && r.spectrum.eigenvalues.size() > 0;
-  if (interrupted)
+  if (interrupted && !r.interrupted.empty())
+    std::printf("interrupted by %s %s\n", signal_name(), r.interrupted.c_str());
+  else if (interrupted)
     std::printf("interrupted by %s at CG iteration %lld: writing the current iterate%s\n", signal_name(),
                 static_cast<long long>(r.cg.iterations),
                 opt.spectrum_top_k > 0 && !has_spectrum ? "; skipped the spectrum and the condition number" : "");

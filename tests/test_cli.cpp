@@ -258,6 +258,42 @@ TEST_F(Cli, DeflationGivesTheSameDirectionWithFewerProducts) {
   EXPECT_EQ(run(solve + " --deflate -1").code, 2);
 }
 
+// Every rule about a solve's options is NaturalGradientOptions::is_valid's: the command line turns its
+// message into a usage error (exit 2, one line) with the options' names, before it loads anything (the data
+// file of the first cases does not exist), and with the parameter count once the model is known.
+TEST_F(Cli, SolveOptionRulesAreTheLibrarysInTheOptionsNames) {
+  const Index P = load().model->num_params();
+  const std::string missing = "solve --model " + p("model.json") + " --data " + p("missing.safetensors");
+  const std::string solve = "solve " + base;
+  struct Case {
+    std::string args, message;
+  };
+  const Case cases[] = {
+      {missing + " --deflate 4 --preconditioner diagonal",
+       "error: --deflate 4 and --preconditioner diagonal do not combine: choose one"},
+      {missing + " --damping 1e-1,1e-2 --preconditioner kfac",
+       "error: several dampings (multi-shift CG) and --preconditioner kfac do not combine"},
+      {missing + " --compare kfac", "error: --compare needs --spectrum > 0"},
+      {missing + " --cg-tol 2", "error: --cg-tol must be in (0, 1), got 2"},
+      {missing + " --cg-max-iters 0", "error: --cg-max-iters must be >= 1, got 0"},
+      {missing + " --spectrum 2 --compare kfac,mc,kfac", "error: --compare lists kfac twice"},
+      {missing + " --spectrum 2 --damping 0 --compare kfac", "error: --compare needs --damping > 0"},
+      {solve + " --spectrum " + std::to_string(P),
+       "error: --spectrum " + std::to_string(P) + " must be below the parameter count " + std::to_string(P)},
+      {solve + " --deflate " + std::to_string(P + 5), "error: --deflate " + std::to_string(P + 5) +
+                                                          " must be below the parameter count " +
+                                                          std::to_string(P)},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.args);
+    const Result r = run(c.args + " --output " + p("rules.safetensors"));
+    EXPECT_EQ(r.code, 2) << r.err;
+    EXPECT_NE(r.err.find(c.message), std::string::npos) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    EXPECT_FALSE(exists(p("rules.safetensors")));
+  }
+}
+
 TEST_F(Cli, SpectrumTraceEigenvectorsAndDampedConditionAgainstTheDenseFisher) {
   const Result r = run("spectrum " + base + " --dtype float64 --top 3 --trace --probes 400 --damping 1e-2 "
                        "--eigenvectors " + p("ev.safetensors") + " --report " + p("sr.json"));

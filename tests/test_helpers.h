@@ -3,14 +3,16 @@
 // and independently drawn Monte-Carlo labels, F = 1/N Σ J_nᵀ H_n J_n).
 #pragma once
 
+#include <gtest/gtest.h>
+#include <natgrad/core/interrupted.h>
 #include <natgrad/core/random.h>
 #include <natgrad/curvature/fisher_operator.h>
 #include <natgrad/likelihood/likelihood.h>
 #include <natgrad/model/initialization.h>
 #include <natgrad/model/network.h>
 
-#include <gtest/gtest.h>
-
+#include <Eigen/Cholesky>
+#include <Eigen/QR>
 #include <cmath>
 #include <cstdlib>
 #include <string>
@@ -397,6 +399,34 @@ struct DenseOp {
     ++calls;
   }
 };
+
+/// A dense symmetric matrix as an operator whose `throw_at`-th product (1-based) and every later one throw
+/// natgrad::Interrupted, as a FisherOperator's do once a stop was requested.
+struct InterruptedAt {
+  using Scalar = double;
+  Mat<double> A;
+  Index throw_at = 0;
+  mutable Index calls = 0;
+  Index rows() const { return A.rows(); }
+  Index cols() const { return A.cols(); }
+  void perform_op(const double* x, double* y) const {
+    if (++calls >= throw_at) throw Interrupted("the product was interrupted");
+    VecMap<double>(y, A.rows()).noalias() = A * ConstVecMap<double>(x, A.cols());
+  }
+};
+
+/// What CG's k-th iterate from x₀ = 0 is, formed densely: the minimizer of φ(x) = ½xᵀAx − bᵀx over the
+/// Krylov space span{b, Ab, …, A^{k−1}b} (A symmetric positive definite), x = Q (QᵀAQ)⁻¹ Qᵀb with Q an
+/// orthonormal basis of it. k = 0 gives 0.
+inline Vec<double> krylov_minimizer(const Mat<double>& A, const Vec<double>& b, Index k) {
+  if (k == 0) return Vec<double>::Zero(b.size());
+  Mat<double> K(b.size(), k);
+  K.col(0) = b;
+  for (Index j = 1; j < k; ++j) K.col(j) = A * K.col(j - 1);
+  const Mat<double> Q =
+      Eigen::HouseholderQR<Mat<double>>(K).householderQ() * Mat<double>::Identity(b.size(), k);
+  return Q * (Q.transpose() * A * Q).ldlt().solve(Q.transpose() * b);
+}
 
 }  // namespace test
 }  // namespace natgrad

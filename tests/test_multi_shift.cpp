@@ -93,6 +93,71 @@ TEST(MultiShiftCg, OnTheFisherOperatorInFloatAndDouble) {
   }
 }
 
+// The finishing pass (a system whose true residual falls short of the recursive one) follows
+// conjugate_gradient's rule: at the iteration limit it returns its last iterate, even when that iterate's
+// residual is larger than the one it started from. The operator is diag(200, 2) for the shared phase's two
+// products and diag(100, 1) afterwards, with b = (2, 20): the shared phase converges to x₀ = (0.01, 10),
+// whose true residual under diag(100, 1) is r₀ = (1, 10); one finishing iteration (the limit 3 minus the 2
+// shared ones) gives, by hand, α = r₀ᵀr₀ / r₀ᵀA r₀ = 101/200 and x₁ = x₀ + α r₀ = (0.515, 15.05), with
+// ‖b − A x₁‖ = ‖(−49.5, 4.95)‖ = 49.75 > ‖r₀‖ = 10.05 but a lower φ.
+TEST(MultiShiftCg, TheFinishingPassReturnsItsLastIterateAtTheIterationLimit) {
+  struct Switching {
+    using Scalar = double;
+    mutable Index calls = 0;
+    Index rows() const { return 2; }
+    Index cols() const { return 2; }
+    void perform_op(const double* x, double* y) const {
+      const double scale = calls++ < 2 ? 2.0 : 1.0;
+      y[0] = scale * 100 * x[0];
+      y[1] = scale * x[1];
+    }
+  } A;
+  const Vec<double> b = (Vec<double>(2) << 2, 20).finished();
+  CgOptions opt;
+  opt.relative_tolerance = 1e-10;
+  opt.max_iterations = 3;
+  std::vector<Vec<double>> x;
+  const std::vector<CgSummary> s = multi_shift_conjugate_gradient(A, {0.0}, b.data(), x, opt);
+  ASSERT_EQ(s.size(), 1u);
+  EXPECT_EQ(s[0].termination, CgTermination::max_iterations) << s[0].message;
+  EXPECT_EQ(s[0].restarts, 1) << s[0].message;  // it went through the finishing pass
+  EXPECT_EQ(s[0].iterations, 3);
+  EXPECT_EQ(s[0].returned_iterate, 3);
+  EXPECT_NEAR(x[0][0], 0.515, 1e-12);
+  EXPECT_NEAR(x[0][1], 15.05, 1e-12);
+  const Mat<double> Ad = (Vec<double>(2) << 100, 1).finished().asDiagonal();
+  auto phi = [&](const Vec<double>& v) { return 0.5 * v.dot(Ad * v) - b.dot(v); };
+  const Vec<double> x0 = (Vec<double>(2) << 0.01, 10).finished();
+  EXPECT_LT(phi(x[0]), phi(x0));
+  EXPECT_NEAR(s[0].relative_residual, (b - Ad * x[0]).norm() / b.norm(), 1e-12);
+  EXPECT_GT((b - Ad * x[0]).norm(), (b - Ad * x0).norm());
+  EXPECT_EQ(s[0].operator_applications, 6);  // 2 shared, the check, the warm start, 1 iteration, the check
+}
+
+// A stop request thrown by the shared phase's 4th product stops every system with its 3rd iterate, which
+// for each shift σ is the minimizer of its own φ over the shared Krylov space K_3(A, b) (formed densely);
+// nothing is rethrown and the true residuals no product could give are NaN.
+TEST(MultiShiftCg, AnInterruptedProductStopsEverySystemWithItsLastCompletedIterate) {
+  const Case c;
+  const InterruptedAt A{c.F + 1e-3 * Mat<double>::Identity(c.F.rows(), c.F.cols()), 4};
+  const std::vector<double> shifts = {0.0, 1e-2, 1.0};
+  std::vector<Vec<double>> x;
+  std::vector<CgSummary> s;
+  EXPECT_NO_THROW(s = multi_shift_conjugate_gradient(A, shifts, c.g.data(), x, CgOptions()));
+  ASSERT_EQ(s.size(), shifts.size());
+  for (std::size_t j = 0; j < shifts.size(); ++j) {
+    SCOPED_TRACE("shift " + std::to_string(shifts[j]));
+    EXPECT_EQ(s[j].termination, CgTermination::user_stop) << s[j].message;
+    EXPECT_EQ(s[j].iterations, 3);
+    EXPECT_EQ(s[j].returned_iterate, 3);
+    EXPECT_EQ(s[j].operator_applications, 3);
+    EXPECT_TRUE(std::isnan(s[j].relative_residual));
+    const Mat<double> Aj = A.A + shifts[j] * Mat<double>::Identity(A.rows(), A.rows());
+    EXPECT_LT(rel_err_vec(x[j], krylov_minimizer(Aj, c.g, 3)), 1e-8);
+    EXPECT_NE(s[j].message.find("interrupted after 3 iterations"), std::string::npos) << s[j].message;
+  }
+}
+
 TEST(MultiShiftCg, TheCallbackStopsEverySystemAndArgumentsAreChecked) {
   const Case c;
   DenseOp<double> A{c.F + 1e-4 * Mat<double>::Identity(c.F.rows(), c.F.cols())};

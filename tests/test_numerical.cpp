@@ -54,6 +54,9 @@ TEST(NumericalFailures, ALayerProducingInfIsNamedWithItsSample) {
     EXPECT_FALSE(r.ok());
     EXPECT_NE(r.failure.find("layer 3 (linear)"), std::string::npos) << r.failure;
     EXPECT_EQ(r.cg.termination, CgTermination::breakdown);
+    EXPECT_EQ(r.cg.breakdown, CgBreakdown::problem_not_finite);  // a breakdown always says which
+    EXPECT_NE(r.full_report().find("breakdown:            problem_not_finite"), std::string::npos)
+        << r.full_report();
     EXPECT_EQ(r.cg.operator_applications, 0);  // nothing was solved on garbage
   }
   {
@@ -80,6 +83,37 @@ TEST(NumericalFailures, ALayerProducingInfIsNamedWithItsSample) {
     FisherOperator<float> F(o.model, o.theta, LikelihoodKind::categorical, o.data, chunks);
     EXPECT_EQ(F.forward_error(), "the input is NaN or Inf, first at sample 4");
   }
+}
+
+// A finite forward pass whose gradient overflows (float, gaussian: z = W x ≈ 1e30 is finite, the weight
+// gradient (z − y) xᵀ ≈ 1e60 is not): the solve checks the gradient before anything else, so neither the
+// spectrum (which deflation would compute first) nor CG nor the condition number runs on it.
+TEST(NumericalFailures, ANonFiniteGradientStopsTheSolveBeforeTheSpectrumAndCg) {
+  ModelSpec spec;
+  spec.input_shape = {2};
+  spec.layers = {LayerSpec::linear(2, 2)};
+  Network<float> model(spec);
+  Dataset<float> data = random_dataset(model, 4, LikelihoodKind::gaussian, 1);
+  data.inputs.setConstant(1e30f);
+  const Vec<float> theta = Vec<float>::Constant(model.num_params(), 0.5f);
+  NaturalGradientOptions opt;
+  opt.spectrum_top_k = 2;  // with reuse_spectrum, computed before CG to deflate it
+  opt.condition_number = true;
+  bool called = false;
+  opt.on_gradient = [&](double, double) { called = true; };
+  const auto r = solve_natural_gradient(model, theta, LikelihoodKind::gaussian, data, opt);
+  EXPECT_FALSE(r.ok());
+  EXPECT_NE(r.failure.find("the gradient is NaN or Inf"), std::string::npos) << r.failure;
+  EXPECT_EQ(r.termination(), NaturalGradientTermination::numerical_failure);
+  EXPECT_EQ(r.cg.termination, CgTermination::breakdown);
+  EXPECT_EQ(r.cg.breakdown, CgBreakdown::rhs_not_finite);
+  EXPECT_EQ(r.cg.operator_applications, 0);
+  EXPECT_EQ(r.spectrum.matvecs, 0);
+  EXPECT_EQ(r.spectrum.eigenvalues.size(), 0);
+  EXPECT_FALSE(r.has_condition);
+  EXPECT_EQ(r.deflated, 0);
+  EXPECT_FALSE(called);  // progress is reported for a finite gradient only
+  EXPECT_TRUE(r.direction.allFinite());
 }
 
 TEST(NumericalFailures, FiniteForwardHasNoError) {

@@ -1,19 +1,20 @@
 // Conjugate gradient against Eigen's LLT on the dense F + λI, hand-solvable and breakdown cases, warm
 // starts and preconditioning; the spectrum against SelfAdjointEigenSolver; Hutchinson and SLQ against the
 // dense trace; solve_natural_gradient against the dense solve for every Fisher kind.
+#include <natgrad/core/interrupted.h>
+#include <natgrad/core/threads.h>
 #include <natgrad/natural_gradient/solve_natural_gradient.h>
-#include <natgrad/solvers/detail/cg_kernels.h>
 #include <natgrad/solvers/conjugate_gradient.h>
+#include <natgrad/solvers/detail/cg_kernels.h>
 #include <natgrad/solvers/preconditioner.h>
 #include <natgrad/solvers/spectrum.h>
 
 #include <Eigen/Cholesky>
 #include <Eigen/Eigenvalues>
+#include <functional>
 #include <limits>
 
 #include "test_helpers.h"
-
-#include <natgrad/core/threads.h>
 
 using namespace natgrad;
 using namespace natgrad::test;
@@ -253,9 +254,11 @@ TEST(ConjugateGradient, NaNFromThePreconditionerIsAnRzBreakdownNotACurvatureOne)
   EXPECT_TRUE(x.allFinite());
 }
 
-TEST(ConjugateGradient, SingularOperatorWithoutDampingStopsWithItsBestIterate) {
-  // F of 2 samples × 3 classes has rank ≤ 4 but P ≫ 4; with λ = 0 and b outside the range, CG must stop
-  // (breakdown or max iterations) with a finite iterate rather than dividing by zero.
+TEST(ConjugateGradient, SingularOperatorWithoutDampingBreaksDownWithItsSmallestResidualIterate) {
+  // F of 2 samples × 3 classes has rank ≤ 4 but P ≫ 4; with λ = 0 and b outside the range, CG exhausts the
+  // range within a few iterations (8 here: rounding costs a few more than the rank) and then meets
+  // pᵀFp ≤ 0: a breakdown (not a division by zero) long before the limit, after which the iterate with the
+  // smallest residual is returned.
   Problem p(mlp_spec(4, 6, 3), 2, 5);
   FisherOperator<double> F(p.model, p.theta, LikelihoodKind::categorical, p.data);
   const Vec<double> b = random_vec<double>(F.rows(), 6);
@@ -264,7 +267,9 @@ TEST(ConjugateGradient, SingularOperatorWithoutDampingStopsWithItsBestIterate) {
   opt.max_iterations = 200;
   Vec<double> x;
   const CgSummary s = solve(F, b, x, opt);
-  EXPECT_FALSE(s.is_converged());
+  EXPECT_EQ(s.termination, CgTermination::breakdown) << s.full_report();
+  EXPECT_EQ(s.breakdown, CgBreakdown::curvature_nonpositive) << s.message;
+  EXPECT_LT(s.iterations, 20);
   EXPECT_TRUE(x.allFinite());
   EXPECT_NE(s.message.find("smallest residual"), std::string::npos) << s.message;
   // x is the best iterate: its residual is the smallest in the history, and is what it claims.
@@ -274,20 +279,62 @@ TEST(ConjugateGradient, SingularOperatorWithoutDampingStopsWithItsBestIterate) {
   EXPECT_LT(rel_err((apply(F, x) - b).norm() / b.norm(), best), 1e-6);
 }
 
-TEST(ConjugateGradient, IterationLimitMessageStatesTheNumbers) {
+// The case: A = diag(100, 1), b = (1, 10), one iteration. By hand: p = r₀ = b, α = bᵀb / bᵀAb =
+// 101 / 200, x₁ = 0.505 b = (0.505, 5.05), r₁ = b − A x₁ = (−49.5, 4.95), ‖r₁‖/‖b‖ = 4.95 (the residual grew
+// fivefold) while φ(x₁) = ½ x₁ᵀA x₁ − bᵀx₁ = −25.5025 < φ(0) = 0. Returning the smallest-residual iterate
+// would return x = 0; CG at its iteration limit returns x₁.
+TEST(ConjugateGradient, IterationLimitReturnsTheLastIterateEvenWhenItsResidualGrew) {
+  DenseOp<double> A;
+  A.A = Mat<double>::Zero(2, 2);
+  A.A.diagonal() << 100, 1;
+  Vec<double> b(2), x;
+  b << 1, 10;
+  CgOptions opt;
+  opt.max_iterations = 1;
+  const CgSummary s = solve(A, b, x, opt);
+  EXPECT_EQ(s.termination, CgTermination::max_iterations) << s.message;
+  EXPECT_EQ(s.iterations, 1);
+  EXPECT_EQ(s.returned_iterate, 1);
+  EXPECT_NEAR(x[0], 0.505, 1e-15);
+  EXPECT_NEAR(x[1], 5.05, 1e-14);
+  const double phi = 0.5 * x.dot(A.A * x) - b.dot(x);
+  EXPECT_NEAR(phi, -25.5025, 1e-12);
+  EXPECT_NEAR(s.quadratic_history.back(), phi, 1e-12);
+  EXPECT_NEAR(s.relative_residual, 4.95, 1e-13);  // the true residual of x₁
+  EXPECT_NEAR(s.recursive_relative_residual, 4.95, 1e-13);
+  EXPECT_GT(s.residual_history[1], s.residual_history[0]);
+  EXPECT_NE(s.message.find("returned the last iterate, 1"), std::string::npos) << s.message;
+}
+
+// CG's i-th iterate minimizes φ over the Krylov space K_i(A, b): at the limit the returned x is that
+// minimizer, formed here densely from the finite-difference Fisher (krylov_minimizer).
+TEST(ConjugateGradient, IterationLimitReturnsTheKrylovMinimizerOfPhi) {
   Problem p(mlp_spec(6, 10, 4), 20, 7);
   FisherOptions fo;
   fo.damping = 1e-2;
   FisherOperator<double> F(p.model, p.theta, LikelihoodKind::categorical, p.data, fo);
+  const Vec<double> b = F.gradient();
   CgOptions opt;
   opt.relative_tolerance = 1e-12;
   opt.max_iterations = 3;
   Vec<double> x;
-  const CgSummary s = solve(F, F.gradient(), x, opt);
+  const CgSummary s = solve(F, b, x, opt);
   ASSERT_EQ(s.termination, CgTermination::max_iterations);
+  EXPECT_EQ(s.iterations, 3);
+  EXPECT_EQ(s.returned_iterate, 3);
   // The tolerance as itself (std::to_string printed 1e-12 as 0.000000) and the reached residual.
   EXPECT_NE(s.message.find("reached max_iterations = 3 with |r|/|b| = "), std::string::npos) << s.message;
   EXPECT_NE(s.message.find(" > 1e-12"), std::string::npos) << s.message;
+  const Mat<double> A =
+      dense_fisher(p.model, p.theta, p.data, LikelihoodKind::categorical, FisherKind::exact) +
+      1e-2 * Mat<double>::Identity(F.rows(), F.rows());
+  const Vec<double> ref = krylov_minimizer(A, b, 3);
+  EXPECT_LT(rel_err_vec(x, ref), 1e-7);
+  auto phi = [&](const Vec<double>& v) { return 0.5 * v.dot(A * v) - b.dot(v); };
+  EXPECT_LT(rel_err(s.quadratic_history.back(), phi(ref)), 1e-7);
+  EXPECT_LT(rel_err(s.relative_residual, (b - A * x).norm() / b.norm()), 1e-6);
+  for (std::size_t i = 1; i < s.quadratic_history.size(); ++i)  // φ never increases
+    EXPECT_LT(s.quadratic_history[i], s.quadratic_history[i - 1]);
 }
 
 TEST(ConjugateGradient, WarmStartNeedsFewerIterations) {
@@ -378,6 +425,82 @@ TEST(ConjugateGradient, RelativeProgressRuleAndCallbackStop) {
   EXPECT_EQ(s2.termination, CgTermination::user_stop);
   EXPECT_EQ(s2.iterations, 3);
   EXPECT_NE(s2.brief_report().find("user_stop"), std::string::npos);
+}
+
+namespace {
+InterruptedAt spd_interrupted_at(Index throw_at) {
+  const Index n = 30;
+  const Mat<double> R = random_mat<double>(n, n, 13);
+  return InterruptedAt{R * R.transpose() / double(n) + 0.1 * Mat<double>::Identity(n, n), throw_at};
+}
+}  // namespace
+
+// A stop request thrown by the product of iteration 4 ends CG as the callback's stop does: user_stop, the
+// iterate of the last completed iteration (the Krylov minimizer of φ over K_3), nothing rethrown; no product
+// can give the true residual, so it is NaN and the recursive one is reported.
+TEST(ConjugateGradient, AnInterruptedProductStopsWithTheLastCompletedIterate) {
+  const InterruptedAt A = spd_interrupted_at(4);
+  const Vec<double> b = random_vec<double>(A.rows(), 14);
+  Vec<double> x;
+  CgSummary s;
+  EXPECT_NO_THROW(s = solve(A, b, x, CgOptions()));
+  EXPECT_EQ(s.termination, CgTermination::user_stop) << s.message;
+  EXPECT_EQ(s.iterations, 3);
+  EXPECT_EQ(s.returned_iterate, 3);
+  EXPECT_EQ(s.operator_applications, 3);
+  EXPECT_LT(rel_err_vec(x, krylov_minimizer(A.A, b, 3)), 1e-10);
+  EXPECT_TRUE(std::isnan(s.relative_residual));
+  EXPECT_LT(rel_err(s.recursive_relative_residual, (b - A.A * x).norm() / b.norm()), 1e-10);
+  EXPECT_EQ(s.recursive_relative_residual, s.residual_history.back());
+  EXPECT_NE(s.message.find("interrupted after 3 iterations (the product was interrupted)"), std::string::npos)
+      << s.message;
+  EXPECT_NE(s.brief_report().find("user_stop"), std::string::npos);
+}
+
+// Where else the stop request can land: in the product checking the true residual after the callback's
+// stop (the termination stays user_stop, x the stopped iterate), in the check of a recursive convergence
+// (not confirmed: user_stop, not converged), and in a warm start's first product (x stays x₀).
+TEST(ConjugateGradient, AnInterruptedCheckOrWarmStartKeepsTheIterateItHas) {
+  const Vec<double> b = random_vec<double>(30, 15);
+  {
+    const InterruptedAt A = spd_interrupted_at(3);  // products 1, 2: iterations; 3: the check
+    CgOptions opt;
+    opt.callback = [](const CgIterationInfo& info) {
+      return info.iteration == 2 ? CallbackResult::stop : CallbackResult::keep_going;
+    };
+    Vec<double> x;
+    const CgSummary s = solve(A, b, x, opt);
+    EXPECT_EQ(s.termination, CgTermination::user_stop) << s.message;
+    EXPECT_EQ(s.returned_iterate, 2);
+    EXPECT_LT(rel_err_vec(x, krylov_minimizer(A.A, b, 2)), 1e-10);
+    EXPECT_TRUE(std::isnan(s.relative_residual));
+    EXPECT_NE(s.message.find("the true residual was not recomputed: the product was interrupted"),
+              std::string::npos)
+        << s.message;
+  }
+  {
+    InterruptedAt A{Mat<double>::Identity(2, 2), 3};
+    A.A(1, 1) = 3;  // two distinct eigenvalues: the recursive residual converges at iteration 2
+    const Vec<double> b2 = (Vec<double>(2) << 1, 1).finished();
+    Vec<double> x;
+    const CgSummary s = solve(A, b2, x, CgOptions());
+    EXPECT_EQ(s.termination, CgTermination::user_stop) << s.message;
+    EXPECT_FALSE(s.is_converged());
+    EXPECT_EQ(s.iterations, 2);
+    EXPECT_NEAR(x[0], 1.0, 1e-14);
+    EXPECT_NEAR(x[1], 1.0 / 3, 1e-14);
+  }
+  {
+    const InterruptedAt A = spd_interrupted_at(1);
+    CgOptions opt;
+    opt.warm_start = true;
+    Vec<double> x = Vec<double>::Constant(30, 0.25);
+    const CgSummary s = solve(A, b, x, opt);
+    EXPECT_EQ(s.termination, CgTermination::user_stop) << s.message;
+    EXPECT_EQ(s.iterations, 0);
+    EXPECT_EQ(s.operator_applications, 0);
+    EXPECT_TRUE((x.array() == 0.25).all());
+  }
 }
 
 TEST(ConjugateGradient, InvalidOptionsAreRejected) {
@@ -670,6 +793,150 @@ TEST(SolveNaturalGradient, SpectrumConditionAndPreconditionerOptions) {
   bad.curvature_batch = 8;
   EXPECT_THROW(solve_natural_gradient(p.model, p.theta, LikelihoodKind::categorical, p.data, bad),
                std::invalid_argument);
+}
+
+// One solve per preconditioner choice (none, diagonal, K-FAC, deflation by `deflate` and by the reused
+// spectrum) and over two dampings (multi-shift CG): each direction is the dense solve's, and each reports
+// the choice it made.
+TEST(SolveNaturalGradient, EveryPreconditionerChoiceGivesTheDenseDirection) {
+  Problem p(mlp_spec(4, 6, 3), 16, 21);
+  const Mat<double> Fd =
+      dense_fisher(p.model, p.theta, p.data, LikelihoodKind::categorical, FisherKind::exact);
+  FisherOperator<double> full(p.model, p.theta, LikelihoodKind::categorical, p.data);
+  const Vec<double> g = full.gradient();
+  auto dense = [&](double lambda) {
+    return Vec<double>((Fd + lambda * Mat<double>::Identity(Fd.rows(), Fd.cols())).llt().solve(g));
+  };
+  Eigen::SelfAdjointEigenSolver<Mat<double>> es(Fd);
+  struct Case {
+    const char* name;
+    PreconditionerKind kind;
+    Index deflate, spectrum;
+    std::vector<double> dampings;
+    Index deflated;
+  };
+  const Case cases[] = {{"none", PreconditionerKind::none, 0, 0, {}, 0},
+                        {"diagonal", PreconditionerKind::diagonal, 0, 0, {}, 0},
+                        {"kfac", PreconditionerKind::kfac, 0, 0, {}, 0},
+                        {"deflate 3", PreconditionerKind::none, 3, 0, {}, 3},
+                        {"reused spectrum of 2", PreconditionerKind::none, 0, 2, {}, 2},
+                        {"two dampings", PreconditionerKind::none, 0, 2, {1e-2, 1e-1}, 0}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    NaturalGradientOptions opt;
+    opt.fisher.damping = 1e-2;
+    opt.preconditioner = c.kind;
+    opt.deflate = c.deflate;
+    opt.spectrum_top_k = c.spectrum;
+    opt.dampings = c.dampings;
+    opt.cg.relative_tolerance = 1e-12;
+    opt.cg.max_iterations = 2000;
+    const auto r = solve_natural_gradient(p.model, p.theta, LikelihoodKind::categorical, p.data, opt);
+    EXPECT_EQ(r.cg.termination, CgTermination::converged) << r.cg.message;
+    EXPECT_TRUE(r.interrupted.empty());
+    EXPECT_LT(rel_err_vec(r.direction, dense(1e-2)), 1e-8);
+    EXPECT_EQ(r.deflated, c.deflated);
+    ASSERT_EQ(r.solves.size(), c.dampings.size());
+    for (const auto& d : r.solves) EXPECT_LT(rel_err_vec(d.direction, dense(d.damping)), 1e-8) << d.damping;
+    ASSERT_EQ(r.spectrum.eigenvalues.size(), std::max(c.spectrum, c.deflate));
+    for (Index i = 0; i < r.spectrum.eigenvalues.size(); ++i)
+      EXPECT_LT(rel_err(r.spectrum.eigenvalues[i], es.eigenvalues()[Fd.rows() - 1 - i]), 1e-8);
+  }
+}
+
+// NaturalGradientOptions::is_valid holds every rule about a solve's options, each message naming the fields
+// with their values (the command line names its options in their place); the parameter count's rules
+// need the model and are checked by solve_natural_gradient before any pass.
+TEST(SolveNaturalGradient, EveryOptionRuleIsIsValidsWithTheFieldsNamed) {
+  struct Case {
+    const char* message;
+    std::function<void(NaturalGradientOptions&)> set;
+  };
+  const Case cases[] = {
+      {"deflate 4 and preconditioner diagonal do not combine: choose one",
+       [](NaturalGradientOptions& o) {
+         o.deflate = 4;
+         o.preconditioner = PreconditionerKind::diagonal;
+       }},
+      {"several dampings (multi-shift CG) and preconditioner kfac do not combine",
+       [](NaturalGradientOptions& o) {
+         o.dampings = {1e-1, 1e-2};
+         o.preconditioner = PreconditionerKind::kfac;
+       }},
+      {"several dampings (multi-shift CG) and deflate 2 do not combine",
+       [](NaturalGradientOptions& o) {
+         o.dampings = {1e-1, 1e-2};
+         o.deflate = 2;
+       }},
+      {"damping 0.01 is listed twice",
+       [](NaturalGradientOptions& o) {
+         o.dampings = {1e-1, 1e-2, 1e-2};
+       }},
+      {"dampings holds one value", [](NaturalGradientOptions& o) { o.dampings = {1e-1}; }},
+      {"compare lists kfac twice",
+       [](NaturalGradientOptions& o) {
+         o.spectrum_top_k = 2;
+         o.compare = {ApproximationKind::kfac, ApproximationKind::mc, ApproximationKind::kfac};
+       }},
+      {"compare needs fisher.damping > 0 (F itself is singular), got 0",
+       [](NaturalGradientOptions& o) {
+         o.spectrum_top_k = 2;
+         o.fisher.damping = 0;
+         o.compare = {ApproximationKind::kfac};
+       }},
+      {"compare needs one fisher.damping > 0, not a list",
+       [](NaturalGradientOptions& o) {
+         o.spectrum_top_k = 2;
+         o.fisher.damping = 1e-2;
+         o.dampings = {1e-1, 1e-2};
+         o.compare = {ApproximationKind::kfac};
+       }},
+      {"compare needs spectrum_top_k > 0",
+       [](NaturalGradientOptions& o) {
+         o.fisher.damping = 1e-2;
+         o.compare = {ApproximationKind::kfac};
+       }},
+      {"cg.relative_tolerance must be in (0, 1)",
+       [](NaturalGradientOptions& o) { o.cg.relative_tolerance = 2; }},
+      {"fisher.mc_samples must be >= 1",
+       [](NaturalGradientOptions& o) {
+         o.fisher.kind = FisherKind::mc;
+         o.fisher.mc_samples = 0;
+       }},
+      {"curvature_batch 7 exceeds batch 5",
+       [](NaturalGradientOptions& o) {
+         o.batch = 5;
+         o.curvature_batch = 7;
+       }},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.message);
+    NaturalGradientOptions o;
+    c.set(o);
+    std::string why;
+    EXPECT_FALSE(o.is_valid(&why));
+    EXPECT_EQ(why.rfind(c.message, 0), 0u) << why;
+    EXPECT_FALSE(o.is_valid(1000, &why));  // the model's rules come on top of these
+  }
+  // The parameter count: Lanczos finds at most P − 1 eigenpairs.
+  Problem p(mlp_spec(3, 4, 2), 6, 22);
+  const Index P = p.model.num_params();
+  NaturalGradientOptions o;
+  o.spectrum_top_k = P - 1;
+  std::string why;
+  EXPECT_TRUE(o.is_valid(P, &why)) << why;
+  o.spectrum_top_k = P;
+  EXPECT_TRUE(o.is_valid(&why));
+  EXPECT_FALSE(o.is_valid(P, &why));
+  EXPECT_EQ(
+      why, "spectrum_top_k " + std::to_string(P) + " must be below the parameter count " + std::to_string(P));
+  EXPECT_ERROR(solve_natural_gradient(p.model, p.theta, LikelihoodKind::categorical, p.data, o),
+               "must be below the parameter count");
+  o.spectrum_top_k = 0;
+  o.deflate = P + 3;
+  EXPECT_FALSE(o.is_valid(P, &why));
+  EXPECT_EQ(why,
+            "deflate " + std::to_string(P + 3) + " must be below the parameter count " + std::to_string(P));
 }
 
 // CG's fused vector kernels: each against plain double-precision arithmetic, and bit-identical whatever the

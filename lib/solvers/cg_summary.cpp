@@ -25,6 +25,7 @@ const char* to_string(CgBreakdown b) {
     case CgBreakdown::curvature_nonpositive: return "curvature_nonpositive";
     case CgBreakdown::curvature_not_finite: return "curvature_not_finite";
     case CgBreakdown::rz_not_finite: return "rz_not_finite";
+    case CgBreakdown::problem_not_finite: return "problem_not_finite";
   }
   return "unknown";
 }

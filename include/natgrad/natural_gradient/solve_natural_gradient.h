@@ -64,18 +64,24 @@ struct NaturalGradientOptions {
   /// Approximations to compare with F after the solve (compare_approximations.h): needs one damping > 0 and
   /// spectrum_top_k > 0 (their products are compared on F's top eigenvectors). Default empty.
   std::vector<ApproximationKind> compare;
-  /// Called once the loss and the gradient norm are known, before CG starts (progress for long jobs).
-  /// Optional.
+  /// Called once the loss and the gradient norm are known and finite, before anything else (the spectrum,
+  /// CG) starts: progress for long jobs. Optional.
   std::function<void(double loss, double gradient_norm)> on_gradient;
 
+  /// Whether the options make a solve: every rule about them that does not depend on the model (the ranges
+  /// above, what combines with what). false with the reason in *why, which names the fields with their
+  /// values ("deflate 4 and preconditioner diagonal do not combine: choose one").
   bool is_valid(std::string* why) const;
+  /// The same, and the rules that depend on the model's parameter count P: spectrum_top_k < P and
+  /// deflate < P (Lanczos finds at most P − 1 eigenpairs). solve_natural_gradient checks this one.
+  bool is_valid(Index num_params, std::string* why) const;
 };
 
 /// How a natural-gradient solve ended.
 enum class NaturalGradientTermination {
   solved,             ///< CG met its tolerance (or its relative-progress rule)
   not_converged,      ///< CG stopped early (iteration limit, stagnation, breakdown on a singular operator,
-                      ///< the callback): the direction is CG's best iterate
+                      ///< the callback): the direction is CG's returned iterate (CgSummary::returned_iterate)
   numerical_failure,  ///< NaN or Inf: the direction is not usable (see failure)
 };
 const char* to_string(NaturalGradientTermination t);
@@ -95,10 +101,17 @@ struct DampedSolution {
 template <typename Scalar>
 struct NaturalGradientResult {
   /// Empty on success; otherwise the numerical failure that stopped the solve (NaN or Inf in the forward
-  /// pass or the gradient, with where it first appeared; or a CG breakdown on non-finite values). The
+  /// pass, with where it first appeared, or in the loss or the gradient: checked first, so nothing else ran
+  /// and cg.breakdown is problem_not_finite or rhs_not_finite; or a CG breakdown on non-finite values). The
   /// direction is then not usable.
   std::string failure;
   bool ok() const { return failure.empty(); }
+  /// Empty unless a stop request (natgrad::Interrupted thrown by a product, core/interrupted.h) cut the solve
+  /// short outside CG: where, and what it said. Before CG started (in the spectrum computed for deflation or
+  /// a preconditioner's construction) the direction is 0 and cg.termination user_stop after 0 iterations;
+  /// after CG the direction is CG's and the diagnostics not finished are skipped. A stop request during CG
+  /// is CG's own: cg.termination user_stop with the last completed iterate (conjugate_gradient.h).
+  std::string interrupted;
   NaturalGradientTermination termination() const {
     return !ok() ? NaturalGradientTermination::numerical_failure
            : cg.is_converged() ? NaturalGradientTermination::solved
@@ -130,9 +143,11 @@ struct NaturalGradientResult {
 };
 
 /// Throws std::invalid_argument for invalid options, sizes or targets, and for a fisher.communicator of more
-/// than one rank (a whole Dataset is one process's batch: use the BatchShare overload); numerical trouble in CG is reported
-/// in result.cg (termination breakdown) rather than thrown. θ is taken by value: pass std::move(theta) when
-/// the caller does not need it afterwards, and the operator keeps the only copy.
+/// than one rank (a whole Dataset is one process's batch: use the BatchShare overload); numerical trouble in
+/// CG is reported in result.cg (termination breakdown) rather than thrown. A natgrad::Interrupted from the
+/// forward pass or the gradient (nothing computed yet) propagates; one after them is caught (see
+/// NaturalGradientResult::interrupted). θ is taken by value: pass std::move(theta) when the caller does not
+/// need it afterwards, and the operator keeps the only copy.
 template <typename Scalar>
 NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& model, Vec<Scalar> theta,
                                                      LikelihoodKind likelihood, const Dataset<Scalar>& data,

@@ -16,10 +16,19 @@
 ///                         CgSummary::breakdown says which;
 ///   - stagnation:         the recursive residual met the tolerance but the true one did not, after
 ///                         CgOptions::kMaxRestarts residual replacements (the precision's attainable accuracy);
-/// On breakdown and at the iteration limit x is the iterate with the smallest residual seen (for a singular
-/// or inconsistent system the residual is not monotone), and the Summary says which — never thrown, never
-/// silent;
-///   - user_stop:          the iteration callback returned CallbackResult::stop.
+///   - user_stop:          the iteration callback returned CallbackResult::stop, or a product or the
+///                         preconditioner threw natgrad::Interrupted (a stop request, core/interrupted.h): x
+///                         is the last completed iteration's iterate, and relative_residual is NaN when no
+///                         product could recompute it.
+///
+/// Which iterate x is on return (CgSummary::returned_iterate, and the message, say which):
+///   - the last one, for every stop but a breakdown. For A positive (semi)definite, CG's iterate x_i
+///     minimizes φ over x₀ + K_i(M⁻¹A, M⁻¹r₀), a space that grows with i, so φ(x_i) never increases while
+///     ‖r_i‖ may: for A = diag(100, 1), b = (1, 10), x₁ = 0.505 b has ‖r₁‖ = 49.7 > ‖b‖ = 10.05 but
+///     φ(x₁) = −25.5 < φ(0) = 0. The last iterate is the best one CG has by the measure it minimizes;
+///   - after a breakdown, the iterate with the smallest residual seen: A was not positive definite along
+///     some p (or produced NaN), so φ no longer orders the iterates.
+/// Nothing numerical is thrown, nothing is silent.
 ///
 /// \code
 /// natgrad::CgOptions opt;
@@ -31,8 +40,12 @@
 /// std::cout << s.brief_report() << "\n";
 /// \endcode
 #pragma once
+/// std::cout << s.brief_report() << "\n";
+/// \endcode
+#pragma once
 
 #include <natgrad/core/detail/format_number.h>
+#include <natgrad/core/interrupted.h>
 #include <natgrad/core/types.h>
 #include <natgrad/solvers/callback_result.h>
 #include <natgrad/solvers/detail/cg_kernels.h>
@@ -61,6 +74,7 @@ enum class CgBreakdown {
   curvature_nonpositive,        ///< pᵀAp ≤ 0 and finite: A is indefinite or singular along p
   curvature_not_finite,         ///< pᵀAp is NaN or Inf: the operator produced NaN or Inf
   rz_not_finite,                ///< rᵀz is NaN or Inf with a finite positive pᵀAp: residual or preconditioner
+  problem_not_finite,           ///< CG did not run: its caller found NaN or Inf first; x = 0
 };
 const char* to_string(CgBreakdown b);
 
@@ -100,7 +114,8 @@ struct CgSummary {
   Index preconditioner_applications = 0;
   double rhs_norm = 0;                    ///< ‖b‖
   /// ‖b − A x‖ / ‖b‖ of the returned x, recomputed at exit with one more product (counted in
-  /// operator_applications): what "converged" is decided on.
+  /// operator_applications): what "converged" is decided on. NaN when a stop request (natgrad::Interrupted)
+  /// prevented that product.
   double relative_residual = 0;
   /// The recursively updated residual of the returned iterate, ‖r‖ / ‖b‖; drifts from the true one in
   /// finite precision.
@@ -110,7 +125,9 @@ struct CgSummary {
   Index restarts = 0;                         ///< residual replacements (see CgOptions::kMaxRestarts)
   std::vector<double> residual_history;   ///< ‖r_i‖ / ‖b‖, i = 0 … iterations
   std::vector<double> quadratic_history;  ///< φ(x_i), i = 0 … iterations
-  Index returned_iterate = 0;  ///< which iterate x is (the best one after a breakdown or the limit)
+  /// Which iterate x is: the last (`iterations`), except after a breakdown, where it is the one with the
+  /// smallest residual.
+  Index returned_iterate = 0;
   double time_s = 0;
 
   /// converged or relative_progress: the solution is usable as asked.
@@ -146,7 +163,7 @@ struct CgWorkspace {
 
 /// Solves A x = b. `b` and `x` hold A.rows() scalars; x is the initial guess when options.warm_start,
 /// and the result on return. Throws std::invalid_argument only for invalid options or a workspace of the
-/// wrong size.
+/// wrong size; a natgrad::Interrupted thrown by A or M ends the solve (user_stop) and is not rethrown.
 template <typename Op, typename Preconditioner>
 CgSummary conjugate_gradient(const Op& A, const Preconditioner& M, const typename Op::Scalar* b_in,
                              typename Op::Scalar* x_out, const CgOptions& options,
@@ -192,35 +209,7 @@ CgSummary conjugate_gradient(const Op& A, const Preconditioner& M, const typenam
     return s;
   }
 
-  // r = b − A x
-  if (options.warm_start) {
-    A.perform_op(x.data(), ws.Ap.data());
-    ++s.operator_applications;
-    ws.r = b - ws.Ap;
-  } else {
-    x.setZero();
-    ws.r = b;
-  }
   auto phi = [&] { return -0.5 * double(x.dot(b + ws.r)); };  // φ = ½xᵀAx − bᵀx with Ax = b − r
-  double rel = double(ws.r.norm()) / s.rhs_norm;
-  s.residual_history.push_back(rel);
-  s.quadratic_history.push_back(phi());
-  s.relative_residual = s.recursive_relative_residual = rel;
-  if (!std::isfinite(rel)) {
-    s.termination = CgTermination::breakdown;
-    s.breakdown = CgBreakdown::initial_residual_not_finite;
-    s.breakdown_value = rel;
-    s.message = "the initial residual b - A x0 is not finite (NaN or Inf in the operator or x0)";
-    s.time_s = elapsed();
-    return s;
-  }
-  if (rel <= options.relative_tolerance) {
-    s.termination = CgTermination::converged;
-    s.message = "the initial guess already meets the tolerance: |r|/|b| = " + detail::format_number(rel);
-    s.time_s = elapsed();
-    return s;
-  }
-
   // With the identity preconditioner z = r: no copy, and rᵀz is the ‖r‖² the residual update returns.
   const Scalar* z = identity ? ws.r.data() : ws.z.data();
   double rz = 0;
@@ -247,119 +236,176 @@ CgSummary conjugate_gradient(const Op& A, const Preconditioner& M, const typenam
                 " is not finite" + (at > 0 ? " while p^T A p = " + detail::format_number(pAp) + " > 0" : "") +
                 " (NaN or Inf in the residual or the preconditioner)";
   };
-  start_direction();
-  s.termination = CgTermination::max_iterations;
-  double best_rel = rel;
-  // The best iterate is x itself while best_iter is the current iterate; ws.best holds it only once a later
-  // step fails to improve on it (copied just before x moves on), so improving steps copy nothing.
-  Index best_iter = 0;
-  Index i = 0;
-  double true_rel = std::numeric_limits<double>::quiet_NaN();
-  if (!std::isfinite(rz)) rz_breakdown(rz, 0, 0);
-  while (s.termination != CgTermination::breakdown) {
-    while (i < options.max_iterations) {
-      ++i;
-      A.perform_op(ws.p.data(), ws.Ap.data());
+  // The state the loop leaves for the end (declared here: a stop request may leave the loop early).
+  constexpr double nan = std::numeric_limits<double>::quiet_NaN();
+  double rel = nan, true_rel = nan;
+  // The best iterate (after a breakdown) is x itself while best_iter is the current iterate; ws.best holds
+  // it only once a later step fails to improve on it (copied just before x moves on), so improving steps
+  // copy nothing.
+  double best_rel = nan;
+  Index best_iter = 0, i = 0;
+  // A stop request thrown by a product or the preconditioner (natgrad::Interrupted, core/interrupted.h) ends
+  // the solve as the callback's stop does, with the iterate of the last completed iteration: x moves only
+  // after its iteration's product. No product can run after it, so the true residual stays unknown (NaN).
+  auto stop_on_interruption = [&](const Interrupted& e) {
+    s.termination = CgTermination::user_stop;
+    s.returned_iterate = s.iterations;
+    s.recursive_relative_residual = rel;
+    s.relative_residual = nan;
+    s.message = "interrupted after " + std::to_string(s.iterations) + " iterations (" + e.what() +
+                "); returned iterate " + std::to_string(s.iterations) +
+                ", recursive |r|/|b| = " + detail::format_number(rel) +
+                " (the true residual would need one more product)";
+    s.time_s = elapsed();
+    return s;
+  };
+  try {
+    // r = b − A x
+    if (options.warm_start) {
+      A.perform_op(x.data(), ws.Ap.data());
       ++s.operator_applications;
-      const double pAp = detail::cg_dot(ws.p.data(), ws.Ap.data(), n);
-      if (!std::isfinite(pAp) || !(pAp > 0)) {
-        s.termination = CgTermination::breakdown;
-        s.breakdown = std::isfinite(pAp) ? CgBreakdown::curvature_nonpositive : CgBreakdown::curvature_not_finite;
-        s.breakdown_value = pAp;
-        s.message = "breakdown at iteration " + std::to_string(i) + ": p^T A p = " + detail::format_number(pAp) +
-                    (std::isfinite(pAp) ? " <= 0 (the operator is indefinite or singular along p; add damping)"
-                                        : " is not finite (NaN or Inf in the operator)");
-        break;
-      }
-      const double alpha = rz / pAp;
-      const double rr = detail::cg_update_residual(ws.r.data(), ws.Ap.data(), Scalar(alpha), n);  // r −= α Ap
-      rel = std::sqrt(rr) / s.rhs_norm;
-      if (rel < best_rel) {
-        best_rel = rel;
-        best_iter = i;
-      } else if (best_iter == i - 1) {
-        detail::cg_copy(ws.best.data(), x.data(), n);  // x_{i−1} stays the best: keep it before x moves on
-      }
-      const double phi_i = -0.5 * detail::cg_update_solution(x.data(), ws.p.data(), Scalar(alpha), b.data(),
-                                                             ws.r.data(), n);  // x += α p; φ = −½ xᵀ(b + r)
-      s.iterations = i;
-      s.recursive_relative_residual = rel;
-      s.residual_history.push_back(rel);
-      s.quadratic_history.push_back(phi_i);
-      if (options.callback) {
-        CgIterationInfo info{i, rel, phi_i, alpha, elapsed()};
-        if (options.callback(info) == CallbackResult::stop) {
-          s.termination = CgTermination::user_stop;
-          s.message = "stopped by the callback at iteration " + std::to_string(i) +
-                      ", |r|/|b| = " + detail::format_number(rel);
+      ws.r = b - ws.Ap;
+    } else {
+      x.setZero();
+      ws.r = b;
+    }
+    rel = double(ws.r.norm()) / s.rhs_norm;
+    s.residual_history.push_back(rel);
+    s.quadratic_history.push_back(phi());
+    s.relative_residual = s.recursive_relative_residual = rel;
+    if (!std::isfinite(rel)) {
+      s.termination = CgTermination::breakdown;
+      s.breakdown = CgBreakdown::initial_residual_not_finite;
+      s.breakdown_value = rel;
+      s.message = "the initial residual b - A x0 is not finite (NaN or Inf in the operator or x0)";
+      s.time_s = elapsed();
+      return s;
+    }
+    if (rel <= options.relative_tolerance) {
+      s.termination = CgTermination::converged;
+      s.message = "the initial guess already meets the tolerance: |r|/|b| = " + detail::format_number(rel);
+      s.time_s = elapsed();
+      return s;
+    }
+
+    start_direction();
+    s.termination = CgTermination::max_iterations;
+    best_rel = rel;
+    if (!std::isfinite(rz)) rz_breakdown(rz, 0, 0);
+    while (s.termination != CgTermination::breakdown) {
+      while (i < options.max_iterations) {
+        ++i;
+        A.perform_op(ws.p.data(), ws.Ap.data());
+        ++s.operator_applications;
+        const double pAp = detail::cg_dot(ws.p.data(), ws.Ap.data(), n);
+        if (!std::isfinite(pAp) || !(pAp > 0)) {
+          s.termination = CgTermination::breakdown;
+          s.breakdown =
+              std::isfinite(pAp) ? CgBreakdown::curvature_nonpositive : CgBreakdown::curvature_not_finite;
+          s.breakdown_value = pAp;
+          s.message =
+              "breakdown at iteration " + std::to_string(i) + ": p^T A p = " + detail::format_number(pAp) +
+              (std::isfinite(pAp) ? " <= 0 (the operator is indefinite or singular along p; add damping)"
+                                  : " is not finite (NaN or Inf in the operator)");
           break;
         }
-      }
-      if (rel <= options.relative_tolerance) {
-        s.termination = CgTermination::converged;
-        break;
-      }
-      if (options.use_relative_progress) {
-        const Index k = std::max<Index>(10, static_cast<Index>(std::ceil(0.1 * double(i))));
-        if (i > k && phi_i < 0) {
-          const double progress = (phi_i - s.quadratic_history[static_cast<std::size_t>(i - k)]) / phi_i;
-          if (progress < double(k) * options.progress_epsilon) {
-            s.termination = CgTermination::relative_progress;
-            s.message = "relative progress of phi over the last " + std::to_string(k) + " iterations is " +
-                        detail::format_number(progress) +
-                        " < k*eps = " + detail::format_number(double(k) * options.progress_epsilon) +
-                        " at iteration " + std::to_string(i) + ", |r|/|b| = " + detail::format_number(rel);
+        const double alpha = rz / pAp;
+        const double rr =
+            detail::cg_update_residual(ws.r.data(), ws.Ap.data(), Scalar(alpha), n);  // r −= α Ap
+        rel = std::sqrt(rr) / s.rhs_norm;
+        if (rel < best_rel) {
+          best_rel = rel;
+          best_iter = i;
+        } else if (best_iter == i - 1) {
+          detail::cg_copy(ws.best.data(), x.data(), n);  // x_{i−1} stays the best: keep it before x moves on
+        }
+        const double phi_i = -0.5 * detail::cg_update_solution(x.data(), ws.p.data(), Scalar(alpha), b.data(),
+                                                               ws.r.data(), n);  // x += α p; φ = −½ xᵀ(b + r)
+        s.iterations = i;
+        s.recursive_relative_residual = rel;
+        s.residual_history.push_back(rel);
+        s.quadratic_history.push_back(phi_i);
+        if (options.callback) {
+          CgIterationInfo info{i, rel, phi_i, alpha, elapsed()};
+          if (options.callback(info) == CallbackResult::stop) {
+            s.termination = CgTermination::user_stop;
+            s.message = "stopped by the callback at iteration " + std::to_string(i) +
+                        ", |r|/|b| = " + detail::format_number(rel);
             break;
           }
         }
+        if (rel <= options.relative_tolerance) {
+          s.termination = CgTermination::converged;
+          break;
+        }
+        if (options.use_relative_progress) {
+          const Index k = std::max<Index>(10, static_cast<Index>(std::ceil(0.1 * double(i))));
+          if (i > k && phi_i < 0) {
+            const double progress = (phi_i - s.quadratic_history[static_cast<std::size_t>(i - k)]) / phi_i;
+            if (progress < double(k) * options.progress_epsilon) {
+              s.termination = CgTermination::relative_progress;
+              s.message = "relative progress of phi over the last " + std::to_string(k) + " iterations is " +
+                          detail::format_number(progress) +
+                          " < k*eps = " + detail::format_number(double(k) * options.progress_epsilon) +
+                          " at iteration " + std::to_string(i) + ", |r|/|b| = " + detail::format_number(rel);
+              break;
+            }
+          }
+        }
+        double rz_new = rr;
+        if (!identity) {
+          M.apply(ws.r.data(), ws.z.data());
+          rz_new = detail::cg_dot(ws.r.data(), z, n);
+        }
+        ++s.preconditioner_applications;
+        if (!std::isfinite(rz_new)) {
+          rz_breakdown(rz_new, pAp, i);
+          break;
+        }
+        detail::cg_update_direction(ws.p.data(), z, Scalar(rz_new / rz), n);  // p = z + β p
+        rz = rz_new;
       }
-      double rz_new = rr;
-      if (!identity) {
-        M.apply(ws.r.data(), ws.z.data());
-        rz_new = detail::cg_dot(ws.r.data(), z, n);
-      }
-      ++s.preconditioner_applications;
-      if (!std::isfinite(rz_new)) {
-        rz_breakdown(rz_new, pAp, i);
+      if (s.termination != CgTermination::converged) break;
+      // The recursive residual says converged: check the true one. If it falls short, restart from x with the
+      // true residual (residual replacement), while iterations and restarts remain.
+      true_rel = true_residual();
+      if (true_rel <= options.relative_tolerance) {
+        s.message = "|b - A x|/|b| = " + detail::format_number(true_rel) +
+                    " <= " + detail::format_number(options.relative_tolerance) + " after " +
+                    std::to_string(i) + " iterations" +
+                    (s.restarts ? " and " + std::to_string(s.restarts) + " residual replacements" : "");
         break;
       }
-      detail::cg_update_direction(ws.p.data(), z, Scalar(rz_new / rz), n);  // p = z + β p
-      rz = rz_new;
+      if (i >= options.max_iterations || s.restarts >= CgOptions::kMaxRestarts) {
+        s.termination =
+            i >= options.max_iterations ? CgTermination::max_iterations : CgTermination::stagnation;
+        s.message = "the recursive residual reached " + detail::format_number(rel) +
+                    " but the true |b - A x|/|b| = " + detail::format_number(true_rel) + " > " +
+                    detail::format_number(options.relative_tolerance) + " after " +
+                    std::to_string(s.restarts) +
+                    " residual replacements (the precision's attainable accuracy)";
+        break;
+      }
+      ++s.restarts;
+      rel = true_rel;
+      best_rel = rel;
+      best_iter = i;
+      start_direction();
+      s.termination = CgTermination::max_iterations;
+      true_rel = std::numeric_limits<double>::quiet_NaN();
+      if (!std::isfinite(rz)) rz_breakdown(rz, 0, i);
     }
-    if (s.termination != CgTermination::converged) break;
-    // The recursive residual says converged: check the true one. If it falls short, restart from x with the
-    // true residual (residual replacement), while iterations and restarts remain.
-    true_rel = true_residual();
-    if (true_rel <= options.relative_tolerance) {
-      s.message = "|b - A x|/|b| = " + detail::format_number(true_rel) + " <= " +
-                  detail::format_number(options.relative_tolerance) + " after " + std::to_string(i) + " iterations" +
-                  (s.restarts ? " and " + std::to_string(s.restarts) + " residual replacements" : "");
-      break;
-    }
-    if (i >= options.max_iterations || s.restarts >= CgOptions::kMaxRestarts) {
-      s.termination = i >= options.max_iterations ? CgTermination::max_iterations : CgTermination::stagnation;
-      s.message = "the recursive residual reached " + detail::format_number(rel) + " but the true |b - A x|/|b| = " +
-                  detail::format_number(true_rel) + " > " + detail::format_number(options.relative_tolerance) + " after " +
-                  std::to_string(s.restarts) + " residual replacements (the precision's attainable accuracy)";
-      break;
-    }
-    ++s.restarts;
-    rel = true_rel;
-    best_rel = rel;
-    best_iter = i;
-    start_direction();
-    s.termination = CgTermination::max_iterations;
-    true_rel = std::numeric_limits<double>::quiet_NaN();
-    if (!std::isfinite(rz)) rz_breakdown(rz, 0, i);
+  } catch (const Interrupted& e) {
+    return stop_on_interruption(e);
   }
   if (s.termination == CgTermination::max_iterations && s.message.empty())
     s.message = "reached max_iterations = " + std::to_string(options.max_iterations) +
                 " with |r|/|b| = " + detail::format_number(rel) + " > " +
                 detail::format_number(options.relative_tolerance);
+  // Every stop but a breakdown returns the last iterate: it has the lowest φ (see the file comment).
   s.returned_iterate = s.iterations;
   bool x_moved = false;
-  if ((s.termination == CgTermination::breakdown || s.termination == CgTermination::max_iterations) &&
-      best_iter != s.iterations) {
+  if (s.termination == CgTermination::breakdown && best_iter != s.iterations) {
     detail::cg_copy(x.data(), ws.best.data(), n);
     x_moved = true;
     s.returned_iterate = best_iter;
@@ -368,9 +414,20 @@ CgSummary conjugate_gradient(const Op& A, const Preconditioner& M, const typenam
   } else if (s.termination == CgTermination::breakdown) {
     s.message +=
         "; returned iterate " + std::to_string(s.iterations) + ", the one with the smallest residual";
+  } else if (s.termination == CgTermination::max_iterations) {
+    s.message += "; returned the last iterate, " + std::to_string(s.iterations) +
+                 " (phi = " + detail::format_number(s.quadratic_history.back()) +
+                 ", the lowest: CG minimizes phi over a growing Krylov space)";
   }
   s.recursive_relative_residual = s.returned_iterate == s.iterations ? rel : best_rel;
-  if (std::isnan(true_rel) || x_moved) true_rel = true_residual();
+  if (std::isnan(true_rel) || x_moved) {
+    try {
+      true_rel = true_residual();
+    } catch (const Interrupted& e) {  // (the solve ended by its own rule; only the check was stopped)
+      true_rel = nan;
+      s.message += std::string("; the true residual was not recomputed: ") + e.what();
+    }
+  }
   s.relative_residual = true_rel;
   s.time_s = elapsed();
   return s;

@@ -14,7 +14,16 @@
 /// recursive one; a residual replacement would break the shared Krylov space, so such a system is finished
 /// by conjugate_gradient() on its own shifted operator, warm-started from its iterate (its products counted,
 /// `restarts` = 1 + CG's). There is no preconditioner (the shifted systems would no longer share a Krylov
-/// space) and no best-iterate bookkeeping in the shared phase.
+/// space).
+///
+/// Each system returns its last iterate, as conjugate_gradient() does for every stop but a breakdown (the
+/// last iterate has the lowest φ_j(x) = ½xᵀ(A + σ_j I)x − bᵀx: each shifted system's iterates minimize it
+/// over the same growing Krylov space); the finishing CG applies conjugate_gradient()'s own rule. A breakdown
+/// in the shared phase also returns the last iterate: a smallest-residual copy per shift would cost one more
+/// vector each.
+///
+/// A stop request (natgrad::Interrupted thrown by a product) stops every running system as the callback's
+/// stop does (user_stop, the last completed iterate); the true residuals it prevents are NaN.
 ///
 /// \code
 /// natgrad::CgOptions opt;                       // tolerance, iteration limit, callback (on the base system)
@@ -25,6 +34,7 @@
 #pragma once
 
 #include <natgrad/core/detail/format_number.h>
+#include <natgrad/core/interrupted.h>
 #include <natgrad/core/types.h>
 #include <natgrad/solvers/conjugate_gradient.h>
 #include <natgrad/solvers/detail/cg_kernels.h>
@@ -32,6 +42,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -115,9 +126,26 @@ std::vector<CgSummary> multi_shift_conjugate_gradient(const Op& A, const std::ve
   double rr = double(r.squaredNorm()), alpha_prev = 1, beta_prev = 0;
   std::size_t remaining = m;
   Index products = 0, i = 0;
+  // A stop request (natgrad::Interrupted from a product, core/interrupted.h) stops every system still
+  // running with its last completed iterate (x_j moves only after the product), as the callback's stop does;
+  // no product runs after it.
+  std::string interruption;
   while (remaining > 0 && i < options.max_iterations) {
     ++i;
-    A.perform_op(p.data(), Ap.data());
+    try {
+      A.perform_op(p.data(), Ap.data());
+    } catch (const Interrupted& e) {
+      interruption = e.what();
+      for (std::size_t j = 0; j < m; ++j)
+        if (active[j]) {
+          s[j].termination = CgTermination::user_stop;
+          s[j].message = "interrupted after " + std::to_string(s[j].iterations) + " iterations (" +
+                         interruption +
+                         "), recursive |r|/|b| = " + detail::format_number(s[j].recursive_relative_residual);
+          active[j] = false;
+        }
+      break;
+    }
     ++products;
     const double pAp = detail::cg_dot(p.data(), Ap.data(), n);
     if (!std::isfinite(pAp) || !(pAp > 0)) {
@@ -202,15 +230,39 @@ std::vector<CgSummary> multi_shift_conjugate_gradient(const Op& A, const std::ve
   CgWorkspace<Scalar> ws(0, false);
   ws.r = std::move(r);
   ws.p = std::move(p);
-  // Each system's true residual, from one product.
+  auto limit_message = [&](std::size_t j) {
+    return "reached max_iterations = " + std::to_string(options.max_iterations) +
+           " with |r|/|b| = " + detail::format_number(s[j].recursive_relative_residual) + " > " +
+           detail::format_number(options.relative_tolerance);
+  };
+  // Each system's true residual, from one product (none after a stop request: NaN, and a system whose
+  // recursive residual converged cannot be confirmed, so it stopped).
   for (std::size_t j = 0; j < m; ++j) {
-    A.perform_op(x[j].data(), Ap.data());
-    ++s[j].operator_applications;
-    ++products;
+    s[j].returned_iterate = s[j].iterations;
+    if (interruption.empty()) {
+      try {
+        A.perform_op(x[j].data(), Ap.data());
+        ++s[j].operator_applications;
+        ++products;
+      } catch (const Interrupted& e) {
+        interruption = e.what();
+      }
+    }
+    if (!interruption.empty()) {
+      s[j].relative_residual = std::numeric_limits<double>::quiet_NaN();
+      if (s[j].termination == CgTermination::converged) {
+        s[j].termination = CgTermination::user_stop;
+        s[j].message = "interrupted before the true residual was checked (" + interruption + ")";
+      } else if (s[j].termination != CgTermination::user_stop) {
+        if (s[j].termination == CgTermination::max_iterations) s[j].message = limit_message(j);
+        s[j].message += "; the true residual was not recomputed: " + interruption;
+      }
+      s[j].time_s = elapsed();
+      continue;
+    }
     Ap = b - Ap - Scalar(shifts[j]) * x[j];  // (element-wise: no temporary)
     const double true_rel = double(Ap.norm()) / bnorm;
     s[j].relative_residual = true_rel;
-    s[j].returned_iterate = s[j].iterations;
     if (s[j].termination == CgTermination::converged) {
       if (true_rel <= options.relative_tolerance) {
         s[j].message = "|b - A x|/|b| = " + detail::format_number(true_rel) + " <= " +
@@ -251,9 +303,7 @@ std::vector<CgSummary> multi_shift_conjugate_gradient(const Op& A, const std::ve
                        detail::format_number(options.relative_tolerance) + "; CG from its iterate: " + f.message;
       }
     } else if (s[j].termination == CgTermination::max_iterations) {
-      s[j].message = "reached max_iterations = " + std::to_string(options.max_iterations) + " with |r|/|b| = " +
-                     detail::format_number(s[j].recursive_relative_residual) + " > " +
-                     detail::format_number(options.relative_tolerance);
+      s[j].message = limit_message(j);
     }
     s[j].time_s = elapsed();
   }
