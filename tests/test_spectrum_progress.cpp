@@ -36,7 +36,7 @@ Vec<double> probe(Index n, uint64_t seed, uint64_t p) {
 }
 
 // The operator of a FisherOperator asked to stop: it throws Interrupted at product `at` (1-based).
-struct InterruptedAt {
+struct InterruptedAtProduct {
   using Scalar = double;
   const DenseOp<double>& A;
   Index at;
@@ -99,13 +99,13 @@ TEST(SpectrumProgress, HutchinsonStopsAfterTheProbesAskedAndEstimatesFromThem) {
   EXPECT_EQ(all.probes, probes);
   EXPECT_EQ(watch.seen.size(), std::size_t(probes));
   // The operator's Interrupted at product 4: the three probes before it.
-  const TraceEstimate cut = hutchinson_trace(InterruptedAt{A, 4}, probes, seed);
+  const TraceEstimate cut = hutchinson_trace(InterruptedAtProduct{A, 4}, probes, seed);
   EXPECT_TRUE(cut.interrupted);
   EXPECT_EQ(cut.probes, 3);
   EXPECT_NEAR(cut.trace, (q[0] + q[1] + q[2]) / 3, 1e-12 * cut.trace);
   // A stop before a second probe leaves no standard error; before the first, no estimate.
-  EXPECT_TRUE(std::isnan(hutchinson_trace(InterruptedAt{A, 2}, probes, seed).standard_error));
-  EXPECT_TRUE(std::isnan(hutchinson_trace(InterruptedAt{A, 1}, probes, seed).trace));
+  EXPECT_TRUE(std::isnan(hutchinson_trace(InterruptedAtProduct{A, 2}, probes, seed).standard_error));
+  EXPECT_TRUE(std::isnan(hutchinson_trace(InterruptedAtProduct{A, 1}, probes, seed).trace));
 }
 
 // SLQ's first moment is exact per probe: Gauss quadrature with m ≥ 1 nodes integrates t exactly, so a probe's
@@ -153,13 +153,13 @@ TEST(SpectrumProgress, SlqStopsWithinAProbeAndKeepsTheCompletedOnes) {
   EXPECT_EQ(e.probes, 2);
   EXPECT_NEAR(e.first_moment, dense_moment(2), 1e-10 * dense_moment(2));
   // The operator's Interrupted at product 9 (probe 1, step 3): probe 0 alone.
-  const SpectralDensity f = slq_density(InterruptedAt{A, 9}, steps, probes, seed, 100);
+  const SpectralDensity f = slq_density(InterruptedAtProduct{A, 9}, steps, probes, seed, 100);
   EXPECT_TRUE(f.interrupted);
   EXPECT_EQ(f.probes, 1);
   EXPECT_NEAR(weight_sum(f), 1.0, 1e-12);
   EXPECT_NEAR(f.first_moment, dense_moment(1), 1e-10 * dense_moment(1));
   // Before any probe is done: an empty density, said to be interrupted.
-  const SpectralDensity none = slq_density(InterruptedAt{A, 2}, steps, probes, seed, 100);
+  const SpectralDensity none = slq_density(InterruptedAtProduct{A, 2}, steps, probes, seed, 100);
   EXPECT_TRUE(none.interrupted);
   EXPECT_EQ(none.probes, 0);
   EXPECT_TRUE(none.nodes.empty());
@@ -201,7 +201,7 @@ TEST(SpectrumProgress, LanczosReportsEveryProductAndStopsWhenAsked) {
   EXPECT_NE(r.status.find("after 7 products"), std::string::npos) << r.status;
   // The operator's own Interrupted (a FisherOperator asked to stop) ends the same way.
   opt.callback = nullptr;
-  const SpectrumResult s = top_eigenvalues(InterruptedAt{A, 4}, opt);
+  const SpectrumResult s = top_eigenvalues(InterruptedAtProduct{A, 4}, opt);
   EXPECT_EQ(s.termination, SpectrumTermination::interrupted);
   EXPECT_EQ(s.matvecs, 3);
 }
