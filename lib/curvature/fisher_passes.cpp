@@ -36,6 +36,19 @@ int team_size() {
   return 1;
 #endif
 }
+// Runs f on a team of n threads, and with n = 1 directly: libgomp allocates a new team for every parallel
+// region of one thread, and a product allocates nothing (tests/test_allocation.cpp).
+template <typename F>
+void in_team(int n, F&& f) {
+#ifdef NATGRAD_HAVE_OPENMP
+  if (n > 1) {
+#pragma omp parallel num_threads(n)
+    f();
+    return;
+  }
+#endif
+  f();
+}
 }  // namespace
 
 namespace detail {
@@ -158,10 +171,7 @@ void FisherOperator<Scalar>::State::backprop_chunks(const char* pass, bool repor
   detail::PassHalt halt;
   report = report && static_cast<bool>(options.on_progress);
   const bool poll = pass != nullptr && stop_set;
-#ifdef NATGRAD_HAVE_OPENMP
-#pragma omp parallel num_threads(num_threads)
-#endif
-  {
+  in_team(num_threads, [&] {
     const int t = thread_id(), team = team_size();
     NATGRAD_CHECK(t < num_threads && team <= num_threads);  // one workspace per thread of the team
     Workspace<Scalar>& ws = workspaces[static_cast<std::size_t>(t)];
@@ -184,7 +194,7 @@ void FisherOperator<Scalar>::State::backprop_chunks(const char* pass, bool repor
       const Index done = ++halt.chunks_done;
       if (report && t == 0) halt.guard([&] { options.on_progress(pass, done, plan.num_chunks); });
     }
-  }
+  });
   // Only a pass with a callback can stop: it agrees (under a communicator) before the sum over the ranks.
   if (poll || report) end_pass(halt, pass, plan.num_chunks, distributed());
 }
@@ -192,10 +202,7 @@ void FisherOperator<Scalar>::State::backprop_chunks(const char* pass, bool repor
 template <typename Scalar>
 void FisherOperator<Scalar>::State::sum_gradients(Scalar* y, const detail::ScaleAndDamp<Scalar>* finish) {
   const Index cs = plan.chunk_size;
-#ifdef NATGRAD_HAVE_OPENMP
-#pragma omp parallel num_threads(num_threads)
-#endif
-  {
+  in_team(num_threads, [&] {
     const int t = thread_id(), team = team_size();
     Workspace<Scalar>& ws = workspaces[static_cast<std::size_t>(t)];
     // B: the parameter tasks (a thread beyond the planned count would take over none).
@@ -237,7 +244,7 @@ void FisherOperator<Scalar>::State::sum_gradients(Scalar* y, const detail::Scale
         if (finish) (*finish)(y, off + i0, n);
       }
     }
-  }
+  });
   timers.count_run();
 }
 
