@@ -189,7 +189,15 @@ TEST_F(Cli, ASecondSigintQuitsAtOnce) {
   ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
   Background run("spectrum --model " + fifo + " --data " + p("d.safetensors") + " --report " + p("sig_fifo.json"),
                  "sig_fifo");
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // (nothing to watch for: it is blocked)
+  // Signal only once the command has opened the FIFO (its handlers are installed by then; an MPI build's
+  // start-up can take longer than any fixed wait): a non-blocking open for writing succeeds only when a reader
+  // has it open. The writer then stays open without writing, so the command's read still blocks.
+  int writer = -1;
+  for (int i = 0; i < 3000 && writer < 0; ++i) {
+    writer = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK);
+    if (writer < 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_GE(writer, 0) << "the command never opened the model file";
   run.signal(SIGINT);
   ASSERT_TRUE(run.wait_for("interrupt received", 1, 30)) << run.err();
   EXPECT_EQ(run.finish(0.5), -2);  // the first signal alone does not end a wait that has no chunks
@@ -197,6 +205,7 @@ TEST_F(Cli, ASecondSigintQuitsAtOnce) {
   EXPECT_EQ(run.finish(10), 130) << run.err();
   EXPECT_NE(run.err().find("second interrupt: quitting now"), std::string::npos) << run.err();
   EXPECT_FALSE(exists(p("sig_fifo.json")));
+  ::close(writer);
   std::remove(fifo.c_str());
 }
 
