@@ -453,6 +453,42 @@ TEST(Datasets, IdxGzipAndPlainWithScaling) {
   }
 }
 
+// Files of several of the reader's 64 KiB pieces (Fashion-MNIST's are 735 of them): every pixel of the whole
+// read and of a share in the middle against the pattern written, plain and gzip. (A reader that kept only its
+// first piece left the default problem's samples 84 onward at zero.)
+TEST(Datasets, IdxFilesOfManyPiecesReadEveryPixel) {
+  const Index n = 300, h = 28, w = 28, d = h * w;  // 235,200 bytes: four pieces
+  auto pixel = [](Index s, Index k) { return uint8_t((s * 131 + k * 7 + s * k) % 251); };
+  std::vector<uint8_t> px(static_cast<std::size_t>(n * d)), labels(static_cast<std::size_t>(n));
+  for (Index s = 0; s < n; ++s) {
+    labels[std::size_t(s)] = uint8_t(s % 10);
+    for (Index k = 0; k < d; ++k) px[std::size_t(s * d + k)] = pixel(s, k);
+  }
+  for (bool gz : {true, false}) {
+    SCOPED_TRACE(gz ? "gzip" : "plain");
+    const std::string dir = path(gz ? "idx_many_gz" : "idx_many_plain");
+    mkdir(dir.c_str(), 0755);
+    const std::string ext = gz ? ".gz" : "";
+    write_idx(dir + "/train-images-idx3-ubyte" + ext, {uint32_t(n), uint32_t(h), uint32_t(w)}, px, gz);
+    write_idx(dir + "/train-labels-idx1-ubyte" + ext, {uint32_t(n)}, labels, gz);
+    const auto all = load_dataset<double>(dir, {1, h, w}, LikelihoodKind::categorical, 10);
+    ASSERT_EQ(all.size(), n);
+    Index wrong = 0;
+    for (Index s = 0; s < n; ++s)
+      for (Index k = 0; k < d; ++k) wrong += all.inputs(k, s) != pixel(s, k) / 255.0;
+    EXPECT_EQ(wrong, 0);
+    // Samples [170, 290): a share that starts inside the third piece and ends inside the fifth.
+    const auto share = load_dataset<double>(dir, {1, h, w}, LikelihoodKind::categorical, 10, Split::train, 120, 1, 0, 170);
+    ASSERT_EQ(share.size(), 120);
+    wrong = 0;
+    for (Index s = 0; s < 120; ++s) {
+      wrong += share.labels[std::size_t(s)] != (170 + s) % 10;
+      for (Index k = 0; k < d; ++k) wrong += share.inputs(k, s) != pixel(170 + s, k) / 255.0;
+    }
+    EXPECT_EQ(wrong, 0);
+  }
+}
+
 TEST(Datasets, CorruptGzipIdxIsAnErrorNamingTheFile) {
   const std::string dir = path("idx_corrupt");
   mkdir(dir.c_str(), 0755);

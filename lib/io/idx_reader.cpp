@@ -122,7 +122,10 @@ std::vector<uint8_t> read_idx_records(ByteStream& in, const IdxHeader& h, const 
   // no more memory than the file could decompress to.
   out.reserve(static_cast<std::size_t>(std::min(keep, in.max_remaining())));
   uint8_t piece[kPiece];
-  while (seen == before && out.size() < keep) {
+  // (Only when the skip reached `first`: a shorter file is the error below. The loop runs until the share is
+  // whole, piece by piece: `seen` counts on.)
+  const bool at_first = seen == before;
+  while (at_first && out.size() < keep) {
     const std::size_t k =
         in.read(piece, static_cast<std::size_t>(std::min<uint64_t>(kPiece, keep - out.size())));
     if (k == 0) break;
