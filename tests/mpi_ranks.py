@@ -8,6 +8,9 @@ evenly, a curvature batch smaller than the batch) it runs `natgrad solve` (also 
 preconditioner), `fvp` (exact, empirical, Monte-Carlo) and `spectrum` once in one process and once under `mpiexec -np <ranks>`, in float64, and checks:
   - loss, gradient and every Fisher-vector product agree to 1e-12 (relative): the sums over ranks add the same
     per-sample terms in another order, nothing more;
+  - in one process and under MPI alike, the exact product is 1/N Σ_n J_nᵀ H_n J_n v + λv and the gradient
+    1/N Σ_n J_nᵀ (softmax(z_n) − e_{y_n}), with J_n from central differences of a forward pass written here
+    in numpy: the scale and the damping are applied once, after the sum over the ranks;
   - the top eigenvalues agree to 1e-9, and the damped directions (CG to 1e-11) to 1e-7 (the condition number
     times CG's tolerance bounds how far two converged iterates can lie apart);
   - two runs with the same ranks write bit-identical files;
@@ -187,6 +190,68 @@ for name, (spec, data) in cases.items():
     if ev["one"] is not None and ev["mpi"] is not None:
         e = rel(ev["mpi"], ev["one"])
         check(e <= 1e-9, f"{name}: spectrum --top 3, relative difference {e:.1e}")
+
+# The product and the gradient against a reference independent of natgrad: the chain model's forward pass in
+# numpy, its Jacobian by central differences, H_n = diag(p) − ppᵀ. A scale 1/N applied twice or never, or λv
+# applied never or once per rank, lies orders of magnitude outside the tolerance (checked first).
+W = {"0.weight": rng.standard_normal((8, F)) * 0.5, "0.bias": rng.standard_normal(8) * 0.1,
+     "2.weight": rng.standard_normal((C, 8)) * 0.5, "2.bias": rng.standard_normal(C) * 0.1}
+names = sorted(W)  # flat()'s order
+write_safetensors(p("ref_w.safetensors"), {k: ("F64", a) for k, a in W.items()})
+theta = np.concatenate([W[k].ravel() for k in names])
+
+
+def logits(t):
+    at, w = 0, {}
+    for k in names:
+        w[k] = t[at:at + W[k].size].reshape(W[k].shape)
+        at += W[k].size
+    return np.tanh(x @ w["0.weight"].T + w["0.bias"]) @ w["2.weight"].T + w["2.bias"]
+
+
+h = 1e-6
+J = np.empty((N, C, theta.size))  # J[n] = ∂z_n/∂θ
+for i in range(theta.size):
+    up, down = theta.copy(), theta.copy()
+    up[i] += h
+    down[i] -= h
+    J[:, :, i] = (logits(up) - logits(down)) / (2 * h)
+z = logits(theta)
+prob = np.exp(z - z.max(axis=1, keepdims=True))
+prob /= prob.sum(axis=1, keepdims=True)
+labels = cases["categorical"][1]["targets"][1]
+lam = 0.05
+v = rng.standard_normal(theta.size)
+at, vec = 0, {}
+for k in names:
+    vec[k] = ("F64", v[at:at + W[k].size].reshape(W[k].shape))
+    at += W[k].size
+write_safetensors(p("ref_v.safetensors"), vec)
+sum_fv = sum(J[n].T @ ((np.diag(prob[n]) - np.outer(prob[n], prob[n])) @ (J[n] @ v)) for n in range(N))
+score = prob.copy()
+score[np.arange(N), labels] -= 1
+sum_g = sum(J[n].T @ score[n] for n in range(N))
+product, gradient = sum_fv / N + lam * v, sum_g / N
+tol = 1e-8  # central differences with h = 1e-6 in float64: about 1e-10 here
+wrong = [sum_fv / N**2 + lam * v, sum_fv + lam * v, sum_fv / N, sum_fv / N + 2 * lam * v, sum_fv / N + ranks * lam * v]
+check(min(rel(w, product) for w in wrong) > 1e3 * tol and min(rel(sum_g, gradient), rel(sum_g / N**2, gradient)) >
+      1e3 * tol, f"reference: a scale or damping applied twice or never differs by "
+      f"{min(rel(w, product) for w in wrong):.1e} at least")
+common = ["--model", p("categorical.json"), "--data", p("categorical.safetensors"), "--weights", p("ref_w.safetensors")]
+for mpi in (False, True):
+    k = "mpi" if mpi else "one"
+    r = run(["fvp"] + common + ["--fisher", "exact", "--damping", str(lam), "--vector", p("ref_v.safetensors"),
+             "--output", p(f"ref_fvp_{k}.safetensors")], mpi)
+    check(r.returncode == 0, f"reference fvp ({k}) exits 0 {r.stderr.strip()[-300:]}")
+    if r.returncode == 0:
+        e = rel(flat(p(f"ref_fvp_{k}.safetensors")), product)
+        check(e <= tol, f"fvp ({k}) = 1/N Σ J_nᵀ H_n J_n v + λv of the numpy reference, relative difference {e:.1e}")
+    r = run(["solve"] + common + ["--damping", str(lam), "--spectrum", "0", "--cg-max-iters", "1",
+             "--output", p(f"ref_d_{k}.safetensors"), "--save-gradient", p(f"ref_g_{k}.safetensors")], mpi)
+    check(r.returncode == 0, f"reference gradient ({k}) exits 0 {r.stderr.strip()[-300:]}")
+    if r.returncode == 0:
+        e = rel(flat(p(f"ref_g_{k}.safetensors")), gradient)
+        check(e <= tol, f"gradient ({k}) = 1/N Σ J_nᵀ (p_n − e_y) of the numpy reference, relative difference {e:.1e}")
 
 # Deterministic for a given number of ranks: the same bytes twice.
 common = ["--model", p("categorical.json"), "--data", p("categorical.safetensors")]

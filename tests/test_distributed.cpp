@@ -312,6 +312,89 @@ INSTANTIATE_TEST_SUITE_P(Kinds, DistributedOperator,
                                            Case{LikelihoodKind::gaussian, FisherKind::exact},
                                            Case{LikelihoodKind::bernoulli, FisherKind::mc}));
 
+// The scale s = 1/(N·T) and the damping λv are applied once, after the sums over samples and ranks: in one
+// process and on 2 and 3 ranks, the product is s Σ_n J_nᵀ H_n J_n v + λv and the gradient s Σ_n J_nᵀ ∇_z ℓ_n
+// with J_n from central differences of the forward pass and H_n, ℓ from the formulas (test_helpers.h). The
+// models have weights split into several blocks (phase B) and a convolution summed over sample groups (phase
+// C); the sequence model has T = 3 positions. The test first checks that it can tell: s applied twice or not
+// at all, and λv applied never, twice or once per rank, each lie far outside its tolerance.
+TEST(Distributed, ProductAndGradientApplyTheScaleAndTheDampingOnce) {
+  ModelSpec conv;
+  conv.input_shape = {1, 4, 4};
+  conv.layers = {
+      LayerSpec::conv2d(1, 2, 3, 1, 0), LayerSpec::activation(LayerType::tanh), LayerSpec::flatten(),
+      LayerSpec::linear(8, 260),        LayerSpec::activation(LayerType::tanh), LayerSpec::linear(260, 3)};
+  ModelSpec sequence;
+  sequence.input_shape = {3, 4};
+  sequence.layers = {LayerSpec::linear(4, 260), LayerSpec::activation(LayerType::tanh),
+                     LayerSpec::linear(260, 5)};
+  const double lambda = 0.05;
+  for (const auto& [name, spec] : {std::make_pair("conv", conv), std::make_pair("sequence", sequence)}) {
+    SCOPED_TRACE(name);
+    Network<double> model(spec);
+    const Index N = 7, T = model.output_positions(), C = model.output_size() / T, P = model.num_params();
+    const Vec<double> theta = init_parameters(model, 11);
+    Dataset<double> data;
+    data.inputs = test::random_mat<double>(model.input_size(), N, 12);
+    for (Index k = 0; k < N * T; ++k) data.labels.push_back(int64_t(CounterRng(13, 1).bits(k) % C));
+    // The reference, never forming F (P × P): Σ_n J_nᵀ H_n J_n v and Σ_n J_nᵀ ∇_z ℓ_n (softmax − onehot per
+    // position), then s and λ.
+    const Mat<double> J = test::jacobian_by_finite_differences(model, theta, data.inputs);
+    const Mat<double> Z = model.predict(theta.data(), data.inputs);
+    const Vec<double> v = test::random_vec<double>(P, 14);
+    Vec<double> sum_fv = Vec<double>::Zero(P), sum_g = Vec<double>::Zero(P);
+    for (Index n = 0; n < N; ++n) {
+      const Mat<double> Jn = J.middleRows(n * T * C, T * C);
+      const Vec<double> z = Z.col(n);
+      sum_fv += Jn.transpose() * (test::per_position_fisher(LikelihoodKind::categorical, FisherKind::exact, z,
+                                                            data, n, T, 0, 1) *
+                                  (Jn * v));
+      Vec<double> score(T * C);
+      for (Index t = 0; t < T; ++t) {
+        const Vec<double> e = z.segment(t * C, C).array().exp();
+        score.segment(t * C, C) = e / e.sum();
+        score[t * C + data.labels[static_cast<std::size_t>(n * T + t)]] -= 1;
+      }
+      sum_g += Jn.transpose() * score;
+    }
+    const double s = 1.0 / double(N * T);
+    const Vec<double> product = s * sum_fv + lambda * v, gradient = s * sum_g;
+    const double tol = 1e-7;  // central differences: O(h²) + rounding/h, about 1e-9 here
+    for (const Vec<double>& wrong :
+         {Vec<double>(s * s * sum_fv + lambda * v), Vec<double>(sum_fv + lambda * v), Vec<double>(s * sum_fv),
+          Vec<double>(s * sum_fv + 2 * lambda * v), Vec<double>(s * sum_fv + 3 * lambda * v)})
+      ASSERT_GT(rel_err_vec(wrong, product), 1e3 * tol);
+    ASSERT_GT(rel_err_vec(Vec<double>(sum_g), gradient), 1e3 * tol);
+    ASSERT_GT(rel_err_vec(Vec<double>(s * s * sum_g), gradient), 1e3 * tol);
+
+    FisherOptions fo;
+    fo.damping = lambda;
+    fo.chunk_size = 2;  // 4 chunks: the convolution's gradient is summed over sample groups
+    fo.num_threads = 2;
+    const FisherOperator<double> one(model, theta, LikelihoodKind::categorical, data, fo);
+    EXPECT_LE(rel_err_vec(test::apply(one, v), product), tol);
+    EXPECT_LE(rel_err_vec(one.gradient(), gradient), tol);
+    for (int K : {2, 3}) {
+      std::vector<Vec<double>> y(static_cast<std::size_t>(K)), g(y);
+      const auto errors = on_ranks(K, [&](int r, const Communicator& comm) {
+        const SampleShare sh = share_of(N, r, K);
+        FisherOptions o = for_share(fo, comm, sh, N);
+        o.num_threads = 1;
+        const FisherOperator<double> F(model, theta, LikelihoodKind::categorical,
+                                       data.slice(sh.first, sh.count), o);
+        y[static_cast<std::size_t>(r)] = test::apply(F, v);
+        g[static_cast<std::size_t>(r)] = F.gradient();
+      });
+      for (int r = 0; r < K; ++r) {
+        const auto i = static_cast<std::size_t>(r);
+        ASSERT_EQ(errors[i], "") << "K " << K << " rank " << r;
+        EXPECT_LE(rel_err_vec(y[i], product), tol) << "K " << K << " rank " << r;
+        EXPECT_LE(rel_err_vec(g[i], gradient), tol) << "K " << K << " rank " << r;
+      }
+    }
+  }
+}
+
 TEST(Distributed, TraceAndDensityProbesAreTheOneProcessOnes) {
   // Hutchinson's and SLQ's Rademacher probes are keyed by the probe index, and each probe's products are
   // sums over the ranks: the estimates are the one-process ones.

@@ -34,7 +34,14 @@ void FisherOperator<Scalar>::perform_op(const Scalar* x, Scalar* y) const {
   //   3. y = Σ_n J_nᵀ w_n  w backpropagated to every node with parameters   Network::backprop_cotangents
   //                        and stored (phase A), then each node's gradient  Network::gradient_block,
   //                        (phases B, C), summed over the ranks:            gradient_of_samples
-  //   4. y ← s·y + λv      once per entry, the sum's last step:             detail::ScaleAndDamp
+  //   4. y ← s·y + λv      once, over all of y:                             detail::ScaleAndDamp
+  //
+  // Step 4 comes after every sum, in one place for one process and for K ranks. Steps 1–3 add per-sample
+  // terms only — over chunks, sample groups and (under MPI) ranks, each rank holding its share of the N
+  // samples — so y after step 3 is the full Σ_n over all N·T positions whatever the split. The mean's factor
+  // s = 1/(N·T) uses the total N (FisherOptions::total_samples), not a rank's share, and λv belongs to no
+  // sample: added inside the sum, it would count once per rank (K·λv) or per group. Hence exactly one
+  // y = s·y + λx, on the summed y.
   NATGRAD_CHECK(x != nullptr && y != nullptr && (y + num_params_ <= x || x + num_params_ <= y));
   State& st = *s_;
   st.require_forward();
@@ -43,8 +50,9 @@ void FisherOperator<Scalar>::perform_op(const Scalar* x, Scalar* y) const {
     st.model.jvp(st.theta.data(), x, st.cache, c0, n, ws);              // 1. u = J v
     st.curvature.apply(c0, ConstMatMap<Scalar>(ws.result(), C, n), w);  // 2. w = H u
   };
-  st.backprop_chunks("product", false, head);
-  st.sum_over_samples(y, {st.inverse_count(), static_cast<Scalar>(st.damping), x});  // 3, 4. y = s Σ Jᵀw + λv
+  st.backprop_chunks("product", false, head);                                      // 3. (phase A)
+  st.sum_over_samples(y);                                                          // 3. y = Σ_n J_nᵀ w_n
+  st.scale_and_damp(y, {st.inverse_count(), static_cast<Scalar>(st.damping), x});  // 4. y ← s·y + λx
   ++st.num_products;
 }
 
@@ -64,7 +72,8 @@ const Vec<Scalar>& FisherOperator<Scalar>::gradient() const {
     nll_gradient<Scalar>(st.likelihood, z, st.data, c0, gz, st.positions);
   };
   st.backprop_chunks("gradient", true, head);
-  st.sum_over_samples(st.gradient.data(), {st.inverse_count(), Scalar(0), nullptr});
+  st.sum_over_samples(st.gradient.data());
+  st.scale_and_damp(st.gradient.data(), {st.inverse_count(), Scalar(0), nullptr});
   st.loss = 0;
   for (double l : st.chunk_loss) st.loss += l;  // in chunk order
   if (st.distributed()) st.comm->sum(&st.loss, 1);

@@ -200,7 +200,7 @@ void FisherOperator<Scalar>::State::backprop_chunks(const char* pass, bool repor
 }
 
 template <typename Scalar>
-void FisherOperator<Scalar>::State::sum_gradients(Scalar* y, const detail::ScaleAndDamp<Scalar>* finish) {
+void FisherOperator<Scalar>::State::sum_gradients(Scalar* y) {
   const Index cs = plan.chunk_size;
   in_team(num_threads, [&] {
     const int t = thread_id(), team = team_size();
@@ -213,9 +213,6 @@ void FisherOperator<Scalar>::State::sum_gradients(Scalar* y, const detail::Scale
         if (task.by_blocks) {
           model.gradient_block(task.layer, cache, cot, task.row0, task.rows, task.col0, task.cols, y,
                                task_scratch[static_cast<std::size_t>(t)].data());
-          if (finish)
-            model.for_each_block_run(task.layer, task.row0, task.rows, task.col0, task.cols,
-                                     [&](Index i0, Index n) { (*finish)(y, i0, n); });
         } else {
           const Index P = model.layer(task.layer).num_params();
           Scalar* partial = partials.data() + plan.partial_offset[task.layer] + task.group * P;
@@ -241,7 +238,6 @@ void FisherOperator<Scalar>::State::sum_gradients(Scalar* y, const detail::Scale
         if (item % team != t) continue;
         const Index n = std::min(block, P - i0);
         detail::sum_in_order(parts, i0, n, y + off + i0);
-        if (finish) (*finish)(y, off + i0, n);
       }
     }
   });
@@ -249,15 +245,23 @@ void FisherOperator<Scalar>::State::sum_gradients(Scalar* y, const detail::Scale
 }
 
 template <typename Scalar>
-void FisherOperator<Scalar>::State::sum_over_samples(Scalar* y, const detail::ScaleAndDamp<Scalar>& finish) {
-  if (!distributed()) return sum_gradients(y, &finish);
-  sum_gradients(y, nullptr);
-  comm->sum(y, num_params);  // in rank order: the same y on every rank
+void FisherOperator<Scalar>::State::sum_over_samples(Scalar* y) {
+  sum_gradients(y);
+  if (distributed()) comm->sum(y, num_params);  // in rank order: the same y on every rank
+}
+
+template <typename Scalar>
+void FisherOperator<Scalar>::State::scale_and_damp(Scalar* y, const detail::ScaleAndDamp<Scalar>& finish) {
+  // Blocks of fixed bounds (not of the team's size), so that each entry takes the same path through Eigen's
+  // vectorized and scalar code for any number of threads.
   constexpr Index block = 4096;
-#ifdef NATGRAD_HAVE_OPENMP
-#pragma omp parallel for schedule(static) num_threads(num_threads)
-#endif
-  for (Index i0 = 0; i0 < num_params; i0 += block) finish(y, i0, std::min(block, num_params - i0));
+  in_team(num_threads, [&] {
+    const int t = thread_id(), team = team_size();
+    const detail::NodeTimer timer(timers.reduction(t), 0);  // (profiled with phase C's sums)
+    Index item = 0;
+    for (Index i0 = 0; i0 < num_params; i0 += block, ++item)
+      if (item % team == t) finish(y, i0, std::min(block, num_params - i0));
+  });
 }
 
 template <typename Scalar>
@@ -316,8 +320,9 @@ Vec<Scalar> FisherOperator<Scalar>::State::squared_gradients(const std::vector<b
   template void FisherOperator<S>::State::run_forward(std::exception_ptr);                             \
   template void FisherOperator<S>::State::end_pass(detail::PassHalt&, const char*, Index, bool) const; \
   template void FisherOperator<S>::State::backprop_chunks(const char*, bool, Head);                    \
-  template void FisherOperator<S>::State::sum_gradients(S*, const detail::ScaleAndDamp<S>*);           \
-  template void FisherOperator<S>::State::sum_over_samples(S*, const detail::ScaleAndDamp<S>&);        \
+  template void FisherOperator<S>::State::sum_gradients(S*);                                           \
+  template void FisherOperator<S>::State::sum_over_samples(S*);                                        \
+  template void FisherOperator<S>::State::scale_and_damp(S*, const detail::ScaleAndDamp<S>&);          \
   template Vec<S> FisherOperator<S>::State::squared_gradients(const std::vector<bool>&);
 NATGRAD_INSTANTIATE(float)
 NATGRAD_INSTANTIATE(double)

@@ -18,8 +18,9 @@
 namespace natgrad {
 namespace detail {
 
-/// y ← s·y + λx on entries [i0, i0 + n) of a parameter vector (x is read only when λ ≠ 0): how every product
-/// (s = 1/(N·T), λ the damping) and the gradient (s = 1/(N·T), λ = 0) end.
+/// y ← s·y + λx on entries [i0, i0 + n) of a parameter vector (x is read only when λ ≠ 0): the last step of
+/// every product (s = 1/(N·T), λ the damping) and of the gradient (s = 1/(N·T), λ = 0), applied by
+/// State::scale_and_damp to the whole of y once the sum over samples (and ranks) is complete.
 template <typename Scalar>
 struct ScaleAndDamp {
   Scalar s = 1;
@@ -110,14 +111,16 @@ struct FisherOperator<Scalar>::State {
   void end_pass(detail::PassHalt& h, const char* pass, Index total, bool agree) const;
   /// Products, gradient() and loss() need a complete forward pass (a rebind may have been interrupted).
   void require_forward() const;
-  /// **Phases B and C**: y = Σ_n J_nᵀ w_n from the stored cotangents — weight blocks and sample groups
-  /// (Network::gradient_block, gradient_of_samples), then the groups' partial sums in group order — with
-  /// `finish` applied to each piece of y as soon as it is final, while it is in cache (nullptr: none).
-  void sum_gradients(Scalar* y, const detail::ScaleAndDamp<Scalar>* finish);
-  /// y = s·Σ_n J_nᵀ w_n + λx over all ranks' samples: phases B and C, then the sum over the ranks. In one
-  /// process each piece of y is finished (y ← s·y + λx) by the thread that wrote it; across ranks y is
-  /// finished after the sum, in one pass.
-  void sum_over_samples(Scalar* y, const detail::ScaleAndDamp<Scalar>& finish);
+  /// **Phases B and C**: y = Σ_n J_nᵀ w_n over this rank's samples, from the stored cotangents — weight
+  /// blocks and sample groups (Network::gradient_block, gradient_of_samples), then the groups' partial sums
+  /// in group order. Unscaled.
+  void sum_gradients(Scalar* y);
+  /// y = Σ_n J_nᵀ w_n over all ranks' samples: phases B and C, then (under a communicator) the sum over the
+  /// ranks in rank order, so every rank holds the same bits. Unscaled: see scale_and_damp.
+  void sum_over_samples(Scalar* y);
+  /// y ← s·y + λx on every entry of y (`finish`), in fixed blocks shared by the threads: one pass, the same
+  /// in one process and across ranks, after sum_over_samples.
+  void scale_and_damp(Scalar* y, const detail::ScaleAndDamp<Scalar>& finish);
   /// Σ_n g_n² of the nodes with nodes[l], from the stored cotangents (Network::squared_gradients), over the
   /// plan's sample groups summed in group order; this rank's samples, unscaled.
   Vec<Scalar> squared_gradients(const std::vector<bool>& nodes);

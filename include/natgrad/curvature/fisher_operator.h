@@ -130,7 +130,7 @@ struct OperatorProfile {
   std::vector<double> backprop_s;  ///< the cotangents' backpropagation through the node
   std::vector<double> gradient_s;  ///< the parameter gradient (phase B)
   double curvature_s = 0;          ///< the output curvature H u
-  double reduction_s = 0;          ///< the partial gradients summed (phase C)
+  double reduction_s = 0;          ///< the partial gradients summed (phase C), then y ← s·y + λx
   Index products = 0;              ///< products (and gradients) these sums cover
 };
 

@@ -215,19 +215,10 @@ class Network {
   ///
   /// Rows [r0, r0 + m) × columns [c0, c0 + k) of the weight of node l, which has a blocked gradient
   /// (block_gradient(l)), over every sample of the cache: set in g (a whole parameter vector), with the bias
-  /// entries of those rows when c0 = 0 (for_each_block_run lists them). `scratch` holds
+  /// entries of those rows when c0 = 0; nothing else of g is touched. `scratch` holds
   /// block_gradient(l)->grad_block_scratch(m, k, N) scalars.
   void gradient_block(std::size_t l, const ForwardCache<Scalar>& cache, const CotangentCache<Scalar>& cot,
                       Index r0, Index m, Index c0, Index k, Scalar* g, Scalar* scratch) const;
-  /// The entries gradient_block(l, …, r0, m, c0, k, g, …) sets, as runs f(offset, length) of g: each weight
-  /// row's k entries, then (c0 = 0) the m bias entries.
-  template <class F>
-  void for_each_block_run(std::size_t l, Index r0, Index m, Index c0, Index k, F f) const {
-    const auto [rows, cols] = block_gradient(l)->grad_grid();
-    const Index off = param_offset(l);
-    for (Index r = r0; r < r0 + m; ++r) f(off + r * cols + c0, k);
-    if (c0 == 0 && layer(l).num_params() > rows * cols) f(off + rows * cols + r0, m);
-  }
   /// partial += node l's own parameter gradient (num_params() of the node) over samples [col0, col1), one vjp
   /// per chunk of at most `chunk` ≤ ws.max_cols samples, in order.
   void gradient_of_samples(std::size_t l, const Scalar* theta, const ForwardCache<Scalar>& cache,
