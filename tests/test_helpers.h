@@ -14,8 +14,12 @@
 #include <Eigen/Cholesky>
 #include <Eigen/QR>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <string>
+#include <vector>
 
 namespace natgrad {
 namespace test {
@@ -41,6 +45,38 @@ struct Tol<float> {
 inline std::string make_temp_dir(const std::string& prefix) {
   std::string tmpl = "/tmp/" + prefix + "_XXXXXX";
   return std::string(mkdtemp(tmpl.data()));
+}
+
+/// The file `name` in this test process's temporary directory (one, made on first use).
+inline std::string path(const std::string& name) {
+  static const std::string dir = make_temp_dir("natgrad_test");
+  return dir + "/" + name;
+}
+
+/// Writes `bytes` to the file p, replacing it.
+inline void write_bytes(const std::string& p, const std::string& bytes) {
+  std::ofstream(p, std::ios::binary) << bytes;
+}
+
+/// The whole file p ("" if it cannot be read).
+inline std::string read_bytes(const std::string& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+/// A safetensors image written by hand: the header's length (8 bytes, little-endian), the JSON header, the data.
+inline std::string safetensors_bytes(const std::string& header, const std::string& data) {
+  std::string out;
+  for (int i = 0; i < 8; ++i) out.push_back(char((uint64_t(header.size()) >> (8 * i)) & 0xff));
+  return out + header + data;
+}
+
+/// An IDX image written by hand: the magic 0, 0, 8 (unsigned bytes) and the number of dimensions, each
+/// dimension as 4 bytes big-endian, then the data.
+inline std::string idx_bytes(const std::vector<uint32_t>& dims, const std::string& data) {
+  std::string s{0, 0, 8, char(dims.size())};
+  for (uint32_t d : dims) s += {char(d >> 24), char(d >> 16), char(d >> 8), char(d)};
+  return s + data;
 }
 
 /// The message of the std::invalid_argument f throws, or "no exception".

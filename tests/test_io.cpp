@@ -21,28 +21,6 @@ using namespace natgrad::test;
 
 namespace {
 
-std::string tmpdir() {
-  static const std::string dir = make_temp_dir("natgrad_io");
-  return dir;
-}
-std::string path(const std::string& name) { return tmpdir() + "/" + name; }
-
-void write_bytes(const std::string& p, const std::string& bytes) {
-  std::ofstream(p, std::ios::binary) << bytes;
-}
-std::string read_bytes(const std::string& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-// A safetensors image with the given JSON header and data.
-std::string safetensors_bytes(const std::string& header, const std::string& data) {
-  std::string out;
-  const uint64_t n = header.size();
-  for (int i = 0; i < 8; ++i) out.push_back(char((n >> (8 * i)) & 0xff));
-  return out + header + data;
-}
-
 ModelFile small_model() {
   return parse_model_spec(R"({"input_shape": [1, 4, 4], "likelihood": "categorical", "layers": [
       {"type": "conv2d", "in_channels": 1, "out_channels": 2, "kernel_size": 3, "padding": 1},
@@ -203,18 +181,10 @@ TEST(FuzzRegressions, InputsTheFuzzersFoundAreRejectedCleanly) {
   EXPECT_ERROR(parse_csv<double>("1,nan\n", {1}, LikelihoodKind::categorical, 2, "d.csv"), "d.csv: line 1");
 }
 
-namespace {
-std::string idx_header(const std::vector<uint32_t>& dims) {
-  std::string s{0, 0, 8, char(dims.size())};
-  for (uint32_t d : dims) s += {char(d >> 24), char(d >> 16), char(d >> 8), char(d)};
-  return s;
-}
-}  // namespace
-
 TEST(SizeOverflow, IdxDimensionsWhoseProductWrapsAreRefused) {
   // fuzz/corpus/idx/product_wraps_to_zero: 2²⁴ · 2¹⁶ · 2²⁴ = 2⁶⁴ is 0 in uint64_t, which equalled the empty
   // data section of this 16-byte file, so the file was accepted as 16.7 million images of 2¹⁶ × 2²⁴ pixels.
-  const std::string wraps = idx_header({1u << 24, 1u << 16, 1u << 24});
+  const std::string wraps = idx_bytes({1u << 24, 1u << 16, 1u << 24}, "");
   ASSERT_EQ(wraps.size(), 16u);
   EXPECT_ERROR(parse_idx(std::vector<uint8_t>(wraps.begin(), wraps.end()), 3, "i.idx", nullptr),
                "i.idx: IDX dimensions 16777216 x 65536 x 16777216 are absurdly large");
@@ -222,14 +192,14 @@ TEST(SizeOverflow, IdxDimensionsWhoseProductWrapsAreRefused) {
   const std::string dir = path("idx_wraps");
   mkdir(dir.c_str(), 0755);
   write_bytes(dir + "/train-images-idx3-ubyte", wraps);
-  write_bytes(dir + "/train-labels-idx1-ubyte", idx_header({1u << 24}));
+  write_bytes(dir + "/train-labels-idx1-ubyte", idx_bytes({1u << 24}, ""));
   EXPECT_ERROR(load_dataset<double>(dir, {1, 65536, 16777216}, LikelihoodKind::categorical, 2),
                "train-images-idx3-ubyte: IDX dimensions 16777216 x 65536 x 16777216 are absurdly large");
   // Two products that stay below 2⁶⁴ but lie about the data are refused by the size comparison.
-  const std::string lies = idx_header({1u << 20, 1u << 20, 1u << 10}) + "abcd";
+  const std::string lies = idx_bytes({1u << 20, 1u << 20, 1u << 10}, "abcd");
   EXPECT_ERROR(parse_idx(std::vector<uint8_t>(lies.begin(), lies.end()), 3, "i.idx", nullptr),
                "absurdly large");
-  const std::string small = idx_header({2, 3, 3}) + std::string(17, 'x');
+  const std::string small = idx_bytes({2, 3, 3}, std::string(17, 'x'));
   EXPECT_ERROR(parse_idx(std::vector<uint8_t>(small.begin(), small.end()), 3, "i.idx", nullptr),
                "IDX header promises 18 bytes of data but the file holds 17 (truncated?)");
 }
@@ -417,9 +387,7 @@ TEST(Parameters, PyTorchLayoutFileRoundTripsBitForBit) {
 
 namespace {
 void write_idx(const std::string& p, const std::vector<uint32_t>& dims, const std::vector<uint8_t>& data, bool gz) {
-  std::string s{0, 0, 8, char(dims.size())};
-  for (uint32_t d : dims) s += {char(d >> 24), char(d >> 16), char(d >> 8), char(d)};
-  s.append(data.begin(), data.end());
+  const std::string s = idx_bytes(dims, std::string(data.begin(), data.end()));
   if (!gz) return write_bytes(p, s);
   gzFile f = gzopen(p.c_str(), "wb");
   gzwrite(f, s.data(), unsigned(s.size()));

@@ -22,31 +22,9 @@ namespace {
 
 constexpr Index kN = 13;  // no rank count from 2 to 12 divides it
 
-std::string dir() {
-  static const std::string d = make_temp_dir("natgrad_shares");
-  return d;
-}
-std::string path(const std::string& name) { return dir() + "/" + name; }
-
-void write_bytes(const std::string& p, const std::string& bytes) {
-  std::ofstream(p, std::ios::binary) << bytes;
-}
-
-std::string safetensors_bytes(const std::string& header, const std::string& data) {
-  std::string out;
-  for (int i = 0; i < 8; ++i) out.push_back(char((uint64_t(header.size()) >> (8 * i)) & 0xff));
-  return out + header + data;
-}
-
 template <typename T>
 std::string raw(const std::vector<T>& v) {
   return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
-}
-
-std::string idx_bytes(const std::vector<uint32_t>& dims, const std::string& data) {
-  std::string s{0, 0, 8, char(dims.size())};
-  for (uint32_t d : dims) s += {char(d >> 24), char(d >> 16), char(d >> 8), char(d)};
-  return s + data;
 }
 
 void write_gzip(const std::string& p, const std::string& bytes) {
