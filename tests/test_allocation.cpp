@@ -11,6 +11,8 @@
 
 #include <atomic>
 #include <cstddef>
+#include <initializer_list>
+#include <string>
 
 #include "core/gemm.h"
 #include "test_helpers.h"
@@ -120,31 +122,45 @@ class SecondProduct : public ::testing::Test {};
 using ScalarTypes = ::testing::Types<float, double>;
 TYPED_TEST_SUITE(SecondProduct, ScalarTypes);
 
-// Models whose GEMMs are far above Eigen's stack-allocation limit, for every Fisher kind; 700 samples make
-// several chunks (one per thread at least) and a shorter last one.
-TYPED_TEST(SecondProduct, AllocatesNothing) {
-  using Scalar = TypeParam;
+namespace {
+// The operator problems the allocation tests run: an MLP whose GEMMs are far above Eigen's stack-allocation
+// limit, a CNN and a ResNet graph, for each Fisher kind in `kinds`; 700 samples make several chunks (one per
+// thread at least) and a shorter last one. body(label, model, theta, data, options) with the options' kind
+// and Monte-Carlo draws set; everything is built before body runs.
+template <typename Scalar, typename Body>
+void for_each_operator_problem(std::initializer_list<FisherKind> kinds, Body body) {
   const std::pair<const char*, ModelSpec> models[] = {
       {"mlp", mlp_spec(300, 512, 10)}, {"cnn", cnn_spec(10)}, {"resnet graph", resnet_spec(10, 16, 16)}};
   for (const auto& [label, spec] : models)
-    for (FisherKind kind : {FisherKind::exact, FisherKind::mc, FisherKind::empirical}) {
+    for (FisherKind kind : kinds) {
       SCOPED_TRACE(std::string(label) + " " + to_string(kind));
-      Network<Scalar> model(spec);
+      const Network<Scalar> model(spec);
       const Vec<Scalar> theta = init_parameters(model, 1);
       const Dataset<Scalar> data = random_dataset(model, 700, LikelihoodKind::categorical, 2);
       FisherOptions options;
       options.kind = kind;
       options.mc_samples = 3;
-      options.damping = 0.1;
-      FisherOperator<Scalar> F(model, theta, LikelihoodKind::categorical, data, options);
-      const Vec<Scalar> v = random_vec<Scalar>(model.num_params(), 3);
-      Vec<Scalar> y(model.num_params()), y2(model.num_params());
-      F.perform_op(v.data(), y.data());
-      CountAllocations counter;
-      F.perform_op(v.data(), y2.data());
-      F.perform_op(y.data(), y2.data());
-      EXPECT_EQ(counter.allocations(), 0);
+      body(std::string(label) + " " + to_string(kind), model, theta, data, options);
     }
+}
+}  // namespace
+
+TYPED_TEST(SecondProduct, AllocatesNothing) {
+  using Scalar = TypeParam;
+  for_each_operator_problem<Scalar>(
+      {FisherKind::exact, FisherKind::mc, FisherKind::empirical},
+      [](const std::string&, const Network<Scalar>& model, const Vec<Scalar>& theta, const Dataset<Scalar>& data,
+         FisherOptions options) {
+        options.damping = 0.1;
+        FisherOperator<Scalar> F(model, theta, LikelihoodKind::categorical, data, options);
+        const Vec<Scalar> v = random_vec<Scalar>(model.num_params(), 3);
+        Vec<Scalar> y(model.num_params()), y2(model.num_params());
+        F.perform_op(v.data(), y.data());
+        CountAllocations counter;
+        F.perform_op(v.data(), y2.data());
+        F.perform_op(y.data(), y2.data());
+        EXPECT_EQ(counter.allocations(), 0);
+      });
 }
 
 // C = A B and C += A B through caller packing space equal Eigen's own `noalias()` product bit for bit, for
@@ -336,30 +352,23 @@ TEST(MemoryEstimate, BoundsTheHeapPeakOfASolveOnSixtyThousandSamples) {
 // on the ResNet); the constructor's peak is at most 1 MiB above it (the forward pass's transient GEMM
 // packing buffers, about 0.7 MiB on the MLP at 2 threads).
 TEST(FisherOperatorRequiredBytes, BoundsWhatTheConstructorAllocatesTightly) {
-  const std::pair<const char*, ModelSpec> models[] = {
-      {"mlp", mlp_spec(300, 512, 10)}, {"cnn", cnn_spec(10)}, {"resnet graph", resnet_spec(10, 16, 16)}};
-  for (const auto& [label, spec] : models)
-    for (FisherKind kind : {FisherKind::exact, FisherKind::mc}) {
-      SCOPED_TRACE(std::string(label) + " " + to_string(kind));
-      Network<float> model(spec);
-      const Vec<float> theta = init_parameters(model, 1);
-      const Dataset<float> data = random_dataset(model, 700, LikelihoodKind::categorical, 2);
-      FisherOptions options;
-      options.kind = kind;
-      options.mc_samples = 3;
-      options.num_threads = 2;
-      const auto need =
-          FisherOperator<float>::required_bytes(model, data.size(), LikelihoodKind::categorical, options);
-      const long long before = g_live.load();
-      HeapPeak peak;
-      FisherOperator<float> F(model, theta, LikelihoodKind::categorical, data, options);
-      const long long held = g_live.load() - before, total = static_cast<long long>(need.total());
-      EXPECT_LE(held, total + 256 * 1024);
-      EXPECT_GE(held, static_cast<long long>(0.8 * double(total)));
-      EXPECT_LE(peak.bytes(), total + 1024 * 1024);
-      std::cout << "[ info ] " << label << " " << to_string(kind) << ": held " << held / 1024 << " KiB, peak "
-                << peak.bytes() / 1024 << " KiB, required_bytes " << total / 1024 << " KiB\n";
-    }
+  for_each_operator_problem<float>(
+      {FisherKind::exact, FisherKind::mc},
+      [](const std::string& label, const Network<float>& model, const Vec<float>& theta, const Dataset<float>& data,
+         FisherOptions options) {
+        options.num_threads = 2;
+        const auto need =
+            FisherOperator<float>::required_bytes(model, data.size(), LikelihoodKind::categorical, options);
+        const long long before = g_live.load();
+        HeapPeak peak;
+        FisherOperator<float> F(model, theta, LikelihoodKind::categorical, data, options);
+        const long long held = g_live.load() - before, total = static_cast<long long>(need.total());
+        EXPECT_LE(held, total + 256 * 1024);
+        EXPECT_GE(held, static_cast<long long>(0.8 * double(total)));
+        EXPECT_LE(peak.bytes(), total + 1024 * 1024);
+        std::cout << "[ info ] " << label << ": held " << held / 1024 << " KiB, peak " << peak.bytes() / 1024
+                  << " KiB, required_bytes " << total / 1024 << " KiB\n";
+      });
 }
 
 namespace {
