@@ -249,7 +249,9 @@ struct Case {
 class DistributedOperator : public ::testing::TestWithParam<Case> {};
 
 TEST_P(DistributedOperator, EqualsOneProcessOnTheWholeBatch) {
-  const auto [likelihood, kind] = GetParam();
+  // (Not a structured binding: clang 14 refuses to capture one in the ranks' lambda.)
+  const LikelihoodKind likelihood = GetParam().likelihood;
+  const FisherKind kind = GetParam().kind;
   Network<double> model(test::mlp_spec(6, 7, 4));
   const Vec<double> theta = init_parameters(model, 1);
   const Index N = 23;  // no K from 2 to 22 divides it

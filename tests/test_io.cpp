@@ -106,11 +106,13 @@ TEST(Safetensors, ACheckpointOrJsonFileIsNamedWithHowToConvertIt) {
   const std::string how = "tools/export_torch.py: save_safetensors(path, model.state_dict()) for weights";
   const ModelFile m = small_model();
   Network<float> model(m.spec);
-  for (const auto& [name, bytes, kind] :
+  // (Not a structured binding: clang 14 refuses to capture one in EXPECT_ERROR's lambda.)
+  for (const auto& file :
        std::vector<std::tuple<std::string, std::string, std::string>>{
            {"model.pt", zip, "this is a zip archive (what torch.save writes), not a safetensors file"},
            {"legacy.pt", pickle, "this is a Python pickle"},
            {"short.pt", zip.substr(0, 6), "this is a zip archive"}}) {
+    const std::string &name = std::get<0>(file), &bytes = std::get<1>(file), &kind = std::get<2>(file);
     write_bytes(path(name), bytes);
     EXPECT_ERROR(SafetensorsFile::read(path(name)), path(name) + ": " + kind);
     EXPECT_ERROR(SafetensorsFile::read(path(name)), how);
