@@ -8,7 +8,6 @@
 #include "options.h"
 #include "world.h"
 
-#include <natgrad/core/detail/format_number.h>
 #include <natgrad/core/threads.h>
 
 #include <CLI/CLI.hpp>
@@ -19,6 +18,8 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "core/format_number.h"  // (lib/, private: the numbers in messages as the library writes them)
 
 namespace natgrad {
 namespace cli {

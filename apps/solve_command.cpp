@@ -3,7 +3,6 @@
 #include "signals.h"
 #include "report.h"
 
-#include <natgrad/core/detail/format_number.h>
 #include <natgrad/core/interrupted.h>
 #include <natgrad/core/threads.h>
 #include <natgrad/io/parameters_io.h>
@@ -23,6 +22,8 @@
 #include <string>
 #include <vector>
 #include <stdexcept>
+
+#include "core/format_number.h"  // (lib/, private: the numbers in messages as the library writes them)
 
 namespace natgrad {
 namespace cli {

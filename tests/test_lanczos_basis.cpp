@@ -3,11 +3,11 @@
 // operator of 60,000 rows (so the basis passes run in many blocks) against its eigenvalues computed densely
 // from its small factor, in a float and a double basis, and bit-identical for 1, 2 and 3 threads.
 #include <natgrad/core/threads.h>
-#include <natgrad/solvers/detail/lanczos_kernels.h>
 #include <natgrad/solvers/top_eigenvalues.h>
 
 #include <Eigen/Eigenvalues>
 
+#include "solvers/lanczos_kernels.h"
 #include "test_helpers.h"
 
 namespace natgrad {

@@ -5,7 +5,6 @@
 #include <natgrad/core/threads.h>
 #include <natgrad/natural_gradient/solve_natural_gradient.h>
 #include <natgrad/solvers/conjugate_gradient.h>
-#include <natgrad/solvers/detail/cg_kernels.h>
 #include <natgrad/solvers/preconditioner.h>
 #include <natgrad/solvers/spectrum.h>
 
@@ -14,6 +13,7 @@
 #include <functional>
 #include <limits>
 
+#include "solvers/cg_kernels.h"
 #include "test_helpers.h"
 
 using namespace natgrad;

@@ -2,7 +2,6 @@
 // (fisher_passes.cpp: phase A per chunk of samples, phases B and C over the stored cotangents, the sum over
 // ranks) into the product, the gradient and the empirical diagonal; the work plan they follow is
 // fisher_plan.h, the state they share fisher_state.h.
-#include <natgrad/core/detail/format_number.h>
 #include <natgrad/curvature/fisher_operator.h>
 
 #include <cmath>
@@ -12,6 +11,7 @@
 
 #include "core/check.h"
 #include "core/fail.h"
+#include "core/format_number.h"
 #include "curvature/fisher_state.h"
 
 namespace natgrad {

@@ -1,4 +1,3 @@
-#include <natgrad/core/detail/format_number.h>
 #include <natgrad/core/threads.h>
 #include <natgrad/curvature/fisher_operator.h>
 #include <natgrad/model/network.h>
@@ -11,6 +10,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "core/format_number.h"
 #include "curvature/fisher_plan.h"
 
 namespace natgrad {

@@ -9,6 +9,8 @@
 #include <stdexcept>
 #include <utility>
 
+#include "solvers/rademacher_probe.h"
+
 namespace natgrad {
 
 namespace {

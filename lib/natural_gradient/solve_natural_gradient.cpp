@@ -1,7 +1,6 @@
 // solve_natural_gradient: the forward passes and the gradient, then the direction (CG with one preconditioner
 // chosen up front, or multi-shift CG over several dampings), then the diagnostics (spectrum, condition
 // number, comparisons).
-#include <natgrad/core/detail/format_number.h>
 #include <natgrad/core/interrupted.h>
 #include <natgrad/curvature/kfac.h>
 #include <natgrad/natural_gradient/damped_condition.h>
@@ -22,6 +21,7 @@
 #include <variant>
 
 #include "core/fail.h"
+#include "core/format_number.h"
 
 namespace natgrad {
 

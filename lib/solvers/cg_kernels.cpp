@@ -1,10 +1,10 @@
-#include "blocks.h"
-
-#include <natgrad/solvers/detail/cg_kernels.h>
+#include "cg_kernels.h"
 
 #include <algorithm>
 #include <array>
 #include <atomic>
+
+#include "blocks.h"
 
 namespace natgrad {
 namespace detail {
@@ -17,7 +17,8 @@ std::atomic<int> g_last_team{1};
 template <typename F>
 double blocked_sum(Index n, F f) {
   std::array<double, kMaxBlocks> partial;
-  g_last_team = for_each_block(n, [&](int k, Index i0, Index len) { partial[static_cast<std::size_t>(k)] = f(i0, len); });
+  g_last_team = for_each_block(
+      n, [&](int k, Index i0, Index len) { partial[static_cast<std::size_t>(k)] = f(i0, len); });
   double s = 0;
   for (int k = 0, blocks = block_count(n); k < blocks; ++k) s += partial[static_cast<std::size_t>(k)];
   return s;

@@ -1,10 +1,10 @@
-#include "blocks.h"
-
-#include <natgrad/solvers/detail/lanczos_kernels.h>
+#include "lanczos_kernels.h"
 
 #include <algorithm>
 #include <atomic>
 #include <vector>
+
+#include "blocks.h"
 
 namespace natgrad {
 namespace detail {
@@ -28,14 +28,16 @@ void basis_trans_product(const B* V, Index ld, Index n, Index cols, const B* y, 
     Vec<B> run(cols);
     for (Index r = 0; r < len; r += kRun) {
       const Index m = std::min(kRun, len - r);
-      const Eigen::Map<const Mat<B>, 0, Eigen::OuterStride<>> Vb(V + i0 + r, m, cols, Eigen::OuterStride<>(ld));
+      const Eigen::Map<const Mat<B>, 0, Eigen::OuterStride<>> Vb(V + i0 + r, m, cols,
+                                                                 Eigen::OuterStride<>(ld));
       run.noalias() = Vb.transpose() * ConstVecMap<B>(y + i0 + r, m);
       p += run.template cast<double>();
     }
   });
   Vec<double> sum = Vec<double>::Zero(cols);
   for (int k = 0; k < blocks; ++k)
-    sum += ConstVecMap<double>(partial.data() + static_cast<std::size_t>(k) * static_cast<std::size_t>(cols), cols);
+    sum += ConstVecMap<double>(partial.data() + static_cast<std::size_t>(k) * static_cast<std::size_t>(cols),
+                               cols);
   VecMap<B>(res, cols) = sum.cast<B>();
 }
 

@@ -1,6 +1,6 @@
 /// \file top_eigenvalues.h
-/// \brief The k largest eigenvalues (and eigenvectors) of a symmetric operator by Spectra's Lanczos, in double
-/// precision whatever the operator's scalar.
+/// \brief The k largest eigenvalues (and eigenvectors) of a symmetric operator by Spectra's Lanczos, in
+/// double precision whatever the operator's scalar.
 ///
 /// \code
 /// natgrad::SpectrumOptions opt;
@@ -9,23 +9,14 @@
 /// \endcode
 #pragma once
 
-#include <natgrad/core/interrupted.h>
 #include <natgrad/core/types.h>
-#include <natgrad/solvers/detail/arnoldi_op.h>
-#include <natgrad/solvers/detail/double_operator.h>
-#include <natgrad/solvers/operator_concept.h>
+#include <natgrad/solvers/operator_ref.h>
 #include <natgrad/solvers/spectrum_progress.h>
 
-#include <Spectra/SymEigsSolver.h>
-
 #include <algorithm>
-#include <chrono>
 #include <cstddef>
-#include <functional>
-#include <stdexcept>
 #include <string>
 #include <type_traits>
-#include <utility>
 
 namespace natgrad {
 
@@ -37,7 +28,8 @@ namespace natgrad {
 /// are themselves accurate only to a few units of float rounding, which a float basis matches.
 enum class LanczosBasis {
   /// The operator's scalar when the tolerance is at least 1e-5, otherwise double. (On the benchmark MLP a
-  /// float basis put the top-10 eigenvalues within 2e-6 of the float64 reference, a double basis within 3e-8.)
+  /// float basis put the top-10 eigenvalues within 2e-6 of the float64 reference, a double basis within
+  /// 3e-8.)
   automatic,
   double_precision,   ///< double whatever the operator's scalar
   operator_precision  ///< the operator's scalar (float for a float operator)
@@ -92,13 +84,13 @@ const char* to_string(SpectrumTermination t);
 
 /// What top_eigenvalues found, Summary-style: a termination kind, a message with the numbers, the counts.
 struct SpectrumResult {
-  Vec<double> eigenvalues;     ///< descending; empty unless converged
-  Mat<double> eigenvectors;    ///< n × k, if asked
-  Index matvecs = 0;           ///< operator applications used
+  Vec<double> eigenvalues;   ///< descending; empty unless converged
+  Mat<double> eigenvectors;  ///< n × k, if asked
+  Index matvecs = 0;         ///< operator applications used
   Index restarts = 0;
   SpectrumTermination termination = SpectrumTermination::failed;
-  bool converged = false;      ///< termination == converged
-  std::string status;          ///< "converged", or what went wrong, with the numbers
+  bool converged = false;  ///< termination == converged
+  std::string status;      ///< "converged", or what went wrong, with the numbers
   double time_s = 0;
 
   /// One line: termination, eigenvalue count, products, restarts, time.
@@ -106,74 +98,6 @@ struct SpectrumResult {
   /// Several lines: the above, the message and every eigenvalue.
   std::string full_report() const;
 };
-
-namespace detail {
-template <typename B, typename Op>
-SpectrumResult top_eigenvalues_in(const Op& op, const SpectrumOptions& options) {
-  const auto start = std::chrono::steady_clock::now();
-  const Index n = op.rows(), k = options.num_eigenvalues;
-  const Index ncv = lanczos_ncv(n, options);
-  // A stop asked by the callback unwinds Spectra as the operator's own Interrupted would (Spectra keeps no
-  // state that outlives compute()).
-  std::function<void(Index)> on_product;
-  if (options.callback)
-    on_product = [&options](Index n) {
-      SpectrumProgress p;
-      p.phase = "lanczos";
-      p.products = n;
-      if (options.callback(p) == CallbackResult::stop)
-        throw Interrupted("Lanczos was stopped after " + std::to_string(n) + " products");
-    };
-  detail::BasisOperator<Op, B> dop(op, 0, 1, std::move(on_product));
-  Spectra::SymEigsSolver<detail::BasisOperator<Op, B>> solver(dop, k, ncv);
-  SpectrumResult r;
-  Index nconv = 0;
-  std::string thrown, interrupted;
-  try {
-    solver.init();
-    nconv = solver.compute(Spectra::SortRule::LargestAlge, options.max_restarts, options.tolerance,
-                           Spectra::SortRule::LargestAlge);
-  } catch (const Interrupted& e) {
-    interrupted = e.what();
-  } catch (const std::exception& e) {  // Spectra throws on some numerical failures
-    thrown = e.what();
-  }
-  if (!interrupted.empty()) {
-    r.termination = SpectrumTermination::interrupted;
-    r.matvecs = dop.count();
-    r.restarts = solver.num_iterations();
-    r.status = "interrupted: " + interrupted;
-    r.time_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    return r;
-  }
-  r.converged = thrown.empty() && dop.first_non_finite() == 0 && solver.info() == Spectra::CompInfo::Successful;
-  r.termination = dop.first_non_finite() ? SpectrumTermination::non_finite
-                  : !thrown.empty()      ? SpectrumTermination::failed
-                  : r.converged          ? SpectrumTermination::converged
-                  : solver.info() == Spectra::CompInfo::NotConverging ? SpectrumTermination::not_converged
-                                                                      : SpectrumTermination::failed;
-  r.matvecs = dop.count();
-  r.restarts = solver.num_iterations();
-  r.status = dop.first_non_finite() ? "the operator returned NaN or Inf at product " + std::to_string(dop.first_non_finite()) +
-                                          " of the Lanczos iteration" :
-             !thrown.empty() ? "Lanczos failed: " + thrown :
-             r.converged ? "converged" :
-             solver.info() == Spectra::CompInfo::NotConverging ? "not converged: " + std::to_string(nconv) + " of " +
-                 std::to_string(k) + " eigenvalues met the tolerance within " + std::to_string(options.max_restarts) +
-                 " restarts" : "numerical failure in Lanczos (NaN or Inf in the operator?)";
-  if (r.converged) {
-    r.eigenvalues = solver.eigenvalues().template cast<double>();
-    if (options.compute_eigenvectors) {
-      if constexpr (std::is_same<B, double>::value)
-        r.eigenvectors = solver.eigenvectors();  // moved: no second n × k copy
-      else
-        r.eigenvectors = solver.eigenvectors().template cast<double>();
-    }
-  }
-  r.time_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  return r;
-}
-}  // namespace detail
 
 /// Whether top_eigenvalues keeps its basis in the operator's scalar rather than double.
 template <typename Op>
@@ -183,14 +107,19 @@ bool basis_in_operator_precision(const SpectrumOptions& options) {
          (options.basis == LanczosBasis::automatic && options.tolerance >= 1e-5);
 }
 
-/// The k largest eigenvalues (and optionally eigenvectors) of a symmetric operator.
+/// The k largest eigenvalues of the operator view (operator_ref.h): the body every top_eigenvalues call
+/// runs, compiled in the library for float and double.
+SpectrumResult top_eigenvalues(const OperatorRef<float>& op, const SpectrumOptions& options);
+SpectrumResult top_eigenvalues(const OperatorRef<double>& op, const SpectrumOptions& options);
+
+/// The k largest eigenvalues (and optionally eigenvectors) of a symmetric operator whose scalar is float or
+/// double. Throws std::invalid_argument for options that are not valid for its size
+/// (SpectrumOptions::is_valid).
 template <typename Op>
 SpectrumResult top_eigenvalues(const Op& op, const SpectrumOptions& options) {
   NATGRAD_CHECK_OPERATOR(Op);
-  std::string why;
-  if (!options.is_valid(op.rows(), &why)) throw std::invalid_argument("SpectrumOptions: " + why);
-  if (basis_in_operator_precision<Op>(options)) return detail::top_eigenvalues_in<typename Op::Scalar>(op, options);
-  return detail::top_eigenvalues_in<double>(op, options);
+  NATGRAD_CHECK_SOLVER_SCALAR(typename Op::Scalar);
+  return top_eigenvalues(OperatorRef<typename Op::Scalar>(op), options);
 }
 
 }  // namespace natgrad

@@ -1,20 +1,20 @@
-/// \file arnoldi_op.h
-/// \brief Internal: Spectra's ArnoldiOp (the wrapper through which its Lanczos factorization takes inner
-/// products, norms and the reorthogonalization's Vᵀf) for natgrad's DoubleOperator, so those passes over
-/// the basis run on natgrad's threads with fixed-order reductions (lanczos_kernels.h) instead of one core.
-///
-/// Spectra's own ArnoldiOp<Scalar, OpType, IdentityBOp> computes the same quantities with Eigen; this
-/// partial specialization is more specialized, so every Spectra solver built on a DoubleOperator uses it.
-/// Spectra's headers are not modified.
+// Private: Spectra's ArnoldiOp (the wrapper through which its Lanczos factorization takes inner products,
+// norms and the reorthogonalization's Vᵀf) for natgrad's BasisOperator (basis_operator.h), so those passes
+// over the basis run on natgrad's threads with fixed-order reductions (lanczos_kernels.h) instead of one
+// core.
+//
+// Spectra's own ArnoldiOp<Scalar, OpType, IdentityBOp> computes the same quantities with Eigen; this
+// partial specialization is more specialized, so every Spectra solver built on a BasisOperator uses it.
+// Spectra's headers are not modified.
 #pragma once
-
-#include <natgrad/solvers/detail/cg_kernels.h>
-#include <natgrad/solvers/detail/double_operator.h>
-#include <natgrad/solvers/detail/lanczos_kernels.h>
 
 #include <Spectra/MatOp/internal/ArnoldiOp.h>
 
 #include <cmath>
+
+#include "solvers/basis_operator.h"
+#include "solvers/cg_kernels.h"
+#include "solvers/lanczos_kernels.h"
 
 namespace Spectra {
 
@@ -43,7 +43,8 @@ class ArnoldiOp<B, natgrad::detail::BasisOperator<Op, B>, IdentityBOp> {
   void trans_product(const Arg1& x, const Arg2& y, Eigen::Ref<Vector> res) const {
     const Eigen::Ref<const Matrix> X(x);
     const Eigen::Ref<const Vector> yr(y);
-    natgrad::detail::basis_trans_product(X.data(), X.outerStride(), X.rows(), X.cols(), yr.data(), res.data());
+    natgrad::detail::basis_trans_product(X.data(), X.outerStride(), X.rows(), X.cols(), yr.data(),
+                                         res.data());
   }
 
   /// ‖x‖₂

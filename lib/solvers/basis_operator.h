@@ -1,9 +1,7 @@
-/// \file double_operator.h
-/// \brief Internal: any operator presented to Spectra in the basis precision (double unless asked) (counting its products and
-/// noting the first that returned NaN or Inf), and the Rademacher probes of the stochastic estimators.
+// Private: any operator presented to Spectra in the basis precision (double unless asked), counting its
+// products and noting the first that returned NaN or Inf.
 #pragma once
 
-#include <natgrad/core/random.h>
 #include <natgrad/core/types.h>
 
 #include <functional>
@@ -21,8 +19,12 @@ class BasisOperator {
   using Scalar = B;
   explicit BasisOperator(const Op& op, double shift = 0, double scale = 1,
                          std::function<void(Index)> on_product = nullptr)
-      : op_(op), shift_(shift), scale_(scale), on_product_(std::move(on_product)),
-        x_(converts ? op.rows() : 0), y_(converts ? op.rows() : 0) {}
+      : op_(op),
+        shift_(shift),
+        scale_(scale),
+        on_product_(std::move(on_product)),
+        x_(converts ? op.rows() : 0),
+        y_(converts ? op.rows() : 0) {}
   Index rows() const { return op_.rows(); }
   Index cols() const { return op_.rows(); }
   /// y = shift·x + scale·(A x)
@@ -35,7 +37,8 @@ class BasisOperator {
       VecMap<B>(y, n) = B(scale_) * y_.template cast<B>() + B(shift_) * ConstVecMap<B>(x, n);
     } else {  // the operator's own scalar: no copies (Spectra's x and y never overlap)
       op_.perform_op(x, y);
-      if (scale_ != 1 || shift_ != 0) VecMap<B>(y, n) = B(scale_) * VecMap<B>(y, n) + B(shift_) * ConstVecMap<B>(x, n);
+      if (scale_ != 1 || shift_ != 0)
+        VecMap<B>(y, n) = B(scale_) * VecMap<B>(y, n) + B(shift_) * ConstVecMap<B>(x, n);
     }
     ++count_;
     if (first_bad_ == 0 && !ConstVecMap<B>(y, n).allFinite()) first_bad_ = count_;
@@ -58,13 +61,6 @@ class BasisOperator {
 /// Presents any operator to Spectra as a double-precision one and counts its applications.
 template <typename Op>
 using DoubleOperator = BasisOperator<Op, double>;
-
-inline Vec<double> rademacher(Index n, uint64_t seed, uint64_t probe) {
-  const CounterRng rng(seed, rng_stream(RngDomain::probes, probe));
-  Vec<double> v(n);
-  for (Index i = 0; i < n; ++i) v[i] = rng.rademacher(static_cast<uint64_t>(i));
-  return v;
-}
 }  // namespace detail
 
 }  // namespace natgrad

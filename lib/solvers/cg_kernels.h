@@ -1,17 +1,14 @@
-/// \file cg_kernels.h
-/// \brief The vector work of conjugate_gradient: fused, OpenMP-parallel passes with thread-count-independent
-/// reductions.
-///
-/// Each CG iteration touches several parameter-sized vectors, which one Eigen expression at a time would
-/// read and write about 20 times, single-threaded (a quarter of an iteration next to one product on a
-/// 1.86M-parameter MLP; docs/performance.md). These kernels fuse the passes that read the same vectors and
-/// split them over threads (natgrad::num_threads() of them). A reduction cuts [0, n) into fixed blocks (their
-/// size depends on n only), sums each block in Scalar with Eigen and the block sums in double in block order,
-/// so the result is bit-identical for any number of threads.
-///
-/// \code
-/// const double rr = natgrad::detail::cg_update_residual(r.data(), Ap.data(), alpha, n);  // r -= α Ap; ‖r‖²
-/// \endcode
+// Private: the vector work of conjugate_gradient: fused, OpenMP-parallel passes with thread-count-independent
+// reductions.
+//
+// Each CG iteration touches several parameter-sized vectors, which one Eigen expression at a time would
+// read and write about 20 times, single-threaded (a quarter of an iteration next to one product on a
+// 1.86M-parameter MLP; docs/performance.md). These kernels fuse the passes that read the same vectors and
+// split them over threads (natgrad::num_threads() of them). A reduction cuts [0, n) into fixed blocks (their
+// size depends on n only), sums each block in Scalar with Eigen and the block sums in double in block order,
+// so the result is bit-identical for any number of threads.
+//
+//   const double rr = natgrad::detail::cg_update_residual(r.data(), Ap.data(), alpha, n);  // r -= α Ap; ‖r‖²
 #pragma once
 
 #include <natgrad/core/types.h>
