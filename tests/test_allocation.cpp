@@ -8,6 +8,7 @@
 #include <malloc.h>
 #include <natgrad/natural_gradient/memory_estimate.h>
 #include <natgrad/natural_gradient/solve_natural_gradient.h>
+#include <natgrad/solvers/multi_shift_cg.h>
 
 #include <atomic>
 #include <cstddef>
@@ -372,17 +373,52 @@ TEST(FisherOperatorRequiredBytes, BoundsWhatTheConstructorAllocatesTightly) {
 }
 
 namespace {
-// A diagonal operator diag(1, 2, …, n): Lanczos converges on it in a few restarts.
-struct DiagonalOperator {
-  using Scalar = double;
+// A diagonal operator diag(1, 2, …, n): Lanczos converges on it in a few restarts. It allocates nothing.
+template <typename S>
+struct DiagonalOperatorOf {
+  using Scalar = S;
   Index n;
   Index rows() const { return n; }
   Index cols() const { return n; }
-  void perform_op(const double* x, double* y) const {
-    for (Index i = 0; i < n; ++i) y[i] = double(i + 1) * x[i];
+  void perform_op(const S* x, S* y) const {
+    for (Index i = 0; i < n; ++i) y[i] = S(i + 1) * x[i];
   }
 };
+using DiagonalOperator = DiagonalOperatorOf<double>;
 }  // namespace
+
+// multi_shift_required_bytes, which the memory estimate adds for several dampings, against the heap
+// multi_shift_conjugate_gradient takes (above what it was called with: b alone), in float and double, for one
+// and for four shifts: the peak is at least the figure and at most 64 KiB above it (the Summaries, their
+// histories and messages, which it does not count).
+TEST(MultiShiftRequiredBytes, BoundsTheHeapOfMultiShiftCgTightly) {
+  const Index n = 50000;
+  auto run = [&](auto scalar, std::size_t m) {
+    using S = decltype(scalar);
+    SCOPED_TRACE(std::string(sizeof(S) == 4 ? "float" : "double") + ", " + std::to_string(m) + " shifts");
+    const DiagonalOperatorOf<S> op{n};
+    const Vec<S> b = Vec<S>::Ones(n);
+    std::vector<double> shifts;
+    for (std::size_t j = 0; j < m; ++j) shifts.push_back(double(j));
+    CgOptions options;
+    options.max_iterations = 8;
+    std::vector<Vec<S>> x;
+    const std::size_t need = multi_shift_required_bytes(n, m, sizeof(S));
+    EXPECT_EQ(need, (2 * m + 3) * std::size_t(n) * sizeof(S));
+    HeapPeak peak;
+    const std::vector<CgSummary> s = multi_shift_conjugate_gradient(op, shifts, b.data(), x, options);
+    ASSERT_EQ(s.size(), m);
+    EXPECT_EQ(s[0].iterations, 8);  // it ran (diag(1 … n) is far from converged after 8 steps)
+    EXPECT_GE(peak.bytes(), static_cast<long long>(need));
+    EXPECT_LE(peak.bytes(), static_cast<long long>(need) + 64 * 1024);
+    std::cout << "[ info ] " << m << " shifts, " << sizeof(S) * 8 << "-bit: heap peak " << peak.bytes() / 1024
+              << " KiB, multi_shift_required_bytes " << need / 1024 << " KiB\n";
+  };
+  for (std::size_t m : {std::size_t(1), std::size_t(4)}) {
+    run(float(), m);
+    run(double(), m);
+  }
+}
 
 // spectrum_required_bytes bounds the heap top_eigenvalues takes, tightly (the peak is at least 85% of it;
 // measured 97%), with the default basis and with a larger SpectrumOptions::ncv, and grows with ncv by at

@@ -3,6 +3,7 @@
 #include <natgrad/model/network.h>
 #include <natgrad/natural_gradient/memory_estimate.h>
 #include <natgrad/solvers/conjugate_gradient.h>
+#include <natgrad/solvers/multi_shift_cg.h>
 #include <natgrad/solvers/top_eigenvalues.h>
 
 #include <algorithm>
@@ -118,9 +119,12 @@ MemoryEstimate estimate_solve_memory(const ModelSpec& spec, Index batch, Index c
 
 void MemoryEstimate::add_multi_shift(Index params, std::size_t scalar_bytes, Index dampings) {
   if (dampings < 2) return;
-  // θ, g, the smallest damping's d (a copy), r, p and Ap, and x_j, p_j per damping: 6 + 2m vectors against
-  // the 7 counted for one CG solve (an upper bound when z was counted too).
-  const std::size_t extra = static_cast<std::size_t>(2 * dampings - 1) * static_cast<std::size_t>(params) * scalar_bytes;
+  // θ, g and the smallest damping's d stay as counted; multi-shift CG's own vectors
+  // (multi_shift_required_bytes) replace CG's workspace without z (an upper bound when z was counted too).
+  const std::size_t cg = scalar_bytes == sizeof(float) ? CgWorkspace<float>::required_bytes(params, false)
+                                                       : CgWorkspace<double>::required_bytes(params, false);
+  const std::size_t extra =
+      multi_shift_required_bytes(params, static_cast<std::size_t>(dampings), scalar_bytes) - cg;
   parameters += extra;
   total += extra;
 }

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -17,6 +18,11 @@
 namespace natgrad {
 
 namespace {
+
+// The vectors of n scalars the call holds at its peak, the shared phase: x_j and p_j per system, and the base
+// system's r, p and Ap. (The finishing pass holds m + 4: x_j, r, p, Ap and its CG's best iterate, after the
+// p_j are freed.)
+std::size_t peak_vectors(std::size_t m) { return 2 * m + 3; }
 
 // A + σ I: a system's finishing solve.
 template <typename S>
@@ -51,9 +57,22 @@ std::vector<CgSummary> solve(const OperatorRef<Scalar>& A, const std::vector<dou
   };
   const Index n = A.rows();
   const std::size_t m = shifts.size();
+  // An allocation that fails says what the whole call needs (multi_shift_required_bytes).
+  auto allocating = [&](auto&& allocate) {
+    try {
+      allocate();
+    } catch (const std::bad_alloc&) {
+      throw std::runtime_error(
+          "out of memory allocating multi-shift CG's vectors (" + std::to_string(peak_vectors(m)) + " x " +
+          std::to_string(n) + " scalars, " +
+          detail::format_bytes(double(multi_shift_required_bytes(n, m, sizeof(Scalar)))) + ")");
+    }
+  };
   ConstVecMap<Scalar> b(b_in, n);
-  x.assign(m, Vec<Scalar>());
-  for (Vec<Scalar>& xj : x) xj.setZero(n);  // (no temporary n-vector)
+  allocating([&] {
+    x.assign(m, Vec<Scalar>());
+    for (Vec<Scalar>& xj : x) xj.setZero(n);  // (no temporary n-vector)
+  });
   std::vector<CgSummary> s(m);
   const double bnorm = double(b.norm());
   for (CgSummary& si : s) si.rhs_norm = bnorm;
@@ -76,9 +95,14 @@ std::vector<CgSummary> solve(const OperatorRef<Scalar>& A, const std::vector<dou
 
   // The base system's CG vectors, and per shift its direction p_j and the recurrences' ζ_j (this step and
   // the previous one).
-  Vec<Scalar> r = b, p = b, Ap(n);
+  Vec<Scalar> r, p, Ap;
   std::vector<Vec<Scalar>> pj(m);
-  for (Vec<Scalar>& v : pj) v = b;
+  allocating([&] {
+    r = b;
+    p = b;
+    Ap.resize(n);
+    for (Vec<Scalar>& v : pj) v = b;
+  });
   std::vector<double> zeta(m, 1.0), zeta_prev(m, 1.0);
   std::vector<bool> active(m, true);
   for (CgSummary& si : s) {
@@ -281,6 +305,10 @@ std::vector<CgSummary> solve(const OperatorRef<Scalar>& A, const std::vector<dou
 }
 
 }  // namespace
+
+std::size_t multi_shift_required_bytes(Index n, std::size_t shifts, std::size_t scalar_bytes) {
+  return peak_vectors(shifts) * static_cast<std::size_t>(n) * scalar_bytes;
+}
 
 std::vector<CgSummary> multi_shift_conjugate_gradient(const OperatorRef<float>& A,
                                                       const std::vector<double>& shifts, const float* b,

@@ -34,7 +34,8 @@ struct MemoryEstimate {
                                    ///< gradient_phase) + runtime
   std::string report() const;
   /// Adds what multi-shift CG over `dampings` ≥ 2 dampings (NaturalGradientOptions::dampings) needs beyond
-  /// one CG solve: per damping its direction and its search direction, less the CG vectors it does without.
+  /// one CG solve: multi_shift_required_bytes (per damping its direction and its search direction, and the
+  /// base system's r, p and Ap) in place of CG's workspace.
   void add_multi_shift(Index params, std::size_t scalar_bytes, Index dampings);
   /// Adds what K-FAC holds (the kfac preconditioner, or solve's comparison with it): per Kronecker block its
   /// two factors and their eigenvectors in double and their damped inverses in the solve's scalar

@@ -37,9 +37,17 @@
 #include <natgrad/solvers/conjugate_gradient.h>
 #include <natgrad/solvers/operator_ref.h>
 
+#include <cstddef>
 #include <vector>
 
 namespace natgrad {
+
+/// What multi_shift_conjugate_gradient allocates at its peak for n unknowns and `shifts` systems of a scalar
+/// of `scalar_bytes`: 2·shifts + 3 vectors of n — the solutions it sizes x to, each system's search
+/// direction, and the base system's r, p and Ap. (A finishing CG reuses r, p and Ap and adds its best
+/// iterate once the directions are freed: shifts + 4 vectors. The Summaries' histories, two doubles per
+/// iteration and system, are not counted.) Its out-of-memory error quotes this figure.
+std::size_t multi_shift_required_bytes(Index n, std::size_t shifts, std::size_t scalar_bytes);
 
 /// Solves the shifted systems for the operator view (operator_ref.h): the body every
 /// multi_shift_conjugate_gradient call runs, compiled in the library for float and double.
