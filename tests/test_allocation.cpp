@@ -372,6 +372,57 @@ TEST(FisherOperatorRequiredBytes, BoundsWhatTheConstructorAllocatesTightly) {
       });
 }
 
+// The diagonal preconditioner's two allocations against their figures, for each model kind: the empirical
+// diagonal (FisherOperator::empirical_diagonal_required_bytes: its peak is at least 90% of the figure and at
+// most 64 KiB above it, the per-node bookkeeping), the preconditioner made from it
+// (DiagonalPreconditioner::required_bytes: what it holds, within 4 KiB), and the two as a solve builds them,
+// in one expression, against the memory estimate's preconditioner part (at least 90% of it, at most 64 KiB
+// above).
+TEST(DiagonalPreconditionerRequiredBytes, BoundsWhatTheDiagonalAndThePreconditionerAllocateTightly) {
+  const std::pair<const char*, ModelSpec> models[] = {
+      {"mlp", mlp_spec(300, 512, 10)}, {"cnn", cnn_spec(10)}, {"resnet graph", resnet_spec(10, 16, 16)}};
+  for (const auto& [label, spec] : models) {
+    SCOPED_TRACE(label);
+    Network<float> model(spec);
+    const Vec<float> theta = init_parameters(model, 1);
+    const Dataset<float> data = random_dataset(model, 700, LikelihoodKind::categorical, 2);
+    FisherOptions options;
+    options.num_threads = 2;
+    FisherOperator<float> F(model, theta, LikelihoodKind::categorical, data, options);
+    const std::size_t P = static_cast<std::size_t>(model.num_params());
+    const auto diagonal = static_cast<long long>(
+        FisherOperator<float>::empirical_diagonal_required_bytes(model, data.size(), options));
+    const auto inverse =
+        static_cast<long long>(DiagonalPreconditioner<float>::required_bytes(model.num_params()));
+    EXPECT_EQ(inverse, static_cast<long long>(P * sizeof(float)));
+    long long built = 0, made = 0, held = 0;
+    {
+      HeapPeak peak;
+      const Vec<float> d = F.empirical_fisher_diagonal();
+      built = peak.bytes();
+      const long long before = g_live.load();
+      HeapPeak second;
+      const DiagonalPreconditioner<float> M(d, 1e-3, 0.75);
+      made = second.bytes();
+      held = g_live.load() - before;
+    }
+    EXPECT_LE(built, diagonal + 64 * 1024);
+    EXPECT_GE(built, static_cast<long long>(0.9 * double(diagonal)));
+    EXPECT_GE(held, inverse);
+    EXPECT_LE(made, inverse + 4096);
+    HeapPeak solve;
+    { const DiagonalPreconditioner<float> M(F.empirical_fisher_diagonal(), 1e-3, 0.75); }
+    const MemoryEstimate estimate =
+        estimate_solve_memory(spec, data.size(), 0, sizeof(float), options, 0, 2, true);
+    const auto part = static_cast<long long>(estimate.preconditioner);
+    EXPECT_LE(solve.bytes(), part + 64 * 1024);
+    EXPECT_GE(solve.bytes(), static_cast<long long>(0.9 * double(part)));
+    std::cout << "[ info ] " << label << ": empirical diagonal peak " << built / 1024 << " KiB (required "
+              << diagonal / 1024 << "), preconditioner " << made / 1024 << " KiB (required " << inverse / 1024
+              << "), both " << solve.bytes() / 1024 << " KiB (estimate " << part / 1024 << ")\n";
+  }
+}
+
 namespace {
 // A diagonal operator diag(1, 2, …, n): Lanczos converges on it in a few restarts. It allocates nothing.
 template <typename S>

@@ -197,6 +197,15 @@ typename FisherOperator<Scalar>::Footprint FisherOperator<Scalar>::required_byte
 }
 
 template <typename Scalar>
+std::size_t FisherOperator<Scalar>::empirical_diagonal_required_bytes(const Network<Scalar>& model,
+                                                                      Index num_samples,
+                                                                      const FisherOptions& options) {
+  const detail::FisherPlan plan = detail::FisherPlan::make(model, num_samples, options);
+  return detail::squared_gradients_bytes(model, plan, plan.threads_for(options.num_threads),
+                                         std::vector<bool>(model.num_layers(), true));
+}
+
+template <typename Scalar>
 void FisherOperator<Scalar>::State::setup(const Dataset<Scalar>& given) {
   std::string why;
   if (!options.is_valid(&why)) detail::fail("FisherOptions: " + why);

@@ -267,7 +267,8 @@ void FisherOperator<Scalar>::State::scale_and_damp(Scalar* y, const detail::Scal
 template <typename Scalar>
 Vec<Scalar> FisherOperator<Scalar>::State::squared_gradients(const std::vector<bool>& nodes) {
   // Per node with parameters and sample group, the per-sample squared gradients into the group's own partial
-  // sum (plan.diagonal_partial_size scalars in all, this call's own), then the groups summed in group order.
+  // sum (squared_partial_layout: at most plan.diagonal_partial_size scalars, this call's own), then the
+  // groups summed in group order. What this allocates is detail::squared_gradients_bytes.
   const Index cs = plan.chunk_size;
   const detail::SampleGroups& groups = plan.diagonal_groups;
   std::fill(work.begin(), work.end(), 0.0);
@@ -276,17 +277,12 @@ Vec<Scalar> FisherOperator<Scalar>::State::squared_gradients(const std::vector<b
     Index group;
     Index offset;  // in `partial`
   };
-  std::vector<Item> items;
-  std::vector<Index> base(model.num_layers(), -1);
   Index total = 0;
-  for (std::size_t l = 0; l < model.num_layers(); ++l) {
-    const Index P = model.layer(l).num_params();
-    if (P == 0 || model.tied_to(l) != l || !nodes[l])
-      continue;  // a tied node's gradients go with its owner's
-    base[l] = total;
-    for (Index g = 0; g < groups.groups; ++g) items.push_back({l, g, total + g * P});
-    total += groups.groups * P;
-  }
+  const std::vector<Index> base = detail::squared_partial_layout(model, groups.groups, nodes, total);
+  std::vector<Item> items;
+  for (std::size_t l = 0; l < model.num_layers(); ++l)
+    for (Index g = 0; base[l] >= 0 && g < groups.groups; ++g)
+      items.push_back({l, g, base[l] + g * model.layer(l).num_params()});
   Vec<Scalar> partial = Vec<Scalar>::Zero(total);
 #ifdef NATGRAD_HAVE_OPENMP
 #pragma omp parallel num_threads(num_threads)

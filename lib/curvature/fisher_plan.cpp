@@ -141,8 +141,38 @@ std::vector<std::vector<int>> FisherPlan::assign(int threads) const {
   return out;
 }
 
-template FisherPlan FisherPlan::make<float>(const Network<float>&, Index, const FisherOptions&);
-template FisherPlan FisherPlan::make<double>(const Network<double>&, Index, const FisherOptions&);
+template <typename Scalar>
+std::vector<Index> squared_partial_layout(const Network<Scalar>& model, Index groups,
+                                          const std::vector<bool>& nodes, Index& total) {
+  std::vector<Index> base(model.num_layers(), -1);
+  total = 0;
+  for (std::size_t l = 0; l < model.num_layers(); ++l) {
+    const Index P = model.layer(l).num_params();
+    if (P == 0 || model.tied_to(l) != l || !nodes[l]) continue;
+    base[l] = total;
+    total += groups * P;
+  }
+  return base;
+}
+
+template <typename Scalar>
+std::size_t squared_gradients_bytes(const Network<Scalar>& model, const FisherPlan& plan, int threads,
+                                    const std::vector<bool>& nodes) {
+  Index partial = 0;
+  squared_partial_layout(model, plan.diagonal_groups.groups, nodes, partial);
+  const Index scratch = static_cast<Index>(threads) * model.squared_scratch_size(plan.chunk_size);
+  return static_cast<std::size_t>(partial + std::max(scratch, model.num_params())) * sizeof(Scalar);
+}
+
+#define NATGRAD_INSTANTIATE(S)                                                                              \
+  template FisherPlan FisherPlan::make<S>(const Network<S>&, Index, const FisherOptions&);                  \
+  template std::vector<Index> squared_partial_layout<S>(const Network<S>&, Index, const std::vector<bool>&, \
+                                                        Index&);                                            \
+  template std::size_t squared_gradients_bytes<S>(const Network<S>&, const FisherPlan&, int,                \
+                                                  const std::vector<bool>&);
+NATGRAD_INSTANTIATE(float)
+NATGRAD_INSTANTIATE(double)
+#undef NATGRAD_INSTANTIATE
 
 }  // namespace detail
 }  // namespace natgrad

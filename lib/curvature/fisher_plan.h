@@ -17,6 +17,7 @@
 #include <natgrad/curvature/fisher_operator.h>
 #include <natgrad/model/network.h>
 
+#include <cstddef>
 #include <vector>
 
 namespace natgrad {
@@ -80,6 +81,23 @@ struct FisherPlan {
   /// chunk or task, at least one.
   int threads_for(int requested) const;
 };
+
+/// The squared per-sample gradients of the nodes with nodes[l] (and parameters of their own; a tied node's
+/// go with its owner's), each summed over `groups` sample groups into partial sums laid out node after node:
+/// where each node's partial sums start (−1 for a node left out), and in `total` the scalars of them all.
+/// One layout for FisherOperator's squared_gradients and for what it is said to allocate
+/// (squared_gradients_bytes).
+template <typename Scalar>
+std::vector<Index> squared_partial_layout(const Network<Scalar>& model, Index groups,
+                                          const std::vector<bool>& nodes, Index& total);
+
+/// What the squared gradients of `nodes` allocate at their peak with the plan's diagonal_groups and `threads`
+/// threads: the partial sums (squared_partial_layout), beside them first each thread's scratch
+/// (Network::squared_scratch_size of a chunk), then the returned parameter-sized vector. The few per-node
+/// bookkeeping entries are not counted.
+template <typename Scalar>
+std::size_t squared_gradients_bytes(const Network<Scalar>& model, const FisherPlan& plan, int threads,
+                                    const std::vector<bool>& nodes);
 
 }  // namespace detail
 }  // namespace natgrad

@@ -4,6 +4,7 @@
 #include <natgrad/natural_gradient/memory_estimate.h>
 #include <natgrad/solvers/conjugate_gradient.h>
 #include <natgrad/solvers/multi_shift_cg.h>
+#include <natgrad/solvers/preconditioner.h>
 #include <natgrad/solvers/top_eigenvalues.h>
 
 #include <algorithm>
@@ -12,7 +13,6 @@
 #include <sstream>
 
 #include "core/format_number.h"
-#include "curvature/fisher_plan.h"
 
 namespace natgrad {
 
@@ -55,15 +55,11 @@ MemoryEstimate estimate(const ModelSpec& spec, Index batch, Index curvature_batc
                                   ? static_cast<std::size_t>(model.output_positions()) * 8
                                   : C * s;
   m.data = static_cast<std::size_t>(batch) * (static_cast<std::size_t>(model.input_size()) * s + targets);
-  // The preconditioner's inverse diagonal, and while it is built the empirical diagonal it comes from and
-  // its per-group partial sums (FisherPlan::diagonal_partial_size).
-  // Each thread's scratch for the squared gradients exists while the diagonal is built.
-  if (diagonal_preconditioner) {
-    const detail::FisherPlan plan = detail::FisherPlan::make(model, Nc, fisher);
-    m.preconditioner = 2 * P * s + static_cast<std::size_t>(plan.diagonal_partial_size) * s +
-                       static_cast<std::size_t>(resolve_threads(threads)) *
-                           static_cast<std::size_t>(model.squared_scratch_size(plan.chunk_size)) * s;
-  }
+  // The diagonal preconditioner's peak: the empirical diagonal while the operator builds it (its partial
+  // sums and scratch, the diagonal included), or then the diagonal beside the inverse diagonal made from it.
+  if (diagonal_preconditioner)
+    m.preconditioner = std::max(FisherOperator<Scalar>::empirical_diagonal_required_bytes(model, Nc, options),
+                                P * s + DiagonalPreconditioner<Scalar>::required_bytes(model.num_params()));
   const std::size_t cg_phase =
       m.parameters + m.activations + m.workspaces + m.cotangents + m.spectrum + m.preconditioner + m.data;
   if (separate) {  // both operators' θ, the full operator's g (then the result's); both forward passes

@@ -1,9 +1,12 @@
 #include <natgrad/solvers/preconditioner.h>
 
 #include <cmath>
+#include <new>
 #include <stdexcept>
 #include <string>
+
 #include "core/fail.h"
+#include "core/format_number.h"
 
 namespace natgrad {
 
@@ -29,12 +32,17 @@ DiagonalPreconditioner<Scalar>::DiagonalPreconditioner(const Vec<Scalar>& d, dou
     detail::fail("diagonal preconditioner: damping must be finite and >= 0, got " + std::to_string(damping));
   if (!(alpha >= 0 && alpha <= 1))
     detail::fail("diagonal preconditioner: exponent must be in [0, 1], got " + std::to_string(alpha));
-  inv_.resize(d.size());
+  try {
+    inv_.resize(d.size());
+  } catch (const std::bad_alloc&) {
+    throw std::runtime_error("out of memory allocating the diagonal preconditioner (" +
+                             detail::format_bytes(double(required_bytes(d.size()))) + ")");
+  }
   for (Index i = 0; i < d.size(); ++i) {
     const double v = double(d[i]);
     if (!(v >= 0) || !std::isfinite(v))
       detail::fail("diagonal preconditioner: entry " + std::to_string(i) + " is " + std::to_string(v) +
-                                  " (must be finite and >= 0)");
+                   " (must be finite and >= 0)");
     const double m = std::pow(v + damping, alpha);
     if (!(m > 0))
       detail::fail("diagonal preconditioner: entry " + std::to_string(i) +

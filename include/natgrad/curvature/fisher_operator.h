@@ -243,6 +243,11 @@ class FisherOperator {
   /// (estimate_solve_memory does). The constructor's out-of-memory messages quote these parts.
   static Footprint required_bytes(const Network<Scalar>& model, Index num_samples, LikelihoodKind likelihood,
                                   const FisherOptions& options);
+  /// What empirical_fisher_diagonal() allocates at its peak, beyond what the operator holds, on such an
+  /// operator: the squared gradients' partial sums (one per sample group), beside them first each thread's
+  /// scratch, then the returned parameter-sized diagonal (counted: it outlives the call).
+  static std::size_t empirical_diagonal_required_bytes(const Network<Scalar>& model, Index num_samples,
+                                                       const FisherOptions& options);
 
  private:
   struct State;  // lib/curvature/fisher_state.h

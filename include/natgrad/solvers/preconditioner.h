@@ -15,6 +15,8 @@
 #include <natgrad/core/types.h>
 
 #include <algorithm>
+#include <cstddef>
+#include <string>
 
 namespace natgrad {
 
@@ -42,6 +44,10 @@ class DiagonalPreconditioner {
   /// Throws std::invalid_argument if d has negative or non-finite entries, or λ < 0, or α ∉ [0, 1], or
   /// d + λ has a zero entry while α > 0.
   DiagonalPreconditioner(const Vec<Scalar>& d, double damping, double alpha = 0.75);
+  /// What the constructor allocates for n unknowns: the inverse diagonal, n scalars; its out-of-memory error
+  /// quotes it. (The diagonal d it is built from is the caller's: for the empirical Fisher's,
+  /// FisherOperator::empirical_diagonal_required_bytes.)
+  static std::size_t required_bytes(Index n) { return static_cast<std::size_t>(n) * sizeof(Scalar); }
   void apply(const Scalar* r, Scalar* z) const;
   const Vec<Scalar>& inverse_diagonal() const { return inv_; }
 
