@@ -111,7 +111,8 @@ Problem<Scalar> load_problem_here(Args& a, bool allow_default, const Progress& p
                                              p.file.likelihood, K);
   mem.add_multi_shift(model.num_params(), sizeof(Scalar), static_cast<Index>(a.dampings.size()));
   const auto compares = [&](const char* kind) { return std::find(a.compare.begin(), a.compare.end(), kind) != a.compare.end(); };
-  if (a.preconditioner == "kfac" || compares("kfac")) mem.add_kfac(model, sizeof(Scalar), num_threads());
+  if (a.preconditioner == "kfac" || compares("kfac"))
+    mem.add_kfac(model, shared_curvature > 0 ? shared_curvature : p.data.size(), fisher_options(a), compares("kfac"));
   if (compares("empirical") || compares("mc")) mem.add_second_operator();
   p.estimate = mem.total;
   const std::size_t limit = a.max_memory_gb > 0 ? static_cast<std::size_t>(a.max_memory_gb * 1e9) : available_memory_bytes();

@@ -2,14 +2,18 @@
 #include <natgrad/curvature/kfac.h>
 
 #include <Eigen/Eigenvalues>
-
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <new>
 #include <numeric>
+#include <stdexcept>
 #include <string>
 
 #include "core/fail.h"
+#include "core/format_number.h"
+#include "core/gemm.h"
+#include "curvature/fisher_plan.h"
 
 #ifdef NATGRAD_HAVE_OPENMP
 #include <omp.h>
@@ -39,43 +43,163 @@ Index samples_per_block(Index positions, Index width, Index num_samples) {
   return std::max<Index>(1, std::min<Index>(num_samples, static_cast<Index>(rows)));
 }
 
-}  // namespace
+// The Kronecker blocks (their factors not yet allocated) and the nodes outside them: every node with a
+// Kronecker-shaped weight that is its own gets a block, any other node with parameters of its own (a tied
+// weight among them) the diagonal. One rule for the constructor and for required_bytes.
+template <typename Scalar>
+struct Layout {
+  std::vector<typename KfacApproximation<Scalar>::Block> blocks;
+  std::vector<bool> diagonal_nodes;
+  bool any_diagonal = false;
+};
 
 template <typename Scalar>
-KfacApproximation<Scalar>::KfacApproximation(const FisherOperator<Scalar>& F, const KfacOptions& options)
-    : num_params_(F.rows()), num_threads_(resolve_threads(F.options().num_threads)) {
-  const Network<Scalar>& model = F.model();
-  const FisherOptions& fo = F.options();
-  const Index N = F.num_samples(), T = model.output_positions(), TC = model.output_size(), C = TC / T;
-  if (options.max_closed_form_outputs < 0)
-    detail::fail("max_closed_form_outputs must be non-negative, got " + std::to_string(options.max_closed_form_outputs));
-  if (fo.kind == FisherKind::empirical) check_targets(F.likelihood(), F.targets(), C, T);
-
-  // The blocks: every node with a Kronecker-shaped weight that is its own (a tied weight gets the diagonal).
-  covered_.assign(static_cast<std::size_t>(num_params_), false);
-  std::vector<bool> diagonal_nodes(model.num_layers(), false);
-  bool any_diagonal = false;
+Layout<Scalar> layout(const Network<Scalar>& model) {
+  Layout<Scalar> out;
+  out.diagonal_nodes.assign(model.num_layers(), false);
   for (std::size_t l = 0; l < model.num_layers(); ++l) {
     const Layer<Scalar>& layer = model.layer(l);
     if (layer.num_params() == 0 || model.tied_to(l) != l) continue;
     const KroneckerFactors<Scalar>* kronecker = model.kronecker_factors(l);
     if (kronecker && model.aliases(l).empty()) {
       const auto shape = kronecker->kronecker_shape();
-      Block b;
+      typename KfacApproximation<Scalar>::Block b;
       b.node = l;
       b.offset = model.param_offset(l);
       b.rows = shape.rows;
       b.cols = shape.cols;
       b.positions = shape.positions;
       b.bias = layer.num_params() > shape.rows * shape.cols;
-      b.A = Mat<double>::Zero(b.cols + (b.bias ? 1 : 0), b.cols + (b.bias ? 1 : 0));
-      b.G = Mat<double>::Zero(b.rows, b.rows);
-      std::fill(covered_.begin() + b.offset, covered_.begin() + b.offset + b.size(), true);
-      blocks_.push_back(std::move(b));
+      out.blocks.push_back(std::move(b));
     } else {
-      diagonal_nodes[l] = true;
-      any_diagonal = true;
+      out.diagonal_nodes[l] = true;
+      out.any_diagonal = true;
     }
+  }
+  return out;
+}
+
+// Whether the exact kind backpropagates H_n's closed-form factor (else sampled labels' scores).
+bool closed_form(const FisherOptions& fisher, Index classes, const KfacOptions& options) {
+  return fisher.kind == FisherKind::exact && classes <= options.max_closed_form_outputs;
+}
+
+}  // namespace
+
+template <typename Scalar>
+std::size_t KfacApproximation<Scalar>::required_bytes(const Network<Scalar>& model, Index num_samples,
+                                                      const FisherOptions& fisher, const KfacOptions& options,
+                                                      bool multiplies) {
+  const double s = double(sizeof(Scalar)), d8 = double(sizeof(double)), P = double(model.num_params());
+  const int threads = resolve_threads(fisher.num_threads);
+  const Layout<Scalar> L = layout(model);
+  // Eigen's packing space for one d × w × k product in double (the Gram products, the inverses, multiply())
+  // or in Scalar (apply()).
+  auto packing = [&](double d, double w, double k) {
+    return double(detail::gemm_pack_size<double>(Index(d), Index(w), Index(k))) * d8;
+  };
+  auto packing_scalar = [&](Index d, Index w, Index k) {
+    return double(detail::gemm_pack_size<Scalar>(d, w, k)) * s;
+  };
+  // A block of unfolded inputs (width d = cols + bias, for A) or cotangents (d = rows, for G) in Scalar, its
+  // copy in double, and the packing space of each thread taking one of its 64-column Gram products.
+  auto accumulating = [&](Index R, Index d) {
+    const double rows = double(R * samples_per_block(R, d, num_samples)), w = double(std::min<Index>(d, 64));
+    const double products = double(std::min<Index>(threads, (d + 63) / 64));
+    return rows * double(d) * (s + d8) + products * packing(double(d), w, rows);
+  };
+  // What stays: the covered flags (std::vector<bool>, 64 per word); per block A and G, their eigenvectors and
+  // eigenvalues (double); the diagonal (Scalar).
+  const double covered = std::ceil(P / 64) * 8;
+  double factors = 0, eigen = 0, unfold_a = 0, unfold_g = 0, largest = 0;
+  std::vector<double> dims;  // the factors' sizes, in the order set_damping inverts them
+  // A product with a block, on one thread: the block's slice V and the result (g × a, Scalar) and, with its
+  // packing space, apply's G⁻¹V in Scalar, or multiply's V, GV and (GV)A in double (the last allocated before
+  // GV is formed).
+  std::vector<double> products;
+  for (const Block& b : L.blocks) {
+    const Index a = b.cols + (b.bias ? 1 : 0), g = b.rows;
+    dims.push_back(double(a));
+    dims.push_back(double(g));
+    unfold_a = std::max(unfold_a, accumulating(b.positions, a));
+    unfold_g = std::max(unfold_g, accumulating(b.positions, g));
+    const double V = double(g) * double(a);
+    const double apply = 3 * V * s + std::max(packing_scalar(g, a, g), packing_scalar(g, a, a));
+    const double multiply = std::max(V * (2 * s + 3 * d8) + packing(double(g), double(a), double(g)),
+                                     V * (2 * s + 2 * d8) + packing(double(g), double(a), double(a)));
+    products.push_back(multiplies ? std::max(apply, multiply) : apply);
+  }
+  for (double d : dims) {
+    factors += d * d * d8;
+    eigen += (d * d + d) * d8;
+    largest = std::max(largest, d);
+  }
+  // The eigensolvers running at once (the largest factors first) each hold a copy of their factor.
+  std::vector<double> by_size = dims;
+  std::sort(by_size.rbegin(), by_size.rend());
+  double decomposing = 0;
+  for (std::size_t i = 0; i < by_size.size() && i < static_cast<std::size_t>(threads); ++i)
+    decomposing += by_size[i] * by_size[i] * d8;
+  // While G is accumulated: per thread a chunk's sampled scores (unless the closed form is used); the squared
+  // gradients of the nodes outside the blocks; their running sum in double.
+  const detail::FisherPlan plan = detail::FisherPlan::make(model, num_samples, fisher);
+  const Index T = model.output_positions(), TC = model.output_size();
+  const double scores = closed_form(fisher, TC / T, options) || fisher.kind == FisherKind::empirical
+                            ? 0
+                            : double(threads) * double(TC) * double(plan.chunk_size) *
+                                  double(std::max(fisher.mc_samples, 1)) * s;
+  const double squared = L.any_diagonal
+                             ? double(detail::squared_gradients_bytes(
+                                   model, plan, plan.threads_for(fisher.num_threads), L.diagonal_nodes))
+                             : 0;
+  const double sum = L.any_diagonal ? P * d8 : 0;
+  const double symmetrized = largest * largest * d8;  // (A + Aᵀ) before the scaling, one block at a time
+  // set_damping, factor by factor: Q·diag(1/(e + damping)) and its product with Qᵀ in double, and the
+  // product's packing space, beside the inverses made so far; then the inverse diagonal.
+  const double kept = covered + factors + eigen + P * s;
+  double damping = 0, inverses = 0;
+  for (double d : dims) {
+    damping = std::max(damping, kept + inverses + 2 * d * d * d8 + packing(d, d, d));
+    inverses += d * d * s;
+  }
+  damping = std::max(damping, kept + inverses + P * s);
+  // In use: everything kept, and the products of the blocks the threads take at once (the largest first,
+  // at most).
+  std::sort(products.rbegin(), products.rend());
+  double in_use = kept + inverses + P * s;
+  for (std::size_t i = 0; i < products.size() && i < static_cast<std::size_t>(threads); ++i)
+    in_use += products[i];
+  const double steps[] = {
+      covered + factors + unfold_a,                                     // A
+      covered + factors + sum + std::max({unfold_g, scores, squared}),  // G and the diagonal
+      covered + factors + sum + std::max(symmetrized, P * s),           // the means
+      covered + factors + sum + P * s + eigen + decomposing,            // the eigendecompositions
+      damping,
+      in_use};
+  return static_cast<std::size_t>(*std::max_element(std::begin(steps), std::end(steps)));
+}
+
+template <typename Scalar>
+KfacApproximation<Scalar>::KfacApproximation(const FisherOperator<Scalar>& F, const KfacOptions& options) try
+    : num_params_(F.rows()), num_threads_(resolve_threads(F.options().num_threads)) {
+  const Network<Scalar>& model = F.model();
+  const FisherOptions& fo = F.options();
+  const Index N = F.num_samples(), T = model.output_positions(), TC = model.output_size(), C = TC / T;
+  if (options.max_closed_form_outputs < 0)
+    detail::fail("max_closed_form_outputs must be non-negative, got " +
+                 std::to_string(options.max_closed_form_outputs));
+  if (fo.kind == FisherKind::empirical) check_targets(F.likelihood(), F.targets(), C, T);
+
+  // The blocks (layout()), their factors zeroed.
+  covered_.assign(static_cast<std::size_t>(num_params_), false);
+  Layout<Scalar> parts = layout(model);
+  const std::vector<bool>& diagonal_nodes = parts.diagonal_nodes;
+  const bool any_diagonal = parts.any_diagonal;
+  blocks_ = std::move(parts.blocks);
+  for (Block& b : blocks_) {
+    b.A = Mat<double>::Zero(b.cols + (b.bias ? 1 : 0), b.cols + (b.bias ? 1 : 0));
+    b.G = Mat<double>::Zero(b.rows, b.rows);
+    std::fill(covered_.begin() + b.offset, covered_.begin() + b.offset + b.size(), true);
   }
 
   // A: the layers' inputs, unfolded (a conv's patches, a sequence's rows), with a column of ones for a bias.
@@ -98,16 +222,16 @@ KfacApproximation<Scalar>::KfacApproximation(const FisherOperator<Scalar>& F, co
   }
 
   // G and the diagonal: the cotangents of output directions whose outer products sum to H_n.
-  const bool closed_form = fo.kind == FisherKind::exact && C <= options.max_closed_form_outputs;
-  const int draws = fo.kind == FisherKind::empirical ? 1 : closed_form ? 1 : std::max(fo.mc_samples, 1);
-  const Index directions = closed_form ? C : draws;
-  const double weight = closed_form ? 1.0 : 1.0 / double(draws);
+  const bool closed = closed_form(fo, C, options);
+  const int draws = fo.kind == FisherKind::empirical ? 1 : closed ? 1 : std::max(fo.mc_samples, 1);
+  const Index directions = closed ? C : draws;
+  const double weight = closed ? 1.0 : 1.0 / double(draws);
   const Mat<Scalar>& Z = F.outputs();
   Vec<double> diagonal = Vec<double>::Zero(any_diagonal ? num_params_ : 0);
   for (Index k = 0; k < directions; ++k) {
     F.backprop_outputs([&](Index c0, Index n, MatMap<Scalar> gz) {
       ConstMatMap<Scalar> Zc(Z.data() + c0 * TC, TC, n);
-      if (closed_form) {
+      if (closed) {
         exact_fisher_factor<Scalar>(F.likelihood(), Zc, k, fo.seed, fo.first_sample + c0, gz, T);
       } else if (fo.kind == FisherKind::empirical) {
         nll_gradient<Scalar>(F.likelihood(), Zc, F.targets(), c0, gz, T);
@@ -172,8 +296,14 @@ KfacApproximation<Scalar>::KfacApproximation(const FisherOperator<Scalar>& F, co
     // Eigenvalues at the level of rounding (a rank-deficient factor) are zeros.
     const Vec<double>& e = eig.eigenvalues();
     const double floor = e.cwiseAbs().maxCoeff() * double(e.size()) * std::numeric_limits<double>::epsilon();
-    (f % 2 == 0 ? factored_[i].eA : factored_[i].eG) = e.unaryExpr([floor](double v) { return v <= floor ? 0.0 : v; });
+    (f % 2 == 0 ? factored_[i].eA : factored_[i].eG) =
+        e.unaryExpr([floor](double v) { return v <= floor ? 0.0 : v; });
   }
+} catch (const std::bad_alloc&) {
+  throw std::runtime_error(
+      "out of memory building K-FAC's factors (" +
+      detail::format_bytes(double(required_bytes(F.model(), F.num_samples(), F.options(), options))) +
+      " at the peak)");
 }
 
 template <typename Scalar>
@@ -205,15 +335,16 @@ void KfacApproximation<Scalar>::set_damping(double lambda) {
 template <typename Scalar>
 void KfacApproximation<Scalar>::gather(const Block& b, const Scalar* x, Mat<Scalar>& V) const {
   V.resize(b.rows, b.cols + (b.bias ? 1 : 0));
-  V.leftCols(b.cols) = Eigen::Map<const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
-      x + b.offset, b.rows, b.cols);
+  V.leftCols(b.cols) =
+      Eigen::Map<const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
+          x + b.offset, b.rows, b.cols);
   if (b.bias) V.col(b.cols) = ConstVecMap<Scalar>(x + b.offset + b.rows * b.cols, b.rows);
 }
 
 template <typename Scalar>
 void KfacApproximation<Scalar>::scatter(const Block& b, const Mat<Scalar>& V, Scalar* y) const {
-  Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(y + b.offset, b.rows, b.cols) =
-      V.leftCols(b.cols);
+  Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
+      y + b.offset, b.rows, b.cols) = V.leftCols(b.cols);
   if (b.bias) VecMap<Scalar>(y + b.offset + b.rows * b.cols, b.rows) = V.col(b.cols);
 }
 
@@ -221,7 +352,8 @@ void KfacApproximation<Scalar>::scatter(const Block& b, const Mat<Scalar>& V, Sc
 // the block's slice of x as a matrix: right and left in double for the product, in Scalar for the inverse.
 template <typename Scalar>
 template <typename Product>
-void KfacApproximation<Scalar>::blockwise(const Vec<Scalar>& diag, const Scalar* x, Scalar* y, Product product) const {
+void KfacApproximation<Scalar>::blockwise(const Vec<Scalar>& diag, const Scalar* x, Scalar* y,
+                                          Product product) const {
   VecMap<Scalar>(y, num_params_) = diag.cwiseProduct(ConstVecMap<Scalar>(x, num_params_));
   const Index count = static_cast<Index>(blocks_.size());
 #ifdef NATGRAD_HAVE_OPENMP

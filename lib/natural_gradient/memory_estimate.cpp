@@ -1,5 +1,6 @@
 #include <natgrad/core/threads.h>
 #include <natgrad/curvature/fisher_operator.h>
+#include <natgrad/curvature/kfac.h>
 #include <natgrad/model/network.h>
 #include <natgrad/natural_gradient/memory_estimate.h>
 #include <natgrad/solvers/conjugate_gradient.h>
@@ -126,32 +127,18 @@ void MemoryEstimate::add_multi_shift(Index params, std::size_t scalar_bytes, Ind
 }
 
 template <typename Scalar>
-void MemoryEstimate::add_kfac(const Network<Scalar>& model, std::size_t scalar_bytes, int threads) {
-  const double s = double(scalar_bytes), P = double(model.num_params());
-  double factors = 0, largest = 0;
-  bool diagonal = false;  // tensors outside the blocks
-  for (std::size_t l = 0; l < model.num_layers(); ++l) {
-    if (model.layer(l).num_params() == 0 || model.tied_to(l) != l) continue;
-    const KroneckerFactors<Scalar>* kronecker = model.kronecker_factors(l);
-    if (!kronecker || !model.aliases(l).empty()) {
-      diagonal = true;
-      continue;
-    }
-    const auto shape = kronecker->kronecker_shape();
-    const double a = double(shape.cols + 1), g = double(shape.rows);
-    factors += (a * a + g * g) * (2 * 8 + s);  // A, G, their eigenvectors; the damped inverses
-    largest = std::max({largest, a, g});
-  }
-  // While the factors are built, a block of unfolded inputs (2^20 entries, in the scalar and in double); while
-  // they are decomposed, each thread's eigensolver holds one factor's worth. Then the diagonal and inverse
-  // diagonal, the double diagonal when some tensor needs it, the covered flags, and CG's z.
-  const double phase = std::max(double(std::max(threads, 1)) * largest * largest * 8, double(1 << 20) * (s + 8));
-  const double extra = factors + phase + P * (3 * s + (diagonal ? 8 : 0) + 0.125);
-  preconditioner += static_cast<std::size_t>(extra);
-  total += static_cast<std::size_t>(extra);
+void MemoryEstimate::add_kfac(const Network<Scalar>& model, Index curvature_samples, const FisherOptions& fisher,
+                              bool compared) {
+  // K-FAC's peak (its factors, eigenvectors, inverses and diagonals, and its transient buffers), and CG's z,
+  // which the estimate counts only with the diagonal preconditioner or deflation.
+  const std::size_t extra =
+      KfacApproximation<Scalar>::required_bytes(model, curvature_samples, fisher, KfacOptions(), compared) +
+      static_cast<std::size_t>(model.num_params()) * sizeof(Scalar);
+  preconditioner += extra;
+  total += extra;
 }
-template void MemoryEstimate::add_kfac<float>(const Network<float>&, std::size_t, int);
-template void MemoryEstimate::add_kfac<double>(const Network<double>&, std::size_t, int);
+template void MemoryEstimate::add_kfac<float>(const Network<float>&, Index, const FisherOptions&, bool);
+template void MemoryEstimate::add_kfac<double>(const Network<double>&, Index, const FisherOptions&, bool);
 
 void MemoryEstimate::add_second_operator() {
   const std::size_t extra = activations + workspaces + cotangents;

@@ -39,6 +39,7 @@
 
 #include <natgrad/curvature/fisher_operator.h>
 
+#include <cstddef>
 #include <vector>
 
 namespace natgrad {
@@ -66,6 +67,19 @@ class KfacApproximation {
   /// The factors of F's batch, parameters and Fisher kind (F's damping is not used). Collective over F's
   /// communicator. Throws std::invalid_argument for an empirical F without targets.
   explicit KfacApproximation(const FisherOperator<Scalar>& F, const KfacOptions& options = KfacOptions());
+
+  /// What K-FAC allocates at its peak — in the constructor, set_damping, apply, and multiply when
+  /// `multiplies` (the comparison with F does; a preconditioner does not) — for an operator
+  /// F on `num_samples` samples of `model` under `fisher` (its threads, chunk size and Fisher kind): what it
+  /// keeps (per block A, G and their eigenvectors in double, the damped inverses in Scalar; the diagonal and
+  /// its inverse; a flag per parameter) as far as it exists at each step, plus that step's transient
+  /// buffers: a block of unfolded inputs or cotangents (in Scalar and in double) with the Gram products'
+  /// packing space, the sampled scores, the squared gradients of the tensors outside the blocks beside their
+  /// sum in double, a symmetrized factor, the eigensolvers' copies of the factors they decompose at once, a
+  /// damped inverse's products in double, and the per-block matrices of apply (or multiply) on every thread.
+  /// Shapes only: no operator is built. The constructor's out-of-memory error quotes it.
+  static std::size_t required_bytes(const Network<Scalar>& model, Index num_samples, const FisherOptions& fisher,
+                                    const KfacOptions& options = KfacOptions(), bool multiplies = false);
 
   Index rows() const { return num_params_; }
   Index cols() const { return num_params_; }

@@ -37,13 +37,12 @@ struct MemoryEstimate {
   /// one CG solve: multi_shift_required_bytes (per damping its direction and its search direction, and the
   /// base system's r, p and Ap) in place of CG's workspace.
   void add_multi_shift(Index params, std::size_t scalar_bytes, Index dampings);
-  /// Adds what K-FAC holds (the kfac preconditioner, or solve's comparison with it): per Kronecker block its
-  /// two factors and their eigenvectors in double and their damped inverses in the solve's scalar
-  /// (`scalar_bytes`), the
-  /// eigensolvers' workspace (`threads` of them at once), one block of unfolded inputs, the diagonal
-  /// vectors, and CG's preconditioned residual z. Counted in `preconditioner`.
+  /// Adds what K-FAC takes (the kfac preconditioner, or, when `compared`, solve's comparison with it, which
+  /// also multiplies by it) on `curvature_samples` samples under `fisher` (its threads):
+  /// KfacApproximation::required_bytes, and CG's preconditioned residual z. Counted in `preconditioner`.
   template <typename Scalar>
-  void add_kfac(const Network<Scalar>& model, std::size_t scalar_bytes, int threads);
+  void add_kfac(const Network<Scalar>& model, Index curvature_samples, const FisherOptions& fisher,
+                bool compared = false);
   /// Adds a second operator on the curvature batch (solve's comparison with the empirical or Monte-Carlo
   /// Fisher): activations, workspaces and cotangents once more.
   void add_second_operator();
