@@ -368,11 +368,12 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& mode
   try {
     if (!multi) ws.resize(F.rows(), preconditioned);
     r.direction = Vec<Scalar>::Zero(F.rows());
-  } catch (const std::bad_alloc&) {
-    const int vectors = preconditioned ? 6 : 5;
-    no_memory = "out of memory allocating conjugate gradient's vectors (" + std::to_string(vectors) + " x " +
-                std::to_string(F.rows()) + " parameters, " +
-                detail::format_bytes(double(vectors) * double(F.rows()) * sizeof(Scalar)) + ")";
+  } catch (const std::bad_alloc&) {  // (CG's workspace and the direction: what the memory estimate counts)
+    const std::size_t bytes = (multi ? 0 : CgWorkspace<Scalar>::required_bytes(F.rows(), preconditioned)) +
+                              static_cast<std::size_t>(F.rows()) * sizeof(Scalar);
+    no_memory = "out of memory allocating conjugate gradient's vectors (" +
+                std::to_string(bytes / sizeof(Scalar) / static_cast<std::size_t>(F.rows())) + " x " +
+                std::to_string(F.rows()) + " parameters, " + detail::format_bytes(double(bytes)) + ")";
   }
   no_memory = comm.first_error(no_memory);  // every rank stops if one cannot go on
   if (!no_memory.empty()) throw std::runtime_error(no_memory);
