@@ -380,56 +380,52 @@ TEST(FisherOperatorRequiredBytes, BoundsWhatTheConstructorAllocatesTightly) {
 // in one expression, against the memory estimate's preconditioner part (at least 90% of it, at most 64 KiB
 // above).
 TEST(DiagonalPreconditionerRequiredBytes, BoundsWhatTheDiagonalAndThePreconditionerAllocateTightly) {
-  const std::pair<const char*, ModelSpec> models[] = {
-      {"mlp", mlp_spec(300, 512, 10)}, {"cnn", cnn_spec(10)}, {"resnet graph", resnet_spec(10, 16, 16)}};
-  for (const auto& [label, spec] : models) {
-    SCOPED_TRACE(label);
-    Network<float> model(spec);
-    const Vec<float> theta = init_parameters(model, 1);
-    const Dataset<float> data = random_dataset(model, 700, LikelihoodKind::categorical, 2);
-    FisherOptions options;
-    options.num_threads = 2;
-    FisherOperator<float> F(model, theta, LikelihoodKind::categorical, data, options);
-    const std::size_t P = static_cast<std::size_t>(model.num_params());
-    const auto diagonal = static_cast<long long>(
-        FisherOperator<float>::empirical_diagonal_required_bytes(model, data.size(), options));
-    const auto inverse =
-        static_cast<long long>(DiagonalPreconditioner<float>::required_bytes(model.num_params()));
-    EXPECT_EQ(inverse, static_cast<long long>(P * sizeof(float)));
-    long long built = 0, made = 0, held = 0;
-    {
-      HeapPeak peak;
-      const Vec<float> d = F.empirical_fisher_diagonal();
-      built = peak.bytes();
-      const long long before = g_live.load();
-      HeapPeak second;
-      const DiagonalPreconditioner<float> M(d, 1e-3, 0.75);
-      made = second.bytes();
-      held = g_live.load() - before;
-    }
-    EXPECT_LE(built, diagonal + 64 * 1024);
-    EXPECT_GE(built, static_cast<long long>(0.9 * double(diagonal)));
-    EXPECT_GE(held, inverse);
-    EXPECT_LE(made, inverse + 4096);
-    HeapPeak solve;
-    { const DiagonalPreconditioner<float> M(F.empirical_fisher_diagonal(), 1e-3, 0.75); }
-    const MemoryEstimate estimate =
-        estimate_solve_memory(spec, data.size(), 0, sizeof(float), options, 0, 2, true);
-    const auto part = static_cast<long long>(estimate.preconditioner);
-    EXPECT_LE(solve.bytes(), part + 64 * 1024);
-    EXPECT_GE(solve.bytes(), static_cast<long long>(0.9 * double(part)));
-    std::cout << "[ info ] " << label << ": empirical diagonal peak " << built / 1024 << " KiB (required "
-              << diagonal / 1024 << "), preconditioner " << made / 1024 << " KiB (required " << inverse / 1024
-              << "), both " << solve.bytes() / 1024 << " KiB (estimate " << part / 1024 << ")\n";
-  }
+  for_each_operator_problem<float>(
+      {FisherKind::exact}, [](const std::string& label, const Network<float>& model, const Vec<float>& theta,
+                              const Dataset<float>& data, FisherOptions options) {
+        options.num_threads = 2;
+        FisherOperator<float> F(model, theta, LikelihoodKind::categorical, data, options);
+        const auto diagonal = static_cast<long long>(
+            FisherOperator<float>::empirical_diagonal_required_bytes(model, data.size(), options));
+        const auto inverse =
+            static_cast<long long>(DiagonalPreconditioner<float>::required_bytes(model.num_params()));
+        EXPECT_EQ(inverse,
+                  static_cast<long long>(model.num_params()) * static_cast<long long>(sizeof(float)));
+        long long built = 0, made = 0, held = 0;
+        {
+          HeapPeak peak;
+          const Vec<float> d = F.empirical_fisher_diagonal();
+          built = peak.bytes();
+          const long long before = g_live.load();
+          HeapPeak second;
+          const DiagonalPreconditioner<float> M(d, 1e-3, 0.75);
+          made = second.bytes();
+          held = g_live.load() - before;
+        }
+        EXPECT_LE(built, diagonal + 64 * 1024);
+        EXPECT_GE(built, static_cast<long long>(0.9 * double(diagonal)));
+        EXPECT_GE(held, inverse);
+        EXPECT_LE(made, inverse + 4096);
+        HeapPeak solve;
+        { const DiagonalPreconditioner<float> M(F.empirical_fisher_diagonal(), 1e-3, 0.75); }
+        const MemoryEstimate estimate =
+            estimate_solve_memory(model.spec(), data.size(), 0, sizeof(float), options, 0, 2, true);
+        const auto part = static_cast<long long>(estimate.preconditioner);
+        EXPECT_LE(solve.bytes(), part + 64 * 1024);
+        EXPECT_GE(solve.bytes(), static_cast<long long>(0.9 * double(part)));
+        std::cout << "[ info ] " << label << ": empirical diagonal peak " << built / 1024 << " KiB (required "
+                  << diagonal / 1024 << "), preconditioner " << made / 1024 << " KiB (required "
+                  << inverse / 1024 << "), both " << solve.bytes() / 1024 << " KiB (estimate " << part / 1024
+                  << ")\n";
+      });
 }
 
 // KfacApproximation::required_bytes, which the memory estimate adds for the kfac preconditioner and for the
 // comparison with K-FAC, against the heap its constructor, set_damping and apply take together (and with
-// multiply, which the comparison adds), for Kronecker blocks only (the MLP: linear layers, one of them without
-// a bias; exact with the closed-form factor, and Monte-Carlo with sampled scores), for convolutions, and for a
-// ResNet graph whose batch norms get the diagonal: the peak is at most 64 KiB above the figure (the blocks'
-// bookkeeping, which it does not count) and, on one thread, at least 95% of it.
+// multiply, which the comparison adds), for Kronecker blocks only (the MLP: linear layers, one of them
+// without a bias; exact with the closed-form factor, and Monte-Carlo with sampled scores), for convolutions,
+// and for a ResNet graph whose batch norms get the diagonal: the peak is at most 64 KiB above the figure (the
+// blocks' bookkeeping, which it does not count) and, on one thread, at least 95% of it.
 TEST(KfacRequiredBytes, BoundsWhatTheConstructionAllocatesTightly) {
   struct Case {
     const char* label;
