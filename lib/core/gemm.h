@@ -126,5 +126,109 @@ void gemm(Index m, Index n, Index k, const GemmOperand<Scalar>& A, const GemmOpe
     gemm_internal::run<Scalar, RowMajor, RowMajor>(m, n, k, A, B, C, ldc, pack);
 }
 
+/// A left operand packed once for many products (pack_lhs, gemm_packed): an m × k matrix in the panel format
+/// Eigen's kernel reads, as blocks of its depth — block b holds all m rows × columns [b·kc, b·kc + kc) —
+/// where kc is the depth block Eigen's own product chooses for depth k (it depends on k and the L1 cache
+/// only, not on m or the column count). A layer whose GEMMs take the same weight for every chunk of a pass
+/// packs it once instead of once per chunk (`gemm` packs its left operand on every call).
+template <typename Scalar>
+struct PackedLhs {
+  Index m = 0, k = 0, kc = 1;
+  Scalar* data = nullptr;  ///< size() scalars (caller memory)
+
+  PackedLhs() = default;
+  PackedLhs(Index rows, Index depth) : m(rows), k(depth) {
+    Index mc = rows, nc = 1;
+    kc = depth;
+    if (rows > 0 && depth > 0) gemm_internal::blocking_sizes<Scalar>(rows, nc, depth, kc, mc, nc);
+  }
+  Index blocks() const { return (k + kc - 1) / kc; }
+  Index block_depth(Index b) const { return std::min(kc, k - b * kc); }
+  /// Where block b starts, each block on Eigen's maximal alignment (the kernel's aligned packet loads).
+  Index offset(Index b) const { return b * gemm_internal::round_up<Scalar>(m * kc); }
+  /// Scalars of the packed operand, from an aligned start.
+  Index size() const { return blocks() * gemm_internal::round_up<Scalar>(m * kc); }
+  /// Rows per packing piece (pack_lhs): a multiple of the kernel's row panel, so that pieces packed apart
+  /// give the bytes of one packing of the whole block.
+  static Index piece_rows() {
+    constexpr Index mr = Eigen::internal::gebp_traits<Scalar, Scalar>::mr;
+    return std::max<Index>(mr, 256 / mr * mr);
+  }
+  Index pieces_per_block() const { return (m + piece_rows() - 1) / piece_rows(); }
+  /// Packing work in pieces that threads may share: rows [p·piece_rows(), …) of one depth block each.
+  Index pieces() const { return blocks() * pieces_per_block(); }
+};
+
+/// Packs piece `piece` (PackedLhs::pieces) of the m × k operand A into `out`.
+template <typename Scalar>
+void pack_lhs(const GemmOperand<Scalar>& A, const PackedLhs<Scalar>& out, Index piece) {
+  using Traits = Eigen::internal::gebp_traits<Scalar, Scalar>;
+  const Index b = piece / out.pieces_per_block(), r0 = piece % out.pieces_per_block() * out.piece_rows();
+  const Index rows = std::min(out.piece_rows(), out.m - r0), k0 = b * out.kc, depth = out.block_depth(b);
+  Scalar* dst = out.data + out.offset(b) + r0 * depth;
+  if (A.row_major) {
+    using Mapper = Eigen::internal::const_blas_data_mapper<Scalar, Index, Eigen::RowMajor>;
+    Eigen::internal::gemm_pack_lhs<Scalar, Index, Mapper, Traits::mr, Traits::LhsProgress,
+                                   typename Traits::LhsPacket4Packing, Eigen::RowMajor>
+        pack;
+    pack(dst, Mapper(A.data, A.outer_stride).getSubMapper(r0, k0), depth, rows);
+  } else {
+    using Mapper = Eigen::internal::const_blas_data_mapper<Scalar, Index, Eigen::ColMajor>;
+    Eigen::internal::gemm_pack_lhs<Scalar, Index, Mapper, Traits::mr, Traits::LhsProgress,
+                                   typename Traits::LhsPacket4Packing, Eigen::ColMajor>
+        pack;
+    pack(dst, Mapper(A.data, A.outer_stride).getSubMapper(r0, k0), depth, rows);
+  }
+}
+
+/// Scalars of packing space gemm_packed needs for the right operand of a product with n columns.
+template <typename Scalar>
+Index gemm_packed_rhs_size(const PackedLhs<Scalar>& A, Index n) {
+  if (n <= 0 || A.m <= 0 || A.k <= 0) return 0;
+  Index kc, mc, nc;
+  gemm_internal::blocking_sizes<Scalar>(A.m, n, A.k, kc, mc, nc);
+  return gemm_internal::round_up<Scalar>(kc * std::min(n, nc)) + gemm_internal::kAlign<Scalar>;
+}
+
+/// C = A B (accumulate == false) or C += A B, as `gemm` with A packed by pack_lhs: the same kernel on the
+/// same blocks of depth, added in the same order, so C is bit for bit what `gemm` gives. `pack` holds
+/// gemm_packed_rhs_size(A, n) scalars (at most gemm_pack_size(A.m, n, A.k)).
+template <typename Scalar>
+void gemm_packed(Index n, const PackedLhs<Scalar>& A, const GemmOperand<Scalar>& B, Scalar* C, Index ldc,
+                 bool accumulate, Scalar* pack) {
+  NATGRAD_CHECK(ldc >= A.m && pack != nullptr && A.data != nullptr);
+  if (A.m <= 0 || n <= 0) return;
+  if (!accumulate)
+    for (Index j = 0; j < n; ++j) std::fill(C + j * ldc, C + j * ldc + A.m, Scalar(0));
+  if (A.k <= 0) return;
+  Index kc, mc, nc;
+  gemm_internal::blocking_sizes<Scalar>(A.m, n, A.k, kc, mc, nc);
+  NATGRAD_CHECK(kc == A.kc);  // the depth blocks, hence the order of the sums, are `gemm`'s
+  nc = std::min(n, nc);
+  using Traits = Eigen::internal::gebp_traits<Scalar, Scalar>;
+  using ResMapper = Eigen::internal::blas_data_mapper<Scalar, Index, Eigen::ColMajor, Eigen::Unaligned, 1>;
+  Eigen::internal::gebp_kernel<Scalar, Scalar, Index, ResMapper, Traits::mr, Traits::nr, false, false> gebp;
+  Scalar* blockB = gemm_internal::align(pack);
+  const ResMapper res(C, ldc, 1);
+  // Per block of depth (in order: each entry of C sums its blocks in `gemm`'s order) and of columns, the
+  // right operand's block is packed once and serves all m rows.
+  for (Index b = 0; b < A.blocks(); ++b) {
+    const Index k0 = b * A.kc, depth = A.block_depth(b);
+    for (Index j0 = 0; j0 < n; j0 += nc) {
+      const Index cols = std::min(nc, n - j0);
+      if (B.row_major) {
+        using Mapper = Eigen::internal::const_blas_data_mapper<Scalar, Index, Eigen::RowMajor>;
+        Eigen::internal::gemm_pack_rhs<Scalar, Index, Mapper, Traits::nr, Eigen::RowMajor> pack_rhs;
+        pack_rhs(blockB, Mapper(B.data, B.outer_stride).getSubMapper(k0, j0), depth, cols);
+      } else {
+        using Mapper = Eigen::internal::const_blas_data_mapper<Scalar, Index, Eigen::ColMajor>;
+        Eigen::internal::gemm_pack_rhs<Scalar, Index, Mapper, Traits::nr, Eigen::ColMajor> pack_rhs;
+        pack_rhs(blockB, Mapper(B.data, B.outer_stride).getSubMapper(k0, j0), depth, cols);
+      }
+      gebp(res.getSubMapper(0, j0), A.data + A.offset(b), blockB, A.m, depth, cols, Scalar(1));
+    }
+  }
+}
+
 }  // namespace detail
 }  // namespace natgrad

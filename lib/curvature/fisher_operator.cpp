@@ -47,10 +47,10 @@ void FisherOperator<Scalar>::perform_op(const Scalar* x, Scalar* y) const {
   st.require_forward();
   const Index C = st.model.output_size();
   const auto head = [&](Index, Index c0, Index n, MatMap<Scalar> w, Workspace<Scalar>& ws) {
-    st.model.jvp(st.theta.data(), x, st.cache, c0, n, ws);              // 1. u = J v
+    st.model.jvp(st.theta.data(), x, st.cache, c0, n, ws, &st.packed);  // 1. u = J v
     st.curvature.apply(c0, ConstMatMap<Scalar>(ws.result(), C, n), w);  // 2. w = H u
   };
-  st.backprop_chunks("product", false, head);                                      // 3. (phase A)
+  st.backprop_chunks("product", false, head, x);                                   // 3. (phase A)
   st.sum_over_samples(y);                                                          // 3. y = Σ_n J_nᵀ w_n
   st.scale_and_damp(y, {st.inverse_count(), static_cast<Scalar>(st.damping), x});  // 4. y ← s·y + λx
   ++st.num_products;
@@ -182,7 +182,7 @@ typename FisherOperator<Scalar>::Footprint footprint(const Network<Scalar>& mode
                                           model.forward_scratch_size(chunk) + model.output_size() * chunk +
                                           plan.task_scratch) *
                  s;
-  f.cotangents = static_cast<std::size_t>(plan.cotangent_size + plan.partial_size) * s;
+  f.cotangents = static_cast<std::size_t>(plan.cotangent_size + plan.partial_size + plan.packed_size) * s;
   f.parameters = static_cast<std::size_t>(model.num_params()) * s;
   return f;
 }
@@ -248,10 +248,12 @@ void FisherOperator<Scalar>::State::setup(const Dataset<Scalar>& given) {
     }
   });
   if (options.profile) timers.start(num_threads, model.num_layers());
-  allocating("the stored cotangents and partial gradients of " + std::to_string(num_samples) + " samples",
+  allocating("the stored cotangents, partial gradients and packed weights of " + std::to_string(num_samples) +
+                 " samples",
              double(need.cotangents), [&] {
                cot = model.make_cotangents(num_samples);
                partials.resize(plan.partial_size);
+               packed = model.make_packed_weights(plan.packed);
              });
   // Phase C's sums: per node whose gradient is split by sample groups, its groups' partials and then its
   // aliases' (a tied tensor sums its uses), in that order.

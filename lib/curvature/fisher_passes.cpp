@@ -165,7 +165,8 @@ void FisherOperator<Scalar>::State::end_pass(detail::PassHalt& h, const char* pa
 }
 
 template <typename Scalar>
-void FisherOperator<Scalar>::State::backprop_chunks(const char* pass, bool report, Head head) {
+void FisherOperator<Scalar>::State::backprop_chunks(const char* pass, bool report, Head head,
+                                                    const Scalar* tangent) {
   const Index cs = plan.chunk_size, C = model.output_size();
   std::fill(work.begin(), work.end(), 0.0);
   detail::PassHalt halt;
@@ -176,6 +177,13 @@ void FisherOperator<Scalar>::State::backprop_chunks(const char* pass, bool repor
     NATGRAD_CHECK(t < num_threads && team <= num_threads);  // one workspace per thread of the team
     Workspace<Scalar>& ws = workspaces[static_cast<std::size_t>(t)];
     Mat<Scalar>& obuf = out_buffers[static_cast<std::size_t>(t)];
+    // The weights every chunk's GEMMs read, packed once for the pass (the pieces shared round-robin) instead
+    // of once per chunk; the R-op's dW, W and backprop's Wᵀ count as the node's R-op time.
+    for (Index i = t; i < packed.pieces(); i += team)
+      model.pack_weights(theta.data(), tangent, i, packed, timers.rop(t));
+#ifdef NATGRAD_HAVE_OPENMP
+#pragma omp barrier
+#endif
     Index k0, k1;
     plan.chunk_range(t, team, k0, k1);
     for (Index k = k0; k < k1; ++k) {
@@ -188,7 +196,8 @@ void FisherOperator<Scalar>::State::backprop_chunks(const char* pass, bool repor
         head(k, c0, n, w, ws);
       }
       ws.time_nodes(timers.backprop(t));
-      model.backprop_cotangents(theta.data(), cache, c0, n, ConstMatMap<Scalar>(w.data(), C, n), cot, ws);
+      model.backprop_cotangents(theta.data(), cache, c0, n, ConstMatMap<Scalar>(w.data(), C, n), cot, ws,
+                                &packed);
       ws.time_nodes(nullptr);
       work[static_cast<std::size_t>(t)] += plan.chunk_macs_per_sample * double(n);
       const Index done = ++halt.chunks_done;
@@ -315,7 +324,7 @@ Vec<Scalar> FisherOperator<Scalar>::State::squared_gradients(const std::vector<b
 #define NATGRAD_INSTANTIATE(S)                                                                         \
   template void FisherOperator<S>::State::run_forward(std::exception_ptr);                             \
   template void FisherOperator<S>::State::end_pass(detail::PassHalt&, const char*, Index, bool) const; \
-  template void FisherOperator<S>::State::backprop_chunks(const char*, bool, Head);                    \
+  template void FisherOperator<S>::State::backprop_chunks(const char*, bool, Head, const S*);          \
   template void FisherOperator<S>::State::sum_gradients(S*);                                           \
   template void FisherOperator<S>::State::sum_over_samples(S*);                                        \
   template void FisherOperator<S>::State::scale_and_damp(S*, const detail::ScaleAndDamp<S>&);          \

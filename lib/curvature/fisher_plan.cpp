@@ -22,6 +22,14 @@ constexpr Index kBlockEdge = 256;
 // the exact product 0.95× and the gradient 0.97× the time (AMD EPYC Zen 4, 2 threads, same run); models whose
 // activations are narrower keep their chunks.
 constexpr double kChunkCacheBytes = 1024.0 * 1024;
+// Phase A's GEMMs on a chunk of c columns pack their weight operand (m·k scalars, read strided and written)
+// for 2·m·k·c flops, on every chunk. Below 512 columns that shows: on the 784-1024-1024-10 MLP (64 columns)
+// packing took 30% of the R-op's time, and packing each weight once per pass instead
+// (Network::make_packed_weights) made the whole product 0.87× the time (AMD EPYC Zen 5, one thread, CPU
+// time of interleaved runs on a shared host). Those nodes' packed weights (dW, W, Wᵀ: up to 3× their
+// parameters) are kept within this many bytes, the first nodes first.
+constexpr Index kPackBelowColumns = 512;
+constexpr double kPackedBudgetBytes = 64.0 * 1024 * 1024;
 Index block_step(Index extent) {
   const Index blocks = (extent + kBlockEdge - 1) / kBlockEdge;
   return (extent + blocks - 1) / blocks;
@@ -33,9 +41,9 @@ FisherPlan FisherPlan::make(const Network<Scalar>& model, Index N, const FisherO
   FisherPlan plan;
   const std::size_t L = model.num_layers();
   // A chunk's GEMMs pack the whole weight of a block-split (linear) layer for 2·chunk flops per packed entry:
-  // below 64 samples that packing shows (a 784-1024-1024-10 product is 17% slower at 32 than at 64 on one
-  // thread). Convolutions pack small weights and do not care. So the smallest chunk is 64 when most of the
-  // per-sample work is in such layers, else 32.
+  // below 64 samples that packing showed (a 784-1024-1024-10 product was 17% slower at 32 than at 64 on one
+  // thread, before such weights were packed once per pass: `packed` below). Convolutions pack small weights
+  // and do not care. So the smallest chunk is 64 when most of the per-sample work is in such layers, else 32.
   double block_macs = 0, all_macs = 0;
   for (std::size_t l = 0; l < L; ++l) {
     all_macs += model.layer(l).macs_per_sample();
@@ -106,6 +114,17 @@ FisherPlan FisherPlan::make(const Network<Scalar>& model, Index N, const FisherO
         plan.tasks.push_back(t);
       }
     }
+  }
+  plan.packed.assign(L, false);
+  for (std::size_t l = 0; l < L; ++l) {
+    if (!model.packs_weights(l) || plan.chunk_size * model.packed_columns_per_sample(l) >= kPackBelowColumns)
+      continue;
+    std::vector<bool> one(L, false);
+    one[l] = true;
+    const Index size = model.packed_weights_size(one);
+    if (double(plan.packed_size + size) * double(sizeof(Scalar)) > kPackedBudgetBytes) continue;
+    plan.packed[l] = true;
+    plan.packed_size += size;
   }
   plan.diagonal_groups =
       SampleGroups::within_budget(plan.num_chunks, double(model.num_params()) * double(sizeof(Scalar)));

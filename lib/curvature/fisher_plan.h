@@ -4,7 +4,8 @@
 //
 //   A. per-sample work over `num_chunks` chunks of `chunk_size` samples (the R-op, H, the backpropagation of
 //   the
-//      cotangents), each thread a contiguous range of chunks (chunk_range);
+//      cotangents), each thread a contiguous range of chunks (chunk_range); the weights of the linear nodes
+//      whose chunks have few GEMM columns are packed once per pass first (`packed`);
 //   B. the parameter gradient over `tasks`: a node with a blocked gradient (BlockGradient, linear) gets
 //   weight
 //      blocks of about 256 × 256, each one GEMM of depth N that writes its part of the result; any other node
@@ -61,6 +62,10 @@ struct FisherPlan {
   Index partial_size = 0;             ///< scalars of all partial gradients
   Index cotangent_size = 0;           ///< scalars of the stored cotangents (N columns)
   Index task_scratch = 0;             ///< scalars of per-thread scratch the block tasks need
+  /// Phase A: per node, whether its weights are packed once per pass (Network::make_packed_weights), and the
+  /// scalars they take.
+  std::vector<bool> packed;
+  Index packed_size = 0;
   /// The squared per-sample gradients (empirical diagonal): the sample groups of every node (one split for
   /// all, within the partial budget for the whole parameter vector) and their partial sums' scalars.
   SampleGroups diagonal_groups;

@@ -94,8 +94,10 @@ struct FisherOperator<Scalar>::State {
   /// **Phase A** of every pass over the stored cotangents: per chunk of samples, head writes the output
   /// cotangents, which Network::backprop_cotangents stores for every node with parameters (cot). The
   /// threads take contiguous ranges of chunks. A named `pass` ("product", "gradient") polls stop_requested
-  /// before every chunk and ends with end_pass; with `report`, it reports progress to on_progress.
-  void backprop_chunks(const char* pass, bool report, Head head);
+  /// before every chunk and ends with end_pass; with `report`, it reports progress to on_progress. First the
+  /// weights the chunks' GEMMs read are packed once for the pass (plan.packed): W and Wᵀ from θ, and dW from
+  /// `tangent`, the v of a product whose head runs the R-op (nullptr: a pass without it).
+  void backprop_chunks(const char* pass, bool report, Head head, const Scalar* tangent = nullptr);
   /// Before a chunk of a pass: whether to start no further chunk (a stop was requested, or a callback threw).
   bool halted(detail::PassHalt& h) const {
     if (!stop_set) return h.halted.load(std::memory_order_relaxed);
@@ -152,6 +154,7 @@ struct FisherOperator<Scalar>::State {
   std::vector<Workspace<Scalar>> workspaces;  // one per thread
   std::vector<Mat<Scalar>> out_buffers;       // one per thread: C × chunk_size
   std::vector<Vec<Scalar>> task_scratch;      // one per thread: block-task packing space
+  PackedWeights<Scalar> packed;               // phase A's weight operands, packed once per pass
   CotangentCache<Scalar> cot;
   Vec<Scalar> partials;
   std::vector<std::vector<const Scalar*>> reduction_parts;  // per group-split node: its partials in sum order

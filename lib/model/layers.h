@@ -3,12 +3,13 @@
 
 #include <natgrad/model/layer.h>
 
-#include "core/fail.h"
-
 #include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "core/fail.h"
+#include "core/gemm.h"
 
 namespace natgrad {
 namespace detail {
@@ -91,6 +92,31 @@ class SavesForward {
                          Scalar* scratch) const = 0;
   virtual void vjp_saved(ConstMatMap<Scalar> X, const Scalar* saved, ConstMatMap<Scalar> gY, Scalar* gX,
                          Scalar* scratch) const = 0;
+};
+
+/// A layer whose GEMMs on a chunk read a weight matrix as their left operand (linear: the R-op's dW X and
+/// W dX, backprop's Wᵀ gY). jvp and vjp pack that operand into Eigen's panel format on every call, so a pass
+/// over K chunks packs each weight K times; a Network packs it once per pass instead (PackedWeights,
+/// Network::pack_weights) and runs these products on the packed operands. Both give the same bits
+/// (core/gemm.h: gemm_packed is gemm without the packing).
+template <typename Scalar>
+class PackedWeightProducts {
+ public:
+  /// The three operands: the parameter tangent's dW (R-op), W (R-op, when the input has a tangent) and Wᵀ
+  /// (backprop's input cotangent).
+  enum Operand { tangent = 0, weight = 1, transposed = 2 };
+  virtual ~PackedWeightProducts() = default;
+  /// Operand `op` as stored in the layer's slice p of a parameter vector (θ, or v for `tangent`), with its
+  /// rows m and depth k.
+  virtual GemmOperand<Scalar> weight_operand(Operand op, const Scalar* p, Index& m, Index& k) const = 0;
+  /// GEMM columns per sample (the rows of a sequence sample).
+  virtual Index columns_per_sample() const = 0;
+  /// jvp on the packed dW and, when dX is not null, the packed W.
+  virtual void jvp_packed(const Scalar* dtheta, ConstMatMap<Scalar> X, const Scalar* dX, MatMap<Scalar> dY,
+                          const PackedLhs<Scalar>& dW, const PackedLhs<Scalar>* W, Scalar* scratch) const = 0;
+  /// vjp's input cotangent gX = Wᵀ gY on the packed Wᵀ.
+  virtual void input_cotangent_packed(ConstMatMap<Scalar> gY, Scalar* gX, const PackedLhs<Scalar>& Wt,
+                                      Scalar* scratch) const = 0;
 };
 
 class SelectionJacobian {

@@ -14,7 +14,8 @@ template <typename Scalar>
 class Linear final : public Layer<Scalar>,
                      public BlockGradient<Scalar>,
                      public KroneckerFactors<Scalar>,
-                     public SquaredGradients<Scalar> {
+                     public SquaredGradients<Scalar>,
+                     public PackedWeightProducts<Scalar> {
   using RowMat = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using ConstW = Eigen::Map<const RowMat>;
   using ConstB = Eigen::Map<const Vec<Scalar>>;
@@ -72,6 +73,31 @@ class Linear final : public Layer<Scalar>,
     if (!gtheta) return;
     gemm(in_, out_, n, col_major(X.data(), in_), row_major(gY.data(), out_), gtheta, in_, true, scratch);
     if (bias_) MutB(gtheta + out_ * in_, out_) += gY.rowwise().sum();
+  }
+
+  // The same products with the weight operands packed once per pass (PackedWeightProducts): the row-major
+  // W (and dW) is the out × in left operand of the R-op, and read column-major it is Wᵀ (in × out).
+  GemmOperand<Scalar> weight_operand(typename PackedWeightProducts<Scalar>::Operand op, const Scalar* p,
+                                     Index& m, Index& k) const override {
+    const bool t = op == PackedWeightProducts<Scalar>::transposed;
+    m = t ? in_ : out_;
+    k = t ? out_ : in_;
+    return t ? col_major(p, in_) : row_major(p, in_);
+  }
+  Index columns_per_sample() const override { return L_; }
+  void jvp_packed(const Scalar* dtheta, ConstMatMap<Scalar> X0, const Scalar* dX, MatMap<Scalar> dY0,
+                  const PackedLhs<Scalar>& dW, const PackedLhs<Scalar>* W, Scalar* scratch) const override {
+    ConstMatMap<Scalar> X = columns(X0);
+    MatMap<Scalar> dY(dY0.data(), out_, X.cols());
+    const Index n = X.cols();
+    NATGRAD_CHECK(W != nullptr || dX == nullptr);
+    gemm_packed(n, dW, col_major(X.data(), in_), dY.data(), out_, false, scratch);
+    if (dX) gemm_packed(n, *W, col_major(dX, in_), dY.data(), out_, true, scratch);
+    if (bias_) dY.colwise() += ConstB(dtheta + out_ * in_, out_);
+  }
+  void input_cotangent_packed(ConstMatMap<Scalar> gY, Scalar* gX, const PackedLhs<Scalar>& Wt,
+                              Scalar* scratch) const override {
+    gemm_packed(gY.cols() * L_, Wt, col_major(gY.data(), out_), gX, in_, false, scratch);
   }
 
   double macs_per_sample() const override { return double(in_) * double(out_) * double(L_); }

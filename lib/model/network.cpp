@@ -10,6 +10,7 @@
 #include "model/layers.h"
 #include "model/network_schedule.h"
 #include "model/node_timer.h"
+#include "model/packed_weights.h"
 #include "model/workspace_buffers.h"
 
 namespace natgrad {
@@ -242,7 +243,8 @@ void vjp_fused(const FusedPair<Scalar>& f, Index col0, Index n, const Scalar* gy
 
 template <typename Scalar>
 void Network<Scalar>::jvp(const Scalar* theta, const Scalar* v, const ForwardCache<Scalar>& cache, Index col0,
-                          Index n, Workspace<Scalar>& ws) const {
+                          Index n, Workspace<Scalar>& ws, const PackedWeights<Scalar>* packed) const {
+  using Products = detail::PackedWeightProducts<Scalar>;
   NATGRAD_CHECK(n <= ws.max_cols() && col0 >= 0 && col0 + n <= cache.acts[0].cols());
   std::fill(ws.b_->values.begin(), ws.b_->values.end(), nullptr);  // nullptr: an exactly zero tangent
   for (std::size_t l = 0; l < layers_.size(); ++l) {
@@ -271,6 +273,14 @@ void Network<Scalar>::jvp(const Scalar* theta, const Scalar* v, const ForwardCac
       s->jvp_saved(X, cache.saved[l].data() + col0 * s->saved_per_sample(),
                    ws.b_->values[static_cast<std::size_t>(in)], MatMap<Scalar>(out, layer.output_size(), n),
                    scratch_for(l, ws));
+      continue;
+    }
+    const Scalar* dX = ws.b_->values[static_cast<std::size_t>(in)];
+    if (const auto* ops = packed ? packed->p_->of(l) : nullptr;
+        ops && (!dX || (*ops)[Products::weight].data)) {
+      sched_->packs[l]->jvp_packed(v + offsets_[l], X, dX, MatMap<Scalar>(out, layer.output_size(), n),
+                                   (*ops)[Products::tangent], dX ? &(*ops)[Products::weight] : nullptr,
+                                   scratch_for(l, ws));
       continue;
     }
     ConstMatMap<Scalar> Y(cache.acts[l + 1].data() + col0 * layer.output_size(), layer.output_size(), n);
@@ -371,14 +381,20 @@ CotangentCache<Scalar> Network<Scalar>::make_cotangents(Index N) const {
 template <typename Scalar>
 void Network<Scalar>::backprop_cotangents(const Scalar* theta, const ForwardCache<Scalar>& cache, Index col0,
                                           Index n, ConstMatMap<Scalar> gZ, CotangentCache<Scalar>& cot,
-                                          Workspace<Scalar>& ws) const {
+                                          Workspace<Scalar>& ws, const PackedWeights<Scalar>* packed) const {
+  using Products = detail::PackedWeightProducts<Scalar>;
   NATGRAD_CHECK(cot.g.size() == layers_.size());
   backprop(cache, col0, n, gZ, ws,
            [&](std::size_t l, ConstMatMap<Scalar> X, ConstMatMap<Scalar> Y, const int32_t* aux, ConstMatMap<Scalar> gY,
                Scalar* gX) {
              const Layer<Scalar>& layer = *layers_[l];
              if (layer.num_params()) cot.g[l].middleCols(col0, n) = gY;
-             if (gX) layer.vjp(theta + offsets_[l], X, Y, aux, gY, gX, nullptr, scratch_for(l, ws));
+             const auto* ops = packed && gX ? packed->p_->of(l) : nullptr;
+             if (ops && (*ops)[Products::transposed].data)
+               sched_->packs[l]->input_cotangent_packed(gY, gX, (*ops)[Products::transposed],
+                                                        scratch_for(l, ws));
+             else if (gX)
+               layer.vjp(theta + offsets_[l], X, Y, aux, gY, gX, nullptr, scratch_for(l, ws));
            });
 }
 

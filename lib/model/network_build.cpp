@@ -186,6 +186,7 @@ Network<Scalar>::Network(const ModelSpec& given)
     sched_->merge.push_back(layer.template as<detail::MultiInput<Scalar>>());
     const auto* saves = layer.template as<detail::SavesForward<Scalar>>();
     sched_->saves.push_back(saves && saves->saved_per_sample() > 0 ? saves : nullptr);
+    sched_->packs.push_back(layer.template as<detail::PackedWeightProducts<Scalar>>());
     sched_->block.push_back(layer.template as<BlockGradient<Scalar>>());
     sched_->kronecker.push_back(layer.template as<KroneckerFactors<Scalar>>());
     sched_->squared.push_back(layer.template as<SquaredGradients<Scalar>>());

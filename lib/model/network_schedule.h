@@ -18,8 +18,8 @@ struct Network<Scalar>::Schedule {
   // backprop's cotangent are zero or unneeded elsewhere).
   std::vector<bool> needs_grad;
   // Per node, its capabilities (nullptr: it lacks one): the public ones (layer.h) and the network's own
-  // (layers.h): merge nodes (add, cat), and layers that keep values from their forward pass (attention; only
-  // when they keep some).
+  // (layers.h): merge nodes (add, cat), layers that keep values from their forward pass (attention; only
+  // when they keep some), and layers whose chunk GEMMs can run on weights packed once per pass (linear).
   std::vector<const BlockGradient<Scalar>*> block;
   std::vector<const KroneckerFactors<Scalar>*> kronecker;
   std::vector<const SquaredGradients<Scalar>*> squared;
@@ -27,6 +27,7 @@ struct Network<Scalar>::Schedule {
   std::vector<Buffers<Scalar>*> buffers;
   std::vector<const detail::MultiInput<Scalar>*> merge;
   std::vector<const detail::SavesForward<Scalar>*> saves;
+  std::vector<const detail::PackedWeightProducts<Scalar>*> packs;
   // Whether node l declared scratch (if not, its passes get nullptr).
   std::vector<bool> uses_scratch;
   // fused[l]: node l is element-wise and read only by a max-pool; jvp and vjp run the pair as one pass at

@@ -15,6 +15,8 @@
 /// items that depends on the problem only (N, the layer shapes, the scalar size), never on the thread count:
 ///   A. per-sample work, over chunks of `chunk_size` samples: the R-op, H, and the backpropagation of the
 ///      cotangents, which are stored for every layer with parameters (no parameter-sized buffer per thread);
+///      a linear layer whose chunks have fewer than 512 GEMM columns has its weights (dW, W, Wᵀ) packed
+///      once per product for all chunks' GEMMs (within 64 MiB; the results are the same bits);
 ///   B. the parameter gradient, over parameter tasks: a layer whose gradient splits into weight blocks
 ///      (linear) gets blocks of about 256 × 256, each one GEMM of depth N that writes its part of y
 ///      directly; any other layer (conv2d) gets sample groups, each summing its chunks in order into its own
@@ -233,7 +235,7 @@ class FisherOperator {
                                  ///< the output curvature's statistics and the copied targets
     std::size_t workspaces = 0;  ///< per thread: its workspace and layer scratch, the output buffer, the
                                  ///< phase-B task scratch
-    std::size_t cotangents = 0;  ///< the stored cotangents and the partial gradients
+    std::size_t cotangents = 0;  ///< the stored cotangents, the partial gradients and the packed weights
     std::size_t parameters = 0;  ///< the operator's copy of θ
     std::size_t total() const { return forward + workspaces + cotangents + parameters; }
   };

@@ -30,9 +30,9 @@
 ///     differentiable. Without it the input is real-valued and differentiable.
 ///
 /// The network asks for each capability once, when it is built (Layer::as, a dynamic_cast), and keeps the
-/// answer; no default of an interface silently does nothing. (Network has four more, private, capabilities
-/// for its own scheduling — merge nodes, saved forward values, fusable activations and selections — in
-/// lib/model/layers.h.)
+/// answer; no default of an interface silently does nothing. (Network has five more, private, capabilities
+/// for its own scheduling — merge nodes, saved forward values, fusable activations and selections, and
+/// weights packed once per pass — in lib/model/layers.h.)
 ///
 /// **Adding an operation.**
 ///   1. Its LayerType and spec fields (layer_spec.h, lib/model/layer_spec.cpp) and its JSON keys
