@@ -209,6 +209,42 @@ TEST(CallerBufferGemm, EqualsEigensProductBitForBit) {
       }
 }
 
+// A right operand read as the transpose of rows 4 KiB apart (phase B's weight-gradient blocks: a 1024-wide
+// float cotangent) is packed in bands of rows (lib/core/gemm.h) and must still give Eigen's bits: blocks of
+// such rows with several depth blocks, several row blocks (Eigen packs the right operand once when the depth
+// is one block), a ragged last column group, both storage orders of A, float and double.
+TEST(CallerBufferGemm, RowsFourKiBApartEqualEigensProductBitForBit) {
+  struct Case {
+    Index m, n, k, width, col0;
+  };
+  auto check = [](auto scalar, const Case& c, bool a_row) {
+    using Scalar = decltype(scalar);
+    using RowMat = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    SCOPED_TRACE(std::to_string(c.m) + "x" + std::to_string(c.n) + "x" + std::to_string(c.k) + " rows of " +
+                 std::to_string(c.width) + (a_row ? ", A row-major " : ", A col-major ") +
+                 typeid(Scalar).name());
+    const Mat<Scalar> A = random_mat<Scalar>(c.m, c.k, 1);
+    const RowMat Ar = A;
+    const RowMat wide = random_mat<Scalar>(c.k, c.width, 2);  // k rows of `width`: 4 KiB apart
+    const auto B = wide.middleCols(c.col0, c.n);
+    Mat<Scalar> expected(c.m, c.n);
+    expected.noalias() = A * B;
+    std::vector<Scalar, Eigen::aligned_allocator<Scalar>> pack(
+        static_cast<std::size_t>(detail::gemm_pack_size<Scalar>(c.m, c.n, c.k)));
+    Mat<Scalar> C = Mat<Scalar>::Constant(c.m, c.n, Scalar(7));
+    detail::gemm(c.m, c.n, c.k, a_row ? detail::row_major(Ar.data(), c.k) : detail::col_major(A.data(), c.m),
+                 detail::row_major(wide.data() + c.col0, c.width), C.data(), c.m, false, pack.data());
+    EXPECT_TRUE((C.array() == expected.array()).all())
+        << "max difference " << (C - expected).cwiseAbs().maxCoeff();
+  };
+  for (bool a_row : {false, true}) {
+    for (const Case& c :
+         {Case{256, 256, 1000, 1024, 256}, Case{196, 203, 2100, 1024, 512}, Case{1000, 250, 512, 1024, 3}})
+      check(0.0f, c, a_row);
+    for (const Case& c : {Case{256, 130, 1000, 512, 100}, Case{90, 61, 700, 1024, 7}}) check(0.0, c, a_row);
+  }
+}
+
 namespace {
 // The heap peak of one solve (above the heap at the call), which must succeed.
 long long solve_heap_peak(const Network<float>& model, const Vec<float>& theta, const Dataset<float>& data,
