@@ -150,8 +150,9 @@ std::string format_bytes(double bytes) { return detail::format_bytes(bytes); }
 std::string MemoryEstimate::report() const {
   auto b = [](std::size_t v) { return format_bytes(double(v)); };
   std::string r = "parameter vectors " + b(parameters) + ", activations " + b(activations) + ", workspaces " +
-                  b(workspaces) + ", stored cotangents and partial gradients " + b(cotangents) + ", Lanczos basis " + b(spectrum) +
-                  ", preconditioner " + b(preconditioner) + ", batch " + b(data);
+                  b(workspaces) + ", stored cotangents, partial gradients and packed weights " +
+                  b(cotangents) + ", Lanczos basis " + b(spectrum) + ", preconditioner " + b(preconditioner) +
+                  ", batch " + b(data);
   if (communication) r += ", communication " + b(communication);
   r += ", runtime " + b(runtime);
   if (gradient_phase) r += ", full-batch gradient phase " + b(gradient_phase);

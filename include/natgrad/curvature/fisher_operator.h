@@ -128,7 +128,8 @@ struct FisherOptions {
 /// Where a product's time goes, per node (FisherOptions::profile): seconds summed over the threads.
 struct OperatorProfile {
   std::vector<double> forward_s;   ///< the last forward pass (construction or rebind)
-  std::vector<double> rop_s;       ///< R-op (J v), over the products since reset_profile()
+  std::vector<double> rop_s;       ///< R-op (J v), over the products since reset_profile(), with the
+                                   ///< packing of the node's weights once per product (dW, W and Wᵀ)
   std::vector<double> backprop_s;  ///< the cotangents' backpropagation through the node
   std::vector<double> gradient_s;  ///< the parameter gradient (phase B)
   double curvature_s = 0;          ///< the output curvature H u

@@ -23,7 +23,8 @@ struct MemoryEstimate {
                                    ///< preconditioned or deflated (top_k > 0)
   std::size_t activations = 0;     ///< the cached forward pass and the network outputs' curvature
   std::size_t workspaces = 0;      ///< per-thread tangent, im2col and GEMM packing buffers
-  std::size_t cotangents = 0;      ///< the product's stored cotangents and partial gradients (FisherPlan)
+  std::size_t cotangents = 0;      ///< the product's stored cotangents, partial gradients and packed
+                                   ///< weights (FisherPlan)
   std::size_t spectrum = 0;        ///< Lanczos basis (double or float), if a spectrum is asked
   std::size_t preconditioner = 0;  ///< the diagonal preconditioner and the empirical diagonal it is built from
   std::size_t data = 0;            ///< the batch itself
