@@ -265,6 +265,24 @@ void expect_tight_bound(long long used, const MemoryEstimate& estimate, const st
   std::cout << "[ info ] " << what << ": heap " << used / 1024 << " KiB, estimate (heap part) " << heap / 1024
             << " KiB\n";
 }
+
+// The MLP 784-512-10 on 600 random samples, five CG iterations on two threads: the problem the multi-shift and
+// K-FAC estimates are checked on.
+struct SolveProblem {
+  ModelSpec spec = mlp_spec(784, 512, 10);
+  Network<float> model{spec};
+  Vec<float> theta = init_parameters(model, 1);
+  Dataset<float> data = random_dataset(model, 600, LikelihoodKind::categorical, 2);
+  static NaturalGradientOptions options() {
+    NaturalGradientOptions o;
+    o.fisher.num_threads = 2;
+    o.cg.max_iterations = 5;
+    return o;
+  }
+  MemoryEstimate estimate(const NaturalGradientOptions& o) const {
+    return estimate_solve_memory(spec, data.size(), 0, sizeof(float), o.fisher, 0, 2, false);
+  }
+};
 }  // namespace
 
 // The estimate `natgrad info` prints and `--max-memory` checks against: an upper bound on the heap a solve
@@ -308,18 +326,13 @@ TEST(MemoryEstimate, BoundsTheHeapPeakOfASolveTightly) {
 
 // Several dampings (multi-shift CG): the estimate with add_multi_shift bounds the solve's heap tightly.
 TEST(MemoryEstimate, BoundsTheHeapPeakOfAMultiShiftSolve) {
-  const ModelSpec spec = mlp_spec(784, 512, 10);
-  Network<float> model(spec);
-  const Vec<float> theta = init_parameters(model, 1);
-  const Dataset<float> data = random_dataset(model, 600, LikelihoodKind::categorical, 2);
+  const SolveProblem p;
   for (const std::vector<double>& dampings : {std::vector<double>{1e-1, 1e-2}, std::vector<double>{1e-1, 1e-2, 1e-3, 1e-4}}) {
-    NaturalGradientOptions options;
-    options.fisher.num_threads = 2;
-    options.cg.max_iterations = 5;
+    NaturalGradientOptions options = SolveProblem::options();
     options.dampings = dampings;
-    MemoryEstimate estimate = estimate_solve_memory(spec, data.size(), 0, sizeof(float), options.fisher, 0, 2, false);
-    estimate.add_multi_shift(model.num_params(), sizeof(float), Index(dampings.size()));
-    expect_tight_bound(solve_heap_peak(model, theta, data, options), estimate,
+    MemoryEstimate estimate = p.estimate(options);
+    estimate.add_multi_shift(p.model.num_params(), sizeof(float), Index(dampings.size()));
+    expect_tight_bound(solve_heap_peak(p.model, p.theta, p.data, options), estimate,
                        "multi-shift over " + std::to_string(dampings.size()) + " dampings");
   }
 }
@@ -327,18 +340,13 @@ TEST(MemoryEstimate, BoundsTheHeapPeakOfAMultiShiftSolve) {
 // K-FAC as CG's preconditioner: the estimate with add_kfac bounds the solve's heap (the factors, their
 // eigenvectors and inverses, the eigensolver's workspace) tightly.
 TEST(MemoryEstimate, BoundsTheHeapPeakOfAKfacPreconditionedSolve) {
-  const ModelSpec spec = mlp_spec(784, 512, 10);
-  Network<float> model(spec);
-  const Vec<float> theta = init_parameters(model, 1);
-  const Dataset<float> data = random_dataset(model, 600, LikelihoodKind::categorical, 2);
-  NaturalGradientOptions options;
+  const SolveProblem p;
+  NaturalGradientOptions options = SolveProblem::options();
   options.fisher.damping = 1e-2;
-  options.fisher.num_threads = 2;
-  options.cg.max_iterations = 5;
   options.preconditioner = PreconditionerKind::kfac;
-  MemoryEstimate estimate = estimate_solve_memory(spec, data.size(), 0, sizeof(float), options.fisher, 0, 2, false);
-  estimate.add_kfac(model, data.size(), options.fisher);
-  expect_tight_bound(solve_heap_peak(model, theta, data, options), estimate, "kfac preconditioner");
+  MemoryEstimate estimate = p.estimate(options);
+  estimate.add_kfac(p.model, p.data.size(), options.fisher);
+  expect_tight_bound(solve_heap_peak(p.model, p.theta, p.data, options), estimate, "kfac preconditioner");
 }
 
 // The embedded default run exactly as `solve-natural-gradient` makes it: MLP 784-256-256-10 (tanh) after a
