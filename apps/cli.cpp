@@ -3,7 +3,6 @@
 #include "cli.h"
 
 #include "commands.h"
-#include "density_plot.h"
 #include "command_options.h"
 #include "options.h"
 #include "world.h"
@@ -24,7 +23,8 @@
 namespace natgrad {
 namespace cli {
 
-int run(int argc, char** argv, bool solve_only) {
+int run(int argc, char** argv, const MoreCommands* more) {
+  const bool solve_only = more == nullptr;
   World world(&argc, &argv);  // MPI, when built with it: every rank parses the same arguments
   const char* program = solve_only ? "solve-natural-gradient" : "natgrad";
   // Rank 0 prints and writes; the others' standard output goes nowhere, and their errors are rank 0's
@@ -82,7 +82,7 @@ int run(int argc, char** argv, bool solve_only) {
     if (spectrum && spectrum->parsed() && spectrum->count("--damping") == 0) a.damping = 0;
     if (profile && profile->parsed() && profile->count("--damping") == 0) a.damping = 0;
     if (spectrum && spectrum->parsed() && !a.plot.empty()) {
-      if (!can_plot()) usage_error("--plot needs a build with PLplot (install libplplot-dev and rebuild natgrad)");
+      if (!more->can_plot()) usage_error("--plot needs a build with PLplot (install libplplot-dev and rebuild natgrad)");
       a.density = true;
     }
     if (spectrum && spectrum->parsed() && spectrum->count("--lanczos-steps") && a.lanczos_steps < 2)
@@ -103,10 +103,10 @@ int run(int argc, char** argv, bool solve_only) {
       set_num_threads(world.size() > 1 ? world.default_threads() : 0);
     const bool f64 = a.dtype == "float64";
     if (solve_only || solve->parsed()) return f64 ? run_solve<double>(a, world) : run_solve<float>(a, world);
-    if (fvp->parsed()) return f64 ? run_fvp<double>(a, world) : run_fvp<float>(a, world);
-    if (spectrum->parsed()) return f64 ? run_spectrum<double>(a, world) : run_spectrum<float>(a, world);
-    if (profile->parsed()) return f64 ? run_profile<double>(a, world) : run_profile<float>(a, world);
-    return run_info(a);
+    if (fvp->parsed()) return more->fvp(a, world, f64);
+    if (spectrum->parsed()) return more->spectrum(a, world, f64);
+    if (profile->parsed()) return more->profile(a, world, f64);
+    return more->info(a);
   } catch (const CLI::CallForHelp& e) {
     return world.root() ? app.exit(e) : 0;
   } catch (const CLI::CallForAllHelp& e) {

@@ -4,9 +4,25 @@
 namespace natgrad {
 namespace cli {
 
-/// Runs `natgrad <command> …`; with solve_only, the arguments are those of `natgrad solve`.
+struct Args;
+class World;
+
+/// The commands beyond `solve`. They live in the library natgrad_cli, which `natgrad` links and
+/// `solve-natural-gradient` does not: the main job builds only what a solve needs.
+struct MoreCommands {
+  int (*fvp)(Args& a, const World& world, bool f64);
+  int (*spectrum)(Args& a, const World& world, bool f64);
+  int (*profile)(Args& a, const World& world, bool f64);
+  int (*info)(Args& a);
+  bool (*can_plot)();  ///< whether `spectrum --plot` can draw (PLplot was found)
+};
+
+/// fvp, spectrum, profile and info (natgrad_cli).
+const MoreCommands& more_commands();
+
+/// Runs `natgrad <command> …` with `more`; without it (nullptr), the arguments are those of `natgrad solve`.
 /// Returns the process exit code: 0 on success, 1 on bad input or failure, 2 on a usage error.
-int run(int argc, char** argv, bool solve_only);
+int run(int argc, char** argv, const MoreCommands* more);
 
 }  // namespace cli
 }  // namespace natgrad

@@ -1,3 +1,3 @@
 #include "cli.h"
 
-int main(int argc, char** argv) { return natgrad::cli::run(argc, argv, false); }
+int main(int argc, char** argv) { return natgrad::cli::run(argc, argv, &natgrad::cli::more_commands()); }
