@@ -26,6 +26,14 @@ bench() {  # bench <threads> <filter> <json>
   OMP_NUM_THREADS=$1 "$build/benchmarks/natgrad-bench" --benchmark_filter="$2" --benchmark_repetitions=5 \
     --benchmark_report_aggregates_only=true --benchmark_format=json > "$3"
 }
+# The peer must be the strongest PyTorch this machine runs: refuse the reference BLAS rather than report a
+# ratio against it.
+blas=$(readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3 2>/dev/null || true)
+case "$blas" in
+  *openblas*) ;;
+  *) echo "compare_peer.sh: PyTorch would run on the reference BLAS ($blas), a peer several times slower than" \
+          "it can be: install libopenblas0-pthread (bash scripts/install-deps.sh --test)" >&2; exit 2 ;;
+esac
 for r in $(seq 1 "$rounds"); do
   echo "round $r of $rounds" >&2
   bench "$threads" 'gemm|mlp/gradient|mlp/fvp_exact|cnn|resnet|gpt' "$out/ours_$r.json"
