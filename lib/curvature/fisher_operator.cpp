@@ -289,7 +289,7 @@ template <typename Scalar>
 void FisherOperator<Scalar>::rebind(const Vec<Scalar>& theta) {
   s_->model.check_params(theta.size());
   s_->theta = theta;
-  s_->have_gradient = s_->have_loss = false;
+  s_->have_gradient = s_->have_loss = s_->weights_packed = false;
   s_->run_forward();
 }
 

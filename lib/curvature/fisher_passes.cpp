@@ -178,12 +178,13 @@ void FisherOperator<Scalar>::State::backprop_chunks(const char* pass, bool repor
     Workspace<Scalar>& ws = workspaces[static_cast<std::size_t>(t)];
     Mat<Scalar>& obuf = out_buffers[static_cast<std::size_t>(t)];
     // The weights every chunk's GEMMs read, packed once for the pass (the pieces shared round-robin) instead
-    // of once per chunk; the R-op's dW, W and backprop's Wᵀ count as the node's R-op time, and so as part of
-    // the head (the profile's curvature time is the head's less the R-op's).
+    // of once per chunk: the R-op's dW from the tangent on every pass, W and Wᵀ from θ on the first pass
+    // after θ was set (weights_packed). Packing counts as the node's R-op time, and so as part of the head
+    // (the profile's curvature time is the head's less the R-op's).
     {
       const detail::NodeTimer timer(timers.head(t), 0);
       for (Index i = t; i < packed.pieces(); i += team)
-        model.pack_weights(theta.data(), tangent, i, packed, timers.rop(t));
+        model.pack_weights(weights_packed ? nullptr : theta.data(), tangent, i, packed, timers.rop(t));
     }
 #ifdef NATGRAD_HAVE_OPENMP
 #pragma omp barrier
@@ -208,6 +209,7 @@ void FisherOperator<Scalar>::State::backprop_chunks(const char* pass, bool repor
       if (report && t == 0) halt.guard([&] { options.on_progress(pass, done, plan.num_chunks); });
     }
   });
+  weights_packed = true;  // every thread packed its pieces before the barrier
   // Only a pass with a callback can stop: it agrees (under a communicator) before the sum over the ranks.
   if (poll || report) end_pass(halt, pass, plan.num_chunks, distributed());
 }

@@ -155,6 +155,7 @@ struct FisherOperator<Scalar>::State {
   std::vector<Mat<Scalar>> out_buffers;       // one per thread: C × chunk_size
   std::vector<Vec<Scalar>> task_scratch;      // one per thread: block-task packing space
   PackedWeights<Scalar> packed;               // phase A's weight operands, packed once per pass
+  bool weights_packed = false;                // packed holds θ's W and Wᵀ (until rebind sets a new θ)
   CotangentCache<Scalar> cot;
   Vec<Scalar> partials;
   std::vector<std::vector<const Scalar*>> reduction_parts;  // per group-split node: its partials in sum order

@@ -93,7 +93,7 @@ void Network<Scalar>::pack_weights(const Scalar* theta, const Scalar* v, Index p
   using Products = detail::PackedWeightProducts<Scalar>;
   const auto& pc = packed.p_->pieces[static_cast<std::size_t>(piece)];
   const bool tangent = pc.operand == Products::tangent;
-  if (tangent && !v) return;
+  if (tangent ? !v : !theta) return;
   const detail::NodeTimer timer(seconds, pc.node);
   Index m = 0, k = 0;
   const detail::GemmOperand<Scalar> A = sched_->packs[pc.node]->weight_operand(

@@ -241,8 +241,9 @@ class Network {
   Index packed_weights_size(const std::vector<bool>& nodes) const;
   /// The packed weights of those nodes (allocated here, filled by pack_weights).
   PackedWeights<Scalar> make_packed_weights(const std::vector<bool>& nodes) const;
-  /// Packs piece `piece` of packed.pieces(): a part of W or Wᵀ from theta, or of dW from the tangent v (a
-  /// no-op when v is nullptr: a pass without the R-op). Every piece must be packed, and the packed weights
+  /// Packs piece `piece` of packed.pieces(): a part of W or Wᵀ from theta (a no-op when theta is nullptr:
+  /// they are packed from the same theta already), or of dW from the tangent v (a no-op when v is nullptr: a
+  /// pass without the R-op). Every piece must be packed, and the packed weights
   /// then serve the passes on theta (and v) until the next pack_weights. With `seconds` (profiling), adds
   /// the seconds to (*seconds)[node].
   void pack_weights(const Scalar* theta, const Scalar* v, Index piece, PackedWeights<Scalar>& packed,
