@@ -89,13 +89,43 @@ ModelSpec token_model(Index C) {
   return m;
 }
 
+// Products of computed values: a gate a ∘ σ(b), squeeze-and-excitation (a [3, 4, 4] map times its own
+// [3, 1, 1] spatial mean, broadcast), a square x ∘ x (one value read twice by one node); upsampling, a
+// channels-last permute and reshape into positions, ELU, a sum over positions, Mish and scalar arithmetic.
+ModelSpec gated_cnn(Index C) {
+  ModelSpec m;
+  m.input_shape = {2, 4, 4};
+  m.layers = {with(LayerSpec::conv2d(2, 3, 3, 1, 1), "a", {"input"}),
+              with(LayerSpec::conv2d(2, 3, 3, 1, 1), "b", {"input"}),
+              with(LayerSpec::activation(LayerType::sigmoid), "s", {"b"}),
+              with(LayerSpec::mul({"a", "s"}), "gated"),
+              with(LayerSpec::mean({2, 3}, true), "squeeze", {"gated"}),
+              with(LayerSpec::mul({"gated", "squeeze"}), "excited"),
+              with(LayerSpec::upsample({2}), "up", {"excited"}),
+              with(LayerSpec::avgpool2d(2), "down", {"up"}),
+              with(LayerSpec::permute({0, 2, 3, 1}), "nhwc", {"down"}),
+              with(LayerSpec::reshape({16, 3}), "positions", {"nhwc"}),
+              with(LayerSpec::linear(3, 4), "per_position", {"positions"}),
+              with(LayerSpec::elu(0.8), "e", {"per_position"}),
+              with(LayerSpec::mul({"e", "e"}), "square"),
+              with(LayerSpec::mean({1}, false, true), "pooled", {"square"}),
+              with(LayerSpec::activation(LayerType::mish), "m", {"pooled"}),
+              with(LayerSpec::scalar_affine(-0.5, 0.25), "affine", {"m"}),
+              with(LayerSpec::linear(4, C), "head", {"affine"})};
+  for (LayerSpec& l : m.layers) l.name = l.id;
+  return m;
+}
+
 struct GraphCase {
   std::string label;
   ModelSpec spec;
   bool tokens = false;
 };
 std::vector<GraphCase> graph_cases(Index C) {
-  return {{"residual_mlp", residual_mlp(C)}, {"small_resnet", small_resnet(C)}, {"token_model", token_model(C), true}};
+  return {{"residual_mlp", residual_mlp(C)},
+          {"small_resnet", small_resnet(C)},
+          {"token_model", token_model(C), true},
+          {"gated_cnn", gated_cnn(C)}};
 }
 
 // Running statistics away from PyTorch's defaults, so that batch norm is not the identity.
@@ -308,6 +338,25 @@ TEST(GraphSpec, BadGraphsAreOneLineErrorsNamingTheNode) {
                "reads token indices, but its input \"2\" depends on the parameters");
   EXPECT_ERROR(parse(R"({"type": "add", "parameter": "p", "parameter_shape": [3], "inputs": ["input"]})"),
                "does not broadcast to the operands' shape [4]");
+  // The shape operations, reductions and products of PyTorch code (issue 25).
+  EXPECT_ERROR(parse(R"({"type": "reshape", "shape": [3, 2]})"), "reshape: the shape [3, 2] does not hold the 4 values");
+  EXPECT_ERROR(parse(R"({"type": "reshape", "shape": [2, 2]}, {"type": "permute", "dims": [1, 0, 2]})"),
+               "counting the batch as 0 and keeping it first");
+  EXPECT_ERROR(parse(R"({"type": "reshape", "shape": [2, 2]}, {"type": "permute", "dims": [0, 2, 2]})"),
+               "\"dims\" must order all 3 dimensions of [N, 2, 2]");
+  EXPECT_ERROR(parse(R"({"type": "mean", "dim": [0]})"), "mean over the batch dimension (0)");
+  EXPECT_ERROR(parse(R"({"type": "sum", "dim": 2})"), "sum: dimension 2 does not exist in [N, 4]");
+  EXPECT_ERROR(parse(R"({"type": "mean", "dim": [1, 1]})"), "must name distinct dimensions");
+  EXPECT_ERROR(parse(R"({"type": "upsample", "scale_factor": 2})"), "upsample reads [C, spatial...] samples");
+  EXPECT_ERROR(parse(R"({"type": "reshape", "shape": [2, 2]}, {"type": "upsample", "scale_factor": [2, 2]})"),
+               "upsample: 2 scale factors for 1 spatial dimensions");
+  EXPECT_ERROR(parse(R"({"type": "reshape", "shape": [2, 2]}, {"type": "upsample", "scale_factor": 2, "mode": "bilinear"})"),
+               "\"mode\" must be \"nearest\"");
+  EXPECT_ERROR(parse(lin + R"("id": "a"}, {"type": "linear", "in_features": 4, "out_features": 3, "id": "b", "inputs": ["input"]},
+                     {"type": "mul", "id": "m", "inputs": ["a", "b"]})"),
+               "layer 2 \"m\" (mul): mul: shapes [4] and [3] do not broadcast");
+  EXPECT_ERROR(parse(lin + R"("id": "a"}, {"type": "mul", "id": "m", "inputs": ["a"]})"), "multiplies two operands, given 1");
+  EXPECT_ERROR(parse(R"({"type": "scalar_affine", "scale": 2, "shift": "one"})"), "\"shift\" must be a number");
 }
 
 // A likelihood per position: a model whose output is [T, C] (token model: embedding, layer norm, a linear

@@ -77,6 +77,21 @@ std::vector<LayerCase> layer_cases() {
       {"batch_norm_2d", LayerSpec::batch_norm(3), {3, 2, 2}},
       {"batch_norm_1d", LayerSpec::batch_norm(4, 1e-3), {4}},
       {"batch_norm_1d_sequence_no_affine", LayerSpec::batch_norm(3, 1e-5, false), {3, 4}},
+      {"elu", LayerSpec::elu(), {2, 3, 3}},
+      {"elu_alpha_0.7", LayerSpec::elu(0.7), {8}},  // (an odd count would put the kink at 0 on the grid)
+      {"mish", LayerSpec::activation(LayerType::mish), {2, 4}},
+      {"scalar_affine", LayerSpec::scalar_affine(-0.5, 2.0), {2, 3}},
+      {"reshape", LayerSpec::reshape({3, 6}), {2, 3, 3}},
+      {"permute_channels_last", LayerSpec::permute({0, 2, 3, 1}), {2, 3, 4}},
+      {"permute_transpose", LayerSpec::permute({0, 2, 1}), {3, 5}},
+      {"mean_over_tokens", LayerSpec::mean({1}), {4, 3}},
+      {"mean_spatial_keepdim", LayerSpec::mean({2, 3}, true), {2, 3, 4}},
+      {"mean_last", LayerSpec::mean({3}), {2, 3, 4}},
+      {"sum_over_time", LayerSpec::mean({2}, false, true), {3, 4}},
+      {"sum_keepdim", LayerSpec::mean({1, 3}, true, true), {2, 3, 2}},
+      {"upsample_2", LayerSpec::upsample({2}), {2, 3, 3}},
+      {"upsample_2x3", LayerSpec::upsample({2, 3}), {2, 2, 3}},
+      {"upsample_1d", LayerSpec::upsample({3}), {2, 4}},
   };
 }
 

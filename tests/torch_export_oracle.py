@@ -13,15 +13,20 @@ float64 (loss, gradient, exact and empirical F·v, the damped direction's residu
     norm_first True and False, relu and gelu, dropout in eval mode, a causal mask from a buffer or from
     nn.Transformer.generate_square_subsequent_mask (of x.size(1) or of a number), a final LayerNorm, and
     is_causal=True where PyTorch has it (>= 2.0);
+  - a gated MLP (a * torch.sigmoid(b), x - 1.0, * 0.5, + 2 / 4, 2.0 - h / 4 - a, -h * h.size(-1) ** -0.5,
+    F.mish); x.unsqueeze(1) on [N, 6, 6] inputs, view(-1, 2, 16) then reshape(h.size(0), -1);
+    squeeze-and-excitation (h * h.mean((2, 3), keepdim=True).sigmoid(), broadcast), nn.Upsample and
+    F.interpolate, permute(0, 2, 3, 1) into positions, F.elu, sum(dim=(1, 2)), mean(1), transpose(2, 3),
+    reshape(x.size(0), 20, 4), scalar arithmetic; for the categorical and gaussian likelihoods;
   - `natgrad info` shows each node with its PyTorch origin (module and source line), attention's three nodes
     with their module's.
 Refusals, each a sentence: a batch dimension in input_shape, an unknown likelihood, a final softmax, a
 src_key_padding_mask, a mask that is not causal, a view that mixes the batch, an unsupported module and an
 unsupported function (naming the construct, the user's source line, the equivalent and the table), and an
 operation natgrad does not have yet.
-The translations that need operations natgrad does not have yet (reshape, permute, scalar arithmetic, tensor
-products, mean/sum, GroupNorm, Conv1d, grouped convolutions, upsampling, ELU, Mish) are checked by running the
-written spec with a float64 reference of each node type as docs/formats.md defines it, against model(x).
+The translations that need operations natgrad does not have yet (GroupNorm, Conv1d, grouped convolutions) are
+checked by running the written spec with a float64 reference of each node type as docs/formats.md defines it,
+against model(x).
 Exit code 77 (ctest SKIP) when PyTorch is not installed, 1 with NATGRAD_REQUIRE_TORCH=1 (torch_oracle.py)."""
 import inspect
 import json
@@ -455,12 +460,40 @@ class Unsqueezed(nn.Module):
         return self.fc(torch.relu(h).view(-1, 2, 16).reshape(h.size(0), -1))
 
 
-pending_cases = [("gated MLP with scalar arithmetic", GatedMLP, [6], {"mul", "scalar_affine", "mish"}),
-                 ("depthwise-separable CNN with GroupNorm", SeparableCNN, [4, 5, 5],
-                  {"conv2d", "group_norm", "elu", "upsample"}),
-                 ("Conv1d classifier with a mean over time", Conv1dClassifier, [7, 5],
-                  {"permute", "conv1d", "elu", "mean", "sum"}),
-                 ("unsqueeze of the input", Unsqueezed, [6, 6], {"reshape"})]
+class Excitation(nn.Module):
+    """Squeeze-and-excitation, upsampling, channels-last positions, ELU, a sum over positions, transpose."""
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.up = nn.Upsample(scale_factor=2)
+        self.per_position = nn.Linear(3, 5)
+        self.fc = nn.Linear(5, C)
+        self.seq = nn.Linear(4, C)
+
+    def forward(self, x):                                 # [N, 2, 4, 4]
+        h = torch.relu(self.conv(x))
+        h = h * h.mean((2, 3), keepdim=True).sigmoid()    # [3, 4, 4] * [3, 1, 1]
+        h = F.interpolate(self.up(h), scale_factor=2)     # [3, 16, 16]
+        h = F.avg_pool2d(h, 4)                            # [3, 4, 4]
+        p = F.elu(self.per_position(h.permute(0, 2, 3, 1)), 0.5)   # [4, 4, 5]
+        s = p.sum(dim=(1, 2)) / 16 + p.mean(1).mean(1)    # [5]
+        t = self.seq(p.transpose(2, 3).reshape(x.size(0), 20, 4)).mean(1)   # [C]
+        return self.fc(s) * 0.5 + t
+
+
+torch.manual_seed(13)
+compare("gated MLP with scalar arithmetic and Mish", GatedMLP().eval(), [6], "categorical", torch.randn(N, 6), labels)
+torch.manual_seed(14)
+compare("unsqueeze of the input, view(-1, 2, 16), reshape", Unsqueezed().eval(), [6, 6], "categorical",
+        torch.randn(N, 6, 6), labels)
+torch.manual_seed(15)
+for lik, y in (("categorical", labels), ("gaussian", torch.randn(N, C))):
+    compare(f"squeeze-and-excitation, upsample, permute, transpose, mean, sum, ELU ({lik})", Excitation().eval(),
+            [2, 4, 4], lik, torch.randn(N, 2, 4, 4), y)
+
+
+pending_cases = [("depthwise-separable CNN with GroupNorm", SeparableCNN, [4, 5, 5], {"conv2d", "group_norm"}),
+                 ("Conv1d classifier with a mean over time", Conv1dClassifier, [7, 5], {"conv1d"})]
 for label, cls, shape, expected in pending_cases:
     torch.manual_seed(12)
     model = cls().eval()

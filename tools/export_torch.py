@@ -45,8 +45,7 @@ _TABLE = "The PyTorch modules, functions and methods natgrad translates are in t
 
 # Node types the translation writes whose operations this natgrad does not have yet (issue 25): export_model
 # refuses a model that needs one, naming it. Delete a type here when its operation lands in lib/model.
-PENDING_TYPES = {"reshape", "permute", "scalar_affine", "mul", "mean", "sum", "elu", "mish", "group_norm",
-                 "conv1d", "upsample"}
+PENDING_TYPES = {"group_norm", "conv1d"}
 
 
 def _pending(spec):

@@ -135,6 +135,21 @@ ModelFile parse_model_spec(const std::string& text, const std::string& label) {
         out.push_back(d.get<Index>());
       }
     };
+    auto get_dims = [&](const char* key, std::vector<Index>& out) {  // dimension numbers, 0 allowed
+      const json& v = l.at(key);
+      if (v.is_number_integer()) {
+        out = {get_int(l, key, w, label)};
+      } else if (v.is_array()) {
+        for (const auto& d : v) {
+          if (!d.is_number_integer()) fail(label, w + ": \"" + key + "\" must be an integer or an array of integers");
+          out.push_back(d.get<Index>());
+        }
+      } else {
+        fail(label, w + ": \"" + key + "\" must be an integer or an array of integers");
+      }
+      for (Index d : out)
+        if (d < 0 || d >= 64) fail(label, w + ": \"" + key + "\" holds " + std::to_string(d) + ", not a dimension (0 to 63)");
+    };
     std::set<std::string> allowed{"type", "name", "id", "inputs", "parameter_names", "origin"}, required;
     get_string("name", s.name);
     get_string("id", s.id);
@@ -199,6 +214,29 @@ ModelFile parse_model_spec(const std::string& text, const std::string& label) {
         break;
       case LayerType::global_avgpool:
         allowed.insert("keepdim");
+        break;
+      case LayerType::elu:
+        allowed.insert("alpha");
+        break;
+      case LayerType::scalar_affine:
+        allowed.insert({"scale", "shift"});
+        break;
+      case LayerType::reshape:
+        allowed.insert("shape");
+        required = {"shape"};
+        break;
+      case LayerType::permute:
+        allowed.insert("dims");
+        required = {"dims"};
+        break;
+      case LayerType::mean:
+      case LayerType::sum:
+        allowed.insert({"dim", "keepdim"});
+        required = {"dim"};
+        break;
+      case LayerType::upsample:
+        allowed.insert({"scale_factor", "mode"});
+        required = {"scale_factor"};
         break;
       case LayerType::multihead_attention:
         allowed.insert({"embed_dim", "num_heads", "bias", "attn_mask", "attn_mask_dtype"});
@@ -286,6 +324,29 @@ ModelFile parse_model_spec(const std::string& text, const std::string& label) {
         break;
       case LayerType::global_avgpool:
         get_bool("keepdim", s.keepdim);
+        break;
+      case LayerType::elu:
+        get_number("alpha", s.alpha);
+        break;
+      case LayerType::scalar_affine:
+        get_number("scale", s.scale);
+        get_number("shift", s.shift);
+        break;
+      case LayerType::reshape:
+        get_shape("shape", s.shape);
+        break;
+      case LayerType::permute:
+        get_dims("dims", s.dims);
+        break;
+      case LayerType::mean:
+      case LayerType::sum:
+        get_dims("dim", s.dims);
+        get_bool("keepdim", s.keepdim);
+        break;
+      case LayerType::upsample:
+        get_shape("scale_factor", s.scale_factor);
+        if (l.contains("mode") && l["mode"] != "nearest")
+          fail(label, w + ": \"mode\" must be \"nearest\" (the only upsampling natgrad has)");
         break;
       case LayerType::multihead_attention:
       case LayerType::attention:
@@ -396,6 +457,28 @@ std::string model_spec_to_json(const ModelFile& m) {
         break;
       case LayerType::global_avgpool:
         l["keepdim"] = s.keepdim;
+        break;
+      case LayerType::elu:
+        l["alpha"] = s.alpha;
+        break;
+      case LayerType::scalar_affine:
+        l["scale"] = s.scale;
+        l["shift"] = s.shift;
+        break;
+      case LayerType::reshape:
+        l["shape"] = s.shape;
+        break;
+      case LayerType::permute:
+        l["dims"] = s.dims;
+        break;
+      case LayerType::mean:
+      case LayerType::sum:
+        l["dim"] = s.dims;
+        l["keepdim"] = s.keepdim;
+        break;
+      case LayerType::upsample:
+        l["scale_factor"] = s.scale_factor;
+        l["mode"] = "nearest";
         break;
       case LayerType::multihead_attention:
       case LayerType::attention:

@@ -1,7 +1,8 @@
-// Element-wise activations y = φ(x). The R-op and backprop both multiply by φ'(x), which is recomputed
-// from the cached x and y in the same pass (fused: one read of x, y and the tangent, one write) — except
-// for GELU, whose φ' costs an erf (or tanh) and an exp per entry: in a Network its forward pass keeps
-// φ'(x) (SavesForward), so that a product multiplies by it instead of evaluating it twice.
+// Element-wise operations y = φ(x): the activations, and scalar arithmetic y = a x + b (x * 0.5, x - 1.0,
+// h / 2, -x). The R-op and backprop both multiply by φ'(x), which is recomputed from the cached x and y in
+// the same pass (fused: one read of x, y and the tangent, one write) — except for GELU and Mish, whose φ'
+// costs transcendental functions per entry: in a Network their forward pass keeps φ'(x) (SavesForward), so
+// that a product multiplies by it instead of evaluating it twice.
 #include <cmath>
 
 #include "core/link_functions.h"
@@ -14,8 +15,9 @@ namespace {
 template <typename Scalar>
 class Elementwise final : public Layer<Scalar>, public ElementwiseDerivative<Scalar>, public SavesForward<Scalar> {
  public:
-  Elementwise(LayerType type, Scalar slope, bool tanh_gelu, const Shape& shape)
-      : Layer<Scalar>(shape, shape), type_(type), slope_(slope), tanh_gelu_(tanh_gelu) {}
+  // slope: leaky relu's negative slope, ELU's α, scalar_affine's scale; shift: scalar_affine's.
+  Elementwise(LayerType type, Scalar slope, Scalar shift, bool tanh_gelu, const Shape& shape)
+      : Layer<Scalar>(shape, shape), type_(type), slope_(slope), shift_(shift), tanh_gelu_(tanh_gelu) {}
 
   LayerType type() const override { return type_; }
 
@@ -49,6 +51,15 @@ class Elementwise final : public Layer<Scalar>, public ElementwiseDerivative<Sca
       case LayerType::silu:  // x σ(x)
         for (Index k = 0; k < n; ++k) y[k] = x[k] * sigmoid(x[k]);
         break;
+      case LayerType::elu:  // x > 0 ? x : α (eˣ − 1)
+        for (Index k = 0; k < n; ++k) y[k] = x[k] > 0 ? x[k] : slope_ * std::expm1(x[k]);
+        break;
+      case LayerType::mish:  // x tanh(softplus(x))
+        for (Index k = 0; k < n; ++k) y[k] = x[k] * std::tanh(softplus(x[k]));
+        break;
+      case LayerType::scalar_affine:
+        for (Index k = 0; k < n; ++k) y[k] = slope_ * x[k] + shift_;
+        break;
       default:
         break;
     }
@@ -69,7 +80,9 @@ class Elementwise final : public Layer<Scalar>, public ElementwiseDerivative<Sca
     if (gX) apply_derivative(X.data(), Y.data(), gY.data(), gX, X.size());
   }
 
-  Index saved_per_sample() const override { return type_ == LayerType::gelu ? this->input_size() : 0; }
+  Index saved_per_sample() const override {
+    return type_ == LayerType::gelu || type_ == LayerType::mish ? this->input_size() : 0;
+  }
   void forward_saving(ConstMatMap<Scalar> X, MatMap<Scalar> Y, Scalar* saved) const override {
     forward(nullptr, X, Y, nullptr);
     derivative(X.data(), saved, X.size());
@@ -89,7 +102,7 @@ class Elementwise final : public Layer<Scalar>, public ElementwiseDerivative<Sca
 
   bool derivative_needs_input() const override {
     return type_ == LayerType::gelu || type_ == LayerType::softplus || type_ == LayerType::silu ||
-           (type_ == LayerType::leaky_relu && !(slope_ >= 0));
+           type_ == LayerType::elu || type_ == LayerType::mish || (type_ == LayerType::leaky_relu && !(slope_ >= 0));
   }
   void scale_by_derivative(const Scalar* x, const Scalar* y, const Scalar* in, Scalar* out,
                            Index n) const override {
@@ -123,7 +136,14 @@ class Elementwise final : public Layer<Scalar>, public ElementwiseDerivative<Sca
         }
         break;
       case LayerType::gelu:
-        for (Index k = 0; k < n; ++k) out[k] = gelu_derivative(x[k]) * in[k];
+      case LayerType::mish:
+        for (Index k = 0; k < n; ++k) out[k] = derivative_at(x[k]) * in[k];
+        break;
+      case LayerType::elu:  // 1, or α eˣ (= y + α) below 0
+        for (Index k = 0; k < n; ++k) out[k] = x[k] > 0 ? in[k] : slope_ * std::exp(x[k]) * in[k];
+        break;
+      case LayerType::scalar_affine:
+        for (Index k = 0; k < n; ++k) out[k] = slope_ * in[k];
         break;
       case LayerType::softplus:  // σ(x); 1 above PyTorch's threshold, where the layer is the identity
         for (Index k = 0; k < n; ++k) {
@@ -142,9 +162,18 @@ class Elementwise final : public Layer<Scalar>, public ElementwiseDerivative<Sca
     }
   }
 
-  // φ' at n entries (GELU's only: the activation the network keeps it for).
+  // φ' at n entries (of GELU and Mish, the activations the network keeps it for).
   void derivative(const Scalar* x, Scalar* d, Index n) const {
-    for (Index k = 0; k < n; ++k) d[k] = gelu_derivative(x[k]);
+    for (Index k = 0; k < n; ++k) d[k] = derivative_at(x[k]);
+  }
+  Scalar derivative_at(Scalar xk) const { return type_ == LayerType::mish ? mish_derivative(xk) : gelu_derivative(xk); }
+  // softplus with PyTorch's threshold 20 (F.mish's inner function).
+  static Scalar softplus(Scalar x) { return x > Scalar(20) ? x : std::log1p(std::exp(x)); }
+  // d/dx x tanh(s(x)) = t + x (1 − t²) σ(x), t = tanh(s(x)), s' = σ (1 above the threshold).
+  static Scalar mish_derivative(Scalar xk) {
+    const Scalar t = std::tanh(softplus(xk));
+    const Scalar ds = xk > Scalar(20) ? Scalar(1) : sigmoid(xk);
+    return t + xk * (Scalar(1) - t * t) * ds;
   }
   // Φ(x) + x φ(x); tanh form: ½(1 + t) + ½x(1 − t²)u'(x), t = tanh(u(x)).
   Scalar gelu_derivative(Scalar xk) const {
@@ -161,7 +190,7 @@ class Elementwise final : public Layer<Scalar>, public ElementwiseDerivative<Sca
   static Scalar gelu_u(Scalar x) { return Scalar(kSqrt2OverPi) * (x + Scalar(kGeluCubic) * x * x * x); }
 
   LayerType type_;
-  Scalar slope_;
+  Scalar slope_, shift_;
   bool tanh_gelu_;
 };
 
@@ -170,9 +199,15 @@ class Elementwise final : public Layer<Scalar>, public ElementwiseDerivative<Sca
 template <typename Scalar>
 std::unique_ptr<Layer<Scalar>> make_elementwise(const LayerSpec& spec, const Shape& in,
                                                 const std::string& where) {
-  if (spec.type == LayerType::leaky_relu && !(spec.negative_slope == spec.negative_slope))
-    fail(where, "leaky_relu negative_slope is NaN");
-  return std::make_unique<Elementwise<Scalar>>(spec.type, Scalar(spec.negative_slope),
+  if (spec.type == LayerType::leaky_relu && !std::isfinite(spec.negative_slope))
+    fail(where, "leaky_relu negative_slope is not finite");
+  if (spec.type == LayerType::elu && !std::isfinite(spec.alpha)) fail(where, "elu alpha is not finite");
+  if (spec.type == LayerType::scalar_affine && !(std::isfinite(spec.scale) && std::isfinite(spec.shift)))
+    fail(where, "scalar_affine scale and shift must be finite numbers");
+  const double slope = spec.type == LayerType::elu             ? spec.alpha
+                       : spec.type == LayerType::scalar_affine ? spec.scale
+                                                               : spec.negative_slope;
+  return std::make_unique<Elementwise<Scalar>>(spec.type, Scalar(slope), Scalar(spec.shift),
                                                spec.type == LayerType::gelu && spec.tanh_approximation, in);
 }
 

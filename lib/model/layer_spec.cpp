@@ -19,7 +19,10 @@ constexpr TypeName kTypeNames[] = {
     {LayerType::global_avgpool, "global_avgpool"},                                {LayerType::layer_norm, "layer_norm"},
     {LayerType::batch_norm, "batch_norm"}, {LayerType::embedding, "embedding"},   {LayerType::add, "add"},
     {LayerType::cat, "cat"},               {LayerType::multihead_attention, "multihead_attention"},
-    {LayerType::attention, "attention"},
+    {LayerType::attention, "attention"},   {LayerType::elu, "elu"},               {LayerType::mish, "mish"},
+    {LayerType::scalar_affine, "scalar_affine"},                                  {LayerType::reshape, "reshape"},
+    {LayerType::permute, "permute"},       {LayerType::mean, "mean"},             {LayerType::sum, "sum"},
+    {LayerType::mul, "mul"},               {LayerType::upsample, "upsample"},
 };
 }  // namespace
 
@@ -126,6 +129,50 @@ LayerSpec LayerSpec::add(std::vector<std::string> inputs) {
 LayerSpec LayerSpec::cat(std::vector<std::string> inputs) {
   LayerSpec s = activation(LayerType::cat);
   s.inputs = std::move(inputs);
+  return s;
+}
+
+LayerSpec LayerSpec::mul(std::vector<std::string> inputs) {
+  LayerSpec s = activation(LayerType::mul);
+  s.inputs = std::move(inputs);
+  return s;
+}
+
+LayerSpec LayerSpec::elu(double alpha) {
+  LayerSpec s = activation(LayerType::elu);
+  s.alpha = alpha;
+  return s;
+}
+
+LayerSpec LayerSpec::scalar_affine(double scale, double shift) {
+  LayerSpec s = activation(LayerType::scalar_affine);
+  s.scale = scale;
+  s.shift = shift;
+  return s;
+}
+
+LayerSpec LayerSpec::reshape(const Shape& sample_shape) {
+  LayerSpec s = activation(LayerType::reshape);
+  s.shape = sample_shape;
+  return s;
+}
+
+LayerSpec LayerSpec::permute(std::vector<Index> dims) {
+  LayerSpec s = activation(LayerType::permute);
+  s.dims = std::move(dims);
+  return s;
+}
+
+LayerSpec LayerSpec::mean(std::vector<Index> dims, bool keepdim, bool sum) {
+  LayerSpec s = activation(sum ? LayerType::sum : LayerType::mean);
+  s.dims = std::move(dims);
+  s.keepdim = keepdim;
+  return s;
+}
+
+LayerSpec LayerSpec::upsample(Shape scale_factor) {
+  LayerSpec s = activation(LayerType::upsample);
+  s.scale_factor = std::move(scale_factor);
   return s;
 }
 

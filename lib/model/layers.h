@@ -43,7 +43,18 @@ std::unique_ptr<Layer<Scalar>> make_attention(const LayerSpec& spec, const Shape
 /// (the output projection, module "<name>.out_proj"). Every node gets its id, module name and inputs
 /// explicitly, since indices shift. A spec without attention is returned as it is.
 ModelSpec expand_attention(const ModelSpec& spec);
-/// add and cat, which read several values (`in`, one shape per input).
+/// add, cat (structural.cpp) and mul (product.cpp), which read several values (`in`, one shape per input).
+template <typename Scalar>
+std::unique_ptr<Layer<Scalar>> make_mul(const std::vector<Shape>& in, const std::string& where);
+template <typename Scalar>
+std::unique_ptr<Layer<Scalar>> make_reshape(const LayerSpec& spec, const Shape& in, const std::string& where);
+template <typename Scalar>
+std::unique_ptr<Layer<Scalar>> make_permute(const LayerSpec& spec, const Shape& in, const std::string& where);
+/// mean and sum over a sample's dimensions (reduction.cpp).
+template <typename Scalar>
+std::unique_ptr<Layer<Scalar>> make_reduction(const LayerSpec& spec, const Shape& in, const std::string& where);
+template <typename Scalar>
+std::unique_ptr<Layer<Scalar>> make_upsample(const LayerSpec& spec, const Shape& in, const std::string& where);
 template <typename Scalar>
 std::unique_ptr<Layer<Scalar>> make_merge(const LayerSpec& spec, const std::vector<Shape>& in,
                                           const std::string& where);
@@ -57,10 +68,26 @@ class MultiInput {
   virtual ~MultiInput() = default;
   /// Y = op(X_0, …, X_{k-1}) on n columns; theta is the node's slice (an add's parameter operand).
   virtual void forward_multi(const Scalar* const* X, const Scalar* theta, Index n, Scalar* Y) const = 0;
-  /// dY from the operands' tangents (a null entry is zero) and the parameter tangent (null: zero).
-  virtual void jvp_multi(const Scalar* const* dX, const Scalar* dtheta, Index n, Scalar* dY) const = 0;
-  /// gX_i = (∂Y/∂X_i)ᵀ gY on n columns, written or (accumulate) added.
-  virtual void vjp_operand(std::size_t i, const Scalar* gY, Index n, Scalar* gX, bool accumulate) const = 0;
+  /// dY from the operands' values X and tangents dX (a null entry is zero) and the parameter tangent (null:
+  /// zero).
+  virtual void jvp_multi(const Scalar* const* X, const Scalar* const* dX, const Scalar* dtheta, Index n,
+                         Scalar* dY) const = 0;
+  /// gX_i = (∂Y/∂X_i)ᵀ gY on n columns, at the operands' values X, written or (accumulate) added.
+  virtual void vjp_operand(std::size_t i, const Scalar* const* X, const Scalar* gY, Index n, Scalar* gX,
+                           bool accumulate) const = 0;
+};
+
+/// A merge node's Layer: Network runs it through MultiInput, so its single-input passes do nothing (an add
+/// with a parameter operand overrides vjp for the parameter gradient).
+template <typename Scalar>
+class MergeLayer : public Layer<Scalar>, public MultiInput<Scalar> {
+ public:
+  using Layer<Scalar>::Layer;
+  void forward(const Scalar*, ConstMatMap<Scalar>, MatMap<Scalar>, int32_t*) const override {}
+  void jvp(const Scalar*, const Scalar*, ConstMatMap<Scalar>, ConstMatMap<Scalar>, const int32_t*, const Scalar*,
+           MatMap<Scalar>, Scalar*) const override {}
+  void vjp(const Scalar*, ConstMatMap<Scalar>, ConstMatMap<Scalar>, const int32_t*, ConstMatMap<Scalar>, Scalar*,
+           Scalar*, Scalar*) const override {}
 };
 
 /// The hooks of the fused activation + max-pool pass (Network): an element-wise layer y = φ(x) that scales
@@ -126,8 +153,8 @@ class SelectionJacobian {
   virtual bool is_selection() const = 0;
 };
 
-/// add and cat read several values (MultiInput); every other node reads one.
-inline bool is_merge(LayerType t) { return t == LayerType::add || t == LayerType::cat; }
+/// add, cat and mul read several values (MultiInput); every other node reads one.
+inline bool is_merge(LayerType t) { return t == LayerType::add || t == LayerType::cat || t == LayerType::mul; }
 
 /// No tensor or activation may exceed 2^40 scalars: sizes are checked in floating point before they are
 /// multiplied in integers, so a hostile spec cannot overflow.

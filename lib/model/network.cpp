@@ -129,6 +129,7 @@ Workspace<Scalar> Network<Scalar>::make_workspace(Index max_cols) const {
   ws.b_->scratch.resize(static_cast<std::size_t>(scratch_size(max_cols)));
   ws.b_->values.assign(layers_.size() + 1, nullptr);
   ws.b_->operands.assign(sched_->max_operands, nullptr);
+  ws.b_->operand_values.assign(sched_->max_operands, nullptr);
   return ws;
 }
 
@@ -254,9 +255,13 @@ void Network<Scalar>::jvp(const Scalar* theta, const Scalar* v, const ForwardCac
     Scalar* out = ws.b_->slots[static_cast<std::size_t>(sched_->tangent_slot[l])].data();
     ws.b_->values[l + 1] = out;
     if (const auto* merge = sched_->merge[l]) {
-      for (std::size_t i = 0; i < inputs_[l].size(); ++i)
+      for (std::size_t i = 0; i < inputs_[l].size(); ++i) {
         ws.b_->operands[i] = ws.b_->values[static_cast<std::size_t>(inputs_[l][i])];
-      merge->jvp_multi(ws.b_->operands.data(), layer.num_params() ? v + offsets_[l] : nullptr, n, out);
+        const Mat<Scalar>& Xi = cache.acts[static_cast<std::size_t>(inputs_[l][i])];
+        ws.b_->operand_values[i] = Xi.data() + col0 * Xi.rows();
+      }
+      merge->jvp_multi(ws.b_->operand_values.data(), ws.b_->operands.data(),
+                       layer.num_params() ? v + offsets_[l] : nullptr, n, out);
       continue;
     }
     const int in = inputs_[l][0];
@@ -328,9 +333,13 @@ void Network<Scalar>::backprop(const ForwardCache<Scalar>& cache, Index col0, In
     if (const auto* merge = sched_->merge[l]) {
       at_layer(l, X, Y, aux, gY, static_cast<Scalar*>(nullptr));
       for (std::size_t i = 0; i < inputs_[l].size(); ++i) {
+        const Mat<Scalar>& Xi = cache.acts[static_cast<std::size_t>(inputs_[l][i])];
+        ws.b_->operand_values[i] = Xi.data() + col0 * Xi.rows();
+      }
+      for (std::size_t i = 0; i < inputs_[l].size(); ++i) {
         const int v = inputs_[l][i];
         if (v == 0 || !sched_->needs_grad[static_cast<std::size_t>(v - 1)]) continue;
-        merge->vjp_operand(i, g, n, target(v), sched_->accumulate[l][i]);
+        merge->vjp_operand(i, ws.b_->operand_values.data(), g, n, target(v), sched_->accumulate[l][i]);
       }
       continue;
     }

@@ -42,9 +42,19 @@ std::unique_ptr<Layer<Scalar>> make_layer(const LayerSpec& spec, const Shape& in
       return detail::make_embedding<Scalar>(spec, in, where);
     case LayerType::add:
     case LayerType::cat:
+    case LayerType::mul:
       return detail::make_merge<Scalar>(spec, {in}, where);
     case LayerType::attention:
       return detail::make_attention<Scalar>(spec, in, where);
+    case LayerType::reshape:
+      return detail::make_reshape<Scalar>(spec, in, where);
+    case LayerType::permute:
+      return detail::make_permute<Scalar>(spec, in, where);
+    case LayerType::mean:
+    case LayerType::sum:
+      return detail::make_reduction<Scalar>(spec, in, where);
+    case LayerType::upsample:
+      return detail::make_upsample<Scalar>(spec, in, where);
     case LayerType::multihead_attention:
       detail::fail(where + ": is expanded by the network into its projections and attention; build a Network");
     default:
@@ -114,6 +124,8 @@ Network<Scalar>::Network(const ModelSpec& given)
       fail(where_of(i) + ": takes one input, given " + std::to_string(reads[i].size()));
     if (s.type == LayerType::add && reads[i].size() + (s.parameter.empty() ? 0 : 1) < 2)
       fail(where_of(i) + ": needs at least two operands");
+    if (s.type == LayerType::mul && reads[i].size() != 2)
+      fail(where_of(i) + ": multiplies two operands, given " + std::to_string(reads[i].size()));
     for (long r : reads[i])
       if (r >= 0) ++consumers[static_cast<std::size_t>(r)];
   }

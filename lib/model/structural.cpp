@@ -1,16 +1,19 @@
-// Layers that move values without arithmetic on them, and the merge nodes of a graph: flatten, identity
-// (and dropout in evaluation mode), add (residual connections, with an optional parameter operand broadcast
+// Layers that move values without arithmetic on them, and the merge nodes of a graph: flatten and reshape
+// (free: a sample's values keep their row-major order), permute of a sample's dimensions, identity (and
+// dropout in evaluation mode), add (residual connections, with an optional parameter operand broadcast
 // over the leading dimensions) and cat along the channel / feature dimension.
 #include <algorithm>
 
+#include "core/fail.h"
+#include "model/gather.h"
 #include "model/layers.h"
 
 namespace natgrad {
 namespace detail {
 namespace {
 
-// A layer whose every pass is a copy: flatten (a sample's NCHW layout already is its flattened vector),
-// identity and dropout in evaluation mode.
+// A layer whose every pass is a copy: flatten and reshape (a sample's row-major layout is the same under any
+// shape of its size), identity and dropout in evaluation mode.
 template <typename Scalar>
 class Copy final : public Layer<Scalar> {
  public:
@@ -37,12 +40,12 @@ class Copy final : public Layer<Scalar> {
 // y = x_0 + … + x_{k-1} (+ p, a parameter whose shape is a suffix of the operands': each sample's output is
 // `repeats` copies of p's size, and p is added to each).
 template <typename Scalar>
-class Add final : public Layer<Scalar>, public MultiInput<Scalar>, public SquaredGradients<Scalar> {
+class Add final : public MergeLayer<Scalar>, public SquaredGradients<Scalar> {
  public:
   Add(const Shape& shape, std::size_t operands, const Shape& param)
-      : Layer<Scalar>(shape, shape,
-                      param.empty() ? std::vector<ParamTensor>{} : std::vector<ParamTensor>{{"", param}},
-                      ParamInit::normal),
+      : MergeLayer<Scalar>(shape, shape,
+                           param.empty() ? std::vector<ParamTensor>{} : std::vector<ParamTensor>{{"", param}},
+                           ParamInit::normal),
         operands_(operands),
         psize_(param.empty() ? 0 : shape_size(param)) {}
   LayerType type() const override { return LayerType::add; }
@@ -54,7 +57,8 @@ class Add final : public Layer<Scalar>, public MultiInput<Scalar>, public Square
     for (std::size_t i = 1; i < operands_; ++i) y += ConstMatMap<Scalar>(X[i], rows, n);
     if (psize_) add_parameter(theta, y);
   }
-  void jvp_multi(const Scalar* const* dX, const Scalar* dtheta, Index n, Scalar* dY) const override {
+  void jvp_multi(const Scalar* const*, const Scalar* const* dX, const Scalar* dtheta, Index n,
+                 Scalar* dY) const override {
     const Index rows = this->output_size();
     MatMap<Scalar> y(dY, rows, n);
     bool any = false;
@@ -69,7 +73,8 @@ class Add final : public Layer<Scalar>, public MultiInput<Scalar>, public Square
     if (!any) y.setZero();
     if (psize_ && dtheta) add_parameter(dtheta, y);
   }
-  void vjp_operand(std::size_t, const Scalar* gY, Index n, Scalar* gX, bool accumulate) const override {
+  void vjp_operand(std::size_t, const Scalar* const*, const Scalar* gY, Index n, Scalar* gX,
+                   bool accumulate) const override {
     const Index rows = this->output_size();
     if (accumulate)
       MatMap<Scalar>(gX, rows, n) += ConstMatMap<Scalar>(gY, rows, n);
@@ -77,11 +82,8 @@ class Add final : public Layer<Scalar>, public MultiInput<Scalar>, public Square
       MatMap<Scalar>(gX, rows, n) = ConstMatMap<Scalar>(gY, rows, n);
   }
 
-  // The single-operand passes (Network calls forward_multi / jvp_multi / vjp_operand for the operands):
-  // only the parameter gradient, gp += Σ_n Σ_r gY[r·|p| + j, n].
-  void forward(const Scalar*, ConstMatMap<Scalar>, MatMap<Scalar>, int32_t*) const override {}
-  void jvp(const Scalar*, const Scalar*, ConstMatMap<Scalar>, ConstMatMap<Scalar>, const int32_t*, const Scalar*,
-           MatMap<Scalar>, Scalar*) const override {}
+  // The single-operand vjp (Network calls forward_multi / jvp_multi / vjp_operand for the operands): only
+  // the parameter gradient, gp += Σ_n Σ_r gY[r·|p| + j, n].
   void vjp(const Scalar*, ConstMatMap<Scalar>, ConstMatMap<Scalar>, const int32_t*, ConstMatMap<Scalar> gY, Scalar*,
            Scalar* gtheta, Scalar*) const override {
     if (!gtheta || !psize_) return;
@@ -118,9 +120,9 @@ class Add final : public Layer<Scalar>, public MultiInput<Scalar>, public Square
 // Concatenation along dimension 1 (the first of a sample): each sample's output is its operands' samples
 // one after the other.
 template <typename Scalar>
-class Cat final : public Layer<Scalar>, public MultiInput<Scalar> {
+class Cat final : public MergeLayer<Scalar> {
  public:
-  Cat(const std::vector<Shape>& in, const Shape& out) : Layer<Scalar>(in[0], out) {
+  Cat(const std::vector<Shape>& in, const Shape& out) : MergeLayer<Scalar>(in[0], out) {
     Index off = 0;
     for (const Shape& s : in) {
       sizes_.push_back(shape_size(s));
@@ -135,7 +137,7 @@ class Cat final : public Layer<Scalar>, public MultiInput<Scalar> {
     for (std::size_t i = 0; i < sizes_.size(); ++i)
       y.middleRows(offsets_[i], sizes_[i]) = ConstMatMap<Scalar>(X[i], sizes_[i], n);
   }
-  void jvp_multi(const Scalar* const* dX, const Scalar*, Index n, Scalar* dY) const override {
+  void jvp_multi(const Scalar* const*, const Scalar* const* dX, const Scalar*, Index n, Scalar* dY) const override {
     MatMap<Scalar> y(dY, this->output_size(), n);
     for (std::size_t i = 0; i < sizes_.size(); ++i)
       if (dX[i])
@@ -143,18 +145,14 @@ class Cat final : public Layer<Scalar>, public MultiInput<Scalar> {
       else
         y.middleRows(offsets_[i], sizes_[i]).setZero();
   }
-  void vjp_operand(std::size_t i, const Scalar* gY, Index n, Scalar* gX, bool accumulate) const override {
+  void vjp_operand(std::size_t i, const Scalar* const*, const Scalar* gY, Index n, Scalar* gX,
+                   bool accumulate) const override {
     ConstMatMap<Scalar> g(gY, this->output_size(), n);
     if (accumulate)
       MatMap<Scalar>(gX, sizes_[i], n) += g.middleRows(offsets_[i], sizes_[i]);
     else
       MatMap<Scalar>(gX, sizes_[i], n) = g.middleRows(offsets_[i], sizes_[i]);
   }
-  void forward(const Scalar*, ConstMatMap<Scalar>, MatMap<Scalar>, int32_t*) const override {}
-  void jvp(const Scalar*, const Scalar*, ConstMatMap<Scalar>, ConstMatMap<Scalar>, const int32_t*, const Scalar*,
-           MatMap<Scalar>, Scalar*) const override {}
-  void vjp(const Scalar*, ConstMatMap<Scalar>, ConstMatMap<Scalar>, const int32_t*, ConstMatMap<Scalar>, Scalar*,
-           Scalar*, Scalar*) const override {}
 
  private:
   std::vector<Index> sizes_, offsets_;
@@ -168,6 +166,42 @@ std::unique_ptr<Layer<Scalar>> make_flatten(const LayerSpec&, const Shape& in, c
 }
 
 template <typename Scalar>
+std::unique_ptr<Layer<Scalar>> make_reshape(const LayerSpec& spec, const Shape& in, const std::string& where) {
+  if (spec.shape.empty()) fail(where, "reshape needs the sample's new shape (\"shape\")");
+  double elements = 1;
+  for (Index d : spec.shape) {
+    if (d <= 0) fail(where, "reshape: the shape " + shape_to_string(spec.shape) + " has a dimension below 1");
+    elements *= double(d);
+  }
+  if (elements != double(shape_size(in)))
+    fail(where, "reshape: the shape " + shape_to_string(spec.shape) + " does not hold the " +
+                    std::to_string(shape_size(in)) + " values of a sample of shape " + shape_to_string(in));
+  return std::make_unique<Copy<Scalar>>(LayerType::reshape, in, spec.shape);
+}
+
+template <typename Scalar>
+std::unique_ptr<Layer<Scalar>> make_permute(const LayerSpec& spec, const Shape& in, const std::string& where) {
+  const std::size_t r = in.size() + 1;  // with the batch
+  std::vector<Index> seen(r, 0);
+  bool valid = spec.dims.size() == r;
+  for (std::size_t k = 0; valid && k < r; ++k) valid = spec.dims[k] >= 0 && Index(spec.dims[k]) < Index(r) && !seen[spec.dims[k]]++;
+  if (!valid || spec.dims[0] != 0)
+    fail(where, "permute: \"dims\" must order all " + std::to_string(r) + " dimensions of [N, " +
+                    shape_to_string(in).substr(1) + ", counting the batch as 0 and keeping it first");
+  if (double(shape_size(in)) >= 2147483647.0) fail(where, "permute: a sample of more than 2^31 values");
+  Shape out(in.size());
+  for (std::size_t k = 0; k < in.size(); ++k) out[k] = in[static_cast<std::size_t>(spec.dims[k + 1] - 1)];
+  const std::vector<Index> stride = strides_of(in);
+  std::vector<int32_t> source(static_cast<std::size_t>(shape_size(in)));
+  for_each_index(out, [&](Index o, const std::vector<Index>& idx) {
+    Index i = 0;
+    for (std::size_t k = 0; k < idx.size(); ++k) i += idx[k] * stride[static_cast<std::size_t>(spec.dims[k + 1] - 1)];
+    source[static_cast<std::size_t>(o)] = static_cast<int32_t>(i);
+  });
+  return std::make_unique<Gather<Scalar>>(LayerType::permute, in, out, std::move(source), true);
+}
+
+template <typename Scalar>
 std::unique_ptr<Layer<Scalar>> make_identity(const LayerSpec& spec, const Shape& in, const std::string& where) {
   if (spec.type == LayerType::dropout && spec.training)
     fail(where, "dropout in training mode zeroes random entries, so the model is not a function of its input: "
@@ -178,6 +212,7 @@ std::unique_ptr<Layer<Scalar>> make_identity(const LayerSpec& spec, const Shape&
 template <typename Scalar>
 std::unique_ptr<Layer<Scalar>> make_merge(const LayerSpec& spec, const std::vector<Shape>& in,
                                           const std::string& where) {
+  if (spec.type == LayerType::mul) return make_mul<Scalar>(in, where);
   if (spec.type == LayerType::add) {
     for (std::size_t i = 1; i < in.size(); ++i)
       if (in[i] != in[0])
@@ -216,6 +251,8 @@ std::unique_ptr<Layer<Scalar>> make_merge(const LayerSpec& spec, const std::vect
 #define NATGRAD_INSTANTIATE(S)                                                                                  \
   template std::unique_ptr<Layer<S>> make_flatten<S>(const LayerSpec&, const Shape&, const std::string&);       \
   template std::unique_ptr<Layer<S>> make_identity<S>(const LayerSpec&, const Shape&, const std::string&);      \
+  template std::unique_ptr<Layer<S>> make_reshape<S>(const LayerSpec&, const Shape&, const std::string&);       \
+  template std::unique_ptr<Layer<S>> make_permute<S>(const LayerSpec&, const Shape&, const std::string&);       \
   template std::unique_ptr<Layer<S>> make_merge<S>(const LayerSpec&, const std::vector<Shape>&, const std::string&);
 NATGRAD_INSTANTIATE(float)
 NATGRAD_INSTANTIATE(double)

@@ -38,7 +38,8 @@
 ///   1. Its LayerType and spec fields (layer_spec.h, lib/model/layer_spec.cpp) and its JSON keys
 ///      (lib/io/model_spec_json.cpp).
 ///   2. A class in the file of its family under lib/model/ (one family per file: linear, convolution,
-///      pooling, element-wise, normalization, embedding, attention, structural) deriving from Layer<Scalar>:
+///      pooling, upsampling, element-wise, products, reductions, normalization, embedding, attention,
+///      structural) deriving from Layer<Scalar>:
 ///      a constructor giving the input and output shapes, and for a layer with parameters its ParamTensor
 ///      list and ParamInit; type(), forward, jvp and vjp. Override aux_per_sample() if forward keeps int32
 ///      values for the other passes, scratch_size() if jvp or vjp need scratch (a layer that declares none

@@ -23,7 +23,7 @@ namespace natgrad {
 enum class LayerType {
   linear, conv2d, relu, tanh, sigmoid, gelu, softplus, leaky_relu, flatten, maxpool2d, avgpool2d,
   silu, identity, dropout, global_avgpool, layer_norm, batch_norm, embedding, add, cat,
-  multihead_attention, attention
+  multihead_attention, attention, elu, mish, scalar_affine, reshape, permute, mean, sum, mul, upsample
 };
 
 /// The type's name in a model spec ("linear", "conv2d", "layer_norm", ...).
@@ -64,6 +64,21 @@ struct LayerSpec {
   double negative_slope = 0.01;
   // gelu: PyTorch's approximate="tanh" form instead of the exact (erf) one
   bool tanh_approximation = false;
+  // elu: α in x > 0 ? x : α (eˣ − 1)
+  double alpha = 1.0;
+  // scalar_affine: y = scale · x + shift (x * 0.5, x - 1.0, h / 2, -x, 2.0 - x)
+  double scale = 1.0;
+  double shift = 0.0;
+  /// reshape: the sample's new shape (the batch not included; the same number of elements, row-major order
+  /// kept, so the values do not move).
+  Shape shape;
+  /// permute: the order of the dimensions counting the batch as 0, which stays first (dims[0] == 0): output
+  /// dimension k is input dimension dims[k]. mean and sum: the dimensions reduced, counting the batch as 0
+  /// (never reduced), ascending.
+  std::vector<Index> dims;
+  /// upsample (nearest): the integer factor of each spatial dimension (the sample's dimensions after the
+  /// first, the channels); one value applies to all of them.
+  Shape scale_factor;
   // add: a parameter operand read in forward (get_attr), under its full state_dict name, broadcast over the
   // leading dimensions of the other operands
   std::string parameter;
@@ -80,8 +95,8 @@ struct LayerSpec {
   Index num_embeddings = 0;
   Index embedding_dim = 0;
   Index padding_idx = -1;             ///< -1: none
-  // global_avgpool
-  bool keepdim = false;               ///< output [C, 1, 1] (AdaptiveAvgPool2d(1)) instead of [C] (mean((2, 3)))
+  // global_avgpool, mean and sum
+  bool keepdim = false;               ///< keep the reduced dimensions with size 1 ([C, 1, 1] instead of [C])
   // multihead_attention: nn.MultiheadAttention(embed_dim, num_heads, bias, batch_first=True) called as
   // self-attention on [T, embed_dim]; the network runs it as three nodes: the input projection (a linear
   // layer to [T, 3 embed_dim]), `attention` (softmax(q kᵀ/√d + mask) v per head) and the output projection.
@@ -109,6 +124,16 @@ struct LayerSpec {
   static LayerSpec global_avgpool(bool keepdim = false);
   static LayerSpec add(std::vector<std::string> inputs);
   static LayerSpec cat(std::vector<std::string> inputs);
+  /// The element-wise product of two values, broadcast as PyTorch broadcasts (a gate: a * sigmoid(b)).
+  static LayerSpec mul(std::vector<std::string> inputs);
+  static LayerSpec elu(double alpha = 1.0);
+  static LayerSpec scalar_affine(double scale, double shift);
+  static LayerSpec reshape(const Shape& sample_shape);
+  /// `dims` counts the batch as 0 and starts with it.
+  static LayerSpec permute(std::vector<Index> dims);
+  /// mean (or, with `sum`, the sum) over `dims`, counting the batch as 0.
+  static LayerSpec mean(std::vector<Index> dims, bool keepdim = false, bool sum = false);
+  static LayerSpec upsample(Shape scale_factor);
   /// Causal self-attention reading mask buffer `attn_mask` (empty: no mask).
   static LayerSpec multihead_attention(Index embed_dim, Index num_heads, std::string attn_mask = "",
                                        bool bias = true);
