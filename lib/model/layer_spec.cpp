@@ -20,6 +20,7 @@ constexpr TypeName kTypeNames[] = {
     {LayerType::batch_norm, "batch_norm"}, {LayerType::embedding, "embedding"},   {LayerType::add, "add"},
     {LayerType::cat, "cat"},               {LayerType::multihead_attention, "multihead_attention"},
     {LayerType::attention, "attention"},
+    {LayerType::group_norm, "group_norm"},
 };
 }  // namespace
 
@@ -99,6 +100,15 @@ LayerSpec LayerSpec::layer_norm(const Shape& normalized_shape, double eps, bool 
 LayerSpec LayerSpec::batch_norm(Index num_features, double eps, bool affine) {
   LayerSpec s = activation(LayerType::batch_norm);
   s.num_features = num_features;
+  s.eps = eps;
+  s.affine = affine;
+  return s;
+}
+
+LayerSpec LayerSpec::group_norm(Index num_groups, Index num_channels, double eps, bool affine) {
+  LayerSpec s = activation(LayerType::group_norm);
+  s.num_groups = num_groups;
+  s.num_channels = num_channels;
   s.eps = eps;
   s.affine = affine;
   return s;
