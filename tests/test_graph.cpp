@@ -359,6 +359,31 @@ TEST(GraphSpec, BadGraphsAreOneLineErrorsNamingTheNode) {
   EXPECT_ERROR(parse(R"({"type": "scalar_affine", "scale": 2, "shift": "one"})"), "\"shift\" must be a number");
 }
 
+TEST(GraphSpec, GroupNormKeysRoundTripAndErrorsNameTheNode) {
+  auto parse = [](const std::string& shape, const std::string& layer) {
+    return parse_model_spec(R"({"input_shape": )" + shape + R"(, "layers": [)" + layer + "]}", "g.json");
+  };
+  const ModelFile m = parse("[4, 3, 3]", R"({"type": "group_norm", "name": "gn", "num_groups": 2, "num_channels": 4,
+                                             "eps": 0.001, "affine": false})");
+  const LayerSpec& s = m.spec.layers[0];
+  EXPECT_EQ(s.type, LayerType::group_norm);
+  EXPECT_EQ(s.num_groups, 2);
+  EXPECT_EQ(s.num_channels, 4);
+  EXPECT_EQ(s.eps, 0.001);
+  EXPECT_FALSE(s.affine);
+  EXPECT_EQ(model_spec_to_json(parse_model_spec(model_spec_to_json(m), "again")), model_spec_to_json(m));
+  EXPECT_EQ(Network<double>(parse("[4, 3]", R"({"type": "group_norm", "num_groups": 4, "num_channels": 4})").spec)
+                .num_params(),
+            8);  // affine by default: weight and bias [C]
+  EXPECT_ERROR(parse("[6, 2]", R"({"type": "group_norm", "num_groups": 4, "num_channels": 6})"),
+               "g.json: layer 0 (group_norm): group_norm's num_channels 6 is not divisible by num_groups 4");
+  EXPECT_ERROR(parse("[3, 2, 2]", R"({"type": "group_norm", "num_groups": 2, "num_channels": 4})"),
+               "expects input [C, ...] (channels first: [C], [C, L], [C, H, W]) with C = 4 but receives [3, 2, 2]");
+  EXPECT_ERROR(parse("[4, 2]", R"({"type": "group_norm", "num_channels": 4})"), "missing key \"num_groups\"");
+  EXPECT_ERROR(parse("[4, 2]", R"({"type": "group_norm", "num_groups": 2, "num_channels": 4, "elementwise_affine": true})"),
+               "unknown key \"elementwise_affine\"");
+}
+
 // A likelihood per position: a model whose output is [T, C] (token model: embedding, layer norm, a linear
 // layer at each position). The loss is the mean over the N·T positions; F = 1/(N·T) Σ_n J_nᵀ H_n J_n with H_n
 // block-diagonal over positions (exact), the stacked-score outer product s sᵀ (empirical), or 1/S Σ s sᵀ of

@@ -92,6 +92,14 @@ std::vector<LayerCase> layer_cases() {
       {"upsample_2", LayerSpec::upsample({2}), {2, 3, 3}},
       {"upsample_2x3", LayerSpec::upsample({2, 3}), {2, 2, 3}},
       {"upsample_1d", LayerSpec::upsample({3}), {2, 4}},
+      {"group_norm_one_group_2d", LayerSpec::group_norm(1, 4), {4, 2, 3}},
+      {"group_norm_two_groups_2d", LayerSpec::group_norm(2, 6, 1e-3), {6, 2, 2}},
+      {"group_norm_instance_2d", LayerSpec::group_norm(3, 3), {3, 3, 2}},
+      {"group_norm_instance_2d_no_affine", LayerSpec::group_norm(2, 2, 1e-5, false), {2, 2, 3}},
+      {"group_norm_three_groups_1d", LayerSpec::group_norm(3, 6), {6, 4}},
+      {"group_norm_two_groups_1d_no_affine", LayerSpec::group_norm(2, 4, 1e-5, false), {4, 5}},
+      {"group_norm_instance_1d", LayerSpec::group_norm(4, 4), {4, 3}},
+      {"group_norm_channels_only", LayerSpec::group_norm(2, 6), {6}},  // [N, C] as nn.GroupNorm accepts
   };
 }
 
@@ -458,6 +466,35 @@ TEST(LayerEdges, EmbeddingRefusesIndicesOutsideItsTable) {
   EXPECT_NO_THROW(layer->check_input(ConstMatMap<double>(X.data(), 3, 2)));
 }
 
+// Group norm's forward against its definition, written out per sample: channel c of group g = c / (C/G) is
+// w_c (x − μ_g)/√(σ²_g + ε) + b_c, with μ_g and the biased σ²_g over the group's (C/G)·S entries (the
+// derivatives are checked against finite differences of this forward above).
+TEST(LayerEdges, GroupNormForwardIsItsDefinition) {
+  const Index C = 6, S = 5, n = 2;
+  for (const Index G : {Index(1), Index(2), Index(3), Index(6)})
+    for (const bool affine : {true, false}) {
+      SCOPED_TRACE(std::to_string(G) + (affine ? " affine" : ""));
+      auto layer = make_layer<double>(LayerSpec::group_norm(G, C, 1e-3, affine), {C, 1, S}, "gn");
+      const Mat<double> X = random_mat<double>(C * S, n, 21, -2, 3);
+      const Vec<double> theta = random_vec<double>(affine ? 2 * C : 0, 22);
+      const Mat<double> Y = run_forward<double>(*layer, theta, X);
+      Mat<double> expected(C * S, n);
+      const Index per = C / G * S;
+      for (Index j = 0; j < n; ++j)
+        for (Index g = 0; g < G; ++g) {
+          double mean = 0, var = 0;
+          for (Index k = 0; k < per; ++k) mean += X(g * per + k, j) / double(per);
+          for (Index k = 0; k < per; ++k) var += (X(g * per + k, j) - mean) * (X(g * per + k, j) - mean) / double(per);
+          for (Index k = 0; k < per; ++k) {
+            const Index c = (g * per + k) / S;
+            const double xhat = (X(g * per + k, j) - mean) / std::sqrt(var + 1e-3);
+            expected(g * per + k, j) = affine ? theta[c] * xhat + theta[C + c] : xhat;
+          }
+        }
+      EXPECT_LT(rel_err_vec(Y, expected), 1e-13);
+    }
+}
+
 TEST(LayerEdges, NewLayersRefuseWhatTheyCannotRepresent) {
   LayerSpec bn = LayerSpec::batch_norm(3);
   bn.training = true;
@@ -470,6 +507,12 @@ TEST(LayerEdges, NewLayersRefuseWhatTheyCannotRepresent) {
   drop.training = true;
   EXPECT_ERROR(make_layer<double>(drop, {4}, "d"), "model.eval()");
   EXPECT_ERROR(make_layer<double>(LayerSpec::layer_norm({3}), {3, 4}, "ln"), "not the trailing part");
+  EXPECT_ERROR(make_layer<double>(LayerSpec::group_norm(4, 6), {6, 2, 2}, "gn"),
+               "num_channels 6 is not divisible by num_groups 4");
+  EXPECT_ERROR(make_layer<double>(LayerSpec::group_norm(2, 4), {6, 2, 2}, "gn"),
+               "group_norm with num_channels 4 expects input [C, ...]");
+  EXPECT_ERROR(make_layer<double>(LayerSpec::group_norm(0, 4), {4, 3}, "gn"), "num_groups >= 1");
+  EXPECT_ERROR(make_layer<double>(LayerSpec::group_norm(2, 4, 0.0), {4, 3}, "gn"), "eps must be positive");
   auto layer = make_layer<double>(LayerSpec::batch_norm(2), {2}, "bn");
   const double bad[2] = {1.0, -0.5};
   EXPECT_ERROR(layer->as<Buffers<double>>()->set_buffer(1, bad), "entry 1 is a negative variance");

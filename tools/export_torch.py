@@ -22,7 +22,7 @@ time (x.view(x.size(0), -1), torch.flatten(x, 1), squeeze, ...), nn.MultiheadAtt
 nn.TransformerEncoder(Layer) as self-attention with a causal mask or none. Every node written names its PyTorch
 origin ("origin": the module's path, or the function and source line). Anything else is an error naming the
 PyTorch construct, the source line that calls it, the supported equivalent where one exists and the table.
-The model must be in eval mode if it has batch norm or dropout.
+The model must be in eval mode if it has batch norm, dropout or instance norm with running statistics.
 safetensors is written directly (8-byte little-endian header length, JSON header, raw little-endian data).
 """
 import argparse
@@ -45,7 +45,7 @@ _TABLE = "The PyTorch modules, functions and methods natgrad translates are in t
 
 # Node types the translation writes whose operations this natgrad does not have yet (issue 25): export_model
 # refuses a model that needs one, naming it. Delete a type here when its operation lands in lib/model.
-PENDING_TYPES = {"group_norm", "conv1d"}
+PENDING_TYPES = {"conv1d"}
 
 
 def _pending(spec):
@@ -186,6 +186,17 @@ def module_spec(m):
     if isinstance(m, nn.GroupNorm):
         return {"type": "group_norm", "num_groups": m.num_groups, "num_channels": m.num_channels, "eps": m.eps,
                 "affine": m.affine}
+    if isinstance(m, (nn.InstanceNorm1d, nn.InstanceNorm2d)):
+        if not m.track_running_stats:  # each sample (and channel) with its own statistics: GroupNorm(C, C)
+            return {"type": "group_norm", "num_groups": m.num_features, "num_channels": m.num_features, "eps": m.eps,
+                    "affine": m.affine}
+        if m.training:
+            raise ValueError(f"{m} is in training mode with track_running_stats=True: it updates its running "
+                             "statistics in forward; call model.eval() before exporting (it then normalizes with "
+                             "them), or build it with track_running_stats=False")
+        # eval with running statistics: per channel (x − running_mean) / √(running_var + ε), batch norm's
+        # evaluation mode, with the same buffers
+        return {"type": "batch_norm", "num_features": m.num_features, "eps": m.eps, "affine": m.affine}
     if isinstance(m, nn.Embedding):
         if m.max_norm is not None or m.scale_grad_by_freq:
             raise ValueError(f"{m}: natgrad's embedding has no max_norm or scale_grad_by_freq")
@@ -251,7 +262,7 @@ _OPERATORS = {operator.add: "+", operator.iadd: "+=", operator.sub: "-", operato
               operator.getitem: "indexing []", operator.matmul: "@", operator.pow: "**", operator.floordiv: "//"}
 # The supported equivalent of a construct natgrad does not translate.
 _EQUIVALENTS = {F.linear: "nn.Linear", F.conv2d: "nn.Conv2d", F.conv1d: "nn.Conv1d", F.layer_norm: "nn.LayerNorm",
-                F.group_norm: "nn.GroupNorm", F.batch_norm: "nn.BatchNorm2d (in eval mode)",
+                F.group_norm: "nn.GroupNorm", F.instance_norm: "nn.InstanceNorm2d", F.batch_norm: "nn.BatchNorm2d (in eval mode)",
                 F.embedding: "nn.Embedding", torch.matmul: "nn.Linear", operator.matmul: "nn.Linear",
                 F.multi_head_attention_forward: "nn.MultiheadAttention(batch_first=True)",
                 F.relu6: "F.relu", F.hardtanh: "torch.tanh"}
@@ -723,7 +734,22 @@ class _Translation:
         if isinstance(m, (nn.Softmax, nn.LogSoftmax)):
             self.refuse(node, f"{_module_class(m)} is supported only as the model's last operation (with the "
                               "categorical likelihood)")
+        if isinstance(m, (nn.InstanceNorm1d, nn.InstanceNorm2d)):
+            self.instance_norm_input(node, m, x)
         self.ids[node] = self.module_node(node, m, node.target, [self.ref(x, node)], self.origin(node))
+
+    def instance_norm_input(self, node, m, x):
+        """InstanceNorm1d/2d read a batch [N, C, L] / [N, C, H, W] with C = num_features (PyTorch takes a tensor
+        of one dimension less as a single unbatched sample, which natgrad's batch is not)."""
+        dims = "C, L" if isinstance(m, nn.InstanceNorm1d) else "C, H, W"
+        have = self.shape(x) if isinstance(x, torch.fx.Node) and x in self.runs[0] else None
+        if have is None or len(have) != dims.count(",") + 1:
+            self.refuse(node, f"{_module_class(m)} is translated for a batch [N, {dims}], but a sample here has "
+                              f"shape {have} (PyTorch reads a tensor of one dimension less as a single unbatched "
+                              "sample)")
+        if have[0] != m.num_features:
+            self.refuse(node, f"{_module_class(m)} has num_features {m.num_features} but its input has {have[0]} "
+                              "channels")
 
     def attention(self, node, m):
         if any(u.op != "call_function" or u.target is not operator.getitem for u in node.users):

@@ -208,6 +208,10 @@ ModelFile parse_model_spec(const std::string& text, const std::string& label) {
         allowed.insert({"num_features", "eps", "affine", "training"});
         required = {"num_features"};
         break;
+      case LayerType::group_norm:
+        allowed.insert({"num_groups", "num_channels", "eps", "affine"});
+        required = {"num_groups", "num_channels"};
+        break;
       case LayerType::embedding:
         allowed.insert({"num_embeddings", "embedding_dim", "padding_idx"});
         required = {"num_embeddings", "embedding_dim"};
@@ -316,6 +320,12 @@ ModelFile parse_model_spec(const std::string& text, const std::string& label) {
         get_number("eps", s.eps);
         get_bool("affine", s.affine);
         get_bool("training", s.training);
+        break;
+      case LayerType::group_norm:
+        s.num_groups = get_int(l, "num_groups", w, label);
+        s.num_channels = get_int(l, "num_channels", w, label);
+        get_number("eps", s.eps);
+        get_bool("affine", s.affine);
         break;
       case LayerType::embedding:
         s.num_embeddings = get_int(l, "num_embeddings", w, label);
@@ -449,6 +459,12 @@ std::string model_spec_to_json(const ModelFile& m) {
         l["eps"] = s.eps;
         l["affine"] = s.affine;
         if (s.training) l["training"] = true;
+        break;
+      case LayerType::group_norm:
+        l["num_groups"] = s.num_groups;
+        l["num_channels"] = s.num_channels;
+        l["eps"] = s.eps;
+        l["affine"] = s.affine;
         break;
       case LayerType::embedding:
         l["num_embeddings"] = s.num_embeddings;

@@ -23,6 +23,7 @@ constexpr TypeName kTypeNames[] = {
     {LayerType::scalar_affine, "scalar_affine"},                                  {LayerType::reshape, "reshape"},
     {LayerType::permute, "permute"},       {LayerType::mean, "mean"},             {LayerType::sum, "sum"},
     {LayerType::mul, "mul"},               {LayerType::upsample, "upsample"},
+    {LayerType::group_norm, "group_norm"},
 };
 }  // namespace
 
@@ -102,6 +103,15 @@ LayerSpec LayerSpec::layer_norm(const Shape& normalized_shape, double eps, bool 
 LayerSpec LayerSpec::batch_norm(Index num_features, double eps, bool affine) {
   LayerSpec s = activation(LayerType::batch_norm);
   s.num_features = num_features;
+  s.eps = eps;
+  s.affine = affine;
+  return s;
+}
+
+LayerSpec LayerSpec::group_norm(Index num_groups, Index num_channels, double eps, bool affine) {
+  LayerSpec s = activation(LayerType::group_norm);
+  s.num_groups = num_groups;
+  s.num_channels = num_channels;
   s.eps = eps;
   s.affine = affine;
   return s;

@@ -34,6 +34,8 @@ std::unique_ptr<Layer<Scalar>> make_layer_norm(const LayerSpec& spec, const Shap
 template <typename Scalar>
 std::unique_ptr<Layer<Scalar>> make_batch_norm(const LayerSpec& spec, const Shape& in, const std::string& where);
 template <typename Scalar>
+std::unique_ptr<Layer<Scalar>> make_group_norm(const LayerSpec& spec, const Shape& in, const std::string& where);
+template <typename Scalar>
 std::unique_ptr<Layer<Scalar>> make_embedding(const LayerSpec& spec, const Shape& in, const std::string& where);
 /// The core of multihead attention: [T, 3E] projections to [T, E] (attention.cpp).
 template <typename Scalar>

@@ -38,6 +38,8 @@ std::unique_ptr<Layer<Scalar>> make_layer(const LayerSpec& spec, const Shape& in
       return detail::make_layer_norm<Scalar>(spec, in, where);
     case LayerType::batch_norm:
       return detail::make_batch_norm<Scalar>(spec, in, where);
+    case LayerType::group_norm:
+      return detail::make_group_norm<Scalar>(spec, in, where);
     case LayerType::embedding:
       return detail::make_embedding<Scalar>(spec, in, where);
     case LayerType::add:

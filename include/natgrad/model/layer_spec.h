@@ -23,7 +23,8 @@ namespace natgrad {
 enum class LayerType {
   linear, conv2d, relu, tanh, sigmoid, gelu, softplus, leaky_relu, flatten, maxpool2d, avgpool2d,
   silu, identity, dropout, global_avgpool, layer_norm, batch_norm, embedding, add, cat,
-  multihead_attention, attention, elu, mish, scalar_affine, reshape, permute, mean, sum, mul, upsample
+  multihead_attention, attention, elu, mish, scalar_affine, reshape, permute, mean, sum, mul, upsample,
+  group_norm
 };
 
 /// The type's name in a model spec ("linear", "conv2d", "layer_norm", ...).
@@ -91,6 +92,9 @@ struct LayerSpec {
   Shape normalized_shape;             ///< layer_norm: the trailing dimensions normalized
   Index num_features = 0;             ///< batch_norm: channels
   bool training = false;              ///< batch_norm, dropout: a module in training mode (refused)
+  // group_norm (eps and affine above): channel blocks of num_channels / num_groups normalized together
+  Index num_groups = 0;
+  Index num_channels = 0;             ///< the input's first dimension
   // embedding
   Index num_embeddings = 0;
   Index embedding_dim = 0;
@@ -120,6 +124,7 @@ struct LayerSpec {
   static LayerSpec avgpool2d(Index kernel, Index stride = 0);
   static LayerSpec layer_norm(const Shape& normalized_shape, double eps = 1e-5, bool affine = true);
   static LayerSpec batch_norm(Index num_features, double eps = 1e-5, bool affine = true);
+  static LayerSpec group_norm(Index num_groups, Index num_channels, double eps = 1e-5, bool affine = true);
   static LayerSpec embedding(Index num_embeddings, Index embedding_dim);
   static LayerSpec global_avgpool(bool keepdim = false);
   static LayerSpec add(std::vector<std::string> inputs);
