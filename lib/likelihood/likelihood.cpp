@@ -57,7 +57,7 @@ void check_targets(LikelihoodKind kind, const Dataset<Scalar>& data, Index C, In
       if ((data.labels[k] < 0 && data.labels[k] != kIgnoreIndex) || data.labels[k] >= C)
         detail::fail("class label " + std::to_string(data.labels[k]) + " of sample " + std::to_string(Index(k) / T) +
                      (T > 1 ? ", position " + std::to_string(Index(k) % T) : "") + " is outside [0, " +
-                     std::to_string(C) + ") (and is not the ignore index " + std::to_string(kIgnoreIndex) + ")");
+                     std::to_string(C) + ")");
     return;
   }
   if (data.targets.rows() != C * T || data.targets.cols() != N)
