@@ -30,15 +30,16 @@ namespace cli {
 
 namespace {
 
-// A bound on rank F for the batch (Martens & Grosse; docs/math.md): F = 1/(N·T) Σ J_nᵀ H_n J_n is a sum of
-// N·T per-position terms of rank ≤ rank H: C − 1 for the categorical (softmax ignores a common shift of the
-// logits), C for gaussian and bernoulli; S sampled scores per position for mc; one score per sample (the
-// stacked positions) for the empirical Fisher. Above it F + 0·I is singular.
-Index fisher_rank_bound(FisherKind kind, LikelihoodKind likelihood, Index N, Index T, Index C, int mc_samples) {
-  const Index exact = N * T * (likelihood == LikelihoodKind::categorical ? C - 1 : C);
+// A bound on rank F for the batch (Martens & Grosse; docs/math.md): F = 1/M Σ J_nᵀ H_n J_n is a sum of
+// M per-position terms (the positions that count: N·T less those whose label is the ignore index) of rank
+// ≤ rank H: C − 1 for the categorical (softmax ignores a common shift of the logits), C for gaussian and
+// bernoulli; S sampled scores per position for mc; one score per sample (the stacked positions) for the
+// empirical Fisher. Above it F + 0·I is singular.
+Index fisher_rank_bound(FisherKind kind, LikelihoodKind likelihood, Index N, Index M, Index C, int mc_samples) {
+  const Index exact = M * (likelihood == LikelihoodKind::categorical ? C - 1 : C);
   switch (kind) {
     case FisherKind::exact: return exact;
-    case FisherKind::mc: return std::min(exact, N * T * Index(mc_samples));
+    case FisherKind::mc: return std::min(exact, M * Index(mc_samples));
     case FisherKind::empirical: return N;
   }
   return exact;
@@ -180,7 +181,18 @@ int run_solve(Args& a, const World& world) {
               damping_text.c_str(), a.dtype.c_str(), threads, ranks.c_str(), p.params_label.c_str());
   // λ = 0 with F provably singular on this batch: CG can reach a least-squares answer at best.
   const Index curvature_samples = world.size() > 1 ? p.curvature_total : a.curvature_batch > 0 ? a.curvature_batch : p.total;
-  const Index rank_bound = fisher_rank_bound(opt.fisher.kind, p.file.likelihood, curvature_samples, positions,
+  // M: the curvature batch's positions that count (categorical labels equal to the ignore index do not), over
+  // the ranks.
+  Index counted = curvature_samples * positions;
+  if (p.file.likelihood == LikelihoodKind::categorical) {
+    const Dataset<Scalar>& cd = world.size() > 1 && p.curvature_total < p.total ? p.curvature : p.data;
+    const Index n = world.size() > 1 ? cd.size() : curvature_samples;
+    double mine = double(std::count_if(cd.labels.begin(), cd.labels.begin() + n * positions,
+                                       [](int64_t y) { return y != kIgnoreIndex; }));
+    if (world.size() > 1) world.comm().sum(&mine, 1);
+    counted = static_cast<Index>(mine);
+  }
+  const Index rank_bound = fisher_rank_bound(opt.fisher.kind, p.file.likelihood, curvature_samples, counted,
                                              p.model->output_size() / positions, a.mc_samples);
   if (a.damping == 0 && rank_bound < p.model->num_params() && !a.quiet && world.root())
     std::fprintf(stderr,
@@ -189,7 +201,10 @@ int run_solve(Args& a, const World& world) {
                  "damping > 0\n",
                  static_cast<long long>(rank_bound),
                  opt.fisher.kind == FisherKind::empirical ? "N, one score per sample"
-                 : opt.fisher.kind == FisherKind::mc      ? "N*T*S sampled scores"
+                 : counted < curvature_samples * positions
+                     ? (opt.fisher.kind == FisherKind::mc ? "M*S sampled scores, M the positions not ignored"
+                                                          : "M*(C-1), M the positions not ignored")
+                 : opt.fisher.kind == FisherKind::mc                ? "N*T*S sampled scores"
                  : p.file.likelihood == LikelihoodKind::categorical ? "N*T*(C-1)" : "N*T*C",
                  static_cast<long long>(p.model->num_params()));
   progress.line("forward pass over %lld samples", static_cast<long long>(p.total));

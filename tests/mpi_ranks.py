@@ -4,7 +4,8 @@
 Usage: mpi_ranks.py <natgrad> <mpiexec> <ranks>
 
 For each case (three likelihoods, a chain and a residual graph, a batch that the ranks do not divide
-evenly, a curvature batch smaller than the batch) it runs `natgrad solve` (also with the diagonal
+evenly, a curvature batch smaller than the batch, categorical targets of -100 that leave a rank's whole share
+out) it runs `natgrad solve` (also with the diagonal
 preconditioner), `fvp` (exact, empirical, Monte-Carlo) and `spectrum` once in one process and once under `mpiexec -np <ranks>`, in float64, and checks:
   - loss, gradient and every Fisher-vector product agree to 1e-12 (relative): the sums over ranks add the same
     per-sample terms in another order, nothing more;
@@ -115,6 +116,12 @@ cases = {
     "bernoulli": (chain, {"inputs": ("F64", x), "targets": ("F64", (rng.random((N, C)) < 0.5) * 1.0)}),
     "residual graph": (residual, {"inputs": ("F64", x), "targets": ("I64", rng.integers(0, C, N))}),
 }
+# Targets of -100 (ignore_index) count for nothing: the first 34 samples (rank 0's whole share of 3 ranks) and
+# every third one after them; the ranks sum the count of those that do.
+padded = np.random.default_rng(11).integers(0, C, N)
+padded[:34] = -100
+padded[34::3] = -100
+cases["categorical padded"] = (chain, {"inputs": ("F64", x), "targets": ("I64", padded)})
 
 for name, (spec, data) in cases.items():
     tag = name.replace(" ", "_")
@@ -125,7 +132,7 @@ for name, (spec, data) in cases.items():
     common = ["--model", p(tag + ".json"), "--data", p(tag + ".safetensors"), "--seed", "3"]
 
     # solve: gradient, loss, direction, spectrum; the curvature on the first 50 samples for one case
-    curvature = ["--curvature-batch", "50"] if name == "gaussian" else []
+    curvature = ["--curvature-batch", "50"] if name in ("gaussian", "categorical padded") else []
     # (The condition number of a Gaussian or Bernoulli F + λI needs λ_min by Lanczos, hundreds of products:
     # the solve's spectrum is checked on the categorical cases, the spectrum command on all.)
     spectrum = "3" if data["targets"][0] == "I64" else "0"

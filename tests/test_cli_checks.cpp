@@ -208,6 +208,24 @@ TEST_F(Cli, DampingZeroWarnsWhenFIsSingularOnTheBatch) {
   EXPECT_EQ(r.err, "");
 }
 
+// The warning's bound counts the positions that count: labels of -100 (ignore_index) are left out, over the
+// batch or the curvature subset (M = 15 of 40 samples here, 3 of the first 10).
+TEST_F(Cli, DampingZeroWarningCountsOnlyTheTargetsThatAreNotIgnored) {
+  Loaded l = load();
+  Dataset<float> padded = l.data;
+  for (std::size_t n = 0; n < padded.labels.size(); ++n)
+    if (n % 8 != 0 && n % 8 != 3 && n % 8 != 5) padded.labels[n] = -100;  // keeps 0, 3, 5 of every 8
+  save_dataset(p("padded.safetensors"), padded, l.m.spec.input_shape);
+  const std::string args = "--model " + p("model.json") + " --weights " + p("w.safetensors") + " --data " +
+                           p("padded.safetensors") + " --cg-max-iters 3 --damping 0";
+  Result r = run_loud("solve " + args);
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("F has rank at most 45 on this batch (M*(C-1), M the positions not ignored)"),
+            std::string::npos) << r.err;
+  r = run_loud("solve " + args + " --curvature-batch 10");
+  EXPECT_NE(r.err.find("F has rank at most 12 on this batch (M*(C-1)"), std::string::npos) << r.err;
+}
+
 // --quiet silences the notes too: F64 weights converted for a float32 run.
 TEST_F(Cli, QuietSilencesEverythingButResultsAndErrors) {
   Loaded l = load();

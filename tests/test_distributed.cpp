@@ -397,6 +397,87 @@ TEST(Distributed, ProductAndGradientApplyTheScaleAndTheDampingOnce) {
   }
 }
 
+// Ignored targets (−100): the count M of positions that count is summed over the ranks, so a share with no
+// counted position contributes nothing and every rank divides by the global M. Against one process on the
+// whole batch (itself checked against the reduced batch and dense references in test_ignore_index), for
+// every Fisher kind and K-FAC; and a batch all of whose positions are ignored fails on every rank alike.
+TEST(Distributed, IgnoredTargetsAreCountedOverAllRanks) {
+  ModelSpec spec;
+  spec.input_shape = {3, 4};
+  spec.layers = {LayerSpec::linear(4, 6), LayerSpec::activation(LayerType::tanh), LayerSpec::linear(6, 5)};
+  Network<double> model(spec);
+  const Index N = 7, T = 3;
+  const Vec<double> theta = init_parameters(model, 3);
+  Dataset<double> data;
+  data.inputs = test::random_mat<double>(model.input_size(), N, 4);
+  for (Index k = 0; k < N * T; ++k) data.labels.push_back(int64_t(CounterRng(5, 1).bits(k) % 5));
+  // Rank 1 of 3's share (two samples): all of it ignored; and scattered positions of samples 0, 5 and 6.
+  const SampleShare idle = share_of(N, 1, 3);
+  ASSERT_EQ(idle.count, 2);
+  ASSERT_TRUE(idle.first > 0 && idle.first + idle.count < 5);
+  for (Index k = idle.first * T; k < (idle.first + idle.count) * T; ++k) data.labels[static_cast<std::size_t>(k)] = -100;
+  for (Index k : {1, 17, 20}) data.labels[static_cast<std::size_t>(k)] = -100;
+  const Vec<double> v = test::random_vec<double>(model.num_params(), 6);
+  for (FisherKind kind : {FisherKind::exact, FisherKind::mc, FisherKind::empirical}) {
+    SCOPED_TRACE(to_string(kind));
+    FisherOptions fo;
+    fo.kind = kind;
+    fo.mc_samples = 2;
+    fo.seed = 8;
+    fo.damping = 0.1;
+    fo.num_threads = 1;
+    FisherOperator<double> one(model, theta, LikelihoodKind::categorical, data, fo);
+    ASSERT_EQ(one.counted_positions(), 12);
+    const Vec<double> y1 = test::apply(one, v), diag1 = one.empirical_fisher_diagonal();
+    KfacApproximation<double> kfac1(one);
+    kfac1.set_damping(0.1);
+    Vec<double> k1(one.rows());
+    kfac1.apply(v.data(), k1.data());
+    for (int K : {2, 3}) {
+      std::vector<Vec<double>> y(static_cast<std::size_t>(K)), g(y), diag(y), kf(y);
+      std::vector<double> loss(static_cast<std::size_t>(K));
+      std::vector<Index> counted(static_cast<std::size_t>(K));
+      const auto errors = on_ranks(K, [&](int r, const Communicator& comm) {
+        const SampleShare s = share_of(N, r, K);
+        FisherOperator<double> F(model, theta, LikelihoodKind::categorical, data.slice(s.first, s.count),
+                                 for_share(fo, comm, s, N));
+        const auto i = static_cast<std::size_t>(r);
+        counted[i] = F.counted_positions();
+        y[i] = test::apply(F, v);
+        loss[i] = F.loss();
+        g[i] = F.gradient();
+        diag[i] = F.empirical_fisher_diagonal();
+        KfacApproximation<double> kr(F);
+        kr.set_damping(0.1);
+        kf[i].resize(F.rows());
+        kr.apply(v.data(), kf[i].data());
+      });
+      for (int r = 0; r < K; ++r) {
+        const auto i = static_cast<std::size_t>(r);
+        ASSERT_EQ(errors[i], "") << "K " << K << " rank " << r;
+        EXPECT_EQ(counted[i], 12) << "K " << K << " rank " << r;
+        EXPECT_LE(rel_err_vec(y[i], y1), 1e-13) << "K " << K << " rank " << r;
+        EXPECT_LE(rel_err(loss[i], one.loss()), 1e-14) << "K " << K;
+        EXPECT_LE(rel_err_vec(g[i], one.gradient()), 1e-13) << "K " << K;
+        EXPECT_LE(rel_err_vec(diag[i], diag1), 1e-13) << "K " << K;
+        EXPECT_LE(rel_err_vec(kf[i], k1), 1e-11) << "K " << K;
+        EXPECT_EQ(y[i], y[0]);
+        EXPECT_EQ(g[i], g[0]);
+      }
+    }
+  }
+  // Nothing counts anywhere: the same sentence on every rank.
+  Dataset<double> padding = data;
+  padding.labels.assign(padding.labels.size(), -100);
+  const auto errors = on_ranks(3, [&](int r, const Communicator& comm) {
+    const SampleShare s = share_of(N, r, 3);
+    FisherOperator<double> F(model, theta, LikelihoodKind::categorical, padding.slice(s.first, s.count),
+                             for_share(FisherOptions{}, comm, s, N));
+  });
+  for (const std::string& e : errors)
+    EXPECT_NE(e.find("every target of the batch is the ignore index -100"), std::string::npos) << e;
+}
+
 TEST(Distributed, TraceAndDensityProbesAreTheOneProcessOnes) {
   // Hutchinson's and SLQ's Rademacher probes are keyed by the probe index, and each probe's products are
   // sums over the ranks: the estimates are the one-process ones.

@@ -19,9 +19,10 @@ namespace natgrad {
 template <typename Scalar>
 void FisherOperator<Scalar>::perform_op(const Scalar* x, Scalar* y) const {
   // The product, derived. A sample's outputs z_n = f(x_n; θ) ∈ R^{T·C} (T positions of C outputs) define the
-  // mean negative log-likelihood over the N·T positions, whose Fisher is
+  // mean negative log-likelihood over the M positions that count (N·T less those whose categorical label is
+  // kIgnoreIndex: their blocks of H_n are zero), whose Fisher is
   //
-  //     F = s Σ_n J_nᵀ H_n J_n,   s = 1/(N·T),   J_n = ∂z_n/∂θ,   H_n = E_y[∇_z log p ∇_z log pᵀ]
+  //     F = s Σ_n J_nᵀ H_n J_n,   s = 1/M,   J_n = ∂z_n/∂θ,   H_n = E_y[∇_z log p ∇_z log pᵀ]
   //
   // with y ~ p(y | z_n) (H_n: the output distribution's Fisher, exact, Monte-Carlo or empirical:
   // OutputCurvature). For v = x
@@ -39,7 +40,7 @@ void FisherOperator<Scalar>::perform_op(const Scalar* x, Scalar* y) const {
   // Step 4 comes after every sum, in one place for one process and for K ranks. Steps 1–3 add per-sample
   // terms only — over chunks, sample groups and (under MPI) ranks, each rank holding its share of the N
   // samples — so y after step 3 is the full Σ_n over all N·T positions whatever the split. The mean's factor
-  // s = 1/(N·T) uses the total N (FisherOptions::total_samples), not a rank's share, and λv belongs to no
+  // s = 1/M uses the count over all ranks (State::count_positions), not a rank's share, and λv belongs to no
   // sample: added inside the sum, it would count once per rank (K·λv) or per group. Hence exactly one
   // y = s·y + λx, on the summed y.
   NATGRAD_CHECK(x != nullptr && y != nullptr && (y + num_params_ <= x || x + num_params_ <= y));
@@ -77,7 +78,7 @@ const Vec<Scalar>& FisherOperator<Scalar>::gradient() const {
   st.loss = 0;
   for (double l : st.chunk_loss) st.loss += l;  // in chunk order
   if (st.distributed()) st.comm->sum(&st.loss, 1);
-  st.loss /= static_cast<double>(st.total_samples) * static_cast<double>(st.positions);
+  st.loss /= static_cast<double>(st.counted);
   st.have_gradient = st.have_loss = true;
   return st.gradient;
 }
@@ -131,6 +132,31 @@ FisherOperator<Scalar>::FisherOperator(const Network<Scalar>& model, Vec<Scalar>
     failed = std::current_exception();
   }
   s_->run_forward(failed);
+  s_->count_positions();  // (every rank is here: a failed setup threw on all of them in run_forward)
+}
+
+template <typename Scalar>
+void FisherOperator<Scalar>::State::count_positions() {
+  // M, the positions the means are over. Only categorical labels can be ignored; any other likelihood (or a
+  // batch without an ignored label anywhere) counts all N·T, and a batch whose ranks hold no ignored label
+  // still takes part in the one sum (a collective: every rank or none).
+  const Index all = total_samples * positions;
+  if (likelihood != LikelihoodKind::categorical) {
+    counted = all;
+    return;
+  }
+  const Index mine = counted_labels(data.labels);
+  if (distributed()) {
+    double m = double(mine);
+    comm->sum(&m, 1);
+    counted = static_cast<Index>(m);
+  } else {
+    counted = mine + (total_samples - num_samples) * positions;
+  }
+  if (counted == 0)
+    detail::fail("every target of the batch is the ignore index " + std::to_string(kIgnoreIndex) +
+                 (positions > 1 ? " (all " + std::to_string(all) + " positions)" : "") +
+                 ": no position counts toward the loss, the gradient or the Fisher");
 }
 
 template <typename Scalar>
@@ -361,6 +387,10 @@ Index FisherOperator<Scalar>::num_samples() const {
 template <typename Scalar>
 Index FisherOperator<Scalar>::total_samples() const {
   return s_->total_samples;
+}
+template <typename Scalar>
+Index FisherOperator<Scalar>::counted_positions() const {
+  return s_->counted;
 }
 template <typename Scalar>
 const Network<Scalar>& FisherOperator<Scalar>::model() const {

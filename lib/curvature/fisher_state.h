@@ -19,7 +19,8 @@ namespace natgrad {
 namespace detail {
 
 /// y ← s·y + λx on entries [i0, i0 + n) of a parameter vector (x is read only when λ ≠ 0): the last step of
-/// every product (s = 1/(N·T), λ the damping) and of the gradient (s = 1/(N·T), λ = 0), applied by
+/// every product (s = 1/M, λ the damping) and of the gradient (s = 1/M, λ = 0), M the positions that count
+/// (N·T less the ignored ones, State::counted), applied by
 /// State::scale_and_damp to the whole of y once the sum over samples (and ranks) is complete.
 template <typename Scalar>
 struct ScaleAndDamp {
@@ -127,8 +128,13 @@ struct FisherOperator<Scalar>::State {
   /// plan's sample groups summed in group order; this rank's samples, unscaled.
   Vec<Scalar> squared_gradients(const std::vector<bool>& nodes);
 
-  /// 1/(N·T): the loss and the Fisher are means over the N samples' T positions.
-  Scalar inverse_count() const { return Scalar(1) / (Scalar(total_samples) * Scalar(positions)); }
+  /// 1/M: the loss and the Fisher are means over the M positions that count (the N samples' T positions
+  /// less those whose label is kIgnoreIndex, over all ranks).
+  Scalar inverse_count() const { return Scalar(1) / Scalar(counted); }
+  /// M, once the targets are copied: this rank's positions that count, then (count_positions) over all
+  /// ranks. Without a communicator the samples of total_samples outside this one's count T positions each.
+  /// A batch in which no position counts is an error.
+  void count_positions();
   bool distributed() const { return comm->size() > 1; }
   void require_targets(const char* what) const;
 
@@ -140,6 +146,7 @@ struct FisherOperator<Scalar>::State {
   double damping;
   Index num_params, num_samples, total_samples;
   Index positions;  // T when the output is [T, C] (a likelihood per position), else 1
+  Index counted = 0;  // M: the positions that count (N·T less the ignored), over all ranks
   const Communicator* comm;
   detail::FisherPlan plan;
   int num_threads = 1;

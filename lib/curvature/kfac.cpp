@@ -202,9 +202,25 @@ KfacApproximation<Scalar>::KfacApproximation(const FisherOperator<Scalar>& F, co
     std::fill(covered_.begin() + b.offset, covered_.begin() + b.offset + b.size(), true);
   }
 
+  // Ignored positions (categorical labels kIgnoreIndex) are left out of A: a block with R = T rows per sample
+  // (a layer applied per output position) drops the rows of ignored positions, any other block the samples
+  // none of whose positions counts. G and the diagonal leave them out by themselves (their output cotangents
+  // are zero). Each factor is then a mean over what it kept, over all ranks.
+  const std::vector<int64_t>& labels = F.targets().labels;
+  const bool has_labels = F.likelihood() == LikelihoodKind::categorical && Index(labels.size()) == N * T;
+  const bool ignoring = has_labels && counted_labels(labels) < N * T;
+  const int64_t* label_ptr = has_labels ? labels.data() : nullptr;
+  auto row_kept = [&](Index R, Index j, Index r) {  // row r of sample j of a block with R rows per sample
+    const int64_t* y = labels.data() + j * T;
+    if (R == T) return y[r] != kIgnoreIndex;
+    return std::any_of(y, y + T, [](int64_t v) { return v != kIgnoreIndex; });
+  };
+  std::vector<double> rows_kept(blocks_.size(), 0.0);
+
   // A: the layers' inputs, unfolded (a conv's patches, a sequence's rows), with a column of ones for a bias.
   const ForwardCache<Scalar>& cache = F.forward_cache();
-  for (Block& b : blocks_) {
+  for (std::size_t bi = 0; bi < blocks_.size(); ++bi) {
+    Block& b = blocks_[bi];
     const Layer<Scalar>& layer = model.layer(b.node);
     const Index in = layer.input_size(), R = b.positions, d = b.A.cols();
     const Index per = samples_per_block(R, d, N);
@@ -216,7 +232,19 @@ KfacApproximation<Scalar>::KfacApproximation(const FisherOperator<Scalar>& F, co
           ConstMatMap<Scalar>(model.input_act(cache, b.node).data() + c0 * in, in, n), unfolded.data(),
           unfolded.rows());
       if (b.bias) unfolded.col(b.cols).setOnes();
-      M = unfolded.topRows(R * n).template cast<double>();
+      if (!ignoring) {
+        M = unfolded.topRows(R * n).template cast<double>();
+      } else {
+        Index kept = 0;
+        for (Index j = 0; j < n; ++j)
+          for (Index r = 0; r < R; ++r) kept += row_kept(R, c0 + j, r) ? 1 : 0;
+        M.resize(kept, d);
+        Index i = 0;
+        for (Index j = 0; j < n; ++j)
+          for (Index r = 0; r < R; ++r)
+            if (row_kept(R, c0 + j, r)) M.row(i++) = unfolded.row(r + R * j).template cast<double>();
+      }
+      rows_kept[bi] += double(M.rows());
       add_gram(M, 1.0, b.A, num_threads_);
     }
   }
@@ -232,13 +260,14 @@ KfacApproximation<Scalar>::KfacApproximation(const FisherOperator<Scalar>& F, co
     F.backprop_outputs([&](Index c0, Index n, MatMap<Scalar> gz) {
       ConstMatMap<Scalar> Zc(Z.data() + c0 * TC, TC, n);
       if (closed) {
-        exact_fisher_factor<Scalar>(F.likelihood(), Zc, k, fo.seed, fo.first_sample + c0, gz, T);
+        exact_fisher_factor<Scalar>(F.likelihood(), Zc, k, fo.seed, fo.first_sample + c0, gz, T,
+                                    label_ptr ? label_ptr + c0 * T : nullptr);
       } else if (fo.kind == FisherKind::empirical) {
         nll_gradient<Scalar>(F.likelihood(), Zc, F.targets(), c0, gz, T);
       } else {  // draw k of the operator's Monte-Carlo labels
         Mat<Scalar> S(TC, n * draws);
         sample_scores<Scalar>(F.likelihood(), Zc, fo.seed, fo.first_sample + c0, draws,
-                              MatMap<Scalar>(S.data(), TC, n * draws), T);
+                              MatMap<Scalar>(S.data(), TC, n * draws), T, label_ptr ? label_ptr + c0 * T : nullptr);
         for (Index j = 0; j < n; ++j) gz.col(j) = S.col(j * draws + k);
       }
     });
@@ -261,22 +290,27 @@ KfacApproximation<Scalar>::KfacApproximation(const FisherOperator<Scalar>& F, co
     if (any_diagonal) diagonal += weight * F.squared_gradients(diagonal_nodes).template cast<double>();
   }
 
-  // Means over the samples (and positions), summed over the ranks.
-  const double total = double(F.total_samples());
+  // Means over the samples (and positions), summed over the ranks: A over its kept rows, G and the diagonal
+  // over the positions that count (F.counted_positions(): N·T when none is ignored).
+  const double counted = double(F.counted_positions());
   const Communicator* comm = fo.communicator && fo.communicator->size() > 1 ? fo.communicator : nullptr;
-  for (Block& b : blocks_) {
+  if (comm && !rows_kept.empty()) comm->sum(rows_kept.data(), Index(rows_kept.size()));
+  for (std::size_t bi = 0; bi < blocks_.size(); ++bi) {
+    Block& b = blocks_[bi];
     if (comm) {
       comm->sum(b.A.data(), b.A.size());
       comm->sum(b.G.data(), b.G.size());
     }
-    b.A = (b.A + b.A.transpose()).eval() * (0.5 / (total * double(b.positions)));
-    b.G = (b.G + b.G.transpose()).eval() * (0.5 / (total * double(T)));
+    // Without a communicator the samples of total_samples outside this operator's share count all R rows.
+    const double a_rows = comm ? rows_kept[bi] : rows_kept[bi] + double(F.total_samples() - N) * double(b.positions);
+    b.A = (b.A + b.A.transpose()).eval() * (0.5 / std::max(a_rows, 1.0));
+    b.G = (b.G + b.G.transpose()).eval() * (0.5 / counted);
   }
   if (comm && any_diagonal) comm->sum(diagonal.data(), diagonal.size());
   diagonal_ = Vec<Scalar>::Zero(num_params_);
   if (any_diagonal)
     for (Index i = 0; i < num_params_; ++i)
-      if (!covered_[static_cast<std::size_t>(i)]) diagonal_[i] = Scalar(diagonal[i] / (total * double(T)));
+      if (!covered_[static_cast<std::size_t>(i)]) diagonal_[i] = Scalar(diagonal[i] / counted);
 
   // Each factor's eigendecomposition, the largest blocks first.
   factored_.resize(blocks_.size());

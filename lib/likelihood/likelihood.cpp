@@ -40,6 +40,10 @@ FisherKind fisher_kind_from_string(const std::string& name) {
   detail::fail("unknown Fisher kind \"" + name + "\" (known: exact, mc, empirical)");
 }
 
+Index counted_labels(const std::vector<int64_t>& labels) {
+  return static_cast<Index>(labels.size()) - static_cast<Index>(std::count(labels.begin(), labels.end(), kIgnoreIndex));
+}
+
 template <typename Scalar>
 void check_targets(LikelihoodKind kind, const Dataset<Scalar>& data, Index C, Index positions) {
   const Index N = data.size(), T = positions;
@@ -50,7 +54,7 @@ void check_targets(LikelihoodKind kind, const Dataset<Scalar>& data, Index C, In
                    (T > 1 ? " (" + std::to_string(N) + " samples × " + std::to_string(T) + " positions)" : "") +
                    ", got " + std::to_string(data.labels.size()));
     for (std::size_t k = 0; k < data.labels.size(); ++k)
-      if (data.labels[k] < 0 || data.labels[k] >= C)
+      if ((data.labels[k] < 0 && data.labels[k] != kIgnoreIndex) || data.labels[k] >= C)
         detail::fail("class label " + std::to_string(data.labels[k]) + " of sample " + std::to_string(Index(k) / T) +
                      (T > 1 ? ", position " + std::to_string(Index(k) % T) : "") + " is outside [0, " +
                      std::to_string(C) + ")");
@@ -89,6 +93,7 @@ double nll_sum(LikelihoodKind kind, ConstMatMap<Scalar> Z0, const Dataset<Scalar
     const Scalar* z = Z.col(j).data();
     switch (kind) {
       case LikelihoodKind::categorical: {
+        if (data.labels[static_cast<std::size_t>(k0 + j)] == kIgnoreIndex) break;  // counts for nothing
         const Scalar m = *std::max_element(z, z + C);
         double s = 0;
         for (Index c = 0; c < C; ++c) s += std::exp(double(z[c] - m));
@@ -122,10 +127,16 @@ void nll_gradient(LikelihoodKind kind, ConstMatMap<Scalar> Z0, const Dataset<Sca
   for (Index j = 0; j < K; ++j) {
     Scalar* g = G.col(j).data();
     switch (kind) {
-      case LikelihoodKind::categorical:
+      case LikelihoodKind::categorical: {
+        const int64_t y = data.labels[static_cast<std::size_t>(k0 + j)];
+        if (y == kIgnoreIndex) {
+          std::fill(g, g + C, Scalar(0));
+          break;
+        }
         softmax(Z.col(j).data(), C, g);
-        g[data.labels[static_cast<std::size_t>(k0 + j)]] -= Scalar(1);
+        g[y] -= Scalar(1);
         break;
+      }
       case LikelihoodKind::gaussian: {
         const Scalar* y = data.targets.data() + (k0 + j) * C;
         for (Index c = 0; c < C; ++c) g[c] = Z(c, j) - y[c];
@@ -142,12 +153,17 @@ void nll_gradient(LikelihoodKind kind, ConstMatMap<Scalar> Z0, const Dataset<Sca
 
 template <typename Scalar>
 void sample_scores(LikelihoodKind kind, ConstMatMap<Scalar> Z, uint64_t seed, Index sample0, int draws,
-                   MatMap<Scalar> S, Index T) {
+                   MatMap<Scalar> S, Index T, const int64_t* labels) {
   const Index C = Z.rows() / T;
   Vec<Scalar> p(C);
   for (Index j = 0; j < Z.cols(); ++j) {
     const CounterRng rng(seed, rng_stream(RngDomain::mc_labels, static_cast<uint64_t>(sample0 + j)));
     for (Index t = 0; t < T; ++t) {
+      if (labels && kind == LikelihoodKind::categorical && labels[j * T + t] == kIgnoreIndex) {
+        // An ignored position: a zero score, no draw (the others' counters s·T + t do not depend on it).
+        for (int s = 0; s < draws; ++s) VecMap<Scalar>(S.col(j * draws + s).data() + t * C, C).setZero();
+        continue;
+      }
       const Scalar* z = Z.col(j).data() + t * C;
       if (kind == LikelihoodKind::categorical) softmax(z, C, p.data());  // once per position, for every draw
       for (int s = 0; s < draws; ++s) {
@@ -206,7 +222,8 @@ Dataset<Scalar> sample_targets(LikelihoodKind kind, ConstMatMap<Scalar> Z, uint6
   template void check_targets<S>(LikelihoodKind, const Dataset<S>&, Index, Index);                             \
   template double nll_sum<S>(LikelihoodKind, ConstMatMap<S>, const Dataset<S>&, Index, Index);                 \
   template void nll_gradient<S>(LikelihoodKind, ConstMatMap<S>, const Dataset<S>&, Index, MatMap<S>, Index);   \
-  template void sample_scores<S>(LikelihoodKind, ConstMatMap<S>, uint64_t, Index, int, MatMap<S>, Index);      \
+  template void sample_scores<S>(LikelihoodKind, ConstMatMap<S>, uint64_t, Index, int, MatMap<S>, Index,      \
+                                 const int64_t*);                                                              \
   template Dataset<S> sample_targets<S>(LikelihoodKind, ConstMatMap<S>, uint64_t, Index);
 NATGRAD_INSTANTIATE(float)
 NATGRAD_INSTANTIATE(double)

@@ -2,6 +2,7 @@
 
 #include "core/link_functions.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 #include "core/fail.h"
@@ -17,6 +18,12 @@ OutputCurvature<Scalar>::OutputCurvature(LikelihoodKind likelihood, FisherKind k
   if (kind == FisherKind::mc && mc_samples < 1)
     detail::fail("mc_samples must be at least 1, got " + std::to_string(mc_samples));
   const Index C = num_outputs_, N = num_samples_, T = positions_, c1 = C / T;
+  const bool has_labels = likelihood == LikelihoodKind::categorical &&
+                          static_cast<Index>(data.labels.size()) == N * T;
+  if (has_labels && counted_labels(data.labels) < N * T) {
+    ignored_.resize(static_cast<std::size_t>(N * T));
+    for (std::size_t k = 0; k < ignored_.size(); ++k) ignored_[k] = data.labels[k] == kIgnoreIndex;
+  }
   switch (kind) {
     case FisherKind::exact:
       if (likelihood == LikelihoodKind::categorical && !keep_probabilities) {
@@ -34,7 +41,8 @@ OutputCurvature<Scalar>::OutputCurvature(LikelihoodKind likelihood, FisherKind k
       break;
     case FisherKind::mc:
       stat_.resize(C, N * draws_);
-      sample_scores<Scalar>(likelihood, Z, seed, first_sample, draws_, MatMap<Scalar>(stat_.data(), C, N * draws_), T);
+      sample_scores<Scalar>(likelihood, Z, seed, first_sample, draws_, MatMap<Scalar>(stat_.data(), C, N * draws_), T,
+                            has_labels ? data.labels.data() : nullptr);
       break;
     case FisherKind::empirical: {
       check_targets(likelihood, data, c1, T);
@@ -60,6 +68,10 @@ void OutputCurvature<Scalar>::apply(Index col0, ConstMatMap<Scalar> U, MatMap<Sc
         for (Index k = 0; k < n * positions_; ++k) {
           const Index c1 = num_outputs_ / positions_, b = col0 * positions_ + k;
           Scalar* h = HU.data() + k * c1;
+          if (!ignored_.empty() && ignored_[static_cast<std::size_t>(b)]) {  // a position that counts for nothing
+            std::fill(h, h + c1, Scalar(0));
+            continue;
+          }
           Index m;
           const Scalar* pp;
           if (logits_) {

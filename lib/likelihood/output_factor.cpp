@@ -11,13 +11,15 @@ namespace natgrad {
 
 template <typename Scalar>
 void exact_fisher_factor(LikelihoodKind likelihood, ConstMatMap<Scalar> Z, Index c, uint64_t seed, Index sample0,
-                         MatMap<Scalar> S, Index positions) {
+                         MatMap<Scalar> S, Index positions, const int64_t* labels) {
   const Index T = positions, C = Z.rows() / T;
   std::vector<Scalar> p(static_cast<std::size_t>(C));
   S.setZero();
   for (Index j = 0; j < Z.cols(); ++j) {
     const CounterRng rng(seed, rng_stream(RngDomain::kfac_signs, static_cast<uint64_t>(sample0 + j)));
     for (Index t = 0; t < T; ++t) {
+      if (labels && likelihood == LikelihoodKind::categorical && labels[j * T + t] == kIgnoreIndex)
+        continue;  // an ignored position: its block stays zero
       const Scalar sign = T > 1 ? Scalar(rng.rademacher(static_cast<uint64_t>(c * T + t))) : Scalar(1);
       const Scalar* z = Z.col(j).data() + t * C;
       Scalar* s = S.col(j).data() + t * C;
@@ -47,8 +49,8 @@ void exact_fisher_factor(LikelihoodKind likelihood, ConstMatMap<Scalar> Z, Index
 }
 
 template void exact_fisher_factor<float>(LikelihoodKind, ConstMatMap<float>, Index, uint64_t, Index, MatMap<float>,
-                                         Index);
+                                         Index, const int64_t*);
 template void exact_fisher_factor<double>(LikelihoodKind, ConstMatMap<double>, Index, uint64_t, Index,
-                                          MatMap<double>, Index);
+                                          MatMap<double>, Index, const int64_t*);
 
 }  // namespace natgrad

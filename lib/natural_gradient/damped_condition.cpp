@@ -10,7 +10,9 @@ ConditionEstimate damped_condition_number(const FisherOperator<Scalar>& F, doubl
   const Index C = model.output_size();
   const bool shift_null = F.likelihood() == LikelihoodKind::categorical && model.num_layers() > 0 &&
                           model.layer(model.num_layers() - 1).type() == LayerType::linear;
-  ConditionEstimate c = condition_number(F, shift_null ? 0 : F.total_samples() * C, 1e-10, 300, known_lambda_max);
+  // rank F ≤ M·C over the M positions that count (N·T less the ignored ones) of C / T outputs each.
+  const Index rank_bound = F.counted_positions() * (C / model.output_positions());
+  ConditionEstimate c = condition_number(F, shift_null ? 0 : rank_bound, 1e-10, 300, known_lambda_max);
   if (shift_null && c.kind == ConditionMethod::rank_bound)
     c.method = "softmax shift invariance: the final linear layer's common-logit directions are in F's null space";
   c.lambda_max += damping;

@@ -9,7 +9,9 @@
 ///   2. w_n = H_n u_n / N    a C × C product per sample (O(C) for the exact Fisher),
 ///   3. F v = Σ_n J_nᵀ w_n    one reverse-mode pass,
 /// plus λ v. The forward pass runs once, at construction, and is reused by every product, by loss() and
-/// gradient().
+/// gradient(). With T positions per sample the 1/N is 1/M over the M positions that count: N·T less those
+/// whose categorical label is kIgnoreIndex (−100, as PyTorch's cross_entropy), which add nothing to the loss,
+/// the gradient or any Fisher (counted_positions(); docs/math.md).
 ///
 /// **Parallelism and determinism.** A product runs in three parallel phases, each over a fixed grid of work
 /// items that depends on the problem only (N, the layer shapes, the scalar size), never on the thread count:
@@ -177,8 +179,8 @@ class FisherOperator {
   /// The gradient, moved out of the operator (computed first if need be): a caller that keeps it saves a
   /// parameter-sized copy. A later gradient() computes it again.
   Vec<Scalar> take_gradient();
-  /// The empirical Fisher's diagonal, 1/N Σ_n (∇θ ℓ_n)², from per-sample squared gradients (1/(N·T) for a
-  /// likelihood per position, ℓ_n then summing the sample's T positions).
+  /// The empirical Fisher's diagonal, 1/N Σ_n (∇θ ℓ_n)², from per-sample squared gradients (1/M for a
+  /// likelihood per position, M = counted_positions(), ℓ_n then summing the sample's counted positions).
   Vec<Scalar> empirical_fisher_diagonal() const;
 
   /// **For curvature built outside the products (K-FAC, Fisher diagonals).** Backpropagates, for every
@@ -208,8 +210,11 @@ class FisherOperator {
 
   /// This rank's samples.
   Index num_samples() const;
-  /// Samples over all ranks (num_samples() in one process): the N of the mean.
+  /// Samples over all ranks (num_samples() in one process).
   Index total_samples() const;
+  /// The positions the loss, the gradient and the Fisher average over, over all ranks: N·T less those whose
+  /// categorical label is kIgnoreIndex (−100). Never 0 (such a batch is refused at construction).
+  Index counted_positions() const;
   const Network<Scalar>& model() const;
   /// This rank's targets (labels or real targets) as the operator copied them; its inputs are empty (they
   /// are forward_cache().acts[0]).

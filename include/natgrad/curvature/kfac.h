@@ -22,6 +22,12 @@
 /// Every other parameter tensor (biases of normalization layers, embeddings, tied weights, add's parameter
 /// operands) gets the diagonal of the same Fisher, Σ_k w_k (J_nᵀ s_k)² per sample.
 ///
+/// **Ignored targets** (categorical labels of kIgnoreIndex, −100): A is the mean over the kept rows only — a
+/// block with R = T rows per sample (a layer applied per output position) drops the rows of ignored positions,
+/// any other block the samples none of whose positions counts — and G and the diagonal divide by the M
+/// positions that count (FisherOperator::counted_positions()) instead of N·T; the ignored positions' output
+/// directions are zero. Over several ranks the kept rows are counted over all of them (docs/math.md).
+///
 /// **Damping and inversion** (factored Tikhonov damping with the π-split, Martens & Grosse §6.3):
 /// (A + π√λ I) ⊗ (G + √λ/π I) with π = √((tr A / dim A) / (tr G / dim G)), inverted through each factor's
 /// eigendecomposition (computed once, at construction); d + λ on the diagonal part.

@@ -32,7 +32,9 @@ class OutputCurvature {
   /// independently per position, so the exact blocks are its expectation).
   /// With keep_probabilities false (exact categorical only), Z must outlive this object: apply() reads it.
   /// Monte-Carlo labels of column n are keyed by the sample index first_sample + n (a batch shared by
-  /// several processes keys them globally).
+  /// several processes keys them globally). Categorical labels in `data` equal to kIgnoreIndex (when it
+  /// holds N·T labels) drop their positions from every kind: H_n's block of an ignored position is zero (no
+  /// label drawn there; the other positions keep their draws).
   OutputCurvature(LikelihoodKind likelihood, FisherKind kind, int mc_samples, uint64_t seed, ConstMatMap<Scalar> Z,
                   const Dataset<Scalar>& data, Index positions = 1, bool keep_probabilities = true,
                   Index first_sample = 0);
@@ -53,15 +55,17 @@ class OutputCurvature {
   Mat<Scalar> stat_;  // exact: p (categorical) or σ(1 − σ) (bernoulli); mc/empirical: scores, C × (draws·N)
   std::vector<Index> dominant_;  // exact categorical: argmax_c p_c of each sample and position
   const Scalar* logits_ = nullptr;  // exact categorical without kept probabilities: Z
+  std::vector<unsigned char> ignored_;  // per sample and position (N·T), when some label is kIgnoreIndex
 };
 
 /// Column c of a factor of the exact output Fisher, H_n = Σ_c s_c s_cᵀ: for each column j of Z ((T·C) × n,
 /// C = Z.rows() / T classes per position), S_j = s_c at every position: categorical √p_c (e_c − p),
 /// bernoulli √(σ(1 − σ))_c e_c, gaussian e_c. With T > 1, position t's block is multiplied by a Rademacher
 /// sign keyed by (seed, sample0 + j, c·T + t), so Σ_c S Sᵀ is H_n plus cross-position terms of zero mean.
-/// K-FAC's output side for the exact Fisher (curvature/kfac.h).
+/// K-FAC's output side for the exact Fisher (curvature/kfac.h). With `labels` (categorical: T per column of
+/// Z, from labels[0]) an ignored position's block is zero.
 template <typename Scalar>
 void exact_fisher_factor(LikelihoodKind likelihood, ConstMatMap<Scalar> Z, Index c, uint64_t seed, Index sample0,
-                         MatMap<Scalar> S, Index positions = 1);
+                         MatMap<Scalar> S, Index positions = 1, const int64_t* labels = nullptr);
 
 }  // namespace natgrad

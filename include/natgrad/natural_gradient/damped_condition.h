@@ -3,7 +3,9 @@
 ///
 /// λ_min(F) = 0 is known without Lanczos when F is provably singular: softmax ignores a common shift of the
 /// logits, so for a categorical likelihood behind a final linear layer the directions ΔW = 1aᵀ, Δb = 1c
-/// change no prediction; and rank F ≤ N·C in general (N the samples over all ranks). Otherwise λ_min comes
+/// change no prediction; and rank F ≤ N·C in general (N the samples over all ranks; with a likelihood per
+/// position, M·C/T over the M positions that count, FisherOperator::counted_positions(): ignored targets
+/// shrink the bound). Otherwise λ_min comes
 /// from Lanczos (condition_number()); if that fails and λ > 0, (λ_max + λ)/λ is reported as an upper bound,
 /// and the method says so.
 ///
