@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Padded targets (ignore_index = -100) against PyTorch autograd in float64: two tiny sequence models
 written as PyTorch users write them (an embedding and per-position linear layers; an embedding, causal
-self-attention and a head), trained with F.cross_entropy(logits.view(-1, V), y.view(-1)) whose default
+self-attention and a head; an nn.TransformerEncoder language model), trained with F.cross_entropy(logits.view(-1, V), y.view(-1)) whose default
 ignore_index is -100, on batches whose targets are partly -100 (a padded tail per sequence, scattered
 positions, one sequence that is all padding). natgrad's loss and gradient against PyTorch's cross_entropy and
 autograd; the exact and empirical F·v against 1/M Σ_n J_nᵀ D_n H_n D_n J_n v (M the positions that count,
@@ -51,6 +51,23 @@ class TinyLM(nn.Module):
         h = self.tok(idx) + self.pos
         h = h + self.attn(h, h, h, attn_mask=self.mask, need_weights=False)[0]
         return self.head(self.ln(h))
+
+
+class EncoderLM(nn.Module):
+    """The language model people write on nn.TransformerEncoder (batch_first, norm_first, gelu, a causal mask
+    from nn.Transformer.generate_square_subsequent_mask), translated by the exporter into natgrad's nodes."""
+    def __init__(self, V, E, T):
+        super().__init__()
+        self.tok = nn.Embedding(V, E)
+        self.pos = nn.Parameter(torch.randn(T, E) * 0.5)
+        layer = nn.TransformerEncoderLayer(E, 2, 2 * E, dropout=0.1, activation="gelu", batch_first=True,
+                                           norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2)
+        self.head = nn.Linear(E, V)
+
+    def forward(self, idx):
+        mask = nn.Transformer.generate_square_subsequent_mask(idx.size(1))
+        return self.head(self.encoder(self.tok(idx) + self.pos, mask))
 
 
 def loss_of(model, x, y):
@@ -131,6 +148,8 @@ assert 0 < int((y != IGNORE).sum()) < N * T
 check("embedding + linear", Tagger(V, 5, 6), x, y, curvature=5)
 torch.manual_seed(12)
 d, common = check("embedding + causal attention", TinyLM(V, 4, T), x, y, curvature=3)
+torch.manual_seed(13)
+check("nn.TransformerEncoder language model (2 layers, norm_first, gelu)", EncoderLM(V, 4, T), x, y, curvature=4)
 
 # Errors: a batch in which nothing counts, and a negative target other than -100.
 padding = os.path.join(d, "padding.safetensors")
