@@ -46,12 +46,12 @@ _TABLE = "The PyTorch modules, functions and methods natgrad translates are in t
 # Node types the translation writes whose operations this natgrad does not have yet (issue 25): export_model
 # refuses a model that needs one, naming it. Delete a type here when its operation lands in lib/model.
 PENDING_TYPES = {"reshape", "permute", "scalar_affine", "mul", "mean", "sum", "elu", "mish", "group_norm",
-                 "conv1d", "upsample"}
+                 "upsample"}
 
 
 def _pending(spec):
-    """Whether a node spec needs an operation natgrad does not have yet (a grouped conv2d is pending too)."""
-    return spec["type"] in PENDING_TYPES or (spec["type"] == "conv2d" and spec.get("groups", 1) != 1)
+    """Whether a node spec needs an operation natgrad does not have yet."""
+    return spec["type"] in PENDING_TYPES
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -131,7 +131,7 @@ def module_spec(m):
                 "kernel_size": size(m.kernel_size), "stride": size(m.stride),
                 "padding": (0 if one else [0, 0]) if padding == "valid" else padding, "bias": m.bias is not None}
         if m.groups != 1:
-            spec["groups"] = m.groups  # grouped and depthwise: pending
+            spec["groups"] = m.groups  # grouped and depthwise
         return spec
     simple = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.SiLU: "silu", nn.Identity: "identity",
               nn.Mish: "mish"}
@@ -1070,7 +1070,7 @@ def graph_spec(model, input_shape, likelihood, allow_pending=False):
         pending = [l for l in spec["layers"] if _pending(l)]
         if pending:
             raise ValueError("natgrad does not have these operations yet (issue 25): " + "; ".join(
-                f"{l['type']}{' with groups' if l['type'] == 'conv2d' else ''} for {l['origin']}" for l in pending) +
+                f"{l['type']} for {l['origin']}" for l in pending) +
                 ". " + _TABLE)
     return spec, t.out_buffers, t.notes
 
