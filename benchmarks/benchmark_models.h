@@ -34,6 +34,24 @@ inline ModelSpec cnn() {
   return s;
 }
 
+/// A depthwise-separable CNN (MobileNet-style) on [32, 16, 16]: two blocks of depthwise 3×3 conv (groups =
+/// channels) + relu + pointwise 1×1 conv + relu — 32 → 64 channels at 16×16, then 64 (stride 2) → 128 at
+/// 8×8 — global average pool, linear 128 → 10.
+inline ModelSpec separable_cnn() {
+  auto depthwise = [](Index channels, Index stride) {
+    LayerSpec s = LayerSpec::conv2d(channels, channels, 3, stride, 1);
+    s.groups = channels;
+    return s;
+  };
+  const LayerSpec relu = LayerSpec::activation(LayerType::relu);
+  ModelSpec s;
+  s.input_shape = {32, 16, 16};
+  s.layers = {depthwise(32, 1), relu, LayerSpec::conv2d(32, 64, 1), relu,
+              depthwise(64, 2), relu, LayerSpec::conv2d(64, 128, 1), relu,
+              LayerSpec::global_avgpool(), LayerSpec::linear(128, 10)};
+  return s;
+}
+
 /// The Fashion-MNIST ResNet: stem conv 1→32 3×3 pad 1 + batch norm + relu; four basic blocks (3×3 conv, batch
 /// norm, relu, 3×3 conv, batch norm, add the shortcut, relu; convolutions without bias, as torchvision's) of
 /// widths 32, 32, 64 (stride 2, shortcut 1×1 conv + batch norm), 64; global average pool; linear 64→10.

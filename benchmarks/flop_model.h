@@ -21,7 +21,8 @@ inline FlopModel flops_per_sample(const Network<float>& m) {
       f.attention += 2 * T * T * E;
       continue;
     }
-    if (layer.type() != LayerType::linear && layer.type() != LayerType::conv2d) continue;
+    if (layer.type() != LayerType::linear && layer.type() != LayerType::conv2d && layer.type() != LayerType::conv1d)
+      continue;
     const double macs = layer.macs_per_sample();
     f.forward += 2 * macs;
     f.weight += 2 * macs;

@@ -44,6 +44,7 @@ int threads() {
 using bench::cnn;
 using bench::gpt;
 using bench::resnet;
+using bench::separable_cnn;
 using bench::mlp;
 
 using bench::FlopModel;
@@ -184,6 +185,8 @@ BENCHMARK_CAPTURE(gradient, c10000, std::string("c10000"), mlp(10000), 1000)->Na
 BENCHMARK_CAPTURE(fvp, c10000, std::string("c10000"), mlp(10000), 1000, FisherKind::exact)->Name("mlp_c10000/fvp_exact")->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(gradient, cnn, std::string("cnn"), cnn(), 256)->Name("cnn/gradient")->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(fvp, cnn, std::string("cnn"), cnn(), 256, FisherKind::exact)->Name("cnn/fvp_exact")->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(gradient, separable_cnn, std::string("separable_cnn"), separable_cnn(), 256)->Name("separable_cnn/gradient")->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(fvp, separable_cnn, std::string("separable_cnn"), separable_cnn(), 256, FisherKind::exact)->Name("separable_cnn/fvp_exact")->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(gradient, resnet, std::string("resnet"), resnet(), 128)->Name("resnet/gradient")->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(fvp, resnet, std::string("resnet"), resnet(), 128, FisherKind::exact)->Name("resnet/fvp_exact")->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(gradient, gpt, std::string("gpt"), gpt(), 16)->Name("gpt/gradient")->Unit(benchmark::kMillisecond)->UseRealTime();

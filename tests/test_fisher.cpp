@@ -394,7 +394,19 @@ TEST(FisherParallelism, EightThreadsShareTheWorkAndMatchOneThreadBitForBit) {
                 LayerSpec::conv2d(32, 64, 3, 1, 1), LayerSpec::activation(LayerType::relu), LayerSpec::maxpool2d(2),
                 LayerSpec::flatten(), LayerSpec::linear(3136, 128), LayerSpec::activation(LayerType::relu),
                 LayerSpec::linear(128, 10)};
-  for (const auto& [name, spec, N] : {std::make_tuple("MLP", mlp, Index(1000)), std::make_tuple("CNN", cnn, Index(256))}) {
+  // Depthwise (multiplier 1, and 2 with stride 2) and pointwise convolutions: one GEMM per group.
+  auto depthwise = [](Index in, Index out, Index stride) {
+    LayerSpec s = LayerSpec::conv2d(in, out, 3, stride, 1);
+    s.groups = in;
+    return s;
+  };
+  ModelSpec separable;
+  separable.input_shape = {8, 12, 12};
+  separable.layers = {depthwise(8, 8, 1), LayerSpec::activation(LayerType::relu), LayerSpec::conv2d(8, 16, 1),
+                      LayerSpec::activation(LayerType::relu), depthwise(16, 32, 2), LayerSpec::activation(LayerType::relu),
+                      LayerSpec::global_avgpool(), LayerSpec::linear(32, 10)};
+  for (const auto& [name, spec, N] : {std::make_tuple("MLP", mlp, Index(1000)), std::make_tuple("CNN", cnn, Index(256)),
+                                      std::make_tuple("separable CNN", separable, Index(256))}) {
     SCOPED_TRACE(name);
     Network<float> model(spec);
     const Vec<float> theta = init_parameters(model, 1);

@@ -150,6 +150,41 @@ TEST(ModelSpec, ParsesPyTorchKeysAndRoundTrips) {
   EXPECT_EQ(model.output_size(), 3);
 }
 
+// conv1d's keys (integers, padding "same") and conv2d's and conv1d's groups, written back as read; groups that
+// do not divide the channels are refused with a sentence naming them.
+TEST(ModelSpec, Conv1dAndGroups) {
+  const ModelFile m = parse_model_spec(R"({"input_shape": [4, 10], "layers": [
+      {"type": "conv1d", "in_channels": 4, "out_channels": 8, "kernel_size": 3, "stride": 2, "padding": 1,
+       "groups": 4, "bias": false},
+      {"type": "conv1d", "in_channels": 8, "out_channels": 6, "kernel_size": 5, "padding": "same", "groups": 2},
+      {"type": "flatten"}, {"type": "linear", "in_features": 30, "out_features": 3}]})", "m.json");
+  const LayerSpec& a = m.spec.layers[0];
+  EXPECT_EQ(a.type, LayerType::conv1d);
+  EXPECT_EQ(a.kernel_w, 3);
+  EXPECT_EQ(a.stride_w, 2);
+  EXPECT_EQ(a.padding_w, 1);
+  EXPECT_EQ(a.groups, 4);
+  EXPECT_FALSE(a.bias);
+  EXPECT_TRUE(m.spec.layers[1].padding_same);
+  Network<double> model(m.spec);
+  EXPECT_EQ(model.layer(0).output_shape(), (Shape{8, 5}));
+  EXPECT_EQ(model.layer(0).param_tensors()[0].shape, (Shape{8, 1, 3}));
+  EXPECT_EQ(model.layer(1).param_tensors()[0].shape, (Shape{6, 4, 5}));
+  const std::string written = model_spec_to_json(m);
+  EXPECT_EQ(model_spec_to_json(parse_model_spec(written, "again")), written);
+  EXPECT_NE(written.find("\"groups\": 4"), std::string::npos);
+  const ModelFile g = parse_model_spec(R"({"input_shape": [4, 5, 5], "layers": [
+      {"type": "conv2d", "in_channels": 4, "out_channels": 6, "kernel_size": 3, "groups": 2}]})", "m.json");
+  EXPECT_EQ(g.spec.layers[0].groups, 2);
+  EXPECT_EQ(Network<double>(g.spec).layer(0).param_tensors()[0].shape, (Shape{6, 2, 3, 3}));
+  EXPECT_ERROR(parse_model_spec(R"({"input_shape": [4, 5, 5], "layers": [
+      {"type": "conv2d", "in_channels": 4, "out_channels": 6, "kernel_size": 3, "groups": 4}]})", "m.json"),
+               "m.json: layer 0 (conv2d): \"groups\" (4) must divide in_channels (4) and out_channels (6)");
+  EXPECT_ERROR(parse_model_spec(R"({"input_shape": [4, 10], "layers": [
+      {"type": "conv1d", "in_channels": 4, "out_channels": 4, "kernel_size": [1, 3]}]})", "m.json"),
+               "\"kernel_size\" must be an integer");
+}
+
 TEST(ModelSpec, RejectsBadSpecs) {
   EXPECT_ERROR(parse_model_spec("{\"input_shape\": [3], \"layers\": [", "m.json"), "m.json: malformed JSON");
   EXPECT_ERROR(parse_model_spec(R"({"input_shape": [3], "layers": [{"type": "lstm"}]})", "m.json"),

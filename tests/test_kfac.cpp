@@ -229,6 +229,51 @@ TEST(Kfac, UncoveredTensorsGetTheFishersDiagonal) {
   EXPECT_EQ(K.diagonal().head(off).cwiseAbs().maxCoeff(), 0.0);  // (the blocks' entries)
 }
 
+// A grouped convolution's gradient is block-diagonal over its groups, not one Kronecker product (conv2d.cpp):
+// it offers no factors, and its weight and bias get the exact Fisher's diagonal like any uncovered tensor.
+TEST(Kfac, GroupedConvolutionsGetTheFishersDiagonal) {
+  ModelSpec spec;
+  spec.input_shape = {4, 4, 4};
+  LayerSpec depthwise = LayerSpec::conv2d(4, 8, 3, 1, 1);
+  depthwise.groups = 4;
+  spec.layers = {depthwise, LayerSpec::activation(LayerType::tanh), LayerSpec::flatten(), LayerSpec::linear(128, 3)};
+  const Network<double> model(spec);
+  const Vec<double> theta = init_parameters(model, 17);
+  const Dataset<double> data = random_dataset(model, 6, LikelihoodKind::categorical, 18);
+  const FisherOperator<double> F(model, theta, LikelihoodKind::categorical, data);
+  const KfacApproximation<double> K(F);
+  ASSERT_EQ(K.blocks().size(), 1u);  // the linear layer only
+  const Mat<double> dense = dense_fisher(model, theta, data, LikelihoodKind::categorical, FisherKind::exact);
+  const Index P = model.layer(0).num_params();
+  ASSERT_EQ(P, 8 * 9 + 8);
+  EXPECT_LT(rel_err_vec(K.diagonal().head(P), dense.diagonal().head(P)), 1e-10);
+}
+
+// conv1d keeps the factors of one group: the same as the conv2d on [C, 1, L] with a 1 × k kernel and the same
+// parameters (whose factors ConvFactorsAgainstHandUnfoldedPatches checks).
+TEST(Kfac, Conv1dFactorsAreThoseOfConv2dOnOneRow) {
+  ModelSpec one, two;
+  one.input_shape = {3, 7};
+  two.input_shape = {3, 1, 7};
+  LayerSpec c2 = LayerSpec::conv2d(3, 4, 1, 2, 0);
+  c2.kernel_w = 3;
+  c2.padding_w = 1;
+  one.layers = {LayerSpec::conv1d(3, 4, 3, 2, 1), LayerSpec::flatten(), LayerSpec::linear(16, 3)};
+  two.layers = {c2, LayerSpec::flatten(), LayerSpec::linear(16, 3)};
+  const Network<double> m1(one), m2(two);
+  const Vec<double> theta = init_parameters(m1, 19);
+  ASSERT_EQ(theta.size(), m2.num_params());
+  const Dataset<double> data = random_dataset(m1, 6, LikelihoodKind::categorical, 20);
+  const FisherOperator<double> F1(m1, theta, LikelihoodKind::categorical, data),
+      F2(m2, theta, LikelihoodKind::categorical, data);
+  const KfacApproximation<double> K1(F1), K2(F2);
+  ASSERT_EQ(K1.blocks().size(), 2u);
+  ASSERT_EQ(K2.blocks().size(), 2u);
+  EXPECT_EQ(K1.blocks()[0].positions, 4);
+  EXPECT_LT(max_rel(K1.blocks()[0].A, K2.blocks()[0].A), 1e-14);
+  EXPECT_LT(max_rel(K1.blocks()[0].G, K2.blocks()[0].G), 1e-14);
+}
+
 // The damped inverse against (A + π√λ I) ⊗ (G + √λ/π I) built densely in the parameter order, SPD; the
 // undamped product against A ⊗ G.
 TEST(Kfac, DampedInverseIsThePiSplitKroneckerProductsInverse) {

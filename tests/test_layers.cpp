@@ -32,6 +32,17 @@ std::vector<LayerCase> layer_cases() {
   same_odd.padding_same = true;
   LayerSpec gelu_tanh = LayerSpec::activation(LayerType::gelu);
   gelu_tanh.tanh_approximation = true;
+  auto grouped = [](LayerSpec s, Index groups) {
+    s.groups = groups;
+    return s;
+  };
+  LayerSpec grouped_strided = grouped(LayerSpec::conv2d(4, 6, 3, 2, 0, false), 2);
+  grouped_strided.kernel_w = 2;
+  LayerSpec depthwise_same = grouped(LayerSpec::conv2d(4, 4, 3, 1, 0), 4);
+  depthwise_same.kernel_w = 5;
+  depthwise_same.padding_same = true;
+  LayerSpec conv1d_same = LayerSpec::conv1d(2, 3, 5);
+  conv1d_same.padding_same = true;
   return {
       {"linear", LayerSpec::linear(5, 4), {5}},
       {"linear_nobias", LayerSpec::linear(6, 3, false), {6}},
@@ -100,6 +111,18 @@ std::vector<LayerCase> layer_cases() {
       {"group_norm_two_groups_1d_no_affine", LayerSpec::group_norm(2, 4, 1e-5, false), {4, 5}},
       {"group_norm_instance_1d", LayerSpec::group_norm(4, 4), {4, 3}},
       {"group_norm_channels_only", LayerSpec::group_norm(2, 6), {6}},  // [N, C] as nn.GroupNorm accepts
+      // Grouped and depthwise convolutions (one GEMM per group) and conv1d (conv2d on [C, 1, L]).
+      {"conv2d_groups_2", grouped(LayerSpec::conv2d(4, 6, 3, 1, 1), 2), {4, 5, 5}},
+      {"conv2d_groups_2_stride_3x2_nobias", grouped_strided, {4, 6, 5}},
+      {"conv2d_depthwise", grouped(LayerSpec::conv2d(4, 4, 3, 1, 1), 4), {4, 5, 5}},
+      {"conv2d_depthwise_multiplier_2_stride_2", grouped(LayerSpec::conv2d(3, 6, 3, 2, 1), 3), {3, 6, 7}},
+      {"conv2d_depthwise_same_3x5", depthwise_same, {4, 4, 6}},
+      {"conv2d_groups_4_blocks_of_2", grouped(LayerSpec::conv2d(8, 4, 3, 1, 1), 4), {8, 13, 13}},
+      {"conv2d_depthwise_16_not_winograd", grouped(LayerSpec::conv2d(16, 16, 3, 1, 1), 16), {16, 4, 6}},
+      {"conv1d_pad", LayerSpec::conv1d(4, 3, 3, 1, 1), {4, 7}},
+      {"conv1d_stride_2_nobias", LayerSpec::conv1d(4, 3, 3, 2, 0, false), {4, 9}},
+      {"conv1d_padding_same", conv1d_same, {2, 6}},
+      {"conv1d_depthwise_multiplier_2", grouped(LayerSpec::conv1d(4, 8, 3, 1, 1), 4), {4, 6}},
   };
 }
 
@@ -495,6 +518,90 @@ TEST(LayerEdges, GroupNormForwardIsItsDefinition) {
     }
 }
 
+// A grouped convolution is the one-group convolution whose weight is zero between channels of different
+// groups (PyTorch's definition): its output, input cotangent and weight gradient (on the in-group entries)
+// against that dense convolution's, for grouped, depthwise and depthwise-multiplier shapes, 2-D and 1-D.
+TEST(GroupedConvolution, IsTheDenseConvolutionWithZeroCrossGroupWeights) {
+  struct Case {
+    LayerSpec spec;
+    Shape input;
+  };
+  auto grouped = [](LayerSpec s, Index groups) {
+    s.groups = groups;
+    return s;
+  };
+  const std::vector<Case> cases = {{grouped(LayerSpec::conv2d(4, 6, 3, 1, 1), 2), {4, 5, 5}},
+                                   {grouped(LayerSpec::conv2d(4, 4, 3, 2, 1), 4), {4, 7, 6}},
+                                   {grouped(LayerSpec::conv2d(3, 6, 2, 1, 0, false), 3), {3, 4, 5}},
+                                   {grouped(LayerSpec::conv2d(16, 32, 3, 1, 1), 16), {16, 6, 6}},
+                                   {grouped(LayerSpec::conv1d(4, 6, 3, 2, 1), 2), {4, 9}}};
+  for (const Case& c : cases) {
+    const LayerSpec& s = c.spec;
+    SCOPED_TRACE(std::string(to_string(s.type)) + " groups " + std::to_string(s.groups));
+    LayerSpec dense_spec = s;
+    dense_spec.groups = 1;
+    auto layer = make_layer<double>(s, c.input, "grouped");
+    auto dense = make_layer<double>(dense_spec, c.input, "dense");
+    EXPECT_EQ(layer->template as<KroneckerFactors<double>>(), nullptr);  // groups > 1: K-FAC's diagonal
+    ASSERT_NE(layer->template as<SquaredGradients<double>>(), nullptr);
+    ASSERT_EQ(layer->output_shape(), dense->output_shape());
+    const Index O = s.out_channels, C = s.in_channels, G = s.groups, Cg = C / G, Og = O / G;
+    const Index taps = s.type == LayerType::conv1d ? s.kernel_w : s.kernel_h * s.kernel_w;
+    Shape wshape = layer->param_tensors()[0].shape;
+    EXPECT_EQ(wshape[0], O);
+    EXPECT_EQ(wshape[1], Cg);
+    const Vec<double> theta = random_vec<double>(layer->num_params(), 41);
+    Vec<double> theta_dense = Vec<double>::Zero(dense->num_params());
+    // dense weight (o, c, t) = grouped weight (o, c − g·Cg, t) when c is in o's group g, else 0; same bias
+    for (Index o = 0; o < O; ++o)
+      for (Index cl = 0; cl < Cg; ++cl)
+        for (Index t = 0; t < taps; ++t) theta_dense[(o * C + (o / Og) * Cg + cl) * taps + t] = theta[(o * Cg + cl) * taps + t];
+    if (s.bias) theta_dense.tail(O) = theta.tail(O);
+    const Index n = 3, in = layer->input_size(), out = layer->output_size();
+    const Mat<double> X = random_mat<double>(in, n, 42), gY = random_mat<double>(out, n, 43);
+    const Mat<double> Y = run_forward<double>(*layer, theta, X), Yd = run_forward<double>(*dense, theta_dense, X);
+    EXPECT_LT(rel_err_vec(Y, Yd), 1e-13);
+    std::vector<double> scratch(static_cast<std::size_t>(std::max(layer->scratch_size(n), dense->scratch_size(n))) + 1);
+    Mat<double> gX(in, n), gXd(in, n);
+    Vec<double> gt = Vec<double>::Zero(layer->num_params()), gtd = Vec<double>::Zero(dense->num_params());
+    layer->vjp(theta.data(), ConstMatMap<double>(X.data(), in, n), ConstMatMap<double>(Y.data(), out, n), nullptr,
+               ConstMatMap<double>(gY.data(), out, n), gX.data(), gt.data(), scratch.data());
+    dense->vjp(theta_dense.data(), ConstMatMap<double>(X.data(), in, n), ConstMatMap<double>(Yd.data(), out, n),
+               nullptr, ConstMatMap<double>(gY.data(), out, n), gXd.data(), gtd.data(), scratch.data());
+    EXPECT_LT(rel_err_vec(gX, gXd), 1e-13);
+    Vec<double> gt_from_dense(layer->num_params());
+    for (Index o = 0; o < O; ++o)
+      for (Index cl = 0; cl < Cg; ++cl)
+        for (Index t = 0; t < taps; ++t) gt_from_dense[(o * Cg + cl) * taps + t] = gtd[(o * C + (o / Og) * Cg + cl) * taps + t];
+    if (s.bias) gt_from_dense.tail(O) = gtd.tail(O);
+    EXPECT_LT(rel_err_vec(gt, gt_from_dense), 1e-13);
+  }
+}
+
+// conv1d on [C, L] is conv2d on [C, 1, L] with a 1 × k kernel: the same parameters (weight [O, C, k] and
+// [O, C, 1, k] share their layout), the same outputs; and with one group it keeps K-FAC's factors.
+TEST(GroupedConvolution, Conv1dIsConv2dOnOneRow) {
+  for (bool same : {false, true}) {
+    LayerSpec one = LayerSpec::conv1d(3, 5, 3, same ? 1 : 2, same ? 0 : 1);
+    one.padding_same = same;
+    LayerSpec two = LayerSpec::conv2d(3, 5, 1, same ? 1 : 2, 0);
+    two.kernel_w = 3;
+    two.padding_w = same ? 0 : 1;
+    two.padding_same = same;
+    auto l1 = make_layer<double>(one, {3, 8}, "conv1d");
+    auto l2 = make_layer<double>(two, {3, 1, 8}, "conv2d");
+    EXPECT_EQ(l1->type(), LayerType::conv1d);
+    EXPECT_EQ(l1->param_tensors()[0].shape, (Shape{5, 3, 3}));
+    EXPECT_EQ(l1->output_shape(), (Shape{5, l2->output_shape()[2]}));
+    EXPECT_EQ(l1->output_shape()[1], same ? 8 : 4);
+    EXPECT_NE(l1->template as<KroneckerFactors<double>>(), nullptr);
+    ASSERT_EQ(l1->num_params(), l2->num_params());
+    const Vec<double> theta = random_vec<double>(l1->num_params(), 51);
+    const Mat<double> X = random_mat<double>(24, 2, 52);
+    EXPECT_EQ(run_forward<double>(*l1, theta, X), run_forward<double>(*l2, theta, X));
+  }
+}
+
 TEST(LayerEdges, NewLayersRefuseWhatTheyCannotRepresent) {
   LayerSpec bn = LayerSpec::batch_norm(3);
   bn.training = true;
@@ -503,6 +610,13 @@ TEST(LayerEdges, NewLayersRefuseWhatTheyCannotRepresent) {
   LayerSpec same_even = LayerSpec::conv2d(1, 1, 2);
   same_even.padding_same = true;
   EXPECT_ERROR(make_layer<double>(same_even, {1, 5, 5}, "c"), "pads asymmetrically");
+  LayerSpec groups3 = LayerSpec::conv2d(6, 4, 3);
+  groups3.groups = 3;
+  EXPECT_ERROR(make_layer<double>(groups3, {6, 5, 5}, "c"), "out_channels (4) divisible by groups");
+  LayerSpec conv1d_even_same = LayerSpec::conv1d(2, 2, 4);
+  conv1d_even_same.padding_same = true;
+  EXPECT_ERROR(make_layer<double>(conv1d_even_same, {2, 5}, "c"), "with an even kernel (4)");
+  EXPECT_ERROR(make_layer<double>(LayerSpec::conv1d(2, 2, 3), {2, 1, 5}, "c"), "expects input shape [2, L]");
   LayerSpec drop = LayerSpec::activation(LayerType::dropout);
   drop.training = true;
   EXPECT_ERROR(make_layer<double>(drop, {4}, "d"), "model.eval()");

@@ -9,9 +9,8 @@ float64 (loss, gradient, exact and empirical F·v, the damped direction's residu
     nn.Flatten, torch.cat; for the categorical and gaussian likelihoods;
   - an MLP ending in nn.LogSoftmax(dim=1), and one ending in torch.sigmoid with the bernoulli likelihood
     (whose BCELoss equals natgrad's loss);
-  - a CNN with nn.GroupNorm (1 < G < C; G = 1 without affine) and nn.InstanceNorm2d (affine or not, and with
-    running statistics in eval mode), and a sequence model with nn.InstanceNorm1d and nn.GroupNorm on
-    [N, C, L] and on [N, C];
+  - depthwise (multiplier 1 and 2, stride 2) and grouped nn.Conv2d, and nn.Conv1d on [C, L] (padding,
+    stride 2, padding="same", depthwise and grouped);
   - byte-level language models on nn.TransformerEncoder (2 layers) or two nn.TransformerEncoderLayers:
     norm_first True and False, relu and gelu, dropout in eval mode, a causal mask from a buffer or from
     nn.Transformer.generate_square_subsequent_mask (of x.size(1) or of a number), a final LayerNorm, and
@@ -25,12 +24,12 @@ float64 (loss, gradient, exact and empirical F·v, the damped direction's residu
     with their module's.
 Refusals, each a sentence: a batch dimension in input_shape, an unknown likelihood, a final softmax, a
 src_key_padding_mask, a mask that is not causal, a view that mixes the batch, an unsupported module and an
-unsupported function (naming the construct, the user's source line, the equivalent and the table), an
-InstanceNorm with running statistics in training mode or on a batch without a length, and an operation
-natgrad does not have yet.
-The translations that need operations natgrad does not have yet (Conv1d, grouped convolutions) are checked by
-running the written spec with a float64 reference of each node type as docs/formats.md defines it, against
-model(x).
+unsupported function (naming the construct, the user's source line, the equivalent and the table), and an
+InstanceNorm with running statistics in training mode or on a batch without a length.
+A depthwise-separable CNN (depthwise and grouped Conv2d, GroupNorm, nn.ELU, nn.Upsample, F.interpolate,
+mean((2, 3))) and a Conv1d sequence classifier (transpose, Conv1d, F.elu, permute, mean(1), sum(dim=1)) are
+also run as written spec by a float64 reference of each node type as docs/formats.md defines it, against
+model(x): the translation's meaning, checked apart from natgrad's arithmetic.
 Exit code 77 (ctest SKIP) when PyTorch is not installed, 1 with NATGRAD_REQUIRE_TORCH=1 (torch_oracle.py)."""
 import inspect
 import json
@@ -44,7 +43,7 @@ from torch_reference import flat, fvp, nll, rel  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from export_torch import PENDING_TYPES, export_model, graph_spec, load_safetensors, to_vector  # noqa: E402
+from export_torch import export_model, graph_spec, load_safetensors, to_vector  # noqa: E402
 
 oracle = Oracle()
 check, run, failures = oracle.check, oracle.run, oracle.failures
@@ -122,6 +121,38 @@ class SigmoidMLP(nn.Module):
 
 
 T, V, D = 6, 256, 8
+
+
+class GroupedCNN(nn.Module):
+    """Depthwise (groups = channels, multiplier 1 and 2, stride 2) and grouped Conv2d."""
+
+    def __init__(self, classes):
+        super().__init__()
+        self.depthwise = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.grouped = nn.Conv2d(4, 6, 1, groups=2)
+        self.depthwise2 = nn.Conv2d(6, 12, 3, stride=2, padding=1, groups=6, bias=False)
+        self.grouped3 = nn.Conv2d(12, 6, (3, 2), padding=(1, 0), groups=3)
+        self.fc = nn.Linear(6 * 3 * 2, classes)
+
+    def forward(self, x):                                   # [4, 6, 6]
+        h = F.relu(self.grouped(F.relu(self.depthwise(x))))
+        h = self.grouped3(F.relu(self.depthwise2(h)))       # [12, 3, 3] then [6, 3, 2]
+        return self.fc(h.view(h.size(0), -1))
+
+
+class Conv1dNet(nn.Module):
+    """nn.Conv1d on [C, L]: padding, stride 2, padding="same", grouped and depthwise."""
+
+    def __init__(self, classes):
+        super().__init__()
+        self.conv1 = nn.Conv1d(3, 6, 3, padding=1)
+        self.conv2 = nn.Conv1d(6, 6, 3, stride=2, groups=6)
+        self.conv3 = nn.Conv1d(6, 4, 5, padding="same", groups=2, bias=False)
+        self.fc = nn.Linear(4 * 4, classes)
+
+    def forward(self, x):                                   # [3, 10]
+        h = F.relu(self.conv2(F.relu(self.conv1(x))))       # [6, 4]
+        return self.fc(torch.flatten(self.conv3(h), 1))
 
 
 class EncoderLM(nn.Module):
@@ -254,6 +285,12 @@ flat_in = torch.randn(N, 4, 4)
 torch.manual_seed(9)
 compare("MLP ending in nn.LogSoftmax", LogSoftmaxMLP(C).eval(), [4, 4], "categorical", flat_in, labels,
         user_loss=F.nll_loss)
+torch.manual_seed(13)
+compare("grouped and depthwise Conv2d", GroupedCNN(C).eval(), [4, 6, 6], "categorical", torch.randn(N, 4, 6, 6),
+        labels)
+torch.manual_seed(14)
+compare("Conv1d with padding, stride 2, same, groups", Conv1dNet(C).eval(), [3, 10], "categorical",
+        torch.randn(N, 3, 10), labels)
 torch.manual_seed(10)
 sig = SigmoidMLP(C).eval()
 compare("MLP ending in torch.sigmoid (bernoulli)", sig, [4, 4], "bernoulli", flat_in,
@@ -419,8 +456,8 @@ refused("InstanceNorm1d on a batch without a length",
         "nn.InstanceNorm1d", "a batch [N, C, L], but a sample here has shape [3]", "docs/formats.md")
 
 
-# Translations whose operations natgrad does not have yet: export_model refuses them, and the written spec,
-# run by a float64 reference of each node type as docs/formats.md defines it, computes the model's output.
+# The written spec, run by a float64 reference of each node type as docs/formats.md defines it, computes the
+# model's output.
 def reference(spec, tensors, x):
     values = {"input": x}
 
@@ -553,22 +590,20 @@ for lik, y in (("categorical", labels), ("gaussian", torch.randn(N, C))):
             [2, 4, 4], lik, torch.randn(N, 2, 4, 4), y)
 
 
-pending_cases = [("depthwise-separable CNN with GroupNorm", SeparableCNN, [4, 5, 5], {"conv2d"}),
-                 ("Conv1d classifier with a mean over time", Conv1dClassifier, [7, 5], {"conv1d"})]
-for label, cls, shape, expected in pending_cases:
+# The two models whose operations came last (grouped convolutions, Conv1d, GroupNorm): against autograd, and
+# the written spec against a float64 reference of each node type as docs/formats.md defines it.
+for label, cls, shape in [("depthwise-separable CNN with GroupNorm, ELU, upsampling", SeparableCNN, [4, 5, 5]),
+                          ("Conv1d classifier with transpose, permute, a mean over time and a sum", Conv1dClassifier,
+                           [7, 5])]:
     torch.manual_seed(12)
     model = cls().eval()
     randomize(model)
-    spec, buffers, _ = graph_spec(model, shape, "categorical", allow_pending=True)
-    written = {layer["type"] for layer in spec["layers"] if layer["type"] in PENDING_TYPES or layer.get("groups")}
-    if written != expected:
-        failures.append(f"{label}: pending operations {written}, expected {expected}")
-    x = torch.randn(5, *shape)
+    spec, buffers, _ = graph_spec(model, shape, "categorical")
     tensors = dict(model.named_parameters())
     tensors.update(buffers)
+    x = torch.randn(N, *shape)
     with torch.no_grad():
         check(f"{label}: the written spec's output vs model(x)", rel(reference(spec, tensors, x), model(x)), 1e-12)
-    refused(f"{label}: natgrad does not have it yet", export(model, shape), "does not have these operations yet",
-            sorted(expected)[0], "docs/formats.md")
+    compare(label, model, shape, "categorical", x, labels)
 
 oracle.finish()

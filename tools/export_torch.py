@@ -43,16 +43,6 @@ LIKELIHOODS = ("categorical", "gaussian", "bernoulli")
 _TABLE = "The PyTorch modules, functions and methods natgrad translates are in the table of docs/formats.md " \
          "(\"PyTorch support\")."
 
-# Node types the translation writes whose operations this natgrad does not have yet (issue 25): export_model
-# refuses a model that needs one, naming it. Delete a type here when its operation lands in lib/model.
-PENDING_TYPES = {"conv1d"}
-
-
-def _pending(spec):
-    """Whether a node spec needs an operation natgrad does not have yet (a grouped conv2d is pending too)."""
-    return spec["type"] in PENDING_TYPES or (spec["type"] == "conv2d" and spec.get("groups", 1) != 1)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # safetensors
 
@@ -130,7 +120,7 @@ def module_spec(m):
                 "kernel_size": size(m.kernel_size), "stride": size(m.stride),
                 "padding": (0 if one else [0, 0]) if padding == "valid" else padding, "bias": m.bias is not None}
         if m.groups != 1:
-            spec["groups"] = m.groups  # grouped and depthwise: pending
+            spec["groups"] = m.groups  # grouped and depthwise
         return spec
     simple = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.SiLU: "silu", nn.Identity: "identity",
               nn.Mish: "mish"}
@@ -1075,13 +1065,12 @@ class _Translation:
         self.ids[node] = self.emit(node, {"type": "cat", "dim": 1}, [self.ref(t, node) for t in tensors])
 
 
-def graph_spec(model, input_shape, likelihood, allow_pending=False):
+def graph_spec(model, input_shape, likelihood):
     """Translates a module into natgrad's model spec, in memory. Returns (spec, buffers, notes): the spec as a
     dict (model.json's content), the buffers the operations need {state_dict name: tensor} (batch norm's
     statistics, attention masks; a causal mask computed in forward under "<module>.causal_mask"), and notes on
     what was left out (a final log_softmax or sigmoid the likelihood applies). Raises ValueError with a sentence
-    for anything natgrad cannot compute; with allow_pending=False also for the operations natgrad does not have
-    yet (PENDING_TYPES)."""
+    for anything natgrad cannot compute."""
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"unknown likelihood {likelihood!r}: natgrad's likelihoods are " +
                          ", ".join(f'"{x}"' for x in LIKELIHOODS) + " (docs/math.md)")
@@ -1091,12 +1080,6 @@ def graph_spec(model, input_shape, likelihood, allow_pending=False):
                          "dimension ([1, 28, 28] for [N, 1, 28, 28] images, [T] for T tokens)")
     t = _Translation(model, input_shape, likelihood)
     spec = t.run()
-    if not allow_pending:
-        pending = [l for l in spec["layers"] if _pending(l)]
-        if pending:
-            raise ValueError("natgrad does not have these operations yet (issue 25): " + "; ".join(
-                f"{l['type']}{' with groups' if l['type'] == 'conv2d' else ''} for {l['origin']}" for l in pending) +
-                ". " + _TABLE)
     return spec, t.out_buffers, t.notes
 
 

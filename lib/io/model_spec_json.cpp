@@ -177,7 +177,8 @@ ModelFile parse_model_spec(const std::string& text, const std::string& label) {
         required = {"in_features", "out_features"};
         break;
       case LayerType::conv2d:
-        allowed.insert({"in_channels", "out_channels", "kernel_size", "stride", "padding", "bias"});
+      case LayerType::conv1d:
+        allowed.insert({"in_channels", "out_channels", "kernel_size", "stride", "padding", "bias", "groups"});
         required = {"in_channels", "out_channels", "kernel_size"};
         break;
       case LayerType::leaky_relu:
@@ -267,22 +268,36 @@ ModelFile parse_model_spec(const std::string& text, const std::string& label) {
         s.out_features = get_int(l, "out_features", w, label);
         break;
       case LayerType::conv2d:
+      case LayerType::conv1d: {
+        const bool one = s.type == LayerType::conv1d;
         s.in_channels = get_int(l, "in_channels", w, label);
         s.out_channels = get_int(l, "out_channels", w, label);
-        get_pair(l, "kernel_size", w, label, s.kernel_h, s.kernel_w);
-        if (l.contains("stride")) get_pair(l, "stride", w, label, s.stride_h, s.stride_w);
+        if (l.contains("groups")) s.groups = get_int(l, "groups", w, label);
+        if (s.groups <= 0 || s.in_channels % s.groups != 0 || s.out_channels % s.groups != 0)
+          fail(label, w + ": \"groups\" (" + std::to_string(s.groups) + ") must divide in_channels (" +
+                          std::to_string(s.in_channels) + ") and out_channels (" + std::to_string(s.out_channels) +
+                          ")");
+        // conv1d: integers (the width's; its height is 1, stride 1, padding 0)
+        auto get_size = [&](const char* key, Index& h, Index& wd) {
+          if (!one) return get_pair(l, key, w, label, h, wd);
+          wd = get_int(l, key, w, label);
+        };
+        if (one) s.kernel_h = 1;
+        get_size("kernel_size", s.kernel_h, s.kernel_w);
+        if (l.contains("stride")) get_size("stride", s.stride_h, s.stride_w);
         if (l.contains("padding")) {
           if (l["padding"].is_string()) {
             const std::string p = l["padding"].get<std::string>();
             if (p == "same")
               s.padding_same = true;
             else if (p != "valid")
-              fail(label, w + ": \"padding\" must be an integer, a pair, \"same\" or \"valid\"");
+              fail(label, w + ": \"padding\" must be an integer" + (one ? "" : ", a pair") + ", \"same\" or \"valid\"");
           } else {
-            get_pair(l, "padding", w, label, s.padding_h, s.padding_w);
+            get_size("padding", s.padding_h, s.padding_w);
           }
         }
         break;
+      }
       case LayerType::leaky_relu:
         get_number("negative_slope", s.negative_slope);
         break;
@@ -427,6 +442,19 @@ std::string model_spec_to_json(const ModelFile& m) {
         else
           l["padding"] = {s.padding_h, s.padding_w};
         l["bias"] = s.bias;
+        if (s.groups != 1) l["groups"] = s.groups;
+        break;
+      case LayerType::conv1d:
+        l["in_channels"] = s.in_channels;
+        l["out_channels"] = s.out_channels;
+        l["kernel_size"] = s.kernel_w;
+        l["stride"] = s.stride_w;
+        if (s.padding_same)
+          l["padding"] = "same";
+        else
+          l["padding"] = s.padding_w;
+        l["bias"] = s.bias;
+        if (s.groups != 1) l["groups"] = s.groups;
         break;
       case LayerType::leaky_relu:
         l["negative_slope"] = s.negative_slope;

@@ -1,4 +1,4 @@
-// 2-D convolution (PyTorch's nn.Conv2d, groups = 1, dilation = 1) through im2col.
+// Convolutions (PyTorch's nn.Conv2d and nn.Conv1d, any groups, dilation = 1) through im2col.
 //
 // Per sample, the input x (C × H × W) is unfolded into colsᵀ, an (Ho·Wo) × (C·kh·kw) matrix whose column
 // (c, i, j) holds the input pixels seen by kernel tap (c, i, j) at every output position. The weight
@@ -6,9 +6,23 @@
 //     yᵀ = colsᵀ Wᵀ + 1 bᵀ                      ((Ho·Wo) × O: column o is output channel o, i.e. CHW order)
 // and every pass is a GEMM of that shape, on a block of samples stacked vertically.
 //
-// 3×3 stride-1 convolutions with at least 16 input and output channels run Winograd's F(m×m, 3×3) instead
-// (winograd_conv.h) in the forward pass, the R-op and the backprop; the other passes (squared gradients,
-// K-FAC's patches) keep im2col.
+// With G groups the channels split into G consecutive groups of C/G inputs and O/G outputs, and output group
+// g reads input group g only. The weight is [O, C/G, kh, kw]: read column-major it is the (C/G·kh·kw) × O
+// matrix whose columns [g·O/G, (g+1)·O/G) are group g's Wᵀ_g, and group g's columns of colsᵀ are the
+// consecutive [g·C/G·kh·kw, (g+1)·C/G·kh·kw). So every pass is one GEMM per group, of O/G columns and depth
+// C/G·kh·kw, on strided views of the same buffers (depthwise, G = C: depth kh·kw). G = 1 is the one-GEMM case.
+//
+// Conv1d on [C, L] is this convolution on [C, 1, L] with a 1 × k kernel: its weight [O, C/G, k] has the
+// layout of [O, C/G, 1, k], and the CHW buffers are the same.
+//
+// 3×3 stride-1 convolutions with at least 16 input and output channels and one group run Winograd's
+// F(m×m, 3×3) instead (winograd_conv.h) in the forward pass, the R-op and the backprop; the other passes
+// (squared gradients, K-FAC's patches) keep im2col.
+//
+// K-FAC (KroneckerFactors) is offered for one group only. With G > 1 the weight gradient of a sample is
+// block-diagonal over the groups, Σ_p g_{p,g} a_{p,g}ᵀ for group g, whose natural Kronecker approximation is
+// one A_g ⊗ G_g per group, not the single A ⊗ G the capability describes; so a grouped convolution does not
+// offer it, and K-FAC uses the Fisher's diagonal for its parameters.
 #include <algorithm>
 
 #include "core/gemm.h"
@@ -20,16 +34,19 @@ namespace natgrad {
 namespace detail {
 namespace {
 
+// The convolution with any number of groups (the passes below); Conv2d adds K-FAC's capability for one group.
 template <typename Scalar>
-class Conv2d final : public Layer<Scalar>, public KroneckerFactors<Scalar>, public SquaredGradients<Scalar> {
+class Convolution : public Layer<Scalar>, public SquaredGradients<Scalar> {
   using MutB = Eigen::Map<Eigen::Matrix<Scalar, 1, Eigen::Dynamic>>;
 
  public:
-  Conv2d(const LayerSpec& s, const Shape& in, const Shape& out)
-      : Layer<Scalar>(in, out, tensors(s, in[0]), ParamInit::fan_in_uniform),
+  // in and out are the layer's shapes ([C, H, W] and [O, Ho, Wo], or conv1d's [C, L] and [O, Lo]); the
+  // geometry is read from the spec, with a conv1d's height 1.
+  Convolution(const LayerSpec& s, const Shape& in, const Shape& out)
+      : Layer<Scalar>(in, out, tensors(s), ParamInit::fan_in_uniform),
         C_(in[0]),
-        H_(in[1]),
-        W_(in[2]),
+        H_(in.size() == 3 ? in[1] : 1),
+        W_(in.back()),
         O_(s.out_channels),
         kh_(s.kernel_h),
         kw_(s.kernel_w),
@@ -37,19 +54,24 @@ class Conv2d final : public Layer<Scalar>, public KroneckerFactors<Scalar>, publ
         sw_(s.stride_w),
         ph_(s.padding_h),
         pw_(s.padding_w),
-        Ho_(out[1]),
-        Wo_(out[2]),
+        Ho_(out.size() == 3 ? out[1] : 1),
+        Wo_(out.back()),
         bias_(s.bias),
+        G_(s.groups),
+        Og_(O_ / G_),
+        Cg_(C_ / G_),
         K_(C_ * kh_ * kw_),
+        Kg_(Cg_ * kh_ * kw_),
         P_(Ho_ * Wo_),
+        type_(s.type),
         win_{{H_, kh_, sh_, ph_, Ho_}, {W_, kw_, sw_, pw_, Wo_}} {
-    if (WinogradConv3x3<Scalar>::applies(C_, O_, kh_, kw_, sh_, sw_))
+    if (G_ == 1 && WinogradConv3x3<Scalar>::applies(C_, O_, kh_, kw_, sh_, sw_))
       winograd_ = WinogradConv3x3<Scalar>::make(C_, O_, H_, W_, ph_, pw_, Ho_, Wo_,
                                                 WinogradConv3x3<Scalar>::default_tile(Ho_, Wo_));
   }
 
-  LayerType type() const override { return LayerType::conv2d; }
-  double macs_per_sample() const override { return double(O_) * double(K_) * double(P_); }
+  LayerType type() const override { return type_; }
+  double macs_per_sample() const override { return double(O_) * double(Kg_) * double(P_); }
 
   // Samples are processed in blocks of b_ whose unfolded inputs are stacked into one (b·Ho·Wo) × K matrix,
   // so each pass is one GEMM per block rather than per sample (the weights are packed once per block, and
@@ -57,20 +79,20 @@ class Conv2d final : public Layer<Scalar>, public KroneckerFactors<Scalar>, publ
   // it stays in L2: measured on the benchmark CNN, 16K–64K was fastest and 1M (4 MB) 30–50% slower.
   Index block() const { return std::max<Index>(1, (Index(1) << 15) / (P_ * K_)); }
   // jvp's stacked weights, a block's cols, dcols (or gcols) and yᵀ, then the products' packing space
-  // (core/gemm.h) for any block of up to b samples; or Winograd's scratch.
+  // (core/gemm.h) for any block of up to b samples and any group's GEMM; or Winograd's scratch.
   Index scratch_size(Index ncols) const override {
     if (winograd_) return winograd_->scratch_size(ncols);
     const Index b = std::min(block(), std::max<Index>(ncols, 1));
     Index pack = 0;
     for (Index c = 1; c <= b; ++c)
       pack =
-          std::max({pack, gemm_pack_size<Scalar>(c * P_, O_, K_), gemm_pack_size<Scalar>(c * P_, O_, 2 * K_),
-                    gemm_pack_size<Scalar>(K_, O_, c * P_), gemm_pack_size<Scalar>(c * P_, K_, O_)});
+          std::max({pack, gemm_pack_size<Scalar>(c * P_, Og_, Kg_), gemm_pack_size<Scalar>(c * P_, Og_, 2 * Kg_),
+                    gemm_pack_size<Scalar>(Kg_, Og_, c * P_), gemm_pack_size<Scalar>(c * P_, Kg_, Og_)});
     return stacked_size() + b * P_ * (2 * K_ + O_) + pack;
   }
-  // accumulate_squared_grads': one sample's cols (P × K), its K × O gradient and their product's packing.
+  // accumulate_squared_grads': one sample's cols (P × K), its Kg × O gradient and a group's product's packing.
   Index squared_grads_scratch_size(Index) const override {
-    return P_ * K_ + K_ * O_ + gemm_pack_size<Scalar>(K_, O_, P_);
+    return P_ * K_ + Kg_ * O_ + gemm_pack_size<Scalar>(Kg_, Og_, P_);
   }
 
   Index forward_scratch_size(Index ncols) const override { return scratch_size(ncols); }
@@ -83,18 +105,20 @@ class Conv2d final : public Layer<Scalar>, public KroneckerFactors<Scalar>, publ
       return winograd_->forward(theta, bias_ ? theta + O_ * K_ : nullptr, X.data(), X.cols(), Y.data(), buf.data());
     for (Index n0 = 0; n0 < X.cols(); n0 += block()) {
       const Index b = std::min(block(), X.cols() - n0);
-      MatMap<Scalar> cols(buf.data(), b * P_, K_);
+      Scalar* cols = buf.data();
       Scalar* yt = output_block(b, Y.col(n0).data(), buf.data());
-      im2col_block(X.col(n0).data(), b, cols);
-      gemm(b * P_, O_, K_, col_major(cols.data(), b * P_), weight_t(theta), yt, b * P_, false,
-           buf.data() + pack_offset(b));
-      scatter(yt, b, bias_ ? theta + O_ * K_ : nullptr, Y.col(n0).data());
+      im2col_block(X.col(n0).data(), b, cols, Kg_);
+      for (Index g = 0; g < G_; ++g)
+        gemm(b * P_, Og_, Kg_, col_major(cols + g * Kg_ * b * P_, b * P_), weight_t(theta, g), yt + g * Og_ * b * P_,
+             b * P_, false, buf.data() + pack_offset(b));
+      scatter(yt, b, bias_ ? theta + O_ * Kg_ : nullptr, Y.col(n0).data());
     }
   }
 
   // dyᵀ = colsᵀ(x) dWᵀ + colsᵀ(dx) Wᵀ + 1 dbᵀ = [colsᵀ(x) colsᵀ(dx)] [dWᵀ; Wᵀ] + 1 dbᵀ: one GEMM of depth
   // 2K per block (the unfolded x and dx sit side by side in the scratch, the two weights are stacked once
-  // per call), so the output is written once.
+  // per call), so the output is written once. With groups, per group g: x's and dx's columns of group g sit
+  // side by side (x_0 dx_0 x_1 dx_1 …) and [dWᵀ_g; Wᵀ_g] is stacked, one GEMM of depth 2·Kg per group.
   void jvp(const Scalar* theta, const Scalar* dtheta, ConstMatMap<Scalar> X, ConstMatMap<Scalar>,
            const int32_t*, const Scalar* dX, MatMap<Scalar> dY, Scalar* scratch) const override {
     if (winograd_)
@@ -103,28 +127,31 @@ class Conv2d final : public Layer<Scalar>, public KroneckerFactors<Scalar>, publ
     Scalar* stacked = scratch;
     if (dX)
       for (Index o = 0; o < O_; ++o) {
-        std::copy(dtheta + o * K_, dtheta + (o + 1) * K_, stacked + o * 2 * K_);
-        std::copy(theta + o * K_, theta + (o + 1) * K_, stacked + o * 2 * K_ + K_);
+        std::copy(dtheta + o * Kg_, dtheta + (o + 1) * Kg_, stacked + o * 2 * Kg_);
+        std::copy(theta + o * Kg_, theta + (o + 1) * Kg_, stacked + o * 2 * Kg_ + Kg_);
       }
     Scalar* base = scratch + stacked_size();
     for (Index n0 = 0; n0 < X.cols(); n0 += block()) {
       const Index b = std::min(block(), X.cols() - n0);
-      MatMap<Scalar> cols(base, b * P_, K_), dcols(base + b * P_ * K_, b * P_, K_);
       Scalar* dyt = output_block(b, dY.col(n0).data(), base);
-      im2col_block(X.col(n0).data(), b, cols);
       if (dX) {
-        im2col_block(dX + n0 * this->input_size(), b, dcols);
-        gemm(b * P_, O_, 2 * K_, col_major(cols.data(), b * P_), col_major<Scalar>(stacked, 2 * K_), dyt,
-             b * P_, false, base + pack_offset(b));
+        im2col_block(X.col(n0).data(), b, base, 2 * Kg_);
+        im2col_block(dX + n0 * this->input_size(), b, base + Kg_ * b * P_, 2 * Kg_);
+        for (Index g = 0; g < G_; ++g)
+          gemm(b * P_, Og_, 2 * Kg_, col_major(base + g * 2 * Kg_ * b * P_, b * P_),
+               col_major<Scalar>(stacked + g * Og_ * 2 * Kg_, 2 * Kg_), dyt + g * Og_ * b * P_, b * P_, false,
+               base + pack_offset(b));
       } else {
-        gemm(b * P_, O_, K_, col_major(cols.data(), b * P_), weight_t(dtheta), dyt, b * P_, false,
-             base + pack_offset(b));
+        im2col_block(X.col(n0).data(), b, base, Kg_);
+        for (Index g = 0; g < G_; ++g)
+          gemm(b * P_, Og_, Kg_, col_major(base + g * Kg_ * b * P_, b * P_), weight_t(dtheta, g),
+               dyt + g * Og_ * b * P_, b * P_, false, base + pack_offset(b));
       }
-      scatter(dyt, b, bias_ ? dtheta + O_ * K_ : nullptr, dY.col(n0).data());
+      scatter(dyt, b, bias_ ? dtheta + O_ * Kg_ : nullptr, dY.col(n0).data());
     }
   }
 
-  // gWᵀ += colsᵀ(x)ᵀ gyᵀ;  gb += column sums of gyᵀ;  gx = col2im(gyᵀ W)
+  // gWᵀ += colsᵀ(x)ᵀ gyᵀ;  gb += column sums of gyᵀ;  gx = col2im(gyᵀ W), the GEMMs per group
   void vjp(const Scalar* theta, ConstMatMap<Scalar> X, ConstMatMap<Scalar>, const int32_t*,
            ConstMatMap<Scalar> gY, Scalar* gX, Scalar* gtheta, Scalar* scratch) const override {
     if (winograd_)
@@ -132,7 +159,7 @@ class Conv2d final : public Layer<Scalar>, public KroneckerFactors<Scalar>, publ
                             gtheta && bias_ ? gtheta + O_ * K_ : nullptr, scratch);
     for (Index n0 = 0; n0 < X.cols(); n0 += block()) {
       const Index b = std::min(block(), X.cols() - n0);
-      MatMap<Scalar> cols(scratch, b * P_, K_), gcols(scratch + b * P_ * K_, b * P_, K_);
+      Scalar *cols = scratch, *gcols = scratch + b * P_ * K_;
       // One sample's CHW cotangent already is its gyᵀ (P × O, column-major); a block's is gathered.
       const Scalar* gyt = gY.col(n0).data();
       if (b > 1) {
@@ -141,66 +168,65 @@ class Conv2d final : public Layer<Scalar>, public KroneckerFactors<Scalar>, publ
         gyt = stacked.data();
       }
       if (gtheta) {
-        im2col_block(X.col(n0).data(), b, cols);
-        gemm(K_, O_, b * P_, row_major(cols.data(), b * P_), col_major(gyt, b * P_), gtheta, K_, true,
-             scratch + pack_offset(b));
-        if (bias_) MutB(gtheta + O_ * K_, O_) += ConstMatMap<Scalar>(gyt, b * P_, O_).colwise().sum();
+        im2col_block(X.col(n0).data(), b, cols, Kg_);
+        for (Index g = 0; g < G_; ++g)
+          gemm(Kg_, Og_, b * P_, row_major(cols + g * Kg_ * b * P_, b * P_), col_major(gyt + g * Og_ * b * P_, b * P_),
+               gtheta + g * Og_ * Kg_, Kg_, true, scratch + pack_offset(b));
+        if (bias_) MutB(gtheta + O_ * Kg_, O_) += ConstMatMap<Scalar>(gyt, b * P_, O_).colwise().sum();
       }
       if (gX) {
-        gemm(b * P_, K_, O_, col_major(gyt, b * P_), row_major(theta, K_), gcols.data(), b * P_, false,
-             scratch + pack_offset(b));
+        for (Index g = 0; g < G_; ++g)
+          gemm(b * P_, Kg_, Og_, col_major(gyt + g * Og_ * b * P_, b * P_), row_major(theta + g * Og_ * Kg_, Kg_),
+               gcols + g * Kg_ * b * P_, b * P_, false, scratch + pack_offset(b));
         for (Index k = 0; k < b; ++k)
-          col2im(gcols.data() + k * P_, b * P_, gX + (n0 + k) * this->input_size());
+          col2im(gcols + k * P_, b * P_, gX + (n0 + k) * this->input_size());
       }
     }
-  }
-
-  // K-FAC: a sample's gradient is Σ_p gY_p a_pᵀ over its output pixels p, a_p the patch im2col unfolds.
-  typename KroneckerFactors<Scalar>::KroneckerShape kronecker_shape() const override { return {P_, O_, K_}; }
-  void kronecker_inputs(ConstMatMap<Scalar> X, Scalar* A, Index lda) const override {
-    for (Index n = 0; n < X.cols(); ++n) im2col(X.col(n).data(), lda, A + n * P_);
-  }
-  void kronecker_cotangents(ConstMatMap<Scalar> gY, Scalar* G, Index ldg) const override {
-    for (Index n = 0; n < gY.cols(); ++n)  // a sample's cotangent [O, Ho, Wo] is P × O column-major
-      for (Index o = 0; o < O_; ++o) std::copy(gY.col(n).data() + o * P_, gY.col(n).data() + (o + 1) * P_, G + o * ldg + n * P_);
   }
 
   // A conv's per-sample weight gradient sums over positions, so it does not factor like a linear layer's:
   // form it per sample (one GEMM, as in vjp) and square it.
   void accumulate_squared_grads(const Scalar*, ConstMatMap<Scalar> X, ConstMatMap<Scalar> gY, Scalar* gsq,
                                 Scalar* scratch) const override {
-    MatMap<Scalar> cols(scratch, P_, K_), g(scratch + P_ * K_, K_, O_);
-    MatMap<Scalar> gsqW(gsq, K_, O_);
+    MatMap<Scalar> cols(scratch, P_, K_), g(scratch + P_ * K_, Kg_, O_);
+    MatMap<Scalar> gsqW(gsq, Kg_, O_);
     for (Index n = 0; n < X.cols(); ++n) {
       ConstMatMap<Scalar> gyt(gY.col(n).data(), P_, O_);
-      im2col(X.col(n).data(), P_, cols.data());
-      gemm(K_, O_, P_, row_major(cols.data(), P_), col_major(gyt.data(), P_), g.data(), K_, false,
-           scratch + P_ * K_ + K_ * O_);
+      im2col(X.col(n).data(), P_, cols.data(), Kg_);
+      for (Index gr = 0; gr < G_; ++gr)
+        gemm(Kg_, Og_, P_, row_major(cols.data() + gr * Kg_ * P_, P_), col_major(gyt.data() + gr * Og_ * P_, P_),
+             g.data() + gr * Og_ * Kg_, Kg_, false, scratch + P_ * K_ + Kg_ * O_);
       gsqW += g.array().square().matrix();
-      if (bias_) MutB(gsq + O_ * K_, O_) += gyt.colwise().sum().array().square().matrix();
+      if (bias_) MutB(gsq + O_ * Kg_, O_) += gyt.colwise().sum().array().square().matrix();
     }
   }
 
- private:
-  static std::vector<ParamTensor> tensors(const LayerSpec& s, Index channels) {
-    std::vector<ParamTensor> t{{"weight", {s.out_channels, channels, s.kernel_h, s.kernel_w}}};
+ protected:
+  // The weight [O, C/G, kh, kw] (conv1d: [O, C/G, k]), then the bias [O].
+  static std::vector<ParamTensor> tensors(const LayerSpec& s) {
+    const Index cg = s.in_channels / s.groups;
+    std::vector<ParamTensor> t{{"weight", s.type == LayerType::conv1d
+                                              ? Shape{s.out_channels, cg, s.kernel_w}
+                                              : Shape{s.out_channels, cg, s.kernel_h, s.kernel_w}}};
     if (s.bias) t.push_back({"bias", {s.out_channels}});
     return t;
   }
-  // The weight [O, C, kh, kw] row-major, read column-major: Wᵀ, K × O.
-  GemmOperand<Scalar> weight_t(const Scalar* w) const { return col_major(w, K_); }
+  // Group g's weight rows [g·O/G, (g+1)·O/G) of [O, C/G, kh, kw] row-major, read column-major: Wᵀ_g, Kg × O/G.
+  GemmOperand<Scalar> weight_t(const Scalar* w, Index g) const { return col_major(w + g * Og_ * Kg_, Kg_); }
   // Where a block of b samples' packing space starts in its scratch (after cols, dcols and yᵀ).
   Index pack_offset(Index b) const { return b * P_ * (2 * K_ + O_); }
-  // jvp's stacked [dWᵀ; Wᵀ] (2K × O) ahead of the block buffers, rounded to keep them 64-byte aligned.
-  Index stacked_size() const { return (2 * K_ * O_ + 15) / 16 * 16; }
+  // jvp's stacked [dWᵀ_g; Wᵀ_g] (2Kg × O/G per group) ahead of the block buffers, rounded to keep them
+  // 64-byte aligned.
+  Index stacked_size() const { return (2 * Kg_ * O_ + 15) / 16 * 16; }
 
   // The output columns ow whose input column ow·sw − pw + j lies inside [0, W): [lo, hi).
   void valid_range(Index j, Index& lo, Index& hi) const { win_.w.outputs_inside(j, lo, hi); }
 
   // cols(p, (c, i, j)) = x(c, oh·sh − ph + i, ow·sw − pw + j), zero outside the image (im2col below).
-  // The unfolded inputs of b consecutive samples, stacked: sample k fills rows [k·P, (k+1)·P).
-  void im2col_block(const Scalar* x, Index b, MatMap<Scalar>& cols) const {
-    for (Index k = 0; k < b; ++k) im2col(x + k * this->input_size(), b * P_, cols.data() + k * P_);
+  // The unfolded inputs of b consecutive samples, stacked: sample k fills rows [k·P, (k+1)·P). Group g's
+  // columns start at column g·gstride (gstride = Kg: consecutive, as for one group).
+  void im2col_block(const Scalar* x, Index b, Scalar* cols, Index gstride) const {
+    for (Index k = 0; k < b; ++k) im2col(x + k * this->input_size(), b * P_, cols + k * P_, gstride);
   }
   // Where a block's GEMM writes yᵀ: one sample's yᵀ (P × O, column-major) is its CHW output, so in place;
   // a block's goes to the scratch after cols and dcols, and scatter() spreads it.
@@ -225,12 +251,13 @@ class Conv2d final : public Layer<Scalar>, public KroneckerFactors<Scalar>, publ
                   gyt.data() + o * b * P_ + k * P_);
   }
 
-  // ld is the leading dimension of cols (P for one sample, b·P inside a stacked block).
-  void im2col(const Scalar* x, Index ld, Scalar* cols) const {
+  // ld is the leading dimension of cols (P for one sample, b·P inside a stacked block); channel c of group g
+  // (c = g·C/G + cl) has its taps at columns g·gstride + (cl·kh + i)·kw + j.
+  void im2col(const Scalar* x, Index ld, Scalar* cols, Index gstride) const {
     for (Index c = 0; c < C_; ++c)
       for (Index i = 0; i < kh_; ++i)
         for (Index j = 0; j < kw_; ++j) {
-          Scalar* col = cols + ((c * kh_ + i) * kw_ + j) * ld;
+          Scalar* col = cols + ((c / Cg_) * gstride + ((c % Cg_) * kh_ + i) * kw_ + j) * ld;
           if (contiguous_rows())
             im2col_tap_contiguous(x + c * H_ * W_, i, j, col);
           else
@@ -327,55 +354,103 @@ class Conv2d final : public Layer<Scalar>, public KroneckerFactors<Scalar>, publ
 
   Index C_, H_, W_, O_, kh_, kw_, sh_, sw_, ph_, pw_, Ho_, Wo_;
   bool bias_;
-  Index K_, P_;
+  Index G_, Og_, Cg_;  // groups, output and input channels per group
+  Index K_, Kg_, P_;   // im2col's columns C·kh·kw, a group's Cg·kh·kw, output pixels
+  LayerType type_;     // conv2d or conv1d
   Window2d win_;                                       // the geometry, per axis (window2d.h)
   std::unique_ptr<WinogradConv3x3<Scalar>> winograd_;  // set when the convolution qualifies
 };
+
+// One group: the convolution with K-FAC's capability. A sample's gradient is Σ_p gY_p a_pᵀ over its output
+// pixels p, a_p the patch im2col unfolds.
+template <typename Scalar>
+class Conv2d final : public Convolution<Scalar>, public KroneckerFactors<Scalar> {
+ public:
+  using Convolution<Scalar>::Convolution;
+  typename KroneckerFactors<Scalar>::KroneckerShape kronecker_shape() const override {
+    return {this->P_, this->O_, this->K_};
+  }
+  void kronecker_inputs(ConstMatMap<Scalar> X, Scalar* A, Index lda) const override {
+    for (Index n = 0; n < X.cols(); ++n) this->im2col(X.col(n).data(), lda, A + n * this->P_, this->K_);
+  }
+  void kronecker_cotangents(ConstMatMap<Scalar> gY, Scalar* G, Index ldg) const override {
+    const Index P = this->P_;
+    for (Index n = 0; n < gY.cols(); ++n)  // a sample's cotangent [O, Ho, Wo] is P × O column-major
+      for (Index o = 0; o < this->O_; ++o)
+        std::copy(gY.col(n).data() + o * P, gY.col(n).data() + (o + 1) * P, G + o * ldg + n * P);
+  }
+};
+
+// Both convolutions: conv1d on [C, L] is checked and built as the conv2d on [C, 1, L] with a 1 × k kernel.
+template <typename Scalar>
+std::unique_ptr<Layer<Scalar>> make_convolution(const LayerSpec& spec, const Shape& in, const std::string& where) {
+  const bool one = spec.type == LayerType::conv1d;
+  const std::string op = one ? "conv1d" : "conv2d";
+  LayerSpec s = spec;
+  if (one) {  // the width carries the 1-D geometry
+    s.kernel_h = s.stride_h = 1;
+    s.padding_h = 0;
+  }
+  if (s.padding_same) {
+    // PyTorch pads (k - 1)/2 on each side for odd kernels; even kernels need one more on one side than on the
+    // other, which this convolution's symmetric padding cannot express.
+    if (s.stride_h != 1 || s.stride_w != 1)
+      fail(where, op + " padding=\"same\" needs stride 1 (PyTorch refuses it too)");
+    if (s.kernel_h % 2 == 0 || s.kernel_w % 2 == 0)
+      fail(where, op + " padding=\"same\" with an even kernel (" +
+                      (one ? std::to_string(s.kernel_w) : std::to_string(s.kernel_h) + "x" + std::to_string(s.kernel_w)) +
+                      ") pads asymmetrically, which natgrad does not support: use an odd kernel or explicit padding");
+    s.padding_h = (s.kernel_h - 1) / 2;
+    s.padding_w = (s.kernel_w - 1) / 2;
+  }
+  if (s.in_channels <= 0 || s.out_channels <= 0 || s.kernel_h <= 0 || s.kernel_w <= 0 || s.stride_h <= 0 ||
+      s.stride_w <= 0 || s.padding_h < 0 || s.padding_w < 0 || s.groups <= 0)
+    fail(where, op + " needs positive in_channels, out_channels, kernel_size, stride, groups and padding >= 0");
+  if (s.in_channels % s.groups != 0 || s.out_channels % s.groups != 0)
+    fail(where, op + " with groups=" + std::to_string(s.groups) + " needs in_channels (" +
+                    std::to_string(s.in_channels) + ") and out_channels (" + std::to_string(s.out_channels) +
+                    ") divisible by groups");
+  if (one ? (in.size() != 2 || in[0] != s.in_channels) : (in.size() != 3 || in[0] != s.in_channels))
+    fail(where, op + " expects input shape [" + std::to_string(s.in_channels) + (one ? ", L]" : ", H, W]") +
+                    " but receives " + shape_to_string(in));
+  const Index H = one ? 1 : in[1], W = in.back();
+  if (double(s.out_channels) * double(s.in_channels) * double(s.kernel_h) * double(s.kernel_w) >
+          kMaxElements ||
+      double(s.padding_h) + double(H) > kMaxElements ||
+      double(s.padding_w) + double(W) > kMaxElements ||
+      double(s.kernel_h) * double(s.kernel_w) * double(H + 2 * s.padding_h) *
+              double(W + 2 * s.padding_w) * double(s.in_channels) >
+          kMaxElements)
+    fail(where, op + " sizes are absurdly large");
+  const WindowAxis h = WindowAxis::make(H, s.kernel_h, s.stride_h, s.padding_h),
+                   w = WindowAxis::make(W, s.kernel_w, s.stride_w, s.padding_w);
+  if (!h.fits() || !w.fits())
+    fail(where, op + " kernel " + (one ? "" : std::to_string(s.kernel_h) + "x") + std::to_string(s.kernel_w) +
+                    " is larger than its padded input " + shape_to_string(in));
+  const Index ho = h.out, wo = w.out;
+  if (double(s.out_channels) * double(ho) * double(wo) > kMaxElements)
+    fail(where, op + " output is absurdly large");
+  const Shape out = one ? Shape{s.out_channels, wo} : Shape{s.out_channels, ho, wo};
+  if (s.groups == 1) return std::make_unique<Conv2d<Scalar>>(s, in, out);
+  return std::make_unique<Convolution<Scalar>>(s, in, out);  // no K-FAC factors (above)
+}
 
 }  // namespace
 
 template <typename Scalar>
 std::unique_ptr<Layer<Scalar>> make_conv2d(const LayerSpec& spec, const Shape& in, const std::string& where) {
-  LayerSpec s = spec;
-  if (s.padding_same) {
-    // PyTorch pads (k - 1)/2 on each side for odd kernels; even kernels need one more on one side than on the
-    // other, which this convolution's symmetric padding cannot express.
-    if (s.stride_h != 1 || s.stride_w != 1)
-      fail(where, "conv2d padding=\"same\" needs stride 1 (PyTorch refuses it too)");
-    if (s.kernel_h % 2 == 0 || s.kernel_w % 2 == 0)
-      fail(where, "conv2d padding=\"same\" with an even kernel (" + std::to_string(s.kernel_h) + "x" +
-                      std::to_string(s.kernel_w) + ") pads asymmetrically, which natgrad does not support: use an odd "
-                      "kernel or explicit padding");
-    s.padding_h = (s.kernel_h - 1) / 2;
-    s.padding_w = (s.kernel_w - 1) / 2;
-  }
-  if (s.in_channels <= 0 || s.out_channels <= 0 || s.kernel_h <= 0 || s.kernel_w <= 0 || s.stride_h <= 0 ||
-      s.stride_w <= 0 || s.padding_h < 0 || s.padding_w < 0)
-    fail(where, "conv2d needs positive in_channels, out_channels, kernel_size, stride and padding >= 0");
-  if (in.size() != 3 || in[0] != s.in_channels)
-    fail(where, "conv2d expects input shape [" + std::to_string(s.in_channels) + ", H, W] but receives " +
-                    shape_to_string(in));
-  if (double(s.out_channels) * double(s.in_channels) * double(s.kernel_h) * double(s.kernel_w) >
-          kMaxElements ||
-      double(s.padding_h) + double(in[1]) > kMaxElements ||
-      double(s.padding_w) + double(in[2]) > kMaxElements ||
-      double(s.kernel_h) * double(s.kernel_w) * double(in[1] + 2 * s.padding_h) *
-              double(in[2] + 2 * s.padding_w) * double(s.in_channels) >
-          kMaxElements)
-    fail(where, "conv2d sizes are absurdly large");
-  const WindowAxis h = WindowAxis::make(in[1], s.kernel_h, s.stride_h, s.padding_h),
-                   w = WindowAxis::make(in[2], s.kernel_w, s.stride_w, s.padding_w);
-  if (!h.fits() || !w.fits())
-    fail(where, "conv2d kernel " + std::to_string(s.kernel_h) + "x" + std::to_string(s.kernel_w) +
-                    " is larger than its padded input " + shape_to_string(in));
-  const Index ho = h.out, wo = w.out;
-  if (double(s.out_channels) * double(ho) * double(wo) > kMaxElements)
-    fail(where, "conv2d output is absurdly large");
-  return std::make_unique<Conv2d<Scalar>>(s, in, Shape{s.out_channels, ho, wo});
+  return make_convolution<Scalar>(spec, in, where);
+}
+template <typename Scalar>
+std::unique_ptr<Layer<Scalar>> make_conv1d(const LayerSpec& spec, const Shape& in, const std::string& where) {
+  return make_convolution<Scalar>(spec, in, where);
 }
 
 template std::unique_ptr<Layer<float>> make_conv2d<float>(const LayerSpec&, const Shape&, const std::string&);
 template std::unique_ptr<Layer<double>> make_conv2d<double>(const LayerSpec&, const Shape&,
+                                                            const std::string&);
+template std::unique_ptr<Layer<float>> make_conv1d<float>(const LayerSpec&, const Shape&, const std::string&);
+template std::unique_ptr<Layer<double>> make_conv1d<double>(const LayerSpec&, const Shape&,
                                                             const std::string&);
 
 }  // namespace detail

@@ -24,6 +24,7 @@ constexpr TypeName kTypeNames[] = {
     {LayerType::permute, "permute"},       {LayerType::mean, "mean"},             {LayerType::sum, "sum"},
     {LayerType::mul, "mul"},               {LayerType::upsample, "upsample"},
     {LayerType::group_norm, "group_norm"},
+    {LayerType::conv1d, "conv1d"},
 };
 }  // namespace
 
@@ -60,6 +61,15 @@ LayerSpec LayerSpec::conv2d(Index in_channels, Index out_channels, Index kernel,
   s.stride_h = s.stride_w = stride;
   s.padding_h = s.padding_w = padding;
   s.bias = bias;
+  return s;
+}
+
+LayerSpec LayerSpec::conv1d(Index in_channels, Index out_channels, Index kernel, Index stride, Index padding,
+                            bool bias) {
+  LayerSpec s = conv2d(in_channels, out_channels, kernel, stride, padding, bias);
+  s.type = LayerType::conv1d;
+  s.kernel_h = s.stride_h = 1;
+  s.padding_h = 0;
   return s;
 }
 

@@ -18,6 +18,9 @@ template <typename Scalar>
 std::unique_ptr<Layer<Scalar>> make_linear(const LayerSpec& spec, const Shape& in, const std::string& where);
 template <typename Scalar>
 std::unique_ptr<Layer<Scalar>> make_conv2d(const LayerSpec& spec, const Shape& in, const std::string& where);
+/// nn.Conv1d on [C, L] (conv2d.cpp).
+template <typename Scalar>
+std::unique_ptr<Layer<Scalar>> make_conv1d(const LayerSpec& spec, const Shape& in, const std::string& where);
 template <typename Scalar>
 std::unique_ptr<Layer<Scalar>> make_elementwise(const LayerSpec& spec, const Shape& in, const std::string& where);
 template <typename Scalar>

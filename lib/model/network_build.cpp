@@ -24,6 +24,8 @@ std::unique_ptr<Layer<Scalar>> make_layer(const LayerSpec& spec, const Shape& in
       return detail::make_linear<Scalar>(spec, in, where);
     case LayerType::conv2d:
       return detail::make_conv2d<Scalar>(spec, in, where);
+    case LayerType::conv1d:
+      return detail::make_conv1d<Scalar>(spec, in, where);
     case LayerType::flatten:
       return detail::make_flatten<Scalar>(spec, in, where);
     case LayerType::maxpool2d:

@@ -19,7 +19,9 @@
 ///   - BlockGradient: the weight gradient in independent row × column blocks (linear), which the product's
 ///     parameter-gradient pass computes as one GEMM each. Without it the gradient is summed over sample
 ///     groups with vjp (always correct).
-///   - KroneckerFactors: a sample's weight gradient as Σ_r g_r a_rᵀ (linear, conv2d), K-FAC's A and G.
+///   - KroneckerFactors: a sample's weight gradient as Σ_r g_r a_rᵀ (linear, conv2d and conv1d with one
+///     group; a grouped convolution's is block-diagonal over its groups and it does not offer this), K-FAC's
+///     A and G.
 ///   Without
 ///     it K-FAC uses the Fisher's diagonal for the layer.
 ///   - SquaredGradients: Σ_n (∂ℓ_n/∂θ)² in one pass (the empirical Fisher's diagonal). Without it the network
@@ -176,7 +178,7 @@ class BlockGradient {
 
 /// **Capability: Kronecker factors (K-FAC).** A layer whose weight (rows × cols, row-major, then an optional
 /// bias of `rows`) has, for one sample, the gradient Σ_r g_r a_rᵀ over R positions r — linear (R = the rows
-/// of a sequence input, else 1) and conv2d (R = the output pixels, a_r the input patch).
+/// of a sequence input, else 1) and conv2d, conv1d with one group (R = the output pixels, a_r the input patch).
 template <typename Scalar>
 class KroneckerFactors {
  public:

@@ -24,7 +24,7 @@ enum class LayerType {
   linear, conv2d, relu, tanh, sigmoid, gelu, softplus, leaky_relu, flatten, maxpool2d, avgpool2d,
   silu, identity, dropout, global_avgpool, layer_norm, batch_norm, embedding, add, cat,
   multihead_attention, attention, elu, mish, scalar_affine, reshape, permute, mean, sum, mul, upsample,
-  group_norm
+  group_norm, conv1d
 };
 
 /// The type's name in a model spec ("linear", "conv2d", "layer_norm", ...).
@@ -53,14 +53,15 @@ struct LayerSpec {
   Index out_features = 0;
   // linear and conv2d
   bool bias = true;
-  // conv2d
+  // conv2d and conv1d (conv1d's kernel, stride and padding are the width's; its height fields are unused)
   Index in_channels = 0;
   Index out_channels = 0;
+  Index groups = 1;                   ///< in_channels and out_channels are multiples (depthwise: in_channels)
   // conv2d and pooling: kernel, stride and padding per spatial dimension (height, width)
   Index kernel_h = 0, kernel_w = 0;
   Index stride_h = 1, stride_w = 1;   ///< pooling: 0 means "equal to the kernel size" (PyTorch's default)
   Index padding_h = 0, padding_w = 0;
-  bool padding_same = false;          ///< conv2d padding="same" (stride 1, odd kernels)
+  bool padding_same = false;          ///< conv2d, conv1d padding="same" (stride 1, odd kernels)
   // leaky_relu
   double negative_slope = 0.01;
   // gelu: PyTorch's approximate="tanh" form instead of the exact (erf) one
@@ -116,6 +117,9 @@ struct LayerSpec {
 
   static LayerSpec linear(Index in, Index out, bool bias = true);
   static LayerSpec conv2d(Index in_channels, Index out_channels, Index kernel, Index stride = 1, Index padding = 0,
+                          bool bias = true);
+  /// nn.Conv1d on [in_channels, L].
+  static LayerSpec conv1d(Index in_channels, Index out_channels, Index kernel, Index stride = 1, Index padding = 0,
                           bool bias = true);
   static LayerSpec activation(LayerType type);
   static LayerSpec leaky_relu(double negative_slope = 0.01);
