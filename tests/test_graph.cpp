@@ -116,6 +116,29 @@ ModelSpec gated_cnn(Index C) {
   return m;
 }
 
+// Views (flatten, reshape, identity, dropout), which the R-op and backprop run without a copy: a view of the
+// model input, a chain of views, two views of one value (one the first contribution to its cotangent in
+// reverse order, one added to it), a view read by two nodes, a merge of views, and a view as the output.
+ModelSpec views(Index C) {
+  ModelSpec m;
+  m.input_shape = {2, 3};
+  m.layers = {with(LayerSpec::flatten(), "in_flat", {"input"}),
+              with(LayerSpec::linear(6, 8), "fc1", {"in_flat"}),
+              with(LayerSpec::reshape({2, 4}), "v1", {"fc1"}),
+              with(LayerSpec::flatten(), "v2", {"v1"}),
+              with(LayerSpec::activation(LayerType::tanh), "t", {"v2"}),
+              with(LayerSpec::activation(LayerType::identity), "id", {"fc1"}),
+              with(LayerSpec::add({"t", "id"}), "sum"),
+              with(LayerSpec::activation(LayerType::dropout), "d", {"sum"}),
+              with(LayerSpec::linear(8, 8), "fc2", {"d"}),
+              with(LayerSpec::add({"fc2", "v2"}), "late"),
+              with(LayerSpec::activation(LayerType::sigmoid), "s", {"late"}),
+              with(LayerSpec::linear(8, C), "head", {"s"}),
+              with(LayerSpec::reshape({C}), "out", {"head"})};
+  for (LayerSpec& l : m.layers) l.name = l.id;
+  return m;
+}
+
 struct GraphCase {
   std::string label;
   ModelSpec spec;
@@ -125,7 +148,8 @@ std::vector<GraphCase> graph_cases(Index C) {
   return {{"residual_mlp", residual_mlp(C)},
           {"small_resnet", small_resnet(C)},
           {"token_model", token_model(C), true},
-          {"gated_cnn", gated_cnn(C)}};
+          {"gated_cnn", gated_cnn(C)},
+          {"views", views(C)}};
 }
 
 // Running statistics away from PyTorch's defaults, so that batch norm is not the identity.

@@ -151,6 +151,15 @@ class PackedWeightProducts {
                                       Scalar* scratch) const = 0;
 };
 
+/// A layer whose output is its input's values in the same order (flatten, reshape, identity, dropout in
+/// evaluation mode). Its forward pass copies once per θ; a Network's R-op and backprop copy nothing for it:
+/// the tangent of its output is its input's tangent, and its input's cotangent is its output's where no other
+/// reader adds to it (network_build.cpp's buffer plan).
+class ValueView {
+ public:
+  virtual ~ValueView() = default;
+};
+
 class SelectionJacobian {
  public:
   virtual ~SelectionJacobian() = default;

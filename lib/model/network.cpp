@@ -250,6 +250,10 @@ void Network<Scalar>::jvp(const Scalar* theta, const Scalar* v, const ForwardCac
   std::fill(ws.b_->values.begin(), ws.b_->values.end(), nullptr);  // nullptr: an exactly zero tangent
   for (std::size_t l = 0; l < layers_.size(); ++l) {
     if (!sched_->needs_grad[l] || sched_->fused[l]) continue;
+    if (sched_->view[l]) {  // the input's tangent, as it is
+      ws.b_->values[l + 1] = ws.b_->values[static_cast<std::size_t>(inputs_[l][0])];
+      continue;
+    }
     const detail::NodeTimer timer(ws.b_->timing, l);
     const Layer<Scalar>& layer = *layers_[l];
     Scalar* out = ws.b_->slots[static_cast<std::size_t>(sched_->tangent_slot[l])].data();
@@ -321,7 +325,7 @@ void Network<Scalar>::backprop(const ForwardCache<Scalar>& cache, Index col0, In
     MatMap<Scalar>(target(v), rows, n) += ConstMatMap<Scalar>(ws.b_->sum.data(), rows, n);
   };
   for (std::size_t l = L; l-- > 0;) {
-    if (!sched_->needs_grad[l] || sched_->fused[l]) continue;
+    if (!sched_->needs_grad[l] || sched_->fused[l] || sched_->shares_cotangent[l]) continue;
     const detail::NodeTimer timer(ws.b_->timing, l);
     const Layer<Scalar>& layer = *layers_[l];
     const Scalar* g = l + 1 == L ? gZ.data() : target(static_cast<int>(l) + 1);

@@ -207,6 +207,7 @@ Network<Scalar>::Network(const ModelSpec& given)
     sched_->kronecker.push_back(layer.template as<KroneckerFactors<Scalar>>());
     sched_->squared.push_back(layer.template as<SquaredGradients<Scalar>>());
     sched_->tokens.push_back(layer.template as<TokenInput<Scalar>>());
+    sched_->view.push_back(layer.template as<detail::ValueView>() != nullptr);
     sched_->buffers.push_back(layer.template as<Buffers<Scalar>>());
     sched_->uses_scratch.push_back(layer.scratch_size(1) > 0);
     sched_->max_operands = std::max(sched_->max_operands, in.size());
@@ -345,26 +346,34 @@ Network<Scalar>::Network(const ModelSpec& given)
   }
 
   // The buffer plan. R-op: node l's tangent takes the lowest free slot; a slot is freed after the last node
-  // that reads its value (a fused pool reads its activation's input).
+  // that reads its value (a fused pool reads its activation's input). A view takes no slot: its tangent is
+  // its source's (the value its chain of views starts from), so reading a view reads the source, and the
+  // output's source is never freed.
   auto reads_of = [&](std::size_t l) {
     return sched_->fused_act[l] ? inputs_[static_cast<std::size_t>(inputs_[l][0] - 1)] : inputs_[l];
   };
+  std::vector<int> source(L + 1);
+  for (std::size_t v = 0; v <= L; ++v)
+    source[v] = v > 0 && sched_->view[v - 1] ? source[static_cast<std::size_t>(inputs_[v - 1][0])] : int(v);
   sched_->tangent_slot.assign(L, -1);
   sched_->cotangent_slot.assign(L + 1, -1);
   sched_->accumulate.assign(L, {});
+  sched_->shares_cotangent.assign(L, false);
   {
     std::vector<std::size_t> last_read(L + 1, 0);
     for (std::size_t l = 0; l < L; ++l)
-      if (sched_->needs_grad[l] && !sched_->fused[l])
-        for (int v : reads_of(l)) last_read[static_cast<std::size_t>(v)] = l;
+      if (sched_->needs_grad[l] && !sched_->fused[l] && !sched_->view[l])
+        for (int v : reads_of(l)) last_read[static_cast<std::size_t>(source[static_cast<std::size_t>(v)])] = l;
+    last_read[static_cast<std::size_t>(source[L])] = L;
     std::vector<bool> used;
     for (std::size_t l = 0; l < L; ++l) {
-      if (!sched_->needs_grad[l] || sched_->fused[l]) continue;
+      if (!sched_->needs_grad[l] || sched_->fused[l] || sched_->view[l]) continue;
       sched_->tangent_slot[l] = take_slot(used);
-      for (int v : reads_of(l))
-        if (v > 0 && last_read[static_cast<std::size_t>(v)] == l &&
-            sched_->tangent_slot[static_cast<std::size_t>(v - 1)] >= 0)
-          used[static_cast<std::size_t>(sched_->tangent_slot[static_cast<std::size_t>(v - 1)])] = false;
+      for (int v : reads_of(l)) {
+        const auto s = static_cast<std::size_t>(source[static_cast<std::size_t>(v)]);
+        if (s > 0 && last_read[s] == l && sched_->tangent_slot[s - 1] >= 0)
+          used[static_cast<std::size_t>(sched_->tangent_slot[s - 1])] = false;
+      }
     }
     sched_->num_slots = static_cast<int>(used.size());
   }
@@ -383,11 +392,16 @@ Network<Scalar>::Network(const ModelSpec& given)
         }
         int& slot = sched_->cotangent_slot[static_cast<std::size_t>(v)];
         sched_->accumulate[l].push_back(slot >= 0);
-        if (slot >= 0)
+        if (slot >= 0) {
           sched_->has_fan_out = true;
-        else slot = take_slot(used);
+        } else if (sched_->view[l] && l + 1 < L && sched_->cotangent_slot[l + 1] >= 0) {
+          slot = sched_->cotangent_slot[l + 1];  // the view's input takes over its output's cotangent
+          sched_->shares_cotangent[l] = true;
+        } else {
+          slot = take_slot(used);
+        }
       }
-      if (sched_->cotangent_slot[l + 1] >= 0)
+      if (sched_->cotangent_slot[l + 1] >= 0 && !sched_->shares_cotangent[l])
         used[static_cast<std::size_t>(sched_->cotangent_slot[l + 1])] = false;
     }
     sched_->num_slots = std::max({1, sched_->num_slots, static_cast<int>(used.size())});

@@ -39,6 +39,10 @@ struct Network<Scalar>::Schedule {
   // whether node l's contribution to its input i's cotangent is added to one already there (fan-out) rather
   // than written.
   std::vector<int> tangent_slot, cotangent_slot;
+  // view[l]: node l is a ValueView: in the R-op its output's tangent is its input's (no slot, no copy).
+  // shares_cotangent[l]: in backprop its input's cotangent is its output's slot (the view is the input's only
+  // contribution so far in reverse order), so the node is skipped.
+  std::vector<bool> view, shares_cotangent;
   std::vector<std::vector<bool>> accumulate;
   int num_slots = 0;
   std::vector<Index> slot_width;  // per slot, the widest value it holds

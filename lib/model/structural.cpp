@@ -13,9 +13,10 @@ namespace detail {
 namespace {
 
 // A layer whose every pass is a copy: flatten and reshape (a sample's row-major layout is the same under any
-// shape of its size), identity and dropout in evaluation mode.
+// shape of its size), identity and dropout in evaluation mode. A Network runs only its forward pass; its
+// R-op and backprop are views (ValueView); these passes serve the layer on its own.
 template <typename Scalar>
-class Copy final : public Layer<Scalar> {
+class Copy final : public Layer<Scalar>, public ValueView {
  public:
   Copy(LayerType type, const Shape& in, const Shape& out) : Layer<Scalar>(in, out), type_(type) {}
   LayerType type() const override { return type_; }
