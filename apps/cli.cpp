@@ -81,9 +81,12 @@ int run(int argc, char** argv, const MoreCommands* more) {
     if (fvp && fvp->parsed() && fvp->count("--damping") == 0) a.damping = 0;
     if (spectrum && spectrum->parsed() && spectrum->count("--damping") == 0) a.damping = 0;
     if (profile && profile->parsed() && profile->count("--damping") == 0) a.damping = 0;
+    if (spectrum && spectrum->parsed() && a.exact && (a.density || a.per_layer || a.trace))
+      usage_error(std::string("--exact and ") + (a.density ? "--density" : a.per_layer ? "--per-layer" : "--trace") +
+                  " do not combine: the exact spectrum already gives every eigenvalue and the trace");
     if (spectrum && spectrum->parsed() && !a.plot.empty()) {
       if (!more->can_plot()) usage_error("--plot needs a build with PLplot (install libplplot-dev and rebuild natgrad)");
-      a.density = true;
+      a.density = !a.exact;
     }
     if (spectrum && spectrum->parsed() && spectrum->count("--lanczos-steps") && a.lanczos_steps < 2)
       usage_error("--lanczos-steps must be >= 2, got " + std::to_string(a.lanczos_steps));

@@ -9,6 +9,11 @@ void add_solve_options(CLI::App* c, Args& a) {
   add_problem_options(c, a, "1e-3");
   add_curvature_batch_option(c, a);
   add_cg_options(c, a);
+  c->add_option("--solver", a.solver,
+                "cg (conjugate gradient on the products), smw (exact, through the Gram of the curvature batch's "
+                "rows: needs a damping > 0, one process, no preconditioner or deflation; docs/solvers.md) or auto "
+                "(smw when the Gram is small enough, else cg; the output says which ran)")
+      ->capture_default_str();
   c->add_option("--output", a.output,
                 "Write the direction d here (safetensors, the weights' names and shapes; with a list of dampings "
                 "one file each, d_1e-02.safetensors, ...)");
@@ -45,6 +50,10 @@ void add_spectrum_options(CLI::App* c, Args& a) {
   add_curvature_batch_option(c, a);
   c->add_option("--top", a.top, "Number of largest eigenvalues (below the parameter count)")->capture_default_str();
   c->add_flag("--trace", a.trace, "Also estimate tr(F) by Hutchinson (Rademacher probes), with its standard error");
+  c->add_flag("--exact", a.exact,
+              "Every nonzero eigenvalue of F exactly, from the Gram of the curvature batch's rows (one process; rows "
+              "N*C exact, N*S mc, N empirical): the top K printed, the exact trace, the mass at zero, --plot the "
+              "exact histogram, --eigenvectors; not with --density, --per-layer or --trace (exact already)");
   c->add_flag("--per-layer", a.per_layer,
               "Per module (its tensors together): the top eigenvalue and trace of its diagonal block, and each top "
               "eigenvector's share of squared mass in it");
@@ -82,7 +91,7 @@ std::string parse_error_message(const CLI::ParseError& e, int argc, char** argv)
     const std::string command = argv[1];
     if (command == "fvp" || command == "spectrum" || command == "profile") {
       std::vector<const char*> solve_only = {"--cg-tol", "--cg-max-iters", "--preconditioner", "--output",
-                                             "--save-gradient", "--spectrum", "--deflate", "--compare"};
+                                             "--save-gradient", "--spectrum", "--deflate", "--compare", "--solver"};
       if (command != "spectrum") solve_only.push_back("--curvature-batch");
       if (command == "fvp") solve_only.erase(solve_only.begin() + 3);  // (fvp has its own --output)
       for (int i = 2; i < argc; ++i)

@@ -13,6 +13,9 @@ template <typename Scalar>
 int run_fvp(Args& a, const World& world);
 template <typename Scalar>
 int run_spectrum(Args& a, const World& world);
+/// spectrum --exact (exact_spectrum_command.cpp).
+template <typename Scalar>
+int run_exact_spectrum(Args& a, const World& world);
 template <typename Scalar>
 int run_profile(Args& a, const World& world);
 int run_info(Args& a);

@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include <natgrad/likelihood/likelihood.h>
+#include <natgrad/natural_gradient/solve_natural_gradient.h>
 #include <natgrad/solvers/preconditioner.h>
 
 #include <cmath>
@@ -109,6 +110,11 @@ void validate(const Args& a) {
     fisher_kind_from_string(a.fisher);
   } catch (const std::invalid_argument& e) {
     usage_error(std::string("--fisher: ") + e.what());
+  }
+  try {
+    solver_from_string(a.solver);
+  } catch (const std::invalid_argument& e) {
+    usage_error(std::string("--solver: ") + e.what());
   }
   try {
     preconditioner_from_string(a.preconditioner);

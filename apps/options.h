@@ -18,6 +18,7 @@ constexpr Index kDefaultBatch = 1000;
 struct Args {
   std::string model, weights, data, vector, output, save_gradient, report;
   std::string fisher = "exact", preconditioner = "none", dtype = "float32";
+  std::string solver = "cg";  // solve --solver cg|smw|auto
   int mc_samples = 1;
   uint64_t seed = 0;
   Index batch = 0, curvature_batch = 0;
@@ -33,6 +34,7 @@ struct Args {
   Index deflate = 0;  // solve --deflate K
   bool deflate_given = false;  // --deflate 0 given: plain CG, no deflation by the spectrum
   bool trace = false;  // spectrum --trace
+  bool exact = false;  // spectrum --exact (the Gram's eigendecomposition)
   bool per_layer = false;  // spectrum --per-layer
   bool density = false;    // spectrum --density
   Index lanczos_steps = 40;  // spectrum --lanczos-steps K (SLQ)

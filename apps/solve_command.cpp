@@ -66,6 +66,7 @@ NaturalGradientOptions solve_options(const Args& a, Index spectrum) {
   opt.cg.relative_tolerance = a.cg_tol;
   opt.cg.max_iterations = a.cg_max_iters;
   opt.preconditioner = preconditioner_from_string(a.preconditioner);
+  opt.solver = solver_from_string(a.solver);
   opt.spectrum_top_k = spectrum;
   opt.condition_number = spectrum > 0;
   opt.deflate = a.deflate;
@@ -93,7 +94,8 @@ std::string with_option_names(const std::string& why) {
                                                                {"spectrum_top_k", "--spectrum"},
                                                                {"deflate", "--deflate"},
                                                                {"preconditioner", "--preconditioner"},
-                                                               {"compare", "--compare"}};
+                                                               {"compare", "--compare"},
+                                                               {"solver", "--solver"}};
   auto name_char = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.'; };
   std::string out;
   for (std::size_t i = 0; i < why.size();) {
@@ -171,7 +173,7 @@ int run_solve(Args& a, const World& world) {
   if (!a.dampings.empty()) {
     damping_text = "";
     for (double l : a.dampings) damping_text += (damping_text.empty() ? "" : ",") + detail::format_number(l);
-    damping_text += " (multi-shift CG)";
+    damping_text += opt.solver == SolverKind::cg ? " (multi-shift CG)" : "";
   }
   std::printf("natgrad solve: %s (%lld parameters, %s%s), %s (%lld samples, curvature on %lld), fisher %s, damping %s, "
               "%s, %d threads%s, parameters: %s\n",
@@ -245,7 +247,17 @@ int run_solve(Args& a, const World& world) {
   // (Rank 0's signal decided the stop; the others may have seen none.)
   const bool interrupted = r.cg.termination == CgTermination::user_stop || !r.interrupted.empty();
   std::printf("loss: %.8f\ngradient norm: %.6e\n", r.loss, r.gradient_norm);
-  if (r.solves.empty()) {
+  const bool gram = r.solver == SolverKind::smw;
+  if (opt.solver == SolverKind::automatic) std::printf("solver: %s\n", r.solver_reason.c_str());
+  if (gram) {
+    std::printf("exact solve by the Gram of %lld rows (%s form): formed in %.3f s, factored in %.3f s, applied in %.3f s\n",
+                static_cast<long long>(r.gram_rows), r.gram_push_through ? "push-through" : "Woodbury",
+                r.time_gram_form_s, r.time_gram_factor_s, r.time_gram_apply_s);
+    for (const auto& d : r.solves)
+      std::printf("damping %s: |g - (F + lambda I)d|/|g| = %.3e\n", detail::format_number(d.damping).c_str(),
+                  d.cg.relative_residual);
+    if (r.solves.empty()) std::printf("|g - (F + lambda I)d|/|g| = %.3e\n", r.cg.relative_residual);
+  } else if (r.solves.empty()) {
     std::printf("%s\n", cg_line(r.cg).c_str());
   } else {
     for (const auto& d : r.solves) {
@@ -266,7 +278,12 @@ int run_solve(Args& a, const World& world) {
                 opt.spectrum_top_k > 0 && !has_spectrum ? "; skipped the spectrum and the condition number" : "");
   else if (!r.cg.is_converged() && r.solves.empty())
     std::printf("warning: CG did not converge: %s\n", r.cg.message.c_str());
-  if (has_spectrum)
+  if (has_spectrum && gram)
+    std::printf("top-%lld eigenvalues of F: %s  (%s; %lld nonzero, trace %.6e, %lld at zero)\n",
+                static_cast<long long>(opt.spectrum_top_k), format_eigenvalues(r.spectrum.eigenvalues).c_str(),
+                r.spectrum.status.c_str(), static_cast<long long>(r.exact_eigenvalues.size()), r.exact_trace,
+                static_cast<long long>(r.exact_zero_count));
+  else if (has_spectrum)
     std::printf("top-%lld eigenvalues of F: %s  (%lld products, %s)\n", static_cast<long long>(opt.spectrum_top_k),
                 format_eigenvalues(r.spectrum.eigenvalues).c_str(), static_cast<long long>(r.spectrum.matvecs),
                 r.spectrum.status.c_str());
@@ -331,6 +348,15 @@ int run_solve(Args& a, const World& world) {
                                     {"returned_iterate", cg.returned_iterate},
                                     {"residual_history", cg.residual_history}};
     };
+    j["solver"] = to_string(r.solver);
+    if (!r.solver_reason.empty()) j["solver_reason"] = r.solver_reason;
+    if (gram)
+      j["gram"] = {{"rows", r.gram_rows},
+                   {"form", r.gram_push_through ? "push-through" : "woodbury"},
+                   {"form_s", r.time_gram_form_s},
+                   {"factor_s", r.time_gram_factor_s},
+                   {"apply_s", r.time_gram_apply_s},
+                   {"true_relative_residual", r.cg.relative_residual}};
     j["cg"] = cg_json(r.cg);
     if (!r.solves.empty()) {  // several dampings: each its own entry; "cg" above is the smallest's
       j["multi_shift_products"] = r.multi_shift_products;
@@ -343,6 +369,12 @@ int run_solve(Args& a, const World& world) {
       }
     }
     if (has_spectrum) j["spectrum"] = spectrum_json(r.spectrum);
+    if (has_spectrum && gram) {
+      j["spectrum"]["exact"] = true;
+      j["spectrum"]["nonzero"] = r.exact_eigenvalues.size();
+      j["spectrum"]["trace"] = r.exact_trace;
+      j["spectrum"]["zero_count"] = r.exact_zero_count;
+    }
     if (r.has_condition) j["condition"] = condition_json(r.condition);
     if (!r.compare.empty()) j["compare"] = comparison_json(r.compare);
     if (interrupted) {

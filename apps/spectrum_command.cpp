@@ -41,6 +41,7 @@ int run_spectrum(Args& a, const World& world) {
   const Progress progress(a.quiet);
   install_signal_handlers(!a.quiet && world.root());
   if (a.top < 1) usage_error("--top must be >= 1, got " + std::to_string(a.top));
+  if (a.exact) return run_exact_spectrum<Scalar>(a, world);
   Problem<Scalar> p = load_problem<Scalar>(a, false, progress, a.top, world);
   if (a.top >= p.model->num_params())
     usage_error("--top " + std::to_string(a.top) + " must be below the parameter count " +

@@ -288,7 +288,10 @@ TEST_F(Cli, EveryReportFieldIsDocumented) {
       "solve " + base + " --spectrum 2 --damping 1e-1,1e-2 --output " + p("doc_d.safetensors"),
       "fvp " + base + fvp,
       "spectrum " + base + " --top 2 --trace --density --per-layer --probes 4 --damping 1e-2",
-      "profile " + base + " --products 2"};
+      "profile " + base + " --products 2",
+      "solve " + base + " --solver smw --spectrum 2 --damping 1e-2",
+      "solve " + base + " --solver auto --damping 1e-1,1e-2",
+      "spectrum " + base + " --exact --top 2"};
   std::set<std::string> keys;
   std::function<void(const nlohmann::json&)> collect = [&](const nlohmann::json& j) {
     if (j.is_object())

@@ -22,6 +22,7 @@
 
 #include "core/fail.h"
 #include "core/format_number.h"
+#include "natural_gradient/solve_by_gram.h"
 
 namespace natgrad {
 
@@ -62,6 +63,11 @@ bool NaturalGradientOptions::is_valid(std::string* why) const {
                (deflate > 0 ? "deflate " + std::to_string(deflate)
                             : std::string("preconditioner ") + to_string(preconditioner)) +
                " do not combine: the shifted systems would share no Krylov space");
+  if (solver == SolverKind::smw) {
+    const std::string no = detail::gram_ruled_out(*this, 1);
+    if (!no.empty()) return bad("solver smw: " + no);
+  }
+  if (gram_max_rows < 1) return bad("gram_max_rows must be >= 1, got " + std::to_string(gram_max_rows));
   // The comparisons: damped directions (F itself is singular) and products on F's top eigenvectors.
   for (std::size_t i = 0; i < compare.size(); ++i)
     for (std::size_t j = 0; j < i; ++j)
@@ -309,6 +315,20 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& mode
   NaturalGradientResult<Scalar> r;
   r.samples = N;
   r.curvature_samples = Nc;
+  // The solver: the Gram's when asked and it may run (smw refuses otherwise, before any pass), else CG.
+  SolverKind chosen = SolverKind::cg;
+  if (options.solver != SolverKind::cg) {
+    const bool automatic = options.solver == SolverKind::automatic;
+    const std::string no = detail::gram_ruled_out(options, comm.size());
+    if (!automatic && !no.empty()) detail::fail("solver smw: " + no);
+    std::string size;
+    const bool fits = no.empty() && detail::gram_fits(model, Nc, options, automatic, &size);
+    if (!automatic && !fits)
+      detail::fail("solver smw: the Gram of " + size + " (raise gram_max_bytes, or use cg)");
+    chosen = fits ? SolverKind::smw : SolverKind::cg;
+    r.solver_reason = automatic ? std::string("auto chose ") + to_string(chosen) + ": " + (no.empty() ? size : no)
+                                : "the Gram of " + size;
+  }
   // The curvature operator; when the curvature share is the batch share it also gives the gradient.
   const bool one_operator = curvature.data == batch.data && curvature.first == batch.first && Nc == N;
   auto share_options = [&](const BatchShare<Scalar>& s, Index total) {
@@ -357,6 +377,14 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& mode
                             CgBreakdown::problem_not_finite, r.loss);
   if (options.on_gradient) options.on_gradient(r.loss, r.gradient_norm);
   full.reset();  // the full batch's activations and slots are not needed by the solve
+
+  if (chosen == SolverKind::smw) {  // 2'. the exact direction(s), spectrum and comparisons from the Gram
+    t = Clock::now();
+    detail::solve_by_gram(F, one_operator, options, r);
+    r.time_cg_s = seconds_since(t) - r.time_spectrum_s - r.time_compare_s;
+    r.time_total_s = seconds_since(t0);
+    return r;
+  }
 
   // 2. The direction: CG with one preconditioner, or multi-shift CG over several dampings.
   t = Clock::now();

@@ -22,13 +22,36 @@
 #include <natgrad/solvers/preconditioner.h>
 #include <natgrad/solvers/spectrum.h>
 
+#include <cstddef>
 #include <functional>
 #include <string>
 #include <vector>
 
 namespace natgrad {
 
+/// How the damped system is solved.
+///   - cg: conjugate gradient on the matrix-free products (any batch, any damping ≥ 0, preconditioners,
+///     deflation, several processes);
+///   - smw: exactly, through the Gram G = UUᵀ of the curvature batch's rows (curvature/fisher_gram.h: the
+///     Woodbury identity, one Cholesky factorization of G + λI per damping); every damping must be > 0, one
+///     process, and no preconditioner or deflation (an exact solve makes them moot); a spectrum asked for is
+///     then the exact one from G's eigendecomposition;
+///   - automatic: smw when the Gram's rows are at most gram_max_rows and it fits in gram_max_bytes (and it
+///     may run: one process, every damping > 0, no preconditioner or deflation asked), else cg.
+enum class SolverKind { cg, smw, automatic };
+const char* to_string(SolverKind kind);
+/// "cg", "smw" or "auto"; throws std::invalid_argument otherwise.
+SolverKind solver_from_string(const std::string& name);
+
 struct NaturalGradientOptions {
+  /// cg (default), smw or automatic (SolverKind).
+  SolverKind solver = SolverKind::cg;
+  /// automatic: the most rows of U (N·C for the exact Fisher on a single-position output) for which the Gram
+  /// is chosen; above it, CG. Default 4096 (docs/solvers.md: where the Gram stops paying, measured).
+  Index gram_max_rows = 4096;
+  /// automatic and smw: the bytes the Gram may take (G, its factor, the kept cotangents and the rows it forms
+  /// explicitly; FisherGram::required_bytes); smw refuses beyond it, automatic runs CG. 0: no limit.
+  std::size_t gram_max_bytes = 0;
   /// Fisher kind, Monte-Carlo samples, damping λ, seed, chunking, threads.
   FisherOptions fisher;
   /// Samples for the gradient and loss: the first `batch` (0 = all). Default 0.
@@ -139,6 +162,21 @@ struct NaturalGradientResult {
   /// Each approximation asked for (NaturalGradientOptions::compare) against F, in the order asked.
   std::vector<ApproximationComparison> compare;
   double time_compare_s = 0;
+  /// The solver that ran (never automatic), and why automatic chose it ("automatic: 1280 rows, Gram 26 MB").
+  SolverKind solver = SolverKind::cg;
+  std::string solver_reason;
+  /// With the Gram solver: its rows R, the time to form G, to factor G + λI (summed over the dampings) and to
+  /// apply the solution (Uᵀw, and Ug outside the push-through form), whether the push-through form served,
+  /// and the true relative residual ‖g − (F + λI)d‖/‖g‖ of each damping (one product each; also in
+  /// cg.relative_residual and each solves[j].cg).
+  Index gram_rows = 0;
+  double time_gram_form_s = 0, time_gram_factor_s = 0, time_gram_apply_s = 0;
+  bool gram_push_through = false;
+  /// With the Gram solver and a spectrum: every nonzero eigenvalue of F (descending), tr F and the mass at
+  /// zero, exactly (spectrum holds the top spectrum_top_k of them).
+  Vec<double> exact_eigenvalues;
+  double exact_trace = 0;
+  Index exact_zero_count = 0;
   double time_forward_s = 0, time_gradient_s = 0, time_cg_s = 0, time_spectrum_s = 0, time_total_s = 0;
 };
 
