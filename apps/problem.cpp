@@ -114,8 +114,11 @@ Problem<Scalar> load_problem_here(Args& a, bool allow_default, const Progress& p
   if (a.preconditioner == "kfac" || compares("kfac"))
     mem.add_kfac(model, shared_curvature > 0 ? shared_curvature : p.data.size(), fisher_options(a), compares("kfac"));
   if (compares("empirical") || compares("mc")) mem.add_second_operator();
+  const Index gram_samples = shared_curvature > 0 ? shared_curvature : p.data.size();
+  if (a.solver == "smw" || a.exact) mem.add_gram(model, gram_samples, fisher_options(a));
   p.estimate = mem.total;
   const std::size_t limit = a.max_memory_gb > 0 ? static_cast<std::size_t>(a.max_memory_gb * 1e9) : available_memory_bytes();
+  if (a.solver == "auto" && limit > mem.total) p.gram_budget = limit - mem.total;
   if (limit > 0 && mem.total > limit)
     throw std::invalid_argument("this run needs about " + format_bytes(double(mem.total)) + " but " +
                                 (a.max_memory_gb > 0 ? "--max-memory allows " : "only ") + format_bytes(double(limit)) +

@@ -34,6 +34,7 @@ struct Problem {
   bool embedded = false;
   std::string data_label, model_label, params_label;
   std::size_t estimate = 0;  // bytes, from estimate_solve_memory
+  std::size_t gram_budget = 0;  // bytes left under the limit for --solver auto's Gram (0: no limit known)
 };
 
 

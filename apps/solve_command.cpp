@@ -136,6 +136,7 @@ int run_solve(Args& a, const World& world) {
   check_solve_options(opt, 0);  // before anything is loaded
   Problem<Scalar> p = load_problem<Scalar>(a, true, progress, k, world);
   check_solve_options(opt, p.model->num_params());
+  opt.gram_max_bytes = p.gram_budget;  // auto: the Gram only where it fits beside the rest
   // A line for the first iterations, then one at least every 2 s of work, with an estimate of the time left
   // from the residual's recent rate of decrease (log-linear) and the iteration limit. SIGINT / SIGTERM stop
   // CG at the end of the iteration, and the forward pass, the gradient and the products at their next chunk.

@@ -106,3 +106,12 @@ TEST_F(Cli, GramSolverRefusalsAreOneLine) {
   const Result z = run("solve " + base + " --solver smw --damping 0");
   EXPECT_NE(z.err.find("give λ > 0"), std::string::npos) << z.err;
 }
+
+TEST_F(Cli, GramThatDoesNotFitIsRefusedBeforeAnythingRuns) {
+  // 2 kB cannot hold the Gram (nor the rest): the estimate names the Gram's part, and nothing is written.
+  const Result r = run("solve " + base + " --solver smw --damping 1e-2 --max-memory 0.000002 --output " +
+                       p("never.safetensors"));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("Gram "), std::string::npos) << r.err;
+  EXPECT_FALSE(exists(p("never.safetensors")));
+}

@@ -3,6 +3,7 @@
 #include <natgrad/curvature/kfac.h>
 #include <natgrad/model/network.h>
 #include <natgrad/natural_gradient/memory_estimate.h>
+#include <natgrad/curvature/fisher_gram.h>
 #include <natgrad/solvers/conjugate_gradient.h>
 #include <natgrad/solvers/multi_shift_cg.h>
 #include <natgrad/solvers/preconditioner.h>
@@ -147,6 +148,15 @@ void MemoryEstimate::add_second_operator() {
 
 std::string format_bytes(double bytes) { return detail::format_bytes(bytes); }
 
+template <typename Scalar>
+void MemoryEstimate::add_gram(const Network<Scalar>& model, Index curvature_samples, const FisherOptions& fisher) {
+  const std::size_t extra = FisherGram<Scalar>::required_bytes(model, curvature_samples, fisher).total();
+  gram += extra;
+  total += extra;
+}
+template void MemoryEstimate::add_gram<float>(const Network<float>&, Index, const FisherOptions&);
+template void MemoryEstimate::add_gram<double>(const Network<double>&, Index, const FisherOptions&);
+
 std::string MemoryEstimate::report() const {
   auto b = [](std::size_t v) { return format_bytes(double(v)); };
   std::string r = "parameter vectors " + b(parameters) + ", activations " + b(activations) + ", workspaces " +
@@ -154,6 +164,7 @@ std::string MemoryEstimate::report() const {
                   b(cotangents) + ", Lanczos basis " + b(spectrum) + ", preconditioner " + b(preconditioner) +
                   ", batch " + b(data);
   if (communication) r += ", communication " + b(communication);
+  if (gram) r += ", Gram " + b(gram);
   r += ", runtime " + b(runtime);
   if (gradient_phase) r += ", full-batch gradient phase " + b(gradient_phase);
   return r + "; total " + b(total);

@@ -29,6 +29,8 @@ struct MemoryEstimate {
   std::size_t preconditioner = 0;  ///< the diagonal preconditioner and the empirical diagonal it is built from
   std::size_t data = 0;            ///< the batch itself
   std::size_t communication = 0;   ///< under MPI: the rank's scratch for the sums over ranks
+  std::size_t gram = 0;            ///< the exact solver's Gram, its factor, kept cotangents and explicit rows
+                                   ///< (solve --solver smw, spectrum --exact; FisherGram::required_bytes)
   std::size_t gradient_phase = 0;  ///< peak of the separate full-batch gradient, 0 if there is none
   std::size_t runtime = 0;         ///< the process itself: code, libraries, stacks (more with MPI linked in)
   std::size_t total = 0;           ///< max(sum of the fields above but gradient_phase and runtime,
@@ -44,6 +46,9 @@ struct MemoryEstimate {
   template <typename Scalar>
   void add_kfac(const Network<Scalar>& model, Index curvature_samples, const FisherOptions& fisher,
                 bool compared = false);
+  /// Adds what the Gram of `curvature_samples` samples takes (FisherGram::required_bytes), in `gram`.
+  template <typename Scalar>
+  void add_gram(const Network<Scalar>& model, Index curvature_samples, const FisherOptions& fisher);
   /// Adds a second operator on the curvature batch (solve's comparison with the empirical or Monte-Carlo
   /// Fisher): activations, workspaces and cotangents once more.
   void add_second_operator();
