@@ -11,7 +11,7 @@ void add_solve_options(CLI::App* c, Args& a) {
   add_cg_options(c, a);
   c->add_option("--solver", a.solver,
                 "cg (conjugate gradient on the products), smw (exact, through the Gram of the curvature batch's "
-                "rows: needs a damping > 0, one process, no preconditioner or deflation; docs/solvers.md) or auto "
+                "rows: needs a damping > 0, no preconditioner or deflation; docs/solvers.md) or auto "
                 "(smw when the Gram is small enough, else cg; the output says which ran)")
       ->capture_default_str();
   c->add_option("--output", a.output,
@@ -51,8 +51,8 @@ void add_spectrum_options(CLI::App* c, Args& a) {
   c->add_option("--top", a.top, "Number of largest eigenvalues (below the parameter count)")->capture_default_str();
   c->add_flag("--trace", a.trace, "Also estimate tr(F) by Hutchinson (Rademacher probes), with its standard error");
   c->add_flag("--exact", a.exact,
-              "Every nonzero eigenvalue of F exactly, from the Gram of the curvature batch's rows (one process; rows "
-              "N*C exact, N*S mc, N empirical): the top K printed, the exact trace, the mass at zero, --plot the "
+              "Every nonzero eigenvalue of F exactly, from the Gram of the curvature batch's rows (rows "
+              "N*T*C exact, N*S mc, N empirical): the top K printed, the exact trace, the mass at zero, --plot the "
               "exact histogram, --eigenvectors; not with --density, --per-layer or --trace (exact already)");
   c->add_flag("--per-layer", a.per_layer,
               "Per module (its tensors together): the top eigenvalue and trace of its diagonal block, and each top "

@@ -26,22 +26,22 @@ namespace cli {
 template <typename Scalar>
 int run_exact_spectrum(Args& a, const World& world) {
   const Progress progress(a.quiet);
-  if (world.size() > 1)
-    usage_error("--exact runs in one process (the Gram's rows would be needed on every rank): run it without mpirun");
   Problem<Scalar> p = load_problem<Scalar>(a, false, progress, a.top, world);
   const auto t0 = clock_type::now();
   FisherOptions fo = fisher_options(a);
   fo.damping = 0;
   watch_fisher(fo, progress);
+  // This rank's share of the curvature batch (the whole of it in one process), as `spectrum` takes it.
   Dataset<Scalar> prefix;
-  if (a.curvature_batch > 0) prefix = p.data.head(a.curvature_batch);
-  const Dataset<Scalar>& curvature = a.curvature_batch > 0 ? prefix : p.data;
-  const Index N = curvature.size();
+  if (world.size() == 1 && a.curvature_batch > 0) prefix = p.data.head(a.curvature_batch);
+  const bool own = world.size() == 1 ? a.curvature_batch > 0 : p.curvature_total < p.total;
+  const Dataset<Scalar>& curvature = !own ? p.data : world.size() == 1 ? prefix : p.curvature;
+  const Index N = world.size() == 1 ? curvature.size() : p.curvature_total;
   const Index R = FisherGram<Scalar>::rows_for(*p.model, N, fo.kind, fo.mc_samples);
   const GramFootprint need = FisherGram<Scalar>::required_bytes(*p.model, N, fo);
   progress.line("the Gram of %lld rows (%s) on %lld samples", static_cast<long long>(R),
                 detail::format_bytes(double(need.total())).c_str(), static_cast<long long>(N));
-  FisherOperator<Scalar> F(*p.model, p.theta, p.file.likelihood, curvature, fo);
+  FisherOperator<Scalar> F(*p.model, p.theta, p.file.likelihood, curvature, share_options(fo, p, true, world));
   if (!F.forward_error().empty()) throw std::runtime_error("forward pass: " + F.forward_error() + "; nothing written");
   const FisherGram<Scalar> gram(F);
   progress.line("formed in %.2f s; eigendecomposition of %lld x %lld", gram.form_seconds(), static_cast<long long>(R),
@@ -54,8 +54,9 @@ int run_exact_spectrum(Args& a, const World& world) {
   top.head(k) = s.eigenvalues.head(k);
   const double P = double(F.rows()), zero_mass = double(s.zero_count) / P;
   const double secs = std::chrono::duration<double>(clock_type::now() - t0).count();
-  std::printf("natgrad spectrum: %lld parameters, %lld samples, fisher %s, exact (the Gram of %lld rows)\n",
-              static_cast<long long>(F.rows()), static_cast<long long>(N), a.fisher.c_str(), static_cast<long long>(R));
+  std::printf("natgrad spectrum: %lld parameters, %lld samples, fisher %s, exact (the Gram of %lld rows)%s\n",
+              static_cast<long long>(F.rows()), static_cast<long long>(N), a.fisher.c_str(), static_cast<long long>(R),
+              World::has_mpi() ? (", ranks: " + std::to_string(world.size())).c_str() : "");
   std::printf("top-%lld eigenvalues of F: %s\n", static_cast<long long>(a.top), format_eigenvalues(top).c_str());
   std::printf("nonzero eigenvalues: %lld (above 1e-12 lambda_max), smallest %.6e; trace of F: %.10e (exact); mass "
               "at zero %.6f (%lld of %lld)\n",
@@ -89,7 +90,7 @@ int run_exact_spectrum(Args& a, const World& world) {
     j["command"] = "spectrum";
     j["params"] = F.rows();
     j["samples"] = N;
-    j["ranks"] = 1;
+    j["ranks"] = world.size();
     j["fisher"] = a.fisher;
     std::vector<double> all(s.eigenvalues.data(), s.eigenvalues.data() + s.eigenvalues.size());
     j["spectrum"] = {{"exact", true},

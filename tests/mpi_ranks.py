@@ -160,6 +160,28 @@ for name, (spec, data) in cases.items():
             e = rel(evk, ev1)
             check(e <= 1e-9, f"{name}: top-3 eigenvalues {evk} vs {ev1}, relative difference {e:.1e}")
 
+    # The Gram solver and the exact spectrum: every rank gathers the rows (with the curvature batch of the
+    # case and ignored targets), and the direction, the exact eigenvalues and the trace are one process's.
+    gram = {}
+    for mpi in (False, True):
+        k = "mpi" if mpi else "one"
+        r = run(["solve"] + common + curvature + ["--damping", "1e-2", "--solver", "smw", "--spectrum", "3",
+                 "--output", p(f"{tag}_smw_{k}.safetensors"), "--report", p(f"{tag}_smw_{k}.json")], mpi)
+        check(r.returncode == 0, f"{name}: solve --solver smw ({k}) exits 0 {r.stderr.strip()[-300:]}")
+        r2 = run(["spectrum"] + common + curvature + ["--exact", "--top", "3", "--report", p(f"{tag}_ex_{k}.json")], mpi)
+        check(r2.returncode == 0, f"{name}: spectrum --exact ({k}) exits 0 {r2.stderr.strip()[-300:]}")
+        gram[k] = r.returncode == 0 and r2.returncode == 0
+    if gram["one"] and gram["mpi"]:
+        e = rel(flat(p(f"{tag}_smw_mpi.safetensors")), flat(p(f"{tag}_smw_one.safetensors")))
+        check(e <= 1e-10, f"{name}: smw direction, relative difference {e:.1e}")
+        e = rel(flat(p(f"{tag}_smw_one.safetensors")), flat(p(f"{tag}_d_one.safetensors")))
+        check(e <= 1e-7, f"{name}: smw direction against CG's to 1e-11, relative difference {e:.1e}")
+        s1, sk = json.load(open(p(f"{tag}_ex_one.json")))["spectrum"], json.load(open(p(f"{tag}_ex_mpi.json")))["spectrum"]
+        e = rel(np.array(sk["all_nonzero_eigenvalues"]), np.array(s1["all_nonzero_eigenvalues"]))
+        check(len(sk["all_nonzero_eigenvalues"]) == len(s1["all_nonzero_eigenvalues"]) and e <= 1e-11,
+              f"{name}: spectrum --exact, every nonzero eigenvalue, relative difference {e:.1e}")
+        check(abs(sk["trace"] - s1["trace"]) <= 1e-12 * s1["trace"], f"{name}: exact trace {sk['trace']} vs {s1['trace']}")
+
     # The diagonal preconditioner: its empirical-Fisher statistics are sums over the ranks too.
     if name == "categorical":
         for mpi in (False, True):

@@ -6,6 +6,7 @@
 // (The MPI build's end-to-end runs under mpirun are tests/mpi_ranks.py.)
 #include "test_helpers.h"
 
+#include <natgrad/curvature/fisher_gram.h>
 #include <natgrad/curvature/kfac.h>
 #include <natgrad/distributed/communicator.h>
 #include <natgrad/io/dataset_io.h>
@@ -710,6 +711,52 @@ TEST(Distributed, SolveMatchesOneProcessAndStopsWhereRankZeroSays) {
     solve_natural_gradient(model, theta, LikelihoodKind::categorical, data, o);
   });
   for (const std::string& e : errors) EXPECT_NE(e.find("BatchShare overload"), std::string::npos) << e;
+}
+
+// The Gram under MPI: every rank gathers the whole batch's rows, so every rank holds the same G, solves the
+// same systems and finds the same spectrum as one process (to rounding), down to one sample per rank. Chains (the Kronecker identity) and a CNN (explicit rows), each Fisher kind.
+TEST(Distributed, GramSolvesAndSpectraEqualOneProcess) {
+  for (const bool cnn : {false, true})
+    for (const FisherKind kind : {FisherKind::exact, FisherKind::mc, FisherKind::empirical}) {
+      SCOPED_TRACE(std::string(cnn ? "cnn " : "mlp ") + to_string(kind));
+      Network<double> model(cnn ? test::cnn_spec(3) : test::mlp_spec(6, 7, 4));
+      const Vec<double> theta = init_parameters(model, 1);
+      const Index N = 7;
+      const Dataset<double> data = test::random_dataset(model, N, LikelihoodKind::categorical, 9);
+      FisherOptions fo;
+      fo.kind = kind;
+      fo.mc_samples = 2;
+      fo.seed = 5;
+      fo.num_threads = 1;
+      FisherOperator<double> one(model, theta, LikelihoodKind::categorical, data, fo);
+      const FisherGram<double> gram1(one);
+      const Vec<double> g1 = one.gradient();
+      const Vec<double> d1 = gram1.solve(g1, {1e-2, 1e-4}, true)[1].direction;
+      const GramSpectrum s1 = gram1.spectrum(0);
+      for (int K : {2, 3, 7}) {  // 7: one sample per rank
+        std::vector<Mat<double>> G(static_cast<std::size_t>(K));
+        std::vector<Vec<double>> d(G.size()), ev(G.size());
+        const auto errors = on_ranks(K, [&](int r, const Communicator& comm) {
+          const SampleShare s = share_of(N, r, K);
+          FisherOperator<double> F(model, theta, LikelihoodKind::categorical, data.slice(s.first, s.count),
+                                   for_share(fo, comm, s, N));
+          const FisherGram<double> gram(F);
+          G[static_cast<std::size_t>(r)] = gram.matrix();
+          d[static_cast<std::size_t>(r)] = gram.solve(F.gradient(), {1e-2, 1e-4}, true)[1].direction;
+          ev[static_cast<std::size_t>(r)] = gram.spectrum(0).eigenvalues;
+        });
+        for (int r = 0; r < K; ++r) {
+          const auto i = static_cast<std::size_t>(r);
+          ASSERT_EQ(errors[i], "") << "K " << K << " rank " << r;
+          EXPECT_LE(rel_err_vec(G[i], gram1.matrix()), 1e-13) << "K " << K;
+          EXPECT_LE(rel_err_vec(d[i], d1), 1e-10) << "K " << K;
+          ASSERT_EQ(ev[i].size(), s1.eigenvalues.size()) << "K " << K;
+          EXPECT_LE(rel_err_vec(ev[i], s1.eigenvalues), 1e-12) << "K " << K;
+          EXPECT_EQ(G[i], G[0]);  // every rank the same bits
+          EXPECT_EQ(d[i], d[0]);
+        }
+      }
+    }
 }
 
 }  // namespace

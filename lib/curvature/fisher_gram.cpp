@@ -111,17 +111,20 @@ GramFootprint FisherGram<Scalar>::required_bytes(const Network<Scalar>& model, I
 
 template <typename Scalar>
 FisherGram<Scalar>::FisherGram(const FisherOperator<Scalar>& F) : F_(F) {
-  if (F.options().communicator && F.options().communicator->size() > 1)
-    detail::fail("the Gram solver (--solver smw) runs in one process: its rows would be needed on every rank");
   const Network<Scalar>& net = F.model();
+  if (F.options().communicator && F.options().communicator->size() > 1) {
+    comm_ = F.options().communicator;
+    first_ = F.options().first_sample;
+  }
   N_ = F.num_samples();
+  Nt_ = F.total_samples();
   T_ = net.output_positions();
   TC_ = net.output_size();
   M_ = double(F.counted_positions());
   const FisherKind kind = F.options().kind;
   const int S = F.options().mc_samples;
-  R_ = rows_for(net, N_, kind, S);
-  K_ = N_ > 0 ? R_ / N_ : 0;
+  R_ = rows_for(net, Nt_, kind, S);
+  K_ = Nt_ > 0 ? R_ / Nt_ : 0;
   const Mat<Scalar>& Z = F.outputs();
   const Dataset<Scalar>& targets = F.targets();
   const int64_t* labels = F.likelihood() == LikelihoodKind::categorical &&
@@ -143,7 +146,7 @@ FisherGram<Scalar>::FisherGram(const FisherOperator<Scalar>& F) : F_(F) {
   if (kind == FisherKind::empirical) {
     r_ = Eigen::VectorXd::Constant(R_, 1.0 / root);
   } else if (kind == FisherKind::exact) {
-    r_.resize(R_);
+    r_ = Eigen::VectorXd::Zero(R_);  // this rank's rows, then summed over the ranks
     const Index C = TC_ / T_;
     std::vector<double> p(static_cast<std::size_t>(C));
     bool finite = true;
@@ -174,9 +177,13 @@ FisherGram<Scalar>::FisherGram(const FisherOperator<Scalar>& F) : F_(F) {
             v = e == 0 ? 0 : e / std::sqrt(h);
           }
           finite = finite && std::isfinite(v);
-          r_((t * C + c) * N_ + n) = v / root;
+          r_(row(t * C + c, n)) = finite ? v / root : 0.0;
         }
       }
+    if (comm_) {
+      comm_->sum(r_.data(), R_);
+      finite = comm_->max(finite ? 0.0 : 1.0) == 0.0;
+    }
     if (!finite) r_.resize(0);
   }
   form();
@@ -249,11 +256,15 @@ void FisherGram<Scalar>::form() {
       // (ÃÃᵀ ⊗ 1) ∘ (BBᵀ): a sample's weight gradient is b aᵀ (and its bias gradient b).
       const auto s = kf->kronecker_shape();
       const Mat<Scalar>& X = net.input_act(cache, l);
-      Mat<Scalar> A(N_, s.cols), B(R_, s.rows);
-      kf->kronecker_inputs(ConstMatMap<Scalar>(X.data(), X.rows(), N_), A.data(), N_);
+      Mat<Scalar> A = Mat<Scalar>::Zero(Nt_, s.cols), B = Mat<Scalar>::Zero(R_, s.rows);
+      kf->kronecker_inputs(ConstMatMap<Scalar>(X.data(), X.rows(), N_), A.data() + first_, Nt_);
       for (Index k = 0; k < K_; ++k) {
         const Mat<Scalar>& gy = cots[static_cast<std::size_t>(k)].g[l];
-        kf->kronecker_cotangents(ConstMatMap<Scalar>(gy.data(), gy.rows(), N_), B.data() + k * N_, R_);
+        kf->kronecker_cotangents(ConstMatMap<Scalar>(gy.data(), gy.rows(), N_), B.data() + row(k, 0), R_);
+      }
+      if (comm_) {  // every rank's rows on every rank (the others' entries are zero here: the sums are exact)
+        comm_->sum(A.data(), A.size());
+        comm_->sum(B.data(), B.size());
       }
       const Eigen::MatrixXd Ad = A.template cast<double>();
       Eigen::MatrixXd AA = Ad * Ad.transpose();
@@ -265,20 +276,22 @@ void FisherGram<Scalar>::form() {
     // cotangents of column k.
     const Index P = layer.num_params();
     const std::vector<std::size_t> uses = uses_of(net, l);
-    Eigen::MatrixXd U(R_, P);
+    Eigen::MatrixXd U = Eigen::MatrixXd::Zero(R_, P);
+    const long local = static_cast<long>(K_ * N_);
 #pragma omp parallel num_threads(threads)
     {
       Workspace<Scalar> ws = net.make_workspace(1);
-      Vec<Scalar> row(P);
+      Vec<Scalar> g(P);
 #pragma omp for schedule(static)
-      for (long i = 0; i < static_cast<long>(R_); ++i) {
+      for (long i = 0; i < local; ++i) {
         const Index k = Index(i) / N_, n = Index(i) % N_;
-        row.setZero();
+        g.setZero();
         for (std::size_t u : uses)
-          net.gradient_of_samples(u, theta, cache, cots[static_cast<std::size_t>(k)], n, n + 1, 1, row.data(), ws);
-        U.row(i) = row.template cast<double>().transpose();
+          net.gradient_of_samples(u, theta, cache, cots[static_cast<std::size_t>(k)], n, n + 1, 1, g.data(), ws);
+        U.row(row(k, n)) = g.template cast<double>().transpose();
       }
     }
+    if (comm_) comm_->sum(U.data(), U.size());
     add_gram(G_, U, nullptr, threads);
   }
   G_ *= 1.0 / M_;
@@ -290,7 +303,7 @@ template <typename Scalar>
 Eigen::VectorXd FisherGram<Scalar>::times(const Vec<Scalar>& v) const {
   const Network<Scalar>& net = F_.model();
   if (v.size() != net.num_params()) detail::fail("U v: v has " + std::to_string(v.size()) + " entries, not P");
-  Eigen::VectorXd out(R_);
+  Eigen::VectorXd out = Eigen::VectorXd::Zero(R_);
   const int threads = resolve_threads(F_.options().num_threads);
   const Index chunk = 32;
   const long chunks = static_cast<long>((N_ + chunk - 1) / chunk);
@@ -307,10 +320,11 @@ Eigen::VectorXd FisherGram<Scalar>::times(const Vec<Scalar>& v) const {
       for (Index j = 0; j < n; ++j)
         for (Index k = 0; k < K_; ++k) {
           factor(k, c0 + j, f.data());
-          out(k * N_ + c0 + j) = scale * f.template cast<double>().dot(Jv.col(j).template cast<double>());
+          out(row(k, c0 + j)) = scale * f.template cast<double>().dot(Jv.col(j).template cast<double>());
         }
     }
   }
+  if (comm_) comm_->sum(out.data(), R_);
   return out;
 }
 
@@ -325,7 +339,7 @@ Vec<Scalar> FisherGram<Scalar>::transpose_times(const Eigen::VectorXd& w) const 
       gz.col(j).setZero();
       for (Index k = 0; k < K_; ++k) {
         factor(k, c0 + j, f.data());
-        gz.col(j) += Scalar(scale * w(k * N_ + c0 + j)) * f;
+        gz.col(j) += Scalar(scale * w(row(k, c0 + j))) * f;
       }
     }
   });
@@ -344,6 +358,7 @@ Vec<Scalar> FisherGram<Scalar>::transpose_times(const Eigen::VectorXd& w) const 
         net.gradient_of_samples(u, F_.parameters().data(), F_.forward_cache(), F_.cotangents(), 0, N_, chunk,
                                 out.data() + net.param_offset(u), ws);
   }
+  if (comm_) comm_->sum(out.data(), out.size());
   return out;
 }
 

@@ -31,8 +31,7 @@ SolverKind solver_from_string(const std::string& name) {
 
 namespace detail {
 
-std::string gram_ruled_out(const NaturalGradientOptions& o, int ranks) {
-  if (ranks > 1) return "it runs in one process (" + std::to_string(ranks) + " ranks here)";
+std::string gram_ruled_out(const NaturalGradientOptions& o) {
   if (o.preconditioner != PreconditionerKind::none)
     return std::string("preconditioner ") + to_string(o.preconditioner) + " is moot for an exact solve";
   if (o.deflate > 0) return "deflate " + std::to_string(o.deflate) + " is moot for an exact solve";

@@ -9,8 +9,8 @@ namespace natgrad {
 namespace detail {
 
 /// Why the options rule the Gram solver out, whatever the batch ("" if they do not): a damping ≤ 0, a
-/// preconditioner, deflation, several processes.
-std::string gram_ruled_out(const NaturalGradientOptions& o, int ranks);
+/// preconditioner, deflation.
+std::string gram_ruled_out(const NaturalGradientOptions& o);
 
 /// Whether the Gram of `curvature_samples` samples is small enough for automatic (rows and bytes) or, for
 /// smw, within gram_max_bytes; *why says so in words either way ("1280 rows, 26.6 MB").

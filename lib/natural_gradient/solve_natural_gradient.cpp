@@ -64,7 +64,7 @@ bool NaturalGradientOptions::is_valid(std::string* why) const {
                             : std::string("preconditioner ") + to_string(preconditioner)) +
                " do not combine: the shifted systems would share no Krylov space");
   if (solver == SolverKind::smw) {
-    const std::string no = detail::gram_ruled_out(*this, 1);
+    const std::string no = detail::gram_ruled_out(*this);
     if (!no.empty()) return bad("solver smw: " + no);
   }
   if (gram_max_rows < 1) return bad("gram_max_rows must be >= 1, got " + std::to_string(gram_max_rows));
@@ -319,7 +319,7 @@ NaturalGradientResult<Scalar> solve_natural_gradient(const Network<Scalar>& mode
   SolverKind chosen = SolverKind::cg;
   if (options.solver != SolverKind::cg) {
     const bool automatic = options.solver == SolverKind::automatic;
-    const std::string no = detail::gram_ruled_out(options, comm.size());
+    const std::string no = detail::gram_ruled_out(options);
     if (!automatic && !no.empty()) detail::fail("solver smw: " + no);
     std::string size;
     const bool fits = no.empty() && detail::gram_fits(model, Nc, options, automatic, &size);

@@ -24,8 +24,11 @@
 /// one node at a time, so memory is bounded by the largest such node). Everything is accumulated in double,
 /// in tiles of G each one thread computes in a fixed order: G is bit-identical for any thread count.
 ///
-/// One process: an operator with a communicator of more than one rank is refused (the rows of other ranks
-/// would be needed on every rank).
+/// **Several processes.** On an operator with a communicator of K > 1 ranks each rank forms its own rows, and
+/// the rows (Ã and B, or U_l) are gathered by sums into which every other rank puts zeros, so every rank holds
+/// the same G, bit for bit, and factors it itself; Ug gathers the rows' values the same way and Uᵀw sums the
+/// ranks' backprops. The constructor, times(), transpose_times(), solve() and eigenvectors() are collective.
+/// G equals one process's to rounding (the per-sample cotangents are computed in other chunks).
 #pragma once
 
 #include <natgrad/curvature/fisher_operator.h>
@@ -65,9 +68,9 @@ struct GramSpectrum {
 template <typename Scalar>
 class FisherGram {
  public:
-  /// Forms G on the operator's batch (its cached forward pass, its Fisher kind and draws). Throws
-  /// std::invalid_argument for an operator with a communicator of more than one rank. The operator must
-  /// outlive this object; the stored cotangents it holds are overwritten.
+  /// Forms G on the operator's batch (its cached forward pass, its Fisher kind and draws; under MPI the whole
+  /// batch's rows on every rank). The operator must outlive this object; the stored cotangents it holds are
+  /// overwritten.
   explicit FisherGram(const FisherOperator<Scalar>& F);
 
   /// Rows of U for `num_samples` samples of a model: N·T·C (exact), N·S (mc) or N (empirical).
@@ -102,12 +105,15 @@ class FisherGram {
   Mat<Scalar> eigenvectors(const GramSpectrum& s, Index k) const;
 
  private:
-  // Column k of H_n's factor f_nk (T·C scalars), unscaled by M.
+  // Column k of H_n's factor f_nk (T·C scalars) of this rank's sample n, unscaled by M.
   void factor(Index k, Index n, Scalar* f) const;
+  // The row of U of factor column k and this rank's sample n: k·N_total + the sample's global index.
+  Index row(Index k, Index n) const { return k * Nt_ + first_ + n; }
   void form();
 
   const FisherOperator<Scalar>& F_;
-  Index N_ = 0, K_ = 0, R_ = 0, TC_ = 0, T_ = 1;
+  const Communicator* comm_ = nullptr;  // only with more than one rank
+  Index N_ = 0, Nt_ = 0, first_ = 0, K_ = 0, R_ = 0, TC_ = 0, T_ = 1;
   double M_ = 1;
   Mat<Scalar> scores_;  // mc: the sampled scores (T·C × N·S); empirical: the true-label scores (T·C × N)
   Eigen::MatrixXd G_;

@@ -37,7 +37,8 @@ namespace natgrad {
 ///     process, and no preconditioner or deflation (an exact solve makes them moot); a spectrum asked for is
 ///     then the exact one from G's eigendecomposition;
 ///   - automatic: smw when the Gram's rows are at most gram_max_rows and it fits in gram_max_bytes (and it
-///     may run: one process, every damping > 0, no preconditioner or deflation asked), else cg.
+///     may run: every damping > 0, no preconditioner or deflation asked), else cg. Under MPI every rank holds
+///     the whole G (the rows are gathered).
 enum class SolverKind { cg, smw, automatic };
 const char* to_string(SolverKind kind);
 /// "cg", "smw" or "auto"; throws std::invalid_argument otherwise.
