@@ -7,6 +7,8 @@
 
 #include <natgrad/curvature/fisher_gram.h>
 
+#include "solvers/tiled_cholesky.h"  // (lib/, private)
+
 #include <Eigen/Cholesky>
 #include <Eigen/Eigenvalues>
 
@@ -204,4 +206,25 @@ TEST(FisherGram, FloatAgreesWithDouble) {
   const Vec<double> d = gd.solve(Fd.gradient(), {1e-2}, true)[0].direction;
   const Vec<float> f = gf.solve(Ff.gradient(), {1e-2}, true)[0].direction;
   EXPECT_LT(rel_err_vec(f.cast<double>(), d), 1e-3);
+}
+
+TEST(TiledCholesky, EqualsEigensLltForAnyThreadCountAndRefusesAnIndefiniteMatrix) {
+  const Index n = 601;  // tiles of 128: a partial last tile
+  const Mat<double> X = random_mat<double>(n, n + 5, 3);
+  const Mat<double> A = X * X.transpose() + 1e-3 * Mat<double>::Identity(n, n);
+  const Mat<double> L = A.llt().matrixL();
+  std::vector<Mat<double>> factors;
+  for (int threads : {1, 3}) {
+    Mat<double> T = A;
+    ASSERT_TRUE(detail::tiled_cholesky(T, threads, 128));
+    const Mat<double> Lt = T.triangularView<Eigen::Lower>();
+    EXPECT_LT(rel_err_vec(Lt, L), 1e-12);
+    factors.push_back(Lt);
+    const Vec<double> b = random_vec<double>(n, 4);
+    EXPECT_LT(rel_err_vec(detail::cholesky_solve(T, b), Vec<double>(A.llt().solve(b))), 1e-10);
+  }
+  EXPECT_TRUE(factors[0] == factors[1]);
+  Mat<double> bad = A;
+  bad(400, 400) = -1;
+  EXPECT_FALSE(detail::tiled_cholesky(bad, 2, 128));
 }

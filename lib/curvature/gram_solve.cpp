@@ -1,5 +1,6 @@
 // What the Gram gives exactly: the damped solves (F + λI)⁻¹g through the Woodbury identity, one Cholesky
 // factorization of G + λI per λ, and F's nonzero spectrum from G's eigendecomposition.
+#include <natgrad/core/threads.h>
 #include <natgrad/curvature/fisher_gram.h>
 
 #include <Eigen/Cholesky>
@@ -9,6 +10,7 @@
 
 #include "core/fail.h"
 #include "core/format_number.h"
+#include "solvers/tiled_cholesky.h"
 
 namespace natgrad {
 
@@ -44,13 +46,12 @@ std::vector<GramSolution<Scalar>> FisherGram<Scalar>::solve(const Vec<Scalar>& g
     auto t0 = std::chrono::steady_clock::now();
     Eigen::MatrixXd A = G_;
     A.diagonal().array() += lambda;
-    Eigen::LLT<Eigen::MatrixXd> llt(A);
-    if (llt.info() != Eigen::Success)
+    if (!detail::tiled_cholesky(A, resolve_threads(F_.options().num_threads)))
       detail::fail("the Cholesky factorization of G + λI failed at λ = " + detail::format_number(lambda) +
                    " (G is not positive semi-definite to rounding: a NaN or Inf in the rows?)");
     s.factor_s = seconds_since(t0);
     t0 = std::chrono::steady_clock::now();
-    const Eigen::VectorXd w = llt.solve(push ? r_ : Ug);
+    const Eigen::VectorXd w = detail::cholesky_solve(A, push ? r_ : Ug);
     Vec<Scalar> u = transpose_times(w);
     s.direction = push ? u : Vec<Scalar>((g - u) / Scalar(lambda));
     s.apply_s = seconds_since(t0) + ug_s;

@@ -48,9 +48,9 @@ struct NaturalGradientOptions {
   /// cg (default), smw or automatic (SolverKind).
   SolverKind solver = SolverKind::cg;
   /// automatic: the most rows of U (N·C for the exact Fisher on a single-position output) for which the Gram
-  /// is chosen; above it, CG. Default 5120: on the default MLP at λ = 1e-3 the Gram is 1.3x faster than CG to
-  /// 1e-10 at 5120 rows and 0.7x at 6400 (its Cholesky factorization, O(R³), takes over; docs/solvers.md).
-  Index gram_max_rows = 5120;
+  /// is chosen; above it, CG. Default 6400: on the default MLP at λ = 1e-3 the Gram is 1.1x faster than CG to
+  /// 1e-10 at 6400 rows and 0.8x at 7680 (its Cholesky factorization, O(R³), takes over; docs/solvers.md).
+  Index gram_max_rows = 6400;
   /// automatic and smw: the bytes the Gram may take (G, its factor, the kept cotangents and the rows it forms
   /// explicitly; FisherGram::required_bytes); smw refuses beyond it, automatic runs CG. 0: no limit.
   std::size_t gram_max_bytes = 0;
