@@ -23,6 +23,32 @@
 namespace natgrad {
 namespace cli {
 
+namespace {
+// train's defaults where they differ from solve's, and its own rules.
+void check_train_options(const CLI::App& t, Args& a) {
+  if (!t.count("--batch")) a.batch = 128;
+  if (!t.count("--damping")) a.damping = 1.0;
+  if (!t.count("--solver")) a.solver = "auto";
+  if (!t.count("--cg-tol")) a.cg_tol = 1e-4;
+  if (!t.count("--cg-max-iters")) a.cg_max_iters = 100;
+  if (a.optimizer != "natgrad" && a.optimizer != "adam" && a.optimizer != "sgd")
+    usage_error("--optimizer must be natgrad, adam or sgd, got \"" + a.optimizer + "\"");
+  if (t.count("--lr") && !(a.lr > 0)) usage_error("--lr must be > 0, got " + detail::format_number(a.lr));
+  if (t.count("--momentum") && a.optimizer != "sgd")
+    usage_error("--momentum is SGD's (b <- mu*b + g); --optimizer " + a.optimizer + " does not take it");
+  if (!(a.momentum >= 0)) usage_error("--momentum must be >= 0, got " + detail::format_number(a.momentum));
+  if (a.optimizer == "natgrad" && !(a.damping > 0))
+    usage_error("--damping must be > 0 for natgrad (F is singular on a minibatch), got " + detail::format_number(a.damping));
+  if (a.damping_adapt != "lm" && a.damping_adapt != "off")
+    usage_error("--damping-adapt must be lm or off, got \"" + a.damping_adapt + "\"");
+  if (a.epochs < 1) usage_error("--epochs must be >= 1, got " + std::to_string(a.epochs));
+  if (a.eval_every < 0) usage_error("--eval-every must be >= 0, got " + std::to_string(a.eval_every));
+  if (!(a.max_time >= 0)) usage_error("--max-time must be >= 0 (seconds), got " + detail::format_number(a.max_time));
+  if (a.cg_max_iters < 1) usage_error("--cg-max-iters must be >= 1, got " + std::to_string(a.cg_max_iters));
+  if (!(a.cg_tol > 0 && a.cg_tol < 1)) usage_error("--cg-tol must be in (0, 1), got " + detail::format_number(a.cg_tol));
+}
+}  // namespace
+
 int run(int argc, char** argv, const MoreCommands* more) {
   const bool solve_only = more == nullptr;
   World world(&argc, &argv);  // MPI, when built with it: every rank parses the same arguments
@@ -40,6 +66,7 @@ int run(int argc, char** argv, const MoreCommands* more) {
   CLI::App* spectrum = solve_only ? nullptr : app.add_subcommand("spectrum", "Top-k eigenvalues of F by Lanczos");
   CLI::App* info = solve_only ? nullptr : app.add_subcommand("info", "Layers, shapes, parameter counts and memory estimate");
   CLI::App* profile = solve_only ? nullptr : app.add_subcommand("profile", "Where a Fisher-vector product's time goes, node by node");
+  CLI::App* train = solve_only ? nullptr : app.add_subcommand("train", "Train a model: natural gradient, Adam or SGD, with evaluation");
   a.damping = 1e-3;
   add_solve_options(solve, a);
   if (!solve_only) {
@@ -47,12 +74,13 @@ int run(int argc, char** argv, const MoreCommands* more) {
     add_profile_options(profile, a);
     add_spectrum_options(spectrum, a);
     add_info_options(info, a);
+    add_train_options(train, a);
     app.require_subcommand(1);
   }
   try {
     app.parse(argc, argv);
     // 0 is the "all samples" default internally; asked for explicitly it is an error.
-    for (CLI::App* c : {solve, fvp, spectrum, info, profile})
+    for (CLI::App* c : {solve, fvp, spectrum, info, profile, train})
       if (c && c->parsed()) {
         if (c->count("--batch") && a.batch < 1) usage_error("--batch must be >= 1, got " + std::to_string(a.batch));
         if (c == solve && c->count("--deflate") && a.deflate < 0)
@@ -97,8 +125,9 @@ int run(int argc, char** argv, const MoreCommands* more) {
     if (!world.root()) a.quiet = true;
     // Threads: --threads T (0: all cores); without it OMP_NUM_THREADS, else all cores, or under MPI this
     // rank's share of them.
+    if (train && train->parsed()) check_train_options(*train, a);
     bool threads_given = false;
-    for (CLI::App* c : {solve, fvp, spectrum, info, profile})
+    for (CLI::App* c : {solve, fvp, spectrum, info, profile, train})
       if (c && c->parsed() && c->count("--threads")) threads_given = true;
     if (threads_given)
       set_num_threads(a.threads);
@@ -109,6 +138,7 @@ int run(int argc, char** argv, const MoreCommands* more) {
     if (fvp->parsed()) return more->fvp(a, world, f64);
     if (spectrum->parsed()) return more->spectrum(a, world, f64);
     if (profile->parsed()) return more->profile(a, world, f64);
+    if (train->parsed()) return more->train(a, world, f64);
     return more->info(a);
   } catch (const CLI::CallForHelp& e) {
     return world.root() ? app.exit(e) : 0;

@@ -14,6 +14,7 @@ struct MoreCommands {
   int (*spectrum)(Args& a, const World& world, bool f64);
   int (*profile)(Args& a, const World& world, bool f64);
   int (*info)(Args& a);
+  int (*train)(Args& a, const World& world, bool f64);
   bool (*can_plot)();  ///< whether `spectrum --plot` can draw (PLplot was found)
 };
 

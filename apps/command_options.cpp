@@ -72,6 +72,47 @@ void add_spectrum_options(CLI::App* c, Args& a) {
   c->add_option("--report", a.report, "Write a JSON report here (docs/formats.md)");
 }
 
+void add_train_options(CLI::App* c, Args& a) {
+  c->add_option("--model", a.model, "Model spec (JSON, docs/formats.md)");
+  c->add_option("--weights", a.weights,
+                "Initial parameters (safetensors); default: PyTorch-style initialization from --seed");
+  c->add_option("--data", a.data,
+                "Training data: a .safetensors file, a .csv, or a directory of MNIST-format IDX files (its train split)");
+  c->add_option("--test-data", a.test_data,
+                "Evaluation data (default: the t10k split of an IDX directory --data; none for a file)");
+  c->add_option("--optimizer", a.optimizer, "natgrad (natural gradient, Hessian-free), adam or sgd")
+      ->capture_default_str();
+  c->add_option("--lr", a.lr, "Learning rate eta (default: 1 for natgrad, 1e-3 for adam, 1e-2 for sgd)");
+  c->add_option("--momentum", a.momentum, "SGD's momentum mu (b <- mu*b + g); not for adam or natgrad yet")
+      ->capture_default_str();
+  c->add_option("--epochs", a.epochs, "Epochs (>= 1)")->capture_default_str();
+  c->add_option("--batch", a.batch, "Minibatch size (default 128)");
+  c->add_option("--curvature-batch", a.curvature_batch,
+                "natgrad: curvature on the first B2 samples of each batch (default: the whole batch)");
+  c->add_option("--fisher", a.fisher, "natgrad: Fisher kind, exact, mc or empirical")->capture_default_str();
+  c->add_option("--mc-samples", a.mc_samples, "natgrad: Monte-Carlo labels per input for --fisher mc")
+      ->capture_default_str();
+  c->add_option("--damping", a.damping, "natgrad: the damping lambda at the first step (> 0; default 1)");
+  c->add_option("--damping-adapt", a.damping_adapt,
+                "natgrad: lm (Levenberg-Marquardt on the step's reduction ratio; rejected steps) or off")
+      ->capture_default_str();
+  c->add_option("--solver", a.solver, "natgrad: cg, smw (the exact Gram solve) or auto (default auto)");
+  c->add_option("--cg-tol", a.cg_tol, "natgrad: CG's relative residual tolerance (default 1e-4)");
+  c->add_option("--cg-max-iters", a.cg_max_iters, "natgrad: CG's iteration limit (default 100)");
+  c->add_flag("--no-shuffle", a.no_shuffle, "Minibatches in file order (default: a permutation per epoch, seeded)");
+  c->add_option("--eval-every", a.eval_every, "Evaluate every K steps (default 0: after each epoch)")
+      ->capture_default_str();
+  c->add_option("--max-time", a.max_time, "Stop after S seconds of training, evaluate and save (default 0: no limit)")
+      ->capture_default_str();
+  c->add_option("--seed", a.seed, "Seed for initialization, shuffling and Monte-Carlo labels")->capture_default_str();
+  c->add_option("--dtype", a.dtype, "float32 or float64")->capture_default_str();
+  c->add_option("--threads", a.threads, "Threads: >= 1, or 0 for all cores (default: OMP_NUM_THREADS, else all cores)");
+  c->add_option("--save", a.save, "Write the final parameters here (safetensors, state_dict names)");
+  c->add_option("--log", a.log, "Write the training log here (CSV: a row per step and per evaluation)");
+  c->add_option("--report", a.report, "Write a JSON report here (docs/formats.md)");
+  c->add_flag("--quiet", a.quiet, "Only the results on stdout and errors on stderr");
+}
+
 void add_info_options(CLI::App* c, Args& a) {
   c->add_option("--model", a.model, "Model spec (JSON)");
   c->add_option("--weights", a.weights, "Check these parameters against the model");

@@ -19,6 +19,9 @@ int run_exact_spectrum(Args& a, const World& world);
 template <typename Scalar>
 int run_profile(Args& a, const World& world);
 int run_info(Args& a);
+/// natgrad train (train_command.cpp).
+template <typename Scalar>
+int run_train(Args& a, const World& world);
 
 }  // namespace cli
 }  // namespace natgrad

@@ -46,6 +46,13 @@ struct Args {
   int ranks = 1;  // natgrad info --ranks: the per-rank estimate
   double max_memory_gb = 0;
   bool quiet = false;
+  // train
+  std::string optimizer = "natgrad", test_data, damping_adapt = "lm", save, log;
+  double lr = 0;  // 0: the optimizer's default
+  double momentum = 0;
+  Index epochs = 10, eval_every = 0;
+  double max_time = 0;
+  bool no_shuffle = false;
 };
 
 /// The model, data and Fisher options of solve, fvp, spectrum and profile.

@@ -58,4 +58,24 @@ check(len(red) == 4, "one red mark per top eigenvalue: %d" % len(red))
 blue = sum(len(e.get("points").split()) for e in root.iter(ns + "polyline") if e.get("stroke") == "#1F77B4")
 check(blue >= 400, "the density curve has 400 points: %d" % blue)
 check(any("top 4" == t for t in texts), "the top-k marks are labelled")
+
+# spectrum --exact --plot: the exact eigenvalues as the picture's quadrature; its mass-at-zero label and its
+# caption's trace are the report's exact ones, and the title says exact.
+svg2, report2 = os.path.join(out, "exact.svg"), os.path.join(out, "exact.json")
+r = subprocess.run([natgrad, "spectrum", "--model", model, "--data", csv, "--dtype", "float64", "--top", "4",
+                    "--exact", "--plot", svg2, "--report", report2, "--quiet"], capture_output=True, text=True,
+                   timeout=300)
+check(r.returncode == 0, "spectrum --exact --plot exits 0 (%s)" % r.stderr.strip())
+root = ET.parse(svg2).getroot()
+j = json.load(open(report2))
+texts = ["".join(e.itertext()) for e in root.iter(ns + "text")]
+label = "%.1f%%" % (100 * j["spectrum"]["mass_at_zero"])
+check(label in texts, "exact: the mass-at-zero label %s is among the texts %s" % (label, texts))
+caption = [t for t in texts if t.startswith("tr(F) = ")]
+check(len(caption) == 1 and abs(float(caption[0].split("=")[1].split("+-")[0]) - j["spectrum"]["trace"])
+      <= 5e-4 * j["spectrum"]["trace"], "exact: the caption's trace is the report's exact %g: %s"
+      % (j["spectrum"]["trace"], caption))
+check(any("exact" in t for t in texts), "exact: the title says exact")
+red = [e for e in root.iter(ns + "polyline") if e.get("stroke") == "#D62728"]
+check(len(red) == min(4, j["spectrum"]["nonzero"]), "exact: one red mark per top eigenvalue: %d" % len(red))
 sys.exit(1 if failures else 0)

@@ -291,7 +291,8 @@ TEST_F(Cli, EveryReportFieldIsDocumented) {
       "profile " + base + " --products 2",
       "solve " + base + " --solver smw --spectrum 2 --damping 1e-2",
       "solve " + base + " --solver auto --damping 1e-1,1e-2",
-      "spectrum " + base + " --exact --top 2"};
+      "spectrum " + base + " --exact --top 2",
+      "train " + base + " --optimizer natgrad --epochs 2 --batch 4 --test-data " + p("d.safetensors")};
   std::set<std::string> keys;
   std::function<void(const nlohmann::json&)> collect = [&](const nlohmann::json& j) {
     if (j.is_object())

@@ -7,7 +7,10 @@
 #include <Eigen/Eigenvalues>
 #include <nlohmann/json.hpp>
 
+#include <natgrad/io/safetensors.h>
+
 #include <algorithm>
+#include <cmath>
 
 using namespace natgrad;
 using namespace natgrad::test;
@@ -91,6 +94,37 @@ TEST_F(Cli, AutoSaysWhichSolverRanAndSpectrumExactMatchesLanczos) {
   EXPECT_EQ(je["spectrum"]["zero_count"].get<Index>() + je["spectrum"]["nonzero"].get<Index>(),
             je["params"].get<Index>());
   EXPECT_NE(e.out.find("trace of F"), std::string::npos) << e.out;
+}
+
+TEST_F(Cli, ExactEigenvectorsAreEigenvectorsOfTheDenseFisherAndCompareRunsOnThem) {
+  const Result e = run("spectrum " + base + " --dtype float64 --exact --top 3 --eigenvectors " + p("ev.safetensors") +
+                       " --report " + p("ev.json"));
+  ASSERT_EQ(e.code, 0) << e.err;
+  Loaded l = load();
+  Network<double> model(l.m.spec);
+  const Mat<double> Fd = dense_fisher(model, Vec<double>(l.theta.cast<double>()), l.data.cast<double>(),
+                                      l.m.likelihood, FisherKind::exact);
+  const auto j = nlohmann::json::parse(slurp(p("ev.json")));
+  const SafetensorsFile f = SafetensorsFile::read(p("ev.safetensors"));
+  for (Index i = 0; i < 3; ++i) {
+    Vec<double> v(model.num_params());
+    for (const NamedParam& np : model.named_params()) {
+      ASSERT_EQ(f.info(np.name).shape.front(), 3);
+      const std::vector<double> t = f.get<double>(np.name);
+      for (Index e = 0; e < np.size; ++e) v[np.offset + e] = t[static_cast<std::size_t>(i * np.size + e)];
+    }
+    const double mu = j["spectrum"]["eigenvalues"][i].get<double>();
+    EXPECT_NEAR(v.norm(), 1.0, 1e-10);
+    EXPECT_LT((Fd * v - mu * v).norm() / j["spectrum"]["eigenvalues"][0].get<double>(), 1e-10) << i;
+  }
+  // --compare on the exact eigenvectors: the comparison is made, K-FAC's product error is finite.
+  const Result c = run("solve " + base + " --dtype float64 --solver smw --damping 1e-2 --spectrum 3 --compare kfac "
+                       "--report " + p("cmp.json"));
+  ASSERT_EQ(c.code, 0) << c.err;
+  const auto jc = nlohmann::json::parse(slurp(p("cmp.json")));
+  ASSERT_EQ(jc["compare"].size(), 1u);
+  EXPECT_GT(jc["compare"][0]["direction_cosine"].get<double>(), 0.0);
+  EXPECT_TRUE(std::isfinite(jc["compare"][0]["product_relative_error"].get<double>()));
 }
 
 TEST_F(Cli, GramSolverRefusalsAreOneLine) {

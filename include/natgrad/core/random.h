@@ -37,7 +37,7 @@ class CounterRng {
 };
 
 /// Domain tags mixed into the stream so unrelated uses of one seed never share draws.
-enum class RngDomain : uint64_t { mc_labels = 1, probes = 2, init = 3, shuffle = 4, kfac_signs = 5 };
+enum class RngDomain : uint64_t { mc_labels = 1, probes = 2, init = 3, shuffle = 4, kfac_signs = 5, steps = 6 };
 
 /// The stream for (domain, index): e.g. (mc_labels, sample n).
 inline uint64_t rng_stream(RngDomain domain, uint64_t index) {

@@ -1,0 +1,197 @@
+// natgrad train: the model, the training and evaluation data, an optimizer (natgrad, adam, sgd), the training
+// loop (training/trainer.h) with a progress line at least every 2 s, a line per evaluation, the CSV log, the
+// final parameters and the JSON report.
+#include "commands.h"
+#include "progress.h"
+#include "report.h"
+
+#include <natgrad/core/threads.h>
+#include <natgrad/io/dataset_io.h>
+#include <natgrad/io/model_spec_json.h>
+#include <natgrad/io/parameters_io.h>
+#include <natgrad/io/safetensors.h>
+#include <natgrad/model/initialization.h>
+#include <natgrad/training/trainer.h>
+
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+#include "core/format_number.h"
+#include "problem.h"
+
+namespace natgrad {
+namespace cli {
+
+namespace {
+
+// A CSV field: a number, or empty where it does not apply (NaN).
+std::string field(double v) {
+  if (std::isnan(v)) return "";
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%.17g", v);  // (every bit: the log is data)
+  return buf;
+}
+
+template <typename Scalar>
+std::unique_ptr<Optimizer<Scalar>> make_optimizer(const Args& a, Index P) {
+  if (a.optimizer == "adam") {
+    AdamOptions o;
+    if (a.lr > 0) o.lr = a.lr;
+    return std::make_unique<AdamOptimizer<Scalar>>(P, o);
+  }
+  if (a.optimizer == "sgd") {
+    SgdOptions o;
+    if (a.lr > 0) o.lr = a.lr;
+    o.momentum = a.momentum;
+    return std::make_unique<SgdOptimizer<Scalar>>(P, o);
+  }
+  NaturalGradientStepOptions o;
+  if (a.lr > 0) o.lr = a.lr;
+  o.damping = a.damping;
+  o.adapt_damping = a.damping_adapt == "lm";
+  o.curvature_batch = a.curvature_batch;
+  o.fisher = fisher_options(a);
+  o.solver = solver_from_string(a.solver);
+  o.cg_tolerance = a.cg_tol;
+  o.cg_max_iterations = a.cg_max_iters;
+  return std::make_unique<NaturalGradientOptimizer<Scalar>>(P, o);
+}
+
+}  // namespace
+
+template <typename Scalar>
+int run_train(Args& a, const World& world) {
+  if (world.size() > 1) usage_error("train runs in one process for now (no mpirun)");
+  if (a.model.empty()) usage_error("--model is required");
+  if (a.data.empty()) usage_error("--data is required");
+  if (a.context > 0) usage_error("--context (text) is not supported by train yet");
+  check_output_paths(a);
+  const Progress progress(a.quiet);
+  const ModelFile file = read_model_spec(a.model);
+  Network<Scalar> model(file.spec);
+  const Index T = model.output_positions(), C = model.output_size() / T;
+  const Dataset<Scalar> data = load_dataset<Scalar>(a.data, file.spec.input_shape, file.likelihood, C, Split::train, 0, T);
+  model.check_inputs(data.inputs);
+  Dataset<Scalar> test;
+  std::string test_label = "none";
+  const bool idx_dir = std::filesystem::is_directory(a.data);
+  if (!a.test_data.empty() || idx_dir) {
+    const std::string path = a.test_data.empty() ? a.data : a.test_data;
+    const Split split = std::filesystem::is_directory(path) ? Split::test : Split::train;
+    test = load_dataset<Scalar>(path, file.spec.input_shape, file.likelihood, C, split, 0, T);
+    model.check_inputs(test.inputs);
+    test_label = path + (split == Split::test ? " (t10k)" : "");
+  }
+  Vec<Scalar> theta;
+  if (a.weights.empty()) {
+    theta = init_parameters(model, a.seed);
+  } else {
+    theta = load_parameters<Scalar>(a.weights, model);
+    load_buffers<Scalar>(a.weights, model);
+  }
+  const std::unique_ptr<Optimizer<Scalar>> opt = make_optimizer<Scalar>(a, model.num_params());
+  std::printf("natgrad train: %s (%lld parameters, %s), %s (%lld samples), test %s (%lld samples), optimizer %s, "
+              "batch %lld, %lld epochs, %s, %d threads\n",
+              a.model.c_str(), static_cast<long long>(model.num_params()), to_string(file.likelihood), a.data.c_str(),
+              static_cast<long long>(data.size()), test_label.c_str(), static_cast<long long>(test.size()),
+              opt->name(), static_cast<long long>(a.batch), static_cast<long long>(a.epochs), a.dtype.c_str(),
+              num_threads());
+  bool has_norm = false;
+  for (std::size_t l = 0; l < model.num_layers(); ++l)
+    has_norm = has_norm || model.layer(l).type() == LayerType::batch_norm;
+  if (has_norm && !a.quiet)
+    std::fprintf(stderr, "note: batch norm trains in evaluation mode: its running statistics stay fixed\n");
+
+  std::ostringstream csv;
+  csv << "kind,step,epoch,time_s,loss,lr,damping,cg_iterations,test_loss,test_accuracy\n";
+  const Index per_epoch = (data.size() + a.batch - 1) / a.batch, total_steps = per_epoch * a.epochs;
+  double last_line = -1e9;
+  TrainOptions to;
+  to.epochs = a.epochs;
+  to.batch = a.batch;
+  to.shuffle = !a.no_shuffle;
+  to.seed = a.seed;
+  to.eval_every = a.eval_every;
+  to.max_time_s = a.max_time;
+  to.on_record = [&](const TrainRecord& r) {
+    if (r.eval) {
+      csv << "eval," << r.step << "," << r.epoch << "," << field(r.time_s) << ",,,,," << field(r.test_loss) << ","
+          << field(r.test_accuracy) << "\n";
+      std::printf("epoch %lld, step %lld: %stest loss %s, test accuracy %s, %.2f s\n", static_cast<long long>(r.epoch),
+                  static_cast<long long>(r.step),
+                  std::isnan(r.train_loss) ? "" : ("train loss " + field(r.train_loss) + ", ").c_str(),
+                  field(r.test_loss).c_str(), field(r.test_accuracy).c_str(), r.time_s);
+      std::fflush(stdout);
+      return;
+    }
+    const StepResult& s = r.result;
+    const bool natgrad = a.optimizer == "natgrad";
+    csv << "step," << r.step << "," << r.epoch << "," << field(r.time_s) << "," << field(s.loss) << "," << field(s.lr)
+        << "," << (natgrad ? field(s.damping) : "") << "," << (natgrad ? std::to_string(s.cg_iterations) : "") << ",,\n";
+    if (progress.elapsed() - last_line >= 2.0 || r.step == 1) {
+      const double eta = r.time_s / double(r.step) * double(total_steps - r.step);
+      if (natgrad)
+        progress.line("epoch %lld step %lld/%lld: loss %.6f, lr %g, damping %.3g, %s %lld%s, eta %.0f s",
+                      static_cast<long long>(r.epoch), static_cast<long long>(r.step), static_cast<long long>(total_steps),
+                      s.loss, s.lr, s.damping, to_string(s.solver), static_cast<long long>(s.cg_iterations),
+                      s.rejected ? " (rejected)" : "", eta);
+      else
+        progress.line("epoch %lld step %lld/%lld: loss %.6f, lr %g, eta %.0f s", static_cast<long long>(r.epoch),
+                      static_cast<long long>(r.step), static_cast<long long>(total_steps), s.loss, s.lr, eta);
+      last_line = progress.elapsed();
+    }
+  };
+  const TrainSummary sum = train<Scalar>(model, file.likelihood, theta, data, test.size() > 0 ? &test : nullptr, *opt, to);
+  std::printf("trained %lld steps, %lld epochs in %.2f s%s", static_cast<long long>(sum.steps),
+              static_cast<long long>(sum.epochs), sum.time_s, sum.stopped ? " (stopped by --max-time)" : "");
+  if (test.size() > 0)
+    std::printf("; test loss %s, test accuracy %s", field(sum.test_loss).c_str(), field(sum.test_accuracy).c_str());
+  std::printf("\n");
+  if (!a.save.empty()) {
+    save_parameters(a.save, model, theta, out_dtype(a), {{"natgrad", "trained parameters"}, {"optimizer", opt->name()}});
+    std::printf("wrote the parameters to %s\n", a.save.c_str());
+  }
+  if (!a.log.empty()) {
+    write_file_atomically(a.log, csv.str());
+    std::printf("wrote the log to %s\n", a.log.c_str());
+  }
+  if (!a.report.empty()) {
+    nlohmann::ordered_json j;
+    j["command"] = "train";
+    j["optimizer"] = opt->name();
+    j["params"] = model.num_params();
+    j["samples"] = data.size();
+    j["test_samples"] = test.size();
+    j["batch"] = a.batch;
+    j["dtype"] = a.dtype;
+    j["threads"] = num_threads();
+    j["steps"] = sum.steps;
+    auto num = [](double v) { return std::isnan(v) ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(v); };
+    j["epochs"] = nlohmann::ordered_json::array();
+    for (const EpochSummary& e : sum.per_epoch)
+      j["epochs"].push_back({{"epoch", e.epoch},
+                             {"train_loss", e.train_loss},
+                             {"test_loss", num(e.test_loss)},
+                             {"test_accuracy", num(e.test_accuracy)},
+                             {"time_s", e.time_s}});
+    j["test_loss"] = num(sum.test_loss);
+    j["test_accuracy"] = num(sum.test_accuracy);
+    j["stopped"] = sum.stopped;
+    j["time_s"] = sum.time_s;
+    write_file_atomically(a.report, j.dump(2) + "\n");
+  }
+  return 0;
+}
+
+template int run_train<float>(Args&, const World&);
+template int run_train<double>(Args&, const World&);
+
+}  // namespace cli
+}  // namespace natgrad

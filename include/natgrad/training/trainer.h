@@ -1,0 +1,73 @@
+/// \file trainer.h
+/// \brief Epochs of minibatch steps with an Optimizer, evaluation on held-out data, progress and stop.
+///
+/// A step takes minibatch k of its epoch (minibatches.h) and calls Optimizer::step with the run's step index;
+/// an evaluation (each epoch, or every eval_every steps, and at the end) computes the loss and, for a
+/// categorical likelihood, the accuracy on the test data (positions whose label is −100 left out). Training
+/// time excludes evaluation. `train_loss` of an epoch is the sample-weighted mean of its steps' losses.
+#pragma once
+
+#include <natgrad/training/optimizer.h>
+
+#include <functional>
+#include <limits>
+#include <vector>
+
+namespace natgrad {
+
+/// One row of the training log: a step or an evaluation.
+struct TrainRecord {
+  bool eval = false;
+  Index step = 0;       ///< steps done (after this step; for an evaluation, so far)
+  Index epoch = 0;      ///< the epoch this step belongs to, from 1 (an evaluation: epochs completed so far)
+  double time_s = 0;    ///< training time so far, evaluation excluded
+  StepResult result;    ///< a step's
+  double test_loss = std::numeric_limits<double>::quiet_NaN();
+  double test_accuracy = std::numeric_limits<double>::quiet_NaN();  ///< categorical only
+  double train_loss = std::numeric_limits<double>::quiet_NaN();     ///< an end-of-epoch evaluation: the epoch's
+};
+
+
+struct TrainOptions {
+  Index epochs = 10;      ///< the total number of epochs
+  Index batch = 128;      ///< the minibatch size
+  bool shuffle = true;    ///< a permutation per epoch keyed by (seed, epoch); false: file order
+  uint64_t seed = 0;
+  Index eval_every = 0;   ///< evaluate every K steps (0: at the end of each epoch)
+  double max_time_s = 0;  ///< stop at the first step boundary after this much training time (0: no limit)
+  /// Called after every step and every evaluation (progress lines, logs). Optional.
+  std::function<void(const TrainRecord&)> on_record;
+  /// Polled before every step: true stops the run at that boundary (after a final evaluation). Optional.
+  std::function<bool()> stop_requested;
+};
+
+/// An epoch completed: its steps' sample-weighted mean loss, the latest evaluation at its end, the training
+/// time so far.
+struct EpochSummary {
+  Index epoch = 0;
+  double train_loss = 0, time_s = 0;
+  double test_loss = std::numeric_limits<double>::quiet_NaN(), test_accuracy = std::numeric_limits<double>::quiet_NaN();
+};
+
+struct TrainSummary {
+  std::vector<TrainRecord> records;
+  std::vector<EpochSummary> per_epoch;
+  Index steps = 0;
+  Index epochs = 0;  ///< epochs completed
+  double time_s = 0;
+  bool stopped = false;  ///< by max_time_s or stop_requested
+  double test_loss = std::numeric_limits<double>::quiet_NaN(), test_accuracy = std::numeric_limits<double>::quiet_NaN();
+};
+
+/// The loss and (categorical) accuracy of theta on `data`.
+template <typename Scalar>
+std::pair<double, double> evaluate(const Network<Scalar>& model, LikelihoodKind likelihood, const Vec<Scalar>& theta,
+                                   const Dataset<Scalar>& data);
+
+/// Trains theta in place. `test` may be null (no evaluation). Throws what the optimizer throws.
+template <typename Scalar>
+TrainSummary train(const Network<Scalar>& model, LikelihoodKind likelihood, Vec<Scalar>& theta,
+                   const Dataset<Scalar>& data, const Dataset<Scalar>* test, Optimizer<Scalar>& optimizer,
+                   const TrainOptions& options);
+
+}  // namespace natgrad

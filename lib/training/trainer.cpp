@@ -1,0 +1,118 @@
+// The training loop (trainer.h): epochs of minibatches, evaluations, the log and the stop rules.
+#include <natgrad/training/minibatches.h>
+#include <natgrad/training/trainer.h>
+
+#include <chrono>
+#include <cmath>
+#include <tuple>
+
+#include "core/fail.h"
+
+namespace natgrad {
+
+template <typename Scalar>
+std::pair<double, double> evaluate(const Network<Scalar>& model, LikelihoodKind likelihood, const Vec<Scalar>& theta,
+                                   const Dataset<Scalar>& data) {
+  FisherOptions fo;
+  fo.kind = FisherKind::empirical;
+  const FisherOperator<Scalar> F(model, theta, likelihood, data, fo);
+  const double loss = F.forward_error().empty() ? F.loss() : std::nan("");
+  double accuracy = std::nan("");
+  if (likelihood == LikelihoodKind::categorical) {
+    const Mat<Scalar>& Z = F.outputs();
+    const Index T = model.output_positions(), C = Z.rows() / T;
+    Index right = 0, counted = 0;
+    for (Index n = 0; n < Z.cols(); ++n)
+      for (Index t = 0; t < T; ++t) {
+        const int64_t y = data.labels[static_cast<std::size_t>(n * T + t)];
+        if (y == kIgnoreIndex) continue;
+        Index best = 0;
+        Z.col(n).segment(t * C, C).maxCoeff(&best);  // the first maximum, as torch.argmax
+        right += best == y ? 1 : 0;
+        ++counted;
+      }
+    accuracy = counted > 0 ? double(right) / double(counted) : std::nan("");
+  }
+  return {loss, accuracy};
+}
+
+template <typename Scalar>
+TrainSummary train(const Network<Scalar>& model, LikelihoodKind likelihood, Vec<Scalar>& theta,
+                   const Dataset<Scalar>& data, const Dataset<Scalar>* test, Optimizer<Scalar>& optimizer,
+                   const TrainOptions& o) {
+  using Clock = std::chrono::steady_clock;
+  if (o.epochs < 1) detail::fail("epochs must be >= 1, got " + std::to_string(o.epochs));
+  if (o.eval_every < 0) detail::fail("eval_every must be >= 0, got " + std::to_string(o.eval_every));
+  const Index N = data.size();
+  if (N == 0) detail::fail("the training data is empty");
+  const Index per_epoch = batches_per_epoch(N, o.batch);
+  TrainSummary s;
+  double trained = 0;
+  auto record = [&](TrainRecord r) {
+    if (o.on_record) o.on_record(r);
+    s.records.push_back(std::move(r));
+  };
+  auto evaluation = [&](Index epoch, double train_loss) {
+    TrainRecord r;
+    r.eval = true;
+    r.step = s.steps;
+    r.epoch = epoch;
+    r.time_s = trained;
+    r.train_loss = train_loss;
+    if (test) std::tie(r.test_loss, r.test_accuracy) = evaluate(model, likelihood, theta, *test);
+    s.test_loss = r.test_loss;
+    s.test_accuracy = r.test_accuracy;
+    record(r);
+  };
+  auto last_is_eval = [&] { return !s.records.empty() && s.records.back().eval; };
+  for (Index epoch = 0; epoch < o.epochs && !s.stopped; ++epoch) {
+    const std::vector<Index> order = epoch_order(N, o.seed, epoch, o.shuffle);
+    double loss_sum = 0;
+    Index seen = 0;
+    for (Index k = 0; k < per_epoch; ++k) {
+      if ((o.stop_requested && o.stop_requested()) || (o.max_time_s > 0 && trained >= o.max_time_s)) {
+        s.stopped = true;
+        break;
+      }
+      const Index first = k * o.batch, count = std::min(o.batch, N - first);
+      const Dataset<Scalar> batch = gather(data, order, first, count);
+      const auto t0 = Clock::now();
+      TrainRecord r;
+      r.result = optimizer.step(model, likelihood, theta, batch, s.steps);
+      trained += std::chrono::duration<double>(Clock::now() - t0).count();
+      ++s.steps;
+      r.step = s.steps;
+      r.epoch = epoch + 1;
+      r.time_s = trained;
+      loss_sum += r.result.loss * double(count);
+      seen += count;
+      record(r);
+      if (o.eval_every > 0 && s.steps % o.eval_every == 0) evaluation(epoch + (k + 1 == per_epoch ? 1 : 0), std::nan(""));
+    }
+    if (s.stopped) break;
+    s.epochs = epoch + 1;
+    const double train_loss = loss_sum / double(seen);
+    if (o.eval_every == 0 || (epoch + 1 == o.epochs && !last_is_eval())) evaluation(epoch + 1, train_loss);
+    EpochSummary e;
+    e.epoch = epoch + 1;
+    e.train_loss = train_loss;
+    e.test_loss = s.test_loss;
+    e.test_accuracy = s.test_accuracy;
+    e.time_s = trained;
+    s.per_epoch.push_back(e);
+  }
+  if (s.stopped && !last_is_eval()) evaluation(s.epochs, std::nan(""));
+  s.time_s = trained;
+  return s;
+}
+
+template std::pair<double, double> evaluate<float>(const Network<float>&, LikelihoodKind, const Vec<float>&,
+                                                   const Dataset<float>&);
+template std::pair<double, double> evaluate<double>(const Network<double>&, LikelihoodKind, const Vec<double>&,
+                                                    const Dataset<double>&);
+template TrainSummary train<float>(const Network<float>&, LikelihoodKind, Vec<float>&, const Dataset<float>&,
+                                   const Dataset<float>*, Optimizer<float>&, const TrainOptions&);
+template TrainSummary train<double>(const Network<double>&, LikelihoodKind, Vec<double>&, const Dataset<double>&,
+                                    const Dataset<double>*, Optimizer<double>&, const TrainOptions&);
+
+}  // namespace natgrad

@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""natgrad train against PyTorch in float64 (issue 27, first part): on a small MLP and batches in file order
+(--no-shuffle: [0, 8), [8, 16), [16, 20) as DataLoader(shuffle=False) gives them), the parameters after three
+epochs of torch.optim.Adam, of torch.optim.SGD with momentum, and of natural-gradient steps
+θ ← θ − η(F + λI)⁻¹g with the damping fixed (F the exact Fisher built densely from PyTorch's Jacobian-vector
+products, solved by torch.linalg.solve) — each against `natgrad train --save`'s, to 1e-10 relative (the Gram
+solve) or 1e-8 (CG to 1e-12). Then the report and log agree with the run, and bad options end with one line.
+Exit code 77 (ctest SKIP) when PyTorch is not installed, 1 with NATGRAD_REQUIRE_TORCH=1 (torch_oracle.py)."""
+import copy
+import csv
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_oracle import Oracle, export_case, load_safetensors  # noqa: E402  (first)
+from torch_reference import dense_fisher, flat, rel  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+oracle = Oracle()
+torch.set_default_dtype(torch.float64)
+torch.manual_seed(0)
+N, B, EPOCHS = 20, 8, 3
+model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+x, y = torch.randn(N, 5), torch.randint(0, 3, (N,))
+d, _, common = export_case(model, [5], "categorical", x, y)
+batches = [(x[k:k + B], y[k:k + B]) for k in range(0, N, B)]
+
+
+def trained(args, tag):
+    out = os.path.join(d, tag + ".safetensors")
+    oracle.run("train", *common, "--epochs", str(EPOCHS), "--batch", str(B), "--no-shuffle", "--save", out,
+               "--report", os.path.join(d, tag + ".json"), "--log", os.path.join(d, tag + ".csv"), *args)
+    saved = load_safetensors(out)
+    return flat([saved[n] for n, _ in model.named_parameters()])
+
+
+def torch_first_order(make):
+    m = copy.deepcopy(model)
+    opt = make(m.parameters())
+    for _ in range(EPOCHS):
+        for xb, yb in batches:
+            opt.zero_grad()
+            F.cross_entropy(m(xb), yb).backward()
+            opt.step()
+    return flat([p.detach() for p in m.parameters()])
+
+
+ours = trained(["--optimizer", "adam", "--lr", "0.01"], "adam")
+oracle.check("adam (lr 0.01), 3 epochs of 3 batches", rel(ours, torch_first_order(lambda p: torch.optim.Adam(p, lr=0.01))), 1e-10)
+ours = trained(["--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.9"], "sgd")
+oracle.check("sgd (lr 0.05, momentum 0.9)",
+             rel(ours, torch_first_order(lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9))), 1e-10)
+
+
+def torch_natural_gradient(lr, lam):
+    m = copy.deepcopy(model)
+    for _ in range(EPOCHS):
+        for xb, yb in batches:
+            params = list(m.parameters())
+            g = flat(torch.autograd.grad(F.cross_entropy(m(xb), yb), params))
+            Fd = dense_fisher(m, xb, yb, "categorical")
+            step = torch.linalg.solve(Fd + lam * torch.eye(Fd.shape[0]), g)
+            with torch.no_grad():
+                offset = 0
+                for p in params:
+                    p -= lr * step[offset:offset + p.numel()].reshape(p.shape)
+                    offset += p.numel()
+    return flat([p.detach() for p in m.parameters()])
+
+
+want = torch_natural_gradient(0.5, 0.1)
+fixed = ["--optimizer", "natgrad", "--lr", "0.5", "--damping", "0.1", "--damping-adapt", "off"]
+oracle.check("natgrad, λ 0.1 fixed, the Gram solve", rel(trained(fixed + ["--solver", "smw"], "ng_smw"), want), 1e-10)
+oracle.check("natgrad, λ 0.1 fixed, CG to 1e-12",
+             rel(trained(fixed + ["--solver", "cg", "--cg-tol", "1e-12", "--cg-max-iters", "500"], "ng_cg"), want), 1e-8)
+
+# The report and the log of the Adam run.
+report = json.load(open(os.path.join(d, "adam.json")))
+rows = list(csv.DictReader(open(os.path.join(d, "adam.csv"))))
+steps = [r for r in rows if r["kind"] == "step"]
+ok = (report["optimizer"] == "adam" and report["steps"] == 9 and len(report["epochs"]) == 3 and len(steps) == 9
+      and [int(r["step"]) for r in steps] == list(range(1, 10)))
+if not ok:
+    oracle.fail(f"adam's report and log: steps {report['steps']}, epochs {len(report['epochs'])}, rows {len(steps)}")
+# The first step's loss in the log is PyTorch's cross-entropy at the initial parameters on batch 0.
+first = float(steps[0]["loss"])
+oracle.check("the log's first loss vs F.cross_entropy", abs(first - F.cross_entropy(model(batches[0][0]), batches[0][1]).item()), 1e-12)
+# train_loss of epoch 1: the sample-weighted mean of its three steps' losses.
+losses = [float(r["loss"]) for r in steps[:3]]
+oracle.check("epoch 1's train_loss is its steps' weighted mean",
+             abs(report["epochs"][0]["train_loss"] - (8 * losses[0] + 8 * losses[1] + 4 * losses[2]) / 20), 1e-12)
+
+for label, args, text in [
+        ("momentum for adam", ["--optimizer", "adam", "--momentum", "0.9"], "--momentum"),
+        ("an unknown optimizer", ["--optimizer", "lbfgs"], "--optimizer must be"),
+        ("damping 0 for natgrad", ["--optimizer", "natgrad", "--damping", "0"], "--damping must be > 0"),
+        ("zero epochs", ["--epochs", "0"], "--epochs must be >= 1")]:
+    oracle.expect_error(label, ["train", *common, *args], text)
+oracle.finish()
