@@ -31,19 +31,22 @@ void check_train_options(const CLI::App& t, Args& a) {
   if (!t.count("--solver")) a.solver = "auto";
   if (!t.count("--cg-tol")) a.cg_tol = 1e-4;
   if (!t.count("--cg-max-iters")) a.cg_max_iters = 100;
-  if (a.optimizer != "natgrad" && a.optimizer != "adam" && a.optimizer != "sgd")
-    usage_error("--optimizer must be natgrad, adam or sgd, got \"" + a.optimizer + "\"");
+  if (a.optimizer != "natgrad" && a.optimizer != "kfac" && a.optimizer != "adam" && a.optimizer != "sgd")
+    usage_error("--optimizer must be natgrad, kfac, adam or sgd, got \"" + a.optimizer + "\"");
   if (t.count("--lr") && !(a.lr > 0)) usage_error("--lr must be > 0, got " + detail::format_number(a.lr));
   if (t.count("--momentum") && a.optimizer != "sgd")
     usage_error("--momentum is SGD's (b <- mu*b + g); --optimizer " + a.optimizer + " does not take it");
   if (!(a.momentum >= 0)) usage_error("--momentum must be >= 0, got " + detail::format_number(a.momentum));
-  if (a.optimizer == "natgrad" && !(a.damping > 0))
-    usage_error("--damping must be > 0 for natgrad (F is singular on a minibatch), got " + detail::format_number(a.damping));
+  if ((a.optimizer == "natgrad" || a.optimizer == "kfac") && !(a.damping > 0))
+    usage_error("--damping must be > 0 for " + a.optimizer + " (F is singular on a minibatch), got " + detail::format_number(a.damping));
   if (a.damping_adapt != "lm" && a.damping_adapt != "off")
     usage_error("--damping-adapt must be lm or off, got \"" + a.damping_adapt + "\"");
   if (a.epochs < 1) usage_error("--epochs must be >= 1, got " + std::to_string(a.epochs));
   if (a.eval_every < 0) usage_error("--eval-every must be >= 0, got " + std::to_string(a.eval_every));
   if (!(a.max_time >= 0)) usage_error("--max-time must be >= 0 (seconds), got " + detail::format_number(a.max_time));
+  if (a.inverse_every < 1) usage_error("--inverse-every must be >= 1, got " + std::to_string(a.inverse_every));
+  if (t.count("--inverse-every") && a.optimizer != "kfac")
+    usage_error("--inverse-every is kfac's; --optimizer " + a.optimizer + " does not take it");
   if (a.cg_max_iters < 1) usage_error("--cg-max-iters must be >= 1, got " + std::to_string(a.cg_max_iters));
   if (!(a.cg_tol > 0 && a.cg_tol < 1)) usage_error("--cg-tol must be in (0, 1), got " + detail::format_number(a.cg_tol));
 }

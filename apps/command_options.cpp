@@ -80,7 +80,7 @@ void add_train_options(CLI::App* c, Args& a) {
                 "Training data: a .safetensors file, a .csv, or a directory of MNIST-format IDX files (its train split)");
   c->add_option("--test-data", a.test_data,
                 "Evaluation data (default: the t10k split of an IDX directory --data; none for a file)");
-  c->add_option("--optimizer", a.optimizer, "natgrad (natural gradient, Hessian-free), adam or sgd")
+  c->add_option("--optimizer", a.optimizer, "natgrad (natural gradient, Hessian-free), kfac, adam or sgd")
       ->capture_default_str();
   c->add_option("--lr", a.lr, "Learning rate eta (default: 1 for natgrad, 1e-3 for adam, 1e-2 for sgd)");
   c->add_option("--momentum", a.momentum, "SGD's momentum mu (b <- mu*b + g); not for adam or natgrad yet")
@@ -99,6 +99,10 @@ void add_train_options(CLI::App* c, Args& a) {
   c->add_option("--solver", a.solver, "natgrad: cg, smw (the exact Gram solve) or auto (default auto)");
   c->add_option("--cg-tol", a.cg_tol, "natgrad: CG's relative residual tolerance (default 1e-4)");
   c->add_option("--cg-max-iters", a.cg_max_iters, "natgrad: CG's iteration limit (default 100)");
+  c->add_option("--inverse-every", a.inverse_every, "kfac: eigendecompose the averaged factors every K steps")
+      ->capture_default_str();
+  c->add_flag("--autoencoder", a.autoencoder,
+              "Targets are the inputs, flattened (a gaussian or bernoulli model whose output has the input's size)");
   c->add_flag("--no-shuffle", a.no_shuffle, "Minibatches in file order (default: a permutation per epoch, seeded)");
   c->add_option("--eval-every", a.eval_every, "Evaluate every K steps (default 0: after each epoch)")
       ->capture_default_str();

@@ -52,7 +52,8 @@ struct Args {
   double momentum = 0;
   Index epochs = 10, eval_every = 0;
   double max_time = 0;
-  bool no_shuffle = false;
+  bool no_shuffle = false, autoencoder = false;
+  Index inverse_every = 20;  // kfac
 };
 
 /// The model, data and Fisher options of solve, fvp, spectrum and profile.

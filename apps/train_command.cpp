@@ -11,6 +11,8 @@
 #include <natgrad/io/parameters_io.h>
 #include <natgrad/io/safetensors.h>
 #include <natgrad/model/initialization.h>
+#include <natgrad/likelihood/likelihood.h>
+#include <natgrad/training/kfac_optimizer.h>
 #include <natgrad/training/trainer.h>
 
 #include <nlohmann/json.hpp>
@@ -18,6 +20,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <limits>
 #include <memory>
 #include <sstream>
 #include <stdexcept>
@@ -40,7 +43,8 @@ std::string field(double v) {
 }
 
 template <typename Scalar>
-std::unique_ptr<Optimizer<Scalar>> make_optimizer(const Args& a, Index P) {
+std::unique_ptr<Optimizer<Scalar>> make_optimizer(const Args& a, const Network<Scalar>& model) {
+  const Index P = model.num_params();
   if (a.optimizer == "adam") {
     AdamOptions o;
     if (a.lr > 0) o.lr = a.lr;
@@ -51,6 +55,16 @@ std::unique_ptr<Optimizer<Scalar>> make_optimizer(const Args& a, Index P) {
     if (a.lr > 0) o.lr = a.lr;
     o.momentum = a.momentum;
     return std::make_unique<SgdOptimizer<Scalar>>(P, o);
+  }
+  if (a.optimizer == "kfac") {
+    KfacStepOptions o;
+    if (a.lr > 0) o.lr = a.lr;
+    o.damping = a.damping;
+    o.adapt_damping = a.damping_adapt == "lm";
+    o.curvature_batch = a.curvature_batch;
+    o.inverse_every = a.inverse_every;
+    o.fisher = fisher_options(a);
+    return std::make_unique<KfacOptimizer<Scalar>>(model, o);
   }
   NaturalGradientStepOptions o;
   if (a.lr > 0) o.lr = a.lr;
@@ -77,7 +91,34 @@ int run_train(Args& a, const World& world) {
   const ModelFile file = read_model_spec(a.model);
   Network<Scalar> model(file.spec);
   const Index T = model.output_positions(), C = model.output_size() / T;
-  const Dataset<Scalar> data = load_dataset<Scalar>(a.data, file.spec.input_shape, file.likelihood, C, Split::train, 0, T);
+  // --autoencoder: the inputs are the targets (an IDX directory's labels, or a file's targets, are dropped).
+  const Index input_size = shape_size(file.spec.input_shape);
+  if (a.autoencoder) {
+    if (file.likelihood == LikelihoodKind::categorical)
+      usage_error("--autoencoder needs a gaussian or bernoulli model (its targets are the inputs), not categorical");
+    if (model.output_size() != input_size)
+      usage_error("--autoencoder: the model's output has " + std::to_string(model.output_size()) +
+                  " values but its input " + std::to_string(input_size) + "; they must be equal");
+  }
+  auto load = [&](const std::string& path, Split split) {
+    if (!a.autoencoder) return load_dataset<Scalar>(path, file.spec.input_shape, file.likelihood, C, split, 0, T);
+    Dataset<Scalar> d;
+    try {
+      d = load_dataset<Scalar>(path, file.spec.input_shape, file.likelihood, C, split);
+    } catch (const std::invalid_argument&) {  // labels (an IDX directory, a classification file)
+      d = load_dataset<Scalar>(path, file.spec.input_shape, LikelihoodKind::categorical,
+                               std::numeric_limits<int32_t>::max(), split);
+    }
+    d.targets = d.inputs;
+    d.labels.clear();
+    try {
+      check_targets(file.likelihood, d, C, T);
+    } catch (const std::invalid_argument& e) {
+      usage_error(path + ": --autoencoder: the inputs as " + to_string(file.likelihood) + " targets: " + e.what());
+    }
+    return d;
+  };
+  const Dataset<Scalar> data = load(a.data, Split::train);
   model.check_inputs(data.inputs);
   Dataset<Scalar> test;
   std::string test_label = "none";
@@ -85,7 +126,7 @@ int run_train(Args& a, const World& world) {
   if (!a.test_data.empty() || idx_dir) {
     const std::string path = a.test_data.empty() ? a.data : a.test_data;
     const Split split = std::filesystem::is_directory(path) ? Split::test : Split::train;
-    test = load_dataset<Scalar>(path, file.spec.input_shape, file.likelihood, C, split, 0, T);
+    test = load(path, split);
     model.check_inputs(test.inputs);
     test_label = path + (split == Split::test ? " (t10k)" : "");
   }
@@ -96,7 +137,7 @@ int run_train(Args& a, const World& world) {
     theta = load_parameters<Scalar>(a.weights, model);
     load_buffers<Scalar>(a.weights, model);
   }
-  const std::unique_ptr<Optimizer<Scalar>> opt = make_optimizer<Scalar>(a, model.num_params());
+  const std::unique_ptr<Optimizer<Scalar>> opt = make_optimizer<Scalar>(a, model);
   std::printf("natgrad train: %s (%lld parameters, %s), %s (%lld samples), test %s (%lld samples), optimizer %s, "
               "batch %lld, %lld epochs, %s, %d threads\n",
               a.model.c_str(), static_cast<long long>(model.num_params()), to_string(file.likelihood), a.data.c_str(),
@@ -132,9 +173,9 @@ int run_train(Args& a, const World& world) {
       return;
     }
     const StepResult& s = r.result;
-    const bool natgrad = a.optimizer == "natgrad";
+    const bool natgrad = a.optimizer == "natgrad", kfac = a.optimizer == "kfac";
     csv << "step," << r.step << "," << r.epoch << "," << field(r.time_s) << "," << field(s.loss) << "," << field(s.lr)
-        << "," << (natgrad ? field(s.damping) : "") << "," << (natgrad ? std::to_string(s.cg_iterations) : "") << ",,\n";
+        << "," << (natgrad || kfac ? field(s.damping) : "") << "," << (natgrad ? std::to_string(s.cg_iterations) : "") << ",,\n";
     if (progress.elapsed() - last_line >= 2.0 || r.step == 1) {
       const double eta = r.time_s / double(r.step) * double(total_steps - r.step);
       if (natgrad)
@@ -142,6 +183,10 @@ int run_train(Args& a, const World& world) {
                       static_cast<long long>(r.epoch), static_cast<long long>(r.step), static_cast<long long>(total_steps),
                       s.loss, s.lr, s.damping, to_string(s.solver), static_cast<long long>(s.cg_iterations),
                       s.rejected ? " (rejected)" : "", eta);
+      else if (kfac)
+        progress.line("epoch %lld step %lld/%lld: loss %.6f, step size %.3g, damping %.3g%s, eta %.0f s",
+                      static_cast<long long>(r.epoch), static_cast<long long>(r.step), static_cast<long long>(total_steps),
+                      s.loss, s.lr, s.damping, s.rejected ? " (rejected)" : "", eta);
       else
         progress.line("epoch %lld step %lld/%lld: loss %.6f, lr %g, eta %.0f s", static_cast<long long>(r.epoch),
                       static_cast<long long>(r.step), static_cast<long long>(total_steps), s.loss, s.lr, eta);

@@ -93,6 +93,28 @@ losses = [float(r["loss"]) for r in steps[:3]]
 oracle.check("epoch 1's train_loss is its steps' weighted mean",
              abs(report["epochs"][0]["train_loss"] - (8 * losses[0] + 8 * losses[1] + 4 * losses[2]) / 20), 1e-12)
 
+# --autoencoder: the inputs are the targets (the file's class labels are dropped); Adam against PyTorch's with
+# BCEWithLogits(sum) / N on (m(x), x), natgrad's bernoulli scaling.
+torch.manual_seed(1)
+ae = nn.Sequential(nn.Linear(5, 3), nn.Sigmoid(), nn.Linear(3, 5))
+xa = torch.rand(N, 5)
+da, _, ae_common = export_case(ae, [5], "bernoulli", xa, torch.randint(0, 3, (N,)))
+out = os.path.join(da, "ae.safetensors")
+oracle.run("train", *ae_common, "--autoencoder", "--optimizer", "adam", "--lr", "0.01", "--epochs", str(EPOCHS),
+           "--batch", str(B), "--no-shuffle", "--save", out)
+saved = load_safetensors(out)
+ours = flat([saved[n] for n, _ in ae.named_parameters()])
+m = copy.deepcopy(ae)
+opt = torch.optim.Adam(m.parameters(), lr=0.01)
+for _ in range(EPOCHS):
+    for k in range(0, N, B):
+        xb = xa[k:k + B]
+        opt.zero_grad()
+        (F.binary_cross_entropy_with_logits(m(xb), xb, reduction="sum") / xb.shape[0]).backward()
+        opt.step()
+oracle.check("--autoencoder adam against BCEWithLogits on (m(x), x)", rel(ours, flat([p.detach() for p in m.parameters()])), 1e-10)
+oracle.expect_error("--autoencoder on a categorical model", ["train", *common, "--autoencoder"], "--autoencoder needs")
+
 for label, args, text in [
         ("momentum for adam", ["--optimizer", "adam", "--momentum", "0.9"], "--momentum"),
         ("an unknown optimizer", ["--optimizer", "lbfgs"], "--optimizer must be"),

@@ -312,6 +312,29 @@ KfacApproximation<Scalar>::KfacApproximation(const FisherOperator<Scalar>& F, co
     for (Index i = 0; i < num_params_; ++i)
       if (!covered_[static_cast<std::size_t>(i)]) diagonal_[i] = Scalar(diagonal[i] / counted);
 
+  if (options.decompose) decompose();
+} catch (const std::bad_alloc&) {
+  throw std::runtime_error(
+      "out of memory building K-FAC's factors (" +
+      detail::format_bytes(double(required_bytes(F.model(), F.num_samples(), F.options(), options))) +
+      " at the peak)");
+}
+
+template <typename Scalar>
+KfacApproximation<Scalar>::KfacApproximation(const Network<Scalar>& model, int threads)
+    : num_params_(model.num_params()), num_threads_(resolve_threads(threads)) {
+  covered_.assign(static_cast<std::size_t>(num_params_), false);
+  blocks_ = layout(model).blocks;
+  for (Block& b : blocks_) {
+    b.A = Mat<double>::Zero(b.cols + (b.bias ? 1 : 0), b.cols + (b.bias ? 1 : 0));
+    b.G = Mat<double>::Zero(b.rows, b.rows);
+    std::fill(covered_.begin() + b.offset, covered_.begin() + b.offset + b.size(), true);
+  }
+  diagonal_ = Vec<Scalar>::Zero(num_params_);
+}
+
+template <typename Scalar>
+void KfacApproximation<Scalar>::decompose() {
   // Each factor's eigendecomposition, the largest blocks first.
   factored_.resize(blocks_.size());
   std::vector<std::size_t> order(blocks_.size());
@@ -333,16 +356,62 @@ KfacApproximation<Scalar>::KfacApproximation(const FisherOperator<Scalar>& F, co
     (f % 2 == 0 ? factored_[i].eA : factored_[i].eG) =
         e.unaryExpr([floor](double v) { return v <= floor ? 0.0 : v; });
   }
-} catch (const std::bad_alloc&) {
-  throw std::runtime_error(
-      "out of memory building K-FAC's factors (" +
-      detail::format_bytes(double(required_bytes(F.model(), F.num_samples(), F.options(), options))) +
-      " at the peak)");
+  damping_ = -1;
+}
+
+template <typename Scalar>
+void KfacApproximation<Scalar>::blend(const KfacApproximation& newer, double keep) {
+  if (!(keep >= 0 && keep <= 1)) detail::fail("K-FAC: the running average's weight must be in [0, 1]");
+  bool same = newer.num_params_ == num_params_ && newer.blocks_.size() == blocks_.size();
+  for (std::size_t i = 0; same && i < blocks_.size(); ++i)
+    same = newer.blocks_[i].node == blocks_[i].node && newer.blocks_[i].A.rows() == blocks_[i].A.rows() &&
+           newer.blocks_[i].G.rows() == blocks_[i].G.rows();
+  if (!same) detail::fail("K-FAC: cannot average the factors of two different models");
+  for (std::size_t i = 0; i < blocks_.size(); ++i) {
+    blocks_[i].A = keep * blocks_[i].A + (1 - keep) * newer.blocks_[i].A;
+    blocks_[i].G = keep * blocks_[i].G + (1 - keep) * newer.blocks_[i].G;
+  }
+  diagonal_ = (keep * diagonal_.template cast<double>() + (1 - keep) * newer.diagonal_.template cast<double>())
+                  .template cast<Scalar>();
+}
+
+template <typename Scalar>
+Vec<double> KfacApproximation<Scalar>::packed_factors() const {
+  Index n = 0;
+  for (const Block& b : blocks_) n += b.A.size() + b.G.size();
+  Vec<double> out(n + num_params_);
+  Index at = 0;
+  for (const Block& b : blocks_) {
+    out.segment(at, b.A.size()) = b.A.reshaped();
+    at += b.A.size();
+    out.segment(at, b.G.size()) = b.G.reshaped();
+    at += b.G.size();
+  }
+  out.tail(num_params_) = diagonal_.template cast<double>();
+  return out;
+}
+
+template <typename Scalar>
+void KfacApproximation<Scalar>::load_factors(const Vec<double>& packed) {
+  Index n = 0;
+  for (const Block& b : blocks_) n += b.A.size() + b.G.size();
+  if (packed.size() != n + num_params_)
+    detail::fail("K-FAC: stored factors have " + std::to_string(packed.size()) + " entries, this model's " +
+                 std::to_string(n + num_params_));
+  Index at = 0;
+  for (Block& b : blocks_) {
+    b.A.reshaped() = packed.segment(at, b.A.size());
+    at += b.A.size();
+    b.G.reshaped() = packed.segment(at, b.G.size());
+    at += b.G.size();
+  }
+  diagonal_ = packed.tail(num_params_).template cast<Scalar>();
 }
 
 template <typename Scalar>
 void KfacApproximation<Scalar>::set_damping(double lambda) {
   if (!(lambda >= 0) || !std::isfinite(lambda)) detail::fail("K-FAC damping must be finite and >= 0");
+  if (factored_.empty()) detail::fail("K-FAC: set_damping before the factors were decomposed");
   const double root = std::sqrt(lambda);
   for (std::size_t i = 0; i < blocks_.size(); ++i) {
     Factored& f = factored_[i];

@@ -54,6 +54,9 @@ struct KfacOptions {
   /// The exact kind uses H_n's closed-form factor (C backprops per sample) up to this many classes per
   /// position, sampled labels above. Default 100.
   Index max_closed_form_outputs = 100;
+  /// Eigendecompose the factors in the constructor (false: the factors only, for averaging them before
+  /// decompose(); set_damping and apply need a decomposition).
+  bool decompose = true;
 };
 
 template <typename Scalar>
@@ -73,6 +76,8 @@ class KfacApproximation {
   /// The factors of F's batch, parameters and Fisher kind (F's damping is not used). Collective over F's
   /// communicator. Throws std::invalid_argument for an empirical F without targets.
   explicit KfacApproximation(const FisherOperator<Scalar>& F, const KfacOptions& options = KfacOptions());
+  /// The blocks of `model` with zero factors (to load_factors into), on `threads` threads (0: all cores).
+  KfacApproximation(const Network<Scalar>& model, int threads);
 
   /// What K-FAC allocates at its peak — in the constructor, set_damping, apply, and multiply when
   /// `multiplies` (the comparison with F does; a preconditioner does not) — for an operator
@@ -94,6 +99,21 @@ class KfacApproximation {
   const Vec<Scalar>& diagonal() const { return diagonal_; }
   /// Output directions backpropagated over the batch to build the factors.
   Index backprops() const { return backprops_; }
+
+  /// Blends another approximation's factors into this one's: A ← keep·A + (1 − keep)·A', likewise G and the
+  /// diagonal (K-FAC's running averages). The decomposition is not touched: apply() keeps using the factors
+  /// of the last decompose(). Throws std::invalid_argument for another model's blocks or keep outside [0, 1].
+  void blend(const KfacApproximation& newer, double keep);
+  /// Eigendecomposes the current factors (the constructor does it unless KfacOptions::decompose is false);
+  /// set_damping must follow before apply().
+  void decompose();
+  /// Whether the factors have been decomposed at least once.
+  bool decomposed() const { return !factored_.empty(); }
+  /// The factors (each block's A then G, column-major, then the diagonal's entries outside the blocks) in one
+  /// vector, and back: a checkpoint's copy. load_factors throws std::invalid_argument for a vector of another
+  /// length; it leaves the decomposition alone.
+  Vec<double> packed_factors() const;
+  void load_factors(const Vec<double>& packed);
 
   /// y = F̂ x, undamped (blocks G V A, the diagonal elsewhere). x and y must not overlap.
   void multiply(const Scalar* x, Scalar* y) const;

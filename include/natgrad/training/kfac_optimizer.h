@@ -1,0 +1,70 @@
+/// \file kfac_optimizer.h
+/// \brief The K-FAC optimizer (Martens & Grosse 2015) on the library's K-FAC blocks (curvature/kfac.h).
+///
+/// Step k on a minibatch:
+///   1. the loss and gradient g on the batch;
+///   2. every `factor_every` steps, the factors A, G (and the diagonal outside the blocks) of the curvature
+///      batch (its first curvature_batch samples) under the Fisher kind of `fisher`, blended into running
+///      averages: A ← ε A + (1 − ε) A_k with ε = min(1 − 1/(j + 1), factor_decay), j the number of updates so
+///      far (the first update takes A_k alone);
+///   3. every `inverse_every` steps (and at the first), the averages are eigendecomposed; between refreshes
+///      the last decomposition serves, its damped inverse recomputed when λ changes;
+///   4. the proposal Δ = −F̂_λ⁻¹ g with the factored Tikhonov damping of kfac.h (γ = √λ, π-split);
+///   5. the update δ = η (α Δ + μ δ₀), δ₀ the previous update, with α and μ minimizing the damped quadratic
+///      model gᵀδ + ½ δᵀ(F + λI)δ under the exact Fisher of the curvature batch (two products; μ = 0 at the
+///      first step or with momentum off) — the step-size rule of Martens & Grosse §6.4 and §7;
+///   6. with adapt_damping, every `damping_every` steps λ follows the Levenberg–Marquardt rule on
+///      ρ = (L(θ + δ) − L(θ)) / (gᵀδ + ½ δᵀFδ) on the step's batch: λ × ω when ρ > 3/4, λ / ω when ρ < 1/4,
+///      ω = (19/20)^damping_every. A step whose loss is not finite is rejected (θ unchanged, λ / ω).
+///
+/// Draws are keyed by (seed, step) as for the natural-gradient optimizer: bit-identical for any thread count.
+#pragma once
+
+#include <natgrad/curvature/kfac.h>
+#include <natgrad/training/optimizer.h>
+
+#include <memory>
+
+namespace natgrad {
+
+struct KfacStepOptions {
+  double lr = 1.0;        ///< η, a multiple of the quadratic model's update
+  double damping = 1.0;   ///< λ at the first step
+  bool adapt_damping = true;
+  bool momentum = true;   ///< μ from the quadratic model (false: μ = 0)
+  Index curvature_batch = 0;  ///< factors and products on the first B2 samples (0: the whole batch)
+  Index factor_every = 1;     ///< factor updates every this many steps
+  Index inverse_every = 20;   ///< eigendecompositions every this many steps
+  Index damping_every = 5;    ///< the Levenberg–Marquardt rule every this many steps
+  double factor_decay = 0.95; ///< the running average's largest weight on the past
+  double min_damping = 1e-8;
+  /// Fisher kind, Monte-Carlo samples, seed (mixed with the step) and threads; its damping is ignored.
+  FisherOptions fisher;
+};
+
+template <typename Scalar>
+class KfacOptimizer final : public Optimizer<Scalar> {
+ public:
+  KfacOptimizer(const Network<Scalar>& model, const KfacStepOptions& options);
+  const char* name() const override { return "kfac"; }
+  StepResult step(const Network<Scalar>& model, LikelihoodKind likelihood, Vec<Scalar>& theta,
+                  const Dataset<Scalar>& batch, Index k) override;
+  /// The running factors, the factors of the last decomposition, the previous update, λ and the count of
+  /// factor updates.
+  OptimizerState state() const override;
+  void load_state(const OptimizerState& s) override;
+  double damping() const { return lambda_; }
+
+ private:
+  void refresh_inverse();
+
+  KfacStepOptions o_;
+  int threads_ = 1;
+  double lambda_;
+  Index updates_ = 0;  // factor updates so far
+  std::unique_ptr<KfacApproximation<Scalar>> running_;  // the averages
+  std::unique_ptr<KfacApproximation<Scalar>> inverse_;  // the averages at the last decomposition
+  Vec<Scalar> previous_;                                // δ₀ (empty before the first accepted step)
+};
+
+}  // namespace natgrad

@@ -1,0 +1,174 @@
+// The K-FAC optimizer (kfac_optimizer.h): running averages of the Kronecker factors, inverses refreshed every
+// few steps, the update's size and momentum from the exact Fisher's quadratic model, λ by Levenberg–Marquardt.
+#include <natgrad/core/threads.h>
+#include <natgrad/training/kfac_optimizer.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "core/fail.h"
+#include "core/format_number.h"
+
+namespace natgrad {
+
+template <typename Scalar>
+KfacOptimizer<Scalar>::KfacOptimizer(const Network<Scalar>& model, const KfacStepOptions& options)
+    : o_(options), threads_(resolve_threads(options.fisher.num_threads)), lambda_(options.damping) {
+  if (!(o_.lr > 0) || !std::isfinite(o_.lr)) detail::fail("kfac: lr must be > 0");
+  if (!(o_.damping > 0) || !std::isfinite(o_.damping))
+    detail::fail("kfac: damping must be > 0 (damping " + detail::format_number(o_.damping) + ")");
+  if (o_.factor_every < 1 || o_.inverse_every < 1 || o_.damping_every < 1)
+    detail::fail("kfac: factor_every, inverse_every and damping_every must be >= 1");
+  if (!(o_.factor_decay >= 0 && o_.factor_decay < 1)) detail::fail("kfac: factor_decay must be in [0, 1)");
+  if (o_.curvature_batch < 0) detail::fail("kfac: curvature_batch must be >= 0");
+  running_ = std::make_unique<KfacApproximation<Scalar>>(model, threads_);
+}
+
+template <typename Scalar>
+void KfacOptimizer<Scalar>::refresh_inverse() {
+  inverse_ = std::make_unique<KfacApproximation<Scalar>>(*running_);
+  inverse_->decompose();
+  inverse_->set_damping(lambda_);
+}
+
+template <typename Scalar>
+StepResult KfacOptimizer<Scalar>::step(const Network<Scalar>& model, LikelihoodKind likelihood, Vec<Scalar>& theta,
+                                       const Dataset<Scalar>& batch, Index k) {
+  const Index P = model.num_params();
+  if (theta.size() != P || running_->rows() != P)
+    detail::fail("kfac: the parameter vector has " + std::to_string(theta.size()) + " entries but the model has " +
+                 std::to_string(P) + " parameters");
+  StepResult r;
+  r.damping = lambda_;
+  FisherOptions fo = o_.fisher;
+  fo.damping = 0;
+  fo.seed = step_seed(o_.fisher.seed, k);
+  const Index n = batch.size();
+  const Index nc = o_.curvature_batch > 0 ? std::min(o_.curvature_batch, n) : n;
+  FisherOperator<Scalar> G(model, theta, likelihood, batch, fo);
+  if (!G.forward_error().empty()) detail::fail("forward pass: " + G.forward_error());
+  r.loss = G.loss();
+  const Vec<Scalar> g = G.gradient();
+  if (!std::isfinite(r.loss) || !g.allFinite())
+    detail::fail("the loss or the gradient is NaN or Inf at step " + std::to_string(k));
+  std::unique_ptr<FisherOperator<Scalar>> own;
+  if (nc < n) own = std::make_unique<FisherOperator<Scalar>>(model, theta, likelihood, batch.head(nc), fo);
+  FisherOperator<Scalar>& F = own ? *own : G;
+
+  if (k % o_.factor_every == 0 || updates_ == 0) {
+    KfacOptions ko;
+    ko.decompose = false;
+    const KfacApproximation<Scalar> fresh(F, ko);
+    const double keep = std::min(1.0 - 1.0 / double(updates_ + 1), o_.factor_decay);
+    running_->blend(fresh, keep);
+    ++updates_;
+  }
+  if (!inverse_ || k % o_.inverse_every == 0) refresh_inverse();
+  if (inverse_->damping() != lambda_) inverse_->set_damping(lambda_);
+
+  // The proposal and the quadratic model along it and the previous update.
+  Vec<Scalar> delta(P), F_delta(P);
+  inverse_->apply(g.data(), delta.data());
+  delta = -delta;
+  F.perform_op(delta.data(), F_delta.data());
+  const bool with_previous = o_.momentum && previous_.size() == P;
+  Vec<Scalar> F_previous;
+  if (with_previous) {
+    F_previous.resize(P);
+    F.perform_op(previous_.data(), F_previous.data());
+  }
+  auto dot = [](const Vec<Scalar>& x, const Vec<Scalar>& y) { return x.template cast<double>().dot(y.template cast<double>()); };
+  const double dFd = dot(delta, F_delta), dd = dot(delta, delta), gd = dot(g, delta);
+  double alpha = 0, mu = 0, dFp = 0, pFp = 0;
+  if (with_previous) {
+    dFp = dot(delta, F_previous);
+    pFp = dot(previous_, F_previous);
+    const double a = dFd + lambda_ * dd, b = dFp + lambda_ * dot(delta, previous_),
+                 c = pFp + lambda_ * dot(previous_, previous_), gp = dot(g, previous_);
+    const double det = a * c - b * b;
+    if (det > 1e-12 * a * c) {
+      alpha = (-gd * c + gp * b) / det;
+      mu = (-gp * a + gd * b) / det;
+    }
+  }
+  if (alpha == 0 && mu == 0) alpha = -gd / (dFd + lambda_ * dd);
+  if (!std::isfinite(alpha) || !std::isfinite(mu))
+    detail::fail("kfac: the quadratic model's step is not finite at step " + std::to_string(k));
+  alpha *= o_.lr;
+  mu *= o_.lr;
+  Vec<Scalar> update = Scalar(alpha) * delta;
+  if (mu != 0) update += Scalar(mu) * previous_;
+  r.lr = alpha;
+  // The undamped model's change at the update, from the products above.
+  const double predicted = alpha * gd + (mu != 0 ? mu * dot(g, previous_) : 0.0) +
+                           0.5 * (alpha * alpha * dFd + 2 * alpha * mu * dFp + mu * mu * pFp);
+  const double omega = std::pow(19.0 / 20.0, double(o_.damping_every));
+  if (o_.adapt_damping && (k + 1) % o_.damping_every == 0) {
+    const Vec<Scalar> trial = theta + update;
+    G.rebind(trial);
+    const double after = G.forward_error().empty() ? G.loss() : std::numeric_limits<double>::quiet_NaN();
+    if (!std::isfinite(after)) {
+      r.rejected = true;
+      lambda_ /= omega;
+      previous_.resize(0);
+      return r;
+    }
+    const double rho = (after - r.loss) / predicted;
+    if (rho > 0.75)
+      lambda_ = std::max(lambda_ * omega, o_.min_damping);
+    else if (rho < 0.25)
+      lambda_ /= omega;
+    theta = trial;
+  } else {
+    theta += update;
+  }
+  previous_ = update;
+  return r;
+}
+
+template <typename Scalar>
+OptimizerState KfacOptimizer<Scalar>::state() const {
+  OptimizerState s;
+  s.vectors = {{"running_factors", running_->packed_factors()},
+               {"inverse_factors", inverse_ ? inverse_->packed_factors() : Vec<double>()},
+               {"previous_update", previous_.template cast<double>()}};
+  s.scalars = {{"damping", lambda_}, {"factor_updates", double(updates_)}};
+  return s;
+}
+
+template <typename Scalar>
+void KfacOptimizer<Scalar>::load_state(const OptimizerState& s) {
+  const Vec<double>*running = nullptr, *inverse = nullptr, *previous = nullptr;
+  const double *lambda = nullptr, *updates = nullptr;
+  for (const auto& [n, v] : s.vectors) {
+    if (n == "running_factors") running = &v;
+    if (n == "inverse_factors") inverse = &v;
+    if (n == "previous_update") previous = &v;
+  }
+  for (const auto& [n, v] : s.scalars) {
+    if (n == "damping") lambda = &v;
+    if (n == "factor_updates") updates = &v;
+  }
+  if (!running || !inverse || !previous || !lambda || !updates)
+    detail::fail("kfac: the state lacks K-FAC's factors, update or damping (another optimizer's?)");
+  if (previous->size() != 0 && previous->size() != running_->rows())
+    detail::fail("kfac: the stored update has " + std::to_string(previous->size()) + " entries, the model " +
+                 std::to_string(running_->rows()));
+  running_->load_factors(*running);
+  lambda_ = *lambda;
+  updates_ = static_cast<Index>(*updates);
+  previous_ = previous->template cast<Scalar>();
+  inverse_.reset();
+  if (inverse->size() > 0) {
+    inverse_ = std::make_unique<KfacApproximation<Scalar>>(*running_);
+    inverse_->load_factors(*inverse);
+    inverse_->decompose();
+    inverse_->set_damping(lambda_);
+  }
+}
+
+template class KfacOptimizer<float>;
+template class KfacOptimizer<double>;
+
+}  // namespace natgrad
