@@ -31,6 +31,8 @@ void check_train_options(const CLI::App& t, Args& a) {
   if (!t.count("--solver")) a.solver = "auto";
   if (!t.count("--cg-tol")) a.cg_tol = 1e-4;
   if (!t.count("--cg-max-iters")) a.cg_max_iters = 100;
+  // K-FAC's factors from one sampled label per input (Martens & Grosse): one backprop, not C.
+  if (!t.count("--fisher") && a.optimizer == "kfac") a.fisher = "mc";
   if (a.optimizer != "natgrad" && a.optimizer != "kfac" && a.optimizer != "adam" && a.optimizer != "sgd")
     usage_error("--optimizer must be natgrad, kfac, adam or sgd, got \"" + a.optimizer + "\"");
   if (t.count("--lr") && !(a.lr > 0)) usage_error("--lr must be > 0, got " + detail::format_number(a.lr));

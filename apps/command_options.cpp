@@ -101,6 +101,7 @@ void add_train_options(CLI::App* c, Args& a) {
   c->add_option("--cg-max-iters", a.cg_max_iters, "natgrad: CG's iteration limit (default 100)");
   c->add_option("--inverse-every", a.inverse_every, "kfac: eigendecompose the averaged factors every K steps")
       ->capture_default_str();
+  c->add_option("--min-damping", a.min_damping, "kfac: the adapted damping's floor")->capture_default_str();
   c->add_flag("--autoencoder", a.autoencoder,
               "Targets are the inputs, flattened (a gaussian or bernoulli model whose output has the input's size)");
   c->add_flag("--no-shuffle", a.no_shuffle, "Minibatches in file order (default: a permutation per epoch, seeded)");

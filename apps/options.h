@@ -54,6 +54,7 @@ struct Args {
   double max_time = 0;
   bool no_shuffle = false, autoencoder = false;
   Index inverse_every = 20;  // kfac
+  double min_damping = 1e-8;  // kfac
 };
 
 /// The model, data and Fisher options of solve, fvp, spectrum and profile.

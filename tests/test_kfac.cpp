@@ -316,6 +316,16 @@ TEST(Kfac, DampedInverseIsThePiSplitKroneckerProductsInverse) {
   EXPECT_LT(max_rel(dense_inverse, dense_inverse.transpose()), 1e-12);
   const Eigen::SelfAdjointEigenSolver<Mat<double>> eig(0.5 * (dense_inverse + dense_inverse.transpose()));
   EXPECT_GT(eig.eigenvalues().minCoeff(), 0.0);
+  // invert(λ): the same damped factors inverted by Cholesky instead of the eigendecomposition.
+  K.invert(lambda);
+  EXPECT_EQ(K.damping(), lambda);
+  for (Index j = 0; j < P; ++j) {
+    const Vec<double> e = Vec<double>::Unit(P, j);
+    Vec<double> z(P);
+    K.apply(e.data(), z.data());
+    dense_inverse.col(j) = z;
+  }
+  EXPECT_LT(max_rel(dense_inverse, expected_inverse), 1e-10);
 }
 
 // One linear layer, gaussian likelihood: F = A ⊗ I exactly, so K-FAC at λ = 1e-12 gives the exact

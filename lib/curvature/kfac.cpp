@@ -1,6 +1,7 @@
 #include <natgrad/core/threads.h>
 #include <natgrad/curvature/kfac.h>
 
+#include <Eigen/Cholesky>
 #include <Eigen/Eigenvalues>
 #include <algorithm>
 #include <cmath>
@@ -425,6 +426,12 @@ void KfacApproximation<Scalar>::set_damping(double lambda) {
     f.inverse_A = (f.QA * dA.cwiseInverse().asDiagonal() * f.QA.transpose()).template cast<Scalar>();
     f.inverse_G = (f.QG * dG.cwiseInverse().asDiagonal() * f.QG.transpose()).template cast<Scalar>();
   }
+  invert_diagonal(lambda);
+  damping_ = lambda;
+}
+
+template <typename Scalar>
+void KfacApproximation<Scalar>::invert_diagonal(double lambda) {
   inverse_diagonal_ = Vec<Scalar>::Zero(num_params_);
   for (Index i = 0; i < num_params_; ++i) {
     if (covered_[static_cast<std::size_t>(i)]) continue;
@@ -432,6 +439,39 @@ void KfacApproximation<Scalar>::set_damping(double lambda) {
     if (!(d > 0)) detail::fail("K-FAC: the Fisher's diagonal has a zero entry; give a damping > 0");
     inverse_diagonal_[i] = Scalar(1.0 / d);
   }
+}
+
+template <typename Scalar>
+void KfacApproximation<Scalar>::invert(double lambda) {
+  if (!(lambda >= 0) || !std::isfinite(lambda)) detail::fail("K-FAC damping must be finite and >= 0");
+  const double root = std::sqrt(lambda);
+  factored_.resize(blocks_.size());
+  const Index count = static_cast<Index>(blocks_.size());
+  std::vector<int> singular(blocks_.size(), 0);
+#ifdef NATGRAD_HAVE_OPENMP
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads_)
+#endif
+  for (Index i = 0; i < count; ++i) {
+    const Block& b = blocks_[static_cast<std::size_t>(i)];
+    Factored& f = factored_[static_cast<std::size_t>(i)];
+    const double mean_A = b.A.trace() / double(b.A.rows()), mean_G = b.G.trace() / double(b.G.rows());
+    const double pi = mean_A > 0 && mean_G > 0 ? std::sqrt(mean_A / mean_G) : 1.0;
+    auto damped_inverse = [&](const Mat<double>& M, double shift, Mat<Scalar>& out) {
+      Mat<double> D = M;
+      D.diagonal().array() += shift;
+      const Eigen::LLT<Mat<double>> llt(D);
+      if (llt.info() != Eigen::Success) return false;
+      out = llt.solve(Mat<double>::Identity(D.rows(), D.cols())).template cast<Scalar>();
+      return true;
+    };
+    if (!damped_inverse(b.A, pi * root, f.inverse_A) || !damped_inverse(b.G, root / pi, f.inverse_G))
+      singular[static_cast<std::size_t>(i)] = 1;
+  }
+  for (std::size_t i = 0; i < blocks_.size(); ++i)
+    if (singular[i])
+      detail::fail("K-FAC: a damped Kronecker factor of node " + std::to_string(blocks_[i].node) +
+                   " is not positive definite; give a larger damping");
+  invert_diagonal(lambda);
   damping_ = lambda;
 }
 

@@ -28,8 +28,7 @@ KfacOptimizer<Scalar>::KfacOptimizer(const Network<Scalar>& model, const KfacSte
 template <typename Scalar>
 void KfacOptimizer<Scalar>::refresh_inverse() {
   inverse_ = std::make_unique<KfacApproximation<Scalar>>(*running_);
-  inverse_->decompose();
-  inverse_->set_damping(lambda_);
+  inverse_->invert(lambda_);
 }
 
 template <typename Scalar>
@@ -65,7 +64,7 @@ StepResult KfacOptimizer<Scalar>::step(const Network<Scalar>& model, LikelihoodK
     ++updates_;
   }
   if (!inverse_ || k % o_.inverse_every == 0) refresh_inverse();
-  if (inverse_->damping() != lambda_) inverse_->set_damping(lambda_);
+  if (inverse_->damping() != lambda_) inverse_->invert(lambda_);
 
   // The proposal and the quadratic model along it and the previous update.
   Vec<Scalar> delta(P), F_delta(P);
@@ -103,26 +102,26 @@ StepResult KfacOptimizer<Scalar>::step(const Network<Scalar>& model, LikelihoodK
   // The undamped model's change at the update, from the products above.
   const double predicted = alpha * gd + (mu != 0 ? mu * dot(g, previous_) : 0.0) +
                            0.5 * (alpha * alpha * dFd + 2 * alpha * mu * dFp + mu * mu * pFp);
+  // The loss at the update on the step's batch: a step whose loss is not finite is rejected; every
+  // damping_every steps λ follows ρ.
   const double omega = std::pow(19.0 / 20.0, double(o_.damping_every));
+  const Vec<Scalar> trial = theta + update;
+  G.rebind(trial);
+  const double after = G.forward_error().empty() ? G.loss() : std::numeric_limits<double>::quiet_NaN();
+  if (!std::isfinite(after)) {
+    r.rejected = true;
+    lambda_ /= omega;
+    previous_.resize(0);
+    return r;
+  }
   if (o_.adapt_damping && (k + 1) % o_.damping_every == 0) {
-    const Vec<Scalar> trial = theta + update;
-    G.rebind(trial);
-    const double after = G.forward_error().empty() ? G.loss() : std::numeric_limits<double>::quiet_NaN();
-    if (!std::isfinite(after)) {
-      r.rejected = true;
-      lambda_ /= omega;
-      previous_.resize(0);
-      return r;
-    }
     const double rho = (after - r.loss) / predicted;
     if (rho > 0.75)
       lambda_ = std::max(lambda_ * omega, o_.min_damping);
     else if (rho < 0.25)
       lambda_ /= omega;
-    theta = trial;
-  } else {
-    theta += update;
   }
+  theta = trial;
   previous_ = update;
   return r;
 }
@@ -163,8 +162,7 @@ void KfacOptimizer<Scalar>::load_state(const OptimizerState& s) {
   if (inverse->size() > 0) {
     inverse_ = std::make_unique<KfacApproximation<Scalar>>(*running_);
     inverse_->load_factors(*inverse);
-    inverse_->decompose();
-    inverse_->set_damping(lambda_);
+    inverse_->invert(lambda_);
   }
 }
 

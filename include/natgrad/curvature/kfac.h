@@ -120,6 +120,11 @@ class KfacApproximation {
   /// Sets λ ≥ 0 for apply(): the π-split damped factors' inverses. Throws std::invalid_argument for λ < 0,
   /// and for λ = 0 when a factor or the diagonal is singular.
   void set_damping(double lambda);
+  /// Sets λ ≥ 0 for apply() as set_damping does, the same π-split damped factors, but inverts them by Cholesky
+  /// (no eigendecomposition; π from the factors' traces, which are their eigenvalues' sums): a refresh costs
+  /// a factorization per factor instead of an eigensolver's work. Throws std::invalid_argument when a damped
+  /// factor is not positive definite.
+  void invert(double lambda);
   double damping() const { return damping_; }
   /// z = F̂_λ⁻¹ r, F̂_λ the damped approximation (after set_damping; r and z must not overlap).
   void apply(const Scalar* r, Scalar* z) const;
@@ -133,6 +138,7 @@ class KfacApproximation {
   // V: the block's slice of x as a rows × (cols + bias) matrix, and back.
   void gather(const Block& b, const Scalar* x, Mat<Scalar>& V) const;
   void scatter(const Block& b, const Mat<Scalar>& V, Scalar* y) const;
+  void invert_diagonal(double lambda);  // 1 / (d + λ) outside the blocks
   template <typename Product>
   void blockwise(const Vec<Scalar>& diag, const Scalar* x, Scalar* y, Product product) const;
 

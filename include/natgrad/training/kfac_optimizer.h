@@ -7,15 +7,16 @@
 ///      batch (its first curvature_batch samples) under the Fisher kind of `fisher`, blended into running
 ///      averages: A ← ε A + (1 − ε) A_k with ε = min(1 − 1/(j + 1), factor_decay), j the number of updates so
 ///      far (the first update takes A_k alone);
-///   3. every `inverse_every` steps (and at the first), the averages are eigendecomposed; between refreshes
-///      the last decomposition serves, its damped inverse recomputed when λ changes;
+///   3. every `inverse_every` steps (and at the first), the averages' damped factors are inverted (Cholesky,
+///      KfacApproximation::invert); between refreshes those factors serve, inverted again when λ changes;
 ///   4. the proposal Δ = −F̂_λ⁻¹ g with the factored Tikhonov damping of kfac.h (γ = √λ, π-split);
 ///   5. the update δ = η (α Δ + μ δ₀), δ₀ the previous update, with α and μ minimizing the damped quadratic
 ///      model gᵀδ + ½ δᵀ(F + λI)δ under the exact Fisher of the curvature batch (two products; μ = 0 at the
 ///      first step or with momentum off) — the step-size rule of Martens & Grosse §6.4 and §7;
-///   6. with adapt_damping, every `damping_every` steps λ follows the Levenberg–Marquardt rule on
-///      ρ = (L(θ + δ) − L(θ)) / (gᵀδ + ½ δᵀFδ) on the step's batch: λ × ω when ρ > 3/4, λ / ω when ρ < 1/4,
-///      ω = (19/20)^damping_every. A step whose loss is not finite is rejected (θ unchanged, λ / ω).
+///   6. the loss at θ + δ on the step's batch (one forward pass): a step whose loss is not finite is rejected
+///      (θ unchanged, λ / ω, no momentum at the next step); with adapt_damping, every `damping_every` steps λ
+///      follows the Levenberg–Marquardt rule on ρ = (L(θ + δ) − L(θ)) / (gᵀδ + ½ δᵀFδ): λ × ω when ρ > 3/4
+///      (not below min_damping), λ / ω when ρ < 1/4, ω = (19/20)^damping_every.
 ///
 /// Draws are keyed by (seed, step) as for the natural-gradient optimizer: bit-identical for any thread count.
 #pragma once
@@ -34,7 +35,7 @@ struct KfacStepOptions {
   bool momentum = true;   ///< μ from the quadratic model (false: μ = 0)
   Index curvature_batch = 0;  ///< factors and products on the first B2 samples (0: the whole batch)
   Index factor_every = 1;     ///< factor updates every this many steps
-  Index inverse_every = 20;   ///< eigendecompositions every this many steps
+  Index inverse_every = 20;   ///< the averaged factors inverted every this many steps
   Index damping_every = 5;    ///< the Levenberg–Marquardt rule every this many steps
   double factor_decay = 0.95; ///< the running average's largest weight on the past
   double min_damping = 1e-8;
