@@ -61,6 +61,9 @@ std::unique_ptr<Optimizer<Scalar>> make_optimizer(const Args& a, Index P) {
   o.solver = solver_from_string(a.solver);
   o.cg_tolerance = a.cg_tol;
   o.cg_max_iterations = a.cg_max_iters;
+  o.line_search = a.line_search == "armijo";
+  o.backtrack = a.cg_backtrack == "on";
+  o.momentum = a.momentum;
   return std::make_unique<NaturalGradientOptimizer<Scalar>>(P, o);
 }
 
@@ -175,12 +178,17 @@ int run_train(Args& a, const World& world) {
     j["steps"] = sum.steps;
     auto num = [](double v) { return std::isnan(v) ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(v); };
     j["epochs"] = nlohmann::ordered_json::array();
-    for (const EpochSummary& e : sum.per_epoch)
+    for (const EpochSummary& e : sum.per_epoch) {
       j["epochs"].push_back({{"epoch", e.epoch},
                              {"train_loss", e.train_loss},
                              {"test_loss", num(e.test_loss)},
                              {"test_accuracy", num(e.test_accuracy)},
                              {"time_s", e.time_s}});
+      if (a.optimizer == "natgrad") {
+        j["epochs"].back()["damping"] = e.damping;
+        j["epochs"].back()["cg_iterations"] = e.cg_iterations;
+      }
+    }
     j["test_loss"] = num(sum.test_loss);
     j["test_accuracy"] = num(sum.test_accuracy);
     j["stopped"] = sum.stopped;
