@@ -7,9 +7,12 @@
 #include <natgrad/solvers/preconditioner.h>
 #include <natgrad/training/optimizer.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "core/fail.h"
 #include "core/format_number.h"
@@ -255,10 +258,12 @@ StepResult NaturalGradientOptimizer<Scalar>::step(const Network<Scalar>& model, 
   return finish(s);
 }
 
+// The state: the previous direction (CG's warm start), the previous accepted update (momentum) and λ; an
+// empty vector is "none" (before the first step; no update kept without momentum or after a rejection).
 template <typename Scalar>
 OptimizerState NaturalGradientOptimizer<Scalar>::state() const {
   OptimizerState s;
-  s.vectors = {{"direction", d_.template cast<double>()}};
+  s.vectors = {{"direction", d_.template cast<double>()}, {"update", update_.template cast<double>()}};
   s.scalars = {{"damping", lambda_}};
   return s;
 }
@@ -266,13 +271,24 @@ OptimizerState NaturalGradientOptimizer<Scalar>::state() const {
 template <typename Scalar>
 void NaturalGradientOptimizer<Scalar>::load_state(const OptimizerState& s) {
   const Vec<double>* d = nullptr;
+  const Vec<double>* u = nullptr;
   const double* lambda = nullptr;
-  for (const auto& [n, v] : s.vectors)
+  for (const auto& [n, v] : s.vectors) {
     if (n == "direction") d = &v;
+    if (n == "update") u = &v;
+  }
   for (const auto& [n, v] : s.scalars)
     if (n == "damping") lambda = &v;
-  if (!d || !lambda) detail::fail("natgrad: the state lacks direction or damping (another optimizer's?)");
+  if (!d || !u || !lambda) detail::fail("natgrad: the state lacks direction, update or damping (another optimizer's?)");
+  for (const Vec<double>* v : {d, u})
+    if (v->size() != 0 && v->size() != num_params_)
+      detail::fail("natgrad: the state's " + std::string(v == d ? "direction" : "update") + " has " +
+                   std::to_string(v->size()) + " entries but the model has " + std::to_string(num_params_) +
+                   " parameters");
+  if (!(*lambda > 0) || !std::isfinite(*lambda))
+    detail::fail("natgrad: the state's damping must be finite and > 0, got " + detail::format_number(*lambda));
   d_ = d->template cast<Scalar>();
+  update_ = u->template cast<Scalar>();
   lambda_ = *lambda;
 }
 
