@@ -380,8 +380,8 @@ TEST(NaturalGradientStep, CgBacktrackingTakesTheIterateTheWalkReaches) {
 }
 
 // Armijo: the η taken satisfies L(θ + s) ≤ L(θ) + c·gᵀs and twice it does not, both recomputed with evaluate()
-// at θ − η d, d = (F + λI)⁻¹g by Eigen's dense solve.
-TEST(NaturalGradientStep, ArmijoTakesTheFirstHalvingWithSufficientDecrease) {
+// at θ − η d, d = (F + λI)⁻¹g by Eigen's dense solve; the rule's ρ is the one at that η.
+TEST(NaturalGradientStep, ArmijoTakesTheFirstHalvingWithSufficientDecreaseAndRhoIsMeasuredThere) {
   Network<double> model(mlp_spec(4, 6, 3));
   for (LikelihoodKind lk : {LikelihoodKind::categorical, LikelihoodKind::gaussian, LikelihoodKind::bernoulli}) {
     SCOPED_TRACE(to_string(lk));
@@ -411,6 +411,18 @@ TEST(NaturalGradientStep, ArmijoTakesTheFirstHalvingWithSufficientDecrease) {
     };
     EXPECT_TRUE(sufficient(r.lr));
     EXPECT_FALSE(sufficient(r.lr / 0.5));
+    // With the rule too, ρ is measured at the update taken, s = −η d with the line search's η, against the
+    // undamped quadratic model gᵀs + ½ sᵀFs (F dense).
+    o.adapt_damping = true;
+    NaturalGradientOptimizer<double> lm(model.num_params(), o);
+    theta = theta0;
+    const StepResult rl = lm.step(model, lk, theta, data, 0);
+    ASSERT_EQ(rl.lr, r.lr);
+    const Vec<double> step = -r.lr * d;
+    const Mat<double> Fd = A - lambda * Mat<double>::Identity(A.rows(), A.cols());
+    const double rho = (evaluate(model, lk, Vec<double>(theta0 + step), data).first - L0) /
+                       (g.dot(step) + 0.5 * step.dot(Fd * step));
+    EXPECT_LT(rel_err(rl.rho, rho), 1e-8);
   }
 }
 
@@ -515,6 +527,7 @@ TEST(NaturalGradientStep, EachOptionLowersTheLossForEveryLikelihoodAndFisher) {
         SCOPED_TRACE(std::string(to_string(lk)) + ", " + to_string(fk) + ", " + set.name);
         NaturalGradientStepOptions o;
         o.fisher.kind = fk;
+        o.fisher.num_threads = 1;  // (tiny products: threads would only wait for each other)
         o.adapt_damping = set.adapt;
         o.line_search = set.line_search;
         o.backtrack = set.backtrack;
