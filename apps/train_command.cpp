@@ -142,9 +142,12 @@ int run_train(Args& a, const World& world) {
       const double eta = r.time_s / double(r.step) * double(total_steps - r.step);
       if (natgrad)
         progress.line("epoch %lld step %lld/%lld: loss %.6f, lr %g, damping %.3g, %s %lld%s%s, eta %.0f s",
-                      static_cast<long long>(r.epoch), static_cast<long long>(r.step), static_cast<long long>(total_steps),
-                      s.loss, s.lr, s.damping, to_string(s.solver), static_cast<long long>(s.cg_iterations),
-                      s.cg_iterate < s.cg_iterations ? (" (took iterate " + std::to_string(s.cg_iterate) + ")").c_str() : "",
+                      static_cast<long long>(r.epoch), static_cast<long long>(r.step),
+                      static_cast<long long>(total_steps), s.loss, s.lr, s.damping, to_string(s.solver),
+                      static_cast<long long>(s.cg_iterations),
+                      s.cg_iterate < s.cg_iterations
+                          ? (" (took iterate " + std::to_string(s.cg_iterate) + ")").c_str()
+                          : "",
                       s.rejected ? " (rejected)" : "", eta);
       else
         progress.line("epoch %lld step %lld/%lld: loss %.6f, lr %g, eta %.0f s", static_cast<long long>(r.epoch),

@@ -427,8 +427,8 @@ TEST(ConjugateGradient, RelativeProgressRuleAndCallbackStop) {
   EXPECT_NE(s2.brief_report().find("user_stop"), std::string::npos);
 }
 
-// The callback's hook for keeping iterates (CG backtracking in the natural-gradient optimizer): while it runs,
-// the caller's x holds iteration i's iterate, the Krylov minimizer of φ over K_i formed densely.
+// The callback's hook for keeping iterates (CG backtracking in the natural-gradient optimizer): while it
+// runs, the caller's x holds iteration i's iterate, the Krylov minimizer of φ over K_i formed densely.
 TEST(ConjugateGradient, TheCallbackSeesEachIterateInX) {
   const Index n = 12;
   const Mat<double> R = random_mat<double>(n, n, 31);

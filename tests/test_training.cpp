@@ -1,8 +1,8 @@
 // The training layer (issue 27): Adam and SGD against their update rules written out per entry in PyTorch's
-// order, the natural-gradient step against a dense solve, its Levenberg–Marquardt rule, CG backtracking (against
-// CG's dense recurrence and Martens' walk over losses from evaluate()), the Armijo line search and momentum,
-// state round trips, the minibatch order, and the training loop's schedule, evaluation, stop rules and thread
-// invariance.
+// order, the natural-gradient step against a dense solve, its Levenberg–Marquardt rule, CG backtracking
+// (against CG's dense recurrence and Martens' walk over losses from evaluate()), the Armijo line search and
+// momentum, state round trips, the minibatch order, and the training loop's schedule, evaluation, stop rules
+// and thread invariance.
 #include "test_helpers.h"
 
 #include <natgrad/training/minibatches.h>
@@ -208,8 +208,8 @@ TEST(Trainer, ScheduleEvaluationsAndStops) {
   EXPECT_TRUE(s3.records.back().eval);
 }
 
-// With every safeguard on (the defaults), momentum and a smaller curvature batch (backtracking's losses on it,
-// the line search's on the step's batch), for CG and the Gram; and each epoch's damping and mean CG
+// With every safeguard on (the defaults), momentum and a smaller curvature batch (backtracking's losses on
+// it, the line search's on the step's batch), for CG and the Gram; and each epoch's damping and mean CG
 // iterations are its steps'.
 TEST(Trainer, NaturalGradientRunsAreBitIdenticalForOneAndThreeThreads) {
   Network<float> model(mlp_spec(4, 6, 3));
@@ -230,7 +230,8 @@ TEST(Trainer, NaturalGradientRunsAreBitIdenticalForOneAndThreeThreads) {
         to.epochs = 2;
         to.batch = 16;
         Vec<float> theta = theta0;
-        const TrainSummary s = train<float>(model, LikelihoodKind::categorical, theta, data, nullptr, opt, to);
+        const TrainSummary s =
+            train<float>(model, LikelihoodKind::categorical, theta, data, nullptr, opt, to);
         out.push_back(theta);
         std::vector<const StepResult*> steps;
         for (const TrainRecord& r : s.records)
@@ -322,8 +323,8 @@ Dataset<double> teacher_dataset(const Network<double>& model, Index N, Likelihoo
 
 // A case where CG's later iterates lower the loss less than earlier ones (λ = 0.01 is small for this
 // network: the quadratic model is poor far from θ). The iterates are formed independently by CG's recurrence
-// on the dense damped Fisher of the curvature batch (from zero, as the first step starts), their losses on that
-// batch by evaluate(); Martens' walk over them gives the iterate the step must take.
+// on the dense damped Fisher of the curvature batch (from zero, as the first step starts), their losses on
+// that batch by evaluate(); Martens' walk over them gives the iterate the step must take.
 TEST(NaturalGradientStep, CgBacktrackingTakesTheIterateTheWalkReaches) {
   Network<double> model(mlp_spec(4, 6, 3));
   const LikelihoodKind lk = LikelihoodKind::categorical;
@@ -348,7 +349,8 @@ TEST(NaturalGradientStep, CgBacktrackingTakesTheIterateTheWalkReaches) {
 
   const std::vector<Index> kept{1, 2, 3, 4, 5, 7, 9, 11, 12};
   std::vector<double> losses;
-  for (Index i : kept) losses.push_back(evaluate(model, lk, moved(theta0, 1.0, dense_cg_iterate(A, g, i)), head).first);
+  for (Index i : kept)
+    losses.push_back(evaluate(model, lk, moved(theta0, 1.0, dense_cg_iterate(A, g, i)), head).first);
   std::size_t j = kept.size() - 1;
   while (j > 0 && losses[j - 1] < losses[j]) --j;
   ASSERT_LT(j, kept.size() - 1) << "the case must make a later iterate worse";
@@ -379,11 +381,12 @@ TEST(NaturalGradientStep, CgBacktrackingTakesTheIterateTheWalkReaches) {
   EXPECT_LT(rel_err_vec(Vec<double>(theta - theta0), Vec<double>(-dense_cg_iterate(A, g, 12))), 1e-5);
 }
 
-// Armijo: the η taken satisfies L(θ + s) ≤ L(θ) + c·gᵀs and twice it does not, both recomputed with evaluate()
-// at θ − η d, d = (F + λI)⁻¹g by Eigen's dense solve; the rule's ρ is the one at that η.
+// Armijo: the η taken satisfies L(θ + s) ≤ L(θ) + c·gᵀs and twice it does not, both recomputed with
+// evaluate() at θ − η d, d = (F + λI)⁻¹g by Eigen's dense solve; the rule's ρ is the one at that η.
 TEST(NaturalGradientStep, ArmijoTakesTheFirstHalvingWithSufficientDecreaseAndRhoIsMeasuredThere) {
   Network<double> model(mlp_spec(4, 6, 3));
-  for (LikelihoodKind lk : {LikelihoodKind::categorical, LikelihoodKind::gaussian, LikelihoodKind::bernoulli}) {
+  for (LikelihoodKind lk :
+       {LikelihoodKind::categorical, LikelihoodKind::gaussian, LikelihoodKind::bernoulli}) {
     SCOPED_TRACE(to_string(lk));
     const Dataset<double> data = random_dataset(model, 16, lk, 41);
     const Vec<double> theta0 = random_vec<double>(model.num_params(), 42);
@@ -504,8 +507,8 @@ TEST(NaturalGradientStep, ARejectedStepRestartsMomentum) {
   EXPECT_NE(error_of([&] { big.load_state(st); }).find("update has 3 entries"), std::string::npos);
 }
 
-// Each safeguard, and all of them with momentum, lowers the loss of a few epochs on a small problem, for every
-// likelihood and Fisher kind.
+// Each safeguard, and all of them with momentum, lowers the loss of a few epochs on a small problem, for
+// every likelihood and Fisher kind.
 TEST(NaturalGradientStep, EachOptionLowersTheLossForEveryLikelihoodAndFisher) {
   Network<double> model(mlp_spec(4, 6, 3));
   struct Setting {
@@ -518,7 +521,8 @@ TEST(NaturalGradientStep, EachOptionLowersTheLossForEveryLikelihoodAndFisher) {
                               {"the line search alone", false, true, false, 1, 0},
                               {"momentum alone", false, false, false, 0.5, 0.5},
                               {"all, with momentum", true, true, true, 1, 0.5}};
-  for (LikelihoodKind lk : {LikelihoodKind::categorical, LikelihoodKind::gaussian, LikelihoodKind::bernoulli}) {
+  for (LikelihoodKind lk :
+       {LikelihoodKind::categorical, LikelihoodKind::gaussian, LikelihoodKind::bernoulli}) {
     const Dataset<double> data = teacher_dataset(model, 48, lk, 71);
     const Vec<double> theta0 = random_vec<double>(model.num_params(), 72);
     const double L0 = evaluate(model, lk, theta0, data).first;
@@ -556,7 +560,8 @@ TEST(NaturalGradientStep, InvalidOptionsNameTheField) {
   EXPECT_NE(why([](auto& o) { o.backtrack_spacing = 1; }).find("backtrack_spacing"), std::string::npos);
   EXPECT_NE(why([](auto& o) { o.armijo_c = 1; }).find("armijo_c"), std::string::npos);
   EXPECT_NE(why([](auto& o) { o.line_search_shrink = 0; }).find("line_search_shrink"), std::string::npos);
-  EXPECT_NE(why([](auto& o) { o.line_search_max_shrinks = -1; }).find("line_search_max_shrinks"), std::string::npos);
+  EXPECT_NE(why([](auto& o) { o.line_search_max_shrinks = -1; }).find("line_search_max_shrinks"),
+            std::string::npos);
   EXPECT_NE(why([](auto& o) { o.lr = 0; }).find("lr must be"), std::string::npos);
   EXPECT_TRUE(NaturalGradientStepOptions().is_valid(nullptr));
 }

@@ -27,8 +27,9 @@ struct ArmijoResult {
 
 /// loss(η) = L(θ + s(η)), slope(η) = gᵀs(η); loss0 = L(θ). `first_loss`, when not null, is loss(eta) known
 /// already (not evaluated again).
-inline ArmijoResult armijo_search(double loss0, double eta, const ArmijoRule& rule, FunctionRef<double(double)> loss,
-                                  FunctionRef<double(double)> slope, const double* first_loss = nullptr) {
+inline ArmijoResult armijo_search(double loss0, double eta, const ArmijoRule& rule,
+                                  FunctionRef<double(double)> loss, FunctionRef<double(double)> slope,
+                                  const double* first_loss = nullptr) {
   ArmijoResult r;
   for (Index t = 0; t <= rule.max_shrinks; ++t, eta *= rule.shrink) {
     r.eta = eta;

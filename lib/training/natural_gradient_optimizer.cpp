@@ -32,18 +32,21 @@ bool NaturalGradientStepOptions::is_valid(std::string* why) const {
   };
   auto in_open_unit = [](double v) { return v > 0 && v < 1; };
   std::string part;
-  if (!(lr > 0) || !std::isfinite(lr)) return bad("lr must be finite and > 0, got " + detail::format_number(lr));
+  if (!(lr > 0) || !std::isfinite(lr))
+    return bad("lr must be finite and > 0, got " + detail::format_number(lr));
   if (!(damping > 0) || !std::isfinite(damping))
     return bad("damping must be finite and > 0, got " + detail::format_number(damping));
   if (curvature_batch < 0) return bad("curvature_batch must be >= 0, got " + std::to_string(curvature_batch));
   if (!(cg_tolerance > 0 && cg_tolerance < 1))
     return bad("cg_tolerance must be in (0, 1), got " + detail::format_number(cg_tolerance));
-  if (cg_max_iterations < 1) return bad("cg_max_iterations must be >= 1, got " + std::to_string(cg_max_iterations));
+  if (cg_max_iterations < 1)
+    return bad("cg_max_iterations must be >= 1, got " + std::to_string(cg_max_iterations));
   if (!(warm_start >= 0 && warm_start <= 1))
     return bad("warm_start must be in [0, 1], got " + detail::format_number(warm_start));
   if (!(backtrack_spacing > 1) || !std::isfinite(backtrack_spacing))
     return bad("backtrack_spacing must be finite and > 1, got " + detail::format_number(backtrack_spacing));
-  if (!in_open_unit(armijo_c)) return bad("armijo_c must be in (0, 1), got " + detail::format_number(armijo_c));
+  if (!in_open_unit(armijo_c))
+    return bad("armijo_c must be in (0, 1), got " + detail::format_number(armijo_c));
   if (!in_open_unit(line_search_shrink))
     return bad("line_search_shrink must be in (0, 1), got " + detail::format_number(line_search_shrink));
   if (line_search_max_shrinks < 0)
@@ -54,7 +57,8 @@ bool NaturalGradientStepOptions::is_valid(std::string* why) const {
 }
 
 template <typename Scalar>
-NaturalGradientOptimizer<Scalar>::NaturalGradientOptimizer(Index num_params, const NaturalGradientStepOptions& options)
+NaturalGradientOptimizer<Scalar>::NaturalGradientOptimizer(Index num_params,
+                                                           const NaturalGradientStepOptions& options)
     : o_(options), num_params_(num_params), lambda_(options.damping) {
   std::string why;
   if (!o_.is_valid(&why)) detail::fail("natgrad", why);
@@ -101,8 +105,9 @@ StepResult NaturalGradientOptimizer<Scalar>::step(const Network<Scalar>& model, 
                                                   Vec<Scalar>& theta, const Dataset<Scalar>& batch, Index k) {
   const Index P = model.num_params();
   if (theta.size() != P || P != num_params_)
-    detail::fail("natgrad: the parameter vector has " + std::to_string(theta.size()) + " entries and the model " +
-                 std::to_string(P) + " parameters, but the optimizer was made for " + std::to_string(num_params_));
+    detail::fail("natgrad: the parameter vector has " + std::to_string(theta.size()) +
+                 " entries and the model " + std::to_string(P) +
+                 " parameters, but the optimizer was made for " + std::to_string(num_params_));
   StepResult r;
   r.lr = o_.lr;
   r.damping = lambda_;
@@ -196,13 +201,16 @@ StepResult NaturalGradientOptimizer<Scalar>::step(const Network<Scalar>& model, 
 
   // CG backtracking: from the last kept iterate back while the loss on the curvature batch falls.
   const Vec<Scalar>* direction = &d;
-  double known = std::numeric_limits<double>::quiet_NaN();  // the step batch's loss at (η, direction), if known
+  // The step batch's loss at (η, direction), when backtracking measured it already.
+  double known = std::numeric_limits<double>::quiet_NaN();
   bool is_known = false;
   if (candidates.size() > 1) {
     double reached = 0;
     const Index j = detail::walk_back(
         static_cast<Index>(candidates.size()),
-        [&](Index i) { return on_curvature(Vec<Scalar>(theta + update_of(o_.lr, *candidates[std::size_t(i)]))); },
+        [&](Index i) {
+          return on_curvature(Vec<Scalar>(theta + update_of(o_.lr, *candidates[std::size_t(i)])));
+        },
         &reached);
     direction = candidates[std::size_t(j)];
     r.cg_iterate = candidate_iterations[std::size_t(j)];
@@ -224,7 +232,8 @@ StepResult NaturalGradientOptimizer<Scalar>::step(const Network<Scalar>& model, 
     rule.shrink = o_.line_search_shrink;
     rule.max_shrinks = o_.line_search_max_shrinks;
     const detail::ArmijoResult a = detail::armijo_search(
-        r.loss, o_.lr, rule, step_loss, [&](double e) { return -e * gd + mu * gp; }, is_known ? &known : nullptr);
+        r.loss, o_.lr, rule, step_loss, [&](double e) { return -e * gd + mu * gp; },
+        is_known ? &known : nullptr);
     eta = a.eta;
     after = a.loss;
     accepted = a.accepted;
@@ -234,7 +243,8 @@ StepResult NaturalGradientOptimizer<Scalar>::step(const Network<Scalar>& model, 
   }
   r.lr = eta;
   const Vec<Scalar> s = update_of(eta, *direction);
-  if (!accepted || !std::isfinite(after) || after > r.loss) {  // rejected: θ stays, λ rises, momentum restarts
+  // A rejection: θ stays, λ rises (with the rule), momentum restarts.
+  if (!accepted || !std::isfinite(after) || after > r.loss) {
     r.rejected = true;
     if (o_.adapt_damping) lambda_ *= 1.5;
     update_.resize(0);
@@ -279,14 +289,16 @@ void NaturalGradientOptimizer<Scalar>::load_state(const OptimizerState& s) {
   }
   for (const auto& [n, v] : s.scalars)
     if (n == "damping") lambda = &v;
-  if (!d || !u || !lambda) detail::fail("natgrad: the state lacks direction, update or damping (another optimizer's?)");
+  if (!d || !u || !lambda)
+    detail::fail("natgrad: the state lacks direction, update or damping (another optimizer's?)");
   for (const Vec<double>* v : {d, u})
     if (v->size() != 0 && v->size() != num_params_)
       detail::fail("natgrad: the state's " + std::string(v == d ? "direction" : "update") + " has " +
                    std::to_string(v->size()) + " entries but the model has " + std::to_string(num_params_) +
                    " parameters");
   if (!(*lambda > 0) || !std::isfinite(*lambda))
-    detail::fail("natgrad: the state's damping must be finite and > 0, got " + detail::format_number(*lambda));
+    detail::fail("natgrad: the state's damping must be finite and > 0, got " +
+                 detail::format_number(*lambda));
   d_ = d->template cast<Scalar>();
   update_ = u->template cast<Scalar>();
   lambda_ = *lambda;

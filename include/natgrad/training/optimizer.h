@@ -2,27 +2,29 @@
 /// \brief Optimizers that update a model's parameters from minibatches: Adam and SGD (PyTorch's, exactly) and
 /// the natural-gradient (Hessian-free) optimizer on the library's damped solves.
 ///
-/// An optimizer holds its state (moments, momentum buffer, damping, the previous direction) and updates θ in
-/// place from one minibatch per step():
+/// An optimizer holds its state (moments, momentum buffer, damping, the previous direction and update) and
+/// updates θ in place from one minibatch per step():
 ///   - AdamOptimizer is torch.optim.Adam (β 0.9, 0.999, ε 1e-8 added outside the square root, bias
 ///     correction, no weight decay), in the same order of operations;
 ///   - SgdOptimizer is torch.optim.SGD (momentum buffer b ← μb + g, b = g on the first step, θ ← θ − ηb;
 ///     no dampening, no Nesterov);
 ///   - NaturalGradientOptimizer takes d = (F + λI)⁻¹g on the step's batch (curvature on its first
 ///     curvature_batch samples) by CG warm-started from 0.95 × the previous d, or by the exact Gram solve
-///     (curvature/fisher_gram.h), and the update s = −η d + μ s_prev (momentum μ, s_prev the previous accepted
-///     update), with three safeguards, each optional: CG backtracking (Martens 2010: the earlier CG iterate
-///     whose update lowers the loss on the curvature batch more than the later ones), an Armijo line search on
-///     η, and λ adapted by the Levenberg–Marquardt rule on ρ = (L(θ + s) − L(θ)) / (gᵀs + ½ sᵀFs) at the
-///     taken update; a step whose loss is not finite or rises is rejected (θ unchanged). With adapt_damping
-///     and line_search false and momentum 0 a step is exactly θ ← θ − η(F + λI)⁻¹g to the solver's
-///     tolerance (no backtracking either). NaturalGradientStepOptions says what each costs.
+///     (curvature/fisher_gram.h), and the update s = −η d + μ s_prev (momentum μ, s_prev the previous
+///     accepted update), with three safeguards, each optional: CG backtracking (Martens 2010: the earlier CG
+///     iterate whose update lowers the loss on the curvature batch more than the later ones), an Armijo line
+///     search on η, and λ adapted by the Levenberg–Marquardt rule on ρ = (L(θ + s) − L(θ)) / (gᵀs + ½ sᵀFs)
+///     at the taken update; a step whose loss is not finite or rises is rejected (θ unchanged). With
+///     adapt_damping and line_search false and momentum 0 a step is exactly θ ← θ − η(F + λI)⁻¹g to the
+///     solver's tolerance (no backtracking either). NaturalGradientStepOptions says what each costs.
 ///
 /// Every draw of a step (Monte-Carlo labels) is keyed by (seed, step, sample, position, draw), so results are
 /// bit-identical for any thread count and no two steps repeat their draws.
 ///
 /// \code
-/// natgrad::AdamOptimizer<float> opt(model.num_params(), {1e-3});
+/// natgrad::NaturalGradientStepOptions o;  // backtracking, the line search and the damping rule on
+/// o.momentum = 0.5;
+/// natgrad::NaturalGradientOptimizer<float> opt(model.num_params(), o);
 /// for (natgrad::Index k = 0; k < steps; ++k) opt.step(model, lk, theta, batch_k, k);
 /// \endcode
 #pragma once
@@ -40,17 +42,17 @@ namespace natgrad {
 
 /// What one step did.
 struct StepResult {
-  double loss = 0;          ///< on the step's batch, before the update
-  double lr = 0;            ///< η of the update (natgrad: the η taken; for a rejected step the last one tried)
-  double damping = 0;       ///< λ the step solved with (natural gradient)
-  double damping_after = 0; ///< λ after the step's adaptation: what the next step solves with
-  Index cg_iterations = 0;  ///< CG's iterations (0 for the Gram solve and the first-order optimizers)
+  double loss = 0;           ///< on the step's batch, before the update
+  double lr = 0;             ///< η of the update (natgrad: the η taken; a rejected step's: the last tried)
+  double damping = 0;        ///< λ the step solved with (natural gradient)
+  double damping_after = 0;  ///< λ after the step's adaptation: what the next step solves with
+  Index cg_iterations = 0;   ///< CG's iterations (0 for the Gram solve and the first-order optimizers)
   /// The CG iterate the update used: cg_iterations, or an earlier one after CG backtracking (0 for the Gram).
   Index cg_iterate = 0;
   Index line_search_trials = 0;  ///< values of η the line search tried (0 without it)
   /// ρ of the Levenberg–Marquardt rule at the taken update (NaN without the rule or for a rejected step).
   double rho = std::numeric_limits<double>::quiet_NaN();
-  bool rejected = false;    ///< the natural-gradient step was rejected: θ is unchanged
+  bool rejected = false;               ///< the natural-gradient step was rejected: θ is unchanged
   SolverKind solver = SolverKind::cg;  ///< the solver the natural-gradient step used
 };
 
@@ -121,11 +123,12 @@ class SgdOptimizer final : public Optimizer<Scalar> {
 
 /// The natural-gradient optimizer's settings. A step costs one forward pass and gradient on the batch, a
 /// forward pass on the curvature batch when it is smaller, and the solve; then, when a safeguard is on, the
-/// losses it needs (one forward pass each): CG backtracking from 2 (the last iterate and the one before) on the
-/// curvature batch, the line search 1 to 1 + line_search_max_shrinks on the step's batch (the first shared
-/// with the rule's when the two batches are the same), and the Levenberg–Marquardt rule 1 (the line search's
-/// last, when it runs) plus one product for sᵀFs. Trial losses use one more forward cache (of the curvature
-/// batch or of the step's, whichever is not already free); backtracking keeps about log(I)/log γ iterates.
+/// losses it needs (one forward pass each): CG backtracking from 2 (the last iterate and the one before) on
+/// the curvature batch, the line search 1 to 1 + line_search_max_shrinks on the step's batch (the first
+/// shared with the rule's when the two batches are the same), and the Levenberg–Marquardt rule 1 (the line
+/// search's last, when it runs) plus one product for sᵀFs. Trial losses use one more forward cache (of the
+/// curvature batch or of the step's, whichever is not already free); backtracking keeps about log(I)/log γ
+/// iterates.
 struct NaturalGradientStepOptions {
   double lr = 1.0;       ///< η, > 0. Default 1.
   double damping = 1.0;  ///< λ at the first step, > 0. Default 1.
@@ -155,8 +158,8 @@ struct NaturalGradientStepOptions {
   /// line_search_max_shrinks times) until L(θ + s) ≤ L(θ) + armijo_c · gᵀs with s = −η d + μ s_prev; when no
   /// η passes, the step is rejected. Default true.
   bool line_search = true;
-  double armijo_c = 1e-4;           ///< in (0, 1). Default 1e-4.
-  double line_search_shrink = 0.5;  ///< in (0, 1). Default 0.5.
+  double armijo_c = 1e-4;             ///< in (0, 1). Default 1e-4.
+  double line_search_shrink = 0.5;    ///< in (0, 1). Default 0.5.
   Index line_search_max_shrinks = 8;  ///< ≥ 0. Default 8.
   /// μ ≥ 0: the update is s = −η d + μ s_prev, s_prev the previous accepted update (0 after a rejection and
   /// at the first step). Default 0.
