@@ -36,13 +36,19 @@ void check_train_options(const CLI::App& t, Args& a) {
   if (a.optimizer != "natgrad" && a.optimizer != "kfac" && a.optimizer != "adam" && a.optimizer != "sgd")
     usage_error("--optimizer must be natgrad, kfac, adam or sgd, got \"" + a.optimizer + "\"");
   if (t.count("--lr") && !(a.lr > 0)) usage_error("--lr must be > 0, got " + detail::format_number(a.lr));
-  if (t.count("--momentum") && a.optimizer != "sgd")
-    usage_error("--momentum is SGD's (b <- mu*b + g); --optimizer " + a.optimizer + " does not take it");
-  if (!(a.momentum >= 0)) usage_error("--momentum must be >= 0, got " + detail::format_number(a.momentum));
+  if (t.count("--momentum") && (a.optimizer == "adam" || a.optimizer == "kfac"))
+    usage_error("--momentum is for sgd and natgrad; --optimizer " + a.optimizer + " does not take it" +
+                (a.optimizer == "kfac" ? " (kfac takes its momentum from the quadratic model)" : ""));
+  if (!(a.momentum >= 0) || !std::isfinite(a.momentum))
+    usage_error("--momentum must be finite and >= 0, got " + detail::format_number(a.momentum));
   if ((a.optimizer == "natgrad" || a.optimizer == "kfac") && !(a.damping > 0))
     usage_error("--damping must be > 0 for " + a.optimizer + " (F is singular on a minibatch), got " + detail::format_number(a.damping));
   if (a.damping_adapt != "lm" && a.damping_adapt != "off")
     usage_error("--damping-adapt must be lm or off, got \"" + a.damping_adapt + "\"");
+  if (a.line_search != "armijo" && a.line_search != "off")
+    usage_error("--line-search must be armijo or off, got \"" + a.line_search + "\"");
+  if (a.cg_backtrack != "on" && a.cg_backtrack != "off")
+    usage_error("--cg-backtrack must be on or off, got \"" + a.cg_backtrack + "\"");
   if (a.epochs < 1) usage_error("--epochs must be >= 1, got " + std::to_string(a.epochs));
   if (a.eval_every < 0) usage_error("--eval-every must be >= 0, got " + std::to_string(a.eval_every));
   if (!(a.max_time >= 0)) usage_error("--max-time must be >= 0 (seconds), got " + detail::format_number(a.max_time));

@@ -83,7 +83,8 @@ void add_train_options(CLI::App* c, Args& a) {
   c->add_option("--optimizer", a.optimizer, "natgrad (natural gradient, Hessian-free), kfac, adam or sgd")
       ->capture_default_str();
   c->add_option("--lr", a.lr, "Learning rate eta (default: 1 for natgrad, 1e-3 for adam, 1e-2 for sgd)");
-  c->add_option("--momentum", a.momentum, "SGD's momentum mu (b <- mu*b + g); not for adam or natgrad yet")
+  c->add_option("--momentum", a.momentum,
+                "Momentum mu: SGD's (b <- mu*b + g), natgrad's (the update s = -lr*d + mu*s_prev); not for adam")
       ->capture_default_str();
   c->add_option("--epochs", a.epochs, "Epochs (>= 1)")->capture_default_str();
   c->add_option("--batch", a.batch, "Minibatch size (default 128)");
@@ -99,7 +100,15 @@ void add_train_options(CLI::App* c, Args& a) {
   c->add_option("--solver", a.solver, "natgrad: cg, smw (the exact Gram solve) or auto (default auto)");
   c->add_option("--cg-tol", a.cg_tol, "natgrad: CG's relative residual tolerance (default 1e-4)");
   c->add_option("--cg-max-iters", a.cg_max_iters, "natgrad: CG's iteration limit (default 100)");
-  c->add_option("--inverse-every", a.inverse_every, "kfac: eigendecompose the averaged factors every K steps")
+  c->add_option("--line-search", a.line_search,
+                "natgrad: armijo (halve lr until the loss falls enough, at most 8 times; else the step is rejected) "
+                "or off")
+      ->capture_default_str();
+  c->add_option("--cg-backtrack", a.cg_backtrack,
+                "natgrad: on (take the earlier CG iterate whose step lowers the loss more, Martens 2010; with "
+                "--solver cg, and only with --damping-adapt lm or --line-search armijo) or off")
+      ->capture_default_str();
+  c->add_option("--inverse-every", a.inverse_every, "kfac: invert the averaged factors every K steps")
       ->capture_default_str();
   c->add_option("--min-damping", a.min_damping, "kfac: the adapted damping's floor")->capture_default_str();
   c->add_flag("--autoencoder", a.autoencoder,

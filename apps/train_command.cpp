@@ -76,6 +76,9 @@ std::unique_ptr<Optimizer<Scalar>> make_optimizer(const Args& a, const Network<S
   o.solver = solver_from_string(a.solver);
   o.cg_tolerance = a.cg_tol;
   o.cg_max_iterations = a.cg_max_iters;
+  o.line_search = a.line_search == "armijo";
+  o.backtrack = a.cg_backtrack == "on";
+  o.momentum = a.momentum;
   return std::make_unique<NaturalGradientOptimizer<Scalar>>(P, o);
 }
 
@@ -180,9 +183,13 @@ int run_train(Args& a, const World& world) {
     if (progress.elapsed() - last_line >= 2.0 || r.step == 1) {
       const double eta = r.time_s / double(r.step) * double(total_steps - r.step);
       if (natgrad)
-        progress.line("epoch %lld step %lld/%lld: loss %.6f, lr %g, damping %.3g, %s %lld%s, eta %.0f s",
-                      static_cast<long long>(r.epoch), static_cast<long long>(r.step), static_cast<long long>(total_steps),
-                      s.loss, s.lr, s.damping, to_string(s.solver), static_cast<long long>(s.cg_iterations),
+        progress.line("epoch %lld step %lld/%lld: loss %.6f, lr %g, damping %.3g, %s %lld%s%s, eta %.0f s",
+                      static_cast<long long>(r.epoch), static_cast<long long>(r.step),
+                      static_cast<long long>(total_steps), s.loss, s.lr, s.damping, to_string(s.solver),
+                      static_cast<long long>(s.cg_iterations),
+                      s.cg_iterate < s.cg_iterations
+                          ? (" (took iterate " + std::to_string(s.cg_iterate) + ")").c_str()
+                          : "",
                       s.rejected ? " (rejected)" : "", eta);
       else if (kfac)
         progress.line("epoch %lld step %lld/%lld: loss %.6f, step size %.3g, damping %.3g%s, eta %.0f s",
@@ -221,12 +228,17 @@ int run_train(Args& a, const World& world) {
     j["steps"] = sum.steps;
     auto num = [](double v) { return std::isnan(v) ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(v); };
     j["epochs"] = nlohmann::ordered_json::array();
-    for (const EpochSummary& e : sum.per_epoch)
+    for (const EpochSummary& e : sum.per_epoch) {
       j["epochs"].push_back({{"epoch", e.epoch},
                              {"train_loss", e.train_loss},
                              {"test_loss", num(e.test_loss)},
                              {"test_accuracy", num(e.test_accuracy)},
                              {"time_s", e.time_s}});
+      if (a.optimizer == "natgrad") {
+        j["epochs"].back()["damping"] = e.damping;
+        j["epochs"].back()["cg_iterations"] = e.cg_iterations;
+      }
+    }
     j["test_loss"] = num(sum.test_loss);
     j["test_accuracy"] = num(sum.test_accuracy);
     j["stopped"] = sum.stopped;

@@ -427,6 +427,29 @@ TEST(ConjugateGradient, RelativeProgressRuleAndCallbackStop) {
   EXPECT_NE(s2.brief_report().find("user_stop"), std::string::npos);
 }
 
+// The callback's hook for keeping iterates (CG backtracking in the natural-gradient optimizer): while it
+// runs, the caller's x holds iteration i's iterate, the Krylov minimizer of φ over K_i formed densely.
+TEST(ConjugateGradient, TheCallbackSeesEachIterateInX) {
+  const Index n = 12;
+  const Mat<double> R = random_mat<double>(n, n, 31);
+  DenseOp<double> A{R * R.transpose() / double(n) + 0.05 * Mat<double>::Identity(n, n)};
+  const Vec<double> b = random_vec<double>(n, 32);
+  Vec<double> x = Vec<double>::Zero(n);
+  std::vector<Vec<double>> seen;
+  CgOptions opt;
+  opt.relative_tolerance = 1e-10;
+  opt.callback = [&](const CgIterationInfo&) {
+    seen.push_back(x);
+    return CallbackResult::keep_going;
+  };
+  const CgSummary s = solve(A, b, x, opt);
+  ASSERT_EQ(static_cast<Index>(seen.size()), s.iterations);
+  ASSERT_GE(s.iterations, 5);
+  for (Index i = 1; i <= 5; ++i)
+    EXPECT_LT(rel_err_vec(seen[static_cast<std::size_t>(i - 1)], krylov_minimizer(A.A, b, i)), 1e-9) << i;
+  EXPECT_EQ(seen.back(), x);  // the last one seen is the one returned
+}
+
 namespace {
 InterruptedAt spd_interrupted_at(Index throw_at) {
   const Index n = 30;

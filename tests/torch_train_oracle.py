@@ -3,8 +3,10 @@
 (--no-shuffle: [0, 8), [8, 16), [16, 20) as DataLoader(shuffle=False) gives them), the parameters after three
 epochs of torch.optim.Adam, of torch.optim.SGD with momentum, and of natural-gradient steps
 θ ← θ − η(F + λI)⁻¹g with the damping fixed (F the exact Fisher built densely from PyTorch's Jacobian-vector
-products, solved by torch.linalg.solve) — each against `natgrad train --save`'s, to 1e-10 relative (the Gram
-solve) or 1e-8 (CG to 1e-12). Then the report and log agree with the run, and bad options end with one line.
+products, solved by torch.linalg.solve; with the safeguards off, and once with momentum, s = −η d + μ s_prev) —
+each against `natgrad train --save`'s, to 1e-10 relative (the Gram solve) or 1e-8 (CG to 1e-12). Then the
+report and log agree with the run (natgrad's per-epoch damping and CG iterations too), and bad options end
+with one line.
 Exit code 77 (ctest SKIP) when PyTorch is not installed, 1 with NATGRAD_REQUIRE_TORCH=1 (torch_oracle.py)."""
 import copy
 import csv
@@ -55,27 +57,44 @@ oracle.check("sgd (lr 0.05, momentum 0.9)",
              rel(ours, torch_first_order(lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9))), 1e-10)
 
 
-def torch_natural_gradient(lr, lam):
+def torch_natural_gradient(lr, lam, mu=0.0):
     m = copy.deepcopy(model)
+    previous = None  # the previous update s (momentum: s = -lr d + mu s_prev)
     for _ in range(EPOCHS):
         for xb, yb in batches:
             params = list(m.parameters())
             g = flat(torch.autograd.grad(F.cross_entropy(m(xb), yb), params))
             Fd = dense_fisher(m, xb, yb, "categorical")
-            step = torch.linalg.solve(Fd + lam * torch.eye(Fd.shape[0]), g)
+            s = -lr * torch.linalg.solve(Fd + lam * torch.eye(Fd.shape[0]), g)
+            if previous is not None:
+                s = s + mu * previous
+            previous = s
             with torch.no_grad():
                 offset = 0
                 for p in params:
-                    p -= lr * step[offset:offset + p.numel()].reshape(p.shape)
+                    p += s[offset:offset + p.numel()].reshape(p.shape)
                     offset += p.numel()
     return flat([p.detach() for p in m.parameters()])
 
 
 want = torch_natural_gradient(0.5, 0.1)
-fixed = ["--optimizer", "natgrad", "--lr", "0.5", "--damping", "0.1", "--damping-adapt", "off"]
+# The plain step needs the safeguards off: no Levenberg-Marquardt rule, no line search (and so no backtracking).
+fixed = ["--optimizer", "natgrad", "--lr", "0.5", "--damping", "0.1", "--damping-adapt", "off", "--line-search", "off"]
 oracle.check("natgrad, λ 0.1 fixed, the Gram solve", rel(trained(fixed + ["--solver", "smw"], "ng_smw"), want), 1e-10)
 oracle.check("natgrad, λ 0.1 fixed, CG to 1e-12",
              rel(trained(fixed + ["--solver", "cg", "--cg-tol", "1e-12", "--cg-max-iters", "500"], "ng_cg"), want), 1e-8)
+oracle.check("natgrad with momentum 0.5, the Gram solve",
+             rel(trained(fixed + ["--solver", "smw", "--momentum", "0.5"], "ng_momentum"), torch_natural_gradient(0.5, 0.1, 0.5)),
+             1e-10)
+# With the safeguards on (the defaults), the report's epochs hold natgrad's damping at the epoch's end (the λ
+# the next epoch's first step solved with, in the log) and CG's mean iterations per step (the log's mean).
+trained(["--optimizer", "natgrad", "--solver", "cg"], "ng_default")
+epochs = json.load(open(os.path.join(d, "ng_default.json")))["epochs"]
+ng_rows = [r for r in csv.DictReader(open(os.path.join(d, "ng_default.csv"))) if r["kind"] == "step"]
+mean_cg = [sum(int(r["cg_iterations"]) for r in ng_rows[3 * e:3 * e + 3]) / 3 for e in range(3)]
+if not (len(epochs) == 3 and [e["cg_iterations"] for e in epochs] == mean_cg and min(mean_cg) > 0
+        and [e["damping"] for e in epochs[:2]] == [float(ng_rows[3]["damping"]), float(ng_rows[6]["damping"])]):
+    oracle.fail(f"natgrad's report epochs {epochs} against the log's damping and cg_iterations {mean_cg}")
 
 # The report and the log of the Adam run.
 report = json.load(open(os.path.join(d, "adam.json")))
@@ -117,6 +136,8 @@ oracle.expect_error("--autoencoder on a categorical model", ["train", *common, "
 
 for label, args, text in [
         ("momentum for adam", ["--optimizer", "adam", "--momentum", "0.9"], "--momentum"),
+        ("an unknown line search", ["--line-search", "wolfe"], "--line-search must be"),
+        ("--cg-backtrack yes", ["--cg-backtrack", "yes"], "--cg-backtrack must be"),
         ("an unknown optimizer", ["--optimizer", "lbfgs"], "--optimizer must be"),
         ("damping 0 for natgrad", ["--optimizer", "natgrad", "--damping", "0"], "--damping must be > 0"),
         ("zero epochs", ["--epochs", "0"], "--epochs must be >= 1")]:

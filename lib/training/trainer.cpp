@@ -67,8 +67,8 @@ TrainSummary train(const Network<Scalar>& model, LikelihoodKind likelihood, Vec<
   auto last_is_eval = [&] { return !s.records.empty() && s.records.back().eval; };
   for (Index epoch = 0; epoch < o.epochs && !s.stopped; ++epoch) {
     const std::vector<Index> order = epoch_order(N, o.seed, epoch, o.shuffle);
-    double loss_sum = 0;
-    Index seen = 0;
+    double loss_sum = 0, cg_sum = 0, damping = 0;
+    Index seen = 0, steps = 0;
     for (Index k = 0; k < per_epoch; ++k) {
       if ((o.stop_requested && o.stop_requested()) || (o.max_time_s > 0 && trained >= o.max_time_s)) {
         s.stopped = true;
@@ -86,6 +86,9 @@ TrainSummary train(const Network<Scalar>& model, LikelihoodKind likelihood, Vec<
       r.time_s = trained;
       loss_sum += r.result.loss * double(count);
       seen += count;
+      cg_sum += double(r.result.cg_iterations);
+      damping = r.result.damping_after;
+      ++steps;
       record(r);
       if (o.eval_every > 0 && s.steps % o.eval_every == 0) evaluation(epoch + (k + 1 == per_epoch ? 1 : 0), std::nan(""));
     }
@@ -99,6 +102,8 @@ TrainSummary train(const Network<Scalar>& model, LikelihoodKind likelihood, Vec<
     e.test_loss = s.test_loss;
     e.test_accuracy = s.test_accuracy;
     e.time_s = trained;
+    e.damping = damping;
+    e.cg_iterations = cg_sum / double(steps);
     s.per_epoch.push_back(e);
   }
   if (s.stopped && !last_is_eval()) evaluation(s.epochs, std::nan(""));

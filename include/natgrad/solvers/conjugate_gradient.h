@@ -71,7 +71,9 @@ enum class CgBreakdown {
 };
 const char* to_string(CgBreakdown b);
 
-/// What the callback sees after each iteration.
+/// What the callback sees after each iteration. While the callback runs, the caller's x already holds this
+/// iteration's iterate x_i (x += αp is done; nothing moves x before the next iteration): a callback may read
+/// it, for instance to keep some iterates (CG backtracking, training/optimizer.h), and must not write it.
 struct CgIterationInfo {
   Index iteration = 0;           ///< 1-based
   double relative_residual = 0;  ///< ‖r‖ / ‖b‖

@@ -42,10 +42,12 @@ struct TrainOptions {
 };
 
 /// An epoch completed: its steps' sample-weighted mean loss, the latest evaluation at its end, the training
-/// time so far.
+/// time so far, and for the natural gradient the damping at its end and CG's mean iterations per step.
 struct EpochSummary {
   Index epoch = 0;
   double train_loss = 0, time_s = 0;
+  double damping = 0;        ///< StepResult::damping_after of the epoch's last step
+  double cg_iterations = 0;  ///< StepResult::cg_iterations, the mean over the epoch's steps
   double test_loss = std::numeric_limits<double>::quiet_NaN(), test_accuracy = std::numeric_limits<double>::quiet_NaN();
 };
 
