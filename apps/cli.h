@@ -16,6 +16,7 @@ struct MoreCommands {
   int (*info)(Args& a);
   int (*train)(Args& a, const World& world, bool f64);
   bool (*can_plot)();  ///< whether `spectrum --plot` can draw (PLplot was found)
+  int (*plot)(Args& a);  ///< natgrad plot
 };
 
 /// fvp, spectrum, profile and info (natgrad_cli).
