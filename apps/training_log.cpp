@@ -35,11 +35,12 @@ std::vector<std::string> split(const std::string& line) {
 struct Line {
   const std::string& name;
   long long number;
-  [[noreturn]] void fail(const std::string& what) const {
-    throw std::invalid_argument(name + ": line " + std::to_string(number) + ": " + what);
+  // "<name>: line <number>" and `rest` (", column 3 (epoch): …", ": …" or " has …").
+  [[noreturn]] void fail(const std::string& rest) const {
+    throw std::invalid_argument(name + ": line " + std::to_string(number) + rest);
   }
   std::string where(int column) const {
-    return "column " + std::to_string(column + 1) + " (" + kColumns[column] + ")";
+    return ", column " + std::to_string(column + 1) + " (" + kColumns[column] + ")";
   }
 };
 
@@ -78,7 +79,7 @@ std::vector<TrainingLogRow> parse_training_log(const std::string& text, const st
     const Line at{name, number_of_line};
     if (number_of_line == 1) {
       if (line != kTrainingLogHeader)
-        at.fail("the header is not that of natgrad train's log (\"" + std::string(kTrainingLogHeader) +
+        at.fail(": the header is not that of natgrad train's log (\"" + std::string(kTrainingLogHeader) +
                 "\"); got \"" + line.substr(0, 120) + "\"");
       continue;
     }
@@ -86,15 +87,15 @@ std::vector<TrainingLogRow> parse_training_log(const std::string& text, const st
       if (blank == 0) blank = number_of_line;
       continue;
     }
-    if (blank > 0) Line{name, blank}.fail("is empty, and rows follow it");
+    if (blank > 0) Line{name, blank}.fail(" is empty, and rows follow it");
     const std::vector<std::string> f = split(line);
     if (static_cast<int>(f.size()) != kFields)
-      at.fail("has " + std::to_string(f.size()) + " fields; the log's rows have " + std::to_string(kFields));
+      at.fail(" has " + std::to_string(f.size()) + " fields; the log's rows have " + std::to_string(kFields));
     TrainingLogRow r;
     if (f[0] == "eval")
       r.eval = true;
     else if (f[0] != "step")
-      at.fail("the kind \"" + f[0] + "\" is neither step nor eval");
+      at.fail(", column 1 (kind): \"" + f[0] + "\" is neither step nor eval");
     r.step = whole(at, f[1], 1);
     r.epoch = whole(at, f[2], 2);
     r.time_s = number(at, f[3], 3);
