@@ -12,11 +12,13 @@ must refuse both with a usage error.
 
 usage: training_plot.py <natgrad> <1 if built with PLplot, else 0>
 """
+import atexit
 import csv
 import json
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,6 +26,7 @@ import xml.etree.ElementTree as ET
 
 natgrad, have_plplot = sys.argv[1], sys.argv[2] == "1"
 out = tempfile.mkdtemp(prefix="natgrad_training_plot_")
+atexit.register(shutil.rmtree, out, True)
 NS = "{http://www.w3.org/2000/svg}"
 BLUE, ORANGE = "#1F77B4", "#FF7F0E"
 TOL = 0.15  # pixels: PLplot writes points to 0.01 px, tick labels to 1e-6 px
@@ -320,6 +323,15 @@ fields[4] = "abc"
 word[3] = ",".join(fields)
 refused("word.csv", "\n".join(word) + "\n", ["word.csv: line 4, column 5 (loss)", "\"abc\" is not a number"])
 refused("missing.csv", None, ["missing.csv: cannot open"])
+kind = good[:]
+kind[5] = "evaluation" + kind[5][kind[5].index(","):]
+refused("kind.csv", "\n".join(kind) + "\n", ["kind.csv: line 6, column 1 (kind)", "neither step nor eval"])
+frac = good[:]
+frac[2] = frac[2].replace("step,2,", "step,2.5,", 1)
+refused("frac.csv", "\n".join(frac) + "\n", ["frac.csv: line 3, column 2 (step)", "not a whole number"])
+blank = good[:4] + [""] + good[4:]
+refused("blank.csv", "\n".join(blank) + "\n", ["blank.csv: line 5 is empty"])
+refused("empty_log.csv", good[0] + "\n", ["empty_log.csv: holds no steps"])
 r = run("plot", log, "--output", os.path.join(out, "x.svg"), "--labels", "only,two")
 check(r.returncode == 2 and "--labels" in r.stderr, "--labels with the wrong count: a usage error")
 
