@@ -34,6 +34,11 @@ int run_plot(Args& a) {
     if (!steps) throw std::invalid_argument(a.logs[i] + ": holds no steps (nothing to draw)");
     const std::string label = a.labels.empty() ? std::filesystem::path(a.logs[i]).stem().string() : a.labels[i];
     p.runs.push_back(training_curve(rows, label));
+    if (!p.runs.back().epochs_known && p.by_epoch)
+      std::fprintf(stderr,
+                   "note: %s stopped within its first epoch, and the log does not say how many steps an epoch has: "
+                   "it is drawn against training time only\n",
+                   a.logs[i].c_str());
   }
   p.title = a.logs.size() == 1 ? "natgrad plot: " + a.logs[0] : "natgrad plot: " + std::to_string(a.logs.size()) + " runs";
   write_training_svg(a.output, p, "--output");

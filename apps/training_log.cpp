@@ -147,11 +147,13 @@ TrainingCurve training_curve(const std::vector<TrainingLogRow>& rows, const std:
     completed = std::max(completed, r.epoch - 1);
   }
   Index per_epoch = steps_per_epoch;
-  if (per_epoch <= 0)
-    for (const auto& [k, e] : epochs) per_epoch = std::max(per_epoch, e.steps);
-  if (per_epoch <= 0) per_epoch = 1;  // (no steps: nothing is placed by it)
+  if (per_epoch <= 0)  // (a resumed log may begin, and a stopped one end, within an epoch: the longest complete)
+    for (const auto& [k, e] : epochs)
+      if (k <= completed) per_epoch = std::max(per_epoch, e.steps);
   TrainingCurve c;
   c.label = label;
+  c.epochs_known = per_epoch > 0;
+  if (per_epoch <= 0) per_epoch = 1;  // (the positions in epochs are not drawn)
   for (const TrainingLogRow& r : rows) {
     const double x = double(r.step) / double(per_epoch);
     if (r.eval) {

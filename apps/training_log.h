@@ -44,12 +44,16 @@ struct TrainingCurve {
   CurveSeries epoch_loss;   ///< each completed epoch's training loss, at its end
   CurveSeries test_loss;    ///< each evaluation's
   CurveSeries test_accuracy;
+  /// Whether the positions in epochs mean anything: false for a log that stopped within its first epoch (the log
+  /// does not say how many steps an epoch has); such a run is drawn against seconds only.
+  bool epochs_known = true;
 };
 
-/// The curves of a log. A step's position in epochs is step / steps_per_epoch; with steps_per_epoch 0 it is
-/// the largest number of step rows any epoch of the log has. An epoch is completed when a later epoch's step or
-/// an evaluation after it follows; its training loss is the mean of its steps' losses (the log holds no batch
-/// sizes: train's own, sample-weighted, differs where the last batch is smaller), at its last step's time.
+/// The curves of a log. An epoch is completed when a later epoch's step or an evaluation counting it follows;
+/// its training loss is the mean of its steps' losses (the log holds no batch sizes: train's own,
+/// sample-weighted, differs where the last batch is smaller), at its last step's time. A step's position in
+/// epochs is step / steps_per_epoch; with steps_per_epoch 0 that is the largest number of step rows a completed
+/// epoch of the log has, and when no epoch completed, unknown (epochs_known false).
 TrainingCurve training_curve(const std::vector<TrainingLogRow>& rows, const std::string& label,
                              Index steps_per_epoch = 0);
 

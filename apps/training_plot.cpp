@@ -100,6 +100,7 @@ void draw_panel(const TrainingPlot& p, Axis axis, Quantity q, double x0, double 
   double xmax = 0, ylo = HUGE_VAL, yhi = -HUGE_VAL;
   for (const TrainingCurve& c : p.runs)
     for (const CurveSeries* s : panel_series(c, q)) {
+      if (axis == Axis::epochs && !c.epochs_known) continue;
       for (double v : xs(*s, axis)) xmax = std::max(xmax, v);
       for (double v : s->value) ylo = std::min(ylo, v), yhi = std::max(yhi, v);
     }
@@ -122,6 +123,7 @@ void draw_panel(const TrainingPlot& p, Axis axis, Quantity q, double x0, double 
   plslabelfunc(nullptr, nullptr);
   for (std::size_t i = 0; i < p.runs.size(); ++i) {
     const TrainingCurve& c = p.runs[i];
+    if (axis == Axis::epochs && !c.epochs_known) continue;
     const PLINT colour = kRunColour + PLINT(i % kMaxPlottedRuns), light = kRunLight + PLINT(i % kMaxPlottedRuns);
     auto draw = [&](const CurveSeries& s, PLINT col, double width, bool dash, bool marked) {
       if (s.value.empty()) return;

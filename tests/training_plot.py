@@ -298,6 +298,29 @@ P = panels(*read_svg(two))
 check(r.returncode == 0 and sorted(P) == ["loss by epoch", "loss by training time"],
       "no accuracies in the log: no accuracy panels: %s" % sorted(P))
 
+# A run stopped within its first epoch: its log does not say how long an epoch is; it is drawn against time
+# only, with a note. One stopped in its second epoch takes its epoch length from the first.
+partial = os.path.join(out, "partial.csv")
+open(partial, "w").write("".join(open(log).readlines()[:4]))  # the header and 3 steps
+r = run("plot", partial, "--output", two)
+lines, texts = read_svg(two)
+P = panels(lines, texts)
+drawn = {n: joined([l for l in lines if l["stroke"] == BLUE and l["opacity"] < 1 and inside(p, l)])
+         for n, p in P.items()}
+check(r.returncode == 0 and "partial.csv stopped within its first epoch" in r.stderr
+      and len(drawn.get("loss by training time", [])) == 3 and not drawn.get("loss by epoch"),
+      "a log stopped within its first epoch: drawn against time only, with a note (%s)" % r.stderr.strip())
+second = os.path.join(out, "second.csv")
+open(second, "w").write("".join(l for l in open(log).readlines()[:9] if not l.startswith("eval")))  # 5 + 2 steps
+r = run("plot", second, "--output", two)
+lines, texts = read_svg(two)
+P = panels(lines, texts)
+s2, _, _ = read_log(second)
+p = P.get("loss by epoch")
+ok, how = same_points(p, joined([l for l in lines if l["stroke"] == BLUE and l["opacity"] < 1 and inside(p, l)]),
+                      [(int(row["step"]) / 5, float(row["loss"])) for row in s2]) if p else (False, "no panel")
+check(r.returncode == 0 and r.stderr == "" and ok, "a log stopped in its second epoch: 5 steps an epoch: %s" % how)
+
 # ---- refusals -----------------------------------------------------------------------------------------------
 good = open(log).read().splitlines()
 
