@@ -110,8 +110,8 @@ void add_train_options(CLI::App* c, Args& a) {
   c->add_option("--save", a.save, "Write the final parameters here (safetensors, state_dict names)");
   c->add_option("--log", a.log, "Write the training log here (CSV: a row per step and per evaluation)");
   c->add_option("--plot", a.plot,
-                "Draw the run here as SVG (with the log): loss and test accuracy against epochs and against "
-                "training seconds (needs a build with PLplot)");
+                "Draw the run here as SVG, from its log: the loss and the test accuracy against epochs and "
+                "against training seconds (needs a build with PLplot)");
   c->add_option("--report", a.report, "Write a JSON report here (docs/formats.md)");
   c->add_flag("--quiet", a.quiet, "Only the results on stdout and errors on stderr");
 }

@@ -18,7 +18,7 @@ namespace cli {
 namespace {
 
 constexpr int kFields = 10;
-const char* const kColumns[kFields] = {"kind", "step",   "epoch",         "time_s",    "loss",
+const char* const kColumns[kFields] = {"kind", "step",    "epoch",         "time_s",    "loss",
                                        "lr",   "damping", "cg_iterations", "test_loss", "test_accuracy"};
 
 std::vector<std::string> split(const std::string& line) {
@@ -60,7 +60,8 @@ Index whole(const Line& at, const std::string& text, int column) {
   char* end = nullptr;
   errno = 0;
   const long long v = std::strtoll(text.c_str(), &end, 10);
-  if (!std::isdigit(static_cast<unsigned char>(text.front())) || end != text.c_str() + text.size() || errno == ERANGE)
+  if (!std::isdigit(static_cast<unsigned char>(text.front())) || end != text.c_str() + text.size() ||
+      errno == ERANGE)
     at.fail(at.where(column) + ": \"" + text + "\" is not a whole number >= 0");
   return static_cast<Index>(v);
 }
@@ -106,7 +107,8 @@ std::vector<TrainingLogRow> parse_training_log(const std::string& text, const st
     r.test_accuracy = number(at, f[9], 9);
     rows.push_back(r);
   }
-  if (number_of_line == 0) throw std::invalid_argument(name + ": is empty (no header; not a natgrad train log)");
+  if (number_of_line == 0)
+    throw std::invalid_argument(name + ": is empty (no header; not a natgrad train log)");
   return rows;
 }
 
@@ -147,7 +149,8 @@ TrainingCurve training_curve(const std::vector<TrainingLogRow>& rows, const std:
     completed = std::max(completed, r.epoch - 1);
   }
   Index per_epoch = steps_per_epoch;
-  if (per_epoch <= 0)  // (a resumed log may begin, and a stopped one end, within an epoch: the longest complete)
+  // A resumed log may begin, and a stopped one end, within an epoch: the longest completed epoch's length.
+  if (per_epoch <= 0)
     for (const auto& [k, e] : epochs)
       if (k <= completed) per_epoch = std::max(per_epoch, e.steps);
   TrainingCurve c;

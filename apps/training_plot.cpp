@@ -17,11 +17,12 @@ namespace cli {
 namespace {
 
 // The runs' colours (matplotlib's tab10), each at full strength and lightly (alpha) for the per-step losses.
-constexpr unsigned char kPalette[kMaxPlottedRuns][3] = {{31, 119, 180}, {255, 127, 14}, {44, 160, 44},  {214, 39, 40},
-                                                        {148, 103, 189}, {140, 86, 75},  {227, 119, 194}, {127, 127, 127},
-                                                        {188, 189, 34},  {23, 190, 207}};
+constexpr unsigned char kPalette[kMaxPlottedRuns][3] = {
+    {31, 119, 180}, {255, 127, 14},  {44, 160, 44},   {214, 39, 40},  {148, 103, 189},
+    {140, 86, 75},  {227, 119, 194}, {127, 127, 127}, {188, 189, 34}, {23, 190, 207}};
 constexpr PLFLT kStepAlpha = 0.3;
-constexpr PLINT kBlack = 1, kGrey = 2, kLightGrey = 3, kRunColour = 4, kRunLight = kRunColour + kMaxPlottedRuns;
+constexpr PLINT kBlack = 1, kGrey = 2, kLightGrey = 3, kRunColour = 4,
+                kRunLight = kRunColour + kMaxPlottedRuns;
 
 // Layout in pixels: a title band, a legend strip on the right, and per panel room for its title, tick labels
 // and axis labels around the viewport.
@@ -51,7 +52,9 @@ void tick_label(PLINT axis, PLFLT value, char* label, PLINT length, PLPointer da
 enum class Axis { epochs, seconds };
 enum class Quantity { loss, accuracy };
 
-const std::vector<double>& xs(const CurveSeries& s, Axis axis) { return axis == Axis::epochs ? s.epoch : s.time_s; }
+const std::vector<double>& xs(const CurveSeries& s, Axis axis) {
+  return axis == Axis::epochs ? s.epoch : s.time_s;
+}
 
 // The series a panel draws of one run.
 std::vector<const CurveSeries*> panel_series(const TrainingCurve& c, Quantity q) {
@@ -124,7 +127,8 @@ void draw_panel(const TrainingPlot& p, Axis axis, Quantity q, double x0, double 
   for (std::size_t i = 0; i < p.runs.size(); ++i) {
     const TrainingCurve& c = p.runs[i];
     if (axis == Axis::epochs && !c.epochs_known) continue;
-    const PLINT colour = kRunColour + PLINT(i % kMaxPlottedRuns), light = kRunLight + PLINT(i % kMaxPlottedRuns);
+    const PLINT colour = kRunColour + PLINT(i % kMaxPlottedRuns),
+                light = kRunLight + PLINT(i % kMaxPlottedRuns);
     auto draw = [&](const CurveSeries& s, PLINT col, double width, bool dash, bool marked) {
       if (s.value.empty()) return;
       plcol0(col);
@@ -178,7 +182,8 @@ void draw_legend(const TrainingPlot& p, double x0, double x1, double y0, double 
 void write_training_svg(const std::string& path, const TrainingPlot& p, const std::string& option) {
 #ifndef NATGRAD_HAVE_PLPLOT
   (void)p;
-  throw std::runtime_error(option + " " + path + ": this build has no PLplot (install libplplot-dev and rebuild)");
+  throw std::runtime_error(option + " " + path +
+                           ": this build has no PLplot (install libplplot-dev and rebuild)");
 #else
   bool accuracy = false;
   for (const TrainingCurve& c : p.runs) accuracy = accuracy || !c.test_accuracy.value.empty();
@@ -225,7 +230,8 @@ void write_training_svg(const std::string& path, const TrainingPlot& p, const st
                  (left + cell_w - kRight) / W, 1 - (top + cell_h - kBottom) / H, 1 - (top + kTop) / H);
     }
   const double strip_left = cols * cell_w + 10, strip_top = kTitleBand + kTop;
-  draw_legend(p, strip_left / W, (W - 4) / W, 0.02, 1 - strip_top / H, W - 4 - strip_left, 0.98 * H - strip_top);
+  draw_legend(p, strip_left / W, (W - 4) / W, 0.02, 1 - strip_top / H, W - 4 - strip_left,
+              0.98 * H - strip_top);
   plend();
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
     std::remove(tmp.c_str());

@@ -1,6 +1,7 @@
 // Pictures of training runs (natgrad train --plot, natgrad plot), drawn with PLplot's SVG driver: the loss
-// (each step's, lightly; each epoch's mean; the test loss, dashed) and, when a run has them, the test accuracy,
-// against epochs and against seconds of training time; one colour per run, a legend of runs and line styles.
+// (each step's, lightly; each epoch's mean; the test loss, dashed) and, when a run has them, the test
+// accuracy, against epochs and against seconds of training time; one colour per run, a legend of runs and
+// line styles.
 #pragma once
 
 #include "training_log.h"
