@@ -78,6 +78,7 @@ int run(int argc, char** argv, const MoreCommands* more) {
   CLI::App* info = solve_only ? nullptr : app.add_subcommand("info", "Layers, shapes, parameter counts and memory estimate");
   CLI::App* profile = solve_only ? nullptr : app.add_subcommand("profile", "Where a Fisher-vector product's time goes, node by node");
   CLI::App* train = solve_only ? nullptr : app.add_subcommand("train", "Train a model: natural gradient, Adam or SGD, with evaluation");
+  CLI::App* plot = solve_only ? nullptr : app.add_subcommand("plot", "Several training logs (train --log) on one SVG figure");
   a.damping = 1e-3;
   add_solve_options(solve, a);
   if (!solve_only) {
@@ -86,6 +87,7 @@ int run(int argc, char** argv, const MoreCommands* more) {
     add_spectrum_options(spectrum, a);
     add_info_options(info, a);
     add_train_options(train, a);
+    add_plot_options(plot, a);
     app.require_subcommand(1);
   }
   try {
@@ -137,6 +139,9 @@ int run(int argc, char** argv, const MoreCommands* more) {
     // Threads: --threads T (0: all cores); without it OMP_NUM_THREADS, else all cores, or under MPI this
     // rank's share of them.
     if (train && train->parsed()) check_train_options(*train, a);
+    if (((train && train->parsed() && !a.plot.empty()) || (plot && plot->parsed())) && !more->can_plot())
+      usage_error(std::string(plot && plot->parsed() ? "natgrad plot" : "--plot") +
+                  " needs a build with PLplot (install libplplot-dev and rebuild natgrad)");
     bool threads_given = false;
     for (CLI::App* c : {solve, fvp, spectrum, info, profile, train})
       if (c && c->parsed() && c->count("--threads")) threads_given = true;
@@ -150,6 +155,7 @@ int run(int argc, char** argv, const MoreCommands* more) {
     if (spectrum->parsed()) return more->spectrum(a, world, f64);
     if (profile->parsed()) return more->profile(a, world, f64);
     if (train->parsed()) return more->train(a, world, f64);
+    if (plot->parsed()) return more->plot(a);
     return more->info(a);
   } catch (const CLI::CallForHelp& e) {
     return world.root() ? app.exit(e) : 0;

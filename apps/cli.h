@@ -15,7 +15,8 @@ struct MoreCommands {
   int (*profile)(Args& a, const World& world, bool f64);
   int (*info)(Args& a);
   int (*train)(Args& a, const World& world, bool f64);
-  bool (*can_plot)();  ///< whether `spectrum --plot` can draw (PLplot was found)
+  bool (*can_plot)();  ///< whether spectrum --plot, train --plot and plot can draw (PLplot was found)
+  int (*plot)(Args& a);  ///< natgrad plot
 };
 
 /// fvp, spectrum, profile and info (natgrad_cli).

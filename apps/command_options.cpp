@@ -123,8 +123,19 @@ void add_train_options(CLI::App* c, Args& a) {
   c->add_option("--threads", a.threads, "Threads: >= 1, or 0 for all cores (default: OMP_NUM_THREADS, else all cores)");
   c->add_option("--save", a.save, "Write the final parameters here (safetensors, state_dict names)");
   c->add_option("--log", a.log, "Write the training log here (CSV: a row per step and per evaluation)");
+  c->add_option("--plot", a.plot,
+                "Draw the run here as SVG, from its log: the loss and the test accuracy against epochs and "
+                "against training seconds (needs a build with PLplot)");
   c->add_option("--report", a.report, "Write a JSON report here (docs/formats.md)");
   c->add_flag("--quiet", a.quiet, "Only the results on stdout and errors on stderr");
+}
+
+void add_plot_options(CLI::App* c, Args& a) {
+  c->add_option("logs", a.logs, "Training logs (natgrad train --log CSV), one colour each (at most 10)");
+  c->add_option("--output", a.output, "Write the figure here (SVG)");
+  c->add_option("--x", a.plot_x, "Against epochs, seconds (of training time) or both")->capture_default_str();
+  c->add_option("--labels", a.labels, "The runs' names in the legend, one per log (default: the files' stems)")
+      ->delimiter(',');
 }
 
 void add_info_options(CLI::App* c, Args& a) {

@@ -18,6 +18,8 @@ void add_profile_options(CLI::App* c, Args& a);
 void add_info_options(CLI::App* c, Args& a);
 /// natgrad train (train_command.cpp).
 void add_train_options(CLI::App* c, Args& a);
+/// natgrad plot (plot_command.cpp).
+void add_plot_options(CLI::App* c, Args& a);
 
 /// The message of a parse error, with a sentence for an option of `natgrad solve` given to another command.
 std::string parse_error_message(const CLI::ParseError& e, int argc, char** argv);

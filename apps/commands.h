@@ -22,6 +22,8 @@ int run_info(Args& a);
 /// natgrad train (train_command.cpp).
 template <typename Scalar>
 int run_train(Args& a, const World& world);
+/// natgrad plot (plot_command.cpp).
+int run_plot(Args& a);
 
 }  // namespace cli
 }  // namespace natgrad

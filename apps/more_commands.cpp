@@ -17,7 +17,8 @@ const MoreCommands& more_commands() {
   static const MoreCommands table{by_dtype<run_fvp<float>, run_fvp<double>>,
                                   by_dtype<run_spectrum<float>, run_spectrum<double>>,
                                   by_dtype<run_profile<float>, run_profile<double>>, run_info,
-                                  by_dtype<run_train<float>, run_train<double>>, can_plot};
+                                  by_dtype<run_train<float>, run_train<double>>, can_plot,
+                                  run_plot};
   return table;
 }
 

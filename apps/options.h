@@ -40,7 +40,7 @@ struct Args {
   Index lanczos_steps = 40;  // spectrum --lanczos-steps K (SLQ)
   Index probes = 30;   // spectrum --probes M
   std::string eigenvectors;  // spectrum --eigenvectors v.safetensors
-  std::string plot;          // spectrum --plot density.svg (implies --density)
+  std::string plot;          // spectrum --plot density.svg (implies --density); train --plot curve.svg
   Index top = 10;
   int threads = 0;
   int ranks = 1;  // natgrad info --ranks: the per-rank estimate
@@ -56,6 +56,9 @@ struct Args {
   bool no_shuffle = false, autoencoder = false;
   Index inverse_every = 20;  // kfac
   double min_damping = 1e-8;  // kfac
+  // plot: the logs (positional), --x epochs|seconds|both, --labels (--output is the figure)
+  std::vector<std::string> logs, labels;
+  std::string plot_x = "both";
 };
 
 /// The model, data and Fisher options of solve, fvp, spectrum and profile.

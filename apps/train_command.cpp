@@ -28,6 +28,8 @@
 
 #include "core/format_number.h"
 #include "problem.h"
+#include "training_log.h"
+#include "training_plot.h"
 
 namespace natgrad {
 namespace cli {
@@ -80,6 +82,21 @@ std::unique_ptr<Optimizer<Scalar>> make_optimizer(const Args& a, const Network<S
   o.backtrack = a.cg_backtrack == "on";
   o.momentum = a.momentum;
   return std::make_unique<NaturalGradientOptimizer<Scalar>>(P, o);
+}
+
+// train --plot: the picture of the log so far (training_plot.h); with the run's epochs, their sample-weighted
+// training losses in place of the log's plain means of the steps'.
+void draw_run(const Args& a, const std::string& log, const char* optimizer, Index steps_per_epoch,
+              const std::vector<EpochSummary>& epochs) {
+  TrainingPlot picture;
+  picture.runs.push_back(training_curve(parse_training_log(log, "the training log"), optimizer, steps_per_epoch));
+  if (!epochs.empty()) {
+    CurveSeries& mean = picture.runs.back().epoch_loss;
+    mean = CurveSeries();
+    for (const EpochSummary& e : epochs) mean.add(double(e.epoch), e.time_s, e.train_loss);
+  }
+  picture.title = "natgrad train: " + a.model + ", " + optimizer + ", batch " + std::to_string(a.batch);
+  write_training_svg(a.plot, picture, "--plot");
 }
 
 }  // namespace
@@ -155,7 +172,7 @@ int run_train(Args& a, const World& world) {
     std::fprintf(stderr, "note: batch norm trains in evaluation mode: its running statistics stay fixed\n");
 
   std::ostringstream csv;
-  csv << "kind,step,epoch,time_s,loss,lr,damping,cg_iterations,test_loss,test_accuracy\n";
+  csv << kTrainingLogHeader << "\n";
   const Index per_epoch = (data.size() + a.batch - 1) / a.batch, total_steps = per_epoch * a.epochs;
   double last_line = -1e9;
   TrainOptions to;
@@ -214,6 +231,10 @@ int run_train(Args& a, const World& world) {
   if (!a.log.empty()) {
     write_file_atomically(a.log, csv.str());
     std::printf("wrote the log to %s\n", a.log.c_str());
+  }
+  if (!a.plot.empty()) {
+    draw_run(a, csv.str(), opt->name(), per_epoch, sum.per_epoch);
+    std::printf("wrote the plot to %s\n", a.plot.c_str());
   }
   if (!a.report.empty()) {
     nlohmann::ordered_json j;
