@@ -28,6 +28,26 @@ struct TrainRecord {
 };
 
 
+/// An epoch completed: its steps' sample-weighted mean loss, the latest evaluation at its end, the training
+/// time so far.
+struct EpochSummary {
+  Index epoch = 0;
+  double train_loss = 0, time_s = 0;
+  double test_loss = std::numeric_limits<double>::quiet_NaN(), test_accuracy = std::numeric_limits<double>::quiet_NaN();
+};
+
+/// Where a run stands at a step boundary: what a checkpoint stores so that a resumed run is the same run. Step
+/// `steps` (from 0) is minibatch `steps − epochs · per_epoch` of epoch `epochs` (from 0), whose order is keyed by
+/// (seed, epoch); its Monte-Carlo draws are keyed by the step.
+struct TrainProgress {
+  Index steps = 0;            ///< steps done
+  Index epochs = 0;           ///< epochs completed
+  double time_s = 0;          ///< training time so far, evaluation excluded
+  double epoch_loss_sum = 0;  ///< Σ loss × batch size over the steps done of the epoch in progress
+  Index epoch_samples = 0;    ///< their samples
+  std::vector<EpochSummary> per_epoch;  ///< the epochs completed
+};
+
 struct TrainOptions {
   Index epochs = 10;      ///< the total number of epochs
   Index batch = 128;      ///< the minibatch size
@@ -39,22 +59,22 @@ struct TrainOptions {
   std::function<void(const TrainRecord&)> on_record;
   /// Polled before every step: true stops the run at that boundary (after a final evaluation). Optional.
   std::function<bool()> stop_requested;
+  /// Where to start: a fresh run (the default) or a checkpoint's progress; `epochs` must be below the total.
+  /// `max_time_s` counts this run's training time only.
+  TrainProgress start;
+  /// Called at the end of every epoch, after its evaluation, with the progress then (θ and the optimizer's
+  /// state are at that boundary: a checkpoint). Optional.
+  std::function<void(const TrainProgress&)> on_epoch_end;
 };
 
-/// An epoch completed: its steps' sample-weighted mean loss, the latest evaluation at its end, the training
-/// time so far.
-struct EpochSummary {
-  Index epoch = 0;
-  double train_loss = 0, time_s = 0;
-  double test_loss = std::numeric_limits<double>::quiet_NaN(), test_accuracy = std::numeric_limits<double>::quiet_NaN();
-};
-
+/// Counts, times and epochs are the run's totals, a resumed run's included; `records` are this call's.
 struct TrainSummary {
   std::vector<TrainRecord> records;
   std::vector<EpochSummary> per_epoch;
   Index steps = 0;
   Index epochs = 0;  ///< epochs completed
   double time_s = 0;
+  TrainProgress progress;  ///< at the end or the stop (what a checkpoint then holds)
   bool stopped = false;  ///< by max_time_s or stop_requested
   double test_loss = std::numeric_limits<double>::quiet_NaN(), test_accuracy = std::numeric_limits<double>::quiet_NaN();
 };
