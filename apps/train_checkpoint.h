@@ -22,7 +22,7 @@ void check_resume_settings(const std::string& path, const std::map<std::string, 
                            const std::vector<std::pair<std::string, std::string>>& now);
 
 /// The log a run resumed at `steps` starts from: the rows of the existing log at `path` up to step `steps` (a
-/// run that went past the checkpoint left more: they are dropped), or nothing when there is no such file. Throws
+/// run that went past the checkpoint left more: they are dropped), or the header alone when there is no such file. Throws
 /// std::invalid_argument naming --log when the file is not a train log (its first line is not `header`).
 std::string log_before(const std::string& path, Index steps, const std::string& header);
 

@@ -4,7 +4,9 @@
 /// A step takes minibatch k of its epoch (minibatches.h) and calls Optimizer::step with the run's step index;
 /// an evaluation (each epoch, or every eval_every steps, and at the end) computes the loss and, for a
 /// categorical likelihood, the accuracy on the test data (positions whose label is −100 left out). Training
-/// time excludes evaluation. `train_loss` of an epoch is the sample-weighted mean of its steps' losses.
+/// time excludes evaluation. `train_loss` of an epoch is the sample-weighted mean of its steps' losses. A run
+/// started from the TrainProgress of a stopped one (TrainOptions::start; a checkpoint holds it, checkpoint.h),
+/// with the optimizer's state restored, is that run continued, bit for bit.
 #pragma once
 
 #include <natgrad/training/optimizer.h>
@@ -54,13 +56,12 @@ struct TrainOptions {
   bool shuffle = true;    ///< a permutation per epoch keyed by (seed, epoch); false: file order
   uint64_t seed = 0;
   Index eval_every = 0;   ///< evaluate every K steps (0: at the end of each epoch)
-  double max_time_s = 0;  ///< stop at the first step boundary after this much training time (0: no limit)
+  double max_time_s = 0;  ///< stop at the first step boundary after this much training time of this call (0: no limit)
   /// Called after every step and every evaluation (progress lines, logs). Optional.
   std::function<void(const TrainRecord&)> on_record;
   /// Polled before every step: true stops the run at that boundary (after a final evaluation). Optional.
   std::function<bool()> stop_requested;
-  /// Where to start: a fresh run (the default) or a checkpoint's progress; `epochs` must be below the total.
-  /// `max_time_s` counts this run's training time only.
+  /// Where to start: a fresh run (the default) or a checkpoint's progress; its `epochs` must be below the total.
   TrainProgress start;
   /// Called at the end of every epoch, after its evaluation, with the progress then (θ and the optimizer's
   /// state are at that boundary: a checkpoint). Optional.
