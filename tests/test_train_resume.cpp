@@ -42,8 +42,16 @@ TEST(TrainResume, TheTrainerContinuesFromAnyStepBoundaryBitForBit) {
   o.seed = 9;
   Vec<double> full = theta0;
   AdamOptimizer<double> adam(model.num_params(), {0.02});
-  const TrainSummary ref = train<double>(model, LikelihoodKind::categorical, full, data, nullptr, adam, o);
+  TrainOptions each = o;
+  std::vector<std::pair<Index, Index>> ends;  // (steps, epochs) at each epoch's end
+  each.on_epoch_end = [&](const TrainProgress& at) {
+    ends.push_back({at.steps, at.epochs});
+    EXPECT_EQ(at.epoch_samples, 0);
+    EXPECT_EQ(Index(at.per_epoch.size()), at.epochs);
+  };
+  const TrainSummary ref = train<double>(model, LikelihoodKind::categorical, full, data, nullptr, adam, each);
   ASSERT_EQ(ref.steps, 15);
+  EXPECT_EQ(ends, (std::vector<std::pair<Index, Index>>{{5, 1}, {10, 2}, {15, 3}}));
   for (Index k : {1, 4, 5, 6, 10, 14}) {
     Vec<double> theta = theta0;
     AdamOptimizer<double> first(model.num_params(), {0.02});
@@ -310,7 +318,8 @@ class Background {
 };
 
 // SIGINT after the first step: the run stops at the next step boundary inside the epoch, writes the
-// checkpoint, the log and the report, and exits with 130; resumed, it writes the uninterrupted run's bytes.
+// checkpoint, the log and the report, and exits with 130; resumed, it writes the uninterrupted run's bytes. So
+// does a run killed after its first epoch, from the checkpoint written at that epoch's end.
 TEST_F(TrainResumeCli, SigintMidEpochCheckpointsAndTheResumedRunMatches) {
   const std::string a = p("slow_a.safetensors"), b = p("slow_b.safetensors"), c = p("slow_c.safetensors");
   Result r = run(slow() + " --save " + a);
@@ -333,6 +342,20 @@ TEST_F(TrainResumeCli, SigintMidEpochCheckpointsAndTheResumedRunMatches) {
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_TRUE(slurp(a) == slurp(b)) << "resumed at step " << k;
   EXPECT_EQ(step_rows(slurp(p("slow_b.csv"))).size(), 30u);
+
+  // A run killed outright (SIGKILL: nothing written at the stop) resumes from its last epoch's checkpoint.
+  const std::string killed = p("slow_killed.safetensors"), b2 = p("slow_b2.safetensors");
+  {
+    Background bg(slow() + " --checkpoint " + killed, "slow_kill");
+    for (int i = 0; i < 6000 && !exists(killed); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    bg.signal(SIGKILL);  // (the checkpoint appears whole: it is renamed into place)
+    bg.finish(30);
+  }
+  const Index at = checkpoint_steps(killed);
+  EXPECT_TRUE(at == 10 || at == 20) << at;
+  r = run(slow() + " --resume " + killed + " --save " + b2);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(slurp(a) == slurp(b2)) << "resumed at step " << at;
 }
 
 // SIGTERM: 143 and the checkpoint; without --checkpoint the run says the state was not saved (and still 130 /
