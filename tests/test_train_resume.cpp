@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <limits>
 #include <csignal>
 #include <fcntl.h>
 #include <sstream>
@@ -155,6 +156,30 @@ TEST(TrainResume, ACheckpointRoundTripsEveryBit) {
                                            "run computes in float32"),
               std::string::npos)
         << err.what();
+  }
+}
+
+// A causal attention mask reads back as the mask set_buffer accepts (−inf above the diagonal, or True for a
+// boolean one), and a checkpoint carries it.
+TEST(TrainResume, AnAttentionMaskReadsBackAndRoundTrips) {
+  const std::string d = make_temp_dir("natgrad_ckpt_mask") + "/";
+  for (bool boolean : {false, true}) {
+    ModelSpec m;
+    m.input_shape = {3, 4};
+    m.layers = {LayerSpec::multihead_attention(4, 2, "mask")};
+    m.layers[0].attn_mask_bool = boolean;
+    Network<double> model(m);
+    ASSERT_EQ(model.named_buffers().size(), 1u);
+    const std::vector<double> mask = model.buffer(0);
+    const double masked = boolean ? 1.0 : -std::numeric_limits<double>::infinity();
+    ASSERT_EQ(mask.size(), 9u);
+    for (Index i = 0; i < 3; ++i)
+      for (Index j = 0; j < 3; ++j) EXPECT_EQ(mask[std::size_t(i * 3 + j)], j > i ? masked : 0.0) << i << " " << j;
+    SgdOptimizer<double> sgd(model.num_params(), {});
+    save_checkpoint(d + "m.safetensors", model, init_parameters(model, 1), sgd, {}, {});
+    const Checkpoint<double> c = load_checkpoint(d + "m.safetensors", model);
+    EXPECT_EQ(c.buffers[0], mask);
+    EXPECT_NO_THROW(model.set_buffer(0, c.buffers[0].data()));
   }
 }
 
