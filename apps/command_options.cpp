@@ -122,10 +122,16 @@ void add_train_options(CLI::App* c, Args& a) {
   c->add_option("--dtype", a.dtype, "float32 or float64")->capture_default_str();
   c->add_option("--threads", a.threads, "Threads: >= 1, or 0 for all cores (default: OMP_NUM_THREADS, else all cores)");
   c->add_option("--save", a.save, "Write the final parameters here (safetensors, state_dict names)");
-  c->add_option("--log", a.log, "Write the training log here (CSV: a row per step and per evaluation)");
+  c->add_option("--log", a.log,
+                "Write the training log here (CSV: a row per step and per evaluation; a resumed run continues it)");
   c->add_option("--plot", a.plot,
                 "Draw the run here as SVG, from its log: the loss and the test accuracy against epochs and "
                 "against training seconds (needs a build with PLplot)");
+  c->add_option("--checkpoint", a.checkpoint,
+                "Write a checkpoint here (safetensors: parameters, buffers, optimizer state, progress, settings) at "
+                "the end of every epoch, at the end and at a stop (--max-time, SIGINT, SIGTERM)");
+  c->add_option("--resume", a.resume,
+                "Continue the run a --checkpoint file holds, to --epochs in total, with the same settings");
   c->add_option("--report", a.report, "Write a JSON report here (docs/formats.md)");
   c->add_flag("--quiet", a.quiet, "Only the results on stdout and errors on stderr");
 }

@@ -145,7 +145,8 @@ void check_output_path(const std::string& option, const std::string& path) {
 void check_output_paths(const Args& a) {
   const std::vector<std::pair<const char*, const std::string*>> outputs = {
       {"--output", &a.output},           {"--save-gradient", &a.save_gradient}, {"--report", &a.report},
-      {"--eigenvectors", &a.eigenvectors}, {"--plot", &a.plot}, {"--save", &a.save}, {"--log", &a.log}};
+      {"--eigenvectors", &a.eigenvectors}, {"--plot", &a.plot}, {"--save", &a.save}, {"--log", &a.log},
+      {"--checkpoint", &a.checkpoint}};
   for (const auto& [option, path] : outputs) {
     if (path->empty()) continue;
     if (std::string(option) == "--output" && !a.dampings.empty()) {  // one file per damping

@@ -49,6 +49,7 @@ struct Args {
   // train
   std::string optimizer = "natgrad", test_data, damping_adapt = "lm", save, log;
   std::string line_search = "armijo", cg_backtrack = "on";  // natgrad's safeguards
+  std::string checkpoint, resume;  // train --checkpoint C, --resume C
   double lr = 0;  // 0: the optimizer's default
   double momentum = 0;
   Index epochs = 10, eval_every = 0;

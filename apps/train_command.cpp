@@ -1,9 +1,13 @@
 // natgrad train: the model, the training and evaluation data, an optimizer (natgrad, adam, sgd), the training
 // loop (training/trainer.h) with a progress line at least every 2 s, a line per evaluation, the CSV log, the
-// final parameters and the JSON report.
+// final parameters and the JSON report; checkpoints (training/checkpoint.h) at each epoch's end and at a stop,
+// and --resume from one. SIGINT / SIGTERM stop the run at the next step boundary: it writes what it has and
+// exits with 130 / 143.
 #include "commands.h"
 #include "progress.h"
 #include "report.h"
+#include "signals.h"
+#include "train_checkpoint.h"
 
 #include <natgrad/core/threads.h>
 #include <natgrad/io/dataset_io.h>
@@ -12,6 +16,7 @@
 #include <natgrad/io/safetensors.h>
 #include <natgrad/model/initialization.h>
 #include <natgrad/likelihood/likelihood.h>
+#include <natgrad/training/checkpoint.h>
 #include <natgrad/training/kfac_optimizer.h>
 #include <natgrad/training/trainer.h>
 
@@ -21,10 +26,13 @@
 #include <cstdio>
 #include <filesystem>
 #include <limits>
+#include <map>
 #include <memory>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "core/format_number.h"
 #include "problem.h"
@@ -108,6 +116,7 @@ int run_train(Args& a, const World& world) {
   if (a.data.empty()) usage_error("--data is required");
   if (a.context > 0) usage_error("--context (text) is not supported by train yet");
   check_output_paths(a);
+  install_signal_handlers(!a.quiet);
   const Progress progress(a.quiet);
   const ModelFile file = read_model_spec(a.model);
   Network<Scalar> model(file.spec);
@@ -151,14 +160,38 @@ int run_train(Args& a, const World& world) {
     model.check_inputs(test.inputs);
     test_label = path + (split == Split::test ? " (t10k)" : "");
   }
+  const std::vector<std::pair<std::string, std::string>> settings = train_settings(a, model.num_params(), data.size());
   Vec<Scalar> theta;
-  if (a.weights.empty()) {
+  const std::unique_ptr<Optimizer<Scalar>> opt = make_optimizer<Scalar>(a, model);
+  TrainProgress start;
+  if (!a.resume.empty()) {
+    // Every check before anything is written: the settings, then the tensors, then the epochs left.
+    check_resume_settings(a.resume, read_checkpoint_metadata(a.resume), settings);
+    Checkpoint<Scalar> c = load_checkpoint<Scalar>(a.resume, model);
+    try {
+      for (std::size_t k = 0; k < c.buffers.size(); ++k) model.set_buffer(k, c.buffers[k].data());
+      opt->load_state(c.state);
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument(a.resume + ": " + e.what());
+    }
+    if (c.progress.epochs >= a.epochs)
+      usage_error("--epochs " + std::to_string(a.epochs) + " is the total, and the checkpoint " + a.resume +
+                  " has completed " + std::to_string(c.progress.epochs) + " epochs: give a larger --epochs");
+    theta = std::move(c.theta);
+    start = c.progress;
+    if (!a.weights.empty() && !a.quiet)
+      std::fprintf(stderr, "note: --weights %s is not read: the parameters come from the checkpoint\n", a.weights.c_str());
+  } else if (a.weights.empty()) {
     theta = init_parameters(model, a.seed);
   } else {
     theta = load_parameters<Scalar>(a.weights, model);
     load_buffers<Scalar>(a.weights, model);
   }
-  const std::unique_ptr<Optimizer<Scalar>> opt = make_optimizer<Scalar>(a, model);
+  std::map<std::string, std::string> saved_settings(settings.begin(), settings.end());
+  saved_settings.erase("optimizer");  // (the checkpoint records the optimizer's name itself)
+  auto write_checkpoint = [&](const TrainProgress& at) {
+    save_checkpoint(a.checkpoint, model, theta, *opt, at, saved_settings);
+  };
   std::printf("natgrad train: %s (%lld parameters, %s), %s (%lld samples), test %s (%lld samples), optimizer %s, "
               "batch %lld, %lld epochs, %s, %d threads\n",
               a.model.c_str(), static_cast<long long>(model.num_params()), to_string(file.likelihood), a.data.c_str(),
@@ -170,9 +203,14 @@ int run_train(Args& a, const World& world) {
     has_norm = has_norm || model.layer(l).type() == LayerType::batch_norm;
   if (has_norm && !a.quiet)
     std::fprintf(stderr, "note: batch norm trains in evaluation mode: its running statistics stay fixed\n");
+  if (!a.resume.empty())
+    std::printf("resumed from %s at step %lld (%lld epochs completed, %.2f s of training)\n", a.resume.c_str(),
+                static_cast<long long>(start.steps), static_cast<long long>(start.epochs), start.time_s);
 
+  // A resumed run continues the log: the rows up to the checkpoint's step, then its own.
+  const std::string header = std::string(kTrainingLogHeader) + "\n";
   std::ostringstream csv;
-  csv << kTrainingLogHeader << "\n";
+  csv << (a.resume.empty() || a.log.empty() ? header : log_before(a.log, start.steps, header));
   const Index per_epoch = (data.size() + a.batch - 1) / a.batch, total_steps = per_epoch * a.epochs;
   double last_line = -1e9;
   TrainOptions to;
@@ -182,6 +220,9 @@ int run_train(Args& a, const World& world) {
   to.seed = a.seed;
   to.eval_every = a.eval_every;
   to.max_time_s = a.max_time;
+  to.start = start;
+  to.stop_requested = [] { return stop_asked(); };
+  if (!a.checkpoint.empty()) to.on_epoch_end = write_checkpoint;
   to.on_record = [&](const TrainRecord& r) {
     if (r.eval) {
       csv << "eval," << r.step << "," << r.epoch << "," << field(r.time_s) << ",,,,," << field(r.test_loss) << ","
@@ -219,11 +260,21 @@ int run_train(Args& a, const World& world) {
     }
   };
   const TrainSummary sum = train<Scalar>(model, file.likelihood, theta, data, test.size() > 0 ? &test : nullptr, *opt, to);
+  const bool interrupted = sum.stopped && stop_asked();
   std::printf("trained %lld steps, %lld epochs in %.2f s%s", static_cast<long long>(sum.steps),
-              static_cast<long long>(sum.epochs), sum.time_s, sum.stopped ? " (stopped by --max-time)" : "");
+              static_cast<long long>(sum.epochs), sum.time_s,
+              !sum.stopped ? "" : interrupted ? (std::string(" (stopped by ") + signal_name() + ")").c_str() : " (stopped by --max-time)");
   if (test.size() > 0)
     std::printf("; test loss %s, test accuracy %s", field(sum.test_loss).c_str(), field(sum.test_accuracy).c_str());
   std::printf("\n");
+  if (!a.checkpoint.empty()) {
+    if (sum.stopped) write_checkpoint(sum.progress);  // (at the end, the last epoch's end wrote it)
+    std::printf("wrote the checkpoint (step %lld) to %s\n", static_cast<long long>(sum.progress.steps),
+                a.checkpoint.c_str());
+  } else if (interrupted) {
+    std::printf("interrupted by %s at step %lld: the training state was not saved (give --checkpoint to resume "
+                "later)\n", signal_name(), static_cast<long long>(sum.steps));
+  }
   if (!a.save.empty()) {
     save_parameters(a.save, model, theta, out_dtype(a), {{"natgrad", "trained parameters"}, {"optimizer", opt->name()}});
     std::printf("wrote the parameters to %s\n", a.save.c_str());
@@ -263,10 +314,12 @@ int run_train(Args& a, const World& world) {
     j["test_loss"] = num(sum.test_loss);
     j["test_accuracy"] = num(sum.test_accuracy);
     j["stopped"] = sum.stopped;
+    if (interrupted) j["interrupted"] = {{"signal", signal_name()}};
+    if (!a.resume.empty()) j["resumed"] = {{"checkpoint", a.resume}, {"steps", start.steps}, {"epochs", start.epochs}};
     j["time_s"] = sum.time_s;
     write_file_atomically(a.report, j.dump(2) + "\n");
   }
-  return 0;
+  return interrupted ? interrupted_status() : 0;
 }
 
 template int run_train<float>(Args&, const World&);

@@ -48,6 +48,14 @@ class Attention final : public Layer<Scalar>, public SavesForward<Scalar>, publi
              " on and below the diagonal, " + (mask_bool_ ? "True" : "-inf") + " above it)");
       }
   }
+  std::vector<Scalar> buffer(std::size_t) const override {
+    // The causal mask set_buffer accepts (the only one): masked above the diagonal.
+    const Scalar masked = mask_bool_ ? Scalar(1) : -std::numeric_limits<Scalar>::infinity();
+    std::vector<Scalar> m(static_cast<std::size_t>(T_ * T_), Scalar(0));
+    for (Index i = 0; i < T_; ++i)
+      for (Index j = i + 1; j < T_; ++j) m[static_cast<std::size_t>(i * T_ + j)] = masked;
+    return m;
+  }
   Index saved_per_sample() const override { return H_ * T_ * T_; }
   Index scratch_size(Index) const override { return T_ * T_ + pack_size(); }
   Index forward_scratch_size(Index) const override { return H_ * T_ * T_ + pack_size(); }

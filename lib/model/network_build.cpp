@@ -438,10 +438,18 @@ void Network<Scalar>::set_buffer(std::size_t k, const Scalar* values) {
   }
 }
 
+template <typename Scalar>
+std::vector<Scalar> Network<Scalar>::buffer(std::size_t k) const {
+  NATGRAD_CHECK(k < named_buffers_.size());
+  return sched_->buffers[named_buffers_[k].node]->buffer(named_buffers_[k].index);
+}
+
 template Network<float>::Network(const ModelSpec&);
 template Network<double>::Network(const ModelSpec&);
 template void Network<float>::set_buffer(std::size_t, const float*);
 template void Network<double>::set_buffer(std::size_t, const double*);
+template std::vector<float> Network<float>::buffer(std::size_t) const;
+template std::vector<double> Network<double>::buffer(std::size_t) const;
 template std::unique_ptr<Layer<float>> make_layer<float>(const LayerSpec&, const Shape&, const std::string&);
 template std::unique_ptr<Layer<double>> make_layer<double>(const LayerSpec&, const Shape&, const std::string&);
 

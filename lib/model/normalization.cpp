@@ -306,6 +306,10 @@ class BatchNorm final : public Layer<Scalar>, public SquaredGradients<Scalar>, p
     (i == 0 ? mean_ : var_) = ConstVecMap<Scalar>(values, C_);
     update_scale();
   }
+  std::vector<Scalar> buffer(std::size_t i) const override {
+    const Vec<Scalar>& b = i == 0 ? mean_ : var_;
+    return std::vector<Scalar>(b.data(), b.data() + C_);
+  }
 
   void forward(const Scalar* theta, ConstMatMap<Scalar> X, MatMap<Scalar> Y, int32_t*) const override {
     for (Index n = 0; n < X.cols(); ++n)

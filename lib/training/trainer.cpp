@@ -46,8 +46,18 @@ TrainSummary train(const Network<Scalar>& model, LikelihoodKind likelihood, Vec<
   const Index N = data.size();
   if (N == 0) detail::fail("the training data is empty");
   const Index per_epoch = batches_per_epoch(N, o.batch);
+  const TrainProgress& from = o.start;
+  const Index from_k = from.steps - from.epochs * per_epoch;  // the minibatch of its epoch the start is at
+  if (from.epochs < 0 || from.epochs >= o.epochs || from_k < 0 || from_k >= per_epoch || from.epoch_samples < 0 ||
+      Index(from.per_epoch.size()) != from.epochs)
+    detail::fail("the start (" + std::to_string(from.steps) + " steps, " + std::to_string(from.epochs) +
+                 " epochs completed) does not fit a run of " + std::to_string(o.epochs) + " epochs of " +
+                 std::to_string(per_epoch) + " steps");
   TrainSummary s;
-  double trained = 0;
+  s.steps = from.steps;
+  s.epochs = from.epochs;
+  s.per_epoch = from.per_epoch;
+  double trained = from.time_s;  // the run's training time; this call's is trained − from.time_s
   auto record = [&](TrainRecord r) {
     if (o.on_record) o.on_record(r);
     s.records.push_back(std::move(r));
@@ -64,13 +74,26 @@ TrainSummary train(const Network<Scalar>& model, LikelihoodKind likelihood, Vec<
     s.test_accuracy = r.test_accuracy;
     record(r);
   };
+  auto progress = [&](double loss_sum, Index seen, double cg_sum, Index steps, double damping) {
+    TrainProgress p;
+    p.steps = s.steps;
+    p.epochs = s.epochs;
+    p.time_s = trained;
+    p.epoch_loss_sum = loss_sum;
+    p.epoch_samples = seen;
+    p.epoch_cg_sum = cg_sum;
+    p.epoch_steps = steps;
+    p.epoch_damping = damping;
+    p.per_epoch = s.per_epoch;
+    return p;
+  };
   auto last_is_eval = [&] { return !s.records.empty() && s.records.back().eval; };
-  for (Index epoch = 0; epoch < o.epochs && !s.stopped; ++epoch) {
+  double loss_sum = from.epoch_loss_sum, cg_sum = from.epoch_cg_sum, damping = from.epoch_damping;  // of the
+  Index seen = from.epoch_samples, steps = from.epoch_steps;                                          // epoch in progress
+  for (Index epoch = from.epochs; epoch < o.epochs && !s.stopped; ++epoch) {
     const std::vector<Index> order = epoch_order(N, o.seed, epoch, o.shuffle);
-    double loss_sum = 0, cg_sum = 0, damping = 0;
-    Index seen = 0, steps = 0;
-    for (Index k = 0; k < per_epoch; ++k) {
-      if ((o.stop_requested && o.stop_requested()) || (o.max_time_s > 0 && trained >= o.max_time_s)) {
+    for (Index k = epoch == from.epochs ? from_k : 0; k < per_epoch; ++k) {
+      if ((o.stop_requested && o.stop_requested()) || (o.max_time_s > 0 && trained - from.time_s >= o.max_time_s)) {
         s.stopped = true;
         break;
       }
@@ -105,9 +128,13 @@ TrainSummary train(const Network<Scalar>& model, LikelihoodKind likelihood, Vec<
     e.damping = damping;
     e.cg_iterations = cg_sum / double(steps);
     s.per_epoch.push_back(e);
+    loss_sum = cg_sum = damping = 0;
+    seen = steps = 0;
+    if (o.on_epoch_end) o.on_epoch_end(progress(0, 0, 0, 0, 0));
   }
   if (s.stopped && !last_is_eval()) evaluation(s.epochs, std::nan(""));
   s.time_s = trained;
+  s.progress = progress(loss_sum, seen, cg_sum, steps, damping);
   return s;
 }
 

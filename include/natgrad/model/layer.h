@@ -223,6 +223,8 @@ class Buffers {
   /// Sets buffer i (shape_size of its shape values); throws std::invalid_argument saying what is wrong if
   /// the values are invalid for it (a negative variance).
   virtual void set_buffer(std::size_t i, const Scalar* values) = 0;
+  /// Buffer i's values (shape_size of its shape), as set_buffer took them or the defaults.
+  virtual std::vector<Scalar> buffer(std::size_t i) const = 0;
 };
 
 /// **Capability: an input of token indices** (embedding). Such an input is not differentiable: it may not

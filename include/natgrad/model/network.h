@@ -188,6 +188,8 @@ class Network {
   /// Sets buffer k of named_buffers() from `values` (shape_size of its shape entries); throws
   /// std::invalid_argument if the layer rejects them (a negative running variance).
   void set_buffer(std::size_t k, const Scalar* values);
+  /// Buffer k's values (a training checkpoint holds them).
+  std::vector<Scalar> buffer(std::size_t k) const;
 
   /// Throws std::invalid_argument unless theta has num_params() entries.
   void check_params(Index size) const;

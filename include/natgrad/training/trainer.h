@@ -4,7 +4,9 @@
 /// A step takes minibatch k of its epoch (minibatches.h) and calls Optimizer::step with the run's step index;
 /// an evaluation (each epoch, or every eval_every steps, and at the end) computes the loss and, for a
 /// categorical likelihood, the accuracy on the test data (positions whose label is −100 left out). Training
-/// time excludes evaluation. `train_loss` of an epoch is the sample-weighted mean of its steps' losses.
+/// time excludes evaluation. `train_loss` of an epoch is the sample-weighted mean of its steps' losses. A run
+/// started from the TrainProgress of a stopped one (TrainOptions::start; a checkpoint holds it, checkpoint.h),
+/// with the optimizer's state restored, is that run continued, bit for bit.
 #pragma once
 
 #include <natgrad/training/optimizer.h>
@@ -28,19 +30,6 @@ struct TrainRecord {
 };
 
 
-struct TrainOptions {
-  Index epochs = 10;      ///< the total number of epochs
-  Index batch = 128;      ///< the minibatch size
-  bool shuffle = true;    ///< a permutation per epoch keyed by (seed, epoch); false: file order
-  uint64_t seed = 0;
-  Index eval_every = 0;   ///< evaluate every K steps (0: at the end of each epoch)
-  double max_time_s = 0;  ///< stop at the first step boundary after this much training time (0: no limit)
-  /// Called after every step and every evaluation (progress lines, logs). Optional.
-  std::function<void(const TrainRecord&)> on_record;
-  /// Polled before every step: true stops the run at that boundary (after a final evaluation). Optional.
-  std::function<bool()> stop_requested;
-};
-
 /// An epoch completed: its steps' sample-weighted mean loss, the latest evaluation at its end, the training
 /// time so far, and for the natural gradient the damping at its end and CG's mean iterations per step.
 struct EpochSummary {
@@ -51,12 +40,47 @@ struct EpochSummary {
   double test_loss = std::numeric_limits<double>::quiet_NaN(), test_accuracy = std::numeric_limits<double>::quiet_NaN();
 };
 
+/// Where a run stands at a step boundary: what a checkpoint stores so that a resumed run is the same run. Step
+/// `steps` (from 0) is minibatch `steps − epochs · per_epoch` of epoch `epochs` (from 0), whose order is keyed by
+/// (seed, epoch); its Monte-Carlo draws are keyed by the step.
+struct TrainProgress {
+  Index steps = 0;            ///< steps done
+  Index epochs = 0;           ///< epochs completed
+  double time_s = 0;          ///< training time so far, evaluation excluded
+  double epoch_loss_sum = 0;  ///< Σ loss × batch size over the steps done of the epoch in progress
+  Index epoch_samples = 0;    ///< their samples
+  double epoch_cg_sum = 0;    ///< their CG iterations
+  Index epoch_steps = 0;      ///< their count
+  double epoch_damping = 0;   ///< λ after the last of them
+  std::vector<EpochSummary> per_epoch;  ///< the epochs completed
+};
+
+struct TrainOptions {
+  Index epochs = 10;      ///< the total number of epochs
+  Index batch = 128;      ///< the minibatch size
+  bool shuffle = true;    ///< a permutation per epoch keyed by (seed, epoch); false: file order
+  uint64_t seed = 0;
+  Index eval_every = 0;   ///< evaluate every K steps (0: at the end of each epoch)
+  double max_time_s = 0;  ///< stop at the first step boundary after this much training time of this call (0: no limit)
+  /// Called after every step and every evaluation (progress lines, logs). Optional.
+  std::function<void(const TrainRecord&)> on_record;
+  /// Polled before every step: true stops the run at that boundary (after a final evaluation). Optional.
+  std::function<bool()> stop_requested;
+  /// Where to start: a fresh run (the default) or a checkpoint's progress; its `epochs` must be below the total.
+  TrainProgress start;
+  /// Called at the end of every epoch, after its evaluation, with the progress then (θ and the optimizer's
+  /// state are at that boundary: a checkpoint). Optional.
+  std::function<void(const TrainProgress&)> on_epoch_end;
+};
+
+/// Counts, times and epochs are the run's totals, a resumed run's included; `records` are this call's.
 struct TrainSummary {
   std::vector<TrainRecord> records;
   std::vector<EpochSummary> per_epoch;
   Index steps = 0;
   Index epochs = 0;  ///< epochs completed
   double time_s = 0;
+  TrainProgress progress;  ///< at the end or the stop (what a checkpoint then holds)
   bool stopped = false;  ///< by max_time_s or stop_requested
   double test_loss = std::numeric_limits<double>::quiet_NaN(), test_accuracy = std::numeric_limits<double>::quiet_NaN();
 };

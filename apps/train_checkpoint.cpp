@@ -1,0 +1,110 @@
+#include "train_checkpoint.h"
+
+#include <natgrad/training/kfac_optimizer.h>
+
+#include <natgrad/training/optimizer.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+
+namespace natgrad {
+namespace cli {
+
+namespace {
+
+std::string exact(double v) {
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%.17g", v);
+  return buf;
+}
+
+// How a setting is named in messages: its option, or what it counts.
+std::string label(const std::string& key) {
+  if (key == "params") return "the model's parameter count";
+  if (key == "samples") return "the training data's sample count";
+  if (key == "shuffle") return "shuffling (--no-shuffle)";
+  std::string option = "--" + key;
+  for (char& c : option)
+    if (c == '_') c = '-';
+  return option;
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, std::string>> train_settings(const Args& a, Index params, Index samples) {
+  std::vector<std::pair<std::string, std::string>> s = {{"optimizer", a.optimizer},
+                                                        {"params", std::to_string(params)},
+                                                        {"samples", std::to_string(samples)},
+                                                        {"dtype", a.dtype},
+                                                        {"batch", std::to_string(a.batch)},
+                                                        {"seed", std::to_string(a.seed)},
+                                                        {"shuffle", a.no_shuffle ? "false" : "true"},
+                                                        {"autoencoder", a.autoencoder ? "true" : "false"}};
+  if (a.optimizer == "adam") {
+    s.push_back({"lr", exact(a.lr > 0 ? a.lr : AdamOptions().lr)});
+  } else if (a.optimizer == "sgd") {
+    s.push_back({"lr", exact(a.lr > 0 ? a.lr : SgdOptions().lr)});
+    s.push_back({"momentum", exact(a.momentum)});
+  } else if (a.optimizer == "kfac") {
+    s.push_back({"lr", exact(a.lr > 0 ? a.lr : KfacStepOptions().lr)});
+    s.push_back({"damping", exact(a.damping)});
+    s.push_back({"damping_adapt", a.damping_adapt});
+    s.push_back({"min_damping", exact(a.min_damping)});
+    s.push_back({"inverse_every", std::to_string(a.inverse_every)});
+    s.push_back({"curvature_batch", std::to_string(a.curvature_batch)});
+    s.push_back({"fisher", a.fisher});
+    if (a.fisher == "mc") s.push_back({"mc_samples", std::to_string(a.mc_samples)});
+  } else {
+    s.push_back({"lr", exact(a.lr > 0 ? a.lr : NaturalGradientStepOptions().lr)});
+    s.push_back({"momentum", exact(a.momentum)});
+    s.push_back({"line_search", a.line_search});
+    s.push_back({"cg_backtrack", a.cg_backtrack});
+    s.push_back({"damping", exact(a.damping)});
+    s.push_back({"damping_adapt", a.damping_adapt});
+    s.push_back({"curvature_batch", std::to_string(a.curvature_batch)});
+    s.push_back({"fisher", a.fisher});
+    if (a.fisher == "mc") s.push_back({"mc_samples", std::to_string(a.mc_samples)});
+    s.push_back({"solver", a.solver});
+    s.push_back({"cg_tol", exact(a.cg_tol)});
+    s.push_back({"cg_max_iters", std::to_string(a.cg_max_iters)});
+  }
+  return s;
+}
+
+void check_resume_settings(const std::string& path, const std::map<std::string, std::string>& saved,
+                           const std::vector<std::pair<std::string, std::string>>& now) {
+  for (const auto& [key, value] : now) {
+    const auto it = saved.find(key);
+    const std::string old = it == saved.end() ? "(not recorded)" : it->second;
+    if (old == value) continue;
+    throw std::invalid_argument("--resume " + path + ": " + label(key) + " differs: the checkpoint's " + old +
+                                ", this run's " + value +
+                                " (a resumed run keeps every setting that changes the result; --epochs, --max-time, "
+                                "--threads and the outputs may change); nothing written");
+  }
+}
+
+std::string log_before(const std::string& path, Index steps, const std::string& header) {
+  std::ifstream in(path);
+  if (!in) return header;
+  std::string line, kept;
+  if (!std::getline(in, line) || line + "\n" != header)
+    throw std::invalid_argument("--log " + path +
+                                ": not a natgrad train log (its first line is not the header kind,step,...), so a "
+                                "resumed run cannot continue it; give another --log path; nothing written");
+  kept = header;
+  while (std::getline(in, line)) {
+    // kind,step,...: the rows are in step order; the first past the checkpoint ends what is kept.
+    const std::size_t a = line.find(','), b = a == std::string::npos ? a : line.find(',', a + 1);
+    if (b == std::string::npos) break;
+    long long step = -1;
+    if (std::sscanf(line.substr(a + 1, b - a - 1).c_str(), "%lld", &step) != 1 || step > steps) break;
+    kept += line + "\n";
+  }
+  return kept;
+}
+
+}  // namespace cli
+}  // namespace natgrad

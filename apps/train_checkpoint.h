@@ -1,0 +1,30 @@
+// natgrad train's checkpoints on the command line: the settings a checkpoint records (the options that change
+// the trained parameters), their comparison on --resume, and the log a resumed run continues.
+#pragma once
+
+#include "options.h"
+
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace natgrad {
+namespace cli {
+
+/// The options that change the result, as (key, text) with numbers in 17 significant digits, `optimizer` first;
+/// the optimizer's own options only for it. (An option of train that changes the trained parameters belongs here.)
+std::vector<std::pair<std::string, std::string>> train_settings(const Args& a, Index params, Index samples);
+
+/// --resume: throws std::invalid_argument, one line naming the first setting whose value differs between the
+/// checkpoint's metadata `saved` and this run's `now` (the old and the new value).
+void check_resume_settings(const std::string& path, const std::map<std::string, std::string>& saved,
+                           const std::vector<std::pair<std::string, std::string>>& now);
+
+/// The log a run resumed at `steps` starts from: the rows of the existing log at `path` up to step `steps` (a
+/// run that went past the checkpoint left more: they are dropped), or the header alone when there is no such file. Throws
+/// std::invalid_argument naming --log when the file is not a train log (its first line is not `header`).
+std::string log_before(const std::string& path, Index steps, const std::string& header);
+
+}  // namespace cli
+}  // namespace natgrad
