@@ -306,10 +306,8 @@ int run_train(Args& a, const World& world) {
                              {"test_loss", num(e.test_loss)},
                              {"test_accuracy", num(e.test_accuracy)},
                              {"time_s", e.time_s}});
-      if (a.optimizer == "natgrad") {
-        j["epochs"].back()["damping"] = e.damping;
-        j["epochs"].back()["cg_iterations"] = e.cg_iterations;
-      }
+      if (a.optimizer == "natgrad" || a.optimizer == "kfac") j["epochs"].back()["damping"] = e.damping;
+      if (a.optimizer == "natgrad") j["epochs"].back()["cg_iterations"] = e.cg_iterations;
     }
     j["test_loss"] = num(sum.test_loss);
     j["test_accuracy"] = num(sum.test_accuracy);

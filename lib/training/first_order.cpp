@@ -44,6 +44,16 @@ const double* find_scalar(const OptimizerState& s, const std::string& name) {
 }  // namespace
 
 template <typename Scalar>
+StepResult FirstOrderOptimizer<Scalar>::step(const Network<Scalar>& model, LikelihoodKind likelihood,
+                                             Vec<Scalar>& theta, const Dataset<Scalar>& batch, Index) {
+  expect_size((std::string(this->name()) + ": the parameter vector").c_str(), theta.size(), size());
+  StepResult r;
+  update(theta, batch_gradient(model, likelihood, theta, batch, &r.loss));
+  r.lr = lr();
+  return r;
+}
+
+template <typename Scalar>
 AdamOptimizer<Scalar>::AdamOptimizer(Index num_params, const AdamOptions& options)
     : o_(options), m_(Vec<Scalar>::Zero(num_params)), v_(Vec<Scalar>::Zero(num_params)) {
   if (!(o_.lr > 0) || !(o_.beta1 >= 0 && o_.beta1 < 1) || !(o_.beta2 >= 0 && o_.beta2 < 1) || !(o_.eps >= 0))
@@ -62,16 +72,6 @@ void AdamOptimizer<Scalar>::update(Vec<Scalar>& theta, const Vec<Scalar>& g) {
   const double bc1 = 1 - std::pow(o_.beta1, double(t_)), bc2 = 1 - std::pow(o_.beta2, double(t_));
   const Scalar step_size = Scalar(o_.lr / bc1), bc2_sqrt = Scalar(std::sqrt(bc2));
   theta.array() -= step_size * (m_.array() / (v_.array().sqrt() / bc2_sqrt + Scalar(o_.eps)));
-}
-
-template <typename Scalar>
-StepResult AdamOptimizer<Scalar>::step(const Network<Scalar>& model, LikelihoodKind likelihood, Vec<Scalar>& theta,
-                                       const Dataset<Scalar>& batch, Index) {
-  expect_size("adam: the parameter vector", theta.size(), m_.size());
-  StepResult r;
-  update(theta, batch_gradient(model, likelihood, theta, batch, &r.loss));
-  r.lr = o_.lr;
-  return r;
 }
 
 template <typename Scalar>
@@ -117,16 +117,6 @@ void SgdOptimizer<Scalar>::update(Vec<Scalar>& theta, const Vec<Scalar>& g) {
 }
 
 template <typename Scalar>
-StepResult SgdOptimizer<Scalar>::step(const Network<Scalar>& model, LikelihoodKind likelihood, Vec<Scalar>& theta,
-                                      const Dataset<Scalar>& batch, Index) {
-  expect_size("sgd: the parameter vector", theta.size(), b_.size());
-  StepResult r;
-  update(theta, batch_gradient(model, likelihood, theta, batch, &r.loss));
-  r.lr = o_.lr;
-  return r;
-}
-
-template <typename Scalar>
 OptimizerState SgdOptimizer<Scalar>::state() const {
   OptimizerState s;
   s.vectors = {{"momentum_buffer", b_.template cast<double>()}};
@@ -144,6 +134,8 @@ void SgdOptimizer<Scalar>::load_state(const OptimizerState& s) {
   started_ = *started != 0;
 }
 
+template class FirstOrderOptimizer<float>;
+template class FirstOrderOptimizer<double>;
 template class AdamOptimizer<float>;
 template class AdamOptimizer<double>;
 template class SgdOptimizer<float>;

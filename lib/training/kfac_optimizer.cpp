@@ -93,7 +93,9 @@ StepResult KfacOptimizer<Scalar>::step(const Network<Scalar>& model, LikelihoodK
   }
   if (alpha == 0 && mu == 0) alpha = -gd / (dFd + lambda_ * dd);
   if (!std::isfinite(alpha) || !std::isfinite(mu))
-    detail::fail("kfac: the quadratic model's step is not finite at step " + std::to_string(k));
+    detail::fail("kfac: the quadratic model's step is not finite at step " + std::to_string(k) + " (gᵀΔ " +
+                 detail::format_number(gd) + ", ΔᵀFΔ " + detail::format_number(dFd) + ", ΔᵀΔ " +
+                 detail::format_number(dd) + ", λ " + detail::format_number(lambda_) + ")");
   alpha *= o_.lr;
   mu *= o_.lr;
   Vec<Scalar> update = Scalar(alpha) * delta;
@@ -102,16 +104,17 @@ StepResult KfacOptimizer<Scalar>::step(const Network<Scalar>& model, LikelihoodK
   // The undamped model's change at the update, from the products above.
   const double predicted = alpha * gd + (mu != 0 ? mu * dot(g, previous_) : 0.0) +
                            0.5 * (alpha * alpha * dFd + 2 * alpha * mu * dFp + mu * mu * pFp);
-  // The loss at the update on the step's batch: a step whose loss is not finite is rejected; every
+  // The loss at the update on the step's batch: a step whose loss is not finite or rises is rejected; every
   // damping_every steps λ follows ρ.
   const double omega = std::pow(19.0 / 20.0, double(o_.damping_every));
   const Vec<Scalar> trial = theta + update;
   G.rebind(trial);
   const double after = G.forward_error().empty() ? G.loss() : std::numeric_limits<double>::quiet_NaN();
-  if (!std::isfinite(after)) {
+  if (!std::isfinite(after) || after > r.loss) {
     r.rejected = true;
     lambda_ /= omega;
     previous_.resize(0);
+    r.damping_after = lambda_;
     return r;
   }
   if (o_.adapt_damping && (k + 1) % o_.damping_every == 0) {
@@ -123,6 +126,7 @@ StepResult KfacOptimizer<Scalar>::step(const Network<Scalar>& model, LikelihoodK
   }
   theta = trial;
   previous_ = update;
+  r.damping_after = lambda_;
   return r;
 }
 

@@ -13,8 +13,8 @@
 ///   5. the update δ = η (α Δ + μ δ₀), δ₀ the previous update, with α and μ minimizing the damped quadratic
 ///      model gᵀδ + ½ δᵀ(F + λI)δ under the exact Fisher of the curvature batch (two products; μ = 0 at the
 ///      first step or with momentum off) — the step-size rule of Martens & Grosse §6.4 and §7;
-///   6. the loss at θ + δ on the step's batch (one forward pass): a step whose loss is not finite is rejected
-///      (θ unchanged, λ / ω, no momentum at the next step); with adapt_damping, every `damping_every` steps λ
+///   6. the loss at θ + δ on the step's batch (one forward pass): a step whose loss is not finite or rises is
+///      rejected (θ unchanged, λ / ω, no momentum at the next step); with adapt_damping, every `damping_every` steps λ
 ///      follows the Levenberg–Marquardt rule on ρ = (L(θ + δ) − L(θ)) / (gᵀδ + ½ δᵀFδ): λ × ω when ρ > 3/4
 ///      (not below min_damping), λ / ω when ρ < 1/4, ω = (19/20)^damping_every.
 ///

@@ -82,19 +82,32 @@ struct AdamOptions {
   double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
 };
 
+/// Adam and SGD: a step is the batch's loss and gradient (one forward and one backward pass), then update().
 template <typename Scalar>
-class AdamOptimizer final : public Optimizer<Scalar> {
+class FirstOrderOptimizer : public Optimizer<Scalar> {
+ public:
+  StepResult step(const Network<Scalar>& model, LikelihoodKind likelihood, Vec<Scalar>& theta,
+                  const Dataset<Scalar>& batch, Index k) final;
+  /// The update from a given gradient (what step() does after computing it).
+  virtual void update(Vec<Scalar>& theta, const Vec<Scalar>& g) = 0;
+
+ protected:
+  virtual double lr() const = 0;
+  virtual Index size() const = 0;  // parameters
+};
+
+template <typename Scalar>
+class AdamOptimizer final : public FirstOrderOptimizer<Scalar> {
  public:
   AdamOptimizer(Index num_params, const AdamOptions& options);
   const char* name() const override { return "adam"; }
-  StepResult step(const Network<Scalar>& model, LikelihoodKind likelihood, Vec<Scalar>& theta,
-                  const Dataset<Scalar>& batch, Index k) override;
   OptimizerState state() const override;
   void load_state(const OptimizerState& s) override;
-  /// The update from a given gradient (what step() does after computing it).
-  void update(Vec<Scalar>& theta, const Vec<Scalar>& g);
+  void update(Vec<Scalar>& theta, const Vec<Scalar>& g) override;
 
  private:
+  double lr() const override { return o_.lr; }
+  Index size() const override { return m_.size(); }
   AdamOptions o_;
   Vec<Scalar> m_, v_;
   Index t_ = 0;
@@ -105,17 +118,17 @@ struct SgdOptions {
 };
 
 template <typename Scalar>
-class SgdOptimizer final : public Optimizer<Scalar> {
+class SgdOptimizer final : public FirstOrderOptimizer<Scalar> {
  public:
   SgdOptimizer(Index num_params, const SgdOptions& options);
   const char* name() const override { return "sgd"; }
-  StepResult step(const Network<Scalar>& model, LikelihoodKind likelihood, Vec<Scalar>& theta,
-                  const Dataset<Scalar>& batch, Index k) override;
   OptimizerState state() const override;
   void load_state(const OptimizerState& s) override;
-  void update(Vec<Scalar>& theta, const Vec<Scalar>& g);
+  void update(Vec<Scalar>& theta, const Vec<Scalar>& g) override;
 
  private:
+  double lr() const override { return o_.lr; }
+  Index size() const override { return b_.size(); }
   SgdOptions o_;
   Vec<Scalar> b_;
   bool started_ = false;
