@@ -114,7 +114,6 @@ int run_train(Args& a, const World& world) {
   if (world.size() > 1) usage_error("train runs in one process for now (no mpirun)");
   if (a.model.empty()) usage_error("--model is required");
   if (a.data.empty()) usage_error("--data is required");
-  if (a.context > 0) usage_error("--context (text) is not supported by train yet");
   check_output_paths(a);
   install_signal_handlers(!a.quiet);
   const Progress progress(a.quiet);
@@ -131,7 +130,8 @@ int run_train(Args& a, const World& world) {
                   " values but its input " + std::to_string(input_size) + "; they must be equal");
   }
   auto load = [&](const std::string& path, Split split) {
-    if (!a.autoencoder) return load_dataset<Scalar>(path, file.spec.input_shape, file.likelihood, C, split, 0, T);
+    if (!a.autoencoder)
+      return load_dataset<Scalar>(path, file.spec.input_shape, file.likelihood, C, split, 0, T, a.context);
     Dataset<Scalar> d;
     try {
       d = load_dataset<Scalar>(path, file.spec.input_shape, file.likelihood, C, split);
@@ -148,12 +148,28 @@ int run_train(Args& a, const World& world) {
     }
     return d;
   };
-  const Dataset<Scalar> data = load(a.data, Split::train);
+  Dataset<Scalar> data = load(a.data, Split::train);
   model.check_inputs(data.inputs);
   Dataset<Scalar> test;
   std::string test_label = "none";
+  const char* unit = a.context > 0 ? "windows" : "samples";
+  if (a.context > 0 && a.test_data.empty() && a.holdout > 0) {
+    // The text's last ⌊F·N⌋ windows (at least one) are evaluated on and never trained on. (The product is
+    // nudged up so that a fraction like 0.3 of 10 windows, 3.0000000000000004 or 2.9999999999999996 in
+    // floating point, keeps its 3.)
+    const Index N = data.size();
+    const Index held = std::max<Index>(1, static_cast<Index>(std::floor(a.holdout * double(N) * (1 + 1e-12))));
+    if (held >= N)
+      throw std::invalid_argument(a.data + ": " + std::to_string(N) + " window" + (N == 1 ? "" : "s") + " of --context + 1 = " +
+                                  std::to_string(a.context + 1) + " bytes, and --holdout " + detail::format_number(a.holdout) +
+                                  " keeps the last " + std::to_string(held) +
+                                  " for evaluation: none is left to train on; give a longer text, --holdout 0 or --test-data");
+    test = data.slice(N - held, held);
+    data = data.slice(0, N - held);
+    test_label = a.data + "'s held-out tail, --holdout " + detail::format_number(a.holdout);
+  }
   const bool idx_dir = std::filesystem::is_directory(a.data);
-  if (!a.test_data.empty() || idx_dir) {
+  if (!a.test_data.empty() || (idx_dir && a.context == 0)) {
     const std::string path = a.test_data.empty() ? a.data : a.test_data;
     const Split split = std::filesystem::is_directory(path) ? Split::test : Split::train;
     test = load(path, split);
@@ -192,10 +208,12 @@ int run_train(Args& a, const World& world) {
   auto write_checkpoint = [&](const TrainProgress& at) {
     save_checkpoint(a.checkpoint, model, theta, *opt, at, saved_settings);
   };
-  std::printf("natgrad train: %s (%lld parameters, %s), %s (%lld samples), test %s (%lld samples), optimizer %s, "
+  std::printf("natgrad train: %s (%lld parameters, %s), %s (%lld %s%s), test %s (%lld %s), optimizer %s, "
               "batch %lld, %lld epochs, %s, %d threads\n",
               a.model.c_str(), static_cast<long long>(model.num_params()), to_string(file.likelihood), a.data.c_str(),
-              static_cast<long long>(data.size()), test_label.c_str(), static_cast<long long>(test.size()),
+              static_cast<long long>(data.size()), unit,
+              a.context > 0 ? (" of " + std::to_string(a.context + 1) + " bytes").c_str() : "", test_label.c_str(),
+              static_cast<long long>(test.size()), unit,
               opt->name(), static_cast<long long>(a.batch), static_cast<long long>(a.epochs), a.dtype.c_str(),
               num_threads());
   bool has_norm = false;
@@ -294,6 +312,7 @@ int run_train(Args& a, const World& world) {
     j["params"] = model.num_params();
     j["samples"] = data.size();
     j["test_samples"] = test.size();
+    if (a.context > 0) j["context"] = a.context;
     j["batch"] = a.batch;
     j["dtype"] = a.dtype;
     j["threads"] = num_threads();
