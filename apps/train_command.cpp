@@ -129,9 +129,10 @@ int run_train(Args& a, const World& world) {
       usage_error("--autoencoder: the model's output has " + std::to_string(model.output_size()) +
                   " values but its input " + std::to_string(input_size) + "; they must be equal");
   }
-  auto load = [&](const std::string& path, Split split) {
+  // (`count` samples from `first`, as the loader reads them; 0: to the end)
+  auto load = [&](const std::string& path, Split split, Index first = 0, Index count = 0) {
     if (!a.autoencoder)
-      return load_dataset<Scalar>(path, file.spec.input_shape, file.likelihood, C, split, 0, T, a.context);
+      return load_dataset<Scalar>(path, file.spec.input_shape, file.likelihood, C, split, count, T, a.context, first);
     Dataset<Scalar> d;
     try {
       d = load_dataset<Scalar>(path, file.spec.input_shape, file.likelihood, C, split);
@@ -148,24 +149,30 @@ int run_train(Args& a, const World& world) {
     }
     return d;
   };
-  Dataset<Scalar> data = load(a.data, Split::train);
+  // Text without --test-data: its last ⌊F·N⌋ windows of N (at least one) are evaluated on and never trained
+  // on, the two parts read apart (the file's windows are never held twice). (The product is nudged up so that
+  // 0.29 of 100 windows, 28.999999999999996 in floating point, holds out 29.)
+  Index windows = 0, held = 0;
+  if (a.context > 0 && a.test_data.empty() && a.holdout > 0) {
+    windows = count_samples(a.data, Split::train, a.context);
+    if (windows > 0)
+      held = std::max<Index>(1, static_cast<Index>(std::floor(a.holdout * double(windows) * (1 + 1e-12))));
+    if (held >= windows && windows > 0) {
+      load(a.data, Split::train);  // (the loader's own complaints, about the model, first)
+      throw std::invalid_argument(a.data + ": 1 window of --context + 1 = " + std::to_string(a.context + 1) +
+                                  " bytes, and --holdout " + detail::format_number(a.holdout) +
+                                  " keeps it for evaluation: none is left to train on; give a longer text, --holdout "
+                                  "0 or --test-data");
+    }
+  }
+  Dataset<Scalar> data = held > 0 ? load(a.data, Split::train, 0, windows - held) : load(a.data, Split::train);
   model.check_inputs(data.inputs);
   Dataset<Scalar> test;
   std::string test_label = "none";
   const char* unit = a.context > 0 ? "windows" : "samples";
-  if (a.context > 0 && a.test_data.empty() && a.holdout > 0) {
-    // The text's last ⌊F·N⌋ windows (at least one) are evaluated on and never trained on. (The product is
-    // nudged up so that a fraction like 0.3 of 10 windows, 3.0000000000000004 or 2.9999999999999996 in
-    // floating point, keeps its 3.)
-    const Index N = data.size();
-    const Index held = std::max<Index>(1, static_cast<Index>(std::floor(a.holdout * double(N) * (1 + 1e-12))));
-    if (held >= N)
-      throw std::invalid_argument(a.data + ": " + std::to_string(N) + " window" + (N == 1 ? "" : "s") + " of --context + 1 = " +
-                                  std::to_string(a.context + 1) + " bytes, and --holdout " + detail::format_number(a.holdout) +
-                                  " keeps the last " + std::to_string(held) +
-                                  " for evaluation: none is left to train on; give a longer text, --holdout 0 or --test-data");
-    test = data.slice(N - held, held);
-    data = data.slice(0, N - held);
+  if (held > 0) {
+    test = load(a.data, Split::train, windows - held, held);
+    model.check_inputs(test.inputs);
     test_label = a.data + "'s held-out tail, --holdout " + detail::format_number(a.holdout);
   }
   const bool idx_dir = std::filesystem::is_directory(a.data);

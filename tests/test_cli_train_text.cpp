@@ -37,6 +37,9 @@ class TrainText : public ::testing::Test {
     std::ofstream(p("head.txt"), std::ios::binary) << text.substr(0, 27 * kWindow);
     std::ofstream(p("tail.txt"), std::ios::binary) << text.substr(27 * kWindow);
     std::ofstream(p("one_window.txt"), std::ios::binary) << text.substr(0, kWindow + 3);
+    std::string hundred;  // 100 windows
+    while (hundred.size() < 100 * kWindow) hundred += text;
+    std::ofstream(p("hundred.txt"), std::ios::binary) << hundred.substr(0, 100 * kWindow);
   }
   const std::string lm = "train --model " + p("lm.json") + " --context 8 --seed 3 --dtype float64 ";
   static nlohmann::json report(const std::string& name) { return nlohmann::json::parse(slurp(p(name))); }
@@ -90,6 +93,12 @@ TEST_F(TrainText, TheHeldOutTailIsTheLastWindowsAndIsNotTrainedOn) {
     EXPECT_EQ(h["test_samples"].get<Index>(), kept) << fraction;
     EXPECT_EQ(h["test_loss"].is_null(), kept == 0) << fraction;
   }
+  // 0.29 · 100 is 28.999999999999996 in floating point; the fraction holds out 29 windows all the same.
+  const Result r = run(lm + "--data " + p("hundred.txt") + " --optimizer adam --epochs 1 --holdout 0.29 --report " +
+                       p("h.json"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(report("h.json")["test_samples"].get<Index>(), 29);
+  EXPECT_EQ(report("h.json")["samples"].get<Index>(), 71);
 }
 
 // Each optimizer lowers the held-out loss well below its value at the initial parameters (the loss `natgrad
@@ -138,7 +147,7 @@ TEST_F(TrainText, BadInputEndsWithOneLine) {
   expect_one_line(run("train --model " + p("lm.json") + " --data " + p("corpus.txt") + " --holdout 0.2" + out), "--holdout is for text (--context T)");
   // One window, which the holdout takes: nothing is left to train on.
   expect_one_line(run(lm + "--data " + p("one_window.txt") + out),
-                  "one_window.txt: 1 window of --context + 1 = 9 bytes, and --holdout 0.1 keeps the last 1 for "
+                  "one_window.txt: 1 window of --context + 1 = 9 bytes, and --holdout 0.1 keeps it for "
                   "evaluation: none is left to train on");
   // Shorter than a window.
   std::ofstream(p("tiny.txt")) << "tiny";
