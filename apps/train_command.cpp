@@ -129,7 +129,7 @@ int run_train(Args& a, const World& world) {
       usage_error("--autoencoder: the model's output has " + std::to_string(model.output_size()) +
                   " values but its input " + std::to_string(input_size) + "; they must be equal");
   }
-  // (`count` samples from `first`, as the loader reads them; 0: to the end)
+  // (`count` samples from `first`, as the loader reads them, 0: to the end; for text's held-out tail)
   auto load = [&](const std::string& path, Split split, Index first = 0, Index count = 0) {
     if (!a.autoencoder)
       return load_dataset<Scalar>(path, file.spec.input_shape, file.likelihood, C, split, count, T, a.context, first);

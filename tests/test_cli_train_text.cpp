@@ -84,7 +84,8 @@ TEST_F(TrainText, TheHeldOutTailIsTheLastWindowsAndIsNotTrainedOn) {
   EXPECT_NEAR(accuracy * 24, std::round(accuracy * 24), 1e-9) << accuracy;
 
   // --holdout F holds out ⌊F·N⌋ windows, at least one; 0 none (and no evaluation).
-  for (const auto& [fraction, kept] : std::vector<std::pair<std::string, Index>>{{"0.25", 7}, {"0.01", 1}, {"0.5", 15}, {"0", 0}}) {
+  const std::vector<std::pair<std::string, Index>> fractions = {{"0.25", 7}, {"0.01", 1}, {"0.5", 15}, {"0", 0}};
+  for (const auto& [fraction, kept] : fractions) {
     const Result r = run(lm + "--data " + p("corpus.txt") + " --optimizer adam --epochs 1 --holdout " + fraction +
                          " --report " + p("h.json"));
     ASSERT_EQ(r.code, 0) << r.err;
@@ -144,7 +145,8 @@ TEST_F(TrainText, BadInputEndsWithOneLine) {
   // The model predicts 8 positions; a window of 4 does not fit it.
   expect_one_line(run("train --model " + p("lm.json") + " --data " + p("corpus.txt") + " --context 4" + out),
                   "--context 4 needs a model whose output is [4, 256]");
-  expect_one_line(run("train --model " + p("lm.json") + " --data " + p("corpus.txt") + " --holdout 0.2" + out), "--holdout is for text (--context T)");
+  expect_one_line(run("train --model " + p("lm.json") + " --data " + p("corpus.txt") + " --holdout 0.2" + out),
+                  "--holdout is for text (--context T)");
   // One window, which the holdout takes: nothing is left to train on.
   expect_one_line(run(lm + "--data " + p("one_window.txt") + out),
                   "one_window.txt: 1 window of --context + 1 = 9 bytes, and --holdout 0.1 keeps it for "
