@@ -77,7 +77,8 @@ void add_train_options(CLI::App* c, Args& a) {
   c->add_option("--weights", a.weights,
                 "Initial parameters (safetensors); default: PyTorch-style initialization from --seed");
   c->add_option("--data", a.data,
-                "Training data: a .safetensors file, a .csv, or a directory of MNIST-format IDX files (its train split)");
+                "Training data: a .safetensors file, a .csv, a directory of MNIST-format IDX files (its train split), "
+                "or any file as text with --context");
   c->add_option("--test-data", a.test_data,
                 "Evaluation data (default: the t10k split of an IDX directory --data, a text's held-out tail; none "
                 "for another file)");
