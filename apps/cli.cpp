@@ -57,6 +57,14 @@ void check_train_options(const CLI::App& t, Args& a) {
     usage_error("--inverse-every is kfac's; --optimizer " + a.optimizer + " does not take it");
   if (a.cg_max_iters < 1) usage_error("--cg-max-iters must be >= 1, got " + std::to_string(a.cg_max_iters));
   if (!(a.cg_tol > 0 && a.cg_tol < 1)) usage_error("--cg-tol must be in (0, 1), got " + detail::format_number(a.cg_tol));
+  if (t.count("--context") && a.context < 1) usage_error("--context must be >= 1, got " + std::to_string(a.context));
+  if (!(a.holdout >= 0 && a.holdout < 1))
+    usage_error("--holdout must be in [0, 1) (the fraction of the text's windows kept for evaluation), got " +
+                detail::format_number(a.holdout));
+  if (t.count("--holdout") && a.context == 0) usage_error("--holdout is for text (--context T)");
+  if (t.count("--holdout") && !a.test_data.empty())
+    usage_error("--holdout and --test-data: the evaluation windows come from one of them; give one");
+  if (a.context > 0 && a.autoencoder) usage_error("--autoencoder and --context: text has byte targets, not its inputs");
 }
 }  // namespace
 

@@ -77,9 +77,18 @@ void add_train_options(CLI::App* c, Args& a) {
   c->add_option("--weights", a.weights,
                 "Initial parameters (safetensors); default: PyTorch-style initialization from --seed");
   c->add_option("--data", a.data,
-                "Training data: a .safetensors file, a .csv, or a directory of MNIST-format IDX files (its train split)");
+                "Training data: a .safetensors file, a .csv, a directory of MNIST-format IDX files (its train split), "
+                "or any file as text with --context");
   c->add_option("--test-data", a.test_data,
-                "Evaluation data (default: the t10k split of an IDX directory --data; none for a file)");
+                "Evaluation data (default: the t10k split of an IDX directory --data, a text's held-out tail; none "
+                "for another file)");
+  c->add_option("--context", a.context,
+                "Read --data (and --test-data) as text: byte-level windows of T + 1 bytes, inputs the first T, "
+                "targets the last T (a model with output [T, 256])");
+  c->add_option("--holdout", a.holdout,
+                "With --context and no --test-data: the last fraction F of the text's windows (at least one) is "
+                "evaluated on, not trained on; in [0, 1), 0 for no evaluation")
+      ->capture_default_str();
   c->add_option("--optimizer", a.optimizer, "natgrad (natural gradient, Hessian-free), kfac, adam or sgd")
       ->capture_default_str();
   c->add_option("--lr", a.lr, "Learning rate eta (default: 1 for natgrad, 1e-3 for adam, 1e-2 for sgd)");

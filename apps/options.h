@@ -55,6 +55,7 @@ struct Args {
   Index epochs = 10, eval_every = 0;
   double max_time = 0;
   bool no_shuffle = false, autoencoder = false;
+  double holdout = 0.1;  // train --holdout F: text --data's last windows kept for evaluation (without --test-data)
   Index inverse_every = 20;  // kfac
   double min_damping = 1e-8;  // kfac
   // plot: the logs (positional), --x epochs|seconds|both, --labels (--output is the figure)

@@ -42,6 +42,12 @@ std::vector<std::pair<std::string, std::string>> train_settings(const Args& a, I
                                                         {"seed", std::to_string(a.seed)},
                                                         {"shuffle", a.no_shuffle ? "false" : "true"},
                                                         {"autoencoder", a.autoencoder ? "true" : "false"}};
+  // Text: the window, and the fraction held out (0 where --test-data gives the evaluation windows and every
+  // window trains). (Recorded for text only, so that the checkpoints of other data read as they did.)
+  if (a.context > 0) {
+    s.push_back({"context", std::to_string(a.context)});
+    s.push_back({"holdout", exact(a.test_data.empty() ? a.holdout : 0.0)});
+  }
   if (a.optimizer == "adam") {
     s.push_back({"lr", exact(a.lr > 0 ? a.lr : AdamOptions().lr)});
   } else if (a.optimizer == "sgd") {

@@ -114,7 +114,6 @@ int run_train(Args& a, const World& world) {
   if (world.size() > 1) usage_error("train runs in one process for now (no mpirun)");
   if (a.model.empty()) usage_error("--model is required");
   if (a.data.empty()) usage_error("--data is required");
-  if (a.context > 0) usage_error("--context (text) is not supported by train yet");
   check_output_paths(a);
   install_signal_handlers(!a.quiet);
   const Progress progress(a.quiet);
@@ -130,8 +129,10 @@ int run_train(Args& a, const World& world) {
       usage_error("--autoencoder: the model's output has " + std::to_string(model.output_size()) +
                   " values but its input " + std::to_string(input_size) + "; they must be equal");
   }
-  auto load = [&](const std::string& path, Split split) {
-    if (!a.autoencoder) return load_dataset<Scalar>(path, file.spec.input_shape, file.likelihood, C, split, 0, T);
+  // (`count` samples from `first`, as the loader reads them, 0: to the end; for text's held-out tail)
+  auto load = [&](const std::string& path, Split split, Index first = 0, Index count = 0) {
+    if (!a.autoencoder)
+      return load_dataset<Scalar>(path, file.spec.input_shape, file.likelihood, C, split, count, T, a.context, first);
     Dataset<Scalar> d;
     try {
       d = load_dataset<Scalar>(path, file.spec.input_shape, file.likelihood, C, split);
@@ -148,12 +149,34 @@ int run_train(Args& a, const World& world) {
     }
     return d;
   };
-  const Dataset<Scalar> data = load(a.data, Split::train);
+  // Text without --test-data: its last ⌊F·N⌋ windows of N (at least one) are evaluated on and never trained
+  // on, the two parts read apart (the file's windows are never held twice). (The product is nudged up so that
+  // 0.29 of 100 windows, 28.999999999999996 in floating point, holds out 29.)
+  Index windows = 0, held = 0;
+  if (a.context > 0 && a.test_data.empty() && a.holdout > 0) {
+    windows = count_samples(a.data, Split::train, a.context);
+    if (windows > 0)
+      held = std::max<Index>(1, static_cast<Index>(std::floor(a.holdout * double(windows) * (1 + 1e-12))));
+    if (held >= windows && windows > 0) {
+      load(a.data, Split::train);  // (the loader's own complaints, about the model, first)
+      throw std::invalid_argument(a.data + ": 1 window of --context + 1 = " + std::to_string(a.context + 1) +
+                                  " bytes, and --holdout " + detail::format_number(a.holdout) +
+                                  " keeps it for evaluation: none is left to train on; give a longer text, --holdout "
+                                  "0 or --test-data");
+    }
+  }
+  Dataset<Scalar> data = held > 0 ? load(a.data, Split::train, 0, windows - held) : load(a.data, Split::train);
   model.check_inputs(data.inputs);
   Dataset<Scalar> test;
   std::string test_label = "none";
+  const char* unit = a.context > 0 ? "windows" : "samples";
+  if (held > 0) {
+    test = load(a.data, Split::train, windows - held, held);
+    model.check_inputs(test.inputs);
+    test_label = a.data + "'s held-out tail, --holdout " + detail::format_number(a.holdout);
+  }
   const bool idx_dir = std::filesystem::is_directory(a.data);
-  if (!a.test_data.empty() || idx_dir) {
+  if (!a.test_data.empty() || (idx_dir && a.context == 0)) {
     const std::string path = a.test_data.empty() ? a.data : a.test_data;
     const Split split = std::filesystem::is_directory(path) ? Split::test : Split::train;
     test = load(path, split);
@@ -192,10 +215,12 @@ int run_train(Args& a, const World& world) {
   auto write_checkpoint = [&](const TrainProgress& at) {
     save_checkpoint(a.checkpoint, model, theta, *opt, at, saved_settings);
   };
-  std::printf("natgrad train: %s (%lld parameters, %s), %s (%lld samples), test %s (%lld samples), optimizer %s, "
+  std::printf("natgrad train: %s (%lld parameters, %s), %s (%lld %s%s), test %s (%lld %s), optimizer %s, "
               "batch %lld, %lld epochs, %s, %d threads\n",
               a.model.c_str(), static_cast<long long>(model.num_params()), to_string(file.likelihood), a.data.c_str(),
-              static_cast<long long>(data.size()), test_label.c_str(), static_cast<long long>(test.size()),
+              static_cast<long long>(data.size()), unit,
+              a.context > 0 ? (" of " + std::to_string(a.context + 1) + " bytes").c_str() : "", test_label.c_str(),
+              static_cast<long long>(test.size()), unit,
               opt->name(), static_cast<long long>(a.batch), static_cast<long long>(a.epochs), a.dtype.c_str(),
               num_threads());
   bool has_norm = false;
@@ -294,6 +319,7 @@ int run_train(Args& a, const World& world) {
     j["params"] = model.num_params();
     j["samples"] = data.size();
     j["test_samples"] = test.size();
+    if (a.context > 0) j["context"] = a.context;
     j["batch"] = a.batch;
     j["dtype"] = a.dtype;
     j["threads"] = num_threads();

@@ -6,7 +6,9 @@ epochs of torch.optim.Adam, of torch.optim.SGD with momentum, and of natural-gra
 products, solved by torch.linalg.solve; with the safeguards off, and once with momentum, s = −η d + μ s_prev) —
 each against `natgrad train --save`'s, to 1e-10 relative (the Gram solve) or 1e-8 (CG to 1e-12). Then the
 report and log agree with the run (natgrad's per-epoch damping and CG iterations too), and bad options end
-with one line.
+with one line. On text (--context T), byte-level models (an embedding and a linear head; a causal one-layer
+transformer) trained by Adam on the windows before the held-out tail, against F.cross_entropy over positions,
+and the tail's loss and per-position accuracy in the report against PyTorch's.
 Exit code 77 (ctest SKIP) when PyTorch is not installed, 1 with NATGRAD_REQUIRE_TORCH=1 (torch_oracle.py)."""
 import copy
 import csv
@@ -15,7 +17,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torch_oracle import Oracle, export_case, load_safetensors  # noqa: E402  (first)
+from torch_oracle import Oracle, export_case, export_model, load_safetensors  # noqa: E402  (first)
 from torch_reference import dense_fisher, flat, rel  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
@@ -133,6 +135,67 @@ for _ in range(EPOCHS):
         opt.step()
 oracle.check("--autoencoder adam against BCEWithLogits on (m(x), x)", rel(ours, flat([p.detach() for p in m.parameters()])), 1e-10)
 oracle.expect_error("--autoencoder on a categorical model", ["train", *common, "--autoencoder"], "--autoencoder needs")
+
+
+
+# Text (--context T): windows of T + 1 bytes, non-overlapping (the bytes past the last whole window unread),
+# inputs the first T bytes and targets the last T; --holdout's default keeps the last ⌊N/10⌋ windows (at least
+# one) for evaluation. Adam on the others in file order against torch.optim.Adam on the mean cross-entropy over
+# the batch's positions; the report's final test loss and accuracy (argmax at every position) against PyTorch's.
+class CausalLM(nn.Module):
+    """A byte-level transformer: embedding, learned positions, one causal nn.TransformerEncoderLayer, a head."""
+
+    def __init__(self, T, D):
+        super().__init__()
+        self.tok = nn.Embedding(256, D)
+        self.pos = nn.Parameter(torch.randn(T, D) * 0.5)
+        self.layer = nn.TransformerEncoderLayer(D, 2, 12, dropout=0.0, batch_first=True)
+        self.register_buffer("causal", torch.triu(torch.full((T, T), float("-inf")), 1))
+        self.head = nn.Linear(D, 256)
+
+    def forward(self, idx):
+        return self.head(self.layer(self.tok(idx) + self.pos, src_mask=self.causal))
+
+
+TEXT = (b"It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
+        b"foolishness, it was the epoch of belief.\n") * 2
+for tag, T, lm in [("embedding", 5, lambda: nn.Sequential(nn.Embedding(256, 6), nn.Tanh(), nn.Linear(6, 256))),
+                   ("transformer", 7, lambda: CausalLM(7, 8))]:
+    torch.manual_seed(2)
+    model = lm().eval()
+    dt = os.path.join(d, "text_" + tag)
+    export_model(model, [T], "categorical", dt)
+    corpus = os.path.join(dt, "corpus.txt")
+    with open(corpus, "wb") as f:
+        f.write(TEXT)
+    windows = torch.tensor(list(TEXT[:len(TEXT) // (T + 1) * (T + 1)]), dtype=torch.long).reshape(-1, T + 1)
+    held = max(1, len(windows) // 10)
+    xt, yt = windows[:-held, :T], windows[:-held, 1:]
+    xh, yh = windows[-held:, :T], windows[-held:, 1:]
+    out, rep = os.path.join(dt, "trained.safetensors"), os.path.join(dt, "report.json")
+    oracle.run("train", "--model", os.path.join(dt, "model.json"), "--weights", os.path.join(dt, "weights.safetensors"),
+               "--data", corpus, "--context", str(T), "--optimizer", "adam", "--lr", "0.01", "--epochs", "2",
+               "--batch", "4", "--no-shuffle", "--dtype", "float64", "--quiet", "--save", out, "--report", rep)
+    saved = load_safetensors(out)
+    ours = flat([saved[n] for n, _ in model.named_parameters()])
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(2):
+        for k in range(0, len(xt), 4):
+            opt.zero_grad()
+            F.cross_entropy(model(xt[k:k + 4]).reshape(-1, 256), yt[k:k + 4].reshape(-1)).backward()
+            opt.step()
+    oracle.check(f"text, {tag} (T {T}): adam, 2 epochs of {len(xt)} windows",
+                 rel(ours, flat([p.detach() for p in model.parameters()])), 1e-10)
+    report = json.load(open(rep))
+    with torch.no_grad():
+        z = model(xh)
+        loss = F.cross_entropy(z.reshape(-1, 256), yh.reshape(-1)).item()
+        accuracy = (z.argmax(-1) == yh).double().mean().item()
+    if not (report["samples"] == len(xt) and report["test_samples"] == held and report["test_accuracy"] == accuracy):
+        oracle.fail(f"text, {tag}: windows {report['samples']}/{report['test_samples']} (want {len(xt)}/{held}), "
+                    f"test accuracy {report['test_accuracy']} (want {accuracy})")
+    print(f"text, {tag}: held-out accuracy {accuracy:.4f} over {held} windows of {T} positions")
+    oracle.check(f"text, {tag}: the held-out tail's loss vs F.cross_entropy", abs(report["test_loss"] - loss) / loss, 1e-10)
 
 for label, args, text in [
         ("momentum for adam", ["--optimizer", "adam", "--momentum", "0.9"], "--momentum"),
