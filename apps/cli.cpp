@@ -33,6 +33,11 @@ void check_train_options(const CLI::App& t, Args& a) {
   if (!t.count("--cg-max-iters")) a.cg_max_iters = 100;
   // K-FAC's factors from one sampled label per input (Martens & Grosse): one backprop, not C.
   if (!t.count("--fisher") && a.optimizer == "kfac") a.fisher = "mc";
+  if (!t.count("--damping") && a.optimizer == "kfac") a.damping = 0.1;
+  if (t.count("--min-damping") && a.optimizer != "kfac")
+    usage_error("--min-damping is kfac's; --optimizer " + a.optimizer + " does not take it");
+  if (!(a.min_damping >= 0) || !std::isfinite(a.min_damping))
+    usage_error("--min-damping must be finite and >= 0, got " + detail::format_number(a.min_damping));
   if (a.optimizer != "natgrad" && a.optimizer != "kfac" && a.optimizer != "adam" && a.optimizer != "sgd")
     usage_error("--optimizer must be natgrad, kfac, adam or sgd, got \"" + a.optimizer + "\"");
   if (t.count("--lr") && !(a.lr > 0)) usage_error("--lr must be > 0, got " + detail::format_number(a.lr));

@@ -102,7 +102,7 @@ void add_train_options(CLI::App* c, Args& a) {
   c->add_option("--fisher", a.fisher, "natgrad: Fisher kind, exact, mc or empirical")->capture_default_str();
   c->add_option("--mc-samples", a.mc_samples, "natgrad: Monte-Carlo labels per input for --fisher mc")
       ->capture_default_str();
-  c->add_option("--damping", a.damping, "natgrad: the damping lambda at the first step (> 0; default 1)");
+  c->add_option("--damping", a.damping, "natgrad, kfac: the damping lambda at the first step (> 0; default 1 for natgrad, 0.1 for kfac)");
   c->add_option("--damping-adapt", a.damping_adapt,
                 "natgrad: lm (Levenberg-Marquardt on the step's reduction ratio; rejected steps) or off")
       ->capture_default_str();
@@ -119,7 +119,7 @@ void add_train_options(CLI::App* c, Args& a) {
       ->capture_default_str();
   c->add_option("--inverse-every", a.inverse_every, "kfac: invert the averaged factors every K steps")
       ->capture_default_str();
-  c->add_option("--min-damping", a.min_damping, "kfac: the adapted damping's floor")->capture_default_str();
+  c->add_option("--min-damping", a.min_damping, "kfac: the Levenberg-Marquardt rule lowers the damping no further")->capture_default_str();
   c->add_flag("--autoencoder", a.autoencoder,
               "Targets are the inputs, flattened (a gaussian or bernoulli model whose output has the input's size)");
   c->add_flag("--no-shuffle", a.no_shuffle, "Minibatches in file order (default: a permutation per epoch, seeded)");
