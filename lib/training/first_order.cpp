@@ -5,18 +5,22 @@
 #include <cmath>
 
 #include "core/fail.h"
+#include "training/batch_share.h"
 
 namespace natgrad {
 
 namespace {
 
-// The batch's mean loss gradient at theta, and its loss (one forward and one backward pass).
+// The batch's mean loss gradient at theta, and its loss (one forward and one backward pass; under a
+// communicator on this rank's share, summed over the ranks).
 template <typename Scalar>
 Vec<Scalar> batch_gradient(const Network<Scalar>& model, LikelihoodKind likelihood, const Vec<Scalar>& theta,
-                           const Dataset<Scalar>& batch, double* loss) {
+                           const Dataset<Scalar>& batch, const Communicator* comm, double* loss) {
   FisherOptions fo;
   fo.kind = FisherKind::empirical;  // (no Monte-Carlo draws; the gradient does not depend on the kind)
-  FisherOperator<Scalar> F(model, theta, likelihood, batch, fo);
+  fo.communicator = comm;
+  const detail::BatchShare<Scalar> mine(batch, batch.size(), fo);
+  FisherOperator<Scalar> F(model, theta, likelihood, mine.data(), mine.options());
   if (!F.forward_error().empty()) detail::fail("forward pass: " + F.forward_error());
   *loss = F.loss();
   return F.take_gradient();
@@ -69,7 +73,7 @@ StepResult AdamOptimizer<Scalar>::step(const Network<Scalar>& model, LikelihoodK
                                        const Dataset<Scalar>& batch, Index) {
   expect_size("adam: the parameter vector", theta.size(), m_.size());
   StepResult r;
-  update(theta, batch_gradient(model, likelihood, theta, batch, &r.loss));
+  update(theta, batch_gradient(model, likelihood, theta, batch, o_.communicator, &r.loss));
   r.lr = o_.lr;
   return r;
 }
@@ -121,7 +125,7 @@ StepResult SgdOptimizer<Scalar>::step(const Network<Scalar>& model, LikelihoodKi
                                       const Dataset<Scalar>& batch, Index) {
   expect_size("sgd: the parameter vector", theta.size(), b_.size());
   StepResult r;
-  update(theta, batch_gradient(model, likelihood, theta, batch, &r.loss));
+  update(theta, batch_gradient(model, likelihood, theta, batch, o_.communicator, &r.loss));
   r.lr = o_.lr;
   return r;
 }
