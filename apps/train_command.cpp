@@ -177,31 +177,33 @@ int run_train(Args& a, const World& world) {
   Vec<Scalar> theta;
   const std::unique_ptr<Optimizer<Scalar>> opt = make_optimizer<Scalar>(a, model, comm);
   TrainProgress start;
-  if (!a.resume.empty()) agree(world.comm(), [&] {
-    // Every check before anything is written: the settings, then the tensors, then the epochs left.
-    check_resume_settings(a.resume, read_checkpoint_metadata(a.resume), settings);
-    Checkpoint<Scalar> c = load_checkpoint<Scalar>(a.resume, model);
-    try {
-      for (std::size_t k = 0; k < c.buffers.size(); ++k) model.set_buffer(k, c.buffers[k].data());
-      opt->load_state(c.state);
-    } catch (const std::invalid_argument& e) {
-      throw std::invalid_argument(a.resume + ": " + e.what());
-    }
-    if (c.progress.epochs >= a.epochs)
-      usage_error("--epochs " + std::to_string(a.epochs) + " is the total, and the checkpoint " + a.resume +
-                  " has completed " + std::to_string(c.progress.epochs) + " epochs: give a larger --epochs");
-    theta = std::move(c.theta);
-    start = c.progress;
-    if (!a.weights.empty() && !a.quiet)
-      std::fprintf(stderr, "note: --weights %s is not read: the parameters come from the checkpoint\n", a.weights.c_str());
-  });
-  else if (a.weights.empty())
+  if (!a.resume.empty()) {
+    agree(world.comm(), [&] {
+      // Every check before anything is written: the settings, then the tensors, then the epochs left.
+      check_resume_settings(a.resume, read_checkpoint_metadata(a.resume), settings);
+      Checkpoint<Scalar> c = load_checkpoint<Scalar>(a.resume, model);
+      try {
+        for (std::size_t k = 0; k < c.buffers.size(); ++k) model.set_buffer(k, c.buffers[k].data());
+        opt->load_state(c.state);
+      } catch (const std::invalid_argument& e) {
+        throw std::invalid_argument(a.resume + ": " + e.what());
+      }
+      if (c.progress.epochs >= a.epochs)
+        usage_error("--epochs " + std::to_string(a.epochs) + " is the total, and the checkpoint " + a.resume +
+                    " has completed " + std::to_string(c.progress.epochs) + " epochs: give a larger --epochs");
+      theta = std::move(c.theta);
+      start = c.progress;
+      if (!a.weights.empty() && !a.quiet)
+        std::fprintf(stderr, "note: --weights %s is not read: the parameters come from the checkpoint\n", a.weights.c_str());
+    });
+  } else if (a.weights.empty()) {
     theta = init_parameters(model, a.seed);
-  else
+  } else {
     agree(world.comm(), [&] {
       theta = load_parameters<Scalar>(a.weights, model);
       load_buffers<Scalar>(a.weights, model);
     });
+  }
   std::map<std::string, std::string> saved_settings(settings.begin(), settings.end());
   saved_settings.erase("optimizer");  // (the checkpoint records the optimizer's name itself)
   auto write_checkpoint = [&](const TrainProgress& at) {  // (every rank holds the same state: rank 0 writes)
