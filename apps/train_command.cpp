@@ -2,12 +2,14 @@
 // loop (training/trainer.h) with a progress line at least every 2 s, a line per evaluation, the CSV log, the
 // final parameters and the JSON report; checkpoints (training/checkpoint.h) at each epoch's end and at a stop,
 // and --resume from one. SIGINT / SIGTERM stop the run at the next step boundary: it writes what it has and
-// exits with 130 / 143.
+// exits with 130 / 143. Under MPI each step's batch is shared by the ranks (training/optimizer.h); rank 0 prints
+// and writes.
 #include "commands.h"
 #include "progress.h"
 #include "report.h"
 #include "signals.h"
 #include "train_checkpoint.h"
+#include "world.h"
 
 #include <natgrad/core/threads.h>
 #include <natgrad/io/dataset_io.h>
@@ -53,17 +55,22 @@ std::string field(double v) {
 }
 
 template <typename Scalar>
-std::unique_ptr<Optimizer<Scalar>> make_optimizer(const Args& a, const Network<Scalar>& model) {
+std::unique_ptr<Optimizer<Scalar>> make_optimizer(const Args& a, const Network<Scalar>& model,
+                                                  const Communicator* comm) {
   const Index P = model.num_params();
+  FisherOptions fisher = fisher_options(a);
+  fisher.communicator = comm;
   if (a.optimizer == "adam") {
     AdamOptions o;
     if (a.lr > 0) o.lr = a.lr;
+    o.communicator = comm;
     return std::make_unique<AdamOptimizer<Scalar>>(P, o);
   }
   if (a.optimizer == "sgd") {
     SgdOptions o;
     if (a.lr > 0) o.lr = a.lr;
     o.momentum = a.momentum;
+    o.communicator = comm;
     return std::make_unique<SgdOptimizer<Scalar>>(P, o);
   }
   if (a.optimizer == "kfac") {
@@ -74,7 +81,7 @@ std::unique_ptr<Optimizer<Scalar>> make_optimizer(const Args& a, const Network<S
     o.curvature_batch = a.curvature_batch;
     o.inverse_every = a.inverse_every;
     o.min_damping = a.min_damping;
-    o.fisher = fisher_options(a);
+    o.fisher = fisher;
     return std::make_unique<KfacOptimizer<Scalar>>(model, o);
   }
   NaturalGradientStepOptions o;
@@ -82,7 +89,7 @@ std::unique_ptr<Optimizer<Scalar>> make_optimizer(const Args& a, const Network<S
   o.damping = a.damping;
   o.adapt_damping = a.damping_adapt == "lm";
   o.curvature_batch = a.curvature_batch;
-  o.fisher = fisher_options(a);
+  o.fisher = fisher;
   o.solver = solver_from_string(a.solver);
   o.cg_tolerance = a.cg_tol;
   o.cg_max_iterations = a.cg_max_iters;
@@ -111,11 +118,15 @@ void draw_run(const Args& a, const std::string& log, const char* optimizer, Inde
 
 template <typename Scalar>
 int run_train(Args& a, const World& world) {
-  if (world.size() > 1) usage_error("train runs in one process for now (no mpirun)");
   if (a.model.empty()) usage_error("--model is required");
   if (a.data.empty()) usage_error("--data is required");
-  check_output_paths(a);
-  install_signal_handlers(!a.quiet);
+  // Under MPI every rank holds the whole training and test data (docs/distributed.md) and computes on its share
+  // of each batch; rank 0 prints and writes. Loading and resuming agree: a failure on any rank is every rank's.
+  const Communicator* comm = world.size() > 1 ? &world.comm() : nullptr;
+  agree(world.comm(), [&] {
+    if (world.root()) check_output_paths(a);
+  });
+  install_signal_handlers(!a.quiet && world.root());
   const Progress progress(a.quiet);
   const ModelFile file = read_model_spec(a.model);
   Network<Scalar> model(file.spec);
@@ -153,76 +164,83 @@ int run_train(Args& a, const World& world) {
   // on, the two parts read apart (the file's windows are never held twice). (The product is nudged up so that
   // 0.29 of 100 windows, 28.999999999999996 in floating point, holds out 29.)
   Index windows = 0, held = 0;
-  if (a.context > 0 && a.test_data.empty() && a.holdout > 0) {
-    windows = count_samples(a.data, Split::train, a.context);
-    if (windows > 0)
-      held = std::max<Index>(1, static_cast<Index>(std::floor(a.holdout * double(windows) * (1 + 1e-12))));
-    if (held >= windows && windows > 0) {
-      load(a.data, Split::train);  // (the loader's own complaints, about the model, first)
-      throw std::invalid_argument(a.data + ": 1 window of --context + 1 = " + std::to_string(a.context + 1) +
-                                  " bytes, and --holdout " + detail::format_number(a.holdout) +
-                                  " keeps it for evaluation: none is left to train on; give a longer text, --holdout "
-                                  "0 or --test-data");
-    }
-  }
-  Dataset<Scalar> data = held > 0 ? load(a.data, Split::train, 0, windows - held) : load(a.data, Split::train);
-  model.check_inputs(data.inputs);
-  Dataset<Scalar> test;
+  Dataset<Scalar> data, test;
   std::string test_label = "none";
   const char* unit = a.context > 0 ? "windows" : "samples";
-  if (held > 0) {
-    test = load(a.data, Split::train, windows - held, held);
-    model.check_inputs(test.inputs);
-    test_label = a.data + "'s held-out tail, --holdout " + detail::format_number(a.holdout);
-  }
-  const bool idx_dir = std::filesystem::is_directory(a.data);
-  if (!a.test_data.empty() || (idx_dir && a.context == 0)) {
-    const std::string path = a.test_data.empty() ? a.data : a.test_data;
-    const Split split = std::filesystem::is_directory(path) ? Split::test : Split::train;
-    test = load(path, split);
-    model.check_inputs(test.inputs);
-    test_label = path + (split == Split::test ? " (t10k)" : "");
-  }
+  agree(world.comm(), [&] {
+    if (a.context > 0 && a.test_data.empty() && a.holdout > 0) {
+      windows = count_samples(a.data, Split::train, a.context);
+      if (windows > 0)
+        held = std::max<Index>(1, static_cast<Index>(std::floor(a.holdout * double(windows) * (1 + 1e-12))));
+      if (held >= windows && windows > 0) {
+        load(a.data, Split::train);  // (the loader's own complaints, about the model, first)
+        throw std::invalid_argument(a.data + ": 1 window of --context + 1 = " + std::to_string(a.context + 1) +
+                                    " bytes, and --holdout " + detail::format_number(a.holdout) +
+                                    " keeps it for evaluation: none is left to train on; give a longer text, --holdout "
+                                    "0 or --test-data");
+      }
+    }
+    data = held > 0 ? load(a.data, Split::train, 0, windows - held) : load(a.data, Split::train);
+    model.check_inputs(data.inputs);
+    if (held > 0) {
+      test = load(a.data, Split::train, windows - held, held);
+      model.check_inputs(test.inputs);
+      test_label = a.data + "'s held-out tail, --holdout " + detail::format_number(a.holdout);
+    }
+    const bool idx_dir = std::filesystem::is_directory(a.data);
+    if (!a.test_data.empty() || (idx_dir && a.context == 0)) {
+      const std::string path = a.test_data.empty() ? a.data : a.test_data;
+      const Split split = std::filesystem::is_directory(path) ? Split::test : Split::train;
+      test = load(path, split);
+      model.check_inputs(test.inputs);
+      test_label = path + (split == Split::test ? " (t10k)" : "");
+    }
+  });
   const std::vector<std::pair<std::string, std::string>> settings = train_settings(a, model.num_params(), data.size());
   Vec<Scalar> theta;
-  const std::unique_ptr<Optimizer<Scalar>> opt = make_optimizer<Scalar>(a, model);
+  const std::unique_ptr<Optimizer<Scalar>> opt = make_optimizer<Scalar>(a, model, comm);
   TrainProgress start;
   if (!a.resume.empty()) {
-    // Every check before anything is written: the settings, then the tensors, then the epochs left.
-    check_resume_settings(a.resume, read_checkpoint_metadata(a.resume), settings);
-    Checkpoint<Scalar> c = load_checkpoint<Scalar>(a.resume, model);
-    try {
-      for (std::size_t k = 0; k < c.buffers.size(); ++k) model.set_buffer(k, c.buffers[k].data());
-      opt->load_state(c.state);
-    } catch (const std::invalid_argument& e) {
-      throw std::invalid_argument(a.resume + ": " + e.what());
-    }
-    if (c.progress.epochs >= a.epochs)
-      usage_error("--epochs " + std::to_string(a.epochs) + " is the total, and the checkpoint " + a.resume +
-                  " has completed " + std::to_string(c.progress.epochs) + " epochs: give a larger --epochs");
-    theta = std::move(c.theta);
-    start = c.progress;
-    if (!a.weights.empty() && !a.quiet)
-      std::fprintf(stderr, "note: --weights %s is not read: the parameters come from the checkpoint\n", a.weights.c_str());
+    agree(world.comm(), [&] {
+      // Every check before anything is written: the settings, then the tensors, then the epochs left.
+      check_resume_settings(a.resume, read_checkpoint_metadata(a.resume), settings);
+      Checkpoint<Scalar> c = load_checkpoint<Scalar>(a.resume, model);
+      try {
+        for (std::size_t k = 0; k < c.buffers.size(); ++k) model.set_buffer(k, c.buffers[k].data());
+        opt->load_state(c.state);
+      } catch (const std::invalid_argument& e) {
+        throw std::invalid_argument(a.resume + ": " + e.what());
+      }
+      if (c.progress.epochs >= a.epochs)
+        usage_error("--epochs " + std::to_string(a.epochs) + " is the total, and the checkpoint " + a.resume +
+                    " has completed " + std::to_string(c.progress.epochs) + " epochs: give a larger --epochs");
+      theta = std::move(c.theta);
+      start = c.progress;
+      if (!a.weights.empty() && !a.quiet)
+        std::fprintf(stderr, "note: --weights %s is not read: the parameters come from the checkpoint\n", a.weights.c_str());
+    });
   } else if (a.weights.empty()) {
     theta = init_parameters(model, a.seed);
   } else {
-    theta = load_parameters<Scalar>(a.weights, model);
-    load_buffers<Scalar>(a.weights, model);
+    agree(world.comm(), [&] {
+      theta = load_parameters<Scalar>(a.weights, model);
+      load_buffers<Scalar>(a.weights, model);
+    });
   }
   std::map<std::string, std::string> saved_settings(settings.begin(), settings.end());
   saved_settings.erase("optimizer");  // (the checkpoint records the optimizer's name itself)
-  auto write_checkpoint = [&](const TrainProgress& at) {
-    save_checkpoint(a.checkpoint, model, theta, *opt, at, saved_settings);
+  auto write_checkpoint = [&](const TrainProgress& at) {  // (every rank holds the same state: rank 0 writes)
+    if (world.root()) save_checkpoint(a.checkpoint, model, theta, *opt, at, saved_settings);
   };
+  const std::string ranks = World::has_mpi() ? ", ranks: " + std::to_string(world.size()) : "";
   std::printf("natgrad train: %s (%lld parameters, %s), %s (%lld %s%s), test %s (%lld %s), optimizer %s, "
-              "batch %lld, %lld epochs, %s, %d threads\n",
+              "batch %lld, %lld epochs, %s, %d threads%s\n",
               a.model.c_str(), static_cast<long long>(model.num_params()), to_string(file.likelihood), a.data.c_str(),
               static_cast<long long>(data.size()), unit,
               a.context > 0 ? (" of " + std::to_string(a.context + 1) + " bytes").c_str() : "", test_label.c_str(),
               static_cast<long long>(test.size()), unit,
               opt->name(), static_cast<long long>(a.batch), static_cast<long long>(a.epochs), a.dtype.c_str(),
-              num_threads());
+              num_threads(), ranks.c_str());
   bool has_norm = false;
   for (std::size_t l = 0; l < model.num_layers(); ++l)
     has_norm = has_norm || model.layer(l).type() == LayerType::batch_norm;
@@ -247,7 +265,9 @@ int run_train(Args& a, const World& world) {
   to.max_time_s = a.max_time;
   to.start = start;
   to.stop_requested = [] { return stop_asked(); };
-  if (!a.checkpoint.empty()) to.on_epoch_end = write_checkpoint;
+  to.communicator = comm;
+  if (!a.checkpoint.empty())  // (a failed write ends every rank: agreed)
+    to.on_epoch_end = [&](const TrainProgress& at) { agree(world.comm(), [&] { write_checkpoint(at); }); };
   to.on_record = [&](const TrainRecord& r) {
     if (r.eval) {
       csv << "eval," << r.step << "," << r.epoch << "," << field(r.time_s) << ",,,,," << field(r.test_loss) << ","
@@ -285,7 +305,8 @@ int run_train(Args& a, const World& world) {
     }
   };
   const TrainSummary sum = train<Scalar>(model, file.likelihood, theta, data, test.size() > 0 ? &test : nullptr, *opt, to);
-  const bool interrupted = sum.stopped && stop_asked();
+  const bool interrupted = sum.stopped && stop_agreed(world);  // (rank 0's signal stopped every rank)
+  if (!world.root()) return interrupted ? interrupted_status() : 0;
   std::printf("trained %lld steps, %lld epochs in %.2f s%s", static_cast<long long>(sum.steps),
               static_cast<long long>(sum.epochs), sum.time_s,
               !sum.stopped ? "" : interrupted ? (std::string(" (stopped by ") + signal_name() + ")").c_str() : " (stopped by --max-time)");
@@ -323,6 +344,7 @@ int run_train(Args& a, const World& world) {
     j["batch"] = a.batch;
     j["dtype"] = a.dtype;
     j["threads"] = num_threads();
+    j["ranks"] = world.size();
     j["steps"] = sum.steps;
     auto num = [](double v) { return std::isnan(v) ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(v); };
     j["epochs"] = nlohmann::ordered_json::array();

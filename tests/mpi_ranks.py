@@ -19,7 +19,11 @@ preconditioner), `fvp` (exact, empirical, Monte-Carlo) and `spectrum` once in on
     global sample, exit status 1 and no output file, within the timeout; so does a forward pass that
     overflows in one rank's share;
   - SIGTERM to the launcher, sent once CG's first progress line is out, stops CG on every rank at the same
-    iteration; the current iterate and the report are written.
+    iteration; the current iterate and the report are written;
+  - `natgrad train` (adam, natgrad with CG and with the Gram, kfac), every minibatch shared by the ranks and the
+    last smaller than them: the --save parameters agree with one process to 1e-12 (1e-11 for the Gram; natgrad by CG: to 1e-9,
+    CG's tolerance being 1e-10), the header and the report
+    say the ranks, and two runs write the same bytes.
 Only numpy is needed (the data and the vectors are written here as safetensors).
 """
 import json
@@ -371,6 +375,42 @@ if os.path.exists(report):
           f"SIGTERM: the report says {j['cg']['termination']} at iteration {j['cg']['iterations']}, exit "
           f"{proc.returncode}")
     check(np.isfinite(flat(out)).all() and np.linalg.norm(flat(out)) > 0, "SIGTERM: the iterate is finite, nonzero")
+
+# natgrad train: every minibatch shared by the ranks. Batches of 10 of the 101 samples end each epoch with a batch
+# of 1, smaller than the ranks: a rank with no sample adds nothing. The parameters written by --save agree with
+# one process to 1e-12 (the same steps, their sums in another order), and two runs under MPI write the same bytes.
+train_data = p("categorical.safetensors")
+train_common = ["train", "--model", p("categorical.json"), "--data", train_data, "--test-data", train_data,
+                "--epochs", "2", "--batch", "10", "--seed", "5"]
+# (CG stopped at a tolerance T: two solves whose sums differ in order agree to a fraction of T, not to rounding;
+# test_train_distributed.cpp says more.)
+for name, extra, tol in [
+        ("adam", ["--optimizer", "adam", "--lr", "0.01"], 1e-12),
+        ("natgrad cg", ["--optimizer", "natgrad", "--solver", "cg", "--curvature-batch", "4", "--cg-tol", "1e-10",
+                        "--cg-backtrack", "off", "--damping", "0.1"], 1e-9),
+        ("natgrad smw", ["--optimizer", "natgrad", "--solver", "smw", "--fisher", "mc", "--damping", "1"], 1e-11),
+        ("kfac", ["--optimizer", "kfac", "--curvature-batch", "4", "--inverse-every", "3"], 1e-12)]:
+    tag = "train_" + name.replace(" ", "_")
+    outs = {}
+    for k, mpi in (("one", False), ("mpi", True), ("mpi2", True)):
+        r = run(train_common + extra + ["--save", p(f"{tag}_{k}.safetensors"), "--report", p(f"{tag}_{k}.json"),
+                                        "--log", p(f"{tag}_{k}.csv")], mpi)
+        check(r.returncode == 0, f"train {name} ({k}) exits 0 {r.stderr.strip()[-300:]}")
+        if r.returncode != 0:
+            break
+        outs[k] = (json.load(open(p(f"{tag}_{k}.json"))), r.stdout)
+    if len(outs) < 3:
+        continue
+    (one, _), (many, stdout) = outs["one"], outs["mpi"]
+    check(many["ranks"] == ranks and one["ranks"] == 1 and f"ranks: {ranks}" in stdout.splitlines()[0],
+          f"train {name}: the header and the report say ranks {many['ranks']}")
+    check(many["steps"] == one["steps"] == 22, f"train {name}: {many['steps']} steps, one process {one['steps']}")
+    e = rel(flat(p(f"{tag}_mpi.safetensors")), flat(p(f"{tag}_one.safetensors")))
+    check(e <= tol, f"train {name}: --save parameters, relative difference {e:.1e} to one process")
+    check(abs(many["test_loss"] - one["test_loss"]) <= tol * abs(one["test_loss"]),
+          f"train {name}: test loss {many['test_loss']!r} vs {one['test_loss']!r}")
+    same = open(p(f"{tag}_mpi.safetensors"), "rb").read() == open(p(f"{tag}_mpi2.safetensors"), "rb").read()
+    check(same, f"train {name}: two runs on {ranks} ranks write the same --save bytes")
 
 if failures:
     print(f"{len(failures)} check(s) failed")

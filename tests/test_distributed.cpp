@@ -5,6 +5,7 @@
 // agreement on errors and on a solve's stop. Also the share arithmetic and the readers' sample ranges.
 // (The MPI build's end-to-end runs under mpirun are tests/mpi_ranks.py.)
 #include "test_helpers.h"
+#include "thread_communicator.h"
 
 #include <natgrad/curvature/fisher_gram.h>
 #include <natgrad/curvature/kfac.h>
@@ -17,13 +18,10 @@
 
 #include <zlib.h>
 
-#include <condition_variable>
 #include <fstream>
 #include <functional>
 #include <limits>
-#include <mutex>
 #include <stdexcept>
-#include <thread>
 #include <vector>
 
 namespace natgrad {
@@ -31,106 +29,7 @@ namespace {
 
 using test::rel_err;
 using test::rel_err_vec;
-
-// K threads that meet at barriers; each rank publishes a pointer, then reads the others'.
-class ThreadGroup {
- public:
-  explicit ThreadGroup(int K) : K_(K), slots_(static_cast<std::size_t>(K)), texts_(static_cast<std::size_t>(K)) {}
-  int size() const { return K_; }
-  void arrive() {
-    std::unique_lock<std::mutex> lock(mutex_);
-    const long generation = generation_;
-    if (++count_ == K_) {
-      count_ = 0;
-      ++generation_;
-      cv_.notify_all();
-    } else {
-      cv_.wait(lock, [&] { return generation != generation_; });
-    }
-  }
-  std::vector<const void*>& slots() { return slots_; }
-  std::vector<std::string>& texts() { return texts_; }
-
- private:
-  int K_;
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  int count_ = 0;
-  long generation_ = 0;
-  std::vector<const void*> slots_;
-  std::vector<std::string> texts_;
-};
-
-class ThreadCommunicator final : public Communicator {
- public:
-  ThreadCommunicator(ThreadGroup& group, int rank) : g_(group), rank_(rank) {}
-  int rank() const override { return rank_; }
-  int size() const override { return g_.size(); }
-  void sum(float* x, Index n) const override { sum_impl(x, n); }
-  void sum(double* x, Index n) const override { sum_impl(x, n); }
-  bool broadcast(bool flag) const override {
-    bool mine = flag;
-    g_.slots()[static_cast<std::size_t>(rank_)] = &mine;
-    g_.arrive();
-    const bool out = *static_cast<const bool*>(g_.slots()[0]);
-    g_.arrive();
-    return out;
-  }
-  std::string first_error(const std::string& mine) const override {
-    g_.texts()[static_cast<std::size_t>(rank_)] = mine;
-    g_.arrive();
-    std::string out;
-    for (const std::string& t : g_.texts())
-      if (!t.empty()) {
-        out = t;
-        break;
-      }
-    g_.arrive();
-    return out;
-  }
-  double max(double value) const override {
-    g_.slots()[static_cast<std::size_t>(rank_)] = &value;
-    g_.arrive();
-    double out = value;
-    for (const void* p : g_.slots()) out = std::max(out, *static_cast<const double*>(p));
-    g_.arrive();
-    return out;
-  }
-
- private:
-  template <typename T>
-  void sum_impl(T* x, Index n) const {
-    g_.slots()[static_cast<std::size_t>(rank_)] = x;
-    g_.arrive();
-    std::vector<T> total(static_cast<const T*>(g_.slots()[0]), static_cast<const T*>(g_.slots()[0]) + n);
-    for (int r = 1; r < g_.size(); ++r) {  // rank order
-      const T* part = static_cast<const T*>(g_.slots()[static_cast<std::size_t>(r)]);
-      for (Index i = 0; i < n; ++i) total[static_cast<std::size_t>(i)] += part[i];
-    }
-    g_.arrive();  // every rank has read every part
-    std::copy(total.begin(), total.end(), x);
-  }
-  ThreadGroup& g_;
-  int rank_;
-};
-
-// Runs body(rank, comm) on K threads; rethrows nothing, returns each rank's exception message ("" if none).
-std::vector<std::string> on_ranks(int K, const std::function<void(int, const Communicator&)>& body) {
-  ThreadGroup group(K);
-  std::vector<std::string> errors(static_cast<std::size_t>(K));
-  std::vector<std::thread> threads;
-  for (int r = 0; r < K; ++r)
-    threads.emplace_back([&, r] {
-      ThreadCommunicator comm(group, r);
-      try {
-        body(r, comm);
-      } catch (const std::exception& e) {
-        errors[static_cast<std::size_t>(r)] = e.what();
-      }
-    });
-  for (auto& t : threads) t.join();
-  return errors;
-}
+using test::on_ranks;
 
 // `base` for the rank holding share s of a batch of N samples.
 FisherOptions for_share(FisherOptions base, const Communicator& comm, SampleShare s, Index N) {
@@ -314,6 +213,72 @@ INSTANTIATE_TEST_SUITE_P(Kinds, DistributedOperator,
                                            Case{LikelihoodKind::categorical, FisherKind::empirical},
                                            Case{LikelihoodKind::gaussian, FisherKind::exact},
                                            Case{LikelihoodKind::bernoulli, FisherKind::mc}));
+
+// A batch smaller than the ranks: the ranks without a sample take part in every sum with zeros, so loss,
+// gradient, products, the empirical diagonal, K-FAC's factors and the Gram solve are the one-process ones on
+// the same samples (here 2 samples on 3 and 5 ranks; with a convolution, whose gradient is summed over sample
+// groups, and a linear layer split into weight blocks).
+TEST(Distributed, ARankWithNoSampleContributesNothing) {
+  ModelSpec spec;
+  spec.input_shape = {1, 4, 4};
+  spec.layers = {LayerSpec::conv2d(1, 2, 3, 1, 0), LayerSpec::activation(LayerType::tanh), LayerSpec::flatten(),
+                 LayerSpec::linear(8, 300), LayerSpec::activation(LayerType::tanh), LayerSpec::linear(300, 3)};
+  Network<double> model(spec);
+  const Vec<double> theta = init_parameters(model, 4);
+  const Index N = 2;
+  const Dataset<double> data = test::random_dataset(model, N, LikelihoodKind::categorical, 6);
+  for (FisherKind kind : {FisherKind::exact, FisherKind::mc}) {
+    FisherOptions fo;
+    fo.kind = kind;
+    fo.seed = 3;
+    fo.damping = 0.5;
+    fo.num_threads = 1;
+    FisherOperator<double> one(model, theta, LikelihoodKind::categorical, data, fo);
+    const Vec<double> v = test::random_vec<double>(one.cols(), 8);
+    Vec<double> y1(one.rows()), k1(one.rows());
+    one.perform_op(v.data(), y1.data());
+    KfacApproximation<double> kfac1(one);
+    kfac1.set_damping(0.5);
+    kfac1.apply(v.data(), k1.data());
+    const Vec<double> gram1 = FisherGram<double>(one).solve(one.gradient(), {0.5}, true)[0].direction;
+    for (int K : {3, 5}) {
+      std::vector<Vec<double>> y(static_cast<std::size_t>(K)), g(y), diag(y), kfac(y), gram(y);
+      std::vector<double> loss(static_cast<std::size_t>(K));
+      const auto errors = on_ranks(K, [&](int r, const Communicator& comm) {
+        const auto i = static_cast<std::size_t>(r);
+        const SampleShare s = share_of(N, r, K);
+        FisherOperator<double> F(model, theta, LikelihoodKind::categorical, data.slice(s.first, s.count),
+                                 for_share(fo, comm, s, N));
+        EXPECT_EQ(F.num_samples(), s.count);
+        y[i].resize(F.rows());
+        F.perform_op(v.data(), y[i].data());
+        loss[i] = F.loss();
+        g[i] = F.gradient();
+        diag[i] = F.empirical_fisher_diagonal();
+        KfacApproximation<double> kf(F);
+        kf.set_damping(0.5);
+        kfac[i].resize(F.rows());
+        kf.apply(v.data(), kfac[i].data());
+        gram[i] = FisherGram<double>(F).solve(g[i], {0.5}, true)[0].direction;
+      });
+      int empty = 0;
+      for (int r = 0; r < K; ++r) {
+        const auto i = static_cast<std::size_t>(r);
+        empty += share_of(N, r, K).count == 0 ? 1 : 0;
+        ASSERT_EQ(errors[i], "") << "K " << K << " rank " << r;
+        EXPECT_LE(rel_err(loss[i], one.loss()), 1e-14) << "K " << K;
+        EXPECT_LE(rel_err_vec(g[i], one.gradient()), 1e-13) << "K " << K;
+        EXPECT_LE(rel_err_vec(y[i], y1), 1e-13) << "K " << K;
+        EXPECT_LE(rel_err_vec(diag[i], one.empirical_fisher_diagonal()), 1e-13) << "K " << K;
+        EXPECT_LE(rel_err_vec(kfac[i], k1), 1e-11) << "K " << K;
+        EXPECT_LE(rel_err_vec(gram[i], gram1), 1e-11) << "K " << K;
+        EXPECT_EQ(y[i], y[0]);
+        EXPECT_EQ(gram[i], gram[0]);
+      }
+      EXPECT_EQ(empty, K - 2);  // the case is what it claims
+    }
+  }
+}
 
 // The scale s = 1/(N·T) and the damping λv are applied once, after the sums over samples and ranks: in one
 // process and on 2 and 3 ranks, the product is s Σ_n J_nᵀ H_n J_n v + λv and the gradient s Σ_n J_nᵀ ∇_z ℓ_n

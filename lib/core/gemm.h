@@ -159,11 +159,12 @@ Index gemm_pack_size(Index m, Index n, Index k) {
 template <typename Scalar>
 void gemm(Index m, Index n, Index k, const GemmOperand<Scalar>& A, const GemmOperand<Scalar>& B, Scalar* C,
           Index ldc, bool accumulate, Scalar* pack) {
-  NATGRAD_CHECK(ldc >= m && pack != nullptr);
+  NATGRAD_CHECK(ldc >= m);
   if (m <= 0 || n <= 0) return;
   if (!accumulate)
     for (Index j = 0; j < n; ++j) std::fill(C + j * ldc, C + j * ldc + m, Scalar(0));
-  if (k <= 0) return;
+  if (k <= 0) return;  // (depth 0, as on a rank without samples: no packing, so no pack needed)
+  NATGRAD_CHECK(pack != nullptr);
   using Eigen::ColMajor;
   using Eigen::RowMajor;
   if (!A.row_major && !B.row_major)

@@ -236,8 +236,9 @@ void FisherOperator<Scalar>::State::setup(const Dataset<Scalar>& given) {
   std::string why;
   if (!options.is_valid(&why)) detail::fail("FisherOptions: " + why);
   model.check_params(theta.size());
-  if (num_samples == 0)
-    detail::fail(distributed() ? "this rank's share of the batch is empty" : "the batch is empty");
+  // A rank of a shared batch may hold no sample (a batch smaller than the ranks): it takes part in every
+  // collective with zeros, so it contributes nothing.
+  if (total_samples == 0 || (num_samples == 0 && !distributed())) detail::fail("the batch is empty");
   if (options.first_sample + num_samples > total_samples)
     detail::fail("FisherOptions: samples [" + std::to_string(options.first_sample) + ", " +
                  std::to_string(options.first_sample + num_samples) + ") lie beyond total_samples " +
@@ -307,7 +308,9 @@ void FisherOperator<Scalar>::State::require_forward() const {
 
 template <typename Scalar>
 void FisherOperator<Scalar>::State::require_targets(const char* what) const {
-  if (data.labels.empty() && data.targets.size() == 0)
+  // (Categorical labels are checked at construction; real targets by their rows, which a rank holding no
+  // sample of a batch with targets keeps.)
+  if (likelihood != LikelihoodKind::categorical && data.labels.empty() && data.targets.rows() == 0)
     detail::fail(std::string(what) + " requires targets, and this batch has none");
 }
 

@@ -261,7 +261,10 @@ void FisherOperator<Scalar>::State::sum_gradients(Scalar* y) {
 
 template <typename Scalar>
 void FisherOperator<Scalar>::State::sum_over_samples(Scalar* y) {
-  sum_gradients(y);
+  if (num_samples > 0)
+    sum_gradients(y);
+  else  // a rank without samples (its plan has no sample groups to write y): zeros into the sum
+    std::fill(y, y + num_params, Scalar(0));
   if (distributed()) comm->sum(y, num_params);  // in rank order: the same y on every rank
 }
 
@@ -318,7 +321,7 @@ Vec<Scalar> FisherOperator<Scalar>::State::squared_gradients(const std::vector<b
   }
   Vec<Scalar> diag = Vec<Scalar>::Zero(num_params);
   for (std::size_t l = 0; l < model.num_layers(); ++l) {
-    if (base[l] < 0) continue;
+    if (base[l] < 0 || groups.groups == 0) continue;  // (no group: a rank without samples adds zeros)
     const Index P = model.layer(l).num_params();
     std::vector<const Scalar*> parts;
     for (Index g = 0; g < groups.groups; ++g) parts.push_back(partial.data() + base[l] + g * P);

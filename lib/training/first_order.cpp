@@ -5,18 +5,22 @@
 #include <cmath>
 
 #include "core/fail.h"
+#include "training/batch_share.h"
 
 namespace natgrad {
 
 namespace {
 
-// The batch's mean loss gradient at theta, and its loss (one forward and one backward pass).
+// The batch's mean loss gradient at theta, and its loss (one forward and one backward pass; under a
+// communicator on this rank's share, summed over the ranks).
 template <typename Scalar>
 Vec<Scalar> batch_gradient(const Network<Scalar>& model, LikelihoodKind likelihood, const Vec<Scalar>& theta,
-                           const Dataset<Scalar>& batch, double* loss) {
+                           const Dataset<Scalar>& batch, const Communicator* comm, double* loss) {
   FisherOptions fo;
   fo.kind = FisherKind::empirical;  // (no Monte-Carlo draws; the gradient does not depend on the kind)
-  FisherOperator<Scalar> F(model, theta, likelihood, batch, fo);
+  fo.communicator = comm;
+  const detail::BatchShare<Scalar> mine(batch, batch.size(), fo);
+  FisherOperator<Scalar> F(model, theta, likelihood, mine.data(), mine.options());
   if (!F.forward_error().empty()) detail::fail("forward pass: " + F.forward_error());
   *loss = F.loss();
   return F.take_gradient();
@@ -48,7 +52,7 @@ StepResult FirstOrderOptimizer<Scalar>::step(const Network<Scalar>& model, Likel
                                              Vec<Scalar>& theta, const Dataset<Scalar>& batch, Index) {
   expect_size((std::string(this->name()) + ": the parameter vector").c_str(), theta.size(), size());
   StepResult r;
-  update(theta, batch_gradient(model, likelihood, theta, batch, &r.loss));
+  update(theta, batch_gradient(model, likelihood, theta, batch, communicator(), &r.loss));
   r.lr = lr();
   return r;
 }

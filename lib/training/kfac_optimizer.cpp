@@ -9,6 +9,7 @@
 
 #include "core/fail.h"
 #include "core/format_number.h"
+#include "training/batch_share.h"
 
 namespace natgrad {
 
@@ -45,14 +46,19 @@ StepResult KfacOptimizer<Scalar>::step(const Network<Scalar>& model, LikelihoodK
   fo.seed = step_seed(o_.fisher.seed, k);
   const Index n = batch.size();
   const Index nc = o_.curvature_batch > 0 ? std::min(o_.curvature_batch, n) : n;
-  FisherOperator<Scalar> G(model, theta, likelihood, batch, fo);
+  // This rank's shares (one process: the batch and its head) of the batch and of the curvature batch.
+  const detail::BatchShare<Scalar> on(batch, n, fo);
+  FisherOperator<Scalar> G(model, theta, likelihood, on.data(), on.options());
   if (!G.forward_error().empty()) detail::fail("forward pass: " + G.forward_error());
   r.loss = G.loss();
   const Vec<Scalar> g = G.gradient();
   if (!std::isfinite(r.loss) || !g.allFinite())
     detail::fail("the loss or the gradient is NaN or Inf at step " + std::to_string(k));
   std::unique_ptr<FisherOperator<Scalar>> own;
-  if (nc < n) own = std::make_unique<FisherOperator<Scalar>>(model, theta, likelihood, batch.head(nc), fo);
+  if (nc < n) {
+    const detail::BatchShare<Scalar> head(batch, nc, fo);
+    own = std::make_unique<FisherOperator<Scalar>>(model, theta, likelihood, head.data(), head.options());
+  }
   FisherOperator<Scalar>& F = own ? *own : G;
 
   if (k % o_.factor_every == 0 || updates_ == 0) {

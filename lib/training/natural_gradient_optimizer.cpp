@@ -17,6 +17,7 @@
 #include "core/fail.h"
 #include "core/format_number.h"
 #include "training/armijo_line_search.h"
+#include "training/batch_share.h"
 #include "training/cg_backtracking.h"
 
 namespace natgrad {
@@ -116,14 +117,19 @@ StepResult NaturalGradientOptimizer<Scalar>::step(const Network<Scalar>& model, 
   fo.seed = step_seed(o_.fisher.seed, k);
   const Index n = batch.size();
   const Index nc = o_.curvature_batch > 0 ? std::min(o_.curvature_batch, n) : n;
-  FisherOperator<Scalar> G(model, theta, likelihood, batch, fo);
+  // This rank's shares (one process: the batch and its head) of the batch and of the curvature batch.
+  const detail::BatchShare<Scalar> on(batch, n, fo);
+  std::unique_ptr<detail::BatchShare<Scalar>> on_curvature_batch;
+  if (nc < n) on_curvature_batch = std::make_unique<detail::BatchShare<Scalar>>(batch, nc, fo);
+  FisherOperator<Scalar> G(model, theta, likelihood, on.data(), on.options());
   if (!G.forward_error().empty()) detail::fail("forward pass: " + G.forward_error());
   r.loss = G.loss();
   const Vec<Scalar> g = G.take_gradient();
   if (!std::isfinite(r.loss) || !g.allFinite()) detail::fail("the loss or the gradient is NaN or Inf at step " + std::to_string(k));
-  const Dataset<Scalar> head = nc < n ? batch.head(nc) : Dataset<Scalar>();
   std::unique_ptr<FisherOperator<Scalar>> own;
-  if (nc < n) own = std::make_unique<FisherOperator<Scalar>>(model, theta, likelihood, head, fo);
+  if (nc < n)
+    own = std::make_unique<FisherOperator<Scalar>>(model, theta, likelihood, on_curvature_batch->data(),
+                                                   on_curvature_batch->options());
   FisherOperator<Scalar>& F = own ? *own : G;
   // Losses are evaluated only by the safeguards; with neither, the step is the plain update.
   const bool evaluates = o_.adapt_damping || o_.line_search;
@@ -194,9 +200,11 @@ StepResult NaturalGradientOptimizer<Scalar>::step(const Network<Scalar>& model, 
 
   // Trial losses on the step's batch (on G once it is free: its gradient is taken and, when the curvature
   // batch is smaller, F is another operator) and on the curvature batch (the same when the batches are).
-  TrialLoss<Scalar> on_batch(model, likelihood, batch, fo, nc < n ? &G : nullptr);
+  TrialLoss<Scalar> on_batch(model, likelihood, on.data(), on.options(), nc < n ? &G : nullptr);
   std::unique_ptr<TrialLoss<Scalar>> on_head;
-  if (nc < n) on_head = std::make_unique<TrialLoss<Scalar>>(model, likelihood, head, fo, nullptr);
+  if (nc < n)
+    on_head = std::make_unique<TrialLoss<Scalar>>(model, likelihood, on_curvature_batch->data(),
+                                                  on_curvature_batch->options(), nullptr);
   TrialLoss<Scalar>& on_curvature = on_head ? *on_head : on_batch;
 
   // CG backtracking: from the last kept iterate back while the loss on the curvature batch falls.

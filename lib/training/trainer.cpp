@@ -7,31 +7,35 @@
 #include <tuple>
 
 #include "core/fail.h"
+#include "training/batch_share.h"
 
 namespace natgrad {
 
 template <typename Scalar>
 std::pair<double, double> evaluate(const Network<Scalar>& model, LikelihoodKind likelihood, const Vec<Scalar>& theta,
-                                   const Dataset<Scalar>& data) {
+                                   const Dataset<Scalar>& data, const Communicator* communicator) {
   FisherOptions fo;
   fo.kind = FisherKind::empirical;
-  const FisherOperator<Scalar> F(model, theta, likelihood, data, fo);
+  fo.communicator = communicator;
+  const detail::BatchShare<Scalar> mine(data, data.size(), fo);  // (its loss: summed over the ranks)
+  const FisherOperator<Scalar> F(model, theta, likelihood, mine.data(), mine.options());
   const double loss = F.forward_error().empty() ? F.loss() : std::nan("");
   double accuracy = std::nan("");
   if (likelihood == LikelihoodKind::categorical) {
     const Mat<Scalar>& Z = F.outputs();
     const Index T = model.output_positions(), C = Z.rows() / T;
-    Index right = 0, counted = 0;
+    double counts[2] = {0, 0};  // right, counted
     for (Index n = 0; n < Z.cols(); ++n)
       for (Index t = 0; t < T; ++t) {
-        const int64_t y = data.labels[static_cast<std::size_t>(n * T + t)];
+        const int64_t y = mine.data().labels[static_cast<std::size_t>(n * T + t)];
         if (y == kIgnoreIndex) continue;
         Index best = 0;
         Z.col(n).segment(t * C, C).maxCoeff(&best);  // the first maximum, as torch.argmax
-        right += best == y ? 1 : 0;
-        ++counted;
+        counts[0] += best == y ? 1 : 0;
+        counts[1] += 1;
       }
-    accuracy = counted > 0 ? double(right) / double(counted) : std::nan("");
+    if (communicator && communicator->size() > 1) communicator->sum(counts, 2);  // (integers: exact)
+    accuracy = counts[1] > 0 ? counts[0] / counts[1] : std::nan("");
   }
   return {loss, accuracy};
 }
@@ -45,6 +49,7 @@ TrainSummary train(const Network<Scalar>& model, LikelihoodKind likelihood, Vec<
   if (o.eval_every < 0) detail::fail("eval_every must be >= 0, got " + std::to_string(o.eval_every));
   const Index N = data.size();
   if (N == 0) detail::fail("the training data is empty");
+  const bool distributed = o.communicator && o.communicator->size() > 1;
   const Index per_epoch = batches_per_epoch(N, o.batch);
   const TrainProgress& from = o.start;
   const Index from_k = from.steps - from.epochs * per_epoch;  // the minibatch of its epoch the start is at
@@ -69,7 +74,7 @@ TrainSummary train(const Network<Scalar>& model, LikelihoodKind likelihood, Vec<
     r.epoch = epoch;
     r.time_s = trained;
     r.train_loss = train_loss;
-    if (test) std::tie(r.test_loss, r.test_accuracy) = evaluate(model, likelihood, theta, *test);
+    if (test) std::tie(r.test_loss, r.test_accuracy) = evaluate(model, likelihood, theta, *test, o.communicator);
     s.test_loss = r.test_loss;
     s.test_accuracy = r.test_accuracy;
     record(r);
@@ -93,7 +98,9 @@ TrainSummary train(const Network<Scalar>& model, LikelihoodKind likelihood, Vec<
   for (Index epoch = from.epochs; epoch < o.epochs && !s.stopped; ++epoch) {
     const std::vector<Index> order = epoch_order(N, o.seed, epoch, o.shuffle);
     for (Index k = epoch == from.epochs ? from_k : 0; k < per_epoch; ++k) {
-      if ((o.stop_requested && o.stop_requested()) || (o.max_time_s > 0 && trained - from.time_s >= o.max_time_s)) {
+      bool stop = (o.stop_requested && o.stop_requested()) || (o.max_time_s > 0 && trained - from.time_s >= o.max_time_s);
+      if (distributed) stop = o.communicator->broadcast(stop);  // rank 0's clock and signals decide
+      if (stop) {
         s.stopped = true;
         break;
       }
@@ -139,9 +146,9 @@ TrainSummary train(const Network<Scalar>& model, LikelihoodKind likelihood, Vec<
 }
 
 template std::pair<double, double> evaluate<float>(const Network<float>&, LikelihoodKind, const Vec<float>&,
-                                                   const Dataset<float>&);
+                                                   const Dataset<float>&, const Communicator*);
 template std::pair<double, double> evaluate<double>(const Network<double>&, LikelihoodKind, const Vec<double>&,
-                                                    const Dataset<double>&);
+                                                    const Dataset<double>&, const Communicator*);
 template TrainSummary train<float>(const Network<float>&, LikelihoodKind, Vec<float>&, const Dataset<float>&,
                                    const Dataset<float>*, Optimizer<float>&, const TrainOptions&);
 template TrainSummary train<double>(const Network<double>&, LikelihoodKind, Vec<double>&, const Dataset<double>&,

@@ -109,7 +109,8 @@ struct FisherOptions {
   /// one-process result to rounding), Monte-Carlo labels are keyed by the global sample index (so they do
   /// not depend on K), and a NaN or Inf in any rank's forward pass is reported on every rank, naming the
   /// global sample. Every rank must construct the operator and call perform_op, gradient(), loss(),
-  /// empirical_fisher_diagonal() and rebind() together (they are collective). nullptr (default): one
+  /// empirical_fisher_diagonal() and rebind() together (they are collective). A rank's share may be empty
+  /// (a batch smaller than K): that rank takes part in every sum with zeros. nullptr (default): one
   /// process; the communicator must outlive the operator.
   const Communicator* communicator = nullptr;
   /// Global index of this rank's first sample. Default 0.

@@ -21,6 +21,15 @@
 /// Every draw of a step (Monte-Carlo labels) is keyed by (seed, step, sample, position, draw), so results are
 /// bit-identical for any thread count and no two steps repeat their draws.
 ///
+/// **Several processes.** With a communicator of K > 1 ranks (FisherOptions::communicator of the natural
+/// gradient's and K-FAC's options, AdamOptions::communicator, SgdOptions::communicator), every rank calls
+/// step() with the whole minibatch and computes on its contiguous share of it (share_of; of the curvature
+/// batch, its share of the first curvature_batch samples); a share may be empty (a batch smaller than K). The
+/// loss, the gradient, every Fisher product, K-FAC's factors and the Gram are sums over the ranks in rank
+/// order, and every decision (the Levenberg–Marquardt rule, the line search, CG and its backtracking, K-FAC's
+/// α and μ) is taken from those sums, so every rank holds the same θ and state, bit for bit, from run to run
+/// for a given K, and equal to the one-process step to rounding. step() is then collective.
+///
 /// \code
 /// natgrad::NaturalGradientStepOptions o;  // backtracking, the line search and the damping rule on
 /// o.momentum = 0.5;
@@ -80,6 +89,8 @@ class Optimizer {
 
 struct AdamOptions {
   double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  /// The ranks that share each batch (see above); nullptr (default): one process. Must outlive the optimizer.
+  const Communicator* communicator = nullptr;
 };
 
 /// Adam and SGD: a step is the batch's loss and gradient (one forward and one backward pass), then update().
@@ -94,6 +105,7 @@ class FirstOrderOptimizer : public Optimizer<Scalar> {
  protected:
   virtual double lr() const = 0;
   virtual Index size() const = 0;  // parameters
+  virtual const Communicator* communicator() const = 0;
 };
 
 template <typename Scalar>
@@ -108,6 +120,7 @@ class AdamOptimizer final : public FirstOrderOptimizer<Scalar> {
  private:
   double lr() const override { return o_.lr; }
   Index size() const override { return m_.size(); }
+  const Communicator* communicator() const override { return o_.communicator; }
   AdamOptions o_;
   Vec<Scalar> m_, v_;
   Index t_ = 0;
@@ -115,6 +128,8 @@ class AdamOptimizer final : public FirstOrderOptimizer<Scalar> {
 
 struct SgdOptions {
   double lr = 1e-2, momentum = 0;
+  /// The ranks that share each batch (see above); nullptr (default): one process. Must outlive the optimizer.
+  const Communicator* communicator = nullptr;
 };
 
 template <typename Scalar>
@@ -129,6 +144,7 @@ class SgdOptimizer final : public FirstOrderOptimizer<Scalar> {
  private:
   double lr() const override { return o_.lr; }
   Index size() const override { return b_.size(); }
+  const Communicator* communicator() const override { return o_.communicator; }
   SgdOptions o_;
   Vec<Scalar> b_;
   bool started_ = false;

@@ -7,6 +7,13 @@
 /// time excludes evaluation. `train_loss` of an epoch is the sample-weighted mean of its steps' losses. A run
 /// started from the TrainProgress of a stopped one (TrainOptions::start; a checkpoint holds it, checkpoint.h),
 /// with the optimizer's state restored, is that run continued, bit for bit.
+///
+/// **Several processes.** With TrainOptions::communicator of K > 1 ranks every rank holds the whole training
+/// (and test) data and calls train() with the same options; each step's minibatch is the same on every rank
+/// (the order is keyed by (seed, epoch)) and the optimizer, made with the same communicator, shares it
+/// (optimizer.h). An evaluation shares the test data the same way and sums the losses and the counts of right
+/// answers. Whether to stop (stop_requested, max_time_s) is rank 0's decision, taken by every rank at the
+/// same step boundary; the callbacks run on every rank (rank 0 is the one to print and write).
 #pragma once
 
 #include <natgrad/training/optimizer.h>
@@ -71,6 +78,9 @@ struct TrainOptions {
   /// Called at the end of every epoch, after its evaluation, with the progress then (θ and the optimizer's
   /// state are at that boundary: a checkpoint). Optional.
   std::function<void(const TrainProgress&)> on_epoch_end;
+  /// The ranks that share each batch and the evaluations (see above); nullptr (default): one process. The
+  /// optimizer must have been made with the same one.
+  const Communicator* communicator = nullptr;
 };
 
 /// Counts, times and epochs are the run's totals, a resumed run's included; `records` are this call's.
@@ -85,10 +95,11 @@ struct TrainSummary {
   double test_loss = std::numeric_limits<double>::quiet_NaN(), test_accuracy = std::numeric_limits<double>::quiet_NaN();
 };
 
-/// The loss and (categorical) accuracy of theta on `data`.
+/// The loss and (categorical) accuracy of theta on `data`. With a communicator of K > 1 ranks (collective:
+/// every rank passes the whole data) each rank evaluates its share and the sums are over the ranks.
 template <typename Scalar>
 std::pair<double, double> evaluate(const Network<Scalar>& model, LikelihoodKind likelihood, const Vec<Scalar>& theta,
-                                   const Dataset<Scalar>& data);
+                                   const Dataset<Scalar>& data, const Communicator* communicator = nullptr);
 
 /// Trains theta in place. `test` may be null (no evaluation). Throws what the optimizer throws.
 template <typename Scalar>
