@@ -389,7 +389,7 @@ for name, extra, tol in [
         ("natgrad cg", ["--optimizer", "natgrad", "--solver", "cg", "--curvature-batch", "4", "--cg-tol", "1e-10",
                         "--cg-backtrack", "off", "--damping", "0.1"], 1e-9),
         ("natgrad smw", ["--optimizer", "natgrad", "--solver", "smw", "--fisher", "mc", "--damping", "1"], 1e-11),
-        ("kfac", ["--optimizer", "kfac", "--curvature-batch", "4", "--inverse-every", "3"], 1e-12)]:
+        ("kfac", ["--optimizer", "kfac", "--curvature-batch", "4", "--inverse-every", "3", "--damping", "1"], 1e-12)]:
     tag = "train_" + name.replace(" ", "_")
     outs = {}
     for k, mpi in (("one", False), ("mpi", True), ("mpi2", True)):
