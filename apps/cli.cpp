@@ -58,8 +58,10 @@ void check_train_options(const CLI::App& t, Args& a) {
   if (a.eval_every < 0) usage_error("--eval-every must be >= 0, got " + std::to_string(a.eval_every));
   if (!(a.max_time >= 0)) usage_error("--max-time must be >= 0 (seconds), got " + detail::format_number(a.max_time));
   if (a.inverse_every < 1) usage_error("--inverse-every must be >= 1, got " + std::to_string(a.inverse_every));
-  if (t.count("--inverse-every") && a.optimizer != "kfac")
-    usage_error("--inverse-every is kfac's; --optimizer " + a.optimizer + " does not take it");
+  if (a.factor_every < 1) usage_error("--factor-every must be >= 1, got " + std::to_string(a.factor_every));
+  for (const char* kfac_only : {"--inverse-every", "--factor-every"})
+    if (t.count(kfac_only) && a.optimizer != "kfac")
+      usage_error(std::string(kfac_only) + " is kfac's; --optimizer " + a.optimizer + " does not take it");
   if (a.cg_max_iters < 1) usage_error("--cg-max-iters must be >= 1, got " + std::to_string(a.cg_max_iters));
   if (!(a.cg_tol > 0 && a.cg_tol < 1)) usage_error("--cg-tol must be in (0, 1), got " + detail::format_number(a.cg_tol));
   if (t.count("--context") && a.context < 1) usage_error("--context must be >= 1, got " + std::to_string(a.context));

@@ -119,6 +119,9 @@ void add_train_options(CLI::App* c, Args& a) {
       ->capture_default_str();
   c->add_option("--inverse-every", a.inverse_every, "kfac: invert the averaged factors every K steps")
       ->capture_default_str();
+  c->add_option("--factor-every", a.factor_every,
+                "kfac: compute the Kronecker factors of every K-th batch into the running averages")
+      ->capture_default_str();
   c->add_option("--min-damping", a.min_damping, "kfac: the Levenberg-Marquardt rule lowers the damping no further")->capture_default_str();
   c->add_flag("--autoencoder", a.autoencoder,
               "Targets are the inputs, flattened (a gaussian or bernoulli model whose output has the input's size)");

@@ -59,6 +59,7 @@ std::vector<std::pair<std::string, std::string>> train_settings(const Args& a, I
     s.push_back({"damping_adapt", a.damping_adapt});
     s.push_back({"min_damping", exact(a.min_damping)});
     s.push_back({"inverse_every", std::to_string(a.inverse_every)});
+    s.push_back({"factor_every", std::to_string(a.factor_every)});
     s.push_back({"curvature_batch", std::to_string(a.curvature_batch)});
     s.push_back({"fisher", a.fisher});
     if (a.fisher == "mc") s.push_back({"mc_samples", std::to_string(a.mc_samples)});

@@ -80,6 +80,7 @@ std::unique_ptr<Optimizer<Scalar>> make_optimizer(const Args& a, const Network<S
     o.adapt_damping = a.damping_adapt == "lm";
     o.curvature_batch = a.curvature_batch;
     o.inverse_every = a.inverse_every;
+    o.factor_every = a.factor_every;
     o.min_damping = a.min_damping;
     o.fisher = fisher;
     return std::make_unique<KfacOptimizer<Scalar>>(model, o);

@@ -102,7 +102,7 @@ TEST(KfacOptimizer, SecondStepAveragesTheFactorsAndSolvesForStepAndMomentum) {
   EXPECT_GT(std::abs(am[1]), 1e-6);  // the momentum term matters in this case
 }
 
-TEST(KfacOptimizer, LevenbergMarquardtFollowsTheReductionRatio) {
+TEST(KfacOptimizer, LevenbergMarquardtFollowsTheReductionRatioMeasuredAtTheNextStep) {
   Network<double> model(mlp_spec(4, 6, 3));
   const LikelihoodKind lk = LikelihoodKind::categorical;
   const Dataset<double> data = random_dataset(model, 16, lk, 8);
@@ -111,20 +111,50 @@ TEST(KfacOptimizer, LevenbergMarquardtFollowsTheReductionRatio) {
   KfacStepOptions o;
   o.damping = 1.0;
   o.damping_every = 1;
-  // A short step: the model predicts it (ρ near 1): λ × ω, and the loss falls.
+  // A short step: the model predicts it (ρ near 1), so λ × ω — once its reduction has been measured at the
+  // next step (here on the same batch).
   o.lr = 1e-3;
   KfacOptimizer<double> small(model, o);
   Vec<double> theta = theta0;
   const StepResult r = small.step(model, lk, theta, data, 0);
-  EXPECT_DOUBLE_EQ(small.damping(), omega);
+  EXPECT_EQ(small.damping(), 1.0);
   EXPECT_LT(FisherOperator<double>(model, theta, lk, data).loss(), r.loss);
-  // 1e3 times the model's step: the loss changes nothing like the model says (ρ < 1/4): λ / ω.
+  small.step(model, lk, theta, data, 1);
+  EXPECT_DOUBLE_EQ(small.damping(), omega);
+  // 1e3 times the model's step: the loss rises, the step is rejected (θ unchanged) and λ / ω at once.
   o.lr = 1e3;
   KfacOptimizer<double> big(model, o);
   theta = theta0;
-  big.step(model, lk, theta, data, 0);
+  EXPECT_TRUE(big.step(model, lk, theta, data, 0).rejected);
+  EXPECT_EQ(theta, theta0);
   EXPECT_DOUBLE_EQ(big.damping(), 1.0 / omega);
-  // Only every damping_every steps.
+  // A step the next batch does not confirm: measured on the same inputs with, for each sample, the label
+  // whose log-probability the step lowered most, so the loss rises there (ρ < 0) although the step lowered
+  // its own batch's loss: λ / ω.
+  o.lr = 1.0;
+  KfacOptimizer<double> unconfirmed(model, o);
+  theta = theta0;
+  ASSERT_FALSE(unconfirmed.step(model, lk, theta, data, 0).rejected);
+  auto log_probabilities = [&](const Vec<double>& at) {
+    Mat<double> Z = FisherOperator<double>(model, at, lk, data).outputs();
+    for (Index n = 0; n < Z.cols(); ++n) {
+      const double top = Z.col(n).maxCoeff();
+      Z.col(n).array() -= top + std::log((Z.col(n).array() - top).exp().sum());
+    }
+    return Z;
+  };
+  const Mat<double> lowered = log_probabilities(theta) - log_probabilities(theta0);
+  Dataset<double> other = data;
+  for (Index n = 0; n < lowered.cols(); ++n) {
+    Index c = 0;
+    lowered.col(n).minCoeff(&c);
+    other.labels[static_cast<std::size_t>(n)] = c;
+  }
+  ASSERT_GT(FisherOperator<double>(model, theta, lk, other).loss(),
+            FisherOperator<double>(model, theta0, lk, other).loss());
+  unconfirmed.step(model, lk, theta, other, 1);
+  EXPECT_DOUBLE_EQ(unconfirmed.damping(), 1.0 / omega);
+  // Only every damping_every steps, on the ratio summed since the last change.
   o.lr = 1e-3;
   o.damping_every = 5;
   KfacOptimizer<double> sparse(model, o);

@@ -24,9 +24,16 @@ namespace natgrad {
 
 namespace {
 
+// Columns per task of apply()'s products (a fixed width, so that the results do not depend on the threads).
+constexpr Index kApplyChunk = 128;
+
 // out += scale · MᵀM, the output's columns split into fixed blocks shared by the threads: each entry is one
 // dot product of M's columns, whichever thread computes it.
-void add_gram(const Mat<double>& M, double scale, Mat<double>& out, int threads) {
+template <typename Scalar>
+void add_gram(const Mat<Scalar>& M, double scale, Mat<double>& out, int threads) {
+  // Mᵀ M's lower triangle (with the diagonal), in column blocks of fixed width: each block is one product in
+  // the working precision, added in double, so the result does not depend on the thread count. The upper
+  // triangle is mirrored once the accumulation is done (symmetrize_lower).
   const Index d = M.cols(), block = 64, blocks = (d + block - 1) / block;
   (void)threads;
 #ifdef NATGRAD_HAVE_OPENMP
@@ -34,8 +41,15 @@ void add_gram(const Mat<double>& M, double scale, Mat<double>& out, int threads)
 #endif
   for (Index b = 0; b < blocks; ++b) {
     const Index j0 = b * block, w = std::min(block, d - j0);
-    out.middleCols(j0, w).noalias() += scale * (M.transpose() * M.middleCols(j0, w));
+    const Mat<Scalar> P = M.middleCols(j0, d - j0).transpose() * M.middleCols(j0, w);
+    out.block(j0, j0, d - j0, w) += scale * P.template cast<double>();
   }
+}
+
+// The upper triangle of a matrix whose lower triangle add_gram accumulated.
+void symmetrize_lower(Mat<double>& S) {
+  for (Index j = 1; j < S.cols(); ++j)
+    for (Index i = 0; i < j; ++i) S(i, j) = S(j, i);
 }
 
 // Samples per block of a factor's accumulation: about 2^20 rows × columns of the unfolded matrix.
@@ -103,21 +117,24 @@ std::size_t KfacApproximation<Scalar>::required_bytes(const Network<Scalar>& mod
     return double(detail::gemm_pack_size<Scalar>(d, w, k)) * s;
   };
   // A block of unfolded inputs (width d = cols + bias, for A) or cotangents (d = rows, for G) in Scalar, its
-  // copy in double, and the packing space of each thread taking one of its 64-column Gram products.
+  // copy, and the packing space of each thread taking one of its 64-column Gram products.
   auto accumulating = [&](Index R, Index d) {
-    const double rows = double(R * samples_per_block(R, d, num_samples)), w = double(std::min<Index>(d, 64));
+    const Index rows = R * samples_per_block(R, d, num_samples), w = std::min<Index>(d, 64);
     const double products = double(std::min<Index>(threads, (d + 63) / 64));
-    return rows * double(d) * (s + d8) + products * packing(double(d), w, rows);
+    // Per thread a column block's product, in Scalar and then in double.
+    return double(rows) * double(d) * 2 * s +
+           products * (packing_scalar(d, w, rows) + double(d) * double(w) * (s + d8));
   };
   // What stays: the covered flags (std::vector<bool>, 64 per word); per block A and G, their eigenvectors and
   // eigenvalues (double); the diagonal (Scalar).
   const double covered = std::ceil(P / 64) * 8;
-  double factors = 0, eigen = 0, unfold_a = 0, unfold_g = 0, largest = 0;
+  double factors = 0, eigen = 0, unfold_a = 0, unfold_g = 0;
   std::vector<double> dims;  // the factors' sizes, in the order set_damping inverts them
-  // A product with a block, on one thread: the block's slice V and the result (g × a, Scalar) and, with its
-  // packing space, apply's G⁻¹V in Scalar, or multiply's V, GV and (GV)A in double (the last allocated before
-  // GV is formed).
+  // apply: every block's slice V, G⁻¹V and the result (Scalar) at once, and each thread's packing space for
+  // a chunk's product. multiply, a block on one thread: its V and result (Scalar), V, GV and (GV)A in double
+  // (the last allocated before GV is formed) with the packing space.
   std::vector<double> products;
+  double apply_packing = 0;
   for (const Block& b : L.blocks) {
     const Index a = b.cols + (b.bias ? 1 : 0), g = b.rows;
     dims.push_back(double(a));
@@ -125,15 +142,15 @@ std::size_t KfacApproximation<Scalar>::required_bytes(const Network<Scalar>& mod
     unfold_a = std::max(unfold_a, accumulating(b.positions, a));
     unfold_g = std::max(unfold_g, accumulating(b.positions, g));
     const double V = double(g) * double(a);
-    const double apply = 3 * V * s + std::max(packing_scalar(g, a, g), packing_scalar(g, a, a));
-    const double multiply = std::max(V * (2 * s + 3 * d8) + packing(double(g), double(a), double(g)),
-                                     V * (2 * s + 2 * d8) + packing(double(g), double(a), double(a)));
-    products.push_back(multiplies ? std::max(apply, multiply) : apply);
+    const Index w = std::min(a, kApplyChunk);
+    apply_packing = std::max({apply_packing, packing_scalar(g, w, g), packing_scalar(g, w, a)});
+    if (multiplies)
+      products.push_back(std::max(V * (2 * s + 3 * d8) + packing(double(g), double(a), double(g)),
+                                  V * (2 * s + 2 * d8) + packing(double(g), double(a), double(a))));
   }
   for (double d : dims) {
     factors += d * d * d8;
     eigen += (d * d + d) * d8;
-    largest = std::max(largest, d);
   }
   // The eigensolvers running at once (the largest factors first) each hold a copy of their factor.
   std::vector<double> by_size = dims;
@@ -154,7 +171,6 @@ std::size_t KfacApproximation<Scalar>::required_bytes(const Network<Scalar>& mod
                                    model, plan, plan.threads_for(fisher.num_threads), L.diagonal_nodes))
                              : 0;
   const double sum = L.any_diagonal ? P * d8 : 0;
-  const double symmetrized = largest * largest * d8;  // (A + Aᵀ) before the scaling, one block at a time
   // set_damping, factor by factor: Q·diag(1/(e + damping)) and its product with Qᵀ in double, and the
   // product's packing space, beside the inverses made so far; then the inverse diagonal.
   const double kept = covered + factors + eigen + P * s;
@@ -164,16 +180,17 @@ std::size_t KfacApproximation<Scalar>::required_bytes(const Network<Scalar>& mod
     inverses += d * d * s;
   }
   damping = std::max(damping, kept + inverses + P * s);
-  // In use: everything kept, and the products of the blocks the threads take at once (the largest first,
-  // at most).
+  // In use: everything kept, and apply's working space or multiply's products of the blocks the threads take
+  // at once (the largest first, at most).
   std::sort(products.rbegin(), products.rend());
-  double in_use = kept + inverses + P * s;
+  double multiplying = 0;
   for (std::size_t i = 0; i < products.size() && i < static_cast<std::size_t>(threads); ++i)
-    in_use += products[i];
+    multiplying += products[i];
+  const double in_use = kept + inverses + P * s + std::max(3 * P * s + double(threads) * apply_packing, multiplying);
   const double steps[] = {
       covered + factors + unfold_a,                                     // A
       covered + factors + sum + std::max({unfold_g, scores, squared}),  // G and the diagonal
-      covered + factors + sum + std::max(symmetrized, P * s),           // the means
+      covered + factors + sum + P * s,                                  // the means
       covered + factors + sum + P * s + eigen + decomposing,            // the eigendecompositions
       damping,
       in_use};
@@ -226,7 +243,7 @@ KfacApproximation<Scalar>::KfacApproximation(const FisherOperator<Scalar>& F, co
     const Index in = layer.input_size(), R = b.positions, d = b.A.cols();
     const Index per = samples_per_block(R, d, N);
     Mat<Scalar> unfolded(R * per, d);
-    Mat<double> M;
+    Mat<Scalar> M;
     for (Index c0 = 0; c0 < N; c0 += per) {
       const Index n = std::min(per, N - c0);
       model.kronecker_factors(b.node)->kronecker_inputs(
@@ -234,7 +251,7 @@ KfacApproximation<Scalar>::KfacApproximation(const FisherOperator<Scalar>& F, co
           unfolded.rows());
       if (b.bias) unfolded.col(b.cols).setOnes();
       if (!ignoring) {
-        M = unfolded.topRows(R * n).template cast<double>();
+        M = unfolded.topRows(R * n);
       } else {
         Index kept = 0;
         for (Index j = 0; j < n; ++j)
@@ -243,7 +260,7 @@ KfacApproximation<Scalar>::KfacApproximation(const FisherOperator<Scalar>& F, co
         Index i = 0;
         for (Index j = 0; j < n; ++j)
           for (Index r = 0; r < R; ++r)
-            if (row_kept(R, c0 + j, r)) M.row(i++) = unfolded.row(r + R * j).template cast<double>();
+            if (row_kept(R, c0 + j, r)) M.row(i++) = unfolded.row(r + R * j);
       }
       rows_kept[bi] += double(M.rows());
       add_gram(M, 1.0, b.A, num_threads_);
@@ -279,12 +296,12 @@ KfacApproximation<Scalar>::KfacApproximation(const FisherOperator<Scalar>& F, co
       const Index out = layer.output_size(), R = b.positions;
       const Index per = samples_per_block(R, b.rows, N);
       Mat<Scalar> unfolded(R * per, b.rows);
-      Mat<double> M;
+      Mat<Scalar> M;
       for (Index c0 = 0; c0 < N; c0 += per) {
         const Index n = std::min(per, N - c0);
         model.kronecker_factors(b.node)->kronecker_cotangents(
             ConstMatMap<Scalar>(cot.g[b.node].data() + c0 * out, out, n), unfolded.data(), unfolded.rows());
-        M = unfolded.topRows(R * n).template cast<double>();
+        M = unfolded.topRows(R * n);
         add_gram(M, weight, b.G, num_threads_);
       }
     }
@@ -304,8 +321,10 @@ KfacApproximation<Scalar>::KfacApproximation(const FisherOperator<Scalar>& F, co
     }
     // Without a communicator the samples of total_samples outside this operator's share count all R rows.
     const double a_rows = comm ? rows_kept[bi] : rows_kept[bi] + double(F.total_samples() - N) * double(b.positions);
-    b.A = (b.A + b.A.transpose()).eval() * (0.5 / std::max(a_rows, 1.0));
-    b.G = (b.G + b.G.transpose()).eval() * (0.5 / counted);
+    symmetrize_lower(b.A);
+    symmetrize_lower(b.G);
+    b.A /= std::max(a_rows, 1.0);
+    b.G /= counted;
   }
   if (comm && any_diagonal) comm->sum(diagonal.data(), diagonal.size());
   diagonal_ = Vec<Scalar>::Zero(num_params_);
@@ -492,7 +511,7 @@ void KfacApproximation<Scalar>::scatter(const Block& b, const Mat<Scalar>& V, Sc
 }
 
 // y = diag ∘ x, then per block (in parallel, one block per thread at a time) y_b = left · V · right with V
-// the block's slice of x as a matrix: right and left in double for the product, in Scalar for the inverse.
+// the block's slice of x as a matrix, in double (multiply()).
 template <typename Scalar>
 template <typename Product>
 void KfacApproximation<Scalar>::blockwise(const Vec<Scalar>& diag, const Scalar* x, Scalar* y,
@@ -520,9 +539,34 @@ void KfacApproximation<Scalar>::multiply(const Scalar* x, Scalar* y) const {
 template <typename Scalar>
 void KfacApproximation<Scalar>::apply(const Scalar* r, Scalar* z) const {
   if (damping_ < 0) detail::fail("KfacApproximation::apply before set_damping");
-  blockwise(inverse_diagonal_, r, z, [&](std::size_t b, const Mat<Scalar>& V) -> Mat<Scalar> {
-    return factored_[b].inverse_G * V * factored_[b].inverse_A;
-  });
+  // z = D⁻¹ r outside the blocks; per block Z = G⁻¹ V A⁻¹ in two rounds of column chunks, W = G⁻¹ V then
+  // Z = W A⁻¹, so a large block is shared by the threads. Each chunk is one product of a fixed shape, so
+  // the result does not depend on the thread count.
+  VecMap<Scalar>(z, num_params_) = inverse_diagonal_.cwiseProduct(ConstVecMap<Scalar>(r, num_params_));
+  const std::size_t count = blocks_.size();
+  std::vector<Mat<Scalar>> V(count), W(count), Z(count);
+  std::vector<std::pair<std::size_t, Index>> chunks;  // (block, first column)
+  for (std::size_t b = 0; b < count; ++b) {
+    gather(blocks_[b], r, V[b]);
+    W[b].resize(V[b].rows(), V[b].cols());
+    Z[b].resize(V[b].rows(), V[b].cols());
+    for (Index j0 = 0; j0 < V[b].cols(); j0 += kApplyChunk) chunks.emplace_back(b, j0);
+  }
+  const Index tasks = static_cast<Index>(chunks.size());
+  for (int round = 0; round < 2; ++round) {
+#ifdef NATGRAD_HAVE_OPENMP
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads_)
+#endif
+    for (Index t = 0; t < tasks; ++t) {
+      const auto [b, j0] = chunks[static_cast<std::size_t>(t)];
+      const Index w = std::min(kApplyChunk, V[b].cols() - j0);
+      if (round == 0)
+        W[b].middleCols(j0, w).noalias() = factored_[b].inverse_G * V[b].middleCols(j0, w);
+      else
+        Z[b].middleCols(j0, w).noalias() = W[b] * factored_[b].inverse_A.middleCols(j0, w);
+    }
+  }
+  for (std::size_t b = 0; b < count; ++b) scatter(blocks_[b], Z[b], z);
 }
 
 template class KfacApproximation<float>;

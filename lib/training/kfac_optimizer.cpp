@@ -48,9 +48,23 @@ StepResult KfacOptimizer<Scalar>::step(const Network<Scalar>& model, LikelihoodK
   const Index nc = o_.curvature_batch > 0 ? std::min(o_.curvature_batch, n) : n;
   // This rank's shares (one process: the batch and its head) of the batch and of the curvature batch.
   const detail::BatchShare<Scalar> on(batch, n, fo);
-  FisherOperator<Scalar> G(model, theta, likelihood, on.data(), on.options());
+  // The previous update's reduction ratio, measured on this batch (which it was not fitted to): the loss at
+  // θ − δ₀ first, then the operator is moved to θ.
+  const bool measuring = o_.adapt_damping && pending_predicted_ < 0 && previous_.size() == P;
+  FisherOperator<Scalar> G(model, measuring ? Vec<Scalar>(theta - previous_) : theta, likelihood, on.data(),
+                           on.options());
+  double before = 0;
+  if (measuring) {
+    before = G.forward_error().empty() ? G.loss() : std::numeric_limits<double>::quiet_NaN();
+    G.rebind(theta);
+  }
   if (!G.forward_error().empty()) detail::fail("forward pass: " + G.forward_error());
   r.loss = G.loss();
+  if (measuring && std::isfinite(before)) {
+    actual_sum_ += r.loss - before;
+    predicted_sum_ += pending_predicted_;
+  }
+  pending_predicted_ = 0;
   const Vec<Scalar> g = G.gradient();
   if (!std::isfinite(r.loss) || !g.allFinite())
     detail::fail("the loss or the gradient is NaN or Inf at step " + std::to_string(k));
@@ -110,8 +124,8 @@ StepResult KfacOptimizer<Scalar>::step(const Network<Scalar>& model, LikelihoodK
   // The undamped model's change at the update, from the products above.
   const double predicted = alpha * gd + (mu != 0 ? mu * dot(g, previous_) : 0.0) +
                            0.5 * (alpha * alpha * dFd + 2 * alpha * mu * dFp + mu * mu * pFp);
-  // The loss at the update on the step's batch: a step whose loss is not finite or rises is rejected; every
-  // damping_every steps λ follows ρ.
+  // The loss at the update on the step's batch: a step whose loss is not finite or rises is rejected. Every
+  // damping_every steps λ follows the ratio of the reductions measured on later batches to the predicted ones.
   const double omega = std::pow(19.0 / 20.0, double(o_.damping_every));
   const Vec<Scalar> trial = theta + update;
   G.rebind(trial);
@@ -120,18 +134,19 @@ StepResult KfacOptimizer<Scalar>::step(const Network<Scalar>& model, LikelihoodK
     r.rejected = true;
     lambda_ /= omega;
     previous_.resize(0);
-    r.damping_after = lambda_;
-    return r;
+  } else {
+    theta = trial;
+    previous_ = update;
+    pending_predicted_ = predicted;
   }
-  if (o_.adapt_damping && (k + 1) % o_.damping_every == 0) {
-    const double rho = (after - r.loss) / predicted;
+  if (o_.adapt_damping && (k + 1) % o_.damping_every == 0 && predicted_sum_ < 0) {
+    const double rho = actual_sum_ / predicted_sum_;
     if (rho > 0.75)
       lambda_ = std::max(lambda_ * omega, o_.min_damping);
     else if (rho < 0.25)
       lambda_ /= omega;
+    actual_sum_ = predicted_sum_ = 0;
   }
-  theta = trial;
-  previous_ = update;
   r.damping_after = lambda_;
   return r;
 }
@@ -142,14 +157,18 @@ OptimizerState KfacOptimizer<Scalar>::state() const {
   s.vectors = {{"running_factors", running_->packed_factors()},
                {"inverse_factors", inverse_ ? inverse_->packed_factors() : Vec<double>()},
                {"previous_update", previous_.template cast<double>()}};
-  s.scalars = {{"damping", lambda_}, {"factor_updates", double(updates_)}};
+  s.scalars = {{"damping", lambda_},
+               {"factor_updates", double(updates_)},
+               {"pending_predicted", pending_predicted_},
+               {"actual_sum", actual_sum_},
+               {"predicted_sum", predicted_sum_}};
   return s;
 }
 
 template <typename Scalar>
 void KfacOptimizer<Scalar>::load_state(const OptimizerState& s) {
   const Vec<double>*running = nullptr, *inverse = nullptr, *previous = nullptr;
-  const double *lambda = nullptr, *updates = nullptr;
+  const double *lambda = nullptr, *updates = nullptr, *pending = nullptr, *actual = nullptr, *predicted = nullptr;
   for (const auto& [n, v] : s.vectors) {
     if (n == "running_factors") running = &v;
     if (n == "inverse_factors") inverse = &v;
@@ -158,8 +177,11 @@ void KfacOptimizer<Scalar>::load_state(const OptimizerState& s) {
   for (const auto& [n, v] : s.scalars) {
     if (n == "damping") lambda = &v;
     if (n == "factor_updates") updates = &v;
+    if (n == "pending_predicted") pending = &v;
+    if (n == "actual_sum") actual = &v;
+    if (n == "predicted_sum") predicted = &v;
   }
-  if (!running || !inverse || !previous || !lambda || !updates)
+  if (!running || !inverse || !previous || !lambda || !updates || !pending || !actual || !predicted)
     detail::fail("kfac: the state lacks K-FAC's factors, update or damping (another optimizer's?)");
   if (previous->size() != 0 && previous->size() != running_->rows())
     detail::fail("kfac: the stored update has " + std::to_string(previous->size()) + " entries, the model " +
@@ -167,6 +189,9 @@ void KfacOptimizer<Scalar>::load_state(const OptimizerState& s) {
   running_->load_factors(*running);
   lambda_ = *lambda;
   updates_ = static_cast<Index>(*updates);
+  pending_predicted_ = *pending;
+  actual_sum_ = *actual;
+  predicted_sum_ = *predicted;
   previous_ = previous->template cast<Scalar>();
   inverse_.reset();
   if (inverse->size() > 0) {

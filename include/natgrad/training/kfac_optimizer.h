@@ -14,9 +14,14 @@
 ///      model gᵀδ + ½ δᵀ(F + λI)δ under the exact Fisher of the curvature batch (two products; μ = 0 at the
 ///      first step or with momentum off) — the step-size rule of Martens & Grosse §6.4 and §7;
 ///   6. the loss at θ + δ on the step's batch (one forward pass): a step whose loss is not finite or rises is
-///      rejected (θ unchanged, λ / ω, no momentum at the next step); with adapt_damping, every `damping_every` steps λ
-///      follows the Levenberg–Marquardt rule on ρ = (L(θ + δ) − L(θ)) / (gᵀδ + ½ δᵀFδ): λ × ω when ρ > 3/4
-///      (not below min_damping), λ / ω when ρ < 1/4, ω = (19/20)^damping_every.
+///      rejected (θ unchanged, λ / ω, no momentum at the next step);
+///   7. with adapt_damping, the reduction an accepted update δ achieved is measured at the next step on that
+///      step's batch, which δ was not fitted to: L'(θ + δ) − L'(θ) (one more forward pass), against the change
+///      q(δ) = gᵀδ + ½ δᵀFδ the undamped model of δ's own batch predicted. Every `damping_every` steps λ follows
+///      the Levenberg–Marquardt rule on ρ = Σ measured / Σ predicted over the updates measured since the last
+///      change: λ × ω when ρ > 3/4 (not below min_damping), λ / ω when ρ < 1/4, ω = (19/20)^damping_every.
+///      Measured on the step's own batch, ρ rewards steps that fit that batch and drives λ down until they
+///      overfit it (docs/training.md).
 ///
 /// Draws are keyed by (seed, step) as for the natural-gradient optimizer: bit-identical for any thread count.
 #pragma once
@@ -51,8 +56,8 @@ class KfacOptimizer final : public Optimizer<Scalar> {
   const char* name() const override { return "kfac"; }
   StepResult step(const Network<Scalar>& model, LikelihoodKind likelihood, Vec<Scalar>& theta,
                   const Dataset<Scalar>& batch, Index k) override;
-  /// The running factors, the factors of the last decomposition, the previous update, λ and the count of
-  /// factor updates.
+  /// The running factors, the factors last inverted, the previous update, λ, the count of factor updates and
+  /// the reduction ratio's pending sums.
   OptimizerState state() const override;
   void load_state(const OptimizerState& s) override;
   double damping() const { return lambda_; }
@@ -67,6 +72,8 @@ class KfacOptimizer final : public Optimizer<Scalar> {
   std::unique_ptr<KfacApproximation<Scalar>> running_;  // the averages
   std::unique_ptr<KfacApproximation<Scalar>> inverse_;  // the averages at the last decomposition
   Vec<Scalar> previous_;                                // δ₀ (empty before the first accepted step)
+  double pending_predicted_ = 0;  // the model's change for the last accepted update, not yet measured
+  double actual_sum_ = 0, predicted_sum_ = 0;  // measured and predicted changes since the last λ update
 };
 
 }  // namespace natgrad
