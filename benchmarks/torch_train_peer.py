@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The PyTorch peer of benchmarks/train_fashion_mnist.sh: the same Fashion-MNIST runs with torch.optim.Adam (or
-torch.optim.SGD), writing natgrad train's CSV log (--log: the same columns, rows and schedule), so that
-benchmarks/train_table.py and `natgrad plot` read both alike.
+torch.optim.SGD; or --optimizer hf, the Hessian-free step of benchmarks/torch_hf_step.py, natgrad's step with
+--solver cg --cg-max-iters 10 --damping-adapt off --line-search off), writing natgrad train's CSV log (--log: the
+same columns, rows and schedule), so that benchmarks/train_table.py and `natgrad plot` read both alike.
 
   classifier   MLP 784-256-256-10 relu, F.cross_entropy (the mean over the batch);
   --autoencoder 784-1000-500-250-30-250-500-1000-784 sigmoid, linear code layer, the inputs as targets,
