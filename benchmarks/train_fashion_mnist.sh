@@ -5,12 +5,17 @@
 #   autoencoder 784-1000-500-250-30-250-500-1000-784 sigmoid, linear code, bernoulli on pixels, batch 256,
 #               150 s of training each, evaluated every 50 steps; Adam at the three rates, natgrad, kfac.
 # Seeds 1..S (default 3); tables of medians by benchmarks/train_table.py. Times exclude evaluation.
+# PyTorch's torch.optim.Adam runs beside them (benchmarks/torch_train_peer.py: the same initial parameters,
+# minibatches, evaluations and log) at the same rates and seeds, as torch_adam_* and torch_ae_adam_*, when
+# $TORCH_PYTHON (default /usr/bin/python3) imports torch; TORCH_PYTHON=none leaves them out.
 #   bash benchmarks/train_fashion_mnist.sh BUILD OUT [seeds] [threads] [classifier|autoencoder|both]
 set -euo pipefail
 build=${1:?build directory}; out=${2:?output directory}; seeds=${3:-3}; threads=${4:-2}; which=${5:-both}
 natgrad=$build/apps/natgrad
 data=${FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
 here=$(cd "$(dirname "$0")" && pwd)
+torch_python=${TORCH_PYTHON:-/usr/bin/python3}
+if [ "$torch_python" = none ] || ! "$torch_python" -c 'import torch' 2>/dev/null; then torch_python=""; fi
 mkdir -p "$out"
 python3 - "$out" <<'PY'
 import json, sys
@@ -32,7 +37,14 @@ run() {  # tag seed args...
   "$natgrad" train --data "$data" --seed "$seed" --threads "$threads" --quiet --log "$out/${tag}_s$seed.csv" "$@" \
     > "$out/${tag}_s$seed.out" 2>&1 || echo "$tag seed $seed failed: $(tail -1 "$out/${tag}_s$seed.out")"
 }
+peer() {  # tag seed args...: the PyTorch run, its log beside natgrad's
+  local tag=$1 seed=$2; shift 2
+  "$torch_python" "$here/torch_train_peer.py" --data "$data" --seed "$seed" --threads "$threads" --quiet \
+    --log "$out/${tag}_s$seed.csv" "$@" > "$out/${tag}_s$seed.out" 2>&1 \
+    || echo "$tag seed $seed failed: $(tail -1 "$out/${tag}_s$seed.out")"
+}
 logs() { local t=$1; ls "$out"/"$t"_s*.csv | paste -sd, -; }
+torch_tags() { if [ -n "$torch_python" ]; then for lr in 3e-4 1e-3 3e-3; do echo "$1$lr"; done; fi; }
 if [ "$which" != autoencoder ]; then
   c=(--model "$out/classifier.json" --batch 128 --epochs 10 --eval-every 94)
   for s in $(seq 1 "$seeds"); do
@@ -40,9 +52,11 @@ if [ "$which" != autoencoder ]; then
     run sgd "$s" "${c[@]}" --optimizer sgd --lr 0.1 --momentum 0.9
     for k in exact mc empirical; do run "natgrad_$k" "$s" "${c[@]}" --optimizer natgrad --fisher "$k"; done
     run kfac "$s" "${c[@]}" --optimizer kfac
+    for t in $(torch_tags torch_adam_); do peer "$t" "$s" --batch 128 --epochs 10 --eval-every 94 --lr "${t#torch_adam_}"; done
   done
   python3 "$here/train_table.py" --accuracy 0.85,0.88 \
-    $(for t in adam_3e-4 adam_1e-3 adam_3e-3 sgd natgrad_exact natgrad_mc natgrad_empirical kfac; do echo "$t=$(logs $t)"; done) \
+    $(for t in adam_3e-4 adam_1e-3 adam_3e-3 sgd natgrad_exact natgrad_mc natgrad_empirical kfac $(torch_tags torch_adam_); do
+        echo "$t=$(logs $t)"; done) \
     | tee "$out/classifier.md"
 fi
 if [ "$which" != classifier ]; then
@@ -51,8 +65,12 @@ if [ "$which" != classifier ]; then
     for lr in 3e-4 1e-3 3e-3; do run "ae_adam_$lr" "$s" "${a[@]}" --optimizer adam --lr "$lr"; done
     run ae_natgrad "$s" "${a[@]}" --optimizer natgrad
     run ae_kfac "$s" "${a[@]}" --optimizer kfac
+    for t in $(torch_tags torch_ae_adam_); do
+      peer "$t" "$s" --autoencoder --batch 256 --epochs 1000 --max-time 150 --eval-every 50 --lr "${t#torch_ae_adam_}"
+    done
   done
   python3 "$here/train_table.py" \
-    $(for t in ae_adam_3e-4 ae_adam_1e-3 ae_adam_3e-3 ae_natgrad ae_kfac; do echo "$t=$(logs $t)"; done) \
+    $(for t in ae_adam_3e-4 ae_adam_1e-3 ae_adam_3e-3 ae_natgrad ae_kfac $(torch_tags torch_ae_adam_); do
+        echo "$t=$(logs $t)"; done) \
     | tee "$out/autoencoder.md"
 fi
