@@ -33,7 +33,7 @@ void check_train_options(const CLI::App& t, Args& a) {
   if (!t.count("--cg-max-iters")) a.cg_max_iters = 100;
   // K-FAC's factors from one sampled label per input (Martens & Grosse): one backprop, not C.
   if (!t.count("--fisher") && a.optimizer == "kfac") a.fisher = "mc";
-  if (!t.count("--damping") && a.optimizer == "kfac") a.damping = 0.1;
+  if (!t.count("--damping") && a.optimizer == "kfac") a.damping = 0.01;
   if (t.count("--min-damping") && a.optimizer != "kfac")
     usage_error("--min-damping is kfac's; --optimizer " + a.optimizer + " does not take it");
   if (!(a.min_damping >= 0) || !std::isfinite(a.min_damping))

@@ -102,7 +102,7 @@ void add_train_options(CLI::App* c, Args& a) {
   c->add_option("--fisher", a.fisher, "natgrad: Fisher kind, exact, mc or empirical")->capture_default_str();
   c->add_option("--mc-samples", a.mc_samples, "natgrad: Monte-Carlo labels per input for --fisher mc")
       ->capture_default_str();
-  c->add_option("--damping", a.damping, "natgrad, kfac: the damping lambda at the first step (> 0; default 1 for natgrad, 0.1 for kfac)");
+  c->add_option("--damping", a.damping, "natgrad, kfac: the damping lambda at the first step (> 0; default 1 for natgrad, 0.01 for kfac)");
   c->add_option("--damping-adapt", a.damping_adapt,
                 "natgrad: lm (Levenberg-Marquardt on the step's reduction ratio; rejected steps) or off")
       ->capture_default_str();

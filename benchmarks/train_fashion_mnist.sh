@@ -9,9 +9,18 @@
 # minibatches, evaluations and log) at the same rates and seeds, as torch_adam_* and torch_ae_adam_*, when
 # $TORCH_PYTHON (default /usr/bin/python3) imports torch; TORCH_PYTHON=none leaves them out.
 #   bash benchmarks/train_fashion_mnist.sh BUILD OUT [seeds] [threads] [classifier|autoencoder|both]
+# Environment (to split the comparison over several invocations into one OUT):
+#   FIRST_SEED=F       seeds F..S (default 1)
+#   CLASSIFIER_TIME=S  a classifier run also stops after S seconds of training (default 60: Adam's 10 epochs take
+#                      about 8 s on 2 Zen 4 cores, so the cap only ends second-order runs long out of the 88% race)
+#   AE_ADAM_RATES="…"  Adam's rates on the autoencoder (default: 3e-4 1e-3 3e-3)
+#   AE_NATGRAD=0       leave the natgrad optimizer out of the autoencoder runs (default 1)
+#   TORCH_AE=1         PyTorch's Adam on the autoencoder as well (default 0: the classifier's runs give the ratio)
 set -euo pipefail
 build=${1:?build directory}; out=${2:?output directory}; seeds=${3:-3}; threads=${4:-2}; which=${5:-both}
 natgrad=$build/apps/natgrad
+first_seed=${FIRST_SEED:-1}; classifier_time=${CLASSIFIER_TIME:-60}; ae_adam_rates=${AE_ADAM_RATES:-3e-4 1e-3 3e-3}
+ae_natgrad=${AE_NATGRAD:-1}; torch_ae=${TORCH_AE:-0}
 data=${FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
 here=$(cd "$(dirname "$0")" && pwd)
 torch_python=${TORCH_PYTHON:-/usr/bin/python3}
@@ -46,13 +55,15 @@ peer() {  # tag seed args...: the PyTorch run, its log beside natgrad's
 logs() { local t=$1; ls "$out"/"$t"_s*.csv | paste -sd, -; }
 torch_tags() { if [ -n "$torch_python" ]; then for lr in 3e-4 1e-3 3e-3; do echo "$1$lr"; done; fi; }
 if [ "$which" != autoencoder ]; then
-  c=(--model "$out/classifier.json" --batch 128 --epochs 10 --eval-every 94)
-  for s in $(seq 1 "$seeds"); do
+  c=(--model "$out/classifier.json" --batch 128 --epochs 10 --eval-every 94 --max-time "$classifier_time")
+  for s in $(seq "$first_seed" "$seeds"); do
     for lr in 3e-4 1e-3 3e-3; do run "adam_$lr" "$s" "${c[@]}" --optimizer adam --lr "$lr"; done
     run sgd "$s" "${c[@]}" --optimizer sgd --lr 0.1 --momentum 0.9
     for k in exact mc empirical; do run "natgrad_$k" "$s" "${c[@]}" --optimizer natgrad --fisher "$k"; done
     run kfac "$s" "${c[@]}" --optimizer kfac
-    for t in $(torch_tags torch_adam_); do peer "$t" "$s" --batch 128 --epochs 10 --eval-every 94 --lr "${t#torch_adam_}"; done
+    for t in $(torch_tags torch_adam_); do
+      peer "$t" "$s" --batch 128 --epochs 10 --eval-every 94 --max-time "$classifier_time" --lr "${t#torch_adam_}"
+    done
   done
   python3 "$here/train_table.py" --accuracy 0.85,0.88 \
     $(for t in adam_3e-4 adam_1e-3 adam_3e-3 sgd natgrad_exact natgrad_mc natgrad_empirical kfac $(torch_tags torch_adam_); do
@@ -61,16 +72,18 @@ if [ "$which" != autoencoder ]; then
 fi
 if [ "$which" != classifier ]; then
   a=(--model "$out/autoencoder.json" --autoencoder --batch 256 --epochs 1000 --max-time 150 --eval-every 50)
-  for s in $(seq 1 "$seeds"); do
-    for lr in 3e-4 1e-3 3e-3; do run "ae_adam_$lr" "$s" "${a[@]}" --optimizer adam --lr "$lr"; done
-    run ae_natgrad "$s" "${a[@]}" --optimizer natgrad
+  for s in $(seq "$first_seed" "$seeds"); do
+    for lr in $ae_adam_rates; do run "ae_adam_$lr" "$s" "${a[@]}" --optimizer adam --lr "$lr"; done
+    if [ "$ae_natgrad" = 1 ]; then run ae_natgrad "$s" "${a[@]}" --optimizer natgrad; fi
     run ae_kfac "$s" "${a[@]}" --optimizer kfac
-    for t in $(torch_tags torch_ae_adam_); do
-      peer "$t" "$s" --autoencoder --batch 256 --epochs 1000 --max-time 150 --eval-every 50 --lr "${t#torch_ae_adam_}"
-    done
+    if [ "$torch_ae" = 1 ]; then
+      for t in $(torch_tags torch_ae_adam_); do
+        peer "$t" "$s" --autoencoder --batch 256 --epochs 1000 --max-time 150 --eval-every 50 --lr "${t#torch_ae_adam_}"
+      done
+    fi
   done
   python3 "$here/train_table.py" \
     $(for t in ae_adam_3e-4 ae_adam_1e-3 ae_adam_3e-3 ae_natgrad ae_kfac $(torch_tags torch_ae_adam_); do
-        echo "$t=$(logs $t)"; done) \
+        if ls "$out/${t}"_s*.csv > /dev/null 2>&1; then echo "$t=$(logs $t)"; fi; done) \
     | tee "$out/autoencoder.md"
 fi

@@ -138,14 +138,15 @@ StepResult KfacOptimizer<Scalar>::step(const Network<Scalar>& model, LikelihoodK
     theta = trial;
     previous_ = update;
     pending_predicted_ = predicted;
+    own_actual_sum_ += after - r.loss;
+    own_predicted_sum_ += predicted;
   }
-  if (o_.adapt_damping && (k + 1) % o_.damping_every == 0 && predicted_sum_ < 0) {
-    const double rho = actual_sum_ / predicted_sum_;
-    if (rho > 0.75)
-      lambda_ = std::max(lambda_ * omega, o_.min_damping);
-    else if (rho < 0.25)
+  if (o_.adapt_damping && (k + 1) % o_.damping_every == 0) {
+    if (own_predicted_sum_ < 0 && own_actual_sum_ / own_predicted_sum_ < 0.25)
       lambda_ /= omega;
-    actual_sum_ = predicted_sum_ = 0;
+    else if (predicted_sum_ < 0 && actual_sum_ / predicted_sum_ > 0.75)
+      lambda_ = std::max(lambda_ * omega, o_.min_damping);
+    actual_sum_ = predicted_sum_ = own_actual_sum_ = own_predicted_sum_ = 0;
   }
   r.damping_after = lambda_;
   return r;
@@ -161,14 +162,17 @@ OptimizerState KfacOptimizer<Scalar>::state() const {
                {"factor_updates", double(updates_)},
                {"pending_predicted", pending_predicted_},
                {"actual_sum", actual_sum_},
-               {"predicted_sum", predicted_sum_}};
+               {"predicted_sum", predicted_sum_},
+               {"own_actual_sum", own_actual_sum_},
+               {"own_predicted_sum", own_predicted_sum_}};
   return s;
 }
 
 template <typename Scalar>
 void KfacOptimizer<Scalar>::load_state(const OptimizerState& s) {
   const Vec<double>*running = nullptr, *inverse = nullptr, *previous = nullptr;
-  const double *lambda = nullptr, *updates = nullptr, *pending = nullptr, *actual = nullptr, *predicted = nullptr;
+  const double *lambda = nullptr, *updates = nullptr, *pending = nullptr, *actual = nullptr, *predicted = nullptr,
+               *own_actual = nullptr, *own_predicted = nullptr;
   for (const auto& [n, v] : s.vectors) {
     if (n == "running_factors") running = &v;
     if (n == "inverse_factors") inverse = &v;
@@ -180,8 +184,11 @@ void KfacOptimizer<Scalar>::load_state(const OptimizerState& s) {
     if (n == "pending_predicted") pending = &v;
     if (n == "actual_sum") actual = &v;
     if (n == "predicted_sum") predicted = &v;
+    if (n == "own_actual_sum") own_actual = &v;
+    if (n == "own_predicted_sum") own_predicted = &v;
   }
-  if (!running || !inverse || !previous || !lambda || !updates || !pending || !actual || !predicted)
+  if (!running || !inverse || !previous || !lambda || !updates || !pending || !actual || !predicted ||
+      !own_actual || !own_predicted)
     detail::fail("kfac: the state lacks K-FAC's factors, update or damping (another optimizer's?)");
   if (previous->size() != 0 && previous->size() != running_->rows())
     detail::fail("kfac: the stored update has " + std::to_string(previous->size()) + " entries, the model " +
@@ -192,6 +199,8 @@ void KfacOptimizer<Scalar>::load_state(const OptimizerState& s) {
   pending_predicted_ = *pending;
   actual_sum_ = *actual;
   predicted_sum_ = *predicted;
+  own_actual_sum_ = *own_actual;
+  own_predicted_sum_ = *own_predicted;
   previous_ = previous->template cast<Scalar>();
   inverse_.reset();
   if (inverse->size() > 0) {

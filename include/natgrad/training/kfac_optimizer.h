@@ -15,13 +15,14 @@
 ///      first step or with momentum off) — the step-size rule of Martens & Grosse §6.4 and §7;
 ///   6. the loss at θ + δ on the step's batch (one forward pass): a step whose loss is not finite or rises is
 ///      rejected (θ unchanged, λ / ω, no momentum at the next step);
-///   7. with adapt_damping, the reduction an accepted update δ achieved is measured at the next step on that
-///      step's batch, which δ was not fitted to: L'(θ + δ) − L'(θ) (one more forward pass), against the change
-///      q(δ) = gᵀδ + ½ δᵀFδ the undamped model of δ's own batch predicted. Every `damping_every` steps λ follows
-///      the Levenberg–Marquardt rule on ρ = Σ measured / Σ predicted over the updates measured since the last
-///      change: λ × ω when ρ > 3/4 (not below min_damping), λ / ω when ρ < 1/4, ω = (19/20)^damping_every.
-///      Measured on the step's own batch, ρ rewards steps that fit that batch and drives λ down until they
-///      overfit it (docs/training.md).
+///   7. with adapt_damping, every `damping_every` steps λ follows a Levenberg–Marquardt rule on two reduction
+///      ratios of the accepted updates since the last change, each Σ measured / Σ predicted against the change
+///      q(δ) = gᵀδ + ½ δᵀFδ the undamped model of δ's batch predicted: ρ_own, measured on the updates' own
+///      batches (step 6), and ρ_next, measured at the following step on that step's batch, which δ was not
+///      fitted to (L'(θ + δ) − L'(θ), one more forward pass). λ / ω when ρ_own < 1/4 (the model overrates
+///      even the batch it was fitted to); else λ × ω when ρ_next > 3/4 (not below min_damping), ω =
+///      (19/20)^damping_every. ρ_own alone drives λ down until the steps overfit each batch; ρ_next alone drives
+///      it up without end once the gradient's noise dominates (docs/training.md).
 ///
 /// Draws are keyed by (seed, step) as for the natural-gradient optimizer: bit-identical for any thread count.
 #pragma once
@@ -35,8 +36,8 @@ namespace natgrad {
 
 struct KfacStepOptions {
   double lr = 1.0;        ///< η, a multiple of the quadratic model's update
-  /// λ at the first step. 0.1 and the floor 0.1: measured on Fashion-MNIST (docs/training.md), provisional.
-  double damping = 0.1;
+  /// λ at the first step: 0.01, chosen on Fashion-MNIST's classifier and autoencoder (docs/training.md).
+  double damping = 0.01;
   bool adapt_damping = true;
   bool momentum = true;   ///< μ from the quadratic model (false: μ = 0)
   Index curvature_batch = 0;  ///< factors and products on the first B2 samples (0: the whole batch)
@@ -44,7 +45,7 @@ struct KfacStepOptions {
   Index inverse_every = 20;   ///< the averaged factors inverted every this many steps
   Index damping_every = 5;    ///< the Levenberg–Marquardt rule every this many steps
   double factor_decay = 0.95; ///< the running average's largest weight on the past
-  double min_damping = 0.1;  ///< the Levenberg–Marquardt rule lowers λ no further
+  double min_damping = 1e-6;  ///< the Levenberg–Marquardt rule lowers λ no further
   /// Fisher kind, Monte-Carlo samples, seed (mixed with the step) and threads; its damping is ignored.
   FisherOptions fisher;
 };
@@ -73,7 +74,8 @@ class KfacOptimizer final : public Optimizer<Scalar> {
   std::unique_ptr<KfacApproximation<Scalar>> inverse_;  // the averages at the last decomposition
   Vec<Scalar> previous_;                                // δ₀ (empty before the first accepted step)
   double pending_predicted_ = 0;  // the model's change for the last accepted update, not yet measured
-  double actual_sum_ = 0, predicted_sum_ = 0;  // measured and predicted changes since the last λ update
+  double actual_sum_ = 0, predicted_sum_ = 0;  // changes measured on later batches and predicted, since the last λ update
+  double own_actual_sum_ = 0, own_predicted_sum_ = 0;  // the same on the updates' own batches
 };
 
 }  // namespace natgrad
