@@ -5,6 +5,11 @@ given as label=path, several paths of one label (seeds) reported as medians.
 
     benchmarks/train_table.py --accuracy 0.85,0.88 adam=a1.csv,a2.csv,a3.csv kfac=k1.csv ...
     benchmarks/train_table.py --loss 80.5 adam=ae_adam.csv kfac=ae_kfac.csv
+    benchmarks/train_table.py --loss-of a1,a2 --lowest-loss a1=x.csv a2=y.csv kfac=k.csv
+
+--loss-of LABELS adds the lowest of those runs' (median) final test losses as a target ("the best Adam's final
+loss"); --lowest-loss adds a column of each run's lowest test loss at any evaluation (a run that overfits ends
+above it).
 
 Times are the log's time_s: training time with evaluation excluded. Standard library only."""
 import argparse
@@ -36,26 +41,41 @@ def median_or_none(values):
     return statistics.median(values) if values else None
 
 
+def final_loss(logs):
+    """The median over seeds of the last evaluation's test loss (None without one)."""
+    return median_or_none([float(evals[-1]["test_loss"]) if evals[-1]["test_loss"] else None for _, evals in logs])
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--accuracy", default="", help="comma-separated test accuracies to time")
     p.add_argument("--loss", default="", help="comma-separated test losses to time")
+    p.add_argument("--loss-of", default="", help="comma-separated labels: time the lowest of their final test losses")
+    p.add_argument("--lowest-loss", action="store_true", help="a column of each run's lowest test loss")
     p.add_argument("runs", nargs="+", help="label=path[,path...]")
     a = p.parse_args()
-    targets = [("test_accuracy", float(t), True) for t in a.accuracy.split(",") if t] + \
-              [("test_loss", float(t), False) for t in a.loss.split(",") if t]
-    head = ["run", "seeds"]
-    for key, t, _ in targets:
-        name = f"{t:g}" if key == "test_loss" else f"{100 * t:g}%"
-        head += [f"s to {name}", f"steps to {name}"]
-    head += ["final test acc", "final test loss", "ms/step", "steps"]
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
+    runs = []
     for spec in a.runs:
         label, _, paths = spec.partition("=")
-        logs = [read(path) for path in paths.split(",")]
+        runs.append((label, [read(path) for path in paths.split(",")]))
+    targets = [("test_accuracy", float(t), True, f"{100 * float(t):g}%") for t in a.accuracy.split(",") if t] + \
+              [("test_loss", float(t), False, f"{float(t):g}") for t in a.loss.split(",") if t]
+    if a.loss_of:
+        finals = {label: final_loss(logs) for label, logs in runs}
+        of = [(finals[label], label) for label in a.loss_of.split(",") if finals.get(label) is not None]
+        if len(of) != len(a.loss_of.split(",")):
+            sys.exit(f"--loss-of {a.loss_of}: each label must name a run with a final test loss")
+        best, label = min(of)
+        targets.append(("test_loss", best, False, f"{label}'s final {best:.4f}"))
+    head = ["run", "seeds"]
+    for _, _, _, name in targets:
+        head += [f"s to {name}", f"steps to {name}"]
+    head += ["final test acc", "final test loss"] + (["lowest test loss"] if a.lowest_loss else []) + ["ms/step", "steps"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for label, logs in runs:
         cells = [label, str(len(logs))]
-        for key, t, above in targets:
+        for key, t, above, _ in targets:
             hits = [first_reach(evals, key, t, above) for _, evals in logs]
             reached = [h for h in hits if h]
             med_s = median_or_none([h[0] if h else None for h in hits]) if len(reached) * 2 > len(hits) else None
@@ -65,11 +85,15 @@ def main():
                 cells[-2] += f" ({len(reached)}/{len(hits)} reached)"
         finals = [evals[-1] for _, evals in logs]
         acc = median_or_none([float(e["test_accuracy"]) if e["test_accuracy"] else None for e in finals])
-        loss = median_or_none([float(e["test_loss"]) if e["test_loss"] else None for e in finals])
+        loss = final_loss(logs)
+        lowest = median_or_none([min((float(e["test_loss"]) for e in evals if e["test_loss"]), default=None)
+                                 for _, evals in logs])
         per_step = median_or_none([1000 * float(s[-1]["time_s"]) / len(s) if s else None for s, _ in logs])
         nsteps = median_or_none([len(s) for s, _ in logs])
-        cells += ["—" if acc is None else f"{100 * acc:.2f}%", "—" if loss is None else f"{loss:.4f}",
-                  "—" if per_step is None else f"{per_step:.1f}", f"{nsteps:.0f}"]
+        cells += ["—" if acc is None else f"{100 * acc:.2f}%", "—" if loss is None else f"{loss:.4f}"]
+        if a.lowest_loss:
+            cells += ["—" if lowest is None else f"{lowest:.4f}"]
+        cells += ["—" if per_step is None else f"{per_step:.1f}", f"{nsteps:.0f}"]
         print("| " + " | ".join(cells) + " |")
 
 
