@@ -6,6 +6,7 @@
     fisher.loss, fisher.gradient(), fisher.matvec(v)
     d, report = fisher.solve(1e-3)
     fisher.eigenvalues(10), fisher.as_linear_operator()
+    opt = natgrad.optim.KFAC(module, input_shape); loss = opt.step(inputs, targets)
 
 Arrays are NumPy arrays or CPU torch tensors, flat in model.parameters() order, and come back as the type the
 inputs were. The computations run in natgrad's C++ library with the GIL released (docs/python.md).
@@ -14,7 +15,15 @@ from . import _core
 from .fisher import Fisher
 from .model import Model
 
-__all__ = ["Model", "Fisher", "set_num_threads", "num_threads"]
+__all__ = ["Model", "Fisher", "optim", "set_num_threads", "num_threads"]
+
+
+def __getattr__(name):
+    # natgrad.optim needs torch: imported on first use, so that the rest works with NumPy alone.
+    if name == "optim":
+        import importlib
+        return importlib.import_module(".optim", __name__)
+    raise AttributeError(f"module 'natgrad' has no attribute {name!r}")
 
 
 def set_num_threads(threads):

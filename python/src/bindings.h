@@ -38,6 +38,7 @@ struct Model {
 
 void bind_model(py::module_& m);
 void bind_fisher(py::module_& m);
+void bind_optimizers(py::module_& m);
 
 }  // namespace python
 }  // namespace natgrad

@@ -3,7 +3,8 @@
 // and top eigenvalues. Arrays arrive as C-ordered NumPy arrays of the Fisher's scalar (the package converts);
 // every computation runs with the GIL released, and a Ctrl-C seen between chunks of work stops it as a
 // KeyboardInterrupt (natgrad::Interrupted, see module.cpp).
-#include "bindings.h"
+#include "batch.h"
+#include "signal_watch.h"
 
 #include <natgrad/core/threads.h>
 #include <natgrad/curvature/fisher_operator.h>
@@ -13,42 +14,11 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
-#include <atomic>
 #include <stdexcept>
-#include <thread>
 
 namespace natgrad {
 namespace python {
 namespace {
-
-// Python's signal handlers run only in the main thread holding the GIL: the thread that released the GIL
-// for a computation (OpenMP's thread 0 of the team it starts) takes it back for a moment before each chunk
-// of work to let them run. A KeyboardInterrupt they raise becomes a stop request.
-class SignalWatch {
- public:
-  void arm() {
-    owner_ = std::this_thread::get_id();
-    stopped_ = false;
-  }
-  bool stop_requested() {
-    if (stopped_) return true;
-    if (std::this_thread::get_id() != owner_) return false;
-    py::gil_scoped_acquire gil;
-    if (PyErr_CheckSignals() != 0) {
-      PyErr_Clear();  // raised again, as natgrad::Interrupted's translation, when the call returns
-      stopped_ = true;
-    }
-    return stopped_;
-  }
-  bool stopped() const { return stopped_; }
-
- private:
-  std::thread::id owner_;
-  std::atomic<bool> stopped_{false};
-};
-
-template <typename Scalar>
-using Array = py::array_t<Scalar, py::array::c_style | py::array::forcecast>;
 
 template <typename Scalar>
 py::array_t<Scalar> to_array(const Vec<Scalar>& v) {
@@ -74,30 +44,11 @@ py::dict cg_dict(const CgSummary& cg) {
 template <typename Scalar>
 class Fisher {
  public:
-  // inputs [N, ...] (N samples of the model's input size); targets: int64 labels [N] or [N, T] for a
-  // categorical likelihood, real targets [N, ...] (T·C per sample) otherwise.
-  Fisher(std::shared_ptr<const Model> model, const Array<double>& parameters, const Array<Scalar>& inputs,
+  Fisher(std::shared_ptr<const Model> model, const Array<double>& parameters, const py::array& inputs,
          const py::array& targets, const std::string& kind, int mc_samples, uint64_t seed, int threads)
       : model_(std::move(model)), watch_(std::make_unique<SignalWatch>()) {
-    if (inputs.ndim() < 1 || inputs.shape(0) < 1)
-      throw std::invalid_argument("inputs must be an array [N, ...] of N >= 1 samples, not of shape " +
-                                  shape_of(inputs));
-    const Index n = inputs.shape(0);
-    data_.inputs = ConstMatMap<Scalar>(inputs.data(), inputs.size() / n, n);
-    if (targets.ndim() < 1 || targets.shape(0) != n)
-      throw std::invalid_argument("targets must have one entry per sample: the inputs hold " + std::to_string(n) +
-                                  " samples but the targets have shape " + shape_of(targets));
-    if (model_->file.likelihood == LikelihoodKind::categorical) {
-      const auto labels = targets.cast<Array<int64_t>>();
-      data_.labels.assign(labels.data(), labels.data() + labels.size());
-    } else {
-      const auto values = targets.cast<Array<Scalar>>();
-      data_.targets = ConstMatMap<Scalar>(values.data(), values.size() / n, n);
-    }
-    if (parameters.ndim() != 1)
-      throw std::invalid_argument("the parameters must be one flat vector, not of shape " + shape_of(parameters));
-    model_->network->check_params(parameters.shape(0));
-    Vec<Scalar> theta = ConstVecMap<double>(parameters.data(), parameters.shape(0)).template cast<Scalar>();
+    data_ = make_batch<Scalar>(*model_, inputs, targets);
+    Vec<Scalar> theta = make_parameters<Scalar>(*model_, parameters);
     options_.kind = fisher_kind_from_string(kind);
     options_.mc_samples = mc_samples;
     options_.seed = seed;
@@ -233,12 +184,6 @@ class Fisher {
   }
 
  private:
-  static std::string shape_of(const py::array& a) {
-    std::string s = "[";
-    for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
-    return s + "]";
-  }
-
   std::shared_ptr<const Model> model_;
   std::unique_ptr<SignalWatch> watch_;
   FisherOptions options_;
@@ -250,7 +195,7 @@ class Fisher {
 template <typename Scalar>
 void bind_one(py::module_& m, const char* name) {
   py::class_<Fisher<Scalar>>(m, name)
-      .def(py::init<std::shared_ptr<const Model>, const Array<double>&, const Array<Scalar>&, const py::array&,
+      .def(py::init<std::shared_ptr<const Model>, const Array<double>&, const py::array&, const py::array&,
                     const std::string&, int, uint64_t, int>(),
            py::arg("model"), py::arg("parameters"), py::arg("inputs"), py::arg("targets"), py::arg("kind"),
            py::arg("mc_samples"), py::arg("seed"), py::arg("threads"))

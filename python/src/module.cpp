@@ -23,6 +23,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("num_threads", &num_threads, "natgrad's library-wide thread count");
   bind_model(m);
   bind_fisher(m);
+  bind_optimizers(m);
 }
 
 }  // namespace python
