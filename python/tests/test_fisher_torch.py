@@ -1,6 +1,8 @@
 """natgrad.Fisher on modules traced in memory (Model.from_torch), in float64, against PyTorch autograd:
 loss, gradient, F v, the damped solve against a dense solve, and the top eigenvalues against a dense
-eigendecomposition and SciPy's eigsh on as_linear_operator()."""
+eigendecomposition and SciPy's eigsh on as_linear_operator(); on an MLP, a residual graph, a CNN and a tiny GPT
+(a prediction at every position, the output layer tied to the token embedding). Then float32 against float64,
+and the same bits for any thread count."""
 import numpy as np
 import pytest
 import torch
@@ -106,3 +108,12 @@ def test_float32_follows_float64(problem):
     assert y32.dtype == torch.float32
     assert rel(y32, fisher.matvec(v.double())) < 1e-4
     assert f32.loss == pytest.approx(fisher.loss, rel=1e-5)
+
+
+def test_threads_do_not_change_a_bit(problem):
+    module, x, y, fisher = problem
+    one, three = (natgrad.Fisher(fisher.model, x, y, threads=t) for t in (1, 3))
+    v = torch.randn(fisher.num_params)
+    assert torch.equal(one.gradient(), three.gradient())
+    assert torch.equal(one.matvec(v), three.matvec(v))
+    assert torch.equal(one.solve(0.1)[0], three.solve(0.1)[0])
