@@ -99,6 +99,18 @@ class Fisher:
         values, vectors = self._core.eigenvalues(int(k), True)
         return _arrays.like(values, self._kind), _arrays.like(vectors, self._kind)
 
+    def trace(self, probes=100, seed=0):
+        """Hutchinson's estimate of tr F from `probes` Rademacher probes: (estimate, standard error)."""
+        self._check()
+        return self._core.trace(int(probes), int(seed))
+
+    def density(self, steps=80, probes=10, seed=0, grid_points=1000, sigma=0.0):
+        """F's spectral density by stochastic Lanczos quadrature (as natgrad spectrum --density): a dict with
+        the quadrature's "nodes" and "weights" (every probe's Ritz values and τ²/probes, summing to 1), and
+        the density smoothed on "grid" ("density"; sigma ≤ 0: 1% of the spectrum's range)."""
+        self._check()
+        return self._core.density(int(steps), int(probes), int(seed), int(grid_points), float(sigma))
+
     def as_linear_operator(self):
         """F as a scipy.sparse.linalg.LinearOperator (symmetric), for SciPy's solvers and eigensolvers."""
         from scipy.sparse.linalg import LinearOperator

@@ -9,6 +9,8 @@
 #include <natgrad/core/threads.h>
 #include <natgrad/curvature/fisher_operator.h>
 #include <natgrad/natural_gradient/solve_natural_gradient.h>
+#include <natgrad/solvers/hutchinson_trace.h>
+#include <natgrad/solvers/slq_density.h>
 #include <natgrad/solvers/top_eigenvalues.h>
 
 #include <pybind11/numpy.h>
@@ -183,6 +185,39 @@ class Fisher {
     return py::make_tuple(values, vecs);
   }
 
+  // Hutchinson's estimate of tr F from `probes` Rademacher probes keyed by (seed, probe): (estimate, standard
+  // error).
+  py::tuple trace(Index probes, uint64_t seed) {
+    TraceEstimate t;
+    {
+      py::gil_scoped_release nogil;
+      watch_->arm();
+      t = hutchinson_trace(*op_, probes, seed);
+    }
+    if (watch_->stopped() || t.interrupted) throw Interrupted("the trace was interrupted (Ctrl-C)");
+    return py::make_tuple(t.trace, t.standard_error);
+  }
+
+  // The spectral density of F by stochastic Lanczos quadrature: the Ritz values (nodes) and weights of every
+  // probe, and the density smoothed on a grid.
+  py::dict density(Index steps, Index probes, uint64_t seed, Index grid_points, double sigma) {
+    SpectralDensity d;
+    {
+      py::gil_scoped_release nogil;
+      watch_->arm();
+      d = slq_density(*op_, steps, probes, seed, grid_points, sigma);
+    }
+    if (watch_->stopped() || d.interrupted) throw Interrupted("the density was interrupted (Ctrl-C)");
+    py::dict out;
+    out["nodes"] = py::array_t<double>(d.nodes.size(), d.nodes.data());
+    out["weights"] = py::array_t<double>(d.weights.size(), d.weights.data());
+    out["grid"] = py::array_t<double>(d.grid.size(), d.grid.data());
+    out["density"] = py::array_t<double>(d.density.size(), d.density.data());
+    out["sigma"] = d.sigma;
+    out["matvecs"] = d.matvecs;
+    return out;
+  }
+
  private:
   std::shared_ptr<const Model> model_;
   std::unique_ptr<SignalWatch> watch_;
@@ -206,7 +241,10 @@ void bind_one(py::module_& m, const char* name) {
       .def("matvec", &Fisher<Scalar>::matvec, py::arg("v"))
       .def("solve", &Fisher<Scalar>::solve, py::arg("dampings"), py::arg("tol"), py::arg("max_iters"),
            py::arg("solver"))
-      .def("eigenvalues", &Fisher<Scalar>::eigenvalues, py::arg("k"), py::arg("vectors"));
+      .def("eigenvalues", &Fisher<Scalar>::eigenvalues, py::arg("k"), py::arg("vectors"))
+      .def("trace", &Fisher<Scalar>::trace, py::arg("probes"), py::arg("seed"))
+      .def("density", &Fisher<Scalar>::density, py::arg("steps"), py::arg("probes"), py::arg("seed"),
+           py::arg("grid_points"), py::arg("sigma"));
 }
 
 }  // namespace

@@ -117,3 +117,18 @@ def test_threads_do_not_change_a_bit(problem):
     assert torch.equal(one.gradient(), three.gradient())
     assert torch.equal(one.matvec(v), three.matvec(v))
     assert torch.equal(one.solve(0.1)[0], three.solve(0.1)[0])
+
+
+def test_trace_and_density(problem):
+    module, x, y, fisher = problem
+    F = ref.dense_fisher(module, x, y).numpy()
+    eigenvalues = np.linalg.eigvalsh(F)
+    estimate, error = fisher.trace(probes=400, seed=1)
+    assert abs(estimate - np.trace(F)) <= 4 * error and error < 0.2 * np.trace(F)
+    # Lanczos run to its invariant space (F's rank is at most N·T·(C − 1) < P here): every node is an
+    # eigenvalue of F, and the weights sum to 1.
+    d = fisher.density(steps=fisher.num_params, probes=3, seed=2)
+    assert d["weights"].sum() == pytest.approx(1.0, abs=1e-12)
+    for node, weight in zip(d["nodes"], d["weights"]):
+        if weight > 1e-9:
+            assert np.min(np.abs(eigenvalues - node)) <= 1e-8 * eigenvalues[-1]
