@@ -99,6 +99,26 @@ class Fisher:
         values, vectors = self._core.eigenvalues(int(k), True)
         return _arrays.like(values, self._kind), _arrays.like(vectors, self._kind)
 
+    def kfac_matvec(self, v):
+        """F̂ v for K-FAC's approximation F̂ of this Fisher (one Kronecker product A ⊗ G per linear or
+        convolutional layer, the diagonal elsewhere; built on first use). Returned as the type v is."""
+        self._check()
+        kind = _arrays.kind_of(v)
+        return _arrays.like(self._core.kfac(_arrays.to_numpy(v, "v", self._scalar), False, 0.0), kind)
+
+    def kfac_solve(self, damping, v=None):
+        """F̂_λ⁻¹ v with K-FAC's factored Tikhonov damping (the π-split: (A + π√λ I) ⊗ (G + √λ/π I)); v
+        defaults to the gradient, giving K-FAC's direction."""
+        self._check()
+        kind = self._kind if v is None else _arrays.kind_of(v)
+        x = self._core.gradient() if v is None else _arrays.to_numpy(v, "v", self._scalar)
+        return _arrays.like(self._core.kfac(x, True, float(damping)), kind)
+
+    def diagonal(self):
+        """The empirical Fisher's diagonal, 1/N Σ_n (∇θ ℓ_n)² (what the diagonal preconditioner uses)."""
+        self._check()
+        return _arrays.like(self._core.diagonal(), self._kind)
+
     def trace(self, probes=100, seed=0):
         """Hutchinson's estimate of tr F from `probes` Rademacher probes: (estimate, standard error)."""
         self._check()

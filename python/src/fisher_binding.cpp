@@ -8,6 +8,7 @@
 
 #include <natgrad/core/threads.h>
 #include <natgrad/curvature/fisher_operator.h>
+#include <natgrad/curvature/kfac.h>
 #include <natgrad/natural_gradient/solve_natural_gradient.h>
 #include <natgrad/solvers/hutchinson_trace.h>
 #include <natgrad/solvers/slq_density.h>
@@ -84,9 +85,7 @@ class Fisher {
 
   // y = F v (no damping), v one flat vector of num_params() entries.
   py::array_t<Scalar> matvec(const Array<Scalar>& v) {
-    if (v.ndim() != 1 || v.shape(0) != num_params())
-      throw std::invalid_argument("v must be a flat vector of " + std::to_string(num_params()) +
-                                  " entries (one per parameter), not of shape " + shape_of(v));
+    check_vector(v);
     py::array_t<Scalar> y(num_params());
     Scalar* out = y.mutable_data();
     {
@@ -218,13 +217,51 @@ class Fisher {
     return out;
   }
 
+  // K-FAC's approximation of this F (curvature/kfac.h), built on first use: y = F̂ v undamped, or with
+  // damping λ ≥ 0 the π-split damped inverse z = F̂_λ⁻¹ v.
+  py::array_t<Scalar> kfac(const Array<Scalar>& v, bool inverse, double damping) {
+    check_vector(v);
+    py::array_t<Scalar> y(num_params());
+    Scalar* out = y.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      watch_->arm();
+      if (!kfac_) kfac_ = std::make_unique<KfacApproximation<Scalar>>(*op_);
+      if (!inverse) {
+        kfac_->multiply(v.data(), out);
+      } else {
+        if (kfac_->damping() != damping) kfac_->set_damping(damping);
+        kfac_->apply(v.data(), out);
+      }
+    }
+    return y;
+  }
+
+  // The empirical Fisher's diagonal 1/N Σ_n (∇θ ℓ_n)² (the diagonal preconditioner's).
+  py::array_t<Scalar> diagonal() {
+    Vec<Scalar> d;
+    {
+      py::gil_scoped_release nogil;
+      watch_->arm();
+      d = op_->empirical_fisher_diagonal();
+    }
+    return to_array(d);
+  }
+
  private:
+  void check_vector(const py::array& v) const {
+    if (v.ndim() != 1 || v.shape(0) != num_params())
+      throw std::invalid_argument("v must be a flat vector of " + std::to_string(num_params()) +
+                                  " entries (one per parameter), not of shape " + shape_of(v));
+  }
+
   std::shared_ptr<const Model> model_;
   std::unique_ptr<SignalWatch> watch_;
   FisherOptions options_;
   Dataset<Scalar> data_;
   std::unique_ptr<Network<Scalar>> net_;
   std::unique_ptr<FisherOperator<Scalar>> op_;
+  std::unique_ptr<KfacApproximation<Scalar>> kfac_;
 };
 
 template <typename Scalar>
@@ -242,6 +279,8 @@ void bind_one(py::module_& m, const char* name) {
       .def("solve", &Fisher<Scalar>::solve, py::arg("dampings"), py::arg("tol"), py::arg("max_iters"),
            py::arg("solver"))
       .def("eigenvalues", &Fisher<Scalar>::eigenvalues, py::arg("k"), py::arg("vectors"))
+      .def("kfac", &Fisher<Scalar>::kfac, py::arg("v"), py::arg("inverse"), py::arg("damping"))
+      .def("diagonal", &Fisher<Scalar>::diagonal)
       .def("trace", &Fisher<Scalar>::trace, py::arg("probes"), py::arg("seed"))
       .def("density", &Fisher<Scalar>::density, py::arg("steps"), py::arg("probes"), py::arg("seed"),
            py::arg("grid_points"), py::arg("sigma"));
