@@ -28,6 +28,14 @@ py::array_t<Scalar> to_array(const Vec<Scalar>& v) {
   return py::array_t<Scalar>(v.size(), v.data());
 }
 
+// A result handed to NumPy without a copy: the array owns the vector.
+template <typename Scalar>
+py::array_t<Scalar> to_array(Vec<Scalar>&& v) {
+  auto* owner = new Vec<Scalar>(std::move(v));
+  py::capsule release(owner, [](void* p) { delete static_cast<Vec<Scalar>*>(p); });
+  return py::array_t<Scalar>(owner->size(), owner->data(), release);
+}
+
 py::dict cg_dict(const CgSummary& cg) {
   py::dict d;
   d["iterations"] = cg.iterations;
@@ -86,14 +94,16 @@ class Fisher {
   // y = F v (no damping), v one flat vector of num_params() entries.
   py::array_t<Scalar> matvec(const Array<Scalar>& v) {
     check_vector(v);
-    py::array_t<Scalar> y(num_params());
-    Scalar* out = y.mutable_data();
+    // Both vectors in Eigen's aligned storage, not NumPy's: the product's vectorized sums (a bias's gradient
+    // is summed straight into y) depend on the addresses' alignment, and then the last bit of a result would
+    // depend on where NumPy put the array.
+    Vec<Scalar> x = ConstVecMap<Scalar>(v.data(), num_params()), y(num_params());
     {
       py::gil_scoped_release nogil;
       watch_->arm();
-      op_->perform_op(v.data(), out);
+      op_->perform_op(x.data(), y.data());
     }
-    return y;
+    return to_array(std::move(y));
   }
 
   // (F + λI) d = g for every damping given (several: one multi-shift CG), by the library's
@@ -121,9 +131,9 @@ class Fisher {
     if (!r.ok()) throw std::runtime_error(r.failure);
     py::list directions;
     if (r.solves.empty())
-      directions.append(to_array(r.direction));
+      directions.append(to_array(std::move(r.direction)));
     else
-      for (const auto& d : r.solves) directions.append(to_array(d.direction));
+      for (auto& d : r.solves) directions.append(to_array(std::move(d.direction)));
     py::dict report;
     report["command"] = "solve";
     report["loss"] = r.loss;
@@ -221,20 +231,19 @@ class Fisher {
   // damping λ ≥ 0 the π-split damped inverse z = F̂_λ⁻¹ v.
   py::array_t<Scalar> kfac(const Array<Scalar>& v, bool inverse, double damping) {
     check_vector(v);
-    py::array_t<Scalar> y(num_params());
-    Scalar* out = y.mutable_data();
+    Vec<Scalar> x = ConstVecMap<Scalar>(v.data(), num_params()), y(num_params());  // (aligned, as in matvec)
     {
       py::gil_scoped_release nogil;
       watch_->arm();
       if (!kfac_) kfac_ = std::make_unique<KfacApproximation<Scalar>>(*op_);
       if (!inverse) {
-        kfac_->multiply(v.data(), out);
+        kfac_->multiply(x.data(), y.data());
       } else {
         if (kfac_->damping() != damping) kfac_->set_damping(damping);
-        kfac_->apply(v.data(), out);
+        kfac_->apply(x.data(), y.data());
       }
     }
-    return y;
+    return to_array(std::move(y));
   }
 
   // The empirical Fisher's diagonal 1/N Σ_n (∇θ ℓ_n)² (the diagonal preconditioner's).
@@ -245,7 +254,7 @@ class Fisher {
       watch_->arm();
       d = op_->empirical_fisher_diagonal();
     }
-    return to_array(d);
+    return to_array(std::move(d));
   }
 
  private:
