@@ -2,14 +2,13 @@
 // model's likelihood takes them. The Fisher and the optimizers read their batches this way.
 #pragma once
 
-#include "bindings.h"
-
 #include <natgrad/core/dataset.h>
-
 #include <pybind11/numpy.h>
 
 #include <stdexcept>
 #include <string>
+
+#include "bindings.h"
 
 namespace natgrad {
 namespace python {
@@ -30,13 +29,15 @@ template <typename Scalar>
 Dataset<Scalar> make_batch(const Model& model, const py::array& inputs, const py::array& targets) {
   const auto x = inputs.cast<Array<Scalar>>();
   if (x.ndim() < 1 || x.shape(0) < 1)
-    throw std::invalid_argument("inputs must be an array [N, ...] of N >= 1 samples, not of shape " + shape_of(x));
+    throw std::invalid_argument("inputs must be an array [N, ...] of N >= 1 samples, not of shape " +
+                                shape_of(x));
   const Index n = x.shape(0);
   Dataset<Scalar> d;
   d.inputs = ConstMatMap<Scalar>(x.data(), x.size() / n, n);
   if (targets.ndim() < 1 || targets.shape(0) != n)
-    throw std::invalid_argument("targets must have one entry per sample: the inputs hold " + std::to_string(n) +
-                                " samples but the targets have shape " + shape_of(targets));
+    throw std::invalid_argument("targets must have one entry per sample: the inputs hold " +
+                                std::to_string(n) + " samples but the targets have shape " +
+                                shape_of(targets));
   if (model.file.likelihood == LikelihoodKind::categorical) {
     const auto labels = targets.cast<Array<int64_t>>();
     d.labels.assign(labels.data(), labels.data() + labels.size());
@@ -51,7 +52,8 @@ Dataset<Scalar> make_batch(const Model& model, const py::array& inputs, const py
 template <typename Scalar>
 Vec<Scalar> make_parameters(const Model& model, const Array<double>& parameters) {
   if (parameters.ndim() != 1)
-    throw std::invalid_argument("the parameters must be one flat vector, not of shape " + shape_of(parameters));
+    throw std::invalid_argument("the parameters must be one flat vector, not of shape " +
+                                shape_of(parameters));
   model.network->check_params(parameters.shape(0));
   return ConstVecMap<double>(parameters.data(), parameters.shape(0)).template cast<Scalar>();
 }

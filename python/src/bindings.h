@@ -3,7 +3,6 @@
 
 #include <natgrad/io/model_spec_json.h>
 #include <natgrad/model/network.h>
-
 #include <pybind11/pybind11.h>
 
 #include <memory>
@@ -19,10 +18,10 @@ namespace py = pybind11;
 /// them to its dtype). Immutable once made; Python shares it between Fishers.
 struct Model {
   ModelFile file;
-  std::string label;                         ///< where it came from, for messages
+  std::string label;                               ///< where it came from, for messages
   std::shared_ptr<const Network<double>> network;  ///< the graph, for names, shapes and checks
-  Vec<double> parameters;                    ///< flat, in PyTorch's model.parameters() order
-  std::vector<std::vector<double>> buffers;  ///< per network->named_buffers(), in that order
+  Vec<double> parameters;                          ///< flat, in PyTorch's model.parameters() order
+  std::vector<std::vector<double>> buffers;        ///< per network->named_buffers(), in that order
 
   /// A network of the given scalar with this model's buffers set (a Fisher owns one).
   template <typename Scalar>

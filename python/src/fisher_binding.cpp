@@ -3,9 +3,6 @@
 // and top eigenvalues. Arrays arrive as C-ordered NumPy arrays of the Fisher's scalar (the package converts);
 // every computation runs with the GIL released, and a Ctrl-C seen between chunks of work stops it as a
 // KeyboardInterrupt (natgrad::Interrupted, see module.cpp).
-#include "batch.h"
-#include "signal_watch.h"
-
 #include <natgrad/core/threads.h>
 #include <natgrad/curvature/fisher_operator.h>
 #include <natgrad/curvature/kfac.h>
@@ -13,11 +10,13 @@
 #include <natgrad/solvers/hutchinson_trace.h>
 #include <natgrad/solvers/slq_density.h>
 #include <natgrad/solvers/top_eigenvalues.h>
-
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
 #include <stdexcept>
+
+#include "batch.h"
+#include "signal_watch.h"
 
 namespace natgrad {
 namespace python {
@@ -72,7 +71,8 @@ class Fisher {
     watch_->arm();
     net_ = model_->template build<Scalar>();
     net_->check_inputs(data_.inputs);
-    op_ = std::make_unique<FisherOperator<Scalar>>(*net_, std::move(theta), model_->file.likelihood, data_, options_);
+    op_ = std::make_unique<FisherOperator<Scalar>>(*net_, std::move(theta), model_->file.likelihood, data_,
+                                                   options_);
     data_.inputs.resize(0, 0);  // the operator keeps them (its cached forward pass)
     if (!op_->forward_error().empty()) throw std::runtime_error(op_->forward_error());
   }
@@ -108,7 +108,8 @@ class Fisher {
 
   // (F + λI) d = g for every damping given (several: one multi-shift CG), by the library's
   // solve_natural_gradient on this batch; the directions in the order of the dampings, and the report.
-  py::tuple solve(const std::vector<double>& dampings, double tol, Index max_iters, const std::string& solver) {
+  py::tuple solve(const std::vector<double>& dampings, double tol, Index max_iters,
+                  const std::string& solver) {
     if (dampings.empty()) throw std::invalid_argument("give a damping (or a list of them)");
     NaturalGradientOptions opt;
     opt.solver = solver_from_string(solver);

@@ -1,10 +1,10 @@
 // natgrad._core: the extension module. The library's exceptions become Python's: std::invalid_argument a
 // ValueError (pybind11's own translation), natgrad::Interrupted (a Ctrl-C seen between chunks of work) a
 // KeyboardInterrupt, any other a RuntimeError, each with the library's message.
-#include "bindings.h"
-
 #include <natgrad/core/interrupted.h>
 #include <natgrad/core/threads.h>
+
+#include "bindings.h"
 
 namespace natgrad {
 namespace python {

@@ -1,18 +1,17 @@
 // natgrad._core.Optimizer32 / Optimizer64: the library's training optimizers (NaturalGradientOptimizer,
-// KfacOptimizer) on a model, one step per call with the GIL released. The settings arrive as a dict whose keys
-// are the option structs' field names (NaturalGradientStepOptions, KfacStepOptions; the Fisher's as fisher,
-// mc_samples, seed, threads), defaults the structs' own, so a step equals one of `natgrad train`.
-#include "batch.h"
-#include "signal_watch.h"
-
+// KfacOptimizer) on a model, one step per call with the GIL released. The settings arrive as a dict whose
+// keys are the option structs' field names (NaturalGradientStepOptions, KfacStepOptions; the Fisher's as
+// fisher, mc_samples, seed, threads), defaults the structs' own, so a step equals one of `natgrad train`.
 #include <natgrad/natural_gradient/solve_natural_gradient.h>
 #include <natgrad/training/kfac_optimizer.h>
 #include <natgrad/training/optimizer.h>
-
 #include <pybind11/stl.h>
 
 #include <set>
 #include <stdexcept>
+
+#include "batch.h"
+#include "signal_watch.h"
 
 namespace natgrad {
 namespace python {
@@ -121,7 +120,8 @@ class Trainer {
   }
 
   // Step k from the parameters given: (the parameters after it, float64, and what the step did).
-  py::tuple step(const Array<double>& parameters, const py::array& inputs, const py::array& targets, Index k) {
+  py::tuple step(const Array<double>& parameters, const py::array& inputs, const py::array& targets,
+                 Index k) {
     Vec<Scalar> theta = make_parameters<Scalar>(*model_, parameters);
     const Dataset<Scalar> batch = make_batch<Scalar>(*model_, inputs, targets);
     StepResult r;
@@ -138,7 +138,8 @@ class Trainer {
   py::dict state() const {
     const OptimizerState s = opt_->state();
     py::dict vectors, scalars;
-    for (const auto& v : s.vectors) vectors[v.first.c_str()] = py::array_t<double>(v.second.size(), v.second.data());
+    for (const auto& v : s.vectors)
+      vectors[v.first.c_str()] = py::array_t<double>(v.second.size(), v.second.data());
     for (const auto& x : s.scalars) scalars[x.first.c_str()] = x.second;
     py::dict d;
     d["vectors"] = vectors;

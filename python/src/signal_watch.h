@@ -1,10 +1,10 @@
 // Ctrl-C during a computation that runs with the GIL released.
 #pragma once
 
-#include "bindings.h"
-
 #include <atomic>
 #include <thread>
+
+#include "bindings.h"
 
 namespace natgrad {
 namespace python {
