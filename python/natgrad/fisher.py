@@ -75,15 +75,15 @@ class Fisher:
         kind = _arrays.kind_of(v)
         return _arrays.like(self._core.matvec(_arrays.to_numpy(v, "v", self._scalar)), kind)
 
-    def solve(self, damping, tol=1e-6, max_iters=250, solver="cg"):
+    def solve(self, damping, tol=1e-6, max_iters=250, solver="cg", as_dict=False):
         """d = (F + λI)⁻¹ g by natgrad's solve (solver "cg", "smw" or "auto"): (direction, report), the report
         the dict natgrad solve --report writes. With a list of dampings (one multi-shift CG): (list of
-        directions in that order, report)."""
+        directions in that order, report). as_dict: each direction as {state_dict name: tensor}."""
         self._check()
         several = isinstance(damping, (list, tuple))
         dampings = [float(x) for x in damping] if several else [float(damping)]
         directions, report = self._core.solve(dampings, float(tol), int(max_iters), solver)
-        directions = [self._out(d) for d in directions]
+        directions = [self._out(d, as_dict) for d in directions]
         return (directions if several else directions[0]), report
 
     def eigenvalues(self, k):

@@ -145,3 +145,12 @@ def test_unsupported_module_is_a_sentence():
 
     with pytest.raises(ValueError, match="docs/formats.md"):
         natgrad.Model.from_torch(Recurrent().double(), [2, 4])
+
+
+def test_direction_as_a_state_dict():
+    module, shape, x, y = ref.make("residual")
+    fisher = natgrad.Fisher(natgrad.Model.from_torch(module, shape), x, y)
+    flat, _ = fisher.solve(0.1)
+    named, _ = fisher.solve(0.1, as_dict=True)
+    assert list(named) == [n for n, _ in module.named_parameters()]
+    assert torch.equal(torch.cat([t.reshape(-1) for t in named.values()]), flat)
