@@ -57,8 +57,15 @@ def shell_commands(text):
             yield line
 
 
+# The Python package, where the build made it (<build>/python beside <build>/apps/natgrad).
+package = os.path.join(os.path.dirname(os.path.dirname(natgrad)), "python")
+sys.path.insert(0, package)
+
 for i in range(python[0], python[-1] + 1):
     lang, text = blocks[i]
+    if lang == "python" and "import natgrad" in text and not os.path.isdir(os.path.join(package, "natgrad")):
+        print("--- python block %d not run: the Python package is not built (NATGRAD_BUILD_PYTHON)" % i)
+        continue
     if lang == "python":
         applies = "direction.safetensors" in text
         model = session.get("model")

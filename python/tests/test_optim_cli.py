@@ -1,0 +1,37 @@
+"""A step in Python is a step of the command line: natgrad.optim.NaturalGradient and KFAC with their default
+settings against `natgrad train` (float64, two epochs of two minibatches in file order) on the same model,
+parameters and data: the same parameters afterwards, bit for bit. ctest gives the command line's path in
+NATGRAD_CLI (the test is skipped without it, outside ctest)."""
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+import natgrad
+import reference as ref
+from natgrad.export_torch import export_data, export_model, load_safetensors
+
+CLI = os.environ.get("NATGRAD_CLI")
+
+
+@pytest.mark.skipif(not CLI, reason="NATGRAD_CLI (the natgrad command line) is not set")
+@pytest.mark.parametrize("optimizer", ["natgrad", "kfac"])
+def test_python_steps_equal_natgrad_train(tmp_path, optimizer):
+    module, shape, x, y = ref.make("residual", samples=32)
+    export_model(module, shape, "categorical", str(tmp_path))
+    export_data(str(tmp_path / "data.safetensors"), x, y)
+    subprocess.run([CLI, "train", "--model", str(tmp_path / "model.json"), "--weights",
+                    str(tmp_path / "weights.safetensors"), "--data", str(tmp_path / "data.safetensors"),
+                    "--optimizer", optimizer, "--epochs", "2", "--batch", "16", "--no-shuffle", "--dtype", "float64",
+                    "--save", str(tmp_path / "trained.safetensors"), "--quiet"], check=True)
+    trained = load_safetensors(str(tmp_path / "trained.safetensors"))
+    make = natgrad.optim.NaturalGradient if optimizer == "natgrad" else natgrad.optim.KFAC
+    opt = make(module, shape)
+    for _ in range(2):
+        for first in (0, 16):
+            opt.step(x[first:first + 16], y[first:first + 16])
+    for name, p in module.named_parameters():
+        np.testing.assert_array_equal(p.detach().numpy(), trained[name].numpy(), err_msg=name)
+    assert not torch.equal(ref.flat(module), ref.flat(ref.make("residual", samples=32)[0]))  # (they moved)
