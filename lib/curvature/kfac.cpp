@@ -27,13 +27,12 @@ namespace {
 // Columns per task of apply()'s products (a fixed width, so that the results do not depend on the threads).
 constexpr Index kApplyChunk = 128;
 
-// out += scale · MᵀM, the output's columns split into fixed blocks shared by the threads: each entry is one
-// dot product of M's columns, whichever thread computes it.
+// out += scale · MᵀM on the lower triangle (with the diagonal), the output's columns split into fixed 64-wide
+// blocks shared by the threads: each block is one product in the working precision, added in double, so the
+// result does not depend on the thread count. The upper triangle is mirrored once the accumulation is done
+// (symmetrize_lower).
 template <typename Scalar>
 void add_gram(const Mat<Scalar>& M, double scale, Mat<double>& out, int threads) {
-  // Mᵀ M's lower triangle (with the diagonal), in column blocks of fixed width: each block is one product in
-  // the working precision, added in double, so the result does not depend on the thread count. The upper
-  // triangle is mirrored once the accumulation is done (symmetrize_lower).
   const Index d = M.cols(), block = 64, blocks = (d + block - 1) / block;
   (void)threads;
 #ifdef NATGRAD_HAVE_OPENMP

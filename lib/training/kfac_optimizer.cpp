@@ -125,7 +125,8 @@ StepResult KfacOptimizer<Scalar>::step(const Network<Scalar>& model, LikelihoodK
   const double predicted = alpha * gd + (mu != 0 ? mu * dot(g, previous_) : 0.0) +
                            0.5 * (alpha * alpha * dFd + 2 * alpha * mu * dFp + mu * mu * pFp);
   // The loss at the update on the step's batch: a step whose loss is not finite or rises is rejected. Every
-  // damping_every steps λ follows the ratio of the reductions measured on later batches to the predicted ones.
+  // damping_every steps λ follows the two reduction ratios (kfac_optimizer.h, step 7): up on ρ_own, the
+  // updates' own batches, else down on ρ_next, the batches after them.
   const double omega = std::pow(19.0 / 20.0, double(o_.damping_every));
   const Vec<Scalar> trial = theta + update;
   G.rebind(trial);
