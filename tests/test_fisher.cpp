@@ -320,6 +320,30 @@ TEST(FisherOperatorRebind, EqualsAFreshOperatorAtTheNewParameters) {
   }
 }
 
+TEST(FisherOperatorLoss, WithoutTheGradientHasTheGradientPathsBitsForAnyThreadCount) {
+  // loss() alone runs no reverse pass; it sums the same per-chunk losses in the same order as gradient(), so
+  // the two agree bit for bit (its value against an independent sum: LossGradientMatchesFiniteDifferences).
+  for (LikelihoodKind lk : kLikelihoods) {
+    SCOPED_TRACE(to_string(lk));
+    Network<float> model(mlp_spec(6, 7, 4));
+    const Vec<float> theta = init_parameters(model, 40);
+    const Dataset<float> data = random_dataset(model, 3000, lk, 41);  // several chunks
+    FisherOptions one, three;
+    one.num_threads = 1;
+    three.num_threads = 3;
+    const FisherOperator<float> with_gradient(model, theta, lk, data, one);
+    with_gradient.gradient();
+    const double reference = with_gradient.loss();
+    ASSERT_GT(detail::FisherPlan::make(model, data.size(), one).num_chunks, 1);
+    for (const FisherOptions& o : {one, three}) {
+      const FisherOperator<float> alone(model, theta, lk, data, o);
+      EXPECT_EQ(alone.loss(), reference);
+      EXPECT_EQ(alone.gradient(), with_gradient.gradient());
+      EXPECT_EQ(alone.loss(), reference);
+    }
+  }
+}
+
 TEST(FisherOptionsDefaults, DependOnTheProblemNotOnThreads) {
   FisherOptions o;
   EXPECT_EQ(o.chunk_for(1000), 32);   // ⌈1000/64⌉ = 16, clamped below at 32: 32 chunks

@@ -165,6 +165,47 @@ TEST(KfacOptimizer, LevenbergMarquardtFollowsTheReductionRatioMeasuredAtTheNextS
   EXPECT_DOUBLE_EQ(sparse.damping(), std::pow(omega, 5));
 }
 
+TEST(KfacOptimizer, BetweenRefreshesTheProposalKeepsTheInversesDampingWhileTheModelTakesTheNewOne) {
+  // Step 0 inverts batch 1's factors with λ₀; a state whose λ is then changed to λ₁ (as the Levenberg–Marquardt
+  // rule would) is loaded, and step 1, before the next refresh, proposes with those inverses (λ₀) but sizes the
+  // update with the quadratic model damped by λ₁. Re-inverting at λ₁ would give another direction.
+  Network<double> model(mlp_spec(4, 5, 3));
+  const LikelihoodKind lk = LikelihoodKind::gaussian;
+  const Dataset<double> b1 = random_dataset(model, 10, lk, 5), b2 = random_dataset(model, 10, lk, 6);
+  const Vec<double> theta0 = random_vec<double>(model.num_params(), 7) * 0.5;
+  const double lambda0 = 0.05, lambda1 = 0.5;
+  KfacStepOptions o;
+  o.damping = lambda0;
+  o.adapt_damping = false;
+  o.inverse_every = 100;
+  o.factor_every = 100;  // the running factors stay batch 1's
+  KfacOptimizer<double> opt(model, o);
+  Vec<double> theta = theta0;
+  opt.step(model, lk, theta, b1, 0);
+  const Vec<double> theta1 = theta, step1 = theta1 - theta0;
+  OptimizerState s = opt.state();
+  for (auto& [n, v] : s.scalars)
+    if (n == "damping") v = lambda1;
+  KfacOptimizer<double> changed(model, o);
+  changed.load_state(s);
+  changed.step(model, lk, theta, b2, 1);
+  const Mat<double> Fd = dense_fisher(model, theta1, b2, lk, FisherKind::exact);
+  const Vec<double> g = FisherOperator<double>(model, theta1, lk, b2).gradient();
+  const Vec<double> K1 = packed_factors_of(model, theta0, b1, lk);
+  auto update = [&](double proposal_lambda) {
+    const Vec<double> delta = proposal(model, K1, proposal_lambda, g);
+    Mat<double> D(delta.size(), 2);
+    D.col(0) = delta;
+    D.col(1) = step1;
+    const Mat<double> M = D.transpose() * Fd * D + lambda1 * D.transpose() * D;
+    const Vec<double> am = M.lu().solve(Vec<double>(-D.transpose() * g));
+    return Vec<double>(am[0] * delta + am[1] * step1);
+  };
+  const Vec<double> want = update(lambda0), other = update(lambda1);
+  EXPECT_LT(rel_err_vec(Vec<double>(theta - theta1), want), 1e-9);
+  EXPECT_GT(rel_err_vec(other, want), 1e-3);  // the case tells the two apart
+}
+
 TEST(KfacOptimizer, StateRoundTripsBitForBitAndThreadsDoNotChangeBits) {
   Network<float> model(mlp_spec(4, 6, 3));
   const LikelihoodKind lk = LikelihoodKind::categorical;

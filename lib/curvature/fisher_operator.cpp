@@ -75,11 +75,8 @@ const Vec<Scalar>& FisherOperator<Scalar>::gradient() const {
   st.backprop_chunks("gradient", true, head);
   st.sum_over_samples(st.gradient.data());
   st.scale_and_damp(st.gradient.data(), {st.inverse_count(), Scalar(0), nullptr});
-  st.loss = 0;
-  for (double l : st.chunk_loss) st.loss += l;  // in chunk order
-  if (st.distributed()) st.comm->sum(&st.loss, 1);
-  st.loss /= static_cast<double>(st.counted);
-  st.have_gradient = st.have_loss = true;
+  st.sum_loss();
+  st.have_gradient = true;
   return st.gradient;
 }
 
@@ -331,9 +328,25 @@ Vec<Scalar> FisherOperator<Scalar>::take_gradient() {
 
 template <typename Scalar>
 double FisherOperator<Scalar>::loss() const {
-  s_->require_forward();
-  if (!s_->have_loss) gradient();  // (the loss outlives a gradient moved out by take_gradient)
-  return s_->loss;
+  // Without the gradient's reverse pass: each chunk's sum as gradient() takes it, then the same reduction, so
+  // the loss has the same bits whichever of the two computes it.
+  State& st = *s_;
+  st.require_forward();
+  if (st.have_loss) return st.loss;
+  st.require_targets("computing the loss");
+  const Index C = st.model.output_size(), cs = st.plan.chunk_size, chunks = st.plan.num_chunks;
+  const Mat<Scalar>& Z = st.cache.acts.back();
+  const auto chunk = [&](Index k) {
+    const Index c0 = k * cs, n = std::min(cs, st.num_samples - c0);
+    st.chunk_loss[static_cast<std::size_t>(k)] =
+        nll_sum<Scalar>(st.likelihood, ConstMatMap<Scalar>(Z.data() + c0 * C, C, n), st.data, c0, st.positions);
+  };
+#ifdef NATGRAD_HAVE_OPENMP
+#pragma omp parallel for num_threads(st.num_threads) schedule(static) if (st.num_threads > 1 && chunks > 1)
+#endif
+  for (Index k = 0; k < chunks; ++k) chunk(k);
+  st.sum_loss();
+  return st.loss;
 }
 
 template <typename Scalar>

@@ -167,6 +167,14 @@ struct FisherOperator<Scalar>::State {
   Vec<Scalar> partials;
   std::vector<std::vector<const Scalar*>> reduction_parts;  // per group-split node: its partials in sum order
   std::vector<double> chunk_loss;
+  /// The loss from chunk_loss: summed in chunk order, over the ranks, divided by the positions that count.
+  void sum_loss() {
+    loss = 0;
+    for (double l : chunk_loss) loss += l;
+    if (distributed()) comm->sum(&loss, 1);
+    loss /= static_cast<double>(counted);
+    have_loss = true;
+  }
   std::vector<double> work;
   Index num_products = 0;
   detail::PassTimers timers;

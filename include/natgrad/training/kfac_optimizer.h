@@ -7,9 +7,10 @@
 ///      batch (its first curvature_batch samples) under the Fisher kind of `fisher`, blended into running
 ///      averages: A ← ε A + (1 − ε) A_k with ε = min(1 − 1/(j + 1), factor_decay), j the number of updates so
 ///      far (the first update takes A_k alone);
-///   3. every `inverse_every` steps (and at the first), the averages' damped factors are inverted (Cholesky,
-///      KfacApproximation::invert); between refreshes those factors serve, inverted again when λ changes;
-///   4. the proposal Δ = −F̂_λ⁻¹ g with the factored Tikhonov damping of kfac.h (γ = √λ, π-split);
+///   3. every `inverse_every` steps (and at the first), the averages' factors, damped with the λ of that step,
+///      are inverted (Cholesky, KfacApproximation::invert); those inverses serve until the next refresh,
+///      whatever λ does meanwhile (Martens & Grosse likewise change the factors' damping γ only every T₂ steps);
+///   4. the proposal Δ = −F̂⁻¹ g with the factored Tikhonov damping of kfac.h (γ = √λ of the last refresh, π-split);
 ///   5. the update δ = η (α Δ + μ δ₀), δ₀ the previous update, with α and μ minimizing the damped quadratic
 ///      model gᵀδ + ½ δᵀ(F + λI)δ under the exact Fisher of the curvature batch (two products; μ = 0 at the
 ///      first step or with momentum off) — the step-size rule of Martens & Grosse §6.4 and §7;
