@@ -12,8 +12,8 @@ Fisher products F v = 1/B Σ J_nᵀ H_n J_n v by the three recipes of benchmarks
                    curvature batch is the batch) with the double-vjp graph of w ↦ Jᵀ w on it; per product J v
                    by one backward over that graph, Jᵀ (H J v) by one more;
   double_backward  per product a fresh forward pass, the double-vjp graph, J v, Jᵀ (H J v).
-A step costs the gradient, (1 when warm) + 10 products, and the vector arithmetic of CG. natgrad's CG also
-recomputes the true residual once at the end (one more product); this one does not.
+A step costs the gradient, (1 when warm) + 10 products, and the vector arithmetic of CG, as natgrad's does
+(its optimizer does not recompute the true residual at CG's iteration limit).
 
     /usr/bin/python3 benchmarks/torch_hf_step.py                 # the benchmark MLP, as natgrad-bench's train/
     /usr/bin/python3 benchmarks/torch_hf_step.py --model fashion # MLP 784-256-256-10 relu, batch 128

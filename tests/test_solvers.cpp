@@ -306,6 +306,34 @@ TEST(ConjugateGradient, IterationLimitReturnsTheLastIterateEvenWhenItsResidualGr
   EXPECT_NE(s.message.find("returned the last iterate, 1"), std::string::npos) << s.message;
 }
 
+TEST(ConjugateGradient, WithoutTheExitCheckTheIterationLimitCostsOneProductLessAndTheSameIterate) {
+  // The 2 × 2 above: ‖b − A x₁‖ / ‖b‖ = 4.95 by hand. Off, the recursive residual is reported (exact here up
+  // to rounding) and no product follows the last iteration; a solve that converges still checks.
+  DenseOp<double> with, without;
+  with.A = without.A = Mat<double>::Zero(2, 2);
+  with.A.diagonal() << 100, 1;
+  without.A = with.A;
+  Vec<double> b(2), x, y;
+  b << 1, 10;
+  CgOptions opt;
+  opt.max_iterations = 1;
+  const CgSummary s = solve(with, b, x, opt);
+  opt.recompute_residual_at_exit = false;
+  const CgSummary t = solve(without, b, y, opt);
+  EXPECT_EQ(x, y);
+  EXPECT_EQ(s.operator_applications, 2);
+  EXPECT_EQ(t.operator_applications, 1);
+  EXPECT_EQ(without.calls, 1);
+  EXPECT_NEAR(t.relative_residual, 4.95, 1e-13);
+  opt.max_iterations = 5;  // converges in 2: decided on the true residual, so its product remains
+  DenseOp<double> again;
+  again.A = with.A;
+  Vec<double> z;
+  const CgSummary u = solve(again, b, z, opt);
+  EXPECT_EQ(u.termination, CgTermination::converged) << u.message;
+  EXPECT_EQ(u.operator_applications, u.iterations + 1);
+}
+
 // CG's i-th iterate minimizes φ over the Krylov space K_i(A, b): at the limit the returned x is that
 // minimizer, formed here densely from the finite-difference Fisher (krylov_minimizer).
 TEST(ConjugateGradient, IterationLimitReturnsTheKrylovMinimizerOfPhi) {

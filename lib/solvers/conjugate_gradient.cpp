@@ -268,7 +268,9 @@ CgSummary solve(const OperatorRef<Scalar>& A, const PreconditionerRef<Scalar>& M
                  ", the lowest: CG minimizes phi over a growing Krylov space)";
   }
   s.recursive_relative_residual = s.returned_iterate == s.iterations ? rel : best_rel;
-  if (std::isnan(true_rel) || x_moved) {
+  if (!options.recompute_residual_at_exit && (std::isnan(true_rel) || x_moved)) {
+    true_rel = s.recursive_relative_residual;
+  } else if (std::isnan(true_rel) || x_moved) {
     try {
       true_rel = true_residual();
     } catch (const Interrupted& e) {  // (the solve ended by its own rule; only the check was stopped)

@@ -153,6 +153,7 @@ StepResult NaturalGradientOptimizer<Scalar>::step(const Network<Scalar>& model, 
     cg.relative_tolerance = o_.cg_tolerance;
     cg.max_iterations = o_.cg_max_iterations;
     cg.warm_start = warm;
+    cg.recompute_residual_at_exit = false;  // (read by nothing here: one product saved at max_iterations)
     if (o_.backtrack && evaluates) {
       saved = std::make_unique<detail::SavedIterates<Scalar>>(o_.backtrack_spacing, d.data(), P);
       cg.callback = [&saved](const CgIterationInfo& info) {

@@ -93,6 +93,10 @@ struct CgOptions {
   bool use_relative_progress = false;
   /// ε of that rule. Range > 0. Default 5e-4 (Martens).
   double progress_epsilon = 5e-4;
+  /// At a stop other than convergence (which is always decided on the true residual), recompute ‖b − A x‖
+  /// with one more product for CgSummary::relative_residual. Default true; false reports the recursive
+  /// residual there instead and saves the product (a caller that does not read it: the training optimizer).
+  bool recompute_residual_at_exit = true;
   /// Residual replacements allowed when the recursive residual meets the tolerance but the true one does not.
   static constexpr Index kMaxRestarts = 2;
   /// Called after every iteration; returning CallbackResult::stop ends the solve (user_stop). Optional.
@@ -110,7 +114,8 @@ struct CgSummary {
   double rhs_norm = 0;  ///< ‖b‖
   /// ‖b − A x‖ / ‖b‖ of the returned x, recomputed at exit with one more product (counted in
   /// operator_applications): what "converged" is decided on. NaN when a stop request (natgrad::Interrupted)
-  /// prevented that product.
+  /// prevented that product; the recursive one at a stop other than convergence with
+  /// CgOptions::recompute_residual_at_exit off.
   double relative_residual = 0;
   /// The recursively updated residual of the returned iterate, ‖r‖ / ‖b‖; drifts from the true one in
   /// finite precision.
