@@ -15,12 +15,13 @@
 #                      about 8 s on 2 Zen 4 cores, so the cap only ends second-order runs long out of the 88% race)
 #   AE_ADAM_RATES="…"  Adam's rates on the autoencoder (default: 3e-4 1e-3 3e-3)
 #   AE_NATGRAD=0       leave the natgrad optimizer out of the autoencoder runs (default 1)
+#   AE_KFAC=0          leave kfac out of the autoencoder runs (default 1)
 #   TORCH_AE=1         PyTorch's Adam on the autoencoder as well (default 0: the classifier's runs give the ratio)
 set -euo pipefail
 build=${1:?build directory}; out=${2:?output directory}; seeds=${3:-3}; threads=${4:-2}; which=${5:-both}
 natgrad=$build/apps/natgrad
 first_seed=${FIRST_SEED:-1}; classifier_time=${CLASSIFIER_TIME:-60}; ae_adam_rates=${AE_ADAM_RATES:-3e-4 1e-3 3e-3}
-ae_natgrad=${AE_NATGRAD:-1}; torch_ae=${TORCH_AE:-0}
+ae_natgrad=${AE_NATGRAD:-1}; ae_kfac=${AE_KFAC:-1}; torch_ae=${TORCH_AE:-0}
 data=${FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
 here=$(cd "$(dirname "$0")" && pwd)
 torch_python=${TORCH_PYTHON:-/usr/bin/python3}
@@ -75,7 +76,7 @@ if [ "$which" != classifier ]; then
   for s in $(seq "$first_seed" "$seeds"); do
     for lr in $ae_adam_rates; do run "ae_adam_$lr" "$s" "${a[@]}" --optimizer adam --lr "$lr"; done
     if [ "$ae_natgrad" = 1 ]; then run ae_natgrad "$s" "${a[@]}" --optimizer natgrad; fi
-    run ae_kfac "$s" "${a[@]}" --optimizer kfac
+    if [ "$ae_kfac" = 1 ]; then run ae_kfac "$s" "${a[@]}" --optimizer kfac; fi
     if [ "$torch_ae" = 1 ]; then
       for t in $(torch_tags torch_ae_adam_); do
         peer "$t" "$s" --autoencoder --batch 256 --epochs 1000 --max-time 150 --eval-every 50 --lr "${t#torch_ae_adam_}"
