@@ -361,3 +361,26 @@ TEST(AttentionMask, OnlyACausalMaskOfTheRightFormIsAccepted) {
   wide.layers[3].embed_dim = 8;
   EXPECT_ERROR(Network<double>{wide}, "attn/in_proj");
 }
+
+TEST(AttentionFisher, ProductsDoNotDependOnWhereTheCallersVectorsLie) {
+  // As test_fisher's FisherOperatorAlignment, on the GPT (layer norms, attention, tied head): x and y one and
+  // three floats past Eigen's alignment give the aligned product bit for bit.
+  for (bool tied : {false, true}) {
+    SCOPED_TRACE(tied ? "tied" : "untied");
+    Network<float> model(tiny_gpt(8, 11, 16, 2, true, true, tied));
+    const Index P = model.num_params();
+    const Dataset<float> data = token_data<float>(8, 11, 40, 60);
+    FisherOptions o;
+    o.damping = 1e-2;
+    const FisherOperator<float> F(model, gpt_theta(model, 61), LikelihoodKind::categorical, data, o);
+    const Vec<float> v = random_vec<float>(P, 62);
+    Vec<float> aligned(P);
+    F.perform_op(v.data(), aligned.data());
+    for (Index shift : {1, 3}) {
+      Vec<float> xs(P + 4), ys(P + 4);
+      xs.segment(shift, P) = v;
+      F.perform_op(xs.data() + shift, ys.data() + shift);
+      EXPECT_EQ(Vec<float>(ys.segment(shift, P)), aligned) << "shift " << shift;
+    }
+  }
+}

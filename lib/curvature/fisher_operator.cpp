@@ -46,6 +46,21 @@ void FisherOperator<Scalar>::perform_op(const Scalar* x, Scalar* y) const {
   NATGRAD_CHECK(x != nullptr && y != nullptr && (y + num_params_ <= x || x + num_params_ <= y));
   State& st = *s_;
   st.require_forward();
+  // Eigen takes its vectorized or its scalar path for an entry by where it lies against the alignment, and the
+  // two may round differently (fused multiply-adds): vectors that do not start at Eigen's alignment (NumPy's,
+  // a slice) are copied to and from the operator's own, so that the product's bits do not depend on where
+  // the caller put them. (Allocated at the first such product.)
+  const auto unaligned = [](const Scalar* p) {
+    return reinterpret_cast<std::uintptr_t>(p) % std::uintptr_t(EIGEN_MAX_ALIGN_BYTES) != 0;
+  };
+  if (unaligned(x) || unaligned(y)) {
+    st.aligned_x.resize(num_params_);
+    st.aligned_y.resize(num_params_);
+    std::copy(x, x + num_params_, st.aligned_x.data());
+    perform_op(st.aligned_x.data(), st.aligned_y.data());
+    std::copy(st.aligned_y.data(), st.aligned_y.data() + num_params_, y);
+    return;
+  }
   const Index C = st.model.output_size();
   const auto head = [&](Index, Index c0, Index n, MatMap<Scalar> w, Workspace<Scalar>& ws) {
     st.model.jvp(st.theta.data(), x, st.cache, c0, n, ws, &st.packed);  // 1. u = J v

@@ -167,6 +167,7 @@ struct FisherOperator<Scalar>::State {
   Vec<Scalar> partials;
   std::vector<std::vector<const Scalar*>> reduction_parts;  // per group-split node: its partials in sum order
   std::vector<double> chunk_loss;
+  Vec<Scalar> aligned_x, aligned_y;  // a product's vectors when the caller's are not aligned (perform_op)
   /// The loss from chunk_loss: summed in chunk order, over the ranks, divided by the positions that count.
   void sum_loss() {
     loss = 0;

@@ -165,7 +165,9 @@ class FisherOperator {
   /// new outputs. Throws std::invalid_argument if theta has the wrong size.
   void rebind(const Vec<Scalar>& theta);
 
-  /// y = (F + λI) x. x and y must not overlap and hold cols() scalars.
+  /// y = (F + λI) x. x and y must not overlap and hold cols() scalars. They may lie anywhere: vectors that
+  /// do not start at Eigen's alignment are copied through the operator's own (two parameter-sized buffers,
+  /// allocated at the first such product), so that y's bits do not depend on the caller's addresses.
   void perform_op(const Scalar* x, Scalar* y) const;
 
   /// Empty if every activation of the cached forward pass is finite; otherwise where NaN or Inf first
