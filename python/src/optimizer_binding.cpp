@@ -71,14 +71,10 @@ class Trainer {
  public:
   Trainer(std::shared_ptr<const Model> model, const std::string& kind, const py::dict& settings)
       : model_(std::move(model)), net_(model_->template build<Scalar>()) {
-    SignalWatch* watch = &watch_;
     if (kind == "natgrad") {
       NaturalGradientStepOptions o;
       Settings s(settings, "NaturalGradient");
-      s.take("lr", o.lr);
-      s.take("damping", o.damping);
-      s.take("adapt_damping", o.adapt_damping);
-      s.take("curvature_batch", o.curvature_batch);
+      take_common(s, o);
       std::string solver = o.solver == SolverKind::automatic ? "auto" : to_string(o.solver);
       s.take("solver", solver);
       o.solver = solver_from_string(solver);
@@ -92,27 +88,18 @@ class Trainer {
       s.take("armijo_c", o.armijo_c);
       s.take("line_search_shrink", o.line_search_shrink);
       s.take("line_search_max_shrinks", o.line_search_max_shrinks);
-      s.take("momentum", o.momentum);
-      s.take_fisher(o.fisher);
       s.finish();
-      o.fisher.stop_requested = [watch] { return watch->stop_requested(); };
       opt_ = std::make_unique<NaturalGradientOptimizer<Scalar>>(net_->num_params(), o);
     } else if (kind == "kfac") {
       KfacStepOptions o;
       Settings s(settings, "KFAC");
-      s.take("lr", o.lr);
-      s.take("damping", o.damping);
-      s.take("adapt_damping", o.adapt_damping);
-      s.take("momentum", o.momentum);
-      s.take("curvature_batch", o.curvature_batch);
+      take_common(s, o);
       s.take("factor_every", o.factor_every);
       s.take("inverse_every", o.inverse_every);
       s.take("damping_every", o.damping_every);
       s.take("factor_decay", o.factor_decay);
       s.take("min_damping", o.min_damping);
-      s.take_fisher(o.fisher);
       s.finish();
-      o.fisher.stop_requested = [watch] { return watch->stop_requested(); };
       opt_ = std::make_unique<KfacOptimizer<Scalar>>(*net_, o);
     } else {
       throw std::invalid_argument("unknown optimizer \"" + kind + "\": natgrad or kfac");
@@ -131,15 +118,15 @@ class Trainer {
       net_->check_inputs(batch.inputs);
       r = opt_->step(*net_, model_->file.likelihood, theta, batch, k);
     }
-    const Vec<double> out = theta.template cast<double>();
-    return py::make_tuple(py::array_t<double>(out.size(), out.data()), step_dict(r));
+    Vec<double> out = theta.template cast<double>();
+    return py::make_tuple(to_array(std::move(out)), step_dict(r));
   }
 
   py::dict state() const {
     const OptimizerState s = opt_->state();
     py::dict vectors, scalars;
     for (const auto& v : s.vectors)
-      vectors[v.first.c_str()] = py::array_t<double>(v.second.size(), v.second.data());
+      vectors[v.first.c_str()] = to_array(v.second);
     for (const auto& x : s.scalars) scalars[x.first.c_str()] = x.second;
     py::dict d;
     d["vectors"] = vectors;
@@ -159,6 +146,20 @@ class Trainer {
   }
 
  private:
+  // The settings both optimizers have (the same names in NaturalGradientStepOptions and KfacStepOptions), and
+  // the Fisher's; a stop request is this optimizer's Ctrl-C watch.
+  template <typename Options>
+  void take_common(Settings& s, Options& o) {
+    s.take("lr", o.lr);
+    s.take("damping", o.damping);
+    s.take("adapt_damping", o.adapt_damping);
+    s.take("curvature_batch", o.curvature_batch);
+    s.take("momentum", o.momentum);
+    s.take_fisher(o.fisher);
+    SignalWatch* watch = &watch_;
+    o.fisher.stop_requested = [watch] { return watch->stop_requested(); };
+  }
+
   std::shared_ptr<const Model> model_;
   std::unique_ptr<Network<Scalar>> net_;
   SignalWatch watch_;
