@@ -2,6 +2,7 @@
 // KfacOptimizer) on a model, one step per call with the GIL released. The settings arrive as a dict whose
 // keys are the option structs' field names (NaturalGradientStepOptions, KfacStepOptions; the Fisher's as
 // fisher, mc_samples, seed, threads), defaults the structs' own, so a step equals one of `natgrad train`.
+#include <natgrad/core/threads.h>
 #include <natgrad/natural_gradient/solve_natural_gradient.h>
 #include <natgrad/training/kfac_optimizer.h>
 #include <natgrad/training/optimizer.h>
@@ -51,7 +52,7 @@ class Settings {
   std::set<std::string> left_;
 };
 
-py::dict step_dict(const StepResult& r) {
+py::dict step_dict(const StepResult& r, int threads) {
   py::dict d;
   d["loss"] = r.loss;
   d["lr"] = r.lr;
@@ -63,6 +64,7 @@ py::dict step_dict(const StepResult& r) {
   d["rho"] = r.rho;
   d["rejected"] = r.rejected;
   d["solver"] = to_string(r.solver);
+  d["threads"] = threads;
   return d;
 }
 
@@ -112,6 +114,7 @@ class Trainer {
     Vec<Scalar> theta = make_parameters<Scalar>(*model_, parameters);
     const Dataset<Scalar> batch = make_batch<Scalar>(*model_, inputs, targets);
     StepResult r;
+    const int threads = resolve_threads(threads_);  // (what the step's Fisher resolves its count to)
     {
       py::gil_scoped_release nogil;
       watch_.arm();
@@ -119,7 +122,7 @@ class Trainer {
       r = opt_->step(*net_, model_->file.likelihood, theta, batch, k);
     }
     Vec<double> out = theta.template cast<double>();
-    return py::make_tuple(to_array(std::move(out)), step_dict(r));
+    return py::make_tuple(to_array(std::move(out)), step_dict(r, threads));
   }
 
   py::dict state() const {
@@ -156,6 +159,7 @@ class Trainer {
     s.take("curvature_batch", o.curvature_batch);
     s.take("momentum", o.momentum);
     s.take_fisher(o.fisher);
+    threads_ = o.fisher.num_threads;
     SignalWatch* watch = &watch_;
     o.fisher.stop_requested = [watch] { return watch->stop_requested(); };
   }
@@ -163,6 +167,7 @@ class Trainer {
   std::shared_ptr<const Model> model_;
   std::unique_ptr<Network<Scalar>> net_;
   SignalWatch watch_;
+  int threads_ = 0;  ///< the threads setting (0: natgrad's library-wide count at each step)
   std::unique_ptr<Optimizer<Scalar>> opt_;
 };
 
