@@ -57,8 +57,11 @@ nlohmann::ordered_json solve_report(const NaturalGradientResult<Scalar>& r, cons
     }
   }
   j.update(s.extras);
-  j["timing_s"] = {{"forward", r.time_forward_s}, {"gradient", r.time_gradient_s}, {"cg", r.time_cg_s},
-                   {"spectrum", r.time_spectrum_s}, {"total", r.time_total_s}};
+  j["timing_s"] = {{"forward", r.time_forward_s},
+                   {"gradient", r.time_gradient_s},
+                   {"cg", r.time_cg_s},
+                   {"spectrum", r.time_spectrum_s},
+                   {"total", r.time_total_s}};
   if (!r.compare.empty()) j["timing_s"]["compare"] = r.time_compare_s;
   return j;
 }

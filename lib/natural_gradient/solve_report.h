@@ -6,19 +6,19 @@
 #include <natgrad/natural_gradient/solve_natural_gradient.h>
 
 #include <nlohmann/json.hpp>
-
 #include <string>
+#include <vector>
 
 namespace natgrad {
 
 /// What a report says about the solve that the result does not hold: how it was asked and where it ran.
 struct SolveReportSetting {
   Index params = 0;
-  Index positions = 1;                 ///< T for a likelihood per position, else 1
-  std::string fisher;                  ///< "exact", "mc", "empirical"
-  double damping = 0;                  ///< the damping, the smallest with several
+  Index positions = 1;  ///< T for a likelihood per position, else 1
+  std::string fisher;   ///< "exact", "mc", "empirical"
+  double damping = 0;   ///< the damping, the smallest with several
   std::string preconditioner = "none";
-  std::string dtype;                   ///< "float64", "float32"
+  std::string dtype;  ///< "float64", "float32"
   int threads = 1;
   int ranks = 1;
   /// Per damping of a multi-shift solve (r.solves[j]), the fields a caller adds to its entry after "damping"

@@ -1,6 +1,6 @@
 // Arrays between NumPy and natgrad, for the Fisher and the optimizers: a batch from NumPy arrays (C-ordered,
-// [N, ...]) as natgrad's columns and the targets as the model's likelihood takes them; the parameters; results
-// back as NumPy arrays.
+// [N, ...]) as natgrad's columns and the targets as the model's likelihood takes them; the parameters;
+// results back as NumPy arrays.
 #pragma once
 
 #include <natgrad/core/dataset.h>

@@ -128,8 +128,7 @@ class Trainer {
   py::dict state() const {
     const OptimizerState s = opt_->state();
     py::dict vectors, scalars;
-    for (const auto& v : s.vectors)
-      vectors[v.first.c_str()] = to_array(v.second);
+    for (const auto& v : s.vectors) vectors[v.first.c_str()] = to_array(v.second);
     for (const auto& x : s.scalars) scalars[x.first.c_str()] = x.second;
     py::dict d;
     d["vectors"] = vectors;
