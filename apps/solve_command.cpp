@@ -24,6 +24,7 @@
 #include <stdexcept>
 
 #include "core/format_number.h"  // (lib/, private: the numbers in messages as the library writes them)
+#include "natural_gradient/solve_report.h"  // (lib/, private: the report, shared with the Python package)
 
 namespace natgrad {
 namespace cli {
@@ -52,10 +53,6 @@ std::string cg_line(const CgSummary& cg) {
   if (cg.termination == CgTermination::user_stop && line.rfind(stop, 0) == 0)
     line.replace(0, stop.size(), "CG interrupted");
   return line;
-}
-
-const char* termination_word(const CgSummary& cg) {
-  return cg.termination == CgTermination::user_stop ? "interrupted" : to_string(cg.termination);
 }
 
 // The solve's options as the command line gives them (run_solve adds the progress callbacks).
@@ -321,73 +318,39 @@ int run_solve(Args& a, const World& world) {
     std::printf("wrote the gradient to %s\n", a.save_gradient.c_str());
   }
   if (!a.report.empty()) {
-    nlohmann::ordered_json j;
-    j["command"] = "solve";
-    j["loss"] = r.loss;
-    j["gradient_norm"] = r.gradient_norm;
-    j["params"] = p.model->num_params();
-    j["samples"] = r.samples;
-    j["positions"] = positions;
-    j["curvature_samples"] = r.curvature_samples;
-    j["fisher"] = a.fisher;
-    j["damping"] = a.damping;
-    j["preconditioner"] = a.preconditioner;
-    j["dtype"] = a.dtype;
-    j["threads"] = threads;
-    j["ranks"] = world.size();
-    auto cg_json = [&](const CgSummary& cg) {
-      return nlohmann::ordered_json{{"iterations", cg.iterations},
-                                    {"converged", cg.is_converged()},
-                                    {"termination", termination_word(cg)},
-                                    {"message", cg.message},
-                                    {"relative_residual", cg.relative_residual},
-                                    {"recursive_relative_residual", cg.recursive_relative_residual},
-                                    {"residual_replacements", cg.restarts},
-                                    {"breakdown", to_string(cg.breakdown)},
-                                    {"products", cg.operator_applications},
-                                    {"deflated_eigenpairs", r.deflated},
-                                    {"returned_iterate", cg.returned_iterate},
-                                    {"residual_history", cg.residual_history}};
-    };
-    j["solver"] = to_string(r.solver);
-    if (!r.solver_reason.empty()) j["solver_reason"] = r.solver_reason;
-    if (gram)
-      j["gram"] = {{"rows", r.gram_rows},
-                   {"form", r.gram_push_through ? "push-through" : "woodbury"},
-                   {"form_s", r.time_gram_form_s},
-                   {"factor_s", r.time_gram_factor_s},
-                   {"apply_s", r.time_gram_apply_s},
-                   {"true_relative_residual", r.cg.relative_residual}};
-    j["cg"] = cg_json(r.cg);
-    if (!r.solves.empty()) {  // several dampings: each its own entry; "cg" above is the smallest's
-      j["multi_shift_products"] = r.multi_shift_products;
-      j["solves"] = nlohmann::ordered_json::array();
-      for (const auto& d : r.solves) {
-        nlohmann::ordered_json e{{"damping", d.damping}, {"cg", cg_json(d.cg)}};
-        if (!a.output.empty()) e["output"] = damping_output_path(a.output, d.damping);
-        if (d.has_condition) e["condition"] = condition_json(d.condition);
-        j["solves"].push_back(e);
-      }
+    SolveReportSetting s;
+    s.params = p.model->num_params();
+    s.positions = positions;
+    s.fisher = a.fisher;
+    s.damping = a.damping;
+    s.preconditioner = a.preconditioner;
+    s.dtype = a.dtype;
+    s.threads = threads;
+    s.ranks = world.size();
+    for (const auto& d : r.solves) {
+      nlohmann::ordered_json e = nlohmann::ordered_json::object();
+      if (!a.output.empty()) e["output"] = damping_output_path(a.output, d.damping);
+      if (d.has_condition) e["condition"] = condition_json(d.condition);
+      s.solve_extras.push_back(e);
     }
-    if (has_spectrum) j["spectrum"] = spectrum_json(r.spectrum);
+    nlohmann::ordered_json& x = s.extras;
+    if (has_spectrum) x["spectrum"] = spectrum_json(r.spectrum);
     if (has_spectrum && gram) {
-      j["spectrum"]["exact"] = true;
-      j["spectrum"]["nonzero"] = r.exact_eigenvalues.size();
-      j["spectrum"]["trace"] = r.exact_trace;
-      j["spectrum"]["zero_count"] = r.exact_zero_count;
+      x["spectrum"]["exact"] = true;
+      x["spectrum"]["nonzero"] = r.exact_eigenvalues.size();
+      x["spectrum"]["trace"] = r.exact_trace;
+      x["spectrum"]["zero_count"] = r.exact_zero_count;
     }
-    if (r.has_condition) j["condition"] = condition_json(r.condition);
-    if (!r.compare.empty()) j["compare"] = comparison_json(r.compare);
+    if (r.has_condition) x["condition"] = condition_json(r.condition);
+    if (!r.compare.empty()) x["compare"] = comparison_json(r.compare);
     if (interrupted) {
       std::vector<std::string> skipped;
       if (opt.spectrum_top_k > 0 && !has_spectrum) skipped.push_back("the spectrum");
       if (opt.condition_number && !r.has_condition) skipped.push_back("the condition number");
       if (!opt.compare.empty() && r.compare.empty()) skipped.push_back("the comparison");
-      j["interrupted"] = {{"signal", signal_name()}, {"skipped", skipped}};
+      x["interrupted"] = {{"signal", signal_name()}, {"skipped", skipped}};
     }
-    j["timing_s"] = {{"forward", r.time_forward_s}, {"gradient", r.time_gradient_s}, {"cg", r.time_cg_s},
-                     {"spectrum", r.time_spectrum_s}, {"total", r.time_total_s}};
-    if (!r.compare.empty()) j["timing_s"]["compare"] = r.time_compare_s;
+    const nlohmann::ordered_json j = solve_report(r, s);
     write_file_atomically(a.report, j.dump(2) + "\n");
   }
   return interrupted ? interrupted_status() : 0;

@@ -11,8 +11,9 @@ class Fisher:
     inputs: [N, *input_shape] (or [N, input size]); targets: class indices [N] (or [N, T]) for a categorical
     likelihood, real targets [N, C] otherwise. NumPy arrays or CPU torch tensors; results come back as the
     type the inputs were (matvec: the type of v), in `dtype`. kind: "exact", "mc" (mc_samples labels per
-    input, drawn from `seed`) or "empirical". threads: natgrad's threads for this Fisher (None: the
-    library-wide count, natgrad.num_threads()).
+    input, drawn from `seed`) or "empirical". threads: natgrad's threads for this Fisher (None: natgrad.num_threads() at
+    each call: OMP_NUM_THREADS, else all cores, unless natgrad.set_num_threads changed it; PyTorch's threads are
+    idle while natgrad computes, so the two do not oversubscribe the cores).
 
     The forward pass runs here, once, with the parameters as they are now. For a model traced from a
     torch module, any later call raises if PyTorch has changed the module's parameters since (a stale

@@ -6,7 +6,12 @@
 
 A step is a step of `natgrad train` with the same settings (the names are the library's
 NaturalGradientStepOptions and KfacStepOptions fields; docs/training.md): the same arithmetic, the same
-state (state_dict / load_state_dict), and for Monte-Carlo Fishers the same draws, keyed by (seed, step)."""
+state (state_dict / load_state_dict), and for Monte-Carlo Fishers the same draws, keyed by (seed, step).
+
+threads (a setting of both): natgrad's threads for a step; None or not given: natgrad.num_threads() at each step
+(OMP_NUM_THREADS, else all cores, unless natgrad.set_num_threads changed it). A step runs with the GIL released
+while the Python thread that called it waits, so PyTorch's threads are idle meanwhile and the two do not
+oversubscribe the cores. last_step["threads"] is the count the last step used."""
 import torch
 
 from . import _arrays, _core
@@ -25,12 +30,12 @@ class _Optimizer:
         self.module = module
         self.model = Model.from_torch(module, input_shape, likelihood)
         self.dtype = dtype
-        self.settings = dict(settings)
+        self.settings = {k: v for k, v in settings.items() if not (k == "threads" and v is None)}
         core = _core.Optimizer64 if dtype == "float64" else _core.Optimizer32
         self._core = core(self.model._core, self._kind, self.settings)
         self._params = list(module.parameters())
         self._step = 0
-        self.last_step = None  # what the last step did (its loss, damping, CG iterations, ...)
+        self.last_step = None  # what the last step did (its loss, damping, CG iterations, threads, ...)
 
     def step(self, inputs, targets):
         """One step on the batch: updates the module's parameters in place and returns the loss before the

@@ -1,5 +1,6 @@
-// A batch from NumPy arrays (C-ordered, [N, ...]): the inputs as natgrad's columns and the targets as the
-// model's likelihood takes them. The Fisher and the optimizers read their batches this way.
+// Arrays between NumPy and natgrad, for the Fisher and the optimizers: a batch from NumPy arrays (C-ordered,
+// [N, ...]) as natgrad's columns and the targets as the model's likelihood takes them; the parameters;
+// results back as NumPy arrays.
 #pragma once
 
 #include <natgrad/core/dataset.h>
@@ -21,6 +22,20 @@ inline std::string shape_of(const py::array& a) {
   std::string s = "[";
   for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
   return s + "]";
+}
+
+/// A result as a NumPy array: a copy of a vector C++ keeps; a vector handed over (an rvalue) without a copy,
+/// the array owning it.
+template <typename Scalar>
+py::array_t<Scalar> to_array(const Vec<Scalar>& v) {
+  return py::array_t<Scalar>(v.size(), v.data());
+}
+
+template <typename Scalar>
+py::array_t<Scalar> to_array(Vec<Scalar>&& v) {
+  auto* owner = new Vec<Scalar>(std::move(v));
+  py::capsule release(owner, [](void* p) { delete static_cast<Vec<Scalar>*>(p); });
+  return py::array_t<Scalar>(owner->size(), owner->data(), release);
 }
 
 /// inputs [N, ...] (each sample the model's input size; Network::check_inputs checks it); targets: int64

@@ -13,43 +13,16 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <stdexcept>
 
 #include "batch.h"
+#include "natural_gradient/solve_report.h"  // (lib/, private: the report natgrad solve --report writes)
 #include "signal_watch.h"
 
 namespace natgrad {
 namespace python {
 namespace {
-
-template <typename Scalar>
-py::array_t<Scalar> to_array(const Vec<Scalar>& v) {
-  return py::array_t<Scalar>(v.size(), v.data());
-}
-
-// A result handed to NumPy without a copy: the array owns the vector.
-template <typename Scalar>
-py::array_t<Scalar> to_array(Vec<Scalar>&& v) {
-  auto* owner = new Vec<Scalar>(std::move(v));
-  py::capsule release(owner, [](void* p) { delete static_cast<Vec<Scalar>*>(p); });
-  return py::array_t<Scalar>(owner->size(), owner->data(), release);
-}
-
-py::dict cg_dict(const CgSummary& cg) {
-  py::dict d;
-  d["iterations"] = cg.iterations;
-  d["converged"] = cg.is_converged();
-  d["termination"] = cg.termination == CgTermination::user_stop ? "interrupted" : to_string(cg.termination);
-  d["message"] = cg.message;
-  d["relative_residual"] = cg.relative_residual;
-  d["recursive_relative_residual"] = cg.recursive_relative_residual;
-  d["residual_replacements"] = cg.restarts;
-  d["breakdown"] = to_string(cg.breakdown);
-  d["products"] = cg.operator_applications;
-  d["returned_iterate"] = cg.returned_iterate;
-  d["residual_history"] = cg.residual_history;
-  return d;
-}
 
 template <typename Scalar>
 class Fisher {
@@ -135,39 +108,14 @@ class Fisher {
       directions.append(to_array(std::move(r.direction)));
     else
       for (auto& d : r.solves) directions.append(to_array(std::move(d.direction)));
-    py::dict report;
-    report["command"] = "solve";
-    report["loss"] = r.loss;
-    report["gradient_norm"] = r.gradient_norm;
-    report["params"] = num_params();
-    report["samples"] = r.samples;
-    report["positions"] = net_->output_positions();
-    report["curvature_samples"] = r.curvature_samples;
-    report["fisher"] = to_string(options_.kind);
-    report["damping"] = dampings.size() == 1 ? py::cast(dampings[0]) : py::cast(dampings);
-    report["dtype"] = sizeof(Scalar) == sizeof(double) ? "float64" : "float32";
-    report["threads"] = resolve_threads(options_.num_threads);
-    report["solver"] = to_string(r.solver);
-    if (!r.solver_reason.empty()) report["solver_reason"] = r.solver_reason;
-    report["cg"] = cg_dict(r.cg);
-    if (!r.solves.empty()) {
-      report["multi_shift_products"] = r.multi_shift_products;
-      py::list solves;
-      for (const auto& d : r.solves) {
-        py::dict e;
-        e["damping"] = d.damping;
-        e["cg"] = cg_dict(d.cg);
-        solves.append(e);
-      }
-      report["solves"] = solves;
-    }
-    py::dict timing;
-    timing["forward"] = r.time_forward_s;
-    timing["gradient"] = r.time_gradient_s;
-    timing["cg"] = r.time_cg_s;
-    timing["spectrum"] = r.time_spectrum_s;
-    timing["total"] = r.time_total_s;
-    report["timing_s"] = timing;
+    SolveReportSetting setting;
+    setting.params = num_params();
+    setting.positions = net_->output_positions();
+    setting.fisher = to_string(options_.kind);
+    setting.damping = *std::min_element(dampings.begin(), dampings.end());
+    setting.dtype = sizeof(Scalar) == sizeof(double) ? "float64" : "float32";
+    setting.threads = resolve_threads(options_.num_threads);
+    const py::object report = py::module_::import("json").attr("loads")(solve_report(r, setting).dump());
     return py::make_tuple(directions, report);
   }
 

@@ -2,6 +2,7 @@
 // KfacOptimizer) on a model, one step per call with the GIL released. The settings arrive as a dict whose
 // keys are the option structs' field names (NaturalGradientStepOptions, KfacStepOptions; the Fisher's as
 // fisher, mc_samples, seed, threads), defaults the structs' own, so a step equals one of `natgrad train`.
+#include <natgrad/core/threads.h>
 #include <natgrad/natural_gradient/solve_natural_gradient.h>
 #include <natgrad/training/kfac_optimizer.h>
 #include <natgrad/training/optimizer.h>
@@ -51,7 +52,7 @@ class Settings {
   std::set<std::string> left_;
 };
 
-py::dict step_dict(const StepResult& r) {
+py::dict step_dict(const StepResult& r, int threads) {
   py::dict d;
   d["loss"] = r.loss;
   d["lr"] = r.lr;
@@ -63,6 +64,7 @@ py::dict step_dict(const StepResult& r) {
   d["rho"] = r.rho;
   d["rejected"] = r.rejected;
   d["solver"] = to_string(r.solver);
+  d["threads"] = threads;
   return d;
 }
 
@@ -71,14 +73,10 @@ class Trainer {
  public:
   Trainer(std::shared_ptr<const Model> model, const std::string& kind, const py::dict& settings)
       : model_(std::move(model)), net_(model_->template build<Scalar>()) {
-    SignalWatch* watch = &watch_;
     if (kind == "natgrad") {
       NaturalGradientStepOptions o;
       Settings s(settings, "NaturalGradient");
-      s.take("lr", o.lr);
-      s.take("damping", o.damping);
-      s.take("adapt_damping", o.adapt_damping);
-      s.take("curvature_batch", o.curvature_batch);
+      take_common(s, o);
       std::string solver = o.solver == SolverKind::automatic ? "auto" : to_string(o.solver);
       s.take("solver", solver);
       o.solver = solver_from_string(solver);
@@ -92,27 +90,18 @@ class Trainer {
       s.take("armijo_c", o.armijo_c);
       s.take("line_search_shrink", o.line_search_shrink);
       s.take("line_search_max_shrinks", o.line_search_max_shrinks);
-      s.take("momentum", o.momentum);
-      s.take_fisher(o.fisher);
       s.finish();
-      o.fisher.stop_requested = [watch] { return watch->stop_requested(); };
       opt_ = std::make_unique<NaturalGradientOptimizer<Scalar>>(net_->num_params(), o);
     } else if (kind == "kfac") {
       KfacStepOptions o;
       Settings s(settings, "KFAC");
-      s.take("lr", o.lr);
-      s.take("damping", o.damping);
-      s.take("adapt_damping", o.adapt_damping);
-      s.take("momentum", o.momentum);
-      s.take("curvature_batch", o.curvature_batch);
+      take_common(s, o);
       s.take("factor_every", o.factor_every);
       s.take("inverse_every", o.inverse_every);
       s.take("damping_every", o.damping_every);
       s.take("factor_decay", o.factor_decay);
       s.take("min_damping", o.min_damping);
-      s.take_fisher(o.fisher);
       s.finish();
-      o.fisher.stop_requested = [watch] { return watch->stop_requested(); };
       opt_ = std::make_unique<KfacOptimizer<Scalar>>(*net_, o);
     } else {
       throw std::invalid_argument("unknown optimizer \"" + kind + "\": natgrad or kfac");
@@ -125,21 +114,21 @@ class Trainer {
     Vec<Scalar> theta = make_parameters<Scalar>(*model_, parameters);
     const Dataset<Scalar> batch = make_batch<Scalar>(*model_, inputs, targets);
     StepResult r;
+    const int threads = resolve_threads(threads_);  // (what the step's Fisher resolves its count to)
     {
       py::gil_scoped_release nogil;
       watch_.arm();
       net_->check_inputs(batch.inputs);
       r = opt_->step(*net_, model_->file.likelihood, theta, batch, k);
     }
-    const Vec<double> out = theta.template cast<double>();
-    return py::make_tuple(py::array_t<double>(out.size(), out.data()), step_dict(r));
+    Vec<double> out = theta.template cast<double>();
+    return py::make_tuple(to_array(std::move(out)), step_dict(r, threads));
   }
 
   py::dict state() const {
     const OptimizerState s = opt_->state();
     py::dict vectors, scalars;
-    for (const auto& v : s.vectors)
-      vectors[v.first.c_str()] = py::array_t<double>(v.second.size(), v.second.data());
+    for (const auto& v : s.vectors) vectors[v.first.c_str()] = to_array(v.second);
     for (const auto& x : s.scalars) scalars[x.first.c_str()] = x.second;
     py::dict d;
     d["vectors"] = vectors;
@@ -159,9 +148,25 @@ class Trainer {
   }
 
  private:
+  // The settings both optimizers have (the same names in NaturalGradientStepOptions and KfacStepOptions), and
+  // the Fisher's; a stop request is this optimizer's Ctrl-C watch.
+  template <typename Options>
+  void take_common(Settings& s, Options& o) {
+    s.take("lr", o.lr);
+    s.take("damping", o.damping);
+    s.take("adapt_damping", o.adapt_damping);
+    s.take("curvature_batch", o.curvature_batch);
+    s.take("momentum", o.momentum);
+    s.take_fisher(o.fisher);
+    threads_ = o.fisher.num_threads;
+    SignalWatch* watch = &watch_;
+    o.fisher.stop_requested = [watch] { return watch->stop_requested(); };
+  }
+
   std::shared_ptr<const Model> model_;
   std::unique_ptr<Network<Scalar>> net_;
   SignalWatch watch_;
+  int threads_ = 0;  ///< the threads setting (0: natgrad's library-wide count at each step)
   std::unique_ptr<Optimizer<Scalar>> opt_;
 };
 
