@@ -436,6 +436,21 @@ struct DenseOp {
   }
 };
 
+/// F's product through x and y one and three floats past Eigen's alignment against the aligned product, bit
+/// for bit (a caller's vectors may start anywhere: NumPy's, a slice).
+inline void expect_product_ignores_alignment(const FisherOperator<float>& F, uint64_t seed) {
+  const Index P = F.cols();
+  const Vec<float> v = random_vec<float>(P, seed);
+  Vec<float> aligned(P);
+  F.perform_op(v.data(), aligned.data());
+  for (Index shift : {1, 3}) {
+    Vec<float> xs(P + 4), ys(P + 4);
+    xs.segment(shift, P) = v;
+    F.perform_op(xs.data() + shift, ys.data() + shift);
+    EXPECT_EQ(Vec<float>(ys.segment(shift, P)), aligned) << "shift " << shift;
+  }
+}
+
 /// A dense symmetric matrix as an operator whose `throw_at`-th product (1-based) and every later one throw
 /// natgrad::Interrupted, as a FisherOperator's do once a stop was requested.
 struct InterruptedAt {
