@@ -66,7 +66,7 @@ if [ "$which" != autoencoder ]; then
       peer "$t" "$s" --batch 128 --epochs 10 --eval-every 94 --max-time "$classifier_time" --lr "${t#torch_adam_}"
     done
   done
-  python3 "$here/train_table.py" --accuracy 0.85,0.88 \
+  python3 "$here/train_table.py" --accuracy 0.85,0.88 --steps-per-epoch 469 \
     $(for t in adam_3e-4 adam_1e-3 adam_3e-3 sgd natgrad_exact natgrad_mc natgrad_empirical kfac $(torch_tags torch_adam_); do
         echo "$t=$(logs $t)"; done) \
     | tee "$out/classifier.md"

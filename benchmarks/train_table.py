@@ -3,13 +3,13 @@
 to given test accuracies (or test losses), the final test accuracy and loss, and the mean time per step; runs
 given as label=path, several paths of one label (seeds) reported as medians.
 
-    benchmarks/train_table.py --accuracy 0.85,0.88 adam=a1.csv,a2.csv,a3.csv kfac=k1.csv ...
+    benchmarks/train_table.py --accuracy 0.85,0.88 --steps-per-epoch 469 adam=a1.csv,a2.csv,a3.csv kfac=k1.csv
     benchmarks/train_table.py --loss 80.5 adam=ae_adam.csv kfac=ae_kfac.csv
     benchmarks/train_table.py --loss-of a1,a2 --lowest-loss a1=x.csv a2=y.csv kfac=k.csv
 
 --loss-of LABELS adds the lowest of those runs' (median) final test losses as a target ("the best Adam's final
 loss"); --lowest-loss adds a column of each run's lowest test loss at any evaluation (a run that overfits ends
-above it).
+above it); --steps-per-epoch K adds the epochs to each target (steps / K: fractions of an epoch).
 
 Times are the log's time_s: training time with evaluation excluded. Standard library only."""
 import argparse
@@ -52,6 +52,7 @@ def main():
     p.add_argument("--loss", default="", help="comma-separated test losses to time")
     p.add_argument("--loss-of", default="", help="comma-separated labels: time the lowest of their final test losses")
     p.add_argument("--lowest-loss", action="store_true", help="a column of each run's lowest test loss")
+    p.add_argument("--steps-per-epoch", type=int, default=0, help="the steps of an epoch: adds epochs to targets")
     p.add_argument("runs", nargs="+", help="label=path[,path...]")
     a = p.parse_args()
     runs = []
@@ -69,7 +70,7 @@ def main():
         targets.append(("test_loss", best, False, f"{label}'s final {best:.4f}"))
     head = ["run", "seeds"]
     for _, _, _, name in targets:
-        head += [f"s to {name}", f"steps to {name}"]
+        head += [f"s to {name}", f"steps to {name}"] + ([f"epochs to {name}"] if a.steps_per_epoch else [])
     head += ["final test acc", "final test loss"] + (["lowest test loss"] if a.lowest_loss else []) + ["ms/step", "steps"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
@@ -80,9 +81,12 @@ def main():
             reached = [h for h in hits if h]
             med_s = median_or_none([h[0] if h else None for h in hits]) if len(reached) * 2 > len(hits) else None
             med_k = median_or_none([h[1] if h else None for h in hits]) if len(reached) * 2 > len(hits) else None
+            s_cell = len(cells)
             cells += ["—" if med_s is None else f"{med_s:.1f}", "—" if med_k is None else f"{med_k:.0f}"]
+            if a.steps_per_epoch:
+                cells += ["—" if med_k is None else f"{med_k / a.steps_per_epoch:.2f}"]
             if len(reached) < len(hits):
-                cells[-2] += f" ({len(reached)}/{len(hits)} reached)"
+                cells[s_cell] += f" ({len(reached)}/{len(hits)} reached)"
         finals = [evals[-1] for _, evals in logs]
         acc = median_or_none([float(e["test_accuracy"]) if e["test_accuracy"] else None for e in finals])
         loss = final_loss(logs)

@@ -8,6 +8,7 @@
 #include <natgrad/training/trainer.h>
 
 #include <Eigen/Dense>
+#include <algorithm>
 #include <cmath>
 
 using namespace natgrad;
@@ -238,6 +239,14 @@ TEST(KfacOptimizer, StateRoundTripsBitForBitAndThreadsDoNotChangeBits) {
   // Another optimizer's state is refused with a sentence.
   NaturalGradientOptimizer<float> other(model.num_params(), NaturalGradientStepOptions());
   EXPECT_NE(error_of([&] { resumed.load_state(other.state()); }).find("K-FAC"), std::string::npos);
+  // A checkpoint of an older natgrad, whose inverses took each step's λ, is refused with what to do.
+  OptimizerState old = first.state();
+  const auto before = old.scalars.size();
+  old.scalars.erase(std::remove_if(old.scalars.begin(), old.scalars.end(),
+                                   [](const auto& kv) { return kv.first == "inverse_damping"; }),
+                    old.scalars.end());
+  ASSERT_EQ(old.scalars.size() + 1, before);
+  EXPECT_NE(error_of([&] { resumed.load_state(old); }).find("older natgrad"), std::string::npos);
 }
 
 // Targets a network of the same shape produces (labels: its argmax; gaussian: its outputs; bernoulli: their

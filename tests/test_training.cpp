@@ -550,6 +550,72 @@ TEST(NaturalGradientStep, EachOptionLowersTheLossForEveryLikelihoodAndFisher) {
   }
 }
 
+// Adam and SGD (with and without momentum) lower a teacher's loss for every likelihood, at their defaults'
+// scale of learning rate, over a few epochs of minibatches.
+TEST(Optimizers, AdamAndSgdLowerTheLossForEveryLikelihood) {
+  Network<double> model(mlp_spec(4, 6, 3));
+  for (LikelihoodKind lk : {LikelihoodKind::categorical, LikelihoodKind::gaussian, LikelihoodKind::bernoulli}) {
+    const Dataset<double> data = teacher_dataset(model, 48, lk, 81);
+    const Vec<double> theta0 = random_vec<double>(model.num_params(), 82);
+    const double L0 = evaluate(model, lk, theta0, data).first;
+    AdamOptions adam_options;
+    adam_options.lr = 1e-2;
+    AdamOptimizer<double> adam(model.num_params(), adam_options);
+    SgdOptimizer<double> momentum(model.num_params(), {0.05, 0.9}), plain(model.num_params(), {0.1, 0.0});
+    for (Optimizer<double>* opt : std::initializer_list<Optimizer<double>*>{&adam, &momentum, &plain}) {
+      SCOPED_TRACE(std::string(to_string(lk)) + ", " + opt->name());
+      TrainOptions to;
+      to.epochs = 5;
+      to.batch = 16;
+      Vec<double> theta = theta0;
+      train<double>(model, lk, theta, data, nullptr, *opt, to);
+      EXPECT_LT(evaluate(model, lk, theta, data).first, 0.9 * L0);
+    }
+  }
+}
+
+// --solver auto takes the Gram while its rows — the curvature batch's samples times the outputs (exact), times
+// the Monte-Carlo labels (mc), or the samples themselves (empirical) — are at most gram_max_rows, CG above;
+// each step is then the chosen solver's, bit for bit.
+TEST(NaturalGradientStep, AutoTakesTheGramUpToGramMaxRowsAndCgAbove) {
+  Network<double> model(mlp_spec(4, 5, 3));  // 3 outputs
+  const Dataset<double> data = random_dataset(model, 8, LikelihoodKind::categorical, 91);
+  const Vec<double> theta0 = random_vec<double>(model.num_params(), 92) * 0.5;
+  struct Case {
+    FisherKind kind;
+    Index curvature_batch, rows;
+  };
+  const Case cases[] = {{FisherKind::exact, 0, 8 * 3},
+                        {FisherKind::exact, 5, 5 * 3},
+                        {FisherKind::mc, 0, 8 * 2},  // (2 labels per sample, below)
+                        {FisherKind::empirical, 6, 6}};
+  for (const Case& c : cases) {
+    for (Index limit : {c.rows, c.rows - 1}) {
+      SCOPED_TRACE(std::string(to_string(c.kind)) + ", curvature batch " + std::to_string(c.curvature_batch) +
+                   ", gram_max_rows " + std::to_string(limit));
+      const auto step = [&](SolverKind solver, StepResult* r) {
+        NaturalGradientStepOptions o;
+        o.fisher.kind = c.kind;
+        o.fisher.mc_samples = 2;
+        o.curvature_batch = c.curvature_batch;
+        o.solver = solver;
+        o.gram_max_rows = limit;
+        NaturalGradientOptimizer<double> opt(model.num_params(), o);
+        Vec<double> theta = theta0;
+        *r = opt.step(model, LikelihoodKind::categorical, theta, data, 0);
+        return theta;
+      };
+      StepResult automatic, chosen;
+      const Vec<double> by_auto = step(SolverKind::automatic, &automatic);
+      const SolverKind want = limit >= c.rows ? SolverKind::smw : SolverKind::cg;
+      const Vec<double> by_chosen = step(want, &chosen);
+      EXPECT_EQ(automatic.solver, want);
+      EXPECT_EQ(by_auto, by_chosen);
+      EXPECT_EQ(automatic.cg_iterations, chosen.cg_iterations);
+    }
+  }
+}
+
 TEST(NaturalGradientStep, InvalidOptionsNameTheField) {
   auto why = [](auto change) {
     NaturalGradientStepOptions o;

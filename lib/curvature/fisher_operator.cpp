@@ -79,13 +79,10 @@ const Vec<Scalar>& FisherOperator<Scalar>::gradient() const {
   if (st.have_gradient) return st.gradient;
   st.require_forward();
   st.require_targets("computing the loss and its gradient");
-  const Index C = st.model.output_size();
-  const Mat<Scalar>& Z = st.cache.acts.back();
   st.gradient.resize(num_params_);
   const auto head = [&](Index k, Index c0, Index n, MatMap<Scalar> gz, Workspace<Scalar>&) {
-    ConstMatMap<Scalar> z(Z.data() + c0 * C, C, n);
-    st.chunk_loss[static_cast<std::size_t>(k)] = nll_sum<Scalar>(st.likelihood, z, st.data, c0, st.positions);
-    nll_gradient<Scalar>(st.likelihood, z, st.data, c0, gz, st.positions);
+    st.record_chunk_loss(k, c0, n);
+    nll_gradient<Scalar>(st.likelihood, st.outputs_of(c0, n), st.data, c0, gz, st.positions);
   };
   st.backprop_chunks("gradient", true, head);
   st.sum_over_samples(st.gradient.data());
@@ -102,11 +99,8 @@ Vec<Scalar> FisherOperator<Scalar>::empirical_fisher_diagonal() const {
   State& st = *s_;
   st.require_forward();
   st.require_targets("the empirical Fisher diagonal");
-  const Index C = st.model.output_size();
-  const Mat<Scalar>& Z = st.cache.acts.back();
   backprop_outputs([&](Index c0, Index n, MatMap<Scalar> gz) {
-    nll_gradient<Scalar>(st.likelihood, ConstMatMap<Scalar>(Z.data() + c0 * C, C, n), st.data, c0, gz,
-                         st.positions);
+    nll_gradient<Scalar>(st.likelihood, st.outputs_of(c0, n), st.data, c0, gz, st.positions);
   });
   Vec<Scalar> diag = st.squared_gradients(std::vector<bool>(st.model.num_layers(), true));
   if (st.distributed()) st.comm->sum(diag.data(), num_params_);
@@ -349,19 +343,24 @@ double FisherOperator<Scalar>::loss() const {
   st.require_forward();
   if (st.have_loss) return st.loss;
   st.require_targets("computing the loss");
-  const Index C = st.model.output_size(), cs = st.plan.chunk_size, chunks = st.plan.num_chunks;
-  const Mat<Scalar>& Z = st.cache.acts.back();
-  const auto chunk = [&](Index k) {
-    const Index c0 = k * cs, n = std::min(cs, st.num_samples - c0);
-    st.chunk_loss[static_cast<std::size_t>(k)] =
-        nll_sum<Scalar>(st.likelihood, ConstMatMap<Scalar>(Z.data() + c0 * C, C, n), st.data, c0, st.positions);
-  };
+  const Index cs = st.plan.chunk_size, chunks = st.plan.num_chunks;
 #ifdef NATGRAD_HAVE_OPENMP
 #pragma omp parallel for num_threads(st.num_threads) schedule(static) if (st.num_threads > 1 && chunks > 1)
 #endif
-  for (Index k = 0; k < chunks; ++k) chunk(k);
+  for (Index k = 0; k < chunks; ++k) st.record_chunk_loss(k, k * cs, std::min(cs, st.num_samples - k * cs));
   st.sum_loss();
   return st.loss;
+}
+
+template <typename Scalar>
+ConstMatMap<Scalar> FisherOperator<Scalar>::State::outputs_of(Index c0, Index n) const {
+  const Index C = model.output_size();
+  return ConstMatMap<Scalar>(cache.acts.back().data() + c0 * C, C, n);
+}
+
+template <typename Scalar>
+void FisherOperator<Scalar>::State::record_chunk_loss(Index k, Index c0, Index n) {
+  chunk_loss[static_cast<std::size_t>(k)] = nll_sum<Scalar>(likelihood, outputs_of(c0, n), data, c0, positions);
 }
 
 template <typename Scalar>

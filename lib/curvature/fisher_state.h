@@ -168,6 +168,11 @@ struct FisherOperator<Scalar>::State {
   std::vector<std::vector<const Scalar*>> reduction_parts;  // per group-split node: its partials in sum order
   std::vector<double> chunk_loss;
   Vec<Scalar> aligned_x, aligned_y;  // a product's vectors when the caller's are not aligned (perform_op)
+  /// The cached outputs (logits) of samples [c0, c0 + n): C × n.
+  ConstMatMap<Scalar> outputs_of(Index c0, Index n) const;
+  /// chunk_loss[k] = the summed loss of chunk k's samples [c0, c0 + n), one computation for loss() and
+  /// gradient() alike (so the two give the same bits).
+  void record_chunk_loss(Index k, Index c0, Index n);
   /// The loss from chunk_loss: summed in chunk order, over the ranks, divided by the positions that count.
   void sum_loss() {
     loss = 0;

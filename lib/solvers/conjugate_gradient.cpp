@@ -268,14 +268,16 @@ CgSummary solve(const OperatorRef<Scalar>& A, const PreconditionerRef<Scalar>& M
                  ", the lowest: CG minimizes phi over a growing Krylov space)";
   }
   s.recursive_relative_residual = s.returned_iterate == s.iterations ? rel : best_rel;
-  if (!options.recompute_residual_at_exit && (std::isnan(true_rel) || x_moved)) {
-    true_rel = s.recursive_relative_residual;
-  } else if (std::isnan(true_rel) || x_moved) {
-    try {
-      true_rel = true_residual();
-    } catch (const Interrupted& e) {  // (the solve ended by its own rule; only the check was stopped)
-      true_rel = nan;
-      s.message += std::string("; the true residual was not recomputed: ") + e.what();
+  if (std::isnan(true_rel) || x_moved) {  // the returned iterate's true residual is not known yet
+    if (!options.recompute_residual_at_exit) {
+      true_rel = s.recursive_relative_residual;
+    } else {
+      try {
+        true_rel = true_residual();
+      } catch (const Interrupted& e) {  // (the solve ended by its own rule; only the check was stopped)
+        true_rel = nan;
+        s.message += std::string("; the true residual was not recomputed: ") + e.what();
+      }
     }
   }
   s.relative_residual = true_rel;

@@ -209,8 +209,11 @@ void KfacOptimizer<Scalar>::load_state(const OptimizerState& s) {
     if (n == "inverse_damping") inverse_lambda = &v;
   }
   if (!running || !inverse || !previous || !lambda || !updates || !pending || !actual || !predicted ||
-      !own_actual || !own_predicted || !inverse_lambda)
+      !own_actual || !own_predicted)
     detail::fail("kfac: the state lacks K-FAC's factors, update or damping (another optimizer's?)");
+  if (!inverse_lambda)  // every field but this one: a checkpoint from before the inverses kept their own λ
+    detail::fail("kfac: the state lacks the inverses' damping (inverse_damping): a checkpoint from an older "
+                 "natgrad, whose steps this one would not repeat; start the run again");
   if (previous->size() != 0 && previous->size() != running_->rows())
     detail::fail("kfac: the stored update has " + std::to_string(previous->size()) + " entries, the model " +
                  std::to_string(running_->rows()));

@@ -67,16 +67,15 @@ class Fisher {
   // y = F v (no damping), v one flat vector of num_params() entries.
   py::array_t<Scalar> matvec(const Array<Scalar>& v) {
     check_vector(v);
-    // Both vectors in Eigen's aligned storage, not NumPy's: the product's vectorized sums (a bias's gradient
-    // is summed straight into y) depend on the addresses' alignment, and then the last bit of a result would
-    // depend on where NumPy put the array.
-    Vec<Scalar> x = ConstVecMap<Scalar>(v.data(), num_params()), y(num_params());
+    // Straight from and into NumPy's storage: perform_op's bits do not depend on where the vectors lie.
+    py::array_t<Scalar> y(num_params());
+    Scalar* out = y.mutable_data();
     {
       py::gil_scoped_release nogil;
       watch_->arm();
-      op_->perform_op(x.data(), y.data());
+      op_->perform_op(v.data(), out);
     }
-    return to_array(std::move(y));
+    return y;
   }
 
   // (F + λI) d = g for every damping given (several: one multi-shift CG), by the library's

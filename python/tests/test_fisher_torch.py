@@ -119,6 +119,16 @@ def test_threads_do_not_change_a_bit(problem):
     assert torch.equal(one.solve(0.1)[0], three.solve(0.1)[0])
 
 
+def test_a_products_bits_do_not_depend_on_where_its_vectors_lie(problem):
+    module, x, y, fisher = problem
+    n = fisher.num_params
+    v = np.random.default_rng(3).standard_normal(n)
+    for offset in (1, 3):  # float64 views one and three entries past an allocation's start
+        off = np.empty(n + offset)[offset:]
+        off[:] = v
+        assert np.array_equal(fisher.matvec(off), fisher.matvec(v))
+
+
 def test_trace_and_density(problem):
     module, x, y, fisher = problem
     F = ref.dense_fisher(module, x, y).numpy()
