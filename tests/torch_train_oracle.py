@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""natgrad train against PyTorch in float64 (issue 27, first part): on a small MLP and batches in file order
+"""natgrad train against PyTorch in float64: on a small MLP and batches in file order
 (--no-shuffle: [0, 8), [8, 16), [16, 20) as DataLoader(shuffle=False) gives them), the parameters after three
 epochs of torch.optim.Adam, of torch.optim.SGD with momentum, and of natural-gradient steps
 θ ← θ − η(F + λI)⁻¹g with the damping fixed (F the exact Fisher built densely from PyTorch's Jacobian-vector
