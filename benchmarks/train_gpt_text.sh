@@ -3,8 +3,8 @@
 #   corpus  the license texts of Debian's base-files (/usr/share/common-licenses), the files below in this
 #           order, concatenated into OUT/corpus.txt (~237 KB: 3650 windows of 65 bytes; the last 10% held out);
 #           CORPUS=file uses another text instead;
-#   model   the README's GPT (T, d = 64, 64; two blocks, 4 heads, tied head; 120576 parameters), exported by
-#           tools/export_torch.py with torch.manual_seed(0) into OUT/gpt/ (PYTHON, default /usr/bin/python3);
+#   model   the README's GPT (T, d = 64, 64; two blocks, 4 heads, tied head; 120576 parameters): the README's code
+#           block run as written, after torch.manual_seed(0), into OUT/gpt/ (PYTHON, default /usr/bin/python3);
 #   runs    natgrad train --context 64, batch 32 (2048 predicted bytes a step), seeds 1..N (default 3), S seconds
 #           of training each (default 120): adam at lr 3e-4, 1e-3, 3e-3, and kfac with its defaults; one evaluation
 #           schedule for all, every K steps, K chosen by a short kfac calibration run (the slowest per step) so
@@ -35,34 +35,23 @@ else
 fi
 echo "corpus: $(wc -c < "$out/corpus.txt") bytes, sha256 $(sha256sum "$out/corpus.txt" | cut -c1-16)"
 
-# 2. The model: the README's code, seeded.
-"$python" - "$here/../tools" "$out/gpt" "$context" <<'PY'
-import sys, torch, torch.nn as nn
-sys.path.insert(0, sys.argv[1])
-from export_torch import export_model
+# 2. The model: the README's code block that defines the GPT, run as written (from OUT, so its "gpt" directory is
+#    OUT/gpt), after torch.manual_seed(0); its T must be the context here.
+"$python" - "$here/.." "$out" "$context" <<'PY'
+import os, re, sys, torch
+repo, out, context = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with open(os.path.join(repo, "README.md")) as f:
+    blocks = re.findall(r"^```python\n(.*?)^```", f.read(), re.S | re.M)
+code = [b for b in blocks if "class GPT(" in b]
+if len(code) != 1:
+    sys.exit("train_gpt_text.sh: README.md has %d python blocks defining class GPT, not one" % len(code))
+os.chdir(out)
+sys.path.insert(0, os.path.join(repo, "tools"))
 torch.manual_seed(0)
-T, d = int(sys.argv[3]), 64
-class Block(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.ln1, self.attn = nn.LayerNorm(d), nn.MultiheadAttention(d, 4, batch_first=True)
-        self.ln2, self.mlp = nn.LayerNorm(d), nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
-        self.register_buffer("mask", torch.triu(torch.full((T, T), float("-inf")), 1))
-    def forward(self, x):
-        h = self.ln1(x)
-        x = x + self.attn(h, h, h, attn_mask=self.mask, need_weights=False)[0]
-        return x + self.mlp(self.ln2(x))
-class GPT(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.tok, self.pos = nn.Embedding(256, d), nn.Parameter(0.02 * torch.randn(T, d))
-        self.blocks, self.ln = nn.Sequential(Block(), Block()), nn.LayerNorm(d)
-        self.head = nn.Linear(d, 256, bias=False)
-        self.head.weight = self.tok.weight
-        nn.init.normal_(self.tok.weight, std=0.02)
-    def forward(self, idx):
-        return self.head(self.ln(self.blocks(self.tok(idx) + self.pos)))
-export_model(GPT().eval(), input_shape=[T], likelihood="categorical", directory=sys.argv[2])
+scope = {"__name__": "__main__"}
+exec(compile(code[0], "README.md (the GPT)", "exec"), scope)
+if scope["T"] != context:
+    sys.exit("train_gpt_text.sh: the README's GPT reads T = %d bytes, not the context %d" % (scope["T"], context))
 PY
 
 common=(--model "$out/gpt/model.json" --weights "$out/gpt/weights.safetensors" --data "$out/corpus.txt"
