@@ -509,30 +509,21 @@ void KfacApproximation<Scalar>::scatter(const Block& b, const Mat<Scalar>& V, Sc
   if (b.bias) VecMap<Scalar>(y + b.offset + b.rows * b.cols, b.rows) = V.col(b.cols);
 }
 
-// y = diag ∘ x, then per block (in parallel, one block per thread at a time) y_b = left · V · right with V
-// the block's slice of x as a matrix, in double (multiply()).
+// y = D x outside the blocks, then per block (in parallel, one block per thread at a time) Y = G V A in double,
+// V the block's slice of x as a matrix.
 template <typename Scalar>
-template <typename Product>
-void KfacApproximation<Scalar>::blockwise(const Vec<Scalar>& diag, const Scalar* x, Scalar* y,
-                                          Product product) const {
-  VecMap<Scalar>(y, num_params_) = diag.cwiseProduct(ConstVecMap<Scalar>(x, num_params_));
+void KfacApproximation<Scalar>::multiply(const Scalar* x, Scalar* y) const {
+  VecMap<Scalar>(y, num_params_) = diagonal_.cwiseProduct(ConstVecMap<Scalar>(x, num_params_));
   const Index count = static_cast<Index>(blocks_.size());
 #ifdef NATGRAD_HAVE_OPENMP
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads_)
 #endif
   for (Index i = 0; i < count; ++i) {
-    const std::size_t b = static_cast<std::size_t>(i);
+    const Block& b = blocks_[static_cast<std::size_t>(i)];
     Mat<Scalar> V;
-    gather(blocks_[b], x, V);
-    scatter(blocks_[b], product(b, V), y);
+    gather(b, x, V);
+    scatter(b, (b.G * V.template cast<double>() * b.A).template cast<Scalar>(), y);
   }
-}
-
-template <typename Scalar>
-void KfacApproximation<Scalar>::multiply(const Scalar* x, Scalar* y) const {
-  blockwise(diagonal_, x, y, [&](std::size_t b, const Mat<Scalar>& V) -> Mat<Scalar> {
-    return (blocks_[b].G * V.template cast<double>() * blocks_[b].A).template cast<Scalar>();
-  });
 }
 
 template <typename Scalar>

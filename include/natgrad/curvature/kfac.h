@@ -139,8 +139,6 @@ class KfacApproximation {
   void gather(const Block& b, const Scalar* x, Mat<Scalar>& V) const;
   void scatter(const Block& b, const Mat<Scalar>& V, Scalar* y) const;
   void invert_diagonal(double lambda);  // 1 / (d + λ) outside the blocks
-  template <typename Product>
-  void blockwise(const Vec<Scalar>& diag, const Scalar* x, Scalar* y, Product product) const;
 
   Index num_params_ = 0;
   int num_threads_ = 1;
