@@ -323,7 +323,7 @@ int run_train(Args& a, const World& world) {
                 "later)\n", signal_name(), static_cast<long long>(sum.steps));
   }
   if (!a.save.empty()) {
-    save_parameters(a.save, model, theta, out_dtype(a), {{"natgrad", "trained parameters"}, {"optimizer", opt->name()}});
+    save_state_dict(a.save, model, theta, out_dtype(a), {{"natgrad", "trained parameters"}, {"optimizer", opt->name()}});
     std::printf("wrote the parameters to %s\n", a.save.c_str());
   }
   if (!a.log.empty()) {
