@@ -2,6 +2,7 @@
 // and resumed from its checkpoint writes with --save the bytes of the run that was never stopped, for Adam, SGD
 // with momentum and the natural gradient with Monte-Carlo curvature (whose draws are keyed by the step) and the
 // Levenberg–Marquardt damping; its log holds every step once; a resume whose settings, model or file do not fit
+// (another activation of the same shapes, other training samples as many: the model's and the data's CRC-32s)
 // ends with one line and overwrites nothing. Also the library: the trainer's start point and the checkpoint
 // file's round trip (buffers included).
 #include "cli_fixture.h"
@@ -199,6 +200,13 @@ TEST(TrainResume, AnAttentionMaskReadsBackAndRoundTrips) {
 const char* kSmall = R"({"input_shape": [6], "likelihood": "categorical", "layers": [
   {"type": "linear", "in_features": 6, "out_features": 8}, {"type": "tanh"},
   {"type": "linear", "in_features": 8, "out_features": 3}]})";
+// The same tensors and names with another activation: another model of the same shapes.
+const char* kSmallRelu = R"({"input_shape": [6], "likelihood": "categorical", "layers": [
+  {"type": "linear", "in_features": 6, "out_features": 8}, {"type": "relu"},
+  {"type": "linear", "in_features": 8, "out_features": 3}]})";
+// kSmall written otherwise (keys in another order, other whitespace, a default spelled out): the same model.
+const char* kSmallRewritten = R"({"layers":[{"out_features":8,"type":"linear","in_features":6,"bias":true},
+{"type":"tanh"},{"type":"linear","in_features":8,"out_features":3}],"likelihood":"categorical","input_shape":[6]})";
 // The same tensors under other names (an identity first shifts them): another model with as many parameters.
 const char* kShifted = R"({"input_shape": [6], "likelihood": "categorical", "layers": [{"type": "identity"},
   {"type": "linear", "in_features": 6, "out_features": 8}, {"type": "tanh"},
@@ -221,6 +229,9 @@ class TrainResumeCli : public ::testing::Test {
       save_parameters(p(name + "_other.safetensors"), model, init_parameters(model, 99), DType::F64);
     };
     write(kSmall, "small", 44, 1);
+    write(kSmall, "small_other_data", 44, 8);  // (as many samples as small.safetensors, other values)
+    std::ofstream(p("small_relu.json")) << kSmallRelu;
+    std::ofstream(p("small_rewritten.json")) << kSmallRewritten;
     write(kSlow, "slow", 640, 2);
     std::ofstream(p("shifted.json")) << kShifted;
   }
@@ -432,6 +443,15 @@ TEST_F(TrainResumeCli, ABadResumeEndsWithOneLineAndOverwritesNothing) {
   truncated.resize(truncated.size() / 2);
   std::ofstream(p("truncated.safetensors"), std::ios::binary) << truncated;
   const std::string outputs = " --save " + save + " --log " + log;
+  {  // The checkpoint as natgrad wrote it before it recorded the model's and the data's CRC-32s.
+    Network<double> net(read_model_spec(p("small.json")).spec);
+    const Checkpoint<double> k = load_checkpoint<double>(c, net);
+    std::map<std::string, std::string> settings = k.settings;
+    ASSERT_EQ(settings.erase("model_crc32") + settings.erase("data_crc32"), 2u);
+    AdamOptimizer<double> adam(net.num_params(), {0.05});
+    adam.load_state(k.state);
+    save_checkpoint(p("old.safetensors"), net, k.theta, adam, k.progress, settings);
+  }
   struct Case {
     std::string args, expected;
     int code;
@@ -454,6 +474,16 @@ TEST_F(TrainResumeCli, ABadResumeEndsWithOneLineAndOverwritesNothing) {
        "the model's parameter count differs: the checkpoint's 83, this run's 5514", 1},
       {"train --model " + p("shifted.json") + data + c + " --optimizer adam --lr 0.05 --batch 8",
        "the checkpoint lacks the parameter \"1.weight\" (a checkpoint of another model?)", 1},
+      // Another activation (every tensor's name and shape the same), and other samples as many as the
+      // checkpoint's: they would change the result.
+      {"train --model " + p("small_relu.json") + data + c + " --optimizer adam --lr 0.05 --batch 8",
+       "--resume " + c + ": the model differs from the checkpoint's (CRC-32 of its description: the checkpoint's ", 1},
+      {"train --model " + p("small.json") + " --data " + p("small_other_data.safetensors") +
+           " --dtype float64 --batch 8 --epochs 3 --seed 5 --optimizer adam --lr 0.05 --resume " + c,
+       "--resume " + c + ": the training data differs from the checkpoint's (CRC-32 of its inputs and targets: the checkpoint's ", 1},
+      {small("--optimizer adam --lr 0.05") + " --resume " + p("old.safetensors"),
+       "--resume " + p("old.safetensors") + ": the checkpoint predates natgrad's check of the model and the training "
+       "data", 1},
       {small("--optimizer adam --lr 0.05") + " --resume " + p("truncated.safetensors"), p("truncated.safetensors") + ": ", 1},
       {small("--optimizer adam --lr 0.05") + " --resume " + p("small_other.safetensors"),
        p("small_other.safetensors") + ": not a training checkpoint", 1},
@@ -468,6 +498,9 @@ TEST_F(TrainResumeCli, ABadResumeEndsWithOneLineAndOverwritesNothing) {
     EXPECT_EQ(slurp(save), "keep") << k.args;
     EXPECT_EQ(slurp(log), "keep") << k.args;
   }
+  // The same model written otherwise resumes (its canonical description is the same).
+  const Result same = run("train --model " + p("small_rewritten.json") + data + c + " --optimizer adam --lr 0.05 --batch 8");
+  EXPECT_EQ(same.code, 0) << same.err;
   // The epochs done already: --epochs is the total.
   const std::string adam1 = small("--optimizer adam --lr 0.05", 1);
   ASSERT_EQ(run(adam1 + " --checkpoint " + c).code, 0);
