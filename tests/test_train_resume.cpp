@@ -3,8 +3,8 @@
 // with momentum and the natural gradient with Monte-Carlo curvature (whose draws are keyed by the step) and the
 // Levenberg–Marquardt damping; its log holds every step once; a resume whose settings, model or file do not fit
 // (another activation of the same shapes, other training samples as many: the model's and the data's CRC-32s)
-// ends with one line and overwrites nothing. Also the library: the trainer's start point and the checkpoint
-// file's round trip (buffers included).
+// ends with one line and overwrites nothing; so does a test split of another shape. Also the library: the
+// trainer's start point and the checkpoint file's round trip (buffers included).
 #include "cli_fixture.h"
 
 #include <natgrad/core/threads.h>
@@ -509,6 +509,46 @@ TEST_F(TrainResumeCli, ABadResumeEndsWithOneLineAndOverwritesNothing) {
   EXPECT_EQ(r.code, 2) << r.err;
   EXPECT_NE(r.err.find("--epochs 1 is the total, and the checkpoint " + c + " has completed 1 epochs"), std::string::npos) << r.err;
   EXPECT_EQ(slurp(save), "keep");
+}
+
+// A test split whose samples have another shape than the model's input (and the training data's) ends with one
+// line naming its file, before anything is written: a safetensors --test-data of width 7 for a model of width
+// 6, and an IDX directory whose t10k images are 5x5 beside training images of 4x4.
+TEST_F(TrainResumeCli, ATestSplitOfAnotherShapeEndsWithOneLineAndWritesNothing) {
+  {
+    Network<double> wide(mlp_spec(7, 4, 3));
+    save_dataset(p("wide.safetensors"), random_dataset(wide, 10, LikelihoodKind::categorical, 4), Shape{7});
+  }
+  const std::string idx = p("idx_shapes");
+  ::mkdir(idx.c_str(), 0755);
+  auto images = [&](const std::string& split, uint32_t n, uint32_t side) {
+    std::string px;
+    for (uint32_t k = 0; k < n * side * side; ++k) px.push_back(char((k * 37) % 256));
+    write_bytes(idx + "/" + split + "-images-idx3-ubyte", idx_bytes({n, side, side}, px));
+    write_bytes(idx + "/" + split + "-labels-idx1-ubyte", idx_bytes({n}, std::string(n, char(1))));
+  };
+  images("train", 6, 4);
+  images("t10k", 3, 4);
+  std::ofstream(p("idx_model.json")) << R"({"input_shape": [1, 4, 4], "likelihood": "categorical", "layers": [
+    {"type": "flatten"}, {"type": "linear", "in_features": 16, "out_features": 3}]})";
+  const std::string outputs = " --save " + p("split_save.safetensors") + " --log " + p("split.csv") + " --checkpoint " +
+                              p("split_c.safetensors") + " --report " + p("split.json");
+  const std::string on_idx = "train --model " + p("idx_model.json") + " --data " + idx + " --epochs 1 --batch 4";
+  Result r = run(on_idx);
+  ASSERT_EQ(r.code, 0) << "the IDX directory trains while its splits agree\n" << r.err;
+  images("t10k", 3, 5);
+  for (const auto& [args, expected] : std::vector<std::pair<std::string, std::string>>{
+           {"train --model " + p("small.json") + " --data " + p("small.safetensors") + " --test-data " +
+                p("wide.safetensors") + " --epochs 1 --batch 8",
+            p("wide.safetensors") + ": \"inputs\" samples have shape [7] but the model's input_shape is [6]"},
+           {on_idx, idx + "/t10k-images-idx3-ubyte: images of 5x5 do not match the model's input_shape [1, 4, 4]"}}) {
+    r = run(args + outputs);
+    EXPECT_EQ(r.code, 1) << args << "\n" << r.err;
+    EXPECT_NE(r.err.find(expected), std::string::npos) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    for (const char* name : {"split_save.safetensors", "split.csv", "split_c.safetensors", "split.json"})
+      EXPECT_FALSE(exists(p(name))) << name << " written by " << args;
+  }
 }
 
 }  // namespace
