@@ -46,7 +46,8 @@ uLong crc_of(uLong crc, const void* bytes, std::size_t size) {
 }  // namespace
 
 template <typename Scalar>
-std::vector<std::pair<std::string, std::string>> train_fingerprints(const ModelFile& model, const Dataset<Scalar>& data) {
+std::vector<std::pair<std::string, std::string>> train_fingerprints(const ModelFile& model,
+                                                                    const Dataset<Scalar>& data) {
   ModelFile canonical = model;
   for (LayerSpec& layer : canonical.spec.layers) layer.origin.clear();  // (a note on where it came from)
   const std::string text = model_spec_to_json(canonical);

@@ -30,7 +30,8 @@ void check_resume_settings(const std::string& path, const std::map<std::string, 
 /// do not count, another activation, layer option or likelihood does), and `data_crc32`, the CRC-32 of the
 /// training split as loaded (its inputs, then its class labels or targets, in the run's dtype).
 template <typename Scalar>
-std::vector<std::pair<std::string, std::string>> train_fingerprints(const ModelFile& model, const Dataset<Scalar>& data);
+std::vector<std::pair<std::string, std::string>> train_fingerprints(const ModelFile& model,
+                                                                    const Dataset<Scalar>& data);
 
 /// --resume: throws std::invalid_argument, one line naming what differs between the checkpoint's fingerprints
 /// (in `saved`) and this run's `now` and what to do, or saying that the checkpoint predates them.

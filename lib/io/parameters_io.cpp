@@ -136,7 +136,8 @@ void save_state_dict(const std::string& path, const Network<Scalar>& model, cons
     d.insert(d.end(), values.begin(), values.end());
   }
   auto data = [&](std::size_t offset) {
-    return dtype == DType::F32 ? static_cast<const void*>(f.data() + offset) : static_cast<const void*>(d.data() + offset);
+    return dtype == DType::F32 ? static_cast<const void*>(f.data() + offset)
+                               : static_cast<const void*>(d.data() + offset);
   };
   std::vector<TensorView> views;
   for (const NamedParam& p : model.named_params())
