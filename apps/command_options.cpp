@@ -143,7 +143,8 @@ void add_train_options(CLI::App* c, Args& a) {
                 "Write a checkpoint here (safetensors: parameters, buffers, optimizer state, progress, settings) at "
                 "the end of every epoch, at the end and at a stop (--max-time, SIGINT, SIGTERM)");
   c->add_option("--resume", a.resume,
-                "Continue the run a --checkpoint file holds, to --epochs in total, with the same settings");
+                "Continue the run a --checkpoint file holds, to --epochs in total, with the same settings, model and "
+                "training data");
   c->add_option("--report", a.report, "Write a JSON report here (docs/formats.md)");
   c->add_flag("--quiet", a.quiet, "Only the results on stdout and errors on stderr");
 }

@@ -4,6 +4,8 @@
 
 #include <natgrad/training/optimizer.h>
 
+#include <zlib.h>
+
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -31,7 +33,57 @@ std::string label(const std::string& key) {
   return option;
 }
 
+std::string hex(uLong crc) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "%08lx", static_cast<unsigned long>(crc));
+  return buf;
+}
+
+uLong crc_of(uLong crc, const void* bytes, std::size_t size) {
+  return size == 0 ? crc : crc32_z(crc, static_cast<const Bytef*>(bytes), static_cast<z_size_t>(size));
+}
+
 }  // namespace
+
+template <typename Scalar>
+std::vector<std::pair<std::string, std::string>> train_fingerprints(const ModelFile& model,
+                                                                    const Dataset<Scalar>& data) {
+  ModelFile canonical = model;
+  for (LayerSpec& layer : canonical.spec.layers) layer.origin.clear();  // (a note on where it came from)
+  const std::string text = model_spec_to_json(canonical);
+  const uLong model_crc = crc_of(crc32_z(0, Z_NULL, 0), text.data(), text.size());
+  uLong data_crc = crc32_z(0, Z_NULL, 0);
+  data_crc = crc_of(data_crc, data.inputs.data(), sizeof(Scalar) * std::size_t(data.inputs.size()));
+  data_crc = crc_of(data_crc, data.labels.data(), sizeof(int64_t) * data.labels.size());
+  data_crc = crc_of(data_crc, data.targets.data(), sizeof(Scalar) * std::size_t(data.targets.size()));
+  return {{"model_crc32", hex(model_crc)}, {"data_crc32", hex(data_crc)}};
+}
+
+template std::vector<std::pair<std::string, std::string>> train_fingerprints(const ModelFile&, const Dataset<float>&);
+template std::vector<std::pair<std::string, std::string>> train_fingerprints(const ModelFile&, const Dataset<double>&);
+
+void check_resume_fingerprints(const std::string& path, const std::map<std::string, std::string>& saved,
+                               const std::vector<std::pair<std::string, std::string>>& now) {
+  for (const auto& [key, value] : now)
+    if (!saved.count(key))
+      throw std::invalid_argument(
+          "--resume " + path + ": the checkpoint predates natgrad's check of the model and the training data (it "
+          "records no " + key + "), so this run cannot tell that they are the checkpoint's; resume it with the natgrad "
+          "that wrote it, or train again without --resume; nothing written");
+  for (const auto& [key, value] : now) {
+    const std::string& old = saved.at(key);
+    if (old == value) continue;
+    const bool model = key == "model_crc32";
+    throw std::invalid_argument(
+        "--resume " + path + ": " + (model ? "the model" : "the training data") + " differs from the checkpoint's (" +
+        (model ? "CRC-32 of its description" : "CRC-32 of its inputs and targets") + ": the checkpoint's " + old +
+        ", this run's " + value + "): " +
+        (model ? "another layer, activation, option or likelihood changes the result; give the --model the checkpoint "
+                 "was trained with"
+               : "other samples change the result; give the --data the checkpoint was trained on") +
+        ", or train again without --resume; nothing written");
+  }
+}
 
 std::vector<std::pair<std::string, std::string>> train_settings(const Args& a, Index params, Index samples) {
   std::vector<std::pair<std::string, std::string>> s = {{"optimizer", a.optimizer},

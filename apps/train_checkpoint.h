@@ -4,6 +4,9 @@
 
 #include "options.h"
 
+#include <natgrad/core/dataset.h>
+#include <natgrad/io/model_spec_json.h>
+
 #include <map>
 #include <string>
 #include <utility>
@@ -20,6 +23,20 @@ std::vector<std::pair<std::string, std::string>> train_settings(const Args& a, I
 /// checkpoint's metadata `saved` and this run's `now` (the old and the new value).
 void check_resume_settings(const std::string& path, const std::map<std::string, std::string>& saved,
                            const std::vector<std::pair<std::string, std::string>>& now);
+
+/// What a resumed run must share with the checkpoint's beyond its options, as (key, 8 hex digits):
+/// `model_crc32`, the CRC-32 of the model's canonical description (model_spec_to_json of the parsed spec, the
+/// likelihood included and the layers' `origin` notes left out: whitespace, key order and spelled-out defaults
+/// do not count, another activation, layer option or likelihood does), and `data_crc32`, the CRC-32 of the
+/// training split as loaded (its inputs, then its class labels or targets, in the run's dtype).
+template <typename Scalar>
+std::vector<std::pair<std::string, std::string>> train_fingerprints(const ModelFile& model,
+                                                                    const Dataset<Scalar>& data);
+
+/// --resume: throws std::invalid_argument, one line naming what differs between the checkpoint's fingerprints
+/// (in `saved`) and this run's `now` and what to do, or saying that the checkpoint predates them.
+void check_resume_fingerprints(const std::string& path, const std::map<std::string, std::string>& saved,
+                               const std::vector<std::pair<std::string, std::string>>& now);
 
 /// The log a run resumed at `steps` starts from: the rows of the existing log at `path` up to step `steps` (a
 /// run that went past the checkpoint left more: they are dropped), or the header alone when there is no such file. Throws

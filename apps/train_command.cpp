@@ -198,14 +198,23 @@ int run_train(Args& a, const World& world) {
     }
   });
   const std::vector<std::pair<std::string, std::string>> settings = train_settings(a, model.num_params(), data.size());
+  // The model's and the training data's CRC-32s, for a checkpoint to record and a resume to compare (Fashion-
+  // MNIST's 60000 training images: 45 ms in float32, 90 ms in float64, beside 0.33 s to load them; computed
+  // only then).
+  const std::vector<std::pair<std::string, std::string>> fingerprints =
+      a.checkpoint.empty() && a.resume.empty() ? std::vector<std::pair<std::string, std::string>>()
+                                               : train_fingerprints(file, data);
   Vec<Scalar> theta;
   const std::unique_ptr<Optimizer<Scalar>> opt = make_optimizer<Scalar>(a, model, comm);
   TrainProgress start;
   if (!a.resume.empty()) {
     agree(world.comm(), [&] {
-      // Every check before anything is written: the settings, then the tensors, then the epochs left.
-      check_resume_settings(a.resume, read_checkpoint_metadata(a.resume), settings);
+      // Every check before anything is written: the settings, then the tensors, the model's description and the
+      // training data's content, then the epochs left.
+      const std::map<std::string, std::string> saved = read_checkpoint_metadata(a.resume);
+      check_resume_settings(a.resume, saved, settings);
       Checkpoint<Scalar> c = load_checkpoint<Scalar>(a.resume, model);
+      check_resume_fingerprints(a.resume, saved, fingerprints);
       try {
         for (std::size_t k = 0; k < c.buffers.size(); ++k) model.set_buffer(k, c.buffers[k].data());
         opt->load_state(c.state);
@@ -229,6 +238,7 @@ int run_train(Args& a, const World& world) {
     });
   }
   std::map<std::string, std::string> saved_settings(settings.begin(), settings.end());
+  saved_settings.insert(fingerprints.begin(), fingerprints.end());
   saved_settings.erase("optimizer");  // (the checkpoint records the optimizer's name itself)
   auto write_checkpoint = [&](const TrainProgress& at) {  // (every rank holds the same state: rank 0 writes)
     if (world.root()) save_checkpoint(a.checkpoint, model, theta, *opt, at, saved_settings);
@@ -323,7 +333,7 @@ int run_train(Args& a, const World& world) {
                 "later)\n", signal_name(), static_cast<long long>(sum.steps));
   }
   if (!a.save.empty()) {
-    save_parameters(a.save, model, theta, out_dtype(a), {{"natgrad", "trained parameters"}, {"optimizer", opt->name()}});
+    save_state_dict(a.save, model, theta, out_dtype(a), {{"natgrad", "trained parameters"}, {"optimizer", opt->name()}});
     std::printf("wrote the parameters to %s\n", a.save.c_str());
   }
   if (!a.log.empty()) {

@@ -390,6 +390,35 @@ TEST(Parameters, RoundTripAndMismatches) {
                "has dtype I64");
 }
 
+// train --save's file: the parameters, then the buffers (batch norm's running statistics, set away from their
+// defaults), under their state_dict names; --weights reads both back bit for bit.
+template <typename Scalar>
+void state_dict_round_trips(DType dtype) {
+  Network<Scalar> model(resnet_spec(3)), fresh(resnet_spec(3));
+  ASSERT_FALSE(model.named_buffers().empty());
+  for (std::size_t k = 0; k < model.named_buffers().size(); ++k) {
+    std::vector<Scalar> v(static_cast<std::size_t>(shape_size(model.named_buffers()[k].shape)));
+    for (std::size_t i = 0; i < v.size(); ++i) v[i] = Scalar(0.3) + Scalar(k) + Scalar(0.1) * Scalar(i);
+    model.set_buffer(k, v.data());
+  }
+  const Vec<Scalar> theta = init_parameters(model, 5);
+  const std::string file = path(dtype == DType::F32 ? "sd32.safetensors" : "sd64.safetensors");
+  save_state_dict(file, model, theta, dtype);
+  std::vector<std::string> names;
+  for (const NamedParam& q : model.named_params()) names.push_back(q.name);
+  for (const NamedBuffer& b : model.named_buffers()) names.push_back(b.name);
+  EXPECT_EQ(SafetensorsFile::read(file).names(), names);
+  EXPECT_TRUE(load_parameters<Scalar>(file, fresh) == theta);
+  load_buffers<Scalar>(file, fresh);
+  for (std::size_t k = 0; k < model.named_buffers().size(); ++k) EXPECT_EQ(fresh.buffer(k), model.buffer(k)) << k;
+  EXPECT_NE(Network<Scalar>(resnet_spec(3)).buffer(0), model.buffer(0));  // (not a comparison of defaults)
+}
+
+TEST(Parameters, AStateDictHoldsTheBuffersAndReadsBack) {
+  state_dict_round_trips<float>(DType::F32);
+  state_dict_round_trips<double>(DType::F64);
+}
+
 TEST(Parameters, PyTorchLayoutFileRoundTripsBitForBit) {
   // A file laid out as torch / safetensors write a state_dict: __metadata__ {"format": "pt"}, tensors in
   // state_dict order, F32 little-endian. natgrad reads it and writes it back with identical tensor bytes.

@@ -2,8 +2,9 @@
 // and resumed from its checkpoint writes with --save the bytes of the run that was never stopped, for Adam, SGD
 // with momentum and the natural gradient with Monte-Carlo curvature (whose draws are keyed by the step) and the
 // Levenberg–Marquardt damping; its log holds every step once; a resume whose settings, model or file do not fit
-// ends with one line and overwrites nothing. Also the library: the trainer's start point and the checkpoint
-// file's round trip (buffers included).
+// (another activation of the same shapes, other training samples as many: the model's and the data's CRC-32s)
+// ends with one line and overwrites nothing; so does a test split of another shape. Also the library: the
+// trainer's start point and the checkpoint file's round trip (buffers included).
 #include "cli_fixture.h"
 
 #include <natgrad/core/threads.h>
@@ -199,6 +200,13 @@ TEST(TrainResume, AnAttentionMaskReadsBackAndRoundTrips) {
 const char* kSmall = R"({"input_shape": [6], "likelihood": "categorical", "layers": [
   {"type": "linear", "in_features": 6, "out_features": 8}, {"type": "tanh"},
   {"type": "linear", "in_features": 8, "out_features": 3}]})";
+// The same tensors and names with another activation: another model of the same shapes.
+const char* kSmallRelu = R"({"input_shape": [6], "likelihood": "categorical", "layers": [
+  {"type": "linear", "in_features": 6, "out_features": 8}, {"type": "relu"},
+  {"type": "linear", "in_features": 8, "out_features": 3}]})";
+// kSmall written otherwise (keys in another order, other whitespace, a default spelled out): the same model.
+const char* kSmallRewritten = R"({"layers":[{"out_features":8,"type":"linear","in_features":6,"bias":true},
+{"type":"tanh"},{"type":"linear","in_features":8,"out_features":3}],"likelihood":"categorical","input_shape":[6]})";
 // The same tensors under other names (an identity first shifts them): another model with as many parameters.
 const char* kShifted = R"({"input_shape": [6], "likelihood": "categorical", "layers": [{"type": "identity"},
   {"type": "linear", "in_features": 6, "out_features": 8}, {"type": "tanh"},
@@ -221,6 +229,9 @@ class TrainResumeCli : public ::testing::Test {
       save_parameters(p(name + "_other.safetensors"), model, init_parameters(model, 99), DType::F64);
     };
     write(kSmall, "small", 44, 1);
+    write(kSmall, "small_other_data", 44, 8);  // (as many samples as small.safetensors, other values)
+    std::ofstream(p("small_relu.json")) << kSmallRelu;
+    std::ofstream(p("small_rewritten.json")) << kSmallRewritten;
     write(kSlow, "slow", 640, 2);
     std::ofstream(p("shifted.json")) << kShifted;
   }
@@ -432,6 +443,15 @@ TEST_F(TrainResumeCli, ABadResumeEndsWithOneLineAndOverwritesNothing) {
   truncated.resize(truncated.size() / 2);
   std::ofstream(p("truncated.safetensors"), std::ios::binary) << truncated;
   const std::string outputs = " --save " + save + " --log " + log;
+  {  // The checkpoint as natgrad wrote it before it recorded the model's and the data's CRC-32s.
+    Network<double> net(read_model_spec(p("small.json")).spec);
+    const Checkpoint<double> k = load_checkpoint<double>(c, net);
+    std::map<std::string, std::string> settings = k.settings;
+    ASSERT_EQ(settings.erase("model_crc32") + settings.erase("data_crc32"), 2u);
+    AdamOptimizer<double> adam(net.num_params(), {0.05});
+    adam.load_state(k.state);
+    save_checkpoint(p("old.safetensors"), net, k.theta, adam, k.progress, settings);
+  }
   struct Case {
     std::string args, expected;
     int code;
@@ -454,6 +474,16 @@ TEST_F(TrainResumeCli, ABadResumeEndsWithOneLineAndOverwritesNothing) {
        "the model's parameter count differs: the checkpoint's 83, this run's 5514", 1},
       {"train --model " + p("shifted.json") + data + c + " --optimizer adam --lr 0.05 --batch 8",
        "the checkpoint lacks the parameter \"1.weight\" (a checkpoint of another model?)", 1},
+      // Another activation (every tensor's name and shape the same), and other samples as many as the
+      // checkpoint's: they would change the result.
+      {"train --model " + p("small_relu.json") + data + c + " --optimizer adam --lr 0.05 --batch 8",
+       "--resume " + c + ": the model differs from the checkpoint's (CRC-32 of its description: the checkpoint's ", 1},
+      {"train --model " + p("small.json") + " --data " + p("small_other_data.safetensors") +
+           " --dtype float64 --batch 8 --epochs 3 --seed 5 --optimizer adam --lr 0.05 --resume " + c,
+       "--resume " + c + ": the training data differs from the checkpoint's (CRC-32 of its inputs and targets: the checkpoint's ", 1},
+      {small("--optimizer adam --lr 0.05") + " --resume " + p("old.safetensors"),
+       "--resume " + p("old.safetensors") + ": the checkpoint predates natgrad's check of the model and the training "
+       "data", 1},
       {small("--optimizer adam --lr 0.05") + " --resume " + p("truncated.safetensors"), p("truncated.safetensors") + ": ", 1},
       {small("--optimizer adam --lr 0.05") + " --resume " + p("small_other.safetensors"),
        p("small_other.safetensors") + ": not a training checkpoint", 1},
@@ -468,6 +498,9 @@ TEST_F(TrainResumeCli, ABadResumeEndsWithOneLineAndOverwritesNothing) {
     EXPECT_EQ(slurp(save), "keep") << k.args;
     EXPECT_EQ(slurp(log), "keep") << k.args;
   }
+  // The same model written otherwise resumes (its canonical description is the same).
+  const Result same = run("train --model " + p("small_rewritten.json") + data + c + " --optimizer adam --lr 0.05 --batch 8");
+  EXPECT_EQ(same.code, 0) << same.err;
   // The epochs done already: --epochs is the total.
   const std::string adam1 = small("--optimizer adam --lr 0.05", 1);
   ASSERT_EQ(run(adam1 + " --checkpoint " + c).code, 0);
@@ -476,6 +509,46 @@ TEST_F(TrainResumeCli, ABadResumeEndsWithOneLineAndOverwritesNothing) {
   EXPECT_EQ(r.code, 2) << r.err;
   EXPECT_NE(r.err.find("--epochs 1 is the total, and the checkpoint " + c + " has completed 1 epochs"), std::string::npos) << r.err;
   EXPECT_EQ(slurp(save), "keep");
+}
+
+// A test split whose samples have another shape than the model's input (and the training data's) ends with one
+// line naming its file, before anything is written: a safetensors --test-data of width 7 for a model of width
+// 6, and an IDX directory whose t10k images are 5x5 beside training images of 4x4.
+TEST_F(TrainResumeCli, ATestSplitOfAnotherShapeEndsWithOneLineAndWritesNothing) {
+  {
+    Network<double> wide(mlp_spec(7, 4, 3));
+    save_dataset(p("wide.safetensors"), random_dataset(wide, 10, LikelihoodKind::categorical, 4), Shape{7});
+  }
+  const std::string idx = p("idx_shapes");
+  ::mkdir(idx.c_str(), 0755);
+  auto images = [&](const std::string& split, uint32_t n, uint32_t side) {
+    std::string px;
+    for (uint32_t k = 0; k < n * side * side; ++k) px.push_back(char((k * 37) % 256));
+    write_bytes(idx + "/" + split + "-images-idx3-ubyte", idx_bytes({n, side, side}, px));
+    write_bytes(idx + "/" + split + "-labels-idx1-ubyte", idx_bytes({n}, std::string(n, char(1))));
+  };
+  images("train", 6, 4);
+  images("t10k", 3, 4);
+  std::ofstream(p("idx_model.json")) << R"({"input_shape": [1, 4, 4], "likelihood": "categorical", "layers": [
+    {"type": "flatten"}, {"type": "linear", "in_features": 16, "out_features": 3}]})";
+  const std::string outputs = " --save " + p("split_save.safetensors") + " --log " + p("split.csv") + " --checkpoint " +
+                              p("split_c.safetensors") + " --report " + p("split.json");
+  const std::string on_idx = "train --model " + p("idx_model.json") + " --data " + idx + " --epochs 1 --batch 4";
+  Result r = run(on_idx);
+  ASSERT_EQ(r.code, 0) << "the IDX directory trains while its splits agree\n" << r.err;
+  images("t10k", 3, 5);
+  for (const auto& [args, expected] : std::vector<std::pair<std::string, std::string>>{
+           {"train --model " + p("small.json") + " --data " + p("small.safetensors") + " --test-data " +
+                p("wide.safetensors") + " --epochs 1 --batch 8",
+            p("wide.safetensors") + ": \"inputs\" samples have shape [7] but the model's input_shape is [6]"},
+           {on_idx, idx + "/t10k-images-idx3-ubyte: images of 5x5 do not match the model's input_shape [1, 4, 4]"}}) {
+    r = run(args + outputs);
+    EXPECT_EQ(r.code, 1) << args << "\n" << r.err;
+    EXPECT_NE(r.err.find(expected), std::string::npos) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    for (const char* name : {"split_save.safetensors", "split.csv", "split_c.safetensors", "split.json"})
+      EXPECT_FALSE(exists(p(name))) << name << " written by " << args;
+  }
 }
 
 }  // namespace

@@ -8,7 +8,8 @@ each against `natgrad train --save`'s, to 1e-10 relative (the Gram solve) or 1e-
 report and log agree with the run (natgrad's per-epoch damping and CG iterations too), and bad options end
 with one line. On text (--context T), byte-level models (an embedding and a linear head; a causal one-layer
 transformer) trained by Adam on the windows before the held-out tail, against F.cross_entropy over positions,
-and the tail's loss and per-position accuracy in the report against PyTorch's.
+and the tail's loss and per-position accuracy in the report against PyTorch's. A residual graph with batch norm
+trained by Adam against PyTorch's module in .eval() mode (running statistics fixed, and --save's the input's).
 Exit code 77 (ctest SKIP) when PyTorch is not installed, 1 with NATGRAD_REQUIRE_TORCH=1 (torch_oracle.py)."""
 import copy
 import csv
@@ -135,6 +136,61 @@ for _ in range(EPOCHS):
         opt.step()
 oracle.check("--autoencoder adam against BCEWithLogits on (m(x), x)", rel(ours, flat([p.detach() for p in m.parameters()])), 1e-10)
 oracle.expect_error("--autoencoder on a categorical model", ["train", *common, "--autoencoder"], "--autoencoder needs")
+
+
+# Batch norm trains in evaluation mode: a residual graph with BatchNorm1d (running statistics and affine
+# parameters away from their defaults) trained by Adam, against torch.optim.Adam on the same module in .eval()
+# mode; natgrad says so on stderr, and --save's running statistics are the exported ones bit for bit (--save
+# writes the buffers beside the parameters: a state_dict).
+class BatchNormNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(5, 6)
+        self.bn = nn.BatchNorm1d(6)
+        self.fc2 = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.bn(self.fc1(x)))
+        return self.head(h + torch.tanh(self.fc2(h)))
+
+
+torch.manual_seed(4)
+bn_model = BatchNormNet()
+with torch.no_grad():
+    bn_model.bn.running_mean.uniform_(-0.5, 0.5)
+    bn_model.bn.running_var.uniform_(0.5, 2.0)
+    bn_model.bn.num_batches_tracked.fill_(100)
+    bn_model.bn.weight.uniform_(0.5, 1.5)
+    bn_model.bn.bias.uniform_(-0.3, 0.3)
+bn_model.eval()
+db, _, bn_common = export_case(bn_model, [5], "categorical", x, y)
+out = os.path.join(db, "bn.safetensors")
+r = oracle.run("train", *[a for a in bn_common if a != "--quiet"], "--optimizer", "adam", "--lr", "0.01",
+               "--epochs", str(EPOCHS), "--batch", str(B), "--no-shuffle", "--save", out)
+note = "note: batch norm trains in evaluation mode: its running statistics stay fixed"
+if note not in r.stderr:
+    oracle.fail(f"batch norm: the note {note!r} is not on stderr: {r.stderr!r}")
+saved, start = load_safetensors(out), load_safetensors(os.path.join(db, "weights.safetensors"))
+for name in ("bn.running_mean", "bn.running_var"):
+    a, b = saved.get(name), start[name]
+    same = a is not None and a.dtype == b.dtype and a.numpy().tobytes() == b.numpy().tobytes()
+    if not (same and torch.equal(b, bn_model.get_buffer(name))):
+        oracle.fail(f"batch norm: --save's {name} {a} is not the exported {b}")
+try:  # a state_dict PyTorch loads as it is (it fills in num_batches_tracked)
+    BatchNormNet().load_state_dict(saved)
+except RuntimeError as e:
+    oracle.fail(f"batch norm: --save's file is not a state_dict load_state_dict takes: {e}")
+m = copy.deepcopy(bn_model)
+opt = torch.optim.Adam(m.parameters(), lr=0.01)
+for _ in range(EPOCHS):
+    for xb, yb in batches:
+        opt.zero_grad()
+        F.cross_entropy(m(xb), yb).backward()
+        opt.step()
+ours = flat([saved[n] for n, _ in bn_model.named_parameters()])
+oracle.check("batch norm in eval mode: adam vs PyTorch's .eval() module",
+             rel(ours, flat([p.detach() for p in m.parameters()])), 1e-10)
 
 
 

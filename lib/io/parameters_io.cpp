@@ -120,6 +120,36 @@ void save_parameters(const std::string& path, const Network<Scalar>& model, cons
 }
 
 template <typename Scalar>
+void save_state_dict(const std::string& path, const Network<Scalar>& model, const Vec<Scalar>& v, DType dtype,
+                     const std::map<std::string, std::string>& metadata) {
+  model.check_params(v.size());
+  if (dtype != DType::F32 && dtype != DType::F64) detail::fail(path + ": can only write F32 or F64");
+  // The parameters and then the buffers, each in `dtype`, all held until the write.
+  const std::size_t B = model.named_buffers().size();
+  std::vector<float> f(v.data(), v.data() + v.size());
+  std::vector<double> d(v.data(), v.data() + v.size());
+  std::vector<std::size_t> at(B);
+  for (std::size_t k = 0; k < B; ++k) {
+    const std::vector<Scalar> values = model.buffer(k);
+    at[k] = f.size();
+    f.insert(f.end(), values.begin(), values.end());
+    d.insert(d.end(), values.begin(), values.end());
+  }
+  auto data = [&](std::size_t offset) {
+    return dtype == DType::F32 ? static_cast<const void*>(f.data() + offset)
+                               : static_cast<const void*>(d.data() + offset);
+  };
+  std::vector<TensorView> views;
+  for (const NamedParam& p : model.named_params())
+    views.push_back({p.name, dtype, std::vector<int64_t>(p.shape.begin(), p.shape.end()), data(std::size_t(p.offset))});
+  for (std::size_t k = 0; k < B; ++k) {
+    const NamedBuffer& b = model.named_buffers()[k];
+    views.push_back({b.name, dtype, std::vector<int64_t>(b.shape.begin(), b.shape.end()), data(at[k])});
+  }
+  write_safetensors(path, views, metadata);
+}
+
+template <typename Scalar>
 void save_parameter_stack(const std::string& path, const Network<Scalar>& model, const Mat<double>& V, DType dtype,
                           const std::map<std::string, std::string>& metadata) {
   model.check_params(V.rows());
@@ -156,6 +186,10 @@ template void load_buffers<double>(const std::string&, Network<double>&);
 template void save_parameters<float>(const std::string&, const Network<float>&, const Vec<float>&, DType,
                                      const std::map<std::string, std::string>&);
 template void save_parameters<double>(const std::string&, const Network<double>&, const Vec<double>&, DType,
+                                      const std::map<std::string, std::string>&);
+template void save_state_dict<float>(const std::string&, const Network<float>&, const Vec<float>&, DType,
+                                     const std::map<std::string, std::string>&);
+template void save_state_dict<double>(const std::string&, const Network<double>&, const Vec<double>&, DType,
                                       const std::map<std::string, std::string>&);
 
 }  // namespace natgrad

@@ -35,6 +35,13 @@ template <typename Scalar>
 void save_parameters(const std::string& path, const Network<Scalar>& model, const Vec<Scalar>& v, DType dtype,
                      const std::map<std::string, std::string>& metadata = {});
 
+/// Writes v (num_params entries) and the model's buffers (batch norm's running statistics, an attention mask)
+/// under their state_dict names and shapes as F32 or F64: what load_parameters and load_buffers read back, and a
+/// module's state_dict but for batch norm's `num_batches_tracked`.
+template <typename Scalar>
+void save_state_dict(const std::string& path, const Network<Scalar>& model, const Vec<Scalar>& v, DType dtype,
+                     const std::map<std::string, std::string>& metadata = {});
+
 /// Writes the K columns of V (num_params × K) as one tensor per parameter name of shape [K, ...shape]
 /// (F32 or F64): column i under each name's index i, so `{n: t[i] for n, t in d.items()}` is a state_dict.
 template <typename Scalar>
