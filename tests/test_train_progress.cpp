@@ -27,8 +27,13 @@ namespace {
 const char* kFast = R"({"input_shape": [6], "likelihood": "categorical", "layers": [
   {"type": "linear", "in_features": 6, "out_features": 8}, {"type": "tanh"},
   {"type": "linear", "in_features": 8, "out_features": 3}]})";
-// 600 CG iterations over 22 000 parameters a step: a step takes some 0.3 s (AMD EPYC, Release; more under the
-// sanitizers), several times the 0.05 s interval the tests set.
+// 600 CG iterations over 22 000 parameters a step: a step takes some 0.3 s (AMD EPYC, Release), several times
+// the 0.05 s interval the tests set; under the sanitizers (some 18 times slower) 100 take as long.
+#if defined(NATGRAD_SANITIZE)
+const int kCgIterations = 100;
+#else
+const int kCgIterations = 600;
+#endif
 const char* kSlow = R"({"input_shape": [32], "likelihood": "categorical", "layers": [
   {"type": "linear", "in_features": 32, "out_features": 512}, {"type": "tanh"},
   {"type": "linear", "in_features": 512, "out_features": 10}]})";
@@ -76,7 +81,8 @@ class TrainProgress : public ::testing::Test {
   static std::string slow() {
     return "train --model " + p("slow.json") + " --data " + p("slow.safetensors") +
            " --dtype float64 --batch 64 --epochs 2 --seed 3 --threads 1 --optimizer natgrad --fisher mc --mc-samples 8 "
-           "--solver cg --cg-tol 1e-12 --cg-max-iters 600 --damping 1e-4 --damping-adapt off --lr 0.001";
+           "--solver cg --cg-tol 1e-12 --cg-max-iters " + std::to_string(kCgIterations) +
+           " --damping 1e-4 --damping-adapt off --lr 0.001";
   }
   // The environment's NATGRAD_PROGRESS_INTERVAL for a command (nullptr: unset), as sh words.
   static std::string interval_env(const char* interval) {
