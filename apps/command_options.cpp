@@ -146,7 +146,9 @@ void add_train_options(CLI::App* c, Args& a) {
                 "Continue the run a --checkpoint file holds, to --epochs in total, with the same settings, model and "
                 "training data");
   c->add_option("--report", a.report, "Write a JSON report here (docs/formats.md)");
-  c->add_flag("--quiet", a.quiet, "Only the results on stdout and errors on stderr");
+  c->add_flag("--quiet", a.quiet,
+              "Only the results on stdout and errors on stderr (without it, a status line on stderr at least every "
+              "2 s; for tests, the environment's NATGRAD_PROGRESS_INTERVAL=S makes it every S s)");
 }
 
 void add_plot_options(CLI::App* c, Args& a) {

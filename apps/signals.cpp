@@ -10,11 +10,16 @@ volatile std::sig_atomic_t g_signal = 0;
 
 namespace {
 
-volatile std::sig_atomic_t g_announce = 0;
+volatile std::sig_atomic_t g_announce = 0, g_line_open = 0;
 
 // Only async-signal-safe calls here: write(2) and _exit(2).
 void say(const char* text) {
   if (!g_announce) return;
+  if (g_line_open) {
+    g_line_open = 0;
+    const ssize_t ignored = ::write(STDERR_FILENO, "\n", 1);
+    (void)ignored;
+  }
   const ssize_t ignored = ::write(STDERR_FILENO, text, std::strlen(text));
   (void)ignored;
 }
@@ -41,6 +46,10 @@ void install_signal_handlers(bool announce) {
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
 }
+
+void set_stderr_line_open(bool open) { g_line_open = open ? 1 : 0; }
+
+bool stderr_line_open() { return g_line_open != 0; }
 
 const char* signal_name(int fallback) {
   const int s = g_signal != 0 ? int(g_signal) : fallback;

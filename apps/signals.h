@@ -14,6 +14,11 @@ extern volatile std::sig_atomic_t g_signal;
 /// Installs the handlers; `announce`: write one line on stderr when the first signal arrives.
 void install_signal_handlers(bool announce);
 
+/// Whether a line without its newline is on stderr (a status line rewritten in place): the announcement of a
+/// signal then starts on a line of its own (and the line counts as ended).
+void set_stderr_line_open(bool open);
+bool stderr_line_open();
+
 /// Whether a stop was asked (a signal arrived).
 inline bool stop_asked() { return g_signal != 0; }
 

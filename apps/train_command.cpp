@@ -1,5 +1,5 @@
 // natgrad train: the model, the training and evaluation data, an optimizer (natgrad, adam, sgd), the training
-// loop (training/trainer.h) with a progress line at least every 2 s, a line per evaluation, the CSV log, the
+// loop (training/trainer.h) with its status on stderr (status_line.h), a line per evaluation, the CSV log, the
 // final parameters and the JSON report; checkpoints (training/checkpoint.h) at each epoch's end and at a stop,
 // and --resume from one. SIGINT / SIGTERM stop the run at the next step boundary: it writes what it has and
 // exits with 130 / 143. Under MPI each step's batch is shared by the ranks (training/optimizer.h); rank 0 prints
@@ -8,6 +8,7 @@
 #include "progress.h"
 #include "report.h"
 #include "signals.h"
+#include "status_line.h"
 #include "train_checkpoint.h"
 #include "world.h"
 
@@ -121,6 +122,7 @@ template <typename Scalar>
 int run_train(Args& a, const World& world) {
   if (a.model.empty()) usage_error("--model is required");
   if (a.data.empty()) usage_error("--data is required");
+  const double interval = progress_interval();
   // Under MPI every rank holds the whole training and test data (docs/distributed.md) and computes on its share
   // of each batch; rank 0 prints and writes. Loading and resuming agree: a failure on any rank is every rank's.
   const Communicator* comm = world.size() > 1 ? &world.comm() : nullptr;
@@ -266,7 +268,9 @@ int run_train(Args& a, const World& world) {
   std::ostringstream csv;
   csv << (a.resume.empty() || a.log.empty() ? header : log_before(a.log, start.steps, header));
   const Index per_epoch = (data.size() + a.batch - 1) / a.batch, total_steps = per_epoch * a.epochs;
-  double last_line = -1e9;
+  Index done = start.steps;  // (the status line's next step is done + 1)
+  StatusLine status(progress, interval);
+  status.begin("step " + std::to_string(done + 1));
   TrainOptions to;
   to.epochs = a.epochs;
   to.batch = a.batch;
@@ -275,47 +279,63 @@ int run_train(Args& a, const World& world) {
   to.eval_every = a.eval_every;
   to.max_time_s = a.max_time;
   to.start = start;
-  to.stop_requested = [] { return stop_asked(); };
+  to.stop_requested = [&] {  // (polled before each step)
+    const bool stop = stop_asked();
+    status.begin(stop ? "evaluation" : "step " + std::to_string(done + 1));
+    return stop;
+  };
   to.communicator = comm;
   if (!a.checkpoint.empty())  // (a failed write ends every rank: agreed)
-    to.on_epoch_end = [&](const TrainProgress& at) { agree(world.comm(), [&] { write_checkpoint(at); }); };
+    to.on_epoch_end = [&](const TrainProgress& at) {
+      status.begin("checkpoint");
+      agree(world.comm(), [&] { write_checkpoint(at); });
+    };
   to.on_record = [&](const TrainRecord& r) {
     if (r.eval) {
       csv << "eval," << r.step << "," << r.epoch << "," << field(r.time_s) << ",,,,," << field(r.test_loss) << ","
           << field(r.test_accuracy) << "\n";
-      std::printf("epoch %lld, step %lld: %stest loss %s, test accuracy %s, %.2f s\n", static_cast<long long>(r.epoch),
-                  static_cast<long long>(r.step),
-                  std::isnan(r.train_loss) ? "" : ("train loss " + field(r.train_loss) + ", ").c_str(),
-                  field(r.test_loss).c_str(), field(r.test_accuracy).c_str(), r.time_s);
-      std::fflush(stdout);
+      status.aside([&] {
+        std::printf("epoch %lld, step %lld: %stest loss %s, test accuracy %s, %.2f s\n", static_cast<long long>(r.epoch),
+                    static_cast<long long>(r.step),
+                    std::isnan(r.train_loss) ? "" : ("train loss " + field(r.train_loss) + ", ").c_str(),
+                    field(r.test_loss).c_str(), field(r.test_accuracy).c_str(), r.time_s);
+        std::fflush(stdout);
+      });
+      status.begin("");
       return;
     }
     const StepResult& s = r.result;
     const bool natgrad = a.optimizer == "natgrad", kfac = a.optimizer == "kfac";
     csv << "step," << r.step << "," << r.epoch << "," << field(r.time_s) << "," << field(s.loss) << "," << field(s.lr)
         << "," << (natgrad || kfac ? field(s.damping) : "") << "," << (natgrad ? std::to_string(s.cg_iterations) : "") << ",,\n";
-    if (progress.elapsed() - last_line >= 2.0 || r.step == 1) {
-      const double eta = r.time_s / double(r.step) * double(total_steps - r.step);
-      if (natgrad)
-        progress.line("epoch %lld step %lld/%lld: loss %.6f, lr %g, damping %.3g, %s %lld%s%s, eta %.0f s",
-                      static_cast<long long>(r.epoch), static_cast<long long>(r.step),
-                      static_cast<long long>(total_steps), s.loss, s.lr, s.damping, to_string(s.solver),
-                      static_cast<long long>(s.cg_iterations),
-                      s.cg_iterate < s.cg_iterations
-                          ? (" (took iterate " + std::to_string(s.cg_iterate) + ")").c_str()
-                          : "",
-                      s.rejected ? " (rejected)" : "", eta);
-      else if (kfac)
-        progress.line("epoch %lld step %lld/%lld: loss %.6f, step size %.3g, damping %.3g%s, eta %.0f s",
-                      static_cast<long long>(r.epoch), static_cast<long long>(r.step), static_cast<long long>(total_steps),
-                      s.loss, s.lr, s.damping, s.rejected ? " (rejected)" : "", eta);
-      else
-        progress.line("epoch %lld step %lld/%lld: loss %.6f, lr %g, eta %.0f s", static_cast<long long>(r.epoch),
-                      static_cast<long long>(r.step), static_cast<long long>(total_steps), s.loss, s.lr, eta);
-      last_line = progress.elapsed();
-    }
+    // Each step's status, shown at the run's first step, at each epoch's last (which ends the line) and at the
+    // status line's updates; what runs next: an evaluation where the trainer makes one, else the next step.
+    done = r.step;
+    const bool epoch_end = r.step % per_epoch == 0;
+    const bool evaluation = (a.eval_every > 0 && r.step % a.eval_every == 0) ||
+                            (epoch_end && (a.eval_every == 0 || r.step == total_steps));
+    status.begin(evaluation ? "evaluation" : "");
+    const double eta = r.time_s / double(r.step) * double(total_steps - r.step);
+    char text[320];
+    if (natgrad)
+      std::snprintf(text, sizeof text, "epoch %lld step %lld/%lld: loss %.6f, lr %g, damping %.3g, %s %lld%s%s, eta %.0f s",
+                    static_cast<long long>(r.epoch), static_cast<long long>(r.step), static_cast<long long>(total_steps),
+                    s.loss, s.lr, s.damping, to_string(s.solver), static_cast<long long>(s.cg_iterations),
+                    s.cg_iterate < s.cg_iterations ? (" (took iterate " + std::to_string(s.cg_iterate) + ")").c_str() : "",
+                    s.rejected ? " (rejected)" : "", eta);
+    else if (kfac)
+      std::snprintf(text, sizeof text, "epoch %lld step %lld/%lld: loss %.6f, step size %.3g, damping %.3g%s, eta %.0f s",
+                    static_cast<long long>(r.epoch), static_cast<long long>(r.step), static_cast<long long>(total_steps),
+                    s.loss, s.lr, s.damping, s.rejected ? " (rejected)" : "", eta);
+    else
+      std::snprintf(text, sizeof text, "epoch %lld step %lld/%lld: loss %.6f, lr %g, eta %.0f s",
+                    static_cast<long long>(r.epoch), static_cast<long long>(r.step), static_cast<long long>(total_steps),
+                    s.loss, s.lr, eta);
+    using Show = StatusLine::Show;
+    status.update(text, epoch_end ? Show::now_ended : r.step == start.steps + 1 ? Show::now : Show::later);
   };
   const TrainSummary sum = train<Scalar>(model, file.likelihood, theta, data, test.size() > 0 ? &test : nullptr, *opt, to);
+  status.finish();
   const bool interrupted = sum.stopped && stop_agreed(world);  // (rank 0's signal stopped every rank)
   if (!world.root()) return interrupted ? interrupted_status() : 0;
   std::printf("trained %lld steps, %lld epochs in %.2f s%s", static_cast<long long>(sum.steps),

@@ -1,0 +1,120 @@
+#include "status_line.h"
+
+#include "options.h"
+#include "signals.h"
+
+#include <pthread.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+
+namespace natgrad {
+namespace cli {
+
+double progress_interval() {
+  const char* text = std::getenv("NATGRAD_PROGRESS_INTERVAL");
+  if (text == nullptr) return kProgressInterval;
+  char* end = nullptr;
+  const double s = std::strtod(text, &end);
+  if (end == text || *end != '\0' || !(s >= 0.01 && s <= 3600))
+    usage_error(std::string("the environment's NATGRAD_PROGRESS_INTERVAL must be seconds between 0.01 and 3600, got \"") +
+                text + "\"; unset it for the default " + std::to_string(int(kProgressInterval)) + " s");
+  return s;
+}
+
+StatusLine::StatusLine(const Progress& progress, double interval)
+    : progress_(progress),
+      interval_(std::chrono::duration_cast<clock_type::duration>(std::chrono::duration<double>(interval))),
+      quiet_(progress.quiet()),
+      terminal_(::isatty(STDERR_FILENO) == 1),
+      since_(clock_type::now()),
+      last_print_(since_) {
+  if (!quiet_) ticker_ = std::thread([this] { tick(); });
+}
+
+StatusLine::~StatusLine() { finish(); }
+
+void StatusLine::update(std::string status, Show show) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  status_ = std::move(status);
+  fresh_ = true;
+  if (show != Show::later) print(false);
+  if (show == Show::now_ended) end_line();
+}
+
+void StatusLine::begin(std::string what) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  what_ = std::move(what);
+  since_ = clock_type::now();
+}
+
+void StatusLine::finish() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+  }
+  wake_.notify_all();
+  if (ticker_.joinable()) ticker_.join();
+  std::lock_guard<std::mutex> lock(mutex_);
+  end_line();
+}
+
+// Every update is due `interval_` after the last one, whoever printed it (a step's first or last, an update of
+// the ticker's): the gap between two is at most the interval and the time the wait takes to return.
+void StatusLine::tick() {
+  sigset_t signals;  // (SIGINT and SIGTERM are the main thread's to take)
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  std::unique_lock<std::mutex> lock(mutex_);
+  while (!stop_) {
+    const clock_type::time_point due = last_print_ + interval_;
+    if (clock_type::now() < due)
+      wake_.wait_until(lock, due);
+    else
+      print(!fresh_);
+  }
+}
+
+void StatusLine::print(bool running) {
+  const clock_type::time_point now = clock_type::now();
+  last_print_ = now;
+  fresh_ = false;
+  if (quiet_) return;
+  std::string text = status_;
+  if (running && !what_.empty()) {
+    char seconds[48];
+    std::snprintf(seconds, sizeof seconds, " running %.1f s", std::chrono::duration<double>(now - since_).count());
+    text += (text.empty() ? "" : ", ") + what_ + seconds;
+  }
+  if (text.empty()) return;
+  char stamp[32];
+  std::snprintf(stamp, sizeof stamp, "[%7.2fs] ", progress_.elapsed());
+  std::string line = stamp + text;
+  if (terminal_) {
+    // Cut to the terminal's width: a line that wrapped would leave its first rows behind at the next "\r".
+    winsize size{};
+    if (::ioctl(STDERR_FILENO, TIOCGWINSZ, &size) == 0 && size.ws_col > 1 && line.size() >= size.ws_col)
+      line.resize(size.ws_col - 1);
+    line = "\r" + line + "\033[K";
+    set_stderr_line_open(true);
+  } else {
+    line += '\n';
+  }
+  std::fwrite(line.data(), 1, line.size(), stderr);
+  std::fflush(stderr);
+}
+
+void StatusLine::end_line() {
+  if (!stderr_line_open()) return;
+  set_stderr_line_open(false);
+  std::fputc('\n', stderr);
+  std::fflush(stderr);
+}
+
+}  // namespace cli
+}  // namespace natgrad
