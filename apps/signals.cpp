@@ -1,5 +1,6 @@
 #include "signals.h"
 
+#include <atomic>
 #include <cstring>
 #include <unistd.h>
 
@@ -10,13 +11,16 @@ volatile std::sig_atomic_t g_signal = 0;
 
 namespace {
 
-volatile std::sig_atomic_t g_announce = 0, g_line_open = 0;
+volatile std::sig_atomic_t g_announce = 0;
+// Set by the status line's thread and the main thread, read and cleared by the handler on whichever thread takes
+// the signal: a lock-free atomic, which a handler may use.
+std::atomic<int> g_line_open{0};
+static_assert(std::atomic<int>::is_always_lock_free, "the handler needs a lock-free flag");
 
 // Only async-signal-safe calls here: write(2) and _exit(2).
 void say(const char* text) {
   if (!g_announce) return;
-  if (g_line_open) {
-    g_line_open = 0;
+  if (g_line_open.exchange(0) != 0) {
     const ssize_t ignored = ::write(STDERR_FILENO, "\n", 1);
     (void)ignored;
   }
@@ -47,9 +51,9 @@ void install_signal_handlers(bool announce) {
   sigaction(SIGTERM, &sa, nullptr);
 }
 
-void set_stderr_line_open(bool open) { g_line_open = open ? 1 : 0; }
+void set_stderr_line_open(bool open) { g_line_open.store(open ? 1 : 0); }
 
-bool stderr_line_open() { return g_line_open != 0; }
+bool stderr_line_open() { return g_line_open.load() != 0; }
 
 const char* signal_name(int fallback) {
   const int s = g_signal != 0 ? int(g_signal) : fallback;

@@ -32,7 +32,16 @@ StatusLine::StatusLine(const Progress& progress, double interval)
       terminal_(::isatty(STDERR_FILENO) == 1),
       since_(clock_type::now()),
       last_print_(since_) {
-  if (!quiet_) ticker_ = std::thread([this] { tick(); });
+  if (quiet_) return;
+  // The ticker starts with SIGINT and SIGTERM blocked (a thread inherits its creator's mask): they are for the
+  // threads that compute, never for the one that prints.
+  sigset_t signals, before;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, &before);
+  ticker_ = std::thread([this] { tick(); });
+  pthread_sigmask(SIG_SETMASK, &before, nullptr);
 }
 
 StatusLine::~StatusLine() { finish(); }
@@ -65,11 +74,6 @@ void StatusLine::finish() {
 // Every update is due `interval_` after the last one, whoever printed it (a step's first or last, an update of
 // the ticker's): the gap between two is at most the interval and the time the wait takes to return.
 void StatusLine::tick() {
-  sigset_t signals;  // (SIGINT and SIGTERM are the main thread's to take)
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   std::unique_lock<std::mutex> lock(mutex_);
   while (!stop_) {
     const clock_type::time_point due = last_print_ + interval_;
@@ -111,9 +115,9 @@ void StatusLine::print(bool running) {
 
 void StatusLine::end_line() {
   if (!stderr_line_open()) return;
-  set_stderr_line_open(false);
-  std::fputc('\n', stderr);
+  std::fputc('\n', stderr);  // (then closed: a signal between the two writes a blank line, not a glued one)
   std::fflush(stderr);
+  set_stderr_line_open(false);
 }
 
 }  // namespace cli

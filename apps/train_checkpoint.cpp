@@ -4,6 +4,7 @@
 
 #include <natgrad/training/optimizer.h>
 
+#include <nlohmann/json.hpp>
 #include <zlib.h>
 
 #include <cstdio>
@@ -50,7 +51,10 @@ std::vector<std::pair<std::string, std::string>> train_fingerprints(const ModelF
                                                                     const Dataset<Scalar>& data) {
   ModelFile canonical = model;
   for (LayerSpec& layer : canonical.spec.layers) layer.origin.clear();  // (a note on where it came from)
-  const std::string text = model_spec_to_json(canonical);
+  // (without the format's version: the same model described by a later natgrad is the same model)
+  nlohmann::ordered_json description = nlohmann::ordered_json::parse(model_spec_to_json(canonical));
+  description.erase("format_version");
+  const std::string text = description.dump();
   const uLong model_crc = crc_of(crc32_z(0, Z_NULL, 0), text.data(), text.size());
   uLong data_crc = crc32_z(0, Z_NULL, 0);
   data_crc = crc_of(data_crc, data.inputs.data(), sizeof(Scalar) * std::size_t(data.inputs.size()));
@@ -78,8 +82,8 @@ void check_resume_fingerprints(const std::string& path, const std::map<std::stri
         "--resume " + path + ": " + (model ? "the model" : "the training data") + " differs from the checkpoint's (" +
         (model ? "CRC-32 of its description" : "CRC-32 of its inputs and targets") + ": the checkpoint's " + old +
         ", this run's " + value + "): " +
-        (model ? "another layer, activation, option or likelihood changes the result; give the --model the checkpoint "
-                 "was trained with"
+        (model ? "another layer, activation, option or likelihood changes the result (or a natgrad that describes "
+                 "models otherwise wrote the checkpoint); give the --model the checkpoint was trained with"
                : "other samples change the result; give the --data the checkpoint was trained on") +
         ", or train again without --resume; nothing written");
   }

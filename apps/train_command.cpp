@@ -122,12 +122,14 @@ template <typename Scalar>
 int run_train(Args& a, const World& world) {
   if (a.model.empty()) usage_error("--model is required");
   if (a.data.empty()) usage_error("--data is required");
-  const double interval = progress_interval();
   // Under MPI every rank holds the whole training and test data (docs/distributed.md) and computes on its share
   // of each batch; rank 0 prints and writes. Loading and resuming agree: a failure on any rank is every rank's.
   const Communicator* comm = world.size() > 1 ? &world.comm() : nullptr;
+  double interval = kProgressInterval;  // (rank 0 prints; its environment decides, and a bad value ends every rank)
   agree(world.comm(), [&] {
-    if (world.root()) check_output_paths(a);
+    if (!world.root()) return;
+    interval = progress_interval();
+    check_output_paths(a);
   });
   install_signal_handlers(!a.quiet && world.root());
   const Progress progress(a.quiet);

@@ -53,6 +53,7 @@ exec(compile(code[0], "README.md (the GPT)", "exec"), scope)
 if scope["T"] != context:
     sys.exit("train_gpt_text.sh: the README's GPT reads T = %d bytes, not the context %d" % (scope["T"], context))
 PY
+echo "model: $out/gpt, weights sha256 $(sha256sum "$out/gpt/weights.safetensors" | cut -c1-16)"
 
 common=(--model "$out/gpt/model.json" --weights "$out/gpt/weights.safetensors" --data "$out/corpus.txt"
         --context "$context" --batch "$batch" --threads "$threads" --epochs 1000 --quiet)

@@ -638,6 +638,12 @@ TEST(Parameters, TiedAliasIsAcceptedOnlyWhenEqual) {
                "tensor \"head.weight\" is tied to \"tok.weight\" in the model but holds different values");
   save_parameters(path("tied_out.safetensors"), model, theta, DType::F32);
   EXPECT_EQ(SafetensorsFile::read(path("tied_out.safetensors")).names(), std::vector<std::string>{"tok.weight"});
+  // A state_dict (train --save) holds it under both names, as PyTorch's load_state_dict needs, and reads back.
+  save_state_dict(path("tied_sd.safetensors"), model, theta, DType::F32);
+  const SafetensorsFile sd = SafetensorsFile::read(path("tied_sd.safetensors"));
+  EXPECT_EQ(sd.names(), (std::vector<std::string>{"tok.weight", "head.weight"}));
+  EXPECT_EQ(sd.get<float>("head.weight"), std::vector<float>(theta.data(), theta.data() + 10));
+  EXPECT_EQ(load_parameters<float>(path("tied_sd.safetensors"), model), theta);
 }
 
 // The exporter's "origin" (where a node comes from in the PyTorch model) is kept by the reader, written back,

@@ -142,6 +142,10 @@ void save_state_dict(const std::string& path, const Network<Scalar>& model, cons
   std::vector<TensorView> views;
   for (const NamedParam& p : model.named_params())
     views.push_back({p.name, dtype, std::vector<int64_t>(p.shape.begin(), p.shape.end()), data(std::size_t(p.offset))});
+  for (const auto& [alias, name] : model.tied_names())  // a tied tensor under each module's name, as PyTorch's
+    for (const NamedParam& p : model.named_params())
+      if (p.name == name)
+        views.push_back({alias, dtype, std::vector<int64_t>(p.shape.begin(), p.shape.end()), data(std::size_t(p.offset))});
   for (std::size_t k = 0; k < B; ++k) {
     const NamedBuffer& b = model.named_buffers()[k];
     views.push_back({b.name, dtype, std::vector<int64_t>(b.shape.begin(), b.shape.end()), data(at[k])});

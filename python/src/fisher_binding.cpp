@@ -67,7 +67,8 @@ class Fisher {
   // y = F v (no damping), v one flat vector of num_params() entries.
   py::array_t<Scalar> matvec(const Array<Scalar>& v) {
     check_vector(v);
-    // Straight from and into NumPy's storage: perform_op's bits do not depend on where the vectors lie.
+    // From and into NumPy's storage: perform_op copies vectors off Eigen's alignment through its own (NumPy's
+    // usually are), so a product's bits do not depend on where they lie.
     py::array_t<Scalar> y(num_params());
     Scalar* out = y.mutable_data();
     {
@@ -179,7 +180,7 @@ class Fisher {
   // damping λ ≥ 0 the π-split damped inverse z = F̂_λ⁻¹ v.
   py::array_t<Scalar> kfac(const Array<Scalar>& v, bool inverse, double damping) {
     check_vector(v);
-    Vec<Scalar> x = ConstVecMap<Scalar>(v.data(), num_params()), y(num_params());  // (aligned, as in matvec)
+    Vec<Scalar> x = ConstVecMap<Scalar>(v.data(), num_params()), y(num_params());  // (in Eigen's storage)
     {
       py::gil_scoped_release nogil;
       watch_->arm();

@@ -35,9 +35,10 @@ template <typename Scalar>
 void save_parameters(const std::string& path, const Network<Scalar>& model, const Vec<Scalar>& v, DType dtype,
                      const std::map<std::string, std::string>& metadata = {});
 
-/// Writes v (num_params entries) and the model's buffers (batch norm's running statistics, an attention mask)
-/// under their state_dict names and shapes as F32 or F64: what load_parameters and load_buffers read back, and a
-/// module's state_dict but for batch norm's `num_batches_tracked`.
+/// Writes v (num_params entries), a tied tensor again under each tied module's name ("head.weight" beside
+/// "tok.weight"), and the model's buffers (batch norm's running statistics, an attention mask) under their
+/// state_dict names and shapes as F32 or F64: what load_parameters and load_buffers read back, and a module's
+/// state_dict but for batch norm's `num_batches_tracked`.
 template <typename Scalar>
 void save_state_dict(const std::string& path, const Network<Scalar>& model, const Vec<Scalar>& v, DType dtype,
                      const std::map<std::string, std::string>& metadata = {});
