@@ -2,7 +2,8 @@
 // dense Fisher built from the backprop Jacobian (double, each row one backprop: no finite differences) and H_n
 // written out from docs/math.md's formulas, solved with Eigen's dense Cholesky and eigensolver on the P × P
 // matrix. Chains (the Kronecker identity), a CNN (explicit rows for convolutions), a sequence model with
-// attention, a tied head and ignored positions (explicit rows, T > 1); every likelihood and Fisher kind.
+// attention, a tied head and ignored positions (explicit rows, T > 1); every likelihood and Fisher kind. The
+// operator's quadratic forms vᵢᵀFvⱼ (R-op passes only) against the same dense Fisher.
 #include "test_helpers.h"
 
 #include <natgrad/curvature/fisher_gram.h>
@@ -103,6 +104,65 @@ Mat<double> dense_reference(const Network<double>& model, const Vec<double>& the
 }
 
 }  // namespace
+
+TEST(FisherQuadraticForms, EqualTheDenseFishersForEveryLikelihoodKindAndModel) {
+  for (const Case& c : cases())
+    for (LikelihoodKind lk : kLikelihoods)
+      for (FisherKind fk : kKinds) {
+        if (c.T > 1 && lk == LikelihoodKind::bernoulli) continue;
+        SCOPED_TRACE(c.label + " " + to_string(lk) + " " + to_string(fk));
+        Network<double> model(c.spec);
+        const Vec<double> theta = random_vec<double>(model.num_params(), 3) * 0.7;
+        const Dataset<double> data = data_for(model, c, 7, lk, 5);
+        FisherOptions opt;
+        opt.kind = fk;
+        opt.mc_samples = 2;
+        opt.seed = 11;
+        opt.chunk_size = 3;  // three chunks
+        opt.damping = 0.5;   // not part of the forms
+        const FisherOperator<double> F(model, theta, lk, data, opt);
+        const Mat<double> Fd = dense_reference(model, theta, data, lk, fk, c.T, opt.seed, opt.mc_samples);
+        const Index P = model.num_params();
+        const Vec<double> a = random_vec<double>(P, 20), b = random_vec<double>(P, 21), z = Vec<double>::Zero(P);
+        const Eigen::MatrixXd Q = F.quadratic_forms({a.data(), b.data(), z.data()});
+        ASSERT_EQ(Q.rows(), 3);
+        ASSERT_EQ(Q.cols(), 3);
+        const Vec<double>* v[] = {&a, &b, &z};
+        const double scale = a.dot(Fd * a);
+        ASSERT_GT(scale, 0);
+        for (int i = 0; i < 3; ++i)
+          for (int j = 0; j < 3; ++j) EXPECT_LT(std::abs(Q(i, j) - v[i]->dot(Fd * *v[j])) / scale, 1e-12) << i << j;
+        EXPECT_EQ(F.quadratic_forms({}).size(), 0);
+      }
+}
+
+TEST(FisherQuadraticForms, AreBitIdenticalForAnyThreadCountAndWhereverTheVectorsLie) {
+  for (FisherKind fk : kKinds) {
+    SCOPED_TRACE(to_string(fk));
+    Network<float> model(cnn_spec(4));
+    const Vec<float> theta = init_parameters(model, 30);
+    const Dataset<float> data = random_dataset(model, 300, LikelihoodKind::categorical, 31);  // several chunks
+    const Index P = model.num_params();
+    const Vec<float> a = random_vec<float>(P, 32), b = random_vec<float>(P, 33);
+    std::vector<float> shifted(static_cast<std::size_t>(2 * P + 8));  // b one float past its alignment
+    std::copy(b.data(), b.data() + P, shifted.begin() + 1);
+    Eigen::MatrixXd first;
+    for (int threads : {1, 3}) {
+      FisherOptions o;
+      o.kind = fk;
+      o.num_threads = threads;
+      const FisherOperator<float> F(model, theta, LikelihoodKind::categorical, data, o);
+      const Eigen::MatrixXd Q = F.quadratic_forms({a.data(), b.data()});
+      if (threads == 1) first = Q;
+      EXPECT_EQ(Q, first);
+      EXPECT_EQ(F.quadratic_forms({a.data(), shifted.data() + 1}), first);
+      EXPECT_EQ(Q(0, 1), Q(1, 0));
+      // Against the operator's own product to float's rounding (the exact values: the test above).
+      const Vec<float> Fa = apply(F, a);
+      EXPECT_LT(std::abs(Q(0, 1) - double(b.dot(Fa))) / std::abs(Q(0, 0)), 1e-4);
+    }
+  }
+}
 
 TEST(FisherGram, SolvesAndSpectraEqualTheDenseFisherForEveryLikelihoodAndKind) {
   for (const Case& c : cases())

@@ -170,6 +170,13 @@ class FisherOperator {
   /// allocated at the first such product), so that y's bits do not depend on the caller's addresses.
   void perform_op(const Scalar* x, Scalar* y) const;
 
+  /// The undamped Fisher's quadratic forms Q(i, j) = v_iᵀ F v_j = s Σ_n (J_n v_i)ᵀ H_n (J_n v_j) of the
+  /// vectors v (each cols() scalars, anywhere in memory): one R-op pass per vector and no backprop, about
+  /// half a product each where only the model's curvature along a few directions is needed (the K-FAC
+  /// optimizer's quadratic model, the Levenberg–Marquardt ratio). In double: per chunk of the plan's samples,
+  /// the chunks summed in order, then over the ranks — bit-identical for any thread count. Collective.
+  Eigen::MatrixXd quadratic_forms(const std::vector<const Scalar*>& v) const;
+
   /// Empty if every activation of the cached forward pass is finite; otherwise where NaN or Inf first
   /// appears ("the output of layer 2 (tanh) is NaN or Inf, first at sample 17"), in layer order. Products on
   /// such a batch are meaningless; solve_natural_gradient reports this instead of solving.
