@@ -104,23 +104,20 @@ StepResult KfacOptimizer<Scalar>::step(const Network<Scalar>& model, LikelihoodK
   // change of λ cost a decomposition every few steps); the quadratic model below uses the current λ.
   if (!inverse_ || k % o_.inverse_every == 0) refresh_inverse();
 
-  // The proposal and the quadratic model along it and the previous update.
-  Vec<Scalar> delta(P), F_delta(P);
+  // The proposal and the quadratic model along it and the previous update: ΔᵀFΔ, ΔᵀFδ₀ and δ₀ᵀFδ₀ from the
+  // R-op alone (FisherOperator::quadratic_forms).
+  Vec<Scalar> delta(P);
   inverse_->apply(g.data(), delta.data());
   delta = -delta;
-  F.perform_op(delta.data(), F_delta.data());
   const bool with_previous = o_.momentum && previous_.size() == P;
-  Vec<Scalar> F_previous;
-  if (with_previous) {
-    F_previous.resize(P);
-    F.perform_op(previous_.data(), F_previous.data());
-  }
+  const Eigen::MatrixXd Q = with_previous ? F.quadratic_forms({delta.data(), previous_.data()})
+                                          : F.quadratic_forms({delta.data()});
   const auto dot = blocked_dot<Scalar>;
-  const double dFd = dot(delta, F_delta), dd = dot(delta, delta), gd = dot(g, delta);
+  const double dFd = Q(0, 0), dd = dot(delta, delta), gd = dot(g, delta);
   double alpha = 0, mu = 0, dFp = 0, pFp = 0;
   if (with_previous) {
-    dFp = dot(delta, F_previous);
-    pFp = dot(previous_, F_previous);
+    dFp = Q(0, 1);
+    pFp = Q(1, 1);
     const double a = dFd + lambda_ * dd, b = dFp + lambda_ * dot(delta, previous_),
                  c = pFp + lambda_ * dot(previous_, previous_), gp = dot(g, previous_);
     const double det = a * c - b * b;

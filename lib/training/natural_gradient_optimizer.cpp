@@ -262,12 +262,9 @@ StepResult NaturalGradientOptimizer<Scalar>::step(const Network<Scalar>& model, 
   }
   if (o_.adapt_damping) {
     // ρ: the loss's change against the undamped quadratic model's, gᵀs + ½ sᵀFs (F on the curvature batch,
-    // still at θ).
-    F.set_damping(0);
-    Vec<Scalar> Fs(P);
-    F.perform_op(s.data(), Fs.data());
-    const Vec<double> sd = s.template cast<double>();
-    const double predicted = g.template cast<double>().dot(sd) + 0.5 * sd.dot(Fs.template cast<double>());
+    // still at θ; sᵀFs from the R-op alone).
+    const double sFs = F.quadratic_forms({s.data()})(0, 0);
+    const double predicted = g.template cast<double>().dot(s.template cast<double>()) + 0.5 * sFs;
     r.rho = (after - r.loss) / predicted;
     if (r.rho < 0.25)
       lambda_ *= 1.5;

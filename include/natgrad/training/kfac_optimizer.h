@@ -12,8 +12,9 @@
 ///      whatever λ does meanwhile (Martens & Grosse likewise change the factors' damping γ only every T₂ steps);
 ///   4. the proposal Δ = −F̂⁻¹ g with the factored Tikhonov damping of kfac.h (γ = √λ of the last refresh, π-split);
 ///   5. the update δ = η (α Δ + μ δ₀), δ₀ the previous update, with α and μ minimizing the damped quadratic
-///      model gᵀδ + ½ δᵀ(F + λI)δ under the exact Fisher of the curvature batch (two products; μ = 0 at the
-///      first step or with momentum off) — the step-size rule of Martens & Grosse §6.4 and §7;
+///      model gᵀδ + ½ δᵀ(F + λI)δ under the Fisher (of `fisher`'s kind) of the curvature batch, not its K-FAC
+///      approximation (ΔᵀFΔ, ΔᵀFδ₀ and δ₀ᵀFδ₀ by FisherOperator::quadratic_forms: R-op passes, no backprop;
+///      μ = 0 at the first step or with momentum off) — the step-size rule of Martens & Grosse §6.4 and §7;
 ///   6. the loss at θ + δ on the step's batch (one forward pass): a step whose loss is not finite or rises is
 ///      rejected (θ unchanged, λ / ω, no momentum at the next step);
 ///   7. with adapt_damping, every `damping_every` steps λ follows a Levenberg–Marquardt rule on two reduction
