@@ -464,31 +464,66 @@ void KfacApproximation<Scalar>::invert(double lambda) {
   if (!(lambda >= 0) || !std::isfinite(lambda)) detail::fail("K-FAC damping must be finite and >= 0");
   const double root = std::sqrt(lambda);
   factored_.resize(blocks_.size());
-  const Index count = static_cast<Index>(blocks_.size());
-  std::vector<int> singular(blocks_.size(), 0);
+  // Each damped factor D = LLᵀ (Cholesky), then D⁻¹ = L⁻ᵀ L⁻¹ column block by column block: column j of L⁻¹
+  // is zero above row j, so a block starting at column j0 solves with the trailing (d − j0)-square part of L
+  // only. The factorizations are tasks (the largest first), then the column blocks of every factor: the
+  // classifier's 785-wide A no longer keeps one thread busy while the other has finished. Each block is one
+  // task whatever the threads, so the inverses are bit-identical for any thread count.
+  struct Factor {
+    std::size_t block;
+    bool is_A;
+    Mat<double> L;
+    bool ok = true;
+  };
+  std::vector<Factor> factors;
+  for (std::size_t i = 0; i < blocks_.size(); ++i) {
+    factors.push_back({i, true, Mat<double>(), true});
+    factors.push_back({i, false, Mat<double>(), true});
+  }
+  const auto matrix = [&](const Factor& f) -> const Mat<double>& {
+    return f.is_A ? blocks_[f.block].A : blocks_[f.block].G;
+  };
+  std::stable_sort(factors.begin(), factors.end(),
+                   [&](const Factor& a, const Factor& b) { return matrix(a).rows() > matrix(b).rows(); });
+  const Index count = static_cast<Index>(factors.size());
 #ifdef NATGRAD_HAVE_OPENMP
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads_)
 #endif
   for (Index i = 0; i < count; ++i) {
-    const Block& b = blocks_[static_cast<std::size_t>(i)];
-    Factored& f = factored_[static_cast<std::size_t>(i)];
+    Factor& f = factors[static_cast<std::size_t>(i)];
+    const Block& b = blocks_[f.block];
     const double mean_A = b.A.trace() / double(b.A.rows()), mean_G = b.G.trace() / double(b.G.rows());
     const double pi = mean_A > 0 && mean_G > 0 ? std::sqrt(mean_A / mean_G) : 1.0;
-    auto damped_inverse = [&](const Mat<double>& M, double shift, Mat<Scalar>& out) {
-      Mat<double> D = M;
-      D.diagonal().array() += shift;
-      const Eigen::LLT<Mat<double>> llt(D);
-      if (llt.info() != Eigen::Success) return false;
-      out = llt.solve(Mat<double>::Identity(D.rows(), D.cols())).template cast<Scalar>();
-      return true;
-    };
-    if (!damped_inverse(b.A, pi * root, f.inverse_A) || !damped_inverse(b.G, root / pi, f.inverse_G))
-      singular[static_cast<std::size_t>(i)] = 1;
+    Mat<double> D = matrix(f);
+    D.diagonal().array() += f.is_A ? pi * root : root / pi;
+    Eigen::LLT<Mat<double>> llt(D);
+    f.ok = llt.info() == Eigen::Success;
+    if (f.ok) f.L = llt.matrixL();
+    Factored& out = factored_[f.block];
+    (f.is_A ? out.inverse_A : out.inverse_G).resize(D.rows(), D.cols());
   }
-  for (std::size_t i = 0; i < blocks_.size(); ++i)
-    if (singular[i])
-      detail::fail("K-FAC: a damped Kronecker factor of node " + std::to_string(blocks_[i].node) +
+  for (const Factor& f : factors)
+    if (!f.ok)
+      detail::fail("K-FAC: a damped Kronecker factor of node " + std::to_string(blocks_[f.block].node) +
                    " is not positive definite; give a larger damping");
+  constexpr Index kColumns = 64;
+  std::vector<std::pair<std::size_t, Index>> tasks;  // (factor, first column)
+  for (std::size_t i = 0; i < factors.size(); ++i)
+    for (Index j0 = 0; j0 < factors[i].L.rows(); j0 += kColumns) tasks.emplace_back(i, j0);
+  const Index task_count = static_cast<Index>(tasks.size());
+#ifdef NATGRAD_HAVE_OPENMP
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads_)
+#endif
+  for (Index t = 0; t < task_count; ++t) {
+    const Factor& f = factors[tasks[static_cast<std::size_t>(t)].first];
+    const Index j0 = tasks[static_cast<std::size_t>(t)].second, d = f.L.rows(), w = std::min(kColumns, d - j0);
+    Mat<double> Y = Mat<double>::Zero(d, w);  // L⁻¹'s columns j0 … j0 + w, zero above row j0
+    Y.bottomRows(d - j0).topRows(w).setIdentity();
+    f.L.bottomRightCorner(d - j0, d - j0).template triangularView<Eigen::Lower>().solveInPlace(Y.bottomRows(d - j0));
+    f.L.transpose().template triangularView<Eigen::Upper>().solveInPlace(Y);
+    Factored& out = factored_[f.block];
+    (f.is_A ? out.inverse_A : out.inverse_G).middleCols(j0, w) = Y.template cast<Scalar>();
+  }
   invert_diagonal(lambda);
   damping_ = lambda;
 }
