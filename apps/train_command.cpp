@@ -213,12 +213,13 @@ int run_train(Args& a, const World& world) {
   TrainProgress start;
   if (!a.resume.empty()) {
     agree(world.comm(), [&] {
-      // Every check before anything is written: the settings, then the tensors, the model's description and the
-      // training data's content, then the epochs left.
+      // Every check before anything is written: the settings, then the tensors (whose names and shapes say
+      // more than the model's fingerprint), the model's description and the training data's content, then the
+      // epochs left.
       const std::map<std::string, std::string> saved = read_checkpoint_metadata(a.resume);
-      check_resume_settings(a.resume, saved, settings);
+      check_resume(a.resume, saved, settings);
       Checkpoint<Scalar> c = load_checkpoint<Scalar>(a.resume, model);
-      check_resume_fingerprints(a.resume, saved, fingerprints);
+      check_resume(a.resume, saved, fingerprints);
       try {
         for (std::size_t k = 0; k < c.buffers.size(); ++k) model.set_buffer(k, c.buffers[k].data());
         opt->load_state(c.state);
