@@ -96,6 +96,13 @@ void StatusLine::print(bool running) {
     text += (text.empty() ? "" : ", ") + what_ + seconds;
   }
   if (text.empty()) return;
+  // A pipe keeps every line: an update of the ticker's shows there only what is new, the seconds of a phase
+  // running as they change (not the status printed already with nothing running, nor the same tenths of a
+  // second twice). (A terminal's line is rewritten in place: its stamp shows the command alive.)
+  if (!terminal_) {
+    if (running && (what_.empty() || text == piped_)) return;
+    piped_ = text;
+  }
   char stamp[32];
   std::snprintf(stamp, sizeof stamp, "[%7.2fs] ", progress_.elapsed());
   std::string line = stamp + text;

@@ -1,8 +1,8 @@
 // natgrad train's status on stderr: on a terminal one line rewritten in place ("\r" text "\033[K") and ended at
 // each epoch's end, before each evaluation's line on stdout and at the end; elsewhere (a pipe, a file) a plain
-// "[  12.34s] …" line per update. An update at least every interval (2 s) even while one step runs longer: a
-// ticker thread then shows the last status with what has been running since ("…, step 13 running 4.2 s").
-// Nothing with --quiet (every rank but 0 is quiet).
+// "[  12.34s] …" line per update that tells something new. An update at least every interval (2 s) even while
+// one step runs longer: a ticker thread then shows the last status with what has been running since ("…, step
+// 13 running 4.2 s"). Nothing with --quiet (every rank but 0 is quiet).
 #pragma once
 
 #include "progress.h"
@@ -60,6 +60,7 @@ class StatusLine {
   std::mutex mutex_;
   std::condition_variable wake_;
   std::string status_, what_;
+  std::string piped_;  // the text of the last line through a pipe (the stamp left out)
   clock_type::time_point since_, last_print_;
   bool fresh_ = false;  // status_ not printed yet
   bool stop_ = false;

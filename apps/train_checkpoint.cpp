@@ -66,29 +66,6 @@ std::vector<std::pair<std::string, std::string>> train_fingerprints(const ModelF
 template std::vector<std::pair<std::string, std::string>> train_fingerprints(const ModelFile&, const Dataset<float>&);
 template std::vector<std::pair<std::string, std::string>> train_fingerprints(const ModelFile&, const Dataset<double>&);
 
-void check_resume_fingerprints(const std::string& path, const std::map<std::string, std::string>& saved,
-                               const std::vector<std::pair<std::string, std::string>>& now) {
-  for (const auto& [key, value] : now)
-    if (!saved.count(key))
-      throw std::invalid_argument(
-          "--resume " + path + ": the checkpoint predates natgrad's check of the model and the training data (it "
-          "records no " + key + "), so this run cannot tell that they are the checkpoint's; resume it with the natgrad "
-          "that wrote it, or train again without --resume; nothing written");
-  for (const auto& [key, value] : now) {
-    const std::string& old = saved.at(key);
-    if (old == value) continue;
-    const bool model = key == "model_crc32";
-    throw std::invalid_argument(
-        "--resume " + path + ": " + (model ? "the model" : "the training data") + " differs from the checkpoint's (" +
-        (model ? "CRC-32 of its description" : "CRC-32 of its inputs and targets") + ": the checkpoint's " + old +
-        ", this run's " + value + "): " +
-        (model ? "another layer, activation, option or likelihood changes the result (or a natgrad that describes "
-                 "models otherwise wrote the checkpoint); give the --model the checkpoint was trained with"
-               : "other samples change the result; give the --data the checkpoint was trained on") +
-        ", or train again without --resume; nothing written");
-  }
-}
-
 std::vector<std::pair<std::string, std::string>> train_settings(const Args& a, Index params, Index samples) {
   std::vector<std::pair<std::string, std::string>> s = {{"optimizer", a.optimizer},
                                                         {"params", std::to_string(params)},
@@ -136,16 +113,37 @@ std::vector<std::pair<std::string, std::string>> train_settings(const Args& a, I
   return s;
 }
 
-void check_resume_settings(const std::string& path, const std::map<std::string, std::string>& saved,
-                           const std::vector<std::pair<std::string, std::string>>& now) {
+// (A setting a checkpoint lacks reads "(not recorded)"; a fingerprint it lacks: it was written before
+// natgrad recorded them.)
+void check_resume(const std::string& path, const std::map<std::string, std::string>& saved,
+                  const std::vector<std::pair<std::string, std::string>>& now) {
+  const std::string at = "--resume " + path + ": ";
   for (const auto& [key, value] : now) {
     const auto it = saved.find(key);
-    const std::string old = it == saved.end() ? "(not recorded)" : it->second;
-    if (old == value) continue;
-    throw std::invalid_argument("--resume " + path + ": " + label(key) + " differs: the checkpoint's " + old +
-                                ", this run's " + value +
-                                " (a resumed run keeps every setting that changes the result; --epochs, --max-time, "
-                                "--threads and the outputs may change); nothing written");
+    if (it != saved.end() && it->second == value) continue;
+    const bool model = key == "model_crc32";
+    if (!model && key != "data_crc32") {
+      const std::string old = it == saved.end() ? "(not recorded)" : it->second;
+      throw std::invalid_argument(at + label(key) + " differs: the checkpoint's " + old + ", this run's " +
+                                  value + " (a resumed run keeps every setting that changes the result; " +
+                                  "--epochs, --max-time, --threads and the outputs may change); nothing " +
+                                  "written");
+    }
+    if (it == saved.end())
+      throw std::invalid_argument(at + "the checkpoint predates natgrad's check of the model and the " +
+                                  "training data (it records no " + key + "), so this run cannot tell that " +
+                                  "they are the checkpoint's; resume it with the natgrad that wrote it, or " +
+                                  "train again without --resume; nothing written");
+    const std::string what = model ? "the model" : "the training data";
+    const std::string crc = model ? "CRC-32 of its description" : "CRC-32 of its inputs and targets";
+    const std::string advice =
+        model ? "another layer, activation, option or likelihood changes the result (or a natgrad that "
+                "describes models otherwise wrote the checkpoint); give the --model the checkpoint was "
+                "trained with"
+              : "other samples change the result; give the --data the checkpoint was trained on";
+    throw std::invalid_argument(at + what + " differs from the checkpoint's (" + crc + ": the checkpoint's " +
+                                it->second + ", this run's " + value + "): " + advice +
+                                ", or train again without --resume; nothing written");
   }
 }
 

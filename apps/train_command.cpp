@@ -213,12 +213,13 @@ int run_train(Args& a, const World& world) {
   TrainProgress start;
   if (!a.resume.empty()) {
     agree(world.comm(), [&] {
-      // Every check before anything is written: the settings, then the tensors, the model's description and the
-      // training data's content, then the epochs left.
+      // Every check before anything is written: the settings, then the tensors (whose names and shapes say
+      // more than the model's fingerprint), the model's description and the training data's content, then the
+      // epochs left.
       const std::map<std::string, std::string> saved = read_checkpoint_metadata(a.resume);
-      check_resume_settings(a.resume, saved, settings);
+      check_resume(a.resume, saved, settings);
       Checkpoint<Scalar> c = load_checkpoint<Scalar>(a.resume, model);
-      check_resume_fingerprints(a.resume, saved, fingerprints);
+      check_resume(a.resume, saved, fingerprints);
       try {
         for (std::size_t k = 0; k < c.buffers.size(); ++k) model.set_buffer(k, c.buffers[k].data());
         opt->load_state(c.state);
@@ -270,9 +271,7 @@ int run_train(Args& a, const World& world) {
   std::ostringstream csv;
   csv << (a.resume.empty() || a.log.empty() ? header : log_before(a.log, start.steps, header));
   const Index per_epoch = (data.size() + a.batch - 1) / a.batch, total_steps = per_epoch * a.epochs;
-  Index done = start.steps;  // (the status line's next step is done + 1)
   StatusLine status(progress, interval);
-  status.begin("step " + std::to_string(done + 1));
   TrainOptions to;
   to.epochs = a.epochs;
   to.batch = a.batch;
@@ -281,16 +280,18 @@ int run_train(Args& a, const World& world) {
   to.eval_every = a.eval_every;
   to.max_time_s = a.max_time;
   to.start = start;
-  to.stop_requested = [&] {  // (polled before each step)
-    const bool stop = stop_asked();
-    status.begin(stop ? "evaluation" : "step " + std::to_string(done + 1));
-    return stop;
+  to.stop_requested = stop_asked;  // (only answers: on_begin says what runs)
+  // What runs, for the status line's updates: the trainer says what starts, a record or a checkpoint written
+  // says it ended.
+  to.on_begin = [&](TrainPhase phase, Index step) {
+    status.begin(phase == TrainPhase::step ? "step " + std::to_string(step)
+                 : phase == TrainPhase::evaluation ? "evaluation" : "checkpoint");
   };
   to.communicator = comm;
   if (!a.checkpoint.empty())  // (a failed write ends every rank: agreed)
     to.on_epoch_end = [&](const TrainProgress& at) {
-      status.begin("checkpoint");
       agree(world.comm(), [&] { write_checkpoint(at); });
+      status.begin("");
     };
   to.on_record = [&](const TrainRecord& r) {
     if (r.eval) {
@@ -311,12 +312,9 @@ int run_train(Args& a, const World& world) {
     csv << "step," << r.step << "," << r.epoch << "," << field(r.time_s) << "," << field(s.loss) << "," << field(s.lr)
         << "," << (natgrad || kfac ? field(s.damping) : "") << "," << (natgrad ? std::to_string(s.cg_iterations) : "") << ",,\n";
     // Each step's status, shown at the run's first step, at each epoch's last (which ends the line) and at the
-    // status line's updates; what runs next: an evaluation where the trainer makes one, else the next step.
-    done = r.step;
+    // status line's updates.
     const bool epoch_end = r.step % per_epoch == 0;
-    const bool evaluation = (a.eval_every > 0 && r.step % a.eval_every == 0) ||
-                            (epoch_end && (a.eval_every == 0 || r.step == total_steps));
-    status.begin(evaluation ? "evaluation" : "");
+    status.begin("");
     const double eta = r.time_s / double(r.step) * double(total_steps - r.step);
     char text[320];
     if (natgrad)

@@ -1,8 +1,10 @@
 // What the command line refuses, warns about and prints before it computes: spectra of P or more eigenvalues,
-// output paths that cannot be written, options of another command, --max-memory 0, a singular F + 0·I;
-// --quiet's silence; the help texts; the embedded default's --spectrum 0 and --deflate 0.
+// output paths that cannot be written, options of another command, --max-memory 0, a singular F + 0·I, a
+// --resume whose checkpoint records other settings or fingerprints; --quiet's silence; the help texts; the
+// embedded default's --spectrum 0 and --deflate 0.
 #include "cli_fixture.h"
 #include "report.h"
+#include "train_checkpoint.h"
 
 #include <natgrad/io/parameters_io.h>
 
@@ -15,6 +17,7 @@
 #include <fstream>
 #include <functional>
 #include <iterator>
+#include <map>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -88,6 +91,61 @@ TEST(CliFormat, NegativeEigenvaluesPrintAsZero) {
   EXPECT_EQ(natgrad::cli::format_eigenvalues(ev), "2.500000e+00 1.000000e-09 0.000000e+00 0.000000e+00");
 }
 
+// --resume's one comparison of a checkpoint's metadata with the run's pairs: equal pairs pass (keys the run
+// does not give are not compared); the first pair that differs is named in one line: a setting with the
+// checkpoint's value (or "(not recorded)") and the run's, a fingerprint with which of the model and the
+// training data differs and what to give, and a checkpoint without fingerprints as older than them.
+TEST(CliResume, OneCheckNamesTheFirstPairThatDiffers) {
+  using Pairs = std::vector<std::pair<std::string, std::string>>;
+  const std::map<std::string, std::string> saved = {{"batch", "8"},
+                                                    {"seed", "5"},
+                                                    {"model_crc32", "0123abcd"},
+                                                    {"data_crc32", "89abcdef"},
+                                                    {"solver", "cg"}};
+  auto refusal = [](const std::map<std::string, std::string>& in, const Pairs& now) {
+    try {
+      cli::check_resume("c.safetensors", in, now);
+    } catch (const std::invalid_argument& e) {
+      const std::string what = e.what();
+      EXPECT_EQ(what.find('\n'), std::string::npos) << what;
+      const std::string tail = "; nothing written";
+      EXPECT_EQ(what.substr(what.size() - std::min(what.size(), tail.size())), tail) << what;
+      return what;
+    }
+    return std::string("(accepted)");
+  };
+  auto starts = [](const std::string& text, const std::string& head) { return text.rfind(head, 0) == 0; };
+  const Pairs same = {{"batch", "8"}, {"seed", "5"}, {"model_crc32", "0123abcd"}, {"data_crc32", "89abcdef"}};
+  EXPECT_EQ(refusal(saved, same), "(accepted)");
+  std::string r = refusal(saved, {{"batch", "16"}, {"seed", "6"}, {"model_crc32", "ffffffff"}});
+  EXPECT_TRUE(starts(r, "--resume c.safetensors: --batch differs: the checkpoint's 8, this run's 16 (")) << r;
+  r = refusal(saved, {{"batch", "8"}, {"seed", "6"}});
+  EXPECT_TRUE(starts(r, "--resume c.safetensors: --seed differs: the checkpoint's 5, this run's 6 (")) << r;
+  r = refusal(saved, {{"cg_tol", "1e-06"}});
+  EXPECT_TRUE(starts(r,
+                     "--resume c.safetensors: --cg-tol differs: the checkpoint's (not recorded), this run's "
+                     "1e-06 ("))
+      << r;
+  r = refusal(saved, {{"batch", "8"}, {"model_crc32", "ffffffff"}, {"data_crc32", "00000000"}});
+  EXPECT_TRUE(starts(r,
+                     "--resume c.safetensors: the model differs from the checkpoint's (CRC-32 of its "
+                     "description: the checkpoint's 0123abcd, this run's ffffffff): "))
+      << r;
+  EXPECT_NE(r.find("give the --model the checkpoint was trained with"), std::string::npos) << r;
+  r = refusal(saved, {{"model_crc32", "0123abcd"}, {"data_crc32", "00000000"}});
+  EXPECT_TRUE(starts(r,
+                     "--resume c.safetensors: the training data differs from the checkpoint's (CRC-32 of its "
+                     "inputs and targets: the checkpoint's 89abcdef, this run's 00000000): "))
+      << r;
+  EXPECT_NE(r.find("give the --data the checkpoint was trained on"), std::string::npos) << r;
+  const std::map<std::string, std::string> older = {{"batch", "8"}, {"seed", "5"}};
+  r = refusal(older, {{"batch", "8"}, {"model_crc32", "0123abcd"}, {"data_crc32", "89abcdef"}});
+  EXPECT_TRUE(starts(r,
+                     "--resume c.safetensors: the checkpoint predates natgrad's check of the model and the "
+                     "training data (it records no model_crc32)"))
+      << r;
+}
+
 // Every output path is checked before anything is computed: a solve that would run for 10^8 iterations ends at
 // once when its output cannot be written.
 TEST_F(Cli, OutputPathsAreCheckedBeforeComputing) {
@@ -95,11 +153,15 @@ TEST_F(Cli, OutputPathsAreCheckedBeforeComputing) {
   const std::string missing = "/nonexistent/dir/x.safetensors";
   ::mkdir(p("a_directory").c_str(), 0755);
   const std::vector<std::pair<std::string, std::string>> cases = {
-      {forever + "0 --output " + missing, "--output " + missing + ": the directory /nonexistent/dir does not exist"},
-      {forever + "0 --save-gradient " + missing, "--save-gradient " + missing + ": the directory /nonexistent/dir does not exist"},
-      {forever + "0 --report /nonexistent/r.json", "--report /nonexistent/r.json: the directory /nonexistent does not exist"},
+      {forever + "0 --output " + missing,
+       "--output " + missing + ": the directory /nonexistent/dir does not exist"},
+      {forever + "0 --save-gradient " + missing,
+       "--save-gradient " + missing + ": the directory /nonexistent/dir does not exist"},
+      {forever + "0 --report /nonexistent/r.json",
+       "--report /nonexistent/r.json: the directory /nonexistent does not exist"},
       {forever + "0 --output " + p("a_directory"), "--output " + p("a_directory") + ": is a directory"},
-      {forever + "1e-1,1e-2 --output /nonexistent/d.safetensors", "--output /nonexistent/d_1e-01.safetensors"},
+      {forever + "1e-1,1e-2 --output /nonexistent/d.safetensors",
+       "--output /nonexistent/d_1e-01.safetensors"},
       {"spectrum " + base + " --top 2 --eigenvectors " + missing, "--eigenvectors " + missing},
       {"spectrum " + base + " --top 2 --trace --probes 100000000 --report " + missing, "--report " + missing},
       {"fvp " + base + " --vector " + p("v.safetensors") + " --output " + missing, "--output " + missing},

@@ -1,9 +1,10 @@
 // What `natgrad train` shows on stderr while it runs (issue 27): on a terminal (a pseudo-terminal here) one line
 // per epoch rewritten in place ("\r" … "\033[K"), cut to the terminal's width, ended by a newline at the epoch's
-// end before the evaluation's line on stdout; through a pipe a plain line per update; an update every interval
-// even inside a long step (the step then shown running); a signal's announcement on a line of its own; nothing
-// with --quiet; a bad NATGRAD_PROGRESS_INTERVAL ends with one line.
+// end before the evaluation's line on stdout; through a pipe a plain line per update that says something new;
+// an update every interval even inside a long step (the step then shown running); a signal's announcement on
+// a line of its own; nothing with --quiet; a bad NATGRAD_PROGRESS_INTERVAL ends with one line.
 #include "cli_fixture.h"
+#include "status_line.h"
 
 #include <algorithm>
 #include <chrono>
@@ -16,6 +17,7 @@
 #include <sstream>
 #include <sys/wait.h>
 #include <termios.h>
+#include <thread>
 #include <unistd.h>
 
 using namespace natgrad;
@@ -226,6 +228,63 @@ TEST_F(TrainProgress, ThroughAPipeAPlainLinePerUpdate) {
   }
   EXPECT_EQ(steps, (std::vector<int>{1, 6, 12, 18})) << r.err;
   EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 5) << "the header, 3 evaluations, the summary:\n" << r.out;
+}
+
+// What `body` writes on stderr, which is meanwhile a file (as through a pipe: not a terminal).
+std::string stderr_of(const std::function<void()>& body) {
+  std::fflush(stderr);
+  const std::string path = p("stderr_of");
+  const int file = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  const int saved = ::dup(STDERR_FILENO);
+  if (file < 0 || saved < 0) return "(stderr not redirected)";
+  ::dup2(file, STDERR_FILENO);
+  ::close(file);
+  body();
+  std::fflush(stderr);
+  ::dup2(saved, STDERR_FILENO);
+  ::close(saved);
+  return slurp(path);
+}
+
+// Through a pipe the status line prints only what is new: a status once, however many updates find it with
+// nothing running (before a phase runs and after it ended), and while a phase runs its seconds as they change
+// (an interval of 0.01 s: many updates in each tenth of a second shown).
+TEST_F(TrainProgress, ThroughAPipeALineOnlyWhenThereIsSomethingNew) {
+  using natgrad::cli::StatusLine;
+  const std::string first = "epoch 1 step 1/4: loss 1.5", second = "epoch 1 step 2/4: loss 1.2";
+  auto wait = [](double s) { std::this_thread::sleep_for(std::chrono::duration<double>(s)); };
+  const std::string err = stderr_of([&] {
+    const natgrad::cli::Progress progress(false);
+    StatusLine line(progress, 0.01);
+    line.update(first, StatusLine::Show::now);
+    wait(0.2);  // nothing running: 20 updates due
+    line.begin("step 2");
+    wait(0.5);
+    line.begin("");  // (step 2 done: nothing running for a while, then its status)
+    wait(0.2);
+    line.update(second, StatusLine::Show::later);
+    wait(0.2);
+    line.finish();
+  });
+  const std::regex stamped(R"(\[ *[0-9]+\.[0-9]{2}s\] (.*))");
+  const std::regex running(R"(epoch 1 step 1/4: loss 1\.5, step 2 running ([0-9]+\.[0-9]) s)");
+  std::vector<std::string> texts;
+  std::vector<double> seconds;
+  for (const std::string& line : lines_of(err)) {
+    std::smatch m, r;
+    ASSERT_TRUE(std::regex_match(line, m, stamped)) << line;
+    texts.push_back(m[1]);
+    if (std::regex_match(texts.back(), r, running)) seconds.push_back(std::stod(r[1]));
+  }
+  ASSERT_GE(texts.size(), 2u) << err;
+  EXPECT_EQ(texts.front(), first) << err;
+  EXPECT_EQ(texts.back(), second) << err;
+  EXPECT_EQ(std::count(texts.begin(), texts.end(), first), 1) << err;
+  EXPECT_EQ(std::count(texts.begin(), texts.end(), second), 1) << err;
+  EXPECT_TRUE(std::adjacent_find(texts.begin(), texts.end()) == texts.end()) << "a line repeated:\n" << err;
+  EXPECT_EQ(seconds.size() + 2, texts.size()) << err;
+  EXPECT_GE(seconds.size(), 2u) << "the running step's seconds, as they change:\n" << err;
+  EXPECT_TRUE(std::is_sorted(seconds.begin(), seconds.end())) << err;
 }
 
 // Steps longer than the interval: updates while a step runs, each the last status with the step after it and

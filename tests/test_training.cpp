@@ -208,6 +208,88 @@ TEST(Trainer, ScheduleEvaluationsAndStops) {
   EXPECT_TRUE(s3.records.back().eval);
 }
 
+// on_begin announces each step, evaluation and on_epoch_end just before it: the calls, the records and
+// on_epoch_end interleaved as the schedule in trainer.h says, written out here, for eval_every 0, one that
+// does not divide the epoch's 5 steps and one that does, stopped mid-epoch, at an epoch's end or not at all;
+// and a run resumed from a stop goes on as the run that was not stopped.
+TEST(Trainer, OnBeginAnnouncesEachPhaseJustBeforeItInTheSchedulesOrder) {
+  Network<double> model(mlp_spec(4, 6, 3));
+  const Dataset<double> data = random_dataset(model, 18, LikelihoodKind::categorical, 9);
+  const Dataset<double> test = random_dataset(model, 6, LikelihoodKind::categorical, 10);
+  const Index epochs = 2, per_epoch = 5;  // batches of 4, the last of 2
+  // What the run calls, in order: "begin <phase> <n>" (on_begin), "step <n>" and "evaluation <n>"
+  // (on_record), "epoch end <n>" (on_epoch_end).
+  std::vector<std::string> calls;
+  Index steps_recorded = 0, stop_after = 0;  // (0: no stop)
+  TrainOptions o;
+  o.epochs = epochs;
+  o.batch = 4;
+  o.on_begin = [&](TrainPhase phase, Index n) {
+    const char* name = phase == TrainPhase::step         ? "step"
+                       : phase == TrainPhase::evaluation ? "evaluation"
+                                                         : "checkpoint";
+    calls.push_back("begin " + std::string(name) + " " + std::to_string(n));
+  };
+  o.on_record = [&](const TrainRecord& r) {
+    steps_recorded += r.eval ? 0 : 1;
+    calls.push_back((r.eval ? "evaluation " : "step ") + std::to_string(r.step));
+  };
+  o.on_epoch_end = [&](const TrainProgress& at) { calls.push_back("epoch end " + std::to_string(at.steps)); };
+  o.stop_requested = [&] { return stop_after > 0 && steps_recorded == stop_after; };
+  auto run = [&](const TrainProgress& start) {
+    calls.clear();
+    steps_recorded = start.steps;
+    o.start = start;
+    AdamOptimizer<double> adam(model.num_params(), {1e-2});
+    Vec<double> theta = random_vec<double>(model.num_params(), 11) * 0.5;
+    return train(model, LikelihoodKind::categorical, theta, data, &test, adam, o);
+  };
+  for (const auto& [eval_every, stop] : std::vector<std::pair<Index, Index>>{
+           {3, 8}, {3, 6}, {3, 5}, {3, 0}, {5, 0}, {0, 7}, {0, 5}, {0, 0}}) {
+    // The schedule: an evaluation after every eval_every-th step (eval_every 0: each epoch's last), one at
+    // the last epoch's end and one at a stop unless the last record is one, on_epoch_end after each epoch.
+    std::vector<std::string> expected;
+    Index done = 0;
+    bool stopped = false, last_is_eval = false;
+    auto phase = [&](const std::string& name, const std::string& then) {
+      expected.push_back("begin " + name + " " + std::to_string(done));
+      expected.push_back(then + " " + std::to_string(done));
+      last_is_eval = name == "evaluation" || (last_is_eval && name == "checkpoint");
+    };
+    for (Index epoch = 0; epoch < epochs && !stopped; ++epoch) {
+      for (Index k = 0; k < per_epoch && !stopped; ++k) {
+        stopped = stop > 0 && done == stop;
+        if (stopped) break;
+        ++done;
+        phase("step", "step");
+        if (eval_every > 0 ? done % eval_every == 0 : k + 1 == per_epoch) phase("evaluation", "evaluation");
+      }
+      if (stopped) break;
+      if (epoch + 1 == epochs && !last_is_eval) phase("evaluation", "evaluation");
+      phase("checkpoint", "epoch end");
+    }
+    if (stopped && !last_is_eval) phase("evaluation", "evaluation");
+    o.eval_every = eval_every;
+    stop_after = stop;
+    const TrainSummary s = run(TrainProgress());
+    EXPECT_EQ(s.stopped, stopped);
+    EXPECT_EQ(calls, expected) << "eval_every " << eval_every << ", stop after " << stop;
+  }
+  // Stopped after step 7 and resumed: the calls of the run that was not stopped after its 7th step's record.
+  o.eval_every = 3;
+  stop_after = 0;
+  run(TrainProgress());
+  const std::vector<std::string> whole = calls;
+  stop_after = 7;
+  const TrainSummary first = run(TrainProgress());
+  ASSERT_TRUE(first.stopped);
+  stop_after = 0;
+  run(first.progress);
+  const auto seventh = std::find(whole.begin(), whole.end(), "step 7");
+  ASSERT_NE(seventh, whole.end());
+  EXPECT_EQ(calls, std::vector<std::string>(seventh + 1, whole.end()));
+}
+
 // With every safeguard on (the defaults), momentum and a smaller curvature batch (backtracking's losses on
 // it, the line search's on the step's batch), for CG and the Gram; and each epoch's damping and mean CG
 // iterations are its steps'.

@@ -67,7 +67,11 @@ TrainSummary train(const Network<Scalar>& model, LikelihoodKind likelihood, Vec<
     if (o.on_record) o.on_record(r);
     s.records.push_back(std::move(r));
   };
+  auto announce = [&](TrainPhase phase, Index step) {
+    if (o.on_begin) o.on_begin(phase, step);
+  };
   auto evaluation = [&](Index epoch, double train_loss) {
+    announce(TrainPhase::evaluation, s.steps);
     TrainRecord r;
     r.eval = true;
     r.step = s.steps;
@@ -104,6 +108,7 @@ TrainSummary train(const Network<Scalar>& model, LikelihoodKind likelihood, Vec<
         s.stopped = true;
         break;
       }
+      announce(TrainPhase::step, s.steps + 1);
       const Index first = k * o.batch, count = std::min(o.batch, N - first);
       const Dataset<Scalar> batch = gather(data, order, first, count);
       const auto t0 = Clock::now();
@@ -137,7 +142,10 @@ TrainSummary train(const Network<Scalar>& model, LikelihoodKind likelihood, Vec<
     s.per_epoch.push_back(e);
     loss_sum = cg_sum = damping = 0;
     seen = steps = 0;
-    if (o.on_epoch_end) o.on_epoch_end(progress(0, 0, 0, 0, 0));
+    if (o.on_epoch_end) {
+      announce(TrainPhase::checkpoint, s.steps);
+      o.on_epoch_end(progress(0, 0, 0, 0, 0));
+    }
   }
   if (s.stopped && !last_is_eval()) evaluation(s.epochs, std::nan(""));
   s.time_s = trained;

@@ -2,11 +2,18 @@
 /// \brief Epochs of minibatch steps with an Optimizer, evaluation on held-out data, progress and stop.
 ///
 /// A step takes minibatch k of its epoch (minibatches.h) and calls Optimizer::step with the run's step index;
-/// an evaluation (each epoch, or every eval_every steps, and at the end) computes the loss and, for a
-/// categorical likelihood, the accuracy on the test data (positions whose label is −100 left out). Training
-/// time excludes evaluation. `train_loss` of an epoch is the sample-weighted mean of its steps' losses. A run
-/// started from the TrainProgress of a stopped one (TrainOptions::start; a checkpoint holds it, checkpoint.h),
-/// with the optimizer's state restored, is that run continued, bit for bit.
+/// an evaluation computes the loss and, for a categorical likelihood, the accuracy on the test data
+/// (positions whose label is −100 left out). Training time excludes evaluation. `train_loss` of an epoch is
+/// the sample-weighted mean of its steps' losses. A run started from the TrainProgress of a stopped one
+/// (TrainOptions::start; a checkpoint holds it, checkpoint.h), with the optimizer's state restored, is that
+/// run continued, bit for bit.
+///
+/// **The schedule.** Before each step the stop rules (stop_requested, max_time_s) are asked; then the step
+/// runs. An evaluation follows each step whose number (counted from the run's first, a resumed run's steps
+/// included) is a multiple of eval_every, or with eval_every 0 each epoch's last step. At the last epoch's
+/// end an evaluation follows unless this call's last record is one; then, at every epoch's end, on_epoch_end.
+/// A stop ends the run with an evaluation, unless this call's last record is one. TrainOptions::on_begin
+/// announces each step, evaluation and on_epoch_end just before it starts.
 ///
 /// **Several processes.** With TrainOptions::communicator of K > 1 ranks every rank holds the whole training
 /// (and test) data and calls train() with the same options; each step's minibatch is the same on every rank
@@ -62,6 +69,13 @@ struct TrainProgress {
   std::vector<EpochSummary> per_epoch;  ///< the epochs completed
 };
 
+/// What the trainer is about to start (TrainOptions::on_begin).
+enum class TrainPhase {
+  step,        ///< a step (the optimizer's)
+  evaluation,  ///< an evaluation on the test data (a record even without test data)
+  checkpoint   ///< TrainOptions::on_epoch_end
+};
+
 struct TrainOptions {
   Index epochs = 10;      ///< the total number of epochs
   Index batch = 128;      ///< the minibatch size
@@ -71,6 +85,11 @@ struct TrainOptions {
   double max_time_s = 0;  ///< stop at the first step boundary after this much training time of this call (0: no limit)
   /// Called after every step and every evaluation (progress lines, logs). Optional.
   std::function<void(const TrainRecord&)> on_record;
+  /// Called just before a step, an evaluation or on_epoch_end starts, in the schedule's order (above), with
+  /// for a step its number from 1 (its TrainRecord::step: steps done + 1), else the steps done. A step's call
+  /// comes once the stop rules let it run; each call is followed by its step's or evaluation's on_record, or
+  /// by on_epoch_end, before any other callback. For a status line ("step 13 running 4.2 s"). Optional.
+  std::function<void(TrainPhase, Index)> on_begin;
   /// Polled before every step: true stops the run at that boundary (after a final evaluation). Optional.
   std::function<bool()> stop_requested;
   /// Where to start: a fresh run (the default) or a checkpoint's progress; its `epochs` must be below the total.
