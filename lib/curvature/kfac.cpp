@@ -564,14 +564,98 @@ void KfacApproximation<Scalar>::multiply(const Scalar* x, Scalar* y) const {
 template <typename Scalar>
 void KfacApproximation<Scalar>::apply(const Scalar* r, Scalar* z) const {
   if (damping_ < 0) detail::fail("KfacApproximation::apply before set_damping");
-  // z = D⁻¹ r outside the blocks; per block Z = G⁻¹ V A⁻¹ in two rounds of column chunks, W = G⁻¹ V then
-  // Z = W A⁻¹, so a large block is shared by the threads. Each chunk is one product of a fixed shape, so
-  // the result does not depend on the thread count.
   VecMap<Scalar>(z, num_params_) = inverse_diagonal_.cwiseProduct(ConstVecMap<Scalar>(r, num_params_));
+  apply_blocks(r, z, nullptr);
+}
+
+template <typename Scalar>
+bool KfacApproximation<Scalar>::low_rank_cheaper(const Block& b, Index num_samples) {
+  const double rows = double(b.positions) * double(num_samples), a = double(b.cols + (b.bias ? 1 : 0)),
+               g = double(b.rows);
+  return rows * (a * a + g * g + g * a) < g * a * (g + a);
+}
+
+template <typename Scalar>
+Index KfacApproximation<Scalar>::apply_gradient(const FisherOperator<Scalar>& F, const Scalar* g, Scalar* z) const {
+  if (damping_ < 0) detail::fail("KfacApproximation::apply_gradient before set_damping");
+  if (F.rows() != num_params_) detail::fail("K-FAC: apply_gradient with the operator of another model");
+  VecMap<Scalar>(z, num_params_) = inverse_diagonal_.cwiseProduct(ConstVecMap<Scalar>(g, num_params_));
+  const Communicator* comm = F.options().communicator;
+  if (comm && comm->size() > 1) {  // a rank's cotangents are its share of the batch
+    apply_blocks(g, z, nullptr);
+    return 0;
+  }
+  const Network<Scalar>& model = F.model();
+  const Index N = F.num_samples();
+  const ForwardCache<Scalar>& cache = F.forward_cache();
+  const CotangentCache<Scalar>& cot = F.cotangents();
+  const Scalar s = Scalar(1) / Scalar(F.counted_positions());
+  std::vector<bool> low(blocks_.size(), false);
+  // Per low-rank block: its unfolded inputs Ã (R·N × a, with the bias's ones) and output cotangents D
+  // (R·N × rows), so that its slice of g is s·DᵀÃ.
+  std::vector<Mat<Scalar>> inputs(blocks_.size()), cotangents(blocks_.size()), DG(blocks_.size()),
+      Z(blocks_.size());
+  Index taken = 0;
+  for (std::size_t i = 0; i < blocks_.size(); ++i) {
+    const Block& b = blocks_[i];
+    if (!low_rank_cheaper(b, N)) continue;
+    low[i] = true;
+    ++taken;
+    const Layer<Scalar>& layer = model.layer(b.node);
+    const KroneckerFactors<Scalar>& kf = *model.kronecker_factors(b.node);
+    const Index rows = b.positions * N, a = b.cols + (b.bias ? 1 : 0);
+    inputs[i].resize(rows, a);
+    kf.kronecker_inputs(ConstMatMap<Scalar>(model.input_act(cache, b.node).data(), layer.input_size(), N),
+                        inputs[i].data(), rows);
+    if (b.bias) inputs[i].col(b.cols).setOnes();
+    cotangents[i].resize(rows, b.rows);
+    kf.kronecker_cotangents(ConstMatMap<Scalar>(cot.g[b.node].data(), layer.output_size(), N),
+                            cotangents[i].data(), rows);
+    DG[i].resize(rows, b.rows);
+    Z[i].resize(b.rows, a);
+  }
+  apply_blocks(g, z, &low);
+  // G⁻¹(s DᵀÃ)A⁻¹ = s (D G⁻¹)ᵀ (Ã A⁻¹) (the inverses are symmetric), in two rounds of column chunks as
+  // apply_blocks: D G⁻¹, then each chunk of columns of Z from Ã times the same columns of A⁻¹.
+  std::vector<std::pair<std::size_t, Index>> chunks[2];
+  for (std::size_t i = 0; i < blocks_.size(); ++i)
+    if (low[i]) {
+      for (Index j0 = 0; j0 < Index(blocks_[i].rows); j0 += kApplyChunk) chunks[0].emplace_back(i, j0);
+      for (Index j0 = 0; j0 < Z[i].cols(); j0 += kApplyChunk) chunks[1].emplace_back(i, j0);
+    }
+  for (int round = 0; round < 2; ++round) {
+    const Index tasks = static_cast<Index>(chunks[round].size());
+#ifdef NATGRAD_HAVE_OPENMP
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads_)
+#endif
+    for (Index t = 0; t < tasks; ++t) {
+      const auto [i, j0] = chunks[round][static_cast<std::size_t>(t)];
+      const Factored& f = factored_[i];
+      if (round == 0) {
+        const Index w = std::min(kApplyChunk, Index(blocks_[i].rows) - j0);
+        DG[i].middleCols(j0, w).noalias() = cotangents[i] * f.inverse_G.middleCols(j0, w);
+      } else {
+        const Index w = std::min(kApplyChunk, Z[i].cols() - j0);
+        const Mat<Scalar> XA = inputs[i] * f.inverse_A.middleCols(j0, w);
+        Z[i].middleCols(j0, w).noalias() = s * (DG[i].transpose() * XA);
+      }
+    }
+  }
+  for (std::size_t i = 0; i < blocks_.size(); ++i)
+    if (low[i]) scatter(blocks_[i], Z[i], z);
+  return taken;
+}
+
+template <typename Scalar>
+void KfacApproximation<Scalar>::apply_blocks(const Scalar* r, Scalar* z, const std::vector<bool>* skip) const {
+  // Per block Z = G⁻¹ V A⁻¹ in two rounds of column chunks, W = G⁻¹ V then Z = W A⁻¹, so a large block is
+  // shared by the threads. Each chunk is one product of a fixed shape, so the result does not depend on the
+  // thread count.
   const std::size_t count = blocks_.size();
   std::vector<Mat<Scalar>> V(count), W(count), Z(count);
   std::vector<std::pair<std::size_t, Index>> chunks;  // (block, first column)
   for (std::size_t b = 0; b < count; ++b) {
+    if (skip && (*skip)[b]) continue;
     gather(blocks_[b], r, V[b]);
     W[b].resize(V[b].rows(), V[b].cols());
     Z[b].resize(V[b].rows(), V[b].cols());
@@ -591,7 +675,8 @@ void KfacApproximation<Scalar>::apply(const Scalar* r, Scalar* z) const {
         Z[b].middleCols(j0, w).noalias() = W[b] * factored_[b].inverse_A.middleCols(j0, w);
     }
   }
-  for (std::size_t b = 0; b < count; ++b) scatter(blocks_[b], Z[b], z);
+  for (std::size_t b = 0; b < count; ++b)
+    if (!(skip && (*skip)[b])) scatter(blocks_[b], Z[b], z);
 }
 
 template class KfacApproximation<float>;

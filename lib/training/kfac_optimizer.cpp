@@ -82,9 +82,7 @@ StepResult KfacOptimizer<Scalar>::step(const Network<Scalar>& model, LikelihoodK
     predicted_sum_ += pending_predicted_;
   }
   pending_predicted_ = 0;
-  const Vec<Scalar> g = G.gradient();
-  if (!std::isfinite(r.loss) || !g.allFinite())
-    detail::fail("the loss or the gradient is NaN or Inf at step " + std::to_string(k));
+  if (!std::isfinite(r.loss)) detail::fail("the loss is NaN or Inf at step " + std::to_string(k));
   std::unique_ptr<FisherOperator<Scalar>> own;
   if (nc < n) {
     const detail::BatchShare<Scalar> head(batch, nc, fo);
@@ -104,10 +102,13 @@ StepResult KfacOptimizer<Scalar>::step(const Network<Scalar>& model, LikelihoodK
   // change of λ cost a decomposition every few steps); the quadratic model below uses the current λ.
   if (!inverse_ || k % o_.inverse_every == 0) refresh_inverse();
 
-  // The proposal and the quadratic model along it and the previous update: ΔᵀFΔ, ΔᵀFδ₀ and δ₀ᵀFδ₀ from the
-  // R-op alone (FisherOperator::quadratic_forms).
+  // The gradient after the factors (whose backprop would replace its cotangents), then the proposal through
+  // its low rank where that is cheaper (KfacApproximation::apply_gradient), and the quadratic model along it
+  // and the previous update: ΔᵀFΔ, ΔᵀFδ₀ and δ₀ᵀFδ₀ from the R-op alone (FisherOperator::quadratic_forms).
+  const Vec<Scalar>& g = G.gradient();
+  if (!g.allFinite()) detail::fail("the gradient is NaN or Inf at step " + std::to_string(k));
   Vec<Scalar> delta(P);
-  inverse_->apply(g.data(), delta.data());
+  inverse_->apply_gradient(G, g.data(), delta.data());
   delta = -delta;
   const bool with_previous = o_.momentum && previous_.size() == P;
   const Eigen::MatrixXd Q = with_previous ? F.quadratic_forms({delta.data(), previous_.data()})

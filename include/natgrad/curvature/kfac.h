@@ -128,6 +128,17 @@ class KfacApproximation {
   double damping() const { return damping_; }
   /// z = F̂_λ⁻¹ r, F̂_λ the damped approximation (after set_damping; r and z must not overlap).
   void apply(const Scalar* r, Scalar* z) const;
+  /// z = F̂_λ⁻¹ g for g = F.gradient(), through the gradient's low rank where that is cheaper. A block's slice
+  /// of g is s·DᵀÃ (Ã its R·N unfolded inputs with the bias's ones, D their output cotangents, s = 1/M), so
+  ///   G⁻¹ (s DᵀÃ) A⁻¹ = s (D G⁻¹)ᵀ (Ã A⁻¹):   R·N·(a² + g² + g·a) multiply-adds instead of g·a·(g + a),
+  /// taken for the blocks where that is fewer (low_rank_cheaper: a minibatch smaller than the layer's widths;
+  /// the others as apply does). F's stored cotangents must be its gradient's: call it after F.gradient() with no
+  /// product, backprop_outputs or K-FAC factors of F in between (quadratic_forms and loss() store none). With
+  /// a communicator of several ranks (a rank holds its share of the cotangents) it is apply(g). Equal to
+  /// apply(g) to rounding. Returns the blocks taken through the low rank.
+  Index apply_gradient(const FisherOperator<Scalar>& F, const Scalar* g, Scalar* z) const;
+  /// Whether apply_gradient takes block b through the low rank for a batch of num_samples.
+  static bool low_rank_cheaper(const Block& b, Index num_samples);
 
  private:
   struct Factored {  // one block's eigendecompositions and damped inverses
@@ -139,6 +150,8 @@ class KfacApproximation {
   void gather(const Block& b, const Scalar* x, Mat<Scalar>& V) const;
   void scatter(const Block& b, const Mat<Scalar>& V, Scalar* y) const;
   void invert_diagonal(double lambda);  // 1 / (d + λ) outside the blocks
+  // z's blocks = G⁻¹ V A⁻¹ for r's blocks V, except those with (*skip)[b] (nullptr: none).
+  void apply_blocks(const Scalar* r, Scalar* z, const std::vector<bool>* skip) const;
 
   Index num_params_ = 0;
   int num_threads_ = 1;

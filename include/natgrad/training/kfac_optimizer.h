@@ -10,7 +10,8 @@
 ///   3. every `inverse_every` steps (and at the first), the averages' factors, damped with the λ of that step,
 ///      are inverted (Cholesky, KfacApproximation::invert); those inverses serve until the next refresh,
 ///      whatever λ does meanwhile (Martens & Grosse likewise change the factors' damping γ only every T₂ steps);
-///   4. the proposal Δ = −F̂⁻¹ g with the factored Tikhonov damping of kfac.h (γ = √λ of the last refresh, π-split);
+///   4. the proposal Δ = −F̂⁻¹ g with the factored Tikhonov damping of kfac.h (γ = √λ of the last refresh, π-split),
+///      through the gradient's low rank for a layer wider than the batch (KfacApproximation::apply_gradient);
 ///   5. the update δ = η (α Δ + μ δ₀), δ₀ the previous update, with α and μ minimizing the damped quadratic
 ///      model gᵀδ + ½ δᵀ(F + λI)δ under the Fisher (of `fisher`'s kind) of the curvature batch, not its K-FAC
 ///      approximation (ΔᵀFΔ, ΔᵀFδ₀ and δ₀ᵀFδ₀ by FisherOperator::quadratic_forms: R-op passes, no backprop;
