@@ -91,7 +91,7 @@ void add_train_options(CLI::App* c, Args& a) {
       ->capture_default_str();
   c->add_option("--optimizer", a.optimizer, "natgrad (natural gradient, Hessian-free), kfac, adam or sgd")
       ->capture_default_str();
-  c->add_option("--lr", a.lr, "Learning rate eta (default: 1 for natgrad, 1e-3 for adam, 1e-2 for sgd)");
+  c->add_option("--lr", a.lr, "Learning rate eta (default: 1 for natgrad, 0.5 for kfac, 1e-3 for adam, 1e-2 for sgd)");
   c->add_option("--momentum", a.momentum,
                 "Momentum mu: SGD's (b <- mu*b + g), natgrad's (the update s = -lr*d + mu*s_prev); not for adam")
       ->capture_default_str();

@@ -46,6 +46,7 @@ TEST(KfacOptimizer, FirstStepIsTheProposalScaledByTheDenseQuadraticModel) {
   const Vec<double> delta = proposal(model, packed_factors_of(model, theta0, data, lk), lambda, g);
   const double alpha = -g.dot(delta) / (delta.dot(Fd * delta) + lambda * delta.squaredNorm());
   KfacStepOptions o;
+  o.lr = 1;
   o.damping = lambda;
   o.adapt_damping = false;
   KfacOptimizer<double> opt(model, o);
@@ -71,7 +72,9 @@ TEST(KfacOptimizer, SecondStepAveragesTheFactorsAndSolvesForStepAndMomentum) {
   KfacStepOptions o;
   o.damping = lambda;
   o.adapt_damping = false;
+  o.lr = 1;  // the quadratic model's minimizer itself
   o.inverse_every = 1;
+  o.factor_every = 1;
   o.factor_decay = 0.3;
   KfacOptimizer<double> opt(model, o);
   Vec<double> theta = theta0;
@@ -176,6 +179,7 @@ TEST(KfacOptimizer, BetweenRefreshesTheProposalKeepsTheInversesDampingWhileTheMo
   const Vec<double> theta0 = random_vec<double>(model.num_params(), 7) * 0.5;
   const double lambda0 = 0.05, lambda1 = 0.5;
   KfacStepOptions o;
+  o.lr = 1;
   o.damping = lambda0;
   o.adapt_damping = false;
   o.inverse_every = 100;
