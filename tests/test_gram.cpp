@@ -103,37 +103,48 @@ Mat<double> dense_reference(const Network<double>& model, const Vec<double>& the
   return F / M;
 }
 
-}  // namespace
-
-TEST(FisherQuadraticForms, EqualTheDenseFishersForEveryLikelihoodKindAndModel) {
+// Every case, likelihood and kind (one real-valued likelihood per position suffices for T > 1) on N samples:
+// body(c, lk, fk, model, theta, data, options) with the operator's options (2 draws, seed 11, chunks of 3).
+template <typename Body>
+void for_every_case(Index N, Body body) {
   for (const Case& c : cases())
     for (LikelihoodKind lk : kLikelihoods)
       for (FisherKind fk : kKinds) {
         if (c.T > 1 && lk == LikelihoodKind::bernoulli) continue;
         SCOPED_TRACE(c.label + " " + to_string(lk) + " " + to_string(fk));
-        Network<double> model(c.spec);
+        const Network<double> model(c.spec);
         const Vec<double> theta = random_vec<double>(model.num_params(), 3) * 0.7;
-        const Dataset<double> data = data_for(model, c, 7, lk, 5);
+        const Dataset<double> data = data_for(model, c, N, lk, 5);
         FisherOptions opt;
         opt.kind = fk;
         opt.mc_samples = 2;
         opt.seed = 11;
-        opt.chunk_size = 3;  // three chunks
-        opt.damping = 0.5;   // not part of the forms
-        const FisherOperator<double> F(model, theta, lk, data, opt);
-        const Mat<double> Fd = dense_reference(model, theta, data, lk, fk, c.T, opt.seed, opt.mc_samples);
-        const Index P = model.num_params();
-        const Vec<double> a = random_vec<double>(P, 20), b = random_vec<double>(P, 21), z = Vec<double>::Zero(P);
-        const Eigen::MatrixXd Q = F.quadratic_forms({a.data(), b.data(), z.data()});
-        ASSERT_EQ(Q.rows(), 3);
-        ASSERT_EQ(Q.cols(), 3);
-        const Vec<double>* v[] = {&a, &b, &z};
-        const double scale = a.dot(Fd * a);
-        ASSERT_GT(scale, 0);
-        for (int i = 0; i < 3; ++i)
-          for (int j = 0; j < 3; ++j) EXPECT_LT(std::abs(Q(i, j) - v[i]->dot(Fd * *v[j])) / scale, 1e-12) << i << j;
-        EXPECT_EQ(F.quadratic_forms({}).size(), 0);
+        opt.chunk_size = 3;
+        body(c, lk, fk, model, theta, data, opt);
       }
+}
+
+}  // namespace
+
+TEST(FisherQuadraticForms, EqualTheDenseFishersForEveryLikelihoodKindAndModel) {
+  for_every_case(7, [](const Case& c, LikelihoodKind lk, FisherKind fk, const Network<double>& model,
+                       const Vec<double>& theta, const Dataset<double>& data, FisherOptions opt) {
+    opt.damping = 0.5;  // not part of the forms
+    const FisherOperator<double> F(model, theta, lk, data, opt);
+    const Mat<double> Fd = dense_reference(model, theta, data, lk, fk, c.T, opt.seed, opt.mc_samples);
+    const Index P = model.num_params();
+    const Vec<double> a = random_vec<double>(P, 20), b = random_vec<double>(P, 21), z = Vec<double>::Zero(P);
+    const Eigen::MatrixXd Q = F.quadratic_forms({a.data(), b.data(), z.data()});
+    ASSERT_EQ(Q.rows(), 3);
+    ASSERT_EQ(Q.cols(), 3);
+    const Vec<double>* v[] = {&a, &b, &z};
+    const double scale = a.dot(Fd * a);
+    ASSERT_GT(scale, 0);
+    for (int i = 0; i < 3; ++i)
+      for (int j = 0; j < 3; ++j)
+        EXPECT_LT(std::abs(Q(i, j) - v[i]->dot(Fd * *v[j])) / scale, 1e-12) << i << j;
+    EXPECT_EQ(F.quadratic_forms({}).size(), 0);
+  });
 }
 
 TEST(FisherQuadraticForms, AreBitIdenticalForAnyThreadCountAndWhereverTheVectorsLie) {
@@ -141,7 +152,8 @@ TEST(FisherQuadraticForms, AreBitIdenticalForAnyThreadCountAndWhereverTheVectors
     SCOPED_TRACE(to_string(fk));
     Network<float> model(cnn_spec(4));
     const Vec<float> theta = init_parameters(model, 30);
-    const Dataset<float> data = random_dataset(model, 300, LikelihoodKind::categorical, 31);  // several chunks
+    const Dataset<float> data =
+        random_dataset(model, 300, LikelihoodKind::categorical, 31);  // several chunks
     const Index P = model.num_params();
     const Vec<float> a = random_vec<float>(P, 32), b = random_vec<float>(P, 33);
     std::vector<float> shifted(static_cast<std::size_t>(2 * P + 8));  // b one float past its alignment
@@ -165,57 +177,48 @@ TEST(FisherQuadraticForms, AreBitIdenticalForAnyThreadCountAndWhereverTheVectors
 }
 
 TEST(FisherGram, SolvesAndSpectraEqualTheDenseFisherForEveryLikelihoodAndKind) {
-  for (const Case& c : cases())
-    for (LikelihoodKind lk : kLikelihoods)
-      for (FisherKind fk : kKinds) {
-        if (c.T > 1 && lk == LikelihoodKind::bernoulli) continue;  // one real-valued likelihood per position suffices
-        SCOPED_TRACE(c.label + " " + to_string(lk) + " " + to_string(fk));
-        Network<double> model(c.spec);
-        const Vec<double> theta = random_vec<double>(model.num_params(), 3) * 0.7;
-        const Dataset<double> data = data_for(model, c, 4, lk, 5);
-        FisherOptions opt;
-        opt.kind = fk;
-        opt.mc_samples = 2;
-        opt.seed = 11;
-        opt.chunk_size = 3;
-        FisherOperator<double> F(model, theta, lk, data, opt);
-        const Mat<double> Fd = dense_reference(model, theta, data, lk, fk, c.T, opt.seed, opt.mc_samples);
-        const Index P = model.num_params();
-        FisherGram<double> gram(F);
-        EXPECT_EQ(gram.rows(), FisherGram<double>::rows_for(model, 4, fk, 2));
-        EXPECT_EQ(gram.push_through(), fk != FisherKind::mc);
+  for_every_case(4, [](const Case& c, LikelihoodKind lk, FisherKind fk, const Network<double>& model,
+                       const Vec<double>& theta, const Dataset<double>& data, FisherOptions opt) {
+    FisherOperator<double> F(model, theta, lk, data, opt);
+    const Mat<double> Fd = dense_reference(model, theta, data, lk, fk, c.T, opt.seed, opt.mc_samples);
+    const Index P = model.num_params();
+    FisherGram<double> gram(F);
+    EXPECT_EQ(gram.rows(), FisherGram<double>::rows_for(model, 4, fk, 2));
+    EXPECT_EQ(gram.push_through(), fk != FisherKind::mc);
 
-        // The spectrum: every nonzero eigenvalue, the trace, eigenvectors.
-        Eigen::SelfAdjointEigenSolver<Mat<double>> eig(Fd);
-        const Vec<double> ev = eig.eigenvalues().reverse();
-        const GramSpectrum s = gram.spectrum(3);
-        ASSERT_GT(s.eigenvalues.size(), 0);
-        const double top = ev(0);
-        EXPECT_LT(std::abs(s.eigenvalues(0) - top) / top, 1e-10);
-        for (Index i = 0; i < s.eigenvalues.size(); ++i) EXPECT_LT(std::abs(s.eigenvalues(i) - ev(i)) / top, 1e-10);
-        for (Index i = s.eigenvalues.size(); i < P; ++i) EXPECT_LT(std::abs(ev(i)) / top, 1e-10) << i;
-        EXPECT_LT(std::abs(s.trace - Fd.trace()) / Fd.trace(), 1e-10);
-        EXPECT_EQ(s.zero_count, P - s.eigenvalues.size());
-        const Mat<double> V = gram.eigenvectors(s, std::min<Index>(3, s.eigenvalues.size()));
-        for (Index i = 0; i < V.cols(); ++i) {
-          EXPECT_NEAR(V.col(i).norm(), 1.0, 1e-10);
-          EXPECT_LT((Fd * V.col(i) - s.eigenvalues(i) * V.col(i)).norm() / top, 1e-10);
-        }
+    // The spectrum: every nonzero eigenvalue, the trace, eigenvectors.
+    Eigen::SelfAdjointEigenSolver<Mat<double>> eig(Fd);
+    const Vec<double> ev = eig.eigenvalues().reverse();
+    const GramSpectrum s = gram.spectrum(3);
+    ASSERT_GT(s.eigenvalues.size(), 0);
+    const double top = ev(0);
+    EXPECT_LT(std::abs(s.eigenvalues(0) - top) / top, 1e-10);
+    for (Index i = 0; i < s.eigenvalues.size(); ++i)
+      EXPECT_LT(std::abs(s.eigenvalues(i) - ev(i)) / top, 1e-10);
+    for (Index i = s.eigenvalues.size(); i < P; ++i) EXPECT_LT(std::abs(ev(i)) / top, 1e-10) << i;
+    EXPECT_LT(std::abs(s.trace - Fd.trace()) / Fd.trace(), 1e-10);
+    EXPECT_EQ(s.zero_count, P - s.eigenvalues.size());
+    const Mat<double> V = gram.eigenvectors(s, std::min<Index>(3, s.eigenvalues.size()));
+    for (Index i = 0; i < V.cols(); ++i) {
+      EXPECT_NEAR(V.col(i).norm(), 1.0, 1e-10);
+      EXPECT_LT((Fd * V.col(i) - s.eigenvalues(i) * V.col(i)).norm() / top, 1e-10);
+    }
 
-        // Solves: the operator's gradient (push-through where it applies) and a vector outside U's rows.
-        const Vec<double> g = F.gradient(), b = random_vec<double>(P, 7);
-        for (bool own : {true, false}) {
-          const Vec<double>& rhs = own ? g : b;
-          const std::vector<GramSolution<double>> sol = gram.solve(rhs, {1e-1, 1e-3}, own);
-          ASSERT_EQ(sol.size(), 2u);
-          for (const GramSolution<double>& x : sol) {
-            Mat<double> A = Fd;
-            A.diagonal().array() += x.damping;
-            const Vec<double> d = A.llt().solve(rhs);
-            EXPECT_LT(rel_err_vec(x.direction, d), 1e-10) << "damping " << x.damping << (own ? " gradient" : " random");
-          }
-        }
+    // Solves: the operator's gradient (push-through where it applies) and a vector outside U's rows.
+    const Vec<double> g = F.gradient(), b = random_vec<double>(P, 7);
+    for (bool own : {true, false}) {
+      const Vec<double>& rhs = own ? g : b;
+      const std::vector<GramSolution<double>> sol = gram.solve(rhs, {1e-1, 1e-3}, own);
+      ASSERT_EQ(sol.size(), 2u);
+      for (const GramSolution<double>& x : sol) {
+        Mat<double> A = Fd;
+        A.diagonal().array() += x.damping;
+        const Vec<double> d = A.llt().solve(rhs);
+        EXPECT_LT(rel_err_vec(x.direction, d), 1e-10)
+            << "damping " << x.damping << (own ? " gradient" : " random");
       }
+    }
+  });
 }
 
 TEST(FisherGram, GramIsBitIdenticalForOneAndThreeThreads) {
