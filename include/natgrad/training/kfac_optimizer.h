@@ -39,7 +39,7 @@ namespace natgrad {
 
 struct KfacStepOptions {
   /// η, a multiple of the quadratic model's update: 0.5, chosen across the classifier, the autoencoder and the
-  /// byte-level GPT (docs/training.md: per step, each reached its targets sooner than with 1 or 0.25).
+  /// byte-level GPT (docs/training.md: per step better than 1 on all three; 0.25 better on the classifier only).
   double lr = 0.5;
   /// λ at the first step: 0.01, chosen on Fashion-MNIST's classifier and autoencoder (docs/training.md).
   double damping = 0.01;
