@@ -330,6 +330,41 @@ TEST(Kfac, DampedInverseIsThePiSplitKroneckerProductsInverse) {
 
 // One linear layer, gaussian likelihood: F = A ⊗ I exactly, so K-FAC at λ = 1e-12 gives the exact
 // direction, and CG preconditioned by it converges at once.
+// invert(λ) on factors wider than its 64-column blocks (A 151 × 151 and 71 × 71, G 70 × 70: the blocks'
+// lower parts and their mirrored upper parts meet): apply(x) against (G + √λ/π I)⁻¹ V (A + π√λ I)⁻¹ per layer
+// by Eigen's LU, V the layer's slice of x.
+TEST(Kfac, CholeskyInverseOfWideFactorsAgainstDenseLu) {
+  const Network<double> model(mlp_spec(150, 70, 3));
+  const Vec<double> theta = init_parameters(model, 41);
+  const Dataset<double> data = random_dataset(model, 30, LikelihoodKind::categorical, 42);
+  const FisherOperator<double> F(model, theta, LikelihoodKind::categorical, data);
+  KfacOptions ko;
+  ko.decompose = false;
+  KfacApproximation<double> K(F, ko);
+  const double lambda = 3e-3;
+  K.invert(lambda);
+  const Vec<double> x = random_vec<double>(model.num_params(), 43);
+  Vec<double> z(x.size());
+  K.apply(x.data(), z.data());
+  ASSERT_EQ(K.blocks().size(), 3u);
+  EXPECT_GT(K.blocks()[0].A.rows(), 128);  // three column blocks
+  for (const auto& b : K.blocks()) {
+    const Index d = b.A.rows(), m = b.rows;
+    const double pi = std::sqrt((b.A.trace() / double(d)) / (b.G.trace() / double(m)));
+    const Mat<double> Ad = b.A + pi * std::sqrt(lambda) * Mat<double>::Identity(d, d);
+    const Mat<double> Gd = b.G + std::sqrt(lambda) / pi * Mat<double>::Identity(m, m);
+    Mat<double> V(m, d), Z(m, d);  // weight row-major, then the bias as column `cols`
+    for (Index o = 0; o < m; ++o)
+      for (Index c = 0; c < d; ++c) {
+        const Index i = b.offset + (c < b.cols ? o * b.cols + c : b.rows * b.cols + o);
+        V(o, c) = x[i];
+        Z(o, c) = z[i];
+      }
+    const Mat<double> want = Gd.lu().solve(Mat<double>(Ad.lu().solve(V.transpose()).transpose()));
+    EXPECT_LT(max_rel(Z, want), 1e-10);
+  }
+}
+
 TEST(Kfac, ExactOnOneLinearLayerWithGaussianLikelihood) {
   ModelSpec spec;
   spec.input_shape = {4};

@@ -465,8 +465,11 @@ void KfacApproximation<Scalar>::invert(double lambda) {
   const double root = std::sqrt(lambda);
   factored_.resize(blocks_.size());
   // Each damped factor D = LLᵀ (Cholesky), then D⁻¹ = L⁻ᵀ L⁻¹ column block by column block: column j of L⁻¹
-  // is zero above row j, so a block starting at column j0 solves with the trailing (d − j0)-square part of L
-  // only. The factorizations are tasks (the largest first), then the column blocks of every factor: the
+  // is zero above row j, and D⁻¹'s rows from j down need only those rows of it and Lᵀ's trailing part (back
+  // substitution from the bottom), so a block starting at column j0 solves twice with the trailing
+  // (d − j0)-square part of L only, for D⁻¹'s lower part, and writes its transpose as the upper part (a
+  // third of the work of two full solves). The factorizations are tasks (the largest first), then the column
+  // blocks of every factor (their writes are disjoint): the
   // classifier's 785-wide A no longer keeps one thread busy while the other has finished. Each block is one
   // task whatever the threads, so the inverses are bit-identical for any thread count.
   struct Factor {
@@ -517,12 +520,15 @@ void KfacApproximation<Scalar>::invert(double lambda) {
   for (Index t = 0; t < task_count; ++t) {
     const Factor& f = factors[tasks[static_cast<std::size_t>(t)].first];
     const Index j0 = tasks[static_cast<std::size_t>(t)].second, d = f.L.rows(), w = std::min(kColumns, d - j0);
-    Mat<double> Y = Mat<double>::Zero(d, w);  // L⁻¹'s columns j0 … j0 + w, zero above row j0
-    Y.bottomRows(d - j0).topRows(w).setIdentity();
-    f.L.bottomRightCorner(d - j0, d - j0).template triangularView<Eigen::Lower>().solveInPlace(Y.bottomRows(d - j0));
-    f.L.transpose().template triangularView<Eigen::Upper>().solveInPlace(Y);
+    Mat<double> Y = Mat<double>::Zero(d - j0, w);  // rows j0 … of L⁻¹'s columns j0 … j0 + w (zero above)
+    Y.topRows(w).setIdentity();
+    const auto trailing = f.L.bottomRightCorner(d - j0, d - j0);
+    trailing.template triangularView<Eigen::Lower>().solveInPlace(Y);
+    trailing.transpose().template triangularView<Eigen::Upper>().solveInPlace(Y);  // rows j0 … of D⁻¹'s columns
     Factored& out = factored_[f.block];
-    (f.is_A ? out.inverse_A : out.inverse_G).middleCols(j0, w) = Y.template cast<Scalar>();
+    Mat<Scalar>& inverse = f.is_A ? out.inverse_A : out.inverse_G;
+    inverse.block(j0, j0, d - j0, w) = Y.template cast<Scalar>();
+    inverse.block(j0, j0, w, d - j0) = Y.transpose().template cast<Scalar>();
   }
   invert_diagonal(lambda);
   damping_ = lambda;
