@@ -165,6 +165,16 @@ TEST(KfacOptimizer, LevenbergMarquardtFollowsTheReductionRatioMeasuredAtTheNextS
   theta = theta0;
   for (Index k = 0; k < 4; ++k) sparse.step(model, lk, theta, data, k);
   EXPECT_EQ(sparse.damping(), 1.0);
+  // ρ_next is measured on the window's last step only (step 4, for step 3's update): nothing is pending yet.
+  const auto scalar = [](const OptimizerState& s, const std::string& name) {
+    for (const auto& [n, v] : s.scalars)
+      if (n == name) return v;
+    ADD_FAILURE() << name << " not in the state";
+    return std::nan("");
+  };
+  EXPECT_EQ(scalar(sparse.state(), "actual_sum"), 0.0);
+  EXPECT_EQ(scalar(sparse.state(), "predicted_sum"), 0.0);
+  EXPECT_LT(scalar(sparse.state(), "own_predicted_sum"), 0.0);  // ρ_own's sums run over the whole window
   sparse.step(model, lk, theta, data, 4);
   EXPECT_DOUBLE_EQ(sparse.damping(), std::pow(omega, 5));
 }

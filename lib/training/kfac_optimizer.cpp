@@ -34,17 +34,21 @@ void KfacOptimizer<Scalar>::refresh_inverse() {
 
 namespace {
 
-// xᵀy accumulated in double over fixed blocks of 512 entries (each block's sum in the working precision):
-// vectorized, unlike a sum in double over every entry, and independent of the thread count.
+// The dot products vᵢᵀvⱼ (i ≤ j) of a few vectors in one pass over them: each accumulated in double over fixed
+// blocks of 512 entries, a block's dot in the working precision while the block is in cache — vectorized, one
+// read of each vector, and independent of the thread count.
 template <typename Scalar>
-double blocked_dot(const Vec<Scalar>& x, const Vec<Scalar>& y) {
+Eigen::MatrixXd blocked_dots(const std::vector<const Vec<Scalar>*>& v) {
   constexpr Index kBlock = 512;
-  double sum = 0;
-  for (Index i = 0; i < x.size(); i += kBlock) {
-    const Index n = std::min(kBlock, x.size() - i);
-    sum += double(x.segment(i, n).dot(y.segment(i, n)));
+  const Index k = static_cast<Index>(v.size()), n = v.front()->size();
+  Eigen::MatrixXd out = Eigen::MatrixXd::Zero(k, k);
+  for (Index i = 0; i < n; i += kBlock) {
+    const Index m = std::min(kBlock, n - i);
+    for (Index a = 0; a < k; ++a)
+      for (Index b = a; b < k; ++b) out(a, b) += double(v[a]->segment(i, m).dot(v[b]->segment(i, m)));
   }
-  return sum;
+  out.triangularView<Eigen::StrictlyLower>() = out.transpose();
+  return out;
 }
 
 }  // namespace
@@ -65,9 +69,11 @@ StepResult KfacOptimizer<Scalar>::step(const Network<Scalar>& model, LikelihoodK
   const Index nc = o_.curvature_batch > 0 ? std::min(o_.curvature_batch, n) : n;
   // This rank's shares (one process: the batch and its head) of the batch and of the curvature batch.
   const detail::BatchShare<Scalar> on(batch, n, fo);
-  // The previous update's reduction ratio, measured on this batch (which it was not fitted to): the loss at
-  // θ − δ₀ first, then the operator is moved to θ.
-  const bool measuring = o_.adapt_damping && pending_predicted_ < 0 && previous_.size() == P;
+  // On the last step of each damping window, the previous update's reduction ratio, measured on this batch
+  // (which it was not fitted to): the loss at θ − δ₀ first, then the operator is moved to θ. One forward pass
+  // a window, not one a step.
+  const bool closes_window = (k + 1) % o_.damping_every == 0;
+  const bool measuring = o_.adapt_damping && closes_window && pending_predicted_ < 0 && previous_.size() == P;
   FisherOperator<Scalar> G(model, measuring ? Vec<Scalar>(theta - previous_) : theta, likelihood, on.data(),
                            on.options());
   double before = 0;
@@ -113,14 +119,15 @@ StepResult KfacOptimizer<Scalar>::step(const Network<Scalar>& model, LikelihoodK
   const bool with_previous = o_.momentum && previous_.size() == P;
   const Eigen::MatrixXd Q = with_previous ? F.quadratic_forms({delta.data(), previous_.data()})
                                           : F.quadratic_forms({delta.data()});
-  const auto dot = blocked_dot<Scalar>;
-  const double dFd = Q(0, 0), dd = dot(delta, delta), gd = dot(g, delta);
+  // gᵀΔ, ΔᵀΔ, and with the previous update gᵀδ₀, Δᵀδ₀, δ₀ᵀδ₀, in one pass.
+  const Eigen::MatrixXd dots = with_previous ? blocked_dots<Scalar>({&g, &delta, &previous_})
+                                             : blocked_dots<Scalar>({&g, &delta});
+  const double dFd = Q(0, 0), dd = dots(1, 1), gd = dots(0, 1), gp = with_previous ? dots(0, 2) : 0.0;
   double alpha = 0, mu = 0, dFp = 0, pFp = 0;
   if (with_previous) {
     dFp = Q(0, 1);
     pFp = Q(1, 1);
-    const double a = dFd + lambda_ * dd, b = dFp + lambda_ * dot(delta, previous_),
-                 c = pFp + lambda_ * dot(previous_, previous_), gp = dot(g, previous_);
+    const double a = dFd + lambda_ * dd, b = dFp + lambda_ * dots(1, 2), c = pFp + lambda_ * dots(2, 2);
     const double det = a * c - b * b;
     if (det > 1e-12 * a * c) {
       alpha = (-gd * c + gp * b) / det;
@@ -138,7 +145,7 @@ StepResult KfacOptimizer<Scalar>::step(const Network<Scalar>& model, LikelihoodK
   if (mu != 0) update += Scalar(mu) * previous_;
   r.lr = alpha;
   // The undamped model's change at the update, from the products above.
-  const double predicted = alpha * gd + (mu != 0 ? mu * dot(g, previous_) : 0.0) +
+  const double predicted = alpha * gd + (mu != 0 ? mu * gp : 0.0) +
                            0.5 * (alpha * alpha * dFd + 2 * alpha * mu * dFp + mu * mu * pFp);
   // The loss at the update on the step's batch: a step whose loss is not finite or rises is rejected. Every
   // damping_every steps λ follows the two reduction ratios (kfac_optimizer.h, step 7): up on ρ_own, the
@@ -158,7 +165,7 @@ StepResult KfacOptimizer<Scalar>::step(const Network<Scalar>& model, LikelihoodK
     own_actual_sum_ += after - r.loss;
     own_predicted_sum_ += predicted;
   }
-  if (o_.adapt_damping && (k + 1) % o_.damping_every == 0) {
+  if (o_.adapt_damping && closes_window) {
     if (own_predicted_sum_ < 0 && own_actual_sum_ / own_predicted_sum_ < 0.25)
       lambda_ /= omega;
     else if (predicted_sum_ < 0 && actual_sum_ / predicted_sum_ > 0.75)

@@ -19,10 +19,11 @@
 ///   6. the loss at θ + δ on the step's batch (one forward pass): a step whose loss is not finite or rises is
 ///      rejected (θ unchanged, λ / ω, no momentum at the next step);
 ///   7. with adapt_damping, every `damping_every` steps λ follows a Levenberg–Marquardt rule on two reduction
-///      ratios of the accepted updates since the last change, each Σ measured / Σ predicted against the change
-///      q(δ) = gᵀδ + ½ δᵀFδ the undamped model of δ's batch predicted: ρ_own, measured on the updates' own
-///      batches (step 6), and ρ_next, measured at the following step on that step's batch, which δ was not
-///      fitted to (L'(θ + δ) − L'(θ), one more forward pass). λ / ω when ρ_own < 1/4 (the model overrates
+///      ratios, each measured / predicted against the change q(δ) = gᵀδ + ½ δᵀFδ the undamped model of δ's
+///      batch predicted: ρ_own, Σ over the accepted updates since the last change, measured on their own
+///      batches (step 6), and ρ_next, the previous update's, measured on the batch of the window's last step,
+///      which δ was not fitted to (L'(θ + δ) − L'(θ): one more forward pass a window, not one a step; the
+///      window's other steps measure nothing). λ / ω when ρ_own < 1/4 (the model overrates
 ///      even the batch it was fitted to); else λ × ω when ρ_next > 3/4 (not below min_damping), ω =
 ///      (19/20)^damping_every. ρ_own alone drives λ down until the steps overfit each batch; ρ_next alone drives
 ///      it up without end once the gradient's noise dominates (docs/training.md).
