@@ -469,6 +469,8 @@ TEST(Kfac, TheGradientsProposalThroughItsLowRankEqualsApply) {
   sequence.input_shape = {3, 4};
   sequence.layers = {LayerSpec::linear(4, 16), LayerSpec::activation(LayerType::tanh), LayerSpec::linear(16, 12)};
   const Case cases[] = {{"mlp", mlp_spec(12, 16, 5), 3, true},
+                        {"wide mlp (a 151-column block: two chunks, the bias in the second)", mlp_spec(150, 20, 3), 4,
+                         true},
                         {"sequence", sequence, 1, true},
                         {"cnn", cnn_spec(4), 6, false}};
   for (const Case& c : cases)

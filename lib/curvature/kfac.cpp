@@ -101,6 +101,14 @@ bool closed_form(const FisherOptions& fisher, Index classes, const KfacOptions& 
 }  // namespace
 
 template <typename Scalar>
+Index KfacApproximation<Scalar>::backprops_for(const Network<Scalar>& model, const FisherOptions& fisher,
+                                               const KfacOptions& options) {
+  if (fisher.kind == FisherKind::empirical) return 1;
+  const Index C = model.output_size() / model.output_positions();
+  return closed_form(fisher, C, options) ? C : std::max(fisher.mc_samples, 1);
+}
+
+template <typename Scalar>
 std::size_t KfacApproximation<Scalar>::required_bytes(const Network<Scalar>& model, Index num_samples,
                                                       const FisherOptions& fisher, const KfacOptions& options,
                                                       bool multiplies) {
@@ -599,56 +607,64 @@ Index KfacApproximation<Scalar>::apply_gradient(const FisherOperator<Scalar>& F,
   std::vector<bool> low(blocks_.size(), false);
   // Per low-rank block: its unfolded inputs Ã (R·N × a, with the bias's ones) and output cotangents D
   // (R·N × rows), so that its slice of g is s·DᵀÃ.
-  std::vector<Mat<Scalar>> inputs(blocks_.size()), cotangents(blocks_.size()), DG(blocks_.size()),
-      Z(blocks_.size());
+  std::vector<Mat<Scalar>> inputs(blocks_.size()), cotangents(blocks_.size()), DG(blocks_.size());
+  std::vector<std::pair<std::size_t, Index>> chunks[3];  // (block, first column) per round
   Index taken = 0;
   for (std::size_t i = 0; i < blocks_.size(); ++i) {
     const Block& b = blocks_[i];
     if (!low_rank_cheaper(b, N)) continue;
     low[i] = true;
     ++taken;
-    const Layer<Scalar>& layer = model.layer(b.node);
-    const KroneckerFactors<Scalar>& kf = *model.kronecker_factors(b.node);
     const Index rows = b.positions * N, a = b.cols + (b.bias ? 1 : 0);
     inputs[i].resize(rows, a);
-    kf.kronecker_inputs(ConstMatMap<Scalar>(model.input_act(cache, b.node).data(), layer.input_size(), N),
-                        inputs[i].data(), rows);
-    if (b.bias) inputs[i].col(b.cols).setOnes();
     cotangents[i].resize(rows, b.rows);
-    kf.kronecker_cotangents(ConstMatMap<Scalar>(cot.g[b.node].data(), layer.output_size(), N),
-                            cotangents[i].data(), rows);
     DG[i].resize(rows, b.rows);
-    Z[i].resize(b.rows, a);
+    chunks[0].emplace_back(i, 0);  // unfold the inputs
+    chunks[0].emplace_back(i, 1);  // unfold the cotangents
+    for (Index j0 = 0; j0 < Index(b.rows); j0 += kApplyChunk) chunks[1].emplace_back(i, j0);
+    for (Index j0 = 0; j0 < a; j0 += kApplyChunk) chunks[2].emplace_back(i, j0);
   }
   apply_blocks(g, z, &low);
-  // G⁻¹(s DᵀÃ)A⁻¹ = s (D G⁻¹)ᵀ (Ã A⁻¹) (the inverses are symmetric), in two rounds of column chunks as
-  // apply_blocks: D G⁻¹, then each chunk of columns of Z from Ã times the same columns of A⁻¹.
-  std::vector<std::pair<std::size_t, Index>> chunks[2];
-  for (std::size_t i = 0; i < blocks_.size(); ++i)
-    if (low[i]) {
-      for (Index j0 = 0; j0 < Index(blocks_[i].rows); j0 += kApplyChunk) chunks[0].emplace_back(i, j0);
-      for (Index j0 = 0; j0 < Z[i].cols(); j0 += kApplyChunk) chunks[1].emplace_back(i, j0);
-    }
-  for (int round = 0; round < 2; ++round) {
+  // G⁻¹(s DᵀÃ)A⁻¹ = s (D G⁻¹)ᵀ (Ã A⁻¹) (the inverses are symmetric), in three rounds of tasks: the unfolding,
+  // D G⁻¹ by column chunks, then each chunk of V's columns as s (Ã A⁻¹)ᵀ(D G⁻¹) — its rows are the chunk's
+  // columns of the row-major weight, written in place (and the bias's, if the chunk holds it).
+  for (int round = 0; round < 3; ++round) {
     const Index tasks = static_cast<Index>(chunks[round].size());
 #ifdef NATGRAD_HAVE_OPENMP
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads_)
 #endif
     for (Index t = 0; t < tasks; ++t) {
       const auto [i, j0] = chunks[round][static_cast<std::size_t>(t)];
+      const Block& b = blocks_[i];
       const Factored& f = factored_[i];
       if (round == 0) {
-        const Index w = std::min(kApplyChunk, Index(blocks_[i].rows) - j0);
+        const Layer<Scalar>& layer = model.layer(b.node);
+        const KroneckerFactors<Scalar>& kf = *model.kronecker_factors(b.node);
+        const Index rows = b.positions * N;
+        if (j0 == 0) {
+          kf.kronecker_inputs(ConstMatMap<Scalar>(model.input_act(cache, b.node).data(), layer.input_size(), N),
+                              inputs[i].data(), rows);
+          if (b.bias) inputs[i].col(b.cols).setOnes();
+        } else {
+          kf.kronecker_cotangents(ConstMatMap<Scalar>(cot.g[b.node].data(), layer.output_size(), N),
+                                  cotangents[i].data(), rows);
+        }
+      } else if (round == 1) {
+        const Index w = std::min(kApplyChunk, Index(b.rows) - j0);
         DG[i].middleCols(j0, w).noalias() = cotangents[i] * f.inverse_G.middleCols(j0, w);
       } else {
-        const Index w = std::min(kApplyChunk, Z[i].cols() - j0);
+        const Index w = std::min(kApplyChunk, inputs[i].cols() - j0);
         const Mat<Scalar> XA = inputs[i] * f.inverse_A.middleCols(j0, w);
-        Z[i].middleCols(j0, w).noalias() = s * (DG[i].transpose() * XA);
+        const Mat<Scalar> ZT = s * (XA.transpose() * DG[i]);  // w × rows: V's columns j0 … as rows
+        const Index weights = std::max<Index>(0, std::min(w, b.cols - j0));
+        Scalar* y = z + b.offset;
+        for (Index o = 0; o < b.rows; ++o) {
+          std::copy_n(ZT.col(o).data(), weights, y + o * b.cols + j0);
+          if (weights < w) y[b.rows * b.cols + o] = ZT(weights, o);  // the bias, V's last column
+        }
       }
     }
   }
-  for (std::size_t i = 0; i < blocks_.size(); ++i)
-    if (low[i]) scatter(blocks_[i], Z[i], z);
   return taken;
 }
 

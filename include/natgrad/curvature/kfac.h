@@ -99,6 +99,10 @@ class KfacApproximation {
   const Vec<Scalar>& diagonal() const { return diagonal_; }
   /// Output directions backpropagated over the batch to build the factors.
   Index backprops() const { return backprops_; }
+  /// The backprops() the constructor takes for this model and Fisher: C for the exact kind's closed form, the
+  /// Monte-Carlo draws for sampled labels, 1 for the empirical kind.
+  static Index backprops_for(const Network<Scalar>& model, const FisherOptions& fisher,
+                             const KfacOptions& options = KfacOptions());
 
   /// Blends another approximation's factors into this one's: A ← keep·A + (1 − keep)·A', likewise G and the
   /// diagonal (K-FAC's running averages). The decomposition is not touched: apply() keeps using the factors
