@@ -31,8 +31,6 @@ void check_train_options(const CLI::App& t, Args& a) {
   if (!t.count("--solver")) a.solver = "auto";
   if (!t.count("--cg-tol")) a.cg_tol = 1e-4;
   if (!t.count("--cg-max-iters")) a.cg_max_iters = 100;
-  // K-FAC's factors from one sampled label per input (Martens & Grosse): one backprop, not C.
-  if (!t.count("--fisher") && a.optimizer == "kfac") a.fisher = "mc";
   if (!t.count("--damping") && a.optimizer == "kfac") a.damping = 0.01;
   if (t.count("--min-damping") && a.optimizer != "kfac")
     usage_error("--min-damping is kfac's; --optimizer " + a.optimizer + " does not take it");
@@ -58,7 +56,8 @@ void check_train_options(const CLI::App& t, Args& a) {
   if (a.eval_every < 0) usage_error("--eval-every must be >= 0, got " + std::to_string(a.eval_every));
   if (!(a.max_time >= 0)) usage_error("--max-time must be >= 0 (seconds), got " + detail::format_number(a.max_time));
   if (a.inverse_every < 1) usage_error("--inverse-every must be >= 1, got " + std::to_string(a.inverse_every));
-  if (a.factor_every < 1) usage_error("--factor-every must be >= 1, got " + std::to_string(a.factor_every));
+  if (a.factor_every < 0)
+    usage_error("--factor-every must be >= 0 (0: by the factors' cost), got " + std::to_string(a.factor_every));
   for (const char* kfac_only : {"--inverse-every", "--factor-every"})
     if (t.count(kfac_only) && a.optimizer != "kfac")
       usage_error(std::string(kfac_only) + " is kfac's; --optimizer " + a.optimizer + " does not take it");

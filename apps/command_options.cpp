@@ -99,7 +99,7 @@ void add_train_options(CLI::App* c, Args& a) {
   c->add_option("--batch", a.batch, "Minibatch size (default 128)");
   c->add_option("--curvature-batch", a.curvature_batch,
                 "natgrad: curvature on the first B2 samples of each batch (default: the whole batch)");
-  c->add_option("--fisher", a.fisher, "natgrad: Fisher kind, exact, mc or empirical")->capture_default_str();
+  c->add_option("--fisher", a.fisher, "natgrad, kfac: Fisher kind, exact, mc or empirical (kfac's exact factors: H's closed-form factor up to 100 classes, sampled labels above)")->capture_default_str();
   c->add_option("--mc-samples", a.mc_samples, "natgrad: Monte-Carlo labels per input for --fisher mc")
       ->capture_default_str();
   c->add_option("--damping", a.damping, "natgrad, kfac: the damping lambda at the first step (> 0; default 1 for natgrad, 0.01 for kfac)");
@@ -120,7 +120,8 @@ void add_train_options(CLI::App* c, Args& a) {
   c->add_option("--inverse-every", a.inverse_every, "kfac: invert the averaged factors every K steps")
       ->capture_default_str();
   c->add_option("--factor-every", a.factor_every,
-                "kfac: compute the Kronecker factors of every K-th batch into the running averages")
+                "kfac: compute the Kronecker factors of every K-th batch into the running averages (0: every 2nd "
+                "when they take one backprop, every 8th when more: the exact kind's closed form)")
       ->capture_default_str();
   c->add_option("--min-damping", a.min_damping, "kfac: the Levenberg-Marquardt rule lowers the damping no further")->capture_default_str();
   c->add_flag("--autoencoder", a.autoencoder,

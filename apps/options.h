@@ -57,7 +57,7 @@ struct Args {
   bool no_shuffle = false, autoencoder = false;
   double holdout = 0.1;  // train --holdout F: text --data's last windows kept for evaluation (without --test-data)
   Index inverse_every = 20;  // kfac
-  Index factor_every = 2;    // kfac
+  Index factor_every = 0;    // kfac (0: by the factors' cost)
   double min_damping = 1e-6;  // kfac
   // plot: the logs (positional), --x epochs|seconds|both, --labels (--output is the figure)
   std::vector<std::string> logs, labels;

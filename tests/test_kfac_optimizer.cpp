@@ -10,6 +10,7 @@
 #include <Eigen/Dense>
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 
 using namespace natgrad;
 using namespace natgrad::test;
@@ -219,6 +220,33 @@ TEST(KfacOptimizer, BetweenRefreshesTheProposalKeepsTheInversesDampingWhileTheMo
   const Vec<double> want = update(lambda0), other = update(lambda1);
   EXPECT_LT(rel_err_vec(Vec<double>(theta - theta1), want), 1e-9);
   EXPECT_GT(rel_err_vec(other, want), 1e-3);  // the case tells the two apart
+}
+
+TEST(KfacOptimizer, FactorIntervalByDefaultFollowsTheFactorsCost) {
+  // factor_every 0: every 2 steps when the factors take one backprop (sampled labels, the empirical kind), every
+  // 8 when they take more (the exact kind's closed form: C = 3 backprops here); counted in the state over 17
+  // steps: k = 0, 8, 16 or k = 0, 2, …, 16.
+  Network<double> model(mlp_spec(4, 5, 3));
+  const LikelihoodKind lk = LikelihoodKind::categorical;
+  const Dataset<double> data = random_dataset(model, 24, lk, 16);
+  for (const auto& [kind, backprops, every] :
+       {std::tuple{FisherKind::exact, 3, 8}, {FisherKind::mc, 1, 2}, {FisherKind::empirical, 1, 2}}) {
+    SCOPED_TRACE(to_string(kind));
+    KfacStepOptions o;
+    o.fisher.kind = kind;
+    ASSERT_EQ(o.factor_every, 0);
+    const FisherOperator<double> F(model, random_vec<double>(model.num_params(), 17), lk, data, o.fisher);
+    EXPECT_EQ(KfacApproximation<double>(F).backprops(), backprops);
+    EXPECT_EQ(KfacApproximation<double>::backprops_for(model, o.fisher), backprops);
+    KfacOptimizer<double> opt(model, o);
+    EXPECT_EQ(opt.factor_every(), every);
+    Vec<double> theta = random_vec<double>(model.num_params(), 18) * 0.5;
+    for (Index k = 0; k < 17; ++k) opt.step(model, lk, theta, data.slice((k % 3) * 8, 8), k);
+    double updates = -1;
+    for (const auto& [n, v] : opt.state().scalars)
+      if (n == "factor_updates") updates = v;
+    EXPECT_EQ(updates, double(16 / every + 1));
+  }
 }
 
 TEST(KfacOptimizer, StateRoundTripsBitForBitAndThreadsDoNotChangeBits) {

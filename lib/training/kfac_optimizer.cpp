@@ -19,11 +19,13 @@ KfacOptimizer<Scalar>::KfacOptimizer(const Network<Scalar>& model, const KfacSte
   if (!(o_.lr > 0) || !std::isfinite(o_.lr)) detail::fail("kfac: lr must be > 0");
   if (!(o_.damping > 0) || !std::isfinite(o_.damping))
     detail::fail("kfac: damping must be > 0 (damping " + detail::format_number(o_.damping) + ")");
-  if (o_.factor_every < 1 || o_.inverse_every < 1 || o_.damping_every < 1)
-    detail::fail("kfac: factor_every, inverse_every and damping_every must be >= 1");
+  if (o_.factor_every < 0 || o_.inverse_every < 1 || o_.damping_every < 1)
+    detail::fail("kfac: factor_every must be >= 0 (0: by the factors' cost), inverse_every and damping_every >= 1");
   if (!(o_.factor_decay >= 0 && o_.factor_decay < 1)) detail::fail("kfac: factor_decay must be in [0, 1)");
   if (o_.curvature_batch < 0) detail::fail("kfac: curvature_batch must be >= 0");
   running_ = std::make_unique<KfacApproximation<Scalar>>(model, threads_);
+  factor_every_ = o_.factor_every > 0 ? o_.factor_every
+                  : KfacApproximation<Scalar>::backprops_for(model, o_.fisher) > 1 ? 8 : 2;
 }
 
 template <typename Scalar>
@@ -96,7 +98,7 @@ StepResult KfacOptimizer<Scalar>::step(const Network<Scalar>& model, LikelihoodK
   }
   FisherOperator<Scalar>& F = own ? *own : G;
 
-  if (k % o_.factor_every == 0 || updates_ == 0) {
+  if (k % factor_every_ == 0 || updates_ == 0) {
     KfacOptions ko;
     ko.decompose = false;
     const KfacApproximation<Scalar> fresh(F, ko);

@@ -82,9 +82,5 @@ class NaturalGradient(_Optimizer):
 class KFAC(_Optimizer):
     """K-FAC (Martens & Grosse 2015) as `natgrad train --optimizer kfac`. Settings: lr, damping, adapt_damping,
     momentum, curvature_batch, factor_every, inverse_every, damping_every, factor_decay, min_damping, fisher,
-    mc_samples, seed, threads. Its Fisher is "mc" unless fisher= says otherwise, as `natgrad train`'s."""
+    mc_samples, seed, threads. Its Fisher is "exact" unless fisher= says otherwise, as `natgrad train`'s."""
     _kind = "kfac"
-
-    def __init__(self, module, input_shape, likelihood="categorical", dtype="float64", **settings):
-        settings.setdefault("fisher", "mc")
-        super().__init__(module, input_shape, likelihood, dtype, **settings)

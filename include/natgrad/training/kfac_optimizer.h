@@ -3,7 +3,8 @@
 ///
 /// Step k on a minibatch:
 ///   1. the loss and gradient g on the batch;
-///   2. every `factor_every` steps, the factors A, G (and the diagonal outside the blocks) of the curvature
+///   2. every `factor_every` steps (by default 2, or 8 when the factors take more than one backprop), the
+///      factors A, G (and the diagonal outside the blocks) of the curvature
 ///      batch (its first curvature_batch samples) under the Fisher kind of `fisher`, blended into running
 ///      averages: A ← ε A + (1 − ε) A_k with ε = min(1 − 1/(j + 1), factor_decay), j the number of updates so
 ///      far (the first update takes A_k alone);
@@ -47,9 +48,10 @@ struct KfacStepOptions {
   bool adapt_damping = true;
   bool momentum = true;   ///< μ from the quadratic model (false: μ = 0)
   Index curvature_batch = 0;  ///< factors and products on the first B2 samples (0: the whole batch)
-  /// Factor updates every this many steps: 2 (half the factors' cost; per step no worse than 1 on the three
-  /// problems of docs/training.md).
-  Index factor_every = 2;
+  /// Factor updates every this many steps; 0 (the default): by their cost, every 2 steps when they take one
+  /// backprop (sampled labels, the empirical kind), every 8 when they take more (the exact kind's closed form,
+  /// C backprops) — chosen across the three problems of docs/training.md.
+  Index factor_every = 0;
   Index inverse_every = 20;   ///< the averaged factors inverted every this many steps
   Index damping_every = 5;    ///< the Levenberg–Marquardt rule every this many steps
   double factor_decay = 0.95; ///< the running average's largest weight on the past
@@ -70,12 +72,15 @@ class KfacOptimizer final : public Optimizer<Scalar> {
   OptimizerState state() const override;
   void load_state(const OptimizerState& s) override;
   double damping() const { return lambda_; }
+  /// The steps between factor updates: factor_every, or what its 0 chose.
+  Index factor_every() const { return factor_every_; }
 
  private:
   void refresh_inverse();
 
   KfacStepOptions o_;
   int threads_ = 1;
+  Index factor_every_;
   double lambda_;
   Index updates_ = 0;  // factor updates so far
   std::unique_ptr<KfacApproximation<Scalar>> running_;  // the averages
