@@ -1,7 +1,8 @@
 // natgrad-bench's train/step_* entries: one optimizer step on the benchmark MLP (784-1024-1024-10 tanh,
 // categorical, batch 1000, float32) with the optimizer's defaults as natgrad train sets them — natgrad (CG
-// warm-started, Levenberg–Marquardt), kfac (one Monte-Carlo label, the factors of every 2nd batch averaged,
-// Cholesky inverses every 20 steps: the iterations cover a refresh) and adam — and natgrad_cg10, the fixed step of the PyTorch peer
+// warm-started, Levenberg–Marquardt), kfac (the exact kind: H's closed form for the 10 classes, so the factors
+// of every 8th batch averaged; Cholesky inverses every 20 steps: the 40 iterations cover two refreshes and five
+// factor updates) and adam — and natgrad_cg10, the fixed step of the PyTorch peer
 // (benchmarks/torch_hf_step.py). Each is read as a ratio to mlp/gradient; cg_iterations is CG's mean per step.
 #include "benchmark_models.h"
 #include "random_batch.h"
@@ -63,9 +64,7 @@ void step_natgrad_cg10(benchmark::State& state) {
 }
 
 void step_kfac(benchmark::State& state) {
-  KfacStepOptions o;
-  o.fisher.kind = FisherKind::mc;
-  KfacOptimizer<float> opt(problem().model, o);
+  KfacOptimizer<float> opt(problem().model, KfacStepOptions());
   run_steps(state, opt);
 }
 
