@@ -277,7 +277,7 @@ KfacApproximation<Scalar>::KfacApproximation(const FisherOperator<Scalar>& F, co
   // G and the diagonal: the cotangents of output directions whose outer products sum to H_n.
   const bool closed = closed_form(fo, C, options);
   const int draws = fo.kind == FisherKind::empirical ? 1 : closed ? 1 : std::max(fo.mc_samples, 1);
-  const Index directions = closed ? C : draws;
+  const Index directions = backprops_for(model, fo, options);  // C for the closed form, else the draws
   const double weight = closed ? 1.0 : 1.0 / double(draws);
   const Mat<Scalar>& Z = F.outputs();
   Vec<double> diagonal = Vec<double>::Zero(any_diagonal ? num_params_ : 0);
