@@ -3,6 +3,7 @@
 #include "cli.h"
 
 #include "commands.h"
+#include "memory_reuse.h"
 #include "command_options.h"
 #include "options.h"
 #include "world.h"
@@ -76,6 +77,7 @@ void check_train_options(const CLI::App& t, Args& a) {
 
 int run(int argc, char** argv, const MoreCommands* more) {
   const bool solve_only = more == nullptr;
+  keep_freed_memory();  // (a refusal costs speed only)
   World world(&argc, &argv);  // MPI, when built with it: every rank parses the same arguments
   const char* program = solve_only ? "solve-natural-gradient" : "natgrad";
   // Rank 0 prints and writes; the others' standard output goes nowhere, and their errors are rank 0's
