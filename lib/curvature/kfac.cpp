@@ -483,7 +483,7 @@ void KfacApproximation<Scalar>::invert(double lambda) {
   struct Factor {
     std::size_t block;
     bool is_A;
-    Mat<double> L;
+    Mat<double> L;  // the damped factor, decomposed in place: L in its lower triangle (the upper one unread)
     bool ok = true;
   };
   std::vector<Factor> factors;
@@ -505,13 +505,12 @@ void KfacApproximation<Scalar>::invert(double lambda) {
     const Block& b = blocks_[f.block];
     const double mean_A = b.A.trace() / double(b.A.rows()), mean_G = b.G.trace() / double(b.G.rows());
     const double pi = mean_A > 0 && mean_G > 0 ? std::sqrt(mean_A / mean_G) : 1.0;
-    Mat<double> D = matrix(f);
-    D.diagonal().array() += f.is_A ? pi * root : root / pi;
-    Eigen::LLT<Mat<double>> llt(D);
+    f.L = matrix(f);
+    f.L.diagonal().array() += f.is_A ? pi * root : root / pi;
+    const Eigen::LLT<Eigen::Ref<Mat<double>>> llt(f.L);  // (no copies of a factor 785 or 1001 wide)
     f.ok = llt.info() == Eigen::Success;
-    if (f.ok) f.L = llt.matrixL();
     Factored& out = factored_[f.block];
-    (f.is_A ? out.inverse_A : out.inverse_G).resize(D.rows(), D.cols());
+    (f.is_A ? out.inverse_A : out.inverse_G).resize(f.L.rows(), f.L.cols());
   }
   for (const Factor& f : factors)
     if (!f.ok)
