@@ -121,7 +121,7 @@ void add_train_options(CLI::App* c, Args& a) {
       ->capture_default_str();
   c->add_option("--factor-every", a.factor_every,
                 "kfac: compute the Kronecker factors of every K-th batch into the running averages (0: every 2nd "
-                "when they take one backprop, every 8th when more: the exact kind's closed form)")
+                "when they take one backprop, every 16th when more: the exact kind's closed form)")
       ->capture_default_str();
   c->add_option("--min-damping", a.min_damping, "kfac: the Levenberg-Marquardt rule lowers the damping no further")->capture_default_str();
   c->add_flag("--autoencoder", a.autoencoder,

@@ -1,8 +1,8 @@
 // natgrad-bench's train/step_* entries: one optimizer step on the benchmark MLP (784-1024-1024-10 tanh,
 // categorical, batch 1000, float32) with the optimizer's defaults as natgrad train sets them — natgrad (CG
 // warm-started, Levenberg–Marquardt), kfac (the exact kind: H's closed form for the 10 classes, so the factors
-// of every 8th batch averaged; Cholesky inverses every 20 steps: the 40 iterations cover two refreshes and five
-// factor updates) and adam — and natgrad_cg10, the fixed step of the PyTorch peer
+// of every 16th batch averaged; Cholesky inverses every 20 steps; the loss at the update on every 5th: the 40
+// iterations cover two refreshes, three factor updates and eight such windows) and adam — and natgrad_cg10, the fixed step of the PyTorch peer
 // (benchmarks/torch_hf_step.py). Each is read as a ratio to mlp/gradient; cg_iterations is CG's mean per step.
 #include "benchmark_models.h"
 #include "random_batch.h"

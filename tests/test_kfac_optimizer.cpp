@@ -175,9 +175,57 @@ TEST(KfacOptimizer, LevenbergMarquardtFollowsTheReductionRatioMeasuredAtTheNextS
   };
   EXPECT_EQ(scalar(sparse.state(), "actual_sum"), 0.0);
   EXPECT_EQ(scalar(sparse.state(), "predicted_sum"), 0.0);
-  EXPECT_LT(scalar(sparse.state(), "own_predicted_sum"), 0.0);  // ρ_own's sums run over the whole window
+  // ρ_own is measured on the window's last step only (step 4's own update): nothing on steps 0–3.
+  EXPECT_EQ(scalar(sparse.state(), "own_actual_sum"), 0.0);
+  EXPECT_EQ(scalar(sparse.state(), "own_predicted_sum"), 0.0);
   sparse.step(model, lk, theta, data, 4);
   EXPECT_DOUBLE_EQ(sparse.damping(), std::pow(omega, 5));
+}
+
+TEST(KfacOptimizer, AnUnmeasuredUpdateIsTakenBackWhenTheNextLossIsNotFinite) {
+  // Windows of 2 steps: step 0's update is taken unmeasured, step 1 measures its own. At lr 1e300 the update's
+  // scale overflows float: step 0 leaves parameters (and so a loss) that are not finite for step 1.
+  Network<float> model(mlp_spec(4, 6, 3));
+  const LikelihoodKind lk = LikelihoodKind::gaussian;
+  const Dataset<float> data = random_dataset(model, 16, lk, 12);
+  const Vec<float> theta0 = random_vec<float>(model.num_params(), 13) * 0.5f;
+  const double omega = std::pow(19.0 / 20.0, 2.0);
+  KfacStepOptions o;
+  o.damping = 1.0;
+  o.damping_every = 2;
+  o.lr = 1e300;
+  const auto vector = [](const OptimizerState& s, const std::string& name) {
+    for (const auto& [n, v] : s.vectors)
+      if (n == name) return v;
+    ADD_FAILURE() << name << " not in the state";
+    return Vec<double>();
+  };
+  KfacOptimizer<float> opt(model, o);
+  Vec<float> theta = theta0;
+  const StepResult first = opt.step(model, lk, theta, data, 0);
+  EXPECT_FALSE(first.rejected);  // not measured: taken as it is
+  EXPECT_NE(theta, theta0);
+  EXPECT_EQ(opt.damping(), 1.0);
+  EXPECT_EQ(vector(opt.state(), "theta_before_unmeasured_update"), theta0.cast<double>());
+  ASSERT_FALSE(std::isfinite(FisherOperator<float>(model, theta, lk, data).loss()));
+  // Step 1 takes step 0's update back (λ / ω), starts from θ₀ with its finite loss, and rejects its own update
+  // of the same size once measured (λ / ω again).
+  const StepResult second = opt.step(model, lk, theta, data, 1);
+  EXPECT_EQ(theta, theta0);
+  EXPECT_DOUBLE_EQ(second.loss, FisherOperator<float>(model, theta0, lk, data).loss());
+  EXPECT_TRUE(second.rejected);
+  EXPECT_DOUBLE_EQ(opt.damping(), 1.0 / (omega * omega));
+  EXPECT_EQ(vector(opt.state(), "theta_before_unmeasured_update").size(), 0);
+  // A sane step 0 stays, and is forgotten once step 1's loss is finite.
+  o.lr = 0.5;
+  KfacOptimizer<float> sane(model, o);
+  theta = theta0;
+  sane.step(model, lk, theta, data, 0);
+  const Vec<float> theta1 = theta;
+  EXPECT_NE(theta1, theta0);
+  sane.step(model, lk, theta, data, 1);
+  EXPECT_EQ(vector(sane.state(), "theta_before_unmeasured_update").size(), 0);
+  EXPECT_NE(theta, theta1);
 }
 
 TEST(KfacOptimizer, BetweenRefreshesTheProposalKeepsTheInversesDampingWhileTheModelTakesTheNewOne) {
@@ -224,13 +272,13 @@ TEST(KfacOptimizer, BetweenRefreshesTheProposalKeepsTheInversesDampingWhileTheMo
 
 TEST(KfacOptimizer, FactorIntervalByDefaultFollowsTheFactorsCost) {
   // factor_every 0: every 2 steps when the factors take one backprop (sampled labels, the empirical kind), every
-  // 8 when they take more (the exact kind's closed form: C = 3 backprops here); counted in the state over 17
-  // steps: k = 0, 8, 16 or k = 0, 2, …, 16.
+  // 16 when they take more (the exact kind's closed form: C = 3 backprops here); counted in the state over 17
+  // steps: k = 0, 16 or k = 0, 2, …, 16.
   Network<double> model(mlp_spec(4, 5, 3));
   const LikelihoodKind lk = LikelihoodKind::categorical;
   const Dataset<double> data = random_dataset(model, 24, lk, 16);
   for (const auto& [kind, backprops, every] :
-       {std::tuple{FisherKind::exact, 3, 8}, {FisherKind::mc, 1, 2}, {FisherKind::empirical, 1, 2}}) {
+       {std::tuple{FisherKind::exact, 3, 16}, {FisherKind::mc, 1, 2}, {FisherKind::empirical, 1, 2}}) {
     SCOPED_TRACE(to_string(kind));
     KfacStepOptions o;
     o.fisher.kind = kind;

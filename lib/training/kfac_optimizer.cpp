@@ -25,7 +25,7 @@ KfacOptimizer<Scalar>::KfacOptimizer(const Network<Scalar>& model, const KfacSte
   if (o_.curvature_batch < 0) detail::fail("kfac: curvature_batch must be >= 0");
   running_ = std::make_unique<KfacApproximation<Scalar>>(model, threads_);
   factor_every_ = o_.factor_every > 0 ? o_.factor_every
-                  : KfacApproximation<Scalar>::backprops_for(model, o_.fisher) > 1 ? 8 : 2;
+                  : KfacApproximation<Scalar>::backprops_for(model, o_.fisher) > 1 ? 16 : 2;
 }
 
 template <typename Scalar>
@@ -83,9 +83,26 @@ StepResult KfacOptimizer<Scalar>::step(const Network<Scalar>& model, LikelihoodK
     before = G.forward_error().empty() ? G.loss() : std::numeric_limits<double>::quiet_NaN();
     G.rebind(theta);
   }
+  const auto loss_at = [&G] {  // (NaN where the forward pass failed: outputs not finite, say)
+    return G.forward_error().empty() ? G.loss() : std::numeric_limits<double>::quiet_NaN();
+  };
+  r.loss = loss_at();
+  const double omega = std::pow(19.0 / 20.0, double(o_.damping_every));
+  const bool take_back = !std::isfinite(r.loss) && unmeasured_from_.size() == P;
+  if (take_back) {
+    // The last update's loss was not measured on its own batch (step 6 measures a window's last step only),
+    // and here it is not finite: it is taken back as step 6 would have rejected it (θ before it, λ / ω, no
+    // momentum at this step), and this step starts again from there.
+    theta.swap(unmeasured_from_);
+    previous_.resize(0);
+    lambda_ /= omega;
+    r.damping = lambda_;
+    G.rebind(theta);
+    r.loss = loss_at();
+  }
   if (!G.forward_error().empty()) detail::fail("forward pass: " + G.forward_error());
-  r.loss = G.loss();
-  if (measuring && std::isfinite(before)) {
+  unmeasured_from_.resize(0);
+  if (measuring && !take_back && std::isfinite(before)) {
     actual_sum_ += r.loss - before;
     predicted_sum_ += pending_predicted_;
   }
@@ -149,23 +166,29 @@ StepResult KfacOptimizer<Scalar>::step(const Network<Scalar>& model, LikelihoodK
   // The undamped model's change at the update, from the products above.
   const double predicted = alpha * gd + (mu != 0 ? mu * gp : 0.0) +
                            0.5 * (alpha * alpha * dFd + 2 * alpha * mu * dFp + mu * mu * pFp);
-  // The loss at the update on the step's batch: a step whose loss is not finite or rises is rejected. Every
-  // damping_every steps λ follows the two reduction ratios (kfac_optimizer.h, step 7): up on ρ_own, the
-  // updates' own batches, else down on ρ_next, the batches after them.
-  const double omega = std::pow(19.0 / 20.0, double(o_.damping_every));
-  const Vec<Scalar> trial = theta + update;
-  G.rebind(trial);
-  const double after = G.forward_error().empty() ? G.loss() : std::numeric_limits<double>::quiet_NaN();
-  if (!std::isfinite(after) || after > r.loss) {
+  // On the window's last step, the loss at the update on the step's batch: a step whose loss is not finite or
+  // rises is rejected; then λ follows the two reduction ratios (kfac_optimizer.h, step 7): up on ρ_own, this
+  // update's own batch, else down on ρ_next, the batch after the previous one. One forward pass a window.
+  Vec<Scalar> trial = theta + update;
+  double after = std::numeric_limits<double>::quiet_NaN();
+  if (closes_window) {
+    G.rebind(trial);
+    if (G.forward_error().empty()) after = G.loss();
+  }
+  if (closes_window && (!std::isfinite(after) || after > r.loss)) {
     r.rejected = true;
     lambda_ /= omega;
     previous_.resize(0);
   } else {
-    theta = trial;
-    previous_ = update;
+    theta.swap(trial);  // (the buffers trade places: trial now holds the θ before the update)
+    previous_.swap(update);
     pending_predicted_ = predicted;
-    own_actual_sum_ += after - r.loss;
-    own_predicted_sum_ += predicted;
+    if (closes_window) {
+      own_actual_sum_ += after - r.loss;
+      own_predicted_sum_ += predicted;
+    } else {
+      unmeasured_from_.swap(trial);  // until the next step's loss shows the update did no harm
+    }
   }
   if (o_.adapt_damping && closes_window) {
     if (own_predicted_sum_ < 0 && own_actual_sum_ / own_predicted_sum_ < 0.25)
@@ -183,7 +206,8 @@ OptimizerState KfacOptimizer<Scalar>::state() const {
   OptimizerState s;
   s.vectors = {{"running_factors", running_->packed_factors()},
                {"inverse_factors", inverse_ ? inverse_->packed_factors() : Vec<double>()},
-               {"previous_update", previous_.template cast<double>()}};
+               {"previous_update", previous_.template cast<double>()},
+               {"theta_before_unmeasured_update", unmeasured_from_.template cast<double>()}};
   s.scalars = {{"damping", lambda_},
                {"factor_updates", double(updates_)},
                {"pending_predicted", pending_predicted_},
@@ -197,13 +221,14 @@ OptimizerState KfacOptimizer<Scalar>::state() const {
 
 template <typename Scalar>
 void KfacOptimizer<Scalar>::load_state(const OptimizerState& s) {
-  const Vec<double>*running = nullptr, *inverse = nullptr, *previous = nullptr;
+  const Vec<double>*running = nullptr, *inverse = nullptr, *previous = nullptr, *unmeasured_from = nullptr;
   const double *lambda = nullptr, *updates = nullptr, *pending = nullptr, *actual = nullptr, *predicted = nullptr,
                *own_actual = nullptr, *own_predicted = nullptr, *inverse_lambda = nullptr;
   for (const auto& [n, v] : s.vectors) {
     if (n == "running_factors") running = &v;
     if (n == "inverse_factors") inverse = &v;
     if (n == "previous_update") previous = &v;
+    if (n == "theta_before_unmeasured_update") unmeasured_from = &v;
   }
   for (const auto& [n, v] : s.scalars) {
     if (n == "damping") lambda = &v;
@@ -218,12 +243,16 @@ void KfacOptimizer<Scalar>::load_state(const OptimizerState& s) {
   if (!running || !inverse || !previous || !lambda || !updates || !pending || !actual || !predicted ||
       !own_actual || !own_predicted)
     detail::fail("kfac: the state lacks K-FAC's factors, update or damping (another optimizer's?)");
-  if (!inverse_lambda)  // every field but this one: a checkpoint from before the inverses kept their own λ
-    detail::fail("kfac: the state lacks the inverses' damping (inverse_damping): a checkpoint from an older "
-                 "natgrad, whose steps this one would not repeat; start the run again");
-  if (previous->size() != 0 && previous->size() != running_->rows())
-    detail::fail("kfac: the stored update has " + std::to_string(previous->size()) + " entries, the model " +
-                 std::to_string(running_->rows()));
+  if (!inverse_lambda || !unmeasured_from)  // a checkpoint from before the inverses kept their own λ, or from
+    // before only a window's last update was measured on its own batch
+    detail::fail(std::string("kfac: the state lacks ") +
+                 (!inverse_lambda ? "the inverses' damping (inverse_damping)"
+                                  : "the parameters before an unmeasured update (theta_before_unmeasured_update)") +
+                 ": a checkpoint from an older natgrad, whose steps this one would not repeat; start the run again");
+  for (const Vec<double>* v : {previous, unmeasured_from})
+    if (v->size() != 0 && v->size() != running_->rows())
+      detail::fail("kfac: the stored " + std::string(v == previous ? "update has " : "parameters have ") +
+                   std::to_string(v->size()) + " entries, the model " + std::to_string(running_->rows()));
   running_->load_factors(*running);
   lambda_ = *lambda;
   updates_ = static_cast<Index>(*updates);
@@ -233,6 +262,7 @@ void KfacOptimizer<Scalar>::load_state(const OptimizerState& s) {
   own_actual_sum_ = *own_actual;
   own_predicted_sum_ = *own_predicted;
   previous_ = previous->template cast<Scalar>();
+  unmeasured_from_ = unmeasured_from->template cast<Scalar>();
   inverse_.reset();
   if (inverse->size() > 0) {
     inverse_ = std::make_unique<KfacApproximation<Scalar>>(*running_);
